@@ -1,0 +1,360 @@
+//! Admission: turning a client's submission into a queued job. Shared by the
+//! HTTP API and both NATS intakes, so every door applies the same rules.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::jetstream::Context;
+use serde::de::DeserializeOwned;
+use switchyard_runtime::nats;
+use switchyard_runtime::{ModelKind, ModelSpec, Registry};
+use switchyard_schemas::{
+    ChatInput, CompletionInput, Job, JobInput, Priority, SCHEMA_VERSION, Submission, encode,
+    now_ms, subjects,
+};
+use tracing::warn;
+
+use crate::metrics as m;
+use crate::store::{JobStore, Source, StoreError};
+
+const MAX_METADATA_ENTRIES: usize = 16;
+const MAX_METADATA_KEY: usize = 64;
+const MAX_METADATA_VALUE: usize = 512;
+const CHAT_ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+
+/// Why a submission was refused. Each variant has a stable code; the HTTP
+/// status is chosen at the HTTP edge.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    #[error("{0}")]
+    MalformedBody(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("model {0:?} is not served here")]
+    UnknownModel(String),
+    #[error("input is {size} bytes; model {model:?} takes at most {limit}")]
+    InputTooLarge {
+        model: String,
+        size: usize,
+        limit: usize,
+    },
+}
+
+impl Rejection {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::MalformedBody(_) => "malformed_body",
+            Rejection::InvalidRequest(_) => "invalid_request",
+            Rejection::UnknownModel(_) => "unknown_model",
+            Rejection::InputTooLarge { .. } => "input_too_large",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The queue did not confirm the job: it is not queued and will not run.
+    #[error("the queue is unavailable: {0}")]
+    QueueUnavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Checks a submission against the registry and builds the job to queue.
+pub fn validate(
+    registry: &Registry,
+    submission: Submission,
+    priority: Priority,
+    id: String,
+) -> Result<Job, Rejection> {
+    if !subjects::is_valid_id(&id) {
+        return Err(Rejection::InvalidRequest(format!(
+            "id {id:?} must be 1 to 64 of A-Z a-z 0-9 _ -"
+        )));
+    }
+    let spec = registry
+        .get(&submission.model)
+        .ok_or_else(|| Rejection::UnknownModel(submission.model.clone()))?;
+    check_metadata(&submission)?;
+    let size = submission.input.to_string().len();
+    if size > spec.max_input_bytes {
+        return Err(Rejection::InputTooLarge {
+            model: spec.name.clone(),
+            size,
+            limit: spec.max_input_bytes,
+        });
+    }
+    let input = typed_input(spec, submission.input)?;
+    Ok(Job {
+        v: SCHEMA_VERSION,
+        id,
+        model: submission.model,
+        priority,
+        input,
+        metadata: submission.metadata,
+        submitted_at_ms: now_ms(),
+        attempt: 1,
+    })
+}
+
+fn check_metadata(s: &Submission) -> Result<(), Rejection> {
+    if s.metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(Rejection::InvalidRequest(format!(
+            "metadata has {} entries; at most {MAX_METADATA_ENTRIES}",
+            s.metadata.len()
+        )));
+    }
+    match s
+        .metadata
+        .iter()
+        .find(|(k, v)| k.is_empty() || k.len() > MAX_METADATA_KEY || v.len() > MAX_METADATA_VALUE)
+    {
+        Some((k, _)) => Err(Rejection::InvalidRequest(format!(
+            "metadata entry {k:?}: keys are 1 to {MAX_METADATA_KEY} bytes, values at most {MAX_METADATA_VALUE}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Parses `input` strictly (unknown fields are refused, so a typo is not
+/// silently ignored), then applies the model's limits.
+fn typed_input(spec: &ModelSpec, value: serde_json::Value) -> Result<JobInput, Rejection> {
+    let mut input = match spec.kind {
+        ModelKind::Chat => {
+            let chat: ChatInput = strict(value, &["messages", "max_tokens", "temperature"])?;
+            if chat.messages.is_empty() {
+                return Err(Rejection::InvalidRequest(
+                    "input.messages must not be empty".into(),
+                ));
+            }
+            if let Some((i, msg)) = chat
+                .messages
+                .iter()
+                .enumerate()
+                .find(|(_, msg)| !CHAT_ROLES.contains(&msg.role.as_str()))
+            {
+                return Err(Rejection::InvalidRequest(format!(
+                    "input.messages[{i}].role {:?} must be one of {}",
+                    msg.role,
+                    CHAT_ROLES.join(", ")
+                )));
+            }
+            JobInput::Chat(chat)
+        }
+        ModelKind::Completion => JobInput::Completion(strict::<CompletionInput>(
+            value,
+            &["prompt", "max_tokens", "temperature"],
+        )?),
+    };
+    let (max_tokens, temperature) = match &mut input {
+        JobInput::Chat(c) => (&mut c.max_tokens, c.temperature),
+        JobInput::Completion(c) => (&mut c.max_tokens, c.temperature),
+    };
+    match *max_tokens {
+        Some(n) if n == 0 || n > spec.max_tokens => {
+            return Err(Rejection::InvalidRequest(format!(
+                "input.max_tokens {n} must be between 1 and {} for model {:?}",
+                spec.max_tokens, spec.name
+            )));
+        }
+        Some(_) => {}
+        None => *max_tokens = Some(spec.default_max_tokens),
+    }
+    if let Some(t) = temperature.filter(|t| !(0.0..=2.0).contains(t)) {
+        return Err(Rejection::InvalidRequest(format!(
+            "input.temperature {t} must be between 0 and 2"
+        )));
+    }
+    Ok(input)
+}
+
+fn strict<T: DeserializeOwned>(value: serde_json::Value, fields: &[&str]) -> Result<T, Rejection> {
+    let Some(obj) = value.as_object() else {
+        return Err(Rejection::InvalidRequest("input must be an object".into()));
+    };
+    let allowed: BTreeSet<&str> = fields.iter().copied().collect();
+    if let Some(unknown) = obj.keys().find(|k| !allowed.contains(k.as_str())) {
+        return Err(Rejection::InvalidRequest(format!(
+            "input.{unknown} is not a known field; expected {}",
+            fields.join(", ")
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| Rejection::InvalidRequest(format!("input: {e}")))
+}
+
+/// Admits jobs: validates, records, and enqueues durably. A job counts as
+/// queued only once JetStream has confirmed it.
+#[derive(Clone)]
+pub struct Admitter {
+    pub registry: Arc<Registry>,
+    pub store: Arc<dyn JobStore>,
+    pub js: Context,
+}
+
+impl Admitter {
+    pub async fn submit(
+        &self,
+        submission: Submission,
+        priority: Priority,
+        id: String,
+        source: Source,
+    ) -> Result<Job, SubmitError> {
+        let started = Instant::now();
+        let job = validate(&self.registry, submission, priority, id).inspect_err(|r| {
+            metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => r.code())
+                .increment(1);
+        })?;
+        // Recorded first, so that a crash between here and the queue's
+        // confirmation leaves a record the outbox publishes again.
+        self.store.insert(&job, source).await?;
+        if let Err(e) = self.enqueue(&job).await {
+            let reason = e.to_string();
+            if let Err(store_err) = self.store.fail_unqueued(&job.id, &reason).await {
+                warn!(job_id = %job.id, error = %store_err, "could not record the failed enqueue; the outbox will retry it");
+            }
+            return Err(SubmitError::QueueUnavailable(reason));
+        }
+        if let Err(e) = self.store.mark_enqueued(&job.id, now_ms()).await {
+            // The job is queued; at worst the outbox publishes it again and
+            // the server drops the duplicate.
+            warn!(job_id = %job.id, error = %e, "could not mark job enqueued");
+        }
+        metrics::counter!(m::SUBMISSIONS, "source" => source.as_str()).increment(1);
+        metrics::histogram!(m::SUBMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok(job)
+    }
+
+    /// Publishes the job to its queue and waits for the server's confirmation.
+    /// The job id is the message id, so a repeated publish is dropped.
+    pub async fn enqueue(&self, job: &Job) -> Result<(), EnqueueError> {
+        let payload = encode(job).map_err(|e| EnqueueError(e.to_string()))?;
+        nats::publish(
+            &self.js,
+            subjects::jobs(job.priority, &job.model),
+            &job.id,
+            payload,
+        )
+        .await
+        .map_err(|e| EnqueueError(e.to_string()))?
+        .await
+        .map_err(|e| EnqueueError(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EnqueueError(String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use switchyard_runtime::Issues;
+
+    fn registry() -> Registry {
+        let spec = |name: &str, kind| ModelSpec {
+            name: name.into(),
+            kind,
+            max_tokens: 64,
+            default_max_tokens: 16,
+            max_input_bytes: 200,
+        };
+        Registry::new(
+            &[
+                spec("chat", ModelKind::Chat),
+                spec("text", ModelKind::Completion),
+            ],
+            &mut Issues::default(),
+        )
+    }
+
+    fn sub(model: &str, input: serde_json::Value) -> Submission {
+        serde_json::from_value(json!({"model": model, "input": input})).unwrap()
+    }
+
+    fn check(model: &str, input: serde_json::Value) -> Result<Job, Rejection> {
+        validate(
+            &registry(),
+            sub(model, input),
+            Priority::Normal,
+            "job-1".into(),
+        )
+    }
+
+    #[test]
+    fn valid_chat_gets_the_default_max_tokens() {
+        let job = check(
+            "chat",
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .unwrap();
+        assert_eq!(job.input.max_tokens(), Some(16));
+        assert_eq!(job.attempt, 1);
+        assert_eq!(job.priority, Priority::Normal);
+    }
+
+    #[test]
+    fn each_bad_input_has_its_code() {
+        let cases = [
+            ("nope", json!({"prompt": "x"}), "unknown_model"),
+            ("chat", json!({"prompt": "x"}), "invalid_request"),
+            ("chat", json!({"messages": []}), "invalid_request"),
+            (
+                "chat",
+                json!({"messages": [{"role": "robot", "content": "x"}]}),
+                "invalid_request",
+            ),
+            (
+                "text",
+                json!({"prompt": "x", "max_tokens": 65}),
+                "invalid_request",
+            ),
+            (
+                "text",
+                json!({"prompt": "x", "max_tokens": 0}),
+                "invalid_request",
+            ),
+            (
+                "text",
+                json!({"prompt": "x", "temperature": 3.0}),
+                "invalid_request",
+            ),
+            ("text", json!({"prompt": 7}), "invalid_request"),
+            ("text", json!("just a string"), "invalid_request"),
+            (
+                "text",
+                json!({"prompt": "x".repeat(300)}),
+                "input_too_large",
+            ),
+        ];
+        for (model, input, code) in cases {
+            let err = check(model, input.clone()).unwrap_err();
+            assert_eq!(err.code(), code, "{model} {input}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_input_fields_are_named() {
+        let err = check("text", json!({"prompt": "x", "max_token": 3})).unwrap_err();
+        assert!(err.to_string().contains("max_token"), "{err}");
+    }
+
+    #[test]
+    fn ids_and_metadata_are_bounded() {
+        let bad_id = validate(
+            &registry(),
+            sub("text", json!({"prompt": "x"})),
+            Priority::Batch,
+            "a.b".into(),
+        );
+        assert_eq!(bad_id.unwrap_err().code(), "invalid_request");
+        let mut s = sub("text", json!({"prompt": "x"}));
+        s.metadata = (0..17).map(|i| (format!("k{i}"), "v".into())).collect();
+        let err = validate(&registry(), s, Priority::Batch, "ok".into()).unwrap_err();
+        assert!(err.to_string().contains("metadata"), "{err}");
+    }
+}

@@ -1,0 +1,240 @@
+//! The HTTP jobs API. Errors are `{"error": {"code", "message"}}` with a
+//! stable code; the status is chosen here and only here.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+use switchyard_schemas::{ErrorBody, Submission, Usage};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tracing::error;
+
+use crate::admission::{Admitter, Rejection, SubmitError};
+use crate::store::{JobRecord, Source};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error("request body exceeds {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("request body could not be read")]
+    BodyUnreadable,
+    #[error("no job with id {0:?}")]
+    NotFound(String),
+    #[error("job store: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Submit(SubmitError::Rejected(r)) => {
+                let status = match r {
+                    Rejection::MalformedBody(_) => StatusCode::BAD_REQUEST,
+                    Rejection::InputTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    Rejection::InvalidRequest(_) | Rejection::UnknownModel(_) => {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    }
+                };
+                (status, r.code())
+            }
+            ApiError::Submit(SubmitError::QueueUnavailable(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable")
+            }
+            ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::BodyUnreadable => (StatusCode::BAD_REQUEST, "malformed_body"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Submit(SubmitError::Store(_)) | ApiError::Store(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        // Operator detail stays in the log; clients get the code and a safe message.
+        let message = if status.is_server_error() {
+            error!(error = %self, code, "request failed");
+            match code {
+                "queue_unavailable" => {
+                    "the job queue is unavailable; the job was not queued".into()
+                }
+                _ => "the job store is unavailable; try again".into(),
+            }
+        } else {
+            self.to_string()
+        };
+        let mut response = (
+            status,
+            axum::Json(json!({"error": ErrorBody { code: code.into(), message }})),
+        )
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+pub fn router(admitter: Admitter, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/jobs", post(submit))
+        .route("/v1/jobs/{id}", get(get_job))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(ApiState {
+            admitter,
+            max_body_bytes,
+        })
+}
+
+#[derive(Clone)]
+struct ApiState {
+    admitter: Admitter,
+    max_body_bytes: usize,
+}
+
+/// The HTTP form of a submission: the priority is in the body, and ids are
+/// always the server's.
+fn parse_submission(body: &[u8]) -> Result<Submission, Rejection> {
+    let submission: Submission = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Rejection::InvalidRequest(e.to_string()),
+        _ => Rejection::MalformedBody(format!("body is not valid JSON: {e}")),
+    })?;
+    if submission.id.is_some() {
+        return Err(Rejection::InvalidRequest(
+            "id is assigned by the server over HTTP".into(),
+        ));
+    }
+    Ok(submission)
+}
+
+async fn submit(
+    State(s): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge(s.max_body_bytes)
+        } else {
+            ApiError::BodyUnreadable
+        }
+    })?;
+    let submission = parse_submission(&body).map_err(SubmitError::from)?;
+    let priority = submission.priority.unwrap_or_default();
+    let id = uuid::Uuid::now_v7().to_string();
+    let job = s
+        .admitter
+        .submit(submission, priority, id, Source::Http)
+        .await?;
+    let location = format!("/v1/jobs/{}", job.id);
+    let body = json!({
+        "id": job.id,
+        "status": "queued",
+        "model": job.model,
+        "priority": job.priority,
+        "created_at": rfc3339(job.submitted_at_ms),
+    });
+    let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+async fn get_job(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<JobView>, ApiError> {
+    let record = s
+        .admitter
+        .store
+        .get(&id)
+        .await?
+        .ok_or(ApiError::NotFound(id))?;
+    Ok(axum::Json(JobView::from(record)))
+}
+
+fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Serialize)]
+struct Transition {
+    status: &'static str,
+    at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    id: String,
+    model: String,
+    priority: String,
+    status: &'static str,
+    source: String,
+    attempt: u32,
+    node: Option<String>,
+    metadata: BTreeMap<String, String>,
+    created_at: String,
+    /// Every transition so far, in order, with its time.
+    transitions: Vec<Transition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Usage>,
+}
+
+impl From<JobRecord> for JobView {
+    fn from(r: JobRecord) -> Self {
+        let at = |status, ms: Option<i64>, node: Option<&String>| {
+            ms.map(|ms| Transition {
+                status,
+                at: rfc3339(ms),
+                node: node.cloned(),
+            })
+        };
+        let transitions = [
+            at("queued", Some(r.created_at_ms), None),
+            at("assigned", r.assigned_at_ms, r.node.as_ref()),
+            at("running", r.started_at_ms, r.node.as_ref()),
+            at(r.status.as_str(), r.finished_at_ms, None),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        JobView {
+            status: r.status.as_str(),
+            created_at: rfc3339(r.created_at_ms),
+            transitions,
+            error: r.error.map(|(code, message)| ErrorBody { code, message }),
+            result: r.output,
+            usage: r.usage,
+            id: r.id,
+            model: r.model,
+            priority: r.priority,
+            source: r.source,
+            attempt: r.attempt,
+            node: r.node,
+            metadata: r.metadata,
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The broker: Switchyard's front door. It admits jobs from HTTP and NATS
+//! clients into the durable queue, keeps a record of every job, and follows
+//! the lifecycle events and results that the dispatcher and agents publish.
+
+mod admission;
+mod api;
+mod config;
+mod intake;
+mod metrics;
+mod outbox;
+mod projection;
+mod server;
+pub mod store;
+
+pub use admission::{Admitter, Rejection, SubmitError};
+pub use config::BrokerConfig;
+pub use server::{BrokerError, run};

@@ -1,0 +1,33 @@
+//! Metric names of the broker, in one place.
+
+pub const SUBMISSIONS: &str = "switchyard_broker_submissions_total";
+pub const REJECTIONS: &str = "switchyard_broker_rejections_total";
+pub const SUBMIT_SECONDS: &str = "switchyard_broker_submit_seconds";
+pub const FINISHED: &str = "switchyard_broker_jobs_finished_total";
+pub const PROJECTED: &str = "switchyard_broker_projected_messages_total";
+pub const REPUBLISHED: &str = "switchyard_broker_outbox_republished_total";
+
+pub fn describe() {
+    metrics::describe_counter!(
+        SUBMISSIONS,
+        "Jobs admitted into the queue, by source (http, nats, nats_request)"
+    );
+    metrics::describe_counter!(
+        REJECTIONS,
+        "Submissions refused at admission, by source and error code"
+    );
+    metrics::describe_histogram!(
+        SUBMIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to admit one job: validation, record, durable enqueue"
+    );
+    metrics::describe_counter!(FINISHED, "Jobs that reached a final status, by status");
+    metrics::describe_counter!(
+        PROJECTED,
+        "Events, results and usage records written to the job store, by stream"
+    );
+    metrics::describe_counter!(
+        REPUBLISHED,
+        "Jobs published again because their first enqueue was not confirmed"
+    );
+}

@@ -1,0 +1,172 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
+use switchyard_runtime::ops::{self, ServeError};
+use switchyard_runtime::telemetry::PrometheusHandle;
+use switchyard_runtime::{NatsConfig, Readiness, Registry};
+use switchyard_schemas::{JobEvent, JobResult, UsageEvent, subjects};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::admission::Admitter;
+use crate::store::{JobStore, SqliteStore, StoreError};
+use crate::{BrokerConfig, api, intake, metrics as m, outbox, projection};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("job store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot subscribe to admit requests: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+}
+
+const CONSUMER_ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs the broker until `shutdown` is cancelled, then drains: readiness goes
+/// first, the HTTP server finishes in-flight requests, the intakes stop taking
+/// new messages, and what is unacknowledged stays in the streams.
+pub async fn run(
+    cfg: BrokerConfig,
+    nats_cfg: NatsConfig,
+    registry: Registry,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> Result<(), BrokerError> {
+    m::describe();
+    let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&cfg.database_url).await?);
+    let listener = ops::bind(cfg.listen).await?;
+    let (client, js) = nats::connect(&nats_cfg, "broker").await?;
+    nats::ensure_streams(&js, &nats_cfg).await?;
+
+    let consumer = |stream, durable: &str, filter: &str, pending: usize| ConsumerSpec {
+        stream,
+        durable: durable.to_owned(),
+        filter: filter.to_owned(),
+        ack_wait: CONSUMER_ACK_WAIT,
+        max_ack_pending: i64::try_from(pending).unwrap_or(i64::MAX),
+    };
+    let batch = cfg.projection_batch;
+    let intake_consumer = nats::durable_consumer(
+        &js,
+        consumer(
+            subjects::SUBMIT_STREAM,
+            "broker-intake",
+            subjects::SUBMIT_ALL,
+            cfg.intake_concurrency * 2,
+        ),
+    )
+    .await?;
+    let events = nats::durable_consumer(
+        &js,
+        consumer(
+            subjects::EVENTS_STREAM,
+            "broker-events",
+            subjects::EVENTS_ALL,
+            batch * 4,
+        ),
+    )
+    .await?;
+    let results = nats::durable_consumer(
+        &js,
+        consumer(
+            subjects::RESULTS_STREAM,
+            "broker-results",
+            subjects::RESULTS_ALL,
+            batch * 4,
+        ),
+    )
+    .await?;
+    let usage = nats::durable_consumer(
+        &js,
+        consumer(
+            subjects::BILLING_STREAM,
+            "broker-usage",
+            subjects::USAGE_ALL,
+            batch * 4,
+        ),
+    )
+    .await?;
+    let requests = client
+        .queue_subscribe(subjects::ADMIT_ALL, "broker".into())
+        .await?;
+
+    let admitter = Admitter {
+        registry: Arc::new(registry),
+        store: store.clone(),
+        js,
+    };
+    let ready = Readiness::default();
+    let router = api::router(admitter.clone(), cfg.max_body_bytes)
+        .merge(ops::router(metrics, ready.clone()));
+
+    let tasks = TaskTracker::new();
+    tasks.spawn(ops::serve(listener, router, shutdown.clone()));
+    tasks.spawn(intake::follow_submissions(
+        admitter.clone(),
+        intake_consumer,
+        cfg.intake_concurrency,
+        shutdown.clone(),
+    ));
+    tasks.spawn(intake::serve_requests(
+        admitter.clone(),
+        requests,
+        cfg.intake_concurrency,
+        shutdown.clone(),
+    ));
+    tasks.spawn(projection::follow(
+        subjects::EVENTS_STREAM,
+        events,
+        batch,
+        store.clone(),
+        |s, items: Vec<JobEvent>| async move { s.apply_events(&items).await },
+        shutdown.clone(),
+    ));
+    tasks.spawn(projection::follow(
+        subjects::RESULTS_STREAM,
+        results,
+        batch,
+        store.clone(),
+        |s, items: Vec<JobResult>| async move {
+            s.apply_results(&items).await?;
+            for r in &items {
+                let status = match r.outcome {
+                    switchyard_schemas::Outcome::Succeeded { .. } => "succeeded",
+                    switchyard_schemas::Outcome::Failed { .. } => "failed",
+                };
+                metrics::counter!(m::FINISHED, "status" => status).increment(1);
+            }
+            Ok(())
+        },
+        shutdown.clone(),
+    ));
+    tasks.spawn(projection::follow(
+        subjects::BILLING_STREAM,
+        usage,
+        batch,
+        store.clone(),
+        |s, items: Vec<UsageEvent>| async move { s.record_usage(&items).await },
+        shutdown.clone(),
+    ));
+    tasks.spawn(outbox::run(
+        admitter,
+        cfg.outbox_interval,
+        cfg.outbox_grace,
+        shutdown.clone(),
+    ));
+    tasks.close();
+    ready.set(true);
+    info!(listen = %cfg.listen, "broker ready");
+
+    shutdown.cancelled().await;
+    ready.set(false);
+    tasks.wait().await;
+    let _ = client.flush().await;
+    info!("broker stopped");
+    Ok(())
+}

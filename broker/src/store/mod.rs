@@ -1,0 +1,128 @@
+//! Job records. The store is a projection of what the streams say happened;
+//! every write is idempotent so that a redelivered message changes nothing.
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use switchyard_schemas::{Job, JobEvent, JobResult, Priority, Usage, UsageEvent};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored job {id} is corrupt: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error("cannot create the database directory {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Where a job came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Http,
+    Nats,
+    NatsRequest,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Http => "http",
+            Source::Nats => "nats",
+            Source::NatsRequest => "nats_request",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Queued,
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Assigned => "assigned",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        [
+            Status::Queued,
+            Status::Assigned,
+            Status::Running,
+            Status::Succeeded,
+            Status::Failed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+/// A submission refused at the NATS intake, kept so the client can look it up.
+#[derive(Debug, Clone)]
+pub struct RejectedJob {
+    pub id: String,
+    pub model: String,
+    pub priority: Priority,
+    pub source: Source,
+    pub code: String,
+    pub message: String,
+    pub at_ms: i64,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub model: String,
+    pub priority: String,
+    pub source: String,
+    pub status: Status,
+    pub attempt: u32,
+    pub node: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub created_at_ms: i64,
+    pub enqueued_at_ms: Option<i64>,
+    pub assigned_at_ms: Option<i64>,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<(String, String)>,
+    pub usage: Option<Usage>,
+}
+
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Records an admitted job as queued-but-unconfirmed; a repeat is a no-op.
+    async fn insert(&self, job: &Job, source: Source) -> Result<(), StoreError>;
+    /// The queue confirmed the job.
+    async fn mark_enqueued(&self, id: &str, at_ms: i64) -> Result<(), StoreError>;
+    /// The queue refused the job: it will not run.
+    async fn fail_unqueued(&self, id: &str, reason: &str) -> Result<(), StoreError>;
+    async fn insert_rejected(&self, job: &RejectedJob) -> Result<(), StoreError>;
+    async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError>;
+    async fn apply_results(&self, results: &[JobResult]) -> Result<(), StoreError>;
+    async fn record_usage(&self, usage: &[UsageEvent]) -> Result<(), StoreError>;
+    async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// Jobs recorded before `created_before_ms` whose enqueue was never confirmed.
+    async fn unconfirmed(&self, created_before_ms: i64, limit: u32)
+    -> Result<Vec<Job>, StoreError>;
+}

@@ -1,0 +1,454 @@
+//! The embedded default store: one SQLite file in WAL mode. `synchronous =
+//! NORMAL` survives a crash of the process (not of the machine); the queue
+//! itself lives in JetStream, and the records can be rebuilt from its streams.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, Usage, UsageEvent, now_ms};
+
+use super::{JobRecord, JobStore, RejectedJob, Source, Status, StoreError};
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and applies migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        if let Some(dir) = options
+            .get_filename()
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn apply_event(
+        tx: &mut Transaction<'_, Sqlite>,
+        e: &JobEvent,
+    ) -> Result<(), sqlx::Error> {
+        // Status only moves forward; a late or repeated event changes nothing
+        // but fills a timestamp that was missing.
+        let sql = match &e.kind {
+            EventKind::Assigned { .. } => {
+                "UPDATE jobs SET
+                    status = CASE WHEN status = 'queued' THEN 'assigned' ELSE status END,
+                    node = CASE WHEN status IN ('queued', 'assigned') THEN ?1 ELSE node END,
+                    assigned_at = COALESCE(assigned_at, ?2),
+                    attempt = MAX(attempt, ?3)
+                 WHERE id = ?4"
+            }
+            EventKind::Running { .. } => {
+                "UPDATE jobs SET
+                    status = CASE WHEN status IN ('queued', 'assigned') THEN 'running' ELSE status END,
+                    node = CASE WHEN status IN ('queued', 'assigned', 'running') THEN ?1 ELSE node END,
+                    started_at = COALESCE(started_at, ?2),
+                    attempt = MAX(attempt, ?3)
+                 WHERE id = ?4"
+            }
+        };
+        let node = match &e.kind {
+            EventKind::Assigned { node } | EventKind::Running { node } => node,
+        };
+        sqlx::query(sql)
+            .bind(node)
+            .bind(e.at_ms)
+            .bind(e.attempt)
+            .bind(&e.job_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn apply_result(
+        tx: &mut Transaction<'_, Sqlite>,
+        r: &JobResult,
+    ) -> Result<(), sqlx::Error> {
+        let (status, output, error, usage) = match &r.outcome {
+            Outcome::Succeeded { output, usage } => (
+                Status::Succeeded,
+                Some(output.to_string()),
+                None,
+                Some(*usage),
+            ),
+            Outcome::Failed { error } => (
+                Status::Failed,
+                None,
+                Some((error.class.code(), error.message.as_str())),
+                None,
+            ),
+        };
+        // The first final result wins; anything later is a duplicate.
+        sqlx::query(
+            "UPDATE jobs SET status = ?1, output = ?2, error_code = ?3, error_message = ?4,
+                prompt_tokens = ?5, completion_tokens = ?6, finished_at = ?7,
+                node = COALESCE(?8, node), attempt = MAX(attempt, ?9)
+             WHERE id = ?10 AND status NOT IN ('succeeded', 'failed')",
+        )
+        .bind(status.as_str())
+        .bind(output)
+        .bind(error.map(|e| e.0))
+        .bind(error.map(|e| e.1))
+        .bind(usage.map(|u| u.prompt_tokens))
+        .bind(usage.map(|u| u.completion_tokens))
+        .bind(r.finished_at_ms)
+        .bind(&r.node)
+        .bind(r.attempt)
+        .bind(&r.job_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
+    let id: String = row.try_get("id")?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        id: id.clone(),
+        reason,
+    };
+    let status: String = row.try_get("status")?;
+    let metadata: String = row.try_get("metadata")?;
+    let output: Option<String> = row.try_get("output")?;
+    let code: Option<String> = row.try_get("error_code")?;
+    let message: Option<String> = row.try_get("error_message")?;
+    let prompt: Option<u32> = row.try_get("prompt_tokens")?;
+    let completion: Option<u32> = row.try_get("completion_tokens")?;
+    Ok(JobRecord {
+        status: Status::parse(&status).ok_or_else(|| corrupt(format!("status {status:?}")))?,
+        metadata: serde_json::from_str(&metadata).map_err(|e| corrupt(e.to_string()))?,
+        output: output
+            .map(|o| serde_json::from_str(&o))
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?,
+        error: code.zip(message),
+        usage: prompt.zip(completion).map(|(p, c)| Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+        }),
+        model: row.try_get("model")?,
+        priority: row.try_get("priority")?,
+        source: row.try_get("source")?,
+        attempt: row.try_get("attempt")?,
+        node: row.try_get("node")?,
+        created_at_ms: row.try_get("created_at")?,
+        enqueued_at_ms: row.try_get("enqueued_at")?,
+        assigned_at_ms: row.try_get("assigned_at")?,
+        started_at_ms: row.try_get("started_at")?,
+        finished_at_ms: row.try_get("finished_at")?,
+        id,
+    })
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn insert(&self, job: &Job, source: Source) -> Result<(), StoreError> {
+        let json = serde_json::to_string(job).map_err(|e| StoreError::Corrupt {
+            id: job.id.clone(),
+            reason: e.to_string(),
+        })?;
+        let metadata = serde_json::to_string(&job.metadata).unwrap_or_else(|_| "{}".into());
+        sqlx::query(
+            "INSERT INTO jobs (id, model, priority, source, status, job, metadata, attempt, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&job.id)
+        .bind(&job.model)
+        .bind(job.priority.as_str())
+        .bind(source.as_str())
+        .bind(json)
+        .bind(metadata)
+        .bind(job.attempt)
+        .bind(job.submitted_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_enqueued(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET enqueued_at = COALESCE(enqueued_at, ?1) WHERE id = ?2")
+            .bind(at_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn fail_unqueued(&self, id: &str, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET status = 'failed', error_code = 'queue_unavailable',
+                error_message = ?1, finished_at = ?2
+             WHERE id = ?3 AND status = 'queued' AND enqueued_at IS NULL",
+        )
+        .bind(reason)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_rejected(&self, job: &RejectedJob) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO jobs (id, model, priority, source, status, created_at, finished_at,
+                error_code, error_message)
+             VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?5, ?6, ?7)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&job.id)
+        .bind(&job.model)
+        .bind(job.priority.as_str())
+        .bind(job.source.as_str())
+        .bind(job.at_ms)
+        .bind(&job.code)
+        .bind(&job.message)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for e in events {
+            Self::apply_event(&mut tx, e).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn apply_results(&self, results: &[JobResult]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for r in results {
+            Self::apply_result(&mut tx, r).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_usage(&self, usage: &[UsageEvent]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for u in usage {
+            sqlx::query(
+                "INSERT INTO usage (job_id, attempt, node, model, prompt_tokens, completion_tokens, engine_ms, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (job_id, attempt) DO NOTHING",
+            )
+            .bind(&u.job_id)
+            .bind(u.attempt)
+            .bind(&u.node)
+            .bind(&u.model)
+            .bind(u.usage.prompt_tokens)
+            .bind(u.usage.completion_tokens)
+            .bind(i64::try_from(u.engine_ms).unwrap_or(i64::MAX))
+            .bind(u.at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    async fn unconfirmed(
+        &self,
+        created_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, job FROM jobs
+             WHERE enqueued_at IS NULL AND status = 'queued' AND created_at < ?1
+             ORDER BY created_at LIMIT ?2",
+        )
+        .bind(created_before_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                let json: Option<String> = row.try_get("job")?;
+                json.and_then(|j| serde_json::from_str(&j).ok())
+                    .ok_or(StoreError::Corrupt {
+                        id,
+                        reason: "queued job without its body".into(),
+                    })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_schemas::{
+        CompletionInput, ErrorClass, JobError, JobInput, Priority, SCHEMA_VERSION,
+    };
+
+    async fn store() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/sub/jobs.db", dir.path().display());
+        (SqliteStore::open(&url).await.unwrap(), dir)
+    }
+
+    fn job(id: &str) -> Job {
+        Job {
+            v: SCHEMA_VERSION,
+            id: id.into(),
+            model: "m".into(),
+            priority: Priority::High,
+            input: JobInput::Completion(CompletionInput {
+                prompt: "p".into(),
+                max_tokens: Some(2),
+                temperature: None,
+            }),
+            metadata: [("k".to_owned(), "v".to_owned())].into(),
+            submitted_at_ms: 1_000,
+            attempt: 1,
+        }
+    }
+
+    fn event(id: &str, at: i64, kind: EventKind) -> JobEvent {
+        JobEvent {
+            v: SCHEMA_VERSION,
+            job_id: id.into(),
+            attempt: 1,
+            at_ms: at,
+            kind,
+        }
+    }
+
+    fn result(id: &str, outcome: Outcome) -> JobResult {
+        JobResult {
+            v: SCHEMA_VERSION,
+            job_id: id.into(),
+            attempt: 1,
+            node: Some("n1".into()),
+            finished_at_ms: 50,
+            outcome,
+        }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_moves_forward_only_and_ignores_repeats() {
+        let (s, _dir) = store().await;
+        s.insert(&job("a"), Source::Http).await.unwrap();
+        s.insert(&job("a"), Source::Nats).await.unwrap();
+        let ok = result(
+            "a",
+            Outcome::Succeeded {
+                output: serde_json::json!({"x": 1}),
+                usage: Usage {
+                    prompt_tokens: 1,
+                    completion_tokens: 2,
+                },
+            },
+        );
+        // Out of order: the result lands before the events.
+        s.apply_results(&[ok.clone()]).await.unwrap();
+        s.apply_events(&[
+            event("a", 10, EventKind::Assigned { node: "n1".into() }),
+            event("a", 20, EventKind::Running { node: "n1".into() }),
+        ])
+        .await
+        .unwrap();
+        let failed = result(
+            "a",
+            Outcome::Failed {
+                error: JobError::new(ErrorClass::Timeout, "late"),
+            },
+        );
+        s.apply_results(&[failed]).await.unwrap();
+
+        let r = s.get("a").await.unwrap().unwrap();
+        assert_eq!(r.status, Status::Succeeded, "first final result wins");
+        assert_eq!(r.source, "http", "the first insert wins");
+        assert_eq!(r.assigned_at_ms, Some(10));
+        assert_eq!(r.started_at_ms, Some(20));
+        assert_eq!(r.finished_at_ms, Some(50));
+        assert_eq!(r.node.as_deref(), Some("n1"));
+        assert_eq!(r.output, Some(serde_json::json!({"x": 1})));
+        assert_eq!(r.metadata["k"], "v");
+        assert_eq!(
+            r.usage,
+            Some(Usage {
+                prompt_tokens: 1,
+                completion_tokens: 2
+            })
+        );
+        assert!(s.get("missing").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn unconfirmed_jobs_are_found_until_marked() {
+        let (s, _dir) = store().await;
+        s.insert(&job("a"), Source::Http).await.unwrap();
+        s.insert(&job("b"), Source::Http).await.unwrap();
+        s.mark_enqueued("b", 5).await.unwrap();
+        let found = s.unconfirmed(2_000, 10).await.unwrap();
+        assert_eq!(found, vec![job("a")]);
+        assert!(
+            s.unconfirmed(500, 10).await.unwrap().is_empty(),
+            "too young"
+        );
+        s.fail_unqueued("a", "queue down").await.unwrap();
+        assert!(s.unconfirmed(2_000, 10).await.unwrap().is_empty());
+        let a = s.get("a").await.unwrap().unwrap();
+        assert_eq!(a.status, Status::Failed);
+        assert_eq!(a.error.unwrap().0, "queue_unavailable");
+    }
+
+    #[tokio::test]
+    async fn usage_is_recorded_once_per_attempt() {
+        let (s, _dir) = store().await;
+        let u = UsageEvent {
+            v: SCHEMA_VERSION,
+            job_id: "a".into(),
+            attempt: 1,
+            node: "n".into(),
+            model: "m".into(),
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+            },
+            engine_ms: 5,
+            at_ms: 6,
+        };
+        s.record_usage(&[u.clone(), u.clone()]).await.unwrap();
+        s.record_usage(&[u]).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+}

@@ -1,0 +1,201 @@
+//! The dispatcher's view of the cluster: pure state, fed by heartbeats and
+//! placement decisions, tested without NATS.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use switchyard_schemas::Heartbeat;
+
+/// One node as the dispatcher sees it.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub id: String,
+    pub models: BTreeSet<String>,
+    pub slots_total: u32,
+    pub running: u32,
+    pub queued: u32,
+    pub draining: bool,
+    pub last_seen: Instant,
+    /// Assignments made since the last heartbeat, which it could not yet count.
+    pub assigned_since_heartbeat: u32,
+}
+
+impl NodeView {
+    /// Assignments this node can take now.
+    pub fn free(&self, prefetch_per_slot: u32) -> u32 {
+        let limit = self
+            .slots_total
+            .saturating_mul(prefetch_per_slot.saturating_add(1));
+        limit.saturating_sub(
+            self.running
+                .saturating_add(self.queued)
+                .saturating_add(self.assigned_since_heartbeat),
+        )
+    }
+
+    fn healthy(&self, now: Instant, timeout: Duration) -> bool {
+        !self.draining && now.saturating_duration_since(self.last_seen) <= timeout
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    nodes: BTreeMap<String, NodeView>,
+    node_timeout: Duration,
+    prefetch_per_slot: u32,
+}
+
+impl Cluster {
+    pub fn new(node_timeout: Duration, prefetch_per_slot: u32) -> Self {
+        Self {
+            nodes: BTreeMap::new(),
+            node_timeout,
+            prefetch_per_slot,
+        }
+    }
+
+    /// Takes in a heartbeat; it replaces everything known of that node.
+    pub fn observe(&mut self, hb: &Heartbeat, now: Instant) {
+        self.nodes.insert(
+            hb.node.clone(),
+            NodeView {
+                id: hb.node.clone(),
+                models: hb.models.iter().cloned().collect(),
+                slots_total: hb.slots_total,
+                running: hb.running,
+                queued: hb.queued,
+                draining: hb.draining,
+                last_seen: now,
+                assigned_since_heartbeat: 0,
+            },
+        );
+    }
+
+    /// Nodes that can take work now.
+    pub fn healthy(&self, now: Instant) -> impl Iterator<Item = &NodeView> {
+        self.nodes
+            .values()
+            .filter(move |n| n.healthy(now, self.node_timeout))
+    }
+
+    /// Assignments the cluster can take now for `model`.
+    pub fn capacity_for(&self, model: &str, now: Instant) -> u32 {
+        self.healthy(now)
+            .filter(|n| n.models.contains(model))
+            .map(|n| n.free(self.prefetch_per_slot))
+            .fold(0, u32::saturating_add)
+    }
+
+    /// Assignments the cluster can take now, any model.
+    pub fn free_total(&self, now: Instant) -> u32 {
+        self.healthy(now)
+            .map(|n| n.free(self.prefetch_per_slot))
+            .fold(0, u32::saturating_add)
+    }
+
+    /// Picks the healthy node serving `model` with the most room, and counts
+    /// the assignment against it. Ties go to the node with fewer running jobs.
+    pub fn place(&mut self, model: &str, now: Instant) -> Option<String> {
+        let prefetch = self.prefetch_per_slot;
+        let timeout = self.node_timeout;
+        let node = self
+            .nodes
+            .values_mut()
+            .filter(|n| n.healthy(now, timeout) && n.models.contains(model))
+            .filter(|n| n.free(prefetch) > 0)
+            .max_by_key(|n| (n.free(prefetch), std::cmp::Reverse(n.running)))?;
+        node.assigned_since_heartbeat += 1;
+        Some(node.id.clone())
+    }
+
+    /// Drops nodes silent for much longer than the timeout, so that the view
+    /// does not grow with every node that ever existed.
+    pub fn forget_stale(&mut self, now: Instant) -> Vec<String> {
+        let horizon = self.node_timeout * 10;
+        let stale: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| now.saturating_duration_since(n.last_seen) > horizon)
+            .map(|n| n.id.clone())
+            .collect();
+        for id in &stale {
+            self.nodes.remove(id);
+        }
+        stale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_schemas::SCHEMA_VERSION;
+
+    fn hb(node: &str, models: &[&str], slots: u32, running: u32, queued: u32) -> Heartbeat {
+        Heartbeat {
+            v: SCHEMA_VERSION,
+            node: node.into(),
+            at_ms: 0,
+            models: models.iter().map(|m| (*m).to_owned()).collect(),
+            slots_total: slots,
+            running,
+            queued,
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn free_counts_slots_prefetch_and_unreported_assignments() {
+        let now = Instant::now();
+        let mut c = Cluster::new(Duration::from_secs(5), 1);
+        c.observe(&hb("a", &["m"], 4, 3, 2), now);
+        // 4 slots × (1 + 1) = 8 in all, 5 taken.
+        assert_eq!(c.capacity_for("m", now), 3);
+        for _ in 0..3 {
+            assert_eq!(c.place("m", now).as_deref(), Some("a"));
+        }
+        assert_eq!(c.place("m", now), None, "never beyond capacity");
+        // The next heartbeat counts them and replaces the estimate.
+        c.observe(&hb("a", &["m"], 4, 4, 1), now);
+        assert_eq!(c.capacity_for("m", now), 3);
+    }
+
+    #[test]
+    fn places_only_on_healthy_nodes_serving_the_model() {
+        let now = Instant::now();
+        let mut c = Cluster::new(Duration::from_secs(5), 0);
+        c.observe(&hb("other-model", &["x"], 8, 0, 0), now);
+        let mut draining = hb("draining", &["m"], 8, 0, 0);
+        draining.draining = true;
+        c.observe(&draining, now);
+        c.observe(&hb("silent", &["m"], 8, 0, 0), now);
+        let later = now + Duration::from_secs(6);
+        c.observe(&hb("ok", &["m"], 1, 0, 0), later);
+        assert_eq!(c.capacity_for("m", later), 1);
+        assert_eq!(c.place("m", later).as_deref(), Some("ok"));
+        assert_eq!(c.place("m", later), None);
+        assert_eq!(c.place("nope", later), None);
+    }
+
+    #[test]
+    fn prefers_the_node_with_most_room() {
+        let now = Instant::now();
+        let mut c = Cluster::new(Duration::from_secs(5), 0);
+        c.observe(&hb("small", &["m"], 2, 0, 0), now);
+        c.observe(&hb("big", &["m"], 8, 5, 0), now);
+        // big has 3 free, small 2.
+        assert_eq!(c.place("m", now).as_deref(), Some("big"));
+        // Now both have 2 free; the tie goes to the one running less.
+        assert_eq!(c.place("m", now).as_deref(), Some("small"));
+        assert_eq!(c.place("m", now).as_deref(), Some("big"));
+        assert_eq!(c.free_total(now), 2);
+    }
+
+    #[test]
+    fn forgets_long_silent_nodes() {
+        let now = Instant::now();
+        let mut c = Cluster::new(Duration::from_secs(1), 0);
+        c.observe(&hb("a", &["m"], 1, 0, 0), now);
+        assert!(c.forget_stale(now + Duration::from_secs(5)).is_empty());
+        assert_eq!(c.forget_stale(now + Duration::from_secs(11)), ["a"]);
+    }
+}

@@ -1,0 +1,238 @@
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, AckKind, Context};
+use futures::{FutureExt, StreamExt};
+use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
+use switchyard_runtime::ops::{self, ServeError};
+use switchyard_runtime::telemetry::PrometheusHandle;
+use switchyard_runtime::{NatsConfig, Readiness, Registry};
+use switchyard_schemas::{
+    Assignment, CodecError, EventKind, Heartbeat, Job, JobEvent, Priority, SCHEMA_VERSION, decode,
+    encode, now_ms, subjects,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::{Cluster, DispatcherConfig, metrics as m};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("cannot subscribe to heartbeats: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+}
+
+/// One queue the dispatcher drains: the jobs of one model at one priority.
+struct Queue {
+    priority: Priority,
+    model: String,
+    consumer: PullConsumer,
+}
+
+/// Runs the dispatcher until `shutdown` is cancelled.
+pub async fn run(
+    cfg: DispatcherConfig,
+    nats_cfg: NatsConfig,
+    registry: Registry,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> Result<(), DispatchError> {
+    m::describe();
+    let listener = ops::bind(cfg.listen).await?;
+    let ready = Readiness::default();
+    let tasks = TaskTracker::new();
+    tasks.spawn(ops::serve(
+        listener,
+        ops::router(metrics, ready.clone()),
+        shutdown.clone(),
+    ));
+
+    let (client, js) = nats::connect(&nats_cfg, "dispatcher").await?;
+    nats::ensure_streams(&js, &nats_cfg).await?;
+    let mut queues = Vec::new();
+    for priority in Priority::ALL {
+        for model in registry.iter() {
+            let consumer = nats::durable_consumer(
+                &js,
+                ConsumerSpec {
+                    stream: subjects::JOBS_STREAM,
+                    durable: format!("dispatch-{priority}-{}", subjects::model_token(&model.name)),
+                    filter: subjects::jobs(priority, &model.name),
+                    ack_wait: cfg.ack_wait,
+                    max_ack_pending: i64::from(cfg.max_batch) * 4,
+                },
+            )
+            .await?;
+            queues.push(Queue {
+                priority,
+                model: model.name.clone(),
+                consumer,
+            });
+        }
+    }
+    let mut heartbeats = client.subscribe(subjects::HEARTBEAT_ALL).await?;
+    ready.set(true);
+    info!(listen = %cfg.listen, queues = queues.len(), "dispatcher ready");
+
+    let mut cluster = Cluster::new(cfg.node_timeout, cfg.prefetch_per_slot);
+    let observe =
+        |cluster: &mut Cluster, msg: async_nats::Message| match decode::<Heartbeat>(&msg.payload) {
+            Ok(hb) => cluster.observe(&hb, Instant::now()),
+            Err(e) => warn!(error = %e, subject = %msg.subject, "bad heartbeat ignored"),
+        };
+
+    'run: while !shutdown.is_cancelled() {
+        while let Some(Some(msg)) = heartbeats.next().now_or_never() {
+            observe(&mut cluster, msg);
+        }
+        let now = Instant::now();
+        for node in cluster.forget_stale(now) {
+            info!(%node, "node forgotten after a long silence");
+        }
+        metrics::gauge!(m::NODES).set(cluster.healthy(now).count() as f64);
+        metrics::gauge!(m::FREE_SLOTS).set(f64::from(cluster.free_total(now)));
+
+        // Highest priority first; after any progress, start again from the top
+        // so a higher level never waits behind a lower one.
+        let mut progressed = false;
+        for q in &queues {
+            let room = cluster.capacity_for(&q.model, Instant::now());
+            if room == 0 {
+                continue;
+            }
+            match dispatch_batch(&js, q, room.min(cfg.max_batch), &mut cluster).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    debug!(priority = %q.priority, model = %q.model, n, "dispatched");
+                    progressed = true;
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, priority = %q.priority, model = %q.model, "pull failed")
+                }
+            }
+        }
+        if !progressed {
+            tokio::select! {
+                () = shutdown.cancelled() => break 'run,
+                msg = heartbeats.next() => match msg {
+                    Some(msg) => observe(&mut cluster, msg),
+                    None => break 'run,
+                },
+                () = tokio::time::sleep(cfg.idle_poll) => {}
+            }
+        }
+    }
+    ready.set(false);
+    info!("dispatcher stopping");
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error("fetch: {0}")]
+    Fetch(String),
+    #[error("publish: {0}")]
+    Publish(#[from] jetstream::context::PublishError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("ack: {0}")]
+    Ack(String),
+}
+
+/// Pulls up to `max` jobs from one queue and assigns each. A job is
+/// acknowledged only once its assignment is stored in the node's work queue;
+/// the publishes are pipelined, each job acknowledged as its own PubAck comes.
+async fn dispatch_batch(
+    js: &Context,
+    q: &Queue,
+    max: u32,
+    cluster: &mut Cluster,
+) -> Result<usize, BatchError> {
+    let mut batch = q
+        .consumer
+        .fetch()
+        .max_messages(max as usize)
+        .messages()
+        .await
+        .map_err(|e| BatchError::Fetch(e.to_string()))?;
+    let mut pending = Vec::new();
+    while let Some(msg) = batch.next().await {
+        let msg = msg.map_err(|e| BatchError::Fetch(e.to_string()))?;
+        let job: Job = match decode(&msg.payload) {
+            Ok(job) => job,
+            Err(e) => {
+                warn!(error = %e, "undecodable job terminated");
+                metrics::counter!(m::REJECTED, "reason" => "undecodable").increment(1);
+                let _ = msg.ack_with(AckKind::Term).await;
+                continue;
+            }
+        };
+        let Some(node) = cluster.place(&job.model, Instant::now()) else {
+            // Room vanished (a node went silent mid-batch): back to the queue.
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(100))))
+                .await;
+            continue;
+        };
+        metrics::histogram!(m::QUEUE_WAIT)
+            .record((now_ms() - job.submitted_at_ms).max(0) as f64 / 1000.0);
+        metrics::counter!(m::ASSIGNMENTS, "priority" => job.priority.as_str()).increment(1);
+        pending.push(assign(js, msg, job, node).boxed());
+    }
+    let n = pending.len();
+    let mut acks = futures::stream::iter(pending).buffer_unordered(1024);
+    while let Some(r) = acks.next().await {
+        if let Err(e) = r {
+            // The job stays unacknowledged and comes back after ack_wait.
+            warn!(error = %e, "assignment not confirmed");
+        }
+    }
+    Ok(n)
+}
+
+async fn assign(
+    js: &Context,
+    msg: jetstream::Message,
+    job: Job,
+    node: String,
+) -> Result<(), BatchError> {
+    let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
+    let event = JobEvent {
+        v: SCHEMA_VERSION,
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        at_ms: now_ms(),
+        kind: EventKind::Assigned { node: node.clone() },
+    };
+    let event_subject = subjects::events(&job.id);
+    let assignment = Assignment {
+        v: SCHEMA_VERSION,
+        node: node.clone(),
+        assigned_at_ms: now_ms(),
+        job,
+    };
+    // The message id is the job's attempt: if this job is pulled again after a
+    // crash, the second assignment is dropped by the server, wherever it goes.
+    let work_ack = nats::publish(js, subjects::work(&node), &msg_id, encode(&assignment)?).await?;
+    let event_ack = nats::publish(
+        js,
+        event_subject,
+        &format!("{msg_id}:assigned"),
+        encode(&event)?,
+    )
+    .await?;
+    work_ack.await?;
+    event_ack.await?;
+    msg.ack()
+        .await
+        .map_err(|e| BatchError::Ack(e.to_string()))?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! The dispatcher: pulls admitted jobs, highest priority first, and assigns
+//! each to a node that serves its model and has room, by publishing it to that
+//! node's work queue. It pulls only as many jobs as the cluster has room for,
+//! so the backlog stays in JetStream, not in memory.
+
+mod cluster;
+mod config;
+mod dispatch;
+mod metrics;
+
+pub use cluster::{Cluster, NodeView};
+pub use config::DispatcherConfig;
+pub use dispatch::{DispatchError, run};

@@ -1,0 +1,25 @@
+//! Metric names of the dispatcher, in one place.
+
+pub const ASSIGNMENTS: &str = "switchyard_dispatcher_assignments_total";
+pub const REJECTED: &str = "switchyard_dispatcher_rejected_total";
+pub const QUEUE_WAIT: &str = "switchyard_dispatcher_queue_wait_seconds";
+pub const NODES: &str = "switchyard_dispatcher_nodes";
+pub const FREE_SLOTS: &str = "switchyard_dispatcher_free_slots";
+
+pub fn describe() {
+    metrics::describe_counter!(ASSIGNMENTS, "Jobs assigned to a node, by priority");
+    metrics::describe_counter!(
+        REJECTED,
+        "Queued messages that could not be scheduled, by reason"
+    );
+    metrics::describe_histogram!(
+        QUEUE_WAIT,
+        metrics::Unit::Seconds,
+        "Time from admission to assignment"
+    );
+    metrics::describe_gauge!(NODES, "Nodes in the cluster view that can take work");
+    metrics::describe_gauge!(
+        FREE_SLOTS,
+        "Assignments the cluster can take now, as the dispatcher sees it"
+    );
+}

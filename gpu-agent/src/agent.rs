@@ -1,0 +1,396 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, AckKind, Context};
+use futures::StreamExt;
+use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
+use switchyard_runtime::ops::{self, ServeError};
+use switchyard_runtime::telemetry::PrometheusHandle;
+use switchyard_runtime::{NatsConfig, Readiness};
+use switchyard_schemas::{
+    Assignment, EventKind, Heartbeat, JobEvent, JobResult, Outcome, SCHEMA_VERSION, UsageEvent,
+    decode, encode, now_ms, subjects,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::engine::{self, Engine};
+use crate::{AgentConfig, metrics as m};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("cannot read the work queue: {0}")]
+    Fetch(String),
+}
+
+/// What every job task of this agent shares.
+struct Node {
+    id: String,
+    js: Context,
+    client: async_nats::Client,
+    engine: Box<dyn Engine>,
+    results: jetstream::stream::Stream,
+    running: AtomicU32,
+    /// Wakes the heartbeat loop when a slot frees up.
+    slot_freed: Notify,
+    ack_wait: Duration,
+}
+
+/// Runs the agent until `shutdown` is cancelled, then drains.
+pub async fn run(
+    cfg: AgentConfig,
+    nats_cfg: NatsConfig,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    m::describe();
+    let listener = ops::bind(cfg.listen).await?;
+    let ready = Readiness::default();
+    let tasks = TaskTracker::new();
+    let ops_stop = CancellationToken::new();
+    tasks.spawn(ops::serve(
+        listener,
+        ops::router(metrics, ready.clone()),
+        ops_stop.clone(),
+    ));
+
+    let (client, js) = nats::connect(&nats_cfg, &format!("gpu-agent {}", cfg.node_id)).await?;
+    nats::ensure_streams(&js, &nats_cfg).await?;
+    let engine = engine::build(&cfg.engine);
+    let slots = engine.slots();
+    let consumer = nats::durable_consumer(
+        &js,
+        ConsumerSpec {
+            stream: subjects::WORK_STREAM,
+            durable: format!("agent-{}", cfg.node_id),
+            filter: subjects::work(&cfg.node_id),
+            ack_wait: cfg.ack_wait,
+            // The server never hands this node more assignments than it has slots.
+            max_ack_pending: i64::from(slots),
+        },
+    )
+    .await?;
+    let results = js
+        .get_stream(subjects::RESULTS_STREAM)
+        .await
+        .map_err(|source| NatsError::GetStream {
+            stream: subjects::RESULTS_STREAM,
+            source,
+        })?;
+    let node = Arc::new(Node {
+        id: cfg.node_id.clone(),
+        js,
+        client,
+        engine,
+        results,
+        running: AtomicU32::new(0),
+        slot_freed: Notify::new(),
+        ack_wait: cfg.ack_wait,
+    });
+    metrics::gauge!(m::SLOTS).set(f64::from(slots));
+
+    let stop_heartbeats = CancellationToken::new();
+    tasks.spawn(heartbeats(
+        node.clone(),
+        consumer.clone(),
+        cfg.clone(),
+        shutdown.clone(),
+        stop_heartbeats.clone(),
+    ));
+    ready.set(true);
+    info!(node = %cfg.node_id, slots, listen = %cfg.listen, "gpu-agent ready");
+
+    let jobs = TaskTracker::new();
+    let abort = CancellationToken::new();
+    let fetched = fetch_loop(&node, &consumer, slots, &jobs, &abort, &shutdown).await;
+
+    // Drain: no new work; running jobs get `drain_timeout` to finish, the rest
+    // are left unacknowledged and NATS redelivers them.
+    ready.set(false);
+    jobs.close();
+    if tokio::time::timeout(cfg.drain_timeout, jobs.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            running = node.running.load(Ordering::SeqCst),
+            "drain timed out: leaving running jobs to redelivery"
+        );
+        abort.cancel();
+        jobs.wait().await;
+    }
+    stop_heartbeats.cancel();
+    ops_stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    info!("gpu-agent stopped");
+    fetched
+}
+
+async fn fetch_loop(
+    node: &Arc<Node>,
+    consumer: &PullConsumer,
+    slots: u32,
+    jobs: &TaskTracker,
+    abort: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<(), AgentError> {
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(slots as usize)
+        .expires(Duration::from_secs(5))
+        .heartbeat(Duration::from_secs(2))
+        .messages()
+        .await
+        .map_err(|e| AgentError::Fetch(e.to_string()))?;
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        match next {
+            Some(Ok(msg)) => {
+                let node = node.clone();
+                let abort = abort.clone();
+                jobs.spawn(async move {
+                    tokio::select! {
+                        () = run_assignment(&node, msg) => {}
+                        () = abort.cancelled() => {}
+                    }
+                });
+            }
+            // Missed heartbeats or a reconnect: the stream recovers by itself.
+            Some(Err(e)) => warn!(error = %e, "work queue read failed; retrying"),
+            None => return Err(AgentError::Fetch("work queue stream ended".into())),
+        }
+    }
+}
+
+async fn run_assignment(node: &Node, msg: jetstream::Message) {
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let assignment: Assignment = match decode(&msg.payload) {
+        Ok(a) => a,
+        Err(e) => {
+            // Poison: redelivering it would only fail again.
+            warn!(error = %e, "undecodable assignment terminated");
+            metrics::counter!(m::JOBS, "outcome" => "undecodable").increment(1);
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let job = &assignment.job;
+    let span = info_span!("job", job_id = %job.id, model = %job.model, node = %node.id, attempt = job.attempt);
+    async {
+        if delivered > 1 && already_reported(node, &job.id, job.attempt).await {
+            info!("redelivered assignment already has its result");
+            metrics::counter!(m::JOBS, "outcome" => "duplicate").increment(1);
+            ack(&msg).await;
+            return;
+        }
+        node.running.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!(m::RUNNING).increment(1.0);
+        let outcome = execute(node, &msg, &assignment).await;
+        node.running.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!(m::RUNNING).decrement(1.0);
+        node.slot_freed.notify_one();
+        match outcome {
+            Ok(()) => ack(&msg).await,
+            Err(e) => {
+                // Nothing durable was lost: the assignment stays in the work
+                // queue and comes back.
+                warn!(error = %e, "could not publish the outcome; assignment will be redelivered");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn ack(msg: &jetstream::Message) {
+    if let Err(e) = msg.double_ack().await {
+        warn!(error = %e, "ack not confirmed; the assignment may be redelivered and will be recognised");
+    }
+}
+
+/// Whether this attempt's result is already in the RESULTS stream (the agent
+/// died after publishing it but before acknowledging the assignment).
+async fn already_reported(node: &Node, job_id: &str, attempt: u32) -> bool {
+    match node
+        .results
+        .direct_get_last_for_subject(subjects::results(job_id))
+        .await
+    {
+        Ok(msg) => decode::<JobResult>(&msg.payload).is_ok_and(|r| r.attempt >= attempt),
+        Err(_) => false,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PublishFailed {
+    #[error("publish: {0}")]
+    Publish(#[from] jetstream::context::PublishError),
+    #[error("encode: {0}")]
+    Encode(#[from] switchyard_schemas::CodecError),
+}
+
+/// Runs the job on the engine and publishes its usage and then its result, each
+/// confirmed by the server. Usage goes first: once a result exists, so does
+/// its usage record.
+async fn execute(
+    node: &Node,
+    msg: &jetstream::Message,
+    a: &Assignment,
+) -> Result<(), PublishFailed> {
+    let job = &a.job;
+    let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
+    let running = JobEvent {
+        v: SCHEMA_VERSION,
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        at_ms: now_ms(),
+        kind: EventKind::Running {
+            node: node.id.clone(),
+        },
+    };
+    let running_ack = nats::publish(
+        &node.js,
+        subjects::events(&job.id),
+        &format!("{msg_id}:running"),
+        encode(&running)?,
+    )
+    .await?;
+
+    let started = Instant::now();
+    let inference = {
+        let infer = node.engine.infer(&job.model, &job.input);
+        tokio::pin!(infer);
+        let mut progress = tokio::time::interval(node.ack_wait / 3);
+        progress.tick().await;
+        loop {
+            tokio::select! {
+                r = &mut infer => break r,
+                _ = progress.tick() => {
+                    // Keeps a long job from being redelivered while it runs.
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    };
+    let engine_time = started.elapsed();
+    metrics::histogram!(m::ENGINE_SECONDS).record(engine_time.as_secs_f64());
+    running_ack.await?;
+
+    let outcome = match inference {
+        Ok(inf) => {
+            let usage = UsageEvent {
+                v: SCHEMA_VERSION,
+                job_id: job.id.clone(),
+                attempt: job.attempt,
+                node: node.id.clone(),
+                model: job.model.clone(),
+                usage: inf.usage,
+                engine_ms: u64::try_from(engine_time.as_millis()).unwrap_or(u64::MAX),
+                at_ms: now_ms(),
+            };
+            nats::publish(&node.js, subjects::usage(&job.id), &msg_id, encode(&usage)?)
+                .await?
+                .await?;
+            metrics::counter!(m::JOBS, "outcome" => "succeeded").increment(1);
+            Outcome::Succeeded {
+                output: inf.output,
+                usage: inf.usage,
+            }
+        }
+        Err(e) => {
+            warn!(class = ?e.class, error = %e.message, "engine failed the job");
+            metrics::counter!(m::JOBS, "outcome" => "failed").increment(1);
+            Outcome::Failed {
+                error: switchyard_schemas::JobError::new(e.class, e.message),
+            }
+        }
+    };
+    let result = JobResult {
+        v: SCHEMA_VERSION,
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        node: Some(node.id.clone()),
+        finished_at_ms: now_ms(),
+        outcome,
+    };
+    nats::publish(
+        &node.js,
+        subjects::results(&job.id),
+        &msg_id,
+        encode(&result)?,
+    )
+    .await?
+    .await?;
+    Ok(())
+}
+
+/// Publishes the node's capacity every `heartbeat_interval`, and sooner (at
+/// most every `heartbeat_min_gap`) when a slot frees up. Once `draining` is
+/// cancelled the heartbeats say so, and the dispatcher sends no more work.
+async fn heartbeats(
+    node: Arc<Node>,
+    consumer: PullConsumer,
+    cfg: AgentConfig,
+    draining: CancellationToken,
+    stop: CancellationToken,
+) {
+    loop {
+        let queued = match consumer.get_info().await {
+            Ok(info) => u32::try_from(info.num_pending).unwrap_or(u32::MAX),
+            Err(e) => {
+                warn!(error = %e, "cannot read work queue depth");
+                0
+            }
+        };
+        let hb = Heartbeat {
+            v: SCHEMA_VERSION,
+            node: node.id.clone(),
+            at_ms: now_ms(),
+            models: node.engine.models().to_vec(),
+            slots_total: node.engine.slots(),
+            running: node.running.load(Ordering::SeqCst),
+            queued,
+            draining: draining.is_cancelled(),
+        };
+        match encode(&hb) {
+            Ok(bytes) => {
+                if let Err(e) = node
+                    .client
+                    .publish(subjects::heartbeat(&node.id), bytes.into())
+                    .await
+                {
+                    warn!(error = %e, "heartbeat not sent");
+                }
+                metrics::counter!(m::HEARTBEATS).increment(1);
+            }
+            Err(e) => warn!(error = %e, "heartbeat not encoded"),
+        }
+        let sent = Instant::now();
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = draining.cancelled(), if !hb.draining => {}
+            () = tokio::time::sleep(cfg.heartbeat_interval) => {}
+            () = node.slot_freed.notified() => {
+                let since = sent.elapsed();
+                if since < cfg.heartbeat_min_gap {
+                    tokio::time::sleep(cfg.heartbeat_min_gap - since).await;
+                }
+            }
+        }
+    }
+}

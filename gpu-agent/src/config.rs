@@ -1,0 +1,77 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use switchyard_runtime::config::check_id;
+use switchyard_runtime::{Issues, Registry};
+
+use crate::engine::simulated::SimulatedConfig;
+
+/// The `agent:` section of the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Names this node in subjects, heartbeats and results.
+    pub node_id: String,
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Heartbeat period when nothing changes.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Shortest gap between two heartbeats; a freed slot is reported at most this late.
+    #[serde(default = "default_heartbeat_min_gap", with = "humantime_serde")]
+    pub heartbeat_min_gap: Duration,
+    /// How long an assignment may go without an acknowledgement before NATS
+    /// redelivers it; running jobs extend it with progress acks.
+    #[serde(default = "default_ack_wait", with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// On SIGTERM, how long running jobs may take to finish before the agent
+    /// exits and leaves them to redelivery.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    pub engine: EngineConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9101))
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_heartbeat_min_gap() -> Duration {
+    Duration::from_millis(20)
+}
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Which engine the agent drives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EngineConfig {
+    Simulated(SimulatedConfig),
+}
+
+impl AgentConfig {
+    pub fn validate(&self, registry: &Registry, issues: &mut Issues) {
+        check_id(issues, "agent.node_id", &self.node_id);
+        issues.check(
+            self.ack_wait >= Duration::from_secs(1),
+            "agent.ack_wait",
+            self.ack_wait,
+            "must be at least 1s",
+        );
+        issues.check(
+            self.heartbeat_min_gap <= self.heartbeat_interval,
+            "agent.heartbeat_min_gap",
+            self.heartbeat_min_gap,
+            "must not exceed agent.heartbeat_interval",
+        );
+        match &self.engine {
+            EngineConfig::Simulated(sim) => sim.validate(registry, issues),
+        }
+    }
+}

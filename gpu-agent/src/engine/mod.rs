@@ -1,0 +1,41 @@
+//! Engines the agent can drive. Every engine implements [`Engine`]; the agent
+//! knows nothing else about it.
+
+pub mod simulated;
+
+use async_trait::async_trait;
+use switchyard_schemas::{ErrorClass, JobInput, Usage};
+
+use crate::EngineConfig;
+
+/// What an engine returns for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inference {
+    /// The engine's response body, in the engine's public protocol
+    /// (OpenAI-style for LLMs).
+    pub output: serde_json::Value,
+    pub usage: Usage,
+}
+
+/// A failed request, already classified.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{class:?}: {message}")]
+pub struct EngineError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// Models this engine serves.
+    fn models(&self) -> &[String];
+    /// Requests it runs at once; the agent never has more in flight.
+    fn slots(&self) -> u32;
+    async fn infer(&self, model: &str, input: &JobInput) -> Result<Inference, EngineError>;
+}
+
+pub fn build(config: &EngineConfig) -> Box<dyn Engine> {
+    match config {
+        EngineConfig::Simulated(c) => Box::new(simulated::Simulated::new(c.clone())),
+    }
+}

@@ -1,0 +1,223 @@
+//! A simulated LLM engine for demos, load tests and scheduling tests. Its
+//! output is a deterministic function of the input, so a test can tell that a
+//! result belongs to its job: the completion repeats the prompt's words, in
+//! order and cycling, up to `max_tokens` words (one word = one token).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::json;
+use switchyard_runtime::{Issues, Registry};
+use switchyard_schemas::{ErrorClass, JobInput, Usage};
+use tokio::sync::Semaphore;
+
+use super::{Engine, EngineError, Inference};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedConfig {
+    pub models: Vec<String>,
+    /// Requests served at once; more wait inside the engine, as on a real one.
+    pub slots: u32,
+    /// Time to first token.
+    #[serde(default, with = "humantime_serde")]
+    pub base_latency: Duration,
+    /// Time per generated token.
+    #[serde(default, with = "humantime_serde")]
+    pub per_token_latency: Duration,
+}
+
+impl SimulatedConfig {
+    pub fn validate(&self, registry: &Registry, issues: &mut Issues) {
+        issues.check(
+            self.slots > 0 && self.slots <= 4096,
+            "agent.engine.slots",
+            self.slots,
+            "must be between 1 and 4096",
+        );
+        issues.check(
+            !self.models.is_empty(),
+            "agent.engine.models",
+            &self.models,
+            "serve at least one model",
+        );
+        for m in &self.models {
+            issues.check(
+                registry.get(m).is_some(),
+                "agent.engine.models",
+                m,
+                "not in the model registry",
+            );
+        }
+    }
+}
+
+pub struct Simulated {
+    config: SimulatedConfig,
+    slots: Semaphore,
+}
+
+impl Simulated {
+    pub fn new(config: SimulatedConfig) -> Self {
+        let slots = Semaphore::new(config.slots as usize);
+        Self { config, slots }
+    }
+}
+
+/// The completion the simulated engine gives for `prompt_words`: the words
+/// repeated in order until `max_tokens` words.
+pub fn echo_completion(prompt_words: &[&str], max_tokens: u32) -> Vec<String> {
+    prompt_words
+        .iter()
+        .cycle()
+        .take(if prompt_words.is_empty() {
+            0
+        } else {
+            max_tokens as usize
+        })
+        .map(|w| (*w).to_owned())
+        .collect()
+}
+
+fn prompt_text(input: &JobInput) -> String {
+    match input {
+        JobInput::Chat(c) => c
+            .messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        JobInput::Completion(c) => c.prompt.clone(),
+    }
+}
+
+#[async_trait]
+impl Engine for Simulated {
+    fn models(&self) -> &[String] {
+        &self.config.models
+    }
+
+    fn slots(&self) -> u32 {
+        self.config.slots
+    }
+
+    async fn infer(&self, model: &str, input: &JobInput) -> Result<Inference, EngineError> {
+        let _slot = self.slots.acquire().await.map_err(|_| EngineError {
+            class: ErrorClass::EngineUnavailable,
+            message: "engine is shutting down".into(),
+        })?;
+        let prompt = prompt_text(input);
+        let words: Vec<&str> = prompt.split_whitespace().collect();
+        let max_tokens = input.max_tokens().unwrap_or(16);
+        let completion = echo_completion(&words, max_tokens);
+        let usage = Usage {
+            prompt_tokens: u32::try_from(words.len()).unwrap_or(u32::MAX),
+            completion_tokens: u32::try_from(completion.len()).unwrap_or(u32::MAX),
+        };
+        tokio::time::sleep(
+            self.config.base_latency + self.config.per_token_latency * usage.completion_tokens,
+        )
+        .await;
+        let text = completion.join(" ");
+        let usage_json = json!({
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        });
+        let output = match input {
+            JobInput::Chat(_) => json!({
+                "object": "chat.completion",
+                "model": model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "length",
+                }],
+                "usage": usage_json,
+            }),
+            JobInput::Completion(_) => json!({
+                "object": "text_completion",
+                "model": model,
+                "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
+                "usage": usage_json,
+            }),
+        };
+        Ok(Inference { output, usage })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_schemas::{ChatInput, ChatMessage, CompletionInput};
+
+    fn engine(slots: u32) -> Simulated {
+        Simulated::new(SimulatedConfig {
+            models: vec!["m".into()],
+            slots,
+            base_latency: Duration::from_millis(10),
+            per_token_latency: Duration::from_millis(1),
+        })
+    }
+
+    #[tokio::test]
+    async fn chat_output_is_openai_shaped_and_follows_the_input() {
+        let input = JobInput::Chat(ChatInput {
+            messages: vec![
+                ChatMessage {
+                    role: "system".into(),
+                    content: "be brief".into(),
+                },
+                ChatMessage {
+                    role: "user".into(),
+                    content: "job-7".into(),
+                },
+            ],
+            max_tokens: Some(5),
+            temperature: None,
+        });
+        let out = engine(1).infer("m", &input).await.unwrap();
+        assert_eq!(
+            out.output["choices"][0]["message"]["content"],
+            "be brief job-7 be brief"
+        );
+        assert_eq!(out.output["object"], "chat.completion");
+        assert_eq!(
+            out.usage,
+            Usage {
+                prompt_tokens: 3,
+                completion_tokens: 5
+            }
+        );
+        assert_eq!(out.output["usage"]["total_tokens"], 8);
+    }
+
+    #[tokio::test]
+    async fn completion_of_an_empty_prompt_is_empty() {
+        let input = JobInput::Completion(CompletionInput {
+            prompt: "  ".into(),
+            max_tokens: Some(4),
+            temperature: None,
+        });
+        let out = engine(1).infer("m", &input).await.unwrap();
+        assert_eq!(out.output["choices"][0]["text"], "");
+        assert_eq!(out.usage.completion_tokens, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_is_base_plus_per_token_and_slots_queue_requests() {
+        let e = engine(1);
+        let input = JobInput::Completion(CompletionInput {
+            prompt: "a".into(),
+            max_tokens: Some(10),
+            temperature: None,
+        });
+        let start = tokio::time::Instant::now();
+        let (a, b) = tokio::join!(e.infer("m", &input), e.infer("m", &input));
+        a.unwrap();
+        b.unwrap();
+        // One slot: the second request waits for the first (2 × (10ms + 10 × 1ms)).
+        assert_eq!(start.elapsed(), Duration::from_millis(40));
+    }
+}

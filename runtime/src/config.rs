@@ -1,0 +1,321 @@
+//! Configuration: one YAML file with a section per component, overridden by
+//! `SWITCHYARD_<SECTION>__<FIELD>` environment variables, rejected as a whole
+//! (every problem listed) before anything binds a port.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Yaml};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use switchyard_schemas::subjects;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Parse(String),
+    #[error("configuration is invalid:\n{0}")]
+    Invalid(Issues),
+}
+
+/// Loads the file (when given) and the environment overrides into `T`.
+pub fn load<T: DeserializeOwned>(path: Option<&Path>) -> Result<T, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(path) = path {
+        if !path.exists() {
+            return Err(ConfigError::Parse(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        figment = figment.merge(Yaml::file(path));
+    }
+    figment
+        .merge(Env::prefixed("SWITCHYARD_").split("__"))
+        .extract()
+        .map_err(|e| {
+            let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            ConfigError::Parse(all.join("; "))
+        })
+}
+
+/// Every problem found in a configuration, so that one run shows them all.
+#[derive(Debug, Default)]
+pub struct Issues(Vec<String>);
+
+impl Issues {
+    pub fn push(&mut self, field: &str, value: impl std::fmt::Debug, reason: &str) {
+        self.0.push(format!("{field} = {value:?}: {reason}"));
+    }
+
+    pub fn check(&mut self, ok: bool, field: &str, value: impl std::fmt::Debug, reason: &str) {
+        if !ok {
+            self.push(field, value, reason);
+        }
+    }
+
+    pub fn into_result(self) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(self))
+        }
+    }
+}
+
+impl std::fmt::Display for Issues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for issue in &self.0 {
+            writeln!(f, "  - {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How the processes reach NATS and how the streams are laid out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    pub url: String,
+    /// Stream replicas: 1 on one host, 3 in a production cluster.
+    pub replicas: usize,
+    /// How long the server remembers message ids to drop re-published duplicates.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub result_retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub event_retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub usage_retention: Duration,
+    /// Timeout of one JetStream API call or publish acknowledgement.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            replicas: 1,
+            duplicate_window: Duration::from_secs(10 * 60),
+            result_retention: Duration::from_secs(24 * 3600),
+            event_retention: Duration::from_secs(24 * 3600),
+            usage_retention: Duration::from_secs(7 * 24 * 3600),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl NatsConfig {
+    pub fn validate(&self, issues: &mut Issues) {
+        issues.check(
+            (1..=5).contains(&self.replicas),
+            "nats.replicas",
+            self.replicas,
+            "must be between 1 and 5",
+        );
+        issues.check(
+            !self.duplicate_window.is_zero(),
+            "nats.duplicate_window",
+            self.duplicate_window,
+            "must be positive: retried publishes are de-duplicated within it",
+        );
+        for (field, d) in [
+            ("nats.result_retention", self.result_retention),
+            ("nats.event_retention", self.event_retention),
+            ("nats.usage_retention", self.usage_retention),
+        ] {
+            issues.check(
+                d >= self.duplicate_window,
+                field,
+                d,
+                "must be at least nats.duplicate_window",
+            );
+        }
+    }
+}
+
+/// What a model takes as input; decides how a job's input is validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    Chat,
+    Completion,
+}
+
+/// One entry of the model registry. Adding a model is adding an entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub name: String,
+    pub kind: ModelKind,
+    /// Upper bound on `max_tokens` a job may ask for.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// Used when a job does not say.
+    #[serde(default = "default_tokens")]
+    pub default_max_tokens: u32,
+    /// Upper bound on the size of a job's input (prompt or messages), in bytes.
+    #[serde(default = "default_max_input_bytes")]
+    pub max_input_bytes: usize,
+}
+
+fn default_max_tokens() -> u32 {
+    4096
+}
+fn default_tokens() -> u32 {
+    256
+}
+fn default_max_input_bytes() -> usize {
+    256 * 1024
+}
+
+/// The model registry, indexed by name.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    models: HashMap<String, ModelSpec>,
+    order: Vec<String>,
+}
+
+impl Registry {
+    /// Builds the registry, reporting duplicates and invalid entries.
+    pub fn new(specs: &[ModelSpec], issues: &mut Issues) -> Registry {
+        let mut registry = Registry::default();
+        issues.check(
+            !specs.is_empty(),
+            "models",
+            "[]",
+            "declare at least one model",
+        );
+        for (i, spec) in specs.iter().enumerate() {
+            let field = format!("models[{i}]");
+            issues.check(
+                !spec.name.is_empty() && spec.name.len() <= 128,
+                &format!("{field}.name"),
+                &spec.name,
+                "must be 1 to 128 bytes",
+            );
+            issues.check(
+                spec.default_max_tokens <= spec.max_tokens,
+                &format!("{field}.default_max_tokens"),
+                spec.default_max_tokens,
+                "must not exceed max_tokens",
+            );
+            issues.check(
+                spec.max_tokens > 0,
+                &format!("{field}.max_tokens"),
+                spec.max_tokens,
+                "must be positive",
+            );
+            if registry.models.contains_key(&spec.name) {
+                issues.push(&format!("{field}.name"), &spec.name, "declared twice");
+                continue;
+            }
+            registry.order.push(spec.name.clone());
+            registry.models.insert(spec.name.clone(), spec.clone());
+        }
+        registry
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ModelSpec> {
+        self.models.get(name)
+    }
+
+    /// Models in declaration order.
+    pub fn iter(&self) -> impl Iterator<Item = &ModelSpec> {
+        self.order.iter().filter_map(|n| self.models.get(n))
+    }
+}
+
+/// Checks a node or other id that becomes a subject token.
+pub fn check_id(issues: &mut Issues, field: &str, value: &str) {
+    issues.check(
+        subjects::is_valid_id(value),
+        field,
+        value,
+        "must be 1 to 64 of A-Z a-z 0-9 _ -",
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> ModelSpec {
+        ModelSpec {
+            name: name.into(),
+            kind: ModelKind::Chat,
+            max_tokens: 16,
+            default_max_tokens: 8,
+            max_input_bytes: 1024,
+        }
+    }
+
+    #[test]
+    fn registry_reports_every_problem_at_once() {
+        let mut issues = Issues::default();
+        let bad = ModelSpec {
+            default_max_tokens: 99,
+            ..spec("a")
+        };
+        Registry::new(&[bad, spec("a"), spec("")], &mut issues);
+        let text = issues.to_string();
+        assert_eq!(issues.0.len(), 3, "{text}");
+        assert!(text.contains("default_max_tokens"), "{text}");
+        assert!(text.contains("declared twice"), "{text}");
+        assert!(text.contains("models[2].name"), "{text}");
+    }
+
+    #[test]
+    fn registry_keeps_declaration_order() {
+        let mut issues = Issues::default();
+        let r = Registry::new(&[spec("b"), spec("a")], &mut issues);
+        assert!(issues.into_result().is_ok());
+        let names: Vec<_> = r.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["b", "a"]);
+        assert!(r.get("a").is_some());
+        assert!(r.get("c").is_none());
+    }
+
+    #[test]
+    fn file_values_defaults_and_unknown_fields() {
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            nats: NatsConfig,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "nats:\n  url: nats://h:1\n  replicas: 3\n").unwrap();
+        let f: File = load(Some(&path)).unwrap();
+        assert_eq!(f.nats.url, "nats://h:1");
+        assert_eq!(f.nats.replicas, 3);
+        assert_eq!(f.nats.duplicate_window, Duration::from_secs(600));
+
+        std::fs::write(&path, "nats:\n  urll: x\n").unwrap();
+        let err = load::<File>(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("urll"), "{err}");
+
+        let err = load::<File>(Some(&dir.path().join("missing.yaml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn nats_config_checks_retention_against_dedup_window() {
+        let mut issues = Issues::default();
+        NatsConfig {
+            replicas: 0,
+            result_retention: Duration::from_secs(1),
+            ..NatsConfig::default()
+        }
+        .validate(&mut issues);
+        let text = issues.to_string();
+        assert!(text.contains("nats.replicas"), "{text}");
+        assert!(text.contains("nats.result_retention"), "{text}");
+    }
+}

@@ -1,0 +1,12 @@
+//! Plumbing that every Switchyard process shares: configuration loading and
+//! validation, the NATS connection and stream set-up, the ops HTTP endpoints
+//! (`/metrics`, `/healthz`, `/readyz`), logging, and shutdown on SIGTERM.
+
+pub mod config;
+pub mod nats;
+pub mod ops;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{ConfigError, Issues, ModelKind, ModelSpec, NatsConfig, Registry};
+pub use ops::Readiness;

@@ -1,0 +1,208 @@
+//! The NATS connection and the streams every component relies on.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, Context};
+use switchyard_schemas::subjects;
+
+use crate::NatsConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot create or update stream {stream}: {source}")]
+    Stream {
+        stream: String,
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("cannot create consumer {durable} on {stream}: {source}")]
+    Consumer {
+        stream: &'static str,
+        durable: String,
+        source: jetstream::stream::ConsumerError,
+    },
+    #[error("cannot open stream {stream}: {source}")]
+    GetStream {
+        stream: &'static str,
+        source: jetstream::context::GetStreamError,
+    },
+}
+
+/// Connects with a name that shows in the server's monitoring, retrying the
+/// first connection so that components may start before the server.
+pub async fn connect(
+    cfg: &NatsConfig,
+    name: &str,
+) -> Result<(async_nats::Client, Context), NatsError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(cfg.request_timeout))
+        .connect(&cfg.url)
+        .await
+        .map_err(|source| NatsError::Connect {
+            url: cfg.url.clone(),
+            source,
+        })?;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(cfg.request_timeout)
+        .build(client.clone());
+    Ok((client, js))
+}
+
+/// The stream layout, derived from config alone so that every process computes
+/// the same one.
+pub fn stream_configs(cfg: &NatsConfig) -> Vec<stream::Config> {
+    let base = |name: &str, subject: &str, retention| stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subject.to_owned()],
+        retention,
+        storage: StorageType::File,
+        num_replicas: cfg.replicas,
+        duplicate_window: cfg.duplicate_window,
+        ..Default::default()
+    };
+    vec![
+        base(
+            subjects::SUBMIT_STREAM,
+            subjects::SUBMIT_ALL,
+            RetentionPolicy::WorkQueue,
+        ),
+        base(
+            subjects::JOBS_STREAM,
+            subjects::JOBS_ALL,
+            RetentionPolicy::WorkQueue,
+        ),
+        base(
+            subjects::WORK_STREAM,
+            subjects::WORK_ALL,
+            RetentionPolicy::WorkQueue,
+        ),
+        stream::Config {
+            max_age: cfg.event_retention,
+            ..base(
+                subjects::EVENTS_STREAM,
+                subjects::EVENTS_ALL,
+                RetentionPolicy::Limits,
+            )
+        },
+        stream::Config {
+            max_age: cfg.result_retention,
+            // A job's subject holds its last result: clients read it directly.
+            max_messages_per_subject: 1,
+            allow_direct: true,
+            ..base(
+                subjects::RESULTS_STREAM,
+                subjects::RESULTS_ALL,
+                RetentionPolicy::Limits,
+            )
+        },
+        stream::Config {
+            max_age: cfg.usage_retention,
+            ..base(
+                subjects::BILLING_STREAM,
+                subjects::USAGE_ALL,
+                RetentionPolicy::Limits,
+            )
+        },
+    ]
+}
+
+/// Creates the streams, or brings existing ones to the configured settings.
+pub async fn ensure_streams(js: &Context, cfg: &NatsConfig) -> Result<(), NatsError> {
+    for config in stream_configs(cfg) {
+        let stream = config.name.clone();
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|source| NatsError::Stream { stream, source })?;
+    }
+    Ok(())
+}
+
+/// Settings of a durable pull consumer with explicit acks.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub stream: &'static str,
+    pub durable: String,
+    pub filter: String,
+    pub ack_wait: Duration,
+    /// Upper bound on delivered-but-unacknowledged messages: the consumer's
+    /// share of in-flight work.
+    pub max_ack_pending: i64,
+}
+
+/// Creates the durable consumer or updates it to `spec`.
+pub async fn durable_consumer(js: &Context, spec: ConsumerSpec) -> Result<PullConsumer, NatsError> {
+    let stream = js
+        .get_stream(spec.stream)
+        .await
+        .map_err(|source| NatsError::GetStream {
+            stream: spec.stream,
+            source,
+        })?;
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(spec.durable.clone()),
+            filter_subject: spec.filter,
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            ack_wait: spec.ack_wait,
+            max_ack_pending: spec.max_ack_pending,
+            ..Default::default()
+        })
+        .await
+        .map_err(|source| NatsError::Consumer {
+            stream: spec.stream,
+            durable: spec.durable,
+            source,
+        })
+}
+
+/// Publishes with a `Nats-Msg-Id`, so that a retry of the same publish is
+/// dropped by the server. The returned future resolves on the PubAck.
+pub async fn publish(
+    js: &Context,
+    subject: String,
+    msg_id: &str,
+    payload: Vec<u8>,
+) -> Result<PublishAckFuture, jetstream::context::PublishError> {
+    js.send_publish(
+        subject,
+        PublishMessage::build()
+            .payload(payload.into())
+            .message_id(msg_id),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_queues_and_result_history_are_laid_out_as_documented() {
+        let configs = stream_configs(&NatsConfig::default());
+        let by_name = |n: &str| configs.iter().find(|c| c.name == n).unwrap();
+        assert_eq!(
+            by_name(subjects::JOBS_STREAM).retention,
+            RetentionPolicy::WorkQueue
+        );
+        let results = by_name(subjects::RESULTS_STREAM);
+        assert_eq!(results.max_messages_per_subject, 1);
+        assert!(results.allow_direct);
+        assert!(
+            configs.iter().all(|c| c.storage == StorageType::File),
+            "every stream is durable on disk"
+        );
+        assert_eq!(configs.len(), 6);
+    }
+}

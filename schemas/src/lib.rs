@@ -1,0 +1,33 @@
+//! Every message that crosses a process boundary in Switchyard, the subjects and
+//! streams they travel on, and their encoding.
+//!
+//! Messages are MessagePack with named fields (`rmp_serde::to_vec_named`) so that
+//! any language can read them and fields can be added without breaking readers.
+//! Every top-level message carries [`SCHEMA_VERSION`] in its `v` field.
+
+mod codec;
+mod error;
+mod messages;
+mod priority;
+pub mod subjects;
+
+pub use codec::{CodecError, Encoding, decode, decode_submission, encode, encode_as};
+pub use error::{ErrorClass, JobError};
+pub use messages::{
+    AdmitReply, Assignment, ChatInput, ChatMessage, CompletionInput, ErrorBody, EventKind,
+    Heartbeat, Job, JobEvent, JobInput, JobResult, Outcome, Submission, Usage, UsageEvent,
+    Versioned,
+};
+pub use priority::{ParsePriorityError, Priority};
+
+/// Version of the wire format. Bumped on any change that an old reader could
+/// misread; readers accept every version up to their own.
+pub const SCHEMA_VERSION: u16 = 1;
+
+/// Milliseconds since the Unix epoch, the one timestamp unit on the wire.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}

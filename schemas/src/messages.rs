@@ -1,0 +1,207 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{JobError, Priority, SCHEMA_VERSION};
+
+/// A message type with a schema version, checked on decode.
+pub trait Versioned {
+    fn version(&self) -> u16;
+}
+
+macro_rules! versioned {
+    ($($t:ty),*) => {$(
+        impl Versioned for $t {
+            fn version(&self) -> u16 {
+                self.v
+            }
+        }
+    )*};
+}
+versioned!(
+    Submission, Job, Assignment, JobEvent, JobResult, UsageEvent, Heartbeat
+);
+
+fn current_version() -> u16 {
+    SCHEMA_VERSION
+}
+
+/// What a client sends to ask for a job, over HTTP or on `sy.submit.<priority>`.
+/// `input` is checked against the model's declared kind at admission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submission {
+    #[serde(default = "current_version")]
+    pub v: u16,
+    /// Client-chosen id (NATS only); it doubles as the message id for de-duplication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub model: String,
+    /// On NATS the subject names the priority; over HTTP this field does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    pub input: serde_json::Value,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One message of a chat conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatInput {
+    pub messages: Vec<ChatMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionInput {
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+}
+
+/// A validated request, typed by the kind of model it is for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobInput {
+    Chat(ChatInput),
+    Completion(CompletionInput),
+}
+
+impl JobInput {
+    pub fn max_tokens(&self) -> Option<u32> {
+        match self {
+            JobInput::Chat(c) => c.max_tokens,
+            JobInput::Completion(c) => c.max_tokens,
+        }
+    }
+}
+
+/// An admitted job, as it waits in `sy.jobs.<priority>.<model>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub v: u16,
+    pub id: String,
+    pub model: String,
+    pub priority: Priority,
+    pub input: JobInput,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    pub submitted_at_ms: i64,
+    /// 1 for the first run; a retry is published again with the next number.
+    pub attempt: u32,
+}
+
+/// A job placed on a node, as it waits in `sy.work.<node>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub v: u16,
+    pub job: Job,
+    pub node: String,
+    pub assigned_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    Assigned { node: String },
+    Running { node: String },
+}
+
+/// A lifecycle transition of a job, on `sy.events.<job id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub v: u16,
+    pub job_id: String,
+    pub attempt: u32,
+    pub at_ms: i64,
+    pub kind: EventKind,
+}
+
+/// Token counts as the engine reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded {
+        /// The engine's response body (OpenAI-style for LLMs).
+        output: serde_json::Value,
+        usage: Usage,
+    },
+    Failed {
+        error: JobError,
+    },
+}
+
+/// The final word on one attempt of a job, on `sy.results.<job id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub v: u16,
+    pub job_id: String,
+    pub attempt: u32,
+    /// The node that ran it; none when the job failed before placement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub finished_at_ms: i64,
+    pub outcome: Outcome,
+}
+
+/// What one attempt consumed, on `sy.usage.<job id>`, for the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    pub v: u16,
+    pub job_id: String,
+    pub attempt: u32,
+    pub node: String,
+    pub model: String,
+    pub usage: Usage,
+    pub engine_ms: u64,
+    pub at_ms: i64,
+}
+
+/// A node's capacity, on `sy.heartbeat.<node>`, sent periodically and whenever
+/// a slot frees up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub v: u16,
+    pub node: String,
+    pub at_ms: i64,
+    pub models: Vec<String>,
+    pub slots_total: u32,
+    /// Assignments being run now.
+    pub running: u32,
+    /// Assignments waiting in this node's work queue, not yet fetched.
+    pub queued: u32,
+    /// A draining node takes no new work.
+    pub draining: bool,
+}
+
+/// The stable error body shared by HTTP responses and NATS replies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+/// Reply on `sy.admit.<priority>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AdmitReply {
+    Accepted { id: String, status: String },
+    Rejected { error: ErrorBody },
+}

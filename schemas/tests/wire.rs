@@ -1,0 +1,188 @@
+//! The wire format is a contract with other processes and other languages:
+//! every message must round-trip, and the bytes of a fixed message must not
+//! change silently (golden files; regenerate with `SWITCHYARD_BLESS=1` only for
+//! an intended, versioned change).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use switchyard_schemas::*;
+
+fn job() -> Job {
+    Job {
+        v: SCHEMA_VERSION,
+        id: "0192f3a4-0000-7000-8000-000000000001".into(),
+        model: "tiny-chat".into(),
+        priority: Priority::High,
+        input: JobInput::Chat(ChatInput {
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                content: "hello".into(),
+            }],
+            max_tokens: Some(8),
+            temperature: None,
+        }),
+        metadata: BTreeMap::from([("team".to_owned(), "search".to_owned())]),
+        submitted_at_ms: 1_760_000_000_000,
+        attempt: 1,
+    }
+}
+
+fn result() -> JobResult {
+    JobResult {
+        v: SCHEMA_VERSION,
+        job_id: job().id,
+        attempt: 1,
+        node: Some("node-a".into()),
+        finished_at_ms: 1_760_000_000_100,
+        outcome: Outcome::Succeeded {
+            output: serde_json::json!({"choices": [{"message": {"content": "hello"}}]}),
+            usage: Usage {
+                prompt_tokens: 1,
+                completion_tokens: 8,
+            },
+        },
+    }
+}
+
+fn round_trip<T: Serialize + DeserializeOwned + Versioned + PartialEq + std::fmt::Debug>(v: T) {
+    let bytes = encode(&v).unwrap();
+    let back: T = decode(&bytes).unwrap();
+    assert_eq!(back, v);
+}
+
+#[test]
+fn every_message_round_trips() {
+    round_trip(job());
+    round_trip(result());
+    round_trip(Assignment {
+        v: SCHEMA_VERSION,
+        job: job(),
+        node: "node-a".into(),
+        assigned_at_ms: 5,
+    });
+    round_trip(JobEvent {
+        v: SCHEMA_VERSION,
+        job_id: "j".into(),
+        attempt: 2,
+        at_ms: 7,
+        kind: EventKind::Running {
+            node: "node-b".into(),
+        },
+    });
+    round_trip(JobResult {
+        outcome: Outcome::Failed {
+            error: JobError::new(ErrorClass::UnknownModel, "no such model"),
+        },
+        node: None,
+        ..result()
+    });
+    round_trip(UsageEvent {
+        v: SCHEMA_VERSION,
+        job_id: "j".into(),
+        attempt: 1,
+        node: "n".into(),
+        model: "m".into(),
+        usage: Usage {
+            prompt_tokens: 3,
+            completion_tokens: 4,
+        },
+        engine_ms: 12,
+        at_ms: 9,
+    });
+    round_trip(Heartbeat {
+        v: SCHEMA_VERSION,
+        node: "n".into(),
+        at_ms: 1,
+        models: vec!["m".into()],
+        slots_total: 8,
+        running: 2,
+        queued: 1,
+        draining: false,
+    });
+}
+
+fn golden(name: &str, bytes: &[u8]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.hex"));
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if std::env::var_os("SWITCHYARD_BLESS").is_some() {
+        std::fs::write(&path, format!("{hex}\n")).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        hex,
+        want.trim(),
+        "{name}: the wire bytes changed; bump SCHEMA_VERSION if intended"
+    );
+}
+
+#[test]
+fn wire_bytes_are_stable() {
+    golden("job_v1", &encode(&job()).unwrap());
+    golden("result_v1", &encode(&result()).unwrap());
+}
+
+#[test]
+fn submissions_decode_from_json_and_messagepack() {
+    let json = br#"{"model":"tiny-chat","input":{"prompt":"hi"},"metadata":{"k":"v"}}"#;
+    let (from_json, enc) = decode_submission(json, None).unwrap();
+    assert_eq!(enc, Encoding::Json);
+    assert_eq!(from_json.model, "tiny-chat");
+    assert_eq!(from_json.v, SCHEMA_VERSION);
+
+    let packed = encode(&from_json).unwrap();
+    let (from_mp, enc) = decode_submission(&packed, None).unwrap();
+    assert_eq!(enc, Encoding::MessagePack);
+    assert_eq!(from_mp, from_json);
+}
+
+#[test]
+fn decode_errors_name_the_type() {
+    let err = decode::<Job>(b"\xc1garbage").unwrap_err();
+    assert!(err.to_string().contains("Job"), "{err}");
+    let err = decode_submission(b"{\"model\": 3}", None).unwrap_err();
+    assert!(err.to_string().contains("Submission"), "{err}");
+    let err = decode_submission(br#"{"model":"m","input":{},"tenant":"x"}"#, None).unwrap_err();
+    assert!(
+        err.to_string().contains("tenant"),
+        "unknown fields are refused: {err}"
+    );
+}
+
+#[test]
+fn newer_schema_versions_are_refused() {
+    let future = Job {
+        v: SCHEMA_VERSION + 1,
+        ..job()
+    };
+    let err = decode::<Job>(&encode(&future).unwrap()).unwrap_err();
+    assert!(
+        matches!(err, CodecError::UnsupportedVersion { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn admit_replies_have_the_documented_shape() {
+    let ok = AdmitReply::Accepted {
+        id: "j1".into(),
+        status: "queued".into(),
+    };
+    assert_eq!(
+        serde_json::to_value(&ok).unwrap(),
+        serde_json::json!({"id": "j1", "status": "queued"})
+    );
+    let err = AdmitReply::Rejected {
+        error: ErrorBody {
+            code: "unknown_model".into(),
+            message: "m".into(),
+        },
+    };
+    assert_eq!(
+        serde_json::to_value(&err).unwrap(),
+        serde_json::json!({"error": {"code": "unknown_model", "message": "m"}})
+    );
+}

@@ -1,0 +1,123 @@
+//! `switchyard`: one binary, one subcommand per component, so that one image
+//! or one install serves every role.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+use switchyard_broker::BrokerConfig;
+use switchyard_dispatcher::DispatcherConfig;
+use switchyard_gpu_agent::AgentConfig;
+use switchyard_runtime::{Issues, ModelSpec, NatsConfig, Registry, config, shutdown, telemetry};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(version, about = "Queue-based inference broker")]
+struct Cli {
+    /// YAML configuration; `SWITCHYARD_<SECTION>__<FIELD>` variables override it.
+    #[arg(long, short, env = "SWITCHYARD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// HTTP and NATS intake, job records, results.
+    Broker,
+    /// Assigns queued jobs to GPU nodes by priority and capacity.
+    Dispatcher,
+    /// Runs assignments on this node's engine.
+    Agent,
+    /// Validates the configuration and exits.
+    CheckConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    nats: NatsConfig,
+    #[serde(default)]
+    models: Vec<ModelSpec>,
+    #[serde(default)]
+    broker: BrokerConfig,
+    #[serde(default)]
+    dispatcher: DispatcherConfig,
+    agent: Option<AgentConfig>,
+    #[serde(default)]
+    log: LogConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogConfig {
+    /// JSON lines instead of human-readable text.
+    #[serde(default)]
+    json: bool,
+}
+
+/// Validates the sections `command` needs, reporting every problem at once.
+fn validate(file: &FileConfig, command: &Command) -> Result<Registry, config::ConfigError> {
+    let mut issues = Issues::default();
+    file.nats.validate(&mut issues);
+    let registry = Registry::new(&file.models, &mut issues);
+    let check_agent = |issues: &mut Issues| match &file.agent {
+        Some(agent) => agent.validate(&registry, issues),
+        None => issues.push("agent", "missing", "the agent needs an agent: section"),
+    };
+    match command {
+        Command::Broker => file.broker.validate(&mut issues),
+        Command::Dispatcher => file.dispatcher.validate(&mut issues),
+        Command::Agent => check_agent(&mut issues),
+        Command::CheckConfig => {
+            file.broker.validate(&mut issues);
+            file.dispatcher.validate(&mut issues);
+            if file.agent.is_some() {
+                check_agent(&mut issues);
+            }
+        }
+    }
+    issues.into_result().map(|()| registry)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let file: FileConfig = config::load(cli.config.as_deref())?;
+    let registry = validate(&file, &cli.command)?;
+    telemetry::init_logs(file.log.json);
+    if matches!(cli.command, Command::CheckConfig) {
+        println!("configuration is valid");
+        return Ok(());
+    }
+    let metrics = telemetry::init_metrics()?;
+    let token = CancellationToken::new();
+    let t = token.clone();
+    match cli.command {
+        Command::Broker => shutdown::run_until_signal(
+            token,
+            switchyard_broker::run(file.broker, file.nats, registry, metrics, t),
+        )
+        .await
+        .context("broker")?,
+        Command::Dispatcher => shutdown::run_until_signal(
+            token,
+            switchyard_dispatcher::run(file.dispatcher, file.nats, registry, metrics, t),
+        )
+        .await
+        .context("dispatcher")?,
+        Command::Agent => {
+            let agent = file.agent.context("the agent needs an agent: section")?;
+            shutdown::run_until_signal(
+                token,
+                switchyard_gpu_agent::run(agent, file.nats, metrics, t),
+            )
+            .await
+            .context("gpu-agent")?
+        }
+        Command::CheckConfig => {}
+    }
+    Ok(())
+}
