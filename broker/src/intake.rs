@@ -31,6 +31,9 @@ struct Envelope<'a> {
 
 impl Envelope<'_> {
     fn header(&self, name: &str) -> Option<&str> {
+        // A name given as &str is a "custom" header and never equals the
+        // parsed standard one (Nats-Msg-Id is standard): parse it first.
+        let name: async_nats::header::HeaderName = name.parse().ok()?;
         self.headers?.get(name).map(|v| v.as_str())
     }
 }
@@ -256,6 +259,8 @@ async fn record_refusal(
         job_id: id.clone(),
         attempt: 0,
         node: None,
+        assigned_at_ms: None,
+        started_at_ms: None,
         finished_at_ms: rejected.at_ms,
         outcome: Outcome::Failed {
             error: JobError::new(class, rejected.message),
@@ -366,7 +371,7 @@ mod tests {
     #[test]
     fn ids_come_from_header_or_body_and_must_agree() {
         let mut headers = HeaderMap::new();
-        headers.insert(MSG_ID, "h1");
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, "h1");
         let env = Envelope {
             subject: "sy.submit.batch",
             headers: Some(&headers),

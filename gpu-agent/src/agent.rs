@@ -272,6 +272,7 @@ async fn execute(
     .await?;
 
     let started = Instant::now();
+    let started_at_ms = now_ms();
     let inference = {
         let infer = node.engine.infer(&job.model, &job.input);
         tokio::pin!(infer);
@@ -325,6 +326,8 @@ async fn execute(
         job_id: job.id.clone(),
         attempt: job.attempt,
         node: Some(node.id.clone()),
+        assigned_at_ms: Some(a.assigned_at_ms),
+        started_at_ms: Some(started_at_ms),
         finished_at_ms: now_ms(),
         outcome,
     };

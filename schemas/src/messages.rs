@@ -157,6 +157,12 @@ pub struct JobResult {
     /// The node that ran it; none when the job failed before placement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The attempt's timeline, so that a result alone gives a complete record
+    /// even when it is read before the lifecycle events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
     pub finished_at_ms: i64,
     pub outcome: Outcome,
 }

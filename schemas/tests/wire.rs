@@ -35,6 +35,8 @@ fn result() -> JobResult {
         job_id: job().id,
         attempt: 1,
         node: Some("node-a".into()),
+        assigned_at_ms: Some(1_760_000_000_010),
+        started_at_ms: Some(1_760_000_000_020),
         finished_at_ms: 1_760_000_000_100,
         outcome: Outcome::Succeeded {
             output: serde_json::json!({"choices": [{"message": {"content": "hello"}}]}),

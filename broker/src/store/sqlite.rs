@@ -104,7 +104,8 @@ impl SqliteStore {
         sqlx::query(
             "UPDATE jobs SET status = ?1, output = ?2, error_code = ?3, error_message = ?4,
                 prompt_tokens = ?5, completion_tokens = ?6, finished_at = ?7,
-                node = COALESCE(?8, node), attempt = MAX(attempt, ?9)
+                node = COALESCE(?8, node), attempt = MAX(attempt, ?9),
+                assigned_at = COALESCE(assigned_at, ?11), started_at = COALESCE(started_at, ?12)
              WHERE id = ?10 AND status NOT IN ('succeeded', 'failed')",
         )
         .bind(status.as_str())
@@ -117,6 +118,8 @@ impl SqliteStore {
         .bind(&r.node)
         .bind(r.attempt)
         .bind(&r.job_id)
+        .bind(r.assigned_at_ms)
+        .bind(r.started_at_ms)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -353,6 +356,8 @@ mod tests {
             job_id: id.into(),
             attempt: 1,
             node: Some("n1".into()),
+            assigned_at_ms: Some(10),
+            started_at_ms: Some(20),
             finished_at_ms: 50,
             outcome,
         }
@@ -373,8 +378,14 @@ mod tests {
                 },
             },
         );
-        // Out of order: the result lands before the events.
+        // Out of order: the result lands before the events, and alone gives
+        // the whole timeline.
         s.apply_results(&[ok.clone()]).await.unwrap();
+        let early = s.get("a").await.unwrap().unwrap();
+        assert_eq!(
+            (early.assigned_at_ms, early.started_at_ms),
+            (Some(10), Some(20))
+        );
         s.apply_events(&[
             event("a", 10, EventKind::Assigned { node: "n1".into() }),
             event("a", 20, EventKind::Running { node: "n1".into() }),

@@ -1,0 +1,461 @@
+//! Test harness: a private `nats-server` per test (free port, temporary store,
+//! killed on drop) and the real `switchyard` binary for each component.
+
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The nats-server to test against: `$SWITCHYARD_NATS_SERVER`, the one the
+/// project scripts install under `.tools/`, or the one on PATH.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SWITCHYARD_NATS_SERVER") {
+        return p.into();
+    }
+    let local = repo_root().join(".tools/venv/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    "nats-server".into()
+}
+
+/// The project's Python (with nats-py), installed by the scripts.
+pub fn python_bin() -> PathBuf {
+    repo_root().join(".tools/venv/bin/python")
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn signal(&mut self, sig: Signal) {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        let _ = kill(pid, sig);
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        self.signal(Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.signal(Signal::SIGTERM);
+        let name = self.name.clone();
+        wait_until(&format!("{name} to exit"), timeout, || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Proc {
+    let log = log_dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).expect("log file");
+    let err = file.try_clone().expect("log file");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    Proc {
+        child,
+        name: name.to_owned(),
+        log,
+    }
+}
+
+/// A private JetStream server.
+pub struct Nats {
+    proc: Proc,
+    pub port: u16,
+    store: TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let store = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let proc = Self::spawn(port, store.path());
+        Nats { proc, port, store }
+    }
+
+    fn spawn(port: u16, store: &Path) -> Proc {
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store);
+        let proc = spawn("nats-server", cmd, store);
+        wait_until("nats-server to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        proc
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGTERM, clean shutdown) and starts it again on the
+    /// same port and store.
+    pub fn restart(&mut self) {
+        self.proc.terminate(Duration::from_secs(20));
+        self.proc = Self::spawn(self.port, self.store.path());
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("nats connect")
+    }
+}
+
+/// Knobs of a test stack; everything else uses the defaults a user gets.
+#[derive(Clone)]
+pub struct StackOptions {
+    pub slots: u32,
+    pub base_latency: &'static str,
+    pub per_token_latency: &'static str,
+    pub agent_ack_wait: &'static str,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            slots: 16,
+            base_latency: "2ms",
+            per_token_latency: "0ms",
+            agent_ack_wait: "30s",
+        }
+    }
+}
+
+/// NATS plus any of broker, dispatcher and agents, from one config file.
+pub struct Stack {
+    pub nats: Nats,
+    pub dir: TempDir,
+    config: PathBuf,
+    pub broker_port: u16,
+    procs: HashMap<String, (Proc, u16)>,
+    pub http: reqwest::Client,
+}
+
+pub const CHAT_MODEL: &str = "tiny-chat";
+pub const TEXT_MODEL: &str = "tiny-text";
+
+impl Stack {
+    pub fn new(opts: StackOptions) -> Stack {
+        let nats = Nats::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker_port = free_port();
+        let config = dir.path().join("switchyard.yaml");
+        let yaml = format!(
+            r#"
+nats:
+  url: {url}
+models:
+  - name: {CHAT_MODEL}
+    kind: chat
+    max_tokens: 64
+    default_max_tokens: 8
+    max_input_bytes: 4096
+  - name: {TEXT_MODEL}
+    kind: completion
+    max_tokens: 64
+    default_max_tokens: 8
+broker:
+  listen: 127.0.0.1:{broker_port}
+  database_url: sqlite://{db}
+  max_body_bytes: 65536
+  outbox_interval: 1s
+  outbox_grace: 2s
+dispatcher:
+  node_timeout: 3s
+agent:
+  node_id: unset
+  heartbeat_interval: 500ms
+  ack_wait: {ack_wait}
+  drain_timeout: 10s
+  engine:
+    kind: simulated
+    models: [{CHAT_MODEL}, {TEXT_MODEL}]
+    slots: {slots}
+    base_latency: {base}
+    per_token_latency: {per_token}
+"#,
+            url = nats.url(),
+            db = dir.path().join("jobs.db").display(),
+            ack_wait = opts.agent_ack_wait,
+            slots = opts.slots,
+            base = opts.base_latency,
+            per_token = opts.per_token_latency,
+        );
+        std::fs::write(&config, yaml).expect("config");
+        Stack {
+            nats,
+            dir,
+            config,
+            broker_port,
+            procs: HashMap::new(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn launch(&mut self, name: &str, subcommand: &str, port: u16, env: &[(&str, String)]) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.arg("--config").arg(&self.config).arg(subcommand);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut proc = spawn(name, cmd, self.dir.path());
+        wait_until(
+            &format!("{name} to be ready"),
+            Duration::from_secs(30),
+            || {
+                if let Some(status) = proc.exited() {
+                    let log = std::fs::read_to_string(&proc.log).unwrap_or_default();
+                    panic!("{name} exited with {status}:\n{log}");
+                }
+                is_ready(port).then_some(())
+            },
+        );
+        self.procs.insert(name.to_owned(), (proc, port));
+    }
+
+    pub fn start_broker(&mut self) {
+        let port = self.broker_port;
+        self.launch("broker", "broker", port, &[]);
+    }
+
+    pub fn start_dispatcher(&mut self) {
+        let port = free_port();
+        self.launch(
+            "dispatcher",
+            "dispatcher",
+            port,
+            &[("SWITCHYARD_DISPATCHER__LISTEN", format!("127.0.0.1:{port}"))],
+        );
+    }
+
+    pub fn start_agent(&mut self, node: &str) {
+        let port = free_port();
+        self.launch(
+            node,
+            "agent",
+            port,
+            &[
+                ("SWITCHYARD_AGENT__NODE_ID", node.to_owned()),
+                ("SWITCHYARD_AGENT__LISTEN", format!("127.0.0.1:{port}")),
+            ],
+        );
+    }
+
+    pub fn proc(&mut self, name: &str) -> &mut Proc {
+        &mut self.procs.get_mut(name).expect("started").0
+    }
+
+    /// Removes the process from the stack after killing it with SIGKILL.
+    pub fn sigkill(&mut self, name: &str) {
+        if let Some((mut p, _)) = self.procs.remove(name) {
+            p.kill();
+        }
+    }
+
+    pub fn port_of(&self, name: &str) -> u16 {
+        self.procs.get(name).expect("started").1
+    }
+
+    pub fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    pub fn broker_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.broker_port)
+    }
+
+    /// Submits over HTTP and returns the job id (expects 202).
+    pub async fn submit_http(&self, body: &Value) -> String {
+        let r = self
+            .http
+            .post(self.broker_url("/v1/jobs"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /v1/jobs");
+        assert_eq!(r.status(), 202, "submit: {:?}", r.text().await);
+        let v: Value = r.json().await.expect("json");
+        v["id"].as_str().expect("id").to_owned()
+    }
+
+    pub async fn get_job(&self, id: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(self.broker_url(&format!("/v1/jobs/{id}")))
+            .send()
+            .await
+            .expect("GET job");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls until every job has a final status; returns their records.
+    pub async fn wait_finished(&self, ids: &[String], timeout: Duration) -> HashMap<String, Value> {
+        use futures::StreamExt;
+        let deadline = Instant::now() + timeout;
+        let mut done = HashMap::new();
+        loop {
+            let pending: Vec<&String> = ids.iter().filter(|id| !done.contains_key(*id)).collect();
+            if pending.is_empty() {
+                return done;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} jobs not finished in {timeout:?}; first: {:?}",
+                pending.len(),
+                ids.len(),
+                self.get_job(pending[0]).await
+            );
+            let polled: Vec<(String, (u16, Value))> = futures::stream::iter(pending)
+                .map(|id| async move { (id.clone(), self.get_job(id).await) })
+                .buffer_unordered(32)
+                .collect()
+                .await;
+            let mut progressed = false;
+            for (id, (_, v)) in polled {
+                if matches!(v["status"].as_str(), Some("succeeded" | "failed")) {
+                    done.insert(id, v);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+impl Drop for Stack {
+    /// On a failing test, the components' logs are what explains it.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for name in self.procs.keys() {
+                let log = self.log_of(name);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- {name} (last lines) ----");
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// What the simulated engine answers for a chat job: the prompt's words
+/// repeated, in order, up to `max_tokens` words.
+pub fn expected_echo(prompt: &str, max_tokens: usize) -> String {
+    let words: Vec<&str> = prompt.split_whitespace().collect();
+    words
+        .iter()
+        .cycle()
+        .take(max_tokens)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Counts, per job id, the results published on `sy.results.*` as a plain
+/// subscriber sees them.
+pub struct ResultCounter {
+    counts: std::sync::Arc<std::sync::Mutex<HashMap<String, u32>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ResultCounter {
+    pub async fn start(client: &async_nats::Client) -> ResultCounter {
+        use futures::StreamExt;
+        let mut sub = client.subscribe("sy.results.*").await.expect("subscribe");
+        client.flush().await.expect("flush");
+        let counts = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let c = counts.clone();
+        let task = tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let id = msg
+                    .subject
+                    .as_str()
+                    .trim_start_matches("sy.results.")
+                    .to_owned();
+                *c.lock().expect("lock").entry(id).or_insert(0) += 1;
+            }
+        });
+        ResultCounter { counts, task }
+    }
+
+    pub fn snapshot(&self) -> HashMap<String, u32> {
+        self.counts.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for ResultCounter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Whether `GET /readyz` on `port` answers 200 (blocking, for start-up waits).
+fn is_ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200")
+}
