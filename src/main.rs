@@ -2,6 +2,7 @@
 //! or one install serves every role.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -82,20 +83,44 @@ fn validate(file: &FileConfig, command: &Command) -> Result<Registry, config::Co
     issues.into_result().map(|()| registry)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let file: FileConfig = config::load(cli.config.as_deref())?;
-    let registry = validate(&file, &cli.command)?;
-    telemetry::init_logs(file.log.json);
+    // Configuration is checked whole before anything starts or binds a port.
+    let loaded = config::load::<FileConfig>(cli.config.as_deref())
+        .and_then(|file| validate(&file, &cli.command).map(|registry| (file, registry)));
+    let (file, registry) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if matches!(cli.command, Command::CheckConfig) {
         println!("configuration is valid");
-        return Ok(());
+        return ExitCode::SUCCESS;
     }
+    telemetry::init_logs(file.log.json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, file, registry)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, file: FileConfig, registry: Registry) -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics()?;
     let token = CancellationToken::new();
     let t = token.clone();
-    match cli.command {
+    match command {
         Command::Broker => shutdown::run_until_signal(
             token,
             switchyard_broker::run(file.broker, file.nats, registry, metrics, t),

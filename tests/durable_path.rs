@@ -1,6 +1,9 @@
 //! The durable job path end to end, against a real nats-server and the real
 //! binaries: nothing lost, nothing reported twice, across crashes.
 
+// Tests fail by panicking; the no-panic lints are for the product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -152,16 +155,7 @@ async fn queued_jobs_survive_sigkill_of_broker_and_dispatcher() {
 }
 
 async fn agent_gauge(stack: &Stack, node: &str, metric: &str) -> f64 {
-    let url = format!("http://127.0.0.1:{}/metrics", stack.port_of(node));
-    let text = stack
-        .http
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = stack.metrics_text(node).await;
     text.lines()
         .find_map(|l| l.strip_prefix(metric)?.trim().parse().ok())
         .unwrap_or(0.0)

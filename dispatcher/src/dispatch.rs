@@ -6,7 +6,7 @@ use futures::{FutureExt, StreamExt};
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
-use switchyard_runtime::{NatsConfig, Readiness, Registry};
+use switchyard_runtime::{NatsConfig, Registry};
 use switchyard_schemas::{
     Assignment, CodecError, EventKind, Heartbeat, Job, JobEvent, Priority, SCHEMA_VERSION, decode,
     encode, now_ms, subjects,
@@ -43,14 +43,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DispatchError> {
     m::describe();
-    let listener = ops::bind(cfg.listen).await?;
-    let ready = Readiness::default();
     let tasks = TaskTracker::new();
-    tasks.spawn(ops::serve(
-        listener,
-        ops::router(metrics, ready.clone()),
-        shutdown.clone(),
-    ));
+    let ready = ops::start(cfg.listen, metrics, &tasks, shutdown.clone()).await?;
 
     let (client, js) = nats::connect(&nats_cfg, "dispatcher").await?;
     nats::ensure_streams(&js, &nats_cfg).await?;

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, Context};
 use futures::StreamExt;
+use switchyard_runtime::NatsConfig;
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
-use switchyard_runtime::{NatsConfig, Readiness};
 use switchyard_schemas::{
     Assignment, EventKind, Heartbeat, JobEvent, JobResult, Outcome, SCHEMA_VERSION, UsageEvent,
     decode, encode, now_ms, subjects,
@@ -52,15 +52,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     m::describe();
-    let listener = ops::bind(cfg.listen).await?;
-    let ready = Readiness::default();
     let tasks = TaskTracker::new();
+    // Ops stay up while draining, so probes and scrapes see the drain.
     let ops_stop = CancellationToken::new();
-    tasks.spawn(ops::serve(
-        listener,
-        ops::router(metrics, ready.clone()),
-        ops_stop.clone(),
-    ));
+    let ready = ops::start(cfg.listen, metrics, &tasks, ops_stop.clone()).await?;
 
     let (client, js) = nats::connect(&nats_cfg, &format!("gpu-agent {}", cfg.node_id)).await?;
     nats::ensure_streams(&js, &nats_cfg).await?;

@@ -11,6 +11,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Whether the process should be sent work: set once it is connected and set
 /// up, cleared as soon as shutdown starts so that load balancers stop first.
@@ -69,6 +70,20 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Binds `addr` and serves the ops routes alone on `tasks` until `stop`;
+/// returns the readiness switch they report.
+pub async fn start(
+    addr: SocketAddr,
+    metrics: PrometheusHandle,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> Result<Readiness, ServeError> {
+    let listener = bind(addr).await?;
+    let ready = Readiness::default();
+    tasks.spawn(serve(listener, router(metrics, ready.clone()), stop));
+    Ok(ready)
 }
 
 /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.

@@ -25,10 +25,10 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The nats-server to test against: `$SWITCHYARD_NATS_SERVER`, the one the
+/// The nats-server to test against: `$NATS_SERVER_BIN`, the one the
 /// project scripts install under `.tools/`, or the one on PATH.
 pub fn nats_server_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("SWITCHYARD_NATS_SERVER") {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
         return p.into();
     }
     let local = repo_root().join(".tools/venv/bin/nats-server");
@@ -310,6 +310,13 @@ agent:
 
     pub fn log_of(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The Prometheus text a component serves.
+    pub async fn metrics_text(&self, name: &str) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port_of(name));
+        let r = self.http.get(url).send().await.expect("GET /metrics");
+        r.text().await.expect("metrics body")
     }
 
     pub fn broker_url(&self, path: &str) -> String {

