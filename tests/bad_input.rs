@@ -261,3 +261,61 @@ fn rmp_serde_decode(bytes: &[u8]) -> Value {
         rmp_serde::from_slice(bytes).expect("a MessagePack reply");
     serde_json::to_value(reply).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn garbage_on_internal_subjects_does_not_stop_the_pipeline() {
+    let mut stack = Stack::new(StackOptions::default());
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent("node-a");
+    let client = stack.nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+
+    let victim = stack.submit_http(&chat("first job")).await;
+    stack
+        .wait_finished(std::slice::from_ref(&victim), Duration::from_secs(20))
+        .await;
+    let garbage = b"\x92\xa4junk\xc3".to_vec();
+    let valid_but_wrong = switchyard_schemas::encode(&json!({"v": 1, "hello": "world"})).unwrap();
+    for subject in [
+        format!("sy.jobs.normal.{CHAT_MODEL}"),
+        "sy.work.node-a".to_owned(),
+        format!("sy.events.{victim}"),
+        format!("sy.results.{victim}"),
+        "sy.usage.nobody".to_owned(),
+    ] {
+        for body in [&garbage, &valid_but_wrong] {
+            js.publish(subject.clone(), body.clone().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    }
+    for body in [&garbage, &valid_but_wrong] {
+        client
+            .publish("sy.heartbeat.node-z", body.clone().into())
+            .await
+            .unwrap();
+    }
+
+    // Everything downstream of those subjects still works, and the finished
+    // job's record was not disturbed by a forged result.
+    let ids = vec![
+        stack.submit_http(&chat("after the garbage one")).await,
+        stack.submit_http(&chat("after the garbage two")).await,
+    ];
+    let done = stack.wait_finished(&ids, Duration::from_secs(30)).await;
+    for id in &ids {
+        assert_eq!(done[id]["status"], "succeeded", "{}", done[id]);
+    }
+    let (_, first) = stack.get_job(&victim).await;
+    assert_eq!(first["status"], "succeeded");
+    assert_eq!(
+        first["result"]["choices"][0]["message"]["content"],
+        expected_echo("first job", 8)
+    );
+    for name in ["broker", "dispatcher", "node-a"] {
+        assert!(stack.proc(name).exited().is_none(), "{name} died");
+    }
+}

@@ -102,3 +102,47 @@ async fn every_component_serves_health_and_named_metrics() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_follows_the_nats_connection() {
+    let mut stack = Stack::new(StackOptions::default());
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent("node-a");
+    let ports: Vec<u16> = ["broker", "dispatcher", "node-a"]
+        .iter()
+        .map(|n| stack.port_of(n))
+        .collect();
+
+    stack.nats.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ports.iter().any(|p| is_ready(*p)) {
+        assert!(Instant::now() < deadline, "still ready without NATS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Alive all the same: a restart would not help.
+    let health = stack
+        .http
+        .get(stack.broker_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    stack.nats.resume();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ports.iter().all(|p| is_ready(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = stack
+        .submit_http(&json!({"model": TEXT_MODEL, "input": {"prompt": "after the outage"}}))
+        .await;
+    let done = stack
+        .wait_finished(std::slice::from_ref(&id), Duration::from_secs(30))
+        .await;
+    assert_eq!(done[&id]["status"], "succeeded");
+}

@@ -160,6 +160,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     tasks.close();
+    ready.watch(&client);
     ready.set(true);
     info!(listen = %cfg.listen, "broker ready");
 

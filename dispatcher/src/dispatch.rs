@@ -1,8 +1,9 @@
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, Context};
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
@@ -31,7 +32,23 @@ pub enum DispatchError {
 struct Queue {
     priority: Priority,
     model: String,
+    subject: String,
     consumer: PullConsumer,
+}
+
+/// Subjects of `JOBS` that hold messages now. One request answers for every
+/// queue, so an idle dispatcher costs the same whatever the number of models.
+/// `None` when the server could not say: then every queue is tried.
+async fn busy_subjects(jobs: &jetstream::stream::Stream) -> Option<HashSet<String>> {
+    let counts = jobs.info_with_subjects(subjects::JOBS_ALL).await.ok()?;
+    let counts: Vec<(String, usize)> = counts.try_collect().await.ok()?;
+    Some(
+        counts
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, _)| s)
+            .collect(),
+    )
 }
 
 /// Runs the dispatcher until `shutdown` is cancelled.
@@ -65,11 +82,20 @@ pub async fn run(
             queues.push(Queue {
                 priority,
                 model: model.name.clone(),
+                subject: subjects::jobs(priority, &model.name),
                 consumer,
             });
         }
     }
+    let jobs_stream = js
+        .get_stream(subjects::JOBS_STREAM)
+        .await
+        .map_err(|source| NatsError::GetStream {
+            stream: subjects::JOBS_STREAM,
+            source,
+        })?;
     let mut heartbeats = client.subscribe(subjects::HEARTBEAT_ALL).await?;
+    ready.watch(&client);
     ready.set(true);
     info!(listen = %cfg.listen, queues = queues.len(), "dispatcher ready");
 
@@ -94,7 +120,15 @@ pub async fn run(
         // Highest priority first; after any progress, start again from the top
         // so a higher level never waits behind a lower one.
         let mut progressed = false;
+        let busy = if cluster.free_total(now) > 0 {
+            busy_subjects(&jobs_stream).await
+        } else {
+            Some(HashSet::new())
+        };
         for q in &queues {
+            if busy.as_ref().is_some_and(|b| !b.contains(&q.subject)) {
+                continue;
+            }
             let room = cluster.capacity_for(&q.model, Instant::now());
             if room == 0 {
                 continue;

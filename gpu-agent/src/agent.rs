@@ -10,15 +10,15 @@ use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_schemas::{
-    Assignment, EventKind, Heartbeat, JobEvent, JobResult, Outcome, SCHEMA_VERSION, UsageEvent,
-    decode, encode, now_ms, subjects,
+    Assignment, ErrorClass, EventKind, Heartbeat, JobEvent, JobResult, Outcome, SCHEMA_VERSION,
+    UsageEvent, decode, encode, now_ms, subjects,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::engine::{self, Engine};
+use crate::engine::{self, Engine, EngineError};
 use crate::{AgentConfig, metrics as m};
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,7 @@ pub async fn run(
         shutdown.clone(),
         stop_heartbeats.clone(),
     ));
+    ready.watch(&node.client);
     ready.set(true);
     info!(node = %cfg.node_id, slots, listen = %cfg.listen, "gpu-agent ready");
 
@@ -268,7 +269,13 @@ async fn execute(
 
     let started = Instant::now();
     let started_at_ms = now_ms();
-    let inference = {
+    let inference = if !node.engine.models().contains(&job.model) {
+        // Misrouted: running it would answer with another model.
+        Err(EngineError {
+            class: ErrorClass::UnknownModel,
+            message: format!("model {:?} is not served on node {}", job.model, node.id),
+        })
+    } else {
         let infer = node.engine.infer(&job.model, &job.input);
         tokio::pin!(infer);
         let mut progress = tokio::time::interval(node.ack_wait / 3);

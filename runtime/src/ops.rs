@@ -1,8 +1,8 @@
 //! The ops endpoints every component serves: `/metrics`, `/healthz`, `/readyz`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -13,18 +13,31 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Whether the process should be sent work: set once it is connected and set
-/// up, cleared as soon as shutdown starts so that load balancers stop first.
+/// Whether the process should be sent work: set once it is set up, cleared
+/// as soon as shutdown starts so that load balancers stop first, and false
+/// whenever the watched NATS connection is down.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    nats: Arc<OnceLock<async_nats::Client>>,
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// From now on, readiness also requires this connection to be up.
+    pub fn watch(&self, client: &async_nats::Client) {
+        let _ = self.nats.set(client.clone());
     }
 
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst)
+            && self
+                .nats
+                .get()
+                .is_none_or(|c| c.connection_state() == async_nats::connection::State::Connected)
     }
 }
 

@@ -141,11 +141,19 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Stops the server (SIGTERM, clean shutdown) and starts it again on the
-    /// same port and store.
-    pub fn restart(&mut self) {
+    /// Stops the server (SIGTERM, clean shutdown).
+    pub fn stop(&mut self) {
         self.proc.terminate(Duration::from_secs(20));
+    }
+
+    /// Starts a stopped server again on the same port and store.
+    pub fn resume(&mut self) {
         self.proc = Self::spawn(self.port, self.store.path());
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.resume();
     }
 
     pub async fn client(&self) -> async_nats::Client {
@@ -452,7 +460,7 @@ impl Drop for ResultCounter {
 }
 
 /// Whether `GET /readyz` on `port` answers 200 (blocking, for start-up waits).
-fn is_ready(port: u16) -> bool {
+pub fn is_ready(port: u16) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
