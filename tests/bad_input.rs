@@ -136,10 +136,7 @@ async fn direct_result(js: &async_nats::jetstream::Context, id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_bad_submissions_are_recorded_and_never_block_the_intake() {
-    let mut stack = Stack::new(StackOptions::default());
-    stack.start_broker();
-    stack.start_dispatcher();
-    stack.start_agent("node-a");
+    let stack = Stack::running(StackOptions::default(), &["node-a"]);
     let client = stack.nats.client().await;
     let js = async_nats::jetstream::new(client.clone());
 
@@ -264,10 +261,7 @@ fn rmp_serde_decode(bytes: &[u8]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn garbage_on_internal_subjects_does_not_stop_the_pipeline() {
-    let mut stack = Stack::new(StackOptions::default());
-    stack.start_broker();
-    stack.start_dispatcher();
-    stack.start_agent("node-a");
+    let mut stack = Stack::running(StackOptions::default(), &["node-a"]);
     let client = stack.nats.client().await;
     let js = async_nats::jetstream::new(client.clone());
 

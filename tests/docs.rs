@@ -26,10 +26,7 @@ fn block_after(markdown: &str, marker: &str) -> String {
 async fn nats_api_python_example_runs_and_prints_what_the_doc_says() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/nats-api.md"))
         .expect("docs/nats-api.md");
-    let mut stack = Stack::new(StackOptions::default());
-    stack.start_broker();
-    stack.start_dispatcher();
-    stack.start_agent("node-a");
+    let stack = Stack::running(StackOptions::default(), &["node-a"]);
 
     let script = stack.dir.path().join("example.py");
     std::fs::write(&script, python_block(&doc)).unwrap();

@@ -99,11 +99,7 @@ fn assert_all_correct(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_thousand_jobs_over_http_and_nats_all_complete_once() {
-    let mut stack = Stack::new(StackOptions::default());
-    stack.start_broker();
-    stack.start_dispatcher();
-    stack.start_agent("node-a");
-    stack.start_agent("node-b");
+    let stack = Stack::running(StackOptions::default(), &["node-a", "node-b"]);
     let counter = ResultCounter::start(&stack.nats.client().await).await;
 
     let started = Instant::now();
@@ -163,16 +159,15 @@ async fn agent_gauge(stack: &Stack, node: &str, metric: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_of_a_killed_agent_are_redelivered_and_reported_once() {
-    let mut stack = Stack::new(StackOptions {
-        slots: 4,
-        base_latency: "400ms",
-        agent_ack_wait: "2s",
-        ..StackOptions::default()
-    });
-    stack.start_broker();
-    stack.start_dispatcher();
-    stack.start_agent("node-a");
-    stack.start_agent("node-b");
+    let mut stack = Stack::running(
+        StackOptions {
+            slots: 4,
+            base_latency: "400ms",
+            agent_ack_wait: "2s",
+            ..StackOptions::default()
+        },
+        &["node-a", "node-b"],
+    );
     let counter = ResultCounter::start(&stack.nats.client().await).await;
 
     let mut jobs = HashMap::new();

@@ -12,14 +12,14 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_drains_running_jobs_then_every_component_exits_cleanly() {
-    let mut stack = Stack::new(StackOptions {
-        slots: 2,
-        base_latency: "1500ms",
-        ..StackOptions::default()
-    });
-    stack.start_broker();
-    stack.start_dispatcher();
-    stack.start_agent("node-a");
+    let mut stack = Stack::running(
+        StackOptions {
+            slots: 2,
+            base_latency: "1500ms",
+            ..StackOptions::default()
+        },
+        &["node-a"],
+    );
 
     let mut ids = Vec::new();
     for i in 0..2 {
@@ -62,10 +62,7 @@ async fn sigterm_drains_running_jobs_then_every_component_exits_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_component_serves_health_and_named_metrics() {
-    let mut stack = Stack::new(StackOptions::default());
-    stack.start_broker();
-    stack.start_dispatcher();
-    stack.start_agent("node-a");
+    let stack = Stack::running(StackOptions::default(), &["node-a"]);
     let id = stack
         .submit_http(&json!({"model": TEXT_MODEL, "input": {"prompt": "metrics"}}))
         .await;
@@ -105,10 +102,7 @@ async fn every_component_serves_health_and_named_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readiness_follows_the_nats_connection() {
-    let mut stack = Stack::new(StackOptions::default());
-    stack.start_broker();
-    stack.start_dispatcher();
-    stack.start_agent("node-a");
+    let mut stack = Stack::running(StackOptions::default(), &["node-a"]);
     let ports: Vec<u16> = ["broker", "dispatcher", "node-a"]
         .iter()
         .map(|n| stack.port_of(n))

@@ -13,7 +13,7 @@ use switchyard_schemas::{
     ChatInput, CompletionInput, Job, JobInput, Priority, SCHEMA_VERSION, Submission, encode,
     now_ms, subjects,
 };
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::metrics as m;
 use crate::store::{JobStore, Source, StoreError};
@@ -222,6 +222,7 @@ impl Admitter {
             // the server drops the duplicate.
             warn!(job_id = %job.id, error = %e, "could not mark job enqueued");
         }
+        debug!(job_id = %job.id, model = %job.model, priority = %job.priority, source = source.as_str(), "job queued");
         metrics::counter!(m::SUBMISSIONS, "source" => source.as_str()).increment(1);
         metrics::histogram!(m::SUBMIT_SECONDS).record(started.elapsed().as_secs_f64());
         Ok(job)

@@ -87,13 +87,7 @@ pub async fn run(
             });
         }
     }
-    let jobs_stream = js
-        .get_stream(subjects::JOBS_STREAM)
-        .await
-        .map_err(|source| NatsError::GetStream {
-            stream: subjects::JOBS_STREAM,
-            source,
-        })?;
+    let jobs_stream = nats::stream(&js, subjects::JOBS_STREAM).await?;
     let mut heartbeats = client.subscribe(subjects::HEARTBEAT_ALL).await?;
     ready.watch(&client);
     ready.set(true);

@@ -73,13 +73,7 @@ pub async fn run(
         },
     )
     .await?;
-    let results = js
-        .get_stream(subjects::RESULTS_STREAM)
-        .await
-        .map_err(|source| NatsError::GetStream {
-            stream: subjects::RESULTS_STREAM,
-            source,
-        })?;
+    let results = nats::stream(&js, subjects::RESULTS_STREAM).await?;
     let node = Arc::new(Node {
         id: cfg.node_id.clone(),
         js,

@@ -140,16 +140,23 @@ pub struct ConsumerSpec {
     pub max_ack_pending: i64,
 }
 
-/// Creates the durable consumer or updates it to `spec`.
-pub async fn durable_consumer(js: &Context, spec: ConsumerSpec) -> Result<PullConsumer, NatsError> {
-    let stream = js
-        .get_stream(spec.stream)
+/// Opens one of the streams of the layout.
+pub async fn stream(
+    js: &Context,
+    name: &'static str,
+) -> Result<jetstream::stream::Stream, NatsError> {
+    js.get_stream(name)
         .await
         .map_err(|source| NatsError::GetStream {
-            stream: spec.stream,
+            stream: name,
             source,
-        })?;
-    stream
+        })
+}
+
+/// Creates the durable consumer or updates it to `spec`.
+pub async fn durable_consumer(js: &Context, spec: ConsumerSpec) -> Result<PullConsumer, NatsError> {
+    stream(js, spec.stream)
+        .await?
         .create_consumer(pull::Config {
             durable_name: Some(spec.durable.clone()),
             filter_subject: spec.filter,

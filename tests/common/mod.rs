@@ -252,6 +252,17 @@ agent:
         }
     }
 
+    /// A whole stack: broker, dispatcher and one agent per name.
+    pub fn running(opts: StackOptions, agents: &[&str]) -> Stack {
+        let mut stack = Stack::new(opts);
+        stack.start_broker();
+        stack.start_dispatcher();
+        for node in agents {
+            stack.start_agent(node);
+        }
+        stack
+    }
+
     fn launch(&mut self, name: &str, subcommand: &str, port: u16, env: &[(&str, String)]) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
         cmd.arg("--config").arg(&self.config).arg(subcommand);
