@@ -56,6 +56,9 @@ impl Rejection {
 pub enum SubmitError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
+    /// The job's queue is at `nats.max_queued_per_queue`: not queued.
+    #[error("the {priority} queue of model {model:?} is full")]
+    QueueFull { priority: Priority, model: String },
     /// The queue did not confirm the job: it is not queued and will not run.
     #[error("the queue is unavailable: {0}")]
     QueueUnavailable(String),
@@ -211,11 +214,18 @@ impl Admitter {
         // confirmation leaves a record the outbox publishes again.
         self.store.insert(&job, source).await?;
         if let Err(e) = self.enqueue(&job).await {
-            let reason = e.to_string();
-            if let Err(store_err) = self.store.fail_unqueued(&job.id, &reason).await {
-                warn!(job_id = %job.id, error = %store_err, "could not record the failed enqueue; the outbox will retry it");
+            // The client is told the job was not queued, so no record of it
+            // stays behind for the outbox to publish later.
+            if let Err(store_err) = self.store.discard_unqueued(&job.id).await {
+                warn!(job_id = %job.id, error = %store_err, "could not discard the unqueued job; the outbox will queue it");
             }
-            return Err(SubmitError::QueueUnavailable(reason));
+            return Err(match e {
+                EnqueueError::Full => SubmitError::QueueFull {
+                    priority: job.priority,
+                    model: job.model,
+                },
+                EnqueueError::Unavailable(reason) => SubmitError::QueueUnavailable(reason),
+            });
         }
         if let Err(e) = self.store.mark_enqueued(&job.id, now_ms()).await {
             // The job is queued; at worst the outbox publishes it again and
@@ -231,7 +241,14 @@ impl Admitter {
     /// Publishes the job to its queue and waits for the server's confirmation.
     /// The job id is the message id, so a repeated publish is dropped.
     pub async fn enqueue(&self, job: &Job) -> Result<(), EnqueueError> {
-        let payload = encode(job).map_err(|e| EnqueueError(e.to_string()))?;
+        let payload = encode(job).map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
+        let classify = |e: async_nats::jetstream::context::PublishError| {
+            if nats::is_limit_refusal(&e) {
+                EnqueueError::Full
+            } else {
+                EnqueueError::Unavailable(e.to_string())
+            }
+        };
         nats::publish(
             &self.js,
             subjects::jobs(job.priority, &job.model),
@@ -239,16 +256,20 @@ impl Admitter {
             payload,
         )
         .await
-        .map_err(|e| EnqueueError(e.to_string()))?
+        .map_err(classify)?
         .await
-        .map_err(|e| EnqueueError(e.to_string()))?;
+        .map_err(classify)?;
         Ok(())
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct EnqueueError(String);
+pub enum EnqueueError {
+    #[error("the queue is full")]
+    Full,
+    #[error("{0}")]
+    Unavailable(String),
+}
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::error;
 
+use crate::BrokerConfig;
 use crate::admission::{Admitter, Rejection, SubmitError};
 use crate::store::{JobRecord, Source};
 
@@ -30,6 +31,8 @@ pub enum ApiError {
     BodyUnreadable,
     #[error("no job with id {0:?}")]
     NotFound(String),
+    #[error("{message}")]
+    QueueFull { message: String, retry_after: u64 },
     #[error("job store: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -47,6 +50,9 @@ impl ApiError {
                 };
                 (status, r.code())
             }
+            ApiError::QueueFull { .. } | ApiError::Submit(SubmitError::QueueFull { .. }) => {
+                (StatusCode::TOO_MANY_REQUESTS, "queue_full")
+            }
             ApiError::Submit(SubmitError::QueueUnavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable")
             }
@@ -63,6 +69,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let retry_after = match &self {
+            ApiError::QueueFull { retry_after, .. } => Some(*retry_after),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        };
         // Operator detail stays in the log; clients get the code and a safe message.
         let message = if status.is_server_error() {
             error!(error = %self, code, "request failed");
@@ -80,23 +91,24 @@ impl IntoResponse for ApiError {
             axum::Json(json!({"error": ErrorBody { code: code.into(), message }})),
         )
             .into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
 }
 
-pub fn router(admitter: Admitter, max_body_bytes: usize) -> Router {
+pub fn router(admitter: Admitter, cfg: &BrokerConfig) -> Router {
     Router::new()
         .route("/v1/jobs", post(submit))
         .route("/v1/jobs/{id}", get(get_job))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(ApiState {
             admitter,
-            max_body_bytes,
+            max_body_bytes: cfg.max_body_bytes,
+            queue_full_retry_after: cfg.queue_full_retry_after.as_secs().max(1),
         })
 }
 
@@ -104,6 +116,7 @@ pub fn router(admitter: Admitter, max_body_bytes: usize) -> Router {
 struct ApiState {
     admitter: Admitter,
     max_body_bytes: usize,
+    queue_full_retry_after: u64,
 }
 
 /// The HTTP form of a submission: the priority is in the body, and ids are
@@ -138,7 +151,14 @@ async fn submit(
     let job = s
         .admitter
         .submit(submission, priority, id, Source::Http)
-        .await?;
+        .await
+        .map_err(|e| match e {
+            SubmitError::QueueFull { .. } => ApiError::QueueFull {
+                message: e.to_string(),
+                retry_after: s.queue_full_retry_after,
+            },
+            other => ApiError::Submit(other),
+        })?;
     let location = format!("/v1/jobs/{}", job.id);
     let body = json!({
         "id": job.id,

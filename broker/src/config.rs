@@ -24,6 +24,9 @@ pub struct BrokerConfig {
     /// Age after which such a job counts as abandoned by its first publish.
     #[serde(with = "humantime_serde")]
     pub outbox_grace: Duration,
+    /// `Retry-After` given with a 429 for a full queue.
+    #[serde(with = "humantime_serde")]
+    pub queue_full_retry_after: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -36,6 +39,7 @@ impl Default for BrokerConfig {
             projection_batch: 512,
             outbox_interval: Duration::from_secs(5),
             outbox_grace: Duration::from_secs(10),
+            queue_full_retry_after: Duration::from_secs(2),
         }
     }
 }

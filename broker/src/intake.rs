@@ -344,6 +344,7 @@ pub async fn serve_requests(
 fn error_body(e: &SubmitError) -> ErrorBody {
     let (code, message) = match e {
         SubmitError::Rejected(r) => (r.code(), r.to_string()),
+        SubmitError::QueueFull { .. } => ("queue_full", e.to_string()),
         SubmitError::QueueUnavailable(_) => (
             "queue_unavailable",
             "the job queue is unavailable; the job was not queued".into(),

@@ -102,8 +102,7 @@ pub async fn run(
         js,
     };
     let ready = Readiness::default();
-    let router = api::router(admitter.clone(), cfg.max_body_bytes)
-        .merge(ops::router(metrics, ready.clone()));
+    let router = api::router(admitter.clone(), &cfg).merge(ops::router(metrics, ready.clone()));
 
     let tasks = TaskTracker::new();
     tasks.spawn(ops::serve(listener, router, shutdown.clone()));

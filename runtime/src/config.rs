@@ -93,6 +93,10 @@ pub struct NatsConfig {
     /// Timeout of one JetStream API call or publish acknowledgement.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Most jobs one queue (one priority of one model) holds, and most
+    /// submissions waiting at one priority. Beyond it the server itself
+    /// refuses the publish, so the bound holds across broker replicas.
+    pub max_queued_per_queue: i64,
 }
 
 impl Default for NatsConfig {
@@ -105,6 +109,7 @@ impl Default for NatsConfig {
             event_retention: Duration::from_secs(24 * 3600),
             usage_retention: Duration::from_secs(7 * 24 * 3600),
             request_timeout: Duration::from_secs(10),
+            max_queued_per_queue: 100_000,
         }
     }
 }
@@ -116,6 +121,12 @@ impl NatsConfig {
             "nats.replicas",
             self.replicas,
             "must be between 1 and 5",
+        );
+        issues.check(
+            self.max_queued_per_queue >= 1,
+            "nats.max_queued_per_queue",
+            self.max_queued_per_queue,
+            "must be at least 1",
         );
         issues.check(
             !self.duplicate_window.is_zero(),

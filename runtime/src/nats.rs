@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
 use switchyard_schemas::subjects;
 
@@ -71,17 +71,16 @@ pub fn stream_configs(cfg: &NatsConfig) -> Vec<stream::Config> {
         duplicate_window: cfg.duplicate_window,
         ..Default::default()
     };
+    // A queue at its bound refuses new messages rather than dropping old ones.
+    let bounded = |name: &str, subject: &str| stream::Config {
+        max_messages_per_subject: cfg.max_queued_per_queue,
+        discard: DiscardPolicy::New,
+        discard_new_per_subject: true,
+        ..base(name, subject, RetentionPolicy::WorkQueue)
+    };
     vec![
-        base(
-            subjects::SUBMIT_STREAM,
-            subjects::SUBMIT_ALL,
-            RetentionPolicy::WorkQueue,
-        ),
-        base(
-            subjects::JOBS_STREAM,
-            subjects::JOBS_ALL,
-            RetentionPolicy::WorkQueue,
-        ),
+        bounded(subjects::SUBMIT_STREAM, subjects::SUBMIT_ALL),
+        bounded(subjects::JOBS_STREAM, subjects::JOBS_ALL),
         base(
             subjects::WORK_STREAM,
             subjects::WORK_ALL,
@@ -191,6 +190,14 @@ pub async fn publish(
     .await
 }
 
+/// Whether the server refused a publish because the stream is at a limit
+/// (with `DiscardPolicy::New`): the queue is full, not broken.
+pub fn is_limit_refusal(err: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| e.error_code() == jetstream::ErrorCode::STREAM_STORE_FAILED)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +218,15 @@ mod tests {
             "every stream is durable on disk"
         );
         assert_eq!(configs.len(), 6);
+        for queue in [subjects::SUBMIT_STREAM, subjects::JOBS_STREAM] {
+            let c = by_name(queue);
+            assert_eq!(c.max_messages_per_subject, 100_000, "{queue} is bounded");
+            assert_eq!(
+                c.discard,
+                DiscardPolicy::New,
+                "{queue} refuses, never drops"
+            );
+            assert!(c.discard_new_per_subject);
+        }
     }
 }

@@ -168,6 +168,7 @@ pub struct StackOptions {
     pub base_latency: &'static str,
     pub per_token_latency: &'static str,
     pub agent_ack_wait: &'static str,
+    pub max_queued: u32,
 }
 
 impl Default for StackOptions {
@@ -177,6 +178,7 @@ impl Default for StackOptions {
             base_latency: "2ms",
             per_token_latency: "0ms",
             agent_ack_wait: "30s",
+            max_queued: 100_000,
         }
     }
 }
@@ -204,6 +206,7 @@ impl Stack {
             r#"
 nats:
   url: {url}
+  max_queued_per_queue: {max_queued}
 models:
   - name: {CHAT_MODEL}
     kind: chat
@@ -240,6 +243,7 @@ agent:
             slots = opts.slots,
             base = opts.base_latency,
             per_token = opts.per_token_latency,
+            max_queued = opts.max_queued,
         );
         std::fs::write(&config, yaml).expect("config");
         Stack {

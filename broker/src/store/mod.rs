@@ -115,8 +115,8 @@ pub trait JobStore: Send + Sync {
     async fn insert(&self, job: &Job, source: Source) -> Result<(), StoreError>;
     /// The queue confirmed the job.
     async fn mark_enqueued(&self, id: &str, at_ms: i64) -> Result<(), StoreError>;
-    /// The queue refused the job: it will not run.
-    async fn fail_unqueued(&self, id: &str, reason: &str) -> Result<(), StoreError>;
+    /// Forgets a job the queue refused: the client was told it is not queued.
+    async fn discard_unqueued(&self, id: &str) -> Result<(), StoreError>;
     async fn insert_rejected(&self, job: &RejectedJob) -> Result<(), StoreError>;
     async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError>;
     async fn apply_results(&self, results: &[JobResult]) -> Result<(), StoreError>;

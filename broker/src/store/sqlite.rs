@@ -11,7 +11,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
-use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, Usage, UsageEvent, now_ms};
+use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, Usage, UsageEvent};
 
 use super::{JobRecord, JobStore, RejectedJob, Source, Status, StoreError};
 
@@ -200,17 +200,11 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    async fn fail_unqueued(&self, id: &str, reason: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE jobs SET status = 'failed', error_code = 'queue_unavailable',
-                error_message = ?1, finished_at = ?2
-             WHERE id = ?3 AND status = 'queued' AND enqueued_at IS NULL",
-        )
-        .bind(reason)
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+    async fn discard_unqueued(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM jobs WHERE id = ?1 AND status = 'queued' AND enqueued_at IS NULL")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -431,11 +425,17 @@ mod tests {
             s.unconfirmed(500, 10).await.unwrap().is_empty(),
             "too young"
         );
-        s.fail_unqueued("a", "queue down").await.unwrap();
+        s.discard_unqueued("a").await.unwrap();
+        s.discard_unqueued("b").await.unwrap();
         assert!(s.unconfirmed(2_000, 10).await.unwrap().is_empty());
-        let a = s.get("a").await.unwrap().unwrap();
-        assert_eq!(a.status, Status::Failed);
-        assert_eq!(a.error.unwrap().0, "queue_unavailable");
+        assert!(
+            s.get("a").await.unwrap().is_none(),
+            "refused by the queue: forgotten"
+        );
+        assert!(
+            s.get("b").await.unwrap().is_some(),
+            "queued jobs are never discarded"
+        );
     }
 
     #[tokio::test]
