@@ -126,3 +126,97 @@ async fn durable_submissions_wait_while_their_queue_is_full_and_are_bounded_too(
         "{done:?}"
     );
 }
+
+const FAULTS: &str = r#"[{class: overloaded, prompt_contains: poison}, {class: invalid_input, prompt_contains: fatal}]"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_job_is_dead_lettered_after_its_attempts_and_others_are_unaffected() {
+    let stack = Stack::running(
+        StackOptions {
+            faults: FAULTS,
+            ..StackOptions::default()
+        },
+        &["node-a", "node-b"],
+    );
+    let poison = stack.submit_http(&text("normal", "a poison pill")).await;
+    let fatal = stack.submit_http(&text("normal", "a fatal request")).await;
+    let mut good = Vec::new();
+    for i in 0..10 {
+        good.push(
+            stack
+                .submit_http(&text("normal", &format!("good {i}")))
+                .await,
+        );
+    }
+    let mut all = good.clone();
+    all.extend([poison.clone(), fatal.clone()]);
+    let done = stack.wait_finished(&all, Duration::from_secs(30)).await;
+
+    for id in &good {
+        assert_eq!(done[id]["status"], "succeeded", "{}", done[id]);
+        assert_eq!(done[id]["attempt"], 1);
+    }
+    // Retryable: three attempts (the model's default), then a final failure
+    // with the last error, and a dead letter holding every attempt.
+    let p = &done[&poison];
+    assert_eq!(p["status"], "failed", "{p}");
+    assert_eq!(p["attempt"], 3, "{p}");
+    assert_eq!(p["error"]["code"], "overloaded", "{p}");
+    assert!(
+        p["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("after 3 attempts"),
+        "{p}"
+    );
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let dead = js.get_stream("DEAD").await.unwrap();
+    let letter = dead
+        .direct_get_last_for_subject(format!("sy.dead.{poison}"))
+        .await
+        .unwrap();
+    let letter: switchyard_schemas::DeadLetter =
+        switchyard_schemas::decode(&letter.payload).unwrap();
+    assert_eq!(letter.job.failures.len(), 3);
+    let nodes: std::collections::HashSet<&str> = letter.job.failed_nodes().collect();
+    assert_eq!(
+        nodes.len(),
+        2,
+        "a retry prefers a node that has not failed it: {nodes:?}"
+    );
+
+    // Fatal: fails at once, never retried, not a dead letter.
+    let f = &done[&fatal];
+    assert_eq!(
+        (f["status"].as_str(), f["attempt"].as_u64()),
+        (Some("failed"), Some(1)),
+        "{f}"
+    );
+    assert_eq!(f["error"]["code"], "invalid_input");
+    assert!(
+        dead.direct_get_last_for_subject(format!("sy.dead.{fatal}"))
+            .await
+            .is_err(),
+        "fatal failures are not dead letters"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_failed_by_one_node_is_retried_on_another() {
+    let mut stack = Stack::running(StackOptions::default(), &["node-b"]);
+    stack.start_faulty_agent("node-a", "[{class: engine_unavailable}]");
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(stack.submit_http(&text("high", &format!("job {i}"))).await);
+    }
+    let done = stack.wait_finished(&ids, Duration::from_secs(30)).await;
+    let mut retried = 0;
+    for r in done.values() {
+        assert_eq!(r["status"], "succeeded", "{r}");
+        assert_eq!(r["node"], "node-b", "{r}");
+        if r["attempt"] == 2 {
+            retried += 1;
+        }
+    }
+    assert!(retried > 0, "node-a took no job: the test proved nothing");
+}

@@ -100,6 +100,8 @@ pub fn validate(
         metadata: submission.metadata,
         submitted_at_ms: now_ms(),
         attempt: 1,
+        max_attempts: spec.max_attempts,
+        failures: Vec::new(),
     })
 }
 
@@ -284,6 +286,7 @@ mod tests {
             max_tokens: 64,
             default_max_tokens: 16,
             max_input_bytes: 200,
+            max_attempts: 3,
         };
         Registry::new(
             &[

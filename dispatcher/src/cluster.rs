@@ -94,8 +94,10 @@ impl Cluster {
     }
 
     /// Picks the healthy node serving `model` with the most room, and counts
-    /// the assignment against it. Ties go to the node with fewer running jobs.
-    pub fn place(&mut self, model: &str, now: Instant) -> Option<String> {
+    /// the assignment against it. Nodes in `avoid` (they failed this job
+    /// before) are chosen only when no other has room; then ties go to the
+    /// node with fewer running jobs.
+    pub fn place(&mut self, model: &str, now: Instant, avoid: &[&str]) -> Option<String> {
         let prefetch = self.prefetch_per_slot;
         let timeout = self.node_timeout;
         let node = self
@@ -103,7 +105,13 @@ impl Cluster {
             .values_mut()
             .filter(|n| n.healthy(now, timeout) && n.models.contains(model))
             .filter(|n| n.free(prefetch) > 0)
-            .max_by_key(|n| (n.free(prefetch), std::cmp::Reverse(n.running)))?;
+            .max_by_key(|n| {
+                (
+                    !avoid.contains(&n.id.as_str()),
+                    n.free(prefetch),
+                    std::cmp::Reverse(n.running),
+                )
+            })?;
         node.assigned_since_heartbeat += 1;
         Some(node.id.clone())
     }
@@ -151,9 +159,9 @@ mod tests {
         // 4 slots × (1 + 1) = 8 in all, 5 taken.
         assert_eq!(c.capacity_for("m", now), 3);
         for _ in 0..3 {
-            assert_eq!(c.place("m", now).as_deref(), Some("a"));
+            assert_eq!(c.place("m", now, &[]).as_deref(), Some("a"));
         }
-        assert_eq!(c.place("m", now), None, "never beyond capacity");
+        assert_eq!(c.place("m", now, &[]), None, "never beyond capacity");
         // The next heartbeat counts them and replaces the estimate.
         c.observe(&hb("a", &["m"], 4, 4, 1), now);
         assert_eq!(c.capacity_for("m", now), 3);
@@ -171,9 +179,9 @@ mod tests {
         let later = now + Duration::from_secs(6);
         c.observe(&hb("ok", &["m"], 1, 0, 0), later);
         assert_eq!(c.capacity_for("m", later), 1);
-        assert_eq!(c.place("m", later).as_deref(), Some("ok"));
-        assert_eq!(c.place("m", later), None);
-        assert_eq!(c.place("nope", later), None);
+        assert_eq!(c.place("m", later, &[]).as_deref(), Some("ok"));
+        assert_eq!(c.place("m", later, &[]), None);
+        assert_eq!(c.place("nope", later, &[]), None);
     }
 
     #[test]
@@ -183,11 +191,22 @@ mod tests {
         c.observe(&hb("small", &["m"], 2, 0, 0), now);
         c.observe(&hb("big", &["m"], 8, 5, 0), now);
         // big has 3 free, small 2.
-        assert_eq!(c.place("m", now).as_deref(), Some("big"));
+        assert_eq!(c.place("m", now, &[]).as_deref(), Some("big"));
         // Now both have 2 free; the tie goes to the one running less.
-        assert_eq!(c.place("m", now).as_deref(), Some("small"));
-        assert_eq!(c.place("m", now).as_deref(), Some("big"));
+        assert_eq!(c.place("m", now, &[]).as_deref(), Some("small"));
+        assert_eq!(c.place("m", now, &[]).as_deref(), Some("big"));
         assert_eq!(c.free_total(now), 2);
+    }
+
+    #[test]
+    fn avoids_nodes_that_failed_the_job_while_others_have_room() {
+        let now = Instant::now();
+        let mut c = Cluster::new(Duration::from_secs(5), 0);
+        c.observe(&hb("bad", &["m"], 8, 0, 0), now);
+        c.observe(&hb("good", &["m"], 1, 0, 0), now);
+        assert_eq!(c.place("m", now, &["bad"]).as_deref(), Some("good"));
+        // No room left elsewhere: the failed node still beats waiting.
+        assert_eq!(c.place("m", now, &["bad"]).as_deref(), Some("bad"));
     }
 
     #[test]

@@ -25,6 +25,12 @@ pub struct DispatcherConfig {
     /// before NATS hands it out again.
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
+    /// Wait before the first retry of a failed job; doubles with each
+    /// further failure, up to `retry_backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
 }
 
 impl Default for DispatcherConfig {
@@ -36,6 +42,8 @@ impl Default for DispatcherConfig {
             max_batch: 256,
             idle_poll: Duration::from_millis(20),
             ack_wait: Duration::from_secs(30),
+            retry_backoff: Duration::from_secs(1),
+            retry_backoff_max: Duration::from_secs(60),
         }
     }
 }
@@ -61,10 +69,99 @@ impl DispatcherConfig {
             "must be at least 1s",
         );
         issues.check(
+            self.retry_backoff <= self.retry_backoff_max,
+            "dispatcher.retry_backoff",
+            self.retry_backoff,
+            "must not exceed dispatcher.retry_backoff_max",
+        );
+        issues.check(
             !self.node_timeout.is_zero(),
             "dispatcher.node_timeout",
             self.node_timeout,
             "must be positive",
+        );
+    }
+}
+
+impl DispatcherConfig {
+    /// How long `job` must still wait before its next attempt may run:
+    /// `retry_backoff × 2^(failures − 1)` after its last failure, capped.
+    pub fn retry_delay(&self, job: &switchyard_schemas::Job, now_ms: i64) -> Option<Duration> {
+        let last = job.failures.last()?;
+        let doublings = u32::try_from(job.failures.len() - 1)
+            .unwrap_or(u32::MAX)
+            .min(20);
+        let backoff = self
+            .retry_backoff
+            .saturating_mul(1 << doublings)
+            .min(self.retry_backoff_max);
+        let elapsed = Duration::from_millis(u64::try_from(now_ms - last.at_ms).unwrap_or(0));
+        backoff.checked_sub(elapsed).filter(|d| !d.is_zero())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_schemas::{
+        CompletionInput, ErrorClass, Failure, Job, JobError, JobInput, Priority, SCHEMA_VERSION,
+    };
+
+    fn job_with_failures(at: &[i64]) -> Job {
+        Job {
+            v: SCHEMA_VERSION,
+            id: "j".into(),
+            model: "m".into(),
+            priority: Priority::Normal,
+            input: JobInput::Completion(CompletionInput {
+                prompt: "p".into(),
+                max_tokens: None,
+                temperature: None,
+            }),
+            metadata: Default::default(),
+            submitted_at_ms: 0,
+            attempt: u32::try_from(at.len()).unwrap() + 1,
+            max_attempts: 10,
+            failures: at
+                .iter()
+                .enumerate()
+                .map(|(i, at_ms)| Failure {
+                    attempt: u32::try_from(i).unwrap() + 1,
+                    node: "n".into(),
+                    at_ms: *at_ms,
+                    error: JobError::new(ErrorClass::Overloaded, "busy"),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn retry_backoff_doubles_and_is_capped() {
+        let cfg = DispatcherConfig {
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_millis(350),
+            ..DispatcherConfig::default()
+        };
+        assert_eq!(
+            cfg.retry_delay(&job_with_failures(&[]), 0),
+            None,
+            "first attempts wait for nothing"
+        );
+        let once = job_with_failures(&[1_000]);
+        assert_eq!(
+            cfg.retry_delay(&once, 1_030),
+            Some(Duration::from_millis(70))
+        );
+        assert_eq!(cfg.retry_delay(&once, 1_100), None);
+        let twice = job_with_failures(&[0, 1_000]);
+        assert_eq!(
+            cfg.retry_delay(&twice, 1_000),
+            Some(Duration::from_millis(200))
+        );
+        let many = job_with_failures(&[0, 0, 0, 0, 1_000]);
+        assert_eq!(
+            cfg.retry_delay(&many, 1_000),
+            Some(Duration::from_millis(350))
         );
     }
 }

@@ -127,7 +127,7 @@ pub async fn run(
             if room == 0 {
                 continue;
             }
-            match dispatch_batch(&js, q, room.min(cfg.max_batch), &mut cluster).await {
+            match dispatch_batch(&js, q, room.min(cfg.max_batch), &cfg, &mut cluster).await {
                 Ok(0) => {}
                 Ok(n) => {
                     debug!(priority = %q.priority, model = %q.model, n, "dispatched");
@@ -176,6 +176,7 @@ async fn dispatch_batch(
     js: &Context,
     q: &Queue,
     max: u32,
+    cfg: &DispatcherConfig,
     cluster: &mut Cluster,
 ) -> Result<usize, BatchError> {
     let mut batch = q
@@ -197,7 +198,13 @@ async fn dispatch_batch(
                 continue;
             }
         };
-        let Some(node) = cluster.place(&job.model, Instant::now()) else {
+        if let Some(delay) = cfg.retry_delay(&job, now_ms()) {
+            // Backing off after a failure: the job waits in the queue, not here.
+            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            continue;
+        }
+        let avoid: Vec<&str> = job.failed_nodes().collect();
+        let Some(node) = cluster.place(&job.model, Instant::now(), &avoid) else {
             // Room vanished (a node went silent mid-batch): back to the queue.
             let _ = msg
                 .ack_with(AckKind::Nak(Some(Duration::from_millis(100))))

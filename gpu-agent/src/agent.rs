@@ -10,8 +10,8 @@ use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_schemas::{
-    Assignment, ErrorClass, EventKind, Heartbeat, JobEvent, JobResult, Outcome, SCHEMA_VERSION,
-    UsageEvent, decode, encode, now_ms, subjects,
+    Assignment, DeadLetter, ErrorClass, EventKind, Failure, Heartbeat, Job, JobError, JobEvent,
+    JobResult, Outcome, SCHEMA_VERSION, UsageEvent, decode, encode, now_ms, subjects,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -311,9 +311,38 @@ async fn execute(
         }
         Err(e) => {
             warn!(class = ?e.class, error = %e.message, "engine failed the job");
-            metrics::counter!(m::JOBS, "outcome" => "failed").increment(1);
-            Outcome::Failed {
-                error: switchyard_schemas::JobError::new(e.class, e.message),
+            let failure = Failure {
+                attempt: job.attempt,
+                node: node.id.clone(),
+                at_ms: now_ms(),
+                error: JobError::new(e.class, e.message),
+            };
+            if !e.class.is_retryable() {
+                metrics::counter!(m::JOBS, "outcome" => "failed").increment(1);
+                Outcome::Failed {
+                    error: failure.error,
+                }
+            } else if job.attempt < job.max_attempts {
+                metrics::counter!(m::JOBS, "outcome" => "retried").increment(1);
+                return hand_back(node, job, failure).await;
+            } else {
+                metrics::counter!(m::JOBS, "outcome" => "dead_lettered").increment(1);
+                let error = JobError::new(
+                    failure.error.class,
+                    format!(
+                        "failed after {} attempts; last error: {}",
+                        job.attempt, failure.error.message
+                    ),
+                );
+                let dead = DeadLetter {
+                    v: SCHEMA_VERSION,
+                    at_ms: failure.at_ms,
+                    job: job.retry(failure),
+                };
+                nats::publish(&node.js, subjects::dead(&job.id), &msg_id, encode(&dead)?)
+                    .await?
+                    .await?;
+                Outcome::Failed { error }
             }
         }
     };
@@ -335,6 +364,43 @@ async fn execute(
     )
     .await?
     .await?;
+    Ok(())
+}
+
+/// Puts the job back in its queue as the next attempt, with this failure on
+/// record so the dispatcher backs off and prefers another node.
+async fn hand_back(node: &Node, job: &Job, failure: Failure) -> Result<(), PublishFailed> {
+    let event = JobEvent {
+        v: SCHEMA_VERSION,
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        at_ms: failure.at_ms,
+        kind: EventKind::Retrying {
+            node: node.id.clone(),
+            error: failure.error.clone(),
+        },
+    };
+    let next = job.retry(failure);
+    let msg_id = subjects::attempt_msg_id(&job.id, next.attempt);
+    let queued = nats::publish(
+        &node.js,
+        subjects::jobs(next.priority, &next.model),
+        &msg_id,
+        encode(&next)?,
+    )
+    .await?;
+    let retrying = nats::publish(
+        &node.js,
+        subjects::events(&job.id),
+        &format!(
+            "{}:retrying",
+            subjects::attempt_msg_id(&job.id, job.attempt)
+        ),
+        encode(&event)?,
+    )
+    .await?;
+    queued.await?;
+    retrying.await?;
     Ok(())
 }
 

@@ -90,6 +90,9 @@ pub struct NatsConfig {
     pub event_retention: Duration,
     #[serde(with = "humantime_serde")]
     pub usage_retention: Duration,
+    /// How long jobs that exhausted their attempts are kept for replay.
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_retention: Duration,
     /// Timeout of one JetStream API call or publish acknowledgement.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -108,6 +111,7 @@ impl Default for NatsConfig {
             result_retention: Duration::from_secs(24 * 3600),
             event_retention: Duration::from_secs(24 * 3600),
             usage_retention: Duration::from_secs(7 * 24 * 3600),
+            dead_letter_retention: Duration::from_secs(30 * 24 * 3600),
             request_timeout: Duration::from_secs(10),
             max_queued_per_queue: 100_000,
         }
@@ -138,6 +142,7 @@ impl NatsConfig {
             ("nats.result_retention", self.result_retention),
             ("nats.event_retention", self.event_retention),
             ("nats.usage_retention", self.usage_retention),
+            ("nats.dead_letter_retention", self.dead_letter_retention),
         ] {
             issues.check(
                 d >= self.duplicate_window,
@@ -172,6 +177,9 @@ pub struct ModelSpec {
     /// Upper bound on the size of a job's input (prompt or messages), in bytes.
     #[serde(default = "default_max_input_bytes")]
     pub max_input_bytes: usize,
+    /// Attempts a job gets when it fails with a retryable error.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
 }
 
 fn default_max_tokens() -> u32 {
@@ -182,6 +190,9 @@ fn default_tokens() -> u32 {
 }
 fn default_max_input_bytes() -> usize {
     256 * 1024
+}
+fn default_max_attempts() -> u32 {
+    3
 }
 
 /// The model registry, indexed by name.
@@ -214,6 +225,12 @@ impl Registry {
                 &format!("{field}.default_max_tokens"),
                 spec.default_max_tokens,
                 "must not exceed max_tokens",
+            );
+            issues.check(
+                (1..=10).contains(&spec.max_attempts),
+                &format!("{field}.max_attempts"),
+                spec.max_attempts,
+                "must be between 1 and 10",
             );
             issues.check(
                 spec.max_tokens > 0,
@@ -262,6 +279,7 @@ mod tests {
             max_tokens: 16,
             default_max_tokens: 8,
             max_input_bytes: 1024,
+            max_attempts: 3,
         }
     }
 

@@ -113,6 +113,16 @@ pub fn stream_configs(cfg: &NatsConfig) -> Vec<stream::Config> {
                 RetentionPolicy::Limits,
             )
         },
+        stream::Config {
+            max_age: cfg.dead_letter_retention,
+            max_messages_per_subject: 1,
+            allow_direct: true,
+            ..base(
+                subjects::DEAD_STREAM,
+                subjects::DEAD_ALL,
+                RetentionPolicy::Limits,
+            )
+        },
     ]
 }
 
@@ -217,7 +227,7 @@ mod tests {
             configs.iter().all(|c| c.storage == StorageType::File),
             "every stream is durable on disk"
         );
-        assert_eq!(configs.len(), 6);
+        assert_eq!(configs.len(), 7);
         for queue in [subjects::SUBMIT_STREAM, subjects::JOBS_STREAM] {
             let c = by_name(queue);
             assert_eq!(c.max_messages_per_subject, 100_000, "{queue} is bounded");

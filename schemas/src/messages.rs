@@ -19,7 +19,7 @@ macro_rules! versioned {
     )*};
 }
 versioned!(
-    Submission, Job, Assignment, JobEvent, JobResult, UsageEvent, Heartbeat
+    Submission, Job, Assignment, JobEvent, JobResult, UsageEvent, Heartbeat, DeadLetter
 );
 
 fn current_version() -> u16 {
@@ -100,6 +100,40 @@ pub struct Job {
     pub submitted_at_ms: i64,
     /// 1 for the first run; a retry is published again with the next number.
     pub attempt: u32,
+    /// Attempts allowed for retryable failures, from the model registry.
+    #[serde(default = "one")]
+    pub max_attempts: u32,
+    /// Earlier attempts that failed with a retryable error, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<Failure>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One failed attempt of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub attempt: u32,
+    pub node: String,
+    pub at_ms: i64,
+    pub error: JobError,
+}
+
+impl Job {
+    /// The job as it goes back to the queue after `failure`.
+    pub fn retry(&self, failure: Failure) -> Job {
+        let mut next = self.clone();
+        next.attempt = failure.attempt + 1;
+        next.failures.push(failure);
+        next
+    }
+
+    /// Nodes that failed this job, to be avoided when there is a choice.
+    pub fn failed_nodes(&self) -> impl Iterator<Item = &str> {
+        self.failures.iter().map(|f| f.node.as_str())
+    }
 }
 
 /// A job placed on a node, as it waits in `sy.work.<node>`.
@@ -114,8 +148,17 @@ pub struct Assignment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
-    Assigned { node: String },
-    Running { node: String },
+    Assigned {
+        node: String,
+    },
+    Running {
+        node: String,
+    },
+    /// The attempt failed with a retryable error; attempt + 1 is queued.
+    Retrying {
+        node: String,
+        error: JobError,
+    },
 }
 
 /// A lifecycle transition of a job, on `sy.events.<job id>`.
@@ -195,6 +238,16 @@ pub struct Heartbeat {
     pub queued: u32,
     /// A draining node takes no new work.
     pub draining: bool,
+}
+
+/// A job that exhausted its attempts, on `sy.dead.<job id>`, kept for
+/// inspection and replay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub v: u16,
+    /// The job as last run; `failures` holds every attempt's error.
+    pub job: Job,
+    pub at_ms: i64,
 }
 
 /// The stable error body shared by HTTP responses and NATS replies.

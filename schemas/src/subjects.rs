@@ -15,6 +15,8 @@ pub const EVENTS_STREAM: &str = "EVENTS";
 pub const RESULTS_STREAM: &str = "RESULTS";
 /// Usage events for billing: `sy.usage.<job id>`.
 pub const BILLING_STREAM: &str = "BILLING";
+/// Jobs that exhausted their attempts: `sy.dead.<job id>`.
+pub const DEAD_STREAM: &str = "DEAD";
 
 pub const SUBMIT_ALL: &str = "sy.submit.*";
 pub const JOBS_ALL: &str = "sy.jobs.*.*";
@@ -22,6 +24,7 @@ pub const WORK_ALL: &str = "sy.work.*";
 pub const EVENTS_ALL: &str = "sy.events.*";
 pub const RESULTS_ALL: &str = "sy.results.*";
 pub const USAGE_ALL: &str = "sy.usage.*";
+pub const DEAD_ALL: &str = "sy.dead.*";
 /// Core NATS request/reply intake: `sy.admit.<priority>`.
 pub const ADMIT_ALL: &str = "sy.admit.*";
 /// Core NATS heartbeats: `sy.heartbeat.<node>` (state, not history: not stored).
@@ -53,6 +56,10 @@ pub fn results(job_id: &str) -> String {
 
 pub fn usage(job_id: &str) -> String {
     format!("sy.usage.{job_id}")
+}
+
+pub fn dead(job_id: &str) -> String {
+    format!("sy.dead.{job_id}")
 }
 
 pub fn heartbeat(node: &str) -> String {

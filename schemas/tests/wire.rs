@@ -29,6 +29,8 @@ fn job() -> Job {
         metadata: BTreeMap::from([("team".to_owned(), "search".to_owned())]),
         submitted_at_ms: 1_760_000_000_000,
         attempt: 1,
+        max_attempts: 3,
+        failures: vec![],
     }
 }
 
@@ -66,6 +68,31 @@ fn every_message_round_trips() {
         job: job(),
         node: "node-a".into(),
         assigned_at_ms: 5,
+    });
+    let failure = Failure {
+        attempt: 1,
+        node: "node-a".into(),
+        at_ms: 3,
+        error: JobError::new(ErrorClass::Overloaded, "busy"),
+    };
+    let retried = job().retry(failure.clone());
+    assert_eq!(retried.attempt, 2);
+    assert_eq!(retried.failed_nodes().collect::<Vec<_>>(), ["node-a"]);
+    round_trip(retried.clone());
+    round_trip(DeadLetter {
+        v: SCHEMA_VERSION,
+        job: retried,
+        at_ms: 4,
+    });
+    round_trip(JobEvent {
+        v: SCHEMA_VERSION,
+        job_id: "j".into(),
+        attempt: 1,
+        at_ms: 3,
+        kind: EventKind::Retrying {
+            node: "node-a".into(),
+            error: failure.error,
+        },
     });
     round_trip(JobEvent {
         v: SCHEMA_VERSION,

@@ -169,6 +169,8 @@ pub struct StackOptions {
     pub per_token_latency: &'static str,
     pub agent_ack_wait: &'static str,
     pub max_queued: u32,
+    /// YAML list of simulated-engine faults for every agent.
+    pub faults: &'static str,
 }
 
 impl Default for StackOptions {
@@ -179,33 +181,22 @@ impl Default for StackOptions {
             per_token_latency: "0ms",
             agent_ack_wait: "30s",
             max_queued: 100_000,
+            faults: "[]",
         }
     }
 }
 
-/// NATS plus any of broker, dispatcher and agents, from one config file.
-pub struct Stack {
-    pub nats: Nats,
-    pub dir: TempDir,
-    config: PathBuf,
-    pub broker_port: u16,
-    procs: HashMap<String, (Proc, u16)>,
-    pub http: reqwest::Client,
-}
-
-pub const CHAT_MODEL: &str = "tiny-chat";
-pub const TEXT_MODEL: &str = "tiny-text";
-
-impl Stack {
-    pub fn new(opts: StackOptions) -> Stack {
-        let nats = Nats::start();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let broker_port = free_port();
-        let config = dir.path().join("switchyard.yaml");
-        let yaml = format!(
-            r#"
+fn config_yaml(
+    opts: &StackOptions,
+    nats_url: &str,
+    broker_port: u16,
+    dir: &Path,
+    faults: &str,
+) -> String {
+    format!(
+        r#"
 nats:
-  url: {url}
+  url: {nats_url}
   max_queued_per_queue: {max_queued}
 models:
   - name: {CHAT_MODEL}
@@ -225,6 +216,8 @@ broker:
   outbox_grace: 2s
 dispatcher:
   node_timeout: 3s
+  retry_backoff: 50ms
+  retry_backoff_max: 200ms
 agent:
   node_id: unset
   heartbeat_interval: 500ms
@@ -236,20 +229,44 @@ agent:
     slots: {slots}
     base_latency: {base}
     per_token_latency: {per_token}
+    faults: {faults}
 "#,
-            url = nats.url(),
-            db = dir.path().join("jobs.db").display(),
-            ack_wait = opts.agent_ack_wait,
-            slots = opts.slots,
-            base = opts.base_latency,
-            per_token = opts.per_token_latency,
-            max_queued = opts.max_queued,
-        );
+        db = dir.join("jobs.db").display(),
+        ack_wait = opts.agent_ack_wait,
+        slots = opts.slots,
+        base = opts.base_latency,
+        per_token = opts.per_token_latency,
+        max_queued = opts.max_queued,
+    )
+}
+
+/// NATS plus any of broker, dispatcher and agents, from one config file.
+pub struct Stack {
+    pub nats: Nats,
+    pub dir: TempDir,
+    config: PathBuf,
+    opts: StackOptions,
+    pub broker_port: u16,
+    procs: HashMap<String, (Proc, u16)>,
+    pub http: reqwest::Client,
+}
+
+pub const CHAT_MODEL: &str = "tiny-chat";
+pub const TEXT_MODEL: &str = "tiny-text";
+
+impl Stack {
+    pub fn new(opts: StackOptions) -> Stack {
+        let nats = Nats::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker_port = free_port();
+        let config = dir.path().join("switchyard.yaml");
+        let yaml = config_yaml(&opts, &nats.url(), broker_port, dir.path(), opts.faults);
         std::fs::write(&config, yaml).expect("config");
         Stack {
             nats,
             dir,
             config,
+            opts,
             broker_port,
             procs: HashMap::new(),
             http: reqwest::Client::new(),
@@ -268,8 +285,20 @@ agent:
     }
 
     fn launch(&mut self, name: &str, subcommand: &str, port: u16, env: &[(&str, String)]) {
+        let config = self.config.clone();
+        self.launch_with(name, &config, subcommand, port, env);
+    }
+
+    fn launch_with(
+        &mut self,
+        name: &str,
+        config: &Path,
+        subcommand: &str,
+        port: u16,
+        env: &[(&str, String)],
+    ) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-        cmd.arg("--config").arg(&self.config).arg(subcommand);
+        cmd.arg("--config").arg(config).arg(subcommand);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -300,6 +329,30 @@ agent:
             "dispatcher",
             port,
             &[("SWITCHYARD_DISPATCHER__LISTEN", format!("127.0.0.1:{port}"))],
+        );
+    }
+
+    /// An agent whose engine has its own fault rules (a YAML list).
+    pub fn start_faulty_agent(&mut self, node: &str, faults: &str) {
+        let yaml = config_yaml(
+            &self.opts,
+            &self.nats.url(),
+            self.broker_port,
+            self.dir.path(),
+            faults,
+        );
+        let path = self.dir.path().join(format!("{node}.yaml"));
+        std::fs::write(&path, yaml).expect("config");
+        let port = free_port();
+        self.launch_with(
+            node,
+            &path,
+            "agent",
+            port,
+            &[
+                ("SWITCHYARD_AGENT__NODE_ID", node.to_owned()),
+                ("SWITCHYARD_AGENT__LISTEN", format!("127.0.0.1:{port}")),
+            ],
         );
     }
 

@@ -49,36 +49,38 @@ impl SqliteStore {
         tx: &mut Transaction<'_, Sqlite>,
         e: &JobEvent,
     ) -> Result<(), sqlx::Error> {
-        // Status only moves forward; a late or repeated event changes nothing
-        // but fills a timestamp that was missing.
-        let sql = match &e.kind {
-            EventKind::Assigned { .. } => {
-                "UPDATE jobs SET
-                    status = CASE WHEN status = 'queued' THEN 'assigned' ELSE status END,
-                    node = CASE WHEN status IN ('queued', 'assigned') THEN ?1 ELSE node END,
-                    assigned_at = COALESCE(assigned_at, ?2),
-                    attempt = MAX(attempt, ?3)
-                 WHERE id = ?4"
+        // Progress is ordered by (attempt, stage): a job only moves forward,
+        // a retry starts the next attempt at `queued`, and a late event of an
+        // earlier attempt changes nothing but a timestamp it was missing.
+        let (attempt, stage, status, node, assigned_at, started_at) = match &e.kind {
+            EventKind::Assigned { node } => {
+                (e.attempt, 1, "assigned", Some(node), Some(e.at_ms), None)
             }
-            EventKind::Running { .. } => {
-                "UPDATE jobs SET
-                    status = CASE WHEN status IN ('queued', 'assigned') THEN 'running' ELSE status END,
-                    node = CASE WHEN status IN ('queued', 'assigned', 'running') THEN ?1 ELSE node END,
-                    started_at = COALESCE(started_at, ?2),
-                    attempt = MAX(attempt, ?3)
-                 WHERE id = ?4"
+            EventKind::Running { node } => {
+                (e.attempt, 2, "running", Some(node), None, Some(e.at_ms))
             }
+            EventKind::Retrying { .. } => (e.attempt + 1, 0, "queued", None, None, None),
         };
-        let node = match &e.kind {
-            EventKind::Assigned { node } | EventKind::Running { node } => node,
-        };
-        sqlx::query(sql)
-            .bind(node)
-            .bind(e.at_ms)
-            .bind(e.attempt)
-            .bind(&e.job_id)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(&format!(
+            "UPDATE jobs SET
+                status = CASE WHEN {AHEAD} THEN ?3 ELSE status END,
+                node = CASE WHEN {AHEAD} THEN ?4 ELSE node END,
+                assigned_at = CASE WHEN attempt < ?1 THEN ?5
+                    WHEN attempt = ?1 THEN COALESCE(assigned_at, ?5) ELSE assigned_at END,
+                started_at = CASE WHEN attempt < ?1 THEN ?6
+                    WHEN attempt = ?1 THEN COALESCE(started_at, ?6) ELSE started_at END,
+                attempt = MAX(attempt, ?1)
+             WHERE id = ?7 AND status NOT IN ('succeeded', 'failed')"
+        ))
+        .bind(attempt)
+        .bind(stage)
+        .bind(status)
+        .bind(node)
+        .bind(assigned_at)
+        .bind(started_at)
+        .bind(&e.job_id)
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 
@@ -100,13 +102,16 @@ impl SqliteStore {
                 None,
             ),
         };
-        // The first final result wins; anything later is a duplicate.
+        // The first final result wins, and a result of a superseded attempt
+        // (the job was already given to another one) is fenced out.
         sqlx::query(
             "UPDATE jobs SET status = ?1, output = ?2, error_code = ?3, error_message = ?4,
                 prompt_tokens = ?5, completion_tokens = ?6, finished_at = ?7,
-                node = COALESCE(?8, node), attempt = MAX(attempt, ?9),
-                assigned_at = COALESCE(assigned_at, ?11), started_at = COALESCE(started_at, ?12)
-             WHERE id = ?10 AND status NOT IN ('succeeded', 'failed')",
+                node = COALESCE(?8, node),
+                assigned_at = CASE WHEN attempt < ?9 THEN ?11 ELSE COALESCE(assigned_at, ?11) END,
+                started_at = CASE WHEN attempt < ?9 THEN ?12 ELSE COALESCE(started_at, ?12) END,
+                attempt = MAX(attempt, ?9)
+             WHERE id = ?10 AND status NOT IN ('succeeded', 'failed') AND attempt <= ?9",
         )
         .bind(status.as_str())
         .bind(output)
@@ -125,6 +130,11 @@ impl SqliteStore {
         Ok(())
     }
 }
+
+/// Whether an event is ahead of the job's recorded (attempt, stage), with the
+/// event's attempt as `?1` and stage as `?2`.
+const AHEAD: &str = "(attempt < ?1 OR (attempt = ?1 AND (CASE status \
+    WHEN 'queued' THEN 0 WHEN 'assigned' THEN 1 WHEN 'running' THEN 2 ELSE 3 END) < ?2))";
 
 fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
     let id: String = row.try_get("id")?;
@@ -331,6 +341,8 @@ mod tests {
             metadata: [("k".to_owned(), "v".to_owned())].into(),
             submitted_at_ms: 1_000,
             attempt: 1,
+            max_attempts: 3,
+            failures: vec![],
         }
     }
 
@@ -411,6 +423,73 @@ mod tests {
             })
         );
         assert!(s.get("missing").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_retry_starts_the_next_attempt_and_fences_the_old_one() {
+        let (s, _dir) = store().await;
+        s.insert(&job("a"), Source::Http).await.unwrap();
+        let at = |attempt, at_ms, kind| JobEvent {
+            attempt,
+            ..event("a", at_ms, kind)
+        };
+        let busy = JobError::new(ErrorClass::Overloaded, "busy");
+        s.apply_events(&[
+            at(1, 10, EventKind::Assigned { node: "n1".into() }),
+            at(1, 20, EventKind::Running { node: "n1".into() }),
+            at(
+                1,
+                30,
+                EventKind::Retrying {
+                    node: "n1".into(),
+                    error: busy,
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+        let r = s.get("a").await.unwrap().unwrap();
+        assert_eq!((r.status, r.attempt), (Status::Queued, 2));
+        assert_eq!(
+            (r.assigned_at_ms, r.started_at_ms, r.node),
+            (None, None, None)
+        );
+
+        // A late event of attempt 1 does not move attempt 2 back.
+        s.apply_events(&[
+            at(2, 40, EventKind::Assigned { node: "n2".into() }),
+            at(1, 25, EventKind::Running { node: "n1".into() }),
+        ])
+        .await
+        .unwrap();
+        let r = s.get("a").await.unwrap().unwrap();
+        assert_eq!((r.status, r.attempt), (Status::Assigned, 2));
+        assert_eq!(r.node.as_deref(), Some("n2"));
+        assert_eq!((r.assigned_at_ms, r.started_at_ms), (Some(40), None));
+
+        // Attempt 1's result, arriving late, is fenced out; attempt 2's is not.
+        let late = JobError::new(ErrorClass::Timeout, "late");
+        let stale = JobResult {
+            attempt: 1,
+            ..result("a", Outcome::Failed { error: late })
+        };
+        s.apply_results(&[stale]).await.unwrap();
+        assert_eq!(s.get("a").await.unwrap().unwrap().status, Status::Assigned);
+        let fresh = JobResult {
+            attempt: 2,
+            node: Some("n2".into()),
+            ..result(
+                "a",
+                Outcome::Succeeded {
+                    output: serde_json::json!({}),
+                    usage: Usage::default(),
+                },
+            )
+        };
+        s.apply_results(&[fresh]).await.unwrap();
+        let r = s.get("a").await.unwrap().unwrap();
+        assert_eq!((r.status, r.attempt), (Status::Succeeded, 2));
+        assert_eq!(r.node.as_deref(), Some("n2"));
     }
 
     #[tokio::test]

@@ -26,6 +26,19 @@ pub struct SimulatedConfig {
     /// Time per generated token.
     #[serde(default, with = "humantime_serde")]
     pub per_token_latency: Duration,
+    /// Failures to inject, for demos and tests of the failure paths.
+    #[serde(default)]
+    pub faults: Vec<Fault>,
+}
+
+/// Fails every request whose prompt contains `prompt_contains` (every
+/// request when it is absent) with `class`, after the base latency.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    pub class: ErrorClass,
+    #[serde(default)]
+    pub prompt_contains: Option<String>,
 }
 
 impl SimulatedConfig {
@@ -108,6 +121,17 @@ impl Engine for Simulated {
             message: "engine is shutting down".into(),
         })?;
         let prompt = prompt_text(input);
+        if let Some(fault) = self.config.faults.iter().find(|f| {
+            f.prompt_contains
+                .as_ref()
+                .is_none_or(|needle| prompt.contains(needle.as_str()))
+        }) {
+            tokio::time::sleep(self.config.base_latency).await;
+            return Err(EngineError {
+                class: fault.class,
+                message: format!("simulated {} fault", fault.class.code()),
+            });
+        }
         let words: Vec<&str> = prompt.split_whitespace().collect();
         let max_tokens = input.max_tokens().unwrap_or(16);
         let completion = echo_completion(&words, max_tokens);
@@ -158,7 +182,26 @@ mod tests {
             slots,
             base_latency: Duration::from_millis(10),
             per_token_latency: Duration::from_millis(1),
+            faults: vec![Fault {
+                class: ErrorClass::Overloaded,
+                prompt_contains: Some("poison".into()),
+            }],
         })
+    }
+
+    #[tokio::test]
+    async fn faults_fail_only_the_requests_they_match() {
+        let input = |prompt: &str| {
+            JobInput::Completion(CompletionInput {
+                prompt: prompt.into(),
+                max_tokens: Some(1),
+                temperature: None,
+            })
+        };
+        let e = engine(1);
+        let err = e.infer("m", &input("a poison pill")).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Overloaded);
+        assert!(e.infer("m", &input("wholesome")).await.is_ok());
     }
 
     #[tokio::test]
