@@ -113,10 +113,11 @@ async fn durable_submissions_wait_while_their_queue_is_full_and_are_bounded_too(
         refused.is_err(),
         "the server refuses beyond the bound: {refused:?}"
     );
+    let mut jobs = js.get_stream("JOBS").await.unwrap();
     assert_eq!(
-        stack.get_job("waits-0").await.0,
-        404,
-        "not admitted while full"
+        jobs.info().await.unwrap().state.messages,
+        3,
+        "JOBS holds its bound"
     );
 
     stack.start_agent("node-a");

@@ -71,6 +71,33 @@ impl Cluster {
         );
     }
 
+    /// Knows of a node before its first heartbeat (its work queue exists), so
+    /// that if it never speaks it is found lost and its queue reclaimed.
+    pub fn seed(&mut self, node: &str, now: Instant) {
+        self.nodes
+            .entry(node.to_owned())
+            .or_insert_with(|| NodeView {
+                id: node.to_owned(),
+                models: BTreeSet::new(),
+                slots_total: 0,
+                running: 0,
+                queued: 0,
+                draining: false,
+                last_seen: now,
+                assigned_since_heartbeat: 0,
+            });
+    }
+
+    /// Nodes whose queued work must go elsewhere: silent past the timeout
+    /// (lost) or draining.
+    pub fn reclaimable(&self, now: Instant) -> Vec<String> {
+        self.nodes
+            .values()
+            .filter(|n| !n.healthy(now, self.node_timeout))
+            .map(|n| n.id.clone())
+            .collect()
+    }
+
     /// Nodes that can take work now.
     pub fn healthy(&self, now: Instant) -> impl Iterator<Item = &NodeView> {
         self.nodes
@@ -207,6 +234,23 @@ mod tests {
         assert_eq!(c.place("m", now, &["bad"]).as_deref(), Some("good"));
         // No room left elsewhere: the failed node still beats waiting.
         assert_eq!(c.place("m", now, &["bad"]).as_deref(), Some("bad"));
+    }
+
+    #[test]
+    fn lost_draining_and_never_heard_nodes_are_reclaimed() {
+        let now = Instant::now();
+        let mut c = Cluster::new(Duration::from_secs(5), 0);
+        c.observe(&hb("alive", &["m"], 1, 0, 0), now);
+        let mut d = hb("draining", &["m"], 1, 0, 0);
+        d.draining = true;
+        c.observe(&d, now);
+        c.seed("silent", now);
+        c.seed("alive", now);
+        assert_eq!(c.reclaimable(now), ["draining"]);
+        assert_eq!(c.capacity_for("m", now), 1, "a seeded node takes no work");
+        let later = now + Duration::from_secs(6);
+        c.observe(&hb("alive", &["m"], 1, 0, 0), later);
+        assert_eq!(c.reclaimable(later), ["draining", "silent"]);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::reclaim::Reclaimer;
 use crate::{Cluster, DispatcherConfig, metrics as m};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,12 +89,20 @@ pub async fn run(
         }
     }
     let jobs_stream = nats::stream(&js, subjects::JOBS_STREAM).await?;
+    let mut cluster = Cluster::new(cfg.node_timeout, cfg.prefetch_per_slot);
+    let mut reclaimer = Reclaimer::new(nats::stream(&js, subjects::WORK_STREAM).await?);
+    for node in reclaimer.known_nodes().await {
+        cluster.seed(&node, Instant::now());
+    }
+    // Looking for lost nodes' work often enough to matter, rarely enough to
+    // cost nothing.
+    let reclaim_every = (cfg.node_timeout / 5).max(Duration::from_millis(100));
+    let mut last_reclaim = Instant::now();
     let mut heartbeats = client.subscribe(subjects::HEARTBEAT_ALL).await?;
     ready.watch(&client);
     ready.set(true);
     info!(listen = %cfg.listen, queues = queues.len(), "dispatcher ready");
 
-    let mut cluster = Cluster::new(cfg.node_timeout, cfg.prefetch_per_slot);
     let observe =
         |cluster: &mut Cluster, msg: async_nats::Message| match decode::<Heartbeat>(&msg.payload) {
             Ok(hb) => cluster.observe(&hb, Instant::now()),
@@ -107,6 +116,13 @@ pub async fn run(
         let now = Instant::now();
         for node in cluster.forget_stale(now) {
             info!(%node, "node forgotten after a long silence");
+            reclaimer.forget(&node);
+        }
+        if now.duration_since(last_reclaim) >= reclaim_every {
+            last_reclaim = now;
+            for node in cluster.reclaimable(now) {
+                reclaimer.reclaim(&js, &node).await;
+            }
         }
         metrics::gauge!(m::NODES).set(cluster.healthy(now).count() as f64);
         metrics::gauge!(m::FREE_SLOTS).set(f64::from(cluster.free_total(now)));

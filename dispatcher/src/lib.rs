@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 mod dispatch;
 mod metrics;
+mod reclaim;
 
 pub use cluster::{Cluster, NodeView};
 pub use config::DispatcherConfig;

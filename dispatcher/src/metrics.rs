@@ -5,6 +5,7 @@ pub const REJECTED: &str = "switchyard_dispatcher_rejected_total";
 pub const QUEUE_WAIT: &str = "switchyard_dispatcher_queue_wait_seconds";
 pub const NODES: &str = "switchyard_dispatcher_nodes";
 pub const FREE_SLOTS: &str = "switchyard_dispatcher_free_slots";
+pub const RECLAIMED: &str = "switchyard_dispatcher_reclaimed_total";
 
 pub fn describe() {
     metrics::describe_counter!(ASSIGNMENTS, "Jobs assigned to a node, by priority");
@@ -18,6 +19,10 @@ pub fn describe() {
         "Time from admission to assignment"
     );
     metrics::describe_gauge!(NODES, "Nodes in the cluster view that can take work");
+    metrics::describe_counter!(
+        RECLAIMED,
+        "Assignments taken back from lost or draining nodes, by what became of them"
+    );
     metrics::describe_gauge!(
         FREE_SLOTS,
         "Assignments the cluster can take now, as the dispatcher sees it"

@@ -6,12 +6,13 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, Context};
 use futures::StreamExt;
 use switchyard_runtime::NatsConfig;
+use switchyard_runtime::attempts::{self, Timeline};
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_schemas::{
-    Assignment, DeadLetter, ErrorClass, EventKind, Failure, Heartbeat, Job, JobError, JobEvent,
-    JobResult, Outcome, SCHEMA_VERSION, UsageEvent, decode, encode, now_ms, subjects,
+    Assignment, ErrorClass, EventKind, Failure, Heartbeat, JobError, JobEvent, JobResult, Outcome,
+    SCHEMA_VERSION, UsageEvent, decode, encode, now_ms, subjects,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -221,7 +222,10 @@ async fn already_reported(node: &Node, job_id: &str, attempt: u32) -> bool {
         .direct_get_last_for_subject(subjects::results(job_id))
         .await
     {
-        Ok(msg) => decode::<JobResult>(&msg.payload).is_ok_and(|r| r.attempt >= attempt),
+        // This attempt's outcome, or any success (an earlier attempt that was
+        // thought lost finished after all): either way the job is done.
+        Ok(msg) => decode::<JobResult>(&msg.payload)
+            .is_ok_and(|r| r.attempt >= attempt || matches!(r.outcome, Outcome::Succeeded { .. })),
         Err(_) => false,
     }
 }
@@ -232,6 +236,8 @@ enum PublishFailed {
     Publish(#[from] jetstream::context::PublishError),
     #[error("encode: {0}")]
     Encode(#[from] switchyard_schemas::CodecError),
+    #[error(transparent)]
+    Settle(#[from] attempts::SettleError),
 }
 
 /// Runs the job on the engine and publishes its usage and then its result, each
@@ -288,27 +294,13 @@ async fn execute(
     metrics::histogram!(m::ENGINE_SECONDS).record(engine_time.as_secs_f64());
     running_ack.await?;
 
-    let outcome = match inference {
-        Ok(inf) => {
-            let usage = UsageEvent {
-                v: SCHEMA_VERSION,
-                job_id: job.id.clone(),
-                attempt: job.attempt,
-                node: node.id.clone(),
-                model: job.model.clone(),
-                usage: inf.usage,
-                engine_ms: u64::try_from(engine_time.as_millis()).unwrap_or(u64::MAX),
-                at_ms: now_ms(),
-            };
-            nats::publish(&node.js, subjects::usage(&job.id), &msg_id, encode(&usage)?)
-                .await?
-                .await?;
-            metrics::counter!(m::JOBS, "outcome" => "succeeded").increment(1);
-            Outcome::Succeeded {
-                output: inf.output,
-                usage: inf.usage,
-            }
-        }
+    let timeline = Timeline {
+        node: Some(node.id.clone()),
+        assigned_at_ms: Some(a.assigned_at_ms),
+        started_at_ms: Some(started_at_ms),
+    };
+    let inf = match inference {
+        Ok(inf) => inf,
         Err(e) => {
             warn!(class = ?e.class, error = %e.message, "engine failed the job");
             let failure = Failure {
@@ -317,90 +309,39 @@ async fn execute(
                 at_ms: now_ms(),
                 error: JobError::new(e.class, e.message),
             };
-            if !e.class.is_retryable() {
-                metrics::counter!(m::JOBS, "outcome" => "failed").increment(1);
-                Outcome::Failed {
-                    error: failure.error,
-                }
-            } else if job.attempt < job.max_attempts {
-                metrics::counter!(m::JOBS, "outcome" => "retried").increment(1);
-                return hand_back(node, job, failure).await;
-            } else {
-                metrics::counter!(m::JOBS, "outcome" => "dead_lettered").increment(1);
-                let error = JobError::new(
-                    failure.error.class,
-                    format!(
-                        "failed after {} attempts; last error: {}",
-                        job.attempt, failure.error.message
-                    ),
-                );
-                let dead = DeadLetter {
-                    v: SCHEMA_VERSION,
-                    at_ms: failure.at_ms,
-                    job: job.retry(failure),
-                };
-                nats::publish(&node.js, subjects::dead(&job.id), &msg_id, encode(&dead)?)
-                    .await?
-                    .await?;
-                Outcome::Failed { error }
-            }
+            let settled = attempts::fail(&node.js, job, failure, timeline).await?;
+            metrics::counter!(m::JOBS, "outcome" => settled.as_str()).increment(1);
+            return Ok(());
         }
     };
+    let usage = UsageEvent {
+        v: SCHEMA_VERSION,
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        node: node.id.clone(),
+        model: job.model.clone(),
+        usage: inf.usage,
+        engine_ms: u64::try_from(engine_time.as_millis()).unwrap_or(u64::MAX),
+        at_ms: now_ms(),
+    };
+    nats::publish(&node.js, subjects::usage(&job.id), &msg_id, encode(&usage)?)
+        .await?
+        .await?;
     let result = JobResult {
         v: SCHEMA_VERSION,
         job_id: job.id.clone(),
         attempt: job.attempt,
-        node: Some(node.id.clone()),
-        assigned_at_ms: Some(a.assigned_at_ms),
-        started_at_ms: Some(started_at_ms),
+        node: timeline.node,
+        assigned_at_ms: timeline.assigned_at_ms,
+        started_at_ms: timeline.started_at_ms,
         finished_at_ms: now_ms(),
-        outcome,
-    };
-    nats::publish(
-        &node.js,
-        subjects::results(&job.id),
-        &msg_id,
-        encode(&result)?,
-    )
-    .await?
-    .await?;
-    Ok(())
-}
-
-/// Puts the job back in its queue as the next attempt, with this failure on
-/// record so the dispatcher backs off and prefers another node.
-async fn hand_back(node: &Node, job: &Job, failure: Failure) -> Result<(), PublishFailed> {
-    let event = JobEvent {
-        v: SCHEMA_VERSION,
-        job_id: job.id.clone(),
-        attempt: job.attempt,
-        at_ms: failure.at_ms,
-        kind: EventKind::Retrying {
-            node: node.id.clone(),
-            error: failure.error.clone(),
+        outcome: Outcome::Succeeded {
+            output: inf.output,
+            usage: inf.usage,
         },
     };
-    let next = job.retry(failure);
-    let msg_id = subjects::attempt_msg_id(&job.id, next.attempt);
-    let queued = nats::publish(
-        &node.js,
-        subjects::jobs(next.priority, &next.model),
-        &msg_id,
-        encode(&next)?,
-    )
-    .await?;
-    let retrying = nats::publish(
-        &node.js,
-        subjects::events(&job.id),
-        &format!(
-            "{}:retrying",
-            subjects::attempt_msg_id(&job.id, job.attempt)
-        ),
-        encode(&event)?,
-    )
-    .await?;
-    queued.await?;
-    retrying.await?;
+    attempts::publish_result(&node.js, &result).await?;
+    metrics::counter!(m::JOBS, "outcome" => "succeeded").increment(1);
     Ok(())
 }
 

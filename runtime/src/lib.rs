@@ -2,6 +2,7 @@
 //! validation, the NATS connection and stream set-up, the ops HTTP endpoints
 //! (`/metrics`, `/healthz`, `/readyz`), logging, and shutdown on SIGTERM.
 
+pub mod attempts;
 pub mod config;
 pub mod nats;
 pub mod ops;

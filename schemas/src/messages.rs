@@ -130,6 +130,20 @@ impl Job {
         next
     }
 
+    /// The job as it goes back to the queue without having run (its node was
+    /// draining): a new attempt, with no failure charged to it.
+    pub fn requeue(&self) -> Job {
+        let mut next = self.clone();
+        next.attempt += 1;
+        next
+    }
+
+    /// Whether a retryable failure now leaves another attempt: attempts are
+    /// charged by failures, so a job handed back unrun loses none.
+    pub fn may_retry_after_failure(&self) -> bool {
+        self.failures.len() + 1 < self.max_attempts as usize
+    }
+
     /// Nodes that failed this job, to be avoided when there is a choice.
     pub fn failed_nodes(&self) -> impl Iterator<Item = &str> {
         self.failures.iter().map(|f| f.node.as_str())
@@ -158,6 +172,10 @@ pub enum EventKind {
     Retrying {
         node: String,
         error: JobError,
+    },
+    /// The attempt never ran (its node drained); attempt + 1 is queued.
+    Requeued {
+        node: String,
     },
 }
 

@@ -59,7 +59,9 @@ impl SqliteStore {
             EventKind::Running { node } => {
                 (e.attempt, 2, "running", Some(node), None, Some(e.at_ms))
             }
-            EventKind::Retrying { .. } => (e.attempt + 1, 0, "queued", None, None, None),
+            EventKind::Retrying { .. } | EventKind::Requeued { .. } => {
+                (e.attempt + 1, 0, "queued", None, None, None)
+            }
         };
         sqlx::query(&format!(
             "UPDATE jobs SET

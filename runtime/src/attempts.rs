@@ -1,0 +1,162 @@
+//! How an attempt that did not succeed is settled, in one place for the agent
+//! (engine errors) and the dispatcher (lost and draining nodes): the next
+//! attempt goes back to the queue, or the job ends failed, with a dead letter
+//! first when it failed every attempt it had. Every publish is confirmed
+//! before the caller acknowledges the message it is settling.
+
+use async_nats::jetstream::Context;
+use async_nats::jetstream::context::PublishError;
+use switchyard_schemas::{
+    CodecError, DeadLetter, EventKind, Failure, Job, JobError, JobEvent, JobResult, Outcome,
+    SCHEMA_VERSION, encode, subjects,
+};
+
+use crate::nats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error("publish: {0}")]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// Where and when the attempt ran, for the final result.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    pub node: Option<String>,
+    pub assigned_at_ms: Option<i64>,
+    pub started_at_ms: Option<i64>,
+}
+
+/// What became of the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Requeued,
+    Failed,
+    DeadLettered,
+}
+
+impl Settled {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settled::Requeued => "retried",
+            Settled::Failed => "failed",
+            Settled::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// Settles an attempt that failed with `failure`.
+pub async fn fail(
+    js: &Context,
+    job: &Job,
+    failure: Failure,
+    timeline: Timeline,
+) -> Result<Settled, SettleError> {
+    let class = failure.error.class;
+    if !class.is_retryable() {
+        publish_result(js, &final_failure(job, failure.error, &timeline)).await?;
+        return Ok(Settled::Failed);
+    }
+    if job.may_retry_after_failure() {
+        let kind = EventKind::Retrying {
+            node: failure.node.clone(),
+            error: failure.error.clone(),
+        };
+        queue_next(js, job, job.retry(failure), kind).await?;
+        return Ok(Settled::Requeued);
+    }
+    let error = JobError::new(
+        class,
+        format!(
+            "failed after {} attempts; last error: {}",
+            job.failures.len() + 1,
+            failure.error.message
+        ),
+    );
+    let dead = DeadLetter {
+        v: SCHEMA_VERSION,
+        at_ms: failure.at_ms,
+        job: job.retry(failure),
+    };
+    let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
+    nats::publish(js, subjects::dead(&job.id), &msg_id, encode(&dead)?)
+        .await?
+        .await?;
+    publish_result(js, &final_failure(job, error, &timeline)).await?;
+    Ok(Settled::DeadLettered)
+}
+
+/// Puts back a job whose attempt never ran (its node is draining), charging
+/// it no failure.
+pub async fn requeue_unstarted(js: &Context, job: &Job, node: &str) -> Result<(), SettleError> {
+    let kind = EventKind::Requeued {
+        node: node.to_owned(),
+    };
+    queue_next(js, job, job.requeue(), kind).await
+}
+
+/// Publishes a job's result on its subject and waits for the server.
+pub async fn publish_result(js: &Context, result: &JobResult) -> Result<(), SettleError> {
+    let msg_id = subjects::attempt_msg_id(&result.job_id, result.attempt);
+    nats::publish(
+        js,
+        subjects::results(&result.job_id),
+        &msg_id,
+        encode(result)?,
+    )
+    .await?
+    .await?;
+    Ok(())
+}
+
+fn final_failure(job: &Job, error: JobError, timeline: &Timeline) -> JobResult {
+    JobResult {
+        v: SCHEMA_VERSION,
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        node: timeline.node.clone(),
+        assigned_at_ms: timeline.assigned_at_ms,
+        started_at_ms: timeline.started_at_ms,
+        finished_at_ms: switchyard_schemas::now_ms(),
+        outcome: Outcome::Failed { error },
+    }
+}
+
+/// Queues `next` (the following attempt of `job`) and records why, both
+/// confirmed. The message id is the new attempt's, so a repeat is dropped.
+async fn queue_next(
+    js: &Context,
+    job: &Job,
+    next: Job,
+    kind: EventKind,
+) -> Result<(), SettleError> {
+    let event = JobEvent {
+        v: SCHEMA_VERSION,
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        at_ms: switchyard_schemas::now_ms(),
+        kind,
+    };
+    let queued = nats::publish(
+        js,
+        subjects::jobs(next.priority, &next.model),
+        &subjects::attempt_msg_id(&job.id, next.attempt),
+        encode(&next)?,
+    )
+    .await?;
+    let recorded = nats::publish(
+        js,
+        subjects::events(&job.id),
+        &format!(
+            "{}:requeued",
+            subjects::attempt_msg_id(&job.id, job.attempt)
+        ),
+        encode(&event)?,
+    )
+    .await?;
+    queued.await?;
+    recorded.await?;
+    Ok(())
+}
