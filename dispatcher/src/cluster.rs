@@ -6,6 +6,11 @@ use std::time::{Duration, Instant};
 
 use switchyard_schemas::Heartbeat;
 
+use crate::placement::{Candidate, Policy};
+
+/// How long a node counts as warm for a model it was given.
+const WARM_FOR: Duration = Duration::from_secs(60);
+
 /// One node as the dispatcher sees it.
 #[derive(Debug, Clone)]
 pub struct NodeView {
@@ -18,6 +23,8 @@ pub struct NodeView {
     pub last_seen: Instant,
     /// Assignments made since the last heartbeat, which it could not yet count.
     pub assigned_since_heartbeat: u32,
+    /// When each model was last placed here.
+    pub last_placed: BTreeMap<String, Instant>,
 }
 
 impl NodeView {
@@ -38,24 +45,30 @@ impl NodeView {
     }
 }
 
-#[derive(Debug, Clone)]
 pub struct Cluster {
     nodes: BTreeMap<String, NodeView>,
     node_timeout: Duration,
     prefetch_per_slot: u32,
+    policy: Box<dyn Policy>,
 }
 
 impl Cluster {
-    pub fn new(node_timeout: Duration, prefetch_per_slot: u32) -> Self {
+    pub fn new(node_timeout: Duration, prefetch_per_slot: u32, policy: Box<dyn Policy>) -> Self {
         Self {
             nodes: BTreeMap::new(),
             node_timeout,
             prefetch_per_slot,
+            policy,
         }
     }
 
-    /// Takes in a heartbeat; it replaces everything known of that node.
+    /// Takes in a heartbeat; it replaces what the node reports of itself.
     pub fn observe(&mut self, hb: &Heartbeat, now: Instant) {
+        let last_placed = self
+            .nodes
+            .remove(&hb.node)
+            .map(|n| n.last_placed)
+            .unwrap_or_default();
         self.nodes.insert(
             hb.node.clone(),
             NodeView {
@@ -67,6 +80,7 @@ impl Cluster {
                 draining: hb.draining,
                 last_seen: now,
                 assigned_since_heartbeat: 0,
+                last_placed,
             },
         );
     }
@@ -85,6 +99,7 @@ impl Cluster {
                 draining: false,
                 last_seen: now,
                 assigned_since_heartbeat: 0,
+                last_placed: BTreeMap::new(),
             });
     }
 
@@ -120,27 +135,45 @@ impl Cluster {
             .fold(0, u32::saturating_add)
     }
 
-    /// Picks the healthy node serving `model` with the most room, and counts
-    /// the assignment against it. Nodes in `avoid` (they failed this job
-    /// before) are chosen only when no other has room; then ties go to the
-    /// node with fewer running jobs.
+    /// Chooses a node for a job of `model` with the configured policy, among
+    /// the healthy nodes serving it that have room, and counts the assignment
+    /// against it. Nodes in `avoid` (they failed this job before) are offered
+    /// to the policy only when no other node has room.
     pub fn place(&mut self, model: &str, now: Instant, avoid: &[&str]) -> Option<String> {
-        let prefetch = self.prefetch_per_slot;
-        let timeout = self.node_timeout;
-        let node = self
+        let (prefetch, timeout) = (self.prefetch_per_slot, self.node_timeout);
+        let eligible: Vec<&NodeView> = self
             .nodes
-            .values_mut()
+            .values()
             .filter(|n| n.healthy(now, timeout) && n.models.contains(model))
             .filter(|n| n.free(prefetch) > 0)
-            .max_by_key(|n| {
-                (
-                    !avoid.contains(&n.id.as_str()),
-                    n.free(prefetch),
-                    std::cmp::Reverse(n.running),
-                )
-            })?;
+            .collect();
+        let preferred: Vec<&NodeView> = eligible
+            .iter()
+            .copied()
+            .filter(|n| !avoid.contains(&n.id.as_str()))
+            .collect();
+        let pool = if preferred.is_empty() {
+            eligible
+        } else {
+            preferred
+        };
+        let candidates: Vec<Candidate> = pool
+            .iter()
+            .map(|n| Candidate {
+                free: n.free(prefetch),
+                running: n.running,
+                slots: n.slots_total,
+                warm: n
+                    .last_placed
+                    .get(model)
+                    .is_some_and(|at| now.saturating_duration_since(*at) < WARM_FOR),
+            })
+            .collect();
+        let chosen = pool.get(self.policy.select(&candidates)?)?.id.clone();
+        let node = self.nodes.get_mut(&chosen)?;
         node.assigned_since_heartbeat += 1;
-        Some(node.id.clone())
+        node.last_placed.insert(model.to_owned(), now);
+        Some(chosen)
     }
 
     /// Drops nodes silent for much longer than the timeout, so that the view
@@ -163,6 +196,8 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::placement::{PolicyKind, build};
+    use proptest::prelude::*;
     use switchyard_schemas::SCHEMA_VERSION;
 
     fn hb(node: &str, models: &[&str], slots: u32, running: u32, queued: u32) -> Heartbeat {
@@ -181,7 +216,7 @@ mod tests {
     #[test]
     fn free_counts_slots_prefetch_and_unreported_assignments() {
         let now = Instant::now();
-        let mut c = Cluster::new(Duration::from_secs(5), 1);
+        let mut c = Cluster::new(Duration::from_secs(5), 1, build(PolicyKind::LeastLoaded));
         c.observe(&hb("a", &["m"], 4, 3, 2), now);
         // 4 slots × (1 + 1) = 8 in all, 5 taken.
         assert_eq!(c.capacity_for("m", now), 3);
@@ -197,7 +232,7 @@ mod tests {
     #[test]
     fn places_only_on_healthy_nodes_serving_the_model() {
         let now = Instant::now();
-        let mut c = Cluster::new(Duration::from_secs(5), 0);
+        let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::LeastLoaded));
         c.observe(&hb("other-model", &["x"], 8, 0, 0), now);
         let mut draining = hb("draining", &["m"], 8, 0, 0);
         draining.draining = true;
@@ -214,7 +249,7 @@ mod tests {
     #[test]
     fn prefers_the_node_with_most_room() {
         let now = Instant::now();
-        let mut c = Cluster::new(Duration::from_secs(5), 0);
+        let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::LeastLoaded));
         c.observe(&hb("small", &["m"], 2, 0, 0), now);
         c.observe(&hb("big", &["m"], 8, 5, 0), now);
         // big has 3 free, small 2.
@@ -228,7 +263,7 @@ mod tests {
     #[test]
     fn avoids_nodes_that_failed_the_job_while_others_have_room() {
         let now = Instant::now();
-        let mut c = Cluster::new(Duration::from_secs(5), 0);
+        let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::LeastLoaded));
         c.observe(&hb("bad", &["m"], 8, 0, 0), now);
         c.observe(&hb("good", &["m"], 1, 0, 0), now);
         assert_eq!(c.place("m", now, &["bad"]).as_deref(), Some("good"));
@@ -239,7 +274,7 @@ mod tests {
     #[test]
     fn lost_draining_and_never_heard_nodes_are_reclaimed() {
         let now = Instant::now();
-        let mut c = Cluster::new(Duration::from_secs(5), 0);
+        let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::LeastLoaded));
         c.observe(&hb("alive", &["m"], 1, 0, 0), now);
         let mut d = hb("draining", &["m"], 1, 0, 0);
         d.draining = true;
@@ -256,9 +291,77 @@ mod tests {
     #[test]
     fn forgets_long_silent_nodes() {
         let now = Instant::now();
-        let mut c = Cluster::new(Duration::from_secs(1), 0);
+        let mut c = Cluster::new(Duration::from_secs(1), 0, build(PolicyKind::LeastLoaded));
         c.observe(&hb("a", &["m"], 1, 0, 0), now);
         assert!(c.forget_stale(now + Duration::from_secs(5)).is_empty());
         assert_eq!(c.forget_stale(now + Duration::from_secs(11)), ["a"]);
+    }
+
+    #[test]
+    fn model_affinity_keeps_a_model_on_its_warm_node() {
+        let now = Instant::now();
+        let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::ModelAffinity));
+        c.observe(&hb("a", &["m", "x"], 4, 0, 0), now);
+        c.observe(&hb("b", &["m", "x"], 8, 0, 0), now);
+        assert_eq!(c.place("m", now, &[]).as_deref(), Some("b"));
+        assert_eq!(c.place("x", now, &[]).as_deref(), Some("b"));
+        // b is warm for m, and keeps it although a has as much room now.
+        c.observe(&hb("b", &["m", "x"], 4, 0, 0), now);
+        assert_eq!(c.place("m", now, &[]).as_deref(), Some("b"));
+    }
+
+    /// A random node: (models bitmask over m0..m2, slots, running, queued,
+    /// seconds since last heartbeat, draining).
+    fn node_strategy() -> impl Strategy<Value = (u8, u32, u32, u32, u64, bool)> {
+        (0u8..8, 0u32..6, 0u32..8, 0u32..8, 0u64..10, any::<bool>())
+    }
+
+    proptest! {
+        #[test]
+        fn no_policy_places_on_an_unfit_node_or_beyond_capacity(
+            nodes in prop::collection::vec(node_strategy(), 0..12),
+            prefetch in 0u32..3,
+            model in 0usize..3,
+            avoid_mask in any::<u16>(),
+            policy in prop::sample::select(vec![
+                PolicyKind::LeastLoaded,
+                PolicyKind::ModelAffinity,
+                PolicyKind::PowerOfTwo,
+            ]),
+        ) {
+            let start = Instant::now();
+            let now = start + Duration::from_secs(10);
+            let timeout = Duration::from_secs(5);
+            let mut c = Cluster::new(timeout, prefetch, build(policy));
+            let models = ["m0", "m1", "m2"];
+            let mut room = std::collections::HashMap::new();
+            for (i, (mask, slots, running, queued, age, draining)) in nodes.iter().enumerate() {
+                let id = format!("n{i}");
+                let serves: Vec<&str> = (0..3).filter(|b| mask & (1 << b) != 0).map(|b| models[b]).collect();
+                let mut h = hb(&id, &serves, *slots, *running, *queued);
+                h.draining = *draining;
+                c.observe(&h, now - Duration::from_secs(*age));
+                let fit = !draining && *age <= 5 && serves.contains(&models[model]);
+                let free = (slots * (prefetch + 1)).saturating_sub(running + queued);
+                room.insert(id, if fit { free } else { 0 });
+            }
+            let capacity: u32 = room.values().sum();
+            prop_assert_eq!(c.capacity_for(models[model], now), capacity);
+            let avoid: Vec<String> = (0..nodes.len()).filter(|i| avoid_mask & (1 << i) != 0).map(|i| format!("n{i}")).collect();
+            let avoid: Vec<&str> = avoid.iter().map(String::as_str).collect();
+            let mut placed = 0;
+            while let Some(id) = c.place(models[model], now, &avoid) {
+                let left = room.get_mut(&id).expect("a known node");
+                prop_assert!(*left > 0, "placed on {} with no room left, or unfit", id);
+                *left -= 1;
+                if avoid.contains(&id.as_str()) {
+                    let others: u32 = room.iter().filter(|(n, _)| !avoid.contains(&n.as_str())).map(|(_, r)| *r).sum();
+                    prop_assert_eq!(others, 0, "an avoided node was chosen while others had room");
+                }
+                placed += 1;
+                prop_assert!(placed <= capacity);
+            }
+            prop_assert_eq!(placed, capacity, "every free slot is usable");
+        }
     }
 }

@@ -4,11 +4,15 @@ use std::time::Duration;
 use serde::Deserialize;
 use switchyard_runtime::Issues;
 
+use crate::placement::PolicyKind;
+
 /// The `dispatcher:` section of the configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DispatcherConfig {
     pub listen: SocketAddr,
+    /// How a node is chosen among those that can take a job.
+    pub placement: PolicyKind,
     /// A node whose last heartbeat is older than this is left out of placement.
     #[serde(with = "humantime_serde")]
     pub node_timeout: Duration,
@@ -37,6 +41,7 @@ impl Default for DispatcherConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            placement: PolicyKind::default(),
             node_timeout: Duration::from_secs(5),
             prefetch_per_slot: 1,
             max_batch: 256,

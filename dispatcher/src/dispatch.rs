@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::placement;
 use crate::reclaim::Reclaimer;
 use crate::{Cluster, DispatcherConfig, metrics as m};
 
@@ -89,7 +90,11 @@ pub async fn run(
         }
     }
     let jobs_stream = nats::stream(&js, subjects::JOBS_STREAM).await?;
-    let mut cluster = Cluster::new(cfg.node_timeout, cfg.prefetch_per_slot);
+    let mut cluster = Cluster::new(
+        cfg.node_timeout,
+        cfg.prefetch_per_slot,
+        placement::build(cfg.placement),
+    );
     let mut reclaimer = Reclaimer::new(nats::stream(&js, subjects::WORK_STREAM).await?);
     for node in reclaimer.known_nodes().await {
         cluster.seed(&node, Instant::now());

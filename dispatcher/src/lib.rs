@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 mod dispatch;
 mod metrics;
+pub mod placement;
 mod reclaim;
 
 pub use cluster::{Cluster, NodeView};

@@ -1,0 +1,67 @@
+//! Placement policies: given the nodes that can take a job (healthy, serving
+//! its model, with room), pick one. Small and pure, one file each, chosen by
+//! `dispatcher.placement`.
+
+mod least_loaded;
+mod model_affinity;
+mod power_of_two;
+
+use serde::Deserialize;
+
+pub use least_loaded::LeastLoaded;
+pub use model_affinity::ModelAffinity;
+pub use power_of_two::PowerOfTwo;
+
+/// What a policy sees of one eligible node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// Assignments it can take now (always at least 1).
+    pub free: u32,
+    pub running: u32,
+    pub slots: u32,
+    /// It was given this model recently: its caches are likely warm.
+    pub warm: bool,
+}
+
+pub trait Policy: Send {
+    /// The index of the chosen candidate; `None` only when there are none.
+    fn select(&mut self, candidates: &[Candidate]) -> Option<usize>;
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// The node with the most room; ties to the one running least.
+    #[default]
+    LeastLoaded,
+    /// A node warm for the model if one has room; otherwise least loaded.
+    ModelAffinity,
+    /// The better of two nodes picked at random: near least-loaded placement
+    /// without every dispatcher herding onto the same node.
+    PowerOfTwo,
+}
+
+pub fn build(kind: PolicyKind) -> Box<dyn Policy> {
+    match kind {
+        PolicyKind::LeastLoaded => Box::new(LeastLoaded),
+        PolicyKind::ModelAffinity => Box::new(ModelAffinity),
+        PolicyKind::PowerOfTwo => Box::new(PowerOfTwo::seeded(seed())),
+    }
+}
+
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    (nanos as u64) | 1
+}
+
+/// Index of the least loaded candidate: most room, then fewest running.
+pub(crate) fn least_loaded<'a>(
+    candidates: impl Iterator<Item = (usize, &'a Candidate)>,
+) -> Option<usize> {
+    candidates
+        .max_by_key(|(_, c)| (c.free, std::cmp::Reverse(c.running)))
+        .map(|(i, _)| i)
+}
