@@ -221,3 +221,116 @@ async fn a_job_failed_by_one_node_is_retried_on_another() {
     }
     assert!(retried > 0, "node-a took no job: the test proved nothing");
 }
+
+async fn post_with_key(stack: &Stack, key: &str, body: &Value) -> reqwest::Response {
+    stack
+        .http
+        .post(stack.broker_url("/v1/jobs"))
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotency_key_makes_one_job_however_often_it_is_sent() {
+    let stack = Stack::running(StackOptions::default(), &["node-a"]);
+    let counter = ResultCounter::start(&stack.nats.client().await).await;
+    let body = text("normal", "exactly once please");
+
+    // Ten at once with one key: one job; each answer names it or says "in flight".
+    let answers =
+        futures::future::join_all((0..10).map(|_| post_with_key(&stack, "order-42", &body))).await;
+    let mut ids = std::collections::HashSet::new();
+    for r in answers {
+        match r.status().as_u16() {
+            202 => {
+                let v: Value = r.json().await.unwrap();
+                ids.insert(v["id"].as_str().unwrap().to_owned());
+            }
+            409 => {
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(v["error"]["code"], "idempotency_conflict");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = ids.into_iter().next().unwrap();
+    stack
+        .wait_finished(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await;
+
+    // Later, the same key again: the same job, now finished, and no new run.
+    let again = post_with_key(&stack, "order-42", &body).await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let v: Value = again.json().await.unwrap();
+    assert_eq!(
+        (v["id"].as_str(), v["status"].as_str()),
+        (Some(id.as_str()), Some("succeeded"))
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let results = counter.snapshot();
+    assert_eq!(results.len(), 1, "one job ran: {results:?}");
+
+    // A refused request does not hold its key.
+    let refused = post_with_key(&stack, "order-43", &json!({"model": "gpt-9", "input": {}})).await;
+    assert_eq!(refused.status(), 422);
+    let fixed = post_with_key(&stack, "order-43", &text("normal", "fixed")).await;
+    assert_eq!(fixed.status(), 202);
+    assert!(fixed.headers().get("idempotent-replayed").is_none());
+    let bad_key = post_with_key(&stack, "", &body).await;
+    assert_eq!(bad_key.status(), 422);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nats_client_id_sent_again_after_the_dedup_window_does_not_run_twice() {
+    let stack = Stack::running(
+        StackOptions {
+            duplicate_window: "1s",
+            ..StackOptions::default()
+        },
+        &["node-a"],
+    );
+    let counter = ResultCounter::start(&stack.nats.client().await).await;
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let submit = || async {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "client-7");
+        js.publish_with_headers(
+            "sy.submit.normal",
+            headers,
+            text("normal", "only once").to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+    };
+    submit().await;
+    stack
+        .wait_finished(&["client-7".to_owned()], Duration::from_secs(20))
+        .await;
+    // Past the server's window the publish is stored again...
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ack = submit().await;
+    assert!(!ack.duplicate, "the server no longer remembers the id");
+    // ...and the broker, which does, takes it without queueing the job again.
+    let mut submit_stream = js.get_stream("SUBMIT").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while submit_stream.info().await.unwrap().state.messages > 0 {
+        assert!(std::time::Instant::now() < deadline, "intake never took it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut jobs = js.get_stream("JOBS").await.unwrap();
+    assert_eq!(
+        jobs.info().await.unwrap().state.messages,
+        0,
+        "not queued again"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(counter.snapshot().get("client-7"), Some(&1));
+    assert_eq!(stack.get_job("client-7").await.1["attempt"], 1);
+}

@@ -16,7 +16,7 @@ use switchyard_schemas::{
 use tracing::{debug, warn};
 
 use crate::metrics as m;
-use crate::store::{JobStore, Source, StoreError};
+use crate::store::{Inserted, JobStore, Source, StoreError};
 
 const MAX_METADATA_ENTRIES: usize = 16;
 const MAX_METADATA_KEY: usize = 64;
@@ -214,7 +214,11 @@ impl Admitter {
         })?;
         // Recorded first, so that a crash between here and the queue's
         // confirmation leaves a record the outbox publishes again.
-        self.store.insert(&job, source).await?;
+        if self.store.insert(&job, source).await? == (Inserted::Existing { enqueued: true }) {
+            // A repeat of a job already queued (a client retrying with its own
+            // id, even past the server's de-duplication window): the same job.
+            return Ok(job);
+        }
         if let Err(e) = self.enqueue(&job).await {
             // The client is told the job was not queued, so no record of it
             // stays behind for the outbox to publish later.

@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use axum::Router;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::json;
-use switchyard_schemas::{ErrorBody, Submission, Usage};
+use switchyard_schemas::{ErrorBody, Submission, Usage, now_ms};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::error;
@@ -33,6 +33,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{message}")]
     QueueFull { message: String, retry_after: u64 },
+    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+    BadIdempotencyKey,
+    #[error("a request with this Idempotency-Key is still being handled; retry shortly")]
+    IdempotencyInFlight,
     #[error("job store: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -58,6 +62,8 @@ impl ApiError {
             }
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::BodyUnreadable => (StatusCode::BAD_REQUEST, "malformed_body"),
+            ApiError::BadIdempotencyKey => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::IdempotencyInFlight => (StatusCode::CONFLICT, "idempotency_conflict"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Submit(SubmitError::Store(_)) | ApiError::Store(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
@@ -71,7 +77,9 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let retry_after = match &self {
             ApiError::QueueFull { retry_after, .. } => Some(*retry_after),
-            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::CONFLICT => {
+                Some(1)
+            }
             _ => None,
         };
         // Operator detail stays in the log; clients get the code and a safe message.
@@ -109,6 +117,8 @@ pub fn router(admitter: Admitter, cfg: &BrokerConfig) -> Router {
             admitter,
             max_body_bytes: cfg.max_body_bytes,
             queue_full_retry_after: cfg.queue_full_retry_after.as_secs().max(1),
+            idempotency_window_ms: i64::try_from(cfg.idempotency_window.as_millis())
+                .unwrap_or(i64::MAX),
         })
 }
 
@@ -117,6 +127,7 @@ struct ApiState {
     admitter: Admitter,
     max_body_bytes: usize,
     queue_full_retry_after: u64,
+    idempotency_window_ms: i64,
 }
 
 /// The HTTP form of a submission: the priority is in the body, and ids are
@@ -136,6 +147,7 @@ fn parse_submission(body: &[u8]) -> Result<Submission, Rejection> {
 
 async fn submit(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| {
@@ -145,33 +157,91 @@ async fn submit(
             ApiError::BodyUnreadable
         }
     })?;
+    let key = idempotency_key(&headers)?;
     let submission = parse_submission(&body).map_err(SubmitError::from)?;
     let priority = submission.priority.unwrap_or_default();
     let id = uuid::Uuid::now_v7().to_string();
-    let job = s
+    let store = &s.admitter.store;
+    if let Some(key) = key {
+        let now = now_ms();
+        let holder = store
+            .claim_key(key, &id, now, now - s.idempotency_window_ms)
+            .await?;
+        if holder != id {
+            // The same request again: answer with the job it made.
+            let record = store
+                .get(&holder)
+                .await?
+                .ok_or(ApiError::IdempotencyInFlight)?;
+            let mut response = accepted(
+                &record.id,
+                record.status.as_str(),
+                &record.model,
+                &record.priority,
+                record.created_at_ms,
+            );
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+    }
+    let submitted = s
         .admitter
-        .submit(submission, priority, id, Source::Http)
-        .await
-        .map_err(|e| match e {
-            SubmitError::QueueFull { .. } => ApiError::QueueFull {
-                message: e.to_string(),
-                retry_after: s.queue_full_retry_after,
-            },
-            other => ApiError::Submit(other),
-        })?;
-    let location = format!("/v1/jobs/{}", job.id);
+        .submit(submission, priority, id.clone(), Source::Http)
+        .await;
+    let job = match submitted {
+        Ok(job) => job,
+        Err(e) => {
+            if let Some(key) = key
+                && let Err(release) = store.release_key(key, &id).await
+            {
+                error!(error = %release, "could not release an idempotency key");
+            }
+            return Err(match e {
+                SubmitError::QueueFull { .. } => ApiError::QueueFull {
+                    message: e.to_string(),
+                    retry_after: s.queue_full_retry_after,
+                },
+                other => ApiError::Submit(other),
+            });
+        }
+    };
+    Ok(accepted(
+        &job.id,
+        "queued",
+        &job.model,
+        job.priority.as_str(),
+        job.submitted_at_ms,
+    ))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key))
+        }
+        _ => Err(ApiError::BadIdempotencyKey),
+    }
+}
+
+/// `202 Accepted` naming the job, with its `Location`.
+fn accepted(id: &str, status: &str, model: &str, priority: &str, created_at_ms: i64) -> Response {
     let body = json!({
-        "id": job.id,
-        "status": "queued",
-        "model": job.model,
-        "priority": job.priority,
-        "created_at": rfc3339(job.submitted_at_ms),
+        "id": id,
+        "status": status,
+        "model": model,
+        "priority": priority,
+        "created_at": rfc3339(created_at_ms),
     });
     let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
         response.headers_mut().insert(header::LOCATION, v);
     }
-    Ok(response)
+    response
 }
 
 async fn get_job(

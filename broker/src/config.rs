@@ -27,6 +27,9 @@ pub struct BrokerConfig {
     /// `Retry-After` given with a 429 for a full queue.
     #[serde(with = "humantime_serde")]
     pub queue_full_retry_after: Duration,
+    /// How long an `Idempotency-Key` returns the job it first made.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -40,6 +43,7 @@ impl Default for BrokerConfig {
             outbox_interval: Duration::from_secs(5),
             outbox_grace: Duration::from_secs(10),
             queue_full_retry_after: Duration::from_secs(2),
+            idempotency_window: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -171,6 +171,7 @@ pub struct StackOptions {
     pub max_queued: u32,
     /// YAML list of simulated-engine faults for every agent.
     pub faults: &'static str,
+    pub duplicate_window: &'static str,
 }
 
 impl Default for StackOptions {
@@ -182,6 +183,7 @@ impl Default for StackOptions {
             agent_ack_wait: "30s",
             max_queued: 100_000,
             faults: "[]",
+            duplicate_window: "10m",
         }
     }
 }
@@ -198,6 +200,7 @@ fn config_yaml(
 nats:
   url: {nats_url}
   max_queued_per_queue: {max_queued}
+  duplicate_window: {duplicate_window}
 models:
   - name: {CHAT_MODEL}
     kind: chat
@@ -237,6 +240,7 @@ agent:
         base = opts.base_latency,
         per_token = opts.per_token_latency,
         max_queued = opts.max_queued,
+        duplicate_window = opts.duplicate_window,
     )
 }
 

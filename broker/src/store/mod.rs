@@ -25,6 +25,16 @@ pub enum StoreError {
     },
 }
 
+/// What `insert` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    /// A job with that id exists; `enqueued` says whether the queue confirmed it.
+    Existing {
+        enqueued: bool,
+    },
+}
+
 /// Where a job came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -111,8 +121,20 @@ pub struct JobRecord {
 
 #[async_trait]
 pub trait JobStore: Send + Sync {
-    /// Records an admitted job as queued-but-unconfirmed; a repeat is a no-op.
-    async fn insert(&self, job: &Job, source: Source) -> Result<(), StoreError>;
+    /// Records an admitted job as queued-but-unconfirmed. A job with that id
+    /// already recorded is left as it is, and its `enqueued_at` is returned.
+    async fn insert(&self, job: &Job, source: Source) -> Result<Inserted, StoreError>;
+    /// Claims `key` for `job_id` unless a claim younger than `fresh_since_ms`
+    /// holds it; returns the job id that holds the key now.
+    async fn claim_key(
+        &self,
+        key: &str,
+        job_id: &str,
+        now_ms: i64,
+        fresh_since_ms: i64,
+    ) -> Result<String, StoreError>;
+    /// Releases a claim whose submission was refused, so that a retry can proceed.
+    async fn release_key(&self, key: &str, job_id: &str) -> Result<(), StoreError>;
     /// The queue confirmed the job.
     async fn mark_enqueued(&self, id: &str, at_ms: i64) -> Result<(), StoreError>;
     /// Forgets a job the queue refused: the client was told it is not queued.

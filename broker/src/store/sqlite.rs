@@ -13,7 +13,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, Usage, UsageEvent};
 
-use super::{JobRecord, JobStore, RejectedJob, Source, Status, StoreError};
+use super::{Inserted, JobRecord, JobStore, RejectedJob, Source, Status, StoreError};
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -179,13 +179,13 @@ fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
 
 #[async_trait]
 impl JobStore for SqliteStore {
-    async fn insert(&self, job: &Job, source: Source) -> Result<(), StoreError> {
+    async fn insert(&self, job: &Job, source: Source) -> Result<Inserted, StoreError> {
         let json = serde_json::to_string(job).map_err(|e| StoreError::Corrupt {
             id: job.id.clone(),
             reason: e.to_string(),
         })?;
         let metadata = serde_json::to_string(&job.metadata).unwrap_or_else(|_| "{}".into());
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO jobs (id, model, priority, source, status, job, metadata, attempt, created_at)
              VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8)
              ON CONFLICT (id) DO NOTHING",
@@ -200,6 +200,57 @@ impl JobStore for SqliteStore {
         .bind(job.submitted_at_ms)
         .execute(&self.pool)
         .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(Inserted::New);
+        }
+        let enqueued: Option<i64> =
+            sqlx::query_scalar("SELECT enqueued_at FROM jobs WHERE id = ?1")
+                .bind(&job.id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Inserted::Existing {
+            enqueued: enqueued.is_some(),
+        })
+    }
+
+    async fn claim_key(
+        &self,
+        key: &str,
+        job_id: &str,
+        now_ms: i64,
+        fresh_since_ms: i64,
+    ) -> Result<String, StoreError> {
+        // One statement, so two brokers racing on one key agree on the winner.
+        let claimed: Option<String> = sqlx::query_scalar(
+            "INSERT INTO idempotency (key, job_id, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, created_at = excluded.created_at
+                WHERE idempotency.created_at < ?4
+             RETURNING job_id",
+        )
+        .bind(key)
+        .bind(job_id)
+        .bind(now_ms)
+        .bind(fresh_since_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        let holder = match claimed {
+            Some(id) => id,
+            None => {
+                sqlx::query_scalar("SELECT job_id FROM idempotency WHERE key = ?1")
+                    .bind(key)
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+        };
+        Ok(holder)
+    }
+
+    async fn release_key(&self, key: &str, job_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM idempotency WHERE key = ?1 AND job_id = ?2")
+            .bind(key)
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -492,6 +543,48 @@ mod tests {
         let r = s.get("a").await.unwrap().unwrap();
         assert_eq!((r.status, r.attempt), (Status::Succeeded, 2));
         assert_eq!(r.node.as_deref(), Some("n2"));
+    }
+
+    #[tokio::test]
+    async fn insert_reports_existing_jobs_and_whether_they_were_queued() {
+        let (s, _dir) = store().await;
+        assert_eq!(
+            s.insert(&job("a"), Source::Nats).await.unwrap(),
+            Inserted::New
+        );
+        assert_eq!(
+            s.insert(&job("a"), Source::Nats).await.unwrap(),
+            Inserted::Existing { enqueued: false }
+        );
+        s.mark_enqueued("a", 5).await.unwrap();
+        assert_eq!(
+            s.insert(&job("a"), Source::Nats).await.unwrap(),
+            Inserted::Existing { enqueued: true }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_holds_one_job_within_its_window() {
+        let (s, _dir) = store().await;
+        assert_eq!(s.claim_key("k", "j1", 1_000, 0).await.unwrap(), "j1");
+        assert_eq!(
+            s.claim_key("k", "j2", 2_000, 500).await.unwrap(),
+            "j1",
+            "fresh: kept"
+        );
+        assert_eq!(
+            s.claim_key("k", "j3", 3_000, 1_500).await.unwrap(),
+            "j3",
+            "expired: reused"
+        );
+        s.release_key("k", "j2").await.unwrap();
+        assert_eq!(
+            s.claim_key("k", "j4", 3_001, 0).await.unwrap(),
+            "j3",
+            "only the holder releases"
+        );
+        s.release_key("k", "j3").await.unwrap();
+        assert_eq!(s.claim_key("k", "j5", 3_002, 0).await.unwrap(), "j5");
     }
 
     #[tokio::test]
