@@ -33,6 +33,23 @@ enum Command {
     Agent,
     /// Validates the configuration and exits.
     CheckConfig,
+    /// Jobs that failed every attempt: list them, or replay one (through the
+    /// broker at `broker.listen`).
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// Prints the dead letters as JSON.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Queues the job again, with a fresh attempt budget.
+    Replay { job_id: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +89,7 @@ fn validate(file: &FileConfig, command: &Command) -> Result<Registry, config::Co
         Command::Broker => file.broker.validate(&mut issues),
         Command::Dispatcher => file.dispatcher.validate(&mut issues),
         Command::Agent => check_agent(&mut issues),
+        Command::DeadLetters { .. } => {}
         Command::CheckConfig => {
             file.broker.validate(&mut issues);
             file.dispatcher.validate(&mut issues);
@@ -98,6 +116,9 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::CheckConfig) {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
+    }
+    if let Command::DeadLetters { action } = &cli.command {
+        return admin(action, &format!("http://{}", file.broker.listen));
     }
     telemetry::init_logs(file.log.json);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -142,7 +163,53 @@ async fn run(command: Command, file: FileConfig, registry: Registry) -> anyhow::
             .await
             .context("gpu-agent")?
         }
-        Command::CheckConfig => {}
+        Command::CheckConfig | Command::DeadLetters { .. } => {}
     }
     Ok(())
+}
+
+/// Runs an admin command against the broker's HTTP API and prints its answer.
+fn admin(action: &DeadLetterAction, broker: &str) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let http = reqwest::Client::new();
+    let request = match action {
+        DeadLetterAction::List { limit } => {
+            http.get(format!("{broker}/v1/admin/dead-letters?limit={limit}"))
+        }
+        DeadLetterAction::Replay { job_id } => {
+            http.post(format!("{broker}/v1/admin/dead-letters/{job_id}/replay"))
+        }
+    };
+    let answer = runtime.block_on(async {
+        let response = request.send().await?;
+        let ok = response.status().is_success();
+        let body: serde_json::Value = response.json().await?;
+        Ok::<_, reqwest::Error>((ok, body))
+    });
+    match answer {
+        Ok((ok, body)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&body).unwrap_or_default()
+            );
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: broker at {broker}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -334,3 +334,65 @@ async fn a_nats_client_id_sent_again_after_the_dedup_window_does_not_run_twice()
     assert_eq!(counter.snapshot().get("client-7"), Some(&1));
     assert_eq!(stack.get_job("client-7").await.1["attempt"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_are_listed_and_replayed_from_the_cli() {
+    let mut stack = Stack::new(StackOptions::default());
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_faulty_agent("node-a", "[{class: overloaded, prompt_contains: poison}]");
+    let id = stack.submit_http(&text("normal", "poison, for now")).await;
+    let done = stack
+        .wait_finished(std::slice::from_ref(&id), Duration::from_secs(30))
+        .await;
+    assert_eq!(done[&id]["status"], "failed");
+
+    let out = stack.cli(&["dead-letters", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let letters = listed["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{listed}");
+    assert_eq!(letters[0]["job_id"], id.as_str());
+    assert_eq!(letters[0]["attempts"], 3);
+    assert_eq!(letters[0]["failures"][2]["error"]["class"], "overloaded");
+
+    // The cause is fixed (a healthy node replaces the faulty one): replay.
+    stack.sigkill("node-a");
+    stack.start_agent("node-b");
+    let out = stack.cli(&["dead-letters", "replay", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let replayed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(replayed["attempt"], 4, "{replayed}");
+    let done = stack
+        .wait_finished(std::slice::from_ref(&id), Duration::from_secs(30))
+        .await;
+    let r = &done[&id];
+    assert_eq!(
+        (r["status"].as_str(), r["attempt"].as_u64()),
+        (Some("succeeded"), Some(4)),
+        "{r}"
+    );
+    assert_eq!(r["node"], "node-b");
+    assert!(r["error"].is_null());
+
+    // Gone from the dead letters; a second replay finds nothing.
+    let out = stack.cli(&["dead-letters", "list"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        listed["dead_letters"].as_array().unwrap().len(),
+        0,
+        "{listed}"
+    );
+    let out = stack.cli(&["dead-letters", "replay", &id]);
+    assert!(!out.status.success());
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["error"]["code"], "not_found");
+}

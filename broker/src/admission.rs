@@ -245,7 +245,7 @@ impl Admitter {
     }
 
     /// Publishes the job to its queue and waits for the server's confirmation.
-    /// The job id is the message id, so a repeated publish is dropped.
+    /// The message id names the job and attempt, so a repeat is dropped.
     pub async fn enqueue(&self, job: &Job) -> Result<(), EnqueueError> {
         let payload = encode(job).map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
         let classify = |e: async_nats::jetstream::context::PublishError| {
@@ -258,7 +258,7 @@ impl Admitter {
         nats::publish(
             &self.js,
             subjects::jobs(job.priority, &job.model),
-            &job.id,
+            &subjects::queued_msg_id(&job.id, job.attempt),
             payload,
         )
         .await

@@ -31,6 +31,8 @@ pub enum ApiError {
     BodyUnreadable,
     #[error("no job with id {0:?}")]
     NotFound(String),
+    #[error("job {0:?} is not failed, so it cannot be replayed")]
+    NotFailed(String),
     #[error("{message}")]
     QueueFull { message: String, retry_after: u64 },
     #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
@@ -65,6 +67,7 @@ impl ApiError {
             ApiError::BadIdempotencyKey => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             ApiError::IdempotencyInFlight => (StatusCode::CONFLICT, "idempotency_conflict"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotFailed(_) => (StatusCode::CONFLICT, "not_failed"),
             ApiError::Submit(SubmitError::Store(_)) | ApiError::Store(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
@@ -77,9 +80,8 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let retry_after = match &self {
             ApiError::QueueFull { retry_after, .. } => Some(*retry_after),
-            _ if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::CONFLICT => {
-                Some(1)
-            }
+            ApiError::IdempotencyInFlight => Some(1),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };
         // Operator detail stays in the log; clients get the code and a safe message.

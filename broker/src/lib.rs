@@ -5,6 +5,7 @@
 mod admission;
 mod api;
 mod config;
+mod dead_letters;
 mod intake;
 mod metrics;
 mod outbox;

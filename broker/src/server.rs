@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::admission::Admitter;
 use crate::store::{JobStore, SqliteStore, StoreError};
-use crate::{BrokerConfig, api, intake, metrics as m, outbox, projection};
+use crate::{BrokerConfig, api, dead_letters, intake, metrics as m, outbox, projection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -102,7 +102,10 @@ pub async fn run(
         js,
     };
     let ready = Readiness::default();
-    let router = api::router(admitter.clone(), &cfg).merge(ops::router(metrics, ready.clone()));
+    let dead = nats::stream(&admitter.js, subjects::DEAD_STREAM).await?;
+    let router = api::router(admitter.clone(), &cfg)
+        .merge(dead_letters::router(admitter.clone(), dead))
+        .merge(ops::router(metrics, ready.clone()));
 
     let tasks = TaskTracker::new();
     tasks.spawn(ops::serve(listener, router, shutdown.clone()));

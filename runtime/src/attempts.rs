@@ -142,7 +142,7 @@ async fn queue_next(
     let queued = nats::publish(
         js,
         subjects::jobs(next.priority, &next.model),
-        &subjects::attempt_msg_id(&job.id, next.attempt),
+        &subjects::queued_msg_id(&job.id, next.attempt),
         encode(&next)?,
     )
     .await?;

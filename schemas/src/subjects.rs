@@ -95,6 +95,16 @@ pub fn is_valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// `Nats-Msg-Id` of a job in `JOBS`: the job id for its first attempt (so a
+/// client's own id de-duplicates its submission), `<id>:<attempt>` after.
+pub fn queued_msg_id(job_id: &str, attempt: u32) -> String {
+    if attempt <= 1 {
+        job_id.to_owned()
+    } else {
+        attempt_msg_id(job_id, attempt)
+    }
+}
+
 /// `Nats-Msg-Id` of anything produced by one attempt of a job, so that a retried
 /// publish of the same attempt is dropped by the server.
 pub fn attempt_msg_id(job_id: &str, attempt: u32) -> String {

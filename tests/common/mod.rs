@@ -392,6 +392,16 @@ impl Stack {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
+    /// Runs `switchyard <args>` with this stack's configuration.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run switchyard")
+    }
+
     /// The Prometheus text a component serves.
     pub async fn metrics_text(&self, name: &str) -> String {
         let url = format!("http://127.0.0.1:{}/metrics", self.port_of(name));

@@ -137,6 +137,9 @@ pub trait JobStore: Send + Sync {
     async fn release_key(&self, key: &str, job_id: &str) -> Result<(), StoreError>;
     /// The queue confirmed the job.
     async fn mark_enqueued(&self, id: &str, at_ms: i64) -> Result<(), StoreError>;
+    /// Makes a failed job queued again as `job` (a replay); false when the
+    /// job is not recorded as failed.
+    async fn reopen(&self, job: &Job) -> Result<bool, StoreError>;
     /// Forgets a job the queue refused: the client was told it is not queued.
     async fn discard_unqueued(&self, id: &str) -> Result<(), StoreError>;
     async fn insert_rejected(&self, job: &RejectedJob) -> Result<(), StoreError>;

@@ -263,6 +263,26 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
+    async fn reopen(&self, job: &Job) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(job).map_err(|e| StoreError::Corrupt {
+            id: job.id.clone(),
+            reason: e.to_string(),
+        })?;
+        let reopened = sqlx::query(
+            "UPDATE jobs SET status = 'queued', job = ?1, attempt = ?2, node = NULL,
+                enqueued_at = NULL, assigned_at = NULL, started_at = NULL, finished_at = NULL,
+                output = NULL, error_code = NULL, error_message = NULL,
+                prompt_tokens = NULL, completion_tokens = NULL
+             WHERE id = ?3 AND status = 'failed'",
+        )
+        .bind(json)
+        .bind(job.attempt)
+        .bind(&job.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(reopened.rows_affected() == 1)
+    }
+
     async fn discard_unqueued(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM jobs WHERE id = ?1 AND status = 'queued' AND enqueued_at IS NULL")
             .bind(id)
