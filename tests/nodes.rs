@@ -120,6 +120,19 @@ async fn a_draining_node_finishes_what_it_runs_and_hands_back_the_rest() {
         prompts.insert(stack.submit_http(&text(&prompt)).await, prompt);
     }
     wait_running(&stack, "node-a").await;
+    // Node-a also holds an assignment it has not started.
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let work = js.get_stream("WORK").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let queue: async_nats::jetstream::consumer::PullConsumer =
+            work.get_consumer("agent-node-a").await.unwrap();
+        if queue.get_info().await.unwrap().num_pending >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node-a never had work queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let status = stack.proc("node-a").terminate(Duration::from_secs(20));
     assert!(status.success(), "node-a exit: {status}");
 
@@ -144,4 +157,98 @@ async fn a_draining_node_finishes_what_it_runs_and_hands_back_the_rest() {
     .await;
     assert!(requeued >= 1.0, "nothing was handed back");
     assert!(records.values().all(|r| r["error"].is_null()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_dispatchers_together_run_every_job_once_even_when_one_dies() {
+    let mut stack = Stack::running(
+        StackOptions {
+            slots: 4,
+            base_latency: "5ms",
+            ..StackOptions::default()
+        },
+        &["node-a", "node-b"],
+    );
+    let port = free_port();
+    stack.launch(
+        "dispatcher-2",
+        "dispatcher",
+        port,
+        &[("SWITCHYARD_DISPATCHER__LISTEN", format!("127.0.0.1:{port}"))],
+    );
+    let counter = ResultCounter::start(&stack.nats.client().await).await;
+    let mut prompts = HashMap::new();
+    for i in 0..300 {
+        let prompt = format!("ha job {i}");
+        prompts.insert(stack.submit_http(&text(&prompt)).await, prompt);
+        if i == 150 {
+            stack.sigkill("dispatcher");
+        }
+    }
+    let ids: Vec<String> = prompts.keys().cloned().collect();
+    let records = stack.wait_finished(&ids, Duration::from_secs(90)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_each_succeeded_once(&records, &prompts, &counter.snapshot());
+    assert!(
+        records.values().all(|r| r["attempt"] == 1),
+        "no job needed a second attempt"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_agent_past_its_ack_wait_is_fenced_out_when_it_resumes() {
+    let mut stack = Stack::running(
+        StackOptions {
+            slots: 2,
+            base_latency: "2s",
+            agent_ack_wait: "2s",
+            ..StackOptions::default()
+        },
+        &["node-a", "node-b"],
+    );
+    let counter = ResultCounter::start(&stack.nats.client().await).await;
+    let mut prompts = HashMap::new();
+    for i in 0..6 {
+        let prompt = format!("paused job {i}");
+        prompts.insert(stack.submit_http(&text(&prompt)).await, prompt);
+    }
+    wait_running(&stack, "node-a").await;
+    stack
+        .proc("node-a")
+        .signal(nix::sys::signal::Signal::SIGSTOP);
+
+    // Its work is taken back and finished by node-b while it is stopped.
+    let ids: Vec<String> = prompts.keys().cloned().collect();
+    let records = stack.wait_finished(&ids, Duration::from_secs(60)).await;
+    let taken_over: Vec<&String> = ids
+        .iter()
+        .filter(|id| records[*id]["attempt"].as_u64() > Some(1))
+        .collect();
+    assert!(!taken_over.is_empty(), "node-a held no work when stopped");
+
+    // Resumed, node-a finishes its stale attempts but must not report them.
+    stack
+        .proc("node-a")
+        .signal(nix::sys::signal::Signal::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gauge(
+        &stack,
+        "node-a",
+        "switchyard_agent_jobs_total{outcome=\"fenced\"}",
+    )
+    .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node-a never fenced its stale work"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_each_succeeded_once(&records, &prompts, &counter.snapshot());
+    for id in taken_over {
+        let (_, r) = stack.get_job(id).await;
+        assert_eq!(r["node"], "node-b", "{r}");
+    }
 }

@@ -4,6 +4,7 @@
 //! again by the outbox if the broker dies here), the job is queued, and only
 //! then is the dead letter removed.
 
+use async_nats::jetstream::stream::Stream;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -20,14 +21,19 @@ use crate::api::ApiError;
 #[derive(Clone)]
 struct DeadState {
     admitter: Admitter,
-    dead: async_nats::jetstream::stream::Stream,
+    dead: Stream,
+    results: Stream,
 }
 
-pub fn router(admitter: Admitter, dead: async_nats::jetstream::stream::Stream) -> Router {
+pub fn router(admitter: Admitter, dead: Stream, results: Stream) -> Router {
     Router::new()
         .route("/v1/admin/dead-letters", get(list))
         .route("/v1/admin/dead-letters/{id}/replay", post(replay))
-        .with_state(DeadState { admitter, dead })
+        .with_state(DeadState {
+            admitter,
+            dead,
+            results,
+        })
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +106,12 @@ async fn replay(State(s): State<DeadState>, Path(id): Path<String>) -> Result<Re
     if !s.admitter.store.reopen(&job).await? {
         return Err(ApiError::NotFailed(id));
     }
+    // A job has one stored result: the old failure makes way for the new one.
+    s.results
+        .purge()
+        .filter(subjects::results(&job.id))
+        .await
+        .map_err(|e| ApiError::Submit(SubmitError::QueueUnavailable(e.to_string())))?;
     s.admitter
         .enqueue(&job)
         .await

@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use switchyard_schemas::{
     AdmitReply, CodecError, Encoding, ErrorBody, ErrorClass, JobError, JobResult, Outcome,
-    Priority, SCHEMA_VERSION, Submission, decode_submission, encode, encode_as, now_ms, subjects,
+    Priority, SCHEMA_VERSION, Submission, decode_submission, encode_as, now_ms, subjects,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
@@ -266,17 +266,10 @@ async fn record_refusal(
             error: JobError::new(class, rejected.message),
         },
     };
-    let payload = encode(&result).map_err(|e| e.to_string())?;
-    switchyard_runtime::nats::publish(
-        &admitter.js,
-        subjects::results(&id),
-        &subjects::attempt_msg_id(&id, 0),
-        payload,
-    )
-    .await
-    .map_err(|e| e.to_string())?
-    .await
-    .map_err(|e| e.to_string())?;
+    // A job has one result: an id that already has one keeps it.
+    switchyard_runtime::attempts::publish_result(&admitter.js, &result)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 

@@ -103,8 +103,9 @@ pub async fn run(
     };
     let ready = Readiness::default();
     let dead = nats::stream(&admitter.js, subjects::DEAD_STREAM).await?;
+    let results_stream = nats::stream(&admitter.js, subjects::RESULTS_STREAM).await?;
     let router = api::router(admitter.clone(), &cfg)
-        .merge(dead_letters::router(admitter.clone(), dead))
+        .merge(dead_letters::router(admitter.clone(), dead, results_stream))
         .merge(ops::router(metrics, ready.clone()));
 
     let tasks = TaskTracker::new();

@@ -193,7 +193,8 @@ async fn run_assignment(node: &Node, msg: jetstream::Message) {
         metrics::gauge!(m::RUNNING).decrement(1.0);
         node.slot_freed.notify_one();
         match outcome {
-            Ok(()) => ack(&msg).await,
+            Ok(Done::Reported) => ack(&msg).await,
+            Ok(Done::Fenced) => {}
             Err(e) => {
                 // Nothing durable was lost: the assignment stays in the work
                 // queue and comes back.
@@ -247,7 +248,7 @@ async fn execute(
     node: &Node,
     msg: &jetstream::Message,
     a: &Assignment,
-) -> Result<(), PublishFailed> {
+) -> Result<Done, PublishFailed> {
     let job = &a.job;
     let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
     let running = JobEvent {
@@ -269,6 +270,7 @@ async fn execute(
 
     let started = Instant::now();
     let started_at_ms = now_ms();
+    let mut lease = Lease::new(node.ack_wait);
     let inference = if !node.engine.models().contains(&job.model) {
         // Misrouted: running it would answer with another model.
         Err(EngineError {
@@ -284,12 +286,27 @@ async fn execute(
             tokio::select! {
                 r = &mut infer => break r,
                 _ = progress.tick() => {
+                    // A lapsed lease is not renewed: the work may be elsewhere now.
+                    if !lease.held() {
+                        break Err(EngineError {
+                            class: ErrorClass::Timeout,
+                            message: "the assignment's lease lapsed".into(),
+                        });
+                    }
                     // Keeps a long job from being redelivered while it runs.
                     let _ = msg.ack_with(AckKind::Progress).await;
+                    lease.renewed();
                 }
             }
         }
     };
+    if !lease.held() {
+        // Paused or cut off past the ack wait: the assignment was handed out
+        // again, so this attempt's outcome must not be reported.
+        warn!("lease lapsed while running; outcome discarded");
+        metrics::counter!(m::JOBS, "outcome" => "fenced").increment(1);
+        return Ok(Done::Fenced);
+    }
     let engine_time = started.elapsed();
     metrics::histogram!(m::ENGINE_SECONDS).record(engine_time.as_secs_f64());
     running_ack.await?;
@@ -311,7 +328,7 @@ async fn execute(
             };
             let settled = attempts::fail(&node.js, job, failure, timeline).await?;
             metrics::counter!(m::JOBS, "outcome" => settled.as_str()).increment(1);
-            return Ok(());
+            return Ok(Done::Reported);
         }
     };
     let usage = UsageEvent {
@@ -340,9 +357,49 @@ async fn execute(
             usage: inf.usage,
         },
     };
-    attempts::publish_result(&node.js, &result).await?;
-    metrics::counter!(m::JOBS, "outcome" => "succeeded").increment(1);
-    Ok(())
+    let outcome = if attempts::publish_result(&node.js, &result).await? {
+        "succeeded"
+    } else {
+        // Another attempt's result was stored first; the job has its one result.
+        "duplicate"
+    };
+    metrics::counter!(m::JOBS, "outcome" => outcome).increment(1);
+    Ok(Done::Reported)
+}
+
+/// What became of an assignment this agent ran.
+enum Done {
+    /// Its outcome is stored: acknowledge it.
+    Reported,
+    /// Its lease lapsed: it belongs to another attempt now; leave it.
+    Fenced,
+}
+
+/// This agent's hold on an assignment: NATS hands it out again once
+/// `ack_wait` passes without an acknowledgement. Measured on the monotonic
+/// clock, which runs on while the process is stopped, so a paused agent
+/// finds its lease lapsed when it resumes.
+struct Lease {
+    renewed_at: Instant,
+    /// A margin under `ack_wait`: the server's clock started before ours.
+    valid_for: Duration,
+}
+
+impl Lease {
+    fn new(ack_wait: Duration) -> Self {
+        Self {
+            renewed_at: Instant::now(),
+            valid_for: ack_wait - ack_wait / 10,
+        }
+    }
+
+    fn held(&self) -> bool {
+        self.renewed_at.elapsed() < self.valid_for
+    }
+
+    fn renewed(&mut self) {
+        self.renewed_at = Instant::now();
+    }
 }
 
 /// Publishes the node's capacity every `heartbeat_interval`, and sooner (at

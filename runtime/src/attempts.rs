@@ -97,18 +97,13 @@ pub async fn requeue_unstarted(js: &Context, job: &Job, node: &str) -> Result<()
     queue_next(js, job, job.requeue(), kind).await
 }
 
-/// Publishes a job's result on its subject and waits for the server.
-pub async fn publish_result(js: &Context, result: &JobResult) -> Result<(), SettleError> {
+/// Publishes a job's result and waits for the server. A job has one result:
+/// if another attempt already stored one, the server refuses this one and
+/// `false` is returned.
+pub async fn publish_result(js: &Context, result: &JobResult) -> Result<bool, SettleError> {
     let msg_id = subjects::attempt_msg_id(&result.job_id, result.attempt);
-    nats::publish(
-        js,
-        subjects::results(&result.job_id),
-        &msg_id,
-        encode(result)?,
-    )
-    .await?
-    .await?;
-    Ok(())
+    let subject = subjects::results(&result.job_id);
+    Ok(nats::publish_first(js, subject, &msg_id, encode(result)?).await?)
 }
 
 fn final_failure(job: &Job, error: JobError, timeline: &Timeline) -> JobResult {

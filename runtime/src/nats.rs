@@ -200,6 +200,26 @@ pub async fn publish(
     .await
 }
 
+/// Publishes the first message of `subject` (with a `Nats-Msg-Id`); the
+/// server refuses it if the subject already holds one. `Ok(false)` then.
+pub async fn publish_first(
+    js: &Context,
+    subject: String,
+    msg_id: &str,
+    payload: Vec<u8>,
+) -> Result<bool, jetstream::context::PublishError> {
+    let publish = PublishMessage::build()
+        .payload(payload.into())
+        .message_id(msg_id)
+        .expected_last_subject_sequence(0);
+    let ack = js.send_publish(subject, publish).await?.await;
+    match ack {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether the server refused a publish because the stream is at a limit
 /// (with `DiscardPolicy::New`): the queue is full, not broken.
 pub fn is_limit_refusal(err: &jetstream::context::PublishError) -> bool {

@@ -288,7 +288,8 @@ impl Stack {
         stack
     }
 
-    fn launch(&mut self, name: &str, subcommand: &str, port: u16, env: &[(&str, String)]) {
+    /// Starts `switchyard <subcommand>` as `name`, ready on `port`.
+    pub fn launch(&mut self, name: &str, subcommand: &str, port: u16, env: &[(&str, String)]) {
         let config = self.config.clone();
         self.launch_with(name, &config, subcommand, port, env);
     }
