@@ -396,3 +396,39 @@ async fn dead_letters_are_listed_and_replayed_from_the_cli() {
     let again: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again["error"]["code"], "not_found");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lower_level_job_is_served_once_it_waits_past_the_aging_bound() {
+    let mut stack = Stack::new(StackOptions {
+        slots: 1,
+        base_latency: "50ms",
+        aging_bound: "400ms",
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    let counter = ResultCounter::start(&stack.nats.client().await).await;
+    let old = stack.submit_http(&text("batch", "patient batch job")).await;
+    let mut critical = Vec::new();
+    for i in 0..40 {
+        critical.push(
+            stack
+                .submit_http(&text("critical", &format!("urgent {i}")))
+                .await,
+        );
+    }
+    // One slot, two seconds of critical work queued: strict priority would
+    // run the batch job last.
+    stack.start_agent("node-a");
+    let mut all = critical.clone();
+    all.push(old.clone());
+    stack.wait_finished(&all, Duration::from_secs(60)).await;
+    let order = counter.order();
+    let position = order.iter().position(|id| *id == old).unwrap();
+    eprintln!("the aged batch job finished {position}th of {}", order.len());
+    assert!(
+        position < 20,
+        "the aged batch job finished {position}th of {}",
+        order.len()
+    );
+}

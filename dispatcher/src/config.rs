@@ -35,6 +35,10 @@ pub struct DispatcherConfig {
     pub retry_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_backoff_max: Duration,
+    /// A job waiting longer than this is served before higher levels, so
+    /// that no level starves.
+    #[serde(with = "humantime_serde")]
+    pub aging_bound: Duration,
 }
 
 impl Default for DispatcherConfig {
@@ -49,6 +53,7 @@ impl Default for DispatcherConfig {
             ack_wait: Duration::from_secs(30),
             retry_backoff: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(60),
+            aging_bound: Duration::from_secs(60),
         }
     }
 }
@@ -78,6 +83,12 @@ impl DispatcherConfig {
             "dispatcher.retry_backoff",
             self.retry_backoff,
             "must not exceed dispatcher.retry_backoff_max",
+        );
+        issues.check(
+            !self.aging_bound.is_zero(),
+            "dispatcher.aging_bound",
+            self.aging_bound,
+            "must be positive",
         );
         issues.check(
             !self.node_timeout.is_zero(),

@@ -103,6 +103,10 @@ pub async fn run(
     // cost nothing.
     let reclaim_every = (cfg.node_timeout / 5).max(Duration::from_millis(100));
     let mut last_reclaim = Instant::now();
+    let aging_check =
+        (cfg.aging_bound / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut aged_at = Instant::now();
+    let mut aged: Vec<usize> = Vec::new();
     let mut heartbeats = client.subscribe(subjects::HEARTBEAT_ALL).await?;
     ready.watch(&client);
     ready.set(true);
@@ -135,12 +139,19 @@ pub async fn run(
         // Highest priority first; after any progress, start again from the top
         // so a higher level never waits behind a lower one.
         let mut progressed = false;
-        let busy = if cluster.free_total(now) > 0 {
+        let has_room = cluster.free_total(now) > 0;
+        let busy = if has_room {
             busy_subjects(&jobs_stream).await
         } else {
             Some(HashSet::new())
         };
-        for q in &queues {
+        // Only worth knowing when a job could be placed now.
+        if has_room && now.duration_since(aged_at) >= aging_check {
+            aged_at = now;
+            aged = aged_queues(&jobs_stream, &queues, busy.as_ref(), cfg.aging_bound).await;
+        }
+        for i in sweep_order(queues.len(), &aged) {
+            let q = &queues[i];
             if busy.as_ref().is_some_and(|b| !b.contains(&q.subject)) {
                 continue;
             }
@@ -148,7 +159,14 @@ pub async fn run(
             if room == 0 {
                 continue;
             }
-            match dispatch_batch(&js, q, room.min(cfg.max_batch), &cfg, &mut cluster).await {
+            // An aged queue jumps ahead one job at a time, so that only jobs
+            // past the bound overtake higher levels.
+            let max = if aged.contains(&i) {
+                1
+            } else {
+                room.min(cfg.max_batch)
+            };
+            match dispatch_batch(&js, q, max.min(room), &cfg, &mut cluster).await {
                 Ok(0) => {}
                 Ok(n) => {
                     debug!(priority = %q.priority, model = %q.model, n, "dispatched");
@@ -176,6 +194,45 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// Queues (by index) whose oldest job has waited longer than `bound` since
+/// it was submitted, longest wait first. The highest level never needs it.
+async fn aged_queues(
+    jobs: &jetstream::stream::Stream,
+    queues: &[Queue],
+    busy: Option<&HashSet<String>>,
+    bound: Duration,
+) -> Vec<usize> {
+    let now = now_ms();
+    let bound_ms = i64::try_from(bound.as_millis()).unwrap_or(i64::MAX);
+    let mut aged = Vec::new();
+    for (i, q) in queues.iter().enumerate() {
+        if q.priority == Priority::Critical || busy.is_some_and(|b| !b.contains(&q.subject)) {
+            continue;
+        }
+        let Ok(first) = jobs.get_first_raw_message_by_subject(&q.subject, 1).await else {
+            continue;
+        };
+        if let Ok(job) = decode::<Job>(&first.payload) {
+            let waited = now - job.submitted_at_ms;
+            if waited > bound_ms {
+                aged.push((i, waited));
+            }
+        }
+    }
+    aged.sort_by_key(|(_, waited)| std::cmp::Reverse(*waited));
+    aged.into_iter().map(|(i, _)| i).collect()
+}
+
+/// The order of one sweep: aged queues first, then every other queue in
+/// priority order (the order `queues` is built in).
+fn sweep_order(queues: usize, aged: &[usize]) -> Vec<usize> {
+    aged.iter()
+        .copied()
+        .filter(|i| *i < queues)
+        .chain((0..queues).filter(|i| !aged.contains(i)))
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -285,4 +342,16 @@ async fn assign(
         .await
         .map_err(|e| BatchError::Ack(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aged_queues_go_first_then_priority_order() {
+        assert_eq!(sweep_order(4, &[]), [0, 1, 2, 3]);
+        assert_eq!(sweep_order(4, &[3, 2]), [3, 2, 0, 1]);
+        assert_eq!(sweep_order(2, &[5]), [0, 1], "stale indexes are ignored");
+    }
 }

@@ -172,6 +172,7 @@ pub struct StackOptions {
     /// YAML list of simulated-engine faults for every agent.
     pub faults: &'static str,
     pub duplicate_window: &'static str,
+    pub aging_bound: &'static str,
 }
 
 impl Default for StackOptions {
@@ -184,6 +185,7 @@ impl Default for StackOptions {
             max_queued: 100_000,
             faults: "[]",
             duplicate_window: "10m",
+            aging_bound: "60s",
         }
     }
 }
@@ -221,6 +223,7 @@ dispatcher:
   node_timeout: 3s
   retry_backoff: 50ms
   retry_backoff_max: 200ms
+  aging_bound: {aging_bound}
 agent:
   node_id: unset
   heartbeat_interval: 500ms
@@ -241,6 +244,7 @@ agent:
         per_token = opts.per_token_latency,
         max_queued = opts.max_queued,
         duplicate_window = opts.duplicate_window,
+        aging_bound = opts.aging_bound,
     )
 }
 
@@ -508,6 +512,7 @@ pub fn expected_echo(prompt: &str, max_tokens: usize) -> String {
 /// subscriber sees them.
 pub struct ResultCounter {
     counts: std::sync::Arc<std::sync::Mutex<HashMap<String, u32>>>,
+    order: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -517,7 +522,8 @@ impl ResultCounter {
         let mut sub = client.subscribe("sy.results.*").await.expect("subscribe");
         client.flush().await.expect("flush");
         let counts = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
-        let c = counts.clone();
+        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, o) = (counts.clone(), order.clone());
         let task = tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 let id = msg
@@ -525,10 +531,20 @@ impl ResultCounter {
                     .as_str()
                     .trim_start_matches("sy.results.")
                     .to_owned();
-                *c.lock().expect("lock").entry(id).or_insert(0) += 1;
+                *c.lock().expect("lock").entry(id.clone()).or_insert(0) += 1;
+                o.lock().expect("lock").push(id);
             }
         });
-        ResultCounter { counts, task }
+        ResultCounter {
+            counts,
+            order,
+            task,
+        }
+    }
+
+    /// Job ids in the order their results arrived.
+    pub fn order(&self) -> Vec<String> {
+        self.order.lock().expect("lock").clone()
     }
 
     pub fn snapshot(&self) -> HashMap<String, u32> {
