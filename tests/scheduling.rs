@@ -425,7 +425,10 @@ async fn a_lower_level_job_is_served_once_it_waits_past_the_aging_bound() {
     stack.wait_finished(&all, Duration::from_secs(60)).await;
     let order = counter.order();
     let position = order.iter().position(|id| *id == old).unwrap();
-    eprintln!("the aged batch job finished {position}th of {}", order.len());
+    eprintln!(
+        "the aged batch job finished {position}th of {}",
+        order.len()
+    );
     assert!(
         position < 20,
         "the aged batch job finished {position}th of {}",

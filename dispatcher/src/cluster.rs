@@ -1,7 +1,7 @@
 //! The dispatcher's view of the cluster: pure state, fed by heartbeats and
 //! placement decisions, tested without NATS.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use switchyard_schemas::Heartbeat;
@@ -43,10 +43,29 @@ impl NodeView {
     fn healthy(&self, now: Instant, timeout: Duration) -> bool {
         !self.draining && now.saturating_duration_since(self.last_seen) <= timeout
     }
+
+    /// A node known by name only: no models, no slots, until it reports.
+    fn unheard(id: &str, now: Instant) -> Self {
+        Self {
+            id: id.to_owned(),
+            models: BTreeSet::new(),
+            slots_total: 0,
+            running: 0,
+            queued: 0,
+            draining: false,
+            last_seen: now,
+            assigned_since_heartbeat: 0,
+            last_placed: BTreeMap::new(),
+        }
+    }
 }
 
 pub struct Cluster {
-    nodes: BTreeMap<String, NodeView>,
+    /// Nodes in arrival order; `index` and `serving` point into it.
+    nodes: Vec<NodeView>,
+    index: HashMap<String, usize>,
+    /// For each model, the nodes that serve it: placement looks at these only.
+    serving: HashMap<String, Vec<usize>>,
     node_timeout: Duration,
     prefetch_per_slot: u32,
     policy: Box<dyn Policy>,
@@ -55,7 +74,9 @@ pub struct Cluster {
 impl Cluster {
     pub fn new(node_timeout: Duration, prefetch_per_slot: u32, policy: Box<dyn Policy>) -> Self {
         Self {
-            nodes: BTreeMap::new(),
+            nodes: Vec::new(),
+            index: HashMap::new(),
+            serving: HashMap::new(),
             node_timeout,
             prefetch_per_slot,
             policy,
@@ -64,50 +85,62 @@ impl Cluster {
 
     /// Takes in a heartbeat; it replaces what the node reports of itself.
     pub fn observe(&mut self, hb: &Heartbeat, now: Instant) {
-        let last_placed = self
-            .nodes
-            .remove(&hb.node)
-            .map(|n| n.last_placed)
-            .unwrap_or_default();
-        self.nodes.insert(
-            hb.node.clone(),
-            NodeView {
-                id: hb.node.clone(),
-                models: hb.models.iter().cloned().collect(),
-                slots_total: hb.slots_total,
-                running: hb.running,
-                queued: hb.queued,
-                draining: hb.draining,
-                last_seen: now,
-                assigned_since_heartbeat: 0,
-                last_placed,
-            },
-        );
+        let models: BTreeSet<String> = hb.models.iter().cloned().collect();
+        let slot = match self.index.get(&hb.node) {
+            Some(&slot) => slot,
+            None => {
+                self.insert(NodeView::unheard(&hb.node, now));
+                self.nodes.len() - 1
+            }
+        };
+        let node = &mut self.nodes[slot];
+        let models_changed = node.models != models;
+        node.models = models;
+        node.slots_total = hb.slots_total;
+        node.running = hb.running;
+        node.queued = hb.queued;
+        node.draining = hb.draining;
+        node.last_seen = now;
+        node.assigned_since_heartbeat = 0;
+        if models_changed {
+            self.reindex();
+        }
     }
 
     /// Knows of a node before its first heartbeat (its work queue exists), so
     /// that if it never speaks it is found lost and its queue reclaimed.
     pub fn seed(&mut self, node: &str, now: Instant) {
-        self.nodes
-            .entry(node.to_owned())
-            .or_insert_with(|| NodeView {
-                id: node.to_owned(),
-                models: BTreeSet::new(),
-                slots_total: 0,
-                running: 0,
-                queued: 0,
-                draining: false,
-                last_seen: now,
-                assigned_since_heartbeat: 0,
-                last_placed: BTreeMap::new(),
-            });
+        if !self.index.contains_key(node) {
+            self.insert(NodeView::unheard(node, now));
+        }
+    }
+
+    fn insert(&mut self, node: NodeView) {
+        self.index.insert(node.id.clone(), self.nodes.len());
+        self.nodes.push(node);
+    }
+
+    /// Rebuilds the indexes; only when nodes come, go, or change models.
+    fn reindex(&mut self) {
+        self.index = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.clone(), i))
+            .collect();
+        self.serving.clear();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for m in &n.models {
+                self.serving.entry(m.clone()).or_default().push(i);
+            }
+        }
     }
 
     /// Nodes whose queued work must go elsewhere: silent past the timeout
     /// (lost) or draining.
     pub fn reclaimable(&self, now: Instant) -> Vec<String> {
         self.nodes
-            .values()
+            .iter()
             .filter(|n| !n.healthy(now, self.node_timeout))
             .map(|n| n.id.clone())
             .collect()
@@ -116,15 +149,28 @@ impl Cluster {
     /// Nodes that can take work now.
     pub fn healthy(&self, now: Instant) -> impl Iterator<Item = &NodeView> {
         self.nodes
-            .values()
+            .iter()
             .filter(move |n| n.healthy(now, self.node_timeout))
+    }
+
+    /// Healthy nodes serving `model` that have room, by slot.
+    fn eligible(&self, model: &str, now: Instant) -> impl Iterator<Item = usize> + '_ {
+        let (prefetch, timeout) = (self.prefetch_per_slot, self.node_timeout);
+        self.serving
+            .get(model)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(move |&i| {
+                let n = &self.nodes[i];
+                n.healthy(now, timeout) && n.free(prefetch) > 0
+            })
     }
 
     /// Assignments the cluster can take now for `model`.
     pub fn capacity_for(&self, model: &str, now: Instant) -> u32 {
-        self.healthy(now)
-            .filter(|n| n.models.contains(model))
-            .map(|n| n.free(self.prefetch_per_slot))
+        self.eligible(model, now)
+            .map(|i| self.nodes[i].free(self.prefetch_per_slot))
             .fold(0, u32::saturating_add)
     }
 
@@ -140,56 +186,60 @@ impl Cluster {
     /// against it. Nodes in `avoid` (they failed this job before) are offered
     /// to the policy only when no other node has room.
     pub fn place(&mut self, model: &str, now: Instant, avoid: &[&str]) -> Option<String> {
-        let (prefetch, timeout) = (self.prefetch_per_slot, self.node_timeout);
-        let eligible: Vec<&NodeView> = self
-            .nodes
-            .values()
-            .filter(|n| n.healthy(now, timeout) && n.models.contains(model))
-            .filter(|n| n.free(prefetch) > 0)
-            .collect();
-        let preferred: Vec<&NodeView> = eligible
-            .iter()
-            .copied()
-            .filter(|n| !avoid.contains(&n.id.as_str()))
-            .collect();
-        let pool = if preferred.is_empty() {
+        let eligible: Vec<usize> = self.eligible(model, now).collect();
+        let preferred: Vec<usize> = if avoid.is_empty() {
+            Vec::new()
+        } else {
+            eligible
+                .iter()
+                .copied()
+                .filter(|&i| !avoid.contains(&self.nodes[i].id.as_str()))
+                .collect()
+        };
+        let pool = if avoid.is_empty() || preferred.is_empty() {
             eligible
         } else {
             preferred
         };
         let candidates: Vec<Candidate> = pool
             .iter()
-            .map(|n| Candidate {
-                free: n.free(prefetch),
-                running: n.running,
-                slots: n.slots_total,
-                warm: n
-                    .last_placed
-                    .get(model)
-                    .is_some_and(|at| now.saturating_duration_since(*at) < WARM_FOR),
+            .map(|&i| {
+                let n = &self.nodes[i];
+                Candidate {
+                    free: n.free(self.prefetch_per_slot),
+                    running: n.running,
+                    slots: n.slots_total,
+                    warm: n
+                        .last_placed
+                        .get(model)
+                        .is_some_and(|at| now.saturating_duration_since(*at) < WARM_FOR),
+                }
             })
             .collect();
-        let chosen = pool.get(self.policy.select(&candidates)?)?.id.clone();
-        let node = self.nodes.get_mut(&chosen)?;
+        let chosen = *pool.get(self.policy.select(&candidates)?)?;
+        let node = &mut self.nodes[chosen];
         node.assigned_since_heartbeat += 1;
-        node.last_placed.insert(model.to_owned(), now);
-        Some(chosen)
+        match node.last_placed.get_mut(model) {
+            Some(at) => *at = now,
+            None => {
+                node.last_placed.insert(model.to_owned(), now);
+            }
+        }
+        Some(node.id.clone())
     }
 
     /// Drops nodes silent for much longer than the timeout, so that the view
     /// does not grow with every node that ever existed.
     pub fn forget_stale(&mut self, now: Instant) -> Vec<String> {
         let horizon = self.node_timeout * 10;
-        let stale: Vec<String> = self
-            .nodes
-            .values()
-            .filter(|n| now.saturating_duration_since(n.last_seen) > horizon)
-            .map(|n| n.id.clone())
-            .collect();
-        for id in &stale {
-            self.nodes.remove(id);
+        let (stale, kept): (Vec<NodeView>, Vec<NodeView>) = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .partition(|n| now.saturating_duration_since(n.last_seen) > horizon);
+        self.nodes = kept;
+        if !stale.is_empty() {
+            self.reindex();
         }
-        stale
+        stale.into_iter().map(|n| n.id).collect()
     }
 }
 
