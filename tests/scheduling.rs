@@ -435,3 +435,72 @@ async fn a_lower_level_job_is_served_once_it_waits_past_the_aging_bound() {
         order.len()
     );
 }
+
+fn unix_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    i64::try_from(now.unwrap().as_millis()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_not_started_by_its_deadline_expires_and_one_past_its_timeout_is_cancelled() {
+    let mut stack = Stack::new(StackOptions {
+        slots: 1,
+        base_latency: "1500ms",
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    // No capacity yet: the job with a near deadline cannot start in time.
+    let deadline = unix_ms() + 300;
+    let late = stack
+        .submit_http(
+            &json!({"model": TEXT_MODEL, "deadline_ms": deadline, "input": {"prompt": "too late"}}),
+        )
+        .await;
+    while unix_ms() <= deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.start_agent("node-a");
+    let slow = stack
+        .submit_http(
+            &json!({"model": TEXT_MODEL, "timeout_ms": 200, "input": {"prompt": "too slow"}}),
+        )
+        .await;
+    let fine = stack.submit_http(&text("normal", "in time")).await;
+    let started = std::time::Instant::now();
+    let done = stack
+        .wait_finished_as(
+            &[late.clone(), slow.clone(), fine.clone()],
+            &["succeeded", "failed", "expired", "timed_out"],
+            Duration::from_secs(30),
+        )
+        .await;
+
+    let l = &done[&late];
+    assert_eq!(l["status"], "expired", "{l}");
+    assert_eq!(l["error"]["code"], "expired");
+    let steps: Vec<&str> = l["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["queued", "expired"], "it never ran: {l}");
+
+    let s = &done[&slow];
+    assert_eq!(s["status"], "timed_out", "{s}");
+    assert_eq!(
+        (s["attempt"].as_u64(), s["error"]["code"].as_str()),
+        (Some(1), Some("timed_out")),
+        "never retried: {s}"
+    );
+
+    // The cancelled job freed its slot at once: the next one did not wait
+    // out the 1.5 s it would have taken.
+    assert_eq!(done[&fine]["status"], "succeeded");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -82,6 +82,7 @@ pub fn validate(
         .get(&submission.model)
         .ok_or_else(|| Rejection::UnknownModel(submission.model.clone()))?;
     check_metadata(&submission)?;
+    check_limits(&submission)?;
     let size = submission.input.to_string().len();
     if size > spec.max_input_bytes {
         return Err(Rejection::InputTooLarge {
@@ -102,6 +103,8 @@ pub fn validate(
         attempt: 1,
         max_attempts: spec.max_attempts,
         failures: Vec::new(),
+        deadline_ms: submission.deadline_ms,
+        timeout_ms: submission.timeout_ms,
     })
 }
 
@@ -121,6 +124,22 @@ fn check_metadata(s: &Submission) -> Result<(), Rejection> {
             "metadata entry {k:?}: keys are 1 to {MAX_METADATA_KEY} bytes, values at most {MAX_METADATA_VALUE}"
         ))),
         None => Ok(()),
+    }
+}
+
+const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+
+fn check_limits(s: &Submission) -> Result<(), Rejection> {
+    if let Some(deadline) = s.deadline_ms.filter(|d| *d <= now_ms()) {
+        return Err(Rejection::InvalidRequest(format!(
+            "deadline_ms {deadline} is already past"
+        )));
+    }
+    match s.timeout_ms {
+        Some(t) if t == 0 || t > MAX_TIMEOUT_MS => Err(Rejection::InvalidRequest(format!(
+            "timeout_ms {t} must be between 1 and {MAX_TIMEOUT_MS}"
+        ))),
+        _ => Ok(()),
     }
 }
 

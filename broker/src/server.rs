@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::admission::Admitter;
-use crate::store::{JobStore, SqliteStore, StoreError};
+use crate::store::{JobStore, SqliteStore, Status, StoreError};
 use crate::{BrokerConfig, api, dead_letters, intake, metrics as m, outbox, projection};
 
 #[derive(Debug, thiserror::Error)]
@@ -138,10 +138,7 @@ pub async fn run(
         |s, items: Vec<JobResult>| async move {
             s.apply_results(&items).await?;
             for r in &items {
-                let status = match r.outcome {
-                    switchyard_schemas::Outcome::Succeeded { .. } => "succeeded",
-                    switchyard_schemas::Outcome::Failed { .. } => "failed",
-                };
+                let status = Status::of(&r.outcome).as_str();
                 metrics::counter!(m::FINISHED, "status" => status).increment(1);
             }
             Ok(())

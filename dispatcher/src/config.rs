@@ -148,6 +148,8 @@ mod tests {
                     error: JobError::new(ErrorClass::Overloaded, "busy"),
                 })
                 .collect(),
+            deadline_ms: None,
+            timeout_ms: None,
         }
     }
 

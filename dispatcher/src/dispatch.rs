@@ -4,13 +4,14 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, Context};
 use futures::{FutureExt, StreamExt, TryStreamExt};
+use switchyard_runtime::attempts::{self, Timeline};
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_runtime::{NatsConfig, Registry};
 use switchyard_schemas::{
-    Assignment, CodecError, EventKind, Heartbeat, Job, JobEvent, Priority, SCHEMA_VERSION, decode,
-    encode, now_ms, subjects,
+    Assignment, CodecError, ErrorClass, EventKind, Heartbeat, Job, JobError, JobEvent, Priority,
+    SCHEMA_VERSION, decode, encode, now_ms, subjects,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -276,6 +277,18 @@ async fn dispatch_batch(
                 continue;
             }
         };
+        if job.expired_at(now_ms()) {
+            // Not started by its deadline: it never runs.
+            let error = JobError::new(ErrorClass::Expired, "not started by its deadline");
+            match attempts::finish(js, &job, error, &Timeline::default()).await {
+                Ok(()) => {
+                    metrics::counter!(m::REJECTED, "reason" => "expired").increment(1);
+                    let _ = msg.ack().await;
+                }
+                Err(e) => warn!(job_id = %job.id, error = %e, "could not expire job; will retry"),
+            }
+            continue;
+        }
         if let Some(delay) = cfg.retry_delay(&job, now_ms()) {
             // Backing off after a failure: the job waits in the queue, not here.
             let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;

@@ -250,6 +250,18 @@ async fn execute(
     a: &Assignment,
 ) -> Result<Done, PublishFailed> {
     let job = &a.job;
+    if job.expired_at(now_ms()) {
+        // It waited in this node's queue past its deadline: it never runs.
+        let error = JobError::new(ErrorClass::Expired, "not started by its deadline");
+        let timeline = Timeline {
+            node: Some(node.id.clone()),
+            assigned_at_ms: Some(a.assigned_at_ms),
+            started_at_ms: None,
+        };
+        attempts::finish(&node.js, job, error, &timeline).await?;
+        metrics::counter!(m::JOBS, "outcome" => "expired").increment(1);
+        return Ok(Done::Reported);
+    }
     let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
     let running = JobEvent {
         v: SCHEMA_VERSION,
@@ -278,7 +290,21 @@ async fn execute(
             message: format!("model {:?} is not served on node {}", job.model, node.id),
         })
     } else {
-        let infer = node.engine.infer(&job.model, &job.input);
+        let infer = async {
+            let run = node.engine.infer(&job.model, &job.input);
+            match job.timeout_ms {
+                // Dropping the request at the limit cancels it at the engine.
+                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), run)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(EngineError {
+                            class: ErrorClass::TimedOut,
+                            message: format!("cancelled at its timeout of {ms} ms"),
+                        })
+                    }),
+                None => run.await,
+            }
+        };
         tokio::pin!(infer);
         let mut progress = tokio::time::interval(node.ack_wait / 3);
         progress.tick().await;

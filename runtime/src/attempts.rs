@@ -56,7 +56,7 @@ pub async fn fail(
 ) -> Result<Settled, SettleError> {
     let class = failure.error.class;
     if !class.is_retryable() {
-        publish_result(js, &final_failure(job, failure.error, &timeline)).await?;
+        finish(js, job, failure.error, &timeline).await?;
         return Ok(Settled::Failed);
     }
     if job.may_retry_after_failure() {
@@ -84,8 +84,20 @@ pub async fn fail(
     nats::publish(js, subjects::dead(&job.id), &msg_id, encode(&dead)?)
         .await?
         .await?;
-    publish_result(js, &final_failure(job, error, &timeline)).await?;
+    finish(js, job, error, &timeline).await?;
     Ok(Settled::DeadLettered)
+}
+
+/// Ends the job with `error`, whatever attempts it has left (a fatal error,
+/// a missed deadline, its own timeout).
+pub async fn finish(
+    js: &Context,
+    job: &Job,
+    error: JobError,
+    timeline: &Timeline,
+) -> Result<(), SettleError> {
+    publish_result(js, &final_failure(job, error, timeline)).await?;
+    Ok(())
 }
 
 /// Puts back a job whose attempt never ran (its node is draining), charging

@@ -17,6 +17,10 @@ pub enum ErrorClass {
     Timeout,
     /// A fault inside Switchyard.
     Internal,
+    /// The job was not started by its deadline; it never ran.
+    Expired,
+    /// The job ran past its own execution timeout and was cancelled.
+    TimedOut,
 }
 
 impl ErrorClass {
@@ -37,6 +41,8 @@ impl ErrorClass {
             ErrorClass::Overloaded => "overloaded",
             ErrorClass::Timeout => "timeout",
             ErrorClass::Internal => "internal_error",
+            ErrorClass::Expired => "expired",
+            ErrorClass::TimedOut => "timed_out",
         }
     }
 }
@@ -70,5 +76,7 @@ mod tests {
         assert!(!ErrorClass::InvalidInput.is_retryable());
         assert!(!ErrorClass::UnknownModel.is_retryable());
         assert!(!ErrorClass::Internal.is_retryable());
+        assert!(!ErrorClass::Expired.is_retryable());
+        assert!(!ErrorClass::TimedOut.is_retryable());
     }
 }

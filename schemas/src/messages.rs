@@ -43,6 +43,12 @@ pub struct Submission {
     pub input: serde_json::Value,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Start by this time (Unix ms), or end `expired` without running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<i64>,
+    /// Run for at most this long, or be cancelled and end `timed_out`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// One message of a chat conversation.
@@ -106,6 +112,12 @@ pub struct Job {
     /// Earlier attempts that failed with a retryable error, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<Failure>,
+    /// Start by this time (Unix ms), or end `expired` without running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<i64>,
+    /// Run for at most this long, or be cancelled and end `timed_out`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -142,6 +154,11 @@ impl Job {
     /// charged by failures, so a job handed back unrun loses none.
     pub fn may_retry_after_failure(&self) -> bool {
         self.failures.len() + 1 < self.max_attempts as usize
+    }
+
+    /// Whether the job missed its start deadline at `now_ms`.
+    pub fn expired_at(&self, now_ms: i64) -> bool {
+        self.deadline_ms.is_some_and(|d| now_ms > d)
     }
 
     /// Nodes that failed this job, to be avoided when there is a choice.

@@ -31,6 +31,8 @@ fn job() -> Job {
         attempt: 1,
         max_attempts: 3,
         failures: vec![],
+        deadline_ms: None,
+        timeout_ms: None,
     }
 }
 

@@ -445,6 +445,17 @@ impl Stack {
 
     /// Polls until every job has a final status; returns their records.
     pub async fn wait_finished(&self, ids: &[String], timeout: Duration) -> HashMap<String, Value> {
+        self.wait_finished_as(ids, &["succeeded", "failed"], timeout)
+            .await
+    }
+
+    /// Polls until every job has one of `finals` as its status.
+    pub async fn wait_finished_as(
+        &self,
+        ids: &[String],
+        finals: &[&str],
+        timeout: Duration,
+    ) -> HashMap<String, Value> {
         use futures::StreamExt;
         let deadline = Instant::now() + timeout;
         let mut done = HashMap::new();
@@ -467,7 +478,7 @@ impl Stack {
                 .await;
             let mut progressed = false;
             for (id, (_, v)) in polled {
-                if matches!(v["status"].as_str(), Some("succeeded" | "failed")) {
+                if v["status"].as_str().is_some_and(|s| finals.contains(&s)) {
                     done.insert(id, v);
                     progressed = true;
                 }

@@ -6,7 +6,9 @@ mod sqlite;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use switchyard_schemas::{Job, JobEvent, JobResult, Priority, Usage, UsageEvent};
+use switchyard_schemas::{
+    ErrorClass, Job, JobEvent, JobResult, Outcome, Priority, Usage, UsageEvent,
+};
 
 pub use sqlite::SqliteStore;
 
@@ -60,9 +62,25 @@ pub enum Status {
     Running,
     Succeeded,
     Failed,
+    /// Not started by its deadline; never ran.
+    Expired,
+    /// Cancelled at its own execution timeout.
+    TimedOut,
 }
 
 impl Status {
+    /// The final status a result gives its job.
+    pub fn of(outcome: &Outcome) -> Status {
+        match outcome {
+            Outcome::Succeeded { .. } => Status::Succeeded,
+            Outcome::Failed { error } => match error.class {
+                ErrorClass::Expired => Status::Expired,
+                ErrorClass::TimedOut => Status::TimedOut,
+                _ => Status::Failed,
+            },
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Queued => "queued",
@@ -70,6 +88,8 @@ impl Status {
             Status::Running => "running",
             Status::Succeeded => "succeeded",
             Status::Failed => "failed",
+            Status::Expired => "expired",
+            Status::TimedOut => "timed_out",
         }
     }
 
@@ -80,6 +100,8 @@ impl Status {
             Status::Running,
             Status::Succeeded,
             Status::Failed,
+            Status::Expired,
+            Status::TimedOut,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)

@@ -72,7 +72,7 @@ impl SqliteStore {
                 started_at = CASE WHEN attempt < ?1 THEN ?6
                     WHEN attempt = ?1 THEN COALESCE(started_at, ?6) ELSE started_at END,
                 attempt = MAX(attempt, ?1)
-             WHERE id = ?7 AND status NOT IN ('succeeded', 'failed')"
+             WHERE id = ?7 AND status NOT IN ('succeeded', 'failed', 'expired', 'timed_out')"
         ))
         .bind(attempt)
         .bind(stage)
@@ -90,15 +90,10 @@ impl SqliteStore {
         tx: &mut Transaction<'_, Sqlite>,
         r: &JobResult,
     ) -> Result<(), sqlx::Error> {
-        let (status, output, error, usage) = match &r.outcome {
-            Outcome::Succeeded { output, usage } => (
-                Status::Succeeded,
-                Some(output.to_string()),
-                None,
-                Some(*usage),
-            ),
+        let status = Status::of(&r.outcome);
+        let (output, error, usage) = match &r.outcome {
+            Outcome::Succeeded { output, usage } => (Some(output.to_string()), None, Some(*usage)),
             Outcome::Failed { error } => (
-                Status::Failed,
                 None,
                 Some((error.class.code(), error.message.as_str())),
                 None,
@@ -113,7 +108,7 @@ impl SqliteStore {
                 assigned_at = CASE WHEN attempt < ?9 THEN ?11 ELSE COALESCE(assigned_at, ?11) END,
                 started_at = CASE WHEN attempt < ?9 THEN ?12 ELSE COALESCE(started_at, ?12) END,
                 attempt = MAX(attempt, ?9)
-             WHERE id = ?10 AND status NOT IN ('succeeded', 'failed') AND attempt <= ?9",
+             WHERE id = ?10 AND status NOT IN ('succeeded', 'failed', 'expired', 'timed_out') AND attempt <= ?9",
         )
         .bind(status.as_str())
         .bind(output)
@@ -416,6 +411,8 @@ mod tests {
             attempt: 1,
             max_attempts: 3,
             failures: vec![],
+            deadline_ms: None,
+            timeout_ms: None,
         }
     }
 
