@@ -504,3 +504,85 @@ async fn a_job_not_started_by_its_deadline_expires_and_one_past_its_timeout_is_c
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_job_never_runs_or_stops_running() {
+    let mut stack = Stack::new(StackOptions {
+        slots: 1,
+        base_latency: "3s",
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    let counter = ResultCounter::start(&stack.nats.client().await).await;
+    let (http, base) = (stack.http.clone(), stack.broker_url(""));
+    let cancel = |id: &str| {
+        let url = format!("{base}/v1/jobs/{id}/cancel");
+        let http = http.clone();
+        async move {
+            let r = http.post(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+
+    // Queued: it ends at once and never runs, even once a node is there.
+    let queued = stack.submit_http(&text("normal", "never mind")).await;
+    let (status, body) = cancel(&queued).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("cancelled")),
+        "{body}"
+    );
+    assert_eq!(stack.get_job(&queued).await.1["status"], "cancelled");
+    stack.start_agent("node-a");
+
+    // Running: a NATS client cancels it, and the engine call is dropped.
+    let running = stack.submit_http(&text("normal", "long one")).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stack.get_job(&running).await.1["status"] != "running" {
+        assert!(std::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = stack.nats.client().await;
+    let reply = client
+        .request("sy.cancel", running.clone().into())
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(v["status"], "cancelled", "{v}");
+
+    // The one slot frees at once: the next job does not wait out the 3 s.
+    let started = std::time::Instant::now();
+    let next = stack.submit_http(&text("normal", "after")).await;
+    stack
+        .wait_finished(std::slice::from_ref(&next), Duration::from_secs(20))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(5500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    for id in [&queued, &running] {
+        let (_, r) = stack.get_job(id).await;
+        assert_eq!(r["status"], "cancelled", "{r}");
+        assert_eq!(r["error"]["code"], "cancelled");
+        assert_eq!(counter.snapshot().get(id.as_str()), Some(&1), "one result");
+    }
+    let steps = stack.get_job(&queued).await.1["transitions"].clone();
+    assert_eq!(
+        steps.as_array().unwrap().len(),
+        2,
+        "queued then cancelled: {steps}"
+    );
+
+    // Nothing left to cancel: finished and unknown jobs.
+    let (status, body) = cancel(&next).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("not_cancellable"))
+    );
+    let (status, _) = cancel("no-such-job").await;
+    assert_eq!(status, 404);
+}

@@ -19,7 +19,9 @@ use tracing::error;
 
 use crate::BrokerConfig;
 use crate::admission::{Admitter, Rejection, SubmitError};
+use crate::cancel::{self, CancelError};
 use crate::store::{JobRecord, Source};
+use async_nats::jetstream::kv;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -33,6 +35,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("job {0:?} is not failed, so it cannot be replayed")]
     NotFailed(String),
+    #[error(transparent)]
+    Cancel(#[from] CancelError),
     #[error("{message}")]
     QueueFull { message: String, retry_after: u64 },
     #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
@@ -68,6 +72,16 @@ impl ApiError {
             ApiError::IdempotencyInFlight => (StatusCode::CONFLICT, "idempotency_conflict"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NotFailed(_) => (StatusCode::CONFLICT, "not_failed"),
+            ApiError::Cancel(e) => {
+                let status = match e {
+                    CancelError::NotFound(_) => StatusCode::NOT_FOUND,
+                    CancelError::Final { .. } => StatusCode::CONFLICT,
+                    CancelError::Store(_) | CancelError::Unavailable(_) => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                };
+                (status, e.code())
+            }
             ApiError::Submit(SubmitError::Store(_)) | ApiError::Store(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
@@ -110,13 +124,15 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub fn router(admitter: Admitter, cfg: &BrokerConfig) -> Router {
+pub fn router(admitter: Admitter, cancellations: kv::Store, cfg: &BrokerConfig) -> Router {
     Router::new()
         .route("/v1/jobs", post(submit))
         .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(ApiState {
             admitter,
+            cancellations,
             max_body_bytes: cfg.max_body_bytes,
             queue_full_retry_after: cfg.queue_full_retry_after.as_secs().max(1),
             idempotency_window_ms: i64::try_from(cfg.idempotency_window.as_millis())
@@ -127,6 +143,7 @@ pub fn router(admitter: Admitter, cfg: &BrokerConfig) -> Router {
 #[derive(Clone)]
 struct ApiState {
     admitter: Admitter,
+    cancellations: kv::Store,
     max_body_bytes: usize,
     queue_full_retry_after: u64,
     idempotency_window_ms: i64,
@@ -257,6 +274,14 @@ async fn get_job(
         .await?
         .ok_or(ApiError::NotFound(id))?;
     Ok(axum::Json(JobView::from(record)))
+}
+
+async fn cancel_job(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    cancel::cancel(&s.admitter, &s.cancellations, &id).await?;
+    Ok(axum::Json(json!({"id": id, "status": "cancelled"})))
 }
 
 fn rfc3339(ms: i64) -> String {

@@ -4,6 +4,7 @@
 
 mod admission;
 mod api;
+mod cancel;
 mod config;
 mod dead_letters;
 mod intake;

@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::admission::Admitter;
 use crate::store::{JobStore, SqliteStore, Status, StoreError};
-use crate::{BrokerConfig, api, dead_letters, intake, metrics as m, outbox, projection};
+use crate::{BrokerConfig, api, cancel, dead_letters, intake, metrics as m, outbox, projection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -104,7 +104,11 @@ pub async fn run(
     let ready = Readiness::default();
     let dead = nats::stream(&admitter.js, subjects::DEAD_STREAM).await?;
     let results_stream = nats::stream(&admitter.js, subjects::RESULTS_STREAM).await?;
-    let router = api::router(admitter.clone(), &cfg)
+    let cancellations = nats::cancellations(&admitter.js, &nats_cfg).await?;
+    let cancel_requests = client
+        .queue_subscribe(subjects::CANCEL, "broker".into())
+        .await?;
+    let router = api::router(admitter.clone(), cancellations.clone(), &cfg)
         .merge(dead_letters::router(admitter.clone(), dead, results_stream))
         .merge(ops::router(metrics, ready.clone()));
 
@@ -114,6 +118,12 @@ pub async fn run(
         admitter.clone(),
         intake_consumer,
         cfg.intake_concurrency,
+        shutdown.clone(),
+    ));
+    tasks.spawn(cancel::serve_requests(
+        admitter.clone(),
+        cancellations,
+        cancel_requests,
         shutdown.clone(),
     ));
     tasks.spawn(intake::serve_requests(

@@ -1,9 +1,10 @@
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::{self, AckKind, Context};
+use async_nats::jetstream::{self, AckKind, Context, kv};
 use futures::StreamExt;
 use switchyard_runtime::NatsConfig;
 use switchyard_runtime::attempts::{self, Timeline};
@@ -43,6 +44,9 @@ struct Node {
     /// Wakes the heartbeat loop when a slot frees up.
     slot_freed: Notify,
     ack_wait: Duration,
+    cancellations: kv::Store,
+    /// Running jobs, so that a cancellation can reach them.
+    aborts: Mutex<HashMap<String, CancellationToken>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled, then drains.
@@ -75,6 +79,7 @@ pub async fn run(
     )
     .await?;
     let results = nats::stream(&js, subjects::RESULTS_STREAM).await?;
+    let cancellations = nats::cancellations(&js, &nats_cfg).await?;
     let node = Arc::new(Node {
         id: cfg.node_id.clone(),
         js,
@@ -84,6 +89,8 @@ pub async fn run(
         running: AtomicU32::new(0),
         slot_freed: Notify::new(),
         ack_wait: cfg.ack_wait,
+        cancellations,
+        aborts: Mutex::new(HashMap::new()),
     });
     metrics::gauge!(m::SLOTS).set(f64::from(slots));
 
@@ -95,6 +102,7 @@ pub async fn run(
         shutdown.clone(),
         stop_heartbeats.clone(),
     ));
+    tasks.spawn(watch_cancellations(node.clone(), stop_heartbeats.clone()));
     ready.watch(&node.client);
     ready.set(true);
     info!(node = %cfg.node_id, slots, listen = %cfg.listen, "gpu-agent ready");
@@ -262,6 +270,11 @@ async fn execute(
         metrics::counter!(m::JOBS, "outcome" => "expired").increment(1);
         return Ok(Done::Reported);
     }
+    if matches!(node.cancellations.get(job.id.as_str()).await, Ok(Some(_))) {
+        // Cancelled while it waited: its result is already stored.
+        metrics::counter!(m::JOBS, "outcome" => "cancelled").increment(1);
+        return Ok(Done::Reported);
+    }
     let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
     let running = JobEvent {
         v: SCHEMA_VERSION,
@@ -306,11 +319,20 @@ async fn execute(
             }
         };
         tokio::pin!(infer);
+        let abort = CancellationToken::new();
+        lock(&node.aborts).insert(job.id.clone(), abort.clone());
         let mut progress = tokio::time::interval(node.ack_wait / 3);
         progress.tick().await;
-        loop {
+        let outcome = loop {
             tokio::select! {
                 r = &mut infer => break r,
+                () = abort.cancelled() => {
+                    // Dropping the request cancels it at the engine.
+                    break Err(EngineError {
+                        class: ErrorClass::Cancelled,
+                        message: "cancelled by request".into(),
+                    });
+                }
                 _ = progress.tick() => {
                     // A lapsed lease is not renewed: the work may be elsewhere now.
                     if !lease.held() {
@@ -324,7 +346,9 @@ async fn execute(
                     lease.renewed();
                 }
             }
-        }
+        };
+        lock(&node.aborts).remove(&job.id);
+        outcome
     };
     if !lease.held() {
         // Paused or cut off past the ack wait: the assignment was handed out
@@ -344,6 +368,11 @@ async fn execute(
     };
     let inf = match inference {
         Ok(inf) => inf,
+        Err(e) if e.class == ErrorClass::Cancelled => {
+            // The broker stored the job's result when it cancelled it.
+            metrics::counter!(m::JOBS, "outcome" => "cancelled").increment(1);
+            return Ok(Done::Reported);
+        }
         Err(e) => {
             warn!(class = ?e.class, error = %e.message, "engine failed the job");
             let failure = Failure {
@@ -391,6 +420,38 @@ async fn execute(
     };
     metrics::counter!(m::JOBS, "outcome" => outcome).increment(1);
     Ok(Done::Reported)
+}
+
+/// Aborts running jobs as their cancellations arrive.
+async fn watch_cancellations(node: Arc<Node>, stop: CancellationToken) {
+    let mut watch = match node.cancellations.watch_all().await {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot watch cancellations; running jobs cannot be cancelled");
+            return;
+        }
+    };
+    loop {
+        let entry = tokio::select! {
+            () = stop.cancelled() => return,
+            entry = watch.next() => entry,
+        };
+        match entry {
+            Some(Ok(entry)) => {
+                if let Some(abort) = lock(&node.aborts).get(&entry.key) {
+                    info!(job_id = %entry.key, "cancelling running job");
+                    abort.cancel();
+                }
+            }
+            Some(Err(e)) => warn!(error = %e, "cancellation watch failed"),
+            None => return,
+        }
+    }
+}
+
+/// The lock holds plain data, so a panic elsewhere leaves it usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What became of an assignment this agent ran.

@@ -29,6 +29,8 @@ pub enum NatsError {
         durable: String,
         source: jetstream::stream::ConsumerError,
     },
+    #[error("cannot create or update the cancellation bucket: {0}")]
+    Bucket(String),
     #[error("cannot open stream {stream}: {source}")]
     GetStream {
         stream: &'static str,
@@ -126,7 +128,8 @@ pub fn stream_configs(cfg: &NatsConfig) -> Vec<stream::Config> {
     ]
 }
 
-/// Creates the streams, or brings existing ones to the configured settings.
+/// Creates the streams and the cancellation bucket, or brings existing ones
+/// to the configured settings.
 pub async fn ensure_streams(js: &Context, cfg: &NatsConfig) -> Result<(), NatsError> {
     for config in stream_configs(cfg) {
         let stream = config.name.clone();
@@ -134,7 +137,25 @@ pub async fn ensure_streams(js: &Context, cfg: &NatsConfig) -> Result<(), NatsEr
             .await
             .map_err(|source| NatsError::Stream { stream, source })?;
     }
+    cancellations(js, cfg).await?;
     Ok(())
+}
+
+/// The bucket of cancelled job ids; a key lives as long as results do.
+pub async fn cancellations(
+    js: &Context,
+    cfg: &NatsConfig,
+) -> Result<jetstream::kv::Store, NatsError> {
+    js.create_or_update_key_value(jetstream::kv::Config {
+        bucket: subjects::CANCEL_BUCKET.to_owned(),
+        history: 1,
+        max_age: cfg.result_retention,
+        storage: StorageType::File,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| NatsError::Bucket(e.to_string()))
 }
 
 /// Settings of a durable pull consumer with explicit acks.

@@ -21,6 +21,8 @@ pub enum ErrorClass {
     Expired,
     /// The job ran past its own execution timeout and was cancelled.
     TimedOut,
+    /// A client cancelled the job.
+    Cancelled,
 }
 
 impl ErrorClass {
@@ -43,6 +45,7 @@ impl ErrorClass {
             ErrorClass::Internal => "internal_error",
             ErrorClass::Expired => "expired",
             ErrorClass::TimedOut => "timed_out",
+            ErrorClass::Cancelled => "cancelled",
         }
     }
 }

@@ -25,6 +25,10 @@ pub const EVENTS_ALL: &str = "sy.events.*";
 pub const RESULTS_ALL: &str = "sy.results.*";
 pub const USAGE_ALL: &str = "sy.usage.*";
 pub const DEAD_ALL: &str = "sy.dead.*";
+/// JetStream KV bucket of cancelled job ids, watched by agents.
+pub const CANCEL_BUCKET: &str = "cancelled";
+/// Core NATS request/reply: cancel the job named in the body.
+pub const CANCEL: &str = "sy.cancel";
 /// Core NATS request/reply intake: `sy.admit.<priority>`.
 pub const ADMIT_ALL: &str = "sy.admit.*";
 /// Core NATS heartbeats: `sy.heartbeat.<node>` (state, not history: not stored).

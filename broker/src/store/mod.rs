@@ -66,6 +66,8 @@ pub enum Status {
     Expired,
     /// Cancelled at its own execution timeout.
     TimedOut,
+    /// Cancelled by a client.
+    Cancelled,
 }
 
 impl Status {
@@ -76,6 +78,7 @@ impl Status {
             Outcome::Failed { error } => match error.class {
                 ErrorClass::Expired => Status::Expired,
                 ErrorClass::TimedOut => Status::TimedOut,
+                ErrorClass::Cancelled => Status::Cancelled,
                 _ => Status::Failed,
             },
         }
@@ -90,7 +93,13 @@ impl Status {
             Status::Failed => "failed",
             Status::Expired => "expired",
             Status::TimedOut => "timed_out",
+            Status::Cancelled => "cancelled",
         }
+    }
+
+    /// Whether nothing changes a job any more.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Queued | Status::Assigned | Status::Running)
     }
 
     pub fn parse(s: &str) -> Option<Status> {
@@ -102,6 +111,7 @@ impl Status {
             Status::Failed,
             Status::Expired,
             Status::TimedOut,
+            Status::Cancelled,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)

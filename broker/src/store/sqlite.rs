@@ -72,7 +72,7 @@ impl SqliteStore {
                 started_at = CASE WHEN attempt < ?1 THEN ?6
                     WHEN attempt = ?1 THEN COALESCE(started_at, ?6) ELSE started_at END,
                 attempt = MAX(attempt, ?1)
-             WHERE id = ?7 AND status NOT IN ('succeeded', 'failed', 'expired', 'timed_out')"
+             WHERE id = ?7 AND status NOT IN ('succeeded', 'failed', 'expired', 'timed_out', 'cancelled')"
         ))
         .bind(attempt)
         .bind(stage)
@@ -108,7 +108,7 @@ impl SqliteStore {
                 assigned_at = CASE WHEN attempt < ?9 THEN ?11 ELSE COALESCE(assigned_at, ?11) END,
                 started_at = CASE WHEN attempt < ?9 THEN ?12 ELSE COALESCE(started_at, ?12) END,
                 attempt = MAX(attempt, ?9)
-             WHERE id = ?10 AND status NOT IN ('succeeded', 'failed', 'expired', 'timed_out') AND attempt <= ?9",
+             WHERE id = ?10 AND status NOT IN ('succeeded', 'failed', 'expired', 'timed_out', 'cancelled') AND attempt <= ?9",
         )
         .bind(status.as_str())
         .bind(output)

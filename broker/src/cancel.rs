@@ -1,0 +1,130 @@
+//! Cancelling a job. The job ends at once: its one result (`cancelled`) is
+//! stored first, so no later outcome can replace it; then its id goes into
+//! the cancellation bucket, which agents consult before starting a job and
+//! watch to abort one that runs.
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use serde_json::json;
+use switchyard_runtime::attempts;
+use switchyard_schemas::{
+    ErrorBody, ErrorClass, JobError, JobResult, Outcome, SCHEMA_VERSION, now_ms, subjects,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admission::Admitter;
+use crate::store::{Status, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no job with id {0:?}")]
+    NotFound(String),
+    #[error("job {id:?} is already {status}", status = .status.as_str())]
+    Final { id: String, status: Status },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the queue is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl CancelError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            CancelError::NotFound(_) => "not_found",
+            CancelError::Final { .. } => "not_cancellable",
+            CancelError::Store(_) => "store_unavailable",
+            CancelError::Unavailable(_) => "queue_unavailable",
+        }
+    }
+}
+
+/// Ends job `id` as cancelled, unless it has already ended.
+pub async fn cancel(
+    admitter: &Admitter,
+    cancellations: &kv::Store,
+    id: &str,
+) -> Result<(), CancelError> {
+    let unavailable = |e: String| CancelError::Unavailable(e);
+    let record = admitter
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(|| CancelError::NotFound(id.to_owned()))?;
+    if record.status.is_final() {
+        return Err(CancelError::Final {
+            id: id.to_owned(),
+            status: record.status,
+        });
+    }
+    let result = JobResult {
+        v: SCHEMA_VERSION,
+        job_id: id.to_owned(),
+        attempt: record.attempt,
+        node: record.node,
+        assigned_at_ms: record.assigned_at_ms,
+        started_at_ms: record.started_at_ms,
+        finished_at_ms: now_ms(),
+        outcome: Outcome::Failed {
+            error: JobError::new(ErrorClass::Cancelled, "cancelled by request"),
+        },
+    };
+    let stored = attempts::publish_result(&admitter.js, &result)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    if !stored {
+        // It finished a moment ago: that outcome stands.
+        let status = admitter
+            .store
+            .get(id)
+            .await?
+            .map_or(Status::Running, |r| r.status);
+        return Err(CancelError::Final {
+            id: id.to_owned(),
+            status,
+        });
+    }
+    // Only now tell the agents: the stored result is the broker's, so an
+    // agent that aborts on this news cannot race it with its own.
+    if let Err(e) = cancellations.put(id, now_ms().to_string().into()).await {
+        warn!(job_id = %id, error = %e, "job cancelled, but a running attempt will not be aborted");
+    }
+    admitter.store.apply_results(&[result]).await?;
+    info!(job_id = %id, "job cancelled");
+    Ok(())
+}
+
+/// Serves `sy.cancel` requests (body: the job id) until `shutdown`.
+pub async fn serve_requests(
+    admitter: Admitter,
+    cancellations: kv::Store,
+    mut requests: async_nats::Subscriber,
+    shutdown: CancellationToken,
+) {
+    let client = admitter.js.client();
+    let served = (&mut requests)
+        .take_until(shutdown.cancelled_owned())
+        .for_each_concurrent(64, |req| {
+            let (admitter, cancellations, client) =
+                (admitter.clone(), cancellations.clone(), client.clone());
+            async move {
+                let Some(reply_to) = req.reply.clone() else {
+                    return;
+                };
+                let id = String::from_utf8_lossy(&req.payload).trim().to_owned();
+                let reply = if !subjects::is_valid_id(&id) {
+                    json!({"error": ErrorBody { code: "invalid_request".into(), message: "the body must be a job id".into() }})
+                } else {
+                    match cancel(&admitter, &cancellations, &id).await {
+                        Ok(()) => json!({"id": id, "status": "cancelled"}),
+                        Err(e) => json!({"error": ErrorBody { code: e.code().into(), message: e.to_string() }}),
+                    }
+                };
+                if let Err(e) = client.publish(reply_to, reply.to_string().into()).await {
+                    warn!(error = %e, "cancel reply not sent");
+                }
+            }
+        });
+    served.await;
+    let _ = requests.unsubscribe().await;
+}
