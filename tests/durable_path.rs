@@ -150,13 +150,6 @@ async fn queued_jobs_survive_sigkill_of_broker_and_dispatcher() {
     assert_all_correct(&jobs, &records, &counter.snapshot());
 }
 
-async fn agent_gauge(stack: &Stack, node: &str, metric: &str) -> f64 {
-    let text = stack.metrics_text(node).await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(metric)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_of_a_killed_agent_are_redelivered_and_reported_once() {
     let mut stack = Stack::running(
@@ -176,11 +169,7 @@ async fn jobs_of_a_killed_agent_are_redelivered_and_reported_once() {
         jobs.insert(stack.submit_http(&chat_body(&prompt, 6)).await, prompt);
     }
     // Wait until node-a is busy, then kill it mid-job.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while agent_gauge(&stack, "node-a", "switchyard_agent_running_jobs").await < 1.0 {
-        assert!(Instant::now() < deadline, "node-a never ran a job");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stack.wait_running("node-a").await;
     let mut interrupted = Vec::new();
     for id in jobs.keys() {
         let (_, r) = stack.get_job(id).await;

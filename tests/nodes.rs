@@ -17,22 +17,6 @@ fn text(prompt: &str) -> Value {
     json!({"model": TEXT_MODEL, "input": {"prompt": prompt, "max_tokens": 4}})
 }
 
-async fn gauge(stack: &Stack, name: &str, metric: &str) -> f64 {
-    let text = stack.metrics_text(name).await;
-    text.lines()
-        .filter(|l| l.starts_with(metric))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn wait_running(stack: &Stack, node: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while gauge(stack, node, "switchyard_agent_running_jobs").await < 1.0 {
-        assert!(Instant::now() < deadline, "{node} never ran a job");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn assert_each_succeeded_once(
     records: &HashMap<String, Value>,
     prompts: &HashMap<String, String>,
@@ -72,7 +56,7 @@ async fn work_of_a_lost_node_finishes_elsewhere() {
         let prompt = format!("lost node job {i}");
         prompts.insert(stack.submit_http(&text(&prompt)).await, prompt);
     }
-    wait_running(&stack, "node-a").await;
+    stack.wait_running("node-a").await;
     // Killed and never restarted: its queued and running work must move.
     stack.sigkill("node-a");
 
@@ -93,12 +77,9 @@ async fn work_of_a_lost_node_finishes_elsewhere() {
         "reclaimed work ran on the surviving node"
     );
     assert!(
-        gauge(
-            &stack,
-            "dispatcher",
-            "switchyard_dispatcher_reclaimed_total"
-        )
-        .await
+        stack
+            .metric("dispatcher", "switchyard_dispatcher_reclaimed_total")
+            .await
             >= 1.0
     );
 }
@@ -119,7 +100,7 @@ async fn a_draining_node_finishes_what_it_runs_and_hands_back_the_rest() {
         let prompt = format!("drain job {i}");
         prompts.insert(stack.submit_http(&text(&prompt)).await, prompt);
     }
-    wait_running(&stack, "node-a").await;
+    stack.wait_running("node-a").await;
     // Node-a also holds an assignment it has not started.
     let js = async_nats::jetstream::new(stack.nats.client().await);
     let work = js.get_stream("WORK").await.unwrap();
@@ -149,12 +130,12 @@ async fn a_draining_node_finishes_what_it_runs_and_hands_back_the_rest() {
     );
     // What it held but had not started went back without being charged a
     // failure, and ran on node-b.
-    let requeued = gauge(
-        &stack,
-        "dispatcher",
-        "switchyard_dispatcher_reclaimed_total{outcome=\"requeued\"}",
-    )
-    .await;
+    let requeued = stack
+        .metric(
+            "dispatcher",
+            "switchyard_dispatcher_reclaimed_total{outcome=\"requeued\"}",
+        )
+        .await;
     assert!(requeued >= 1.0, "nothing was handed back");
     assert!(records.values().all(|r| r["error"].is_null()));
 }
@@ -212,7 +193,7 @@ async fn a_paused_agent_past_its_ack_wait_is_fenced_out_when_it_resumes() {
         let prompt = format!("paused job {i}");
         prompts.insert(stack.submit_http(&text(&prompt)).await, prompt);
     }
-    wait_running(&stack, "node-a").await;
+    stack.wait_running("node-a").await;
     stack
         .proc("node-a")
         .signal(nix::sys::signal::Signal::SIGSTOP);
@@ -231,12 +212,9 @@ async fn a_paused_agent_past_its_ack_wait_is_fenced_out_when_it_resumes() {
         .proc("node-a")
         .signal(nix::sys::signal::Signal::SIGCONT);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while gauge(
-        &stack,
-        "node-a",
-        "switchyard_agent_jobs_total{outcome=\"fenced\"}",
-    )
-    .await
+    while stack
+        .metric("node-a", "switchyard_agent_jobs_total{outcome=\"fenced\"}")
+        .await
         < 1.0
     {
         assert!(

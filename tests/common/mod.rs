@@ -414,6 +414,25 @@ impl Stack {
         r.text().await.expect("metrics body")
     }
 
+    /// The sum of a component's samples whose line starts with `metric`
+    /// (a name, or a name with labels); 0 when there are none.
+    pub async fn metric(&self, name: &str, metric: &str) -> f64 {
+        let text = self.metrics_text(name).await;
+        text.lines()
+            .filter(|l| l.starts_with(metric))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until agent `node` runs at least one job.
+    pub async fn wait_running(&self, node: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.metric(node, "switchyard_agent_running_jobs").await < 1.0 {
+            assert!(Instant::now() < deadline, "{node} never ran a job");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn broker_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.broker_port)
     }
