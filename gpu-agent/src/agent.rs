@@ -157,11 +157,13 @@ async fn fetch_loop(
         };
         match next {
             Some(Ok(msg)) => {
+                // The server's ack wait runs from delivery, so ours does too.
+                let lease = Lease::new(node.ack_wait);
                 let node = node.clone();
                 let abort = abort.clone();
                 jobs.spawn(async move {
                     tokio::select! {
-                        () = run_assignment(&node, msg) => {}
+                        () = run_assignment(&node, msg, lease) => {}
                         () = abort.cancelled() => {}
                     }
                 });
@@ -173,7 +175,7 @@ async fn fetch_loop(
     }
 }
 
-async fn run_assignment(node: &Node, msg: jetstream::Message) {
+async fn run_assignment(node: &Node, msg: jetstream::Message, lease: Lease) {
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let assignment: Assignment = match decode(&msg.payload) {
         Ok(a) => a,
@@ -196,7 +198,7 @@ async fn run_assignment(node: &Node, msg: jetstream::Message) {
         }
         node.running.fetch_add(1, Ordering::SeqCst);
         metrics::gauge!(m::RUNNING).increment(1.0);
-        let outcome = execute(node, &msg, &assignment).await;
+        let outcome = execute(node, &msg, &assignment, lease).await;
         node.running.fetch_sub(1, Ordering::SeqCst);
         metrics::gauge!(m::RUNNING).decrement(1.0);
         node.slot_freed.notify_one();
@@ -256,8 +258,14 @@ async fn execute(
     node: &Node,
     msg: &jetstream::Message,
     a: &Assignment,
+    mut lease: Lease,
 ) -> Result<Done, PublishFailed> {
     let job = &a.job;
+    if !lease.held() {
+        // Paused between delivery and start: the assignment may already be
+        // running elsewhere.
+        return Ok(fenced());
+    }
     if job.expired_at(now_ms()) {
         // It waited in this node's queue past its deadline: it never runs.
         let error = JobError::new(ErrorClass::Expired, "not started by its deadline");
@@ -295,7 +303,6 @@ async fn execute(
 
     let started = Instant::now();
     let started_at_ms = now_ms();
-    let mut lease = Lease::new(node.ack_wait);
     let inference = if !node.engine.models().contains(&job.model) {
         // Misrouted: running it would answer with another model.
         Err(EngineError {
@@ -354,8 +361,7 @@ async fn execute(
         // Paused or cut off past the ack wait: the assignment was handed out
         // again, so this attempt's outcome must not be reported.
         warn!("lease lapsed while running; outcome discarded");
-        metrics::counter!(m::JOBS, "outcome" => "fenced").increment(1);
-        return Ok(Done::Fenced);
+        return Ok(fenced());
     }
     let engine_time = started.elapsed();
     metrics::histogram!(m::ENGINE_SECONDS).record(engine_time.as_secs_f64());
@@ -452,6 +458,11 @@ async fn watch_cancellations(node: Arc<Node>, stop: CancellationToken) {
 /// The lock holds plain data, so a panic elsewhere leaves it usable.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn fenced() -> Done {
+    metrics::counter!(m::JOBS, "outcome" => "fenced").increment(1);
+    Done::Fenced
 }
 
 /// What became of an assignment this agent ran.
