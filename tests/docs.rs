@@ -24,7 +24,7 @@ fn block_after(markdown: &str, marker: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_api_python_example_runs_and_prints_what_the_doc_says() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/nats-api.md"))
+    let doc = std::fs::read_to_string(common::repo_root().join("docs/nats-api.md"))
         .expect("docs/nats-api.md");
     let stack = Stack::running(StackOptions::default(), &["node-a"]);
 

@@ -21,8 +21,10 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// Read when the test runs, not when it is built: a cached build may come
+/// from a checkout at another path.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
 }
 
 /// The nats-server to test against: `$NATS_SERVER_BIN`, the one the
