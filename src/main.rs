@@ -10,7 +10,9 @@ use serde::Deserialize;
 use switchyard_broker::BrokerConfig;
 use switchyard_dispatcher::DispatcherConfig;
 use switchyard_gpu_agent::AgentConfig;
-use switchyard_runtime::{Issues, ModelSpec, NatsConfig, Registry, config, shutdown, telemetry};
+use switchyard_runtime::{
+    Issues, ModelSpec, NatsConfig, Registry, TenantSpec, Tenants, config, shutdown, telemetry,
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -60,6 +62,8 @@ struct FileConfig {
     #[serde(default)]
     models: Vec<ModelSpec>,
     #[serde(default)]
+    tenants: Vec<TenantSpec>,
+    #[serde(default)]
     broker: BrokerConfig,
     #[serde(default)]
     dispatcher: DispatcherConfig,
@@ -77,10 +81,14 @@ struct LogConfig {
 }
 
 /// Validates the sections `command` needs, reporting every problem at once.
-fn validate(file: &FileConfig, command: &Command) -> Result<Registry, config::ConfigError> {
+fn validate(
+    file: &FileConfig,
+    command: &Command,
+) -> Result<(Registry, Tenants), config::ConfigError> {
     let mut issues = Issues::default();
     file.nats.validate(&mut issues);
     let registry = Registry::new(&file.models, &mut issues);
+    let tenants = Tenants::new(&file.tenants, &mut issues);
     let check_agent = |issues: &mut Issues| match &file.agent {
         Some(agent) => agent.validate(&registry, issues),
         None => issues.push("agent", "missing", "the agent needs an agent: section"),
@@ -98,15 +106,15 @@ fn validate(file: &FileConfig, command: &Command) -> Result<Registry, config::Co
             }
         }
     }
-    issues.into_result().map(|()| registry)
+    issues.into_result().map(|()| (registry, tenants))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Configuration is checked whole before anything starts or binds a port.
     let loaded = config::load::<FileConfig>(cli.config.as_deref())
-        .and_then(|file| validate(&file, &cli.command).map(|registry| (file, registry)));
-    let (file, registry) = match loaded {
+        .and_then(|file| validate(&file, &cli.command).map(|valid| (file, valid)));
+    let (file, (registry, tenants)) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {e}");
@@ -128,7 +136,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, file, registry)) {
+    match runtime.block_on(run(cli.command, file, registry, tenants)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "exiting");
@@ -137,7 +145,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, file: FileConfig, registry: Registry) -> anyhow::Result<()> {
+async fn run(
+    command: Command,
+    file: FileConfig,
+    registry: Registry,
+    tenants: Tenants,
+) -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics()?;
     let token = CancellationToken::new();
     let t = token.clone();
@@ -150,7 +163,7 @@ async fn run(command: Command, file: FileConfig, registry: Registry) -> anyhow::
         .context("broker")?,
         Command::Dispatcher => shutdown::run_until_signal(
             token,
-            switchyard_dispatcher::run(file.dispatcher, file.nats, registry, metrics, t),
+            switchyard_dispatcher::run(file.dispatcher, file.nats, registry, tenants, metrics, t),
         )
         .await
         .context("dispatcher")?,

@@ -272,7 +272,7 @@ async fn garbage_on_internal_subjects_does_not_stop_the_pipeline() {
     let garbage = b"\x92\xa4junk\xc3".to_vec();
     let valid_but_wrong = switchyard_schemas::encode(&json!({"v": 1, "hello": "world"})).unwrap();
     for subject in [
-        format!("sy.jobs.normal.{CHAT_MODEL}"),
+        format!("sy.jobs.normal.{CHAT_MODEL}.default"),
         "sy.work.node-a".to_owned(),
         format!("sy.events.{victim}"),
         format!("sy.results.{victim}"),

@@ -436,6 +436,67 @@ async fn a_lower_level_job_is_served_once_it_waits_past_the_aging_bound() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenants_share_a_level_by_weight_however_much_each_one_queues() {
+    let mut stack = Stack::new(StackOptions {
+        slots: 1,
+        base_latency: "20ms",
+        tenants: "[{name: gold, weight: 3}]",
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    let counter = ResultCounter::start(&stack.nats.client().await).await;
+    let submit = |tenant: &'static str, i: usize| {
+        let body = json!({
+            "model": TEXT_MODEL,
+            "tenant": tenant,
+            "input": {"prompt": format!("{tenant} {i}")},
+        });
+        let stack = &stack;
+        async move { stack.submit_http(&body).await }
+    };
+    // Queued in this order, first come first served would run every
+    // flood job before any other tenant's.
+    let mut tenant_of = std::collections::HashMap::new();
+    for (tenant, n) in [("flood", 40), ("small", 6), ("gold", 30)] {
+        for i in 0..n {
+            tenant_of.insert(submit(tenant, i).await, tenant);
+        }
+    }
+    let refused = stack
+        .http
+        .post(stack.broker_url("/v1/jobs"))
+        .json(&json!({"model": TEXT_MODEL, "tenant": "a.b", "input": {"prompt": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], "invalid_request", "{refused}");
+
+    stack.start_agent("node-a");
+    let ids: Vec<String> = tenant_of.keys().cloned().collect();
+    let records = stack.wait_finished(&ids, Duration::from_secs(60)).await;
+    assert!(records.values().all(|r| r["status"] == "succeeded"));
+    let (_, one) = stack.get_job(&ids[0]).await;
+    assert_eq!(one["tenant"], tenant_of[&ids[0]], "{one}");
+
+    let order: Vec<&str> = counter.order().iter().map(|id| tenant_of[id]).collect();
+    let first_30 = |t: &str| order[..30].iter().filter(|x| **x == t).count();
+    eprintln!(
+        "first 30 served: gold {}, flood {}, small {}",
+        first_30("gold"),
+        first_30("flood"),
+        first_30("small")
+    );
+    // Weights 3:1:1 while all three are backlogged: 18:6:6 of the first 30.
+    let last_small = order.iter().rposition(|t| *t == "small").unwrap();
+    assert!(last_small < 34, "order: {order:?}");
+    assert!((14..=21).contains(&first_30("gold")), "order: {order:?}");
+    assert!(first_30("flood") <= 10, "order: {order:?}");
+}
+
 fn unix_ms() -> i64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     i64::try_from(now.unwrap().as_millis()).unwrap()

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use switchyard_runtime::nats;
 use switchyard_runtime::{ModelKind, ModelSpec, Registry};
 use switchyard_schemas::{
-    ChatInput, CompletionInput, Job, JobInput, Priority, SCHEMA_VERSION, Submission, encode,
-    now_ms, subjects,
+    ChatInput, CompletionInput, DEFAULT_TENANT, Job, JobInput, Priority, SCHEMA_VERSION,
+    Submission, encode, now_ms, subjects,
 };
 use tracing::{debug, warn};
 
@@ -78,6 +78,15 @@ pub fn validate(
             "id {id:?} must be 1 to 64 of A-Z a-z 0-9 _ -"
         )));
     }
+    let tenant = submission
+        .tenant
+        .clone()
+        .unwrap_or_else(|| DEFAULT_TENANT.to_owned());
+    if !subjects::is_valid_id(&tenant) {
+        return Err(Rejection::InvalidRequest(format!(
+            "tenant {tenant:?} must be 1 to 64 of A-Z a-z 0-9 _ -"
+        )));
+    }
     let spec = registry
         .get(&submission.model)
         .ok_or_else(|| Rejection::UnknownModel(submission.model.clone()))?;
@@ -96,6 +105,7 @@ pub fn validate(
         v: SCHEMA_VERSION,
         id,
         model: submission.model,
+        tenant,
         priority,
         input,
         metadata: submission.metadata,
@@ -276,7 +286,7 @@ impl Admitter {
         };
         nats::publish(
             &self.js,
-            subjects::jobs(job.priority, &job.model),
+            job.queue_subject(),
             &subjects::queued_msg_id(&job.id, job.attempt),
             payload,
         )

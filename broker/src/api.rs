@@ -303,6 +303,7 @@ struct Transition {
 pub struct JobView {
     id: String,
     model: String,
+    tenant: String,
     priority: String,
     status: &'static str,
     source: String,
@@ -347,6 +348,7 @@ impl From<JobRecord> for JobView {
             usage: r.usage,
             id: r.id,
             model: r.model,
+            tenant: r.tenant,
             priority: r.priority,
             source: r.source,
             attempt: r.attempt,

@@ -50,6 +50,7 @@ pub async fn run(
         filter: filter.to_owned(),
         ack_wait: CONSUMER_ACK_WAIT,
         max_ack_pending: i64::try_from(pending).unwrap_or(i64::MAX),
+        inactive_threshold: Duration::ZERO,
     };
     let batch = cfg.projection_batch;
     let intake_consumer = nats::durable_consumer(

@@ -128,6 +128,7 @@ mod tests {
             v: SCHEMA_VERSION,
             id: "j".into(),
             model: "m".into(),
+            tenant: "t".into(),
             priority: Priority::Normal,
             input: JobInput::Completion(CompletionInput {
                 prompt: "p".into(),

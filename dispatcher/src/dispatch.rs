@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -8,7 +8,7 @@ use switchyard_runtime::attempts::{self, Timeline};
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
-use switchyard_runtime::{NatsConfig, Registry};
+use switchyard_runtime::{NatsConfig, Registry, Tenants};
 use switchyard_schemas::{
     Assignment, CodecError, ErrorClass, EventKind, Heartbeat, Job, JobError, JobEvent, Priority,
     SCHEMA_VERSION, decode, encode, now_ms, subjects,
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::fair::FairShare;
 use crate::placement;
 use crate::reclaim::Reclaimer;
 use crate::{Cluster, DispatcherConfig, metrics as m};
@@ -31,27 +32,70 @@ pub enum DispatchError {
     Subscribe(#[from] async_nats::SubscribeError),
 }
 
-/// One queue the dispatcher drains: the jobs of one model at one priority.
+/// Consumers of tenants that queue nothing for this long are removed by the
+/// server, so tenants that come and go leave nothing behind.
+const LANE_IDLE_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// One queue the dispatcher drains: the jobs of one model at one priority,
+/// one lane (subject and consumer) per tenant, shared out by weight.
 struct Queue {
     priority: Priority,
     model: String,
-    subject: String,
-    consumer: PullConsumer,
+    /// `sy.jobs.<priority>.<model>`; a tenant's lane adds its name.
+    prefix: String,
+    lanes: HashMap<String, PullConsumer>,
+    fair: FairShare,
 }
 
-/// Subjects of `JOBS` that hold messages now. One request answers for every
-/// queue, so an idle dispatcher costs the same whatever the number of models.
-/// `None` when the server could not say: then every queue is tried.
-async fn busy_subjects(jobs: &jetstream::stream::Stream) -> Option<HashSet<String>> {
+impl Queue {
+    /// The tenant's lane, its consumer created on first use.
+    async fn lane(
+        &mut self,
+        js: &Context,
+        tenant: &str,
+        cfg: &DispatcherConfig,
+    ) -> Result<PullConsumer, NatsError> {
+        if let Some(c) = self.lanes.get(tenant) {
+            return Ok(c.clone());
+        }
+        let consumer = nats::durable_consumer(
+            js,
+            ConsumerSpec {
+                stream: subjects::JOBS_STREAM,
+                durable: format!(
+                    "dispatch-{}-{}-{tenant}",
+                    self.priority,
+                    subjects::model_token(&self.model)
+                ),
+                filter: subjects::jobs(self.priority, &self.model, tenant),
+                ack_wait: cfg.ack_wait,
+                max_ack_pending: i64::from(cfg.max_batch) * 4,
+                inactive_threshold: LANE_IDLE_EXPIRY,
+            },
+        )
+        .await?;
+        self.lanes.insert(tenant.to_owned(), consumer.clone());
+        Ok(consumer)
+    }
+}
+
+/// Tenants with jobs queued now, by queue prefix. One request answers for
+/// every queue, so an idle dispatcher costs the same whatever the number of
+/// models and tenants. `None` when the server could not say: then every
+/// lane already known is tried.
+async fn backlog(jobs: &jetstream::stream::Stream) -> Option<HashMap<String, Vec<String>>> {
     let counts = jobs.info_with_subjects(subjects::JOBS_ALL).await.ok()?;
     let counts: Vec<(String, usize)> = counts.try_collect().await.ok()?;
-    Some(
-        counts
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(s, _)| s)
-            .collect(),
-    )
+    let mut backlog: HashMap<String, Vec<String>> = HashMap::new();
+    for (subject, n) in counts {
+        if let (true, Some((prefix, tenant))) = (n > 0, subject.rsplit_once('.')) {
+            backlog
+                .entry(prefix.to_owned())
+                .or_default()
+                .push(tenant.to_owned());
+        }
+    }
+    Some(backlog)
 }
 
 /// Runs the dispatcher until `shutdown` is cancelled.
@@ -59,6 +103,7 @@ pub async fn run(
     cfg: DispatcherConfig,
     nats_cfg: NatsConfig,
     registry: Registry,
+    tenants: Tenants,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<(), DispatchError> {
@@ -71,22 +116,12 @@ pub async fn run(
     let mut queues = Vec::new();
     for priority in Priority::ALL {
         for model in registry.iter() {
-            let consumer = nats::durable_consumer(
-                &js,
-                ConsumerSpec {
-                    stream: subjects::JOBS_STREAM,
-                    durable: format!("dispatch-{priority}-{}", subjects::model_token(&model.name)),
-                    filter: subjects::jobs(priority, &model.name),
-                    ack_wait: cfg.ack_wait,
-                    max_ack_pending: i64::from(cfg.max_batch) * 4,
-                },
-            )
-            .await?;
             queues.push(Queue {
                 priority,
                 model: model.name.clone(),
-                subject: subjects::jobs(priority, &model.name),
-                consumer,
+                prefix: subjects::jobs_of_model(priority, &model.name),
+                lanes: HashMap::new(),
+                fair: FairShare::default(),
             });
         }
     }
@@ -107,7 +142,7 @@ pub async fn run(
     let aging_check =
         (cfg.aging_bound / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut aged_at = Instant::now();
-    let mut aged: Vec<usize> = Vec::new();
+    let mut aged: Vec<(usize, String)> = Vec::new();
     let mut heartbeats = client.subscribe(subjects::HEARTBEAT_ALL).await?;
     ready.watch(&client);
     ready.set(true);
@@ -141,41 +176,60 @@ pub async fn run(
         // so a higher level never waits behind a lower one.
         let mut progressed = false;
         let has_room = cluster.free_total(now) > 0;
-        let busy = if has_room {
-            busy_subjects(&jobs_stream).await
+        let backlog = if has_room {
+            backlog(&jobs_stream).await
         } else {
-            Some(HashSet::new())
+            Some(HashMap::new())
         };
         // Only worth knowing when a job could be placed now.
         if has_room && now.duration_since(aged_at) >= aging_check {
             aged_at = now;
-            aged = aged_queues(&jobs_stream, &queues, busy.as_ref(), cfg.aging_bound).await;
+            aged = aged_lanes(&jobs_stream, &queues, backlog.as_ref(), cfg.aging_bound).await;
         }
-        for i in sweep_order(queues.len(), &aged) {
-            let q = &queues[i];
-            if busy.as_ref().is_some_and(|b| !b.contains(&q.subject)) {
-                continue;
-            }
-            let room = cluster.capacity_for(&q.model, Instant::now());
-            if room == 0 {
-                continue;
-            }
-            // An aged queue jumps ahead one job at a time, so that only jobs
-            // past the bound overtake higher levels.
-            let max = if aged.contains(&i) {
-                1
-            } else {
-                room.min(cfg.max_batch)
+        let aged_queues: Vec<usize> = aged.iter().map(|(i, _)| *i).collect();
+        for i in sweep_order(queues.len(), &aged_queues) {
+            let q = &mut queues[i];
+            let waiting: Vec<String> = match &backlog {
+                Some(b) => b.get(&q.prefix).cloned().unwrap_or_default(),
+                None => q.lanes.keys().cloned().collect(),
             };
-            match dispatch_batch(&js, q, max.min(room), &cfg, &mut cluster).await {
+            let room = cluster.capacity_for(&q.model, Instant::now());
+            if waiting.is_empty() || room == 0 {
+                continue;
+            }
+            let weighted: Vec<(&str, u32)> = waiting
+                .iter()
+                .map(|t| (t.as_str(), tenants.weight(t)))
+                .collect();
+            // An aged lane jumps ahead one job at a time, so that only jobs
+            // past the bound overtake higher levels.
+            let chosen = match aged.iter().find(|(j, _)| *j == i) {
+                Some((_, tenant)) => Some((tenant.as_str(), 1)),
+                None => q.fair.next(&weighted, room.min(cfg.max_batch)),
+            };
+            let Some((tenant, max)) = chosen else {
+                continue;
+            };
+            let tenant = tenant.to_owned();
+            let lane = match q.lane(&js, &tenant, &cfg).await {
+                Ok(lane) => lane,
+                Err(e) => {
+                    warn!(error = %e, %tenant, "cannot open a tenant's lane");
+                    continue;
+                }
+            };
+            match dispatch_batch(&js, &lane, max.min(room), &cfg, &mut cluster).await {
                 Ok(0) => {}
                 Ok(n) => {
-                    debug!(priority = %q.priority, model = %q.model, n, "dispatched");
+                    q.fair.charge(&tenant, n, tenants.weight(&tenant));
+                    debug!(priority = %q.priority, model = %q.model, %tenant, n, "dispatched");
                     progressed = true;
                     break;
                 }
                 Err(e) => {
-                    warn!(error = %e, priority = %q.priority, model = %q.model, "pull failed")
+                    // The lane's consumer may have expired: opened again next time.
+                    q.lanes.remove(&tenant);
+                    warn!(error = %e, priority = %q.priority, model = %q.model, %tenant, "pull failed")
                 }
             }
         }
@@ -197,33 +251,45 @@ pub async fn run(
     Ok(())
 }
 
-/// Queues (by index) whose oldest job has waited longer than `bound` since
-/// it was submitted, longest wait first. The highest level never needs it.
-async fn aged_queues(
+/// Lanes (queue index and tenant) whose oldest job has waited longer than
+/// `bound` since it was submitted, longest wait first, at most one per queue.
+/// The highest level never needs it.
+async fn aged_lanes(
     jobs: &jetstream::stream::Stream,
     queues: &[Queue],
-    busy: Option<&HashSet<String>>,
+    backlog: Option<&HashMap<String, Vec<String>>>,
     bound: Duration,
-) -> Vec<usize> {
+) -> Vec<(usize, String)> {
     let now = now_ms();
     let bound_ms = i64::try_from(bound.as_millis()).unwrap_or(i64::MAX);
-    let mut aged = Vec::new();
+    let mut aged: Vec<(usize, String, i64)> = Vec::new();
     for (i, q) in queues.iter().enumerate() {
-        if q.priority == Priority::Critical || busy.is_some_and(|b| !b.contains(&q.subject)) {
+        if q.priority == Priority::Critical {
             continue;
         }
-        let Ok(first) = jobs.get_first_raw_message_by_subject(&q.subject, 1).await else {
-            continue;
+        let waiting: Vec<&String> = match backlog {
+            Some(b) => b.get(&q.prefix).into_iter().flatten().collect(),
+            None => q.lanes.keys().collect(),
         };
-        if let Ok(job) = decode::<Job>(&first.payload) {
-            let waited = now - job.submitted_at_ms;
-            if waited > bound_ms {
-                aged.push((i, waited));
+        let mut oldest: Option<(String, i64)> = None;
+        for tenant in waiting {
+            let subject = subjects::jobs(q.priority, &q.model, tenant);
+            let Ok(first) = jobs.get_first_raw_message_by_subject(&subject, 1).await else {
+                continue;
+            };
+            if let Ok(job) = decode::<Job>(&first.payload) {
+                let waited = now - job.submitted_at_ms;
+                if waited > bound_ms && oldest.as_ref().is_none_or(|(_, w)| waited > *w) {
+                    oldest = Some((tenant.clone(), waited));
+                }
             }
         }
+        if let Some((tenant, waited)) = oldest {
+            aged.push((i, tenant, waited));
+        }
     }
-    aged.sort_by_key(|(_, waited)| std::cmp::Reverse(*waited));
-    aged.into_iter().map(|(i, _)| i).collect()
+    aged.sort_by_key(|(_, _, waited)| std::cmp::Reverse(*waited));
+    aged.into_iter().map(|(i, t, _)| (i, t)).collect()
 }
 
 /// The order of one sweep: aged queues first, then every other queue in
@@ -253,13 +319,12 @@ enum BatchError {
 /// the publishes are pipelined, each job acknowledged as its own PubAck comes.
 async fn dispatch_batch(
     js: &Context,
-    q: &Queue,
+    lane: &PullConsumer,
     max: u32,
     cfg: &DispatcherConfig,
     cluster: &mut Cluster,
-) -> Result<usize, BatchError> {
-    let mut batch = q
-        .consumer
+) -> Result<u32, BatchError> {
+    let mut batch = lane
         .fetch()
         .max_messages(max as usize)
         .messages()
@@ -307,7 +372,7 @@ async fn dispatch_batch(
         metrics::counter!(m::ASSIGNMENTS, "priority" => job.priority.as_str()).increment(1);
         pending.push(assign(js, msg, job, node).boxed());
     }
-    let n = pending.len();
+    let n = u32::try_from(pending.len()).unwrap_or(max);
     let mut acks = futures::stream::iter(pending).buffer_unordered(1024);
     while let Some(r) = acks.next().await {
         if let Err(e) = r {

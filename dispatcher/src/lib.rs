@@ -6,6 +6,7 @@
 mod cluster;
 mod config;
 mod dispatch;
+mod fair;
 mod metrics;
 pub mod placement;
 mod reclaim;

@@ -75,6 +75,8 @@ pub async fn run(
             ack_wait: cfg.ack_wait,
             // The server never hands this node more assignments than it has slots.
             max_ack_pending: i64::from(slots),
+            // Kept while the node is away: the dispatcher reclaims its work.
+            inactive_threshold: Duration::ZERO,
         },
     )
     .await?;

@@ -148,7 +148,7 @@ async fn queue_next(
     };
     let queued = nats::publish(
         js,
-        subjects::jobs(next.priority, &next.model),
+        next.queue_subject(),
         &subjects::queued_msg_id(&job.id, next.attempt),
         encode(&next)?,
     )

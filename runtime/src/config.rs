@@ -96,7 +96,7 @@ pub struct NatsConfig {
     /// Timeout of one JetStream API call or publish acknowledgement.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Most jobs one queue (one priority of one model) holds, and most
+    /// Most jobs one lane (one tenant's jobs for one model at one priority) holds, and most
     /// submissions waiting at one priority. Beyond it the server itself
     /// refuses the publish, so the bound holds across broker replicas.
     pub max_queued_per_queue: i64,
@@ -346,5 +346,58 @@ mod tests {
         let text = issues.to_string();
         assert!(text.contains("nats.replicas"), "{text}");
         assert!(text.contains("nats.result_retention"), "{text}");
+    }
+}
+
+/// One tenant's entry: its share of the GPUs inside a priority level,
+/// relative to the other tenants with work queued at that level.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    pub name: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Tenants' weights by name. A tenant that is not declared has weight 1.
+#[derive(Debug, Clone, Default)]
+pub struct Tenants {
+    weights: HashMap<String, u32>,
+}
+
+impl Tenants {
+    /// Builds the table, reporting duplicates and invalid entries.
+    pub fn new(specs: &[TenantSpec], issues: &mut Issues) -> Tenants {
+        let mut weights = HashMap::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let field = format!("tenants[{i}]");
+            issues.check(
+                subjects::is_valid_id(&spec.name),
+                &format!("{field}.name"),
+                &spec.name,
+                "must be 1 to 64 of A-Z a-z 0-9 _ -",
+            );
+            issues.check(
+                (1..=1000).contains(&spec.weight),
+                &format!("{field}.weight"),
+                spec.weight,
+                "must be between 1 and 1000",
+            );
+            if weights.insert(spec.name.clone(), spec.weight).is_some() {
+                issues.push(&format!("{field}.name"), &spec.name, "declared twice");
+            }
+        }
+        Tenants { weights }
+    }
+
+    pub fn weight(&self, tenant: &str) -> u32 {
+        self.weights
+            .get(tenant)
+            .copied()
+            .unwrap_or_else(default_weight)
     }
 }

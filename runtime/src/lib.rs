@@ -9,5 +9,7 @@ pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{ConfigError, Issues, ModelKind, ModelSpec, NatsConfig, Registry};
+pub use config::{
+    ConfigError, Issues, ModelKind, ModelSpec, NatsConfig, Registry, TenantSpec, Tenants,
+};
 pub use ops::Readiness;

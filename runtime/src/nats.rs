@@ -168,6 +168,9 @@ pub struct ConsumerSpec {
     /// Upper bound on delivered-but-unacknowledged messages: the consumer's
     /// share of in-flight work.
     pub max_ack_pending: i64,
+    /// The server removes the consumer after this long without a pull;
+    /// zero keeps it for ever.
+    pub inactive_threshold: Duration,
 }
 
 /// Opens one of the streams of the layout.
@@ -194,6 +197,7 @@ pub async fn durable_consumer(js: &Context, spec: ConsumerSpec) -> Result<PullCo
             deliver_policy: DeliverPolicy::All,
             ack_wait: spec.ack_wait,
             max_ack_pending: spec.max_ack_pending,
+            inactive_threshold: spec.inactive_threshold,
             ..Default::default()
         })
         .await

@@ -24,6 +24,9 @@ pub use priority::{ParsePriorityError, Priority};
 /// misread; readers accept every version up to their own.
 pub const SCHEMA_VERSION: u16 = 1;
 
+/// The tenant of a job submitted without one.
+pub const DEFAULT_TENANT: &str = "default";
+
 /// Milliseconds since the Unix epoch, the one timestamp unit on the wire.
 pub fn now_ms() -> i64 {
     let now = std::time::SystemTime::now()

@@ -37,6 +37,10 @@ pub struct Submission {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     pub model: String,
+    /// Whose job it is: the unit of fair share inside a priority level.
+    /// `default` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// On NATS the subject names the priority; over HTTP this field does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
@@ -93,12 +97,14 @@ impl JobInput {
     }
 }
 
-/// An admitted job, as it waits in `sy.jobs.<priority>.<model>`.
+/// An admitted job, as it waits in `sy.jobs.<priority>.<model>.<tenant>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub v: u16,
     pub id: String,
     pub model: String,
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
     pub priority: Priority,
     pub input: JobInput,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -124,6 +130,10 @@ fn one() -> u32 {
     1
 }
 
+fn default_tenant() -> String {
+    crate::DEFAULT_TENANT.to_owned()
+}
+
 /// One failed attempt of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
@@ -134,6 +144,11 @@ pub struct Failure {
 }
 
 impl Job {
+    /// The queue the job waits in: its priority, model and tenant.
+    pub fn queue_subject(&self) -> String {
+        crate::subjects::jobs(self.priority, &self.model, &self.tenant)
+    }
+
     /// The job as it goes back to the queue after `failure`.
     pub fn retry(&self, failure: Failure) -> Job {
         let mut next = self.clone();

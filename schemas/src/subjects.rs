@@ -5,7 +5,7 @@ use crate::Priority;
 
 /// Durable intake for NATS clients: `sy.submit.<priority>`.
 pub const SUBMIT_STREAM: &str = "SUBMIT";
-/// Admitted, schedulable jobs: `sy.jobs.<priority>.<model token>`.
+/// Admitted, schedulable jobs: `sy.jobs.<priority>.<model token>.<tenant>`.
 pub const JOBS_STREAM: &str = "JOBS";
 /// Assignments to one node: `sy.work.<node>`.
 pub const WORK_STREAM: &str = "WORK";
@@ -19,7 +19,7 @@ pub const BILLING_STREAM: &str = "BILLING";
 pub const DEAD_STREAM: &str = "DEAD";
 
 pub const SUBMIT_ALL: &str = "sy.submit.*";
-pub const JOBS_ALL: &str = "sy.jobs.*.*";
+pub const JOBS_ALL: &str = "sy.jobs.*.*.*";
 pub const WORK_ALL: &str = "sy.work.*";
 pub const EVENTS_ALL: &str = "sy.events.*";
 pub const RESULTS_ALL: &str = "sy.results.*";
@@ -42,7 +42,13 @@ pub fn admit(priority: Priority) -> String {
     format!("sy.admit.{priority}")
 }
 
-pub fn jobs(priority: Priority, model: &str) -> String {
+/// One tenant's queue of one model at one priority.
+pub fn jobs(priority: Priority, model: &str, tenant: &str) -> String {
+    format!("{}.{tenant}", jobs_of_model(priority, model))
+}
+
+/// The common prefix of every tenant's queue of one model at one priority.
+pub fn jobs_of_model(priority: Priority, model: &str) -> String {
     format!("sy.jobs.{priority}.{}", model_token(model))
 }
 
@@ -91,8 +97,9 @@ pub fn model_token(model: &str) -> String {
     out
 }
 
-/// Whether `s` may be used as a job or node id: it becomes a subject token and
-/// part of message ids, so it is kept to a safe, bounded alphabet.
+/// Whether `s` may be used as a job, node or tenant id: it becomes a subject
+/// token, part of message ids and of consumer names, so it is kept to a safe,
+/// bounded alphabet.
 pub fn is_valid_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
@@ -126,8 +133,8 @@ mod tests {
         assert_eq!(model_token("org/m"), "org%2Fm");
         assert_ne!(model_token("a.b"), model_token("a%2Eb"));
         assert_eq!(
-            jobs(Priority::High, "x.y"),
-            "sy.jobs.high.x%2Ey",
+            jobs(Priority::High, "x.y", "acme"),
+            "sy.jobs.high.x%2Ey.acme",
             "a dot in a model name must not add a subject token"
         );
     }

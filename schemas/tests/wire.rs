@@ -17,6 +17,7 @@ fn job() -> Job {
         v: SCHEMA_VERSION,
         id: "0192f3a4-0000-7000-8000-000000000001".into(),
         model: "tiny-chat".into(),
+        tenant: "acme".into(),
         priority: Priority::High,
         input: JobInput::Chat(ChatInput {
             messages: vec![ChatMessage {
@@ -180,9 +181,9 @@ fn decode_errors_name_the_type() {
     assert!(err.to_string().contains("Job"), "{err}");
     let err = decode_submission(b"{\"model\": 3}", None).unwrap_err();
     assert!(err.to_string().contains("Submission"), "{err}");
-    let err = decode_submission(br#"{"model":"m","input":{},"tenant":"x"}"#, None).unwrap_err();
+    let err = decode_submission(br#"{"model":"m","input":{},"owner":"x"}"#, None).unwrap_err();
     assert!(
-        err.to_string().contains("tenant"),
+        err.to_string().contains("owner"),
         "unknown fields are refused: {err}"
     );
 }
@@ -220,4 +221,13 @@ fn admit_replies_have_the_documented_shape() {
         serde_json::to_value(&err).unwrap(),
         serde_json::json!({"error": {"code": "unknown_model", "message": "m"}})
     );
+}
+
+#[test]
+fn a_job_written_before_tenants_existed_belongs_to_the_default_tenant() {
+    let mut old = serde_json::to_value(job()).unwrap();
+    old.as_object_mut().unwrap().remove("tenant");
+    let back: Job = decode(&encode(&old).unwrap()).unwrap();
+    assert_eq!(back.tenant, DEFAULT_TENANT);
+    assert_eq!(back.queue_subject(), "sy.jobs.high.tiny-chat.default");
 }

@@ -175,6 +175,8 @@ pub struct StackOptions {
     pub faults: &'static str,
     pub duplicate_window: &'static str,
     pub aging_bound: &'static str,
+    /// YAML list of tenants and their weights.
+    pub tenants: &'static str,
 }
 
 impl Default for StackOptions {
@@ -188,6 +190,7 @@ impl Default for StackOptions {
             faults: "[]",
             duplicate_window: "10m",
             aging_bound: "60s",
+            tenants: "[]",
         }
     }
 }
@@ -215,6 +218,7 @@ models:
     kind: completion
     max_tokens: 64
     default_max_tokens: 8
+tenants: {tenants}
 broker:
   listen: 127.0.0.1:{broker_port}
   database_url: sqlite://{db}
@@ -247,6 +251,7 @@ agent:
         max_queued = opts.max_queued,
         duplicate_window = opts.duplicate_window,
         aging_bound = opts.aging_bound,
+        tenants = opts.tenants,
     )
 }
 

@@ -135,6 +135,7 @@ pub struct RejectedJob {
 pub struct JobRecord {
     pub id: String,
     pub model: String,
+    pub tenant: String,
     pub priority: String,
     pub source: String,
     pub status: Status,

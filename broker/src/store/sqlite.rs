@@ -159,6 +159,7 @@ fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
             completion_tokens: c,
         }),
         model: row.try_get("model")?,
+        tenant: row.try_get("tenant")?,
         priority: row.try_get("priority")?,
         source: row.try_get("source")?,
         attempt: row.try_get("attempt")?,
@@ -181,8 +182,9 @@ impl JobStore for SqliteStore {
         })?;
         let metadata = serde_json::to_string(&job.metadata).unwrap_or_else(|_| "{}".into());
         let inserted = sqlx::query(
-            "INSERT INTO jobs (id, model, priority, source, status, job, metadata, attempt, created_at)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8)
+            "INSERT INTO jobs (id, model, priority, source, status, job, metadata, attempt, created_at,
+                tenant)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&job.id)
@@ -193,6 +195,7 @@ impl JobStore for SqliteStore {
         .bind(metadata)
         .bind(job.attempt)
         .bind(job.submitted_at_ms)
+        .bind(&job.tenant)
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 1 {
@@ -400,6 +403,7 @@ mod tests {
             v: SCHEMA_VERSION,
             id: id.into(),
             model: "m".into(),
+            tenant: "t".into(),
             priority: Priority::High,
             input: JobInput::Completion(CompletionInput {
                 prompt: "p".into(),
