@@ -377,6 +377,7 @@ mod tests {
                 PolicyKind::LeastLoaded,
                 PolicyKind::ModelAffinity,
                 PolicyKind::PowerOfTwo,
+                PolicyKind::RoundRobin,
             ]),
         ) {
             let start = Instant::now();

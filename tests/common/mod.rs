@@ -177,6 +177,8 @@ pub struct StackOptions {
     pub aging_bound: &'static str,
     /// YAML list of tenants and their weights.
     pub tenants: &'static str,
+    pub placement: &'static str,
+    pub prefetch_per_slot: u32,
 }
 
 impl Default for StackOptions {
@@ -191,6 +193,8 @@ impl Default for StackOptions {
             duplicate_window: "10m",
             aging_bound: "60s",
             tenants: "[]",
+            placement: "least_loaded",
+            prefetch_per_slot: 1,
         }
     }
 }
@@ -230,6 +234,8 @@ dispatcher:
   retry_backoff: 50ms
   retry_backoff_max: 200ms
   aging_bound: {aging_bound}
+  placement: {placement}
+  prefetch_per_slot: {prefetch}
 agent:
   node_id: unset
   heartbeat_interval: 500ms
@@ -252,6 +258,8 @@ agent:
         duplicate_window = opts.duplicate_window,
         aging_bound = opts.aging_bound,
         tenants = opts.tenants,
+        placement = opts.placement,
+        prefetch = opts.prefetch_per_slot,
     )
 }
 
@@ -373,16 +381,19 @@ impl Stack {
     }
 
     pub fn start_agent(&mut self, node: &str) {
+        self.start_agent_with(node, &[]);
+    }
+
+    /// An agent with more configuration overrides, such as its engine's
+    /// `SWITCHYARD_AGENT__ENGINE__SLOTS`.
+    pub fn start_agent_with(&mut self, node: &str, overrides: &[(&str, String)]) {
         let port = free_port();
-        self.launch(
-            node,
-            "agent",
-            port,
-            &[
-                ("SWITCHYARD_AGENT__NODE_ID", node.to_owned()),
-                ("SWITCHYARD_AGENT__LISTEN", format!("127.0.0.1:{port}")),
-            ],
-        );
+        let mut env = vec![
+            ("SWITCHYARD_AGENT__NODE_ID", node.to_owned()),
+            ("SWITCHYARD_AGENT__LISTEN", format!("127.0.0.1:{port}")),
+        ];
+        env.extend_from_slice(overrides);
+        self.launch(node, "agent", port, &env);
     }
 
     pub fn proc(&mut self, name: &str) -> &mut Proc {

@@ -5,12 +5,14 @@
 mod least_loaded;
 mod model_affinity;
 mod power_of_two;
+mod round_robin;
 
 use serde::Deserialize;
 
 pub use least_loaded::LeastLoaded;
 pub use model_affinity::ModelAffinity;
 pub use power_of_two::PowerOfTwo;
+pub use round_robin::RoundRobin;
 
 /// What a policy sees of one eligible node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,8 @@ pub enum PolicyKind {
     /// The better of two nodes picked at random: near least-loaded placement
     /// without every dispatcher herding onto the same node.
     PowerOfTwo,
+    /// Each node with room in turn, blind to load: a baseline.
+    RoundRobin,
 }
 
 pub fn build(kind: PolicyKind) -> Box<dyn Policy> {
@@ -46,6 +50,7 @@ pub fn build(kind: PolicyKind) -> Box<dyn Policy> {
         PolicyKind::LeastLoaded => Box::new(LeastLoaded),
         PolicyKind::ModelAffinity => Box::new(ModelAffinity),
         PolicyKind::PowerOfTwo => Box::new(PowerOfTwo::seeded(seed())),
+        PolicyKind::RoundRobin => Box::new(RoundRobin::default()),
     }
 }
 
