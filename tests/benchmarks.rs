@@ -244,6 +244,7 @@ async fn placement_policies_on_eight_unlike_nodes() {
         "least_loaded",
         "model_affinity",
         "power_of_two",
+        "earliest_finish",
         "round_robin",
     ] {
         let mut stack = Stack::new(StackOptions {

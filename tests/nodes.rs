@@ -230,3 +230,54 @@ async fn a_paused_agent_past_its_ack_wait_is_fenced_out_when_it_resumes() {
         assert_eq!(r["node"], "node-b", "{r}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn earliest_finish_sends_work_to_the_node_that_is_faster() {
+    let mut stack = Stack::new(StackOptions {
+        placement: "earliest_finish",
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    // The slow node has more room: a policy that looks only at room would
+    // prefer it.
+    let engine = |slots: u32, ms: &str| {
+        [
+            ("SWITCHYARD_AGENT__ENGINE__SLOTS", slots.to_string()),
+            ("SWITCHYARD_AGENT__ENGINE__BASE_LATENCY", ms.to_owned()),
+        ]
+    };
+    stack.start_agent_with("node-slow", &engine(4, "400ms"));
+    stack.start_agent_with("node-fast", &engine(1, "10ms"));
+    let client = stack.nats.client().await;
+    let mut beats = client.subscribe("sy.heartbeat.node-fast").await.unwrap();
+
+    // One job at a time, well within the fast node's capacity.
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(stack.submit_http(&text(&format!("job {i}"))).await);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let records = stack.wait_finished(&ids, Duration::from_secs(60)).await;
+    let on_fast = records
+        .values()
+        .filter(|r| r["node"] == "node-fast")
+        .count();
+    assert!(on_fast >= 25, "{on_fast} of 30 jobs ran on the fast node");
+
+    // Its heartbeat reports the time per job that placement weighed.
+    use futures::StreamExt;
+    let reported = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let msg = beats.next().await.unwrap();
+            let hb: switchyard_schemas::Heartbeat =
+                switchyard_schemas::decode(&msg.payload).unwrap();
+            if let Some(ms) = hb.service_ms {
+                return ms;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!((10..200).contains(&reported), "service_ms {reported}");
+}

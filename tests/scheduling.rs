@@ -567,6 +567,48 @@ async fn a_job_not_started_by_its_deadline_expires_and_one_past_its_timeout_is_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_waiting_past_its_deadline_expires_then_even_with_no_node_to_take_it() {
+    let mut stack = Stack::new(StackOptions::default());
+    stack.start_broker();
+    stack.start_dispatcher();
+    let counter = ResultCounter::start(&stack.nats.client().await).await;
+    let deadline = unix_ms() + 500;
+    let id = stack
+        .submit_http(
+            &json!({"model": TEXT_MODEL, "deadline_ms": deadline, "input": {"prompt": "no room"}}),
+        )
+        .await;
+    let patient = stack.submit_http(&text("normal", "no deadline")).await;
+    // No node at all: the job ends at its deadline, not when one appears.
+    let done = stack
+        .wait_finished_as(
+            std::slice::from_ref(&id),
+            &["expired"],
+            Duration::from_secs(10),
+        )
+        .await;
+    let finished_at = done[&id]["transitions"][1]["at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(done[&id]["error"]["code"], "expired", "{}", done[&id]);
+    let (_, waiting) = stack.get_job(&patient).await;
+    assert_eq!(waiting["status"], "queued", "{waiting}");
+
+    // A node comes: the other job runs, the expired one never does.
+    stack.start_agent("node-a");
+    stack
+        .wait_finished(std::slice::from_ref(&patient), Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, after) = stack.get_job(&id).await;
+    assert_eq!(after["status"], "expired", "{after}");
+    assert_eq!(after["transitions"].as_array().unwrap().len(), 2, "{after}");
+    assert_eq!(after["transitions"][1]["at"], finished_at.as_str());
+    assert_eq!(counter.snapshot().get(&id), Some(&1), "one result only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cancelled_job_never_runs_or_stops_running() {
     let mut stack = Stack::new(StackOptions {
         slots: 1,

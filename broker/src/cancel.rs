@@ -45,13 +45,44 @@ pub async fn cancel(
     cancellations: &kv::Store,
     id: &str,
 ) -> Result<(), CancelError> {
+    end(admitter, cancellations, id, Ending::Cancelled).await
+}
+
+/// Why a job is ended before it finishes.
+#[derive(Debug, Clone, Copy)]
+pub enum Ending {
+    /// By request: a running attempt is aborted.
+    Cancelled,
+    /// Its start deadline passed while it waited: only a job not yet
+    /// running can expire.
+    Expired,
+}
+
+/// Ends job `id` at once, unless it has already ended (or, when expiring,
+/// started): its result is stored, and a running attempt is aborted.
+pub async fn end(
+    admitter: &Admitter,
+    cancellations: &kv::Store,
+    id: &str,
+    ending: Ending,
+) -> Result<(), CancelError> {
     let unavailable = |e: String| CancelError::Unavailable(e);
     let record = admitter
         .store
         .get(id)
         .await?
         .ok_or_else(|| CancelError::NotFound(id.to_owned()))?;
-    if record.status.is_final() {
+    let (error, ends_running) = match ending {
+        Ending::Cancelled => (
+            JobError::new(ErrorClass::Cancelled, "cancelled by request"),
+            true,
+        ),
+        Ending::Expired => (
+            JobError::new(ErrorClass::Expired, "not started by its deadline"),
+            false,
+        ),
+    };
+    if record.status.is_final() || (record.status == Status::Running && !ends_running) {
         return Err(CancelError::Final {
             id: id.to_owned(),
             status: record.status,
@@ -65,9 +96,7 @@ pub async fn cancel(
         assigned_at_ms: record.assigned_at_ms,
         started_at_ms: record.started_at_ms,
         finished_at_ms: now_ms(),
-        outcome: Outcome::Failed {
-            error: JobError::new(ErrorClass::Cancelled, "cancelled by request"),
-        },
+        outcome: Outcome::Failed { error },
     };
     let stored = attempts::publish_result(&admitter.js, &result)
         .await
@@ -90,7 +119,7 @@ pub async fn cancel(
         warn!(job_id = %id, error = %e, "job cancelled, but a running attempt will not be aborted");
     }
     admitter.store.apply_results(&[result]).await?;
-    info!(job_id = %id, "job cancelled");
+    info!(job_id = %id, "job ended before its time");
     Ok(())
 }
 

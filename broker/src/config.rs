@@ -24,6 +24,10 @@ pub struct BrokerConfig {
     /// Age after which such a job counts as abandoned by its first publish.
     #[serde(with = "humantime_serde")]
     pub outbox_grace: Duration,
+    /// How often jobs still waiting past their start deadline are looked for
+    /// and ended `expired`.
+    #[serde(with = "humantime_serde")]
+    pub expiry_interval: Duration,
     /// `Retry-After` given with a 429 for a full queue.
     #[serde(with = "humantime_serde")]
     pub queue_full_retry_after: Duration,
@@ -42,6 +46,7 @@ impl Default for BrokerConfig {
             projection_batch: 512,
             outbox_interval: Duration::from_secs(5),
             outbox_grace: Duration::from_secs(10),
+            expiry_interval: Duration::from_secs(1),
             queue_full_retry_after: Duration::from_secs(2),
             idempotency_window: Duration::from_secs(24 * 3600),
         }
@@ -78,6 +83,12 @@ impl BrokerConfig {
             !self.outbox_interval.is_zero(),
             "broker.outbox_interval",
             self.outbox_interval,
+            "must be positive",
+        );
+        issues.check(
+            !self.expiry_interval.is_zero(),
+            "broker.expiry_interval",
+            self.expiry_interval,
             "must be positive",
         );
     }

@@ -6,6 +6,7 @@ pub const SUBMIT_SECONDS: &str = "switchyard_broker_submit_seconds";
 pub const FINISHED: &str = "switchyard_broker_jobs_finished_total";
 pub const PROJECTED: &str = "switchyard_broker_projected_messages_total";
 pub const REPUBLISHED: &str = "switchyard_broker_outbox_republished_total";
+pub const EXPIRED: &str = "switchyard_broker_expired_waiting_total";
 
 pub fn describe() {
     metrics::describe_counter!(
@@ -29,5 +30,9 @@ pub fn describe() {
     metrics::describe_counter!(
         REPUBLISHED,
         "Jobs published again because their first enqueue was not confirmed"
+    );
+    metrics::describe_counter!(
+        EXPIRED,
+        "Jobs ended expired by the broker because their deadline passed while they waited"
     );
 }

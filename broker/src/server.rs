@@ -12,7 +12,9 @@ use tracing::info;
 
 use crate::admission::Admitter;
 use crate::store::{JobStore, SqliteStore, Status, StoreError};
-use crate::{BrokerConfig, api, cancel, dead_letters, intake, metrics as m, outbox, projection};
+use crate::{
+    BrokerConfig, api, cancel, dead_letters, expiry, intake, metrics as m, outbox, projection,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -119,6 +121,12 @@ pub async fn run(
         admitter.clone(),
         intake_consumer,
         cfg.intake_concurrency,
+        shutdown.clone(),
+    ));
+    tasks.spawn(expiry::run(
+        admitter.clone(),
+        cancellations.clone(),
+        cfg.expiry_interval,
         shutdown.clone(),
     ));
     tasks.spawn(cancel::serve_requests(

@@ -29,6 +29,7 @@ fn heartbeats() -> Vec<Heartbeat> {
             running: (i as u32 * 3) % 4,
             queued: 0,
             draining: false,
+            service_ms: Some(20 + (i as u32 * 13) % 300),
         })
         .collect()
 }
@@ -40,6 +41,8 @@ fn main() {
         PolicyKind::LeastLoaded,
         PolicyKind::ModelAffinity,
         PolicyKind::PowerOfTwo,
+        PolicyKind::RoundRobin,
+        PolicyKind::EarliestFinish,
     ] {
         let mut cluster = Cluster::new(Duration::from_secs(3600), 1, build(kind));
         let mut placing = Duration::ZERO;

@@ -20,6 +20,7 @@ pub struct NodeView {
     pub running: u32,
     pub queued: u32,
     pub draining: bool,
+    pub service_ms: Option<u32>,
     pub last_seen: Instant,
     /// Assignments made since the last heartbeat, which it could not yet count.
     pub assigned_since_heartbeat: u32,
@@ -33,11 +34,14 @@ impl NodeView {
         let limit = self
             .slots_total
             .saturating_mul(prefetch_per_slot.saturating_add(1));
-        limit.saturating_sub(
-            self.running
-                .saturating_add(self.queued)
-                .saturating_add(self.assigned_since_heartbeat),
-        )
+        limit.saturating_sub(self.inflight())
+    }
+
+    /// Assignments given to it that it has not finished.
+    fn inflight(&self) -> u32 {
+        self.running
+            .saturating_add(self.queued)
+            .saturating_add(self.assigned_since_heartbeat)
     }
 
     fn healthy(&self, now: Instant, timeout: Duration) -> bool {
@@ -53,6 +57,7 @@ impl NodeView {
             running: 0,
             queued: 0,
             draining: false,
+            service_ms: None,
             last_seen: now,
             assigned_since_heartbeat: 0,
             last_placed: BTreeMap::new(),
@@ -100,6 +105,7 @@ impl Cluster {
         node.running = hb.running;
         node.queued = hb.queued;
         node.draining = hb.draining;
+        node.service_ms = hb.service_ms;
         node.last_seen = now;
         node.assigned_since_heartbeat = 0;
         if models_changed {
@@ -208,7 +214,9 @@ impl Cluster {
                 Candidate {
                     free: n.free(self.prefetch_per_slot),
                     running: n.running,
+                    inflight: n.inflight(),
                     slots: n.slots_total,
+                    service_ms: n.service_ms,
                     warm: n
                         .last_placed
                         .get(model)
@@ -260,6 +268,7 @@ mod tests {
             running,
             queued,
             draining: false,
+            service_ms: None,
         }
     }
 
@@ -378,6 +387,7 @@ mod tests {
                 PolicyKind::ModelAffinity,
                 PolicyKind::PowerOfTwo,
                 PolicyKind::RoundRobin,
+                PolicyKind::EarliestFinish,
             ]),
         ) {
             let start = Instant::now();

@@ -10,8 +10,8 @@ use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_runtime::{NatsConfig, Registry, Tenants};
 use switchyard_schemas::{
-    Assignment, CodecError, ErrorClass, EventKind, Heartbeat, Job, JobError, JobEvent, Priority,
-    SCHEMA_VERSION, decode, encode, now_ms, subjects,
+    Assignment, CodecError, EventKind, Heartbeat, Job, JobEvent, Priority, SCHEMA_VERSION, decode,
+    encode, now_ms, subjects,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -344,8 +344,7 @@ async fn dispatch_batch(
         };
         if job.expired_at(now_ms()) {
             // Not started by its deadline: it never runs.
-            let error = JobError::new(ErrorClass::Expired, "not started by its deadline");
-            match attempts::finish(js, &job, error, &Timeline::default()).await {
+            match attempts::expire(js, &job, &Timeline::default()).await {
                 Ok(()) => {
                     metrics::counter!(m::REJECTED, "reason" => "expired").increment(1);
                     let _ = msg.ack().await;

@@ -41,12 +41,33 @@ struct Node {
     engine: Box<dyn Engine>,
     results: jetstream::stream::Stream,
     running: AtomicU32,
+    /// Moving average of the engine's time per finished job, in ms; 0 until
+    /// one finishes. Reported so that placement can weigh this node's speed.
+    service_ms: AtomicU32,
     /// Wakes the heartbeat loop when a slot frees up.
     slot_freed: Notify,
     ack_wait: Duration,
     cancellations: kv::Store,
     /// Running jobs, so that a cancellation can reach them.
     aborts: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl Node {
+    /// Folds one job's engine time into the moving average (weight 1/8:
+    /// follows a change of load within a few dozen jobs).
+    fn record_service_time(&self, took: Duration) {
+        let ms = u32::try_from(took.as_millis()).unwrap_or(u32::MAX).max(1);
+        let _ = self
+            .service_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(if avg == 0 {
+                    ms
+                } else {
+                    let avg = u64::from(avg);
+                    u32::try_from((avg * 7 + u64::from(ms)) / 8).unwrap_or(u32::MAX)
+                })
+            });
+    }
 }
 
 /// Runs the agent until `shutdown` is cancelled, then drains.
@@ -89,6 +110,7 @@ pub async fn run(
         engine,
         results,
         running: AtomicU32::new(0),
+        service_ms: AtomicU32::new(0),
         slot_freed: Notify::new(),
         ack_wait: cfg.ack_wait,
         cancellations,
@@ -270,13 +292,12 @@ async fn execute(
     }
     if job.expired_at(now_ms()) {
         // It waited in this node's queue past its deadline: it never runs.
-        let error = JobError::new(ErrorClass::Expired, "not started by its deadline");
         let timeline = Timeline {
             node: Some(node.id.clone()),
             assigned_at_ms: Some(a.assigned_at_ms),
             started_at_ms: None,
         };
-        attempts::finish(&node.js, job, error, &timeline).await?;
+        attempts::expire(&node.js, job, &timeline).await?;
         metrics::counter!(m::JOBS, "outcome" => "expired").increment(1);
         return Ok(Done::Reported);
     }
@@ -375,7 +396,10 @@ async fn execute(
         started_at_ms: Some(started_at_ms),
     };
     let inf = match inference {
-        Ok(inf) => inf,
+        Ok(inf) => {
+            node.record_service_time(engine_time);
+            inf
+        }
         Err(e) if e.class == ErrorClass::Cancelled => {
             // The broker stored the job's result when it cancelled it.
             metrics::counter!(m::JOBS, "outcome" => "cancelled").increment(1);
@@ -529,6 +553,7 @@ async fn heartbeats(
             running: node.running.load(Ordering::SeqCst),
             queued,
             draining: draining.is_cancelled(),
+            service_ms: Some(node.service_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0),
         };
         match encode(&hb) {
             Ok(bytes) => {

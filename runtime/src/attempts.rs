@@ -7,8 +7,8 @@
 use async_nats::jetstream::Context;
 use async_nats::jetstream::context::PublishError;
 use switchyard_schemas::{
-    CodecError, DeadLetter, EventKind, Failure, Job, JobError, JobEvent, JobResult, Outcome,
-    SCHEMA_VERSION, encode, subjects,
+    CodecError, DeadLetter, ErrorClass, EventKind, Failure, Job, JobError, JobEvent, JobResult,
+    Outcome, SCHEMA_VERSION, encode, subjects,
 };
 
 use crate::nats;
@@ -98,6 +98,28 @@ pub async fn finish(
 ) -> Result<(), SettleError> {
     publish_result(js, &final_failure(job, error, timeline)).await?;
     Ok(())
+}
+
+/// Ends a job that was not started by its deadline, unless it has ended
+/// already: the broker ends jobs that wait past their deadline, and a second
+/// result, though refused by the stream, would still reach plain NATS
+/// subscribers of `sy.results.*`.
+pub async fn expire(js: &Context, job: &Job, timeline: &Timeline) -> Result<(), SettleError> {
+    if has_result(js, &job.id).await {
+        return Ok(());
+    }
+    let error = JobError::new(ErrorClass::Expired, "not started by its deadline");
+    finish(js, job, error, timeline).await
+}
+
+async fn has_result(js: &Context, job_id: &str) -> bool {
+    match js.get_stream_no_info(subjects::RESULTS_STREAM).await {
+        Ok(results) => results
+            .direct_get_last_for_subject(subjects::results(job_id))
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
 }
 
 /// Puts back a job whose attempt never ran (its node is draining), charging

@@ -288,6 +288,10 @@ pub struct Heartbeat {
     pub queued: u32,
     /// A draining node takes no new work.
     pub draining: bool,
+    /// Recent time the engine took per job (a moving average over the jobs
+    /// it finished), once it has finished one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_ms: Option<u32>,
 }
 
 /// A job that exhausted its attempts, on `sy.dead.<job id>`, kept for

@@ -135,6 +135,7 @@ fn every_message_round_trips() {
         running: 2,
         queued: 1,
         draining: false,
+        service_ms: Some(40),
     });
 }
 

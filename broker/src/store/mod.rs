@@ -180,6 +180,8 @@ pub trait JobStore: Send + Sync {
     async fn apply_results(&self, results: &[JobResult]) -> Result<(), StoreError>;
     async fn record_usage(&self, usage: &[UsageEvent]) -> Result<(), StoreError>;
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// Jobs not started whose start deadline is before `now_ms`, soonest first.
+    async fn overdue(&self, now_ms: i64, limit: u32) -> Result<Vec<String>, StoreError>;
     /// Jobs recorded before `created_before_ms` whose enqueue was never confirmed.
     async fn unconfirmed(&self, created_before_ms: i64, limit: u32)
     -> Result<Vec<Job>, StoreError>;

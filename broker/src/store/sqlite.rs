@@ -183,8 +183,8 @@ impl JobStore for SqliteStore {
         let metadata = serde_json::to_string(&job.metadata).unwrap_or_else(|_| "{}".into());
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, model, priority, source, status, job, metadata, attempt, created_at,
-                tenant)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9)
+                tenant, deadline_at)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&job.id)
@@ -196,6 +196,7 @@ impl JobStore for SqliteStore {
         .bind(job.attempt)
         .bind(job.submitted_at_ms)
         .bind(&job.tenant)
+        .bind(job.deadline_ms)
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 1 {
@@ -355,6 +356,19 @@ impl JobStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(record).transpose()
+    }
+
+    async fn overdue(&self, now_ms: i64, limit: u32) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM jobs
+             WHERE deadline_at IS NOT NULL AND status IN ('queued', 'assigned')
+               AND deadline_at < ?1
+             ORDER BY deadline_at LIMIT ?2",
+        )
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn unconfirmed(
@@ -631,6 +645,42 @@ mod tests {
             s.get("b").await.unwrap().is_some(),
             "queued jobs are never discarded"
         );
+    }
+
+    #[tokio::test]
+    async fn overdue_jobs_are_those_not_started_by_their_deadline() {
+        let (s, _dir) = store().await;
+        let with_deadline = |id: &str, ms| Job {
+            deadline_ms: Some(ms),
+            ..job(id)
+        };
+        s.insert(&with_deadline("late", 1_500), Source::Http)
+            .await
+            .unwrap();
+        s.insert(&with_deadline("later", 1_800), Source::Http)
+            .await
+            .unwrap();
+        s.insert(&with_deadline("in-time", 9_000), Source::Http)
+            .await
+            .unwrap();
+        s.insert(&with_deadline("started", 1_500), Source::Http)
+            .await
+            .unwrap();
+        s.insert(&job("no-deadline"), Source::Http).await.unwrap();
+        s.apply_events(&[event(
+            "started",
+            1_200,
+            EventKind::Running { node: "n".into() },
+        )])
+        .await
+        .unwrap();
+        assert_eq!(s.overdue(2_000, 10).await.unwrap(), ["late", "later"]);
+        assert_eq!(
+            s.overdue(2_000, 1).await.unwrap(),
+            ["late"],
+            "soonest first"
+        );
+        assert!(s.overdue(1_000, 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]

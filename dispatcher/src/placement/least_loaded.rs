@@ -18,7 +18,7 @@ mod tests {
             free,
             running,
             slots: 8,
-            warm: false,
+            ..Candidate::default()
         }
     }
 

@@ -2,6 +2,7 @@
 //! its model, with room), pick one. Small and pure, one file each, chosen by
 //! `dispatcher.placement`.
 
+mod earliest_finish;
 mod least_loaded;
 mod model_affinity;
 mod power_of_two;
@@ -9,18 +10,23 @@ mod round_robin;
 
 use serde::Deserialize;
 
+pub use earliest_finish::EarliestFinish;
 pub use least_loaded::LeastLoaded;
 pub use model_affinity::ModelAffinity;
 pub use power_of_two::PowerOfTwo;
 pub use round_robin::RoundRobin;
 
 /// What a policy sees of one eligible node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Candidate {
     /// Assignments it can take now (always at least 1).
     pub free: u32,
     pub running: u32,
+    /// Assignments given to it and not finished: running or waiting there.
+    pub inflight: u32,
     pub slots: u32,
+    /// Its recent time per job; `None` until it has finished one.
+    pub service_ms: Option<u32>,
     /// It was given this model recently: its caches are likely warm.
     pub warm: bool,
 }
@@ -34,7 +40,6 @@ pub trait Policy: Send {
 #[serde(rename_all = "snake_case")]
 pub enum PolicyKind {
     /// The node with the most room; ties to the one running least.
-    #[default]
     LeastLoaded,
     /// A node warm for the model if one has room; otherwise least loaded.
     ModelAffinity,
@@ -43,6 +48,10 @@ pub enum PolicyKind {
     PowerOfTwo,
     /// Each node with room in turn, blind to load: a baseline.
     RoundRobin,
+    /// The node expected to finish the job soonest, from its measured time
+    /// per job and the work ahead of it: for nodes of unlike speed.
+    #[default]
+    EarliestFinish,
 }
 
 pub fn build(kind: PolicyKind) -> Box<dyn Policy> {
@@ -51,6 +60,7 @@ pub fn build(kind: PolicyKind) -> Box<dyn Policy> {
         PolicyKind::ModelAffinity => Box::new(ModelAffinity),
         PolicyKind::PowerOfTwo => Box::new(PowerOfTwo::seeded(seed())),
         PolicyKind::RoundRobin => Box::new(RoundRobin::default()),
+        PolicyKind::EarliestFinish => Box::new(EarliestFinish),
     }
 }
 

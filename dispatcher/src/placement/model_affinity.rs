@@ -18,9 +18,9 @@ mod tests {
     fn c(free: u32, warm: bool) -> Candidate {
         Candidate {
             free,
-            running: 0,
             slots: 8,
             warm,
+            ..Candidate::default()
         }
     }
 

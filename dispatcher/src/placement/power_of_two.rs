@@ -42,9 +42,8 @@ mod tests {
     fn picks_the_better_of_two_distinct_candidates() {
         let c = |free| Candidate {
             free,
-            running: 0,
             slots: 8,
-            warm: false,
+            ..Candidate::default()
         };
         let candidates = [c(1), c(2), c(3), c(4)];
         let mut p = PowerOfTwo::seeded(42);

@@ -26,9 +26,8 @@ mod tests {
     fn takes_each_candidate_in_turn_whatever_its_room() {
         let c = |free| Candidate {
             free,
-            running: 0,
             slots: 8,
-            warm: false,
+            ..Candidate::default()
         };
         let nodes = [c(8), c(1), c(4)];
         let mut rr = RoundRobin::default();
