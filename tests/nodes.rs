@@ -265,19 +265,26 @@ async fn earliest_finish_sends_work_to_the_node_that_is_faster() {
         .count();
     assert!(on_fast >= 25, "{on_fast} of 30 jobs ran on the fast node");
 
-    // Its heartbeat reports the time per job that placement weighed.
+    // Its heartbeat reports the time per job that placement weighed, the
+    // engine's own queue, and the GPUs NVML finds.
     use futures::StreamExt;
-    let reported = tokio::time::timeout(Duration::from_secs(5), async {
+    let hb = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let msg = beats.next().await.unwrap();
             let hb: switchyard_schemas::Heartbeat =
                 switchyard_schemas::decode(&msg.payload).unwrap();
-            if let Some(ms) = hb.service_ms {
-                return ms;
+            if hb.service_ms.is_some() {
+                return hb;
             }
         }
     })
     .await
     .unwrap();
-    assert!((10..200).contains(&reported), "service_ms {reported}");
+    let ms = hb.service_ms.unwrap();
+    assert!((10..200).contains(&ms), "service_ms {ms}");
+    assert_eq!(hb.engine.queue_depth, Some(0), "idle now: {hb:?}");
+    assert!(
+        !hb.gpus.is_empty() || stack.log_of("node-fast").contains("no NVIDIA driver"),
+        "a node without GPUs says why: {hb:?}"
+    );
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_dispatcher::Cluster;
 use switchyard_dispatcher::placement::{PolicyKind, build};
-use switchyard_schemas::{Heartbeat, SCHEMA_VERSION};
+use switchyard_schemas::{EngineLoad, Heartbeat, SCHEMA_VERSION};
 
 const NODES: usize = 1_000;
 const MODELS: usize = 16;
@@ -30,6 +30,8 @@ fn heartbeats() -> Vec<Heartbeat> {
             queued: 0,
             draining: false,
             service_ms: Some(20 + (i as u32 * 13) % 300),
+            gpus: Vec::new(),
+            engine: EngineLoad::default(),
         })
         .collect()
 }

@@ -269,6 +269,8 @@ mod tests {
             queued,
             draining: false,
             service_ms: None,
+            gpus: Vec::new(),
+            engine: switchyard_schemas::EngineLoad::default(),
         }
     }
 

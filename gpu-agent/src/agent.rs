@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::engine::{self, Engine, EngineError};
+use crate::gpus::Gpus;
 use crate::{AgentConfig, metrics as m};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,7 @@ struct Node {
     /// Moving average of the engine's time per finished job, in ms; 0 until
     /// one finishes. Reported so that placement can weigh this node's speed.
     service_ms: AtomicU32,
+    gpus: Gpus,
     /// Wakes the heartbeat loop when a slot frees up.
     slot_freed: Notify,
     ack_wait: Duration,
@@ -111,6 +113,7 @@ pub async fn run(
         results,
         running: AtomicU32::new(0),
         service_ms: AtomicU32::new(0),
+        gpus: Gpus::open(),
         slot_freed: Notify::new(),
         ack_wait: cfg.ack_wait,
         cancellations,
@@ -554,6 +557,13 @@ async fn heartbeats(
             queued,
             draining: draining.is_cancelled(),
             service_ms: Some(node.service_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0),
+            gpus: {
+                let node = node.clone();
+                tokio::task::spawn_blocking(move || node.gpus.sample())
+                    .await
+                    .unwrap_or_default()
+            },
+            engine: node.engine.load().await,
         };
         match encode(&hb) {
             Ok(bytes) => {

@@ -6,6 +6,7 @@
 mod agent;
 mod config;
 pub mod engine;
+mod gpus;
 mod metrics;
 
 pub use agent::{AgentError, run};

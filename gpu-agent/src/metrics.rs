@@ -5,6 +5,11 @@ pub const RUNNING: &str = "switchyard_agent_running_jobs";
 pub const SLOTS: &str = "switchyard_agent_slots";
 pub const ENGINE_SECONDS: &str = "switchyard_agent_engine_seconds";
 pub const HEARTBEATS: &str = "switchyard_agent_heartbeats_total";
+pub const GPU_UTILIZATION: &str = "switchyard_agent_gpu_utilization_ratio";
+pub const GPU_MEMORY_USED: &str = "switchyard_agent_gpu_memory_used_bytes";
+pub const GPU_MEMORY_TOTAL: &str = "switchyard_agent_gpu_memory_total_bytes";
+pub const GPU_TEMPERATURE: &str = "switchyard_agent_gpu_temperature_celsius";
+pub const GPU_POWER: &str = "switchyard_agent_gpu_power_watts";
 
 pub fn describe() {
     metrics::describe_counter!(
@@ -19,4 +24,23 @@ pub fn describe() {
         "Time the engine took per assignment"
     );
     metrics::describe_counter!(HEARTBEATS, "Heartbeats published");
+    metrics::describe_gauge!(
+        GPU_UTILIZATION,
+        "Share of the last NVML sample period a kernel ran, by GPU"
+    );
+    metrics::describe_gauge!(
+        GPU_MEMORY_USED,
+        metrics::Unit::Bytes,
+        "GPU memory in use, by GPU"
+    );
+    metrics::describe_gauge!(
+        GPU_MEMORY_TOTAL,
+        metrics::Unit::Bytes,
+        "GPU memory installed, by GPU"
+    );
+    metrics::describe_gauge!(
+        GPU_TEMPERATURE,
+        "GPU temperature in degrees Celsius, by GPU"
+    );
+    metrics::describe_gauge!(GPU_POWER, "GPU power draw in watts, by GPU");
 }

@@ -14,9 +14,9 @@ pub mod subjects;
 pub use codec::{CodecError, Encoding, decode, decode_submission, encode, encode_as};
 pub use error::{ErrorClass, JobError};
 pub use messages::{
-    AdmitReply, Assignment, ChatInput, ChatMessage, CompletionInput, DeadLetter, ErrorBody,
-    EventKind, Failure, Heartbeat, Job, JobEvent, JobInput, JobResult, Outcome, Submission, Usage,
-    UsageEvent, Versioned,
+    AdmitReply, Assignment, ChatInput, ChatMessage, CompletionInput, DeadLetter, EngineLoad,
+    ErrorBody, EventKind, Failure, GpuStats, Heartbeat, Job, JobEvent, JobInput, JobResult,
+    Outcome, Submission, Usage, UsageEvent, Versioned,
 };
 pub use priority::{ParsePriorityError, Priority};
 

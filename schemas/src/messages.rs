@@ -292,6 +292,47 @@ pub struct Heartbeat {
     /// it finished), once it has finished one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_ms: Option<u32>,
+    /// The node's GPUs, from NVML; empty where there is no NVIDIA driver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuStats>,
+    /// The engine's own account of its load, where its metrics give one.
+    #[serde(default, skip_serializing_if = "EngineLoad::is_unknown")]
+    pub engine: EngineLoad,
+}
+
+/// One GPU as NVML reports it. A reading the driver refuses is left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuStats {
+    pub index: u32,
+    pub name: String,
+    /// Share of the last sample period a kernel was running, 0–100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_pct: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_total_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_mw: Option<u32>,
+}
+
+/// An engine's load in its own terms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineLoad {
+    /// Requests the engine holds waiting for a batch slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<u32>,
+    /// Share of its KV cache in use, 0–1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_usage: Option<f32>,
+}
+
+impl EngineLoad {
+    pub fn is_unknown(&self) -> bool {
+        self.queue_depth.is_none() && self.kv_cache_usage.is_none()
+    }
 }
 
 /// A job that exhausted its attempts, on `sy.dead.<job id>`, kept for

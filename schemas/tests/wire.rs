@@ -136,6 +136,19 @@ fn every_message_round_trips() {
         queued: 1,
         draining: false,
         service_ms: Some(40),
+        gpus: vec![GpuStats {
+            index: 0,
+            name: "NVIDIA H100 80GB HBM3".into(),
+            utilization_pct: Some(87),
+            memory_used_bytes: Some(60 << 30),
+            memory_total_bytes: Some(80 << 30),
+            temperature_c: Some(61),
+            power_mw: Some(512_000),
+        }],
+        engine: EngineLoad {
+            queue_depth: Some(3),
+            kv_cache_usage: Some(0.42),
+        },
     });
 }
 

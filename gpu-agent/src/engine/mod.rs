@@ -4,7 +4,7 @@
 pub mod simulated;
 
 use async_trait::async_trait;
-use switchyard_schemas::{ErrorClass, JobInput, Usage};
+use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
 
 use crate::EngineConfig;
 
@@ -32,6 +32,9 @@ pub trait Engine: Send + Sync {
     /// Requests it runs at once; the agent never has more in flight.
     fn slots(&self) -> u32;
     async fn infer(&self, model: &str, input: &JobInput) -> Result<Inference, EngineError>;
+    /// The engine's own account of its load (requests it queues, KV cache in
+    /// use), for heartbeats.
+    async fn load(&self) -> EngineLoad;
 }
 
 pub fn build(config: &EngineConfig) -> Box<dyn Engine> {

@@ -3,13 +3,14 @@
 //! result belongs to its job: the completion repeats the prompt's words, in
 //! order and cycling, up to `max_tokens` words (one word = one token).
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
 use switchyard_runtime::{Issues, Registry};
-use switchyard_schemas::{ErrorClass, JobInput, Usage};
+use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
 use tokio::sync::Semaphore;
 
 use super::{Engine, EngineError, Inference};
@@ -69,12 +70,18 @@ impl SimulatedConfig {
 pub struct Simulated {
     config: SimulatedConfig,
     slots: Semaphore,
+    /// Requests waiting for a slot: the engine's own queue.
+    waiting: AtomicU32,
 }
 
 impl Simulated {
     pub fn new(config: SimulatedConfig) -> Self {
         let slots = Semaphore::new(config.slots as usize);
-        Self { config, slots }
+        Self {
+            config,
+            slots,
+            waiting: AtomicU32::new(0),
+        }
     }
 }
 
@@ -115,8 +122,18 @@ impl Engine for Simulated {
         self.config.slots
     }
 
+    async fn load(&self) -> EngineLoad {
+        EngineLoad {
+            queue_depth: Some(self.waiting.load(Ordering::Relaxed)),
+            kv_cache_usage: None,
+        }
+    }
+
     async fn infer(&self, model: &str, input: &JobInput) -> Result<Inference, EngineError> {
-        let _slot = self.slots.acquire().await.map_err(|_| EngineError {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let slot = self.slots.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let _slot = slot.map_err(|_| EngineError {
             class: ErrorClass::EngineUnavailable,
             message: "engine is shutting down".into(),
         })?;
@@ -257,9 +274,15 @@ mod tests {
             temperature: None,
         });
         let start = tokio::time::Instant::now();
-        let (a, b) = tokio::join!(e.infer("m", &input), e.infer("m", &input));
+        let probe = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            e.load().await
+        };
+        let (a, b, load) = tokio::join!(e.infer("m", &input), e.infer("m", &input), probe);
         a.unwrap();
         b.unwrap();
+        assert_eq!(load.queue_depth, Some(1), "the second request waited");
+        assert_eq!(e.load().await.queue_depth, Some(0));
         // One slot: the second request waits for the first (2 × (10ms + 10 × 1ms)).
         assert_eq!(start.elapsed(), Duration::from_millis(40));
     }

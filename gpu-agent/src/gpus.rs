@@ -1,0 +1,87 @@
+//! GPU telemetry through NVML, which is loaded at run time: on a node without
+//! an NVIDIA driver the agent says so once and reports no GPU.
+
+use nvml_wrapper::Nvml;
+use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+use switchyard_schemas::GpuStats;
+use tracing::{info, warn};
+
+use crate::metrics as m;
+
+pub struct Gpus {
+    nvml: Option<Nvml>,
+}
+
+impl Gpus {
+    pub fn open() -> Gpus {
+        let nvml = match Nvml::init() {
+            Ok(nvml) => {
+                info!(gpus = nvml.device_count().unwrap_or(0), "NVML loaded");
+                Some(nvml)
+            }
+            Err(e) => {
+                info!(reason = %e, "no NVIDIA driver here; heartbeats report no GPU");
+                None
+            }
+        };
+        Gpus { nvml }
+    }
+
+    /// Reads every GPU now, and sets the agent's GPU gauges. Blocking: NVML
+    /// calls go to the driver.
+    pub fn sample(&self) -> Vec<GpuStats> {
+        let Some(nvml) = &self.nvml else {
+            return Vec::new();
+        };
+        let count = match nvml.device_count() {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "NVML cannot count GPUs");
+                return Vec::new();
+            }
+        };
+        let mut gpus = Vec::new();
+        for index in 0..count {
+            let device = match nvml.device_by_index(index) {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(index, error = %e, "NVML cannot open a GPU");
+                    continue;
+                }
+            };
+            let memory = device.memory_info().ok();
+            let stats = GpuStats {
+                index,
+                name: device.name().unwrap_or_default(),
+                utilization_pct: device.utilization_rates().ok().map(|u| u.gpu),
+                memory_used_bytes: memory.as_ref().map(|m| m.used),
+                memory_total_bytes: memory.as_ref().map(|m| m.total),
+                temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
+                power_mw: device.power_usage().ok(),
+            };
+            export(&stats);
+            gpus.push(stats);
+        }
+        gpus
+    }
+}
+
+fn export(gpu: &GpuStats) {
+    let label = gpu.index.to_string();
+    let set = |name: &'static str, value: Option<f64>| {
+        if let Some(v) = value {
+            metrics::gauge!(name, "gpu" => label.clone()).set(v);
+        }
+    };
+    set(
+        m::GPU_UTILIZATION,
+        gpu.utilization_pct.map(|p| f64::from(p) / 100.0),
+    );
+    set(m::GPU_MEMORY_USED, gpu.memory_used_bytes.map(|b| b as f64));
+    set(
+        m::GPU_MEMORY_TOTAL,
+        gpu.memory_total_bytes.map(|b| b as f64),
+    );
+    set(m::GPU_TEMPERATURE, gpu.temperature_c.map(f64::from));
+    set(m::GPU_POWER, gpu.power_mw.map(|mw| f64::from(mw) / 1000.0));
+}
