@@ -5,6 +5,7 @@ use serde::Deserialize;
 use switchyard_runtime::config::check_id;
 use switchyard_runtime::{Issues, Registry};
 
+use crate::engine::openai::OpenAiConfig;
 use crate::engine::simulated::SimulatedConfig;
 
 /// The `agent:` section of the configuration.
@@ -53,6 +54,10 @@ fn default_drain() -> Duration {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EngineConfig {
     Simulated(SimulatedConfig),
+    /// vLLM's OpenAI-compatible server; its load is read from `/metrics`.
+    Vllm(OpenAiConfig),
+    /// Any other OpenAI-compatible server (TGI, SGLang, llama.cpp, …).
+    Openai(OpenAiConfig),
 }
 
 impl AgentConfig {
@@ -72,6 +77,7 @@ impl AgentConfig {
         );
         match &self.engine {
             EngineConfig::Simulated(sim) => sim.validate(registry, issues),
+            EngineConfig::Vllm(c) | EngineConfig::Openai(c) => c.validate(registry, issues),
         }
     }
 }

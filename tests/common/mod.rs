@@ -177,6 +177,8 @@ pub struct StackOptions {
     pub aging_bound: &'static str,
     /// YAML list of tenants and their weights.
     pub tenants: &'static str,
+    /// More entries for the model registry (YAML list items, indented by two).
+    pub extra_models: &'static str,
     pub placement: &'static str,
     pub prefetch_per_slot: u32,
 }
@@ -193,10 +195,27 @@ impl Default for StackOptions {
             duplicate_window: "10m",
             aging_bound: "60s",
             tenants: "[]",
+            extra_models: "",
             placement: "least_loaded",
             prefetch_per_slot: 1,
         }
     }
+}
+
+/// The `engine:` block of an agent driving the simulated engine.
+fn simulated_engine(opts: &StackOptions, faults: &str) -> String {
+    format!(
+        r#"
+    kind: simulated
+    models: [{CHAT_MODEL}, {TEXT_MODEL}]
+    slots: {slots}
+    base_latency: {base}
+    per_token_latency: {per_token}
+    faults: {faults}"#,
+        slots = opts.slots,
+        base = opts.base_latency,
+        per_token = opts.per_token_latency,
+    )
 }
 
 fn config_yaml(
@@ -204,7 +223,7 @@ fn config_yaml(
     nats_url: &str,
     broker_port: u16,
     dir: &Path,
-    faults: &str,
+    engine: &str,
 ) -> String {
     format!(
         r#"
@@ -222,6 +241,7 @@ models:
     kind: completion
     max_tokens: 64
     default_max_tokens: 8
+{extra_models}
 tenants: {tenants}
 broker:
   listen: 127.0.0.1:{broker_port}
@@ -241,19 +261,11 @@ agent:
   heartbeat_interval: 500ms
   ack_wait: {ack_wait}
   drain_timeout: 10s
-  engine:
-    kind: simulated
-    models: [{CHAT_MODEL}, {TEXT_MODEL}]
-    slots: {slots}
-    base_latency: {base}
-    per_token_latency: {per_token}
-    faults: {faults}
+  engine: {engine}
 "#,
         db = dir.join("jobs.db").display(),
         ack_wait = opts.agent_ack_wait,
-        slots = opts.slots,
-        base = opts.base_latency,
-        per_token = opts.per_token_latency,
+        extra_models = opts.extra_models,
         max_queued = opts.max_queued,
         duplicate_window = opts.duplicate_window,
         aging_bound = opts.aging_bound,
@@ -283,7 +295,8 @@ impl Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let broker_port = free_port();
         let config = dir.path().join("switchyard.yaml");
-        let yaml = config_yaml(&opts, &nats.url(), broker_port, dir.path(), opts.faults);
+        let engine = simulated_engine(&opts, opts.faults);
+        let yaml = config_yaml(&opts, &nats.url(), broker_port, dir.path(), &engine);
         std::fs::write(&config, yaml).expect("config");
         Stack {
             nats,
@@ -358,12 +371,18 @@ impl Stack {
 
     /// An agent whose engine has its own fault rules (a YAML list).
     pub fn start_faulty_agent(&mut self, node: &str, faults: &str) {
+        let engine = simulated_engine(&self.opts, faults);
+        self.start_agent_on(node, &engine);
+    }
+
+    /// An agent with its own `engine:` block (YAML, indented by four).
+    pub fn start_agent_on(&mut self, node: &str, engine: &str) {
         let yaml = config_yaml(
             &self.opts,
             &self.nats.url(),
             self.broker_port,
             self.dir.path(),
-            faults,
+            engine,
         );
         let path = self.dir.path().join(format!("{node}.yaml"));
         std::fs::write(&path, yaml).expect("config");

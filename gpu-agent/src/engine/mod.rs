@@ -1,9 +1,11 @@
 //! Engines the agent can drive. Every engine implements [`Engine`]; the agent
 //! knows nothing else about it.
 
+pub mod openai;
 pub mod simulated;
 
 use async_trait::async_trait;
+use switchyard_runtime::{Issues, Registry};
 use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
 
 use crate::EngineConfig;
@@ -40,5 +42,34 @@ pub trait Engine: Send + Sync {
 pub fn build(config: &EngineConfig) -> Box<dyn Engine> {
     match config {
         EngineConfig::Simulated(c) => Box::new(simulated::Simulated::new(c.clone())),
+        EngineConfig::Vllm(c) => Box::new(openai::OpenAi::new(c.clone(), openai::Flavor::Vllm)),
+        EngineConfig::Openai(c) => {
+            Box::new(openai::OpenAi::new(c.clone(), openai::Flavor::Generic))
+        }
+    }
+}
+
+/// What every engine's configuration must get right: models the registry
+/// knows, and a sane number of slots.
+fn check_models_and_slots(models: &[String], slots: u32, registry: &Registry, issues: &mut Issues) {
+    issues.check(
+        slots > 0 && slots <= 4096,
+        "agent.engine.slots",
+        slots,
+        "must be between 1 and 4096",
+    );
+    issues.check(
+        !models.is_empty(),
+        "agent.engine.models",
+        models,
+        "serve at least one model",
+    );
+    for m in models {
+        issues.check(
+            registry.get(m).is_some(),
+            "agent.engine.models",
+            m,
+            "not in the model registry",
+        );
     }
 }

