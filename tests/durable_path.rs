@@ -194,3 +194,50 @@ async fn jobs_of_a_killed_agent_are_redelivered_and_reported_once() {
         interrupted.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_job_publishes_its_text_in_order_and_its_whole_result() {
+    let stack = Stack::running(
+        StackOptions {
+            per_token_latency: "5ms",
+            ..StackOptions::default()
+        },
+        &["node-a"],
+    );
+    let client = stack.nats.client().await;
+    let mut pieces = client.subscribe("sy.stream.*").await.unwrap();
+    client.flush().await.unwrap();
+    let mut body = chat_body("stream these words", 7);
+    body["stream"] = json!(true);
+    let id = stack.submit_http(&body).await;
+    let mut chunks = Vec::new();
+    while chunks
+        .last()
+        .is_none_or(|c: &switchyard_schemas::StreamChunk| c.finish_reason.is_none())
+    {
+        let msg = tokio::time::timeout(Duration::from_secs(10), pieces.next())
+            .await
+            .expect("chunks keep coming until the last")
+            .unwrap();
+        assert_eq!(msg.subject.as_str(), format!("sy.stream.{id}"));
+        chunks.push(switchyard_schemas::decode(&msg.payload).unwrap());
+    }
+    // Seven words, one chunk each, then the last chunk with the reason.
+    assert_eq!(chunks.len(), 8, "{chunks:?}");
+    assert!(
+        chunks
+            .iter()
+            .enumerate()
+            .all(|(i, c)| c.seq as usize == i && c.attempt == 1)
+    );
+    assert_eq!(chunks[7].finish_reason.as_deref(), Some("length"));
+    let text: String = chunks.iter().map(|c| c.delta.as_str()).collect();
+    assert_eq!(text, expected_echo("stream these words", 7));
+    let r = &stack
+        .wait_finished(std::slice::from_ref(&id), Duration::from_secs(10))
+        .await[&id];
+    assert_eq!(
+        r["result"]["choices"][0]["message"]["content"],
+        text.as_str()
+    );
+}

@@ -115,6 +115,7 @@ pub fn validate(
         failures: Vec::new(),
         deadline_ms: submission.deadline_ms,
         timeout_ms: submission.timeout_ms,
+        stream: submission.stream,
     })
 }
 

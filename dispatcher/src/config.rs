@@ -151,6 +151,7 @@ mod tests {
                 .collect(),
             deadline_ms: None,
             timeout_ms: None,
+            stream: false,
         }
     }
 

@@ -13,14 +13,14 @@ use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_schemas::{
     Assignment, ErrorClass, EventKind, Failure, Heartbeat, JobError, JobEvent, JobResult, Outcome,
-    SCHEMA_VERSION, UsageEvent, decode, encode, now_ms, subjects,
+    SCHEMA_VERSION, StreamChunk, UsageEvent, decode, encode, now_ms, subjects,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::engine::{self, Engine, EngineError};
+use crate::engine::{self, Engine, EngineError, TokenSink};
 use crate::gpus::Gpus;
 use crate::{AgentConfig, metrics as m};
 
@@ -329,6 +329,9 @@ async fn execute(
 
     let started = Instant::now();
     let started_at_ms = now_ms();
+    let chunks = job
+        .stream
+        .then(|| Chunks::start(node.client.clone(), &job.id, job.attempt));
     let inference = if !node.engine.models().contains(&job.model) {
         // Misrouted: running it would answer with another model.
         Err(EngineError {
@@ -337,7 +340,9 @@ async fn execute(
         })
     } else {
         let infer = async {
-            let run = node.engine.infer(&job.model, &job.input);
+            let run = node
+                .engine
+                .infer(&job.model, &job.input, chunks.as_ref().map(Chunks::sink));
             match job.timeout_ms {
                 // Dropping the request at the limit cancels it at the engine.
                 Some(ms) => tokio::time::timeout(Duration::from_millis(ms), run)
@@ -383,6 +388,15 @@ async fn execute(
         lock(&node.aborts).remove(&job.id);
         outcome
     };
+    if let Some(chunks) = chunks {
+        let finish_reason = match &inference {
+            Ok(inf) if lease.held() => inf.output["choices"][0]["finish_reason"]
+                .as_str()
+                .unwrap_or("stop"),
+            _ => "error",
+        };
+        chunks.finish(finish_reason).await;
+    }
     if !lease.held() {
         // Paused or cut off past the ack wait: the assignment was handed out
         // again, so this attempt's outcome must not be reported.
@@ -487,6 +501,87 @@ async fn watch_cancellations(node: Arc<Node>, stop: CancellationToken) {
 /// The lock holds plain data, so a panic elsewhere leaves it usable.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Publishes a streamed attempt's text on `sy.stream.<job id>`, in order,
+/// as the engine produces it.
+struct Chunks {
+    sink: TokenSink,
+    forwarder: tokio::task::JoinHandle<u32>,
+    client: async_nats::Client,
+    job_id: String,
+    attempt: u32,
+}
+
+impl Chunks {
+    fn start(client: async_nats::Client, job_id: &str, attempt: u32) -> Chunks {
+        let (sink, mut pieces) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let forwarder = {
+            let (client, job_id) = (client.clone(), job_id.to_owned());
+            tokio::spawn(async move {
+                let mut seq = 0;
+                while let Some(delta) = pieces.recv().await {
+                    publish_chunk(&client, &job_id, attempt, seq, delta, None).await;
+                    seq += 1;
+                }
+                seq
+            })
+        };
+        Chunks {
+            sink,
+            forwarder,
+            client,
+            job_id: job_id.to_owned(),
+            attempt,
+        }
+    }
+
+    fn sink(&self) -> &TokenSink {
+        &self.sink
+    }
+
+    /// Sends what is left, then the last chunk with `finish_reason`.
+    async fn finish(self, finish_reason: &str) {
+        drop(self.sink);
+        let seq = self.forwarder.await.unwrap_or(0);
+        let reason = Some(finish_reason.to_owned());
+        publish_chunk(
+            &self.client,
+            &self.job_id,
+            self.attempt,
+            seq,
+            String::new(),
+            reason,
+        )
+        .await;
+    }
+}
+
+async fn publish_chunk(
+    client: &async_nats::Client,
+    job_id: &str,
+    attempt: u32,
+    seq: u32,
+    delta: String,
+    finish_reason: Option<String>,
+) {
+    let chunk = StreamChunk {
+        v: SCHEMA_VERSION,
+        job_id: job_id.to_owned(),
+        attempt,
+        seq,
+        delta,
+        finish_reason,
+    };
+    // Best effort by design: the whole output is in the job's result.
+    match encode(&chunk) {
+        Ok(bytes) => {
+            if let Err(e) = client.publish(subjects::stream(job_id), bytes.into()).await {
+                warn!(error = %e, "stream chunk not sent");
+            }
+        }
+        Err(e) => warn!(error = %e, "stream chunk not encoded"),
+    }
 }
 
 fn fenced() -> Done {

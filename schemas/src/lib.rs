@@ -16,7 +16,7 @@ pub use error::{ErrorClass, JobError};
 pub use messages::{
     AdmitReply, Assignment, ChatInput, ChatMessage, CompletionInput, DeadLetter, EngineLoad,
     ErrorBody, EventKind, Failure, GpuStats, Heartbeat, Job, JobEvent, JobInput, JobResult,
-    Outcome, Submission, Usage, UsageEvent, Versioned,
+    Outcome, StreamChunk, Submission, Usage, UsageEvent, Versioned,
 };
 pub use priority::{ParsePriorityError, Priority};
 

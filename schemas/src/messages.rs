@@ -19,7 +19,15 @@ macro_rules! versioned {
     )*};
 }
 versioned!(
-    Submission, Job, Assignment, JobEvent, JobResult, UsageEvent, Heartbeat, DeadLetter
+    Submission,
+    Job,
+    Assignment,
+    JobEvent,
+    JobResult,
+    UsageEvent,
+    Heartbeat,
+    DeadLetter,
+    StreamChunk
 );
 
 fn current_version() -> u16 {
@@ -53,6 +61,13 @@ pub struct Submission {
     /// Run for at most this long, or be cancelled and end `timed_out`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Publish the output as it is generated on `sy.stream.<job id>`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stream: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 /// One message of a chat conversation.
@@ -124,6 +139,9 @@ pub struct Job {
     /// Run for at most this long, or be cancelled and end `timed_out`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Publish the output as it is generated on `sy.stream.<job id>`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stream: bool,
 }
 
 fn one() -> u32 {
@@ -333,6 +351,25 @@ impl EngineLoad {
     pub fn is_unknown(&self) -> bool {
         self.queue_depth.is_none() && self.kv_cache_usage.is_none()
     }
+}
+
+/// A piece of a streamed job's output, on core NATS `sy.stream.<job id>`.
+/// Best effort: a subscriber that misses chunks (a gap in `seq`) still has
+/// the job's whole result on `RESULTS`. A retried job streams again under
+/// its new `attempt`, from `seq` 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamChunk {
+    pub v: u16,
+    pub job_id: String,
+    pub attempt: u32,
+    /// 0, 1, 2, … within the attempt.
+    pub seq: u32,
+    /// Text generated since the previous chunk.
+    pub delta: String,
+    /// On the last chunk of the attempt: why generation stopped (the
+    /// engine's `finish_reason`, or `error` when the attempt failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
 }
 
 /// A job that exhausted its attempts, on `sy.dead.<job id>`, kept for

@@ -31,6 +31,8 @@ pub const CANCEL_BUCKET: &str = "cancelled";
 pub const CANCEL: &str = "sy.cancel";
 /// Core NATS request/reply intake: `sy.admit.<priority>`.
 pub const ADMIT_ALL: &str = "sy.admit.*";
+/// Core NATS: streamed output, `sy.stream.<job id>` (best effort, not stored).
+pub const STREAM_ALL: &str = "sy.stream.*";
 /// Core NATS heartbeats: `sy.heartbeat.<node>` (state, not history: not stored).
 pub const HEARTBEAT_ALL: &str = "sy.heartbeat.*";
 
@@ -70,6 +72,11 @@ pub fn usage(job_id: &str) -> String {
 
 pub fn dead(job_id: &str) -> String {
     format!("sy.dead.{job_id}")
+}
+
+/// Core NATS: a streamed job's output as it is generated.
+pub fn stream(job_id: &str) -> String {
+    format!("sy.stream.{job_id}")
 }
 
 pub fn heartbeat(node: &str) -> String {

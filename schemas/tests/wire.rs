@@ -34,6 +34,7 @@ fn job() -> Job {
         failures: vec![],
         deadline_ms: None,
         timeout_ms: None,
+        stream: false,
     }
 }
 

@@ -431,6 +431,7 @@ mod tests {
             failures: vec![],
             deadline_ms: None,
             timeout_ms: None,
+            stream: false,
         }
     }
 

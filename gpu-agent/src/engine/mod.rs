@@ -10,6 +10,9 @@ use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
 
 use crate::EngineConfig;
 
+/// Where a streaming request's text goes, piece by piece.
+pub type TokenSink = tokio::sync::mpsc::UnboundedSender<String>;
+
 /// What an engine returns for one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inference {
@@ -33,7 +36,14 @@ pub trait Engine: Send + Sync {
     fn models(&self) -> &[String];
     /// Requests it runs at once; the agent never has more in flight.
     fn slots(&self) -> u32;
-    async fn infer(&self, model: &str, input: &JobInput) -> Result<Inference, EngineError>;
+    /// Runs one request. With `tokens`, each piece of text is sent there as
+    /// it is generated; the returned output is whole either way.
+    async fn infer(
+        &self,
+        model: &str,
+        input: &JobInput,
+        tokens: Option<&TokenSink>,
+    ) -> Result<Inference, EngineError>;
     /// The engine's own account of its load (requests it queues, KV cache in
     /// use), for heartbeats.
     async fn load(&self) -> EngineLoad;

@@ -12,7 +12,7 @@ use switchyard_runtime::{Issues, Registry};
 use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
 use tracing::warn;
 
-use super::{Engine, EngineError, Inference, check_models_and_slots};
+use super::{Engine, EngineError, Inference, TokenSink, check_models_and_slots};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,7 +104,12 @@ impl Engine for OpenAi {
         self.config.slots
     }
 
-    async fn infer(&self, model: &str, input: &JobInput) -> Result<Inference, EngineError> {
+    async fn infer(
+        &self,
+        model: &str,
+        input: &JobInput,
+        tokens: Option<&TokenSink>,
+    ) -> Result<Inference, EngineError> {
         // A job's input already has the OpenAI request's shape.
         let (path, body) = match input {
             JobInput::Chat(c) => ("/v1/chat/completions", serde_json::to_value(c)),
@@ -115,21 +120,36 @@ impl Engine for OpenAi {
             message: format!("request not encoded: {e}"),
         })?;
         body["model"] = Value::String(model.to_owned());
-        let response = self
+        if tokens.is_some() {
+            body["stream"] = Value::Bool(true);
+            body["stream_options"] = serde_json::json!({"include_usage": true});
+        }
+        let mut response = self
             .post(path)
             .json(&body)
             .send()
             .await
             .map_err(transport_error)?;
         let status = response.status();
-        let text = response.text().await.map_err(transport_error)?;
-        if !status.is_success() {
-            return Err(status_error(status, &text));
-        }
-        let output: Value = serde_json::from_str(&text).map_err(|e| EngineError {
-            class: ErrorClass::EngineUnavailable,
-            message: format!("the engine's answer is not JSON: {e}"),
-        })?;
+        let output = match tokens {
+            Some(sink) if status.is_success() => {
+                let mut events = SseAssembler::new(input);
+                while let Some(bytes) = response.chunk().await.map_err(transport_error)? {
+                    events.feed(&bytes, sink);
+                }
+                events.finish(model)
+            }
+            _ => {
+                let text = response.text().await.map_err(transport_error)?;
+                if !status.is_success() {
+                    return Err(status_error(status, &text));
+                }
+                serde_json::from_str(&text).map_err(|e| EngineError {
+                    class: ErrorClass::EngineUnavailable,
+                    message: format!("the engine's answer is not JSON: {e}"),
+                })?
+            }
+        };
         let usage = usage_of(&output).unwrap_or_else(|| {
             warn!(model, "the engine reported no usage; billed as zero tokens");
             Usage::default()
@@ -157,6 +177,84 @@ impl Engine for OpenAi {
                 EngineLoad::default()
             }
         }
+    }
+}
+
+/// Reads an OpenAI server-sent event stream (`data: {chunk}` lines, a last
+/// chunk with `usage` and no choices, then `data: [DONE]`), passes each
+/// piece of text on, and builds the whole response the non-streaming call
+/// would have given.
+struct SseAssembler {
+    chat: bool,
+    pending: Vec<u8>,
+    text: String,
+    id: Value,
+    finish_reason: Value,
+    usage: Value,
+}
+
+impl SseAssembler {
+    fn new(input: &JobInput) -> Self {
+        Self {
+            chat: matches!(input, JobInput::Chat(_)),
+            pending: Vec::new(),
+            text: String::new(),
+            id: Value::Null,
+            finish_reason: Value::Null,
+            usage: Value::Null,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8], sink: &TokenSink) {
+        self.pending.extend_from_slice(bytes);
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            let Some(data) = std::str::from_utf8(&line)
+                .ok()
+                .and_then(|l| l.trim_end().strip_prefix("data: "))
+            else {
+                continue;
+            };
+            let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+                continue; // `[DONE]`
+            };
+            if self.id.is_null() {
+                self.id = chunk["id"].clone();
+            }
+            if !chunk["usage"].is_null() {
+                self.usage = chunk["usage"].clone();
+            }
+            let Some(choice) = chunk["choices"].get(0) else {
+                continue;
+            };
+            let piece = if self.chat {
+                choice["delta"]["content"].as_str()
+            } else {
+                choice["text"].as_str()
+            };
+            if let Some(piece) = piece.filter(|p| !p.is_empty()) {
+                self.text.push_str(piece);
+                let _ = sink.send(piece.to_owned());
+            }
+            if !choice["finish_reason"].is_null() {
+                self.finish_reason = choice["finish_reason"].clone();
+            }
+        }
+    }
+
+    fn finish(self, model: &str) -> Value {
+        let choice = if self.chat {
+            serde_json::json!({"index": 0, "message": {"role": "assistant", "content": self.text}, "finish_reason": self.finish_reason})
+        } else {
+            serde_json::json!({"index": 0, "text": self.text, "finish_reason": self.finish_reason})
+        };
+        serde_json::json!({
+            "id": self.id,
+            "object": if self.chat { "chat.completion" } else { "text_completion" },
+            "model": model,
+            "choices": [choice],
+            "usage": self.usage,
+        })
     }
 }
 
@@ -266,6 +364,40 @@ vllm:kv_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.47
         assert_eq!(
             status_error(StatusCode::TOO_MANY_REQUESTS, "").class,
             ErrorClass::Overloaded
+        );
+    }
+
+    #[test]
+    fn a_streamed_answer_is_passed_on_and_assembled() {
+        // As vLLM sends it, cut at arbitrary byte boundaries.
+        let sse = concat!(
+            "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"index\":0,\"text\":\" anor\",\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"index\":0,\"text\":\" usquvo\",\"finish_reason\":\"length\"}]}\n\n",
+            "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"total_tokens\":5,\"completion_tokens\":2}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let input = JobInput::Completion(switchyard_schemas::CompletionInput {
+            prompt: "x".into(),
+            max_tokens: Some(2),
+            temperature: None,
+        });
+        let (sink, mut pieces) = tokio::sync::mpsc::unbounded_channel();
+        let mut sse_in = SseAssembler::new(&input);
+        for part in sse.as_bytes().chunks(37) {
+            sse_in.feed(part, &sink);
+        }
+        let out = sse_in.finish("tiny");
+        assert_eq!(pieces.try_recv().unwrap(), " anor");
+        assert_eq!(pieces.try_recv().unwrap(), " usquvo");
+        assert!(pieces.try_recv().is_err());
+        assert_eq!(out["choices"][0]["text"], " anor usquvo");
+        assert_eq!(out["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            usage_of(&out),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2
+            })
         );
     }
 

@@ -13,7 +13,7 @@ use switchyard_runtime::{Issues, Registry};
 use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
 use tokio::sync::Semaphore;
 
-use super::{Engine, EngineError, Inference, check_models_and_slots};
+use super::{Engine, EngineError, Inference, TokenSink, check_models_and_slots};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,7 +110,12 @@ impl Engine for Simulated {
         }
     }
 
-    async fn infer(&self, model: &str, input: &JobInput) -> Result<Inference, EngineError> {
+    async fn infer(
+        &self,
+        model: &str,
+        input: &JobInput,
+        tokens: Option<&TokenSink>,
+    ) -> Result<Inference, EngineError> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let slot = self.slots.acquire().await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -137,10 +142,28 @@ impl Engine for Simulated {
             prompt_tokens: u32::try_from(words.len()).unwrap_or(u32::MAX),
             completion_tokens: u32::try_from(completion.len()).unwrap_or(u32::MAX),
         };
-        tokio::time::sleep(
-            self.config.base_latency + self.config.per_token_latency * usage.completion_tokens,
-        )
-        .await;
+        match tokens {
+            Some(sink) => {
+                tokio::time::sleep(self.config.base_latency).await;
+                for (i, word) in completion.iter().enumerate() {
+                    tokio::time::sleep(self.config.per_token_latency).await;
+                    let piece = if i == 0 {
+                        word.clone()
+                    } else {
+                        format!(" {word}")
+                    };
+                    // A closed sink only means nobody listens any more.
+                    let _ = sink.send(piece);
+                }
+            }
+            None => {
+                tokio::time::sleep(
+                    self.config.base_latency
+                        + self.config.per_token_latency * usage.completion_tokens,
+                )
+                .await;
+            }
+        }
         let text = completion.join(" ");
         let usage_json = json!({
             "prompt_tokens": usage.prompt_tokens,
@@ -188,6 +211,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn streamed_pieces_add_up_to_the_output() {
+        let input = JobInput::Completion(CompletionInput {
+            prompt: "one two three".into(),
+            max_tokens: Some(5),
+            temperature: None,
+        });
+        let (sink, mut pieces) = tokio::sync::mpsc::unbounded_channel();
+        let out = engine(1).infer("m", &input, Some(&sink)).await.unwrap();
+        drop(sink);
+        let mut streamed = Vec::new();
+        while let Some(p) = pieces.recv().await {
+            streamed.push(p);
+        }
+        assert_eq!(streamed.len(), 5);
+        assert_eq!(streamed.concat(), out.output["choices"][0]["text"]);
+    }
+
+    #[tokio::test]
     async fn faults_fail_only_the_requests_they_match() {
         let input = |prompt: &str| {
             JobInput::Completion(CompletionInput {
@@ -197,9 +238,12 @@ mod tests {
             })
         };
         let e = engine(1);
-        let err = e.infer("m", &input("a poison pill")).await.unwrap_err();
+        let err = e
+            .infer("m", &input("a poison pill"), None)
+            .await
+            .unwrap_err();
         assert_eq!(err.class, ErrorClass::Overloaded);
-        assert!(e.infer("m", &input("wholesome")).await.is_ok());
+        assert!(e.infer("m", &input("wholesome"), None).await.is_ok());
     }
 
     #[tokio::test]
@@ -218,7 +262,7 @@ mod tests {
             max_tokens: Some(5),
             temperature: None,
         });
-        let out = engine(1).infer("m", &input).await.unwrap();
+        let out = engine(1).infer("m", &input, None).await.unwrap();
         assert_eq!(
             out.output["choices"][0]["message"]["content"],
             "be brief job-7 be brief"
@@ -241,7 +285,7 @@ mod tests {
             max_tokens: Some(4),
             temperature: None,
         });
-        let out = engine(1).infer("m", &input).await.unwrap();
+        let out = engine(1).infer("m", &input, None).await.unwrap();
         assert_eq!(out.output["choices"][0]["text"], "");
         assert_eq!(out.usage.completion_tokens, 0);
     }
@@ -259,7 +303,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
             e.load().await
         };
-        let (a, b, load) = tokio::join!(e.infer("m", &input), e.infer("m", &input), probe);
+        let (a, b, load) = tokio::join!(
+            e.infer("m", &input, None),
+            e.infer("m", &input, None),
+            probe
+        );
         a.unwrap();
         b.unwrap();
         assert_eq!(load.queue_depth, Some(1), "the second request waited");
