@@ -28,7 +28,7 @@ pub enum DispatchError {
     Nats(#[from] NatsError),
     #[error(transparent)]
     Serve(#[from] ServeError),
-    #[error("cannot subscribe to heartbeats: {0}")]
+    #[error("cannot subscribe to heartbeats or the job queues: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
 }
 
@@ -144,6 +144,10 @@ pub async fn run(
     let mut aged_at = Instant::now();
     let mut aged: Vec<(usize, String)> = Vec::new();
     let mut heartbeats = client.subscribe(subjects::HEARTBEAT_ALL).await?;
+    // Publishes to the job queues reach plain subscribers too: a doorbell
+    // that wakes an idle dispatcher as soon as a job arrives, instead of at
+    // its next poll.
+    let mut doorbell = client.subscribe(subjects::JOBS_ALL).await?;
     ready.watch(&client);
     ready.set(true);
     info!(listen = %cfg.listen, queues = queues.len(), "dispatcher ready");
@@ -158,6 +162,7 @@ pub async fn run(
         while let Some(Some(msg)) = heartbeats.next().now_or_never() {
             observe(&mut cluster, msg);
         }
+        while let Some(Some(_)) = doorbell.next().now_or_never() {}
         let now = Instant::now();
         for node in cluster.forget_stale(now) {
             info!(%node, "node forgotten after a long silence");
@@ -240,6 +245,7 @@ pub async fn run(
                     Some(msg) => observe(&mut cluster, msg),
                     None => break 'run,
                 },
+                _ = doorbell.next() => {}
                 () = tokio::time::sleep(cfg.idle_poll) => {}
             }
         }
