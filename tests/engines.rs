@@ -274,6 +274,36 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
     for r in moved {
         assert_eq!(r["node"], "node-b", "{r}");
     }
+
+    // node-a now reports its engine down: new work goes to node-b alone, on
+    // the first attempt, and node-a's readiness probe says so.
+    assert_eq!(
+        readyz(&stack, "node-a").await,
+        503,
+        "node-a's /readyz with its engine dead"
+    );
+    let mut after = Vec::new();
+    for i in 0..4 {
+        let prompt = format!("after the kill {i}");
+        after.push(
+            stack
+                .submit_http(&json!({"model": "tiny-llama-text", "input": {"prompt": prompt}}))
+                .await,
+        );
+    }
+    let done = stack.wait_finished(&after, Duration::from_secs(60)).await;
+    for r in done.values() {
+        assert_eq!(
+            (r["node"].as_str(), r["attempt"].as_u64()),
+            (Some("node-b"), Some(1)),
+            "{r}"
+        );
+    }
+}
+
+async fn readyz(stack: &Stack, node: &str) -> u16 {
+    let url = format!("http://127.0.0.1:{}/readyz", stack.port_of(node));
+    stack.http.get(url).send().await.unwrap().status().as_u16()
 }
 
 /// The latency Switchyard adds to a 16-token completion: the same request

@@ -20,6 +20,9 @@ pub struct NodeView {
     pub running: u32,
     pub queued: u32,
     pub draining: bool,
+    /// Its engine answers; a node whose engine does not gets no work, but
+    /// keeps its queue (the engine may be back in a moment).
+    pub ready: bool,
     pub service_ms: Option<u32>,
     pub last_seen: Instant,
     /// Assignments made since the last heartbeat, which it could not yet count.
@@ -57,6 +60,7 @@ impl NodeView {
             running: 0,
             queued: 0,
             draining: false,
+            ready: false,
             service_ms: None,
             last_seen: now,
             assigned_since_heartbeat: 0,
@@ -105,6 +109,7 @@ impl Cluster {
         node.running = hb.running;
         node.queued = hb.queued;
         node.draining = hb.draining;
+        node.ready = hb.ready;
         node.service_ms = hb.service_ms;
         node.last_seen = now;
         node.assigned_since_heartbeat = 0;
@@ -169,7 +174,7 @@ impl Cluster {
             .copied()
             .filter(move |&i| {
                 let n = &self.nodes[i];
-                n.healthy(now, timeout) && n.free(prefetch) > 0
+                n.healthy(now, timeout) && n.ready && n.free(prefetch) > 0
             })
     }
 
@@ -183,6 +188,7 @@ impl Cluster {
     /// Assignments the cluster can take now, any model.
     pub fn free_total(&self, now: Instant) -> u32 {
         self.healthy(now)
+            .filter(|n| n.ready)
             .map(|n| n.free(self.prefetch_per_slot))
             .fold(0, u32::saturating_add)
     }
@@ -268,10 +274,30 @@ mod tests {
             running,
             queued,
             draining: false,
+            ready: true,
             service_ms: None,
             gpus: Vec::new(),
             engine: switchyard_schemas::EngineLoad::default(),
         }
+    }
+
+    #[test]
+    fn a_node_whose_engine_is_down_gets_nothing_but_keeps_its_queue() {
+        let now = Instant::now();
+        let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::LeastLoaded));
+        let down = Heartbeat {
+            ready: false,
+            ..hb("down", &["m"], 8, 0, 0)
+        };
+        c.observe(&down, now);
+        c.observe(&hb("up", &["m"], 1, 0, 0), now);
+        assert_eq!(c.capacity_for("m", now), 1);
+        assert_eq!(c.free_total(now), 1);
+        assert_eq!(c.place("m", now, &[]).as_deref(), Some("up"));
+        assert_eq!(c.place("m", now, &[]), None);
+        assert!(c.reclaimable(now).is_empty(), "its queue is not taken back");
+        c.observe(&hb("down", &["m"], 8, 0, 0), now);
+        assert_eq!(c.place("m", now, &[]).as_deref(), Some("down"));
     }
 
     #[test]

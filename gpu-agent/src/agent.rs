@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, Context, kv};
 use futures::StreamExt;
-use switchyard_runtime::NatsConfig;
 use switchyard_runtime::attempts::{self, Timeline};
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
+use switchyard_runtime::{NatsConfig, Readiness};
 use switchyard_schemas::{
     Assignment, ErrorClass, EventKind, Failure, Heartbeat, JobError, JobEvent, JobResult, Outcome,
     SCHEMA_VERSION, StreamChunk, UsageEvent, decode, encode, now_ms, subjects,
@@ -126,6 +126,7 @@ pub async fn run(
         node.clone(),
         consumer.clone(),
         cfg.clone(),
+        ready.clone(),
         shutdown.clone(),
         stop_heartbeats.clone(),
     ));
@@ -424,6 +425,10 @@ async fn execute(
         }
         Err(e) => {
             warn!(class = ?e.class, error = %e.message, "engine failed the job");
+            if e.class == ErrorClass::EngineUnavailable {
+                // Report at once if the engine is down, so no more work comes.
+                node.slot_freed.notify_one();
+            }
             let failure = Failure {
                 attempt: job.attempt,
                 node: node.id.clone(),
@@ -631,6 +636,7 @@ async fn heartbeats(
     node: Arc<Node>,
     consumer: PullConsumer,
     cfg: AgentConfig,
+    readiness: Readiness,
     draining: CancellationToken,
     stop: CancellationToken,
 ) {
@@ -659,7 +665,12 @@ async fn heartbeats(
                     .unwrap_or_default()
             },
             engine: node.engine.load().await,
+            ready: node.engine.ready().await,
         };
+        if !hb.draining {
+            // `/readyz` follows the engine: no work for a node that cannot serve it.
+            readiness.set(hb.ready);
+        }
         match encode(&hb) {
             Ok(bytes) => {
                 if let Err(e) = node

@@ -70,6 +70,10 @@ fn is_false(b: &bool) -> bool {
     !b
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// One message of a chat conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -306,6 +310,10 @@ pub struct Heartbeat {
     pub queued: u32,
     /// A draining node takes no new work.
     pub draining: bool,
+    /// Its engine answers. A node whose engine does not is given no work
+    /// until it does.
+    #[serde(default = "yes")]
+    pub ready: bool,
     /// Recent time the engine took per job (a moving average over the jobs
     /// it finished), once it has finished one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

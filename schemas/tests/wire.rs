@@ -136,6 +136,7 @@ fn every_message_round_trips() {
         running: 2,
         queued: 1,
         draining: false,
+        ready: true,
         service_ms: Some(40),
         gpus: vec![GpuStats {
             index: 0,

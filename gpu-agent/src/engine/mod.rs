@@ -47,6 +47,8 @@ pub trait Engine: Send + Sync {
     /// The engine's own account of its load (requests it queues, KV cache in
     /// use), for heartbeats.
     async fn load(&self) -> EngineLoad;
+    /// Whether the engine answers now.
+    async fn ready(&self) -> bool;
 }
 
 pub fn build(config: &EngineConfig) -> Box<dyn Engine> {

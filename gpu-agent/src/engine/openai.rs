@@ -157,6 +157,22 @@ impl Engine for OpenAi {
         Ok(Inference { output, usage })
     }
 
+    async fn ready(&self) -> bool {
+        // vLLM's own health route; other servers all answer the model list.
+        let path = match self.flavor {
+            Flavor::Vllm => "/health",
+            Flavor::Generic => "/v1/models",
+        };
+        let mut probe = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(2));
+        if let Some(key) = &self.config.api_key {
+            probe = probe.bearer_auth(key);
+        }
+        probe.send().await.is_ok_and(|r| r.status().is_success())
+    }
+
     async fn load(&self) -> EngineLoad {
         if self.flavor == Flavor::Generic {
             return EngineLoad::default();

@@ -103,6 +103,10 @@ impl Engine for Simulated {
         self.config.slots
     }
 
+    async fn ready(&self) -> bool {
+        true
+    }
+
     async fn load(&self) -> EngineLoad {
         EngineLoad {
             queue_depth: Some(self.waiting.load(Ordering::Relaxed)),
