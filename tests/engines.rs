@@ -27,7 +27,11 @@ const LLAMA_MODELS: &str = "
     kind: completion
     max_tokens: 1024
     default_max_tokens: 16
-    max_attempts: 3";
+    max_attempts: 3
+  - name: tiny-llama-generic
+    kind: completion
+    max_tokens: 64
+    default_max_tokens: 16";
 
 /// One vLLM server, its process group killed on drop.
 struct Vllm {
@@ -122,6 +126,17 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
     stack.start_dispatcher();
     stack.start_agent_on("node-a", &a.engine());
     stack.start_agent_on("node-b", &b.engine());
+    // The generic OpenAI-compatible adapter, on the same server as node-b,
+    // alone in serving `tiny-llama-generic`.
+    let generic = format!(
+        "
+    kind: openai
+    url: {}
+    models: [tiny-llama-generic]
+    slots: 2",
+        b.url()
+    );
+    stack.start_agent_on("node-c", &generic);
     let client = stack.nats.client().await;
     let mut beats = client.subscribe("sy.heartbeat.node-a").await.unwrap();
 
@@ -221,6 +236,23 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
     assert_eq!(
         r["usage"]["prompt_tokens"],
         want_chat["usage"]["prompt_tokens"]
+    );
+
+    // The generic adapter serves its model, with the engine's own usage.
+    let plain = stack
+        .submit_http(&json!({"model": "tiny-llama-generic", "input": {"prompt": "hello world, the model", "max_tokens": 16, "temperature": 0}}))
+        .await;
+    let r = &stack
+        .wait_finished(std::slice::from_ref(&plain), Duration::from_secs(30))
+        .await[&plain];
+    assert_eq!(r["node"], "node-c", "{r}");
+    assert_eq!(
+        r["result"]["choices"][0]["text"],
+        want_text["choices"][0]["text"]
+    );
+    assert_eq!(
+        r["usage"]["completion_tokens"],
+        want_text["usage"]["completion_tokens"]
     );
 
     // Input the engine refuses fails at once, with the engine's reason.

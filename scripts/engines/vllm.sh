@@ -5,10 +5,11 @@
 #
 #   scripts/engines/vllm.sh install          venv + model, once
 #   scripts/engines/vllm.sh start PORT [LOG] serve the model on PORT as
-#                                             `tiny-llama` (and `tiny-llama-text`,
-#                                             so a registry can name it twice,
-#                                             chat and completion); waits for a
-#                                             real completion; prints the pid
+#                                             `tiny-llama` (and `tiny-llama-text`
+#                                             and `tiny-llama-generic`, so a
+#                                             registry can name it more than
+#                                             once); waits for a real
+#                                             completion; prints the pid
 #   scripts/engines/vllm.sh stop PID
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -62,7 +63,8 @@ start() {
   # fp32 and eager mode: bf16 with an explicit KV size dies on the first
   # request on this CPU. A 4 MiB KV cache (2,048 tokens) and 4 sequences at
   # once make the load gauges move under a small burst.
-  setsid "$VENV/bin/vllm" serve "$MODEL" --served-model-name tiny-llama tiny-llama-text \
+  setsid "$VENV/bin/vllm" serve "$MODEL" \
+    --served-model-name tiny-llama tiny-llama-text tiny-llama-generic \
     --host 127.0.0.1 --port "$port" --dtype float32 --max-model-len 256 \
     --enforce-eager --max-num-seqs 4 --kv-cache-memory-bytes 4194304 \
     > "$logfile" 2>&1 < /dev/null &
