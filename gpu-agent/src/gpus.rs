@@ -3,7 +3,8 @@
 
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
-use switchyard_schemas::GpuStats;
+use nvml_wrapper::enums::device::UsedGpuMemory;
+use switchyard_schemas::{GpuProcess, GpuStats};
 use tracing::{info, warn};
 
 use crate::metrics as m;
@@ -58,6 +59,18 @@ impl Gpus {
                 memory_total_bytes: memory.as_ref().map(|m| m.total),
                 temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
                 power_mw: device.power_usage().ok(),
+                processes: device
+                    .running_compute_processes()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| GpuProcess {
+                        pid: p.pid,
+                        memory_bytes: match p.used_gpu_memory {
+                            UsedGpuMemory::Used(bytes) => Some(bytes),
+                            UsedGpuMemory::Unavailable => None,
+                        },
+                    })
+                    .collect(),
             };
             export(&stats);
             gpus.push(stats);

@@ -15,8 +15,8 @@ pub use codec::{CodecError, Encoding, decode, decode_submission, encode, encode_
 pub use error::{ErrorClass, JobError};
 pub use messages::{
     AdmitReply, Assignment, ChatInput, ChatMessage, CompletionInput, DeadLetter, EngineLoad,
-    ErrorBody, EventKind, Failure, GpuStats, Heartbeat, Job, JobEvent, JobInput, JobResult,
-    Outcome, StreamChunk, Submission, Usage, UsageEvent, Versioned,
+    ErrorBody, EventKind, Failure, GpuProcess, GpuStats, Heartbeat, Job, JobEvent, JobInput,
+    JobResult, Outcome, StreamChunk, Submission, Usage, UsageEvent, Versioned,
 };
 pub use priority::{ParsePriorityError, Priority};
 

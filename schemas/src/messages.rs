@@ -342,6 +342,18 @@ pub struct GpuStats {
     pub temperature_c: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_mw: Option<u32>,
+    /// Compute processes holding the GPU (the engine, or something else
+    /// that should not be there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<GpuProcess>,
+}
+
+/// A process using a GPU, as NVML lists it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuProcess {
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 /// An engine's load in its own terms.

@@ -146,6 +146,10 @@ fn every_message_round_trips() {
             memory_total_bytes: Some(80 << 30),
             temperature_c: Some(61),
             power_mw: Some(512_000),
+            processes: vec![GpuProcess {
+                pid: 4242,
+                memory_bytes: Some(59 << 30),
+            }],
         }],
         engine: EngineLoad {
             queue_depth: Some(3),
