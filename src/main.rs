@@ -171,7 +171,7 @@ async fn run(
             let agent = file.agent.context("the agent needs an agent: section")?;
             shutdown::run_until_signal(
                 token,
-                switchyard_gpu_agent::run(agent, file.nats, metrics, t),
+                switchyard_gpu_agent::run(agent, file.nats, registry, metrics, t),
             )
             .await
             .context("gpu-agent")?

@@ -127,12 +127,12 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
     stack.start_agent_on("node-a", &a.engine());
     stack.start_agent_on("node-b", &b.engine());
     // The generic OpenAI-compatible adapter, on the same server as node-b,
-    // alone in serving `tiny-llama-generic`.
+    // alone in serving `tiny-llama-generic`. It is not told its models: it
+    // asks the server.
     let generic = format!(
         "
     kind: openai
     url: {}
-    models: [tiny-llama-generic]
     slots: 2",
         b.url()
     );
@@ -246,6 +246,10 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
         .wait_finished(std::slice::from_ref(&plain), Duration::from_secs(30))
         .await[&plain];
     assert_eq!(r["node"], "node-c", "{r}");
+    assert!(
+        stack.log_of("node-c").contains("models discovered"),
+        "node-c found its models itself"
+    );
     assert_eq!(
         r["result"]["choices"][0]["text"],
         want_text["choices"][0]["text"]
@@ -304,11 +308,11 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
         "node-a's engine died with nothing running"
     );
     for r in moved {
-        assert_eq!(r["node"], "node-b", "{r}");
+        assert_ne!(r["node"], "node-a", "{r}");
     }
 
-    // node-a now reports its engine down: new work goes to node-b alone, on
-    // the first attempt, and node-a's readiness probe says so.
+    // node-a now reports its engine down: new work goes elsewhere, on the
+    // first attempt, and node-a's readiness probe says so.
     assert_eq!(
         readyz(&stack, "node-a").await,
         503,
@@ -325,11 +329,8 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
     }
     let done = stack.wait_finished(&after, Duration::from_secs(60)).await;
     for r in done.values() {
-        assert_eq!(
-            (r["node"].as_str(), r["attempt"].as_u64()),
-            (Some("node-b"), Some(1)),
-            "{r}"
-        );
+        assert_ne!(r["node"], "node-a", "{r}");
+        assert_eq!(r["attempt"], 1, "{r}");
     }
 }
 

@@ -10,7 +10,7 @@ use switchyard_runtime::attempts::{self, Timeline};
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
-use switchyard_runtime::{NatsConfig, Readiness};
+use switchyard_runtime::{NatsConfig, Readiness, Registry};
 use switchyard_schemas::{
     Assignment, ErrorClass, EventKind, Failure, Heartbeat, JobError, JobEvent, JobResult, Outcome,
     SCHEMA_VERSION, StreamChunk, UsageEvent, decode, encode, now_ms, subjects,
@@ -76,6 +76,7 @@ impl Node {
 pub async fn run(
     cfg: AgentConfig,
     nats_cfg: NatsConfig,
+    registry: Registry,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
@@ -87,7 +88,13 @@ pub async fn run(
 
     let (client, js) = nats::connect(&nats_cfg, &format!("gpu-agent {}", cfg.node_id)).await?;
     nats::ensure_streams(&js, &nats_cfg).await?;
-    let engine = engine::build(&cfg.engine);
+    let Some(engine) = engine::build(&cfg.engine, &registry, &shutdown).await else {
+        // Stopped while waiting for the engine to list its models.
+        ops_stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        return Ok(());
+    };
     let slots = engine.slots();
     let consumer = nats::durable_consumer(
         &js,

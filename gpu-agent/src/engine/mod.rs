@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use switchyard_runtime::{Issues, Registry};
 use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::EngineConfig;
 
 /// Where a streaming request's text goes, piece by piece.
@@ -51,19 +53,39 @@ pub trait Engine: Send + Sync {
     async fn ready(&self) -> bool;
 }
 
-pub fn build(config: &EngineConfig) -> Box<dyn Engine> {
-    match config {
-        EngineConfig::Simulated(c) => Box::new(simulated::Simulated::new(c.clone())),
-        EngineConfig::Vllm(c) => Box::new(openai::OpenAi::new(c.clone(), openai::Flavor::Vllm)),
-        EngineConfig::Openai(c) => {
-            Box::new(openai::OpenAi::new(c.clone(), openai::Flavor::Generic))
+/// Builds the engine. An OpenAI-compatible engine configured without a
+/// model list is asked for one (`/v1/models`), again every few seconds
+/// until it answers or `shutdown` comes; `None` then.
+pub async fn build(
+    config: &EngineConfig,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+) -> Option<Box<dyn Engine>> {
+    let (config, flavor) = match config {
+        EngineConfig::Simulated(c) => return Some(Box::new(simulated::Simulated::new(c.clone()))),
+        EngineConfig::Vllm(c) => (c, openai::Flavor::Vllm),
+        EngineConfig::Openai(c) => (c, openai::Flavor::Generic),
+    };
+    let mut engine = openai::OpenAi::new(config.clone(), flavor);
+    while engine.models().is_empty() {
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = engine.discover_models(registry) => {}
         }
     }
+    Some(Box::new(engine))
 }
 
 /// What every engine's configuration must get right: models the registry
-/// knows, and a sane number of slots.
-fn check_models_and_slots(models: &[String], slots: u32, registry: &Registry, issues: &mut Issues) {
+/// knows, and a sane number of slots. An empty model list is allowed only
+/// where the engine can be asked for one.
+fn check_models_and_slots(
+    models: &[String],
+    may_discover: bool,
+    slots: u32,
+    registry: &Registry,
+    issues: &mut Issues,
+) {
     issues.check(
         slots > 0 && slots <= 4096,
         "agent.engine.slots",
@@ -71,7 +93,7 @@ fn check_models_and_slots(models: &[String], slots: u32, registry: &Registry, is
         "must be between 1 and 4096",
     );
     issues.check(
-        !models.is_empty(),
+        may_discover || !models.is_empty(),
         "agent.engine.models",
         models,
         "serve at least one model",

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use switchyard_runtime::{Issues, Registry};
 use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Engine, EngineError, Inference, TokenSink, check_models_and_slots};
 
@@ -20,6 +20,9 @@ pub struct OpenAiConfig {
     /// Where the server listens, such as `http://127.0.0.1:8000`.
     pub url: String,
     /// Models it serves, by the names the registry and the server share.
+    /// Left out, the agent asks the server (`/v1/models`) and serves those
+    /// the registry knows.
+    #[serde(default)]
     pub models: Vec<String>,
     /// Requests the agent sends at once; the server may batch them.
     pub slots: u32,
@@ -38,7 +41,7 @@ fn default_request_timeout() -> Duration {
 
 impl OpenAiConfig {
     pub fn validate(&self, registry: &Registry, issues: &mut Issues) {
-        check_models_and_slots(&self.models, self.slots, registry, issues);
+        check_models_and_slots(&self.models, true, self.slots, registry, issues);
         issues.check(
             self.url.starts_with("http://") || self.url.starts_with("https://"),
             "agent.engine.url",
@@ -83,6 +86,44 @@ impl OpenAi {
             http,
             flavor,
         }
+    }
+
+    /// Asks the server which models it serves and keeps those the registry
+    /// knows; waits a little first when the server does not answer.
+    pub async fn discover_models(&mut self, registry: &Registry) {
+        let listed = async {
+            let mut request = self.http.get(format!("{}/v1/models", self.base));
+            if let Some(key) = &self.config.api_key {
+                request = request.bearer_auth(key);
+            }
+            let body: Value = request.send().await?.error_for_status()?.json().await?;
+            Ok::<_, reqwest::Error>(body)
+        };
+        let body = match listed.await {
+            Ok(body) => body,
+            Err(e) => {
+                warn!(error = %e, "cannot list the engine's models yet; trying again");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                return;
+            }
+        };
+        let served = body["data"].as_array().into_iter().flatten();
+        let ids = served.filter_map(|m| m["id"].as_str());
+        let (known, unknown): (Vec<&str>, Vec<&str>) =
+            ids.partition(|id| registry.get(id).is_some());
+        if !unknown.is_empty() {
+            warn!(
+                ?unknown,
+                "the engine serves models the registry does not name; ignored"
+            );
+        }
+        if known.is_empty() {
+            warn!("the engine serves no model of the registry; asking again");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return;
+        }
+        info!(models = ?known, "models discovered");
+        self.config.models = known.into_iter().map(str::to_owned).collect();
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {

@@ -44,7 +44,7 @@ pub struct Fault {
 
 impl SimulatedConfig {
     pub fn validate(&self, registry: &Registry, issues: &mut Issues) {
-        check_models_and_slots(&self.models, self.slots, registry, issues);
+        check_models_and_slots(&self.models, false, self.slots, registry, issues);
     }
 }
 
