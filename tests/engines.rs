@@ -1,6 +1,7 @@
 //! The agent against real engines through the whole stack: two vLLM servers
 //! (CPU build, a tiny random Llama made locally by `scripts/engines/vllm.sh`,
-//! which installs vLLM on first use), started once for the whole test.
+//! which installs vLLM on first use), started once for the whole test; and a
+//! real Triton (`scripts/engines/triton.sh`) serving a Python-backend model.
 
 // Tests fail by panicking; the no-panic lints are for the product code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -33,23 +34,24 @@ const LLAMA_MODELS: &str = "
     max_tokens: 64
     default_max_tokens: 16";
 
-/// One vLLM server, its process group killed on drop.
-struct Vllm {
+/// One engine server started by a script of `scripts/engines/`, its process
+/// group killed on drop.
+struct Server {
     port: u16,
     pid: i32,
 }
 
-impl Vllm {
-    /// Starts `n` servers side by side; returns once each answers a real
-    /// completion.
-    fn start(n: usize, logs: &std::path::Path) -> Vec<Vllm> {
-        let script = repo_root().join("scripts/engines/vllm.sh");
+impl Server {
+    /// Starts `n` servers side by side with `script`; returns once each
+    /// serves.
+    fn start(script: &str, n: usize, logs: &std::path::Path) -> Vec<Server> {
+        let script = repo_root().join("scripts/engines").join(script);
         let install = Command::new(&script).arg("install").status().unwrap();
-        assert!(install.success(), "vLLM install failed");
+        assert!(install.success(), "{} install failed", script.display());
         let starting: Vec<_> = (0..n)
             .map(|i| {
                 let port = free_port();
-                let log = logs.join(format!("vllm-{i}.log"));
+                let log = logs.join(format!("engine-{i}.log"));
                 let child = Command::new(&script)
                     .args(["start", &port.to_string(), log.to_str().unwrap()])
                     .stdout(std::process::Stdio::piped())
@@ -62,13 +64,13 @@ impl Vllm {
             .into_iter()
             .map(|(port, child)| {
                 let out = child.wait_with_output().unwrap();
-                assert!(out.status.success(), "vLLM on :{port} did not start");
+                assert!(out.status.success(), "the engine on :{port} did not start");
                 let pid = String::from_utf8(out.stdout)
                     .unwrap()
                     .trim()
                     .parse()
                     .unwrap();
-                Vllm { port, pid }
+                Server { port, pid }
             })
             .collect()
     }
@@ -77,8 +79,8 @@ impl Vllm {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// The agent's `engine:` block for this server.
-    fn engine(&self) -> String {
+    /// The agent's `engine:` block for this server, a vLLM.
+    fn vllm(&self) -> String {
         format!(
             "
     kind: vllm
@@ -95,14 +97,14 @@ impl Vllm {
     }
 }
 
-impl Drop for Vllm {
+impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
 }
 
 /// The engine's own answer to the request a job made.
-async fn direct(http: &reqwest::Client, vllm: &Vllm, path: &str, body: Value) -> Value {
+async fn direct(http: &reqwest::Client, vllm: &Server, path: &str, body: Value) -> Value {
     let r = http
         .post(format!("{}{path}", vllm.url()))
         .json(&body)
@@ -120,12 +122,12 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
         agent_ack_wait: "10s",
         ..StackOptions::default()
     });
-    let engines = Vllm::start(2, stack.dir.path());
+    let engines = Server::start("vllm.sh", 2, stack.dir.path());
     let (a, b) = (&engines[0], &engines[1]);
     stack.start_broker();
     stack.start_dispatcher();
-    stack.start_agent_on("node-a", &a.engine());
-    stack.start_agent_on("node-b", &b.engine());
+    stack.start_agent_on("node-a", &a.vllm());
+    stack.start_agent_on("node-b", &b.vllm());
     // The generic OpenAI-compatible adapter, on the same server as node-b,
     // alone in serving `tiny-llama-generic`. It is not told its models: it
     // asks the server.
@@ -350,11 +352,11 @@ async fn latency_added_to_a_16_token_completion() {
         prefetch_per_slot: 0,
         ..StackOptions::default()
     });
-    let engines = Vllm::start(1, stack.dir.path());
+    let engines = Server::start("vllm.sh", 1, stack.dir.path());
     let vllm = &engines[0];
     stack.start_broker();
     stack.start_dispatcher();
-    stack.start_agent_on("node-a", &vllm.engine());
+    stack.start_agent_on("node-a", &vllm.vllm());
     let client = stack.nats.client().await;
     let mut results = client.subscribe("sy.results.*").await.unwrap();
     client.flush().await.unwrap();
@@ -393,4 +395,88 @@ async fn latency_added_to_a_16_token_completion() {
          through Switchyard median {b:.1} ms: {:.1} ms added",
         b - d
     );
+}
+
+const TENSOR_MODEL: &str = "
+  - name: tiny-linear
+    kind: tensor";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn triton_serves_tensor_jobs_through_the_whole_stack() {
+    let mut stack = Stack::new(StackOptions {
+        extra_models: TENSOR_MODEL,
+        ..StackOptions::default()
+    });
+    let triton = &Server::start("triton.sh", 1, stack.dir.path())[0];
+    stack.start_broker();
+    stack.start_dispatcher();
+    let engine = format!(
+        "
+    kind: triton
+    url: {}
+    metrics_url: http://127.0.0.1:{}/metrics
+    models: [tiny-linear]
+    slots: 4",
+        triton.url(),
+        triton.port + 2
+    );
+    stack.start_agent_on("node-t", &engine);
+    let client = stack.nats.client().await;
+    let mut beats = client.subscribe("sy.heartbeat.node-t").await.unwrap();
+
+    // The outputs are Triton's own answer to the same tensors.
+    let inputs = json!([{"name": "INPUT0", "shape": [2, 4], "datatype": "FP32",
+                         "data": [0.1, 0.2, 0.3, 0.4, 1.5, -0.3, -1.0, 2.0]}]);
+    let id = stack
+        .submit_http(&json!({"model": "tiny-linear", "input": {"inputs": inputs}}))
+        .await;
+    let r = &stack
+        .wait_finished(std::slice::from_ref(&id), Duration::from_secs(30))
+        .await[&id];
+    let want = direct(
+        &stack.http,
+        triton,
+        "/v2/models/tiny-linear/infer",
+        json!({"inputs": inputs}),
+    )
+    .await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["result"]["outputs"], want["outputs"], "{r}");
+    assert_eq!(r["result"]["outputs"][0]["shape"], json!([2, 3]));
+
+    // Data that does not fill its shape is refused at the door; a shape the
+    // model does not take fails at once with Triton's reason.
+    let refused = stack
+        .http
+        .post(stack.broker_url("/v1/jobs"))
+        .json(&json!({"model": "tiny-linear", "input": {"inputs": [{"name": "INPUT0", "shape": [2, 4], "datatype": "FP32", "data": [1.0]}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    let wrong = stack
+        .submit_http(&json!({"model": "tiny-linear", "input": {"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}}))
+        .await;
+    let r = &stack
+        .wait_finished(std::slice::from_ref(&wrong), Duration::from_secs(30))
+        .await[&wrong];
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "invalid_input", "{r}");
+    assert_eq!(r["attempt"], 1, "{r}");
+    let reason = r["error"]["message"].as_str().unwrap();
+    assert!(reason.contains("unexpected shape"), "{reason}");
+
+    // The heartbeat carries Triton's queue, read from its metrics.
+    let hb = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let msg = beats.next().await.unwrap();
+            let hb: Heartbeat = decode(&msg.payload).unwrap();
+            if hb.engine.queue_depth.is_some() {
+                return hb;
+            }
+        }
+    })
+    .await
+    .expect("a heartbeat with Triton's queue");
+    assert!(hb.ready, "{hb:?}");
 }

@@ -11,7 +11,7 @@ use switchyard_runtime::nats;
 use switchyard_runtime::{ModelKind, ModelSpec, Registry};
 use switchyard_schemas::{
     ChatInput, CompletionInput, DEFAULT_TENANT, Job, JobInput, Priority, SCHEMA_VERSION,
-    Submission, encode, now_ms, subjects,
+    Submission, TensorInput, encode, now_ms, subjects,
 };
 use tracing::{debug, warn};
 
@@ -183,10 +183,16 @@ fn typed_input(spec: &ModelSpec, value: serde_json::Value) -> Result<JobInput, R
             value,
             &["prompt", "max_tokens", "temperature"],
         )?),
+        ModelKind::Tensor => {
+            let tensors: TensorInput = strict(value, &["inputs"])?;
+            check_tensors(&tensors)?;
+            return Ok(JobInput::Tensor(tensors));
+        }
     };
     let (max_tokens, temperature) = match &mut input {
         JobInput::Chat(c) => (&mut c.max_tokens, c.temperature),
         JobInput::Completion(c) => (&mut c.max_tokens, c.temperature),
+        JobInput::Tensor(_) => return Ok(input),
     };
     match *max_tokens {
         Some(n) if n == 0 || n > spec.max_tokens => {
@@ -204,6 +210,39 @@ fn typed_input(spec: &ModelSpec, value: serde_json::Value) -> Result<JobInput, R
         )));
     }
     Ok(input)
+}
+
+const DATATYPES: [&str; 13] = [
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
+    "FP32", "FP64", "BYTES",
+];
+
+/// Each tensor's data must fill its shape; whether the shape suits the
+/// model is the engine's to say.
+fn check_tensors(t: &TensorInput) -> Result<(), Rejection> {
+    if t.inputs.is_empty() {
+        return Err(Rejection::InvalidRequest(
+            "input.inputs must not be empty".into(),
+        ));
+    }
+    for (i, tensor) in t.inputs.iter().enumerate() {
+        if tensor.name.is_empty() || !DATATYPES.contains(&tensor.datatype.as_str()) {
+            return Err(Rejection::InvalidRequest(format!(
+                "input.inputs[{i}] needs a name and a datatype of {}",
+                DATATYPES.join(", ")
+            )));
+        }
+        let elements = tensor.shape.iter().try_fold(1u64, |n, d| n.checked_mul(*d));
+        if elements != Some(tensor.data.len() as u64) {
+            return Err(Rejection::InvalidRequest(format!(
+                "input.inputs[{i}] has {} values; shape {:?} holds {}",
+                tensor.data.len(),
+                tensor.shape,
+                elements.map_or("too many".to_owned(), |n| n.to_string())
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn strict<T: DeserializeOwned>(value: serde_json::Value, fields: &[&str]) -> Result<T, Rejection> {

@@ -7,6 +7,7 @@ use switchyard_runtime::{Issues, Registry};
 
 use crate::engine::openai::OpenAiConfig;
 use crate::engine::simulated::SimulatedConfig;
+use crate::engine::triton::TritonConfig;
 
 /// The `agent:` section of the configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +59,8 @@ pub enum EngineConfig {
     Vllm(OpenAiConfig),
     /// Any other OpenAI-compatible server (TGI, SGLang, llama.cpp, …).
     Openai(OpenAiConfig),
+    /// NVIDIA Triton over KServe v2 HTTP.
+    Triton(TritonConfig),
 }
 
 impl AgentConfig {
@@ -78,6 +81,7 @@ impl AgentConfig {
         match &self.engine {
             EngineConfig::Simulated(sim) => sim.validate(registry, issues),
             EngineConfig::Vllm(c) | EngineConfig::Openai(c) => c.validate(registry, issues),
+            EngineConfig::Triton(c) => c.validate(registry, issues),
         }
     }
 }

@@ -160,6 +160,8 @@ impl NatsConfig {
 pub enum ModelKind {
     Chat,
     Completion,
+    /// Named tensors in, named tensors out (KServe v2): Triton's models.
+    Tensor,
 }
 
 /// One entry of the model registry. Adding a model is adding an entry.

@@ -99,12 +99,29 @@ pub struct CompletionInput {
     pub temperature: Option<f64>,
 }
 
+/// The tensors of a KServe v2 inference request, for models that are not
+/// language models (Triton).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorInput {
+    pub inputs: Vec<Tensor>,
+}
+
+/// One named tensor, its data flattened in row-major order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub datatype: String,
+    pub data: Vec<serde_json::Value>,
+}
+
 /// A validated request, typed by the kind of model it is for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobInput {
     Chat(ChatInput),
     Completion(CompletionInput),
+    Tensor(TensorInput),
 }
 
 impl JobInput {
@@ -112,6 +129,7 @@ impl JobInput {
         match self {
             JobInput::Chat(c) => c.max_tokens,
             JobInput::Completion(c) => c.max_tokens,
+            JobInput::Tensor(_) => None,
         }
     }
 }

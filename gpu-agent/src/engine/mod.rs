@@ -1,8 +1,10 @@
 //! Engines the agent can drive. Every engine implements [`Engine`]; the agent
 //! knows nothing else about it.
 
+mod http;
 pub mod openai;
 pub mod simulated;
+pub mod triton;
 
 use async_trait::async_trait;
 use switchyard_runtime::{Issues, Registry};
@@ -63,6 +65,7 @@ pub async fn build(
 ) -> Option<Box<dyn Engine>> {
     let (config, flavor) = match config {
         EngineConfig::Simulated(c) => return Some(Box::new(simulated::Simulated::new(c.clone()))),
+        EngineConfig::Triton(c) => return Some(Box::new(triton::Triton::new(c.clone()))),
         EngineConfig::Vllm(c) => (c, openai::Flavor::Vllm),
         EngineConfig::Openai(c) => (c, openai::Flavor::Generic),
     };

@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 use switchyard_runtime::{Issues, Registry};
 use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
 use tracing::{info, warn};
 
+use super::http::{check_url, gauge_sum, status_error, transport_error};
 use super::{Engine, EngineError, Inference, TokenSink, check_models_and_slots};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,18 +42,7 @@ fn default_request_timeout() -> Duration {
 impl OpenAiConfig {
     pub fn validate(&self, registry: &Registry, issues: &mut Issues) {
         check_models_and_slots(&self.models, true, self.slots, registry, issues);
-        issues.check(
-            self.url.starts_with("http://") || self.url.starts_with("https://"),
-            "agent.engine.url",
-            &self.url,
-            "must be an http:// or https:// URL",
-        );
-        issues.check(
-            !self.request_timeout.is_zero(),
-            "agent.engine.request_timeout",
-            self.request_timeout,
-            "must be positive",
-        );
+        check_url(&self.url, self.request_timeout, issues);
     }
 }
 
@@ -155,6 +144,12 @@ impl Engine for OpenAi {
         let (path, body) = match input {
             JobInput::Chat(c) => ("/v1/chat/completions", serde_json::to_value(c)),
             JobInput::Completion(c) => ("/v1/completions", serde_json::to_value(c)),
+            JobInput::Tensor(_) => {
+                return Err(EngineError {
+                    class: ErrorClass::InvalidInput,
+                    message: "an OpenAI-compatible engine takes text, not tensors".into(),
+                });
+            }
         };
         let mut body = body.map_err(|e| EngineError {
             class: ErrorClass::Internal,
@@ -324,60 +319,11 @@ fn usage_of(output: &Value) -> Option<Usage> {
     })
 }
 
-/// The request never got an answer: the engine is down, unreachable, or too
-/// slow. Another attempt elsewhere may succeed.
-fn transport_error(e: reqwest::Error) -> EngineError {
-    let class = if e.is_timeout() {
-        ErrorClass::Timeout
-    } else {
-        ErrorClass::EngineUnavailable
-    };
-    EngineError {
-        class,
-        message: format!("engine request failed: {e}"),
-    }
-}
-
-/// Maps an error answer to a class: the input's fault is fatal, the
-/// engine's is retryable.
-fn status_error(status: StatusCode, body: &str) -> EngineError {
-    let class = match status {
-        StatusCode::NOT_FOUND => ErrorClass::UnknownModel,
-        StatusCode::TOO_MANY_REQUESTS => ErrorClass::Overloaded,
-        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => ErrorClass::Timeout,
-        s if s.is_client_error() => ErrorClass::InvalidInput,
-        _ => ErrorClass::EngineUnavailable,
-    };
-    let detail = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| {
-            let message = v.get("error").map_or(&v, |e| e).get("message")?;
-            message.as_str().map(str::to_owned)
-        })
-        .unwrap_or_else(|| body.chars().take(300).collect());
-    EngineError {
-        class,
-        message: format!("engine answered {}: {detail}", status.as_u16()),
-    }
-}
-
-/// The queue and KV-cache gauges in vLLM's Prometheus text, summed over
-/// their label sets (one per model and engine).
+/// The queue and KV-cache gauges in vLLM's Prometheus text.
 fn vllm_load(metrics: &str) -> EngineLoad {
-    let sum = |name: &str| {
-        let values: Vec<f64> = metrics
-            .lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum::<f64>())
-    };
     EngineLoad {
-        queue_depth: sum("vllm:num_requests_waiting").map(|n| n as u32),
-        kv_cache_usage: sum("vllm:kv_cache_usage_perc").map(|f| f as f32),
+        queue_depth: gauge_sum(metrics, "vllm:num_requests_waiting").map(|n| n as u32),
+        kv_cache_usage: gauge_sum(metrics, "vllm:kv_cache_usage_perc").map(|f| f as f32),
     }
 }
 
@@ -398,30 +344,6 @@ vllm:kv_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.47
         assert_eq!(load.queue_depth, Some(6), "a longer name is another metric");
         assert_eq!(load.kv_cache_usage, Some(0.47));
         assert_eq!(vllm_load("up 1\n"), EngineLoad::default());
-    }
-
-    #[test]
-    fn the_input_s_fault_is_fatal_and_the_engine_s_is_retryable() {
-        let bad = status_error(
-            StatusCode::BAD_REQUEST,
-            r#"{"error":{"message":"max_tokens is too large","type":"BadRequestError","code":400}}"#,
-        );
-        assert_eq!(bad.class, ErrorClass::InvalidInput);
-        assert_eq!(bad.message, "engine answered 400: max_tokens is too large");
-        let dead = status_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            r#"{"error":{"message":"EngineCore encountered an issue.","type":"InternalServerError"}}"#,
-        );
-        assert_eq!(dead.class, ErrorClass::EngineUnavailable);
-        assert!(dead.class.is_retryable());
-        assert_eq!(
-            status_error(StatusCode::NOT_FOUND, "no such model").class,
-            ErrorClass::UnknownModel
-        );
-        assert_eq!(
-            status_error(StatusCode::TOO_MANY_REQUESTS, "").class,
-            ErrorClass::Overloaded
-        );
     }
 
     #[test]

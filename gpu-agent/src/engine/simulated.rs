@@ -90,6 +90,7 @@ fn prompt_text(input: &JobInput) -> String {
             .collect::<Vec<_>>()
             .join(" "),
         JobInput::Completion(c) => c.prompt.clone(),
+        JobInput::Tensor(_) => String::new(),
     }
 }
 
@@ -127,6 +128,12 @@ impl Engine for Simulated {
             class: ErrorClass::EngineUnavailable,
             message: "engine is shutting down".into(),
         })?;
+        if matches!(input, JobInput::Tensor(_)) {
+            return Err(EngineError {
+                class: ErrorClass::InvalidInput,
+                message: "the simulated engine serves text models only".into(),
+            });
+        }
         let prompt = prompt_text(input);
         if let Some(fault) = self.config.faults.iter().find(|f| {
             f.prompt_contains
@@ -185,7 +192,7 @@ impl Engine for Simulated {
                 }],
                 "usage": usage_json,
             }),
-            JobInput::Completion(_) => json!({
+            JobInput::Completion(_) | JobInput::Tensor(_) => json!({
                 "object": "text_completion",
                 "model": model,
                 "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
