@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,8 +12,9 @@ use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_runtime::{NatsConfig, Readiness, Registry};
 use switchyard_schemas::{
-    Assignment, ErrorClass, EventKind, Failure, Heartbeat, JobError, JobEvent, JobResult, Outcome,
-    SCHEMA_VERSION, StreamChunk, UsageEvent, decode, encode, now_ms, subjects,
+    Assignment, EngineLoad, ErrorClass, EventKind, Failure, GpuStats, Heartbeat, JobError,
+    JobEvent, JobResult, Outcome, SCHEMA_VERSION, StreamChunk, UsageEvent, decode, encode, now_ms,
+    subjects,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,8 @@ struct Node {
     /// one finishes. Reported so that placement can weigh this node's speed.
     service_ms: AtomicU32,
     gpus: Gpus,
+    /// The engine just failed a request as unavailable: check it now.
+    engine_suspect: AtomicBool,
     /// Wakes the heartbeat loop when a slot frees up.
     slot_freed: Notify,
     ack_wait: Duration,
@@ -121,6 +124,7 @@ pub async fn run(
         running: AtomicU32::new(0),
         service_ms: AtomicU32::new(0),
         gpus: Gpus::open(),
+        engine_suspect: AtomicBool::new(false),
         slot_freed: Notify::new(),
         ack_wait: cfg.ack_wait,
         cancellations,
@@ -434,6 +438,7 @@ async fn execute(
             warn!(class = ?e.class, error = %e.message, "engine failed the job");
             if e.class == ErrorClass::EngineUnavailable {
                 // Report at once if the engine is down, so no more work comes.
+                node.engine_suspect.store(true, Ordering::SeqCst);
                 node.slot_freed.notify_one();
             }
             let failure = Failure {
@@ -636,6 +641,34 @@ impl Lease {
     }
 }
 
+/// What the heartbeats report of the engine and the GPUs. Asking costs HTTP
+/// requests and driver calls, and heartbeats come as often as slots free
+/// up, so the answers are reused for up to `heartbeat_interval` — except
+/// right after the engine failed a request, when readiness is what matters.
+#[derive(Default)]
+struct Probe {
+    at: Option<Instant>,
+    gpus: Vec<GpuStats>,
+    load: EngineLoad,
+    ready: bool,
+}
+
+impl Probe {
+    async fn refresh(&mut self, node: &Arc<Node>, max_age: Duration) {
+        let suspect = node.engine_suspect.swap(false, Ordering::SeqCst);
+        if !suspect && self.at.is_some_and(|at| at.elapsed() < max_age) {
+            return;
+        }
+        let sampler = node.clone();
+        self.gpus = tokio::task::spawn_blocking(move || sampler.gpus.sample())
+            .await
+            .unwrap_or_default();
+        self.load = node.engine.load().await;
+        self.ready = node.engine.ready().await;
+        self.at = Some(Instant::now());
+    }
+}
+
 /// Publishes the node's capacity every `heartbeat_interval`, and sooner (at
 /// most every `heartbeat_min_gap`) when a slot frees up. Once `draining` is
 /// cancelled the heartbeats say so, and the dispatcher sends no more work.
@@ -647,7 +680,9 @@ async fn heartbeats(
     draining: CancellationToken,
     stop: CancellationToken,
 ) {
+    let mut probe = Probe::default();
     loop {
+        probe.refresh(&node, cfg.heartbeat_interval).await;
         let queued = match consumer.get_info().await {
             Ok(info) => u32::try_from(info.num_pending).unwrap_or(u32::MAX),
             Err(e) => {
@@ -665,14 +700,9 @@ async fn heartbeats(
             queued,
             draining: draining.is_cancelled(),
             service_ms: Some(node.service_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0),
-            gpus: {
-                let node = node.clone();
-                tokio::task::spawn_blocking(move || node.gpus.sample())
-                    .await
-                    .unwrap_or_default()
-            },
-            engine: node.engine.load().await,
-            ready: node.engine.ready().await,
+            gpus: probe.gpus.clone(),
+            engine: probe.load,
+            ready: probe.ready,
         };
         if !hb.draining {
             // `/readyz` follows the engine: no work for a node that cannot serve it.
