@@ -11,14 +11,11 @@
 #                                               prints the pid
 #   scripts/engines/triton.sh stop PID
 set -euo pipefail
-ENGINES="${SWITCHYARD_ENGINES:-$HOME/.cache/switchyard/engines}"
+source "$(cd "$(dirname "$0")" && pwd)/common.sh"
 PYTRITON_VERSION=0.7.0
 VENV="$ENGINES/triton-$PYTRITON_VERSION"
 BACKENDS="$VENV/backends"
 REPO="$ENGINES/triton-models"
-PY="${PYTHON:-python3}"
-
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 server_dir() {
   "$VENV/bin/python" -c 'import pytriton, pathlib; print(pathlib.Path(pytriton.__file__).parent / "tritonserver")'
@@ -102,37 +99,15 @@ start() {
       --grpc-address=127.0.0.1 --grpc-port="$((port + 1))" --metrics-port="$((port + 2))" \
       --allow-gpu-metrics=false --exit-timeout-secs=5 > "$logfile" 2>&1 < /dev/null
   ) &
-  local pid=$! t0=$SECONDS
-  until curl -sf -o /dev/null "http://127.0.0.1:$port/v2/models/tiny-linear/ready"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "Triton exited; its log:" >&2
-      tail -40 "$logfile" >&2
-      exit 1
-    fi
-    if [ $((SECONDS - t0)) -gt 120 ]; then
-      echo "Triton not ready after 120 s" >&2
-      kill -KILL -- "-$pid" 2>/dev/null || true
-      exit 1
-    fi
-    sleep 0.25
-  done
-  log "Triton serving on :$port after $((SECONDS - t0)) s (pid $pid)"
+  local pid=$!
+  wait_serving "Triton on :$port" "$pid" "$logfile" 120 \
+    curl -sf -o /dev/null "http://127.0.0.1:$port/v2/models/tiny-linear/ready"
   echo "$pid"
-}
-
-stop() {
-  local pid="$1"
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 75); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.2
-  done
-  kill -KILL -- "-$pid" 2>/dev/null || true
 }
 
 case "${1:-}" in
   install) install ;;
   start) install; start "${2:?port}" "${3:-}" ;;
-  stop) stop "${2:?pid}" ;;
+  stop) stop_group "${2:?pid}" ;;
   *) echo "usage: $0 install | start PORT [LOG] | stop PID" >&2; exit 2 ;;
 esac

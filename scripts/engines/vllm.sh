@@ -13,13 +13,10 @@
 #   scripts/engines/vllm.sh stop PID
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-ENGINES="${SWITCHYARD_ENGINES:-$HOME/.cache/switchyard/engines}"
+source "$HERE/common.sh"
 VLLM_VERSION=0.32.0
 VENV="$ENGINES/vllm-$VLLM_VERSION"
 MODEL="$ENGINES/models/tiny-llama"
-PY="${PYTHON:-python3}"
-
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 install() {
   if [ -x "$VENV/bin/vllm" ] && [ -f "$MODEL/config.json" ]; then
@@ -68,40 +65,18 @@ start() {
     --host 127.0.0.1 --port "$port" --dtype float32 --max-model-len 256 \
     --enforce-eager --max-num-seqs 4 --kv-cache-memory-bytes 4194304 \
     > "$logfile" 2>&1 < /dev/null &
-  local pid=$! t0=$SECONDS
+  local pid=$!
   # A green /health does not prove it can serve: wait for a real completion.
-  until curl -sf -o /dev/null -H 'content-type: application/json' \
-      -d '{"model":"tiny-llama","prompt":"hello","max_tokens":1}' \
-      "http://127.0.0.1:$port/v1/completions"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "vLLM exited; its log:" >&2
-      tail -40 "$logfile" >&2
-      exit 1
-    fi
-    if [ $((SECONDS - t0)) -gt 300 ]; then
-      echo "vLLM not serving after 300 s" >&2
-      kill -KILL -- "-$pid" 2>/dev/null || true
-      exit 1
-    fi
-    sleep 0.5
-  done
-  log "vLLM serving on :$port after $((SECONDS - t0)) s (pid $pid)"
+  wait_serving "vLLM on :$port" "$pid" "$logfile" 300 \
+    curl -sf -o /dev/null -H 'content-type: application/json' \
+    -d '{"model":"tiny-llama","prompt":"hello","max_tokens":1}' \
+    "http://127.0.0.1:$port/v1/completions"
   echo "$pid"
-}
-
-stop() {
-  local pid="$1"
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.2
-  done
-  kill -KILL -- "-$pid" 2>/dev/null || true
 }
 
 case "${1:-}" in
   install) install ;;
   start) install; start "${2:?port}" "${3:-}" ;;
-  stop) stop "${2:?pid}" ;;
+  stop) stop_group "${2:?pid}" ;;
   *) echo "usage: $0 install | start PORT [LOG] | stop PID" >&2; exit 2 ;;
 esac

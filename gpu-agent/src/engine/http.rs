@@ -10,6 +10,40 @@ use switchyard_schemas::ErrorClass;
 
 use super::EngineError;
 
+/// A client for one engine: every request has a deadline.
+pub fn client(request_timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(request_timeout)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Whether the probe answers with a success, within two seconds.
+pub async fn answers(probe: reqwest::RequestBuilder) -> bool {
+    probe
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// The engine's Prometheus text at `url`; `None`, logged, when it cannot be
+/// read.
+pub async fn scrape(http: &reqwest::Client, url: &str) -> Option<String> {
+    let scraped = async {
+        let r = http.get(url).timeout(Duration::from_secs(2)).send().await?;
+        r.error_for_status()?.text().await
+    };
+    match scraped.await {
+        Ok(text) => Some(text),
+        Err(e) => {
+            tracing::warn!(%url, error = %e, "cannot read the engine's metrics");
+            None
+        }
+    }
+}
+
 pub fn check_url(url: &str, request_timeout: Duration, issues: &mut Issues) {
     issues.check(
         url.starts_with("http://") || url.starts_with("https://"),

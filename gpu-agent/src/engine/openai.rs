@@ -11,7 +11,7 @@ use switchyard_runtime::{Issues, Registry};
 use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
 use tracing::{info, warn};
 
-use super::http::{check_url, gauge_sum, status_error, transport_error};
+use super::http::{answers, check_url, client, gauge_sum, scrape, status_error, transport_error};
 use super::{Engine, EngineError, Inference, TokenSink, check_models_and_slots};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,15 +64,10 @@ pub struct OpenAi {
 
 impl OpenAi {
     pub fn new(config: OpenAiConfig, flavor: Flavor) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
         Self {
             base: config.url.trim_end_matches('/').to_owned(),
+            http: client(config.request_timeout),
             config,
-            http,
             flavor,
         }
     }
@@ -199,36 +194,21 @@ impl Engine for OpenAi {
             Flavor::Vllm => "/health",
             Flavor::Generic => "/v1/models",
         };
-        let mut probe = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(2));
+        let mut probe = self.http.get(format!("{}{path}", self.base));
         if let Some(key) = &self.config.api_key {
             probe = probe.bearer_auth(key);
         }
-        probe.send().await.is_ok_and(|r| r.status().is_success())
+        answers(probe).await
     }
 
     async fn load(&self) -> EngineLoad {
         if self.flavor == Flavor::Generic {
             return EngineLoad::default();
         }
-        let scraped = async {
-            let r = self
-                .http
-                .get(format!("{}/metrics", self.base))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await?;
-            r.error_for_status()?.text().await
-        };
-        match scraped.await {
-            Ok(text) => vllm_load(&text),
-            Err(e) => {
-                warn!(error = %e, "cannot read the engine's metrics");
-                EngineLoad::default()
-            }
-        }
+        scrape(&self.http, &format!("{}/metrics", self.base))
+            .await
+            .map(|text| vllm_load(&text))
+            .unwrap_or_default()
     }
 }
 

@@ -9,9 +9,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use switchyard_runtime::{Issues, Registry};
 use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
-use tracing::warn;
 
-use super::http::{check_url, gauge_sum, status_error, transport_error};
+use super::http::{answers, check_url, client, gauge_sum, scrape, status_error, transport_error};
 use super::{Engine, EngineError, Inference, TokenSink, check_models_and_slots};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,15 +48,10 @@ pub struct Triton {
 
 impl Triton {
     pub fn new(config: TritonConfig) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
         Self {
             base: config.url.trim_end_matches('/').to_owned(),
+            http: client(config.request_timeout),
             config,
-            http,
         }
     }
 }
@@ -109,37 +103,19 @@ impl Engine for Triton {
     }
 
     async fn ready(&self) -> bool {
-        self.http
-            .get(format!("{}/v2/health/ready", self.base))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
+        answers(self.http.get(format!("{}/v2/health/ready", self.base))).await
     }
 
     async fn load(&self) -> EngineLoad {
         let Some(url) = &self.config.metrics_url else {
             return EngineLoad::default();
         };
-        let scraped = async {
-            let r = self
-                .http
-                .get(url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await?;
-            r.error_for_status()?.text().await
+        let Some(text) = scrape(&self.http, url).await else {
+            return EngineLoad::default();
         };
-        match scraped.await {
-            Ok(text) => EngineLoad {
-                queue_depth: gauge_sum(&text, "nv_inference_pending_request_count")
-                    .map(|n| n as u32),
-                kv_cache_usage: None,
-            },
-            Err(e) => {
-                warn!(error = %e, "cannot read Triton's metrics");
-                EngineLoad::default()
-            }
+        EngineLoad {
+            queue_depth: gauge_sum(&text, "nv_inference_pending_request_count").map(|n| n as u32),
+            kv_cache_usage: None,
         }
     }
 }
