@@ -16,7 +16,7 @@ use futures::StreamExt;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
-use switchyard_schemas::{Heartbeat, StreamChunk, decode};
+use switchyard_schemas::{Heartbeat, StreamChunk, decode, now_ms};
 
 const LLAMA_MODELS: &str = "
   - name: tiny-llama
@@ -397,30 +397,41 @@ async fn latency_added_to_a_16_token_completion() {
     );
 }
 
-const TENSOR_MODEL: &str = "
+const TENSOR_MODELS: &str = "
   - name: tiny-linear
+    kind: tensor
+  - name: tiny-linear-b
     kind: tensor";
+
+/// A real Triton, and a stack whose agent `node-t` drives it with the
+/// `engine:` block that `engine` writes for it.
+fn triton_stack(engine: impl Fn(&Server) -> String) -> (Stack, Server) {
+    let mut stack = Stack::new(StackOptions {
+        extra_models: TENSOR_MODELS,
+        ..StackOptions::default()
+    });
+    let triton = Server::start("triton.sh", 1, stack.dir.path()).remove(0);
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent_on("node-t", &engine(&triton));
+    (stack, triton)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn triton_serves_tensor_jobs_through_the_whole_stack() {
-    let mut stack = Stack::new(StackOptions {
-        extra_models: TENSOR_MODEL,
-        ..StackOptions::default()
-    });
-    let triton = &Server::start("triton.sh", 1, stack.dir.path())[0];
-    stack.start_broker();
-    stack.start_dispatcher();
-    let engine = format!(
-        "
+    let (stack, triton) = triton_stack(|triton| {
+        format!(
+            "
     kind: triton
     url: {}
     metrics_url: http://127.0.0.1:{}/metrics
     models: [tiny-linear]
     slots: 4",
-        triton.url(),
-        triton.port + 2
-    );
-    stack.start_agent_on("node-t", &engine);
+            triton.url(),
+            triton.port + 2
+        )
+    });
+    let triton = &triton;
     let client = stack.nats.client().await;
     let mut beats = client.subscribe("sy.heartbeat.node-t").await.unwrap();
 
@@ -479,4 +490,95 @@ async fn triton_serves_tensor_jobs_through_the_whole_stack() {
     .await
     .expect("a heartbeat with Triton's queue");
     assert!(hb.ready, "{hb:?}");
+}
+
+/// The first heartbeat on `beats` that `want` accepts, within 30 s.
+async fn heartbeat_where(
+    beats: &mut async_nats::Subscriber,
+    want: impl Fn(&Heartbeat) -> bool,
+) -> Heartbeat {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let hb: Heartbeat = decode(&beats.next().await.unwrap().payload).unwrap();
+            if want(&hb) {
+                return hb;
+            }
+        }
+    })
+    .await
+    .expect("a heartbeat that shows it")
+}
+
+async fn triton_has_loaded(http: &reqwest::Client, triton: &Server, model: &str) -> bool {
+    let url = format!("{}/v2/models/{model}/ready", triton.url());
+    http.get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn triton_loads_a_cold_model_for_its_jobs_and_unloads_it_when_idle() {
+    let (stack, triton) = triton_stack(|triton| {
+        format!(
+            "
+    kind: triton
+    url: {}
+    models: [tiny-linear]
+    on_demand: true
+    unload_after: 2s
+    slots: 2",
+            triton.url()
+        )
+    });
+    let triton = &triton;
+    let client = stack.nats.client().await;
+    let mut beats = client.subscribe("sy.heartbeat.node-t").await.unwrap();
+    let hb = heartbeat_where(&mut beats, |hb| !hb.loadable.is_empty()).await;
+    assert_eq!(hb.models, ["tiny-linear"]);
+    assert_eq!(hb.loadable, ["tiny-linear-b"]);
+    assert!(!triton_has_loaded(&stack.http, triton, "tiny-linear-b").await);
+
+    let inputs = json!([{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32",
+                         "data": [0.5, -1.0, 2.0, 0.25]}]);
+    // The cold model is the warm one plus 10.
+    let warm = direct(
+        &stack.http,
+        triton,
+        "/v2/models/tiny-linear/infer",
+        json!({"inputs": inputs}),
+    )
+    .await;
+    let want: Vec<f64> = warm["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|y| y.as_f64().unwrap() + 10.0)
+        .collect();
+    // Twice: loaded for the first job, unloaded once idle, loaded again.
+    for round in 1..=2 {
+        let id = stack
+            .submit_http(&json!({"model": "tiny-linear-b", "input": {"inputs": inputs}}))
+            .await;
+        let r = &stack
+            .wait_finished(std::slice::from_ref(&id), Duration::from_secs(60))
+            .await[&id];
+        assert_eq!(r["status"], "succeeded", "round {round}: {r}");
+        assert_eq!(r["attempt"], 1, "round {round}: {r}");
+        let got = r["result"]["outputs"][0]["data"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{r}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g.as_f64().unwrap() - w).abs() < 1e-4, "round {round}: {r}");
+        }
+        let done = now_ms();
+        heartbeat_where(&mut beats, |hb| {
+            hb.at_ms > done && hb.loadable == ["tiny-linear-b"] && hb.models == ["tiny-linear"]
+        })
+        .await;
+        assert!(
+            !triton_has_loaded(&stack.http, triton, "tiny-linear-b").await,
+            "round {round}: unloaded once idle"
+        );
+    }
+    assert!(triton_has_loaded(&stack.http, triton, "tiny-linear").await);
 }

@@ -16,6 +16,8 @@ const WARM_FOR: Duration = Duration::from_secs(60);
 pub struct NodeView {
     pub id: String,
     pub models: BTreeSet<String>,
+    /// Models it can load when asked.
+    pub loadable: BTreeSet<String>,
     pub slots_total: u32,
     pub running: u32,
     pub queued: u32,
@@ -56,6 +58,7 @@ impl NodeView {
         Self {
             id: id.to_owned(),
             models: BTreeSet::new(),
+            loadable: BTreeSet::new(),
             slots_total: 0,
             running: 0,
             queued: 0,
@@ -105,6 +108,7 @@ impl Cluster {
         let node = &mut self.nodes[slot];
         let models_changed = node.models != models;
         node.models = models;
+        node.loadable = hb.loadable.iter().cloned().collect();
         node.slots_total = hb.slots_total;
         node.running = hb.running;
         node.queued = hb.queued;
@@ -183,6 +187,25 @@ impl Cluster {
         self.eligible(model, now)
             .map(|i| self.nodes[i].free(self.prefetch_per_slot))
             .fold(0, u32::saturating_add)
+    }
+
+    /// Whether a node that can take work serves `model`, room or not.
+    pub fn serves(&self, model: &str, now: Instant) -> bool {
+        self.serving.get(model).into_iter().flatten().any(|&i| {
+            let n = &self.nodes[i];
+            n.healthy(now, self.node_timeout) && n.ready
+        })
+    }
+
+    /// The node to ask to load `model`: of those that can take work and
+    /// list it as loadable, the one with the most room.
+    pub fn loader_for(&self, model: &str, now: Instant) -> Option<String> {
+        self.healthy(now)
+            .filter(|n| n.ready && n.loadable.contains(model))
+            .map(|n| (n.free(self.prefetch_per_slot), n))
+            .filter(|(free, _)| *free > 0)
+            .max_by(|(a, x), (b, y)| a.cmp(b).then_with(|| y.id.cmp(&x.id)))
+            .map(|(_, n)| n.id.clone())
     }
 
     /// Assignments the cluster can take now, any model.
@@ -278,7 +301,39 @@ mod tests {
             service_ms: None,
             gpus: Vec::new(),
             engine: switchyard_schemas::EngineLoad::default(),
+            loadable: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_model_no_node_serves_is_loaded_where_there_is_most_room() {
+        let now = Instant::now();
+        let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::LeastLoaded));
+        let cold = |node: &str, slots: u32, running: u32| Heartbeat {
+            loadable: vec!["cold".into()],
+            ..hb(node, &["hot"], slots, running, 0)
+        };
+        c.observe(&cold("a", 4, 3), now);
+        c.observe(&cold("b", 4, 1), now);
+        c.observe(&cold("c", 2, 2), now);
+        c.observe(&hb("d", &["hot"], 8, 0, 0), now);
+        assert!(!c.serves("cold", now));
+        assert_eq!(
+            c.capacity_for("cold", now),
+            0,
+            "nothing is placed before it loads"
+        );
+        assert_eq!(c.loader_for("cold", now).as_deref(), Some("b"));
+        assert_eq!(c.loader_for("other", now), None);
+        c.observe(&cold("b", 4, 4), now);
+        assert_eq!(c.loader_for("cold", now).as_deref(), Some("a"));
+        c.observe(&cold("a", 4, 4), now);
+        assert_eq!(c.loader_for("cold", now), None, "no node with room");
+
+        c.observe(&hb("b", &["hot", "cold"], 4, 4, 0), now);
+        assert!(c.serves("cold", now), "loaded, even while busy");
+        let later = now + Duration::from_secs(6);
+        assert!(!c.serves("cold", later), "a silent node serves nothing");
     }
 
     #[test]

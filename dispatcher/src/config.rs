@@ -39,6 +39,10 @@ pub struct DispatcherConfig {
     /// that no level starves.
     #[serde(with = "humantime_serde")]
     pub aging_bound: Duration,
+    /// How long a node asked to load a model may take before another is
+    /// asked.
+    #[serde(with = "humantime_serde")]
+    pub model_load_timeout: Duration,
 }
 
 impl Default for DispatcherConfig {
@@ -54,6 +58,7 @@ impl Default for DispatcherConfig {
             retry_backoff: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(60),
             aging_bound: Duration::from_secs(60),
+            model_load_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -94,6 +99,12 @@ impl DispatcherConfig {
             !self.node_timeout.is_zero(),
             "dispatcher.node_timeout",
             self.node_timeout,
+            "must be positive",
+        );
+        issues.check(
+            !self.model_load_timeout.is_zero(),
+            "dispatcher.model_load_timeout",
+            self.model_load_timeout,
             "must be positive",
         );
     }

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::fair::FairShare;
+use crate::loads::Loads;
 use crate::placement;
 use crate::reclaim::Reclaimer;
 use crate::{Cluster, DispatcherConfig, metrics as m};
@@ -143,6 +144,12 @@ pub async fn run(
         (cfg.aging_bound / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut aged_at = Instant::now();
     let mut aged: Vec<(usize, String)> = Vec::new();
+    let loads = Loads::new(
+        client.clone(),
+        cfg.model_load_timeout,
+        tasks.clone(),
+        shutdown.clone(),
+    );
     let mut heartbeats = client.subscribe(subjects::HEARTBEAT_ALL).await?;
     // Publishes to the job queues reach plain subscribers too: a doorbell
     // that wakes an idle dispatcher as soon as a job arrives, instead of at
@@ -198,8 +205,12 @@ pub async fn run(
                 Some(b) => b.get(&q.prefix).cloned().unwrap_or_default(),
                 None => q.lanes.keys().cloned().collect(),
             };
+            if waiting.is_empty() {
+                continue;
+            }
             let room = cluster.capacity_for(&q.model, Instant::now());
-            if waiting.is_empty() || room == 0 {
+            if room == 0 {
+                loads.ask(&cluster, &q.model, Instant::now());
                 continue;
             }
             let weighted: Vec<(&str, u32)> = waiting

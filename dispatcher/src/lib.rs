@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 mod dispatch;
 mod fair;
+mod loads;
 mod metrics;
 pub mod placement;
 mod reclaim;

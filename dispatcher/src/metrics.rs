@@ -6,6 +6,7 @@ pub const QUEUE_WAIT: &str = "switchyard_dispatcher_queue_wait_seconds";
 pub const NODES: &str = "switchyard_dispatcher_nodes";
 pub const FREE_SLOTS: &str = "switchyard_dispatcher_free_slots";
 pub const RECLAIMED: &str = "switchyard_dispatcher_reclaimed_total";
+pub const MODEL_LOADS: &str = "switchyard_dispatcher_model_loads_total";
 
 pub fn describe() {
     metrics::describe_counter!(ASSIGNMENTS, "Jobs assigned to a node, by priority");
@@ -22,6 +23,10 @@ pub fn describe() {
     metrics::describe_counter!(
         RECLAIMED,
         "Assignments taken back from lost or draining nodes, by what became of them"
+    );
+    metrics::describe_counter!(
+        MODEL_LOADS,
+        "Nodes asked to load a model no node served, by outcome (loaded, failed, timed_out)"
     );
     metrics::describe_gauge!(
         FREE_SLOTS,

@@ -13,8 +13,8 @@ use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_runtime::{NatsConfig, Readiness, Registry};
 use switchyard_schemas::{
     Assignment, EngineLoad, ErrorClass, EventKind, Failure, GpuStats, Heartbeat, JobError,
-    JobEvent, JobResult, Outcome, SCHEMA_VERSION, StreamChunk, UsageEvent, decode, encode, now_ms,
-    subjects,
+    JobEvent, JobResult, LoadReply, LoadRequest, Outcome, SCHEMA_VERSION, StreamChunk, UsageEvent,
+    decode, encode, now_ms, subjects,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -49,8 +49,9 @@ struct Node {
     gpus: Gpus,
     /// The engine just failed a request as unavailable: check it now.
     engine_suspect: AtomicBool,
-    /// Wakes the heartbeat loop when a slot frees up.
-    slot_freed: Notify,
+    /// Wakes the heartbeat loop: a slot freed up, the engine failed, or a
+    /// model was loaded.
+    wake_heartbeat: Notify,
     ack_wait: Duration,
     cancellations: kv::Store,
     /// Running jobs, so that a cancellation can reach them.
@@ -125,7 +126,7 @@ pub async fn run(
         service_ms: AtomicU32::new(0),
         gpus: Gpus::open(),
         engine_suspect: AtomicBool::new(false),
-        slot_freed: Notify::new(),
+        wake_heartbeat: Notify::new(),
         ack_wait: cfg.ack_wait,
         cancellations,
         aborts: Mutex::new(HashMap::new()),
@@ -142,6 +143,7 @@ pub async fn run(
         stop_heartbeats.clone(),
     ));
     tasks.spawn(watch_cancellations(node.clone(), stop_heartbeats.clone()));
+    tasks.spawn(serve_loads(node.clone(), stop_heartbeats.clone()));
     ready.watch(&node.client);
     ready.set(true);
     info!(node = %cfg.node_id, slots, listen = %cfg.listen, "gpu-agent ready");
@@ -240,7 +242,7 @@ async fn run_assignment(node: &Node, msg: jetstream::Message, lease: Lease) {
         let outcome = execute(node, &msg, &assignment, lease).await;
         node.running.fetch_sub(1, Ordering::SeqCst);
         metrics::gauge!(m::RUNNING).decrement(1.0);
-        node.slot_freed.notify_one();
+        node.wake_heartbeat.notify_one();
         match outcome {
             Ok(Done::Reported) => ack(&msg).await,
             Ok(Done::Fenced) => {}
@@ -344,7 +346,9 @@ async fn execute(
     let chunks = job
         .stream
         .then(|| Chunks::start(node.client.clone(), &job.id, job.attempt));
-    let inference = if !node.engine.models().contains(&job.model) {
+    let serves =
+        node.engine.models().contains(&job.model) || node.engine.loadable().contains(&job.model);
+    let inference = if !serves {
         // Misrouted: running it would answer with another model.
         Err(EngineError {
             class: ErrorClass::UnknownModel,
@@ -439,7 +443,7 @@ async fn execute(
             if e.class == ErrorClass::EngineUnavailable {
                 // Report at once if the engine is down, so no more work comes.
                 node.engine_suspect.store(true, Ordering::SeqCst);
-                node.slot_freed.notify_one();
+                node.wake_heartbeat.notify_one();
             }
             let failure = Failure {
                 attempt: job.attempt,
@@ -511,6 +515,58 @@ async fn watch_cancellations(node: Arc<Node>, stop: CancellationToken) {
             }
             Some(Err(e)) => warn!(error = %e, "cancellation watch failed"),
             None => return,
+        }
+    }
+}
+
+/// Loads models at the dispatcher's request (`sy.load.<node>`), one at a
+/// time, answering once each serves or failed.
+async fn serve_loads(node: Arc<Node>, stop: CancellationToken) {
+    let mut requests = match node.client.subscribe(subjects::load(&node.id)).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot take load requests; models load only when a job needs one");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            () = stop.cancelled() => return,
+            msg = requests.next() => match msg {
+                Some(msg) => msg,
+                None => return,
+            },
+        };
+        let (model, error) = match decode::<LoadRequest>(&msg.payload) {
+            Ok(request) => {
+                info!(model = %request.model, "load requested");
+                let loaded = tokio::select! {
+                    () = stop.cancelled() => return,
+                    r = node.engine.load_model(&request.model) => r,
+                };
+                let outcome = if loaded.is_ok() { "loaded" } else { "failed" };
+                metrics::counter!(m::MODEL_LOADS, "outcome" => outcome).increment(1);
+                // The dispatcher places the model's jobs once a heartbeat lists it.
+                node.wake_heartbeat.notify_one();
+                (request.model, loaded.err().map(|e| e.message))
+            }
+            Err(e) => (
+                String::new(),
+                Some(format!("undecodable load request: {e}")),
+            ),
+        };
+        if let Some(error) = &error {
+            warn!(%model, %error, "model not loaded");
+        }
+        let reply = LoadReply {
+            v: SCHEMA_VERSION,
+            model,
+            error,
+        };
+        if let (Some(to), Ok(bytes)) = (msg.reply, encode(&reply))
+            && let Err(e) = node.client.publish(to, bytes.into()).await
+        {
+            warn!(error = %e, "load reply not sent");
         }
     }
 }
@@ -663,6 +719,7 @@ impl Probe {
         self.gpus = tokio::task::spawn_blocking(move || sampler.gpus.sample())
             .await
             .unwrap_or_default();
+        node.engine.tend().await;
         self.load = node.engine.load().await;
         self.ready = node.engine.ready().await;
         self.at = Some(Instant::now());
@@ -694,7 +751,8 @@ async fn heartbeats(
             v: SCHEMA_VERSION,
             node: node.id.clone(),
             at_ms: now_ms(),
-            models: node.engine.models().to_vec(),
+            models: node.engine.models(),
+            loadable: node.engine.loadable(),
             slots_total: node.engine.slots(),
             running: node.running.load(Ordering::SeqCst),
             queued,
@@ -726,7 +784,7 @@ async fn heartbeats(
             () = stop.cancelled() => return,
             () = draining.cancelled(), if !hb.draining => {}
             () = tokio::time::sleep(cfg.heartbeat_interval) => {}
-            () = node.slot_freed.notified() => {
+            () = node.wake_heartbeat.notified() => {
                 let since = sent.elapsed();
                 if since < cfg.heartbeat_min_gap {
                     tokio::time::sleep(cfg.heartbeat_min_gap - since).await;

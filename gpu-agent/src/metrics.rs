@@ -10,6 +10,8 @@ pub const GPU_MEMORY_USED: &str = "switchyard_agent_gpu_memory_used_bytes";
 pub const GPU_MEMORY_TOTAL: &str = "switchyard_agent_gpu_memory_total_bytes";
 pub const GPU_TEMPERATURE: &str = "switchyard_agent_gpu_temperature_celsius";
 pub const GPU_POWER: &str = "switchyard_agent_gpu_power_watts";
+pub const MODEL_LOADS: &str = "switchyard_agent_model_loads_total";
+pub const MODEL_UNLOADS: &str = "switchyard_agent_model_unloads_total";
 
 pub fn describe() {
     metrics::describe_counter!(
@@ -43,4 +45,9 @@ pub fn describe() {
         "GPU temperature in degrees Celsius, by GPU"
     );
     metrics::describe_gauge!(GPU_POWER, "GPU power draw in watts, by GPU");
+    metrics::describe_counter!(
+        MODEL_LOADS,
+        "Models loaded at the dispatcher's request, by outcome (loaded, failed)"
+    );
+    metrics::describe_counter!(MODEL_UNLOADS, "Models unloaded after going idle");
 }

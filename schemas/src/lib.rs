@@ -16,7 +16,8 @@ pub use error::{ErrorClass, JobError};
 pub use messages::{
     AdmitReply, Assignment, ChatInput, ChatMessage, CompletionInput, DeadLetter, EngineLoad,
     ErrorBody, EventKind, Failure, GpuProcess, GpuStats, Heartbeat, Job, JobEvent, JobInput,
-    JobResult, Outcome, StreamChunk, Submission, Tensor, TensorInput, Usage, UsageEvent, Versioned,
+    JobResult, LoadReply, LoadRequest, Outcome, StreamChunk, Submission, Tensor, TensorInput,
+    Usage, UsageEvent, Versioned,
 };
 pub use priority::{ParsePriorityError, Priority};
 

@@ -26,6 +26,8 @@ versioned!(
     JobResult,
     UsageEvent,
     Heartbeat,
+    LoadRequest,
+    LoadReply,
     DeadLetter,
     StreamChunk
 );
@@ -342,6 +344,28 @@ pub struct Heartbeat {
     /// The engine's own account of its load, where its metrics give one.
     #[serde(default, skip_serializing_if = "EngineLoad::is_unknown")]
     pub engine: EngineLoad,
+    /// Models the engine holds but has not loaded: the dispatcher may ask
+    /// this node to load one (`sy.load.<node>`) when no node serves it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loadable: Vec<String>,
+}
+
+/// Asks a node to load a model it lists as loadable, on `sy.load.<node>`
+/// (core NATS request/reply). Answered once the model serves, or failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadRequest {
+    pub v: u16,
+    pub model: String,
+}
+
+/// A node's answer to a [`LoadRequest`]: `error` is absent when the model
+/// now serves there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadReply {
+    pub v: u16,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One GPU as NVML reports it. A reading the driver refuses is left out.

@@ -83,6 +83,11 @@ pub fn heartbeat(node: &str) -> String {
     format!("sy.heartbeat.{node}")
 }
 
+/// Core NATS request/reply: asks a node to load a model.
+pub fn load(node: &str) -> String {
+    format!("sy.load.{node}")
+}
+
 /// The priority named by the last token of an intake subject
 /// (`sy.submit.<p>` or `sy.admit.<p>`).
 pub fn priority_of(subject: &str) -> Option<Priority> {

@@ -155,6 +155,16 @@ fn every_message_round_trips() {
             queue_depth: Some(3),
             kv_cache_usage: Some(0.42),
         },
+        loadable: vec!["cold".into()],
+    });
+    round_trip(LoadRequest {
+        v: SCHEMA_VERSION,
+        model: "cold".into(),
+    });
+    round_trip(LoadReply {
+        v: SCHEMA_VERSION,
+        model: "cold".into(),
+        error: Some("no room".into()),
     });
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real NVIDIA Triton Inference Server 2.51 (the `tritonserver` binary that
-# PyPI's `nvidia-pytriton` ships) on CPU, serving a model repository with a
-# tiny Python-backend model made here, in explicit model-control mode. The
+# PyPI's `nvidia-pytriton` ships) on CPU, serving a model repository of two
+# tiny Python-backend models made here, in explicit model-control mode:
+# `tiny-linear` is loaded at start, `tiny-linear-b` only when asked. The
 # install is cached under $SWITCHYARD_ENGINES (default
 # ~/.cache/switchyard/engines) and reused.
 #
@@ -29,8 +30,55 @@ lib_path() {
   echo "$(cd "$dir/../.." && pwd)/nvidia_pytriton.libs:$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')"
 }
 
+# Writes stdin to $1 unless it already holds that: a running Triton may be
+# reading it.
+put() {
+  local tmp
+  tmp="$(mktemp "$1.XXXXXX")"
+  cat > "$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv -f "$tmp" "$1"; fi
+}
+
+# A tiny Python-backend model: y = x @ W + b, weights from a fixed seed, b
+# offset by $2 so that two models' answers differ.
+make_model() {
+  local name="$1" offset="$2"
+  mkdir -p "$REPO/$name/1"
+  put "$REPO/$name/config.pbtxt" <<PBTXT
+name: "$name"
+backend: "python"
+max_batch_size: 8
+input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ 4 ] } ]
+output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 3 ] } ]
+instance_group [ { count: 1, kind: KIND_CPU } ]
+PBTXT
+  put "$REPO/$name/1/model.py" <<PYTHON
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        rng = np.random.default_rng(0)
+        self.w = rng.normal(size=(4, 3)).astype(np.float32)
+        self.b = np.arange(3, dtype=np.float32) + $offset
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            y = (x @ self.w + self.b).astype(np.float32)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT0", y)]))
+        return responses
+PYTHON
+}
+
 install() {
-  if [ -x "$BACKENDS/python/triton_python_backend_stub" ] && [ -f "$REPO/tiny-linear/1/model.py" ]; then
+  # The repository is a few small files: written every time, so it follows
+  # this script.
+  make_model tiny-linear 0
+  make_model tiny-linear-b 10
+  if [ -x "$BACKENDS/python/triton_python_backend_stub" ]; then
     return 0
   fi
   local t0=$SECONDS
@@ -52,37 +100,6 @@ install() {
     LD_LIBRARY_PATH="$(lib_path)" ldd "$BACKENDS/python/triton_python_backend_stub" | grep 'not found' >&2
     exit 1
   fi
-  log "making the model repository"
-  mkdir -p "$REPO/tiny-linear/1"
-  cat > "$REPO/tiny-linear/config.pbtxt" <<'PBTXT'
-name: "tiny-linear"
-backend: "python"
-max_batch_size: 8
-input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ 4 ] } ]
-output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 3 ] } ]
-instance_group [ { count: 1, kind: KIND_CPU } ]
-PBTXT
-  cat > "$REPO/tiny-linear/1/model.py" <<'PYTHON'
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    """y = x @ W + b, with weights drawn from a fixed seed: deterministic."""
-
-    def initialize(self, args):
-        rng = np.random.default_rng(0)
-        self.w = rng.normal(size=(4, 3)).astype(np.float32)
-        self.b = np.arange(3, dtype=np.float32)
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            y = (x @ self.w + self.b).astype(np.float32)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT0", y)]))
-        return responses
-PYTHON
   log "Triton installed in $((SECONDS - t0)) s"
 }
 

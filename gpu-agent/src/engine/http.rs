@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use switchyard_runtime::Issues;
 use switchyard_schemas::ErrorClass;
@@ -71,6 +72,21 @@ pub fn transport_error(e: reqwest::Error) -> EngineError {
         class,
         message: format!("engine request failed: {e}"),
     }
+}
+
+/// The engine's answer as `T`, or its error answer classified.
+pub async fn json_answer<T: DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<T, EngineError> {
+    let status = response.status();
+    let text = response.text().await.map_err(transport_error)?;
+    if !status.is_success() {
+        return Err(status_error(status, &text));
+    }
+    serde_json::from_str(&text).map_err(|e| EngineError {
+        class: ErrorClass::EngineUnavailable,
+        message: format!("the engine's answer is not what it should be: {e}"),
+    })
 }
 
 /// Maps an error answer to a class: the input's fault is fatal, the

@@ -36,8 +36,23 @@ pub struct EngineError {
 
 #[async_trait]
 pub trait Engine: Send + Sync {
-    /// Models this engine serves.
-    fn models(&self) -> &[String];
+    /// Models this engine serves now.
+    fn models(&self) -> Vec<String>;
+    /// Models it does not serve now but can load when asked
+    /// ([`Engine::load_model`]), or when a job for one arrives.
+    fn loadable(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Loads a model of [`Engine::loadable`]; returns once it serves.
+    async fn load_model(&self, model: &str) -> Result<(), EngineError> {
+        Err(EngineError {
+            class: ErrorClass::UnknownModel,
+            message: format!("this engine cannot load {model:?} on request"),
+        })
+    }
+    /// Housekeeping, once per heartbeat interval: Triton re-reads its model
+    /// repository and unloads models idle too long.
+    async fn tend(&self) {}
     /// Requests it runs at once; the agent never has more in flight.
     fn slots(&self) -> u32;
     /// Runs one request. With `tokens`, each piece of text is sent there as
@@ -65,7 +80,9 @@ pub async fn build(
 ) -> Option<Box<dyn Engine>> {
     let (config, flavor) = match config {
         EngineConfig::Simulated(c) => return Some(Box::new(simulated::Simulated::new(c.clone()))),
-        EngineConfig::Triton(c) => return Some(Box::new(triton::Triton::new(c.clone()))),
+        EngineConfig::Triton(c) => {
+            return Some(Box::new(triton::Triton::new(c.clone(), registry)));
+        }
         EngineConfig::Vllm(c) => (c, openai::Flavor::Vllm),
         EngineConfig::Openai(c) => (c, openai::Flavor::Generic),
     };

@@ -11,7 +11,7 @@ use switchyard_runtime::{Issues, Registry};
 use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
 use tracing::{info, warn};
 
-use super::http::{answers, check_url, client, gauge_sum, scrape, status_error, transport_error};
+use super::http::{answers, check_url, client, gauge_sum, json_answer, scrape, transport_error};
 use super::{Engine, EngineError, Inference, TokenSink, check_models_and_slots};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,8 +121,8 @@ impl OpenAi {
 
 #[async_trait]
 impl Engine for OpenAi {
-    fn models(&self) -> &[String] {
-        &self.config.models
+    fn models(&self) -> Vec<String> {
+        self.config.models.clone()
     }
 
     fn slots(&self) -> u32 {
@@ -170,16 +170,7 @@ impl Engine for OpenAi {
                 }
                 events.finish(model)
             }
-            _ => {
-                let text = response.text().await.map_err(transport_error)?;
-                if !status.is_success() {
-                    return Err(status_error(status, &text));
-                }
-                serde_json::from_str(&text).map_err(|e| EngineError {
-                    class: ErrorClass::EngineUnavailable,
-                    message: format!("the engine's answer is not JSON: {e}"),
-                })?
-            }
+            _ => json_answer(response).await?,
         };
         let usage = usage_of(&output).unwrap_or_else(|| {
             warn!(model, "the engine reported no usage; billed as zero tokens");

@@ -96,8 +96,8 @@ fn prompt_text(input: &JobInput) -> String {
 
 #[async_trait]
 impl Engine for Simulated {
-    fn models(&self) -> &[String] {
-        &self.config.models
+    fn models(&self) -> Vec<String> {
+        self.config.models.clone()
     }
 
     fn slots(&self) -> u32 {

@@ -1,24 +1,34 @@
 //! NVIDIA Triton Inference Server over KServe v2 HTTP: tensor jobs go to
 //! `/v2/models/<model>/infer`; readiness is `/v2/health/ready`; the queue is
-//! `nv_inference_pending_request_count` on Triton's metrics port.
+//! `nv_inference_pending_request_count` on Triton's metrics port. With
+//! `on_demand`, the repository's other models are loaded when needed and
+//! unloaded when idle (Triton in explicit model-control mode).
 
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchyard_runtime::{Issues, Registry};
 use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
+use tracing::{info, warn};
 
-use super::http::{answers, check_url, client, gauge_sum, scrape, status_error, transport_error};
+use super::http::{
+    answers, check_url, client, gauge_sum, json_answer, scrape, status_error, transport_error,
+};
 use super::{Engine, EngineError, Inference, TokenSink, check_models_and_slots};
+use crate::metrics as m;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TritonConfig {
     /// Triton's HTTP endpoint (`--http-port`), such as `http://127.0.0.1:8000`.
     pub url: String,
-    /// Models it serves, by the names the registry and the repository share.
+    /// Models it serves at all times, by the names the registry and the
+    /// repository share. May be empty with `on_demand`.
+    #[serde(default)]
     pub models: Vec<String>,
     pub slots: u32,
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
@@ -27,39 +37,279 @@ pub struct TritonConfig {
     /// `http://127.0.0.1:8002/metrics`, for its queue in heartbeats.
     #[serde(default)]
     pub metrics_url: Option<String>,
+    /// Also serve the other models of Triton's repository that the registry
+    /// names, loading each when it is asked for (Triton must run with
+    /// `--model-control-mode=explicit`).
+    #[serde(default)]
+    pub on_demand: bool,
+    /// Unload a model loaded on demand once it has served nothing for this
+    /// long; without it such a model stays loaded.
+    #[serde(default, with = "humantime_serde")]
+    pub unload_after: Option<Duration>,
+    /// Longest a model may take to load.
+    #[serde(default = "default_load_timeout", with = "humantime_serde")]
+    pub load_timeout: Duration,
 }
 
 fn default_request_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
+fn default_load_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
 impl TritonConfig {
     pub fn validate(&self, registry: &Registry, issues: &mut Issues) {
-        check_models_and_slots(&self.models, false, self.slots, registry, issues);
+        check_models_and_slots(&self.models, self.on_demand, self.slots, registry, issues);
         check_url(&self.url, self.request_timeout, issues);
+        issues.check(
+            self.on_demand || self.unload_after.is_none(),
+            "agent.engine.unload_after",
+            "set",
+            "only models loaded on demand are unloaded: set on_demand too",
+        );
+        issues.check(
+            !self.load_timeout.is_zero(),
+            "agent.engine.load_timeout",
+            self.load_timeout,
+            "must be positive",
+        );
     }
+}
+
+/// The repository's models beyond the configured ones, as last read.
+#[derive(Default)]
+struct Repository {
+    /// Models that may be loaded on demand: in the repository, named by the
+    /// registry, not among the configured ones.
+    on_demand: BTreeSet<String>,
+    /// Those loaded now, with their use.
+    loaded: BTreeMap<String, Use>,
+}
+
+struct Use {
+    running: u32,
+    last_used: Instant,
+}
+
+impl Use {
+    fn fresh() -> Self {
+        Self {
+            running: 0,
+            last_used: Instant::now(),
+        }
+    }
+}
+
+/// One row of `POST /v2/repository/index`; a model never loaded has no state.
+#[derive(Deserialize)]
+struct IndexEntry {
+    name: String,
+    #[serde(default)]
+    state: Option<String>,
 }
 
 pub struct Triton {
     config: TritonConfig,
     base: String,
     http: reqwest::Client,
+    /// Model names the registry knows: the repository's others are ignored.
+    known: BTreeSet<String>,
+    repository: Mutex<Repository>,
 }
 
 impl Triton {
-    pub fn new(config: TritonConfig) -> Self {
+    pub fn new(config: TritonConfig, registry: &Registry) -> Self {
         Self {
             base: config.url.trim_end_matches('/').to_owned(),
             http: client(config.request_timeout),
+            known: registry.iter().map(|m| m.name.clone()).collect(),
+            repository: Mutex::new(Repository::default()),
             config,
+        }
+    }
+
+    fn repository(&self) -> std::sync::MutexGuard<'_, Repository> {
+        // Plain data: a panic elsewhere leaves it usable.
+        self.repository
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks a request for `model` as running, loading the model first if it
+    /// is one loaded on demand and is not loaded now (it may have been
+    /// unloaded while the job waited).
+    async fn begin(&self, model: &str) -> Result<InUse<'_>, EngineError> {
+        if self.config.models.iter().any(|m| m == model) {
+            return Ok(InUse {
+                triton: self,
+                model: None,
+            });
+        }
+        loop {
+            if let Some(used) = self.repository().loaded.get_mut(model) {
+                used.running += 1;
+                return Ok(InUse {
+                    triton: self,
+                    model: Some(model.to_owned()),
+                });
+            }
+            self.load_model(model).await?;
+        }
+    }
+
+    /// Reads the repository index: which models exist, and which are loaded.
+    async fn read_index(&self) -> Result<Vec<IndexEntry>, EngineError> {
+        let response = self
+            .http
+            .post(format!("{}/v2/repository/index", self.base))
+            .json(&json!({}))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        json_answer(response).await
+    }
+
+    /// Calls `/v2/repository/models/<model>/<action>` (`load` or `unload`).
+    async fn control(&self, model: &str, action: &str) -> Result<(), EngineError> {
+        let response = self
+            .http
+            .post(format!(
+                "{}/v2/repository/models/{model}/{action}",
+                self.base
+            ))
+            .timeout(self.config.load_timeout)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.text().await.map_err(transport_error)?;
+        Err(status_error(status, &text))
+    }
+
+    /// Takes in the repository index: new models become loadable, and what
+    /// Triton says is loaded is believed (it may have restarted).
+    fn take_index(&self, index: Vec<IndexEntry>) {
+        let mut repo = self.repository();
+        let fixed: BTreeSet<&String> = self.config.models.iter().collect();
+        let mut on_demand = BTreeSet::new();
+        let mut ready = BTreeSet::new();
+        for entry in index {
+            if self.known.contains(&entry.name) && !fixed.contains(&entry.name) {
+                if entry.state.as_deref() == Some("READY") {
+                    ready.insert(entry.name.clone());
+                }
+                on_demand.insert(entry.name);
+            }
+        }
+        repo.loaded
+            .retain(|model, used| ready.contains(model) || used.running > 0);
+        for model in ready {
+            repo.loaded.entry(model).or_insert_with(Use::fresh);
+        }
+        repo.on_demand = on_demand;
+    }
+
+    /// Unloads models loaded on demand that have served nothing for
+    /// `unload_after`. A model is forgotten before it is unloaded, so a job
+    /// that arrives meanwhile loads it again rather than failing.
+    async fn unload_idle(&self, after: Duration) {
+        let idle: Vec<String> = {
+            let mut repo = self.repository();
+            let idle: Vec<String> = repo
+                .loaded
+                .iter()
+                .filter(|(_, u)| u.running == 0 && u.last_used.elapsed() >= after)
+                .map(|(m, _)| m.clone())
+                .collect();
+            for model in &idle {
+                repo.loaded.remove(model);
+            }
+            idle
+        };
+        for model in idle {
+            match self.control(&model, "unload").await {
+                Ok(()) => {
+                    info!(%model, "idle model unloaded");
+                    metrics::counter!(m::MODEL_UNLOADS).increment(1);
+                }
+                Err(e) => warn!(%model, error = %e.message, "cannot unload an idle model"),
+            }
+        }
+    }
+}
+
+/// A request running on a model; on drop the model counts as used now.
+struct InUse<'a> {
+    triton: &'a Triton,
+    /// `None` for a configured model, which is never unloaded.
+    model: Option<String>,
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        if let Some(model) = &self.model
+            && let Some(used) = self.triton.repository().loaded.get_mut(model)
+        {
+            used.running = used.running.saturating_sub(1);
+            used.last_used = Instant::now();
         }
     }
 }
 
 #[async_trait]
 impl Engine for Triton {
-    fn models(&self) -> &[String] {
-        &self.config.models
+    fn models(&self) -> Vec<String> {
+        let repo = self.repository();
+        let mut models = self.config.models.clone();
+        models.extend(repo.loaded.keys().cloned());
+        models
+    }
+
+    fn loadable(&self) -> Vec<String> {
+        let repo = self.repository();
+        repo.on_demand
+            .iter()
+            .filter(|m| !repo.loaded.contains_key(*m))
+            .cloned()
+            .collect()
+    }
+
+    async fn load_model(&self, model: &str) -> Result<(), EngineError> {
+        if self.models().iter().any(|m| m == model) {
+            return Ok(());
+        }
+        if !self.repository().on_demand.contains(model) {
+            return Err(EngineError {
+                class: ErrorClass::UnknownModel,
+                message: format!("{model:?} is not a model of this node's repository"),
+            });
+        }
+        let started = Instant::now();
+        self.control(model, "load").await?;
+        info!(%model, took_ms = started.elapsed().as_millis() as u64, "model loaded");
+        self.repository()
+            .loaded
+            .entry(model.to_owned())
+            .or_insert_with(Use::fresh);
+        Ok(())
+    }
+
+    async fn tend(&self) {
+        if !self.config.on_demand {
+            return;
+        }
+        match self.read_index().await {
+            Ok(index) => self.take_index(index),
+            Err(e) => warn!(error = %e.message, "cannot read Triton's model repository"),
+        }
+        if let Some(after) = self.config.unload_after {
+            self.unload_idle(after).await;
+        }
     }
 
     fn slots(&self) -> u32 {
@@ -80,6 +330,7 @@ impl Engine for Triton {
                 message: "Triton takes tensors, not text".into(),
             });
         };
+        let _in_use = self.begin(model).await?;
         let response = self
             .http
             .post(format!("{}/v2/models/{model}/infer", self.base))
@@ -87,15 +338,7 @@ impl Engine for Triton {
             .send()
             .await
             .map_err(transport_error)?;
-        let status = response.status();
-        let text = response.text().await.map_err(transport_error)?;
-        if !status.is_success() {
-            return Err(status_error(status, &text));
-        }
-        let output: Value = serde_json::from_str(&text).map_err(|e| EngineError {
-            class: ErrorClass::EngineUnavailable,
-            message: format!("Triton's answer is not JSON: {e}"),
-        })?;
+        let output: Value = json_answer(response).await?;
         Ok(Inference {
             output,
             usage: Usage::default(),
