@@ -42,9 +42,9 @@ struct Server {
 }
 
 impl Server {
-    /// Starts `n` servers side by side with `script`; returns once each
-    /// serves.
-    fn start(script: &str, n: usize, logs: &std::path::Path) -> Vec<Server> {
+    /// Starts `n` servers side by side with `script` (`args` after its port
+    /// and log); returns once each serves.
+    fn start(script: &str, args: &[&str], n: usize, logs: &std::path::Path) -> Vec<Server> {
         let script = repo_root().join("scripts/engines").join(script);
         let install = Command::new(&script).arg("install").status().unwrap();
         assert!(install.success(), "{} install failed", script.display());
@@ -54,6 +54,7 @@ impl Server {
                 let log = logs.join(format!("engine-{i}.log"));
                 let child = Command::new(&script)
                     .args(["start", &port.to_string(), log.to_str().unwrap()])
+                    .args(args)
                     .stdout(std::process::Stdio::piped())
                     .spawn()
                     .unwrap();
@@ -122,7 +123,7 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
         agent_ack_wait: "10s",
         ..StackOptions::default()
     });
-    let engines = Server::start("vllm.sh", 2, stack.dir.path());
+    let engines = Server::start("vllm.sh", &[], 2, stack.dir.path());
     let (a, b) = (&engines[0], &engines[1]);
     stack.start_broker();
     stack.start_dispatcher();
@@ -352,7 +353,7 @@ async fn latency_added_to_a_16_token_completion() {
         prefetch_per_slot: 0,
         ..StackOptions::default()
     });
-    let engines = Server::start("vllm.sh", 1, stack.dir.path());
+    let engines = Server::start("vllm.sh", &[], 1, stack.dir.path());
     let vllm = &engines[0];
     stack.start_broker();
     stack.start_dispatcher();
@@ -397,6 +398,92 @@ async fn latency_added_to_a_16_token_completion() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vllm_embeds_texts_through_the_whole_stack() {
+    let mut stack = Stack::new(StackOptions {
+        extra_models: "
+  - name: tiny-embed
+    kind: embedding",
+        ..StackOptions::default()
+    });
+    let vllm = Server::start("vllm.sh", &["embed"], 1, stack.dir.path()).remove(0);
+    stack.start_broker();
+    stack.start_dispatcher();
+    let engine = format!(
+        "
+    kind: vllm
+    url: {}
+    models: [tiny-embed]
+    slots: 2",
+        vllm.url()
+    );
+    stack.start_agent_on("node-e", &engine);
+
+    let texts = json!(["the quick brown fox", "jumps over the lazy dog", "x"]);
+    let id = stack
+        .submit_http(&json!({"model": "tiny-embed", "input": {"input": texts}}))
+        .await;
+    let one = stack
+        .submit_http(&json!({"model": "tiny-embed", "input": {"input": "the quick brown fox"}}))
+        .await;
+    let done = stack
+        .wait_finished(&[id.clone(), one.clone()], Duration::from_secs(60))
+        .await;
+    let want = direct(
+        &stack.http,
+        &vllm,
+        "/v1/embeddings",
+        json!({"model": "tiny-embed", "input": texts}),
+    )
+    .await;
+    let r = &done[&id];
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let data = r["result"]["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3, "one embedding per text, in order: {r}");
+    for (i, (got, want)) in data
+        .iter()
+        .zip(want["data"].as_array().unwrap())
+        .enumerate()
+    {
+        assert_eq!(got["index"], i, "{r}");
+        let (got, want) = (
+            got["embedding"].as_array().unwrap(),
+            want["embedding"].as_array().unwrap(),
+        );
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g.as_f64().unwrap() - w.as_f64().unwrap()).abs() < 1e-5,
+                "text {i}"
+            );
+        }
+    }
+    assert_eq!(
+        r["usage"]["prompt_tokens"], want["usage"]["prompt_tokens"],
+        "{r}"
+    );
+    assert_eq!(r["usage"]["completion_tokens"], 0, "{r}");
+    // One text is a list of one: the same vector as the first of three.
+    let r = &done[&one];
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["result"]["data"].as_array().unwrap().len(), 1, "{r}");
+    let first = |v: &Value| v["embedding"].as_array().unwrap()[0].as_f64().unwrap();
+    assert!(
+        (first(&r["result"]["data"][0]) - first(&data[0])).abs() < 1e-5,
+        "{r}"
+    );
+
+    // Embeddings do not stream: refused at the door.
+    let refused = stack
+        .http
+        .post(stack.broker_url("/v1/jobs"))
+        .json(&json!({"model": "tiny-embed", "stream": true, "input": {"input": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+}
+
 const TENSOR_MODELS: &str = "
   - name: tiny-linear
     kind: tensor
@@ -410,7 +497,7 @@ fn triton_stack(engine: impl Fn(&Server) -> String) -> (Stack, Server) {
         extra_models: TENSOR_MODELS,
         ..StackOptions::default()
     });
-    let triton = Server::start("triton.sh", 1, stack.dir.path()).remove(0);
+    let triton = Server::start("triton.sh", &[], 1, stack.dir.path()).remove(0);
     stack.start_broker();
     stack.start_dispatcher();
     stack.start_agent_on("node-t", &engine(&triton));

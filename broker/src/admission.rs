@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use switchyard_runtime::nats;
 use switchyard_runtime::{ModelKind, ModelSpec, Registry};
 use switchyard_schemas::{
-    ChatInput, CompletionInput, DEFAULT_TENANT, Job, JobInput, Priority, SCHEMA_VERSION,
-    Submission, TensorInput, encode, now_ms, subjects,
+    ChatInput, CompletionInput, DEFAULT_TENANT, EmbeddingInput, Job, JobInput, Priority,
+    SCHEMA_VERSION, Submission, TensorInput, encode, now_ms, subjects,
 };
 use tracing::{debug, warn};
 
@@ -101,6 +101,12 @@ pub fn validate(
         });
     }
     let input = typed_input(spec, submission.input)?;
+    if submission.stream && !input.generates_text() {
+        return Err(Rejection::InvalidRequest(format!(
+            "stream is for chat and completion models; {:?} is not one",
+            spec.name
+        )));
+    }
     Ok(Job {
         v: SCHEMA_VERSION,
         id,
@@ -183,6 +189,11 @@ fn typed_input(spec: &ModelSpec, value: serde_json::Value) -> Result<JobInput, R
             value,
             &["prompt", "max_tokens", "temperature"],
         )?),
+        ModelKind::Embedding => {
+            let texts: EmbeddingInput = strict(value, &["input", "dimensions"])?;
+            check_texts(&texts)?;
+            return Ok(JobInput::Embedding(texts));
+        }
         ModelKind::Tensor => {
             let tensors: TensorInput = strict(value, &["inputs"])?;
             check_tensors(&tensors)?;
@@ -192,7 +203,7 @@ fn typed_input(spec: &ModelSpec, value: serde_json::Value) -> Result<JobInput, R
     let (max_tokens, temperature) = match &mut input {
         JobInput::Chat(c) => (&mut c.max_tokens, c.temperature),
         JobInput::Completion(c) => (&mut c.max_tokens, c.temperature),
-        JobInput::Tensor(_) => return Ok(input),
+        JobInput::Embedding(_) | JobInput::Tensor(_) => return Ok(input),
     };
     match *max_tokens {
         Some(n) if n == 0 || n > spec.max_tokens => {
@@ -210,6 +221,29 @@ fn typed_input(spec: &ModelSpec, value: serde_json::Value) -> Result<JobInput, R
         )));
     }
     Ok(input)
+}
+
+/// As many texts as OpenAI's API takes in one request.
+const MAX_TEXTS: usize = 2048;
+
+fn check_texts(e: &EmbeddingInput) -> Result<(), Rejection> {
+    if e.input.is_empty() || e.input.len() > MAX_TEXTS {
+        return Err(Rejection::InvalidRequest(format!(
+            "input.input holds {} texts; 1 to {MAX_TEXTS}",
+            e.input.len()
+        )));
+    }
+    if let Some(i) = e.input.iter().position(String::is_empty) {
+        return Err(Rejection::InvalidRequest(format!(
+            "input.input[{i}] is empty"
+        )));
+    }
+    match e.dimensions {
+        Some(0) => Err(Rejection::InvalidRequest(
+            "input.dimensions must be positive".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 const DATATYPES: [&str; 13] = [
@@ -365,6 +399,7 @@ mod tests {
             &[
                 spec("chat", ModelKind::Chat),
                 spec("text", ModelKind::Completion),
+                spec("embed", ModelKind::Embedding),
             ],
             &mut Issues::default(),
         )
@@ -428,11 +463,41 @@ mod tests {
                 json!({"prompt": "x".repeat(300)}),
                 "input_too_large",
             ),
+            ("embed", json!({"input": []}), "invalid_request"),
+            ("embed", json!({"input": ["a", ""]}), "invalid_request"),
+            ("embed", json!({"input": [1, 2, 3]}), "invalid_request"),
+            (
+                "embed",
+                json!({"input": "a", "dimensions": 0}),
+                "invalid_request",
+            ),
+            ("embed", json!({"prompt": "a"}), "invalid_request"),
         ];
         for (model, input, code) in cases {
             let err = check(model, input.clone()).unwrap_err();
             assert_eq!(err.code(), code, "{model} {input}: {err}");
         }
+    }
+
+    #[test]
+    fn one_text_to_embed_is_a_list_of_one() {
+        for input in [json!({"input": "hello"}), json!({"input": ["hello"]})] {
+            let job = check("embed", input).unwrap();
+            let JobInput::Embedding(e) = &job.input else {
+                panic!("{job:?}");
+            };
+            assert_eq!(e.input, ["hello"]);
+            assert_eq!(job.input.max_tokens(), None);
+        }
+    }
+
+    #[test]
+    fn only_text_generation_streams() {
+        let mut s = sub("embed", json!({"input": "hello"}));
+        s.stream = true;
+        let err = validate(&registry(), s, Priority::Normal, "job-1".into()).unwrap_err();
+        assert_eq!(err.code(), "invalid_request");
+        assert!(err.to_string().contains("stream"), "{err}");
     }
 
     #[test]

@@ -160,6 +160,8 @@ impl NatsConfig {
 pub enum ModelKind {
     Chat,
     Completion,
+    /// Texts in, one vector per text out (OpenAI `/v1/embeddings`).
+    Embedding,
     /// Named tensors in, named tensors out (KServe v2): Triton's models.
     Tensor,
 }

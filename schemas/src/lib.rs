@@ -14,10 +14,10 @@ pub mod subjects;
 pub use codec::{CodecError, Encoding, decode, decode_submission, encode, encode_as};
 pub use error::{ErrorClass, JobError};
 pub use messages::{
-    AdmitReply, Assignment, ChatInput, ChatMessage, CompletionInput, DeadLetter, EngineLoad,
-    ErrorBody, EventKind, Failure, GpuProcess, GpuStats, Heartbeat, Job, JobEvent, JobInput,
-    JobResult, LoadReply, LoadRequest, Outcome, StreamChunk, Submission, Tensor, TensorInput,
-    Usage, UsageEvent, Versioned,
+    AdmitReply, Assignment, ChatInput, ChatMessage, CompletionInput, DeadLetter, EmbeddingInput,
+    EngineLoad, ErrorBody, EventKind, Failure, GpuProcess, GpuStats, Heartbeat, Job, JobEvent,
+    JobInput, JobResult, LoadReply, LoadRequest, Outcome, StreamChunk, Submission, Tensor,
+    TensorInput, Usage, UsageEvent, Versioned,
 };
 pub use priority::{ParsePriorityError, Priority};
 

@@ -101,6 +101,33 @@ pub struct CompletionInput {
     pub temperature: Option<f64>,
 }
 
+/// Texts to embed, as in an OpenAI `/v1/embeddings` request: one embedding
+/// per text, in order. A request may give one text or a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingInput {
+    #[serde(deserialize_with = "one_or_many")]
+    pub input: Vec<String>,
+    /// Length of each embedding, for models that can shorten theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Texts {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Texts::deserialize(d) {
+        Ok(Texts::One(text)) => Ok(vec![text]),
+        Ok(Texts::Many(texts)) => Ok(texts),
+        Err(_) => Err(serde::de::Error::custom(
+            "input must be a string or a list of strings",
+        )),
+    }
+}
+
 /// The tensors of a KServe v2 inference request, for models that are not
 /// language models (Triton).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,15 +150,21 @@ pub struct Tensor {
 pub enum JobInput {
     Chat(ChatInput),
     Completion(CompletionInput),
+    Embedding(EmbeddingInput),
     Tensor(TensorInput),
 }
 
 impl JobInput {
+    /// Whether its output comes piece by piece (`stream: true` is allowed).
+    pub fn generates_text(&self) -> bool {
+        matches!(self, JobInput::Chat(_) | JobInput::Completion(_))
+    }
+
     pub fn max_tokens(&self) -> Option<u32> {
         match self {
             JobInput::Chat(c) => c.max_tokens,
             JobInput::Completion(c) => c.max_tokens,
-            JobInput::Tensor(_) => None,
+            JobInput::Embedding(_) | JobInput::Tensor(_) => None,
         }
     }
 }

@@ -66,6 +66,13 @@ fn round_trip<T: Serialize + DeserializeOwned + Versioned + PartialEq + std::fmt
 #[test]
 fn every_message_round_trips() {
     round_trip(job());
+    round_trip(Job {
+        input: JobInput::Embedding(EmbeddingInput {
+            input: vec!["one".into(), "two".into()],
+            dimensions: Some(64),
+        }),
+        ..job()
+    });
     round_trip(result());
     round_trip(Assignment {
         v: SCHEMA_VERSION,

@@ -4,12 +4,15 @@
 # $SWITCHYARD_ENGINES (default ~/.cache/switchyard/engines) and reused.
 #
 #   scripts/engines/vllm.sh install          venv + model, once
-#   scripts/engines/vllm.sh start PORT [LOG] serve the model on PORT as
+#   scripts/engines/vllm.sh start PORT [LOG] [embed]
+#                                             serve the model on PORT as
 #                                             `tiny-llama` (and `tiny-llama-text`
 #                                             and `tiny-llama-generic`, so a
 #                                             registry can name it more than
 #                                             once); waits for a real
-#                                             completion; prints the pid
+#                                             completion; prints the pid.
+#                                             With `embed`, serve it as the
+#                                             embedding model `tiny-embed`.
 #   scripts/engines/vllm.sh stop PID
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -55,28 +58,37 @@ install() {
 }
 
 start() {
-  local port="$1" logfile="${2:-$ENGINES/vllm-$1.log}"
+  local port="$1" logfile="${2:-$ENGINES/vllm-$1.log}" mode="${3:-generate}" role probe
   export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+  case "$mode" in
+    generate)
+      role=(--served-model-name tiny-llama tiny-llama-text tiny-llama-generic)
+      probe=(-d '{"model":"tiny-llama","prompt":"hello","max_tokens":1}' "http://127.0.0.1:$port/v1/completions")
+      ;;
+    # The same weights as a pooling model: the last token's hidden state.
+    embed)
+      role=(--served-model-name tiny-embed --runner pooling --convert embed)
+      probe=(-d '{"model":"tiny-embed","input":"hello"}' "http://127.0.0.1:$port/v1/embeddings")
+      ;;
+    *) echo "unknown mode $mode: generate or embed" >&2; exit 2 ;;
+  esac
   # fp32 and eager mode: bf16 with an explicit KV size dies on the first
   # request on this CPU. A 4 MiB KV cache (2,048 tokens) and 4 sequences at
   # once make the load gauges move under a small burst.
-  setsid "$VENV/bin/vllm" serve "$MODEL" \
-    --served-model-name tiny-llama tiny-llama-text tiny-llama-generic \
+  setsid "$VENV/bin/vllm" serve "$MODEL" "${role[@]}" \
     --host 127.0.0.1 --port "$port" --dtype float32 --max-model-len 256 \
     --enforce-eager --max-num-seqs 4 --kv-cache-memory-bytes 4194304 \
     > "$logfile" 2>&1 < /dev/null &
   local pid=$!
-  # A green /health does not prove it can serve: wait for a real completion.
+  # A green /health does not prove it can serve: wait for a real answer.
   wait_serving "vLLM on :$port" "$pid" "$logfile" 300 \
-    curl -sf -o /dev/null -H 'content-type: application/json' \
-    -d '{"model":"tiny-llama","prompt":"hello","max_tokens":1}' \
-    "http://127.0.0.1:$port/v1/completions"
+    curl -sf -o /dev/null -H 'content-type: application/json' "${probe[@]}"
   echo "$pid"
 }
 
 case "${1:-}" in
   install) install ;;
-  start) install; start "${2:?port}" "${3:-}" ;;
+  start) install; start "${2:?port}" "${3:-}" "${4:-generate}" ;;
   stop) stop_group "${2:?pid}" ;;
-  *) echo "usage: $0 install | start PORT [LOG] | stop PID" >&2; exit 2 ;;
+  *) echo "usage: $0 install | start PORT [LOG] [generate|embed] | stop PID" >&2; exit 2 ;;
 esac

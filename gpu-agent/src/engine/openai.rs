@@ -139,6 +139,7 @@ impl Engine for OpenAi {
         let (path, body) = match input {
             JobInput::Chat(c) => ("/v1/chat/completions", serde_json::to_value(c)),
             JobInput::Completion(c) => ("/v1/completions", serde_json::to_value(c)),
+            JobInput::Embedding(e) => ("/v1/embeddings", serde_json::to_value(e)),
             JobInput::Tensor(_) => {
                 return Err(EngineError {
                     class: ErrorClass::InvalidInput,

@@ -90,6 +90,7 @@ fn prompt_text(input: &JobInput) -> String {
             .collect::<Vec<_>>()
             .join(" "),
         JobInput::Completion(c) => c.prompt.clone(),
+        JobInput::Embedding(e) => e.input.join(" "),
         JobInput::Tensor(_) => String::new(),
     }
 }
@@ -128,10 +129,10 @@ impl Engine for Simulated {
             class: ErrorClass::EngineUnavailable,
             message: "engine is shutting down".into(),
         })?;
-        if matches!(input, JobInput::Tensor(_)) {
+        if !input.generates_text() {
             return Err(EngineError {
                 class: ErrorClass::InvalidInput,
-                message: "the simulated engine serves text models only".into(),
+                message: "the simulated engine serves chat and completion models only".into(),
             });
         }
         let prompt = prompt_text(input);
@@ -192,7 +193,7 @@ impl Engine for Simulated {
                 }],
                 "usage": usage_json,
             }),
-            JobInput::Completion(_) | JobInput::Tensor(_) => json!({
+            _ => json!({
                 "object": "text_completion",
                 "model": model,
                 "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
