@@ -669,3 +669,105 @@ async fn triton_loads_a_cold_model_for_its_jobs_and_unloads_it_when_idle() {
     }
     assert!(triton_has_loaded(&stack.http, triton, "tiny-linear").await);
 }
+
+/// Pids of the processes whose command line has `marker`.
+fn pids_with(marker: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(marker) && pid != std::process::id() as i32 {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kills what is left of the processes with `marker` when the test ends,
+/// however it ends.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in pids_with(&self.0) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_agent_runs_triton_itself_and_restarts_it_when_it_dies() {
+    let script = repo_root().join("scripts/engines/triton.sh");
+    assert!(
+        Command::new(&script)
+            .arg("install")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut stack = Stack::new(StackOptions {
+        extra_models: TENSOR_MODELS,
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    let port = free_port();
+    let marker = format!("--http-port={port}");
+    let _cleanup = KillOnDrop(marker.clone());
+    let engine = format!(
+        r#"
+    kind: triton
+    url: http://127.0.0.1:{port}
+    models: [tiny-linear]
+    slots: 2
+  process:
+    command: ["{}", run, "{port}"]
+    restart_backoff: 500ms
+    stop_timeout: 10s"#,
+        script.display()
+    );
+    stack.start_agent_on("node-s", &engine);
+    let client = stack.nats.client().await;
+    let mut beats = client.subscribe("sy.heartbeat.node-s").await.unwrap();
+    let job = json!({"model": "tiny-linear", "input": {"inputs": [
+        {"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}]}});
+
+    // Ready once a real inference works, not merely once Triton answers.
+    heartbeat_where(&mut beats, |hb| hb.ready).await;
+    let first = stack.submit_http(&job).await;
+    let r = &stack
+        .wait_finished(std::slice::from_ref(&first), Duration::from_secs(30))
+        .await[&first];
+    assert_eq!(r["status"], "succeeded", "{r}");
+
+    let pids = pids_with(&marker);
+    assert_eq!(pids.len(), 1, "one Triton: {pids:?}");
+    kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+    heartbeat_where(&mut beats, |hb| !hb.ready).await;
+    // Queued while Triton is down: it runs once the restarted one serves.
+    let second = stack.submit_http(&job).await;
+    heartbeat_where(&mut beats, |hb| hb.ready).await;
+    let r = &stack
+        .wait_finished(std::slice::from_ref(&second), Duration::from_secs(30))
+        .await[&second];
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["attempt"], 1, "never sent to a dead engine: {r}");
+    let restarted = pids_with(&marker);
+    assert_eq!(restarted.len(), 1, "{restarted:?}");
+    assert_ne!(restarted, pids);
+    assert_eq!(
+        stack
+            .metric("node-s", "switchyard_agent_engine_exits_total")
+            .await,
+        1.0
+    );
+
+    // SIGTERM: the agent drains, then stops its engine.
+    stack.proc("node-s").terminate(Duration::from_secs(20));
+    assert!(
+        pids_with(&marker).is_empty(),
+        "Triton stopped with the agent"
+    );
+}

@@ -33,6 +33,7 @@ fn heartbeats() -> Vec<Heartbeat> {
             service_ms: Some(20 + (i as u32 * 13) % 300),
             gpus: Vec::new(),
             engine: EngineLoad::default(),
+            loadable: Vec::new(),
         })
         .collect()
 }

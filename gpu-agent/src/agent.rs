@@ -23,7 +23,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::engine::{self, Engine, EngineError, TokenSink};
 use crate::gpus::Gpus;
-use crate::{AgentConfig, metrics as m};
+use crate::{AgentConfig, metrics as m, process};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -47,8 +47,9 @@ struct Node {
     /// one finishes. Reported so that placement can weigh this node's speed.
     service_ms: AtomicU32,
     gpus: Gpus,
-    /// The engine just failed a request as unavailable: check it now.
-    engine_suspect: AtomicBool,
+    /// The engine just failed a request as unavailable, or its process
+    /// exited: check it now, with a real request.
+    engine_suspect: Arc<AtomicBool>,
     /// Wakes the heartbeat loop: a slot freed up, the engine failed, or a
     /// model was loaded.
     wake_heartbeat: Notify,
@@ -90,15 +91,75 @@ pub async fn run(
     let ops_stop = CancellationToken::new();
     let ready = ops::start(cfg.listen, metrics, &tasks, ops_stop.clone()).await?;
 
-    let (client, js) = nats::connect(&nats_cfg, &format!("gpu-agent {}", cfg.node_id)).await?;
-    nats::ensure_streams(&js, &nats_cfg).await?;
-    let Some(engine) = engine::build(&cfg.engine, &registry, &shutdown).await else {
+    // The engine runs until the jobs have drained, and is stopped last.
+    let engine_suspect = Arc::new(AtomicBool::new(false));
+    let engine_stop = CancellationToken::new();
+    let supervisor = cfg.process.clone().map(|process| {
+        tokio::spawn(process::supervise(
+            process,
+            engine_suspect.clone(),
+            engine_stop.clone(),
+        ))
+    });
+    let ran = match start(&cfg, &nats_cfg, &registry, &shutdown).await {
+        Ok(Some(started)) => {
+            serve(
+                &cfg,
+                &nats_cfg,
+                started,
+                engine_suspect,
+                &ready,
+                &tasks,
+                &shutdown,
+            )
+            .await
+        }
         // Stopped while waiting for the engine to list its models.
-        ops_stop.cancel();
-        tasks.close();
-        tasks.wait().await;
-        return Ok(());
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
     };
+    engine_stop.cancel();
+    if let Some(supervisor) = supervisor {
+        let _ = supervisor.await;
+    }
+    ops_stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    info!("gpu-agent stopped");
+    ran
+}
+
+/// A connection to NATS and the engine, ready to take work.
+struct Started {
+    client: async_nats::Client,
+    js: Context,
+    engine: Box<dyn Engine>,
+}
+
+/// Connects to NATS and builds the engine; `None` when `shutdown` came first.
+async fn start(
+    cfg: &AgentConfig,
+    nats_cfg: &NatsConfig,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+) -> Result<Option<Started>, AgentError> {
+    let (client, js) = nats::connect(nats_cfg, &format!("gpu-agent {}", cfg.node_id)).await?;
+    nats::ensure_streams(&js, nats_cfg).await?;
+    Ok(engine::build(&cfg.engine, registry, shutdown)
+        .await
+        .map(|engine| Started { client, js, engine }))
+}
+
+/// Takes work until `shutdown`, then drains.
+async fn serve(
+    cfg: &AgentConfig,
+    nats_cfg: &NatsConfig,
+    Started { client, js, engine }: Started,
+    engine_suspect: Arc<AtomicBool>,
+    ready: &Readiness,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), AgentError> {
     let slots = engine.slots();
     let consumer = nats::durable_consumer(
         &js,
@@ -115,7 +176,7 @@ pub async fn run(
     )
     .await?;
     let results = nats::stream(&js, subjects::RESULTS_STREAM).await?;
-    let cancellations = nats::cancellations(&js, &nats_cfg).await?;
+    let cancellations = nats::cancellations(&js, nats_cfg).await?;
     let node = Arc::new(Node {
         id: cfg.node_id.clone(),
         js,
@@ -125,7 +186,7 @@ pub async fn run(
         running: AtomicU32::new(0),
         service_ms: AtomicU32::new(0),
         gpus: Gpus::open(),
-        engine_suspect: AtomicBool::new(false),
+        engine_suspect,
         wake_heartbeat: Notify::new(),
         ack_wait: cfg.ack_wait,
         cancellations,
@@ -150,7 +211,7 @@ pub async fn run(
 
     let jobs = TaskTracker::new();
     let abort = CancellationToken::new();
-    let fetched = fetch_loop(&node, &consumer, slots, &jobs, &abort, &shutdown).await;
+    let fetched = fetch_loop(&node, &consumer, slots, &jobs, &abort, shutdown).await;
 
     // Drain: no new work; running jobs get `drain_timeout` to finish, the rest
     // are left unacknowledged and NATS redelivers them.
@@ -168,10 +229,6 @@ pub async fn run(
         jobs.wait().await;
     }
     stop_heartbeats.cancel();
-    ops_stop.cancel();
-    tasks.close();
-    tasks.wait().await;
-    info!("gpu-agent stopped");
     fetched
 }
 
@@ -707,11 +764,21 @@ struct Probe {
     gpus: Vec<GpuStats>,
     load: EngineLoad,
     ready: bool,
+    /// A real request succeeded since the engine last failed: until then
+    /// readiness is a real request, after that the cheap probe.
+    proven: bool,
 }
+
+/// Longest the engine's housekeeping, or a real request that proves it,
+/// may hold up a heartbeat; cut short, either is tried again at the next.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Probe {
     async fn refresh(&mut self, node: &Arc<Node>, max_age: Duration) {
         let suspect = node.engine_suspect.swap(false, Ordering::SeqCst);
+        if suspect {
+            self.proven = false;
+        }
         if !suspect && self.at.is_some_and(|at| at.elapsed() < max_age) {
             return;
         }
@@ -719,9 +786,16 @@ impl Probe {
         self.gpus = tokio::task::spawn_blocking(move || sampler.gpus.sample())
             .await
             .unwrap_or_default();
-        node.engine.tend().await;
+        let _ = tokio::time::timeout(PROBE_TIMEOUT, node.engine.tend()).await;
         self.load = node.engine.load().await;
-        self.ready = node.engine.ready().await;
+        self.ready = if self.proven {
+            node.engine.ready().await
+        } else {
+            tokio::time::timeout(PROBE_TIMEOUT, node.engine.prove())
+                .await
+                .unwrap_or(false)
+        };
+        self.proven = self.ready;
         self.at = Some(Instant::now());
     }
 }

@@ -8,6 +8,7 @@ use switchyard_runtime::{Issues, Registry};
 use crate::engine::openai::OpenAiConfig;
 use crate::engine::simulated::SimulatedConfig;
 use crate::engine::triton::TritonConfig;
+use crate::process::ProcessConfig;
 
 /// The `agent:` section of the configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +33,10 @@ pub struct AgentConfig {
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub drain_timeout: Duration,
     pub engine: EngineConfig,
+    /// Run the engine as a child process and restart it when it exits;
+    /// without it the engine is run by someone else.
+    #[serde(default)]
+    pub process: Option<ProcessConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -78,6 +83,9 @@ impl AgentConfig {
             self.heartbeat_min_gap,
             "must not exceed agent.heartbeat_interval",
         );
+        if let Some(process) = &self.process {
+            process.validate(issues);
+        }
         match &self.engine {
             EngineConfig::Simulated(sim) => sim.validate(registry, issues),
             EngineConfig::Vllm(c) | EngineConfig::Openai(c) => c.validate(registry, issues),

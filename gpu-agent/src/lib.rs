@@ -8,6 +8,7 @@ mod config;
 pub mod engine;
 mod gpus;
 mod metrics;
+mod process;
 
 pub use agent::{AgentError, run};
 pub use config::{AgentConfig, EngineConfig};

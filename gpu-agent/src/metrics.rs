@@ -12,6 +12,7 @@ pub const GPU_TEMPERATURE: &str = "switchyard_agent_gpu_temperature_celsius";
 pub const GPU_POWER: &str = "switchyard_agent_gpu_power_watts";
 pub const MODEL_LOADS: &str = "switchyard_agent_model_loads_total";
 pub const MODEL_UNLOADS: &str = "switchyard_agent_model_unloads_total";
+pub const ENGINE_EXITS: &str = "switchyard_agent_engine_exits_total";
 
 pub fn describe() {
     metrics::describe_counter!(
@@ -50,4 +51,8 @@ pub fn describe() {
         "Models loaded at the dispatcher's request, by outcome (loaded, failed)"
     );
     metrics::describe_counter!(MODEL_UNLOADS, "Models unloaded after going idle");
+    metrics::describe_counter!(
+        ENGINE_EXITS,
+        "Times the engine process the agent runs exited or failed to start; each is followed by a restart"
+    );
 }

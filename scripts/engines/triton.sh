@@ -10,6 +10,7 @@
 #   scripts/engines/triton.sh start PORT [LOG] HTTP on PORT (gRPC and metrics on
 #                                               the next two); waits until ready;
 #                                               prints the pid
+#   scripts/engines/triton.sh run PORT         the same, in the foreground
 #   scripts/engines/triton.sh stop PID
 set -euo pipefail
 source "$(cd "$(dirname "$0")" && pwd)/common.sh"
@@ -103,19 +104,24 @@ install() {
   log "Triton installed in $((SECONDS - t0)) s"
 }
 
-start() {
-  local port="$1" logfile="${2:-$ENGINES/triton-$1.log}" dir libs
+# Becomes tritonserver, in the foreground: for a supervisor (such as the
+# agent's `process:`) that runs it and sees it exit.
+run() {
+  local port="$1" dir libs
   dir="$(server_dir)"
   libs="$(lib_path)"
   # The venv first on PATH: the stub's interpreter then finds numpy.
-  (
-    export PATH="$VENV/bin:$PATH" LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    exec setsid "$dir/bin/tritonserver" --model-repository="$REPO" --backend-directory="$BACKENDS" \
-      --model-control-mode=explicit --load-model=tiny-linear \
-      --http-address=127.0.0.1 --http-port="$port" \
-      --grpc-address=127.0.0.1 --grpc-port="$((port + 1))" --metrics-port="$((port + 2))" \
-      --allow-gpu-metrics=false --exit-timeout-secs=5 > "$logfile" 2>&1 < /dev/null
-  ) &
+  export PATH="$VENV/bin:$PATH" LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  exec "$dir/bin/tritonserver" --model-repository="$REPO" --backend-directory="$BACKENDS" \
+    --model-control-mode=explicit --load-model=tiny-linear \
+    --http-address=127.0.0.1 --http-port="$port" \
+    --grpc-address=127.0.0.1 --grpc-port="$((port + 1))" --metrics-port="$((port + 2))" \
+    --allow-gpu-metrics=false --exit-timeout-secs=5
+}
+
+start() {
+  local port="$1" logfile="${2:-$ENGINES/triton-$1.log}"
+  setsid "$0" run "$port" > "$logfile" 2>&1 < /dev/null &
   local pid=$!
   wait_serving "Triton on :$port" "$pid" "$logfile" 120 \
     curl -sf -o /dev/null "http://127.0.0.1:$port/v2/models/tiny-linear/ready"
@@ -125,6 +131,7 @@ start() {
 case "${1:-}" in
   install) install ;;
   start) install; start "${2:?port}" "${3:-}" ;;
+  run) install; run "${2:?port}" ;;
   stop) stop_group "${2:?pid}" ;;
-  *) echo "usage: $0 install | start PORT [LOG] | stop PID" >&2; exit 2 ;;
+  *) echo "usage: $0 install | start PORT [LOG] | run PORT | stop PID" >&2; exit 2 ;;
 esac

@@ -375,7 +375,8 @@ impl Stack {
         self.start_agent_on(node, &engine);
     }
 
-    /// An agent with its own `engine:` block (YAML, indented by four).
+    /// An agent with its own `engine:` block (YAML, indented by four; lines
+    /// after it indented by two are more of the agent's settings).
     pub fn start_agent_on(&mut self, node: &str, engine: &str) {
         let yaml = config_yaml(
             &self.opts,

@@ -66,8 +66,14 @@ pub trait Engine: Send + Sync {
     /// The engine's own account of its load (requests it queues, KV cache in
     /// use), for heartbeats.
     async fn load(&self) -> EngineLoad;
-    /// Whether the engine answers now.
+    /// Whether the engine answers now: a cheap probe, such as a health route.
     async fn ready(&self) -> bool;
+    /// Whether the engine serves: a real, tiny request. Asked instead of
+    /// [`Engine::ready`] at start and after the engine failed, since a
+    /// health route can answer before the engine can serve.
+    async fn prove(&self) -> bool {
+        self.ready().await
+    }
 }
 
 /// Builds the engine. An OpenAI-compatible engine configured without a
@@ -86,7 +92,7 @@ pub async fn build(
         EngineConfig::Vllm(c) => (c, openai::Flavor::Vllm),
         EngineConfig::Openai(c) => (c, openai::Flavor::Generic),
     };
-    let mut engine = openai::OpenAi::new(config.clone(), flavor);
+    let mut engine = openai::OpenAi::new(config.clone(), flavor, registry);
     while engine.models().is_empty() {
         tokio::select! {
             () = shutdown.cancelled() => return None,

@@ -7,8 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
-use switchyard_runtime::{Issues, Registry};
-use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
+use switchyard_runtime::{Issues, ModelKind, Registry};
+use switchyard_schemas::{
+    ChatInput, ChatMessage, CompletionInput, EmbeddingInput, EngineLoad, ErrorClass, JobInput,
+    Usage,
+};
 use tracing::{info, warn};
 
 use super::http::{answers, check_url, client, gauge_sum, json_answer, scrape, transport_error};
@@ -57,14 +60,17 @@ pub enum Flavor {
 
 pub struct OpenAi {
     config: OpenAiConfig,
+    /// The kind of each model, for the request that proves the engine.
+    registry: Registry,
     base: String,
     http: reqwest::Client,
     flavor: Flavor,
 }
 
 impl OpenAi {
-    pub fn new(config: OpenAiConfig, flavor: Flavor) -> Self {
+    pub fn new(config: OpenAiConfig, flavor: Flavor, registry: &Registry) -> Self {
         Self {
+            registry: registry.clone(),
             base: config.url.trim_end_matches('/').to_owned(),
             http: client(config.request_timeout),
             config,
@@ -178,6 +184,33 @@ impl Engine for OpenAi {
             Usage::default()
         });
         Ok(Inference { output, usage })
+    }
+
+    /// A one-token request (one text to embed) to its first model.
+    async fn prove(&self) -> bool {
+        let Some(model) = self.config.models.first() else {
+            return false;
+        };
+        let hello = match self.registry.get(model).map(|spec| spec.kind) {
+            Some(ModelKind::Chat) => JobInput::Chat(ChatInput {
+                messages: vec![ChatMessage {
+                    role: "user".into(),
+                    content: "hi".into(),
+                }],
+                max_tokens: Some(1),
+                temperature: None,
+            }),
+            Some(ModelKind::Embedding) => JobInput::Embedding(EmbeddingInput {
+                input: vec!["hi".into()],
+                dimensions: None,
+            }),
+            _ => JobInput::Completion(CompletionInput {
+                prompt: "hi".into(),
+                max_tokens: Some(1),
+                temperature: None,
+            }),
+        };
+        self.infer(model, &hello, None).await.is_ok()
     }
 
     async fn ready(&self) -> bool {

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchyard_runtime::{Issues, Registry};
-use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
+use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Tensor, TensorInput, Usage};
 use tracing::{info, warn};
 
 use super::http::{
@@ -98,6 +98,43 @@ impl Use {
         Self {
             running: 0,
             last_used: Instant::now(),
+        }
+    }
+}
+
+/// What `GET /v2/models/<model>` says of the inputs a model takes.
+#[derive(Deserialize)]
+struct Metadata {
+    inputs: Vec<InputMetadata>,
+}
+
+#[derive(Deserialize)]
+struct InputMetadata {
+    name: String,
+    datatype: String,
+    /// -1 where any length goes (the batch dimension).
+    shape: Vec<i64>,
+}
+
+impl InputMetadata {
+    /// The smallest tensor of this input: every variable dimension 1, all zeros.
+    fn zeros(self) -> Tensor {
+        let shape: Vec<u64> = self
+            .shape
+            .iter()
+            .map(|d| u64::try_from(*d).unwrap_or(1))
+            .collect();
+        let n = shape.iter().product::<u64>();
+        let zero = match self.datatype.as_str() {
+            "BOOL" => json!(false),
+            "BYTES" => json!(""),
+            _ => json!(0),
+        };
+        Tensor {
+            name: self.name,
+            shape,
+            datatype: self.datatype,
+            data: vec![zero; usize::try_from(n).unwrap_or(0)],
         }
     }
 }
@@ -347,6 +384,33 @@ impl Engine for Triton {
 
     async fn ready(&self) -> bool {
         answers(self.http.get(format!("{}/v2/health/ready", self.base))).await
+    }
+
+    /// An inference on zeros of the smallest shapes the first model takes,
+    /// read from its metadata.
+    async fn prove(&self) -> bool {
+        let Some(model) = self.models().into_iter().next() else {
+            return self.ready().await;
+        };
+        let metadata = async {
+            let response = self
+                .http
+                .get(format!("{}/v2/models/{model}", self.base))
+                .send()
+                .await
+                .map_err(transport_error)?;
+            json_answer::<Metadata>(response).await
+        };
+        let Ok(metadata) = metadata.await else {
+            return false;
+        };
+        let inputs = metadata
+            .inputs
+            .into_iter()
+            .map(InputMetadata::zeros)
+            .collect();
+        let zeros = JobInput::Tensor(TensorInput { inputs });
+        self.infer(&model, &zeros, None).await.is_ok()
     }
 
     async fn load(&self) -> EngineLoad {
