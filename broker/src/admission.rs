@@ -11,7 +11,7 @@ use switchyard_runtime::nats;
 use switchyard_runtime::{ModelKind, ModelSpec, Registry};
 use switchyard_schemas::{
     ChatInput, CompletionInput, DEFAULT_TENANT, EmbeddingInput, Job, JobInput, Priority,
-    SCHEMA_VERSION, Submission, TensorInput, encode, now_ms, subjects,
+    SAMPLING_FIELDS, SCHEMA_VERSION, Sampling, Submission, TensorInput, encode, now_ms, subjects,
 };
 use tracing::{debug, warn};
 
@@ -165,7 +165,7 @@ fn check_limits(s: &Submission) -> Result<(), Rejection> {
 fn typed_input(spec: &ModelSpec, value: serde_json::Value) -> Result<JobInput, Rejection> {
     let mut input = match spec.kind {
         ModelKind::Chat => {
-            let chat: ChatInput = strict(value, &["messages", "max_tokens", "temperature"])?;
+            let chat: ChatInput = strict(value, &text_fields("messages"))?;
             if chat.messages.is_empty() {
                 return Err(Rejection::InvalidRequest(
                     "input.messages must not be empty".into(),
@@ -185,10 +185,9 @@ fn typed_input(spec: &ModelSpec, value: serde_json::Value) -> Result<JobInput, R
             }
             JobInput::Chat(chat)
         }
-        ModelKind::Completion => JobInput::Completion(strict::<CompletionInput>(
-            value,
-            &["prompt", "max_tokens", "temperature"],
-        )?),
+        ModelKind::Completion => {
+            JobInput::Completion(strict::<CompletionInput>(value, &text_fields("prompt"))?)
+        }
         ModelKind::Embedding => {
             let texts: EmbeddingInput = strict(value, &["input", "dimensions"])?;
             check_texts(&texts)?;
@@ -200,11 +199,12 @@ fn typed_input(spec: &ModelSpec, value: serde_json::Value) -> Result<JobInput, R
             return Ok(JobInput::Tensor(tensors));
         }
     };
-    let (max_tokens, temperature) = match &mut input {
-        JobInput::Chat(c) => (&mut c.max_tokens, c.temperature),
-        JobInput::Completion(c) => (&mut c.max_tokens, c.temperature),
+    let (max_tokens, temperature, sampling) = match &mut input {
+        JobInput::Chat(c) => (&mut c.max_tokens, c.temperature, &c.sampling),
+        JobInput::Completion(c) => (&mut c.max_tokens, c.temperature, &c.sampling),
         JobInput::Embedding(_) | JobInput::Tensor(_) => return Ok(input),
     };
+    check_sampling(sampling)?;
     match *max_tokens {
         Some(n) if n == 0 || n > spec.max_tokens => {
             return Err(Rejection::InvalidRequest(format!(
@@ -221,6 +221,36 @@ fn typed_input(spec: &ModelSpec, value: serde_json::Value) -> Result<JobInput, R
         )));
     }
     Ok(input)
+}
+
+/// The fields a chat or completion input may have: its text, then the
+/// sampling parameters.
+fn text_fields(text: &'static str) -> Vec<&'static str> {
+    [text, "max_tokens", "temperature"]
+        .into_iter()
+        .chain(SAMPLING_FIELDS)
+        .collect()
+}
+
+/// OpenAI's bounds, so that an engine never sees what OpenAI would refuse.
+fn check_sampling(s: &Sampling) -> Result<(), Rejection> {
+    let bad =
+        |field: &str, rule: &str| Err(Rejection::InvalidRequest(format!("input.{field} {rule}")));
+    if s.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+        return bad("top_p", "must be above 0 and at most 1");
+    }
+    for (field, value) in [
+        ("presence_penalty", s.presence_penalty),
+        ("frequency_penalty", s.frequency_penalty),
+    ] {
+        if value.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
+            return bad(field, "must be between -2 and 2");
+        }
+    }
+    if s.stop.len() > 4 || s.stop.iter().any(String::is_empty) {
+        return bad("stop", "holds at most 4 non-empty strings");
+    }
+    Ok(())
 }
 
 /// As many texts as OpenAI's API takes in one request.
@@ -463,6 +493,21 @@ mod tests {
                 json!({"prompt": "x".repeat(300)}),
                 "input_too_large",
             ),
+            (
+                "text",
+                json!({"prompt": "x", "top_p": 0}),
+                "invalid_request",
+            ),
+            (
+                "text",
+                json!({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}),
+                "invalid_request",
+            ),
+            (
+                "chat",
+                json!({"messages": [{"role": "user", "content": "x"}], "presence_penalty": 3}),
+                "invalid_request",
+            ),
             ("embed", json!({"input": []}), "invalid_request"),
             ("embed", json!({"input": ["a", ""]}), "invalid_request"),
             ("embed", json!({"input": [1, 2, 3]}), "invalid_request"),
@@ -489,6 +534,21 @@ mod tests {
             assert_eq!(e.input, ["hello"]);
             assert_eq!(job.input.max_tokens(), None);
         }
+    }
+
+    #[test]
+    fn sampling_parameters_pass_through() {
+        let job = check(
+            "text",
+            json!({"prompt": "x", "top_p": 0.9, "stop": "END", "seed": 7}),
+        )
+        .unwrap();
+        let JobInput::Completion(c) = &job.input else {
+            panic!("{job:?}");
+        };
+        assert_eq!(c.sampling.stop, ["END"]);
+        assert_eq!(c.sampling.seed, Some(7));
+        assert_eq!(c.sampling.top_p, Some(0.9));
     }
 
     #[test]

@@ -12,7 +12,12 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::json;
-use switchyard_schemas::{ErrorBody, Submission, Usage, now_ms};
+use std::time::Duration;
+
+use async_nats::jetstream::stream::Stream;
+use switchyard_schemas::{
+    ErrorBody, ErrorClass, Job, JobError, Priority, Submission, Usage, now_ms,
+};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::error;
@@ -20,6 +25,7 @@ use tracing::error;
 use crate::BrokerConfig;
 use crate::admission::{Admitter, Rejection, SubmitError};
 use crate::cancel::{self, CancelError};
+use crate::openai;
 use crate::store::{JobRecord, Source};
 use async_nats::jetstream::kv;
 
@@ -45,6 +51,13 @@ pub enum ApiError {
     IdempotencyInFlight,
     #[error("job store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("NATS: {0}")]
+    Unavailable(String),
+    #[error("job {0} is still running; its result will be at /v1/jobs/{0}")]
+    StillRunning(String),
+    /// The job ran and failed; the error is already fit for the client.
+    #[error("{}", .0.message)]
+    JobFailed(JobError),
 }
 
 impl ApiError {
@@ -85,6 +98,42 @@ impl ApiError {
             ApiError::Submit(SubmitError::Store(_)) | ApiError::Store(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
+            ApiError::StillRunning(_) => (StatusCode::GATEWAY_TIMEOUT, "still_running"),
+            ApiError::JobFailed(e) => {
+                let status = match e.class {
+                    ErrorClass::InvalidInput => StatusCode::BAD_REQUEST,
+                    ErrorClass::UnknownModel => StatusCode::NOT_FOUND,
+                    ErrorClass::Cancelled => StatusCode::CONFLICT,
+                    ErrorClass::EngineUnavailable | ErrorClass::Overloaded => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                    ErrorClass::Timeout | ErrorClass::TimedOut | ErrorClass::Expired => {
+                        StatusCode::GATEWAY_TIMEOUT
+                    }
+                    ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                (status, e.class.code())
+            }
+        }
+    }
+
+    /// What the client is told. Operator detail (addresses, driver errors)
+    /// stays in the log.
+    fn client_message(&self, status: StatusCode, code: &str) -> String {
+        match self {
+            ApiError::JobFailed(_) | ApiError::StillRunning(_) => self.to_string(),
+            _ if !status.is_server_error() => self.to_string(),
+            _ => {
+                error!(error = %self, code, "request failed");
+                match code {
+                    "queue_unavailable" => {
+                        "the job queue is unavailable; the job was not queued".into()
+                    }
+                    "broker_unavailable" => "the broker cannot reach NATS; try again".into(),
+                    _ => "the job store is unavailable; try again".into(),
+                }
+            }
         }
     }
 }
@@ -95,21 +144,11 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::QueueFull { retry_after, .. } => Some(*retry_after),
             ApiError::IdempotencyInFlight => Some(1),
+            ApiError::JobFailed(_) => None,
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };
-        // Operator detail stays in the log; clients get the code and a safe message.
-        let message = if status.is_server_error() {
-            error!(error = %self, code, "request failed");
-            match code {
-                "queue_unavailable" => {
-                    "the job queue is unavailable; the job was not queued".into()
-                }
-                _ => "the job store is unavailable; try again".into(),
-            }
-        } else {
-            self.to_string()
-        };
+        let message = self.client_message(status, code);
         let mut response = (
             status,
             axum::Json(json!({"error": ErrorBody { code: code.into(), message }})),
@@ -124,29 +163,79 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub fn router(admitter: Admitter, cancellations: kv::Store, cfg: &BrokerConfig) -> Router {
+/// What the HTTP API needs from the rest of the broker.
+pub struct Parts {
+    pub admitter: Admitter,
+    pub cancellations: kv::Store,
+    pub client: async_nats::Client,
+    pub results: Stream,
+}
+
+/// The jobs API and the OpenAI-compatible front.
+pub fn router(parts: Parts, cfg: &BrokerConfig) -> Router {
     Router::new()
         .route("/v1/jobs", post(submit))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .merge(openai::router())
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(ApiState {
-            admitter,
-            cancellations,
+            admitter: parts.admitter,
+            cancellations: parts.cancellations,
+            client: parts.client,
+            results: parts.results,
             max_body_bytes: cfg.max_body_bytes,
             queue_full_retry_after: cfg.queue_full_retry_after.as_secs().max(1),
             idempotency_window_ms: i64::try_from(cfg.idempotency_window.as_millis())
                 .unwrap_or(i64::MAX),
+            sync_timeout: cfg.sync_timeout,
         })
 }
 
 #[derive(Clone)]
-struct ApiState {
-    admitter: Admitter,
-    cancellations: kv::Store,
+pub struct ApiState {
+    pub admitter: Admitter,
+    pub cancellations: kv::Store,
+    pub client: async_nats::Client,
+    /// The `RESULTS` stream, read directly by callers that wait.
+    pub results: Stream,
     max_body_bytes: usize,
     queue_full_retry_after: u64,
     idempotency_window_ms: i64,
+    /// How long a call may wait for its job before `504 still_running`.
+    pub sync_timeout: Duration,
+}
+
+impl ApiState {
+    /// Admits and queues a job submitted over HTTP.
+    pub async fn submit(
+        &self,
+        submission: Submission,
+        priority: Priority,
+        id: String,
+    ) -> Result<Job, ApiError> {
+        self.admitter
+            .submit(submission, priority, id, Source::Http)
+            .await
+            .map_err(|e| match e {
+                SubmitError::QueueFull { .. } => ApiError::QueueFull {
+                    message: e.to_string(),
+                    retry_after: self.queue_full_retry_after,
+                },
+                other => ApiError::Submit(other),
+            })
+    }
+}
+
+/// The request's body, or the error that says why it is not there.
+pub fn read_body(s: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge(s.max_body_bytes)
+        } else {
+            ApiError::BodyUnreadable
+        }
+    })
 }
 
 /// The HTTP form of a submission: the priority is in the body, and ids are
@@ -169,13 +258,7 @@ async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge(s.max_body_bytes)
-        } else {
-            ApiError::BodyUnreadable
-        }
-    })?;
+    let body = read_body(&s, body)?;
     let key = idempotency_key(&headers)?;
     let submission = parse_submission(&body).map_err(SubmitError::from)?;
     let priority = submission.priority.unwrap_or_default();
@@ -205,11 +288,7 @@ async fn submit(
             return Ok(response);
         }
     }
-    let submitted = s
-        .admitter
-        .submit(submission, priority, id.clone(), Source::Http)
-        .await;
-    let job = match submitted {
+    let job = match s.submit(submission, priority, id.clone()).await {
         Ok(job) => job,
         Err(e) => {
             if let Some(key) = key
@@ -217,13 +296,7 @@ async fn submit(
             {
                 error!(error = %release, "could not release an idempotency key");
             }
-            return Err(match e {
-                SubmitError::QueueFull { .. } => ApiError::QueueFull {
-                    message: e.to_string(),
-                    retry_after: s.queue_full_retry_after,
-                },
-                other => ApiError::Submit(other),
-            });
+            return Err(e);
         }
     };
     Ok(accepted(

@@ -34,6 +34,11 @@ pub struct BrokerConfig {
     /// How long an `Idempotency-Key` returns the job it first made.
     #[serde(with = "humantime_serde")]
     pub idempotency_window: Duration,
+    /// How long a call that waits for its job (the OpenAI-compatible
+    /// endpoints, `Prefer: wait`) may wait before it is answered; the job
+    /// goes on either way.
+    #[serde(with = "humantime_serde")]
+    pub sync_timeout: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -49,6 +54,7 @@ impl Default for BrokerConfig {
             expiry_interval: Duration::from_secs(1),
             queue_full_retry_after: Duration::from_secs(2),
             idempotency_window: Duration::from_secs(24 * 3600),
+            sync_timeout: Duration::from_secs(600),
         }
     }
 }

@@ -10,10 +10,12 @@ mod dead_letters;
 mod expiry;
 mod intake;
 mod metrics;
+mod openai;
 mod outbox;
 mod projection;
 mod server;
 pub mod store;
+mod wait;
 
 pub use admission::{Admitter, Rejection, SubmitError};
 pub use config::BrokerConfig;

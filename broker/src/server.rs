@@ -111,7 +111,13 @@ pub async fn run(
     let cancel_requests = client
         .queue_subscribe(subjects::CANCEL, "broker".into())
         .await?;
-    let router = api::router(admitter.clone(), cancellations.clone(), &cfg)
+    let parts = api::Parts {
+        admitter: admitter.clone(),
+        cancellations: cancellations.clone(),
+        client: client.clone(),
+        results: results_stream.clone(),
+    };
+    let router = api::router(parts, &cfg)
         .merge(dead_letters::router(admitter.clone(), dead, results_stream))
         .merge(ops::router(metrics, ready.clone()));
 

@@ -145,6 +145,7 @@ mod tests {
                 prompt: "p".into(),
                 max_tokens: None,
                 temperature: None,
+                sampling: Default::default(),
             }),
             metadata: Default::default(),
             submitted_at_ms: 0,

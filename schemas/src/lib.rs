@@ -16,8 +16,8 @@ pub use error::{ErrorClass, JobError};
 pub use messages::{
     AdmitReply, Assignment, ChatInput, ChatMessage, CompletionInput, DeadLetter, EmbeddingInput,
     EngineLoad, ErrorBody, EventKind, Failure, GpuProcess, GpuStats, Heartbeat, Job, JobEvent,
-    JobInput, JobResult, LoadReply, LoadRequest, Outcome, StreamChunk, Submission, Tensor,
-    TensorInput, Usage, UsageEvent, Versioned,
+    JobInput, JobResult, LoadReply, LoadRequest, Outcome, SAMPLING_FIELDS, Sampling, StreamChunk,
+    Submission, Tensor, TensorInput, Usage, UsageEvent, Versioned,
 };
 pub use priority::{ParsePriorityError, Priority};
 

@@ -90,6 +90,8 @@ pub struct ChatInput {
     pub max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,7 +101,38 @@ pub struct CompletionInput {
     pub max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
 }
+
+/// OpenAI's other sampling parameters, passed to the engine as they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Up to four strings that end the output; one string or a list.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub stop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+}
+
+/// The names of [`Sampling`]'s fields, for strict parsing.
+pub const SAMPLING_FIELDS: [&str; 5] = [
+    "top_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+];
 
 /// Texts to embed, as in an OpenAI `/v1/embeddings` request: one embedding
 /// per text, in order. A request may give one text or a list.
@@ -123,7 +156,7 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
         Ok(Texts::One(text)) => Ok(vec![text]),
         Ok(Texts::Many(texts)) => Ok(texts),
         Err(_) => Err(serde::de::Error::custom(
-            "input must be a string or a list of strings",
+            "expected a string or a list of strings",
         )),
     }
 }

@@ -26,6 +26,7 @@ fn job() -> Job {
             }],
             max_tokens: Some(8),
             temperature: None,
+            sampling: Default::default(),
         }),
         metadata: BTreeMap::from([("team".to_owned(), "search".to_owned())]),
         submitted_at_ms: 1_760_000_000_000,

@@ -423,6 +423,7 @@ mod tests {
                 prompt: "p".into(),
                 max_tokens: Some(2),
                 temperature: None,
+                sampling: Default::default(),
             }),
             metadata: [("k".to_owned(), "v".to_owned())].into(),
             submitted_at_ms: 1_000,

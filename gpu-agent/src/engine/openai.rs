@@ -199,6 +199,7 @@ impl Engine for OpenAi {
                 }],
                 max_tokens: Some(1),
                 temperature: None,
+                sampling: Default::default(),
             }),
             Some(ModelKind::Embedding) => JobInput::Embedding(EmbeddingInput {
                 input: vec!["hi".into()],
@@ -208,6 +209,7 @@ impl Engine for OpenAi {
                 prompt: "hi".into(),
                 max_tokens: Some(1),
                 temperature: None,
+                sampling: Default::default(),
             }),
         };
         self.infer(model, &hello, None).await.is_ok()
@@ -364,6 +366,7 @@ vllm:kv_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.47
             prompt: "x".into(),
             max_tokens: Some(2),
             temperature: None,
+            sampling: Default::default(),
         });
         let (sink, mut pieces) = tokio::sync::mpsc::unbounded_channel();
         let mut sse_in = SseAssembler::new(&input);

@@ -81,6 +81,54 @@ pub fn echo_completion(prompt_words: &[&str], max_tokens: u32) -> Vec<String> {
         .collect()
 }
 
+/// Dimensions of the simulated engine's embeddings.
+const EMBEDDING_DIMS: usize = 8;
+
+/// One unit vector per text, drawn from a hash of the text: the same text
+/// always gets the same vector, different texts (almost surely) different
+/// ones.
+fn embed(model: &str, texts: &[String], words: usize) -> Inference {
+    let data: Vec<serde_json::Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            // FNV-1a, then one step of a xorshift per dimension.
+            let mut h = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            let raw: Vec<f64> = (0..EMBEDDING_DIMS)
+                .map(|_| {
+                    h ^= h << 13;
+                    h ^= h >> 7;
+                    h ^= h << 17;
+                    (h >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+                })
+                .collect();
+            let norm = raw
+                .iter()
+                .map(|x| x * x)
+                .sum::<f64>()
+                .sqrt()
+                .max(f64::EPSILON);
+            let embedding: Vec<f64> = raw.iter().map(|x| x / norm).collect();
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let prompt_tokens = u32::try_from(words).unwrap_or(u32::MAX);
+    Inference {
+        output: json!({
+            "object": "list",
+            "model": model,
+            "data": data,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }),
+        usage: Usage {
+            prompt_tokens,
+            completion_tokens: 0,
+        },
+    }
+}
+
 fn prompt_text(input: &JobInput) -> String {
     match input {
         JobInput::Chat(c) => c
@@ -129,10 +177,10 @@ impl Engine for Simulated {
             class: ErrorClass::EngineUnavailable,
             message: "engine is shutting down".into(),
         })?;
-        if !input.generates_text() {
+        if matches!(input, JobInput::Tensor(_)) {
             return Err(EngineError {
                 class: ErrorClass::InvalidInput,
-                message: "the simulated engine serves chat and completion models only".into(),
+                message: "the simulated engine serves text models only".into(),
             });
         }
         let prompt = prompt_text(input);
@@ -148,6 +196,10 @@ impl Engine for Simulated {
             });
         }
         let words: Vec<&str> = prompt.split_whitespace().collect();
+        if let JobInput::Embedding(e) = input {
+            tokio::time::sleep(self.config.base_latency).await;
+            return Ok(embed(model, &e.input, words.len()));
+        }
         let max_tokens = input.max_tokens().unwrap_or(16);
         let completion = echo_completion(&words, max_tokens);
         let usage = Usage {
@@ -228,6 +280,7 @@ mod tests {
             prompt: "one two three".into(),
             max_tokens: Some(5),
             temperature: None,
+            sampling: Default::default(),
         });
         let (sink, mut pieces) = tokio::sync::mpsc::unbounded_channel();
         let out = engine(1).infer("m", &input, Some(&sink)).await.unwrap();
@@ -247,6 +300,7 @@ mod tests {
                 prompt: prompt.into(),
                 max_tokens: Some(1),
                 temperature: None,
+                sampling: Default::default(),
             })
         };
         let e = engine(1);
@@ -273,6 +327,7 @@ mod tests {
             ],
             max_tokens: Some(5),
             temperature: None,
+            sampling: Default::default(),
         });
         let out = engine(1).infer("m", &input, None).await.unwrap();
         assert_eq!(
@@ -296,6 +351,7 @@ mod tests {
             prompt: "  ".into(),
             max_tokens: Some(4),
             temperature: None,
+            sampling: Default::default(),
         });
         let out = engine(1).infer("m", &input, None).await.unwrap();
         assert_eq!(out.output["choices"][0]["text"], "");
@@ -309,6 +365,7 @@ mod tests {
             prompt: "a".into(),
             max_tokens: Some(10),
             temperature: None,
+            sampling: Default::default(),
         });
         let start = tokio::time::Instant::now();
         let probe = async {

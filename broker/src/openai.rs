@@ -1,0 +1,447 @@
+//! The OpenAI-compatible front: `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings` and `/v1/models`, so that OpenAI clients work unchanged.
+//! Every request is a job in the durable queue like any other; the call
+//! waits for its result, or relays its output as server-sent events.
+
+use std::convert::Infallible;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use switchyard_schemas::{ErrorBody, JobResult, Outcome, Priority, Submission, now_ms};
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::admission::{Rejection, SubmitError};
+use crate::api::{ApiError, ApiState, read_body};
+use crate::cancel;
+use crate::wait::{Event, Watch};
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/chat/completions", endpoint(Endpoint::Chat))
+        .route("/v1/completions", endpoint(Endpoint::Completion))
+        .route("/v1/embeddings", endpoint(Endpoint::Embedding))
+        .route("/v1/models", get(models))
+}
+
+fn endpoint(e: Endpoint) -> MethodRouter<ApiState> {
+    post(
+        move |State(s): State<ApiState>,
+              headers: HeaderMap,
+              body: Result<Bytes, BytesRejection>| { serve(s, headers, body, e) },
+    )
+}
+
+/// Which OpenAI endpoint a request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Completion,
+    Embedding,
+}
+
+/// An OpenAI request body: the fields the front itself reads; the rest is
+/// the job's input, checked strictly by admission.
+#[derive(Debug, Deserialize)]
+struct OpenAiRequest {
+    model: String,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    /// OpenAI's newer name for `max_tokens`.
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    /// The end user, for the caller's own tracking; kept as metadata.
+    #[serde(default)]
+    user: Option<String>,
+    /// `float` (the default) or `base64`, for embeddings.
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(flatten)]
+    input: Map<String, Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::Submit(SubmitError::Rejected(Rejection::InvalidRequest(
+        message.into(),
+    )))
+}
+
+/// `X-Switchyard-Priority`, `normal` when absent.
+fn priority(headers: &HeaderMap) -> Result<Priority, ApiError> {
+    match headers.get("x-switchyard-priority") {
+        None => Ok(Priority::default()),
+        Some(v) => v.to_str().ok().and_then(|p| p.parse().ok()).ok_or_else(|| {
+            invalid("X-Switchyard-Priority must be critical, high, normal or batch")
+        }),
+    }
+}
+
+/// The registry, as OpenAI lists models.
+async fn models(State(s): State<ApiState>) -> axum::Json<Value> {
+    let data: Vec<Value> = s
+        .admitter
+        .registry
+        .iter()
+        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "switchyard"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data}))
+}
+
+async fn serve(
+    s: ApiState,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
+    let body = read_body(&s, body)?;
+    let request: OpenAiRequest = serde_json::from_slice(&body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => invalid(e.to_string()),
+        _ => ApiError::Submit(SubmitError::Rejected(Rejection::MalformedBody(format!(
+            "body is not valid JSON: {e}"
+        )))),
+    })?;
+    let priority = priority(&headers)?;
+    let base64 = match (endpoint, request.encoding_format.as_deref()) {
+        (Endpoint::Embedding, None | Some("float")) => false,
+        (Endpoint::Embedding, Some("base64")) => true,
+        (Endpoint::Embedding, Some(other)) => {
+            return Err(invalid(format!(
+                "encoding_format {other:?} must be float or base64"
+            )));
+        }
+        (_, Some(_)) => return Err(invalid("encoding_format is for embeddings")),
+        (_, None) => false,
+    };
+    let include_usage = request
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    if request.stream_options.is_some() && !request.stream {
+        return Err(invalid("stream_options is only allowed with stream: true"));
+    }
+    let mut input = request.input;
+    if let Some(n) = request.max_completion_tokens {
+        if input.contains_key("max_tokens") {
+            return Err(invalid(
+                "give max_tokens or max_completion_tokens, not both",
+            ));
+        }
+        input.insert("max_tokens".into(), n.into());
+    }
+    let submission = Submission {
+        v: switchyard_schemas::SCHEMA_VERSION,
+        id: None,
+        model: request.model.clone(),
+        tenant: None,
+        priority: Some(priority),
+        input: Value::Object(input),
+        metadata: request
+            .user
+            .map(|u| [("user".to_owned(), u)].into())
+            .unwrap_or_default(),
+        deadline_ms: None,
+        timeout_ms: None,
+        stream: request.stream,
+    };
+    check_kind(&s, &submission.model, endpoint)?;
+
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut watch = Watch::start(&s.client, s.results.clone(), &id, request.stream)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    s.submit(submission, priority, id.clone()).await?;
+    let deadline = Instant::now() + s.sync_timeout;
+    let mut guard = CancelOnDrop::new(&s, &id);
+    if request.stream {
+        let relay = Relay {
+            chat: endpoint == Endpoint::Chat,
+            id: id.clone(),
+            model: request.model,
+            created: now_ms() / 1000,
+            include_usage,
+        };
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            // A client that stopped reading no longer wants the job.
+            if relay.run(&mut watch, tx, deadline).await != Relayed::ClientGone {
+                guard.disarm();
+            }
+        });
+        let mut response = Sse::new(rx.map(Ok::<_, Infallible>))
+            .keep_alive(KeepAlive::default())
+            .into_response();
+        name_job(&mut response, &id);
+        return Ok(response);
+    }
+    let result = watch.result(deadline).await;
+    guard.disarm();
+    let Some(result) = result else {
+        return Err(ApiError::StillRunning(id));
+    };
+    let mut output = match result.outcome {
+        Outcome::Succeeded { output, .. } => output,
+        Outcome::Failed { error } => return Err(ApiError::JobFailed(error)),
+    };
+    if base64 {
+        encode_embeddings(&mut output);
+    }
+    let mut response = axum::Json(output).into_response();
+    name_job(&mut response, &id);
+    Ok(response)
+}
+
+/// The model must be of the endpoint's kind: a chat model is not asked for
+/// embeddings.
+fn check_kind(s: &ApiState, model: &str, endpoint: Endpoint) -> Result<(), ApiError> {
+    use switchyard_runtime::ModelKind;
+    let Some(spec) = s.admitter.registry.get(model) else {
+        return Err(ApiError::Submit(SubmitError::Rejected(
+            Rejection::UnknownModel(model.to_owned()),
+        )));
+    };
+    let fits = matches!(
+        (endpoint, spec.kind),
+        (Endpoint::Chat, ModelKind::Chat)
+            | (Endpoint::Completion, ModelKind::Completion)
+            | (Endpoint::Embedding, ModelKind::Embedding)
+    );
+    match fits {
+        true => Ok(()),
+        false => Err(invalid(format!(
+            "model {model:?} is a {:?} model; this endpoint is for {endpoint:?} models",
+            spec.kind
+        ))),
+    }
+}
+
+fn name_job(response: &mut Response, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        response.headers_mut().insert("x-switchyard-job-id", v);
+    }
+}
+
+/// Each embedding as OpenAI's base64: its float32 values, little-endian.
+fn encode_embeddings(output: &mut Value) {
+    let Some(data) = output.get_mut("data").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for item in data {
+        if let Some(values) = item.get("embedding").and_then(Value::as_array) {
+            let bytes: Vec<u8> = values
+                .iter()
+                .filter_map(Value::as_f64)
+                .flat_map(|f| (f as f32).to_le_bytes())
+                .collect();
+            item["embedding"] = base64::engine::general_purpose::STANDARD
+                .encode(bytes)
+                .into();
+        }
+    }
+}
+
+/// Cancels the job if the client goes away before its answer: the call is
+/// dropped, or the event stream's reader is gone.
+struct CancelOnDrop {
+    state: Option<ApiState>,
+    id: String,
+}
+
+impl CancelOnDrop {
+    fn new(s: &ApiState, id: &str) -> Self {
+        Self {
+            state: Some(s.clone()),
+            id: id.to_owned(),
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.state = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(s) = self.state.take() else {
+            return;
+        };
+        let id = std::mem::take(&mut self.id);
+        tokio::spawn(async move {
+            match cancel::cancel(&s.admitter, &s.cancellations, &id).await {
+                Ok(()) => tracing::info!(job_id = %id, "client went away; job cancelled"),
+                // Finished meanwhile, most likely: nothing to undo.
+                Err(e) => tracing::debug!(job_id = %id, error = %e, "not cancelled"),
+            }
+        });
+    }
+}
+
+/// Relays one job's streamed output as OpenAI chunks.
+struct Relay {
+    chat: bool,
+    id: String,
+    model: String,
+    created: i64,
+    include_usage: bool,
+}
+
+impl Relay {
+    fn chunk(&self, delta: Option<&str>, finish_reason: Option<&str>) -> Value {
+        let choice = if self.chat {
+            let delta = match delta {
+                Some(text) => json!({"content": text}),
+                None => json!({}),
+            };
+            json!({"index": 0, "delta": delta, "finish_reason": finish_reason})
+        } else {
+            json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish_reason})
+        };
+        self.envelope(json!([choice]))
+    }
+
+    fn envelope(&self, choices: Value) -> Value {
+        let (id, object) = match self.chat {
+            true => (format!("chatcmpl-{}", self.id), "chat.completion.chunk"),
+            false => (format!("cmpl-{}", self.id), "text_completion"),
+        };
+        json!({"id": id, "object": object, "created": self.created, "model": self.model, "choices": choices})
+    }
+
+    /// Sends chunks until the job's result, then the rest of the text the
+    /// chunks missed, the final chunk, the usage when asked, and `[DONE]`.
+    /// Chunks are best effort; the result is whole, so a gap is filled from
+    /// it. Only one attempt's chunks are relayed: if that attempt fails
+    /// after sending text and a retry writes something else, the stream
+    /// ends with an error rather than with text that does not add up.
+    async fn run(
+        &self,
+        watch: &mut Watch,
+        mut tx: mpsc::Sender<SseEvent>,
+        deadline: Instant,
+    ) -> Relayed {
+        let mut sent = String::new();
+        let mut attempt = None;
+        if self.chat {
+            let first = self.envelope(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]));
+            if send(&mut tx, &first).await.is_err() {
+                return Relayed::ClientGone;
+            }
+        }
+        loop {
+            let Some(event) = watch.next(deadline).await else {
+                let error = ErrorBody {
+                    code: "still_running".into(),
+                    message: ApiError::StillRunning(self.id.clone()).to_string(),
+                };
+                let _ = send(&mut tx, &json!({"error": error})).await;
+                return Relayed::TimedOut;
+            };
+            let piece = match event {
+                Event::Noise => continue,
+                Event::Chunk(chunk) => {
+                    let current = *attempt.get_or_insert(chunk.attempt);
+                    if chunk.attempt != current && sent.is_empty() {
+                        attempt = Some(chunk.attempt);
+                    } else if chunk.attempt != current {
+                        continue;
+                    }
+                    if chunk.delta.is_empty() {
+                        continue;
+                    }
+                    sent.push_str(&chunk.delta);
+                    self.chunk(Some(&chunk.delta), None)
+                }
+                Event::Result(result) => {
+                    self.finish(&mut tx, &sent, result).await;
+                    return Relayed::Result;
+                }
+            };
+            if send(&mut tx, &piece).await.is_err() {
+                return Relayed::ClientGone;
+            }
+        }
+    }
+
+    async fn finish(&self, tx: &mut mpsc::Sender<SseEvent>, sent: &str, result: JobResult) {
+        let (output, usage) = match result.outcome {
+            Outcome::Succeeded { output, usage } => (output, usage),
+            Outcome::Failed { error } => {
+                let error = ErrorBody {
+                    code: error.class.code().into(),
+                    message: error.message,
+                };
+                let _ = send(tx, &json!({"error": error})).await;
+                return;
+            }
+        };
+        let choice = &output["choices"][0];
+        let whole = match self.chat {
+            true => choice["message"]["content"].as_str(),
+            false => choice["text"].as_str(),
+        }
+        .unwrap_or_default();
+        let Some(rest) = whole.strip_prefix(sent) else {
+            warn!(job_id = %self.id, "streamed text and result differ after a retry");
+            let error = ErrorBody {
+                code: "stream_interrupted".into(),
+                message: format!(
+                    "the output was restarted after a failure; the whole result is at /v1/jobs/{}",
+                    self.id
+                ),
+            };
+            let _ = send(tx, &json!({"error": error})).await;
+            return;
+        };
+        let finish_reason = choice["finish_reason"].as_str().unwrap_or("stop");
+        let mut last = vec![self.chunk((!rest.is_empty()).then_some(rest), Some(finish_reason))];
+        if self.include_usage {
+            let mut usage_chunk = self.envelope(json!([]));
+            usage_chunk["usage"] = output.get("usage").cloned().unwrap_or_else(|| {
+                json!({
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                })
+            });
+            last.push(usage_chunk);
+        }
+        for chunk in &last {
+            if send(tx, chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(SseEvent::default().data("[DONE]")).await;
+    }
+}
+
+/// How a relay ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Relayed {
+    Result,
+    /// `sync_timeout` passed; the job goes on.
+    TimedOut,
+    ClientGone,
+}
+
+/// Sends one event; an error means the client is gone.
+async fn send(tx: &mut mpsc::Sender<SseEvent>, data: &Value) -> Result<(), mpsc::SendError> {
+    tx.send(SseEvent::default().data(data.to_string())).await
+}

@@ -1,0 +1,107 @@
+//! Waiting for a job's result, for clients that wait on the HTTP call. The
+//! subscription is taken before the job is queued, so a fast result is not
+//! missed; the stored result is read now and then too, in case a plain
+//! NATS message was lost in a reconnect.
+
+use std::time::Duration;
+
+use async_nats::jetstream::stream::Stream;
+use futures::StreamExt;
+use switchyard_schemas::{JobResult, StreamChunk, decode, subjects};
+use tokio::time::Instant;
+
+/// How often the stored result is read while waiting.
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// One job's result, and optionally its streamed output, being awaited.
+pub struct Watch {
+    id: String,
+    results: async_nats::Subscriber,
+    chunks: Option<async_nats::Subscriber>,
+    stored: Stream,
+}
+
+impl Watch {
+    /// Starts listening for job `id`; with `stream`, for its chunks too.
+    pub async fn start(
+        client: &async_nats::Client,
+        stored: Stream,
+        id: &str,
+        stream: bool,
+    ) -> Result<Watch, async_nats::SubscribeError> {
+        let results = client.subscribe(subjects::results(id)).await?;
+        let chunks = match stream {
+            true => Some(client.subscribe(subjects::stream(id)).await?),
+            false => None,
+        };
+        Ok(Watch {
+            id: id.to_owned(),
+            results,
+            chunks,
+            stored,
+        })
+    }
+
+    /// The job's result, or `None` if it has none by `deadline`.
+    pub async fn result(&mut self, deadline: Instant) -> Option<JobResult> {
+        Self::first_result(&mut self.results, &self.stored, &self.id, deadline).await
+    }
+
+    /// The next piece of streamed output, or the result if it comes first.
+    pub async fn next(&mut self, deadline: Instant) -> Option<Event> {
+        let Some(chunks) = &mut self.chunks else {
+            return self.result(deadline).await.map(Event::Result);
+        };
+        tokio::select! {
+            Some(msg) = chunks.next() => match decode::<StreamChunk>(&msg.payload) {
+                Ok(chunk) => Some(Event::Chunk(chunk)),
+                Err(_) => Some(Event::Noise),
+            },
+            result = Self::first_result(&mut self.results, &self.stored, &self.id, deadline) => {
+                result.map(Event::Result)
+            }
+        }
+    }
+
+    async fn first_result(
+        results: &mut async_nats::Subscriber,
+        stored: &Stream,
+        id: &str,
+        deadline: Instant,
+    ) -> Option<JobResult> {
+        loop {
+            let recheck = (Instant::now() + RECHECK).min(deadline);
+            tokio::select! {
+                msg = results.next() => match msg.map(|m| decode::<JobResult>(&m.payload)) {
+                    Some(Ok(result)) => return Some(result),
+                    Some(Err(_)) => continue,
+                    None => return None,
+                },
+                () = tokio::time::sleep_until(recheck) => {
+                    if let Some(result) = read_stored(stored, id).await {
+                        return Some(result);
+                    }
+                    if recheck >= deadline {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn read_stored(stored: &Stream, id: &str) -> Option<JobResult> {
+    let msg = stored
+        .direct_get_last_for_subject(subjects::results(id))
+        .await
+        .ok()?;
+    decode(&msg.payload).ok()
+}
+
+/// What a streaming watch sees next.
+pub enum Event {
+    Chunk(StreamChunk),
+    Result(JobResult),
+    /// A message that could not be read; ignored.
+    Noise,
+}

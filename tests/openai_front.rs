@@ -1,0 +1,249 @@
+//! The OpenAI-compatible front, driven by the official `openai` Python SDK
+//! (unmodified, `base_url` pointed at the broker), and the behaviour around
+//! it: priority header, client disconnects, errors.
+
+// Tests fail by panicking; the no-panic lints are for the product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const EMBED_MODEL: &str = "
+  - name: tiny-embed
+    kind: embedding";
+
+/// A stack whose one simulated agent serves the chat, completion and
+/// embedding models, each token taking `per_token`.
+fn stack(per_token: &str) -> Stack {
+    let mut stack = Stack::new(StackOptions {
+        extra_models: EMBED_MODEL,
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    let engine = format!(
+        "
+    kind: simulated
+    models: [{CHAT_MODEL}, {TEXT_MODEL}, tiny-embed]
+    slots: 8
+    base_latency: 2ms
+    per_token_latency: {per_token}"
+    );
+    stack.start_agent_on("node-a", &engine);
+    stack
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_official_openai_sdk_works_unmodified() {
+    let stack = stack("1ms");
+    let script = repo_root().join("tests/sdk/openai_sdk.py");
+    let out = Command::new(python_bin())
+        .arg(&script)
+        .arg(stack.broker_url("/v1"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("openai SDK {}", seen["sdk_version"]);
+
+    assert_eq!(
+        seen["models"],
+        json!([CHAT_MODEL, "tiny-embed", TEXT_MODEL])
+    );
+    assert_eq!(
+        seen["chat"],
+        json!({"content": expected_echo("alpha beta gamma", 5), "finish_reason": "length",
+               "prompt_tokens": 3, "completion_tokens": 5})
+    );
+    // Streamed piece by piece, in OpenAI's chunk format, ending with usage.
+    let streamed = &seen["chat_stream"];
+    assert_eq!(
+        streamed["content"],
+        expected_echo("one two three", 7),
+        "{seen}"
+    );
+    assert!(streamed["pieces"].as_u64().unwrap() >= 2, "{seen}");
+    assert_eq!(streamed["roles"], json!(["assistant"]), "{seen}");
+    assert_eq!(streamed["finish_reason"], "length", "{seen}");
+    assert_eq!(streamed["completion_tokens"], 7, "{seen}");
+
+    assert_eq!(
+        seen["completion"],
+        json!({"text": expected_echo("red green", 3), "usage": 5})
+    );
+    assert_eq!(seen["completion_stream"], expected_echo("red green", 4));
+    assert_eq!(
+        seen["embeddings"],
+        json!({"count": 2, "dims": 8, "same_text_same_vector": true, "prompt_tokens": 2})
+    );
+    assert_eq!(
+        seen["errors"],
+        json!({
+            "unknown_model": {"status": 422, "code": "unknown_model"},
+            "wrong_endpoint": {"status": 422, "code": "invalid_request"},
+            "bad_parameter": {"status": 422, "code": "invalid_request"},
+        }),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_goes_away_cancels_its_job() {
+    // 50 tokens at 100 ms: the job runs for seconds.
+    let stack = stack("100ms");
+    let body = json!({"model": CHAT_MODEL, "max_tokens": 50,
+                      "messages": [{"role": "user", "content": "slow words here"}]});
+
+    // A waiting call abandoned mid-way.
+    let abandoned = stack
+        .http
+        .post(stack.broker_url("/v1/chat/completions"))
+        .timeout(Duration::from_millis(800))
+        .json(&body)
+        .send()
+        .await;
+    assert!(abandoned.unwrap_err().is_timeout());
+
+    // A stream whose reader stops reading.
+    let mut streaming = body.clone();
+    streaming["stream"] = json!(true);
+    let mut response = stack
+        .http
+        .post(stack.broker_url("/v1/chat/completions"))
+        .json(&streaming)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-switchyard-job-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: {"), "{first:?}");
+    drop(response);
+
+    stack
+        .wait_finished_as(
+            std::slice::from_ref(&id),
+            &["cancelled"],
+            Duration::from_secs(10),
+        )
+        .await;
+    // Both jobs, not only the one whose id the test knows.
+    let cancelled = async {
+        loop {
+            let n = stack
+                .metric(
+                    "broker",
+                    "switchyard_broker_jobs_finished_total{status=\"cancelled\"}",
+                )
+                .await;
+            if n >= 2.0 {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let n = tokio::time::timeout(Duration::from_secs(10), cancelled)
+        .await
+        .expect("both abandoned jobs cancelled");
+    assert_eq!(n, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_front_refuses_what_it_cannot_serve_with_stable_errors() {
+    let stack = stack("1ms");
+    let post = |path: &str, body: Value, priority: Option<&str>| {
+        let mut request = stack.http.post(stack.broker_url(path)).json(&body);
+        if let Some(p) = priority {
+            request = request.header("x-switchyard-priority", p);
+        }
+        request.send()
+    };
+    let chat = json!({"model": CHAT_MODEL, "messages": [{"role": "user", "content": "x"}]});
+    let cases = [
+        (
+            "/v1/chat/completions",
+            chat.clone(),
+            Some("urgent"),
+            422,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": []}),
+            None,
+            422,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": CHAT_MODEL, "messages": [{"role": "user", "content": "x"}], "n": 2}),
+            None,
+            422,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": CHAT_MODEL, "messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": true}}),
+            None,
+            422,
+            "invalid_request",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": CHAT_MODEL, "prompt": "x"}),
+            None,
+            422,
+            "invalid_request",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "tiny-embed", "input": "x", "encoding_format": "hex"}),
+            None,
+            422,
+            "invalid_request",
+        ),
+    ];
+    for (path, body, priority, status, code) in cases {
+        let r = post(path, body.clone(), priority).await.unwrap();
+        assert_eq!(r.status(), status, "{path} {body}");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], code, "{path} {body}: {err}");
+    }
+    let bad_json = stack
+        .http
+        .post(stack.broker_url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_json.status(), 400);
+
+    // A good request with a priority is answered, and named by its job.
+    let r = post("/v1/chat/completions", chat, Some("critical"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-switchyard-job-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // The answer comes from the result itself; the job's record follows.
+    let job = &stack
+        .wait_finished(std::slice::from_ref(&id), Duration::from_secs(5))
+        .await[&id];
+    assert_eq!(job["priority"], "critical", "{job}");
+    assert_eq!(job["status"], "succeeded", "{job}");
+}
