@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use axum::Router;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,7 +27,9 @@ use crate::admission::{Admitter, Rejection, SubmitError};
 use crate::cancel::{self, CancelError};
 use crate::openai;
 use crate::store::{JobRecord, Source};
+use crate::wait::Watch;
 use async_nats::jetstream::kv;
+use tokio::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -288,6 +290,16 @@ async fn submit(
             return Ok(response);
         }
     }
+    // Listening before the job is queued, so that a quick result is not missed.
+    let wait = prefer_wait(&headers, s.sync_timeout);
+    let mut watch = match wait {
+        Some(_) => Some(
+            Watch::start(&s.client, s.results.clone(), &id, false)
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?,
+        ),
+        None => None,
+    };
     let job = match s.submit(submission, priority, id.clone()).await {
         Ok(job) => job,
         Err(e) => {
@@ -299,6 +311,15 @@ async fn submit(
             return Err(e);
         }
     };
+    if let (Some(wait), Some(watch)) = (wait, &mut watch)
+        && let Some(record) = finished_within(&s, watch, &job.id, wait).await?
+    {
+        let mut response = axum::Json(JobView::from(record)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
+            response.headers_mut().insert("preference-applied", v);
+        }
+        return Ok(response);
+    }
     Ok(accepted(
         &job.id,
         "queued",
@@ -306,6 +327,51 @@ async fn submit(
         job.priority.as_str(),
         job.submitted_at_ms,
     ))
+}
+
+/// `Prefer: wait=N` (RFC 7240): answer once the job has finished, if it
+/// does within N seconds (at most `limit`).
+fn prefer_wait(headers: &HeaderMap, limit: Duration) -> Option<Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix("wait=")?.trim().parse::<u64>().ok())
+        .map(|secs| Duration::from_secs(secs).min(limit))
+}
+
+/// The job's record once it has finished, if its result comes within
+/// `wait`. The record follows the result by a moment (the broker's
+/// projection writes it), so it is read until it shows the end.
+async fn finished_within(
+    s: &ApiState,
+    watch: &mut Watch,
+    id: &str,
+    wait: Duration,
+) -> Result<Option<JobRecord>, ApiError> {
+    if watch.result(Instant::now() + wait).await.is_none() {
+        return Ok(None);
+    }
+    let settle = Instant::now() + RECORD_SETTLE;
+    loop {
+        let record = s.admitter.store.get(id).await?;
+        if record.as_ref().is_some_and(|r| r.status.is_final()) || Instant::now() >= settle {
+            return Ok(record);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Longest the record may lag behind the result it reflects.
+const RECORD_SETTLE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, serde::Deserialize)]
+struct GetQuery {
+    /// Long-poll: answer once the job has finished, or after this many
+    /// seconds with its state then.
+    #[serde(default)]
+    wait: Option<u64>,
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
@@ -339,13 +405,35 @@ fn accepted(id: &str, status: &str, model: &str, priority: &str, created_at_ms: 
 async fn get_job(
     State(s): State<ApiState>,
     Path(id): Path<String>,
+    query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<axum::Json<JobView>, ApiError> {
-    let record = s
-        .admitter
-        .store
+    let Query(query) = query.map_err(|e| {
+        ApiError::Submit(SubmitError::Rejected(Rejection::InvalidRequest(
+            e.body_text(),
+        )))
+    })?;
+    let store = &s.admitter.store;
+    let record = store
         .get(&id)
         .await?
-        .ok_or(ApiError::NotFound(id))?;
+        .ok_or(ApiError::NotFound(id.clone()))?;
+    let Some(wait) = query
+        .wait
+        .map(|secs| Duration::from_secs(secs).min(s.sync_timeout))
+    else {
+        return Ok(axum::Json(JobView::from(record)));
+    };
+    if record.status.is_final() {
+        return Ok(axum::Json(JobView::from(record)));
+    }
+    let mut watch = Watch::start(&s.client, s.results.clone(), &id, false)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let record = match finished_within(&s, &mut watch, &id, wait).await? {
+        Some(record) => record,
+        // Still going: its state now.
+        None => store.get(&id).await?.ok_or(ApiError::NotFound(id))?,
+    };
     Ok(axum::Json(JobView::from(record)))
 }
 

@@ -1,6 +1,8 @@
-//! The OpenAI-compatible front, driven by the official `openai` Python SDK
-//! (unmodified, `base_url` pointed at the broker), and the behaviour around
-//! it: priority header, client disconnects, errors.
+//! The ways an HTTP client waits for its answer: the OpenAI-compatible
+//! front, driven by the official `openai` Python SDK (unmodified,
+//! `base_url` pointed at the broker), with the behaviour around it
+//! (priority header, client disconnects, errors); and the jobs API's
+//! `Prefer: wait` and long-poll.
 
 // Tests fail by panicking; the no-panic lints are for the product code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -246,4 +248,65 @@ async fn the_front_refuses_what_it_cannot_serve_with_stable_errors() {
         .await[&id];
     assert_eq!(job["priority"], "critical", "{job}");
     assert_eq!(job["status"], "succeeded", "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_jobs_api_answers_when_the_job_is_done_if_asked_to_wait() {
+    // 30 tokens at 100 ms: about 3 s.
+    let stack = stack("100ms");
+    let submit = |max_tokens: u32, wait: &str| {
+        stack
+            .http
+            .post(stack.broker_url("/v1/jobs"))
+            .header("prefer", format!("respond-async, wait={wait}"))
+            .json(
+                &json!({"model": TEXT_MODEL, "input": {"prompt": "a b", "max_tokens": max_tokens}}),
+            )
+            .send()
+    };
+
+    let quick = submit(2, "10").await.unwrap();
+    assert_eq!(quick.status(), 200);
+    assert_eq!(quick.headers()["preference-applied"], "wait=10");
+    let job: Value = quick.json().await.unwrap();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["choices"][0]["text"], "a b", "{job}");
+
+    // Not done within the wait: accepted as usual, and goes on.
+    let started = std::time::Instant::now();
+    let slow = submit(30, "1").await.unwrap();
+    assert_eq!(slow.status(), 202);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let id = slow.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Long-poll: the answer comes when the job ends, not before.
+    let (_, now) = stack.get_job(&id).await;
+    assert_ne!(now["status"], "succeeded", "{now}");
+    let polled: Value = stack
+        .http
+        .get(stack.broker_url(&format!("/v1/jobs/{id}?wait=20")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(polled["status"], "succeeded", "{polled}");
+    assert_eq!(
+        polled["result"]["choices"][0]["text"],
+        expected_echo("a b", 30)
+    );
+
+    let bad = stack
+        .http
+        .get(stack.broker_url(&format!("/v1/jobs/{id}?wait=soon")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    let err: Value = bad.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "invalid_request", "{err}");
 }
