@@ -771,3 +771,40 @@ async fn the_agent_runs_triton_itself_and_restarts_it_when_it_dies() {
         "Triton stopped with the agent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tritonclient_gets_the_same_answers_from_switchyard_as_from_triton() {
+    let (stack, triton) = triton_stack(|triton| {
+        format!(
+            "
+    kind: triton
+    url: {}
+    models: [tiny-linear]
+    slots: 2",
+            triton.url()
+        )
+    });
+    let script = repo_root().join("tests/sdk/tritonclient_sdk.py");
+    let out = Command::new(python_bin())
+        .arg(&script)
+        .arg(format!("127.0.0.1:{}", triton.port))
+        .arg(format!("127.0.0.1:{}", stack.broker_port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Binary and JSON inputs, the request id, health, readiness, and the
+    // shape error, as Triton answers them.
+    assert_eq!(seen["switchyard"], seen["triton"], "{seen}");
+    assert_eq!(seen["triton"]["binary_True"]["id"], "req-7", "{seen}");
+    assert_eq!(
+        seen["triton"]["wrong_shape"],
+        json!({"status": "400", "unexpected_shape": true}),
+        "{seen}"
+    );
+}

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::Duration;
 
 use async_nats::jetstream::stream::Stream;
@@ -25,10 +25,11 @@ use tracing::error;
 use crate::BrokerConfig;
 use crate::admission::{Admitter, Rejection, SubmitError};
 use crate::cancel::{self, CancelError};
-use crate::openai;
 use crate::store::{JobRecord, Source};
 use crate::wait::Watch;
+use crate::{kserve, openai};
 use async_nats::jetstream::kv;
+use switchyard_runtime::Readiness;
 use tokio::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -140,8 +141,9 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The response, its body made by `body` from the code and the message.
+    pub fn respond(self, body: impl FnOnce(&'static str, String) -> Value) -> Response {
         let (status, code) = self.status_and_code();
         let retry_after = match &self {
             ApiError::QueueFull { retry_after, .. } => Some(*retry_after),
@@ -151,11 +153,7 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let message = self.client_message(status, code);
-        let mut response = (
-            status,
-            axum::Json(json!({"error": ErrorBody { code: code.into(), message }})),
-        )
-            .into_response();
+        let mut response = (status, axum::Json(body(code, message))).into_response();
         if let Some(secs) = retry_after {
             response
                 .headers_mut()
@@ -165,12 +163,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.respond(|code, message| json!({"error": ErrorBody { code: code.into(), message }}))
+    }
+}
+
 /// What the HTTP API needs from the rest of the broker.
 pub struct Parts {
     pub admitter: Admitter,
     pub cancellations: kv::Store,
     pub client: async_nats::Client,
     pub results: Stream,
+    pub readiness: Readiness,
 }
 
 /// The jobs API and the OpenAI-compatible front.
@@ -180,12 +185,14 @@ pub fn router(parts: Parts, cfg: &BrokerConfig) -> Router {
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .merge(openai::router())
+        .merge(kserve::router())
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(ApiState {
             admitter: parts.admitter,
             cancellations: parts.cancellations,
             client: parts.client,
             results: parts.results,
+            readiness: parts.readiness,
             max_body_bytes: cfg.max_body_bytes,
             queue_full_retry_after: cfg.queue_full_retry_after.as_secs().max(1),
             idempotency_window_ms: i64::try_from(cfg.idempotency_window.as_millis())
@@ -201,6 +208,8 @@ pub struct ApiState {
     pub client: async_nats::Client,
     /// The `RESULTS` stream, read directly by callers that wait.
     pub results: Stream,
+    /// The broker's own readiness (NATS connected, serving).
+    pub readiness: Readiness,
     max_body_bytes: usize,
     queue_full_retry_after: u64,
     idempotency_window_ms: i64,
@@ -226,6 +235,30 @@ impl ApiState {
                 },
                 other => ApiError::Submit(other),
             })
+    }
+}
+
+/// A request the API refuses as invalid, with the reason.
+pub fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::Submit(SubmitError::Rejected(Rejection::InvalidRequest(
+        message.into(),
+    )))
+}
+
+/// `X-Switchyard-Priority`, `normal` when absent.
+pub fn priority(headers: &HeaderMap) -> Result<Priority, ApiError> {
+    match headers.get("x-switchyard-priority") {
+        None => Ok(Priority::default()),
+        Some(v) => v.to_str().ok().and_then(|p| p.parse().ok()).ok_or_else(|| {
+            invalid("X-Switchyard-Priority must be critical, high, normal or batch")
+        }),
+    }
+}
+
+/// Names the job that answered, for calls that do not return its record.
+pub fn name_job(response: &mut Response, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        response.headers_mut().insert("x-switchyard-job-id", v);
     }
 }
 
@@ -407,11 +440,7 @@ async fn get_job(
     Path(id): Path<String>,
     query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<axum::Json<JobView>, ApiError> {
-    let Query(query) = query.map_err(|e| {
-        ApiError::Submit(SubmitError::Rejected(Rejection::InvalidRequest(
-            e.body_text(),
-        )))
-    })?;
+    let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
     let store = &s.admitter.store;
     let record = store
         .get(&id)

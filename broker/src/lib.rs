@@ -9,6 +9,7 @@ mod config;
 mod dead_letters;
 mod expiry;
 mod intake;
+mod kserve;
 mod metrics;
 mod openai;
 mod outbox;

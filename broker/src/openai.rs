@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use axum::Router;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -18,12 +18,12 @@ use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use switchyard_schemas::{ErrorBody, JobResult, Outcome, Priority, Submission, now_ms};
+use switchyard_schemas::{ErrorBody, JobResult, Outcome, Submission, now_ms};
 use tokio::time::Instant;
 use tracing::warn;
 
 use crate::admission::{Rejection, SubmitError};
-use crate::api::{ApiError, ApiState, read_body};
+use crate::api::{ApiError, ApiState, invalid, name_job, priority, read_body};
 use crate::cancel;
 use crate::wait::{Event, Watch};
 
@@ -77,22 +77,6 @@ struct OpenAiRequest {
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
-}
-
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::Submit(SubmitError::Rejected(Rejection::InvalidRequest(
-        message.into(),
-    )))
-}
-
-/// `X-Switchyard-Priority`, `normal` when absent.
-fn priority(headers: &HeaderMap) -> Result<Priority, ApiError> {
-    match headers.get("x-switchyard-priority") {
-        None => Ok(Priority::default()),
-        Some(v) => v.to_str().ok().and_then(|p| p.parse().ok()).ok_or_else(|| {
-            invalid("X-Switchyard-Priority must be critical, high, normal or batch")
-        }),
-    }
 }
 
 /// The registry, as OpenAI lists models.
@@ -230,12 +214,6 @@ fn check_kind(s: &ApiState, model: &str, endpoint: Endpoint) -> Result<(), ApiEr
             "model {model:?} is a {:?} model; this endpoint is for {endpoint:?} models",
             spec.kind
         ))),
-    }
-}
-
-fn name_job(response: &mut Response, id: &str) {
-    if let Ok(v) = HeaderValue::from_str(id) {
-        response.headers_mut().insert("x-switchyard-job-id", v);
     }
 }
 

@@ -116,6 +116,7 @@ pub async fn run(
         cancellations: cancellations.clone(),
         client: client.clone(),
         results: results_stream.clone(),
+        readiness: ready.clone(),
     };
     let router = api::router(parts, &cfg)
         .merge(dead_letters::router(admitter.clone(), dead, results_stream))
