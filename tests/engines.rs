@@ -784,20 +784,13 @@ async fn tritonclient_gets_the_same_answers_from_switchyard_as_from_triton() {
             triton.url()
         )
     });
-    let script = repo_root().join("tests/sdk/tritonclient_sdk.py");
-    let out = Command::new(python_bin())
-        .arg(&script)
-        .arg(format!("127.0.0.1:{}", triton.port))
-        .arg(format!("127.0.0.1:{}", stack.broker_port))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let seen = sdk_script(
+        "tritonclient_sdk.py",
+        &[
+            format!("127.0.0.1:{}", triton.port),
+            format!("127.0.0.1:{}", stack.broker_port),
+        ],
     );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
     // Binary and JSON inputs, the request id, health, readiness, and the
     // shape error, as Triton answers them.
     assert_eq!(seen["switchyard"], seen["triton"], "{seen}");

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -43,19 +42,7 @@ fn stack(per_token: &str) -> Stack {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_official_openai_sdk_works_unmodified() {
     let stack = stack("1ms");
-    let script = repo_root().join("tests/sdk/openai_sdk.py");
-    let out = Command::new(python_bin())
-        .arg(&script)
-        .arg(stack.broker_url("/v1"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = sdk_script("openai_sdk.py", &[stack.broker_url("/v1")]);
     println!("openai SDK {}", seen["sdk_version"]);
 
     assert_eq!(

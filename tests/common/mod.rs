@@ -45,6 +45,22 @@ pub fn python_bin() -> PathBuf {
     repo_root().join(".tools/venv/bin/python")
 }
 
+/// Runs `tests/sdk/<script>` with `args`; what it printed, as JSON.
+pub fn sdk_script(script: &str, args: &[String]) -> serde_json::Value {
+    let out = Command::new(python_bin())
+        .arg(repo_root().join("tests/sdk").join(script))
+        .args(args)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{script}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from the script")
+}
+
 fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
