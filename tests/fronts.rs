@@ -297,3 +297,72 @@ async fn the_jobs_api_answers_when_the_job_is_done_if_asked_to_wait() {
     let err: Value = bad.json().await.unwrap();
     assert_eq!(err["error"]["code"], "invalid_request", "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_are_listed_newest_first_filtered_and_paged() {
+    let stack = stack("1ms");
+    let mut text_ids = Vec::new();
+    for i in 0..5 {
+        let id = stack
+            .submit_http(&json!({"model": TEXT_MODEL, "input": {"prompt": format!("t{i}")}}))
+            .await;
+        text_ids.push(id);
+    }
+    let mut all = text_ids.clone();
+    for i in 0..2 {
+        all.push(
+            stack
+                .submit_http(&json!({"model": CHAT_MODEL,
+                    "input": {"messages": [{"role": "user", "content": format!("c{i}")}]}}))
+                .await,
+        );
+    }
+    stack.wait_finished(&all, Duration::from_secs(10)).await;
+    let list = |query: String| {
+        let http = stack.http.clone();
+        let url = stack.broker_url(&format!("/v1/jobs?{query}"));
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+
+    let mut paged = Vec::new();
+    let mut query = format!("model={TEXT_MODEL}&limit=2");
+    loop {
+        let (status, page) = list(query.clone()).await;
+        assert_eq!(status, 200, "{page}");
+        let data = page["data"].as_array().unwrap();
+        assert!(data.len() <= 2);
+        paged.extend(data.iter().map(|j| j["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => query = format!("model={TEXT_MODEL}&limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let newest_first: Vec<String> = text_ids.iter().rev().cloned().collect();
+    assert_eq!(paged, newest_first, "every job once, newest first");
+
+    let (_, chats) = list(format!("model={CHAT_MODEL}&status=succeeded")).await;
+    assert_eq!(chats["data"].as_array().unwrap().len(), 2, "{chats}");
+    assert_eq!(chats["data"][0]["status"], "succeeded");
+    let (_, none) = list("status=failed".into()).await;
+    assert_eq!(none["data"], json!([]));
+    let (_, later) = list("since=2100-01-01T00:00:00Z".into()).await;
+    assert_eq!(later["data"], json!([]));
+    let (_, before) = list("until=2100-01-01T00:00:00Z&limit=200".into()).await;
+    assert_eq!(before["data"].as_array().unwrap().len(), 7);
+
+    for bad in [
+        "status=done",
+        "limit=0",
+        "limit=201",
+        "cursor=xyz",
+        "since=yesterday",
+        "colour=red",
+    ] {
+        let (status, err) = list(bad.into()).await;
+        assert_eq!(status, 422, "{bad}: {err}");
+        assert_eq!(err["error"]["code"], "invalid_request", "{bad}: {err}");
+    }
+}

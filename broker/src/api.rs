@@ -25,10 +25,11 @@ use tracing::error;
 use crate::BrokerConfig;
 use crate::admission::{Admitter, Rejection, SubmitError};
 use crate::cancel::{self, CancelError};
-use crate::store::{JobRecord, Source};
+use crate::store::{JobRecord, ListFilter, Source, Status};
 use crate::wait::Watch;
 use crate::{kserve, openai};
 use async_nats::jetstream::kv;
+use base64::Engine as _;
 use switchyard_runtime::Readiness;
 use tokio::time::Instant;
 
@@ -181,7 +182,7 @@ pub struct Parts {
 /// The jobs API and the OpenAI-compatible front.
 pub fn router(parts: Parts, cfg: &BrokerConfig) -> Router {
     Router::new()
-        .route("/v1/jobs", post(submit))
+        .route("/v1/jobs", post(submit).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .merge(openai::router())
@@ -464,6 +465,100 @@ async fn get_job(
         None => store.get(&id).await?.ok_or(ApiError::NotFound(id))?,
     };
     Ok(axum::Json(JobView::from(record)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    model: Option<String>,
+    tenant: Option<String>,
+    /// Created at or after this time (RFC 3339).
+    since: Option<String>,
+    /// Created before this time (RFC 3339).
+    until: Option<String>,
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+const LIST_LIMIT_DEFAULT: u32 = 50;
+const LIST_LIMIT_MAX: u32 = 200;
+
+/// Jobs newest first, a page at a time.
+async fn list_jobs(
+    State(s): State<ApiState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| invalid(e.body_text()))?;
+    let limit = q.limit.unwrap_or(LIST_LIMIT_DEFAULT);
+    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
+        return Err(invalid(format!(
+            "limit must be between 1 and {LIST_LIMIT_MAX}"
+        )));
+    }
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(name) => Some(
+            Status::parse(name)
+                .ok_or_else(|| invalid(format!("status {name:?} is not a job status")))?,
+        ),
+    };
+    let filter = ListFilter {
+        status,
+        model: q.model,
+        tenant: q.tenant,
+        since_ms: q
+            .since
+            .as_deref()
+            .map(|t| parse_time("since", t))
+            .transpose()?,
+        until_ms: q
+            .until
+            .as_deref()
+            .map(|t| parse_time("until", t))
+            .transpose()?,
+        after: q.cursor.as_deref().map(decode_cursor).transpose()?,
+    };
+    let records = s.admitter.store.list(&filter, limit).await?;
+    let next_cursor = (records.len() == limit as usize)
+        .then(|| {
+            records
+                .last()
+                .map(|r| encode_cursor(r.created_at_ms, &r.id))
+        })
+        .flatten();
+    let data: Vec<JobView> = records.into_iter().map(JobView::from).collect();
+    Ok(axum::Json(
+        json!({"data": data, "next_cursor": next_cursor}),
+    ))
+}
+
+fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+        .map_err(|_| {
+            invalid(format!(
+                "{field} must be an RFC 3339 time, such as 2026-11-22T01:31:50Z"
+            ))
+        })
+}
+
+/// A cursor is opaque to clients: the last job's creation time and id.
+fn encode_cursor(created_at_ms: i64, id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at_ms}:{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| {
+            let (ms, id) = text.split_once(':')?;
+            Some((ms.parse().ok()?, id.to_owned()))
+        })
+        .ok_or_else(|| invalid("cursor is not one this API gave"))
 }
 
 async fn cancel_job(

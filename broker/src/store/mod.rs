@@ -118,6 +118,21 @@ impl Status {
     }
 }
 
+/// Which jobs a listing shows. Every field narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<Status>,
+    pub model: Option<String>,
+    pub tenant: Option<String>,
+    /// Created at or after (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Created before (Unix ms).
+    pub until_ms: Option<i64>,
+    /// Only jobs listed after this one (created before it, or at the same
+    /// time with a smaller id): the previous page's last.
+    pub after: Option<(i64, String)>,
+}
+
 /// A submission refused at the NATS intake, kept so the client can look it up.
 #[derive(Debug, Clone)]
 pub struct RejectedJob {
@@ -180,6 +195,8 @@ pub trait JobStore: Send + Sync {
     async fn apply_results(&self, results: &[JobResult]) -> Result<(), StoreError>;
     async fn record_usage(&self, usage: &[UsageEvent]) -> Result<(), StoreError>;
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// Jobs matching `filter`, newest first, at most `limit`.
+    async fn list(&self, filter: &ListFilter, limit: u32) -> Result<Vec<JobRecord>, StoreError>;
     /// Jobs not started whose start deadline is before `now_ms`, soonest first.
     async fn overdue(&self, now_ms: i64, limit: u32) -> Result<Vec<String>, StoreError>;
     /// Jobs recorded before `created_before_ms` whose enqueue was never confirmed.

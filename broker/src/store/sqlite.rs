@@ -13,7 +13,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, Usage, UsageEvent};
 
-use super::{Inserted, JobRecord, JobStore, RejectedJob, Source, Status, StoreError};
+use super::{Inserted, JobRecord, JobStore, ListFilter, RejectedJob, Source, Status, StoreError};
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -356,6 +356,29 @@ impl JobStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(record).transpose()
+    }
+
+    async fn list(&self, f: &ListFilter, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
+        let (after_ms, after_id) = f.after.clone().unzip();
+        let rows = sqlx::query(
+            "SELECT * FROM jobs
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR model = ?2)
+               AND (?3 IS NULL OR tenant = ?3)
+               AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at < ?5)
+               AND (?6 IS NULL OR (created_at, id) < (?6, ?7))
+             ORDER BY created_at DESC, id DESC LIMIT ?8",
+        )
+        .bind(f.status.map(Status::as_str))
+        .bind(&f.model)
+        .bind(&f.tenant)
+        .bind(f.since_ms)
+        .bind(f.until_ms)
+        .bind(after_ms)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record).collect()
     }
 
     async fn overdue(&self, now_ms: i64, limit: u32) -> Result<Vec<String>, StoreError> {
