@@ -366,3 +366,89 @@ async fn jobs_are_listed_newest_first_filtered_and_paged() {
         assert_eq!(err["error"]["code"], "invalid_request", "{bad}: {err}");
     }
 }
+
+/// Server-sent events as (id, event, data) in order, read to the end.
+async fn sse(
+    stack: &Stack,
+    path: &str,
+    last_event_id: Option<&str>,
+) -> Vec<(String, String, Value)> {
+    let mut request = stack.http.get(stack.broker_url(path));
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let text = tokio::time::timeout(Duration::from_secs(20), async {
+        request.send().await.unwrap().text().await.unwrap()
+    })
+    .await
+    .expect("the stream ends with the job");
+    text.split("\n\n")
+        .filter(|block| block.contains("data:"))
+        .map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            };
+            let data = serde_json::from_str(&field("data:")).unwrap();
+            (field("id:"), field("event:"), data)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_s_events_stream_as_sse_and_resume_after_the_last_seen() {
+    let stack = stack("50ms");
+    let id = stack
+        .submit_http(&json!({"model": TEXT_MODEL, "stream": true,
+                             "input": {"prompt": "x y", "max_tokens": 6}}))
+        .await;
+    let path = format!("/v1/jobs/{id}/events");
+    let events = sse(&stack, &path, None).await;
+    let names: Vec<&str> = events.iter().map(|(_, e, _)| e.as_str()).collect();
+    let lifecycle: Vec<&str> = names.iter().copied().filter(|n| *n != "token").collect();
+    assert_eq!(
+        lifecycle,
+        ["queued", "assigned", "running", "succeeded"],
+        "{events:?}"
+    );
+    let tokens: String = events
+        .iter()
+        .filter(|(_, e, _)| e == "token")
+        .map(|(_, _, d)| d["delta"].as_str().unwrap())
+        .collect();
+    // Tokens are live, not replayed: those generated before the stream
+    // opened are in the result only.
+    assert!(
+        !tokens.is_empty() && expected_echo("x y", 6).ends_with(&tokens),
+        "tokens as generated: {tokens:?}"
+    );
+    let (end_id, _, last) = events.last().unwrap();
+    assert_eq!(end_id, "end");
+    assert_eq!(
+        last["result"]["choices"][0]["text"],
+        expected_echo("x y", 6)
+    );
+    assert_eq!(last["usage"]["completion_tokens"], 6);
+
+    // Reconnecting after `assigned` resumes with what came next.
+    let assigned = &events.iter().find(|(_, e, _)| e == "assigned").unwrap().0;
+    assert!(assigned.starts_with('e'), "{assigned}");
+    let resumed = sse(&stack, &path, Some(assigned)).await;
+    let names: Vec<&str> = resumed.iter().map(|(_, e, _)| e.as_str()).collect();
+    assert_eq!(names, ["running", "succeeded"], "{resumed:?}");
+    let after_end = sse(&stack, &path, Some("end")).await;
+    let names: Vec<&str> = after_end.iter().map(|(_, e, _)| e.as_str()).collect();
+    assert_eq!(names, ["succeeded"]);
+
+    let missing = stack
+        .http
+        .get(stack.broker_url("/v1/jobs/no-such-job/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}

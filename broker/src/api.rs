@@ -27,7 +27,7 @@ use crate::admission::{Admitter, Rejection, SubmitError};
 use crate::cancel::{self, CancelError};
 use crate::store::{JobRecord, ListFilter, Source, Status};
 use crate::wait::Watch;
-use crate::{kserve, openai};
+use crate::{events, kserve, openai};
 use async_nats::jetstream::kv;
 use base64::Engine as _;
 use switchyard_runtime::Readiness;
@@ -187,6 +187,7 @@ pub fn router(parts: Parts, cfg: &BrokerConfig) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .merge(openai::router())
         .merge(kserve::router())
+        .merge(events::router())
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(ApiState {
             admitter: parts.admitter,
@@ -569,7 +570,7 @@ async fn cancel_job(
     Ok(axum::Json(json!({"id": id, "status": "cancelled"})))
 }
 
-fn rfc3339(ms: i64) -> String {
+pub fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())

@@ -7,6 +7,7 @@ mod api;
 mod cancel;
 mod config;
 mod dead_letters;
+mod events;
 mod expiry;
 mod intake;
 mod kserve;

@@ -47,6 +47,11 @@ impl Watch {
         Self::first_result(&mut self.results, &self.stored, &self.id, deadline).await
     }
 
+    /// The job's result if it is stored already.
+    pub async fn stored(&self) -> Option<JobResult> {
+        read_stored(&self.stored, &self.id).await
+    }
+
     /// The next piece of streamed output, or the result if it comes first.
     pub async fn next(&mut self, deadline: Instant) -> Option<Event> {
         let Some(chunks) = &mut self.chunks else {
