@@ -14,15 +14,19 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-const EMBED_MODEL: &str = "
+const EXTRA_MODELS: &str = "
   - name: tiny-embed
-    kind: embedding";
+    kind: embedding
+  - name: tiny-cached
+    kind: completion
+    cache:
+      ttl: 1m";
 
 /// A stack whose one simulated agent serves the chat, completion and
 /// embedding models, each token taking `per_token`.
 fn stack(per_token: &str) -> Stack {
     let mut stack = Stack::new(StackOptions {
-        extra_models: EMBED_MODEL,
+        extra_models: EXTRA_MODELS,
         ..StackOptions::default()
     });
     stack.start_broker();
@@ -30,7 +34,7 @@ fn stack(per_token: &str) -> Stack {
     let engine = format!(
         "
     kind: simulated
-    models: [{CHAT_MODEL}, {TEXT_MODEL}, tiny-embed]
+    models: [{CHAT_MODEL}, {TEXT_MODEL}, tiny-embed, tiny-cached]
     slots: 8
     base_latency: 2ms
     per_token_latency: {per_token}"
@@ -47,7 +51,7 @@ async fn the_official_openai_sdk_works_unmodified() {
 
     assert_eq!(
         seen["models"],
-        json!([CHAT_MODEL, "tiny-embed", TEXT_MODEL])
+        json!(["tiny-cached", CHAT_MODEL, "tiny-embed", TEXT_MODEL])
     );
     assert_eq!(
         seen["chat"],
@@ -451,4 +455,78 @@ async fn a_job_s_events_stream_as_sse_and_resume_after_the_last_seen() {
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeated_request_is_answered_from_the_cache_without_a_job() {
+    let stack = stack("1ms");
+    let call = |body: Value, bypass: bool| {
+        let mut request = stack
+            .http
+            .post(stack.broker_url("/v1/completions"))
+            .json(&body);
+        if bypass {
+            request = request.header("x-switchyard-cache", "bypass");
+        }
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let header = |name: &str| {
+                r.headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            };
+            let (cache, job) = (header("x-switchyard-cache"), header("x-switchyard-job-id"));
+            (cache, job, r.text().await.unwrap())
+        }
+    };
+    let exact = json!({"model": "tiny-cached", "prompt": "p q", "max_tokens": 3, "temperature": 0});
+
+    let (cache, job, first) = call(exact.clone(), false).await;
+    assert_eq!(cache.as_deref(), Some("miss"));
+    assert!(job.is_some(), "a miss runs a job");
+    let (cache, job, again) = call(exact.clone(), false).await;
+    assert_eq!(cache.as_deref(), Some("hit"));
+    assert_eq!(job, None, "a hit runs nothing");
+    assert_eq!(again, first);
+
+    // Sampled text is not cached; a client may bypass the cache.
+    let mut sampled = exact.clone();
+    sampled["temperature"] = json!(0.7);
+    let (cache, job, _) = call(sampled, false).await;
+    assert_eq!((cache, job.is_some()), (None, true));
+    let (cache, job, _) = call(exact.clone(), true).await;
+    assert_eq!((cache.as_deref(), job.is_some()), (Some("bypass"), true));
+    // Defaults count: max_tokens left out is another request.
+    let mut other = exact.clone();
+    other["max_tokens"] = json!(4);
+    let (cache, _, _) = call(other, false).await;
+    assert_eq!(cache.as_deref(), Some("miss"));
+
+    // A hit can stream too.
+    let mut streamed = exact.clone();
+    streamed["stream"] = json!(true);
+    let (cache, job, body) = call(streamed, false).await;
+    assert_eq!((cache.as_deref(), job), (Some("hit"), None));
+    let text: String = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(text, expected_echo("p q", 3));
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+
+    let hits = stack
+        .metric(
+            "broker",
+            "switchyard_broker_cache_lookups_total{model=\"tiny-cached\",outcome=\"hit\"}",
+        )
+        .await;
+    assert_eq!(hits, 2.0);
 }

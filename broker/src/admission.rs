@@ -424,6 +424,7 @@ mod tests {
             default_max_tokens: 16,
             max_input_bytes: 200,
             max_attempts: 3,
+            cache: None,
         };
         Registry::new(
             &[

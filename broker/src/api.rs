@@ -23,7 +23,8 @@ use time::format_description::well_known::Rfc3339;
 use tracing::error;
 
 use crate::BrokerConfig;
-use crate::admission::{Admitter, Rejection, SubmitError};
+use crate::admission::{self, Admitter, Rejection, SubmitError};
+use crate::cache::{Lookup, ResultCache};
 use crate::cancel::{self, CancelError};
 use crate::store::{JobRecord, ListFilter, Source, Status};
 use crate::wait::Watch;
@@ -177,6 +178,7 @@ pub struct Parts {
     pub client: async_nats::Client,
     pub results: Stream,
     pub readiness: Readiness,
+    pub cache: Option<ResultCache>,
 }
 
 /// The jobs API and the OpenAI-compatible front.
@@ -195,6 +197,7 @@ pub fn router(parts: Parts, cfg: &BrokerConfig) -> Router {
             client: parts.client,
             results: parts.results,
             readiness: parts.readiness,
+            cache: parts.cache,
             max_body_bytes: cfg.max_body_bytes,
             queue_full_retry_after: cfg.queue_full_retry_after.as_secs().max(1),
             idempotency_window_ms: i64::try_from(cfg.idempotency_window.as_millis())
@@ -212,6 +215,8 @@ pub struct ApiState {
     pub results: Stream,
     /// The broker's own readiness (NATS connected, serving).
     pub readiness: Readiness,
+    /// Where some model has `cache:` configured.
+    cache: Option<ResultCache>,
     max_body_bytes: usize,
     queue_full_retry_after: u64,
     idempotency_window_ms: i64,
@@ -220,6 +225,36 @@ pub struct ApiState {
 }
 
 impl ApiState {
+    /// The result cache's answer to a request, checked as admission would
+    /// check it (so that an invalid request is refused, not looked up).
+    pub async fn cached(
+        &self,
+        submission: &Submission,
+        priority: Priority,
+        headers: &HeaderMap,
+    ) -> Result<(Lookup, Option<Value>), ApiError> {
+        let Some(cache) = &self.cache else {
+            return Ok((Lookup::unused(), None));
+        };
+        let registry = &self.admitter.registry;
+        let spec = registry
+            .get(&submission.model)
+            .and_then(|s| s.cache.as_ref());
+        if spec.is_none() {
+            return Ok((Lookup::unused(), None));
+        }
+        let job = admission::validate(registry, submission.clone(), priority, "lookup".into())
+            .map_err(SubmitError::from)?;
+        Ok(cache.look_up(spec, &job, headers).await)
+    }
+
+    /// Keeps a result for the requests that repeat this one.
+    pub async fn remember(&self, lookup: &Lookup, output: &Value) {
+        if let Some(cache) = &self.cache {
+            cache.store(lookup, output).await;
+        }
+    }
+
     /// Admits and queues a job submitted over HTTP.
     pub async fn submit(
         &self,

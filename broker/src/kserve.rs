@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::admission::{Rejection, SubmitError};
 use crate::api::{ApiError, ApiState, invalid, name_job, priority, read_body};
+use crate::cache;
 use crate::wait::Watch;
 
 pub fn router() -> Router<ApiState> {
@@ -126,7 +127,13 @@ async fn infer(
         timeout_ms: None,
         stream: false,
     };
+    let (lookup, hit) = s.cached(&submission, priority, &headers).await?;
     let id = uuid::Uuid::now_v7().to_string();
+    if let Some(output) = hit {
+        let mut response = answer(output, requested, request_id);
+        cache::mark(&mut response, &lookup);
+        return Ok(response);
+    }
     let mut watch = Watch::start(&s.client, s.results.clone(), &id, false)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
@@ -135,10 +142,23 @@ async fn infer(
         .result(Instant::now() + s.sync_timeout)
         .await
         .ok_or_else(|| ApiError::StillRunning(id.clone()))?;
-    let mut output = match result.outcome {
+    let output = match result.outcome {
         Outcome::Succeeded { output, .. } => output,
         Outcome::Failed { error } => return Err(ApiError::JobFailed(error).into()),
     };
+    s.remember(&lookup, &output).await;
+    let mut response = answer(output, requested, request_id);
+    name_job(&mut response, &id);
+    cache::mark(&mut response, &lookup);
+    Ok(response)
+}
+
+/// The engine's response with the outputs asked for, under the request's id.
+fn answer(
+    mut output: Value,
+    requested: Option<Vec<String>>,
+    request_id: Option<Value>,
+) -> Response {
     if let (Some(names), Some(outputs)) = (requested, output["outputs"].as_array_mut()) {
         outputs.retain(|o| {
             o["name"]
@@ -149,9 +169,7 @@ async fn infer(
     if let Some(request_id) = request_id {
         output["id"] = request_id;
     }
-    let mut response = axum::Json(output).into_response();
-    name_job(&mut response, &id);
-    Ok(response)
+    axum::Json(output).into_response()
 }
 
 /// The request's JSON; with Triton's binary extension

@@ -4,6 +4,7 @@
 
 mod admission;
 mod api;
+mod cache;
 mod cancel;
 mod config;
 mod dead_letters;

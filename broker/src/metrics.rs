@@ -7,6 +7,7 @@ pub const FINISHED: &str = "switchyard_broker_jobs_finished_total";
 pub const PROJECTED: &str = "switchyard_broker_projected_messages_total";
 pub const REPUBLISHED: &str = "switchyard_broker_outbox_republished_total";
 pub const EXPIRED: &str = "switchyard_broker_expired_waiting_total";
+pub const CACHE: &str = "switchyard_broker_cache_lookups_total";
 
 pub fn describe() {
     metrics::describe_counter!(
@@ -23,6 +24,10 @@ pub fn describe() {
         "Time to admit one job: validation, record, durable enqueue"
     );
     metrics::describe_counter!(FINISHED, "Jobs that reached a final status, by status");
+    metrics::describe_counter!(
+        CACHE,
+        "Result cache lookups, by model and outcome (hit, miss, bypass)"
+    );
     metrics::describe_counter!(
         PROJECTED,
         "Events, results and usage records written to the job store, by stream"

@@ -18,12 +18,13 @@ use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use switchyard_schemas::{ErrorBody, JobResult, Outcome, Submission, now_ms};
+use switchyard_schemas::{ErrorBody, Outcome, Submission, now_ms};
 use tokio::time::Instant;
 use tracing::warn;
 
 use crate::admission::{Rejection, SubmitError};
 use crate::api::{ApiError, ApiState, invalid, name_job, priority, read_body};
+use crate::cache;
 use crate::cancel;
 use crate::wait::{Event, Watch};
 
@@ -147,8 +148,34 @@ async fn serve(
         stream: request.stream,
     };
     check_kind(&s, &submission.model, endpoint)?;
+    let (lookup, hit) = s.cached(&submission, priority, &headers).await?;
 
     let id = uuid::Uuid::now_v7().to_string();
+    let relay = Relay {
+        chat: endpoint == Endpoint::Chat,
+        id: id.clone(),
+        model: request.model,
+        created: now_ms() / 1000,
+        include_usage,
+    };
+    if let Some(mut output) = hit {
+        let mut response = if request.stream {
+            let (mut tx, rx) = mpsc::channel(64);
+            tokio::spawn(async move {
+                if relay.open(&mut tx).await {
+                    relay.finish(&mut tx, "", output).await;
+                }
+            });
+            sse(rx)
+        } else {
+            if base64 {
+                encode_embeddings(&mut output);
+            }
+            axum::Json(output).into_response()
+        };
+        cache::mark(&mut response, &lookup);
+        return Ok(response);
+    }
     let mut watch = Watch::start(&s.client, s.results.clone(), &id, request.stream)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
@@ -156,23 +183,22 @@ async fn serve(
     let deadline = Instant::now() + s.sync_timeout;
     let mut guard = CancelOnDrop::new(&s, &id);
     if request.stream {
-        let relay = Relay {
-            chat: endpoint == Endpoint::Chat,
-            id: id.clone(),
-            model: request.model,
-            created: now_ms() / 1000,
-            include_usage,
-        };
         let (tx, rx) = mpsc::channel(64);
+        let state = s.clone();
         tokio::spawn(async move {
-            // A client that stopped reading no longer wants the job.
-            if relay.run(&mut watch, tx, deadline).await != Relayed::ClientGone {
-                guard.disarm();
+            match relay.run(&mut watch, tx, deadline).await {
+                // A client that stopped reading no longer wants the job.
+                Relayed::ClientGone => {}
+                Relayed::Result(output) => {
+                    guard.disarm();
+                    if let Some(output) = output {
+                        state.remember(&lookup, &output).await;
+                    }
+                }
+                Relayed::TimedOut => guard.disarm(),
             }
         });
-        let mut response = Sse::new(rx.map(Ok::<_, Infallible>))
-            .keep_alive(KeepAlive::default())
-            .into_response();
+        let mut response = sse(rx);
         name_job(&mut response, &id);
         return Ok(response);
     }
@@ -185,12 +211,20 @@ async fn serve(
         Outcome::Succeeded { output, .. } => output,
         Outcome::Failed { error } => return Err(ApiError::JobFailed(error)),
     };
+    s.remember(&lookup, &output).await;
     if base64 {
         encode_embeddings(&mut output);
     }
     let mut response = axum::Json(output).into_response();
     name_job(&mut response, &id);
+    cache::mark(&mut response, &lookup);
     Ok(response)
+}
+
+fn sse(events: mpsc::Receiver<SseEvent>) -> Response {
+    Sse::new(events.map(Ok::<_, Infallible>))
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// The model must be of the endpoint's kind: a chat model is not asked for
@@ -317,11 +351,8 @@ impl Relay {
     ) -> Relayed {
         let mut sent = String::new();
         let mut attempt = None;
-        if self.chat {
-            let first = self.envelope(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]));
-            if send(&mut tx, &first).await.is_err() {
-                return Relayed::ClientGone;
-            }
+        if !self.open(&mut tx).await {
+            return Relayed::ClientGone;
         }
         loop {
             let Some(event) = watch.next(deadline).await else {
@@ -348,8 +379,19 @@ impl Relay {
                     self.chunk(Some(&chunk.delta), None)
                 }
                 Event::Result(result) => {
-                    self.finish(&mut tx, &sent, result).await;
-                    return Relayed::Result;
+                    let output = match result.outcome {
+                        Outcome::Succeeded { output, .. } => output,
+                        Outcome::Failed { error } => {
+                            let error = ErrorBody {
+                                code: error.class.code().into(),
+                                message: error.message,
+                            };
+                            let _ = send(&mut tx, &json!({"error": error})).await;
+                            return Relayed::Result(None);
+                        }
+                    };
+                    let finished = self.finish(&mut tx, &sent, output.clone()).await;
+                    return Relayed::Result(finished.then_some(output));
                 }
             };
             if send(&mut tx, &piece).await.is_err() {
@@ -358,18 +400,19 @@ impl Relay {
         }
     }
 
-    async fn finish(&self, tx: &mut mpsc::Sender<SseEvent>, sent: &str, result: JobResult) {
-        let (output, usage) = match result.outcome {
-            Outcome::Succeeded { output, usage } => (output, usage),
-            Outcome::Failed { error } => {
-                let error = ErrorBody {
-                    code: error.class.code().into(),
-                    message: error.message,
-                };
-                let _ = send(tx, &json!({"error": error})).await;
-                return;
-            }
-        };
+    /// Starts the stream: a chat's first chunk names the role. False if the
+    /// client is gone.
+    async fn open(&self, tx: &mut mpsc::Sender<SseEvent>) -> bool {
+        if !self.chat {
+            return true;
+        }
+        let role = json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]);
+        send(tx, &self.envelope(role)).await.is_ok()
+    }
+
+    /// Ends the stream of a job that succeeded with `output`, of which
+    /// `sent` went out already; false if the two do not add up.
+    async fn finish(&self, tx: &mut mpsc::Sender<SseEvent>, sent: &str, output: Value) -> bool {
         let choice = &output["choices"][0];
         let whole = match self.chat {
             true => choice["message"]["content"].as_str(),
@@ -386,34 +429,31 @@ impl Relay {
                 ),
             };
             let _ = send(tx, &json!({"error": error})).await;
-            return;
+            return false;
         };
         let finish_reason = choice["finish_reason"].as_str().unwrap_or("stop");
         let mut last = vec![self.chunk((!rest.is_empty()).then_some(rest), Some(finish_reason))];
         if self.include_usage {
             let mut usage_chunk = self.envelope(json!([]));
-            usage_chunk["usage"] = output.get("usage").cloned().unwrap_or_else(|| {
-                json!({
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-                })
-            });
+            usage_chunk["usage"] = output.get("usage").cloned().unwrap_or(Value::Null);
             last.push(usage_chunk);
         }
         for chunk in &last {
             if send(tx, chunk).await.is_err() {
-                return;
+                return true;
             }
         }
         let _ = tx.send(SseEvent::default().data("[DONE]")).await;
+        true
     }
 }
 
 /// How a relay ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Relayed {
-    Result,
+    /// With the job's result: its output, where it succeeded and the
+    /// stream added up.
+    Result(Option<Value>),
     /// `sync_timeout` passed; the job goes on.
     TimedOut,
     ClientGone,

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::admission::Admitter;
+use crate::cache::{self, ResultCache};
 use crate::store::{JobStore, SqliteStore, Status, StoreError};
 use crate::{
     BrokerConfig, api, cancel, dead_letters, expiry, intake, metrics as m, outbox, projection,
@@ -108,6 +109,12 @@ pub async fn run(
     let dead = nats::stream(&admitter.js, subjects::DEAD_STREAM).await?;
     let results_stream = nats::stream(&admitter.js, subjects::RESULTS_STREAM).await?;
     let cancellations = nats::cancellations(&admitter.js, &nats_cfg).await?;
+    let cache = match cache::longest_ttl(&admitter.registry) {
+        Some(ttl) => Some(ResultCache::new(
+            nats::result_cache(&admitter.js, &nats_cfg, ttl).await?,
+        )),
+        None => None,
+    };
     let cancel_requests = client
         .queue_subscribe(subjects::CANCEL, "broker".into())
         .await?;
@@ -117,6 +124,7 @@ pub async fn run(
         client: client.clone(),
         results: results_stream.clone(),
         readiness: ready.clone(),
+        cache,
     };
     let router = api::router(parts, &cfg)
         .merge(dead_letters::router(admitter.clone(), dead, results_stream))

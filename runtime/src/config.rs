@@ -184,6 +184,23 @@ pub struct ModelSpec {
     /// Attempts a job gets when it fails with a retryable error.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Answer repeated requests from a cache of results, without running
+    /// them again; off unless set.
+    #[serde(default)]
+    pub cache: Option<CacheSpec>,
+}
+
+/// The result cache of one model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// How long a result is served from the cache.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Also cache text generated with sampling (temperature absent or
+    /// above 0), whose repeats would otherwise differ.
+    #[serde(default)]
+    pub sampled: bool,
 }
 
 fn default_max_tokens() -> u32 {
@@ -242,6 +259,14 @@ impl Registry {
                 spec.max_tokens,
                 "must be positive",
             );
+            if let Some(cache) = &spec.cache {
+                issues.check(
+                    !cache.ttl.is_zero(),
+                    &format!("{field}.cache.ttl"),
+                    cache.ttl,
+                    "must be positive",
+                );
+            }
             if registry.models.contains_key(&spec.name) {
                 issues.push(&format!("{field}.name"), &spec.name, "declared twice");
                 continue;
@@ -284,6 +309,7 @@ mod tests {
             default_max_tokens: 8,
             max_input_bytes: 1024,
             max_attempts: 3,
+            cache: None,
         }
     }
 

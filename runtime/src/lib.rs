@@ -10,6 +10,6 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use config::{
-    ConfigError, Issues, ModelKind, ModelSpec, NatsConfig, Registry, TenantSpec, Tenants,
+    CacheSpec, ConfigError, Issues, ModelKind, ModelSpec, NatsConfig, Registry, TenantSpec, Tenants,
 };
 pub use ops::Readiness;

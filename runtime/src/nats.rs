@@ -158,6 +158,24 @@ pub async fn cancellations(
     .map_err(|e| NatsError::Bucket(e.to_string()))
 }
 
+/// The JetStream KV bucket of cached results; entries live `max_age`.
+pub async fn result_cache(
+    js: &Context,
+    cfg: &NatsConfig,
+    max_age: Duration,
+) -> Result<jetstream::kv::Store, NatsError> {
+    js.create_or_update_key_value(jetstream::kv::Config {
+        bucket: subjects::CACHE_BUCKET.to_owned(),
+        history: 1,
+        max_age,
+        storage: StorageType::File,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| NatsError::Bucket(e.to_string()))
+}
+
 /// Settings of a durable pull consumer with explicit acks.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {

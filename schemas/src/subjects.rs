@@ -27,6 +27,8 @@ pub const USAGE_ALL: &str = "sy.usage.*";
 pub const DEAD_ALL: &str = "sy.dead.*";
 /// JetStream KV bucket of cancelled job ids, watched by agents.
 pub const CANCEL_BUCKET: &str = "cancelled";
+/// JetStream KV bucket of cached results, keyed by request digest.
+pub const CACHE_BUCKET: &str = "result-cache";
 /// Core NATS request/reply: cancel the job named in the body.
 pub const CANCEL: &str = "sy.cancel";
 /// Core NATS request/reply intake: `sy.admit.<priority>`.
