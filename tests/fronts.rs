@@ -276,15 +276,7 @@ async fn the_jobs_api_answers_when_the_job_is_done_if_asked_to_wait() {
     // Long-poll: the answer comes when the job ends, not before.
     let (_, now) = stack.get_job(&id).await;
     assert_ne!(now["status"], "succeeded", "{now}");
-    let polled: Value = stack
-        .http
-        .get(stack.broker_url(&format!("/v1/jobs/{id}?wait=20")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, polled) = stack.get_json(&format!("/v1/jobs/{id}?wait=20")).await;
     assert_eq!(polled["status"], "succeeded", "{polled}");
     assert_eq!(
         polled["result"]["choices"][0]["text"],
@@ -529,4 +521,51 @@ async fn a_repeated_request_is_answered_from_the_cache_without_a_job() {
         )
         .await;
     assert_eq!(hits, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_openapi_document_describes_what_the_server_does() {
+    let stack = stack("1ms");
+    let (_, doc) = stack.get_json("/openapi.json").await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    for main in [
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/cancel",
+        "/v1/jobs/{id}/events",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/v2/models/{model}/infer",
+    ] {
+        assert!(paths.contains_key(main), "{main} is not described");
+    }
+    // Every operation, called with an unknown id or model and an empty
+    // body, answers with one of the statuses the document gives it.
+    let mut checked = 0;
+    for (path, operations) in paths {
+        let url = stack.broker_url(
+            &path
+                .replace("{id}", "no-such-job")
+                .replace("{model}", "no-such-model"),
+        );
+        for (method, operation) in operations.as_object().unwrap() {
+            let request = match method.as_str() {
+                "get" => stack.http.get(&url),
+                "post" => stack.http.post(&url).json(&json!({})),
+                other => panic!("{other} {path} is not expected"),
+            };
+            let status = request.send().await.unwrap().status().as_u16().to_string();
+            let documented = operation["responses"].as_object().unwrap();
+            assert!(
+                documented.contains_key(&status),
+                "{method} {path} answered {status}, documented: {:?}",
+                documented.keys().collect::<Vec<_>>()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 16, "{checked}");
 }

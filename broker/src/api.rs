@@ -28,7 +28,7 @@ use crate::cache::{Lookup, ResultCache};
 use crate::cancel::{self, CancelError};
 use crate::store::{JobRecord, ListFilter, Source, Status};
 use crate::wait::Watch;
-use crate::{events, kserve, openai};
+use crate::{events, kserve, openai, openapi};
 use async_nats::jetstream::kv;
 use base64::Engine as _;
 use switchyard_runtime::Readiness;
@@ -190,6 +190,7 @@ pub fn router(parts: Parts, cfg: &BrokerConfig) -> Router {
         .merge(openai::router())
         .merge(kserve::router())
         .merge(events::router())
+        .merge(openapi::router())
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(ApiState {
             admitter: parts.admitter,
@@ -325,6 +326,23 @@ fn parse_submission(body: &[u8]) -> Result<Submission, Rejection> {
     Ok(submission)
 }
 
+/// Queue a job.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body(content = Object, description = "`model`, `input`, and optionally `priority`, `tenant`, `metadata`, `deadline_ms`, `timeout_ms`, `stream` (docs/http-api.md)"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key returns the job it first made"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: answer with the finished job if it ends within N seconds"),
+    ),
+    responses(
+        (status = 202, description = "Queued: `{id, status, model, priority, created_at}`", body = Object),
+        (status = 200, description = "Finished within `Prefer: wait`", body = JobView),
+        (status = 400, description = "`malformed_body`", body = Object),
+        (status = 409, description = "`idempotency_conflict`", body = Object),
+        (status = 413, description = "`body_too_large`, `input_too_large`", body = Object),
+        (status = 422, description = "`invalid_request`, `unknown_model`", body = Object),
+        (status = 429, description = "`queue_full`", body = Object),
+        (status = 503, description = "`queue_unavailable`, `store_unavailable`", body = Object),
+    ))]
 async fn submit(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -472,6 +490,18 @@ fn accepted(id: &str, status: &str, model: &str, priority: &str, created_at_ms: 
     response
 }
 
+/// A job, its transitions, and its result or error.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(
+        ("id" = String, Path, description = "The job's id"),
+        ("wait" = Option<u64>, Query, description = "Long-poll: answer once the job ends, or after this many seconds"),
+    ),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 404, description = "`not_found`", body = Object),
+        (status = 422, description = "`invalid_request`", body = Object),
+        (status = 503, description = "`store_unavailable`", body = Object),
+    ))]
 async fn get_job(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -522,6 +552,21 @@ const LIST_LIMIT_DEFAULT: u32 = 50;
 const LIST_LIMIT_MAX: u32 = 200;
 
 /// Jobs newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+    params(
+        ("status" = Option<String>, Query, description = "queued, assigned, running, succeeded, failed, expired, timed_out, cancelled"),
+        ("model" = Option<String>, Query),
+        ("tenant" = Option<String>, Query),
+        ("since" = Option<String>, Query, description = "Created at or after (RFC 3339)"),
+        ("until" = Option<String>, Query, description = "Created before (RFC 3339)"),
+        ("limit" = Option<u32>, Query, description = "1 to 200, 50 by default"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "`{data: [job], next_cursor}`", body = Object),
+        (status = 422, description = "`invalid_request`", body = Object),
+        (status = 503, description = "`store_unavailable`", body = Object),
+    ))]
 async fn list_jobs(
     State(s): State<ApiState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -597,6 +642,15 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
         .ok_or_else(|| invalid("cursor is not one this API gave"))
 }
 
+/// Cancel a job that has not ended.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "`{id, status: cancelled}`", body = Object),
+        (status = 404, description = "`not_found`", body = Object),
+        (status = 409, description = "`not_cancellable`", body = Object),
+        (status = 503, description = "`store_unavailable`, `queue_unavailable`", body = Object),
+    ))]
 async fn cancel_job(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -612,7 +666,7 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Transition {
     status: &'static str,
     at: String,
@@ -620,7 +674,8 @@ struct Transition {
     node: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A job as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     id: String,
     model: String,
@@ -634,11 +689,17 @@ pub struct JobView {
     created_at: String,
     /// Every transition so far, in order, with its time.
     transitions: Vec<Transition>,
+    /// The engine's response, once the job succeeded.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     result: Option<serde_json::Value>,
+    /// `{code, message}`, once the job failed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     error: Option<ErrorBody>,
+    /// `{prompt_tokens, completion_tokens}`, as the engine counted them.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     usage: Option<Usage>,
 }
 

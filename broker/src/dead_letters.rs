@@ -56,6 +56,11 @@ struct DeadView {
     failures: Vec<Failure>,
 }
 
+/// Jobs that failed every attempt, oldest first.
+#[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin",
+    params(("limit" = Option<usize>, Query, description = "At most this many, 100 by default")),
+    responses((status = 200, description = "`{dead_letters: [{job_id, model, priority, attempts, dead_at_ms, failures}]}`", body = Object),
+              (status = 503, description = "`queue_unavailable`", body = Object)))]
 async fn list(
     State(s): State<DeadState>,
     Query(q): Query<ListQuery>,
@@ -89,6 +94,13 @@ async fn list(
     Ok(axum::Json(json!({ "dead_letters": letters })))
 }
 
+/// Queue a dead job again, as its next attempt with a fresh budget.
+#[utoipa::path(post, path = "/v1/admin/dead-letters/{id}/replay", tag = "admin",
+    params(("id" = String, Path)),
+    responses((status = 202, description = "`{id, status: queued, attempt}`", body = Object),
+              (status = 404, description = "`not_found`", body = Object),
+              (status = 409, description = "`not_failed`", body = Object),
+              (status = 503, description = "`queue_unavailable`, `store_unavailable`", body = Object)))]
 async fn replay(State(s): State<DeadState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     if !subjects::is_valid_id(&id) {
         return Err(ApiError::NotFound(id));

@@ -54,6 +54,12 @@ fn resume(headers: &HeaderMap) -> Resume {
     }
 }
 
+/// The job's lifecycle (and tokens) as server-sent events, until it ends.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    params(("id" = String, Path),
+           ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
+    responses((status = 200, description = "`text/event-stream`", content_type = "text/event-stream"),
+              (status = 404, description = "`not_found`", body = Object)))]
 async fn events(
     State(s): State<ApiState>,
     Path(id): Path<String>,

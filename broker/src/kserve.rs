@@ -24,7 +24,7 @@ use crate::wait::Watch;
 
 pub fn router() -> Router<ApiState> {
     Router::new()
-        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{model}", get(metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
@@ -47,6 +47,16 @@ impl IntoResponse for KserveError {
     }
 }
 
+/// The broker is up.
+#[utoipa::path(get, path = "/v2/health/live", tag = "kserve",
+    responses((status = 200, description = "Live")))]
+async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+/// The broker can take requests (NATS connected).
+#[utoipa::path(get, path = "/v2/health/ready", tag = "kserve",
+    responses((status = 200, description = "Ready"), (status = 503, description = "Not ready")))]
 async fn ready(State(s): State<ApiState>) -> StatusCode {
     match s.readiness.get() {
         true => StatusCode::OK,
@@ -69,6 +79,10 @@ fn tensor_model(s: &ApiState, model: &str) -> Result<(), KserveError> {
 
 /// Jobs for a registry model are always accepted: they wait in the queue
 /// until a node serves it.
+#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "kserve",
+    params(("model" = String, Path)),
+    responses((status = 200, description = "A tensor model of the registry"),
+               (status = 422, description = "`unknown_model`", body = Object)))]
 async fn model_ready(
     State(s): State<ApiState>,
     Path(model): Path<String>,
@@ -78,6 +92,10 @@ async fn model_ready(
 }
 
 /// What the registry knows of a model; the tensors' shapes are the engine's.
+#[utoipa::path(get, path = "/v2/models/{model}", tag = "kserve",
+    params(("model" = String, Path)),
+    responses((status = 200, description = "`{name, versions, platform, inputs, outputs}`", body = Object),
+               (status = 422, description = "`unknown_model`", body = Object)))]
 async fn metadata(
     State(s): State<ApiState>,
     Path(model): Path<String>,
@@ -92,6 +110,20 @@ async fn metadata(
     })))
 }
 
+/// A KServe v2 inference, as a job; JSON or Triton's binary inputs.
+#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "kserve",
+    params(("model" = String, Path),
+           ("X-Switchyard-Priority" = Option<String>, Header, description = "critical, high, normal (default) or batch"),
+           ("Inference-Header-Content-Length" = Option<u64>, Header, description = "Triton's binary extension: the JSON's length")),
+    request_body(content = Object, description = "`{id?, inputs, outputs?, parameters?}`"),
+    responses(
+        (status = 200, description = "The engine's response, `id` as the request's", body = Object),
+        (status = 400, description = "`malformed_body`, or the engine refused the input (`invalid_input`)", body = Object),
+        (status = 422, description = "`invalid_request`, `unknown_model`", body = Object),
+        (status = 429, description = "`queue_full`", body = Object),
+        (status = 503, description = "`queue_unavailable`, `engine_unavailable`, …", body = Object),
+        (status = 504, description = "`still_running`, `timeout`", body = Object),
+    ))]
 async fn infer(
     State(s): State<ApiState>,
     Path(model): Path<String>,

@@ -14,6 +14,7 @@ mod intake;
 mod kserve;
 mod metrics;
 mod openai;
+mod openapi;
 mod outbox;
 mod projection;
 mod server;

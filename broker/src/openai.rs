@@ -11,7 +11,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{get, post};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::channel::mpsc;
@@ -30,19 +30,63 @@ use crate::wait::{Event, Watch};
 
 pub fn router() -> Router<ApiState> {
     Router::new()
-        .route("/v1/chat/completions", endpoint(Endpoint::Chat))
-        .route("/v1/completions", endpoint(Endpoint::Completion))
-        .route("/v1/embeddings", endpoint(Endpoint::Embedding))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
 }
 
-fn endpoint(e: Endpoint) -> MethodRouter<ApiState> {
-    post(
-        move |State(s): State<ApiState>,
-              headers: HeaderMap,
-              body: Result<Bytes, BytesRejection>| { serve(s, headers, body, e) },
-    )
+/// One OpenAI endpoint: they differ only in what they take and give.
+macro_rules! endpoint {
+    ($(#[doc = $doc:literal])* $name:ident, $path:literal, $takes:literal, $gives:literal, $endpoint:ident) => {
+        $(#[doc = $doc])*
+        #[utoipa::path(post, path = $path, tag = "openai",
+            request_body(content = Object, description = $takes),
+            params(("X-Switchyard-Priority" = Option<String>, Header, description = "critical, high, normal (default) or batch")),
+            responses(
+                (status = 200, description = $gives, body = Object),
+                (status = 400, description = "`malformed_body`, or the engine refused the input (`invalid_input`)", body = Object),
+                (status = 422, description = "`invalid_request`, `unknown_model`", body = Object),
+                (status = 429, description = "`queue_full`", body = Object),
+                (status = 503, description = "`queue_unavailable`, `engine_unavailable`, …", body = Object),
+                (status = 504, description = "`still_running`, `timeout`", body = Object),
+            ))]
+        async fn $name(
+            State(s): State<ApiState>,
+            headers: HeaderMap,
+            body: Result<Bytes, BytesRejection>,
+        ) -> Result<Response, ApiError> {
+            serve(s, headers, body, Endpoint::$endpoint).await
+        }
+    };
 }
+
+endpoint!(
+    /// OpenAI's chat completions, as a job; `stream: true` answers with
+    /// server-sent events.
+    chat,
+    "/v1/chat/completions",
+    "OpenAI's chat completion request",
+    "OpenAI's chat completion, or its chunks as `text/event-stream`",
+    Chat
+);
+endpoint!(
+    /// OpenAI's completions, as a job; `stream: true` answers with
+    /// server-sent events.
+    completions,
+    "/v1/completions",
+    "OpenAI's completion request",
+    "OpenAI's completion, or its chunks as `text/event-stream`",
+    Completion
+);
+endpoint!(
+    /// OpenAI's embeddings, as a job.
+    embeddings,
+    "/v1/embeddings",
+    "OpenAI's embedding request",
+    "OpenAI's embedding list",
+    Embedding
+);
 
 /// Which OpenAI endpoint a request came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +125,8 @@ struct StreamOptions {
 }
 
 /// The registry, as OpenAI lists models.
+#[utoipa::path(get, path = "/v1/models", tag = "openai",
+    responses((status = 200, description = "`{object: list, data: [{id, object: model, …}]}`", body = Object)))]
 async fn models(State(s): State<ApiState>) -> axum::Json<Value> {
     let data: Vec<Value> = s
         .admitter

@@ -506,12 +506,17 @@ impl Stack {
     }
 
     pub async fn get_job(&self, id: &str) -> (u16, Value) {
+        self.get_json(&format!("/v1/jobs/{id}")).await
+    }
+
+    /// `GET` on the broker: the status and the JSON body (null if none).
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let r = self
             .http
-            .get(self.broker_url(&format!("/v1/jobs/{id}")))
+            .get(self.broker_url(path))
             .send()
             .await
-            .expect("GET job");
+            .expect("GET");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }

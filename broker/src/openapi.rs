@@ -1,0 +1,50 @@
+//! The OpenAPI 3 description of the broker's HTTP API, generated from the
+//! handlers' annotations and served at `/openapi.json`.
+
+use axum::Router;
+use axum::routing::get;
+use utoipa::OpenApi;
+
+use crate::api::{self, ApiState, JobView};
+use crate::{dead_letters, events, kserve, openai};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Switchyard",
+        description = "Queue-based inference broker: every request is a job in a durable, prioritised queue. Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code (KServe routes: `{\"error\": \"…\", \"code\"}`). See docs/http-api.md."
+    ),
+    paths(
+        api::submit,
+        api::list_jobs,
+        api::get_job,
+        api::cancel_job,
+        events::events,
+        openai::chat,
+        openai::completions,
+        openai::embeddings,
+        openai::models,
+        kserve::live,
+        kserve::ready,
+        kserve::metadata,
+        kserve::model_ready,
+        kserve::infer,
+        dead_letters::list,
+        dead_letters::replay,
+    ),
+    components(schemas(JobView)),
+    tags(
+        (name = "jobs", description = "The jobs API"),
+        (name = "openai", description = "OpenAI-compatible endpoints"),
+        (name = "kserve", description = "KServe v2 (Triton) endpoints"),
+        (name = "admin", description = "Dead letters"),
+    )
+)]
+struct ApiDoc;
+
+pub fn router() -> Router<ApiState> {
+    Router::new().route(
+        "/openapi.json",
+        get(|| async { axum::Json(ApiDoc::openapi()) }),
+    )
+}
