@@ -44,3 +44,44 @@ async fn nats_api_python_example_runs_and_prints_what_the_doc_says() {
     );
     assert_eq!(stdout, block_after(&doc, "It prints:"));
 }
+
+/// The first ```sh block of a markdown file.
+fn sh_block(markdown: &str) -> String {
+    let start = markdown.find("```sh\n").expect("a sh block") + "```sh\n".len();
+    let len = markdown[start..].find("```").expect("closed block");
+    markdown[start..start + len].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_curl_tour_in_the_api_doc_runs() {
+    let doc =
+        std::fs::read_to_string(common::repo_root().join("docs/api.md")).expect("docs/api.md");
+    let stack = Stack::running(StackOptions::default(), &["node-a"]);
+    let script = sh_block(&doc).replace(
+        "API=http://127.0.0.1:8080",
+        &format!("API={}", stack.broker_url("")),
+    );
+    let out = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for shown in [
+        r#""status":"succeeded""#,
+        "event: running",
+        "event: succeeded",
+        r#""next_cursor""#,
+        "chat.completion",
+        "data: [DONE]",
+        r#""object":"list""#,
+        " paths",
+    ] {
+        assert!(stdout.contains(shown), "{shown:?} not in:\n{stdout}");
+    }
+}

@@ -328,7 +328,7 @@ fn parse_submission(body: &[u8]) -> Result<Submission, Rejection> {
 
 /// Queue a job.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
-    request_body(content = Object, description = "`model`, `input`, and optionally `priority`, `tenant`, `metadata`, `deadline_ms`, `timeout_ms`, `stream` (docs/http-api.md)"),
+    request_body(content = Object, description = "`model`, `input`, and optionally `priority`, `tenant`, `metadata`, `deadline_ms`, `timeout_ms`, `stream` (docs/api.md)"),
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "The same key returns the job it first made"),
         ("Prefer" = Option<String>, Header, description = "`wait=N`: answer with the finished job if it ends within N seconds"),

@@ -12,7 +12,7 @@ use crate::{dead_letters, events, kserve, openai};
 #[openapi(
     info(
         title = "Switchyard",
-        description = "Queue-based inference broker: every request is a job in a durable, prioritised queue. Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code (KServe routes: `{\"error\": \"…\", \"code\"}`). See docs/http-api.md."
+        description = "Queue-based inference broker: every request is a job in a durable, prioritised queue. Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code (KServe routes: `{\"error\": \"…\", \"code\"}`). See docs/api.md."
     ),
     paths(
         api::submit,
