@@ -313,3 +313,46 @@ async fn garbage_on_internal_subjects_does_not_stop_the_pipeline() {
         assert!(stack.proc(name).exited().is_none(), "{name} died");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_output_too_large_for_a_result_fails_the_job_instead_of_looping() {
+    let mut stack = Stack::new(StackOptions {
+        extra_models: "
+  - name: tiny-huge
+    kind: completion
+    max_tokens: 100000",
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent_on(
+        "node-a",
+        &format!(
+            "
+    kind: simulated
+    models: [{TEXT_MODEL}, tiny-huge]
+    slots: 2
+    base_latency: 1ms
+    per_token_latency: 0ms"
+        ),
+    );
+    // 10,000 words of 200 bytes: about 2 MB of output, over NATS' 1 MB.
+    let word = "w".repeat(200);
+    let huge = stack
+        .submit_http(&json!({"model": "tiny-huge",
+                             "input": {"prompt": format!("{word} {word}"), "max_tokens": 10000}}))
+        .await;
+    let fine = stack
+        .submit_http(&json!({"model": TEXT_MODEL, "input": {"prompt": "after it"}}))
+        .await;
+    let done = stack
+        .wait_finished(&[huge.clone(), fine.clone()], Duration::from_secs(20))
+        .await;
+    let r = &done[&huge];
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "invalid_input", "{r}");
+    assert_eq!(r["attempt"], 1, "fails once, not on every redelivery: {r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(message.contains("NATS message limit"), "{message}");
+    assert_eq!(done[&fine]["status"], "succeeded", "the node goes on");
+}

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::engine::{self, Engine, EngineError, TokenSink};
+use crate::engine::{self, Engine, EngineError, Inference, TokenSink};
 use crate::gpus::Gpus;
 use crate::{AgentConfig, metrics as m, process};
 
@@ -34,6 +34,9 @@ pub enum AgentError {
     #[error("cannot read the work queue: {0}")]
     Fetch(String),
 }
+
+/// Room kept in a result message for everything but the output.
+const RESULT_OVERHEAD: usize = 16 * 1024;
 
 /// What every job task of this agent shares.
 struct Node {
@@ -57,6 +60,9 @@ struct Node {
     cancellations: kv::Store,
     /// Running jobs, so that a cancellation can reach them.
     aborts: Mutex<HashMap<String, CancellationToken>>,
+    /// The largest output a result message can carry: the server's
+    /// message limit less room for the result's other fields and headers.
+    max_result_bytes: usize,
 }
 
 impl Node {
@@ -177,6 +183,10 @@ async fn serve(
     .await?;
     let results = nats::stream(&js, subjects::RESULTS_STREAM).await?;
     let cancellations = nats::cancellations(&js, nats_cfg).await?;
+    let max_result_bytes = client
+        .server_info()
+        .max_payload
+        .saturating_sub(RESULT_OVERHEAD);
     let node = Arc::new(Node {
         id: cfg.node_id.clone(),
         js,
@@ -191,6 +201,7 @@ async fn serve(
         ack_wait: cfg.ack_wait,
         cancellations,
         aborts: Mutex::new(HashMap::new()),
+        max_result_bytes,
     });
     metrics::gauge!(m::SLOTS).set(f64::from(slots));
 
@@ -485,6 +496,9 @@ async fn execute(
         assigned_at_ms: Some(a.assigned_at_ms),
         started_at_ms: Some(started_at_ms),
     };
+    // A result larger than a NATS message would fail to publish on every
+    // redelivery: the job fails instead, and says why.
+    let inference = inference.and_then(|inf| fits(inf, node.max_result_bytes));
     let inf = match inference {
         Ok(inf) => {
             node.record_service_time(engine_time);
@@ -547,6 +561,20 @@ async fn execute(
     };
     metrics::counter!(m::JOBS, "outcome" => outcome).increment(1);
     Ok(Done::Reported)
+}
+
+/// The inference, if its output fits in one result message.
+fn fits(inf: Inference, limit: usize) -> Result<Inference, EngineError> {
+    let size = encode(&inf.output).map_or(usize::MAX, |bytes| bytes.len());
+    if size <= limit {
+        return Ok(inf);
+    }
+    Err(EngineError {
+        class: ErrorClass::InvalidInput,
+        message: format!(
+            "the output is {size} bytes; a result holds at most {limit} (the NATS message limit): ask for less"
+        ),
+    })
 }
 
 /// Aborts running jobs as their cancellations arrive.
