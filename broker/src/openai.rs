@@ -18,6 +18,7 @@ use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use switchyard_runtime::ModelKind;
 use switchyard_schemas::{ErrorBody, Outcome, Submission, now_ms};
 use tokio::time::Instant;
 use tracing::warn;
@@ -276,7 +277,6 @@ fn sse(events: mpsc::Receiver<SseEvent>) -> Response {
 /// The model must be of the endpoint's kind: a chat model is not asked for
 /// embeddings.
 fn check_kind(s: &ApiState, model: &str, endpoint: Endpoint) -> Result<(), ApiError> {
-    use switchyard_runtime::ModelKind;
     let Some(spec) = s.admitter.registry.get(model) else {
         return Err(ApiError::Submit(SubmitError::Rejected(
             Rejection::UnknownModel(model.to_owned()),
@@ -402,11 +402,8 @@ impl Relay {
         }
         loop {
             let Some(event) = watch.next(deadline).await else {
-                let error = ErrorBody {
-                    code: "still_running".into(),
-                    message: ApiError::StillRunning(self.id.clone()).to_string(),
-                };
-                let _ = send(&mut tx, &json!({"error": error})).await;
+                let message = ApiError::StillRunning(self.id.clone()).to_string();
+                send_error(&mut tx, "still_running", message).await;
                 return Relayed::TimedOut;
             };
             let piece = match event {
@@ -428,11 +425,7 @@ impl Relay {
                     let output = match result.outcome {
                         Outcome::Succeeded { output, .. } => output,
                         Outcome::Failed { error } => {
-                            let error = ErrorBody {
-                                code: error.class.code().into(),
-                                message: error.message,
-                            };
-                            let _ = send(&mut tx, &json!({"error": error})).await;
+                            send_error(&mut tx, error.class.code(), error.message).await;
                             return Relayed::Result(None);
                         }
                     };
@@ -467,14 +460,11 @@ impl Relay {
         .unwrap_or_default();
         let Some(rest) = whole.strip_prefix(sent) else {
             warn!(job_id = %self.id, "streamed text and result differ after a retry");
-            let error = ErrorBody {
-                code: "stream_interrupted".into(),
-                message: format!(
-                    "the output was restarted after a failure; the whole result is at /v1/jobs/{}",
-                    self.id
-                ),
-            };
-            let _ = send(tx, &json!({"error": error})).await;
+            let message = format!(
+                "the output was restarted after a failure; the whole result is at /v1/jobs/{}",
+                self.id
+            );
+            send_error(tx, "stream_interrupted", message).await;
             return false;
         };
         let finish_reason = choice["finish_reason"].as_str().unwrap_or("stop");
@@ -503,6 +493,15 @@ enum Relayed {
     /// `sync_timeout` passed; the job goes on.
     TimedOut,
     ClientGone,
+}
+
+/// Ends a stream with OpenAI's error event; the stream closes after it.
+async fn send_error(tx: &mut mpsc::Sender<SseEvent>, code: &str, message: String) {
+    let error = ErrorBody {
+        code: code.into(),
+        message,
+    };
+    let _ = send(tx, &json!({"error": error})).await;
 }
 
 /// Sends one event; an error means the client is gone.

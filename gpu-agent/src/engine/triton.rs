@@ -317,7 +317,9 @@ impl Engine for Triton {
     }
 
     async fn load_model(&self, model: &str) -> Result<(), EngineError> {
-        if self.models().iter().any(|m| m == model) {
+        if self.config.models.iter().any(|m| m == model)
+            || self.repository().loaded.contains_key(model)
+        {
             return Ok(());
         }
         if !self.repository().on_demand.contains(model) {
