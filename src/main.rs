@@ -94,12 +94,16 @@ fn validate(
         None => issues.push("agent", "missing", "the agent needs an agent: section"),
     };
     match command {
-        Command::Broker => file.broker.validate(&mut issues),
+        Command::Broker => {
+            file.broker.validate(&mut issues);
+            switchyard_broker::check_tenants(&file.broker, &tenants, &mut issues);
+        }
         Command::Dispatcher => file.dispatcher.validate(&mut issues),
         Command::Agent => check_agent(&mut issues),
         Command::DeadLetters { .. } => {}
         Command::CheckConfig => {
             file.broker.validate(&mut issues);
+            switchyard_broker::check_tenants(&file.broker, &tenants, &mut issues);
             file.dispatcher.validate(&mut issues);
             if file.agent.is_some() {
                 check_agent(&mut issues);
@@ -157,7 +161,7 @@ async fn run(
     match command {
         Command::Broker => shutdown::run_until_signal(
             token,
-            switchyard_broker::run(file.broker, file.nats, registry, metrics, t),
+            switchyard_broker::run(file.broker, file.nats, registry, tenants, metrics, t),
         )
         .await
         .context("broker")?,

@@ -555,6 +555,7 @@ async fn the_openapi_document_describes_what_the_server_does() {
             let request = match method.as_str() {
                 "get" => stack.http.get(&url),
                 "post" => stack.http.post(&url).json(&json!({})),
+                "delete" => stack.http.delete(&url),
                 other => panic!("{other} {path} is not expected"),
             };
             let status = request.send().await.unwrap().status().as_u16().to_string();
@@ -568,4 +569,69 @@ async fn the_openapi_document_describes_what_the_server_does() {
         }
     }
     assert!(checked >= 16, "{checked}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_output_larger_than_a_nats_message_arrives_whole() {
+    let mut stack = Stack::new(StackOptions {
+        extra_models: "
+  - name: tiny-huge
+    kind: completion
+    max_tokens: 100000",
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent_on(
+        "node-a",
+        &format!(
+            "
+    kind: simulated
+    models: [{TEXT_MODEL}, tiny-huge]
+    slots: 2
+    base_latency: 1ms
+    per_token_latency: 0ms"
+        ),
+    );
+    let client = stack.nats.client().await;
+    let mut results = client.subscribe("sy.results.*").await.unwrap();
+    client.flush().await.unwrap();
+    // 10,000 words of 200 bytes: about 2 MB of output, over NATS' 1 MB.
+    let word = "w".repeat(200);
+    let prompt = format!("{word} {word}");
+    let want = expected_echo(&prompt, 10_000);
+    let id = stack
+        .submit_http(
+            &json!({"model": "tiny-huge", "input": {"prompt": prompt, "max_tokens": 10000}}),
+        )
+        .await;
+    let done = stack
+        .wait_finished(std::slice::from_ref(&id), Duration::from_secs(30))
+        .await;
+    assert_eq!(done[&id]["status"], "succeeded");
+    assert_eq!(done[&id]["result"]["choices"][0]["text"], json!(want));
+
+    // On NATS the result names where its output is.
+    let msg = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::StreamExt::next(&mut results),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let result: switchyard_schemas::JobResult = switchyard_schemas::decode(&msg.payload).unwrap();
+    assert_eq!(result.output_ref, Some(format!("{id}.1")));
+    assert!(msg.payload.len() < 4096, "the message stays small");
+
+    // A call that waits gets it whole too.
+    let r = stack
+        .http
+        .post(stack.broker_url("/v1/completions"))
+        .json(&json!({"model": "tiny-huge", "prompt": prompt, "max_tokens": 10000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["choices"][0]["text"], json!(want));
 }

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use crate::metrics as m;
 use crate::store::{Inserted, JobStore, Source, StoreError};
+use crate::webhooks::Webhooks;
 
 const MAX_METADATA_ENTRIES: usize = 16;
 const MAX_METADATA_KEY: usize = 64;
@@ -39,6 +40,10 @@ pub enum Rejection {
         size: usize,
         limit: usize,
     },
+    /// The webhook may not be used: the address guard refused it, or no
+    /// secret is there to sign it.
+    #[error("{0}")]
+    WebhookRefused(String),
 }
 
 impl Rejection {
@@ -48,6 +53,7 @@ impl Rejection {
             Rejection::InvalidRequest(_) => "invalid_request",
             Rejection::UnknownModel(_) => "unknown_model",
             Rejection::InputTooLarge { .. } => "input_too_large",
+            Rejection::WebhookRefused(_) => "webhook_refused",
         }
     }
 }
@@ -122,6 +128,7 @@ pub fn validate(
         deadline_ms: submission.deadline_ms,
         timeout_ms: submission.timeout_ms,
         stream: submission.stream,
+        webhook: submission.webhook,
     })
 }
 
@@ -330,6 +337,7 @@ pub struct Admitter {
     pub registry: Arc<Registry>,
     pub store: Arc<dyn JobStore>,
     pub js: Context,
+    pub webhooks: Arc<Webhooks>,
 }
 
 impl Admitter {
@@ -341,10 +349,12 @@ impl Admitter {
         source: Source,
     ) -> Result<Job, SubmitError> {
         let started = Instant::now();
-        let job = validate(&self.registry, submission, priority, id).inspect_err(|r| {
+        let reject = |r: &Rejection| {
             metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => r.code())
                 .increment(1);
-        })?;
+        };
+        let mut job = validate(&self.registry, submission, priority, id).inspect_err(reject)?;
+        self.webhooks.admit(&mut job).await.inspect_err(reject)?;
         // Recorded first, so that a crash between here and the queue's
         // confirmation leaves a record the outbox publishes again.
         if self.store.insert(&job, source).await? == (Inserted::Existing { enqueued: true }) {

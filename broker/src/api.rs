@@ -1,8 +1,6 @@
 //! The HTTP jobs API. Errors are `{"error": {"code", "message"}}` with a
 //! stable code; the status is chosen here and only here.
 
-use std::collections::BTreeMap;
-
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -10,14 +8,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use serde::Serialize;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 use async_nats::jetstream::stream::Stream;
-use switchyard_schemas::{
-    ErrorBody, ErrorClass, Job, JobError, Priority, Submission, Usage, now_ms,
-};
+use switchyard_schemas::{ErrorBody, ErrorClass, Job, JobError, Priority, Submission, now_ms};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::error;
@@ -26,11 +21,14 @@ use crate::BrokerConfig;
 use crate::admission::{self, Admitter, Rejection, SubmitError};
 use crate::cache::{Lookup, ResultCache};
 use crate::cancel::{self, CancelError};
-use crate::store::{JobRecord, ListFilter, Source, Status};
+use crate::store::{BatchStore, JobRecord, ListFilter, Source, Status};
+use crate::view::{JobView, rfc3339};
 use crate::wait::Watch;
-use crate::{events, kserve, openai, openapi};
+use crate::{batches, events, kserve, openai, openapi, webhooks};
 use async_nats::jetstream::kv;
+use async_nats::jetstream::object_store::ObjectStore;
 use base64::Engine as _;
+use std::sync::Arc;
 use switchyard_runtime::Readiness;
 use tokio::time::Instant;
 
@@ -63,6 +61,8 @@ pub enum ApiError {
     /// The job ran and failed; the error is already fit for the client.
     #[error("{}", .0.message)]
     JobFailed(JobError),
+    #[error("batch {0} already ended {1}")]
+    BatchEnded(String, &'static str),
 }
 
 impl ApiError {
@@ -72,9 +72,9 @@ impl ApiError {
                 let status = match r {
                     Rejection::MalformedBody(_) => StatusCode::BAD_REQUEST,
                     Rejection::InputTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                    Rejection::InvalidRequest(_) | Rejection::UnknownModel(_) => {
-                        StatusCode::UNPROCESSABLE_ENTITY
-                    }
+                    Rejection::InvalidRequest(_)
+                    | Rejection::UnknownModel(_)
+                    | Rejection::WebhookRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 };
                 (status, r.code())
             }
@@ -105,22 +105,14 @@ impl ApiError {
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
             ApiError::StillRunning(_) => (StatusCode::GATEWAY_TIMEOUT, "still_running"),
-            ApiError::JobFailed(e) => {
-                let status = match e.class {
-                    ErrorClass::InvalidInput => StatusCode::BAD_REQUEST,
-                    ErrorClass::UnknownModel => StatusCode::NOT_FOUND,
-                    ErrorClass::Cancelled => StatusCode::CONFLICT,
-                    ErrorClass::EngineUnavailable | ErrorClass::Overloaded => {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
-                    ErrorClass::Timeout | ErrorClass::TimedOut | ErrorClass::Expired => {
-                        StatusCode::GATEWAY_TIMEOUT
-                    }
-                    ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                (status, e.class.code())
-            }
+            ApiError::JobFailed(e) => (class_status(e.class), e.class.code()),
+            ApiError::BatchEnded(..) => (StatusCode::CONFLICT, "not_cancellable"),
         }
+    }
+
+    /// The stable code the client is given.
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
     }
 
     /// What the client is told. Operator detail (addresses, driver errors)
@@ -179,10 +171,36 @@ pub struct Parts {
     pub results: Stream,
     pub readiness: Readiness,
     pub cache: Option<ResultCache>,
+    pub files: batches::Files,
+    pub batch_store: Arc<dyn BatchStore>,
+    /// Outputs too large for a result message.
+    pub large_results: ObjectStore,
 }
 
-/// The jobs API and the OpenAI-compatible front.
-pub fn router(parts: Parts, cfg: &BrokerConfig) -> Router {
+/// What every handler shares.
+pub fn state(parts: Parts, cfg: &BrokerConfig) -> ApiState {
+    ApiState {
+        admitter: parts.admitter,
+        cancellations: parts.cancellations,
+        client: parts.client,
+        results: parts.results,
+        readiness: parts.readiness,
+        cache: parts.cache,
+        max_body_bytes: cfg.max_body_bytes,
+        queue_full_retry_after: cfg.queue_full_retry_after.as_secs().max(1),
+        idempotency_window_ms: i64::try_from(cfg.idempotency_window.as_millis())
+            .unwrap_or(i64::MAX),
+        sync_timeout: cfg.sync_timeout,
+        files: parts.files,
+        batch_store: parts.batch_store,
+        large_results: parts.large_results,
+        max_file_bytes: cfg.max_file_bytes,
+    }
+}
+
+/// The jobs API, the OpenAI-compatible and KServe fronts, webhooks and
+/// batches.
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/jobs", post(submit).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
@@ -191,20 +209,10 @@ pub fn router(parts: Parts, cfg: &BrokerConfig) -> Router {
         .merge(kserve::router())
         .merge(events::router())
         .merge(openapi::router())
-        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
-        .with_state(ApiState {
-            admitter: parts.admitter,
-            cancellations: parts.cancellations,
-            client: parts.client,
-            results: parts.results,
-            readiness: parts.readiness,
-            cache: parts.cache,
-            max_body_bytes: cfg.max_body_bytes,
-            queue_full_retry_after: cfg.queue_full_retry_after.as_secs().max(1),
-            idempotency_window_ms: i64::try_from(cfg.idempotency_window.as_millis())
-                .unwrap_or(i64::MAX),
-            sync_timeout: cfg.sync_timeout,
-        })
+        .merge(webhooks::router())
+        .merge(batches::router(state.max_file_bytes))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .with_state(state)
 }
 
 #[derive(Clone)]
@@ -218,11 +226,16 @@ pub struct ApiState {
     pub readiness: Readiness,
     /// Where some model has `cache:` configured.
     cache: Option<ResultCache>,
-    max_body_bytes: usize,
     queue_full_retry_after: u64,
     idempotency_window_ms: i64,
     /// How long a call may wait for its job before `504 still_running`.
     pub sync_timeout: Duration,
+    /// Batch input and output files.
+    pub files: batches::Files,
+    pub batch_store: Arc<dyn BatchStore>,
+    pub large_results: ObjectStore,
+    pub max_body_bytes: usize,
+    pub max_file_bytes: usize,
 }
 
 impl ApiState {
@@ -274,6 +287,28 @@ impl ApiState {
                 other => ApiError::Submit(other),
             })
     }
+}
+
+/// The HTTP status of a failed job's error.
+fn class_status(class: ErrorClass) -> StatusCode {
+    match class {
+        ErrorClass::InvalidInput => StatusCode::BAD_REQUEST,
+        ErrorClass::UnknownModel => StatusCode::NOT_FOUND,
+        ErrorClass::Cancelled => StatusCode::CONFLICT,
+        ErrorClass::EngineUnavailable | ErrorClass::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorClass::Timeout | ErrorClass::TimedOut | ErrorClass::Expired => {
+            StatusCode::GATEWAY_TIMEOUT
+        }
+        ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The HTTP status of a failed job's stored error code; a code refused at
+/// admission is the client's error.
+pub fn job_error_status(code: &str) -> u16 {
+    ErrorClass::from_code(code)
+        .map_or(StatusCode::UNPROCESSABLE_ENTITY, class_status)
+        .as_u16()
 }
 
 /// A request the API refuses as invalid, with the reason.
@@ -382,7 +417,7 @@ async fn submit(
     let wait = prefer_wait(&headers, s.sync_timeout);
     let mut watch = match wait {
         Some(_) => Some(
-            Watch::start(&s.client, s.results.clone(), &id, false)
+            Watch::start(&s, &id, false)
                 .await
                 .map_err(|e| ApiError::Unavailable(e.to_string()))?,
         ),
@@ -522,7 +557,7 @@ async fn get_job(
     if record.status.is_final() {
         return Ok(axum::Json(JobView::from(record)));
     }
-    let mut watch = Watch::start(&s.client, s.results.clone(), &id, false)
+    let mut watch = Watch::start(&s, &id, false)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let record = match finished_within(&s, &mut watch, &id, wait).await? {
@@ -657,85 +692,4 @@ async fn cancel_job(
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     cancel::cancel(&s.admitter, &s.cancellations, &id).await?;
     Ok(axum::Json(json!({"id": id, "status": "cancelled"})))
-}
-
-pub fn rfc3339(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-struct Transition {
-    status: &'static str,
-    at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    node: Option<String>,
-}
-
-/// A job as the API shows it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct JobView {
-    id: String,
-    model: String,
-    tenant: String,
-    priority: String,
-    status: &'static str,
-    source: String,
-    attempt: u32,
-    node: Option<String>,
-    metadata: BTreeMap<String, String>,
-    created_at: String,
-    /// Every transition so far, in order, with its time.
-    transitions: Vec<Transition>,
-    /// The engine's response, once the job succeeded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    result: Option<serde_json::Value>,
-    /// `{code, message}`, once the job failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    error: Option<ErrorBody>,
-    /// `{prompt_tokens, completion_tokens}`, as the engine counted them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    usage: Option<Usage>,
-}
-
-impl From<JobRecord> for JobView {
-    fn from(r: JobRecord) -> Self {
-        let at = |status, ms: Option<i64>, node: Option<&String>| {
-            ms.map(|ms| Transition {
-                status,
-                at: rfc3339(ms),
-                node: node.cloned(),
-            })
-        };
-        let transitions = [
-            at("queued", Some(r.created_at_ms), None),
-            at("assigned", r.assigned_at_ms, r.node.as_ref()),
-            at("running", r.started_at_ms, r.node.as_ref()),
-            at(r.status.as_str(), r.finished_at_ms, None),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        JobView {
-            status: r.status.as_str(),
-            created_at: rfc3339(r.created_at_ms),
-            transitions,
-            error: r.error.map(|(code, message)| ErrorBody { code, message }),
-            result: r.output,
-            usage: r.usage,
-            id: r.id,
-            model: r.model,
-            tenant: r.tenant,
-            priority: r.priority,
-            source: r.source,
-            attempt: r.attempt,
-            node: r.node,
-            metadata: r.metadata,
-        }
-    }
 }

@@ -95,6 +95,7 @@ pub async fn end(
         node: record.node,
         assigned_at_ms: record.assigned_at_ms,
         started_at_ms: record.started_at_ms,
+        output_ref: None,
         finished_at_ms: now_ms(),
         outcome: Outcome::Failed { error },
     };

@@ -13,6 +13,9 @@ pub struct BrokerConfig {
     pub database_url: String,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Largest file accepted by `POST /v1/files` (batch input); files are
+    /// streamed to the object store, never held whole in memory.
+    pub max_file_bytes: usize,
     /// Submissions handled at once from the NATS intake.
     pub intake_concurrency: usize,
     /// Most events or results written to the database in one transaction.
@@ -39,6 +42,62 @@ pub struct BrokerConfig {
     /// goes on either way.
     #[serde(with = "humantime_serde")]
     pub sync_timeout: Duration,
+    pub webhooks: WebhookConfig,
+}
+
+/// The `broker.webhooks:` section: how job events reach receivers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// `whsec_` secrets that sign every delivery (a tenant may have its
+    /// own); while several are listed each one signs, so that a receiver
+    /// can move to a new secret without missing a delivery.
+    pub secrets: Vec<String>,
+    /// Receivers exempt from the address guard: CIDRs (`10.1.0.0/16`),
+    /// addresses, or exact host names. Everything else must resolve to a
+    /// public address.
+    pub allow: Vec<String>,
+    /// Wait before each retry after a failed attempt; when it runs out the
+    /// delivery is given up. The default retries for 75 hours.
+    #[serde(deserialize_with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    /// Longest one attempt may take, connection included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts in flight at once, over all receivers.
+    pub concurrency: usize,
+    /// How often due deliveries are looked for.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let all: Vec<humantime_serde::Serde<Duration>> = Deserialize::deserialize(d)?;
+    Ok(all.into_iter().map(|d| *d).collect())
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        let mins = |m: u64| Duration::from_secs(60 * m);
+        Self {
+            secrets: Vec::new(),
+            allow: Vec::new(),
+            retry_schedule: vec![
+                Duration::from_secs(5),
+                mins(5),
+                mins(30),
+                mins(120),
+                mins(300),
+                mins(600),
+                mins(840),
+                mins(1200),
+                mins(1440),
+            ],
+            timeout: Duration::from_secs(15),
+            concurrency: 32,
+            poll_interval: Duration::from_millis(250),
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -47,6 +106,7 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://.data/switchyard.db".into(),
             max_body_bytes: 1024 * 1024,
+            max_file_bytes: 512 * 1024 * 1024,
             intake_concurrency: 256,
             projection_batch: 512,
             outbox_interval: Duration::from_secs(5),
@@ -55,6 +115,7 @@ impl Default for BrokerConfig {
             queue_full_retry_after: Duration::from_secs(2),
             idempotency_window: Duration::from_secs(24 * 3600),
             sync_timeout: Duration::from_secs(600),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -72,6 +133,12 @@ impl BrokerConfig {
             "broker.max_body_bytes",
             self.max_body_bytes,
             "must be between 1 KiB and 64 MiB",
+        );
+        issues.check(
+            (1024..=16 * 1024 * 1024 * 1024).contains(&self.max_file_bytes),
+            "broker.max_file_bytes",
+            self.max_file_bytes,
+            "must be between 1 KiB and 16 GiB",
         );
         issues.check(
             (1..=10_000).contains(&self.intake_concurrency),
@@ -95,6 +162,38 @@ impl BrokerConfig {
             !self.expiry_interval.is_zero(),
             "broker.expiry_interval",
             self.expiry_interval,
+            "must be positive",
+        );
+        let w = &self.webhooks;
+        for (i, secret) in w.secrets.iter().enumerate() {
+            if let Err(e) = crate::webhooks::Secret::parse(secret) {
+                issues.push(&format!("broker.webhooks.secrets[{i}]"), "(hidden)", &e);
+            }
+        }
+        for entry in &w.allow {
+            issues.check(
+                crate::webhooks::AllowEntry::parse(entry).is_some(),
+                "broker.webhooks.allow",
+                entry,
+                "must be a CIDR, an IP address or a host name",
+            );
+        }
+        issues.check(
+            !w.retry_schedule.is_empty(),
+            "broker.webhooks.retry_schedule",
+            "[]",
+            "must list at least one wait",
+        );
+        issues.check(
+            !w.timeout.is_zero() && (1..=1000).contains(&w.concurrency),
+            "broker.webhooks",
+            (w.timeout, w.concurrency),
+            "timeout must be positive and concurrency between 1 and 1000",
+        );
+        issues.check(
+            !w.poll_interval.is_zero(),
+            "broker.webhooks.poll_interval",
+            w.poll_interval,
             "must be positive",
         );
     }

@@ -20,8 +20,9 @@ use serde_json::{Value, json};
 use switchyard_schemas::{JobEvent, JobResult, Outcome, decode, subjects};
 use tokio::time::Instant;
 
-use crate::api::{ApiError, ApiState, rfc3339};
+use crate::api::{ApiError, ApiState};
 use crate::store::Status;
+use crate::view::rfc3339;
 use crate::wait::{Event, Watch};
 
 pub fn router() -> Router<ApiState> {
@@ -73,7 +74,7 @@ async fn events(
         .ok_or_else(|| ApiError::NotFound(id.clone()))?;
     let unavailable = |e: &dyn std::fmt::Display| ApiError::Unavailable(e.to_string());
     // Listening first, then replaying: nothing falls in between.
-    let mut watch = Watch::start(&s.client, s.results.clone(), &id, true)
+    let mut watch = Watch::start(&s, &id, true)
         .await
         .map_err(|e| unavailable(&e))?;
     let resume = resume(&headers);

@@ -261,6 +261,7 @@ async fn record_refusal(
         node: None,
         assigned_at_ms: None,
         started_at_ms: None,
+        output_ref: None,
         finished_at_ms: rejected.at_ms,
         outcome: Outcome::Failed {
             error: JobError::new(class, rejected.message),

@@ -158,6 +158,7 @@ async fn infer(
         deadline_ms: None,
         timeout_ms: None,
         stream: false,
+        webhook: None,
     };
     let (lookup, hit) = s.cached(&submission, priority, &headers).await?;
     let id = uuid::Uuid::now_v7().to_string();
@@ -166,7 +167,7 @@ async fn infer(
         cache::mark(&mut response, &lookup);
         return Ok(response);
     }
-    let mut watch = Watch::start(&s.client, s.results.clone(), &id, false)
+    let mut watch = Watch::start(&s, &id, false)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     s.submit(submission, priority, id.clone()).await?;

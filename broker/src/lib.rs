@@ -4,6 +4,7 @@
 
 mod admission;
 mod api;
+mod batches;
 mod cache;
 mod cancel;
 mod config;
@@ -19,8 +20,11 @@ mod outbox;
 mod projection;
 mod server;
 pub mod store;
+mod view;
 mod wait;
+mod webhooks;
 
 pub use admission::{Admitter, Rejection, SubmitError};
 pub use config::BrokerConfig;
 pub use server::{BrokerError, run};
+pub use webhooks::check_tenants;

@@ -8,6 +8,8 @@ pub const PROJECTED: &str = "switchyard_broker_projected_messages_total";
 pub const REPUBLISHED: &str = "switchyard_broker_outbox_republished_total";
 pub const EXPIRED: &str = "switchyard_broker_expired_waiting_total";
 pub const CACHE: &str = "switchyard_broker_cache_lookups_total";
+pub const WEBHOOK_ATTEMPTS: &str = "switchyard_broker_webhook_attempts_total";
+pub const WEBHOOK_SECONDS: &str = "switchyard_broker_webhook_attempt_seconds";
 
 pub fn describe() {
     metrics::describe_counter!(
@@ -27,6 +29,15 @@ pub fn describe() {
     metrics::describe_counter!(
         CACHE,
         "Result cache lookups, by model and outcome (hit, miss, bypass)"
+    );
+    metrics::describe_counter!(
+        WEBHOOK_ATTEMPTS,
+        "Webhook delivery attempts, by outcome (delivered, retry, failed, disabled)"
+    );
+    metrics::describe_histogram!(
+        WEBHOOK_SECONDS,
+        metrics::Unit::Seconds,
+        "Time one webhook attempt took, connection included"
     );
     metrics::describe_counter!(
         PROJECTED,

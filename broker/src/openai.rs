@@ -19,7 +19,7 @@ use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use switchyard_runtime::ModelKind;
-use switchyard_schemas::{ErrorBody, Outcome, Submission, now_ms};
+use switchyard_schemas::{ErrorBody, Outcome, Priority, Submission, now_ms};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -91,10 +91,26 @@ endpoint!(
 
 /// Which OpenAI endpoint a request came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
+pub enum Endpoint {
     Chat,
     Completion,
     Embedding,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Completion, Endpoint::Embedding];
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completion => "/v1/completions",
+            Endpoint::Embedding => "/v1/embeddings",
+        }
+    }
+
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        Endpoint::ALL.into_iter().find(|e| e.path() == path)
+    }
 }
 
 /// An OpenAI request body: the fields the front itself reads; the rest is
@@ -138,20 +154,28 @@ async fn models(State(s): State<ApiState>) -> axum::Json<Value> {
     axum::Json(json!({"object": "list", "data": data}))
 }
 
-async fn serve(
-    s: ApiState,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+/// An OpenAI request read as a job's submission, with the front's own
+/// options.
+pub struct Parsed {
+    pub submission: Submission,
+    pub stream: bool,
+    base64: bool,
+    include_usage: bool,
+}
+
+/// Reads an OpenAI request body for `endpoint` as a submission at `priority`.
+pub fn parse(
+    s: &ApiState,
+    body: &[u8],
     endpoint: Endpoint,
-) -> Result<Response, ApiError> {
-    let body = read_body(&s, body)?;
-    let request: OpenAiRequest = serde_json::from_slice(&body).map_err(|e| match e.classify() {
+    priority: Priority,
+) -> Result<Parsed, ApiError> {
+    let request: OpenAiRequest = serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => invalid(e.to_string()),
         _ => ApiError::Submit(SubmitError::Rejected(Rejection::MalformedBody(format!(
             "body is not valid JSON: {e}"
         )))),
     })?;
-    let priority = priority(&headers)?;
     let base64 = match (endpoint, request.encoding_format.as_deref()) {
         (Endpoint::Embedding, None | Some("float")) => false,
         (Endpoint::Embedding, Some("base64")) => true,
@@ -193,20 +217,43 @@ async fn serve(
         deadline_ms: None,
         timeout_ms: None,
         stream: request.stream,
+        webhook: None,
     };
-    check_kind(&s, &submission.model, endpoint)?;
+    check_kind(s, &submission.model, endpoint)?;
+    Ok(Parsed {
+        submission,
+        stream: request.stream,
+        base64,
+        include_usage,
+    })
+}
+
+async fn serve(
+    s: ApiState,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
+    let body = read_body(&s, body)?;
+    let priority = priority(&headers)?;
+    let Parsed {
+        submission,
+        stream,
+        base64,
+        include_usage,
+    } = parse(&s, &body, endpoint, priority)?;
     let (lookup, hit) = s.cached(&submission, priority, &headers).await?;
 
     let id = uuid::Uuid::now_v7().to_string();
     let relay = Relay {
         chat: endpoint == Endpoint::Chat,
         id: id.clone(),
-        model: request.model,
+        model: submission.model.clone(),
         created: now_ms() / 1000,
         include_usage,
     };
     if let Some(mut output) = hit {
-        let mut response = if request.stream {
+        let mut response = if stream {
             let (mut tx, rx) = mpsc::channel(64);
             tokio::spawn(async move {
                 if relay.open(&mut tx).await {
@@ -223,13 +270,13 @@ async fn serve(
         cache::mark(&mut response, &lookup);
         return Ok(response);
     }
-    let mut watch = Watch::start(&s.client, s.results.clone(), &id, request.stream)
+    let mut watch = Watch::start(&s, &id, stream)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     s.submit(submission, priority, id.clone()).await?;
     let deadline = Instant::now() + s.sync_timeout;
     let mut guard = CancelOnDrop::new(&s, &id);
-    if request.stream {
+    if stream {
         let (tx, rx) = mpsc::channel(64);
         let state = s.clone();
         tokio::spawn(async move {

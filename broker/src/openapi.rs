@@ -5,7 +5,10 @@ use axum::Router;
 use axum::routing::get;
 use utoipa::OpenApi;
 
-use crate::api::{self, ApiState, JobView};
+use crate::api::{self, ApiState};
+use crate::batches::{self, files};
+use crate::view::JobView;
+use crate::webhooks::routes as webhooks;
 use crate::{dead_letters, events, kserve, openai};
 
 #[derive(OpenApi)]
@@ -31,12 +34,26 @@ use crate::{dead_letters, events, kserve, openai};
         kserve::infer,
         dead_letters::list,
         dead_letters::replay,
+        webhooks::job_deliveries,
+        webhooks::disabled,
+        webhooks::enable,
+        files::upload,
+        files::list,
+        files::retrieve,
+        files::content,
+        files::delete,
+        batches::create,
+        batches::list,
+        batches::retrieve,
+        batches::cancel,
     ),
     components(schemas(JobView)),
     tags(
         (name = "jobs", description = "The jobs API"),
         (name = "openai", description = "OpenAI-compatible endpoints"),
         (name = "kserve", description = "KServe v2 (Triton) endpoints"),
+        (name = "batches", description = "OpenAI's Files and Batch APIs"),
+        (name = "webhooks", description = "Webhook deliveries and disabled receivers"),
         (name = "admin", description = "Dead letters"),
     )
 )]

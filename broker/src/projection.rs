@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::metrics as m;
-use crate::store::{JobStore, StoreError};
+use crate::store::JobStore;
 
 /// Follows one stream until `shutdown`, applying each batch with `apply`.
-pub async fn follow<T, F, Fut>(
+pub async fn follow<T, F, Fut, E>(
     stream_name: &'static str,
     consumer: PullConsumer,
     batch: usize,
@@ -28,7 +28,8 @@ pub async fn follow<T, F, Fut>(
 ) where
     T: DeserializeOwned + Versioned,
     F: Fn(Arc<dyn JobStore>, Vec<T>) -> Fut,
-    Fut: Future<Output = Result<(), StoreError>>,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let messages = loop {
         match consumer

@@ -1,20 +1,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchyard_runtime::large::{self, LargeError};
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
-use switchyard_runtime::{NatsConfig, Readiness, Registry};
+use switchyard_runtime::{NatsConfig, Readiness, Registry, Tenants};
 use switchyard_schemas::{JobEvent, JobResult, UsageEvent, subjects};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admission::Admitter;
 use crate::cache::{self, ResultCache};
-use crate::store::{JobStore, SqliteStore, Status, StoreError};
+use crate::store::{BatchStore, JobStore, SqliteStore, Status, StoreError};
+use crate::webhooks::{self, Webhooks};
 use crate::{
-    BrokerConfig, api, cancel, dead_letters, expiry, intake, metrics as m, outbox, projection,
+    BrokerConfig, api, batches, cancel, dead_letters, expiry, intake, metrics as m, outbox,
+    projection,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,15 @@ pub enum BrokerError {
 
 const CONSUMER_ACK_WAIT: Duration = Duration::from_secs(30);
 
+/// Why a batch of results was not recorded (it is delivered again).
+#[derive(Debug, thiserror::Error)]
+enum ProjectError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Large(LargeError),
+}
+
 /// Runs the broker until `shutdown` is cancelled, then drains: readiness goes
 /// first, the HTTP server finishes in-flight requests, the intakes stop taking
 /// new messages, and what is unacknowledged stays in the streams.
@@ -38,11 +50,14 @@ pub async fn run(
     cfg: BrokerConfig,
     nats_cfg: NatsConfig,
     registry: Registry,
+    tenants: Tenants,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
     m::describe();
-    let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&cfg.database_url).await?);
+    let sqlite = Arc::new(SqliteStore::open(&cfg.database_url).await?);
+    let store: Arc<dyn JobStore> = sqlite.clone();
+    let batch_store: Arc<dyn BatchStore> = sqlite;
     let listener = ops::bind(cfg.listen).await?;
     let (client, js) = nats::connect(&nats_cfg, "broker").await?;
     nats::ensure_streams(&js, &nats_cfg).await?;
@@ -100,10 +115,12 @@ pub async fn run(
         .queue_subscribe(subjects::ADMIT_ALL, "broker".into())
         .await?;
 
+    let webhooks = Arc::new(Webhooks::new(&cfg, &tenants));
     let admitter = Admitter {
         registry: Arc::new(registry),
         store: store.clone(),
         js,
+        webhooks: webhooks.clone(),
     };
     let ready = Readiness::default();
     let dead = nats::stream(&admitter.js, subjects::DEAD_STREAM).await?;
@@ -115,6 +132,7 @@ pub async fn run(
         )),
         None => None,
     };
+    let large = large::store(&admitter.js, &nats_cfg).await?;
     let cancel_requests = client
         .queue_subscribe(subjects::CANCEL, "broker".into())
         .await?;
@@ -125,8 +143,12 @@ pub async fn run(
         results: results_stream.clone(),
         readiness: ready.clone(),
         cache,
+        files: batches::Files::open(&admitter.js, &nats_cfg).await?,
+        large_results: large.clone(),
+        batch_store,
     };
-    let router = api::router(parts, &cfg)
+    let state = api::state(parts, &cfg);
+    let router = api::router(state.clone())
         .merge(dead_letters::router(admitter.clone(), dead, results_stream))
         .merge(ops::router(metrics, ready.clone()));
 
@@ -169,13 +191,24 @@ pub async fn run(
         results,
         batch,
         store.clone(),
-        |s, items: Vec<JobResult>| async move {
-            s.apply_results(&items).await?;
-            for r in &items {
-                let status = Status::of(&r.outcome).as_str();
-                metrics::counter!(m::FINISHED, "status" => status).increment(1);
+        move |s, mut items: Vec<JobResult>| {
+            let large = large.clone();
+            async move {
+                for r in &mut items {
+                    match large::resolve(&large, r).await {
+                        Ok(()) => {}
+                        // Kept no longer than results: recorded without it.
+                        Err(e @ LargeError::Gone(_)) => warn!(error = %e, "large output lost"),
+                        Err(e) => return Err(ProjectError::Large(e)),
+                    }
+                }
+                s.apply_results(&items).await?;
+                for r in &items {
+                    let status = Status::of(&r.outcome).as_str();
+                    metrics::counter!(m::FINISHED, "status" => status).increment(1);
+                }
+                Ok(())
             }
-            Ok(())
         },
         shutdown.clone(),
     ));
@@ -185,6 +218,13 @@ pub async fn run(
         batch,
         store.clone(),
         |s, items: Vec<UsageEvent>| async move { s.record_usage(&items).await },
+        shutdown.clone(),
+    ));
+    tasks.spawn(batches::run(state, shutdown.clone()));
+    tasks.spawn(webhooks::run(
+        store.clone(),
+        webhooks,
+        cfg.webhooks.clone(),
         shutdown.clone(),
     ));
     tasks.spawn(outbox::run(

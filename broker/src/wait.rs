@@ -5,10 +5,15 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
+use switchyard_runtime::large::{self, LargeError};
 use switchyard_schemas::{JobResult, StreamChunk, decode, subjects};
 use tokio::time::Instant;
+use tracing::warn;
+
+use crate::api::ApiState;
 
 /// How often the stored result is read while waiting.
 const RECHECK: Duration = Duration::from_secs(2);
@@ -19,37 +24,39 @@ pub struct Watch {
     results: async_nats::Subscriber,
     chunks: Option<async_nats::Subscriber>,
     stored: Stream,
+    large: ObjectStore,
 }
 
 impl Watch {
     /// Starts listening for job `id`; with `stream`, for its chunks too.
     pub async fn start(
-        client: &async_nats::Client,
-        stored: Stream,
+        s: &ApiState,
         id: &str,
         stream: bool,
     ) -> Result<Watch, async_nats::SubscribeError> {
-        let results = client.subscribe(subjects::results(id)).await?;
+        let results = s.client.subscribe(subjects::results(id)).await?;
         let chunks = match stream {
-            true => Some(client.subscribe(subjects::stream(id)).await?),
+            true => Some(s.client.subscribe(subjects::stream(id)).await?),
             false => None,
         };
         Ok(Watch {
             id: id.to_owned(),
             results,
             chunks,
-            stored,
+            stored: s.results.clone(),
+            large: s.large_results.clone(),
         })
     }
 
     /// The job's result, or `None` if it has none by `deadline`.
     pub async fn result(&mut self, deadline: Instant) -> Option<JobResult> {
-        Self::first_result(&mut self.results, &self.stored, &self.id, deadline).await
+        let result = Self::first_result(&mut self.results, &self.stored, &self.id, deadline).await;
+        whole(&self.large, result).await
     }
 
     /// The job's result if it is stored already.
     pub async fn stored(&self) -> Option<JobResult> {
-        read_stored(&self.stored, &self.id).await
+        whole(&self.large, read_stored(&self.stored, &self.id).await).await
     }
 
     /// The next piece of streamed output, or the result if it comes first.
@@ -63,7 +70,7 @@ impl Watch {
                 Err(_) => Some(Event::Noise),
             },
             result = Self::first_result(&mut self.results, &self.stored, &self.id, deadline) => {
-                result.map(Event::Result)
+                whole(&self.large, result).await.map(Event::Result)
             }
         }
     }
@@ -93,6 +100,25 @@ impl Watch {
             }
         }
     }
+}
+
+/// The result with an output stored apart put back in place. One that can
+/// no longer be read is answered as a failure of the job's record.
+async fn whole(large: &ObjectStore, result: Option<JobResult>) -> Option<JobResult> {
+    let mut result = result?;
+    if let Err(e) = large::resolve(large, &mut result).await {
+        warn!(job_id = %result.job_id, error = %e, "cannot read a large output");
+        result.outcome = switchyard_schemas::Outcome::Failed {
+            error: switchyard_schemas::JobError::new(
+                switchyard_schemas::ErrorClass::Internal,
+                match e {
+                    LargeError::Gone(_) => "the output is no longer kept",
+                    _ => "the output could not be read; try GET /v1/jobs/{id}",
+                },
+            ),
+        };
+    }
+    Some(result)
 }
 
 async fn read_stored(stored: &Stream, id: &str) -> Option<JobResult> {

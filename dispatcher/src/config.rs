@@ -164,6 +164,7 @@ mod tests {
             deadline_ms: None,
             timeout_ms: None,
             stream: false,
+            webhook: None,
         }
     }
 

@@ -4,9 +4,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::{self, AckKind, Context, kv};
 use futures::StreamExt;
 use switchyard_runtime::attempts::{self, Timeline};
+use switchyard_runtime::large;
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
@@ -21,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::engine::{self, Engine, EngineError, Inference, TokenSink};
+use crate::engine::{self, Engine, EngineError, TokenSink};
 use crate::gpus::Gpus;
 use crate::{AgentConfig, metrics as m, process};
 
@@ -62,7 +64,9 @@ struct Node {
     aborts: Mutex<HashMap<String, CancellationToken>>,
     /// The largest output a result message can carry: the server's
     /// message limit less room for the result's other fields and headers.
+    /// A larger one goes through `large_results`.
     max_result_bytes: usize,
+    large_results: ObjectStore,
 }
 
 impl Node {
@@ -187,6 +191,7 @@ async fn serve(
         .server_info()
         .max_payload
         .saturating_sub(RESULT_OVERHEAD);
+    let large_results = large::store(&js, nats_cfg).await?;
     let node = Arc::new(Node {
         id: cfg.node_id.clone(),
         js,
@@ -202,6 +207,7 @@ async fn serve(
         cancellations,
         aborts: Mutex::new(HashMap::new()),
         max_result_bytes,
+        large_results,
     });
     metrics::gauge!(m::SLOTS).set(f64::from(slots));
 
@@ -358,6 +364,8 @@ enum PublishFailed {
     Encode(#[from] switchyard_schemas::CodecError),
     #[error(transparent)]
     Settle(#[from] attempts::SettleError),
+    #[error(transparent)]
+    Large(#[from] large::LargeError),
 }
 
 /// Runs the job on the engine and publishes its usage and then its result, each
@@ -496,9 +504,6 @@ async fn execute(
         assigned_at_ms: Some(a.assigned_at_ms),
         started_at_ms: Some(started_at_ms),
     };
-    // A result larger than a NATS message would fail to publish on every
-    // redelivery: the job fails instead, and says why.
-    let inference = inference.and_then(|inf| fits(inf, node.max_result_bytes));
     let inf = match inference {
         Ok(inf) => {
             node.record_service_time(engine_time);
@@ -540,19 +545,22 @@ async fn execute(
     nats::publish(&node.js, subjects::usage(&job.id), &msg_id, encode(&usage)?)
         .await?
         .await?;
-    let result = JobResult {
+    let mut result = JobResult {
         v: SCHEMA_VERSION,
         job_id: job.id.clone(),
         attempt: job.attempt,
         node: timeline.node,
         assigned_at_ms: timeline.assigned_at_ms,
         started_at_ms: timeline.started_at_ms,
+        output_ref: None,
         finished_at_ms: now_ms(),
         outcome: Outcome::Succeeded {
             output: inf.output,
             usage: inf.usage,
         },
     };
+    // An output larger than a message goes to the object store first.
+    large::spill(&node.large_results, &mut result, node.max_result_bytes).await?;
     let outcome = if attempts::publish_result(&node.js, &result).await? {
         "succeeded"
     } else {
@@ -561,20 +569,6 @@ async fn execute(
     };
     metrics::counter!(m::JOBS, "outcome" => outcome).increment(1);
     Ok(Done::Reported)
-}
-
-/// The inference, if its output fits in one result message.
-fn fits(inf: Inference, limit: usize) -> Result<Inference, EngineError> {
-    let size = encode(&inf.output).map_or(usize::MAX, |bytes| bytes.len());
-    if size <= limit {
-        return Ok(inf);
-    }
-    Err(EngineError {
-        class: ErrorClass::InvalidInput,
-        message: format!(
-            "the output is {size} bytes; a result holds at most {limit} (the NATS message limit): ask for less"
-        ),
-    })
 }
 
 /// Aborts running jobs as their cancellations arrive.

@@ -148,6 +148,7 @@ fn final_failure(job: &Job, error: JobError, timeline: &Timeline) -> JobResult {
         node: timeline.node.clone(),
         assigned_at_ms: timeline.assigned_at_ms,
         started_at_ms: timeline.started_at_ms,
+        output_ref: None,
         finished_at_ms: switchyard_schemas::now_ms(),
         outcome: Outcome::Failed { error },
     }

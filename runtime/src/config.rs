@@ -10,7 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Yaml};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use switchyard_schemas::subjects;
+use switchyard_schemas::{WebhookTarget, subjects};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -380,29 +380,37 @@ mod tests {
 }
 
 /// One tenant's entry: its share of the GPUs inside a priority level,
-/// relative to the other tenants with work queued at that level.
+/// relative to the other tenants with work queued at that level, and where
+/// its jobs' events go when a job names no webhook of its own.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSpec {
     pub name: String,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    #[serde(default)]
+    pub webhook: Option<WebhookTarget>,
+    /// `whsec_` secrets that sign this tenant's webhooks instead of the
+    /// broker's; each one signs while several are listed (rotation).
+    #[serde(default)]
+    pub webhook_secrets: Vec<String>,
 }
 
 fn default_weight() -> u32 {
     1
 }
 
-/// Tenants' weights by name. A tenant that is not declared has weight 1.
+/// The declared tenants by name. A tenant that is not declared has weight
+/// 1 and no default webhook.
 #[derive(Debug, Clone, Default)]
 pub struct Tenants {
-    weights: HashMap<String, u32>,
+    specs: HashMap<String, TenantSpec>,
 }
 
 impl Tenants {
     /// Builds the table, reporting duplicates and invalid entries.
     pub fn new(specs: &[TenantSpec], issues: &mut Issues) -> Tenants {
-        let mut weights = HashMap::new();
+        let mut table = HashMap::new();
         for (i, spec) in specs.iter().enumerate() {
             let field = format!("tenants[{i}]");
             issues.check(
@@ -417,17 +425,24 @@ impl Tenants {
                 spec.weight,
                 "must be between 1 and 1000",
             );
-            if weights.insert(spec.name.clone(), spec.weight).is_some() {
+            if table.insert(spec.name.clone(), spec.clone()).is_some() {
                 issues.push(&format!("{field}.name"), &spec.name, "declared twice");
             }
         }
-        Tenants { weights }
+        Tenants { specs: table }
     }
 
     pub fn weight(&self, tenant: &str) -> u32 {
-        self.weights
+        self.specs
             .get(tenant)
-            .copied()
-            .unwrap_or_else(default_weight)
+            .map_or_else(default_weight, |t| t.weight)
+    }
+
+    pub fn get(&self, tenant: &str) -> Option<&TenantSpec> {
+        self.specs.get(tenant)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &TenantSpec> {
+        self.specs.values()
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod attempts;
 pub mod config;
+pub mod large;
 pub mod nats;
 pub mod ops;
 pub mod shutdown;

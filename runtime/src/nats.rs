@@ -176,6 +176,28 @@ pub async fn result_cache(
     .map_err(|e| NatsError::Bucket(e.to_string()))
 }
 
+/// Opens (creating if needed) an object store bucket; objects older than
+/// `max_age` (zero: none) are removed by the server.
+pub async fn object_store(
+    js: &Context,
+    cfg: &NatsConfig,
+    bucket: &str,
+    max_age: Duration,
+) -> Result<jetstream::object_store::ObjectStore, NatsError> {
+    if let Ok(store) = js.get_object_store(bucket).await {
+        return Ok(store);
+    }
+    js.create_object_store(jetstream::object_store::Config {
+        bucket: bucket.to_owned(),
+        max_age,
+        storage: StorageType::File,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| NatsError::Bucket(e.to_string()))
+}
+
 /// Settings of a durable pull consumer with explicit acks.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {

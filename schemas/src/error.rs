@@ -34,6 +34,23 @@ impl ErrorClass {
         )
     }
 
+    pub const ALL: [ErrorClass; 9] = [
+        ErrorClass::InvalidInput,
+        ErrorClass::UnknownModel,
+        ErrorClass::EngineUnavailable,
+        ErrorClass::Overloaded,
+        ErrorClass::Timeout,
+        ErrorClass::Internal,
+        ErrorClass::Expired,
+        ErrorClass::TimedOut,
+        ErrorClass::Cancelled,
+    ];
+
+    /// The class a stable code names.
+    pub fn from_code(code: &str) -> Option<ErrorClass> {
+        ErrorClass::ALL.into_iter().find(|c| c.code() == code)
+    }
+
     /// Stable code shown to clients.
     pub fn code(self) -> &'static str {
         match self {

@@ -17,7 +17,7 @@ pub use messages::{
     AdmitReply, Assignment, ChatInput, ChatMessage, CompletionInput, DeadLetter, EmbeddingInput,
     EngineLoad, ErrorBody, EventKind, Failure, GpuProcess, GpuStats, Heartbeat, Job, JobEvent,
     JobInput, JobResult, LoadReply, LoadRequest, Outcome, SAMPLING_FIELDS, Sampling, StreamChunk,
-    Submission, Tensor, TensorInput, Usage, UsageEvent, Versioned,
+    Submission, Tensor, TensorInput, Usage, UsageEvent, Versioned, WebhookEvent, WebhookTarget,
 };
 pub use priority::{ParsePriorityError, Priority};
 

@@ -66,6 +66,62 @@ pub struct Submission {
     /// Publish the output as it is generated on `sy.stream.<job id>`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stream: bool,
+    /// Where to POST the job's lifecycle events (signed, retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookTarget>,
+}
+
+/// A receiver of a job's lifecycle events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTarget {
+    pub url: String,
+    /// The events to send; the job's final ones when not given.
+    #[serde(default = "WebhookEvent::finals")]
+    pub events: Vec<WebhookEvent>,
+}
+
+/// A lifecycle event a webhook can be sent for. The job's final status
+/// decides which of the last four it gets (`timed_out` counts as `failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookEvent {
+    Queued,
+    Started,
+    Completed,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+impl WebhookEvent {
+    pub const ALL: [WebhookEvent; 6] = [
+        WebhookEvent::Queued,
+        WebhookEvent::Started,
+        WebhookEvent::Completed,
+        WebhookEvent::Failed,
+        WebhookEvent::Cancelled,
+        WebhookEvent::Expired,
+    ];
+
+    pub fn finals() -> Vec<WebhookEvent> {
+        WebhookEvent::ALL[2..].to_vec()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEvent::Queued => "queued",
+            WebhookEvent::Started => "started",
+            WebhookEvent::Completed => "completed",
+            WebhookEvent::Failed => "failed",
+            WebhookEvent::Cancelled => "cancelled",
+            WebhookEvent::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WebhookEvent> {
+        WebhookEvent::ALL.into_iter().find(|e| e.as_str() == s)
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -232,6 +288,10 @@ pub struct Job {
     /// Publish the output as it is generated on `sy.stream.<job id>`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stream: bool,
+    /// Where its lifecycle events go: the submission's own webhook, or its
+    /// tenant's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookTarget>,
 }
 
 fn one() -> u32 {
@@ -366,6 +426,11 @@ pub struct JobResult {
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: i64,
     pub outcome: Outcome,
+    /// Set when the output was too large for a message: it is in the
+    /// object store bucket `large-results` under this name, as JSON, and
+    /// the outcome's `output` is null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_ref: Option<String>,
 }
 
 /// What one attempt consumed, on `sy.usage.<job id>`, for the ledger.

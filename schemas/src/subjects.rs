@@ -29,6 +29,10 @@ pub const DEAD_ALL: &str = "sy.dead.*";
 pub const CANCEL_BUCKET: &str = "cancelled";
 /// JetStream KV bucket of cached results, keyed by request digest.
 pub const CACHE_BUCKET: &str = "result-cache";
+/// JetStream object store bucket of uploaded and generated files (batches).
+pub const FILES_BUCKET: &str = "files";
+/// JetStream object store bucket of outputs too large for a result message.
+pub const LARGE_RESULTS_BUCKET: &str = "large-results";
 /// Core NATS request/reply: cancel the job named in the body.
 pub const CANCEL: &str = "sy.cancel";
 /// Core NATS request/reply intake: `sy.admit.<priority>`.

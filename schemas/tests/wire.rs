@@ -36,6 +36,7 @@ fn job() -> Job {
         deadline_ms: None,
         timeout_ms: None,
         stream: false,
+        webhook: None,
     }
 }
 
@@ -47,6 +48,7 @@ fn result() -> JobResult {
         node: Some("node-a".into()),
         assigned_at_ms: Some(1_760_000_000_010),
         started_at_ms: Some(1_760_000_000_020),
+        output_ref: None,
         finished_at_ms: 1_760_000_000_100,
         outcome: Outcome::Succeeded {
             output: serde_json::json!({"choices": [{"message": {"content": "hello"}}]}),

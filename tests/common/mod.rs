@@ -197,6 +197,8 @@ pub struct StackOptions {
     pub extra_models: &'static str,
     pub placement: &'static str,
     pub prefetch_per_slot: u32,
+    /// More settings of the `broker:` section (YAML, indented by two).
+    pub broker_extra: &'static str,
 }
 
 impl Default for StackOptions {
@@ -214,6 +216,7 @@ impl Default for StackOptions {
             extra_models: "",
             placement: "least_loaded",
             prefetch_per_slot: 1,
+            broker_extra: "",
         }
     }
 }
@@ -265,6 +268,7 @@ broker:
   max_body_bytes: 65536
   outbox_interval: 1s
   outbox_grace: 2s
+{broker_extra}
 dispatcher:
   node_timeout: 3s
   retry_backoff: 50ms
@@ -288,6 +292,7 @@ agent:
         tenants = opts.tenants,
         placement = opts.placement,
         prefetch = opts.prefetch_per_slot,
+        broker_extra = opts.broker_extra,
     )
 }
 
@@ -370,6 +375,15 @@ impl Stack {
         self.procs.insert(name.to_owned(), (proc, port));
     }
 
+    /// Replaces text in the configuration file, for values known only once
+    /// the stack exists (a receiver's port); processes started afterwards
+    /// read the new file.
+    pub fn rewrite_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        assert!(text.contains(from), "{from} is not in the configuration");
+        std::fs::write(&self.config, text.replace(from, to)).expect("config");
+    }
+
     pub fn start_broker(&mut self) {
         let port = self.broker_port;
         self.launch("broker", "broker", port, &[]);
@@ -441,6 +455,10 @@ impl Stack {
         if let Some((mut p, _)) = self.procs.remove(name) {
             p.kill();
         }
+    }
+
+    pub fn pid_of(&self, name: &str) -> u32 {
+        self.procs[name].0.child.id()
     }
 
     pub fn port_of(&self, name: &str) -> u16 {

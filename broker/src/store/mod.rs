@@ -1,7 +1,9 @@
 //! Job records. The store is a projection of what the streams say happened;
 //! every write is idempotent so that a redelivered message changes nothing.
 
+mod batches;
 mod sqlite;
+mod sqlite_batches;
 
 use std::collections::BTreeMap;
 
@@ -10,6 +12,9 @@ use switchyard_schemas::{
     ErrorClass, Job, JobEvent, JobResult, Outcome, Priority, Usage, UsageEvent,
 };
 
+pub use batches::{
+    BatchCounts, BatchItem, BatchRecord, BatchStatus, BatchStore, BatchUpdate, FileRecord,
+};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +172,68 @@ pub struct JobRecord {
     pub usage: Option<Usage>,
 }
 
+/// A webhook event due to be sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The `webhook-id`.
+    pub id: String,
+    pub job_id: String,
+    pub tenant: String,
+    pub url: String,
+    pub event: String,
+    pub payload: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+/// One attempt to deliver a webhook event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub delivery_id: String,
+    /// 1 for the first.
+    pub number: u32,
+    pub at_ms: i64,
+    pub duration_ms: i64,
+    /// The receiver's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// Why it could not be asked (refused connection, timeout, guard).
+    pub error: Option<String>,
+}
+
+/// What follows an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Delivered,
+    Retry {
+        at_ms: i64,
+    },
+    /// The retry schedule ran out.
+    Failed,
+    /// The receiver answered 410: its endpoint is disabled.
+    Disabled,
+}
+
+/// A webhook event of a job, with its attempts so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryRecord {
+    pub id: String,
+    pub url: String,
+    pub event: String,
+    pub state: String,
+    pub created_at_ms: i64,
+    /// When the next attempt is due, while the delivery is pending.
+    pub next_at_ms: Option<i64>,
+    pub attempts: Vec<Attempt>,
+}
+
+/// A receiver that answered 410.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DisabledEndpoint {
+    pub url: String,
+    pub at_ms: i64,
+    pub reason: String,
+}
+
 #[async_trait]
 pub trait JobStore: Send + Sync {
     /// Records an admitted job as queued-but-unconfirmed. A job with that id
@@ -202,4 +269,21 @@ pub trait JobStore: Send + Sync {
     /// Jobs recorded before `created_before_ms` whose enqueue was never confirmed.
     async fn unconfirmed(&self, created_before_ms: i64, limit: u32)
     -> Result<Vec<Job>, StoreError>;
+    /// Leases up to `limit` webhook deliveries due at `now_ms` (of jobs
+    /// whose enqueue is confirmed) until `lease_until_ms`.
+    async fn claim_deliveries(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// Records an attempt and what follows it; `Next::Disabled` disables
+    /// the delivery's endpoint, holding every delivery pending for it.
+    async fn record_attempt(&self, attempt: &Attempt, next: Next) -> Result<(), StoreError>;
+    /// A job's webhook events and their attempts, oldest first.
+    async fn deliveries(&self, job_id: &str) -> Result<Vec<DeliveryRecord>, StoreError>;
+    async fn disabled_endpoints(&self) -> Result<Vec<DisabledEndpoint>, StoreError>;
+    /// Enables an endpoint again; the deliveries held for it become due.
+    /// Returns how many, or `None` when it was not disabled.
+    async fn enable_endpoint(&self, url: &str, now_ms: i64) -> Result<Option<u64>, StoreError>;
 }

@@ -11,9 +11,13 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
-use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, Usage, UsageEvent};
+use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, Usage, UsageEvent, now_ms};
 
-use super::{Inserted, JobRecord, JobStore, ListFilter, RejectedJob, Source, Status, StoreError};
+use super::{
+    Attempt, Delivery, DeliveryRecord, DisabledEndpoint, Inserted, JobRecord, JobStore, ListFilter,
+    Next, RejectedJob, Source, Status, StoreError,
+};
+use crate::webhooks;
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -43,6 +47,10 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
+    }
+
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     async fn apply_event(
@@ -133,7 +141,7 @@ impl SqliteStore {
 const AHEAD: &str = "(attempt < ?1 OR (attempt = ?1 AND (CASE status \
     WHEN 'queued' THEN 0 WHEN 'assigned' THEN 1 WHEN 'running' THEN 2 ELSE 3 END) < ?2))";
 
-fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
+pub(super) fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
     let id: String = row.try_get("id")?;
     let corrupt = |reason: String| StoreError::Corrupt {
         id: id.clone(),
@@ -173,6 +181,63 @@ fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
     })
 }
 
+/// Writes the webhook delivery that a job's recorded status calls for, if
+/// its webhook asks for that event. Its id makes a repeat a no-op.
+async fn queue_webhook(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: &str,
+    just_recorded: bool,
+) -> Result<(), StoreError> {
+    let Some(row) = sqlx::query("SELECT * FROM jobs WHERE id = ?1 AND webhook_url IS NOT NULL")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(());
+    };
+    let url: String = row.try_get("webhook_url")?;
+    let wanted: Option<String> = row.try_get("webhook_events")?;
+    let record = record(&row)?;
+    let Some(event) = webhooks::event_for(record.status, just_recorded) else {
+        return Ok(());
+    };
+    if !wanted
+        .unwrap_or_default()
+        .split(',')
+        .any(|e| e == event.as_str())
+    {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (id, job_id, tenant, url, event, payload, state, created_at, next_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+            CASE WHEN EXISTS (SELECT 1 FROM webhook_disabled WHERE url = ?4) THEN 'disabled' ELSE 'pending' END,
+            ?7, ?7)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(webhooks::delivery_id(&record, event))
+    .bind(&record.id)
+    .bind(&record.tenant)
+    .bind(&url)
+    .bind(event.as_str())
+    .bind(webhooks::body(&record, event))
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn attempt(row: &SqliteRow) -> Result<Attempt, sqlx::Error> {
+    Ok(Attempt {
+        delivery_id: row.try_get("delivery_id")?,
+        number: row.try_get("number")?,
+        at_ms: row.try_get("at")?,
+        duration_ms: row.try_get("duration_ms")?,
+        status: row.try_get("status")?,
+        error: row.try_get("error")?,
+    })
+}
+
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn insert(&self, job: &Job, source: Source) -> Result<Inserted, StoreError> {
@@ -181,10 +246,19 @@ impl JobStore for SqliteStore {
             reason: e.to_string(),
         })?;
         let metadata = serde_json::to_string(&job.metadata).unwrap_or_else(|_| "{}".into());
+        let webhook = job.webhook.as_ref();
+        let events = webhook.map(|w| {
+            w.events
+                .iter()
+                .map(|e| e.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, model, priority, source, status, job, metadata, attempt, created_at,
-                tenant, deadline_at)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10)
+                tenant, deadline_at, webhook_url, webhook_events)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&job.id)
@@ -197,19 +271,27 @@ impl JobStore for SqliteStore {
         .bind(job.submitted_at_ms)
         .bind(&job.tenant)
         .bind(job.deadline_ms)
-        .execute(&self.pool)
+        .bind(webhook.map(|w| &w.url))
+        .bind(events)
+        .execute(&mut *tx)
         .await?;
-        if inserted.rows_affected() == 1 {
-            return Ok(Inserted::New);
-        }
-        let enqueued: Option<i64> =
-            sqlx::query_scalar("SELECT enqueued_at FROM jobs WHERE id = ?1")
-                .bind(&job.id)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(Inserted::Existing {
-            enqueued: enqueued.is_some(),
-        })
+        let found = if inserted.rows_affected() == 1 {
+            if webhook.is_some() {
+                queue_webhook(&mut tx, &job.id, true).await?;
+            }
+            Inserted::New
+        } else {
+            let enqueued: Option<i64> =
+                sqlx::query_scalar("SELECT enqueued_at FROM jobs WHERE id = ?1")
+                    .bind(&job.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            Inserted::Existing {
+                enqueued: enqueued.is_some(),
+            }
+        };
+        tx.commit().await?;
+        Ok(found)
     }
 
     async fn claim_key(
@@ -283,10 +365,20 @@ impl JobStore for SqliteStore {
     }
 
     async fn discard_unqueued(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM jobs WHERE id = ?1 AND status = 'queued' AND enqueued_at IS NULL")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.pool.begin().await?;
+        let gone = sqlx::query(
+            "DELETE FROM jobs WHERE id = ?1 AND status = 'queued' AND enqueued_at IS NULL",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if gone.rows_affected() == 1 {
+            sqlx::query("DELETE FROM webhook_deliveries WHERE job_id = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -313,6 +405,9 @@ impl JobStore for SqliteStore {
         let mut tx = self.pool.begin().await?;
         for e in events {
             Self::apply_event(&mut tx, e).await?;
+            if matches!(e.kind, EventKind::Running { .. }) {
+                queue_webhook(&mut tx, &e.job_id, false).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -322,6 +417,7 @@ impl JobStore for SqliteStore {
         let mut tx = self.pool.begin().await?;
         for r in results {
             Self::apply_result(&mut tx, r).await?;
+            queue_webhook(&mut tx, &r.job_id, false).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -420,6 +516,170 @@ impl JobStore for SqliteStore {
             })
             .collect()
     }
+
+    async fn claim_deliveries(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        // A `queued` event waits for the queue's confirmation: a job the
+        // queue refused is discarded, and its client was told so.
+        let rows = sqlx::query(
+            "UPDATE webhook_deliveries SET lease_until = ?2
+             WHERE id IN (
+                SELECT d.id FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id
+                WHERE d.state = 'pending' AND d.next_at <= ?1 AND d.lease_until <= ?1
+                  AND j.enqueued_at IS NOT NULL
+                ORDER BY d.next_at LIMIT ?3)
+             RETURNING id, job_id, tenant, url, event, payload, attempts",
+        )
+        .bind(now_ms)
+        .bind(lease_until_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let delivery = |row: &SqliteRow| -> Result<Delivery, sqlx::Error> {
+            Ok(Delivery {
+                id: row.try_get("id")?,
+                job_id: row.try_get("job_id")?,
+                tenant: row.try_get("tenant")?,
+                url: row.try_get("url")?,
+                event: row.try_get("event")?,
+                payload: row.try_get("payload")?,
+                attempts: row.try_get("attempts")?,
+            })
+        };
+        Ok(rows.iter().map(delivery).collect::<Result<_, _>>()?)
+    }
+
+    async fn record_attempt(&self, a: &Attempt, next: Next) -> Result<(), StoreError> {
+        let (state, next_at) = match next {
+            Next::Delivered => ("delivered", 0),
+            Next::Retry { at_ms } => ("pending", at_ms),
+            Next::Failed => ("failed", 0),
+            Next::Disabled => ("disabled", 0),
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, number, at, duration_ms, status, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+        )
+        .bind(&a.delivery_id)
+        .bind(a.number)
+        .bind(a.at_ms)
+        .bind(a.duration_ms)
+        .bind(a.status)
+        .bind(&a.error)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE webhook_deliveries SET attempts = MAX(attempts, ?2), state = ?3, next_at = ?4,
+                lease_until = 0
+             WHERE id = ?1 AND state = 'pending'",
+        )
+        .bind(&a.delivery_id)
+        .bind(a.number)
+        .bind(state)
+        .bind(next_at)
+        .execute(&mut *tx)
+        .await?;
+        if next == Next::Disabled {
+            sqlx::query(
+                "INSERT INTO webhook_disabled (url, at, reason)
+                 SELECT url, ?2, 'answered 410 Gone' FROM webhook_deliveries WHERE id = ?1
+                 ON CONFLICT (url) DO NOTHING",
+            )
+            .bind(&a.delivery_id)
+            .bind(a.at_ms)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE webhook_deliveries SET state = 'disabled'
+                 WHERE state = 'pending'
+                   AND url = (SELECT url FROM webhook_deliveries WHERE id = ?1)",
+            )
+            .bind(&a.delivery_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn deliveries(&self, job_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, url, event, state, created_at, next_at FROM webhook_deliveries
+             WHERE job_id = ?1 ORDER BY created_at, id",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut attempts: Vec<Attempt> = sqlx::query(
+            "SELECT a.* FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
+             WHERE d.job_id = ?1 ORDER BY a.delivery_id, a.number",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(attempt)
+        .collect::<Result<_, _>>()?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                let state: String = row.try_get("state")?;
+                let next_at: i64 = row.try_get("next_at")?;
+                let (mine, rest) = attempts.drain(..).partition(|a| a.delivery_id == id);
+                attempts = rest;
+                Ok(DeliveryRecord {
+                    url: row.try_get("url")?,
+                    event: row.try_get("event")?,
+                    created_at_ms: row.try_get("created_at")?,
+                    next_at_ms: (state == "pending").then_some(next_at),
+                    state,
+                    attempts: mine,
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    async fn disabled_endpoints(&self) -> Result<Vec<DisabledEndpoint>, StoreError> {
+        let rows = sqlx::query("SELECT url, at, reason FROM webhook_disabled ORDER BY at")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DisabledEndpoint {
+                    url: row.try_get("url")?,
+                    at_ms: row.try_get("at")?,
+                    reason: row.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn enable_endpoint(&self, url: &str, now_ms: i64) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let was = sqlx::query("DELETE FROM webhook_disabled WHERE url = ?1")
+            .bind(url)
+            .execute(&mut *tx)
+            .await?;
+        if was.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let resumed = sqlx::query(
+            "UPDATE webhook_deliveries SET state = 'pending', next_at = ?2
+             WHERE url = ?1 AND state = 'disabled'",
+        )
+        .bind(url)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(resumed.rows_affected()))
+    }
 }
 
 #[cfg(test)]
@@ -456,6 +716,7 @@ mod tests {
             deadline_ms: None,
             timeout_ms: None,
             stream: false,
+            webhook: None,
         }
     }
 
@@ -477,6 +738,7 @@ mod tests {
             node: Some("n1".into()),
             assigned_at_ms: Some(10),
             started_at_ms: Some(20),
+            output_ref: None,
             finished_at_ms: 50,
             outcome,
         }

@@ -1,0 +1,165 @@
+//! Webhooks: a job's lifecycle events POSTed to a receiver, signed per the
+//! Standard Webhooks specification. The store writes a delivery row in the
+//! same transaction that records the event, so a delivery is as durable as
+//! the job record; `deliver` sends due rows and retries them on a schedule.
+
+mod deliver;
+mod guard;
+pub mod routes;
+mod sign;
+
+use std::collections::HashMap;
+
+use serde_json::json;
+use switchyard_runtime::{Issues, Tenants};
+use switchyard_schemas::{Job, WebhookEvent, WebhookTarget};
+
+use crate::BrokerConfig;
+use crate::admission::Rejection;
+use crate::store::{JobRecord, Status};
+use crate::view::{JobView, rfc3339};
+
+pub use deliver::run;
+pub use guard::{AllowEntry, Guard};
+pub use routes::router;
+pub use sign::Secret;
+
+/// Who gets which events, and with which secrets they are signed.
+#[derive(Debug, Default)]
+pub struct Webhooks {
+    guard: Guard,
+    secrets: Vec<Secret>,
+    tenants: HashMap<String, Tenant>,
+}
+
+#[derive(Debug, Default)]
+struct Tenant {
+    default: Option<WebhookTarget>,
+    secrets: Vec<Secret>,
+}
+
+fn parse_all(secrets: &[String]) -> Vec<Secret> {
+    secrets
+        .iter()
+        .filter_map(|s| Secret::parse(s).ok())
+        .collect()
+}
+
+impl Webhooks {
+    pub fn new(cfg: &BrokerConfig, tenants: &Tenants) -> Webhooks {
+        Webhooks {
+            guard: Guard::new(&cfg.webhooks.allow),
+            secrets: parse_all(&cfg.webhooks.secrets),
+            tenants: tenants
+                .iter()
+                .map(|t| {
+                    let tenant = Tenant {
+                        default: t.webhook.clone(),
+                        secrets: parse_all(&t.webhook_secrets),
+                    };
+                    (t.name.clone(), tenant)
+                })
+                .collect(),
+        }
+    }
+
+    /// The secrets that sign a tenant's deliveries.
+    fn secrets(&self, tenant: &str) -> &[Secret] {
+        match self.tenants.get(tenant) {
+            Some(t) if !t.secrets.is_empty() => &t.secrets,
+            _ => &self.secrets,
+        }
+    }
+
+    /// Gives a job its webhook (its own, or its tenant's default) and checks
+    /// that the receiver may be reached and the delivery signed.
+    pub async fn admit(&self, job: &mut Job) -> Result<(), Rejection> {
+        let own = job.webhook.take();
+        let Some(mut target) = own.or_else(|| {
+            self.tenants
+                .get(&job.tenant)
+                .and_then(|t| t.default.clone())
+        }) else {
+            return Ok(());
+        };
+        if target.events.is_empty() {
+            return Err(Rejection::InvalidRequest(
+                "webhook.events must name at least one event".into(),
+            ));
+        }
+        let mut seen = Vec::with_capacity(target.events.len());
+        target.events.retain(|e| {
+            let new = !seen.contains(e);
+            seen.push(*e);
+            new
+        });
+        if self.secrets(&job.tenant).is_empty() {
+            return Err(Rejection::WebhookRefused(
+                "webhooks are not enabled here: no signing secret is configured".into(),
+            ));
+        }
+        self.guard
+            .check(&target.url)
+            .await
+            .map_err(|e| Rejection::WebhookRefused(format!("webhook.url {e}")))?;
+        job.webhook = Some(target);
+        Ok(())
+    }
+}
+
+/// Checks the tenants' webhook settings for the broker.
+pub fn check_tenants(cfg: &BrokerConfig, tenants: &Tenants, issues: &mut Issues) {
+    let guard = Guard::new(&cfg.webhooks.allow);
+    for t in tenants.iter() {
+        for secret in &t.webhook_secrets {
+            if let Err(e) = Secret::parse(secret) {
+                issues.push(
+                    &format!("tenants.{}.webhook_secrets", t.name),
+                    "(hidden)",
+                    &e,
+                );
+            }
+        }
+        if let Some(target) = &t.webhook
+            && let Err(e) = guard.check_form(&target.url)
+        {
+            issues.push(&format!("tenants.{}.webhook.url", t.name), &target.url, &e);
+        }
+    }
+}
+
+/// The event a job's recorded status calls for: `queued` only when the job
+/// has just been recorded, never for a retry going back to its queue.
+pub fn event_for(status: Status, just_recorded: bool) -> Option<WebhookEvent> {
+    match status {
+        Status::Queued if just_recorded => Some(WebhookEvent::Queued),
+        Status::Queued | Status::Assigned => None,
+        Status::Running => Some(WebhookEvent::Started),
+        Status::Succeeded => Some(WebhookEvent::Completed),
+        Status::Failed | Status::TimedOut => Some(WebhookEvent::Failed),
+        Status::Cancelled => Some(WebhookEvent::Cancelled),
+        Status::Expired => Some(WebhookEvent::Expired),
+    }
+}
+
+/// The `webhook-id` of an event: the same for every attempt of it, so a
+/// receiver can drop repeats.
+pub fn delivery_id(record: &JobRecord, event: WebhookEvent) -> String {
+    format!("msg_{}_{}_{}", record.id, record.attempt, event.as_str())
+}
+
+/// The body of an event: `{type, timestamp, data}`, `data` being the job as
+/// `GET /v1/jobs/{id}` shows it at that moment.
+pub fn body(record: &JobRecord, event: WebhookEvent) -> String {
+    let at = match event {
+        WebhookEvent::Queued => Some(record.created_at_ms),
+        WebhookEvent::Started => record.started_at_ms,
+        _ => record.finished_at_ms,
+    };
+    json!({
+        "type": format!("job.{}", event.as_str()),
+        "timestamp": rfc3339(at.unwrap_or(record.created_at_ms)),
+        "data": JobView::from(record.clone()),
+    })
+    .to_string()
+}
