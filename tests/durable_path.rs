@@ -241,3 +241,39 @@ async fn a_streamed_job_publishes_its_text_in_order_and_its_whole_result() {
         text.as_str()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_output_is_dropped_after_its_retention_and_the_record_stays() {
+    let stack = Stack::running(
+        StackOptions {
+            broker_extra: "  result_retention: 1s",
+            ..StackOptions::default()
+        },
+        &["node-a"],
+    );
+    let id = stack
+        .submit_http(&json!({"model": TEXT_MODEL, "input": {"prompt": "keep me", "max_tokens": 2}}))
+        .await;
+    let done = stack
+        .wait_finished(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        done[&id]["result"]["choices"][0]["text"],
+        json!(expected_echo("keep me", 2))
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let record = loop {
+        let (_, record) = stack.get_job(&id).await;
+        if record["result_expired"] == json!(true) {
+            break record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kept past its retention: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(record["result"], Value::Null);
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["usage"]["completion_tokens"], 2);
+}

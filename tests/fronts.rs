@@ -635,3 +635,44 @@ async fn an_output_larger_than_a_nats_message_arrives_whole() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["choices"][0]["text"], json!(want));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_jobs_api_shares_the_cache_and_a_hit_is_a_finished_job() {
+    let stack = stack("1ms");
+    let body = json!({"model": "tiny-cached", "input": {"prompt": "c d", "max_tokens": 2, "temperature": 0}});
+    let post = |wait: bool| {
+        let mut request = stack.http.post(stack.broker_url("/v1/jobs")).json(&body);
+        if wait {
+            request = request.header("prefer", "wait=10");
+        }
+        async move {
+            let r = request.send().await.unwrap();
+            let cache = r
+                .headers()
+                .get("x-switchyard-cache")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), cache, r.json::<Value>().await.unwrap())
+        }
+    };
+    // A call that waits runs the job and fills the cache.
+    let (status, cache, first) = post(true).await;
+    assert_eq!((status, cache.as_deref()), (200, Some("miss")), "{first}");
+    assert_eq!(
+        first["result"]["choices"][0]["text"],
+        json!(expected_echo("c d", 2))
+    );
+
+    // The same request again, without waiting: a job that is already done.
+    let (status, cache, accepted) = post(false).await;
+    assert_eq!((status, cache.as_deref()), (202, Some("hit")), "{accepted}");
+    assert_eq!(accepted["status"], "succeeded");
+    let id = accepted["id"].as_str().unwrap();
+    assert_ne!(id, first["id"].as_str().unwrap(), "a job of its own");
+    let (_, record) = stack.get_job(id).await;
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["result"], first["result"]);
+    assert_eq!(record["node"], Value::Null, "it ran nowhere");
+    let (status, cache, waited) = post(true).await;
+    assert_eq!((status, cache.as_deref()), (200, Some("hit")));
+    assert_eq!(waited["result"], first["result"]);
+}

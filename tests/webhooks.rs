@@ -237,16 +237,26 @@ async fn events_are_signed_retried_and_accepted_by_the_reference_verifier() {
     );
     assert_eq!(verdicts[2 * n]["data"]["tenant"], "acme");
 
-    // Every attempt is on record.
-    let (status, listed) = stack.get_json(&format!("/v1/jobs/{own}/webhooks")).await;
-    assert_eq!(status, 200);
-    let first_record = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["webhook_id"] == json!(first.id()))
-        .unwrap();
-    assert_eq!(first_record["state"], "delivered");
+    // Every attempt is on record (once the last one's answer is).
+    let first_job = serde_json::from_str::<Value>(&first.body).unwrap()["data"]["id"].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first_record = loop {
+        let path = format!("/v1/jobs/{}/webhooks", first_job.as_str().unwrap());
+        let (status, listed) = stack.get_json(&path).await;
+        assert_eq!(status, 200);
+        let record = listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["webhook_id"] == json!(first.id()))
+            .cloned()
+            .unwrap();
+        if record["state"] == "delivered" {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "{record}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let codes: Vec<&Value> = first_record["attempts"]
         .as_array()
         .unwrap()

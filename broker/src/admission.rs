@@ -10,8 +10,9 @@ use serde::de::DeserializeOwned;
 use switchyard_runtime::nats;
 use switchyard_runtime::{ModelKind, ModelSpec, Registry};
 use switchyard_schemas::{
-    ChatInput, CompletionInput, DEFAULT_TENANT, EmbeddingInput, Job, JobInput, Priority,
-    SAMPLING_FIELDS, SCHEMA_VERSION, Sampling, Submission, TensorInput, encode, now_ms, subjects,
+    ChatInput, CompletionInput, DEFAULT_TENANT, EmbeddingInput, Job, JobInput, JobResult, Outcome,
+    Priority, SAMPLING_FIELDS, SCHEMA_VERSION, Sampling, Submission, TensorInput, encode, now_ms,
+    subjects,
 };
 use tracing::{debug, warn};
 
@@ -384,6 +385,42 @@ impl Admitter {
         debug!(job_id = %job.id, model = %job.model, priority = %job.priority, source = source.as_str(), "job queued");
         metrics::counter!(m::SUBMISSIONS, "source" => source.as_str()).increment(1);
         metrics::histogram!(m::SUBMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok(job)
+    }
+
+    /// Records a job answered without running (a result cache hit): queued
+    /// and succeeded at once, never put in a queue.
+    pub async fn record_answered(
+        &self,
+        submission: Submission,
+        priority: Priority,
+        id: String,
+        source: Source,
+        output: serde_json::Value,
+    ) -> Result<Job, SubmitError> {
+        let mut job = validate(&self.registry, submission, priority, id)?;
+        self.webhooks.admit(&mut job).await?;
+        self.store.insert(&job, source).await?;
+        let now = now_ms();
+        // Counted as confirmed: nothing is left for the outbox to queue.
+        self.store.mark_enqueued(&job.id, now).await?;
+        let usage = output
+            .get("usage")
+            .and_then(|u| serde_json::from_value(u.clone()).ok())
+            .unwrap_or_default();
+        let result = JobResult {
+            v: SCHEMA_VERSION,
+            job_id: job.id.clone(),
+            attempt: job.attempt,
+            node: None,
+            assigned_at_ms: None,
+            started_at_ms: None,
+            output_ref: None,
+            finished_at_ms: now,
+            outcome: Outcome::Succeeded { output, usage },
+        };
+        self.store.apply_results(&[result]).await?;
+        metrics::counter!(m::SUBMISSIONS, "source" => source.as_str()).increment(1);
         Ok(job)
     }
 

@@ -19,7 +19,7 @@ use tracing::error;
 
 use crate::BrokerConfig;
 use crate::admission::{self, Admitter, Rejection, SubmitError};
-use crate::cache::{Lookup, ResultCache};
+use crate::cache::{self, Lookup, ResultCache};
 use crate::cancel::{self, CancelError};
 use crate::store::{BatchStore, JobRecord, ListFilter, Source, Status};
 use crate::view::{JobView, rfc3339};
@@ -413,8 +413,52 @@ async fn submit(
             return Ok(response);
         }
     }
-    // Listening before the job is queued, so that a quick result is not missed.
     let wait = prefer_wait(&headers, s.sync_timeout);
+    let release = |key: Option<&str>| {
+        let store = store.clone();
+        let id = id.clone();
+        let key = key.map(str::to_owned);
+        async move {
+            if let Some(key) = key
+                && let Err(e) = store.release_key(&key, &id).await
+            {
+                error!(error = %e, "could not release an idempotency key");
+            }
+        }
+    };
+    let (lookup, hit) = match s.cached(&submission, priority, &headers).await {
+        Ok(found) => found,
+        Err(e) => {
+            release(key).await;
+            return Err(e);
+        }
+    };
+    if let Some(output) = hit {
+        let answered = s
+            .admitter
+            .record_answered(submission, priority, id.clone(), Source::Http, output)
+            .await;
+        let job = match answered {
+            Ok(job) => job,
+            Err(e) => {
+                release(key).await;
+                return Err(ApiError::Submit(e));
+            }
+        };
+        let mut response = match (wait, store.get(&job.id).await?) {
+            (Some(wait), Some(record)) => waited(record, wait),
+            _ => accepted(
+                &job.id,
+                Status::Succeeded.as_str(),
+                &job.model,
+                job.priority.as_str(),
+                job.submitted_at_ms,
+            ),
+        };
+        cache::mark(&mut response, &lookup);
+        return Ok(response);
+    }
+    // Listening before the job is queued, so that a quick result is not missed.
     let mut watch = match wait {
         Some(_) => Some(
             Watch::start(&s, &id, false)
@@ -426,30 +470,42 @@ async fn submit(
     let job = match s.submit(submission, priority, id.clone()).await {
         Ok(job) => job,
         Err(e) => {
-            if let Some(key) = key
-                && let Err(release) = store.release_key(key, &id).await
-            {
-                error!(error = %release, "could not release an idempotency key");
-            }
+            release(key).await;
             return Err(e);
         }
     };
     if let (Some(wait), Some(watch)) = (wait, &mut watch)
         && let Some(record) = finished_within(&s, watch, &job.id, wait).await?
     {
-        let mut response = axum::Json(JobView::from(record)).into_response();
-        if let Ok(v) = HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
-            response.headers_mut().insert("preference-applied", v);
+        if let Some(output) = record
+            .output
+            .as_ref()
+            .filter(|_| record.status == Status::Succeeded)
+        {
+            s.remember(&lookup, output).await;
         }
+        let mut response = waited(record, wait);
+        cache::mark(&mut response, &lookup);
         return Ok(response);
     }
-    Ok(accepted(
+    let mut response = accepted(
         &job.id,
         "queued",
         &job.model,
         job.priority.as_str(),
         job.submitted_at_ms,
-    ))
+    );
+    cache::mark(&mut response, &lookup);
+    Ok(response)
+}
+
+/// The answer to `Prefer: wait` when the job ended within the wait.
+fn waited(record: JobRecord, wait: Duration) -> Response {
+    let mut response = axum::Json(JobView::from(record)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
+        response.headers_mut().insert("preference-applied", v);
+    }
+    response
 }
 
 /// `Prefer: wait=N` (RFC 7240): answer once the job has finished, if it

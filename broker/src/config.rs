@@ -42,6 +42,11 @@ pub struct BrokerConfig {
     /// goes on either way.
     #[serde(with = "humantime_serde")]
     pub sync_timeout: Duration,
+    /// How long a job's output is kept after it ended; then only its record
+    /// (status, usage, times) stays. Webhook event records, once no longer
+    /// pending, are kept as long.
+    #[serde(with = "humantime_serde")]
+    pub result_retention: Duration,
     pub webhooks: WebhookConfig,
 }
 
@@ -115,6 +120,7 @@ impl Default for BrokerConfig {
             queue_full_retry_after: Duration::from_secs(2),
             idempotency_window: Duration::from_secs(24 * 3600),
             sync_timeout: Duration::from_secs(600),
+            result_retention: Duration::from_secs(24 * 3600),
             webhooks: WebhookConfig::default(),
         }
     }
@@ -162,6 +168,12 @@ impl BrokerConfig {
             !self.expiry_interval.is_zero(),
             "broker.expiry_interval",
             self.expiry_interval,
+            "must be positive",
+        );
+        issues.check(
+            !self.result_retention.is_zero(),
+            "broker.result_retention",
+            self.result_retention,
             "must be positive",
         );
         let w = &self.webhooks;

@@ -18,6 +18,7 @@ mod openai;
 mod openapi;
 mod outbox;
 mod projection;
+mod retention;
 mod server;
 pub mod store;
 mod view;

@@ -17,7 +17,7 @@ use crate::store::{BatchStore, JobStore, SqliteStore, Status, StoreError};
 use crate::webhooks::{self, Webhooks};
 use crate::{
     BrokerConfig, api, batches, cancel, dead_letters, expiry, intake, metrics as m, outbox,
-    projection,
+    projection, retention,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +221,11 @@ pub async fn run(
         shutdown.clone(),
     ));
     tasks.spawn(batches::run(state, shutdown.clone()));
+    tasks.spawn(retention::run(
+        store.clone(),
+        cfg.result_retention,
+        shutdown.clone(),
+    ));
     tasks.spawn(webhooks::run(
         store.clone(),
         webhooks,

@@ -43,6 +43,10 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     result: Option<serde_json::Value>,
+    /// True once the result was dropped, `broker.result_retention` after
+    /// the job ended.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    result_expired: bool,
     /// `{code, message}`, once the job failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -77,6 +81,7 @@ impl From<JobRecord> for JobView {
             transitions,
             error: r.error.map(|(code, message)| ErrorBody { code, message }),
             result: r.output,
+            result_expired: r.output_expired,
             usage: r.usage,
             id: r.id,
             model: r.model,

@@ -168,6 +168,8 @@ pub struct JobRecord {
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
     pub output: Option<serde_json::Value>,
+    /// The output was dropped at the end of its retention.
+    pub output_expired: bool,
     pub error: Option<(String, String)>,
     pub usage: Option<Usage>,
 }
@@ -283,6 +285,10 @@ pub trait JobStore: Send + Sync {
     /// A job's webhook events and their attempts, oldest first.
     async fn deliveries(&self, job_id: &str) -> Result<Vec<DeliveryRecord>, StoreError>;
     async fn disabled_endpoints(&self) -> Result<Vec<DisabledEndpoint>, StoreError>;
+    /// Drops outputs of jobs that ended before `before_ms`, and webhook
+    /// events no longer pending that were recorded before it, up to `limit`
+    /// of each; returns how many rows changed.
+    async fn forget(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError>;
     /// Enables an endpoint again; the deliveries held for it become due.
     /// Returns how many, or `None` when it was not disabled.
     async fn enable_endpoint(&self, url: &str, now_ms: i64) -> Result<Option<u64>, StoreError>;

@@ -162,6 +162,7 @@ pub(super) fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
             .transpose()
             .map_err(|e| corrupt(e.to_string()))?,
         error: code.zip(message),
+        output_expired: row.try_get("output_expired")?,
         usage: prompt.zip(completion).map(|(p, c)| Usage {
             prompt_tokens: p,
             completion_tokens: c,
@@ -658,6 +659,37 @@ impl JobStore for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn forget(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let outputs = sqlx::query(
+            "UPDATE jobs SET output = NULL, output_expired = 1
+             WHERE id IN (SELECT id FROM jobs
+                WHERE output IS NOT NULL AND finished_at < ?1 LIMIT ?2)",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?;
+        let ended = "SELECT id FROM webhook_deliveries
+             WHERE state != 'pending' AND created_at < ?1 LIMIT ?2";
+        sqlx::query(&format!(
+            "DELETE FROM webhook_attempts WHERE delivery_id IN ({ended})"
+        ))
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?;
+        let events = sqlx::query(&format!(
+            "DELETE FROM webhook_deliveries WHERE id IN ({ended})"
+        ))
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(outputs.rows_affected() + events.rows_affected())
     }
 
     async fn enable_endpoint(&self, url: &str, now_ms: i64) -> Result<Option<u64>, StoreError> {
