@@ -292,8 +292,10 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
     assert!(hb.engine.queue_depth.is_some(), "{hb:?}");
 
     // An engine killed mid-request: its jobs are retried on the other node.
+    // More jobs than node-b and node-c (on node-b's server) have slots, so
+    // that node-a runs some whatever the placement.
     let mut long = Vec::new();
-    for i in 0..8 {
+    for i in 0..12 {
         let prompt = format!("a long one {i}");
         long.push(
             stack

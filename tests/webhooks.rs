@@ -430,3 +430,51 @@ async fn webhooks_to_internal_addresses_are_refused_and_reach_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(canary.seen().is_empty(), "the canary was reached");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelled_and_expired_jobs_send_their_events() {
+    let port = free_port();
+    let receiver = Receiver::default();
+    receiver.serve(port).await;
+    let mut stack = stack();
+    stack.rewrite_config("ACME_URL", &format!("http://127.0.0.1:{port}/acme"));
+    // No node: the jobs wait until they are cancelled or expire.
+    stack.start_broker();
+    stack.start_dispatcher();
+    let hook = format!("http://127.0.0.1:{port}/hook");
+    let cancelled = stack
+        .submit_http(&job(&hook, &["cancelled", "expired"], "default"))
+        .await;
+    let mut late = job(&hook, &["expired"], "default");
+    late["deadline_ms"] = json!(switchyard_schemas::now_ms() + 500);
+    let expired = stack.submit_http(&late).await;
+    let r = stack
+        .http
+        .post(stack.broker_url(&format!("/v1/jobs/{cancelled}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let expected = [
+        format!("msg_{cancelled}_1_cancelled"),
+        format!("msg_{expired}_1_expired"),
+    ];
+    receiver
+        .wait_delivered(&expected, Duration::from_secs(20))
+        .await;
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 2, "one event each");
+    let checks: Vec<(&str, &Seen)> = seen.iter().map(|s| (SECRET, s)).collect();
+    let mut types: Vec<String> = verify(&stack, &checks)
+        .iter()
+        .map(|v| format!("{} {}", v["type"], v["data"]["status"]))
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "\"job.cancelled\" \"cancelled\"",
+            "\"job.expired\" \"expired\""
+        ]
+    );
+}
