@@ -582,17 +582,7 @@ async fn an_output_larger_than_a_nats_message_arrives_whole() {
     });
     stack.start_broker();
     stack.start_dispatcher();
-    stack.start_agent_on(
-        "node-a",
-        &format!(
-            "
-    kind: simulated
-    models: [{TEXT_MODEL}, tiny-huge]
-    slots: 2
-    base_latency: 1ms
-    per_token_latency: 0ms"
-        ),
-    );
+    stack.start_simulated_agent("node-a", &format!("{TEXT_MODEL}, tiny-huge"));
     let client = stack.nats.client().await;
     let mut results = client.subscribe("sy.results.*").await.unwrap();
     client.flush().await.unwrap();

@@ -17,6 +17,7 @@ use switchyard_schemas::{
 use tracing::{debug, warn};
 
 use crate::metrics as m;
+use crate::pii::Pii;
 use crate::store::{Inserted, JobStore, Source, StoreError};
 use crate::webhooks::Webhooks;
 
@@ -45,6 +46,10 @@ pub enum Rejection {
     /// secret is there to sign it.
     #[error("{0}")]
     WebhookRefused(String),
+    /// The request holds personal data of these types and its policy is
+    /// `block`.
+    #[error("the request holds personal data ({0}); it is refused here")]
+    PiiFound(String),
 }
 
 impl Rejection {
@@ -55,6 +60,7 @@ impl Rejection {
             Rejection::UnknownModel(_) => "unknown_model",
             Rejection::InputTooLarge { .. } => "input_too_large",
             Rejection::WebhookRefused(_) => "webhook_refused",
+            Rejection::PiiFound(_) => "pii_detected",
         }
     }
 }
@@ -339,9 +345,22 @@ pub struct Admitter {
     pub store: Arc<dyn JobStore>,
     pub js: Context,
     pub webhooks: Arc<Webhooks>,
+    pub pii: Arc<Pii>,
 }
 
 impl Admitter {
+    /// Checks a submission and builds its job, personal data masked.
+    pub fn validate(
+        &self,
+        submission: Submission,
+        priority: Priority,
+        id: String,
+    ) -> Result<Job, Rejection> {
+        let mut job = validate(&self.registry, submission, priority, id)?;
+        self.pii.apply(&mut job)?;
+        Ok(job)
+    }
+
     pub async fn submit(
         &self,
         submission: Submission,
@@ -354,7 +373,9 @@ impl Admitter {
             metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => r.code())
                 .increment(1);
         };
-        let mut job = validate(&self.registry, submission, priority, id).inspect_err(reject)?;
+        let mut job = self
+            .validate(submission, priority, id)
+            .inspect_err(reject)?;
         self.webhooks.admit(&mut job).await.inspect_err(reject)?;
         // Recorded first, so that a crash between here and the queue's
         // confirmation leaves a record the outbox publishes again.
@@ -398,7 +419,7 @@ impl Admitter {
         source: Source,
         output: serde_json::Value,
     ) -> Result<Job, SubmitError> {
-        let mut job = validate(&self.registry, submission, priority, id)?;
+        let mut job = self.validate(submission, priority, id)?;
         self.webhooks.admit(&mut job).await?;
         self.store.insert(&job, source).await?;
         let now = now_ms();
@@ -472,6 +493,7 @@ mod tests {
             max_input_bytes: 200,
             max_attempts: 3,
             cache: None,
+            pii: None,
         };
         Registry::new(
             &[

@@ -18,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 use tracing::error;
 
 use crate::BrokerConfig;
-use crate::admission::{self, Admitter, Rejection, SubmitError};
+use crate::admission::{Admitter, Rejection, SubmitError};
 use crate::cache::{self, Lookup, ResultCache};
 use crate::cancel::{self, CancelError};
 use crate::store::{BatchStore, JobRecord, ListFilter, Source, Status};
@@ -74,7 +74,8 @@ impl ApiError {
                     Rejection::InputTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                     Rejection::InvalidRequest(_)
                     | Rejection::UnknownModel(_)
-                    | Rejection::WebhookRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    | Rejection::WebhookRefused(_)
+                    | Rejection::PiiFound(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 };
                 (status, r.code())
             }
@@ -257,7 +258,9 @@ impl ApiState {
         if spec.is_none() {
             return Ok((Lookup::unused(), None));
         }
-        let job = admission::validate(registry, submission.clone(), priority, "lookup".into())
+        let job = self
+            .admitter
+            .validate(submission.clone(), priority, "lookup".into())
             .map_err(SubmitError::from)?;
         Ok(cache.look_up(spec, &job, headers).await)
     }

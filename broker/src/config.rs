@@ -48,6 +48,7 @@ pub struct BrokerConfig {
     #[serde(with = "humantime_serde")]
     pub result_retention: Duration,
     pub webhooks: WebhookConfig,
+    pub pii: crate::pii::PiiConfig,
 }
 
 /// The `broker.webhooks:` section: how job events reach receivers.
@@ -122,6 +123,7 @@ impl Default for BrokerConfig {
             sync_timeout: Duration::from_secs(600),
             result_retention: Duration::from_secs(24 * 3600),
             webhooks: WebhookConfig::default(),
+            pii: crate::pii::PiiConfig::default(),
         }
     }
 }
@@ -176,6 +178,9 @@ impl BrokerConfig {
             self.result_retention,
             "must be positive",
         );
+        if let Err(e) = switchyard_pii::Scanner::new(&self.pii.custom) {
+            issues.push("broker.pii.custom", "", &e.to_string());
+        }
         let w = &self.webhooks;
         for (i, secret) in w.secrets.iter().enumerate() {
             if let Err(e) = crate::webhooks::Secret::parse(secret) {

@@ -17,6 +17,7 @@ mod metrics;
 mod openai;
 mod openapi;
 mod outbox;
+mod pii;
 mod projection;
 mod retention;
 mod server;

@@ -8,6 +8,7 @@ pub const PROJECTED: &str = "switchyard_broker_projected_messages_total";
 pub const REPUBLISHED: &str = "switchyard_broker_outbox_republished_total";
 pub const EXPIRED: &str = "switchyard_broker_expired_waiting_total";
 pub const CACHE: &str = "switchyard_broker_cache_lookups_total";
+pub const PII: &str = "switchyard_broker_pii_entities_total";
 pub const WEBHOOK_ATTEMPTS: &str = "switchyard_broker_webhook_attempts_total";
 pub const WEBHOOK_SECONDS: &str = "switchyard_broker_webhook_attempt_seconds";
 
@@ -29,6 +30,10 @@ pub fn describe() {
     metrics::describe_counter!(
         CACHE,
         "Result cache lookups, by model and outcome (hit, miss, bypass)"
+    );
+    metrics::describe_counter!(
+        PII,
+        "Personal data found in requests, by type and action (masked, blocked)"
     );
     metrics::describe_counter!(
         WEBHOOK_ATTEMPTS,

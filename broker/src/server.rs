@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::admission::Admitter;
 use crate::cache::{self, ResultCache};
+use crate::pii::Pii;
 use crate::store::{BatchStore, JobStore, SqliteStore, Status, StoreError};
 use crate::webhooks::{self, Webhooks};
 use crate::{
@@ -28,6 +29,8 @@ pub enum BrokerError {
     Serve(#[from] ServeError),
     #[error("job store: {0}")]
     Store(#[from] StoreError),
+    #[error("personal data detection: {0}")]
+    Pii(#[from] switchyard_pii::PiiError),
     #[error("cannot subscribe to admit requests: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
 }
@@ -116,11 +119,13 @@ pub async fn run(
         .await?;
 
     let webhooks = Arc::new(Webhooks::new(&cfg, &tenants));
+    let pii = Arc::new(Pii::new(&cfg.pii, &registry, &tenants)?);
     let admitter = Admitter {
         registry: Arc::new(registry),
         store: store.clone(),
         js,
         webhooks: webhooks.clone(),
+        pii,
     };
     let ready = Readiness::default();
     let dead = nats::stream(&admitter.js, subjects::DEAD_STREAM).await?;

@@ -188,6 +188,24 @@ pub struct ModelSpec {
     /// them again; off unless set.
     #[serde(default)]
     pub cache: Option<CacheSpec>,
+    /// What to do with personal data in this model's requests; the
+    /// broker's `pii.default` when not given.
+    #[serde(default)]
+    pub pii: Option<PiiPolicy>,
+}
+
+/// What the broker does with personal data found in a request, before the
+/// request is stored or logged anywhere.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PiiPolicy {
+    /// Leave it as it is.
+    #[default]
+    Off,
+    /// Replace each finding with a typed placeholder (`[EMAIL]`).
+    Mask,
+    /// Refuse the request (422), naming the types found.
+    Block,
 }
 
 /// The result cache of one model.
@@ -310,6 +328,7 @@ mod tests {
             max_input_bytes: 1024,
             max_attempts: 3,
             cache: None,
+            pii: None,
         }
     }
 
@@ -394,6 +413,10 @@ pub struct TenantSpec {
     /// broker's; each one signs while several are listed (rotation).
     #[serde(default)]
     pub webhook_secrets: Vec<String>,
+    /// A stricter personal-data policy for this tenant's requests than the
+    /// model's own; the stricter of the two applies.
+    #[serde(default)]
+    pub pii: Option<PiiPolicy>,
 }
 
 fn default_weight() -> u32 {

@@ -11,6 +11,7 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use config::{
-    CacheSpec, ConfigError, Issues, ModelKind, ModelSpec, NatsConfig, Registry, TenantSpec, Tenants,
+    CacheSpec, ConfigError, Issues, ModelKind, ModelSpec, NatsConfig, PiiPolicy, Registry,
+    TenantSpec, Tenants,
 };
 pub use ops::Readiness;

@@ -430,6 +430,19 @@ impl Stack {
         );
     }
 
+    /// A fast simulated agent serving `models` (a YAML list's items).
+    pub fn start_simulated_agent(&mut self, node: &str, models: &str) {
+        let engine = format!(
+            "
+    kind: simulated
+    models: [{models}]
+    slots: 4
+    base_latency: 1ms
+    per_token_latency: 0ms"
+        );
+        self.start_agent_on(node, &engine);
+    }
+
     pub fn start_agent(&mut self, node: &str) {
         self.start_agent_with(node, &[]);
     }
