@@ -11,11 +11,12 @@ use switchyard_runtime::nats;
 use switchyard_runtime::{ModelKind, ModelSpec, Registry};
 use switchyard_schemas::{
     ChatInput, CompletionInput, DEFAULT_TENANT, EmbeddingInput, Job, JobInput, JobResult, Outcome,
-    Priority, SAMPLING_FIELDS, SCHEMA_VERSION, Sampling, Submission, TensorInput, encode, now_ms,
-    subjects,
+    Priority, SAMPLING_FIELDS, SCHEMA_VERSION, Sampling, Submission, TensorInput, UsageEvent,
+    encode, now_ms, subjects,
 };
 use tracing::{debug, warn};
 
+use crate::billing;
 use crate::metrics as m;
 use crate::pii::Pii;
 use crate::store::{Inserted, JobStore, Source, StoreError};
@@ -441,6 +442,20 @@ impl Admitter {
             outcome: Outcome::Succeeded { output, usage },
         };
         self.store.apply_results(&[result]).await?;
+        // Billed at the cache-hit price, once: the key is (job, attempt).
+        let usage = UsageEvent {
+            v: SCHEMA_VERSION,
+            job_id: job.id.clone(),
+            attempt: job.attempt,
+            node: "cache".into(),
+            model: job.model.clone(),
+            usage,
+            engine_ms: 0,
+            at_ms: now,
+        };
+        self.store
+            .record_usage(&[billing::charge(&self.registry, usage, true)])
+            .await?;
         metrics::counter!(m::SUBMISSIONS, "source" => source.as_str()).increment(1);
         Ok(job)
     }
@@ -494,6 +509,7 @@ mod tests {
             max_attempts: 3,
             cache: None,
             pii: None,
+            price: None,
         };
         Registry::new(
             &[

@@ -24,7 +24,7 @@ use crate::cancel::{self, CancelError};
 use crate::store::{BatchStore, JobRecord, ListFilter, Source, Status};
 use crate::view::{JobView, rfc3339};
 use crate::wait::Watch;
-use crate::{batches, events, kserve, openai, openapi, webhooks};
+use crate::{batches, billing, events, kserve, openai, openapi, webhooks};
 use async_nats::jetstream::kv;
 use async_nats::jetstream::object_store::ObjectStore;
 use base64::Engine as _;
@@ -211,6 +211,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(events::router())
         .merge(openapi::router())
         .merge(webhooks::router())
+        .merge(billing::router())
         .merge(batches::router(state.max_file_bytes))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
@@ -263,6 +264,21 @@ impl ApiState {
             .validate(submission.clone(), priority, "lookup".into())
             .map_err(SubmitError::from)?;
         Ok(cache.look_up(spec, &job, headers).await)
+    }
+
+    /// Records a request answered from the cache as a job of its own,
+    /// succeeded without running, so that it is on record and billed.
+    pub async fn answered(
+        &self,
+        submission: Submission,
+        priority: Priority,
+        id: String,
+        output: Value,
+    ) -> Result<Job, ApiError> {
+        self.admitter
+            .record_answered(submission, priority, id, Source::Http, output)
+            .await
+            .map_err(ApiError::Submit)
     }
 
     /// Keeps a result for the requests that repeat this one.
@@ -437,15 +453,11 @@ async fn submit(
         }
     };
     if let Some(output) = hit {
-        let answered = s
-            .admitter
-            .record_answered(submission, priority, id.clone(), Source::Http, output)
-            .await;
-        let job = match answered {
+        let job = match s.answered(submission, priority, id.clone(), output).await {
             Ok(job) => job,
             Err(e) => {
                 release(key).await;
-                return Err(ApiError::Submit(e));
+                return Err(e);
             }
         };
         let mut response = match (wait, store.get(&job.id).await?) {
@@ -709,7 +721,7 @@ async fn list_jobs(
     ))
 }
 
-fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
+pub fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
     OffsetDateTime::parse(text, &Rfc3339)
         .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
         .map_err(|_| {

@@ -163,6 +163,7 @@ async fn infer(
     let (lookup, hit) = s.cached(&submission, priority, &headers).await?;
     let id = uuid::Uuid::now_v7().to_string();
     if let Some(output) = hit {
+        s.answered(submission, priority, id, output.clone()).await?;
         let mut response = answer(output, requested, request_id);
         cache::mark(&mut response, &lookup);
         return Ok(response);

@@ -5,6 +5,7 @@
 mod admission;
 mod api;
 mod batches;
+mod billing;
 mod cache;
 mod cancel;
 mod config;

@@ -253,6 +253,8 @@ async fn serve(
         include_usage,
     };
     if let Some(mut output) = hit {
+        s.answered(submission, priority, id.clone(), output.clone())
+            .await?;
         let mut response = if stream {
             let (mut tx, rx) = mpsc::channel(64);
             tokio::spawn(async move {

@@ -9,7 +9,7 @@ use crate::api::{self, ApiState};
 use crate::batches::{self, files};
 use crate::view::JobView;
 use crate::webhooks::routes as webhooks;
-use crate::{dead_letters, events, kserve, openai};
+use crate::{billing, dead_letters, events, kserve, openai};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -46,12 +46,14 @@ use crate::{dead_letters, events, kserve, openai};
         batches::list,
         batches::retrieve,
         batches::cancel,
+        billing::usage,
     ),
     components(schemas(JobView)),
     tags(
         (name = "jobs", description = "The jobs API"),
         (name = "openai", description = "OpenAI-compatible endpoints"),
         (name = "kserve", description = "KServe v2 (Triton) endpoints"),
+        (name = "billing", description = "Usage and cost"),
         (name = "batches", description = "OpenAI's Files and Batch APIs"),
         (name = "webhooks", description = "Webhook deliveries and disabled receivers"),
         (name = "admin", description = "Dead letters"),

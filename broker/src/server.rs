@@ -14,11 +14,11 @@ use tracing::{info, warn};
 use crate::admission::Admitter;
 use crate::cache::{self, ResultCache};
 use crate::pii::Pii;
-use crate::store::{BatchStore, JobStore, SqliteStore, Status, StoreError};
+use crate::store::{BatchStore, Charge, JobStore, SqliteStore, Status, StoreError};
 use crate::webhooks::{self, Webhooks};
 use crate::{
-    BrokerConfig, api, batches, cancel, dead_letters, expiry, intake, metrics as m, outbox,
-    projection, retention,
+    BrokerConfig, api, batches, billing, cancel, dead_letters, expiry, intake, metrics as m,
+    outbox, projection, retention,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -120,8 +120,10 @@ pub async fn run(
 
     let webhooks = Arc::new(Webhooks::new(&cfg, &tenants));
     let pii = Arc::new(Pii::new(&cfg.pii, &registry, &tenants)?);
+    let registry = Arc::new(registry);
+    let prices = registry.clone();
     let admitter = Admitter {
-        registry: Arc::new(registry),
+        registry,
         store: store.clone(),
         js,
         webhooks: webhooks.clone(),
@@ -222,7 +224,13 @@ pub async fn run(
         usage,
         batch,
         store.clone(),
-        |s, items: Vec<UsageEvent>| async move { s.record_usage(&items).await },
+        move |s, items: Vec<UsageEvent>| {
+            let charges: Vec<Charge> = items
+                .into_iter()
+                .map(|u| billing::charge(&prices, u, false))
+                .collect();
+            async move { s.record_usage(&charges).await }
+        },
         shutdown.clone(),
     ));
     tasks.spawn(batches::run(state, shutdown.clone()));

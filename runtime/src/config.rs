@@ -192,6 +192,52 @@ pub struct ModelSpec {
     /// broker's `pii.default` when not given.
     #[serde(default)]
     pub pii: Option<PiiPolicy>,
+    /// What its usage costs; free when not given.
+    #[serde(default)]
+    pub price: Option<Price>,
+}
+
+/// A model's prices, in US dollars.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Price {
+    pub prompt_per_1k: f64,
+    pub completion_per_1k: f64,
+    /// Per second of engine time (one GPU's time for one request).
+    pub gpu_second: f64,
+    /// Per 1k tokens (prompt and completion) of an answer from the cache.
+    pub cache_hit_per_1k: f64,
+}
+
+impl Price {
+    /// The cost of one attempt's usage, in millionths of a dollar.
+    pub fn cost_micros(
+        &self,
+        prompt: u32,
+        completion: u32,
+        engine_ms: u64,
+        cache_hit: bool,
+    ) -> i64 {
+        let usd = if cache_hit {
+            f64::from(prompt + completion) / 1000.0 * self.cache_hit_per_1k
+        } else {
+            f64::from(prompt) / 1000.0 * self.prompt_per_1k
+                + f64::from(completion) / 1000.0 * self.completion_per_1k
+                + engine_ms as f64 / 1000.0 * self.gpu_second
+        };
+        (usd * 1e6).round() as i64
+    }
+
+    fn valid(&self) -> bool {
+        [
+            self.prompt_per_1k,
+            self.completion_per_1k,
+            self.gpu_second,
+            self.cache_hit_per_1k,
+        ]
+        .iter()
+        .all(|p| p.is_finite() && *p >= 0.0)
+    }
 }
 
 /// What the broker does with personal data found in a request, before the
@@ -277,6 +323,12 @@ impl Registry {
                 spec.max_tokens,
                 "must be positive",
             );
+            issues.check(
+                spec.price.is_none_or(|p| p.valid()),
+                &format!("{field}.price"),
+                spec.price,
+                "prices must be finite and not negative",
+            );
             if let Some(cache) = &spec.cache {
                 issues.check(
                     !cache.ttl.is_zero(),
@@ -329,6 +381,7 @@ mod tests {
             max_attempts: 3,
             cache: None,
             pii: None,
+            price: None,
         }
     }
 

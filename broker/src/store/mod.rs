@@ -174,6 +174,47 @@ pub struct JobRecord {
     pub usage: Option<Usage>,
 }
 
+/// One attempt's usage, priced: a line of the ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    pub usage: UsageEvent,
+    pub cost_micros: i64,
+    /// Answered from the result cache.
+    pub cache_hit: bool,
+}
+
+/// Which usage a report covers.
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter {
+    pub tenant: Option<String>,
+    /// Recorded at or after (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Recorded before (Unix ms).
+    pub until_ms: Option<i64>,
+}
+
+/// Usage summed per day (UTC), model and tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRow {
+    pub day: String,
+    pub model: String,
+    pub tenant: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub engine_ms: u64,
+    pub cost_micros: i64,
+    pub cache_hits: u64,
+}
+
+/// What was charged (the attempts whose results were delivered) and what
+/// was waste (attempts superseded by another that delivered).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageReport {
+    pub charged: Vec<UsageRow>,
+    pub waste: Vec<UsageRow>,
+}
+
 /// A webhook event due to be sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
@@ -262,7 +303,10 @@ pub trait JobStore: Send + Sync {
     async fn insert_rejected(&self, job: &RejectedJob) -> Result<(), StoreError>;
     async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError>;
     async fn apply_results(&self, results: &[JobResult]) -> Result<(), StoreError>;
-    async fn record_usage(&self, usage: &[UsageEvent]) -> Result<(), StoreError>;
+    /// Adds ledger lines; a line already there (same job and attempt) is
+    /// left as it is, so a redelivered usage event never bills twice.
+    async fn record_usage(&self, charges: &[Charge]) -> Result<(), StoreError>;
+    async fn usage_report(&self, filter: &UsageFilter) -> Result<UsageReport, StoreError>;
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
     /// Jobs matching `filter`, newest first, at most `limit`.
     async fn list(&self, filter: &ListFilter, limit: u32) -> Result<Vec<JobRecord>, StoreError>;

@@ -11,11 +11,11 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
-use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, Usage, UsageEvent, now_ms};
+use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, Usage, now_ms};
 
 use super::{
-    Attempt, Delivery, DeliveryRecord, DisabledEndpoint, Inserted, JobRecord, JobStore, ListFilter,
-    Next, RejectedJob, Source, Status, StoreError,
+    Attempt, Charge, Delivery, DeliveryRecord, DisabledEndpoint, Inserted, JobRecord, JobStore,
+    ListFilter, Next, RejectedJob, Source, Status, StoreError, UsageFilter, UsageReport, UsageRow,
 };
 use crate::webhooks;
 
@@ -424,12 +424,14 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    async fn record_usage(&self, usage: &[UsageEvent]) -> Result<(), StoreError> {
+    async fn record_usage(&self, charges: &[Charge]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for u in usage {
+        for c in charges {
+            let u = &c.usage;
             sqlx::query(
-                "INSERT INTO usage (job_id, attempt, node, model, prompt_tokens, completion_tokens, engine_ms, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                "INSERT INTO usage (job_id, attempt, node, model, prompt_tokens, completion_tokens,
+                    engine_ms, at, cost_micros, cache_hit)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (job_id, attempt) DO NOTHING",
             )
             .bind(&u.job_id)
@@ -440,11 +442,57 @@ impl JobStore for SqliteStore {
             .bind(u.usage.completion_tokens)
             .bind(i64::try_from(u.engine_ms).unwrap_or(i64::MAX))
             .bind(u.at_ms)
+            .bind(c.cost_micros)
+            .bind(c.cache_hit)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn usage_report(&self, f: &UsageFilter) -> Result<UsageReport, StoreError> {
+        // Charged: the attempt whose result the job delivered.
+        let query = |charged: bool| {
+            format!(
+                "SELECT date(u.at / 1000, 'unixepoch') AS day, u.model AS model, j.tenant AS tenant,
+                    COUNT(*) AS requests, SUM(u.prompt_tokens) AS prompt_tokens,
+                    SUM(u.completion_tokens) AS completion_tokens, SUM(u.engine_ms) AS engine_ms,
+                    SUM(u.cost_micros) AS cost_micros, SUM(u.cache_hit) AS cache_hits
+                 FROM usage u JOIN jobs j ON j.id = u.job_id
+                 WHERE {} (j.status = 'succeeded' AND j.attempt = u.attempt)
+                   AND (?1 IS NULL OR j.tenant = ?1)
+                   AND (?2 IS NULL OR u.at >= ?2) AND (?3 IS NULL OR u.at < ?3)
+                 GROUP BY day, u.model, j.tenant ORDER BY day, u.model, j.tenant",
+                if charged { "" } else { "NOT" }
+            )
+        };
+        let mut report = UsageReport::default();
+        for (charged, rows) in [(true, &mut report.charged), (false, &mut report.waste)] {
+            let found = sqlx::query(&query(charged))
+                .bind(&f.tenant)
+                .bind(f.since_ms)
+                .bind(f.until_ms)
+                .fetch_all(&self.pool)
+                .await?;
+            for row in &found {
+                let n = |name: &str| -> Result<u64, sqlx::Error> {
+                    Ok(u64::try_from(row.try_get::<i64, _>(name)?).unwrap_or(0))
+                };
+                rows.push(UsageRow {
+                    day: row.try_get("day")?,
+                    model: row.try_get("model")?,
+                    tenant: row.try_get("tenant")?,
+                    requests: n("requests")?,
+                    prompt_tokens: n("prompt_tokens")?,
+                    completion_tokens: n("completion_tokens")?,
+                    engine_ms: n("engine_ms")?,
+                    cost_micros: row.try_get("cost_micros")?,
+                    cache_hits: n("cache_hits")?,
+                });
+            }
+        }
+        Ok(report)
     }
 
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -718,7 +766,7 @@ impl JobStore for SqliteStore {
 mod tests {
     use super::*;
     use switchyard_schemas::{
-        CompletionInput, ErrorClass, JobError, JobInput, Priority, SCHEMA_VERSION,
+        CompletionInput, ErrorClass, JobError, JobInput, Priority, SCHEMA_VERSION, UsageEvent,
     };
 
     async fn store() -> (SqliteStore, tempfile::TempDir) {
@@ -1018,8 +1066,13 @@ mod tests {
             engine_ms: 5,
             at_ms: 6,
         };
-        s.record_usage(&[u.clone(), u.clone()]).await.unwrap();
-        s.record_usage(&[u]).await.unwrap();
+        let c = Charge {
+            usage: u,
+            cost_micros: 7,
+            cache_hit: false,
+        };
+        s.record_usage(&[c.clone(), c.clone()]).await.unwrap();
+        s.record_usage(&[c]).await.unwrap();
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage")
             .fetch_one(&s.pool)
             .await

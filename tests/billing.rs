@@ -1,0 +1,170 @@
+//! Billing: 10,000 jobs, with the broker and an agent SIGKILLed while they
+//! run so that usage events and assignments are delivered again; the ledger
+//! still charges each completed job once, and its totals are the engine's
+//! own token counts at the configured prices.
+
+// Tests fail by panicking; the no-panic lints are for the product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use common::*;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+const PRICED: &str = "
+  - name: tiny-priced
+    kind: completion
+    price: {prompt_per_1k: 1.0, completion_per_1k: 2.0}
+    cache: {ttl: 1m}";
+
+const JOBS: usize = 10_000;
+
+/// Jobs listed with `status`, counted a page at a time.
+async fn count(stack: &Stack, status: &str) -> usize {
+    let mut n = 0;
+    let mut cursor = String::new();
+    loop {
+        let (_, page) = stack
+            .get_json(&format!("/v1/jobs?status={status}&limit=200{cursor}"))
+            .await;
+        n += page["data"].as_array().map_or(0, Vec::len);
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => return n,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_jobs_through_crashes_are_each_billed_once() {
+    let mut stack = Stack::new(StackOptions {
+        extra_models: PRICED,
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_simulated_agent("node-a", "tiny-priced");
+    stack.start_simulated_agent("node-b", "tiny-priced");
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    // Prompts of 3 tokens; 1 to 4 completion tokens.
+    let completion: usize = (0..JOBS).map(|i| 1 + i % 4).sum();
+    let published = futures::stream::iter(0..JOBS)
+        .map(|i| {
+            let js = js.clone();
+            async move {
+                let body = json!({"model": "tiny-priced",
+                                  "input": {"prompt": format!("bill {i} now"), "max_tokens": 1 + i % 4}});
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("bill-{i}").as_str());
+                js.publish_with_headers("sy.submit.normal", headers, body.to_string().into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(256)
+        .collect::<Vec<()>>();
+    // While they run: the broker dies mid-projection, then an agent mid-job.
+    let chaos = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stack.sigkill("broker");
+        stack.start_broker();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stack.sigkill("node-a");
+        stack.start_simulated_agent("node-a", "tiny-priced");
+    };
+    tokio::join!(published, chaos);
+
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while count(&stack, "succeeded").await < JOBS {
+        assert!(Instant::now() < deadline, "not every job completed");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The projection of usage may trail the results by a batch.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let (_, report) = stack.get_json("/v1/usage").await;
+        let requests: u64 = report["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["requests"].as_u64().unwrap())
+            .sum();
+        if requests >= JOBS as u64 {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "ledger short: {report}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let sum = |field: &str| -> u64 {
+        report["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[field].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        sum("requests"),
+        JOBS as u64,
+        "one charged line per completed job"
+    );
+    assert_eq!(sum("prompt_tokens"), 3 * JOBS as u64);
+    assert_eq!(sum("completion_tokens"), completion as u64);
+    let want_usd = (3 * JOBS) as f64 / 1000.0 + completion as f64 / 1000.0 * 2.0;
+    let total = report["total_cost_usd"].as_f64().unwrap();
+    assert!((total - want_usd).abs() < 1e-6, "{total} != {want_usd}");
+    println!(
+        "ledger: {} jobs charged, ${total:.6}; waste lines: {}",
+        sum("requests"),
+        report["waste"]
+    );
+
+    // A repeat answered from the cache is billed once, at the cache price
+    // (zero here): one more line, no more cost.
+    let body = json!({"model": "tiny-priced", "input": {"prompt": "bill 7 now", "max_tokens": 4, "temperature": 0}});
+    for _ in 0..2 {
+        let r = stack
+            .http
+            .post(stack.broker_url("/v1/jobs"))
+            .header("prefer", "wait=10")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let (_, after) = stack.get_json("/v1/usage").await;
+    let hits: u64 = after["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cache_hits"].as_u64().unwrap())
+        .sum();
+    assert_eq!(hits, 1);
+
+    let csv = stack
+        .http
+        .get(stack.broker_url("/v1/usage?format=csv"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "day,model,tenant,requests,prompt_tokens,completion_tokens,engine_ms,cost_usd,cache_hits"
+        )
+    );
+    let rows: Vec<Value> = lines.map(|l| json!(l)).collect();
+    assert!(!rows.is_empty());
+}
