@@ -17,6 +17,7 @@ use switchyard_schemas::{
 use tracing::{debug, warn};
 
 use crate::billing;
+use crate::budget::Budgets;
 use crate::metrics as m;
 use crate::pii::Pii;
 use crate::store::{Inserted, JobStore, Source, StoreError};
@@ -51,6 +52,16 @@ pub enum Rejection {
     /// `block`.
     #[error("the request holds personal data ({0}); it is refused here")]
     PiiFound(String),
+    /// The tenant's budget for this period has no room for the job's
+    /// estimated cost.
+    #[error(
+        "tenant {tenant:?} has not ${left:.6} left of its budget for a job estimated at ${estimate:.6}"
+    )]
+    OverBudget {
+        tenant: String,
+        left: f64,
+        estimate: f64,
+    },
 }
 
 impl Rejection {
@@ -62,6 +73,7 @@ impl Rejection {
             Rejection::InputTooLarge { .. } => "input_too_large",
             Rejection::WebhookRefused(_) => "webhook_refused",
             Rejection::PiiFound(_) => "pii_detected",
+            Rejection::OverBudget { .. } => "budget_exceeded",
         }
     }
 }
@@ -347,6 +359,7 @@ pub struct Admitter {
     pub js: Context,
     pub webhooks: Arc<Webhooks>,
     pub pii: Arc<Pii>,
+    pub budgets: Arc<Budgets>,
 }
 
 impl Admitter {
@@ -385,12 +398,23 @@ impl Admitter {
             // id, even past the server's de-duplication window): the same job.
             return Ok(job);
         }
+        if let Some(r) = self.budgets.reservation(&self.registry, &job, now_ms()) {
+            let left = self.store.reserve(&job.id, &r).await?;
+            if let Some(left) = left {
+                self.discard(&job.id).await;
+                let over = Rejection::OverBudget {
+                    tenant: job.tenant,
+                    left: left as f64 / 1e6,
+                    estimate: r.micros as f64 / 1e6,
+                };
+                reject(&over);
+                return Err(over.into());
+            }
+        }
         if let Err(e) = self.enqueue(&job).await {
             // The client is told the job was not queued, so no record of it
             // stays behind for the outbox to publish later.
-            if let Err(store_err) = self.store.discard_unqueued(&job.id).await {
-                warn!(job_id = %job.id, error = %store_err, "could not discard the unqueued job; the outbox will queue it");
-            }
+            self.discard(&job.id).await;
             return Err(match e {
                 EnqueueError::Full => SubmitError::QueueFull {
                     priority: job.priority,
@@ -408,6 +432,18 @@ impl Admitter {
         metrics::counter!(m::SUBMISSIONS, "source" => source.as_str()).increment(1);
         metrics::histogram!(m::SUBMIT_SECONDS).record(started.elapsed().as_secs_f64());
         Ok(job)
+    }
+
+    /// Forgets a job that was recorded but will not be queued, and gives
+    /// back what it reserved of its tenant's budget.
+    async fn discard(&self, id: &str) {
+        if let Err(e) = self.store.discard_unqueued(id).await {
+            warn!(job_id = %id, error = %e, "could not discard the unqueued job; the outbox will queue it");
+            return;
+        }
+        if let Err(e) = self.store.settle(&[id.to_owned()], &|_| 0).await {
+            warn!(job_id = %id, error = %e, "could not give back a budget reservation");
+        }
     }
 
     /// Records a job answered without running (a result cache hit): queued

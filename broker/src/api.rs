@@ -71,6 +71,7 @@ impl ApiError {
             ApiError::Submit(SubmitError::Rejected(r)) => {
                 let status = match r {
                     Rejection::MalformedBody(_) => StatusCode::BAD_REQUEST,
+                    Rejection::OverBudget { .. } => StatusCode::PAYMENT_REQUIRED,
                     Rejection::InputTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                     Rejection::InvalidRequest(_)
                     | Rejection::UnknownModel(_)

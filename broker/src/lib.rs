@@ -6,6 +6,7 @@ mod admission;
 mod api;
 mod batches;
 mod billing;
+mod budget;
 mod cache;
 mod cancel;
 mod config;

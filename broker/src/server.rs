@@ -12,9 +12,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admission::Admitter;
+use crate::budget::{self, Budgets};
 use crate::cache::{self, ResultCache};
 use crate::pii::Pii;
-use crate::store::{BatchStore, Charge, JobStore, SqliteStore, Status, StoreError};
+use crate::store::{BatchStore, Charge, JobRecord, JobStore, SqliteStore, Status, StoreError};
 use crate::webhooks::{self, Webhooks};
 use crate::{
     BrokerConfig, api, batches, billing, cancel, dead_letters, expiry, intake, metrics as m,
@@ -122,12 +123,14 @@ pub async fn run(
     let pii = Arc::new(Pii::new(&cfg.pii, &registry, &tenants)?);
     let registry = Arc::new(registry);
     let prices = registry.clone();
+    let settle_prices = registry.clone();
     let admitter = Admitter {
         registry,
         store: store.clone(),
         js,
         webhooks: webhooks.clone(),
         pii,
+        budgets: Arc::new(Budgets::new(&tenants)),
     };
     let ready = Readiness::default();
     let dead = nats::stream(&admitter.js, subjects::DEAD_STREAM).await?;
@@ -200,6 +203,7 @@ pub async fn run(
         store.clone(),
         move |s, mut items: Vec<JobResult>| {
             let large = large.clone();
+            let settle_prices = settle_prices.clone();
             async move {
                 for r in &mut items {
                     match large::resolve(&large, r).await {
@@ -210,6 +214,24 @@ pub async fn run(
                     }
                 }
                 s.apply_results(&items).await?;
+                // After the record: the cost is read from the job as recorded.
+                let ids: Vec<String> = items.iter().map(|r| r.job_id.clone()).collect();
+                let cost = |job: &JobRecord| match (job.status, job.usage) {
+                    (Status::Succeeded, Some(usage)) => {
+                        let engine_ms = job
+                            .finished_at_ms
+                            .zip(job.started_at_ms)
+                            .map_or(0, |(f, s)| f - s);
+                        budget::actual(
+                            &settle_prices,
+                            &job.model,
+                            usage,
+                            u64::try_from(engine_ms).unwrap_or(0),
+                        )
+                    }
+                    _ => 0,
+                };
+                s.settle(&ids, &cost).await?;
                 for r in &items {
                     let status = Status::of(&r.outcome).as_str();
                     metrics::counter!(m::FINISHED, "status" => status).increment(1);

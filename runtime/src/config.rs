@@ -470,6 +470,28 @@ pub struct TenantSpec {
     /// model's own; the stricter of the two applies.
     #[serde(default)]
     pub pii: Option<PiiPolicy>,
+    /// Most the tenant may spend per period, in US dollars, at the models'
+    /// prices; none when not given.
+    #[serde(default)]
+    pub budget: Option<Budget>,
+}
+
+/// A spending limit.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub usd: f64,
+    #[serde(default)]
+    pub period: BudgetPeriod,
+}
+
+/// The calendar period (UTC) a budget renews over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPeriod {
+    Day,
+    #[default]
+    Month,
 }
 
 fn default_weight() -> u32 {
@@ -500,6 +522,13 @@ impl Tenants {
                 &format!("{field}.weight"),
                 spec.weight,
                 "must be between 1 and 1000",
+            );
+            issues.check(
+                spec.budget
+                    .is_none_or(|b| b.usd.is_finite() && b.usd >= 0.0),
+                &format!("{field}.budget.usd"),
+                spec.budget.map(|b| b.usd),
+                "must be a dollar amount, 0 or more",
             );
             if table.insert(spec.name.clone(), spec.clone()).is_some() {
                 issues.push(&format!("{field}.name"), &spec.name, "declared twice");

@@ -11,7 +11,7 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use config::{
-    CacheSpec, ConfigError, Issues, ModelKind, ModelSpec, NatsConfig, PiiPolicy, Registry,
-    TenantSpec, Tenants,
+    Budget, BudgetPeriod, CacheSpec, ConfigError, Issues, ModelKind, ModelSpec, NatsConfig,
+    PiiPolicy, Registry, TenantSpec, Tenants,
 };
 pub use ops::Readiness;

@@ -8,6 +8,8 @@ mod sqlite_batches;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+
+use crate::budget::Reservation;
 use switchyard_schemas::{
     ErrorClass, Job, JobEvent, JobResult, Outcome, Priority, Usage, UsageEvent,
 };
@@ -303,6 +305,18 @@ pub trait JobStore: Send + Sync {
     async fn insert_rejected(&self, job: &RejectedJob) -> Result<(), StoreError>;
     async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError>;
     async fn apply_results(&self, results: &[JobResult]) -> Result<(), StoreError>;
+    /// Reserves `r.micros` of a tenant's budget for a job unless reserved
+    /// plus spent would pass the limit; a job that holds a reservation
+    /// keeps it. `None` when reserved; otherwise what is left.
+    async fn reserve(&self, job_id: &str, r: &Reservation) -> Result<Option<i64>, StoreError>;
+    /// Ends the reservations of these jobs: each job's `cost` (of its
+    /// record, 0 if it has none) is spent and the rest given back. A job
+    /// without a reservation is skipped, so settling twice changes nothing.
+    async fn settle(
+        &self,
+        job_ids: &[String],
+        cost: &(dyn for<'r> Fn(&'r JobRecord) -> i64 + Sync),
+    ) -> Result<(), StoreError>;
     /// Adds ledger lines; a line already there (same job and attempt) is
     /// left as it is, so a redelivered usage event never bills twice.
     async fn record_usage(&self, charges: &[Charge]) -> Result<(), StoreError>;

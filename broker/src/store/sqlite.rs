@@ -17,6 +17,7 @@ use super::{
     Attempt, Charge, Delivery, DeliveryRecord, DisabledEndpoint, Inserted, JobRecord, JobStore,
     ListFilter, Next, RejectedJob, Source, Status, StoreError, UsageFilter, UsageReport, UsageRow,
 };
+use crate::budget::Reservation;
 use crate::webhooks;
 
 pub struct SqliteStore {
@@ -444,6 +445,99 @@ impl JobStore for SqliteStore {
             .bind(u.at_ms)
             .bind(c.cost_micros)
             .bind(c.cache_hit)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reserve(&self, job_id: &str, r: &Reservation) -> Result<Option<i64>, StoreError> {
+        // Writes first, so the transaction holds the write lock throughout.
+        let mut tx = self.pool.begin().await?;
+        let new = sqlx::query(
+            "INSERT INTO reservations (job_id, tenant, period_start, micros)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (job_id) DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(&r.tenant)
+        .bind(r.period_start_ms)
+        .bind(r.micros)
+        .execute(&mut *tx)
+        .await?;
+        if new.rows_affected() == 0 {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO budgets (tenant, period_start) VALUES (?1, ?2)
+             ON CONFLICT (tenant, period_start) DO NOTHING",
+        )
+        .bind(&r.tenant)
+        .bind(r.period_start_ms)
+        .execute(&mut *tx)
+        .await?;
+        let reserved = sqlx::query(
+            "UPDATE budgets SET reserved_micros = reserved_micros + ?3
+             WHERE tenant = ?1 AND period_start = ?2
+               AND reserved_micros + spent_micros + ?3 <= ?4",
+        )
+        .bind(&r.tenant)
+        .bind(r.period_start_ms)
+        .bind(r.micros)
+        .bind(r.limit_micros)
+        .execute(&mut *tx)
+        .await?;
+        if reserved.rows_affected() == 1 {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let left: i64 = sqlx::query_scalar(
+            "SELECT ?3 - reserved_micros - spent_micros FROM budgets
+             WHERE tenant = ?1 AND period_start = ?2",
+        )
+        .bind(&r.tenant)
+        .bind(r.period_start_ms)
+        .bind(r.limit_micros)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        Ok(Some(left.max(0)))
+    }
+
+    async fn settle(
+        &self,
+        job_ids: &[String],
+        cost: &(dyn for<'r> Fn(&'r JobRecord) -> i64 + Sync),
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for id in job_ids {
+            let Some(held) = sqlx::query(
+                "DELETE FROM reservations WHERE job_id = ?1 RETURNING tenant, period_start, micros",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                continue;
+            };
+            let spent = match sqlx::query("SELECT * FROM jobs WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                Some(row) => cost(&record(&row)?),
+                None => 0,
+            };
+            sqlx::query(
+                "UPDATE budgets SET reserved_micros = reserved_micros - ?3,
+                    spent_micros = spent_micros + ?4
+                 WHERE tenant = ?1 AND period_start = ?2",
+            )
+            .bind(held.try_get::<String, _>("tenant")?)
+            .bind(held.try_get::<i64, _>("period_start")?)
+            .bind(held.try_get::<i64, _>("micros")?)
+            .bind(spent)
             .execute(&mut *tx)
             .await?;
         }

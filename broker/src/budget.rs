@@ -1,0 +1,114 @@
+//! Tenant budgets. A job reserves its estimated cost at admission — the
+//! store checks and reserves in one conditional update, so concurrent
+//! submissions (on one broker or several sharing a database) cannot
+//! overrun the limit — and its result settles the reservation: the real
+//! cost of a success is spent, a failure, cancellation or expiry refunds.
+
+use std::collections::HashMap;
+
+use switchyard_runtime::{Budget, BudgetPeriod, Registry, Tenants};
+use switchyard_schemas::{Job, JobInput, Usage};
+use time::OffsetDateTime;
+
+/// Budgets by tenant.
+#[derive(Debug, Default)]
+pub struct Budgets {
+    limits: HashMap<String, Budget>,
+}
+
+/// A reservation to make: who, for which period, how much, up to what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub tenant: String,
+    pub period_start_ms: i64,
+    pub micros: i64,
+    pub limit_micros: i64,
+}
+
+/// The start (Unix ms, UTC) of the period `now_ms` falls in.
+pub fn period_start(period: BudgetPeriod, now_ms: i64) -> i64 {
+    const DAY: i64 = 86_400_000;
+    let day = now_ms.div_euclid(DAY) * DAY;
+    match period {
+        BudgetPeriod::Day => day,
+        BudgetPeriod::Month => OffsetDateTime::from_unix_timestamp(day / 1000)
+            .ok()
+            .and_then(|t| t.replace_day(1).ok())
+            .map_or(day, |t| t.unix_timestamp() * 1000),
+    }
+}
+
+/// Tokens a job's text counts for before the engine has counted them: a
+/// token per four bytes, as tokenizers of Latin text roughly give.
+fn prompt_tokens(input: &JobInput) -> u32 {
+    let bytes: usize = match input {
+        JobInput::Chat(c) => c.messages.iter().map(|m| m.content.len()).sum(),
+        JobInput::Completion(c) => c.prompt.len(),
+        JobInput::Embedding(e) => e.input.iter().map(String::len).sum(),
+        JobInput::Tensor(_) => 0,
+    };
+    u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+/// What a job is expected to cost: its prompt and all of its `max_tokens`.
+pub fn estimate(registry: &Registry, job: &Job) -> i64 {
+    registry
+        .get(&job.model)
+        .and_then(|m| m.price)
+        .map_or(0, |p| {
+            p.cost_micros(
+                prompt_tokens(&job.input),
+                job.input.max_tokens().unwrap_or(0),
+                0,
+                false,
+            )
+        })
+}
+
+/// What a finished job cost, by its model's price.
+pub fn actual(registry: &Registry, model: &str, usage: Usage, engine_ms: u64) -> i64 {
+    registry.get(model).and_then(|m| m.price).map_or(0, |p| {
+        p.cost_micros(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            engine_ms,
+            false,
+        )
+    })
+}
+
+impl Budgets {
+    pub fn new(tenants: &Tenants) -> Budgets {
+        Budgets {
+            limits: tenants
+                .iter()
+                .filter_map(|t| Some((t.name.clone(), t.budget?)))
+                .collect(),
+        }
+    }
+
+    /// The reservation a job needs, if its tenant has a budget.
+    pub fn reservation(&self, registry: &Registry, job: &Job, now_ms: i64) -> Option<Reservation> {
+        let budget = self.limits.get(&job.tenant)?;
+        Some(Reservation {
+            tenant: job.tenant.clone(),
+            period_start_ms: period_start(budget.period, now_ms),
+            micros: estimate(registry, job),
+            limit_micros: (budget.usd * 1e6).round() as i64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_start_at_utc_midnight_and_the_first_of_the_month() {
+        // 2026-11-22T13:45:00Z
+        let now = 1_795_355_100_000;
+        assert_eq!(period_start(BudgetPeriod::Day, now), 1_795_305_600_000);
+        // 2026-11-01T00:00:00Z
+        assert_eq!(period_start(BudgetPeriod::Month, now), 1_793_491_200_000);
+    }
+}
