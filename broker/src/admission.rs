@@ -17,7 +17,8 @@ use switchyard_schemas::{
 use tracing::{debug, warn};
 
 use crate::billing;
-use crate::budget::Budgets;
+use crate::budget::{self, Budgets};
+use crate::limits::Limits;
 use crate::metrics as m;
 use crate::pii::Pii;
 use crate::store::{Inserted, JobStore, Source, StoreError};
@@ -85,6 +86,13 @@ pub enum SubmitError {
     /// The job's queue is at `nats.max_queued_per_queue`: not queued.
     #[error("the {priority} queue of model {model:?} is full")]
     QueueFull { priority: Priority, model: String },
+    /// The tenant is over one of its rate limits: not queued.
+    #[error("tenant {tenant:?} is over its {limit} limit; retry in {retry_after} s")]
+    RateLimited {
+        tenant: String,
+        limit: &'static str,
+        retry_after: u64,
+    },
     /// The queue did not confirm the job: it is not queued and will not run.
     #[error("the queue is unavailable: {0}")]
     QueueUnavailable(String),
@@ -360,6 +368,7 @@ pub struct Admitter {
     pub webhooks: Arc<Webhooks>,
     pub pii: Arc<Pii>,
     pub budgets: Arc<Budgets>,
+    pub limits: Arc<Limits>,
 }
 
 impl Admitter {
@@ -391,6 +400,21 @@ impl Admitter {
             .validate(submission, priority, id)
             .inspect_err(reject)?;
         self.webhooks.admit(&mut job).await.inspect_err(reject)?;
+        let takes = self.limits.takes(&job.tenant, budget::tokens(&job));
+        if !takes.is_empty()
+            && let Some((limit, wait_us)) = self.store.take(&takes, now_ms() * 1000).await?
+        {
+            metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => "rate_limited")
+                .increment(1);
+            return Err(SubmitError::RateLimited {
+                tenant: job.tenant,
+                limit,
+                retry_after: u64::try_from(wait_us)
+                    .unwrap_or(0)
+                    .div_ceil(1_000_000)
+                    .max(1),
+            });
+        }
         // Recorded first, so that a crash between here and the queue's
         // confirmation leaves a record the outbox publishes again.
         if self.store.insert(&job, source).await? == (Inserted::Existing { enqueued: true }) {

@@ -83,6 +83,9 @@ impl ApiError {
             ApiError::QueueFull { .. } | ApiError::Submit(SubmitError::QueueFull { .. }) => {
                 (StatusCode::TOO_MANY_REQUESTS, "queue_full")
             }
+            ApiError::Submit(SubmitError::RateLimited { .. }) => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+            }
             ApiError::Submit(SubmitError::QueueUnavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable")
             }
@@ -142,7 +145,8 @@ impl ApiError {
     pub fn respond(self, body: impl FnOnce(&'static str, String) -> Value) -> Response {
         let (status, code) = self.status_and_code();
         let retry_after = match &self {
-            ApiError::QueueFull { retry_after, .. } => Some(*retry_after),
+            ApiError::QueueFull { retry_after, .. }
+            | ApiError::Submit(SubmitError::RateLimited { retry_after, .. }) => Some(*retry_after),
             ApiError::IdempotencyInFlight => Some(1),
             ApiError::JobFailed(_) => None,
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),

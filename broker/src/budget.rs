@@ -50,6 +50,12 @@ fn prompt_tokens(input: &JobInput) -> u32 {
     u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX)
 }
 
+/// The tokens a job is expected to use: its prompt and all of its
+/// `max_tokens`.
+pub fn tokens(job: &Job) -> u32 {
+    prompt_tokens(&job.input).saturating_add(job.input.max_tokens().unwrap_or(0))
+}
+
 /// What a job is expected to cost: its prompt and all of its `max_tokens`.
 pub fn estimate(registry: &Registry, job: &Job) -> i64 {
     registry

@@ -339,6 +339,7 @@ fn error_body(e: &SubmitError) -> ErrorBody {
     let (code, message) = match e {
         SubmitError::Rejected(r) => (r.code(), r.to_string()),
         SubmitError::QueueFull { .. } => ("queue_full", e.to_string()),
+        SubmitError::RateLimited { .. } => ("rate_limited", e.to_string()),
         SubmitError::QueueUnavailable(_) => (
             "queue_unavailable",
             "the job queue is unavailable; the job was not queued".into(),

@@ -15,6 +15,7 @@ mod events;
 mod expiry;
 mod intake;
 mod kserve;
+mod limits;
 mod metrics;
 mod openai;
 mod openapi;

@@ -6,7 +6,7 @@ use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_runtime::{NatsConfig, Readiness, Registry, Tenants};
-use switchyard_schemas::{JobEvent, JobResult, UsageEvent, subjects};
+use switchyard_schemas::{JobEvent, JobResult, Outcome, UsageEvent, subjects};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::admission::Admitter;
 use crate::budget::{self, Budgets};
 use crate::cache::{self, ResultCache};
+use crate::limits::Limits;
 use crate::pii::Pii;
 use crate::store::{BatchStore, Charge, JobRecord, JobStore, SqliteStore, Status, StoreError};
 use crate::webhooks::{self, Webhooks};
@@ -121,6 +122,7 @@ pub async fn run(
 
     let webhooks = Arc::new(Webhooks::new(&cfg, &tenants));
     let pii = Arc::new(Pii::new(&cfg.pii, &registry, &tenants)?);
+    let limits = Arc::new(Limits::new(&tenants));
     let registry = Arc::new(registry);
     let prices = registry.clone();
     let settle_prices = registry.clone();
@@ -131,6 +133,7 @@ pub async fn run(
         webhooks: webhooks.clone(),
         pii,
         budgets: Arc::new(Budgets::new(&tenants)),
+        limits: limits.clone(),
     };
     let ready = Readiness::default();
     let dead = nats::stream(&admitter.js, subjects::DEAD_STREAM).await?;
@@ -204,6 +207,7 @@ pub async fn run(
         move |s, mut items: Vec<JobResult>| {
             let large = large.clone();
             let settle_prices = settle_prices.clone();
+            let limits = limits.clone();
             async move {
                 for r in &mut items {
                     match large::resolve(&large, r).await {
@@ -232,6 +236,19 @@ pub async fn run(
                     _ => 0,
                 };
                 s.settle(&ids, &cost).await?;
+                if limits.counts_tokens() {
+                    let used: Vec<(String, u32)> = items
+                        .iter()
+                        .filter_map(|r| match &r.outcome {
+                            Outcome::Succeeded { usage, .. } => Some((
+                                r.job_id.clone(),
+                                usage.prompt_tokens + usage.completion_tokens,
+                            )),
+                            Outcome::Failed { .. } => None,
+                        })
+                        .collect();
+                    s.correct_limits(&used, &|t| limits.token_rate(t)).await?;
+                }
                 for r in &items {
                     let status = Status::of(&r.outcome).as_str();
                     metrics::counter!(m::FINISHED, "status" => status).increment(1);

@@ -474,6 +474,24 @@ pub struct TenantSpec {
     /// prices; none when not given.
     #[serde(default)]
     pub budget: Option<Budget>,
+    /// Rate limits on the tenant's submissions; none when not given.
+    #[serde(default)]
+    pub limits: Option<RateLimits>,
+}
+
+/// A tenant's rate limits, enforced as GCRA across every broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    pub requests_per_minute: Option<u32>,
+    /// Tokens estimated at submission (prompt and `max_tokens`), corrected
+    /// by the engine's count when the job ends.
+    pub tokens_per_minute: Option<u32>,
+    /// Requests that may come at once; a sixth of a minute's allowance
+    /// (plus one) when not given.
+    pub burst_requests: Option<u32>,
+    /// Tokens that may come at once; a sixth of a minute's when not given.
+    pub burst_tokens: Option<u32>,
 }
 
 /// A spending limit.

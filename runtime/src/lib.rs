@@ -12,6 +12,6 @@ pub mod telemetry;
 
 pub use config::{
     Budget, BudgetPeriod, CacheSpec, ConfigError, Issues, ModelKind, ModelSpec, NatsConfig,
-    PiiPolicy, Registry, TenantSpec, Tenants,
+    PiiPolicy, Price, RateLimits, Registry, TenantSpec, Tenants,
 };
 pub use ops::Readiness;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 use crate::budget::Reservation;
+use crate::limits::Take;
 use switchyard_schemas::{
     ErrorClass, Job, JobEvent, JobResult, Outcome, Priority, Usage, UsageEvent,
 };
@@ -170,6 +171,8 @@ pub struct JobRecord {
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
     pub output: Option<serde_json::Value>,
+    /// Tokens admission estimated the job at, when its tenant has a token limit.
+    pub tokens_estimate: Option<u32>,
     /// The output was dropped at the end of its retention.
     pub output_expired: bool,
     pub error: Option<(String, String)>,
@@ -305,6 +308,21 @@ pub trait JobStore: Send + Sync {
     async fn insert_rejected(&self, job: &RejectedJob) -> Result<(), StoreError>;
     async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError>;
     async fn apply_results(&self, results: &[JobResult]) -> Result<(), StoreError>;
+    /// Takes one request from each limit, all or none; when one has no
+    /// room, which one and how long until it has (µs).
+    async fn take(
+        &self,
+        takes: &[Take],
+        now_us: i64,
+    ) -> Result<Option<(&'static str, i64)>, StoreError>;
+    /// Corrects token limits by what finished jobs really used (job id,
+    /// tokens): each job's estimate is replaced once; `rate` gives a
+    /// tenant's limit key and the time a token costs (µs).
+    async fn correct_limits(
+        &self,
+        used: &[(String, u32)],
+        rate: &(dyn for<'t> Fn(&'t str) -> Option<(String, i64)> + Sync),
+    ) -> Result<(), StoreError>;
     /// Reserves `r.micros` of a tenant's budget for a job unless reserved
     /// plus spent would pass the limit; a job that holds a reservation
     /// keeps it. `None` when reserved; otherwise what is left.

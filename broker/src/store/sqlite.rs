@@ -18,6 +18,7 @@ use super::{
     ListFilter, Next, RejectedJob, Source, Status, StoreError, UsageFilter, UsageReport, UsageRow,
 };
 use crate::budget::Reservation;
+use crate::limits::Take;
 use crate::webhooks;
 
 pub struct SqliteStore {
@@ -164,6 +165,7 @@ pub(super) fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
             .map_err(|e| corrupt(e.to_string()))?,
         error: code.zip(message),
         output_expired: row.try_get("output_expired")?,
+        tokens_estimate: row.try_get("tokens_estimate")?,
         usage: prompt.zip(completion).map(|(p, c)| Usage {
             prompt_tokens: p,
             completion_tokens: c,
@@ -259,8 +261,8 @@ impl JobStore for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, model, priority, source, status, job, metadata, attempt, created_at,
-                tenant, deadline_at, webhook_url, webhook_events)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                tenant, deadline_at, webhook_url, webhook_events, tokens_estimate)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&job.id)
@@ -275,6 +277,7 @@ impl JobStore for SqliteStore {
         .bind(job.deadline_ms)
         .bind(webhook.map(|w| &w.url))
         .bind(events)
+        .bind(crate::budget::tokens(job))
         .execute(&mut *tx)
         .await?;
         let found = if inserted.rows_affected() == 1 {
@@ -447,6 +450,76 @@ impl JobStore for SqliteStore {
             .bind(c.cache_hit)
             .execute(&mut *tx)
             .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn take(
+        &self,
+        takes: &[Take],
+        now_us: i64,
+    ) -> Result<Option<(&'static str, i64)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for t in takes {
+            // GCRA: a request may come when the theoretical arrival time is
+            // at most the tolerance ahead; it moves that time on by its cost.
+            let taken = sqlx::query(
+                "INSERT INTO rate_limits (key, tat) VALUES (?1, ?2 + ?3)
+                 ON CONFLICT (key) DO UPDATE SET tat = MAX(tat, ?2) + ?3
+                    WHERE rate_limits.tat <= ?2 + ?4",
+            )
+            .bind(&t.key)
+            .bind(now_us)
+            .bind(t.cost_us)
+            .bind(t.tolerance_us)
+            .execute(&mut *tx)
+            .await?;
+            if taken.rows_affected() == 0 {
+                let tat: i64 = sqlx::query_scalar("SELECT tat FROM rate_limits WHERE key = ?1")
+                    .bind(&t.key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.rollback().await?;
+                return Ok(Some((t.limit, (tat - now_us - t.tolerance_us).max(1))));
+            }
+        }
+        tx.commit().await?;
+        Ok(None)
+    }
+
+    async fn correct_limits(
+        &self,
+        used: &[(String, u32)],
+        rate: &(dyn for<'t> Fn(&'t str) -> Option<(String, i64)> + Sync),
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, tokens) in used {
+            let Some(row) = sqlx::query(
+                "SELECT tenant, tokens_estimate FROM jobs
+                 WHERE id = ?1 AND tokens_estimate IS NOT NULL",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                continue;
+            };
+            // Cleared in the same transaction: a result seen again moves
+            // nothing.
+            sqlx::query("UPDATE jobs SET tokens_estimate = NULL WHERE id = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let tenant: String = row.try_get("tenant")?;
+            let estimate: i64 = row.try_get("tokens_estimate")?;
+            if let Some((key, per_token)) = rate(&tenant) {
+                sqlx::query("UPDATE rate_limits SET tat = tat + ?2 WHERE key = ?1")
+                    .bind(key)
+                    .bind(per_token * (i64::from(*tokens) - estimate))
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -1172,5 +1245,45 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[tokio::test]
+    async fn a_limit_admits_its_burst_then_one_per_interval_and_corrects_once() {
+        let (s, _dir) = store().await;
+        let take = |cost_us, tolerance_us| Take {
+            key: "t:tpm".into(),
+            limit: "tokens_per_minute",
+            cost_us,
+            tolerance_us,
+        };
+        // A burst of three (tolerance two intervals), then the fourth waits
+        // one interval.
+        for _ in 0..3 {
+            assert_eq!(s.take(&[take(100, 200)], 1_000).await.unwrap(), None);
+        }
+        assert_eq!(
+            s.take(&[take(100, 200)], 1_000).await.unwrap(),
+            Some(("tokens_per_minute", 100))
+        );
+        assert_eq!(s.take(&[take(100, 200)], 1_100).await.unwrap(), None);
+
+        // A job's real tokens replace its estimate, once however often its
+        // result is seen.
+        let mut j = job("est");
+        j.tenant = "t".into();
+        s.insert(&j, Source::Http).await.unwrap();
+        let tat = || async {
+            sqlx::query_scalar::<_, i64>("SELECT tat FROM rate_limits WHERE key = 't:tpm'")
+                .fetch_one(&s.pool)
+                .await
+                .unwrap()
+        };
+        let before = tat().await;
+        let rate = |_: &str| Some(("t:tpm".to_owned(), 1));
+        let estimate = i64::from(crate::budget::tokens(&j));
+        for _ in 0..2 {
+            s.correct_limits(&[("est".into(), 8)], &rate).await.unwrap();
+        }
+        assert_eq!(tat().await, before + 8 - estimate);
     }
 }

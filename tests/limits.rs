@@ -1,0 +1,91 @@
+//! Rate limits per tenant hold across brokers: two brokers sharing one job
+//! store admit no more than one tenant's burst between them, refuse the
+//! rest with `429 rate_limited` and a `Retry-After`, and leave other
+//! tenants alone; a tokens-per-minute limit counts estimated tokens.
+
+// Tests fail by panicking; the no-panic lints are for the product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+const TENANTS: &str = "[{name: metered, limits: {requests_per_minute: 60, burst_requests: 5}},
+  {name: wordy, limits: {tokens_per_minute: 600, burst_tokens: 100}}]";
+
+async fn post(stack: &Stack, port: u16, body: &Value) -> (u16, Option<String>, Value) {
+    let r = stack
+        .http
+        .post(format!("http://127.0.0.1:{port}/v1/jobs"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (r.status().as_u16(), retry_after, r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_brokers_share_a_tenant_s_rate_limit() {
+    let mut stack = Stack::new(StackOptions {
+        tenants: TENANTS,
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    let second = free_port();
+    stack.launch(
+        "broker-2",
+        "broker",
+        second,
+        &[("SWITCHYARD_BROKER__LISTEN", format!("127.0.0.1:{second}"))],
+    );
+    let ports = [stack.broker_port, second];
+    let body =
+        |tenant: &str| json!({"model": TEXT_MODEL, "tenant": tenant, "input": {"prompt": "x"}});
+
+    // 40 at once, half to each broker: 60 a minute with a burst of 5 lets
+    // 5 through now (and one more per second that passes).
+    let started = std::time::Instant::now();
+    let answers: Vec<(u16, Option<String>, Value)> = futures::stream::iter(0..40)
+        .map(|i| {
+            let body = body("metered");
+            let stack = &stack;
+            async move { post(stack, ports[i % 2], &body).await }
+        })
+        .buffer_unordered(40)
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs();
+    let admitted = answers.iter().filter(|a| a.0 == 202).count();
+    assert!(
+        (5..=5 + secs as usize).contains(&admitted),
+        "{admitted} admitted in {secs} s: {answers:?}"
+    );
+    let refused: Vec<&(u16, Option<String>, Value)> =
+        answers.iter().filter(|a| a.0 == 429).collect();
+    assert_eq!(refused.len(), 40 - admitted);
+    let (_, retry_after, error) = refused[0];
+    assert_eq!(error["error"]["code"], "rate_limited");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("requests_per_minute"), "{message}");
+    assert!(retry_after.as_deref().unwrap().parse::<u64>().unwrap() >= 1);
+
+    // Another tenant is not held back by it.
+    assert_eq!(post(&stack, second, &body("default")).await.0, 202);
+
+    // Tokens: 600 a minute, 100 at once; a job of 40-byte prompt and 40
+    // tokens is estimated at 50, so two fit and a third does not.
+    let wordy = json!({"model": TEXT_MODEL, "tenant": "wordy",
+                       "input": {"prompt": "a".repeat(40), "max_tokens": 40}});
+    assert_eq!(post(&stack, ports[0], &wordy).await.0, 202);
+    assert_eq!(post(&stack, ports[1], &wordy).await.0, 202);
+    let (status, _, error) = post(&stack, ports[0], &wordy).await;
+    assert_eq!(status, 429);
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("tokens_per_minute"), "{message}");
+}
