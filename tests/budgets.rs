@@ -56,13 +56,7 @@ async fn fifty_concurrent_submissions_against_a_budget_for_ten_admit_ten() {
     // A cancelled job never ran: its reservation comes back, and one more
     // job fits.
     let victim = admitted[0]["id"].as_str().unwrap();
-    let r = stack
-        .http
-        .post(stack.broker_url(&format!("/v1/jobs/{victim}/cancel")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(stack.cancel_job(victim).await, 200);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (status, _) = post(&stack, body(100)).await;

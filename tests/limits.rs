@@ -89,3 +89,68 @@ async fn two_brokers_share_a_tenant_s_rate_limit() {
     let message = error["error"]["message"].as_str().unwrap();
     assert!(message.contains("tokens_per_minute"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_holds_at_most_its_queued_jobs_and_an_ended_one_frees_a_place() {
+    let mut stack = Stack::new(StackOptions {
+        tenants: "[{name: small, limits: {max_queued_jobs: 3}}]",
+        ..StackOptions::default()
+    });
+    // No node: admitted jobs stay queued.
+    stack.start_broker();
+    stack.start_dispatcher();
+    let port = stack.broker_port;
+    let body = json!({"model": TEXT_MODEL, "tenant": "small", "input": {"prompt": "x"}});
+    let answers: Vec<(u16, Option<String>, Value)> = futures::stream::iter(0..6)
+        .map(|_| post(&stack, port, &body))
+        .buffer_unordered(6)
+        .collect()
+        .await;
+    let admitted: Vec<&Value> = answers
+        .iter()
+        .filter(|a| a.0 == 202)
+        .map(|a| &a.2)
+        .collect();
+    assert_eq!(admitted.len(), 3, "{answers:?}");
+    let refused = answers.iter().find(|a| a.0 == 429).unwrap();
+    assert!(
+        refused.2["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_queued_jobs"),
+        "{refused:?}"
+    );
+
+    // A cancelled job has ended: its place is free again, for one job.
+    let victim = admitted[0]["id"].as_str().unwrap();
+    assert_eq!(stack.cancel_job(victim).await, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while post(&stack, port, &body).await.0 != 202 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was not freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(post(&stack, port, &body).await.0, 429, "full again");
+    // The jobs run and end: every place is free.
+    stack.start_simulated_agent("node-a", TEXT_MODEL);
+    let ids: Vec<String> = admitted[1..]
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    stack
+        .wait_finished(&ids, std::time::Duration::from_secs(20))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut admitted_after = 0;
+    while admitted_after < 3 {
+        match post(&stack, port, &body).await.0 {
+            202 => admitted_after += 1,
+            _ => {
+                assert!(std::time::Instant::now() < deadline, "places not freed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -422,6 +422,18 @@ impl Admitter {
             // id, even past the server's de-duplication window): the same job.
             return Ok(job);
         }
+        if let Some(max) = self.limits.max_queued(&job.tenant)
+            && !self.store.take_slot(&job.id, &job.tenant, max).await?
+        {
+            self.discard(&job.id).await;
+            metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => "rate_limited")
+                .increment(1);
+            return Err(SubmitError::RateLimited {
+                tenant: job.tenant,
+                limit: "max_queued_jobs",
+                retry_after: 1,
+            });
+        }
         if let Some(r) = self.budgets.reservation(&self.registry, &job, now_ms()) {
             let left = self.store.reserve(&job.id, &r).await?;
             if let Some(left) = left {

@@ -71,6 +71,11 @@ impl Limits {
         takes
     }
 
+    /// The most jobs a tenant may have admitted and not yet ended.
+    pub fn max_queued(&self, tenant: &str) -> Option<u32> {
+        self.tenants.get(tenant)?.max_queued_jobs
+    }
+
     /// Whether some tenant has a token limit, which finished jobs correct.
     pub fn counts_tokens(&self) -> bool {
         self.tenants

@@ -492,6 +492,8 @@ pub struct RateLimits {
     pub burst_requests: Option<u32>,
     /// Tokens that may come at once; a sixth of a minute's when not given.
     pub burst_tokens: Option<u32>,
+    /// Jobs admitted and not yet ended (queued or running) at most.
+    pub max_queued_jobs: Option<u32>,
 }
 
 /// A spending limit.

@@ -537,6 +537,17 @@ impl Stack {
         v["id"].as_str().expect("id").to_owned()
     }
 
+    /// `POST /v1/jobs/{id}/cancel`; the status it answered.
+    pub async fn cancel_job(&self, id: &str) -> u16 {
+        self.http
+            .post(self.broker_url(&format!("/v1/jobs/{id}/cancel")))
+            .send()
+            .await
+            .expect("POST cancel")
+            .status()
+            .as_u16()
+    }
+
     pub async fn get_job(&self, id: &str) -> (u16, Value) {
         self.get_json(&format!("/v1/jobs/{id}")).await
     }

@@ -323,13 +323,17 @@ pub trait JobStore: Send + Sync {
         used: &[(String, u32)],
         rate: &(dyn for<'t> Fn(&'t str) -> Option<(String, i64)> + Sync),
     ) -> Result<(), StoreError>;
+    /// Gives a job one of its tenant's `max` places for jobs not yet
+    /// ended; false when all are held. A job that holds one keeps it.
+    async fn take_slot(&self, job_id: &str, tenant: &str, max: u32) -> Result<bool, StoreError>;
     /// Reserves `r.micros` of a tenant's budget for a job unless reserved
     /// plus spent would pass the limit; a job that holds a reservation
     /// keeps it. `None` when reserved; otherwise what is left.
     async fn reserve(&self, job_id: &str, r: &Reservation) -> Result<Option<i64>, StoreError>;
     /// Ends the reservations of these jobs: each job's `cost` (of its
-    /// record, 0 if it has none) is spent and the rest given back. A job
-    /// without a reservation is skipped, so settling twice changes nothing.
+    /// record, 0 if it has none) is spent and the rest given back, and its
+    /// place among its tenant's jobs not yet ended is freed. A job without
+    /// either is skipped, so settling twice changes nothing.
     async fn settle(
         &self,
         job_ids: &[String],

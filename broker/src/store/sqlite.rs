@@ -578,6 +578,36 @@ impl JobStore for SqliteStore {
         Ok(Some(left.max(0)))
     }
 
+    async fn take_slot(&self, job_id: &str, tenant: &str, max: u32) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let new = sqlx::query(
+            "INSERT INTO slot_holders (job_id, tenant) VALUES (?1, ?2)
+             ON CONFLICT (job_id) DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+        if new.rows_affected() == 0 {
+            tx.commit().await?;
+            return Ok(true);
+        }
+        let taken = sqlx::query(
+            "INSERT INTO tenant_slots (tenant, used) VALUES (?1, 1)
+             ON CONFLICT (tenant) DO UPDATE SET used = used + 1 WHERE tenant_slots.used < ?2",
+        )
+        .bind(tenant)
+        .bind(max)
+        .execute(&mut *tx)
+        .await?;
+        if taken.rows_affected() == 0 || max == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn settle(
         &self,
         job_ids: &[String],
@@ -585,6 +615,18 @@ impl JobStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for id in job_ids {
+            if let Some(tenant) = sqlx::query_scalar::<_, String>(
+                "DELETE FROM slot_holders WHERE job_id = ?1 RETURNING tenant",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            {
+                sqlx::query("UPDATE tenant_slots SET used = used - 1 WHERE tenant = ?1")
+                    .bind(tenant)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let Some(held) = sqlx::query(
                 "DELETE FROM reservations WHERE job_id = ?1 RETURNING tenant, period_start, micros",
             )
