@@ -356,15 +356,8 @@ async fn a_410_disables_the_endpoint_until_it_is_enabled_again() {
 
     // The receiver is back; an operator enables it and the held events go.
     receiver.0.lock().unwrap().by_path.clear();
-    let r = stack
-        .http
-        .post(stack.broker_url("/v1/webhooks/enable"))
-        .json(&json!({"url": gone}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let enabled: Value = r.json().await.unwrap();
+    let (status, enabled) = enable(&stack, &gone).await;
+    assert_eq!(status, 200);
     assert_eq!(enabled["resumed"], 2, "{enabled}");
     receiver
         .wait_delivered(
@@ -375,14 +368,19 @@ async fn a_410_disables_the_endpoint_until_it_is_enabled_again() {
             Duration::from_secs(20),
         )
         .await;
+    assert_eq!(enable(&stack, &gone).await.0, 404, "no longer disabled");
+}
+
+/// `POST /v1/webhooks/enable` for `url`: the status and the body.
+async fn enable(stack: &Stack, url: &str) -> (u16, Value) {
     let r = stack
         .http
         .post(stack.broker_url("/v1/webhooks/enable"))
-        .json(&json!({"url": gone}))
+        .json(&json!({ "url": url }))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404, "no longer disabled");
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

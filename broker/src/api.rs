@@ -700,16 +700,8 @@ async fn list_jobs(
         status,
         model: q.model,
         tenant: q.tenant,
-        since_ms: q
-            .since
-            .as_deref()
-            .map(|t| parse_time("since", t))
-            .transpose()?,
-        until_ms: q
-            .until
-            .as_deref()
-            .map(|t| parse_time("until", t))
-            .transpose()?,
+        since_ms: parse_time("since", q.since.as_deref())?,
+        until_ms: parse_time("until", q.until.as_deref())?,
         after: q.cursor.as_deref().map(decode_cursor).transpose()?,
     };
     let records = s.admitter.store.list(&filter, limit).await?;
@@ -726,9 +718,13 @@ async fn list_jobs(
     ))
 }
 
-pub fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
+/// A query's optional RFC 3339 time, as Unix ms.
+pub fn parse_time(field: &str, text: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
     OffsetDateTime::parse(text, &Rfc3339)
-        .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+        .map(|t| Some(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)))
         .map_err(|_| {
             invalid(format!(
                 "{field} must be an RFC 3339 time, such as 2026-11-22T01:31:50Z"

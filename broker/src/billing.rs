@@ -96,16 +96,8 @@ async fn usage(
     let Query(q) = query.map_err(|e| invalid(e.body_text()))?;
     let filter = UsageFilter {
         tenant: q.tenant,
-        since_ms: q
-            .since
-            .as_deref()
-            .map(|t| parse_time("since", t))
-            .transpose()?,
-        until_ms: q
-            .until
-            .as_deref()
-            .map(|t| parse_time("until", t))
-            .transpose()?,
+        since_ms: parse_time("since", q.since.as_deref())?,
+        until_ms: parse_time("until", q.until.as_deref())?,
     };
     let report = s.admitter.store.usage_report(&filter).await?;
     match q.format.as_deref() {

@@ -7,8 +7,10 @@
 use std::collections::HashMap;
 
 use switchyard_runtime::{Budget, BudgetPeriod, Registry, Tenants};
-use switchyard_schemas::{Job, JobInput, Usage};
+use switchyard_schemas::{Job, JobInput};
 use time::OffsetDateTime;
+
+use crate::store::{JobRecord, Status};
 
 /// Budgets by tenant.
 #[derive(Debug, Default)]
@@ -71,19 +73,35 @@ pub fn estimate(registry: &Registry, job: &Job) -> i64 {
         })
 }
 
-/// What a finished job cost, by its model's price.
-pub fn actual(registry: &Registry, model: &str, usage: Usage, engine_ms: u64) -> i64 {
-    registry.get(model).and_then(|m| m.price).map_or(0, |p| {
-        p.cost_micros(
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            engine_ms,
-            false,
-        )
-    })
+/// What a finished job cost, by its model's price: nothing unless it
+/// succeeded.
+pub fn job_cost(registry: &Registry, job: &JobRecord) -> i64 {
+    let (Status::Succeeded, Some(usage)) = (job.status, job.usage) else {
+        return 0;
+    };
+    let engine_ms = job
+        .finished_at_ms
+        .zip(job.started_at_ms)
+        .map_or(0, |(f, s)| u64::try_from(f - s).unwrap_or(0));
+    registry
+        .get(&job.model)
+        .and_then(|m| m.price)
+        .map_or(0, |p| {
+            p.cost_micros(
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                engine_ms,
+                false,
+            )
+        })
 }
 
 impl Budgets {
+    /// Whether any tenant has a budget.
+    pub fn any(&self) -> bool {
+        !self.limits.is_empty()
+    }
+
     pub fn new(tenants: &Tenants) -> Budgets {
         Budgets {
             limits: tenants

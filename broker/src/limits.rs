@@ -76,6 +76,12 @@ impl Limits {
         self.tenants.get(tenant)?.max_queued_jobs
     }
 
+    /// Whether some tenant has a `max_queued_jobs`, whose places finished
+    /// jobs free.
+    pub fn holds_places(&self) -> bool {
+        self.tenants.values().any(|l| l.max_queued_jobs.is_some())
+    }
+
     /// Whether some tenant has a token limit, which finished jobs correct.
     pub fn counts_tokens(&self) -> bool {
         self.tenants

@@ -16,7 +16,7 @@ use crate::budget::{self, Budgets};
 use crate::cache::{self, ResultCache};
 use crate::limits::Limits;
 use crate::pii::Pii;
-use crate::store::{BatchStore, Charge, JobRecord, JobStore, SqliteStore, Status, StoreError};
+use crate::store::{BatchStore, Charge, JobStore, SqliteStore, Status, StoreError};
 use crate::webhooks::{self, Webhooks};
 use crate::{
     BrokerConfig, api, batches, billing, cancel, dead_letters, expiry, intake, metrics as m,
@@ -126,13 +126,16 @@ pub async fn run(
     let registry = Arc::new(registry);
     let prices = registry.clone();
     let settle_prices = registry.clone();
+    let budgets = Arc::new(Budgets::new(&tenants));
+    // Only budgets and queued-job limits hold anything for a result to settle.
+    let settles = budgets.any() || limits.holds_places();
     let admitter = Admitter {
         registry,
         store: store.clone(),
         js,
         webhooks: webhooks.clone(),
         pii,
-        budgets: Arc::new(Budgets::new(&tenants)),
+        budgets,
         limits: limits.clone(),
     };
     let ready = Readiness::default();
@@ -206,7 +209,7 @@ pub async fn run(
         store.clone(),
         move |s, mut items: Vec<JobResult>| {
             let large = large.clone();
-            let settle_prices = settle_prices.clone();
+            let prices = settle_prices.clone();
             let limits = limits.clone();
             async move {
                 for r in &mut items {
@@ -218,24 +221,12 @@ pub async fn run(
                     }
                 }
                 s.apply_results(&items).await?;
-                // After the record: the cost is read from the job as recorded.
-                let ids: Vec<String> = items.iter().map(|r| r.job_id.clone()).collect();
-                let cost = |job: &JobRecord| match (job.status, job.usage) {
-                    (Status::Succeeded, Some(usage)) => {
-                        let engine_ms = job
-                            .finished_at_ms
-                            .zip(job.started_at_ms)
-                            .map_or(0, |(f, s)| f - s);
-                        budget::actual(
-                            &settle_prices,
-                            &job.model,
-                            usage,
-                            u64::try_from(engine_ms).unwrap_or(0),
-                        )
-                    }
-                    _ => 0,
-                };
-                s.settle(&ids, &cost).await?;
+                if settles {
+                    // After the record: the cost is read from the job as recorded.
+                    let ids: Vec<String> = items.iter().map(|r| r.job_id.clone()).collect();
+                    s.settle(&ids, &|job| budget::job_cost(&prices, job))
+                        .await?;
+                }
                 if limits.counts_tokens() {
                     let used: Vec<(String, u32)> = items
                         .iter()

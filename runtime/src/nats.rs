@@ -146,16 +146,7 @@ pub async fn cancellations(
     js: &Context,
     cfg: &NatsConfig,
 ) -> Result<jetstream::kv::Store, NatsError> {
-    js.create_or_update_key_value(jetstream::kv::Config {
-        bucket: subjects::CANCEL_BUCKET.to_owned(),
-        history: 1,
-        max_age: cfg.result_retention,
-        storage: StorageType::File,
-        num_replicas: cfg.replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| NatsError::Bucket(e.to_string()))
+    kv_bucket(js, cfg, subjects::CANCEL_BUCKET, cfg.result_retention).await
 }
 
 /// The JetStream KV bucket of cached results; entries live `max_age`.
@@ -164,8 +155,18 @@ pub async fn result_cache(
     cfg: &NatsConfig,
     max_age: Duration,
 ) -> Result<jetstream::kv::Store, NatsError> {
+    kv_bucket(js, cfg, subjects::CACHE_BUCKET, max_age).await
+}
+
+/// Creates or updates a KV bucket keeping one value per key for `max_age`.
+async fn kv_bucket(
+    js: &Context,
+    cfg: &NatsConfig,
+    bucket: &str,
+    max_age: Duration,
+) -> Result<jetstream::kv::Store, NatsError> {
     js.create_or_update_key_value(jetstream::kv::Config {
-        bucket: subjects::CACHE_BUCKET.to_owned(),
+        bucket: bucket.to_owned(),
         history: 1,
         max_age,
         storage: StorageType::File,

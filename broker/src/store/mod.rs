@@ -35,6 +35,14 @@ pub enum StoreError {
     },
 }
 
+/// The error for a stored row of `id` that cannot be read back.
+pub(crate) fn corrupt(id: String) -> impl Fn(String) -> StoreError {
+    move |reason| StoreError::Corrupt {
+        id: id.clone(),
+        reason,
+    }
+}
+
 /// What `insert` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {

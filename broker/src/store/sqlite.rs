@@ -145,10 +145,7 @@ const AHEAD: &str = "(attempt < ?1 OR (attempt = ?1 AND (CASE status \
 
 pub(super) fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
     let id: String = row.try_get("id")?;
-    let corrupt = |reason: String| StoreError::Corrupt {
-        id: id.clone(),
-        reason,
-    };
+    let corrupt = super::corrupt(id.clone());
     let status: String = row.try_get("status")?;
     let metadata: String = row.try_get("metadata")?;
     let output: Option<String> = row.try_get("output")?;

@@ -37,10 +37,7 @@ fn file(row: &SqliteRow) -> Result<FileRecord, sqlx::Error> {
 impl SqliteStore {
     async fn batch(&self, row: &SqliteRow) -> Result<BatchRecord, StoreError> {
         let id: String = row.try_get("id")?;
-        let corrupt = |reason: String| StoreError::Corrupt {
-            id: id.clone(),
-            reason,
-        };
+        let corrupt = super::corrupt(id.clone());
         let status: String = row.try_get("status")?;
         let metadata: String = row.try_get("metadata")?;
         let error: Option<String> = row.try_get("error")?;
