@@ -41,6 +41,67 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// API keys, on the broker's store directly (so the first admin key can
+    /// be made): create, list, revoke.
+    Keys {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Tenants beyond the configuration's, and limits that replace theirs.
+    Tenants {
+        #[command(subcommand)]
+        action: TenantAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Makes a key and prints it once, with its token in `key`.
+    Create {
+        /// admin, operator, submitter or reader.
+        #[arg(long)]
+        role: String,
+        /// The key's tenant (submitter and reader keys).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Lifetime, such as 90d; none when not given.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+        /// The key's own requests per minute.
+        #[arg(long)]
+        requests_per_minute: Option<u32>,
+        /// The key's own tokens per minute.
+        #[arg(long)]
+        tokens_per_minute: Option<u32>,
+    },
+    /// Prints the keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revokes a key on every broker that shares the store.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum TenantAction {
+    /// Makes a tenant.
+    Create { name: String },
+    /// Prints every tenant with the limits in force.
+    List,
+    /// Sets a tenant's limits; with none given, it goes back to the
+    /// configuration's.
+    SetLimits {
+        name: String,
+        #[arg(long)]
+        requests_per_minute: Option<u32>,
+        #[arg(long)]
+        tokens_per_minute: Option<u32>,
+        #[arg(long)]
+        max_queued_jobs: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -101,6 +162,7 @@ fn validate(
         Command::Dispatcher => file.dispatcher.validate(&mut issues),
         Command::Agent => check_agent(&mut issues),
         Command::DeadLetters { .. } => {}
+        Command::Keys { .. } | Command::Tenants { .. } => file.broker.validate(&mut issues),
         Command::CheckConfig => {
             file.broker.validate(&mut issues);
             switchyard_broker::check_tenants(&file.broker, &tenants, &mut issues);
@@ -131,6 +193,9 @@ fn main() -> ExitCode {
     }
     if let Command::DeadLetters { action } = &cli.command {
         return admin(action, &format!("http://{}", file.broker.listen));
+    }
+    if matches!(cli.command, Command::Keys { .. } | Command::Tenants { .. }) {
+        return access(cli.command, &file.broker, &tenants);
     }
     telemetry::init_logs(file.log.json);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -180,9 +245,106 @@ async fn run(
             .await
             .context("gpu-agent")?
         }
-        Command::CheckConfig | Command::DeadLetters { .. } => {}
+        Command::CheckConfig
+        | Command::DeadLetters { .. }
+        | Command::Keys { .. }
+        | Command::Tenants { .. } => {}
     }
     Ok(())
+}
+
+/// Runs a key or tenant command on the broker's store and prints its answer.
+fn access(command: Command, broker: &BrokerConfig, tenants: &Tenants) -> ExitCode {
+    use switchyard_broker::admin;
+    use switchyard_broker::auth::{KeySpec, Role};
+    use switchyard_runtime::RateLimits;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = runtime.block_on(async {
+        let auth = admin::open(broker, tenants)
+            .await
+            .map_err(|e| e.to_string())?;
+        let limits = |requests_per_minute, tokens_per_minute, max_queued_jobs| {
+            let l = RateLimits {
+                requests_per_minute,
+                tokens_per_minute,
+                max_queued_jobs,
+                ..RateLimits::default()
+            };
+            (l != RateLimits::default()).then_some(l)
+        };
+        let done = match command {
+            Command::Keys { action } => match action {
+                KeyAction::Create {
+                    role,
+                    tenant,
+                    name,
+                    expires_in,
+                    requests_per_minute,
+                    tokens_per_minute,
+                } => {
+                    let role = Role::parse(&role)
+                        .ok_or("role must be admin, operator, submitter or reader")?;
+                    let expires_at_ms = expires_in.map(|d| {
+                        switchyard_schemas::now_ms()
+                            + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+                    });
+                    let spec = KeySpec {
+                        tenant,
+                        role,
+                        name,
+                        limits: limits(requests_per_minute, tokens_per_minute, None),
+                        expires_at_ms,
+                    };
+                    admin::mint(&auth, spec).await
+                }
+                KeyAction::List { tenant } => admin::keys(&auth, tenant.as_deref())
+                    .await
+                    .map(serde_json::Value::from),
+                KeyAction::Revoke { id } => admin::revoke(&auth, &id).await,
+            },
+            Command::Tenants { action } => match action {
+                TenantAction::Create { name } => admin::create(&auth, &name, None).await,
+                TenantAction::List => admin::tenants(&auth, tenants)
+                    .await
+                    .map(serde_json::Value::from),
+                TenantAction::SetLimits {
+                    name,
+                    requests_per_minute,
+                    tokens_per_minute,
+                    max_queued_jobs,
+                } => {
+                    let l = limits(requests_per_minute, tokens_per_minute, max_queued_jobs);
+                    admin::limit(&auth, &name, l)
+                        .await
+                        .map(|()| serde_json::json!({"name": name, "limits": l}))
+                }
+            },
+            _ => return Err("not a key or tenant command".to_owned()),
+        };
+        done.map_err(|e| e.to_string())
+    });
+    match answer {
+        Ok(body) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&body).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs an admin command against the broker's HTTP API and prints its answer.

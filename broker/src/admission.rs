@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use crate::billing;
 use crate::budget::{self, Budgets};
-use crate::limits::Limits;
+use crate::limits::{KeyLimits, Limits};
 use crate::metrics as m;
 use crate::pii::Pii;
 use crate::store::{Inserted, JobStore, Source, StoreError};
@@ -390,6 +390,7 @@ impl Admitter {
         priority: Priority,
         id: String,
         source: Source,
+        key: Option<&KeyLimits>,
     ) -> Result<Job, SubmitError> {
         let started = Instant::now();
         let reject = |r: &Rejection| {
@@ -400,7 +401,7 @@ impl Admitter {
             .validate(submission, priority, id)
             .inspect_err(reject)?;
         self.webhooks.admit(&mut job).await.inspect_err(reject)?;
-        let takes = self.limits.takes(&job.tenant, budget::tokens(&job));
+        let takes = self.limits.takes(&job.tenant, key, budget::tokens(&job));
         if !takes.is_empty()
             && let Some((limit, wait_us)) = self.store.take(&takes, now_ms() * 1000).await?
         {

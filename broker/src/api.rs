@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,24 +12,28 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 use async_nats::jetstream::stream::Stream;
-use switchyard_schemas::{ErrorBody, ErrorClass, Job, JobError, Priority, Submission, now_ms};
+use switchyard_schemas::{
+    DEFAULT_TENANT, ErrorBody, ErrorClass, Job, JobError, Priority, Submission, now_ms,
+};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::error;
 
 use crate::BrokerConfig;
 use crate::admission::{Admitter, Rejection, SubmitError};
+use crate::auth::{Auth, Caller};
 use crate::cache::{self, Lookup, ResultCache};
 use crate::cancel::{self, CancelError};
+use crate::limits::KeyLimits;
 use crate::store::{BatchStore, JobRecord, ListFilter, Source, Status};
 use crate::view::{JobView, rfc3339};
 use crate::wait::Watch;
-use crate::{batches, billing, events, kserve, openai, openapi, webhooks};
+use crate::{admin, batches, billing, events, kserve, openai, openapi, webhooks};
 use async_nats::jetstream::kv;
 use async_nats::jetstream::object_store::ObjectStore;
 use base64::Engine as _;
 use std::sync::Arc;
-use switchyard_runtime::Readiness;
+use switchyard_runtime::{Readiness, Tenants};
 use tokio::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,8 @@ pub enum ApiError {
     JobFailed(JobError),
     #[error("batch {0} already ended {1}")]
     BatchEnded(String, &'static str),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
 }
 
 impl ApiError {
@@ -112,6 +118,7 @@ impl ApiError {
             ApiError::StillRunning(_) => (StatusCode::GATEWAY_TIMEOUT, "still_running"),
             ApiError::JobFailed(e) => (class_status(e.class), e.class.code()),
             ApiError::BatchEnded(..) => (StatusCode::CONFLICT, "not_cancellable"),
+            ApiError::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
         }
     }
 
@@ -181,6 +188,8 @@ pub struct Parts {
     pub batch_store: Arc<dyn BatchStore>,
     /// Outputs too large for a result message.
     pub large_results: ObjectStore,
+    pub auth: Arc<Auth>,
+    pub tenants: Arc<Tenants>,
 }
 
 /// What every handler shares.
@@ -201,6 +210,8 @@ pub fn state(parts: Parts, cfg: &BrokerConfig) -> ApiState {
         batch_store: parts.batch_store,
         large_results: parts.large_results,
         max_file_bytes: cfg.max_file_bytes,
+        auth: parts.auth,
+        tenants: parts.tenants,
     }
 }
 
@@ -218,6 +229,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(webhooks::router())
         .merge(billing::router())
         .merge(batches::router(state.max_file_bytes))
+        .merge(admin::router())
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
 }
@@ -243,6 +255,9 @@ pub struct ApiState {
     pub large_results: ObjectStore,
     pub max_body_bytes: usize,
     pub max_file_bytes: usize,
+    pub auth: Arc<Auth>,
+    /// The configuration's tenants.
+    pub tenants: Arc<Tenants>,
 }
 
 impl ApiState {
@@ -293,15 +308,28 @@ impl ApiState {
         }
     }
 
-    /// Admits and queues a job submitted over HTTP.
+    /// The job, if the caller may see it: another tenant's job is not
+    /// found, so that its existence is not confirmed.
+    pub async fn job(&self, caller: &Caller, id: &str) -> Result<JobRecord, ApiError> {
+        self.admitter
+            .store
+            .get(id)
+            .await?
+            .filter(|r| caller.sees(&r.tenant))
+            .ok_or_else(|| ApiError::NotFound(id.to_owned()))
+    }
+
+    /// Admits and queues a job submitted over HTTP, its tenant already
+    /// stamped by the caller's key.
     pub async fn submit(
         &self,
         submission: Submission,
         priority: Priority,
         id: String,
+        key: Option<&KeyLimits>,
     ) -> Result<Job, ApiError> {
         self.admitter
-            .submit(submission, priority, id, Source::Http)
+            .submit(submission, priority, id, Source::Http, key)
             .await
             .map_err(|e| match e {
                 SubmitError::QueueFull { .. } => ApiError::QueueFull {
@@ -404,12 +432,19 @@ fn parse_submission(body: &[u8]) -> Result<Submission, Rejection> {
     ))]
 async fn submit(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = read_body(&s, body)?;
-    let key = idempotency_key(&headers)?;
-    let submission = parse_submission(&body).map_err(SubmitError::from)?;
+    let mut submission = parse_submission(&body).map_err(SubmitError::from)?;
+    caller.stamp(&mut submission).map_err(SubmitError::from)?;
+    // A key is the tenant's own: another tenant's same key is another request.
+    let key = idempotency_key(&headers)?.map(|key| {
+        let tenant = submission.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
+        format!("{tenant}:{key}")
+    });
+    let key = key.as_deref();
     let priority = submission.priority.unwrap_or_default();
     let id = uuid::Uuid::now_v7().to_string();
     let store = &s.admitter.store;
@@ -487,7 +522,10 @@ async fn submit(
         ),
         None => None,
     };
-    let job = match s.submit(submission, priority, id.clone()).await {
+    let job = match s
+        .submit(submission, priority, id.clone(), caller.key_limits.as_ref())
+        .await
+    {
         Ok(job) => job,
         Err(e) => {
             release(key).await;
@@ -615,15 +653,13 @@ fn accepted(id: &str, status: &str, model: &str, priority: &str, created_at_ms: 
     ))]
 async fn get_job(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<axum::Json<JobView>, ApiError> {
     let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
     let store = &s.admitter.store;
-    let record = store
-        .get(&id)
-        .await?
-        .ok_or(ApiError::NotFound(id.clone()))?;
+    let record = s.job(&caller, &id).await?;
     let Some(wait) = query
         .wait
         .map(|secs| Duration::from_secs(secs).min(s.sync_timeout))
@@ -680,6 +716,7 @@ const LIST_LIMIT_MAX: u32 = 200;
     ))]
 async fn list_jobs(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| invalid(e.body_text()))?;
@@ -699,7 +736,7 @@ async fn list_jobs(
     let filter = ListFilter {
         status,
         model: q.model,
-        tenant: q.tenant,
+        tenant: caller.tenant_filter(q.tenant).map_err(SubmitError::from)?,
         since_ms: parse_time("since", q.since.as_deref())?,
         until_ms: parse_time("until", q.until.as_deref())?,
         after: q.cursor.as_deref().map(decode_cursor).transpose()?,
@@ -760,8 +797,10 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
     ))]
 async fn cancel_job(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    s.job(&caller, &id).await?;
     cancel::cancel(&s.admitter, &s.cancellations, &id).await?;
     Ok(axum::Json(json!({"id": id, "status": "cancelled"})))
 }

@@ -5,7 +5,7 @@
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use switchyard_runtime::Registry;
 use switchyard_schemas::UsageEvent;
 
+use crate::admission::SubmitError;
 use crate::api::{ApiError, ApiState, invalid, parse_time};
+use crate::auth::Caller;
 use crate::store::{Charge, UsageFilter, UsageRow};
 
 /// Prices one attempt's usage by its model's price.
@@ -91,11 +93,12 @@ fn field(s: &str) -> String {
     ))]
 async fn usage(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| invalid(e.body_text()))?;
     let filter = UsageFilter {
-        tenant: q.tenant,
+        tenant: caller.tenant_filter(q.tenant).map_err(SubmitError::from)?,
         since_ms: parse_time("since", q.since.as_deref())?,
         until_ms: parse_time("until", q.until.as_deref())?,
     };

@@ -49,6 +49,59 @@ pub struct BrokerConfig {
     pub result_retention: Duration,
     pub webhooks: WebhookConfig,
     pub pii: crate::pii::PiiConfig,
+    pub auth: AuthConfig,
+}
+
+/// API keys. With neither `pepper` nor `pepper_file` authentication is
+/// off: every caller is an admin and names its tenant (a development
+/// set-up; the broker says so at start).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The server-side secret keys are hashed under; meant for
+    /// `SWITCHYARD_BROKER__AUTH__PEPPER`, never the file.
+    pub pepper: Option<String>,
+    /// A file holding the pepper (a mounted secret).
+    pub pepper_file: Option<std::path::PathBuf>,
+}
+
+/// The shortest pepper taken: 32 bytes, as long as the HMAC's output.
+const MIN_PEPPER: usize = 32;
+
+/// Why the pepper could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PepperError {
+    #[error("broker.auth.pepper_file {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the pepper must be at least {MIN_PEPPER} bytes")]
+    Short,
+    #[error("give broker.auth.pepper or broker.auth.pepper_file, not both")]
+    Both,
+}
+
+impl AuthConfig {
+    /// The pepper, or None when authentication is off.
+    pub fn pepper(&self) -> Result<Option<Vec<u8>>, PepperError> {
+        let text = match (&self.pepper, &self.pepper_file) {
+            (Some(_), Some(_)) => return Err(PepperError::Both),
+            (None, None) => return Ok(None),
+            (Some(p), None) => p.clone(),
+            (None, Some(path)) => {
+                std::fs::read_to_string(path).map_err(|source| PepperError::File {
+                    path: path.display().to_string(),
+                    source,
+                })?
+            }
+        };
+        let pepper = text.trim().as_bytes().to_vec();
+        if pepper.len() < MIN_PEPPER {
+            return Err(PepperError::Short);
+        }
+        Ok(Some(pepper))
+    }
 }
 
 /// The `broker.webhooks:` section: how job events reach receivers.
@@ -124,6 +177,7 @@ impl Default for BrokerConfig {
             result_retention: Duration::from_secs(24 * 3600),
             webhooks: WebhookConfig::default(),
             pii: crate::pii::PiiConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -178,6 +232,9 @@ impl BrokerConfig {
             self.result_retention,
             "must be positive",
         );
+        if let Err(e) = self.auth.pepper() {
+            issues.push("broker.auth", "(hidden)", &e.to_string());
+        }
         if let Err(e) = switchyard_pii::Scanner::new(&self.pii.custom) {
             issues.push("broker.pii.custom", "", &e.to_string());
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +21,7 @@ use switchyard_schemas::{JobEvent, JobResult, Outcome, decode, subjects};
 use tokio::time::Instant;
 
 use crate::api::{ApiError, ApiState};
+use crate::auth::Caller;
 use crate::store::Status;
 use crate::view::rfc3339;
 use crate::wait::{Event, Watch};
@@ -63,15 +64,11 @@ fn resume(headers: &HeaderMap) -> Resume {
               (status = 404, description = "`not_found`", body = Object)))]
 async fn events(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let record = s
-        .admitter
-        .store
-        .get(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
+    let record = s.job(&caller, &id).await?;
     let unavailable = |e: &dyn std::fmt::Display| ApiError::Unavailable(e.to_string());
     // Listening first, then replaying: nothing falls in between.
     let mut watch = Watch::start(&s, &id, true)

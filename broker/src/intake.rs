@@ -179,7 +179,7 @@ async fn admit_durable(admitter: &Admitter, msg: jetstream::Message) {
             let span = info_span!("intake", job_id = %d.id, model = %d.submission.model);
             let model = d.submission.model.clone();
             match admitter
-                .submit(d.submission, d.priority, d.id.clone(), Source::Nats)
+                .submit(d.submission, d.priority, d.id.clone(), Source::Nats, None)
                 .instrument(span)
                 .await
             {
@@ -301,7 +301,7 @@ pub async fn serve_requests(
                         Ok(d) => {
                             let encoding = d.encoding;
                             let reply = match admitter
-                                .submit(d.submission, d.priority, d.id, Source::NatsRequest)
+                                .submit(d.submission, d.priority, d.id, Source::NatsRequest, None)
                                 .await
                             {
                                 Ok(job) => AdmitReply::Accepted {

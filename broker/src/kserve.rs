@@ -7,7 +7,7 @@
 
 use axum::Router;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::admission::{Rejection, SubmitError};
 use crate::api::{ApiError, ApiState, invalid, name_job, priority, read_body};
+use crate::auth::Caller;
 use crate::cache;
 use crate::wait::Watch;
 
@@ -126,6 +127,7 @@ async fn metadata(
     ))]
 async fn infer(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -151,7 +153,7 @@ async fn infer(
         v: SCHEMA_VERSION,
         id: None,
         model: model.clone(),
-        tenant: None,
+        tenant: caller.tenant.clone(),
         priority: Some(priority),
         input: Value::Object(request),
         metadata: Default::default(),
@@ -171,7 +173,8 @@ async fn infer(
     let mut watch = Watch::start(&s, &id, false)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    s.submit(submission, priority, id.clone()).await?;
+    s.submit(submission, priority, id.clone(), caller.key_limits.as_ref())
+        .await?;
     let result = watch
         .result(Instant::now() + s.sync_timeout)
         .await

@@ -2,8 +2,10 @@
 //! clients into the durable queue, keeps a record of every job, and follows
 //! the lifecycle events and results that the dispatcher and agents publish.
 
+pub mod admin;
 mod admission;
 mod api;
+pub mod auth;
 mod batches;
 mod billing;
 mod budget;

@@ -11,6 +11,7 @@ pub const CACHE: &str = "switchyard_broker_cache_lookups_total";
 pub const PII: &str = "switchyard_broker_pii_entities_total";
 pub const WEBHOOK_ATTEMPTS: &str = "switchyard_broker_webhook_attempts_total";
 pub const WEBHOOK_SECONDS: &str = "switchyard_broker_webhook_attempt_seconds";
+pub const AUTH_REFUSED: &str = "switchyard_broker_auth_refused_total";
 
 pub fn describe() {
     metrics::describe_counter!(
@@ -45,6 +46,10 @@ pub fn describe() {
         "Time one webhook attempt took, connection included"
     );
     metrics::describe_counter!(
+        AUTH_REFUSED,
+        "Requests refused at the door, by code (unauthenticated, invalid_api_key, key_expired, key_revoked, forbidden)"
+    );
+    metrics::describe_counter!(
         PROJECTED,
         "Events, results and usage records written to the job store, by stream"
     );
@@ -56,4 +61,9 @@ pub fn describe() {
         EXPIRED,
         "Jobs ended expired by the broker because their deadline passed while they waited"
     );
+}
+
+/// Counts a request the key check refused.
+pub fn auth_refused(code: &'static str) {
+    metrics::counter!(AUTH_REFUSED, "code" => code).increment(1);
 }

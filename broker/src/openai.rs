@@ -6,8 +6,8 @@
 use std::convert::Infallible;
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,7 @@ use tracing::warn;
 
 use crate::admission::{Rejection, SubmitError};
 use crate::api::{ApiError, ApiState, invalid, name_job, priority, read_body};
+use crate::auth::Caller;
 use crate::cache;
 use crate::cancel;
 use crate::wait::{Event, Watch};
@@ -54,10 +55,11 @@ macro_rules! endpoint {
             ))]
         async fn $name(
             State(s): State<ApiState>,
+            Extension(caller): Extension<Caller>,
             headers: HeaderMap,
             body: Result<Bytes, BytesRejection>,
         ) -> Result<Response, ApiError> {
-            serve(s, headers, body, Endpoint::$endpoint).await
+            serve(s, caller, headers, body, Endpoint::$endpoint).await
         }
     };
 }
@@ -163,9 +165,11 @@ pub struct Parsed {
     include_usage: bool,
 }
 
-/// Reads an OpenAI request body for `endpoint` as a submission at `priority`.
+/// Reads an OpenAI request body for `endpoint` as a submission at
+/// `priority`, for the caller's tenant.
 pub fn parse(
     s: &ApiState,
+    caller: &Caller,
     body: &[u8],
     endpoint: Endpoint,
     priority: Priority,
@@ -207,7 +211,7 @@ pub fn parse(
         v: switchyard_schemas::SCHEMA_VERSION,
         id: None,
         model: request.model.clone(),
-        tenant: None,
+        tenant: caller.tenant.clone(),
         priority: Some(priority),
         input: Value::Object(input),
         metadata: request
@@ -230,6 +234,7 @@ pub fn parse(
 
 async fn serve(
     s: ApiState,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     endpoint: Endpoint,
@@ -241,7 +246,7 @@ async fn serve(
         stream,
         base64,
         include_usage,
-    } = parse(&s, &body, endpoint, priority)?;
+    } = parse(&s, &caller, &body, endpoint, priority)?;
     let (lookup, hit) = s.cached(&submission, priority, &headers).await?;
 
     let id = uuid::Uuid::now_v7().to_string();
@@ -275,7 +280,8 @@ async fn serve(
     let mut watch = Watch::start(&s, &id, stream)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    s.submit(submission, priority, id.clone()).await?;
+    s.submit(submission, priority, id.clone(), caller.key_limits.as_ref())
+        .await?;
     let deadline = Instant::now() + s.sync_timeout;
     let mut guard = CancelOnDrop::new(&s, &id);
     if stream {

@@ -9,7 +9,7 @@ use crate::api::{self, ApiState};
 use crate::batches::{self, files};
 use crate::view::JobView;
 use crate::webhooks::routes as webhooks;
-use crate::{billing, dead_letters, events, kserve, openai};
+use crate::{admin, billing, dead_letters, events, kserve, openai};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -47,8 +47,16 @@ use crate::{billing, dead_letters, events, kserve, openai};
         batches::retrieve,
         batches::cancel,
         billing::usage,
+        admin::create_tenant,
+        admin::list_tenants,
+        admin::set_limits,
+        admin::create_key,
+        admin::list_keys,
+        admin::revoke_key,
     ),
     components(schemas(JobView)),
+    modifiers(&BearerKeys),
+    security(("api_key" = [])),
     tags(
         (name = "jobs", description = "The jobs API"),
         (name = "openai", description = "OpenAI-compatible endpoints"),
@@ -56,10 +64,29 @@ use crate::{billing, dead_letters, events, kserve, openai};
         (name = "billing", description = "Usage and cost"),
         (name = "batches", description = "OpenAI's Files and Batch APIs"),
         (name = "webhooks", description = "Webhook deliveries and disabled receivers"),
-        (name = "admin", description = "Dead letters"),
+        (name = "admin", description = "Tenants, API keys and dead letters (the admin role)"),
     )
 )]
 struct ApiDoc;
+
+/// API keys go in `Authorization: Bearer sy_…` (or `X-Api-Key`).
+struct BearerKeys;
+
+impl utoipa::Modify for BearerKeys {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("sy_<id>_<secret>")
+                    .build(),
+            ),
+        );
+    }
+}
 
 pub fn router() -> Router<ApiState> {
     Router::new().route(

@@ -12,11 +12,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admission::Admitter;
+use crate::auth::{self, Auth};
 use crate::budget::{self, Budgets};
 use crate::cache::{self, ResultCache};
-use crate::limits::Limits;
+use crate::limits::{self, Limits};
 use crate::pii::Pii;
-use crate::store::{BatchStore, Charge, JobStore, SqliteStore, Status, StoreError};
+use crate::store::{AccessStore, BatchStore, Charge, JobStore, SqliteStore, Status, StoreError};
 use crate::webhooks::{self, Webhooks};
 use crate::{
     BrokerConfig, api, batches, billing, cancel, dead_letters, expiry, intake, metrics as m,
@@ -35,9 +36,13 @@ pub enum BrokerError {
     Pii(#[from] switchyard_pii::PiiError),
     #[error("cannot subscribe to admit requests: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
+    #[error(transparent)]
+    Pepper(#[from] crate::config::PepperError),
 }
 
 const CONSUMER_ACK_WAIT: Duration = Duration::from_secs(30);
+/// How soon limits the admin API sets apply on every broker.
+const LIMITS_REFRESH: Duration = Duration::from_secs(2);
 
 /// Why a batch of results was not recorded (it is delivered again).
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +67,12 @@ pub async fn run(
     m::describe();
     let sqlite = Arc::new(SqliteStore::open(&cfg.database_url).await?);
     let store: Arc<dyn JobStore> = sqlite.clone();
-    let batch_store: Arc<dyn BatchStore> = sqlite;
+    let batch_store: Arc<dyn BatchStore> = sqlite.clone();
+    let access: Arc<dyn AccessStore> = sqlite;
+    let auth = Arc::new(Auth::new(cfg.auth.pepper()?, access.clone(), &tenants));
+    if !auth.enabled() {
+        warn!("authentication is off (no broker.auth.pepper): every caller is an admin");
+    }
     let listener = ops::bind(cfg.listen).await?;
     let (client, js) = nats::connect(&nats_cfg, "broker").await?;
     nats::ensure_streams(&js, &nats_cfg).await?;
@@ -127,15 +137,13 @@ pub async fn run(
     let prices = registry.clone();
     let settle_prices = registry.clone();
     let budgets = Arc::new(Budgets::new(&tenants));
-    // Only budgets and queued-job limits hold anything for a result to settle.
-    let settles = budgets.any() || limits.holds_places();
     let admitter = Admitter {
         registry,
         store: store.clone(),
         js,
         webhooks: webhooks.clone(),
         pii,
-        budgets,
+        budgets: budgets.clone(),
         limits: limits.clone(),
     };
     let ready = Readiness::default();
@@ -162,13 +170,22 @@ pub async fn run(
         files: batches::Files::open(&admitter.js, &nats_cfg).await?,
         large_results: large.clone(),
         batch_store,
+        auth: auth.clone(),
+        tenants: Arc::new(tenants),
     };
     let state = api::state(parts, &cfg);
     let router = api::router(state.clone())
         .merge(dead_letters::router(admitter.clone(), dead, results_stream))
+        .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
         .merge(ops::router(metrics, ready.clone()));
 
     let tasks = TaskTracker::new();
+    tasks.spawn(limits::follow(
+        limits.clone(),
+        access,
+        LIMITS_REFRESH,
+        shutdown.clone(),
+    ));
     tasks.spawn(ops::serve(listener, router, shutdown.clone()));
     tasks.spawn(intake::follow_submissions(
         admitter.clone(),
@@ -211,6 +228,7 @@ pub async fn run(
             let large = large.clone();
             let prices = settle_prices.clone();
             let limits = limits.clone();
+            let budgets = budgets.clone();
             async move {
                 for r in &mut items {
                     match large::resolve(&large, r).await {
@@ -221,7 +239,9 @@ pub async fn run(
                     }
                 }
                 s.apply_results(&items).await?;
-                if settles {
+                // Only budgets and queued-job limits hold anything for a
+                // result to settle.
+                if budgets.any() || limits.holds_places() {
                     // After the record: the cost is read from the job as recorded.
                     let ids: Vec<String> = items.iter().map(|r| r.job_id.clone()).collect();
                     s.settle(&ids, &|job| budget::job_cost(&prices, job))

@@ -480,7 +480,7 @@ pub struct TenantSpec {
 }
 
 /// A tenant's rate limits, enforced as GCRA across every broker.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimits {
     pub requests_per_minute: Option<u32>,

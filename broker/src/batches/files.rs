@@ -4,13 +4,13 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::extract::{DefaultBodyLimit, Extension, Multipart, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::TryStreamExt;
 use serde_json::{Value, json};
-use switchyard_schemas::now_ms;
+use switchyard_schemas::{DEFAULT_TENANT, now_ms};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use std::time::Duration;
@@ -24,6 +24,7 @@ use switchyard_schemas::subjects::FILES_BUCKET;
 use tokio::io::AsyncRead;
 
 use crate::api::{ApiError, ApiState, invalid};
+use crate::auth::Caller;
 use crate::store::FileRecord;
 
 /// The object store of files, read a chunk at a time.
@@ -126,6 +127,7 @@ fn multipart_error(e: &axum::extract::multipart::MultipartError, limit: usize) -
     ))]
 async fn upload(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let mut multipart = multipart.map_err(|e| invalid(e.body_text()))?;
@@ -190,6 +192,7 @@ async fn upload(
     }
     let record = FileRecord {
         id,
+        tenant: caller.tenant.unwrap_or_else(|| DEFAULT_TENANT.to_owned()),
         filename,
         purpose: "batch".into(),
         bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
@@ -202,10 +205,13 @@ async fn upload(
 /// Files, newest first.
 #[utoipa::path(get, path = "/v1/files", tag = "batches",
     responses((status = 200, description = "`{object: list, data: [file]}`", body = Object)))]
-async fn list(State(s): State<ApiState>) -> Result<axum::Json<Value>, ApiError> {
+async fn list(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<axum::Json<Value>, ApiError> {
     let data: Vec<Value> = s
         .batch_store
-        .list_files(1000)
+        .list_files(caller.tenant.as_deref(), 1000)
         .await?
         .iter()
         .map(file_json)
@@ -213,10 +219,12 @@ async fn list(State(s): State<ApiState>) -> Result<axum::Json<Value>, ApiError> 
     Ok(axum::Json(json!({"object": "list", "data": data})))
 }
 
-async fn find(s: &ApiState, id: &str) -> Result<FileRecord, ApiError> {
+/// The file, if the caller may see it.
+pub async fn find(s: &ApiState, caller: &Caller, id: &str) -> Result<FileRecord, ApiError> {
     s.batch_store
         .get_file(id)
         .await?
+        .filter(|f| caller.sees(&f.tenant))
         .ok_or_else(|| ApiError::NotFound(id.to_owned()))
 }
 
@@ -227,9 +235,10 @@ async fn find(s: &ApiState, id: &str) -> Result<FileRecord, ApiError> {
     ))]
 async fn retrieve(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(file_json(&find(&s, &id).await?)))
+    Ok(axum::Json(file_json(&find(&s, &caller, &id).await?)))
 }
 
 /// The file's content, streamed.
@@ -239,8 +248,12 @@ async fn retrieve(
         (status = 404, description = "`not_found`", body = Object),
         (status = 503, description = "`broker_unavailable`", body = Object),
     ))]
-async fn content(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let file = find(&s, &id).await?;
+async fn content(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let file = find(&s, &caller, &id).await?;
     let object = s
         .files
         .read(&file.id)
@@ -263,8 +276,10 @@ async fn content(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Re
     ))]
 async fn delete(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    find(&s, &caller, &id).await?;
     if !s.batch_store.delete_file(&id).await? {
         return Err(ApiError::NotFound(id));
     }

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchyard_schemas::now_ms;
 
 use crate::api::{ApiError, ApiState, invalid};
+use crate::auth::Caller;
 use crate::openai::Endpoint;
 use crate::store::{BatchCounts, BatchRecord, BatchStatus, BatchUpdate};
 
@@ -93,6 +94,7 @@ struct CreateBatch {
     ))]
 async fn create(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     body: Result<axum::Json<CreateBatch>, JsonRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let axum::Json(request) = body.map_err(|e| invalid(e.body_text()))?;
@@ -113,17 +115,14 @@ async fn create(
             "metadata holds at most 16 entries, keys up to 64 bytes, values up to 512",
         ));
     }
-    let file = s
-        .batch_store
-        .get_file(&request.input_file_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(request.input_file_id.clone()))?;
+    let file = files::find(&s, &caller, &request.input_file_id).await?;
     if file.purpose != "batch" {
         return Err(invalid(format!("file {} is not a batch input", file.id)));
     }
     let now = now_ms();
     let batch = BatchRecord {
         id: format!("batch_{}", uuid::Uuid::now_v7().simple()),
+        tenant: file.tenant,
         endpoint: request.endpoint,
         input_file_id: file.id,
         completion_window: request.completion_window,
@@ -143,10 +142,11 @@ async fn create(
     Ok(axum::Json(batch_json(&batch)))
 }
 
-async fn find(s: &ApiState, id: &str) -> Result<BatchRecord, ApiError> {
+async fn find(s: &ApiState, caller: &Caller, id: &str) -> Result<BatchRecord, ApiError> {
     s.batch_store
         .get_batch(id)
         .await?
+        .filter(|b| caller.sees(&b.tenant))
         .ok_or_else(|| ApiError::NotFound(id.to_owned()))
 }
 
@@ -157,9 +157,10 @@ async fn find(s: &ApiState, id: &str) -> Result<BatchRecord, ApiError> {
     ))]
 async fn retrieve(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(batch_json(&find(&s, &id).await?)))
+    Ok(axum::Json(batch_json(&find(&s, &caller, &id).await?)))
 }
 
 #[derive(Deserialize)]
@@ -181,6 +182,7 @@ struct ListQuery {
     ))]
 async fn list(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
@@ -190,7 +192,7 @@ async fn list(
     }
     let mut page = s
         .batch_store
-        .list_batches(query.after.as_deref(), limit + 1)
+        .list_batches(caller.tenant.as_deref(), query.after.as_deref(), limit + 1)
         .await?;
     let has_more = page.len() > limit as usize;
     page.truncate(limit as usize);
@@ -213,9 +215,10 @@ async fn list(
     ))]
 async fn cancel(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let batch = find(&s, &id).await?;
+    let batch = find(&s, &caller, &id).await?;
     let moved = s
         .batch_store
         .set_batch_status(
@@ -229,5 +232,5 @@ async fn cancel(
     if !moved && batch.status != BatchStatus::Cancelling {
         return Err(ApiError::BatchEnded(id, batch.status.as_str()));
     }
-    Ok(axum::Json(batch_json(&find(&s, &id).await?)))
+    Ok(axum::Json(batch_json(&find(&s, &caller, &id).await?)))
 }

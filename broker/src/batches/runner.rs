@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::{ApiState, job_error_status};
+use crate::auth::Caller;
 use crate::cancel;
 use crate::openai::{self, Endpoint};
 use crate::store::{
@@ -261,7 +262,8 @@ async fn submit_line(
         return item(line.custom_id, None, Some(("invalid_request", message)));
     }
     let body = line.body.to_string();
-    let parsed = match openai::parse(s, body.as_bytes(), endpoint, Priority::Batch) {
+    let caller = Caller::tenant(b.tenant.clone());
+    let parsed = match openai::parse(s, &caller, body.as_bytes(), endpoint, Priority::Batch) {
         Ok(parsed) if parsed.stream => {
             let message = "stream is not available in a batch".to_owned();
             return item(line.custom_id, None, Some(("invalid_request", message)));
@@ -276,7 +278,10 @@ async fn submit_line(
         .metadata
         .insert("custom_id".into(), line.custom_id.clone());
     let job_id = format!("{}-{n}", b.id);
-    match s.submit(submission, Priority::Batch, job_id.clone()).await {
+    match s
+        .submit(submission, Priority::Batch, job_id.clone(), None)
+        .await
+    {
         Ok(_) => item(line.custom_id, Some(job_id), None),
         Err(e) if ["queue_full", "queue_unavailable", "store_unavailable"].contains(&e.code()) => {
             warn!(batch = %b.id, line = n, error = %e, "batch line not queued now; it is tried again");
@@ -409,6 +414,7 @@ async fn write_file(
     }
     let file = FileRecord {
         id,
+        tenant: b.tenant.clone(),
         filename: format!("{}_{kind}.jsonl", b.id),
         purpose: "batch_output".into(),
         bytes: i64::try_from(info.size).unwrap_or(i64::MAX),

@@ -10,6 +10,7 @@ use super::{JobRecord, StoreError};
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileRecord {
     pub id: String,
+    pub tenant: String,
     pub filename: String,
     pub purpose: String,
     pub bytes: i64,
@@ -80,6 +81,7 @@ pub struct BatchCounts {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchRecord {
     pub id: String,
+    pub tenant: String,
     pub endpoint: String,
     pub input_file_id: String,
     pub completion_window: String,
@@ -119,15 +121,21 @@ pub struct BatchUpdate {
 pub trait BatchStore: Send + Sync {
     async fn insert_file(&self, file: &FileRecord) -> Result<(), StoreError>;
     async fn get_file(&self, id: &str) -> Result<Option<FileRecord>, StoreError>;
-    /// Newest first.
-    async fn list_files(&self, limit: u32) -> Result<Vec<FileRecord>, StoreError>;
+    /// Newest first; only `tenant`'s when given.
+    async fn list_files(
+        &self,
+        tenant: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<FileRecord>, StoreError>;
     async fn delete_file(&self, id: &str) -> Result<bool, StoreError>;
 
     async fn insert_batch(&self, batch: &BatchRecord) -> Result<(), StoreError>;
     async fn get_batch(&self, id: &str) -> Result<Option<BatchRecord>, StoreError>;
-    /// Newest first, after the batch `after` when given.
+    /// Newest first, after the batch `after` when given; only `tenant`'s
+    /// when given.
     async fn list_batches(
         &self,
+        tenant: Option<&str>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<BatchRecord>, StoreError>;

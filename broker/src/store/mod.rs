@@ -1,8 +1,10 @@
 //! Job records. The store is a projection of what the streams say happened;
 //! every write is idempotent so that a redelivered message changes nothing.
 
+mod access;
 mod batches;
 mod sqlite;
+mod sqlite_access;
 mod sqlite_batches;
 
 use std::collections::BTreeMap;
@@ -15,6 +17,7 @@ use switchyard_schemas::{
     ErrorClass, Job, JobEvent, JobResult, Outcome, Priority, Usage, UsageEvent,
 };
 
+pub use access::{AccessStore, KeyRecord, TenantRecord};
 pub use batches::{
     BatchCounts, BatchItem, BatchRecord, BatchStatus, BatchStore, BatchUpdate, FileRecord,
 };

@@ -27,6 +27,7 @@ fn stamp_column(status: BatchStatus) -> Option<&'static str> {
 fn file(row: &SqliteRow) -> Result<FileRecord, sqlx::Error> {
     Ok(FileRecord {
         id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
         filename: row.try_get("filename")?,
         purpose: row.try_get("purpose")?,
         bytes: row.try_get("bytes")?,
@@ -70,6 +71,7 @@ impl SqliteStore {
                 .map(|e| serde_json::from_str(&e))
                 .transpose()
                 .map_err(|e| corrupt(e.to_string()))?,
+            tenant: row.try_get("tenant")?,
             endpoint: row.try_get("endpoint")?,
             input_file_id: row.try_get("input_file_id")?,
             completion_window: row.try_get("completion_window")?,
@@ -94,13 +96,15 @@ impl SqliteStore {
 impl BatchStore for SqliteStore {
     async fn insert_file(&self, f: &FileRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO files (id, filename, purpose, bytes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO files (id, filename, purpose, bytes, created_at, tenant)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
         .bind(&f.id)
         .bind(&f.filename)
         .bind(&f.purpose)
         .bind(f.bytes)
         .bind(f.created_at_ms)
+        .bind(&f.tenant)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -114,11 +118,19 @@ impl BatchStore for SqliteStore {
         Ok(row.as_ref().map(file).transpose()?)
     }
 
-    async fn list_files(&self, limit: u32) -> Result<Vec<FileRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM files ORDER BY created_at DESC, id DESC LIMIT ?1")
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await?;
+    async fn list_files(
+        &self,
+        tenant: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<FileRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM files WHERE ?2 IS NULL OR tenant = ?2
+             ORDER BY created_at DESC, id DESC LIMIT ?1",
+        )
+        .bind(limit)
+        .bind(tenant)
+        .fetch_all(self.pool())
+        .await?;
         Ok(rows.iter().map(file).collect::<Result<_, _>>()?)
     }
 
@@ -133,8 +145,8 @@ impl BatchStore for SqliteStore {
     async fn insert_batch(&self, b: &BatchRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO batches (id, endpoint, input_file_id, completion_window, status, metadata,
-                created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                created_at, expires_at, tenant)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .bind(&b.id)
         .bind(&b.endpoint)
@@ -144,6 +156,7 @@ impl BatchStore for SqliteStore {
         .bind(serde_json::to_string(&b.metadata).unwrap_or_else(|_| "{}".into()))
         .bind(b.created_at_ms)
         .bind(b.expires_at_ms)
+        .bind(&b.tenant)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -162,17 +175,20 @@ impl BatchStore for SqliteStore {
 
     async fn list_batches(
         &self,
+        tenant: Option<&str>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<BatchRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM batches
-             WHERE ?1 IS NULL OR (created_at, id) <
-                (SELECT created_at, id FROM batches WHERE id = ?1)
+             WHERE (?1 IS NULL OR (created_at, id) <
+                (SELECT created_at, id FROM batches WHERE id = ?1))
+                AND (?3 IS NULL OR tenant = ?3)
              ORDER BY created_at DESC, id DESC LIMIT ?2",
         )
         .bind(after)
         .bind(limit)
+        .bind(tenant)
         .fetch_all(self.pool())
         .await?;
         let mut out = Vec::with_capacity(rows.len());

@@ -3,13 +3,14 @@
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchyard_schemas::now_ms;
 
 use crate::api::{ApiError, ApiState, invalid};
+use crate::auth::Caller;
 use crate::store::{Attempt, DeliveryRecord};
 use crate::view::rfc3339;
 
@@ -50,12 +51,11 @@ fn delivery_json(d: &DeliveryRecord) -> Value {
     ))]
 async fn job_deliveries(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    s.job(&caller, &id).await?;
     let store = &s.admitter.store;
-    if store.get(&id).await?.is_none() {
-        return Err(ApiError::NotFound(id));
-    }
     let data: Vec<Value> = store
         .deliveries(&id)
         .await?
