@@ -305,13 +305,7 @@ async fn keys_carry_roles_and_tenants() {
     let (_, keys) = call(&stack, Method::GET, "/v1/admin/keys", &admin, None).await;
     assert!(keys["data"].as_array().unwrap().len() >= 6);
     assert!(!keys.to_string().contains(&globex[20..]));
-    let mut stored = Vec::new();
-    for entry in std::fs::read_dir(stack.dir.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.to_string_lossy().contains("jobs.db") {
-            stored.extend(std::fs::read(path).unwrap());
-        }
-    }
+    let stored = stack.stored_bytes();
     let secret = &globex[20..];
     assert!(!stored.is_empty());
     assert!(

@@ -549,12 +549,14 @@ async fn the_openapi_document_describes_what_the_server_does() {
         let url = stack.broker_url(
             &path
                 .replace("{id}", "no-such-job")
-                .replace("{model}", "no-such-model"),
+                .replace("{model}", "no-such-model")
+                .replace("{name}", "no-such-tenant"),
         );
         for (method, operation) in operations.as_object().unwrap() {
             let request = match method.as_str() {
                 "get" => stack.http.get(&url),
                 "post" => stack.http.post(&url).json(&json!({})),
+                "put" => stack.http.put(&url).json(&json!({})),
                 "delete" => stack.http.delete(&url),
                 other => panic!("{other} {path} is not expected"),
             };

@@ -96,6 +96,9 @@ pub enum SubmitError {
     /// The queue did not confirm the job: it is not queued and will not run.
     #[error("the queue is unavailable: {0}")]
     QueueUnavailable(String),
+    /// The client's job id names another tenant's job.
+    #[error("job id {0:?} is taken; choose another")]
+    IdTaken(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -418,7 +421,14 @@ impl Admitter {
         }
         // Recorded first, so that a crash between here and the queue's
         // confirmation leaves a record the outbox publishes again.
-        if self.store.insert(&job, source).await? == (Inserted::Existing { enqueued: true }) {
+        let inserted = self.store.insert(&job, source).await?;
+        if inserted != Inserted::New
+            && let Some(held) = self.store.get(&job.id).await?
+            && held.tenant != job.tenant
+        {
+            return Err(SubmitError::IdTaken(job.id));
+        }
+        if inserted == (Inserted::Existing { enqueued: true }) {
             // A repeat of a job already queued (a client retrying with its own
             // id, even past the server's de-duplication window): the same job.
             return Ok(job);

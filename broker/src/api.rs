@@ -92,6 +92,7 @@ impl ApiError {
             ApiError::Submit(SubmitError::RateLimited { .. }) => {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
             }
+            ApiError::Submit(SubmitError::IdTaken(_)) => (StatusCode::CONFLICT, "id_taken"),
             ApiError::Submit(SubmitError::QueueUnavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable")
             }

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::stream::Stream;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use switchyard_schemas::{
-    AdmitReply, CodecError, Encoding, ErrorBody, ErrorClass, JobError, JobResult, Outcome,
-    Priority, SCHEMA_VERSION, Submission, decode_submission, encode_as, now_ms, subjects,
+    AdmitReply, CodecError, DEFAULT_TENANT, Encoding, ErrorBody, ErrorClass, JobError, JobResult,
+    Outcome, Priority, SCHEMA_VERSION, Submission, decode_submission, encode_as, now_ms, subjects,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
@@ -48,6 +49,8 @@ struct Decoded {
 
 struct Refused {
     id: Option<String>,
+    /// The subject's tenant, when it names one.
+    tenant: Option<String>,
     model: String,
     priority: Priority,
     encoding: Encoding,
@@ -63,17 +66,20 @@ fn read(
 ) -> Result<Decoded, Box<Refused>> {
     let header_id = env.header(MSG_ID).map(str::to_owned);
     let encoding = Encoding::detect(body, env.header(CONTENT_TYPE));
-    let subject_priority = subjects::priority_of(env.subject);
+    let addressed = subjects::intake_of(env.subject);
+    let subject_priority = addressed.map(|(p, _)| p);
+    let subject_tenant = addressed.and_then(|(_, t)| t);
     let refuse = |id: Option<String>, model: String, rejection| {
         Box::new(Refused {
             id,
+            tenant: subject_tenant.map(str::to_owned),
             model,
             priority: subject_priority.unwrap_or_default(),
             encoding,
             rejection,
         })
     };
-    let (submission, encoding) =
+    let (mut submission, encoding) =
         decode_submission(body, env.header(CONTENT_TYPE)).map_err(|e| {
             let message = match e {
                 CodecError::UnsupportedVersion { .. } => e.to_string(),
@@ -116,6 +122,20 @@ fn read(
                 "priority {p} in the body differs from {priority} in the subject"
             )),
         ));
+    }
+    // A tenant's account can publish only to its own subjects, so the
+    // subject's tenant is the submission's.
+    if let Some(tenant) = subject_tenant {
+        if submission.tenant.as_deref().is_some_and(|t| t != tenant) {
+            return Err(refuse(
+                Some(id),
+                submission.model,
+                Rejection::InvalidRequest(format!(
+                    "the body names another tenant than {tenant}, the subject's"
+                )),
+            ));
+        }
+        submission.tenant = Some(tenant.to_owned());
     }
     Ok(Decoded {
         submission,
@@ -178,6 +198,7 @@ async fn admit_durable(admitter: &Admitter, msg: jetstream::Message) {
         Ok(d) => {
             let span = info_span!("intake", job_id = %d.id, model = %d.submission.model);
             let model = d.submission.model.clone();
+            let tenant = d.submission.tenant.clone();
             match admitter
                 .submit(d.submission, d.priority, d.id.clone(), Source::Nats, None)
                 .instrument(span)
@@ -185,22 +206,26 @@ async fn admit_durable(admitter: &Admitter, msg: jetstream::Message) {
             {
                 Ok(_) => Ok(()),
                 Err(SubmitError::Rejected(rejection)) => {
-                    record_refusal(admitter, d.id, model, d.priority, rejection).await
+                    let refused = Refused {
+                        id: Some(d.id),
+                        tenant,
+                        model,
+                        priority: d.priority,
+                        encoding: d.encoding,
+                        rejection,
+                    };
+                    record_refusal(admitter, refused).await
+                }
+                Err(e @ SubmitError::IdTaken(_)) => {
+                    // Nothing of it is kept: the id names another tenant's job.
+                    warn!(error = %e, "submission dropped");
+                    Ok(())
                 }
                 Err(e) => Err(e.to_string()),
             }
         }
         Err(refused) => match refused.id {
-            Some(id) => {
-                record_refusal(
-                    admitter,
-                    id,
-                    refused.model,
-                    refused.priority,
-                    refused.rejection,
-                )
-                .await
-            }
+            Some(_) => record_refusal(admitter, *refused).await,
             None => {
                 // Nothing names it, so there is nowhere to report to: log it and
                 // drop it so it cannot block the stream.
@@ -225,19 +250,23 @@ async fn admit_durable(admitter: &Admitter, msg: jetstream::Message) {
 
 /// Keeps a refused durable submission where its client looks: a failed job
 /// record and a failed result on `sy.results.<id>`.
-async fn record_refusal(
-    admitter: &Admitter,
-    id: String,
-    model: String,
-    priority: Priority,
-    rejection: Rejection,
-) -> Result<(), String> {
-    if !subjects::is_valid_id(&id) {
-        warn!(id = %id, error = %rejection, "refused submission with an unusable id dropped");
+async fn record_refusal(admitter: &Admitter, refused: Refused) -> Result<(), String> {
+    let Refused {
+        id,
+        tenant,
+        model,
+        priority,
+        rejection,
+        ..
+    } = refused;
+    let Some(id) = id.filter(|id| subjects::is_valid_id(id)) else {
+        warn!(error = %rejection, "refused submission with an unusable id dropped");
         return Ok(());
-    }
+    };
+    let tenant = tenant.unwrap_or_else(|| DEFAULT_TENANT.to_owned());
     let rejected = RejectedJob {
         id: id.clone(),
+        tenant: tenant.clone(),
         model,
         priority,
         source: Source::Nats,
@@ -245,11 +274,15 @@ async fn record_refusal(
         message: rejection.to_string(),
         at_ms: now_ms(),
     };
-    admitter
+    let holder = admitter
         .store
         .insert_rejected(&rejected)
         .await
         .map_err(|e| e.to_string())?;
+    if holder != tenant {
+        warn!(job_id = %id, "refused submission dropped: its id names another tenant's job");
+        return Ok(());
+    }
     let class = match rejection {
         Rejection::UnknownModel(_) => ErrorClass::UnknownModel,
         _ => ErrorClass::InvalidInput,
@@ -335,6 +368,78 @@ pub async fn serve_requests(
     let _ = requests.unsubscribe().await;
 }
 
+/// Why a result request has no result: the code in its `Switchyard-Error`
+/// header.
+const RESULT_ERROR: &str = "Switchyard-Error";
+
+/// Serves `sy.result.<tenant>.<job id>` until `shutdown`: the job's result
+/// as stored on `sy.results.<id>`, to its own tenant only (a tenant's NATS
+/// account can ask only under its own name). Otherwise a JSON error body
+/// with its code in the `Switchyard-Error` header: `not_found` (no job of
+/// that tenant), `not_finished`, `result_expired`, `store_unavailable`.
+pub async fn serve_results(
+    admitter: Admitter,
+    results: Stream,
+    mut requests: async_nats::Subscriber,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) {
+    let client = admitter.js.client();
+    let served = (&mut requests)
+        .take_until(shutdown.cancelled_owned())
+        .for_each_concurrent(concurrency, |req| {
+            let (admitter, results, client) = (&admitter, &results, &client);
+            async move {
+                let Some(reply_to) = req.reply.clone() else {
+                    return;
+                };
+                let sent = match stored_result(admitter, results, req.subject.as_str()).await {
+                    Ok(payload) => client.publish(reply_to, payload).await,
+                    Err(code) => {
+                        let mut headers = HeaderMap::new();
+                        headers.insert(RESULT_ERROR, code);
+                        let body = ErrorBody {
+                            code: code.into(),
+                            message: format!("no result to give: {code}"),
+                        };
+                        let json = serde_json::to_vec(&body).unwrap_or_default();
+                        client
+                            .publish_with_headers(reply_to, headers, json.into())
+                            .await
+                    }
+                };
+                if let Err(e) = sent {
+                    warn!(error = %e, "result reply not sent");
+                }
+            }
+        });
+    served.await;
+    let _ = requests.unsubscribe().await;
+}
+
+async fn stored_result(
+    admitter: &Admitter,
+    results: &Stream,
+    subject: &str,
+) -> Result<bytes::Bytes, &'static str> {
+    let (tenant, id) = subjects::result_request_of(subject).ok_or("not_found")?;
+    let record = admitter
+        .store
+        .get(id)
+        .await
+        .map_err(|_| "store_unavailable")?
+        .filter(|r| r.tenant == tenant)
+        .ok_or("not_found")?;
+    if !record.status.is_final() {
+        return Err("not_finished");
+    }
+    let msg = results
+        .direct_get_last_for_subject(subjects::results(id))
+        .await
+        .map_err(|_| "result_expired")?;
+    Ok(msg.payload)
+}
+
 fn error_body(e: &SubmitError) -> ErrorBody {
     let (code, message) = match e {
         SubmitError::Rejected(r) => (r.code(), r.to_string()),
@@ -345,6 +450,7 @@ fn error_body(e: &SubmitError) -> ErrorBody {
             "the job queue is unavailable; the job was not queued".into(),
         ),
         SubmitError::Store(_) => ("store_unavailable", "the job store is unavailable".into()),
+        SubmitError::IdTaken(_) => ("id_taken", e.to_string()),
     };
     ErrorBody {
         code: code.into(),

@@ -160,6 +160,9 @@ pub async fn run(
     let cancel_requests = client
         .queue_subscribe(subjects::CANCEL, "broker".into())
         .await?;
+    let result_requests = client
+        .queue_subscribe(subjects::RESULT_REQUESTS, "broker".into())
+        .await?;
     let parts = api::Parts {
         admitter: admitter.clone(),
         cancellations: cancellations.clone(),
@@ -175,7 +178,11 @@ pub async fn run(
     };
     let state = api::state(parts, &cfg);
     let router = api::router(state.clone())
-        .merge(dead_letters::router(admitter.clone(), dead, results_stream))
+        .merge(dead_letters::router(
+            admitter.clone(),
+            dead,
+            results_stream.clone(),
+        ))
         .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
         .merge(ops::router(metrics, ready.clone()));
 
@@ -203,6 +210,13 @@ pub async fn run(
         admitter.clone(),
         cancellations,
         cancel_requests,
+        shutdown.clone(),
+    ));
+    tasks.spawn(intake::serve_results(
+        admitter.clone(),
+        results_stream.clone(),
+        result_requests,
+        cfg.intake_concurrency,
         shutdown.clone(),
     ));
     tasks.spawn(intake::serve_requests(

@@ -44,7 +44,18 @@ pub async fn connect(
     cfg: &NatsConfig,
     name: &str,
 ) -> Result<(async_nats::Client, Context), NatsError> {
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    // A user in the URL (`nats://user:password@host`) is one of the NATS
+    // accounts' (deploy/nats/accounts.conf); the client takes it apart.
+    let addr: Option<async_nats::ServerAddr> =
+        cfg.url.split(',').next().and_then(|u| u.parse().ok());
+    if let Some((user, password)) = addr
+        .as_ref()
+        .and_then(|a| Some((a.username()?, a.password()?)))
+    {
+        options = options.user_and_password(user.to_owned(), password.to_owned());
+    }
+    let client = options
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
@@ -52,13 +63,21 @@ pub async fn connect(
         .connect(&cfg.url)
         .await
         .map_err(|source| NatsError::Connect {
-            url: cfg.url.clone(),
+            url: redacted(&cfg.url),
             source,
         })?;
     let js = jetstream::ContextBuilder::new()
         .timeout(cfg.request_timeout)
         .build(client.clone());
     Ok((client, js))
+}
+
+/// The URL without the password it may hold, for logs and errors.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
 }
 
 /// The stream layout, derived from config alone so that every process computes

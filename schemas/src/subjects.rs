@@ -3,7 +3,8 @@
 
 use crate::Priority;
 
-/// Durable intake for NATS clients: `sy.submit.<priority>`.
+/// Durable intake for NATS clients: `sy.submit.<priority>`, or
+/// `sy.submit.<priority>.<tenant>` for a tenant's own NATS account.
 pub const SUBMIT_STREAM: &str = "SUBMIT";
 /// Admitted, schedulable jobs: `sy.jobs.<priority>.<model token>.<tenant>`.
 pub const JOBS_STREAM: &str = "JOBS";
@@ -18,7 +19,7 @@ pub const BILLING_STREAM: &str = "BILLING";
 /// Jobs that exhausted their attempts: `sy.dead.<job id>`.
 pub const DEAD_STREAM: &str = "DEAD";
 
-pub const SUBMIT_ALL: &str = "sy.submit.*";
+pub const SUBMIT_ALL: &str = "sy.submit.>";
 pub const JOBS_ALL: &str = "sy.jobs.*.*.*";
 pub const WORK_ALL: &str = "sy.work.*";
 pub const EVENTS_ALL: &str = "sy.events.*";
@@ -35,8 +36,11 @@ pub const FILES_BUCKET: &str = "files";
 pub const LARGE_RESULTS_BUCKET: &str = "large-results";
 /// Core NATS request/reply: cancel the job named in the body.
 pub const CANCEL: &str = "sy.cancel";
-/// Core NATS request/reply intake: `sy.admit.<priority>`.
-pub const ADMIT_ALL: &str = "sy.admit.*";
+/// Core NATS request/reply intake: `sy.admit.<priority>[.<tenant>]`.
+pub const ADMIT_ALL: &str = "sy.admit.>";
+/// Core NATS request/reply: a tenant's job's result,
+/// `sy.result.<tenant>.<job id>`.
+pub const RESULT_REQUESTS: &str = "sy.result.*.*";
 /// Core NATS: streamed output, `sy.stream.<job id>` (best effort, not stored).
 pub const STREAM_ALL: &str = "sy.stream.*";
 /// Core NATS heartbeats: `sy.heartbeat.<node>` (state, not history: not stored).
@@ -94,10 +98,24 @@ pub fn load(node: &str) -> String {
     format!("sy.load.{node}")
 }
 
-/// The priority named by the last token of an intake subject
-/// (`sy.submit.<p>` or `sy.admit.<p>`).
-pub fn priority_of(subject: &str) -> Option<Priority> {
-    subject.rsplit('.').next()?.parse().ok()
+/// Where an intake subject sends a job: `sy.submit.<p>` and `sy.admit.<p>`
+/// name a priority; `.<tenant>` after it names the tenant, which only that
+/// tenant's NATS account can publish to. None when the priority is not one.
+pub fn intake_of(subject: &str) -> Option<(Priority, Option<&str>)> {
+    let mut tokens = subject.split('.').skip(2);
+    let priority = tokens.next()?.parse().ok()?;
+    let tenant = tokens.next();
+    if tokens.next().is_some() || tenant.is_some_and(|t| !is_valid_id(t)) {
+        return None;
+    }
+    Some((priority, tenant))
+}
+
+/// The tenant and the job of a result request `sy.result.<tenant>.<id>`.
+pub fn result_request_of(subject: &str) -> Option<(&str, &str)> {
+    let mut tokens = subject.strip_prefix("sy.result.")?.split('.');
+    let (tenant, id) = (tokens.next()?, tokens.next()?);
+    (tokens.next().is_none() && is_valid_id(tenant) && is_valid_id(id)).then_some((tenant, id))
 }
 
 /// Model names such as `llama-3.1-8b` or `org/model` are not valid subject tokens
@@ -168,9 +186,20 @@ mod tests {
     }
 
     #[test]
-    fn priority_is_read_from_the_last_token() {
-        assert_eq!(priority_of("sy.submit.batch"), Some(Priority::Batch));
-        assert_eq!(priority_of("sy.admit.critical"), Some(Priority::Critical));
-        assert_eq!(priority_of("sy.submit.urgent"), None);
+    fn intake_subjects_name_a_priority_and_maybe_a_tenant() {
+        assert_eq!(intake_of("sy.submit.batch"), Some((Priority::Batch, None)));
+        assert_eq!(
+            intake_of("sy.admit.critical.acme"),
+            Some((Priority::Critical, Some("acme")))
+        );
+        assert_eq!(intake_of("sy.submit.urgent"), None);
+        assert_eq!(intake_of("sy.submit.normal.acme.more"), None);
+        assert_eq!(intake_of("sy.submit.normal.a*"), None);
+        assert_eq!(
+            result_request_of("sy.result.acme.job-1"),
+            Some(("acme", "job-1"))
+        );
+        assert_eq!(result_request_of("sy.result.acme"), None);
+        assert_eq!(result_request_of("sy.result.acme.a.b"), None);
     }
 }

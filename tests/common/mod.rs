@@ -134,18 +134,48 @@ pub struct Nats {
     proc: Proc,
     pub port: u16,
     store: TempDir,
+    /// Started with `deploy/nats/accounts.conf`: clients need a user.
+    accounts: bool,
 }
+
+/// The passwords `deploy/nats/accounts.conf` reads from the environment.
+pub const NATS_USERS: [(&str, &str, &str); 3] = [
+    ("switchyard", "SWITCHYARD_NATS_PASSWORD", "platform-secret"),
+    ("acme", "ACME_NATS_PASSWORD", "acme-secret"),
+    ("globex", "GLOBEX_NATS_PASSWORD", "globex-secret"),
+];
 
 impl Nats {
     pub fn start() -> Nats {
-        let store = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let proc = Self::spawn(port, store.path());
-        Nats { proc, port, store }
+        Self::start_as(false)
     }
 
-    fn spawn(port: u16, store: &Path) -> Proc {
+    /// A server with the accounts of `deploy/nats/accounts.conf`.
+    pub fn start_with_accounts() -> Nats {
+        Self::start_as(true)
+    }
+
+    fn start_as(accounts: bool) -> Nats {
+        let store = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let proc = Self::spawn(port, store.path(), accounts);
+        Nats {
+            proc,
+            port,
+            store,
+            accounts,
+        }
+    }
+
+    fn spawn(port: u16, store: &Path, accounts: bool) -> Proc {
         let mut cmd = Command::new(nats_server_bin());
+        if accounts {
+            cmd.arg("-c")
+                .arg(repo_root().join("deploy/nats/accounts.conf"));
+            for (_, var, password) in NATS_USERS {
+                cmd.env(var, password);
+            }
+        }
         cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store);
         let proc = spawn("nats-server", cmd, store);
@@ -155,8 +185,22 @@ impl Nats {
         proc
     }
 
+    /// The URL the components use: the platform user's, when the server
+    /// has accounts.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        match self.accounts {
+            true => self.url_as("switchyard"),
+            false => format!("nats://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The URL of one of `NATS_USERS`.
+    pub fn url_as(&self, user: &str) -> String {
+        let (_, _, password) = NATS_USERS
+            .iter()
+            .find(|(name, _, _)| *name == user)
+            .expect("a user of deploy/nats/accounts.conf");
+        format!("nats://{user}:{password}@127.0.0.1:{}", self.port)
     }
 
     /// Stops the server (SIGTERM, clean shutdown).
@@ -166,7 +210,7 @@ impl Nats {
 
     /// Starts a stopped server again on the same port and store.
     pub fn resume(&mut self) {
-        self.proc = Self::spawn(self.port, self.store.path());
+        self.proc = Self::spawn(self.port, self.store.path(), self.accounts);
     }
 
     pub fn restart(&mut self) {
@@ -175,7 +219,22 @@ impl Nats {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("nats connect")
+        match self.accounts {
+            true => self.client_as("switchyard").await,
+            false => async_nats::connect(self.url()).await.expect("nats connect"),
+        }
+    }
+
+    /// A client as one of `NATS_USERS`.
+    pub async fn client_as(&self, user: &str) -> async_nats::Client {
+        let (_, _, password) = NATS_USERS
+            .iter()
+            .find(|(name, _, _)| *name == user)
+            .expect("a user of deploy/nats/accounts.conf");
+        async_nats::ConnectOptions::with_user_and_password(user.into(), (*password).into())
+            .connect(format!("127.0.0.1:{}", self.port))
+            .await
+            .expect("nats connect")
     }
 }
 
@@ -199,6 +258,8 @@ pub struct StackOptions {
     pub prefetch_per_slot: u32,
     /// More settings of the `broker:` section (YAML, indented by two).
     pub broker_extra: &'static str,
+    /// NATS with the accounts of `deploy/nats/accounts.conf`.
+    pub nats_accounts: bool,
 }
 
 impl Default for StackOptions {
@@ -217,6 +278,7 @@ impl Default for StackOptions {
             placement: "least_loaded",
             prefetch_per_slot: 1,
             broker_extra: "",
+            nats_accounts: false,
         }
     }
 }
@@ -237,11 +299,25 @@ fn simulated_engine(opts: &StackOptions, faults: &str) -> String {
     )
 }
 
+/// Where a stack's job store lives: a SQLite file in its folder, or, with
+/// `SWITCHYARD_TEST_POSTGRES` set to a server's URL, a database of its own
+/// on that server (the broker makes it).
+fn database_url(dir: &Path) -> String {
+    match std::env::var("SWITCHYARD_TEST_POSTGRES") {
+        Ok(server) => format!(
+            "{}/sy_{}",
+            server.trim_end_matches('/'),
+            uuid::Uuid::now_v7().simple()
+        ),
+        Err(_) => format!("sqlite://{}", dir.join("jobs.db").display()),
+    }
+}
+
 fn config_yaml(
     opts: &StackOptions,
     nats_url: &str,
     broker_port: u16,
-    dir: &Path,
+    database_url: &str,
     engine: &str,
 ) -> String {
     format!(
@@ -264,7 +340,7 @@ models:
 tenants: {tenants}
 broker:
   listen: 127.0.0.1:{broker_port}
-  database_url: sqlite://{db}
+  database_url: {database_url}
   max_body_bytes: 65536
   outbox_interval: 1s
   outbox_grace: 2s
@@ -283,7 +359,6 @@ agent:
   drain_timeout: 10s
   engine: {engine}
 "#,
-        db = dir.join("jobs.db").display(),
         ack_wait = opts.agent_ack_wait,
         extra_models = opts.extra_models,
         max_queued = opts.max_queued,
@@ -303,6 +378,7 @@ pub struct Stack {
     config: PathBuf,
     opts: StackOptions,
     pub broker_port: u16,
+    pub database_url: String,
     procs: HashMap<String, (Proc, u16)>,
     pub http: reqwest::Client,
 }
@@ -312,12 +388,16 @@ pub const TEXT_MODEL: &str = "tiny-text";
 
 impl Stack {
     pub fn new(opts: StackOptions) -> Stack {
-        let nats = Nats::start();
+        let nats = match opts.nats_accounts {
+            true => Nats::start_with_accounts(),
+            false => Nats::start(),
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let broker_port = free_port();
         let config = dir.path().join("switchyard.yaml");
         let engine = simulated_engine(&opts, opts.faults);
-        let yaml = config_yaml(&opts, &nats.url(), broker_port, dir.path(), &engine);
+        let database_url = database_url(dir.path());
+        let yaml = config_yaml(&opts, &nats.url(), broker_port, &database_url, &engine);
         std::fs::write(&config, yaml).expect("config");
         Stack {
             nats,
@@ -325,6 +405,7 @@ impl Stack {
             config,
             opts,
             broker_port,
+            database_url,
             procs: HashMap::new(),
             http: reqwest::Client::new(),
         }
@@ -412,7 +493,7 @@ impl Stack {
             &self.opts,
             &self.nats.url(),
             self.broker_port,
-            self.dir.path(),
+            &self.database_url,
             engine,
         );
         let path = self.dir.path().join(format!("{node}.yaml"));
@@ -480,6 +561,24 @@ impl Stack {
 
     pub fn log_of(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Everything the job store holds, as bytes to search: the SQLite
+    /// files, or a dump of the PostgreSQL database.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        if self.database_url.starts_with("postgres") {
+            let out = Command::new("pg_dump")
+                .args(["--data-only", &self.database_url])
+                .output()
+                .expect("pg_dump");
+            assert!(out.status.success(), "pg_dump: {out:?}");
+            return out.stdout;
+        }
+        let mut bytes = Vec::new();
+        for file in ["jobs.db", "jobs.db-wal"] {
+            bytes.extend(std::fs::read(self.dir.path().join(file)).unwrap_or_default());
+        }
+        bytes
     }
 
     /// Runs `switchyard <args>` with this stack's configuration.

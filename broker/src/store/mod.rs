@@ -156,6 +156,7 @@ pub struct ListFilter {
 #[derive(Debug, Clone)]
 pub struct RejectedJob {
     pub id: String,
+    pub tenant: String,
     pub model: String,
     pub priority: Priority,
     pub source: Source,
@@ -316,7 +317,9 @@ pub trait JobStore: Send + Sync {
     async fn reopen(&self, job: &Job) -> Result<bool, StoreError>;
     /// Forgets a job the queue refused: the client was told it is not queued.
     async fn discard_unqueued(&self, id: &str) -> Result<(), StoreError>;
-    async fn insert_rejected(&self, job: &RejectedJob) -> Result<(), StoreError>;
+    /// Records a refused job unless its id is taken; the tenant of the job
+    /// the id now names.
+    async fn insert_rejected(&self, job: &RejectedJob) -> Result<String, StoreError>;
     async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError>;
     async fn apply_results(&self, results: &[JobResult]) -> Result<(), StoreError>;
     /// Takes one request from each limit, all or none; when one has no

@@ -384,11 +384,11 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    async fn insert_rejected(&self, job: &RejectedJob) -> Result<(), StoreError> {
+    async fn insert_rejected(&self, job: &RejectedJob) -> Result<String, StoreError> {
         sqlx::query(
             "INSERT INTO jobs (id, model, priority, source, status, created_at, finished_at,
-                error_code, error_message)
-             VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?5, ?6, ?7)
+                error_code, error_message, tenant)
+             VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?5, ?6, ?7, ?8)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&job.id)
@@ -398,9 +398,13 @@ impl JobStore for SqliteStore {
         .bind(job.at_ms)
         .bind(&job.code)
         .bind(&job.message)
+        .bind(&job.tenant)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(sqlx::query_scalar("SELECT tenant FROM jobs WHERE id = ?1")
+            .bind(&job.id)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError> {
