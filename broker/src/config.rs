@@ -185,10 +185,11 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     pub fn validate(&self, issues: &mut Issues) {
         issues.check(
-            self.database_url.starts_with("sqlite:"),
+            self.database_url.starts_with("sqlite:")
+                || crate::store::is_postgres(&self.database_url),
             "broker.database_url",
-            &self.database_url,
-            "must be a sqlite: URL (PostgreSQL arrives in a later release)",
+            "(hidden)",
+            "must be a sqlite: or postgres:// URL",
         );
         issues.check(
             (1024..=64 * 1024 * 1024).contains(&self.max_body_bytes),

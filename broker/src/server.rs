@@ -17,7 +17,7 @@ use crate::budget::{self, Budgets};
 use crate::cache::{self, ResultCache};
 use crate::limits::{self, Limits};
 use crate::pii::Pii;
-use crate::store::{AccessStore, BatchStore, Charge, JobStore, SqliteStore, Status, StoreError};
+use crate::store::{AccessStore, BatchStore, Charge, JobStore, SqlStore, Status, StoreError};
 use crate::webhooks::{self, Webhooks};
 use crate::{
     BrokerConfig, api, batches, billing, cancel, dead_letters, expiry, intake, metrics as m,
@@ -65,10 +65,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
     m::describe();
-    let sqlite = Arc::new(SqliteStore::open(&cfg.database_url).await?);
-    let store: Arc<dyn JobStore> = sqlite.clone();
-    let batch_store: Arc<dyn BatchStore> = sqlite.clone();
-    let access: Arc<dyn AccessStore> = sqlite;
+    let sql = Arc::new(SqlStore::open(&cfg.database_url).await?);
+    let store: Arc<dyn JobStore> = sql.clone();
+    let batch_store: Arc<dyn BatchStore> = sql.clone();
+    let access: Arc<dyn AccessStore> = sql;
     let auth = Arc::new(Auth::new(cfg.auth.pepper()?, access.clone(), &tenants));
     if !auth.enabled() {
         warn!("authentication is off (no broker.auth.pepper): every caller is an admin");

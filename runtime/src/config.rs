@@ -33,7 +33,12 @@ pub fn load<T: DeserializeOwned>(path: Option<&Path>) -> Result<T, ConfigError> 
         figment = figment.merge(Yaml::file(path));
     }
     figment
-        .merge(Env::prefixed("SWITCHYARD_").split("__"))
+        // SWITCHYARD_CONFIG and SWITCHYARD_API_KEY are the command line's.
+        .merge(
+            Env::prefixed("SWITCHYARD_")
+                .ignore(&["config", "api_key"])
+                .split("__"),
+        )
         .extract()
         .map_err(|e| {
             let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();

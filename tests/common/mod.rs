@@ -300,10 +300,10 @@ fn simulated_engine(opts: &StackOptions, faults: &str) -> String {
 }
 
 /// Where a stack's job store lives: a SQLite file in its folder, or, with
-/// `SWITCHYARD_TEST_POSTGRES` set to a server's URL, a database of its own
+/// `SY_TEST_POSTGRES` set to a server's URL, a database of its own
 /// on that server (the broker makes it).
 fn database_url(dir: &Path) -> String {
-    match std::env::var("SWITCHYARD_TEST_POSTGRES") {
+    match std::env::var("SY_TEST_POSTGRES") {
         Ok(server) => format!(
             "{}/sy_{}",
             server.trim_end_matches('/'),
@@ -583,10 +583,16 @@ impl Stack {
 
     /// Runs `switchyard <args>` with this stack's configuration.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_env(args, &[])
+    }
+
+    /// Runs `switchyard <args>` with this stack's configuration and `env`.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .arg("--config")
             .arg(&self.config)
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .expect("run switchyard")
     }

@@ -3,9 +3,9 @@
 
 mod access;
 mod batches;
-mod sqlite;
-mod sqlite_access;
-mod sqlite_batches;
+mod sql;
+mod sql_access;
+mod sql_batches;
 
 use std::collections::BTreeMap;
 
@@ -21,7 +21,7 @@ pub use access::{AccessStore, KeyRecord, TenantRecord};
 pub use batches::{
     BatchCounts, BatchItem, BatchRecord, BatchStatus, BatchStore, BatchUpdate, FileRecord,
 };
-pub use sqlite::SqliteStore;
+pub use sql::{SqlStore, is_postgres};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

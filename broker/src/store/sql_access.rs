@@ -2,11 +2,11 @@
 
 use async_trait::async_trait;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use switchyard_runtime::RateLimits;
 
 use super::access::{AccessStore, KeyRecord, TenantRecord};
-use super::sqlite::SqliteStore;
+use super::sql::SqlStore;
 use super::{StoreError, corrupt};
 
 fn limits_json(limits: Option<&RateLimits>) -> Option<String> {
@@ -18,7 +18,7 @@ fn read_limits(id: &str, text: Option<String>) -> Result<Option<RateLimits>, Sto
         .transpose()
 }
 
-fn key(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
+fn key(row: &AnyRow) -> Result<KeyRecord, StoreError> {
     let id: String = row.try_get("id")?;
     let limits = read_limits(&id, row.try_get("limits")?)?;
     Ok(KeyRecord {
@@ -35,12 +35,12 @@ fn key(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
 }
 
 #[async_trait]
-impl AccessStore for SqliteStore {
+impl AccessStore for SqlStore {
     async fn insert_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO api_keys
                 (id, tenant, role, name, digest, limits, created_at, expires_at, revoked_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&k.id)
         .bind(&k.tenant)
@@ -57,7 +57,7 @@ impl AccessStore for SqliteStore {
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        sqlx::query("SELECT * FROM api_keys WHERE id = ?1")
+        sqlx::query("SELECT * FROM api_keys WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await?
@@ -68,7 +68,7 @@ impl AccessStore for SqliteStore {
 
     async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
         sqlx::query(
-            "SELECT * FROM api_keys WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_at, id",
+            "SELECT * FROM api_keys WHERE $1 IS NULL OR tenant = $1 ORDER BY created_at, id",
         )
         .bind(tenant)
         .fetch_all(self.pool())
@@ -80,7 +80,7 @@ impl AccessStore for SqliteStore {
 
     async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError> {
         let found =
-            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1")
+            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
                 .bind(id)
                 .bind(at_ms)
                 .execute(self.pool())
@@ -90,7 +90,7 @@ impl AccessStore for SqliteStore {
 
     async fn insert_tenant(&self, t: &TenantRecord) -> Result<bool, StoreError> {
         let made = sqlx::query(
-            "INSERT INTO tenants (name, limits, created_at) VALUES (?1, ?2, ?3)
+            "INSERT INTO tenants (name, limits, created_at) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&t.name)
@@ -108,7 +108,7 @@ impl AccessStore for SqliteStore {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO tenants (name, limits, created_at) VALUES (?1, ?2, ?3)
+            "INSERT INTO tenants (name, limits, created_at) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET limits = excluded.limits",
         )
         .bind(name)

@@ -1,16 +1,19 @@
-//! The embedded default store: one SQLite file in WAL mode. `synchronous =
-//! NORMAL` survives a crash of the process (not of the machine); the queue
-//! itself lives in JetStream, and the records can be rebuilt from its streams.
+//! The job store on SQL: an SQLite file (the embedded default) or a
+//! PostgreSQL database, through sqlx's `Any` driver with one set of queries
+//! written in the SQL both speak (`$n` parameters, `CASE` for `MAX`, times as
+//! integers). SQLite runs in WAL mode with `synchronous = NORMAL`, which
+//! survives a crash of the process (not of the machine); the queue itself
+//! lives in JetStream, and the records can be rebuilt from its streams.
+//! Several brokers share one PostgreSQL database.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::AnyPool;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Any, Executor, Row, Transaction};
 use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, Usage, now_ms};
 
 use super::{
@@ -21,18 +24,70 @@ use crate::budget::Reservation;
 use crate::limits::Take;
 use crate::webhooks;
 
-pub struct SqliteStore {
-    pool: SqlitePool,
+pub struct SqlStore {
+    pool: AnyPool,
 }
 
-impl SqliteStore {
+/// An integer column as the narrower type a record holds.
+pub(super) fn int<T: TryFrom<i64>>(row: &AnyRow, column: &str) -> Result<T, sqlx::Error> {
+    let value: i64 = row.try_get(column)?;
+    T::try_from(value).map_err(|_| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: format!("{value} is out of range").into(),
+    })
+}
+
+pub(super) fn opt_int<T: TryFrom<i64>>(
+    row: &AnyRow,
+    column: &str,
+) -> Result<Option<T>, sqlx::Error> {
+    let value: Option<i64> = row.try_get(column)?;
+    value
+        .map(|v| {
+            T::try_from(v).map_err(|_| sqlx::Error::ColumnDecode {
+                index: column.to_owned(),
+                source: format!("{v} is out of range").into(),
+            })
+        })
+        .transpose()
+}
+
+/// The UTC date (`YYYY-MM-DD`) of a day counted from the Unix epoch.
+fn utc_day(day: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(day.saturating_mul(86_400)) {
+        Ok(t) => format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day()),
+        Err(_) => day.to_string(),
+    }
+}
+
+/// A 0/1 column (flags are integers in both databases).
+pub(super) fn flag(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
+    Ok(row.try_get::<i64, _>(column)? != 0)
+}
+
+/// Whether a database URL names PostgreSQL (else SQLite).
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+impl SqlStore {
     /// Opens (creating if needed) the database and applies migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
+        sqlx::any::install_default_drivers();
+        if is_postgres(url) {
+            // Brokers starting together may race to make it: whoever
+            // loses finds it there.
+            if !Any::database_exists(url).await? && Any::create_database(url).await.is_err() {
+                Any::database_exists(url).await?;
+            }
+            let pool = AnyPoolOptions::new()
+                .max_connections(16)
+                .connect(url)
+                .await?;
+            sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+            return Ok(Self { pool });
+        }
+        let options = SqliteConnectOptions::from_str(url)?;
         if let Some(dir) = options
             .get_filename()
             .parent()
@@ -43,22 +98,33 @@ impl SqliteStore {
                 source,
             })?;
         }
-        let pool = SqlitePoolOptions::new()
+        let url = match url.contains('?') {
+            true => url.to_owned(),
+            false => format!("{url}?mode=rwc"),
+        };
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+                         PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
     }
 
-    pub(super) fn pool(&self) -> &SqlitePool {
+    pub(super) fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    async fn apply_event(
-        tx: &mut Transaction<'_, Sqlite>,
-        e: &JobEvent,
-    ) -> Result<(), sqlx::Error> {
+    async fn apply_event(tx: &mut Transaction<'_, Any>, e: &JobEvent) -> Result<(), sqlx::Error> {
         // Progress is ordered by (attempt, stage): a job only moves forward,
         // a retry starts the next attempt at `queued`, and a late event of an
         // earlier attempt changes nothing but a timestamp it was missing.
@@ -75,16 +141,16 @@ impl SqliteStore {
         };
         sqlx::query(&format!(
             "UPDATE jobs SET
-                status = CASE WHEN {AHEAD} THEN ?3 ELSE status END,
-                node = CASE WHEN {AHEAD} THEN ?4 ELSE node END,
-                assigned_at = CASE WHEN attempt < ?1 THEN ?5
-                    WHEN attempt = ?1 THEN COALESCE(assigned_at, ?5) ELSE assigned_at END,
-                started_at = CASE WHEN attempt < ?1 THEN ?6
-                    WHEN attempt = ?1 THEN COALESCE(started_at, ?6) ELSE started_at END,
-                attempt = MAX(attempt, ?1)
-             WHERE id = ?7 AND status NOT IN ('succeeded', 'failed', 'expired', 'timed_out', 'cancelled')"
+                status = CASE WHEN {AHEAD} THEN $3 ELSE status END,
+                node = CASE WHEN {AHEAD} THEN $4 ELSE node END,
+                assigned_at = CASE WHEN attempt < $1 THEN $5
+                    WHEN attempt = $1 THEN COALESCE(assigned_at, $5) ELSE assigned_at END,
+                started_at = CASE WHEN attempt < $1 THEN $6
+                    WHEN attempt = $1 THEN COALESCE(started_at, $6) ELSE started_at END,
+                attempt = CASE WHEN attempt > $1 THEN attempt ELSE $1 END
+             WHERE id = $7 AND status NOT IN ('succeeded', 'failed', 'expired', 'timed_out', 'cancelled')"
         ))
-        .bind(attempt)
+        .bind(i64::from(attempt))
         .bind(stage)
         .bind(status)
         .bind(node)
@@ -96,10 +162,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn apply_result(
-        tx: &mut Transaction<'_, Sqlite>,
-        r: &JobResult,
-    ) -> Result<(), sqlx::Error> {
+    async fn apply_result(tx: &mut Transaction<'_, Any>, r: &JobResult) -> Result<(), sqlx::Error> {
         let status = Status::of(&r.outcome);
         let (output, error, usage) = match &r.outcome {
             Outcome::Succeeded { output, usage } => (Some(output.to_string()), None, Some(*usage)),
@@ -112,23 +175,23 @@ impl SqliteStore {
         // The first final result wins, and a result of a superseded attempt
         // (the job was already given to another one) is fenced out.
         sqlx::query(
-            "UPDATE jobs SET status = ?1, output = ?2, error_code = ?3, error_message = ?4,
-                prompt_tokens = ?5, completion_tokens = ?6, finished_at = ?7,
-                node = COALESCE(?8, node),
-                assigned_at = CASE WHEN attempt < ?9 THEN ?11 ELSE COALESCE(assigned_at, ?11) END,
-                started_at = CASE WHEN attempt < ?9 THEN ?12 ELSE COALESCE(started_at, ?12) END,
-                attempt = MAX(attempt, ?9)
-             WHERE id = ?10 AND status NOT IN ('succeeded', 'failed', 'expired', 'timed_out', 'cancelled') AND attempt <= ?9",
+            "UPDATE jobs SET status = $1, output = $2, error_code = $3, error_message = $4,
+                prompt_tokens = $5, completion_tokens = $6, finished_at = $7,
+                node = COALESCE($8, node),
+                assigned_at = CASE WHEN attempt < $9 THEN $11 ELSE COALESCE(assigned_at, $11) END,
+                started_at = CASE WHEN attempt < $9 THEN $12 ELSE COALESCE(started_at, $12) END,
+                attempt = CASE WHEN attempt > $9 THEN attempt ELSE $9 END
+             WHERE id = $10 AND status NOT IN ('succeeded', 'failed', 'expired', 'timed_out', 'cancelled') AND attempt <= $9",
         )
         .bind(status.as_str())
         .bind(output)
         .bind(error.map(|e| e.0))
         .bind(error.map(|e| e.1))
-        .bind(usage.map(|u| u.prompt_tokens))
-        .bind(usage.map(|u| u.completion_tokens))
+        .bind(usage.map(|u| i64::from(u.prompt_tokens)))
+        .bind(usage.map(|u| i64::from(u.completion_tokens)))
         .bind(r.finished_at_ms)
         .bind(&r.node)
-        .bind(r.attempt)
+        .bind(i64::from(r.attempt))
         .bind(&r.job_id)
         .bind(r.assigned_at_ms)
         .bind(r.started_at_ms)
@@ -139,11 +202,11 @@ impl SqliteStore {
 }
 
 /// Whether an event is ahead of the job's recorded (attempt, stage), with the
-/// event's attempt as `?1` and stage as `?2`.
-const AHEAD: &str = "(attempt < ?1 OR (attempt = ?1 AND (CASE status \
-    WHEN 'queued' THEN 0 WHEN 'assigned' THEN 1 WHEN 'running' THEN 2 ELSE 3 END) < ?2))";
+/// event's attempt as `$1` and stage as `$2`.
+const AHEAD: &str = "(attempt < $1 OR (attempt = $1 AND (CASE status \
+    WHEN 'queued' THEN 0 WHEN 'assigned' THEN 1 WHEN 'running' THEN 2 ELSE 3 END) < $2))";
 
-pub(super) fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
+pub(super) fn record(row: &AnyRow) -> Result<JobRecord, StoreError> {
     let id: String = row.try_get("id")?;
     let corrupt = super::corrupt(id.clone());
     let status: String = row.try_get("status")?;
@@ -151,8 +214,8 @@ pub(super) fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
     let output: Option<String> = row.try_get("output")?;
     let code: Option<String> = row.try_get("error_code")?;
     let message: Option<String> = row.try_get("error_message")?;
-    let prompt: Option<u32> = row.try_get("prompt_tokens")?;
-    let completion: Option<u32> = row.try_get("completion_tokens")?;
+    let prompt: Option<u32> = opt_int(row, "prompt_tokens")?;
+    let completion: Option<u32> = opt_int(row, "completion_tokens")?;
     Ok(JobRecord {
         status: Status::parse(&status).ok_or_else(|| corrupt(format!("status {status:?}")))?,
         metadata: serde_json::from_str(&metadata).map_err(|e| corrupt(e.to_string()))?,
@@ -161,8 +224,8 @@ pub(super) fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
             .transpose()
             .map_err(|e| corrupt(e.to_string()))?,
         error: code.zip(message),
-        output_expired: row.try_get("output_expired")?,
-        tokens_estimate: row.try_get("tokens_estimate")?,
+        output_expired: flag(row, "output_expired")?,
+        tokens_estimate: opt_int(row, "tokens_estimate")?,
         usage: prompt.zip(completion).map(|(p, c)| Usage {
             prompt_tokens: p,
             completion_tokens: c,
@@ -171,7 +234,7 @@ pub(super) fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         tenant: row.try_get("tenant")?,
         priority: row.try_get("priority")?,
         source: row.try_get("source")?,
-        attempt: row.try_get("attempt")?,
+        attempt: int(row, "attempt")?,
         node: row.try_get("node")?,
         created_at_ms: row.try_get("created_at")?,
         enqueued_at_ms: row.try_get("enqueued_at")?,
@@ -185,11 +248,11 @@ pub(super) fn record(row: &SqliteRow) -> Result<JobRecord, StoreError> {
 /// Writes the webhook delivery that a job's recorded status calls for, if
 /// its webhook asks for that event. Its id makes a repeat a no-op.
 async fn queue_webhook(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     id: &str,
     just_recorded: bool,
 ) -> Result<(), StoreError> {
-    let Some(row) = sqlx::query("SELECT * FROM jobs WHERE id = ?1 AND webhook_url IS NOT NULL")
+    let Some(row) = sqlx::query("SELECT * FROM jobs WHERE id = $1 AND webhook_url IS NOT NULL")
         .bind(id)
         .fetch_optional(&mut **tx)
         .await?
@@ -211,9 +274,9 @@ async fn queue_webhook(
     }
     sqlx::query(
         "INSERT INTO webhook_deliveries (id, job_id, tenant, url, event, payload, state, created_at, next_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6,
-            CASE WHEN EXISTS (SELECT 1 FROM webhook_disabled WHERE url = ?4) THEN 'disabled' ELSE 'pending' END,
-            ?7, ?7)
+         VALUES ($1, $2, $3, $4, $5, $6,
+            CASE WHEN EXISTS (SELECT 1 FROM webhook_disabled WHERE url = $4) THEN 'disabled' ELSE 'pending' END,
+            $7, $7)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(webhooks::delivery_id(&record, event))
@@ -228,19 +291,19 @@ async fn queue_webhook(
     Ok(())
 }
 
-fn attempt(row: &SqliteRow) -> Result<Attempt, sqlx::Error> {
+fn attempt(row: &AnyRow) -> Result<Attempt, sqlx::Error> {
     Ok(Attempt {
         delivery_id: row.try_get("delivery_id")?,
-        number: row.try_get("number")?,
+        number: int(row, "number")?,
         at_ms: row.try_get("at")?,
         duration_ms: row.try_get("duration_ms")?,
-        status: row.try_get("status")?,
+        status: opt_int(row, "status")?,
         error: row.try_get("error")?,
     })
 }
 
 #[async_trait]
-impl JobStore for SqliteStore {
+impl JobStore for SqlStore {
     async fn insert(&self, job: &Job, source: Source) -> Result<Inserted, StoreError> {
         let json = serde_json::to_string(job).map_err(|e| StoreError::Corrupt {
             id: job.id.clone(),
@@ -259,7 +322,7 @@ impl JobStore for SqliteStore {
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, model, priority, source, status, job, metadata, attempt, created_at,
                 tenant, deadline_at, webhook_url, webhook_events, tokens_estimate)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&job.id)
@@ -268,13 +331,13 @@ impl JobStore for SqliteStore {
         .bind(source.as_str())
         .bind(json)
         .bind(metadata)
-        .bind(job.attempt)
+        .bind(i64::from(job.attempt))
         .bind(job.submitted_at_ms)
         .bind(&job.tenant)
         .bind(job.deadline_ms)
         .bind(webhook.map(|w| &w.url))
         .bind(events)
-        .bind(crate::budget::tokens(job))
+        .bind(i64::from(crate::budget::tokens(job)))
         .execute(&mut *tx)
         .await?;
         let found = if inserted.rows_affected() == 1 {
@@ -284,7 +347,7 @@ impl JobStore for SqliteStore {
             Inserted::New
         } else {
             let enqueued: Option<i64> =
-                sqlx::query_scalar("SELECT enqueued_at FROM jobs WHERE id = ?1")
+                sqlx::query_scalar("SELECT enqueued_at FROM jobs WHERE id = $1")
                     .bind(&job.id)
                     .fetch_one(&mut *tx)
                     .await?;
@@ -305,9 +368,9 @@ impl JobStore for SqliteStore {
     ) -> Result<String, StoreError> {
         // One statement, so two brokers racing on one key agree on the winner.
         let claimed: Option<String> = sqlx::query_scalar(
-            "INSERT INTO idempotency (key, job_id, created_at) VALUES (?1, ?2, ?3)
+            "INSERT INTO idempotency (key, job_id, created_at) VALUES ($1, $2, $3)
              ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, created_at = excluded.created_at
-                WHERE idempotency.created_at < ?4
+                WHERE idempotency.created_at < $4
              RETURNING job_id",
         )
         .bind(key)
@@ -319,7 +382,7 @@ impl JobStore for SqliteStore {
         let holder = match claimed {
             Some(id) => id,
             None => {
-                sqlx::query_scalar("SELECT job_id FROM idempotency WHERE key = ?1")
+                sqlx::query_scalar("SELECT job_id FROM idempotency WHERE key = $1")
                     .bind(key)
                     .fetch_one(&self.pool)
                     .await?
@@ -329,7 +392,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn release_key(&self, key: &str, job_id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM idempotency WHERE key = ?1 AND job_id = ?2")
+        sqlx::query("DELETE FROM idempotency WHERE key = $1 AND job_id = $2")
             .bind(key)
             .bind(job_id)
             .execute(&self.pool)
@@ -338,7 +401,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn mark_enqueued(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET enqueued_at = COALESCE(enqueued_at, ?1) WHERE id = ?2")
+        sqlx::query("UPDATE jobs SET enqueued_at = COALESCE(enqueued_at, $1) WHERE id = $2")
             .bind(at_ms)
             .bind(id)
             .execute(&self.pool)
@@ -352,14 +415,14 @@ impl JobStore for SqliteStore {
             reason: e.to_string(),
         })?;
         let reopened = sqlx::query(
-            "UPDATE jobs SET status = 'queued', job = ?1, attempt = ?2, node = NULL,
+            "UPDATE jobs SET status = 'queued', job = $1, attempt = $2, node = NULL,
                 enqueued_at = NULL, assigned_at = NULL, started_at = NULL, finished_at = NULL,
                 output = NULL, error_code = NULL, error_message = NULL,
                 prompt_tokens = NULL, completion_tokens = NULL
-             WHERE id = ?3 AND status = 'failed'",
+             WHERE id = $3 AND status = 'failed'",
         )
         .bind(json)
-        .bind(job.attempt)
+        .bind(i64::from(job.attempt))
         .bind(&job.id)
         .execute(&self.pool)
         .await?;
@@ -369,13 +432,13 @@ impl JobStore for SqliteStore {
     async fn discard_unqueued(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let gone = sqlx::query(
-            "DELETE FROM jobs WHERE id = ?1 AND status = 'queued' AND enqueued_at IS NULL",
+            "DELETE FROM jobs WHERE id = $1 AND status = 'queued' AND enqueued_at IS NULL",
         )
         .bind(id)
         .execute(&mut *tx)
         .await?;
         if gone.rows_affected() == 1 {
-            sqlx::query("DELETE FROM webhook_deliveries WHERE job_id = ?1")
+            sqlx::query("DELETE FROM webhook_deliveries WHERE job_id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -388,7 +451,7 @@ impl JobStore for SqliteStore {
         sqlx::query(
             "INSERT INTO jobs (id, model, priority, source, status, created_at, finished_at,
                 error_code, error_message, tenant)
-             VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?5, ?6, ?7, ?8)
+             VALUES ($1, $2, $3, $4, 'failed', $5, $5, $6, $7, $8)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&job.id)
@@ -401,7 +464,7 @@ impl JobStore for SqliteStore {
         .bind(&job.tenant)
         .execute(&self.pool)
         .await?;
-        Ok(sqlx::query_scalar("SELECT tenant FROM jobs WHERE id = ?1")
+        Ok(sqlx::query_scalar("SELECT tenant FROM jobs WHERE id = $1")
             .bind(&job.id)
             .fetch_one(&self.pool)
             .await?)
@@ -436,19 +499,19 @@ impl JobStore for SqliteStore {
             sqlx::query(
                 "INSERT INTO usage (job_id, attempt, node, model, prompt_tokens, completion_tokens,
                     engine_ms, at, cost_micros, cache_hit)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (job_id, attempt) DO NOTHING",
             )
             .bind(&u.job_id)
-            .bind(u.attempt)
+            .bind(i64::from(u.attempt))
             .bind(&u.node)
             .bind(&u.model)
-            .bind(u.usage.prompt_tokens)
-            .bind(u.usage.completion_tokens)
+            .bind(i64::from(u.usage.prompt_tokens))
+            .bind(i64::from(u.usage.completion_tokens))
             .bind(i64::try_from(u.engine_ms).unwrap_or(i64::MAX))
             .bind(u.at_ms)
             .bind(c.cost_micros)
-            .bind(c.cache_hit)
+            .bind(i64::from(c.cache_hit))
             .execute(&mut *tx)
             .await?;
         }
@@ -466,9 +529,9 @@ impl JobStore for SqliteStore {
             // GCRA: a request may come when the theoretical arrival time is
             // at most the tolerance ahead; it moves that time on by its cost.
             let taken = sqlx::query(
-                "INSERT INTO rate_limits (key, tat) VALUES (?1, ?2 + ?3)
-                 ON CONFLICT (key) DO UPDATE SET tat = MAX(tat, ?2) + ?3
-                    WHERE rate_limits.tat <= ?2 + ?4",
+                "INSERT INTO rate_limits (key, tat) VALUES ($1, $2 + $3)
+                 ON CONFLICT (key) DO UPDATE SET tat = CASE WHEN rate_limits.tat > $2 THEN rate_limits.tat ELSE $2 END + $3
+                    WHERE rate_limits.tat <= $2 + $4",
             )
             .bind(&t.key)
             .bind(now_us)
@@ -477,7 +540,7 @@ impl JobStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
             if taken.rows_affected() == 0 {
-                let tat: i64 = sqlx::query_scalar("SELECT tat FROM rate_limits WHERE key = ?1")
+                let tat: i64 = sqlx::query_scalar("SELECT tat FROM rate_limits WHERE key = $1")
                     .bind(&t.key)
                     .fetch_one(&mut *tx)
                     .await?;
@@ -498,7 +561,7 @@ impl JobStore for SqliteStore {
         for (id, tokens) in used {
             let Some(row) = sqlx::query(
                 "SELECT tenant, tokens_estimate FROM jobs
-                 WHERE id = ?1 AND tokens_estimate IS NOT NULL",
+                 WHERE id = $1 AND tokens_estimate IS NOT NULL",
             )
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -508,14 +571,14 @@ impl JobStore for SqliteStore {
             };
             // Cleared in the same transaction: a result seen again moves
             // nothing.
-            sqlx::query("UPDATE jobs SET tokens_estimate = NULL WHERE id = ?1")
+            sqlx::query("UPDATE jobs SET tokens_estimate = NULL WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
             let tenant: String = row.try_get("tenant")?;
             let estimate: i64 = row.try_get("tokens_estimate")?;
             if let Some((key, per_token)) = rate(&tenant) {
-                sqlx::query("UPDATE rate_limits SET tat = tat + ?2 WHERE key = ?1")
+                sqlx::query("UPDATE rate_limits SET tat = tat + $2 WHERE key = $1")
                     .bind(key)
                     .bind(per_token * (i64::from(*tokens) - estimate))
                     .execute(&mut *tx)
@@ -531,7 +594,7 @@ impl JobStore for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let new = sqlx::query(
             "INSERT INTO reservations (job_id, tenant, period_start, micros)
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (job_id) DO NOTHING",
+             VALUES ($1, $2, $3, $4) ON CONFLICT (job_id) DO NOTHING",
         )
         .bind(job_id)
         .bind(&r.tenant)
@@ -544,7 +607,7 @@ impl JobStore for SqliteStore {
             return Ok(None);
         }
         sqlx::query(
-            "INSERT INTO budgets (tenant, period_start) VALUES (?1, ?2)
+            "INSERT INTO budgets (tenant, period_start) VALUES ($1, $2)
              ON CONFLICT (tenant, period_start) DO NOTHING",
         )
         .bind(&r.tenant)
@@ -552,9 +615,9 @@ impl JobStore for SqliteStore {
         .execute(&mut *tx)
         .await?;
         let reserved = sqlx::query(
-            "UPDATE budgets SET reserved_micros = reserved_micros + ?3
-             WHERE tenant = ?1 AND period_start = ?2
-               AND reserved_micros + spent_micros + ?3 <= ?4",
+            "UPDATE budgets SET reserved_micros = reserved_micros + $3
+             WHERE tenant = $1 AND period_start = $2
+               AND reserved_micros + spent_micros + $3 <= $4",
         )
         .bind(&r.tenant)
         .bind(r.period_start_ms)
@@ -567,8 +630,8 @@ impl JobStore for SqliteStore {
             return Ok(None);
         }
         let left: i64 = sqlx::query_scalar(
-            "SELECT ?3 - reserved_micros - spent_micros FROM budgets
-             WHERE tenant = ?1 AND period_start = ?2",
+            "SELECT $3 - reserved_micros - spent_micros FROM budgets
+             WHERE tenant = $1 AND period_start = $2",
         )
         .bind(&r.tenant)
         .bind(r.period_start_ms)
@@ -582,7 +645,7 @@ impl JobStore for SqliteStore {
     async fn take_slot(&self, job_id: &str, tenant: &str, max: u32) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let new = sqlx::query(
-            "INSERT INTO slot_holders (job_id, tenant) VALUES (?1, ?2)
+            "INSERT INTO slot_holders (job_id, tenant) VALUES ($1, $2)
              ON CONFLICT (job_id) DO NOTHING",
         )
         .bind(job_id)
@@ -594,11 +657,11 @@ impl JobStore for SqliteStore {
             return Ok(true);
         }
         let taken = sqlx::query(
-            "INSERT INTO tenant_slots (tenant, used) VALUES (?1, 1)
-             ON CONFLICT (tenant) DO UPDATE SET used = used + 1 WHERE tenant_slots.used < ?2",
+            "INSERT INTO tenant_slots (tenant, used) VALUES ($1, 1)
+             ON CONFLICT (tenant) DO UPDATE SET used = tenant_slots.used + 1 WHERE tenant_slots.used < $2",
         )
         .bind(tenant)
-        .bind(max)
+        .bind(i64::from(max))
         .execute(&mut *tx)
         .await?;
         if taken.rows_affected() == 0 || max == 0 {
@@ -617,19 +680,19 @@ impl JobStore for SqliteStore {
         let mut tx = self.pool.begin().await?;
         for id in job_ids {
             if let Some(tenant) = sqlx::query_scalar::<_, String>(
-                "DELETE FROM slot_holders WHERE job_id = ?1 RETURNING tenant",
+                "DELETE FROM slot_holders WHERE job_id = $1 RETURNING tenant",
             )
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?
             {
-                sqlx::query("UPDATE tenant_slots SET used = used - 1 WHERE tenant = ?1")
+                sqlx::query("UPDATE tenant_slots SET used = used - 1 WHERE tenant = $1")
                     .bind(tenant)
                     .execute(&mut *tx)
                     .await?;
             }
             let Some(held) = sqlx::query(
-                "DELETE FROM reservations WHERE job_id = ?1 RETURNING tenant, period_start, micros",
+                "DELETE FROM reservations WHERE job_id = $1 RETURNING tenant, period_start, micros",
             )
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -637,7 +700,7 @@ impl JobStore for SqliteStore {
             else {
                 continue;
             };
-            let spent = match sqlx::query("SELECT * FROM jobs WHERE id = ?1")
+            let spent = match sqlx::query("SELECT * FROM jobs WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?
@@ -646,9 +709,9 @@ impl JobStore for SqliteStore {
                 None => 0,
             };
             sqlx::query(
-                "UPDATE budgets SET reserved_micros = reserved_micros - ?3,
-                    spent_micros = spent_micros + ?4
-                 WHERE tenant = ?1 AND period_start = ?2",
+                "UPDATE budgets SET reserved_micros = reserved_micros - $3,
+                    spent_micros = spent_micros + $4
+                 WHERE tenant = $1 AND period_start = $2",
             )
             .bind(held.try_get::<String, _>("tenant")?)
             .bind(held.try_get::<i64, _>("period_start")?)
@@ -665,14 +728,16 @@ impl JobStore for SqliteStore {
         // Charged: the attempt whose result the job delivered.
         let query = |charged: bool| {
             format!(
-                "SELECT date(u.at / 1000, 'unixepoch') AS day, u.model AS model, j.tenant AS tenant,
-                    COUNT(*) AS requests, SUM(u.prompt_tokens) AS prompt_tokens,
-                    SUM(u.completion_tokens) AS completion_tokens, SUM(u.engine_ms) AS engine_ms,
-                    SUM(u.cost_micros) AS cost_micros, SUM(u.cache_hit) AS cache_hits
+                "SELECT u.at / 86400000 AS day, u.model AS model, j.tenant AS tenant,
+                    COUNT(*) AS requests, CAST(SUM(u.prompt_tokens) AS BIGINT) AS prompt_tokens,
+                    CAST(SUM(u.completion_tokens) AS BIGINT) AS completion_tokens,
+                    CAST(SUM(u.engine_ms) AS BIGINT) AS engine_ms,
+                    CAST(SUM(u.cost_micros) AS BIGINT) AS cost_micros,
+                    CAST(SUM(u.cache_hit) AS BIGINT) AS cache_hits
                  FROM usage u JOIN jobs j ON j.id = u.job_id
                  WHERE {} (j.status = 'succeeded' AND j.attempt = u.attempt)
-                   AND (?1 IS NULL OR j.tenant = ?1)
-                   AND (?2 IS NULL OR u.at >= ?2) AND (?3 IS NULL OR u.at < ?3)
+                   AND ($1 IS NULL OR j.tenant = $1)
+                   AND ($2 IS NULL OR u.at >= $2) AND ($3 IS NULL OR u.at < $3)
                  GROUP BY day, u.model, j.tenant ORDER BY day, u.model, j.tenant",
                 if charged { "" } else { "NOT" }
             )
@@ -690,7 +755,7 @@ impl JobStore for SqliteStore {
                     Ok(u64::try_from(row.try_get::<i64, _>(name)?).unwrap_or(0))
                 };
                 rows.push(UsageRow {
-                    day: row.try_get("day")?,
+                    day: utc_day(row.try_get("day")?),
                     model: row.try_get("model")?,
                     tenant: row.try_get("tenant")?,
                     requests: n("requests")?,
@@ -706,7 +771,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?1")
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -717,11 +782,11 @@ impl JobStore for SqliteStore {
         let (after_ms, after_id) = f.after.clone().unzip();
         let rows = sqlx::query(
             "SELECT * FROM jobs
-             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR model = ?2)
-               AND (?3 IS NULL OR tenant = ?3)
-               AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at < ?5)
-               AND (?6 IS NULL OR (created_at, id) < (?6, ?7))
-             ORDER BY created_at DESC, id DESC LIMIT ?8",
+             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR model = $2)
+               AND ($3 IS NULL OR tenant = $3)
+               AND ($4 IS NULL OR created_at >= $4) AND ($5 IS NULL OR created_at < $5)
+               AND ($6 IS NULL OR (created_at, id) < ($6, $7))
+             ORDER BY created_at DESC, id DESC LIMIT $8",
         )
         .bind(f.status.map(Status::as_str))
         .bind(&f.model)
@@ -730,7 +795,7 @@ impl JobStore for SqliteStore {
         .bind(f.until_ms)
         .bind(after_ms)
         .bind(after_id)
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(record).collect()
@@ -740,11 +805,11 @@ impl JobStore for SqliteStore {
         Ok(sqlx::query_scalar(
             "SELECT id FROM jobs
              WHERE deadline_at IS NOT NULL AND status IN ('queued', 'assigned')
-               AND deadline_at < ?1
-             ORDER BY deadline_at LIMIT ?2",
+               AND deadline_at < $1
+             ORDER BY deadline_at LIMIT $2",
         )
         .bind(now_ms)
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -756,11 +821,11 @@ impl JobStore for SqliteStore {
     ) -> Result<Vec<Job>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, job FROM jobs
-             WHERE enqueued_at IS NULL AND status = 'queued' AND created_at < ?1
-             ORDER BY created_at LIMIT ?2",
+             WHERE enqueued_at IS NULL AND status = 'queued' AND created_at < $1
+             ORDER BY created_at LIMIT $2",
         )
         .bind(created_before_ms)
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -785,20 +850,21 @@ impl JobStore for SqliteStore {
         // A `queued` event waits for the queue's confirmation: a job the
         // queue refused is discarded, and its client was told so.
         let rows = sqlx::query(
-            "UPDATE webhook_deliveries SET lease_until = ?2
+            "UPDATE webhook_deliveries SET lease_until = $2
              WHERE id IN (
                 SELECT d.id FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id
-                WHERE d.state = 'pending' AND d.next_at <= ?1 AND d.lease_until <= ?1
+                WHERE d.state = 'pending' AND d.next_at <= $1 AND d.lease_until <= $1
                   AND j.enqueued_at IS NOT NULL
-                ORDER BY d.next_at LIMIT ?3)
+                ORDER BY d.next_at LIMIT $3)
+               AND lease_until <= $1
              RETURNING id, job_id, tenant, url, event, payload, attempts",
         )
         .bind(now_ms)
         .bind(lease_until_ms)
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let delivery = |row: &SqliteRow| -> Result<Delivery, sqlx::Error> {
+        let delivery = |row: &AnyRow| -> Result<Delivery, sqlx::Error> {
             Ok(Delivery {
                 id: row.try_get("id")?,
                 job_id: row.try_get("job_id")?,
@@ -806,7 +872,7 @@ impl JobStore for SqliteStore {
                 url: row.try_get("url")?,
                 event: row.try_get("event")?,
                 payload: row.try_get("payload")?,
-                attempts: row.try_get("attempts")?,
+                attempts: int(row, "attempts")?,
             })
         };
         Ok(rows.iter().map(delivery).collect::<Result<_, _>>()?)
@@ -822,23 +888,23 @@ impl JobStore for SqliteStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO webhook_attempts (delivery_id, number, at, duration_ms, status, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(&a.delivery_id)
-        .bind(a.number)
+        .bind(i64::from(a.number))
         .bind(a.at_ms)
         .bind(a.duration_ms)
-        .bind(a.status)
+        .bind(a.status.map(i64::from))
         .bind(&a.error)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE webhook_deliveries SET attempts = MAX(attempts, ?2), state = ?3, next_at = ?4,
+            "UPDATE webhook_deliveries SET attempts = CASE WHEN attempts > $2 THEN attempts ELSE $2 END, state = $3, next_at = $4,
                 lease_until = 0
-             WHERE id = ?1 AND state = 'pending'",
+             WHERE id = $1 AND state = 'pending'",
         )
         .bind(&a.delivery_id)
-        .bind(a.number)
+        .bind(i64::from(a.number))
         .bind(state)
         .bind(next_at)
         .execute(&mut *tx)
@@ -846,7 +912,7 @@ impl JobStore for SqliteStore {
         if next == Next::Disabled {
             sqlx::query(
                 "INSERT INTO webhook_disabled (url, at, reason)
-                 SELECT url, ?2, 'answered 410 Gone' FROM webhook_deliveries WHERE id = ?1
+                 SELECT url, $2, 'answered 410 Gone' FROM webhook_deliveries WHERE id = $1
                  ON CONFLICT (url) DO NOTHING",
             )
             .bind(&a.delivery_id)
@@ -856,7 +922,7 @@ impl JobStore for SqliteStore {
             sqlx::query(
                 "UPDATE webhook_deliveries SET state = 'disabled'
                  WHERE state = 'pending'
-                   AND url = (SELECT url FROM webhook_deliveries WHERE id = ?1)",
+                   AND url = (SELECT url FROM webhook_deliveries WHERE id = $1)",
             )
             .bind(&a.delivery_id)
             .execute(&mut *tx)
@@ -869,14 +935,14 @@ impl JobStore for SqliteStore {
     async fn deliveries(&self, job_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, url, event, state, created_at, next_at FROM webhook_deliveries
-             WHERE job_id = ?1 ORDER BY created_at, id",
+             WHERE job_id = $1 ORDER BY created_at, id",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
         .await?;
         let mut attempts: Vec<Attempt> = sqlx::query(
             "SELECT a.* FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
-             WHERE d.job_id = ?1 ORDER BY a.delivery_id, a.number",
+             WHERE d.job_id = $1 ORDER BY a.delivery_id, a.number",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -924,26 +990,26 @@ impl JobStore for SqliteStore {
         let outputs = sqlx::query(
             "UPDATE jobs SET output = NULL, output_expired = 1
              WHERE id IN (SELECT id FROM jobs
-                WHERE output IS NOT NULL AND finished_at < ?1 LIMIT ?2)",
+                WHERE output IS NOT NULL AND finished_at < $1 LIMIT $2)",
         )
         .bind(before_ms)
-        .bind(limit)
+        .bind(i64::from(limit))
         .execute(&mut *tx)
         .await?;
         let ended = "SELECT id FROM webhook_deliveries
-             WHERE state != 'pending' AND created_at < ?1 LIMIT ?2";
+             WHERE state != 'pending' AND created_at < $1 LIMIT $2";
         sqlx::query(&format!(
             "DELETE FROM webhook_attempts WHERE delivery_id IN ({ended})"
         ))
         .bind(before_ms)
-        .bind(limit)
+        .bind(i64::from(limit))
         .execute(&mut *tx)
         .await?;
         let events = sqlx::query(&format!(
             "DELETE FROM webhook_deliveries WHERE id IN ({ended})"
         ))
         .bind(before_ms)
-        .bind(limit)
+        .bind(i64::from(limit))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -952,7 +1018,7 @@ impl JobStore for SqliteStore {
 
     async fn enable_endpoint(&self, url: &str, now_ms: i64) -> Result<Option<u64>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let was = sqlx::query("DELETE FROM webhook_disabled WHERE url = ?1")
+        let was = sqlx::query("DELETE FROM webhook_disabled WHERE url = $1")
             .bind(url)
             .execute(&mut *tx)
             .await?;
@@ -960,8 +1026,8 @@ impl JobStore for SqliteStore {
             return Ok(None);
         }
         let resumed = sqlx::query(
-            "UPDATE webhook_deliveries SET state = 'pending', next_at = ?2
-             WHERE url = ?1 AND state = 'disabled'",
+            "UPDATE webhook_deliveries SET state = 'pending', next_at = $2
+             WHERE url = $1 AND state = 'disabled'",
         )
         .bind(url)
         .bind(now_ms)
@@ -979,10 +1045,19 @@ mod tests {
         CompletionInput, ErrorClass, JobError, JobInput, Priority, SCHEMA_VERSION, UsageEvent,
     };
 
-    async fn store() -> (SqliteStore, tempfile::TempDir) {
+    /// A fresh store: SQLite in a new folder, or, with
+    /// `SY_TEST_POSTGRES` set to a server's URL, a new database there.
+    async fn store() -> (SqlStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/sub/jobs.db", dir.path().display());
-        (SqliteStore::open(&url).await.unwrap(), dir)
+        let url = match std::env::var("SY_TEST_POSTGRES") {
+            Ok(server) => format!(
+                "{}/sy_unit_{}",
+                server.trim_end_matches('/'),
+                uuid::Uuid::now_v7().simple()
+            ),
+            Err(_) => format!("sqlite://{}/sub/jobs.db", dir.path().display()),
+        };
+        (SqlStore::open(&url).await.unwrap(), dir)
     }
 
     fn job(id: &str) -> Job {

@@ -2,12 +2,12 @@
 
 use async_trait::async_trait;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::batches::{
     BatchCounts, BatchItem, BatchRecord, BatchStatus, BatchStore, BatchUpdate, FileRecord,
 };
-use super::sqlite::{SqliteStore, record};
+use super::sql::{SqlStore, flag, record};
 use super::{JobRecord, StoreError};
 
 /// The column that stamps when a batch entered each status.
@@ -24,7 +24,7 @@ fn stamp_column(status: BatchStatus) -> Option<&'static str> {
     }
 }
 
-fn file(row: &SqliteRow) -> Result<FileRecord, sqlx::Error> {
+fn file(row: &AnyRow) -> Result<FileRecord, sqlx::Error> {
     Ok(FileRecord {
         id: row.try_get("id")?,
         tenant: row.try_get("tenant")?,
@@ -35,8 +35,8 @@ fn file(row: &SqliteRow) -> Result<FileRecord, sqlx::Error> {
     })
 }
 
-impl SqliteStore {
-    async fn batch(&self, row: &SqliteRow) -> Result<BatchRecord, StoreError> {
+impl SqlStore {
+    async fn batch(&self, row: &AnyRow) -> Result<BatchRecord, StoreError> {
         let id: String = row.try_get("id")?;
         let corrupt = super::corrupt(id.clone());
         let status: String = row.try_get("status")?;
@@ -52,10 +52,11 @@ impl SqliteStore {
         }
         let counts = sqlx::query(
             "SELECT COUNT(*) AS total,
-                COALESCE(SUM(j.status = 'succeeded'), 0) AS completed,
-                COALESCE(SUM(i.error_code IS NOT NULL
-                    OR j.status IN ('failed', 'expired', 'timed_out', 'cancelled')), 0) AS failed
-             FROM batch_items i LEFT JOIN jobs j ON j.id = i.job_id WHERE i.batch_id = ?1",
+                COALESCE(SUM(CASE WHEN j.status = 'succeeded' THEN 1 ELSE 0 END), 0) AS completed,
+                COALESCE(SUM(CASE WHEN i.error_code IS NOT NULL
+                    OR j.status IN ('failed', 'expired', 'timed_out', 'cancelled')
+                    THEN 1 ELSE 0 END), 0) AS failed
+             FROM batch_items i LEFT JOIN jobs j ON j.id = i.job_id WHERE i.batch_id = $1",
         )
         .bind(&id)
         .fetch_one(self.pool())
@@ -80,7 +81,7 @@ impl SqliteStore {
             output_file_id: row.try_get("output_file_id")?,
             error_file_id: row.try_get("error_file_id")?,
             lines_read: u64::try_from(row.try_get::<i64, _>("lines_read")?).unwrap_or(0),
-            input_done: row.try_get("input_done")?,
+            input_done: flag(row, "input_done")?,
             counts: BatchCounts {
                 total: count("total")?,
                 completed: count("completed")?,
@@ -93,11 +94,11 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl BatchStore for SqliteStore {
+impl BatchStore for SqlStore {
     async fn insert_file(&self, f: &FileRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO files (id, filename, purpose, bytes, created_at, tenant)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&f.id)
         .bind(&f.filename)
@@ -111,7 +112,7 @@ impl BatchStore for SqliteStore {
     }
 
     async fn get_file(&self, id: &str) -> Result<Option<FileRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM files WHERE id = ?1")
+        let row = sqlx::query("SELECT * FROM files WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
@@ -124,10 +125,10 @@ impl BatchStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<FileRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM files WHERE ?2 IS NULL OR tenant = ?2
-             ORDER BY created_at DESC, id DESC LIMIT ?1",
+            "SELECT * FROM files WHERE $2 IS NULL OR tenant = $2
+             ORDER BY created_at DESC, id DESC LIMIT $1",
         )
-        .bind(limit)
+        .bind(i64::from(limit))
         .bind(tenant)
         .fetch_all(self.pool())
         .await?;
@@ -135,7 +136,7 @@ impl BatchStore for SqliteStore {
     }
 
     async fn delete_file(&self, id: &str) -> Result<bool, StoreError> {
-        let gone = sqlx::query("DELETE FROM files WHERE id = ?1")
+        let gone = sqlx::query("DELETE FROM files WHERE id = $1")
             .bind(id)
             .execute(self.pool())
             .await?;
@@ -146,7 +147,7 @@ impl BatchStore for SqliteStore {
         sqlx::query(
             "INSERT INTO batches (id, endpoint, input_file_id, completion_window, status, metadata,
                 created_at, expires_at, tenant)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&b.id)
         .bind(&b.endpoint)
@@ -163,7 +164,7 @@ impl BatchStore for SqliteStore {
     }
 
     async fn get_batch(&self, id: &str) -> Result<Option<BatchRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM batches WHERE id = ?1")
+        let row = sqlx::query("SELECT * FROM batches WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
@@ -181,13 +182,13 @@ impl BatchStore for SqliteStore {
     ) -> Result<Vec<BatchRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM batches
-             WHERE (?1 IS NULL OR (created_at, id) <
-                (SELECT created_at, id FROM batches WHERE id = ?1))
-                AND (?3 IS NULL OR tenant = ?3)
-             ORDER BY created_at DESC, id DESC LIMIT ?2",
+             WHERE ($1 IS NULL OR (created_at, id) <
+                (SELECT created_at, id FROM batches WHERE id = $1))
+                AND ($3 IS NULL OR tenant = $3)
+             ORDER BY created_at DESC, id DESC LIMIT $2",
         )
         .bind(after)
-        .bind(limit)
+        .bind(i64::from(limit))
         .bind(tenant)
         .fetch_all(self.pool())
         .await?;
@@ -204,11 +205,12 @@ impl BatchStore for SqliteStore {
         lease_until_ms: i64,
     ) -> Result<Option<BatchRecord>, StoreError> {
         let row = sqlx::query(
-            "UPDATE batches SET lease_until = ?2
+            "UPDATE batches SET lease_until = $2
              WHERE id = (SELECT id FROM batches
                 WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
-                  AND lease_until <= ?1
+                  AND lease_until <= $1
                 ORDER BY created_at LIMIT 1)
+               AND lease_until <= $1
              RETURNING *",
         )
         .bind(now_ms)
@@ -222,7 +224,7 @@ impl BatchStore for SqliteStore {
     }
 
     async fn renew_batch(&self, id: &str, lease_until_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE batches SET lease_until = ?2 WHERE id = ?1")
+        sqlx::query("UPDATE batches SET lease_until = $2 WHERE id = $1")
             .bind(id)
             .bind(lease_until_ms)
             .execute(self.pool())
@@ -241,7 +243,7 @@ impl BatchStore for SqliteStore {
         for item in items {
             sqlx::query(
                 "INSERT INTO batch_items (batch_id, line, custom_id, job_id, error_code, error_message)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
             )
             .bind(id)
             .bind(i64::try_from(item.line).unwrap_or(i64::MAX))
@@ -253,11 +255,11 @@ impl BatchStore for SqliteStore {
             .await?;
         }
         sqlx::query(
-            "UPDATE batches SET lines_read = MAX(lines_read, ?2), input_done = ?3 WHERE id = ?1",
+            "UPDATE batches SET lines_read = CASE WHEN lines_read > $2 THEN lines_read ELSE $2 END, input_done = $3 WHERE id = $1",
         )
         .bind(id)
         .bind(i64::try_from(lines_read).unwrap_or(i64::MAX))
-        .bind(input_done)
+        .bind(i64::from(input_done))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -274,11 +276,11 @@ impl BatchStore for SqliteStore {
             "SELECT i.line AS item_line, i.custom_id AS item_custom_id, i.job_id AS item_job_id,
                 i.error_code AS item_error_code, i.error_message AS item_error_message, j.*
              FROM batch_items i LEFT JOIN jobs j ON j.id = i.job_id
-             WHERE i.batch_id = ?1 AND i.line > ?2 ORDER BY i.line LIMIT ?3",
+             WHERE i.batch_id = $1 AND i.line > $2 ORDER BY i.line LIMIT $3",
         )
         .bind(id)
         .bind(after_line.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX)))
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?;
         rows.iter()
@@ -308,14 +310,14 @@ impl BatchStore for SqliteStore {
         at_ms: i64,
         update: BatchUpdate,
     ) -> Result<bool, StoreError> {
-        let stamp = stamp_column(to).map_or(String::new(), |c| format!(", {c} = ?3"));
+        let stamp = stamp_column(to).map_or(String::new(), |c| format!(", {c} = $3"));
         let from: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
         let changed = sqlx::query(&format!(
-            "UPDATE batches SET status = ?2{stamp},
-                output_file_id = COALESCE(?4, output_file_id),
-                error_file_id = COALESCE(?5, error_file_id),
-                error = COALESCE(?6, error), lease_until = 0
-             WHERE id = ?1 AND status IN ({})",
+            "UPDATE batches SET status = $2{stamp},
+                output_file_id = COALESCE($4, output_file_id),
+                error_file_id = COALESCE($5, error_file_id),
+                error = COALESCE($6, error), lease_until = 0
+             WHERE id = $1 AND status IN ({})",
             from.join(", ")
         ))
         .bind(id)

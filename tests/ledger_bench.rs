@@ -1,0 +1,122 @@
+//! Benchmark: submit latency with an empty ledger and with a million ledger
+//! rows. Run against SQLite, or PostgreSQL with `SY_TEST_POSTGRES`:
+//!
+//! ```sh
+//! cargo test --test ledger_bench -- --ignored --nocapture
+//! SY_TEST_POSTGRES=postgres://switchyard:switchyard@127.0.0.1:5432 \
+//!   cargo test --test ledger_bench -- --ignored --nocapture
+//! ```
+
+// Tests fail by panicking; the no-panic lints are for the product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+const ROWS: u64 = 1_000_000;
+const SUBMITS: usize = 1_000;
+
+/// Submit latencies (µs), sorted, of `SUBMITS` jobs one after another.
+async fn submit_latencies(stack: &Stack, round: &str) -> Vec<u128> {
+    let mut took = Vec::with_capacity(SUBMITS);
+    for n in 0..SUBMITS {
+        let body = json!({"model": TEXT_MODEL, "input": {"prompt": format!("{round} {n}")}});
+        let start = Instant::now();
+        let r = stack
+            .http
+            .post(stack.broker_url("/v1/jobs"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        took.push(start.elapsed().as_micros());
+        assert_eq!(r.status(), 202);
+    }
+    took.sort_unstable();
+    took
+}
+
+fn at(sorted: &[u128], p: f64) -> u128 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// Writes `ROWS` ledger rows straight into the store, as many as months of
+/// billing would leave.
+fn fill_ledger(stack: &Stack) {
+    let insert = format!(
+        "INSERT INTO usage (job_id, attempt, node, model, prompt_tokens, completion_tokens,
+            engine_ms, at, cost_micros, cache_hit)
+         SELECT 'old-' || g, 1, 'node-a', 'tiny-text', 12, 20, 40,
+            1700000000000 + g * 1000, 30, 0
+         FROM {}",
+        if stack.database_url.starts_with("postgres") {
+            format!("generate_series(1, {ROWS}) AS g")
+        } else {
+            format!(
+                "(WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {ROWS}) SELECT g FROM s)"
+            )
+        }
+    );
+    let out = if stack.database_url.starts_with("postgres") {
+        // Vacuumed and analysed, as autovacuum leaves a table that grew,
+        // and checkpointed, so that writing the bulk insert out does not
+        // slow the commits measured next.
+        Command::new("psql")
+            .args([
+                &stack.database_url,
+                "-q",
+                "-c",
+                &insert,
+                "-c",
+                "VACUUM ANALYZE usage",
+                "-c",
+                "CHECKPOINT",
+            ])
+            .output()
+            .unwrap()
+    } else {
+        let path = stack.dir.path().join("jobs.db");
+        let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], timeout=30)\nc.execute(sys.argv[2])\nc.commit()\n";
+        Command::new("python3")
+            .args(["-c", script, &path.display().to_string(), &insert])
+            .output()
+            .unwrap()
+    };
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+async fn submit_latency_with_a_million_ledger_rows() {
+    let stack = Stack::running(StackOptions::default(), &["node-a"]);
+    // Warm the broker's connections and caches first.
+    submit_latencies(&stack, "warm-up").await;
+    let empty = submit_latencies(&stack, "empty").await;
+    let filled_at = Instant::now();
+    fill_ledger(&stack);
+    let fill = filled_at.elapsed();
+    // Let the database finish writing the bulk insert out (PostgreSQL's
+    // checkpoint and autovacuum) before measuring.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let full = submit_latencies(&stack, "full").await;
+    let store = if stack.database_url.starts_with("postgres") {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    println!("store: {store}; {ROWS} ledger rows written in {fill:?}");
+    for (name, sorted) in [("empty ledger", &empty), ("1M ledger rows", &full)] {
+        println!(
+            "{name}: submit p50 {} µs, p99 {} µs ({SUBMITS} submits)",
+            at(sorted, 0.5),
+            at(sorted, 0.99)
+        );
+    }
+    let (usage_status, _) = stack.get_json("/v1/usage").await;
+    assert_eq!(usage_status, 200);
+}
