@@ -62,14 +62,16 @@ struct Script {
 struct Receiver(Arc<Mutex<Script>>);
 
 impl Receiver {
-    async fn serve(&self, port: u16) {
-        self.serve_on("127.0.0.1", port).await;
+    /// Listens on `port` (0: any free one); the port it listens on.
+    async fn serve(&self, port: u16) -> u16 {
+        self.serve_on("127.0.0.1", port).await
     }
 
-    async fn serve_on(&self, ip: &str, port: u16) {
+    async fn serve_on(&self, ip: &str, port: u16) -> u16 {
         let listener = tokio::net::TcpListener::bind((ip, port))
             .await
             .expect("receiver port");
+        let port = listener.local_addr().expect("receiver address").port();
         let me = self.clone();
         let app =
             axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: String| {
@@ -77,6 +79,7 @@ impl Receiver {
                 async move { me.answer(&uri, &headers, body) }
             });
         tokio::spawn(async move { axum::serve(listener, app).await });
+        port
     }
 
     fn answer(&self, uri: &Uri, headers: &HeaderMap, body: String) -> axum::response::Response {
@@ -173,11 +176,10 @@ fn verify(stack: &Stack, checks: &[(&str, &Seen)]) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_are_signed_retried_and_accepted_by_the_reference_verifier() {
-    let port = free_port();
     let receiver = Receiver::default();
     // The first attempt fails, the second is told to come back in a second.
     receiver.0.lock().unwrap().first_event = [(500, None), (429, Some(1))].into();
-    receiver.serve(port).await;
+    let port = receiver.serve(0).await;
     let stack = running(port);
 
     let hook = format!("http://127.0.0.1:{port}/hook");
@@ -328,10 +330,9 @@ async fn a_receiver_down_through_a_broker_restart_gets_every_event_once_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_410_disables_the_endpoint_until_it_is_enabled_again() {
-    let port = free_port();
     let receiver = Receiver::default();
     receiver.0.lock().unwrap().by_path = [("/gone".to_owned(), 410)].into();
-    receiver.serve(port).await;
+    let port = receiver.serve(0).await;
     let stack = running(port);
 
     let gone = format!("http://127.0.0.1:{port}/gone");
@@ -387,8 +388,7 @@ async fn enable(stack: &Stack, url: &str) -> (u16, Value) {
 async fn webhooks_to_internal_addresses_are_refused_and_reach_nothing() {
     // A canary on a loopback address that the allowlist does not cover.
     let canary = Receiver::default();
-    let port = free_port();
-    canary.serve_on("127.0.0.2", port).await;
+    let port = canary.serve_on("127.0.0.2", 0).await;
 
     let mut stack = stack();
     stack.rewrite_config("ACME_URL", "http://127.0.0.1:9/acme");
@@ -431,9 +431,8 @@ async fn webhooks_to_internal_addresses_are_refused_and_reach_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelled_and_expired_jobs_send_their_events() {
-    let port = free_port();
     let receiver = Receiver::default();
-    receiver.serve(port).await;
+    let port = receiver.serve(0).await;
     let mut stack = stack();
     stack.rewrite_config("ACME_URL", &format!("http://127.0.0.1:{port}/acme"));
     // No node: the jobs wait until they are cancelled or expire.
