@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -21,6 +22,7 @@ use crate::fair::FairShare;
 use crate::loads::Loads;
 use crate::placement;
 use crate::reclaim::Reclaimer;
+use crate::running::{self, Running};
 use crate::{Cluster, DispatcherConfig, metrics as m};
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +152,19 @@ pub async fn run(
         tasks.clone(),
         shutdown.clone(),
     );
+    let running = Arc::new(Running::default());
+    tasks.spawn(running::follow(
+        running.clone(),
+        client.clone(),
+        nats::stream(&js, subjects::WORK_STREAM).await?,
+        shutdown.clone(),
+    ));
+    // Room a tenant has left under its max_running_jobs; None: no limit.
+    let room_of = |tenant: &str| {
+        tenants
+            .max_running(tenant)
+            .map(|max| max.saturating_sub(running.count(tenant)))
+    };
     let mut heartbeats = client.subscribe(subjects::HEARTBEAT_ALL).await?;
     // Publishes to the job queues reach plain subscribers too: a doorbell
     // that wakes an idle dispatcher as soon as a job arrives, instead of at
@@ -215,6 +230,7 @@ pub async fn run(
             }
             let weighted: Vec<(&str, u32)> = waiting
                 .iter()
+                .filter(|t| room_of(t) != Some(0))
                 .map(|t| (t.as_str(), tenants.weight(t)))
                 .collect();
             // An aged lane jumps ahead one job at a time, so that only jobs
@@ -226,6 +242,11 @@ pub async fn run(
             let Some((tenant, max)) = chosen else {
                 continue;
             };
+            let max = match room_of(tenant) {
+                Some(0) => continue,
+                Some(left) => max.min(left),
+                None => max,
+            };
             let tenant = tenant.to_owned();
             let lane = match q.lane(&js, &tenant, &cfg).await {
                 Ok(lane) => lane,
@@ -234,7 +255,7 @@ pub async fn run(
                     continue;
                 }
             };
-            match dispatch_batch(&js, &lane, max.min(room), &cfg, &mut cluster).await {
+            match dispatch_batch(&js, &lane, max.min(room), &cfg, &mut cluster, &running).await {
                 Ok(0) => {}
                 Ok(n) => {
                     q.fair.charge(&tenant, n, tenants.weight(&tenant));
@@ -340,6 +361,7 @@ async fn dispatch_batch(
     max: u32,
     cfg: &DispatcherConfig,
     cluster: &mut Cluster,
+    running: &Running,
 ) -> Result<u32, BatchError> {
     let mut batch = lane
         .fetch()
@@ -386,6 +408,9 @@ async fn dispatch_batch(
         metrics::histogram!(m::QUEUE_WAIT)
             .record((now_ms() - job.submitted_at_ms).max(0) as f64 / 1000.0);
         metrics::counter!(m::ASSIGNMENTS, "priority" => job.priority.as_str()).increment(1);
+        // Counted before the assignment's own echo comes back, so the next
+        // round already sees it.
+        running.started(&job.id, &job.tenant);
         pending.push(assign(js, msg, job, node).boxed());
     }
     let n = u32::try_from(pending.len()).unwrap_or(max);

@@ -11,6 +11,7 @@ mod loads;
 mod metrics;
 pub mod placement;
 mod reclaim;
+mod running;
 
 pub use cluster::{Cluster, NodeView};
 pub use config::DispatcherConfig;

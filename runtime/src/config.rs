@@ -499,6 +499,9 @@ pub struct RateLimits {
     pub burst_tokens: Option<u32>,
     /// Jobs admitted and not yet ended (queued or running) at most.
     pub max_queued_jobs: Option<u32>,
+    /// Jobs assigned to nodes and not yet ended at most; the dispatchers
+    /// hold the rest in the queue.
+    pub max_running_jobs: Option<u32>,
 }
 
 /// A spending limit.
@@ -570,6 +573,11 @@ impl Tenants {
 
     pub fn get(&self, tenant: &str) -> Option<&TenantSpec> {
         self.specs.get(tenant)
+    }
+
+    /// The most jobs the tenant may have on nodes at once.
+    pub fn max_running(&self, tenant: &str) -> Option<u32> {
+        self.specs.get(tenant)?.limits?.max_running_jobs
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &TenantSpec> {
