@@ -495,6 +495,21 @@ async fn a_repeated_request_is_answered_from_the_cache_without_a_job() {
     let (cache, _, _) = call(other, false).await;
     assert_eq!(cache.as_deref(), Some("miss"));
 
+    // Tenants do not share: another tenant's same request is a miss.
+    for (tenant, want) in [("t1", "miss"), ("t1", "hit"), ("t2", "miss")] {
+        let body = json!({"model": "tiny-cached", "tenant": tenant,
+            "input": {"prompt": "p r", "max_tokens": 3, "temperature": 0}});
+        let r = stack
+            .http
+            .post(stack.broker_url("/v1/jobs"))
+            .header("prefer", "wait=10")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-switchyard-cache"], want, "{tenant}");
+    }
+
     // A hit can stream too.
     let mut streamed = exact.clone();
     streamed["stream"] = json!(true);
@@ -520,7 +535,7 @@ async fn a_repeated_request_is_answered_from_the_cache_without_a_job() {
             "switchyard_broker_cache_lookups_total{model=\"tiny-cached\",outcome=\"hit\"}",
         )
         .await;
-    assert_eq!(hits, 2.0);
+    assert_eq!(hits, 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -161,11 +161,14 @@ fn deterministic(input: &JobInput) -> bool {
     }
 }
 
-/// The key: a SHA-256 of the model and the canonical JSON of the input
-/// (object keys sorted), as admission left it.
+/// The key: a SHA-256 of the tenant, the model and the canonical JSON of
+/// the input (object keys sorted), as admission left it. The tenant is in
+/// it so that a hit never tells one tenant what another asked.
 fn digest(job: &Job) -> String {
     let input = serde_json::to_vec(&job.input).unwrap_or_default();
     let mut hash = Sha256::new();
+    hash.update(job.tenant.as_bytes());
+    hash.update([0]);
     hash.update(job.model.as_bytes());
     hash.update([0]);
     hash.update(&input);
@@ -203,15 +206,19 @@ mod tests {
     }
 
     #[test]
-    fn the_key_is_the_request_not_the_job() {
+    fn the_key_is_the_tenant_s_request_not_the_job() {
         let a = job("hello", Some(0.0));
         let b = Job {
             id: "b".into(),
-            tenant: "other".into(),
             submitted_at_ms: 99,
             ..job("hello", Some(0.0))
         };
         assert_eq!(digest(&a), digest(&b), "ids and times do not matter");
+        let other = Job {
+            tenant: "other".into(),
+            ..job("hello", Some(0.0))
+        };
+        assert_ne!(digest(&a), digest(&other), "tenants do not share");
         assert_ne!(digest(&a), digest(&job("hello!", Some(0.0))));
         assert_ne!(
             digest(&a),
