@@ -616,8 +616,9 @@ impl Stack {
 
     /// Waits until agent `node` runs at least one job.
     pub async fn wait_running(&self, node: &str) {
-        // Real engines on a shared CPU can be slow to take a request.
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Real engines on a shared CPU can be slow to take a request: three
+        // vLLM servers warming up on two cores took over a minute once.
+        let deadline = Instant::now() + Duration::from_secs(180);
         while self.metric(node, "switchyard_agent_running_jobs").await < 1.0 {
             assert!(Instant::now() < deadline, "{node} never ran a job");
             tokio::time::sleep(Duration::from_millis(20)).await;
