@@ -259,17 +259,7 @@ fn access(command: Command, broker: &BrokerConfig, tenants: &Tenants) -> ExitCod
     use switchyard_broker::admin;
     use switchyard_broker::auth::{KeySpec, Role};
     use switchyard_runtime::RateLimits;
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let answer = runtime.block_on(async {
+    print_answer(async {
         let auth = admin::open(broker, tenants)
             .await
             .map_err(|e| e.to_string())?;
@@ -331,25 +321,15 @@ fn access(command: Command, broker: &BrokerConfig, tenants: &Tenants) -> ExitCod
             },
             _ => return Err("not a key or tenant command".to_owned()),
         };
-        done.map_err(|e| e.to_string())
-    });
-    match answer {
-        Ok(body) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&body).unwrap_or_default()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+        done.map(|body| (true, body)).map_err(|e| e.to_string())
+    })
 }
 
-/// Runs an admin command against the broker's HTTP API and prints its answer.
-fn admin(action: &DeadLetterAction, broker: &str) -> ExitCode {
+/// Runs a one-off command and prints its JSON answer: success when it
+/// says so; an error on standard error.
+fn print_answer(
+    command: impl std::future::Future<Output = Result<(bool, serde_json::Value), String>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -360,6 +340,27 @@ fn admin(action: &DeadLetterAction, broker: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match runtime.block_on(command) {
+        Ok((ok, body)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&body).unwrap_or_default()
+            );
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs an admin command against the broker's HTTP API and prints its answer.
+fn admin(action: &DeadLetterAction, broker: &str) -> ExitCode {
     let http = reqwest::Client::new();
     let key = std::env::var("SWITCHYARD_API_KEY").ok();
     let request = match action {
@@ -374,27 +375,11 @@ fn admin(action: &DeadLetterAction, broker: &str) -> ExitCode {
         Some(key) => request.bearer_auth(key),
         None => request,
     };
-    let answer = runtime.block_on(async {
-        let response = request.send().await?;
+    print_answer(async {
+        let failed = |e: reqwest::Error| format!("broker at {broker}: {e}");
+        let response = request.send().await.map_err(failed)?;
         let ok = response.status().is_success();
-        let body: serde_json::Value = response.json().await?;
-        Ok::<_, reqwest::Error>((ok, body))
-    });
-    match answer {
-        Ok((ok, body)) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&body).unwrap_or_default()
-            );
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("error: broker at {broker}: {e}");
-            ExitCode::FAILURE
-        }
-    }
+        let body: serde_json::Value = response.json().await.map_err(failed)?;
+        Ok((ok, body))
+    })
 }

@@ -125,12 +125,9 @@ pub async fn mint(auth: &Auth, spec: KeySpec) -> Result<Value, ApiError> {
 
 /// Revokes a key at once, on every broker that shares the store.
 pub async fn revoke(auth: &Auth, id: &str) -> Result<Value, ApiError> {
-    if !auth.store().revoke_key(id, now_ms()).await? {
-        return Err(ApiError::NotFound(id.to_owned()));
-    }
     let key = auth
         .store()
-        .get_key(id)
+        .revoke_key(id, now_ms())
         .await?
         .ok_or_else(|| ApiError::NotFound(id.to_owned()))?;
     Ok(key_json(&key))

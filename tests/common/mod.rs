@@ -145,6 +145,15 @@ pub const NATS_USERS: [(&str, &str, &str); 3] = [
     ("globex", "GLOBEX_NATS_PASSWORD", "globex-secret"),
 ];
 
+/// The password of one of `NATS_USERS`.
+fn password_of(user: &str) -> &'static str {
+    NATS_USERS
+        .iter()
+        .find(|(name, _, _)| *name == user)
+        .map(|(_, _, password)| *password)
+        .expect("a user of deploy/nats/accounts.conf")
+}
+
 impl Nats {
     pub fn start() -> Nats {
         Self::start_as(false)
@@ -196,10 +205,7 @@ impl Nats {
 
     /// The URL of one of `NATS_USERS`.
     pub fn url_as(&self, user: &str) -> String {
-        let (_, _, password) = NATS_USERS
-            .iter()
-            .find(|(name, _, _)| *name == user)
-            .expect("a user of deploy/nats/accounts.conf");
+        let password = password_of(user);
         format!("nats://{user}:{password}@127.0.0.1:{}", self.port)
     }
 
@@ -227,11 +233,7 @@ impl Nats {
 
     /// A client as one of `NATS_USERS`.
     pub async fn client_as(&self, user: &str) -> async_nats::Client {
-        let (_, _, password) = NATS_USERS
-            .iter()
-            .find(|(name, _, _)| *name == user)
-            .expect("a user of deploy/nats/accounts.conf");
-        async_nats::ConnectOptions::with_user_and_password(user.into(), (*password).into())
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password_of(user).into())
             .connect(format!("127.0.0.1:{}", self.port))
             .await
             .expect("nats connect")

@@ -37,8 +37,9 @@ pub trait AccessStore: Send + Sync {
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// Oldest first; only `tenant`'s when given.
     async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<KeyRecord>, StoreError>;
-    /// Revokes the key unless it already was; false when there is no such key.
-    async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError>;
+    /// Revokes the key unless it already was; the key as it now stands, or
+    /// None when there is no such key.
+    async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Makes the tenant, or leaves an existing one as it is; true when made.
     async fn insert_tenant(&self, tenant: &TenantRecord) -> Result<bool, StoreError>;

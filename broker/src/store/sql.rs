@@ -30,11 +30,7 @@ pub struct SqlStore {
 
 /// An integer column as the narrower type a record holds.
 pub(super) fn int<T: TryFrom<i64>>(row: &AnyRow, column: &str) -> Result<T, sqlx::Error> {
-    let value: i64 = row.try_get(column)?;
-    T::try_from(value).map_err(|_| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: format!("{value} is out of range").into(),
-    })
+    narrow(column, row.try_get(column)?)
 }
 
 pub(super) fn opt_int<T: TryFrom<i64>>(
@@ -42,14 +38,14 @@ pub(super) fn opt_int<T: TryFrom<i64>>(
     column: &str,
 ) -> Result<Option<T>, sqlx::Error> {
     let value: Option<i64> = row.try_get(column)?;
-    value
-        .map(|v| {
-            T::try_from(v).map_err(|_| sqlx::Error::ColumnDecode {
-                index: column.to_owned(),
-                source: format!("{v} is out of range").into(),
-            })
-        })
-        .transpose()
+    value.map(|v| narrow(column, v)).transpose()
+}
+
+fn narrow<T: TryFrom<i64>>(column: &str, value: i64) -> Result<T, sqlx::Error> {
+    T::try_from(value).map_err(|_| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: format!("{value} is out of range").into(),
+    })
 }
 
 /// The UTC date (`YYYY-MM-DD`) of a day counted from the Unix epoch.

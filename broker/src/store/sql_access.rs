@@ -78,14 +78,17 @@ impl AccessStore for SqlStore {
         .collect()
     }
 
-    async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError> {
-        let found =
-            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
-                .bind(id)
-                .bind(at_ms)
-                .execute(self.pool())
-                .await?;
-        Ok(found.rows_affected() > 0)
+    async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<Option<KeyRecord>, StoreError> {
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 RETURNING *",
+        )
+        .bind(id)
+        .bind(at_ms)
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(key)
+        .transpose()
     }
 
     async fn insert_tenant(&self, t: &TenantRecord) -> Result<bool, StoreError> {
