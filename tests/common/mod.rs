@@ -14,11 +14,28 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use tempfile::TempDir;
 
+/// A port free now, below the kernel's ephemeral range (32768 and up on
+/// Linux), so that no outgoing connection (to NATS, PostgreSQL, an engine)
+/// takes it before the process it is meant for binds it. Tests in one
+/// binary take turns from one counter; binaries start apart by process id.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() * 97 % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = u16::try_from(LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN).expect("port");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range")
 }
 
 /// Read when the test runs, not when it is built: a cached build may come
