@@ -18,6 +18,8 @@ use tempfile::TempDir;
 /// Linux), so that no outgoing connection (to NATS, PostgreSQL, an engine)
 /// takes it before the process it is meant for binds it. Tests in one
 /// binary take turns from one counter; binaries start apart by process id.
+/// Each port comes with the three after it free too, which Triton takes
+/// for gRPC and metrics.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 10_000;
@@ -29,9 +31,12 @@ pub fn free_port() -> u16 {
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
-    for _ in 0..SPAN {
-        let port = u16::try_from(LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN).expect("port");
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+    const BLOCK: u32 = 4;
+    for _ in 0..SPAN / BLOCK {
+        let first = LOW + NEXT.fetch_add(BLOCK, Ordering::SeqCst) % SPAN;
+        let port = u16::try_from(first).expect("port");
+        let free = (0..BLOCK as u16).all(|i| TcpListener::bind(("127.0.0.1", port + i)).is_ok());
+        if free {
             return port;
         }
     }
