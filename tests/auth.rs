@@ -457,3 +457,100 @@ async fn key_and_admin_limits_apply() {
     .await;
     assert_eq!(status, 404);
 }
+
+/// Polls until every job has ended, read with `key`; the jobs as read.
+async fn wait_ended(stack: &Stack, key: &str, ids: &[String]) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut ended = Vec::new();
+    for id in ids {
+        loop {
+            let (_, job) = call(stack, Method::GET, &format!("/v1/jobs/{id}"), key, None).await;
+            if job["status"] == "succeeded" {
+                ended.push(job);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "not ended: {job}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    ended
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_and_the_admin_api_bound_queued_and_running_jobs() {
+    let mut stack = Stack::new(StackOptions {
+        base_latency: "300ms",
+        ..options()
+    });
+    // No node yet: admitted jobs stay queued.
+    stack.start_broker();
+    stack.start_dispatcher();
+    let admin = admin_key(&stack);
+    let submitter = |limits: Value, tenant: &'static str| {
+        let (stack, admin) = (&stack, &admin);
+        async move {
+            let spec = json!({"role": "submitter", "tenant": tenant, "limits": limits});
+            key(stack, admin, spec).await.0
+        }
+    };
+    let submit = |key: String, n: usize| {
+        let stack = &stack;
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..n {
+                let body = job(&format!("{key} {i}"));
+                let (status, made) = call(stack, Method::POST, "/v1/jobs", &key, Some(&body)).await;
+                assert_eq!(status, 202, "{made}");
+                ids.push(made["id"].as_str().unwrap().to_owned());
+            }
+            ids
+        }
+    };
+
+    let few = submitter(json!({"max_queued_jobs": 2}), "acme").await;
+    let few_jobs = submit(few.clone(), 2).await;
+    let (status, body) = call(&stack, Method::POST, "/v1/jobs", &few, Some(&job("3"))).await;
+    assert_eq!((status, code(&body)), (429, "rate_limited"));
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("key_max_queued_jobs"), "{message}");
+
+    let capped = submitter(json!({"max_running_jobs": 2}), "acme").await;
+    let free = submitter(Value::Null, "acme").await;
+    let globex = submitter(Value::Null, "globex").await;
+    let (status, _) = call(
+        &stack,
+        Method::PUT,
+        "/v1/admin/tenants/globex/limits",
+        &admin,
+        Some(&json!({"max_running_jobs": 1})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The brokers hand the bounds to the dispatchers within 2 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let capped_jobs = submit(capped, 6).await;
+    let free_jobs = submit(free.clone(), 6).await;
+    let globex_jobs = submit(globex, 4).await;
+    stack.start_agent("node-a");
+
+    // The node has 16 slots: only the bounds hold these keys and tenants
+    // back.
+    let most = |jobs: Vec<Value>| most_at_once(&jobs.iter().collect::<Vec<_>>());
+    assert_eq!(most(wait_ended(&stack, &admin, &capped_jobs).await), 2);
+    assert_eq!(most(wait_ended(&stack, &admin, &globex_jobs).await), 1);
+    assert!(
+        most(wait_ended(&stack, &admin, &free_jobs).await) >= 4,
+        "the tenant's other key is not held back"
+    );
+    // The bounded key's queued jobs ended: its places are free again.
+    wait_ended(&stack, &admin, &few_jobs).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = call(&stack, Method::POST, "/v1/jobs", &few, Some(&job("4"))).await;
+        if status == 202 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "places not freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

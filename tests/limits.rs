@@ -155,42 +155,6 @@ async fn a_tenant_holds_at_most_its_queued_jobs_and_an_ended_one_frees_a_place()
     }
 }
 
-/// Seconds into the day of an RFC 3339 time `…THH:MM:SS[.fff]Z`.
-fn seconds_of(at: &str) -> f64 {
-    let time = at.split('T').nth(1).unwrap().trim_end_matches('Z');
-    let mut parts = time.split(':');
-    let h: f64 = parts.next().unwrap().parse().unwrap();
-    let m: f64 = parts.next().unwrap().parse().unwrap();
-    let s: f64 = parts.next().unwrap().parse().unwrap();
-    h * 3600.0 + m * 60.0 + s
-}
-
-/// Most of `jobs` that were on a node at once: from assignment to end.
-fn most_at_once(jobs: &[&Value]) -> usize {
-    let mut edges: Vec<(f64, i32)> = Vec::new();
-    for job in jobs {
-        let at = |status: &str| {
-            job["transitions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t["status"] == status)
-                .map(|t| seconds_of(t["at"].as_str().unwrap()))
-                .unwrap()
-        };
-        edges.push((at("assigned"), 1));
-        edges.push((at("succeeded"), -1));
-    }
-    // An end and a start at the same instant: the end first.
-    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, step) in edges {
-        now += step;
-        most = most.max(now);
-    }
-    usize::try_from(most).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenant_runs_at_most_its_max_running_jobs_at_once() {
     let stack = Stack::running(

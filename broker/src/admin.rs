@@ -109,14 +109,6 @@ pub async fn limit(auth: &Auth, name: &str, limits: Option<RateLimits>) -> Resul
 
 /// Makes a key: the answer holds its token, shown only this once.
 pub async fn mint(auth: &Auth, spec: KeySpec) -> Result<Value, ApiError> {
-    if spec
-        .limits
-        .is_some_and(|l| l.max_queued_jobs.is_some() || l.max_running_jobs.is_some())
-    {
-        return Err(invalid(
-            "max_queued_jobs and max_running_jobs are a tenant's limits, not a key's",
-        ));
-    }
     let new = auth.mint(spec, now_ms()).await?;
     let mut body = key_json(&new.record);
     body["key"] = Value::String(new.token);

@@ -160,6 +160,7 @@ pub fn validate(
         timeout_ms: submission.timeout_ms,
         stream: submission.stream,
         webhook: submission.webhook,
+        api_key: None,
     })
 }
 
@@ -403,6 +404,7 @@ impl Admitter {
         let mut job = self
             .validate(submission, priority, id)
             .inspect_err(reject)?;
+        job.api_key = key.map(|k| k.id.clone());
         self.webhooks.admit(&mut job).await.inspect_err(reject)?;
         let takes = self.limits.takes(&job.tenant, key, budget::tokens(&job));
         if !takes.is_empty()
@@ -433,17 +435,20 @@ impl Admitter {
             // id, even past the server's de-duplication window): the same job.
             return Ok(job);
         }
-        if let Some(max) = self.limits.max_queued(&job.tenant)
-            && !self.store.take_slot(&job.id, &job.tenant, max).await?
-        {
-            self.discard(&job.id).await;
-            metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => "rate_limited")
-                .increment(1);
-            return Err(SubmitError::RateLimited {
-                tenant: job.tenant,
-                limit: "max_queued_jobs",
-                retry_after: 1,
-            });
+        let places = self.limits.places(&job.tenant, key);
+        if !places.is_empty() {
+            let holders: Vec<(String, u32)> =
+                places.iter().map(|(h, max, _)| (h.clone(), *max)).collect();
+            if let Some(full) = self.store.take_places(&job.id, &holders).await? {
+                self.discard(&job.id).await;
+                metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => "rate_limited")
+                    .increment(1);
+                return Err(SubmitError::RateLimited {
+                    tenant: job.tenant,
+                    limit: places[full].2,
+                    retry_after: 1,
+                });
+            }
         }
         if let Some(r) = self.budgets.reservation(&self.registry, &job, now_ms()) {
             let left = self.store.reserve(&job.id, &r).await?;

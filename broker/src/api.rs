@@ -524,7 +524,7 @@ async fn submit(
         None => None,
     };
     let job = match s
-        .submit(submission, priority, id.clone(), caller.key_limits.as_ref())
+        .submit(submission, priority, id.clone(), caller.key.as_ref())
         .await
     {
         Ok(job) => job,

@@ -71,8 +71,9 @@ pub struct Caller {
     pub role: Role,
     /// The one tenant the caller acts for; None for every tenant.
     pub tenant: Option<String>,
-    /// The key's own limits, when it has some.
-    pub key_limits: Option<KeyLimits>,
+    /// The key that called, with its own limits; None with authentication
+    /// off.
+    pub key: Option<KeyLimits>,
 }
 
 impl Caller {
@@ -81,7 +82,7 @@ impl Caller {
         Caller {
             role: Role::Admin,
             tenant: None,
-            key_limits: None,
+            key: None,
         }
     }
 
@@ -90,7 +91,7 @@ impl Caller {
         Caller {
             role: Role::Submitter,
             tenant: Some(tenant),
-            key_limits: None,
+            key: None,
         }
     }
 
@@ -287,9 +288,9 @@ impl Auth {
         let role = Role::parse(&key.role).ok_or(AuthError::Invalid)?;
         Ok(Caller {
             role,
-            key_limits: key.limits.map(|limits| KeyLimits {
+            key: Some(KeyLimits {
                 id: key.id.clone(),
-                limits,
+                limits: key.limits.unwrap_or_default(),
             }),
             tenant: key.tenant,
         })

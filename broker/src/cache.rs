@@ -202,6 +202,7 @@ mod tests {
             timeout_ms: None,
             stream: false,
             webhook: None,
+            api_key: None,
         }
     }
 

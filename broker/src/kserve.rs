@@ -173,7 +173,7 @@ async fn infer(
     let mut watch = Watch::start(&s, &id, false)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    s.submit(submission, priority, id.clone(), caller.key_limits.as_ref())
+    s.submit(submission, priority, id.clone(), caller.key.as_ref())
         .await?;
     let result = watch
         .result(Instant::now() + s.sync_timeout)

@@ -1,23 +1,29 @@
-//! Rate limits per tenant: requests and tokens per minute, as GCRA (the
-//! generic cell rate algorithm). Each limit is a theoretical arrival time
-//! in the job store, taken by one conditional update, so every broker that
-//! shares the database enforces the same limit. A request may come early
-//! by the burst tolerance (a sixth of a minute's allowance by default): in
-//! any minute a tenant gets at most its limit plus its burst.
+//! Limits per tenant and per API key. Requests and tokens per minute are
+//! GCRA (the generic cell rate algorithm): each limit is a theoretical
+//! arrival time in the job store, taken by one conditional update, so every
+//! broker that shares the database enforces the same limit. A request may
+//! come early by the burst tolerance (a sixth of a minute's allowance by
+//! default): in any minute a holder gets at most its limit plus its burst.
 //!
 //! Tokens are estimated at admission (a token per four bytes of prompt
 //! plus `max_tokens`) and corrected when the job's result brings the
 //! engine's count.
+//!
+//! `max_queued_jobs` is a count of places in the store, taken at admission
+//! and freed by the job's end. `max_running_jobs` is the dispatchers' to
+//! apply: the brokers hand them every bound through a KV bucket.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use async_nats::jetstream::kv;
 use switchyard_runtime::{RateLimits, Tenants};
+use switchyard_schemas::{RunningLimits, SCHEMA_VERSION, decode, encode, subjects};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::store::{AccessStore, TenantRecord};
+use crate::store::{AccessStore, KeyRecord, TenantRecord};
 
 /// One limit to take from: its key, what this request costs of it, and
 /// how early a request may come.
@@ -34,18 +40,25 @@ pub struct Take {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyLimits {
     pub id: String,
+    /// Empty (all `None`) for a key without limits of its own.
     pub limits: RateLimits,
 }
 
-/// The limits of every tenant that has some: the configuration's, each
-/// replaced by the admin API's when it set some.
+/// The limits of every tenant and key that has some: the configuration's
+/// tenants, each replaced by the admin API's when it set some, and the
+/// keys', as last read from the store.
 #[derive(Debug, Default)]
 pub struct Limits {
     configured: HashMap<String, RateLimits>,
     tenants: RwLock<HashMap<String, RateLimits>>,
+    keys: RwLock<HashMap<String, RateLimits>>,
 }
 
 const MINUTE_US: i64 = 60_000_000;
+
+/// The prefix that makes a key's holder of limits, beside tenants' (whose
+/// names have no colon).
+const KEY_HOLDER: &str = "key:";
 
 impl Limits {
     pub fn new(tenants: &Tenants) -> Limits {
@@ -56,12 +69,14 @@ impl Limits {
         Limits {
             tenants: RwLock::new(configured.clone()),
             configured,
+            keys: RwLock::default(),
         }
     }
 
     /// Takes in the limits the admin API set, which replace the
-    /// configuration's for their tenants.
-    pub fn refresh(&self, stored: &[TenantRecord]) {
+    /// configuration's for their tenants, and the limits of keys still in
+    /// use.
+    pub fn refresh(&self, stored: &[TenantRecord], keys: &[KeyRecord]) {
         let mut all = self.configured.clone();
         for t in stored {
             match t.limits {
@@ -72,16 +87,31 @@ impl Limits {
         if let Ok(mut tenants) = self.tenants.write() {
             *tenants = all;
         }
+        let keys: HashMap<String, RateLimits> = keys
+            .iter()
+            .filter(|k| k.revoked_at_ms.is_none())
+            .filter_map(|k| Some((k.id.clone(), k.limits?)))
+            .collect();
+        if let Ok(mut held) = self.keys.write() {
+            *held = keys;
+        }
     }
 
     fn of(&self, tenant: &str) -> Option<RateLimits> {
         self.tenants.read().ok()?.get(tenant).copied()
     }
 
+    /// The limits of a holder: a tenant, or a key as `key:<id>`.
+    fn of_holder(&self, holder: &str) -> Option<RateLimits> {
+        match holder.strip_prefix(KEY_HOLDER) {
+            Some(id) => self.keys.read().ok()?.get(id).copied(),
+            None => self.of(holder),
+        }
+    }
+
     fn any(&self, f: impl Fn(&RateLimits) -> bool) -> bool {
-        self.tenants
-            .read()
-            .is_ok_and(|tenants| tenants.values().any(f))
+        let tenants = self.tenants.read().is_ok_and(|t| t.values().any(&f));
+        tenants || self.keys.read().is_ok_and(|k| k.values().any(&f))
     }
 
     /// What a request of `tokens` takes from its tenant's limits and from
@@ -92,51 +122,116 @@ impl Limits {
             push_takes(&mut takes, tenant, &l, tokens, TENANT_LIMITS);
         }
         if let Some(k) = key {
-            let holder = format!("key:{}", k.id);
+            let holder = format!("{KEY_HOLDER}{}", k.id);
             push_takes(&mut takes, &holder, &k.limits, tokens, KEY_LIMITS);
         }
         takes
     }
 
-    /// The most jobs a tenant may have admitted and not yet ended.
-    pub fn max_queued(&self, tenant: &str) -> Option<u32> {
-        self.of(tenant)?.max_queued_jobs
+    /// The places a job must take among jobs admitted and not yet ended:
+    /// its tenant's and its key's, each as (holder, most places, the
+    /// limit's name for the client).
+    pub fn places(
+        &self,
+        tenant: &str,
+        key: Option<&KeyLimits>,
+    ) -> Vec<(String, u32, &'static str)> {
+        let tenant = self
+            .of(tenant)
+            .and_then(|l| l.max_queued_jobs)
+            .map(|max| (tenant.to_owned(), max, "max_queued_jobs"));
+        let key = key.and_then(|k| {
+            let max = k.limits.max_queued_jobs?;
+            Some((format!("{KEY_HOLDER}{}", k.id), max, "key_max_queued_jobs"))
+        });
+        tenant.into_iter().chain(key).collect()
     }
 
-    /// Whether some tenant has a `max_queued_jobs`, whose places finished
-    /// jobs free.
+    /// Whether some tenant or key has a `max_queued_jobs`, whose places
+    /// finished jobs free.
     pub fn holds_places(&self) -> bool {
         self.any(|l| l.max_queued_jobs.is_some())
     }
 
-    /// Whether some tenant has a token limit, which finished jobs correct.
+    /// Whether some tenant or key has a token limit, which finished jobs
+    /// correct.
     pub fn counts_tokens(&self) -> bool {
         self.any(|l| l.tokens_per_minute.is_some_and(|t| t > 0))
     }
 
-    /// The token limit of a tenant: its key and the time one token costs.
-    pub fn token_rate(&self, tenant: &str) -> Option<(String, i64)> {
-        let tpm = self.of(tenant)?.tokens_per_minute.filter(|t| *t > 0)?;
-        Some((format!("{tenant}:tpm"), MINUTE_US / i64::from(tpm)))
+    /// The token limit of a tenant, or of a key as `key:<id>`: its row and
+    /// the time one token costs.
+    pub fn token_rate(&self, holder: &str) -> Option<(String, i64)> {
+        let tpm = self
+            .of_holder(holder)?
+            .tokens_per_minute
+            .filter(|t| *t > 0)?;
+        Some((format!("{holder}:tpm"), MINUTE_US / i64::from(tpm)))
+    }
+
+    /// Every `max_running_jobs`, for the dispatchers.
+    pub fn running(&self) -> RunningLimits {
+        let bounds = |map: &HashMap<String, RateLimits>| {
+            map.iter()
+                .filter_map(|(name, l)| Some((name.clone(), l.max_running_jobs?)))
+                .collect()
+        };
+        RunningLimits {
+            v: SCHEMA_VERSION,
+            tenants: self.tenants.read().map(|t| bounds(&t)).unwrap_or_default(),
+            keys: self.keys.read().map(|k| bounds(&k)).unwrap_or_default(),
+        }
     }
 }
 
-/// Reads the limits the admin API set every `every`, until shutdown.
+/// Reads the limits the admin API set every `every`, until shutdown, and
+/// hands the bounds on running jobs to the dispatchers whenever they
+/// change.
 pub async fn follow(
     limits: Arc<Limits>,
     store: Arc<dyn AccessStore>,
+    bucket: kv::Store,
     every: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
-        match store.list_tenants().await {
-            Ok(stored) => limits.refresh(&stored),
-            Err(e) => warn!(error = %e, "cannot read tenants' limits; the last read stay"),
+        match tokio::try_join!(store.list_tenants(), store.list_keys(None)) {
+            Ok((tenants, keys)) => limits.refresh(&tenants, &keys),
+            Err(e) => {
+                warn!(error = %e, "cannot read tenants' and keys' limits; the last read stay")
+            }
         }
+        publish_running(&limits.running(), &bucket).await;
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+/// Puts the bounds in the bucket unless it holds them already, so that
+/// brokers sharing one configuration do not write in turn.
+async fn publish_running(running: &RunningLimits, bucket: &kv::Store) {
+    let held = match bucket.get(subjects::RUNNING_LIMITS_KEY).await {
+        Ok(held) => held,
+        Err(e) => {
+            warn!(error = %e, "cannot read the running-job limits the dispatchers follow");
+            return;
+        }
+    };
+    if held.is_some_and(|b| decode::<RunningLimits>(&b).is_ok_and(|h| h == *running)) {
+        return;
+    }
+    let put = match encode(running) {
+        Ok(bytes) => bucket
+            .put(subjects::RUNNING_LIMITS_KEY, bytes.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = put {
+        warn!(error = %e, "cannot hand the running-job limits to the dispatchers");
     }
 }
 

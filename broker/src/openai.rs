@@ -280,7 +280,7 @@ async fn serve(
     let mut watch = Watch::start(&s, &id, stream)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    s.submit(submission, priority, id.clone(), caller.key_limits.as_ref())
+    s.submit(submission, priority, id.clone(), caller.key.as_ref())
         .await?;
     let deadline = Instant::now() + s.sync_timeout;
     let mut guard = CancelOnDrop::new(&s, &id);

@@ -190,6 +190,7 @@ pub async fn run(
     tasks.spawn(limits::follow(
         limits.clone(),
         access,
+        nats::limits(&admitter.js, &nats_cfg).await?,
         LIMITS_REFRESH,
         shutdown.clone(),
     ));

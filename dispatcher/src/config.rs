@@ -128,13 +128,13 @@ impl DispatcherConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use switchyard_schemas::{
         CompletionInput, ErrorClass, Failure, Job, JobError, JobInput, Priority, SCHEMA_VERSION,
     };
 
-    fn job_with_failures(at: &[i64]) -> Job {
+    pub(crate) fn job_with_failures(at: &[i64]) -> Job {
         Job {
             v: SCHEMA_VERSION,
             id: "j".into(),
@@ -165,6 +165,7 @@ mod tests {
             timeout_ms: None,
             stream: false,
             webhook: None,
+            api_key: None,
         }
     }
 

@@ -38,6 +38,9 @@ pub enum DispatchError {
 /// Consumers of tenants that queue nothing for this long are removed by the
 /// server, so tenants that come and go leave nothing behind.
 const LANE_IDLE_EXPIRY: Duration = Duration::from_secs(3600);
+/// How long a job whose key is at its `max_running_jobs` waits before it
+/// is offered again.
+const KEY_AT_BOUND_DELAY: Duration = Duration::from_millis(250);
 
 /// One queue the dispatcher drains: the jobs of one model at one priority,
 /// one lane (subject and consumer) per tenant, shared out by weight.
@@ -152,19 +155,18 @@ pub async fn run(
         tasks.clone(),
         shutdown.clone(),
     );
-    let running = Arc::new(Running::default());
+    let running = Arc::new(Running::new(tenants.max_running()));
+    tasks.spawn(running::follow_bounds(
+        running.clone(),
+        nats::limits(&js, &nats_cfg).await?,
+        shutdown.clone(),
+    ));
     tasks.spawn(running::follow(
         running.clone(),
         client.clone(),
         nats::stream(&js, subjects::WORK_STREAM).await?,
         shutdown.clone(),
     ));
-    // Room a tenant has left under its max_running_jobs; None: no limit.
-    let room_of = |tenant: &str| {
-        tenants
-            .max_running(tenant)
-            .map(|max| max.saturating_sub(running.count(tenant)))
-    };
     let mut heartbeats = client.subscribe(subjects::HEARTBEAT_ALL).await?;
     // Publishes to the job queues reach plain subscribers too: a doorbell
     // that wakes an idle dispatcher as soon as a job arrives, instead of at
@@ -230,7 +232,7 @@ pub async fn run(
             }
             let weighted: Vec<(&str, u32)> = waiting
                 .iter()
-                .filter(|t| room_of(t) != Some(0))
+                .filter(|t| running.tenant_room(t) != Some(0))
                 .map(|t| (t.as_str(), tenants.weight(t)))
                 .collect();
             // An aged lane jumps ahead one job at a time, so that only jobs
@@ -242,7 +244,7 @@ pub async fn run(
             let Some((tenant, max)) = chosen else {
                 continue;
             };
-            let max = match room_of(tenant) {
+            let max = match running.tenant_room(tenant) {
                 Some(0) => continue,
                 Some(left) => max.min(left),
                 None => max,
@@ -397,6 +399,17 @@ async fn dispatch_batch(
             let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
             continue;
         }
+        if job
+            .api_key
+            .as_deref()
+            .is_some_and(|key| running.key_room(key) == Some(0))
+        {
+            // Its key has as many jobs running as it may: it waits in the
+            // queue, and the jobs behind it are not held up.
+            metrics::counter!(m::HELD, "limit" => "key_max_running_jobs").increment(1);
+            let _ = msg.ack_with(AckKind::Nak(Some(KEY_AT_BOUND_DELAY))).await;
+            continue;
+        }
         let avoid: Vec<&str> = job.failed_nodes().collect();
         let Some(node) = cluster.place(&job.model, Instant::now(), &avoid) else {
             // Room vanished (a node went silent mid-batch): back to the queue.
@@ -410,7 +423,7 @@ async fn dispatch_batch(
         metrics::counter!(m::ASSIGNMENTS, "priority" => job.priority.as_str()).increment(1);
         // Counted before the assignment's own echo comes back, so the next
         // round already sees it.
-        running.started(&job.id, &job.tenant);
+        running.started(&job);
         pending.push(assign(js, msg, job, node).boxed());
     }
     let n = u32::try_from(pending.len()).unwrap_or(max);

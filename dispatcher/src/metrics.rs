@@ -2,6 +2,7 @@
 
 pub const ASSIGNMENTS: &str = "switchyard_dispatcher_assignments_total";
 pub const REJECTED: &str = "switchyard_dispatcher_rejected_total";
+pub const HELD: &str = "switchyard_dispatcher_held_total";
 pub const QUEUE_WAIT: &str = "switchyard_dispatcher_queue_wait_seconds";
 pub const NODES: &str = "switchyard_dispatcher_nodes";
 pub const FREE_SLOTS: &str = "switchyard_dispatcher_free_slots";
@@ -13,6 +14,10 @@ pub fn describe() {
     metrics::describe_counter!(
         REJECTED,
         "Queued messages that could not be scheduled, by reason"
+    );
+    metrics::describe_counter!(
+        HELD,
+        "Jobs put back in the queue because a bound on running jobs was reached, by limit"
     );
     metrics::describe_histogram!(
         QUEUE_WAIT,

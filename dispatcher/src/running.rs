@@ -1,43 +1,86 @@
-//! The jobs each tenant has assigned and not yet ended, for its
-//! `max_running_jobs`. Every dispatcher follows every assignment (the
-//! publishes to `sy.work.*` reach plain subscribers too) and every end of an
-//! attempt (`retrying` and `requeued` events, results), so it counts the
-//! other dispatchers' assignments as well as its own; at start it reads the
-//! assignments still waiting in `WORK`.
+//! The jobs each tenant and each API key has assigned and not yet ended,
+//! for their `max_running_jobs`. Every dispatcher follows every assignment
+//! (the publishes to `sy.work.*` reach plain subscribers too) and every end
+//! of an attempt (`retrying` and `requeued` events, results), so it counts
+//! the other dispatchers' assignments as well as its own; at start it reads
+//! the assignments still waiting in `WORK`. The bounds come from the
+//! brokers, through the `limits` KV bucket, and until the bucket has them
+//! from the configuration.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
+use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
-use switchyard_schemas::{Assignment, EventKind, JobEvent, decode, subjects};
+use switchyard_schemas::{Assignment, EventKind, Job, JobEvent, RunningLimits, decode, subjects};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 #[derive(Debug, Default)]
 pub struct Running {
     state: Mutex<State>,
+    /// The brokers' bounds, once read from the bucket.
+    handed: RwLock<Option<RunningLimits>>,
+    configured: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// Each counted job's tenant.
-    tenant_of: HashMap<String, String>,
+    /// Each counted job's holders: its tenant, and its key if it has one.
+    holders_of: HashMap<String, Holders>,
     per_tenant: HashMap<String, u32>,
+    per_key: HashMap<String, u32>,
+}
+
+#[derive(Debug)]
+struct Holders {
+    tenant: String,
+    key: Option<String>,
+}
+
+fn count_up(counts: &mut HashMap<String, u32>, holder: &str) {
+    *counts.entry(holder.to_owned()).or_default() += 1;
+}
+
+fn count_down(counts: &mut HashMap<String, u32>, holder: &str) {
+    if let Some(n) = counts.get_mut(holder) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(holder);
+        }
+    }
 }
 
 impl Running {
-    /// Counts a job as running for its tenant; counting it again changes
-    /// nothing.
-    pub fn started(&self, job_id: &str, tenant: &str) {
+    /// With the configuration's bounds per tenant, which hold until the
+    /// brokers hand theirs.
+    pub fn new(configured: BTreeMap<String, u32>) -> Running {
+        Running {
+            configured,
+            ..Running::default()
+        }
+    }
+
+    /// Counts a job as running for its tenant and key; counting it again
+    /// changes nothing.
+    pub fn started(&self, job: &Job) {
         let Ok(mut s) = self.state.lock() else {
             return;
         };
-        if s.tenant_of.contains_key(job_id) {
+        if s.holders_of.contains_key(&job.id) {
             return;
         }
-        s.tenant_of.insert(job_id.to_owned(), tenant.to_owned());
-        *s.per_tenant.entry(tenant.to_owned()).or_default() += 1;
+        count_up(&mut s.per_tenant, &job.tenant);
+        if let Some(key) = &job.api_key {
+            count_up(&mut s.per_key, key);
+        }
+        let holders = Holders {
+            tenant: job.tenant.clone(),
+            key: job.api_key.clone(),
+        };
+        s.holders_of.insert(job.id.clone(), holders);
     }
 
     /// The job's attempt ended (a result, or a retry queued).
@@ -45,23 +88,81 @@ impl Running {
         let Ok(mut s) = self.state.lock() else {
             return;
         };
-        let Some(tenant) = s.tenant_of.remove(job_id) else {
+        let Some(h) = s.holders_of.remove(job_id) else {
             return;
         };
-        if let Some(n) = s.per_tenant.get_mut(&tenant) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                s.per_tenant.remove(&tenant);
-            }
+        count_down(&mut s.per_tenant, &h.tenant);
+        if let Some(key) = &h.key {
+            count_down(&mut s.per_key, key);
         }
     }
 
-    pub fn count(&self, tenant: &str) -> u32 {
-        self.state
-            .lock()
-            .ok()
-            .and_then(|s| s.per_tenant.get(tenant).copied())
-            .unwrap_or(0)
+    fn count(&self, of: impl Fn(&State) -> Option<u32>) -> u32 {
+        self.state.lock().ok().and_then(|s| of(&s)).unwrap_or(0)
+    }
+
+    /// Room a tenant has left under its bound; None: no bound.
+    pub fn tenant_room(&self, tenant: &str) -> Option<u32> {
+        let max = match self.handed.read().ok()?.as_ref() {
+            Some(h) => h.tenants.get(tenant).copied(),
+            None => self.configured.get(tenant).copied(),
+        }?;
+        Some(max.saturating_sub(self.count(|s| s.per_tenant.get(tenant).copied())))
+    }
+
+    /// Room a key has left under its bound; None: no bound.
+    pub fn key_room(&self, key: &str) -> Option<u32> {
+        let max = self.handed.read().ok()?.as_ref()?.keys.get(key).copied()?;
+        Some(max.saturating_sub(self.count(|s| s.per_key.get(key).copied())))
+    }
+
+    fn hand(&self, limits: RunningLimits) {
+        if let Ok(mut handed) = self.handed.write() {
+            *handed = Some(limits);
+        }
+    }
+}
+
+/// How long a dispatcher waits before watching the bounds again after the
+/// watch failed.
+const WATCH_AGAIN: Duration = Duration::from_secs(1);
+
+/// Follows the bounds the brokers put in the `limits` bucket until
+/// `shutdown`.
+pub async fn follow_bounds(running: Arc<Running>, bucket: kv::Store, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let mut entries = match bucket
+            .watch_with_history(subjects::RUNNING_LIMITS_KEY)
+            .await
+        {
+            Ok(entries) => entries,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the running-job limits; the last read stay");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(WATCH_AGAIN) => continue,
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                entry = entries.next() => match entry {
+                    Some(Ok(entry)) => match decode::<RunningLimits>(&entry.value) {
+                        Ok(limits) => {
+                            info!(tenants = limits.tenants.len(), keys = limits.keys.len(), "running-job limits handed by the brokers");
+                            running.hand(limits);
+                        }
+                        Err(e) => warn!(error = %e, "unreadable running-job limits ignored"),
+                    },
+                    Some(Err(e)) => {
+                        warn!(error = %e, "watch of the running-job limits failed");
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
     }
 }
 
@@ -93,7 +194,7 @@ pub async fn follow(
             () = shutdown.cancelled() => return,
             Some(msg) = assignments.next() => {
                 if let Ok(a) = decode::<Assignment>(&msg.payload) {
-                    running.started(&a.job.id, &a.job.tenant);
+                    running.started(&a.job);
                 }
             }
             Some(msg) = events.next() => {
@@ -139,7 +240,7 @@ async fn read_waiting(running: &Running, work: &Stream) {
         if let Ok(msg) = work.get_raw_message(seq).await
             && let Ok(a) = decode::<Assignment>(&msg.payload)
         {
-            running.started(&a.job.id, &a.job.tenant);
+            running.started(&a.job);
         }
     }
 }
@@ -151,17 +252,43 @@ mod tests {
     #[test]
     fn a_job_counts_once_until_its_attempt_ends() {
         let r = Running::default();
-        r.started("a", "t");
-        r.started("a", "t");
-        r.started("b", "t");
-        r.started("c", "u");
-        assert_eq!((r.count("t"), r.count("u")), (2, 1));
+        r.hand(RunningLimits {
+            tenants: [("t".to_owned(), 3), ("u".to_owned(), 3)].into(),
+            keys: [("k".to_owned(), 2)].into(),
+            ..RunningLimits::default()
+        });
+        let job = |id: &str, tenant: &str, key: Option<&str>| Job {
+            id: id.to_owned(),
+            tenant: tenant.to_owned(),
+            api_key: key.map(str::to_owned),
+            ..crate::config::tests::job_with_failures(&[])
+        };
+        r.started(&job("a", "t", Some("k")));
+        r.started(&job("a", "t", Some("k")));
+        r.started(&job("b", "t", None));
+        r.started(&job("c", "u", Some("k")));
+        let rooms = |r: &Running| (r.tenant_room("t"), r.tenant_room("u"), r.key_room("k"));
+        assert_eq!(rooms(&r), (Some(1), Some(2), Some(0)));
+        assert_eq!((r.tenant_room("v"), r.key_room("other")), (None, None));
         r.ended("a");
         r.ended("a");
         r.ended("nobody");
-        assert_eq!((r.count("t"), r.count("u")), (1, 1));
+        assert_eq!(rooms(&r), (Some(2), Some(2), Some(1)));
         r.ended("b");
         r.ended("c");
-        assert_eq!((r.count("t"), r.count("u")), (0, 0));
+        assert_eq!(rooms(&r), (Some(3), Some(3), Some(2)));
+    }
+
+    #[test]
+    fn the_configured_bounds_hold_until_the_brokers_hand_theirs() {
+        let r = Running::new([("t".to_owned(), 1), ("u".to_owned(), 5)].into());
+        assert_eq!((r.tenant_room("t"), r.tenant_room("u")), (Some(1), Some(5)));
+        // The brokers' view replaces the configuration's whole: a tenant it
+        // leaves out has no bound.
+        r.hand(RunningLimits {
+            tenants: [("t".to_owned(), 4)].into(),
+            ..RunningLimits::default()
+        });
+        assert_eq!((r.tenant_room("t"), r.tenant_room("u")), (Some(4), None));
     }
 }

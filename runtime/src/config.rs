@@ -575,9 +575,13 @@ impl Tenants {
         self.specs.get(tenant)
     }
 
-    /// The most jobs the tenant may have on nodes at once.
-    pub fn max_running(&self, tenant: &str) -> Option<u32> {
-        self.specs.get(tenant)?.limits?.max_running_jobs
+    /// The most jobs each tenant that has a bound may have on nodes at
+    /// once.
+    pub fn max_running(&self) -> std::collections::BTreeMap<String, u32> {
+        self.specs
+            .values()
+            .filter_map(|t| Some((t.name.clone(), t.limits?.max_running_jobs?)))
+            .collect()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &TenantSpec> {

@@ -147,7 +147,7 @@ pub fn stream_configs(cfg: &NatsConfig) -> Vec<stream::Config> {
     ]
 }
 
-/// Creates the streams and the cancellation bucket, or brings existing ones
+/// Creates the streams and the cancellation and limits buckets, or brings existing ones
 /// to the configured settings.
 pub async fn ensure_streams(js: &Context, cfg: &NatsConfig) -> Result<(), NatsError> {
     for config in stream_configs(cfg) {
@@ -157,7 +157,14 @@ pub async fn ensure_streams(js: &Context, cfg: &NatsConfig) -> Result<(), NatsEr
             .map_err(|source| NatsError::Stream { stream, source })?;
     }
     cancellations(js, cfg).await?;
+    limits(js, cfg).await?;
     Ok(())
+}
+
+/// The bucket of limits the brokers hand to the dispatchers; kept until
+/// replaced.
+pub async fn limits(js: &Context, cfg: &NatsConfig) -> Result<jetstream::kv::Store, NatsError> {
+    kv_bucket(js, cfg, subjects::LIMITS_BUCKET, Duration::ZERO).await
 }
 
 /// The bucket of cancelled job ids; a key lives as long as results do.

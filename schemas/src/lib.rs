@@ -16,8 +16,9 @@ pub use error::{ErrorClass, JobError};
 pub use messages::{
     AdmitReply, Assignment, ChatInput, ChatMessage, CompletionInput, DeadLetter, EmbeddingInput,
     EngineLoad, ErrorBody, EventKind, Failure, GpuProcess, GpuStats, Heartbeat, Job, JobEvent,
-    JobInput, JobResult, LoadReply, LoadRequest, Outcome, SAMPLING_FIELDS, Sampling, StreamChunk,
-    Submission, Tensor, TensorInput, Usage, UsageEvent, Versioned, WebhookEvent, WebhookTarget,
+    JobInput, JobResult, LoadReply, LoadRequest, Outcome, RunningLimits, SAMPLING_FIELDS, Sampling,
+    StreamChunk, Submission, Tensor, TensorInput, Usage, UsageEvent, Versioned, WebhookEvent,
+    WebhookTarget,
 };
 pub use priority::{ParsePriorityError, Priority};
 

@@ -19,6 +19,7 @@ macro_rules! versioned {
     )*};
 }
 versioned!(
+    RunningLimits,
     Submission,
     Job,
     Assignment,
@@ -292,6 +293,10 @@ pub struct Job {
     /// tenant's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookTarget>,
+    /// The public id of the API key that submitted it, whose own limits
+    /// it counts against; the server's, never the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
 }
 
 fn one() -> u32 {
@@ -444,6 +449,20 @@ pub struct UsageEvent {
     pub usage: Usage,
     pub engine_ms: u64,
     pub at_ms: i64,
+}
+
+/// The bounds on jobs assigned and not yet ended, per tenant and per API
+/// key, as the brokers know them (configuration and admin API together):
+/// the value of `running` in the `limits` KV bucket, which dispatchers
+/// follow.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningLimits {
+    pub v: u16,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, u32>,
+    /// By key id.
+    #[serde(default)]
+    pub keys: BTreeMap<String, u32>,
 }
 
 /// A node's capacity, on `sy.heartbeat.<node>`, sent periodically and whenever

@@ -28,6 +28,10 @@ pub const USAGE_ALL: &str = "sy.usage.*";
 pub const DEAD_ALL: &str = "sy.dead.*";
 /// JetStream KV bucket of cancelled job ids, watched by agents.
 pub const CANCEL_BUCKET: &str = "cancelled";
+/// JetStream KV bucket of limits the brokers hand to the dispatchers.
+pub const LIMITS_BUCKET: &str = "limits";
+/// Its key holding the `RunningLimits`.
+pub const RUNNING_LIMITS_KEY: &str = "running";
 /// JetStream KV bucket of cached results, keyed by request digest.
 pub const CACHE_BUCKET: &str = "result-cache";
 /// JetStream object store bucket of uploaded and generated files (batches).

@@ -37,6 +37,7 @@ fn job() -> Job {
         timeout_ms: None,
         stream: false,
         webhook: None,
+        api_key: None,
     }
 }
 

@@ -330,23 +330,30 @@ pub trait JobStore: Send + Sync {
         now_us: i64,
     ) -> Result<Option<(&'static str, i64)>, StoreError>;
     /// Corrects token limits by what finished jobs really used (job id,
-    /// tokens): each job's estimate is replaced once; `rate` gives a
-    /// tenant's limit key and the time a token costs (µs).
+    /// tokens): each job's estimate is replaced once, in its tenant's limit
+    /// and its key's; `rate` gives a holder's (a tenant, or `key:<id>`)
+    /// limit row and the time a token costs (µs).
     async fn correct_limits(
         &self,
         used: &[(String, u32)],
         rate: &(dyn for<'t> Fn(&'t str) -> Option<(String, i64)> + Sync),
     ) -> Result<(), StoreError>;
-    /// Gives a job one of its tenant's `max` places for jobs not yet
-    /// ended; false when all are held. A job that holds one keeps it.
-    async fn take_slot(&self, job_id: &str, tenant: &str, max: u32) -> Result<bool, StoreError>;
+    /// Gives a job one place of each holder's (a tenant, or `key:<id>`)
+    /// most for jobs not yet ended, all or none; the index of a holder
+    /// whose places are all held, if one is. A job keeps the places it
+    /// holds.
+    async fn take_places(
+        &self,
+        job_id: &str,
+        holders: &[(String, u32)],
+    ) -> Result<Option<usize>, StoreError>;
     /// Reserves `r.micros` of a tenant's budget for a job unless reserved
     /// plus spent would pass the limit; a job that holds a reservation
     /// keeps it. `None` when reserved; otherwise what is left.
     async fn reserve(&self, job_id: &str, r: &Reservation) -> Result<Option<i64>, StoreError>;
     /// Ends the reservations of these jobs: each job's `cost` (of its
     /// record, 0 if it has none) is spent and the rest given back, and its
-    /// place among its tenant's jobs not yet ended is freed. A job without
+    /// places among jobs not yet ended are freed. A job without
     /// either is skipped, so settling twice changes nothing.
     async fn settle(
         &self,

@@ -317,8 +317,8 @@ impl JobStore for SqlStore {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, model, priority, source, status, job, metadata, attempt, created_at,
-                tenant, deadline_at, webhook_url, webhook_events, tokens_estimate)
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                tenant, deadline_at, webhook_url, webhook_events, tokens_estimate, api_key)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&job.id)
@@ -334,6 +334,7 @@ impl JobStore for SqlStore {
         .bind(webhook.map(|w| &w.url))
         .bind(events)
         .bind(i64::from(crate::budget::tokens(job)))
+        .bind(&job.api_key)
         .execute(&mut *tx)
         .await?;
         let found = if inserted.rows_affected() == 1 {
@@ -556,7 +557,7 @@ impl JobStore for SqlStore {
         let mut tx = self.pool.begin().await?;
         for (id, tokens) in used {
             let Some(row) = sqlx::query(
-                "SELECT tenant, tokens_estimate FROM jobs
+                "SELECT tenant, api_key, tokens_estimate FROM jobs
                  WHERE id = $1 AND tokens_estimate IS NOT NULL",
             )
             .bind(id)
@@ -572,10 +573,12 @@ impl JobStore for SqlStore {
                 .execute(&mut *tx)
                 .await?;
             let tenant: String = row.try_get("tenant")?;
+            let key: Option<String> = row.try_get("api_key")?;
             let estimate: i64 = row.try_get("tokens_estimate")?;
-            if let Some((key, per_token)) = rate(&tenant) {
+            let holders = std::iter::once(tenant).chain(key.map(|k| format!("key:{k}")));
+            for (limit, per_token) in holders.filter_map(|h| rate(&h)) {
                 sqlx::query("UPDATE rate_limits SET tat = tat + $2 WHERE key = $1")
-                    .bind(key)
+                    .bind(limit)
                     .bind(per_token * (i64::from(*tokens) - estimate))
                     .execute(&mut *tx)
                     .await?;
@@ -638,34 +641,39 @@ impl JobStore for SqlStore {
         Ok(Some(left.max(0)))
     }
 
-    async fn take_slot(&self, job_id: &str, tenant: &str, max: u32) -> Result<bool, StoreError> {
+    async fn take_places(
+        &self,
+        job_id: &str,
+        holders: &[(String, u32)],
+    ) -> Result<Option<usize>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let new = sqlx::query(
-            "INSERT INTO slot_holders (job_id, tenant) VALUES ($1, $2)
-             ON CONFLICT (job_id) DO NOTHING",
-        )
-        .bind(job_id)
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await?;
-        if new.rows_affected() == 0 {
-            tx.commit().await?;
-            return Ok(true);
-        }
-        let taken = sqlx::query(
-            "INSERT INTO tenant_slots (tenant, used) VALUES ($1, 1)
-             ON CONFLICT (tenant) DO UPDATE SET used = tenant_slots.used + 1 WHERE tenant_slots.used < $2",
-        )
-        .bind(tenant)
-        .bind(i64::from(max))
-        .execute(&mut *tx)
-        .await?;
-        if taken.rows_affected() == 0 || max == 0 {
-            tx.rollback().await?;
-            return Ok(false);
+        for (i, (holder, max)) in holders.iter().enumerate() {
+            let new = sqlx::query(
+                "INSERT INTO place_holders (job_id, holder) VALUES ($1, $2)
+                 ON CONFLICT (job_id, holder) DO NOTHING",
+            )
+            .bind(job_id)
+            .bind(holder)
+            .execute(&mut *tx)
+            .await?;
+            if new.rows_affected() == 0 {
+                continue;
+            }
+            let taken = sqlx::query(
+                "INSERT INTO places (holder, used) VALUES ($1, 1)
+                 ON CONFLICT (holder) DO UPDATE SET used = places.used + 1 WHERE places.used < $2",
+            )
+            .bind(holder)
+            .bind(i64::from(*max))
+            .execute(&mut *tx)
+            .await?;
+            if taken.rows_affected() == 0 || *max == 0 {
+                tx.rollback().await?;
+                return Ok(Some(i));
+            }
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(None)
     }
 
     async fn settle(
@@ -675,15 +683,14 @@ impl JobStore for SqlStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for id in job_ids {
-            if let Some(tenant) = sqlx::query_scalar::<_, String>(
-                "DELETE FROM slot_holders WHERE job_id = $1 RETURNING tenant",
-            )
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            {
-                sqlx::query("UPDATE tenant_slots SET used = used - 1 WHERE tenant = $1")
-                    .bind(tenant)
+            let freed: Vec<String> =
+                sqlx::query_scalar("DELETE FROM place_holders WHERE job_id = $1 RETURNING holder")
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for holder in freed {
+                sqlx::query("UPDATE places SET used = used - 1 WHERE holder = $1")
+                    .bind(holder)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -1078,6 +1085,7 @@ mod tests {
             timeout_ms: None,
             stream: false,
             webhook: None,
+            api_key: None,
         }
     }
 
@@ -1381,23 +1389,60 @@ mod tests {
         );
         assert_eq!(s.take(&[take(100, 200)], 1_100).await.unwrap(), None);
 
-        // A job's real tokens replace its estimate, once however often its
-        // result is seen.
+        // A job's real tokens replace its estimate in its tenant's limit and
+        // its key's, once however often its result is seen.
+        let key_take = Take {
+            key: "key:k1:tpm".into(),
+            ..take(100, 200)
+        };
+        assert_eq!(s.take(&[key_take], 1_000).await.unwrap(), None);
         let mut j = job("est");
         j.tenant = "t".into();
+        j.api_key = Some("k1".into());
         s.insert(&j, Source::Http).await.unwrap();
-        let tat = || async {
-            sqlx::query_scalar::<_, i64>("SELECT tat FROM rate_limits WHERE key = 't:tpm'")
-                .fetch_one(&s.pool)
-                .await
-                .unwrap()
+        let tat = |key: &'static str| {
+            let pool = &s.pool;
+            async move {
+                sqlx::query_scalar::<_, i64>("SELECT tat FROM rate_limits WHERE key = $1")
+                    .bind(key)
+                    .fetch_one(pool)
+                    .await
+                    .unwrap()
+            }
         };
-        let before = tat().await;
-        let rate = |_: &str| Some(("t:tpm".to_owned(), 1));
+        let before = (tat("t:tpm").await, tat("key:k1:tpm").await);
+        // The key's tokens cost twice the tenant's.
+        let rate = |holder: &str| match holder {
+            "t" => Some(("t:tpm".to_owned(), 1)),
+            "key:k1" => Some(("key:k1:tpm".to_owned(), 2)),
+            _ => None,
+        };
         let estimate = i64::from(crate::budget::tokens(&j));
         for _ in 0..2 {
             s.correct_limits(&[("est".into(), 8)], &rate).await.unwrap();
         }
-        assert_eq!(tat().await, before + 8 - estimate);
+        assert_eq!(
+            (tat("t:tpm").await, tat("key:k1:tpm").await),
+            (before.0 + 8 - estimate, before.1 + 2 * (8 - estimate))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_takes_a_place_of_each_holder_or_none() {
+        let (s, _dir) = store().await;
+        let holders = |key_max| [("t".to_owned(), 3), ("key:k".to_owned(), key_max)];
+        assert_eq!(s.take_places("a", &holders(1)).await.unwrap(), None);
+        // Taken again by the same job: it keeps its places.
+        assert_eq!(s.take_places("a", &holders(1)).await.unwrap(), None);
+        // The key is full: the tenant's place is not taken either.
+        assert_eq!(s.take_places("b", &holders(1)).await.unwrap(), Some(1));
+        assert_eq!(s.take_places("c", &holders(2)).await.unwrap(), None);
+        assert_eq!(s.take_places("d", &holders(5)).await.unwrap(), None);
+        assert_eq!(s.take_places("e", &holders(5)).await.unwrap(), Some(0));
+        s.settle(&["a".to_owned(), "a".to_owned()], &|_| 0)
+            .await
+            .unwrap();
+        assert_eq!(s.take_places("e", &holders(5)).await.unwrap(), None);
+        assert_eq!(s.take_places("f", &holders(5)).await.unwrap(), Some(0));
     }
 }
