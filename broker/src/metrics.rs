@@ -10,6 +10,7 @@ pub const EXPIRED: &str = "switchyard_broker_expired_waiting_total";
 pub const CACHE: &str = "switchyard_broker_cache_lookups_total";
 pub const PII: &str = "switchyard_broker_pii_entities_total";
 pub const WEBHOOK_ATTEMPTS: &str = "switchyard_broker_webhook_attempts_total";
+pub const USAGE_COST: &str = "switchyard_broker_usage_cost_microdollars_total";
 pub const WEBHOOK_SECONDS: &str = "switchyard_broker_webhook_attempt_seconds";
 pub const AUTH_REFUSED: &str = "switchyard_broker_auth_refused_total";
 
@@ -35,6 +36,10 @@ pub fn describe() {
     metrics::describe_counter!(
         PII,
         "Personal data found in requests, by type and action (masked, blocked)"
+    );
+    metrics::describe_counter!(
+        USAGE_COST,
+        "Cost of the usage recorded in the ledger at the models' prices, in millionths of a US dollar, by model"
     );
     metrics::describe_counter!(
         WEBHOOK_ATTEMPTS,

@@ -294,7 +294,15 @@ pub async fn run(
                 .into_iter()
                 .map(|u| billing::charge(&prices, u, false))
                 .collect();
-            async move { s.record_usage(&charges).await }
+            async move {
+                // Counted once: a usage event seen again records nothing.
+                for i in s.record_usage(&charges).await? {
+                    let c = &charges[i];
+                    metrics::counter!(m::USAGE_COST, "model" => c.usage.model.clone())
+                        .increment(u64::try_from(c.cost_micros).unwrap_or(0));
+                }
+                Ok::<_, StoreError>(())
+            }
         },
         shutdown.clone(),
     ));

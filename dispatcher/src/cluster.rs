@@ -72,6 +72,15 @@ impl NodeView {
     }
 }
 
+/// The healthy nodes serving one model, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelLoad {
+    pub nodes: u32,
+    pub slots: u32,
+    pub running: u32,
+    pub service_ms: Option<u32>,
+}
+
 pub struct Cluster {
     /// Nodes in arrival order; `index` and `serving` point into it.
     nodes: Vec<NodeView>,
@@ -159,6 +168,30 @@ impl Cluster {
             .filter(|n| !n.healthy(now, self.node_timeout))
             .map(|n| n.id.clone())
             .collect()
+    }
+
+    /// What the healthy nodes serving `model` hold: their number, their
+    /// slots, the jobs they run (a node serving several models counts all
+    /// of its jobs), and their mean time per job where they measured one.
+    pub fn load_of(&self, model: &str, now: Instant) -> ModelLoad {
+        let mut load = ModelLoad::default();
+        let (mut timed, mut service_total) = (0u64, 0u64);
+        for &i in self.serving.get(model).into_iter().flatten() {
+            let n = &self.nodes[i];
+            if !n.healthy(now, self.node_timeout) {
+                continue;
+            }
+            load.nodes += 1;
+            load.slots = load.slots.saturating_add(n.slots_total);
+            load.running = load.running.saturating_add(n.running);
+            if let Some(ms) = n.service_ms {
+                timed += 1;
+                service_total += u64::from(ms);
+            }
+        }
+        load.service_ms =
+            (timed > 0).then(|| u32::try_from(service_total / timed).unwrap_or(u32::MAX));
+        load
     }
 
     /// Nodes that can take work now.

@@ -4,6 +4,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use switchyard_runtime::Issues;
 
+use crate::autoscale::AutoscaleConfig;
 use crate::placement::PolicyKind;
 
 /// The `dispatcher:` section of the configuration.
@@ -43,6 +44,8 @@ pub struct DispatcherConfig {
     /// asked.
     #[serde(with = "humantime_serde")]
     pub model_load_timeout: Duration,
+    /// The desired-nodes signal for autoscalers.
+    pub autoscale: AutoscaleConfig,
 }
 
 impl Default for DispatcherConfig {
@@ -59,12 +62,14 @@ impl Default for DispatcherConfig {
             retry_backoff_max: Duration::from_secs(60),
             aging_bound: Duration::from_secs(60),
             model_load_timeout: Duration::from_secs(600),
+            autoscale: AutoscaleConfig::default(),
         }
     }
 }
 
 impl DispatcherConfig {
     pub fn validate(&self, issues: &mut Issues) {
+        self.autoscale.validate(issues);
         issues.check(
             (1..=10_000).contains(&self.max_batch),
             "dispatcher.max_batch",

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::autoscale::{self, Arrivals};
 use crate::fair::FairShare;
 use crate::loads::Loads;
 use crate::placement;
@@ -168,6 +169,8 @@ pub async fn run(
         shutdown.clone(),
     ));
     let mut heartbeats = client.subscribe(subjects::HEARTBEAT_ALL).await?;
+    let mut arrivals = Arrivals::new(cfg.autoscale.rate_window, Instant::now());
+    let mut signalled_at = Instant::now();
     // Publishes to the job queues reach plain subscribers too: a doorbell
     // that wakes an idle dispatcher as soon as a job arrives, instead of at
     // its next poll.
@@ -186,11 +189,26 @@ pub async fn run(
         while let Some(Some(msg)) = heartbeats.next().now_or_never() {
             observe(&mut cluster, msg);
         }
-        while let Some(Some(_)) = doorbell.next().now_or_never() {}
+        while let Some(Some(msg)) = doorbell.next().now_or_never() {
+            arrivals.arrived(&msg.subject);
+        }
         let now = Instant::now();
         for node in cluster.forget_stale(now) {
             info!(%node, "node forgotten after a long silence");
             reclaimer.forget(&node);
+        }
+        if now.duration_since(signalled_at) >= cfg.autoscale.every {
+            signalled_at = now;
+            autoscale::signal(
+                &client,
+                &jobs_stream,
+                &cluster,
+                &mut arrivals,
+                &registry,
+                &cfg.autoscale,
+                now,
+            )
+            .await;
         }
         if now.duration_since(last_reclaim) >= reclaim_every {
             last_reclaim = now;
@@ -279,7 +297,7 @@ pub async fn run(
                     Some(msg) => observe(&mut cluster, msg),
                     None => break 'run,
                 },
-                _ = doorbell.next() => {}
+                Some(msg) = doorbell.next() => arrivals.arrived(&msg.subject),
                 () = tokio::time::sleep(cfg.idle_poll) => {}
             }
         }

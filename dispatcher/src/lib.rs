@@ -3,6 +3,7 @@
 //! node's work queue. It pulls only as many jobs as the cluster has room for,
 //! so the backlog stays in JetStream, not in memory.
 
+mod autoscale;
 mod cluster;
 mod config;
 mod dispatch;
@@ -13,6 +14,7 @@ pub mod placement;
 mod reclaim;
 mod running;
 
+pub use autoscale::AutoscaleConfig;
 pub use cluster::{Cluster, NodeView};
 pub use config::DispatcherConfig;
 pub use dispatch::{DispatchError, run};

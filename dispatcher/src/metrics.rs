@@ -3,6 +3,10 @@
 pub const ASSIGNMENTS: &str = "switchyard_dispatcher_assignments_total";
 pub const REJECTED: &str = "switchyard_dispatcher_rejected_total";
 pub const HELD: &str = "switchyard_dispatcher_held_total";
+pub const QUEUE_DEPTH: &str = "switchyard_dispatcher_queue_depth";
+pub const QUEUE_OLDEST: &str = "switchyard_dispatcher_queue_oldest_seconds";
+pub const DESIRED_REPLICAS: &str = "switchyard_dispatcher_desired_replicas";
+pub const ARRIVAL_RATE: &str = "switchyard_dispatcher_arrival_rate";
 pub const QUEUE_WAIT: &str = "switchyard_dispatcher_queue_wait_seconds";
 pub const NODES: &str = "switchyard_dispatcher_nodes";
 pub const FREE_SLOTS: &str = "switchyard_dispatcher_free_slots";
@@ -15,6 +19,20 @@ pub fn describe() {
         REJECTED,
         "Queued messages that could not be scheduled, by reason"
     );
+    metrics::describe_gauge!(
+        QUEUE_DEPTH,
+        "Jobs waiting in the queue, by model and priority"
+    );
+    metrics::describe_gauge!(
+        QUEUE_OLDEST,
+        metrics::Unit::Seconds,
+        "Age of the oldest waiting job, by model and priority"
+    );
+    metrics::describe_gauge!(
+        DESIRED_REPLICAS,
+        "Nodes each model needs for its arrivals and backlog (docs/autoscaling.md)"
+    );
+    metrics::describe_gauge!(ARRIVAL_RATE, "Jobs arriving per second, by model");
     metrics::describe_counter!(
         HELD,
         "Jobs put back in the queue because a bound on running jobs was reached, by limit"

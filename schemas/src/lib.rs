@@ -14,11 +14,11 @@ pub mod subjects;
 pub use codec::{CodecError, Encoding, decode, decode_submission, encode, encode_as};
 pub use error::{ErrorClass, JobError};
 pub use messages::{
-    AdmitReply, Assignment, ChatInput, ChatMessage, CompletionInput, DeadLetter, EmbeddingInput,
-    EngineLoad, ErrorBody, EventKind, Failure, GpuProcess, GpuStats, Heartbeat, Job, JobEvent,
-    JobInput, JobResult, LoadReply, LoadRequest, Outcome, RunningLimits, SAMPLING_FIELDS, Sampling,
-    StreamChunk, Submission, Tensor, TensorInput, Usage, UsageEvent, Versioned, WebhookEvent,
-    WebhookTarget,
+    AdmitReply, Assignment, AutoscaleSignal, ChatInput, ChatMessage, CompletionInput, DeadLetter,
+    EmbeddingInput, EngineLoad, ErrorBody, EventKind, Failure, GpuProcess, GpuStats, Heartbeat,
+    Job, JobEvent, JobInput, JobResult, LoadReply, LoadRequest, Outcome, RunningLimits,
+    SAMPLING_FIELDS, Sampling, StreamChunk, Submission, Tensor, TensorInput, Usage, UsageEvent,
+    Versioned, WebhookEvent, WebhookTarget,
 };
 pub use priority::{ParsePriorityError, Priority};
 

@@ -19,6 +19,7 @@ macro_rules! versioned {
     )*};
 }
 versioned!(
+    AutoscaleSignal,
     RunningLimits,
     Submission,
     Job,
@@ -448,6 +449,20 @@ pub struct UsageEvent {
     pub model: String,
     pub usage: Usage,
     pub engine_ms: u64,
+    pub at_ms: i64,
+}
+
+/// What one model asks of the cluster, on `sy.autoscale.<model>` every
+/// `dispatcher.autoscale.every`, from each dispatcher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoscaleSignal {
+    pub v: u16,
+    pub model: String,
+    pub desired_nodes: u32,
+    pub queued: u64,
+    pub running: u32,
+    pub arrivals_per_s: f64,
+    pub service_ms: u32,
     pub at_ms: i64,
 }
 

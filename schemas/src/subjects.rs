@@ -28,6 +28,11 @@ pub const USAGE_ALL: &str = "sy.usage.*";
 pub const DEAD_ALL: &str = "sy.dead.*";
 /// JetStream KV bucket of cancelled job ids, watched by agents.
 pub const CANCEL_BUCKET: &str = "cancelled";
+/// The dispatchers' desired-nodes signal for one model (core NATS).
+pub fn autoscale(model: &str) -> String {
+    format!("sy.autoscale.{model}")
+}
+
 /// JetStream KV bucket of limits the brokers hand to the dispatchers.
 pub const LIMITS_BUCKET: &str = "limits";
 /// Its key holding the `RunningLimits`.

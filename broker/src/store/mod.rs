@@ -362,7 +362,7 @@ pub trait JobStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Adds ledger lines; a line already there (same job and attempt) is
     /// left as it is, so a redelivered usage event never bills twice.
-    async fn record_usage(&self, charges: &[Charge]) -> Result<(), StoreError>;
+    async fn record_usage(&self, charges: &[Charge]) -> Result<Vec<usize>, StoreError>;
     async fn usage_report(&self, filter: &UsageFilter) -> Result<UsageReport, StoreError>;
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
     /// Jobs matching `filter`, newest first, at most `limit`.

@@ -489,11 +489,12 @@ impl JobStore for SqlStore {
         Ok(())
     }
 
-    async fn record_usage(&self, charges: &[Charge]) -> Result<(), StoreError> {
+    async fn record_usage(&self, charges: &[Charge]) -> Result<Vec<usize>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        for c in charges {
+        let mut new = Vec::new();
+        for (i, c) in charges.iter().enumerate() {
             let u = &c.usage;
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO usage (job_id, attempt, node, model, prompt_tokens, completion_tokens,
                     engine_ms, at, cost_micros, cache_hit)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
@@ -511,9 +512,12 @@ impl JobStore for SqlStore {
             .bind(i64::from(c.cache_hit))
             .execute(&mut *tx)
             .await?;
+            if inserted.rows_affected() == 1 {
+                new.push(i);
+            }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(new)
     }
 
     async fn take(

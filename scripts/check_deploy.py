@@ -1,0 +1,140 @@
+"""Renders the Helm chart with each values file and checks what comes out.
+
+* Every manifest validates against the Kubernetes schemas (strict: an
+  unknown field is an error); the custom resources (ServiceMonitor,
+  ScaledObject) are checked for the fields their operators need.
+* Every Switchyard container's configuration (the ConfigMap plus its
+  environment, secrets replaced by stand-ins) passes
+  `switchyard check-config`, so a value the binary would refuse fails here;
+  so does every Switchyard service of the one-host compose file.
+
+Usage: check_deploy.py <switchyard binary>
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "deploy" / "helm" / "switchyard"
+KUBERNETES = "1.31.0"
+# Stand-ins for what Secrets hold in a real install.
+SECRETS = {
+    "SWITCHYARD_NATS__URL": "nats://switchyard:stand-in@nats:4222",
+    "SWITCHYARD_BROKER__DATABASE_URL": "postgres://switchyard:stand-in@postgres/switchyard",
+    "SWITCHYARD_BROKER__WEBHOOKS__SECRETS": "[whsec_c3RhbmQtaW4tc2VjcmV0LWZvci1jaGVja3M=]",
+}
+CUSTOM = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): ["selector", "endpoints"],
+    ("keda.sh/v1alpha1", "ScaledObject"): ["scaleTargetRef", "triggers"],
+}
+
+
+def render(values_file):
+    values = {}
+    if values_file:
+        values = yaml.safe_load((CHART / values_file).read_text())
+    chart = helm.Chart.load(str(CHART))
+    out = chart.render(values=values, name="sy", namespace="switchyard")
+    docs = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def check_manifest(doc):
+    custom = CUSTOM.get((doc["apiVersion"], doc["kind"]))
+    if custom is not None:
+        missing = [f for f in custom if f not in doc.get("spec", {})]
+        if missing:
+            raise ValueError(f"{doc['kind']} {doc['metadata']['name']}: no {missing}")
+        return
+    kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+def check_config(binary, config_text, container, pepper):
+    env = {"PATH": os.environ["PATH"]}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        elif "secretKeyRef" in var.get("valueFrom", {}):
+            env[var["name"]] = SECRETS[var["name"]]
+        else:
+            env[var["name"]] = "pod-0"
+    if "SWITCHYARD_BROKER__AUTH__PEPPER_FILE" in env:
+        env["SWITCHYARD_BROKER__AUTH__PEPPER_FILE"] = pepper
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(config_text)
+        f.flush()
+        run = subprocess.run(
+            [binary, "--config", f.name, "check-config"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    if run.returncode != 0:
+        raise ValueError(f"container {container['name']}: {run.stdout}{run.stderr}")
+
+
+def check_compose(binary, pepper):
+    """The one-host compose file's Switchyard services pass check-config."""
+    compose_dir = ROOT / "deploy" / "compose"
+    compose = yaml.safe_load((compose_dir / "compose.yaml").read_text())
+    config = (compose_dir / "switchyard.yaml").read_text()
+    failures = []
+    services = [(n, s) for n, s in compose["services"].items() if s["image"].startswith("switchyard:")]
+    for name, service in services:
+        env = [{"name": k, "value": str(v)} for k, v in service.get("environment", {}).items()]
+        container = {"name": name, "env": env}
+        try:
+            check_config(binary, config, container, pepper)
+        except ValueError as e:
+            failures.append(f"compose: {e}")
+    print(f"compose.yaml: {len(services)} Switchyard services")
+    return failures
+
+
+def main():
+    binary = sys.argv[1]
+    failures = []
+    with tempfile.NamedTemporaryFile("w") as pepper:
+        pepper.write("stand-in-pepper-of-at-least-32-bytes-long")
+        pepper.flush()
+        for values_file in [None, "values-dev.yaml", "values-prod.yaml"]:
+            name = values_file or "values.yaml"
+            docs = render(values_file)
+            config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["switchyard.yaml"]
+            ours = 0
+            for doc in docs:
+                try:
+                    check_manifest(doc)
+                except Exception as e:  # noqa: BLE001 - every failure is reported
+                    failures.append(f"{name}: {doc['kind']} {doc['metadata']['name']}: {e}")
+                if doc["kind"] not in ("Deployment", "DaemonSet"):
+                    continue
+                for c in doc["spec"]["template"]["spec"]["containers"]:
+                    if "/switchyard:" not in c["image"]:
+                        continue
+                    ours += 1
+                    try:
+                        check_config(binary, config, c, pepper.name)
+                    except ValueError as e:
+                        failures.append(f"{name}: {doc['metadata']['name']}: {e}")
+            kinds = sorted({d["kind"] for d in docs})
+            print(f"{name}: {len(docs)} manifests ({', '.join(kinds)}), {ours} Switchyard containers")
+        failures += check_compose(binary, pepper.name)
+    for f in failures:
+        print("FAIL", f, file=sys.stderr)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
