@@ -292,10 +292,11 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
     assert!(hb.engine.queue_depth.is_some(), "{hb:?}");
 
     // An engine killed mid-request: its jobs are retried on the other node.
-    // More jobs than node-b and node-c (on node-b's server) have slots, so
-    // that node-a runs some whatever the placement.
+    // Three times as many jobs as node-a and node-b have slots, so that
+    // node-a is still running some, whatever the placement, when its
+    // engine dies.
     let mut long = Vec::new();
-    for i in 0..12 {
+    for i in 0..24 {
         let prompt = format!("a long one {i}");
         long.push(
             stack
