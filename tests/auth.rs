@@ -554,3 +554,81 @@ async fn keys_and_the_admin_api_bound_queued_and_running_jobs() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A thousand guesses at job ids, by two tenants, read nothing of the
+/// other's: ids of its jobs, made-up ids and ids in other shapes all answer
+/// `404 not_found`, on every route that takes a job id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_guessed_job_ids_read_nothing_across_tenants() {
+    let stack = Stack::running(options(), &["node-a"]);
+    let admin = admin_key(&stack);
+    let mut keys = Vec::new();
+    let mut jobs: Vec<Vec<String>> = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let (key, _) = key(
+            &stack,
+            &admin,
+            json!({"role": "submitter", "tenant": tenant}),
+        )
+        .await;
+        let mut ids = Vec::new();
+        for n in 0..10 {
+            let (status, made) = call(
+                &stack,
+                Method::POST,
+                "/v1/jobs",
+                &key,
+                Some(&job(&format!("{tenant} {n}"))),
+            )
+            .await;
+            assert_eq!(status, 202, "{made}");
+            ids.push(made["id"].as_str().unwrap().to_owned());
+        }
+        keys.push(key);
+        jobs.push(ids);
+    }
+    let mut guesses = 0;
+    let mut cross_reads = Vec::new();
+    for i in 0..500usize {
+        for (me, other) in [(0, 1), (1, 0)] {
+            let id = match i % 4 {
+                // The other tenant's real jobs.
+                0 => jobs[other][i / 4 % jobs[other].len()].clone(),
+                1 => uuid::Uuid::now_v7().to_string(),
+                2 => format!("{}-{i}", jobs[other][0]),
+                _ => format!("job-{i:08x}"),
+            };
+            let path = match i % 3 {
+                0 => format!("/v1/jobs/{id}"),
+                1 => format!("/v1/jobs/{id}/webhooks"),
+                _ => format!("/v1/jobs/{id}/events"),
+            };
+            let (status, body) = call(&stack, Method::GET, &path, &keys[me], None).await;
+            guesses += 1;
+            if status != 404 || code(&body) != "not_found" {
+                cross_reads.push((path, status, body));
+            }
+        }
+    }
+    assert_eq!(guesses, 1000);
+    assert!(
+        cross_reads.is_empty(),
+        "{} answered: {:?}",
+        cross_reads.len(),
+        cross_reads.first()
+    );
+    // Each tenant still reads its own.
+    for (me, ids) in jobs.iter().enumerate() {
+        for id in ids {
+            let (status, _) = call(
+                &stack,
+                Method::GET,
+                &format!("/v1/jobs/{id}"),
+                &keys[me],
+                None,
+            )
+            .await;
+            assert_eq!(status, 200);
+        }
+    }
+}
