@@ -632,3 +632,58 @@ async fn a_thousand_guessed_job_ids_read_nothing_across_tenants() {
         }
     }
 }
+
+/// Guessing keys hits a limit: past 20 wrong keys in a minute from one
+/// address, its requests are refused with `429` before any key is looked
+/// at, the right one included, until the minute is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guessing_keys_is_cut_off_after_twenty_wrong_ones() {
+    let stack = Stack::running(options(), &[]);
+    let admin = admin_key(&stack);
+    let (right, id) = key(&stack, &admin, json!({"role": "reader", "tenant": "acme"})).await;
+    let mut statuses = Vec::new();
+    for n in 0..25 {
+        let guess = format!("sy_{id}_{n:064x}");
+        let (status, body) = call(&stack, Method::GET, "/v1/jobs", &guess, None).await;
+        statuses.push((status, code(&body).to_owned()));
+    }
+    let refused = statuses.iter().filter(|s| s.0 == 401).count();
+    assert_eq!(refused, 20, "{statuses:?}");
+    assert!(
+        statuses[20..]
+            .iter()
+            .all(|s| *s == (429, "rate_limited".to_owned())),
+        "{statuses:?}"
+    );
+    let r = stack
+        .http
+        .get(stack.broker_url("/v1/jobs"))
+        .bearer_auth(&right)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429, "the right key waits too");
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Public routes stay open.
+    let health = stack
+        .http
+        .get(stack.broker_url("/v2/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert!(
+        stack
+            .metric(
+                "broker",
+                "switchyard_broker_auth_refused_total{code=\"rate_limited\"}"
+            )
+            .await
+            >= 6.0
+    );
+}

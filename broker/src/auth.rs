@@ -4,10 +4,12 @@
 //! checked against the store, so a revoked key stops working at its next
 //! request on every broker that shares the store.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -140,6 +142,8 @@ pub enum AuthError {
     Revoked,
     #[error("this needs the {0} role")]
     Forbidden(&'static str),
+    #[error("too many failed authentications from this address; try again in {0} s")]
+    TooManyFailures(u64),
     #[error("key store: {0}")]
     Store(#[from] StoreError),
 }
@@ -152,6 +156,7 @@ impl AuthError {
             AuthError::Expired => "key_expired",
             AuthError::Revoked => "key_revoked",
             AuthError::Forbidden(_) => "forbidden",
+            AuthError::TooManyFailures(_) => "rate_limited",
             AuthError::Store(_) => "store_unavailable",
         }
     }
@@ -161,6 +166,7 @@ impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         let status = match self {
             AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AuthError::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             AuthError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         };
@@ -173,6 +179,11 @@ impl IntoResponse for AuthError {
         };
         let body = json!({"error": ErrorBody { code: self.code().into(), message }});
         let mut response = (status, axum::Json(body)).into_response();
+        if let AuthError::TooManyFailures(wait) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(wait));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -216,6 +227,45 @@ pub struct Auth {
     store: Arc<dyn AccessStore>,
     /// The configuration's tenants; the store's are read when needed.
     configured: HashSet<String>,
+    failures: Failures,
+}
+
+/// Failed authentications per client address in the current minute. Kept
+/// by each broker on its own: with N brokers behind a balancer an address
+/// gets at most N times the limit.
+#[derive(Debug, Default)]
+struct Failures {
+    max_per_minute: u32,
+    /// Address → (start of its minute, failures in it).
+    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses remembered at most; past it, those whose minute is over go.
+const FAILURES_KEPT: usize = 100_000;
+
+impl Failures {
+    /// Seconds until `addr` may try again, if it is over the limit.
+    fn blocked(&self, addr: IpAddr, now: Instant) -> Option<u64> {
+        let seen = self.seen.lock().ok()?;
+        let (since, n) = seen.get(&addr)?;
+        let left = FAILURE_WINDOW.checked_sub(now.saturating_duration_since(*since))?;
+        (*n >= self.max_per_minute).then(|| left.as_secs().max(1))
+    }
+
+    fn failed(&self, addr: IpAddr, now: Instant) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        if seen.len() >= FAILURES_KEPT {
+            seen.retain(|_, (since, _)| now.saturating_duration_since(*since) < FAILURE_WINDOW);
+        }
+        let entry = seen.entry(addr).or_insert((now, 0));
+        if now.saturating_duration_since(entry.0) >= FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+    }
 }
 
 const PREFIX: &str = "sy_";
@@ -254,7 +304,15 @@ impl Auth {
             pepper,
             store,
             configured: tenants.iter().map(|t| t.name.clone()).collect(),
+            failures: Failures::default(),
         }
+    }
+
+    /// Refuses an address's requests for the rest of a minute in which it
+    /// failed to authenticate `max` times; 0 never does.
+    pub fn limit_failures(mut self, max: u32) -> Auth {
+        self.failures.max_per_minute = max;
+        self
     }
 
     pub fn enabled(&self) -> bool {
@@ -394,12 +452,30 @@ pub async fn guard(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) 
     let Some(need) = required(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
+    let addr = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .filter(|_| auth.enabled() && auth.failures.max_per_minute > 0);
+    let now = Instant::now();
+    // Refused before the key is looked at, so a guess past the limit
+    // learns nothing, right or wrong.
+    if let Some(wait) = addr.and_then(|a| auth.failures.blocked(a, now)) {
+        crate::metrics::auth_refused("rate_limited");
+        return AuthError::TooManyFailures(wait).into_response();
+    }
     let caller = match auth
         .caller(req.headers(), switchyard_schemas::now_ms())
         .await
     {
         Ok(caller) => caller,
         Err(e) => {
+            // A wrong key is a guess; a missing, expired or revoked one is not.
+            if let Some(a) = addr
+                && matches!(e, AuthError::Invalid)
+            {
+                auth.failures.failed(a, now);
+            }
             crate::metrics::auth_refused(e.code());
             return e.into_response();
         }

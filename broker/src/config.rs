@@ -55,7 +55,7 @@ pub struct BrokerConfig {
 /// API keys. With neither `pepper` nor `pepper_file` authentication is
 /// off: every caller is an admin and names its tenant (a development
 /// set-up; the broker says so at start).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// The server-side secret keys are hashed under; meant for
@@ -63,6 +63,20 @@ pub struct AuthConfig {
     pub pepper: Option<String>,
     /// A file holding the pepper (a mounted secret).
     pub pepper_file: Option<std::path::PathBuf>,
+    /// Failed authentications one client address may make in a minute;
+    /// past them its requests are refused until the minute is over, so
+    /// keys cannot be guessed.
+    pub max_failures_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            pepper: None,
+            pepper_file: None,
+            max_failures_per_minute: 20,
+        }
+    }
 }
 
 /// The shortest pepper taken: 32 bytes, as long as the HMAC's output.

@@ -69,7 +69,10 @@ pub async fn run(
     let store: Arc<dyn JobStore> = sql.clone();
     let batch_store: Arc<dyn BatchStore> = sql.clone();
     let access: Arc<dyn AccessStore> = sql;
-    let auth = Arc::new(Auth::new(cfg.auth.pepper()?, access.clone(), &tenants));
+    let auth = Arc::new(
+        Auth::new(cfg.auth.pepper()?, access.clone(), &tenants)
+            .limit_failures(cfg.auth.max_failures_per_minute),
+    );
     if !auth.enabled() {
         warn!("authentication is off (no broker.auth.pepper): every caller is an admin");
     }

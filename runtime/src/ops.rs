@@ -105,8 +105,13 @@ pub async fn serve(
     router: Router,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(ServeError::Serve)
+    // The peer's address reaches handlers (the broker limits failed
+    // authentications by it).
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+    .map_err(ServeError::Serve)
 }
