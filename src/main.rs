@@ -55,6 +55,18 @@ enum Command {
     },
 }
 
+impl Command {
+    /// The component it runs, as traces name it.
+    fn role(&self) -> &'static str {
+        match self {
+            Command::Broker => "broker",
+            Command::Dispatcher => "dispatcher",
+            Command::Agent => "agent",
+            _ => "cli",
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum KeyAction {
     /// Makes a key and prints it once, with its token in `key`.
@@ -140,6 +152,10 @@ struct LogConfig {
     /// JSON lines instead of human-readable text.
     #[serde(default)]
     json: bool,
+    /// An OTLP/HTTP collector (`http://collector:4318`) to send traces to:
+    /// one trace per job, across every component. Off when not given.
+    #[serde(default)]
+    otlp_endpoint: Option<String>,
 }
 
 /// Validates the sections `command` needs, reporting every problem at once.
@@ -198,7 +214,22 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Keys { .. } | Command::Tenants { .. }) {
         return access(cli.command, &file.broker, &tenants);
     }
-    telemetry::init_logs(file.log.json);
+    let tracing = file
+        .log
+        .otlp_endpoint
+        .clone()
+        .map(|otlp_endpoint| telemetry::Tracing {
+            otlp_endpoint,
+            service: format!("switchyard-{}", cli.command.role()),
+        });
+    // Kept until the end: dropping it sends the last spans.
+    let _export = match telemetry::init(file.log.json, tracing.as_ref()) {
+        Ok(export) => export,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -388,6 +388,7 @@ impl Admitter {
         Ok(job)
     }
 
+    #[tracing::instrument(name = "job.admit", skip_all, fields(job_id = %id, source = source.as_str()))]
     pub async fn submit(
         &self,
         submission: Submission,

@@ -16,7 +16,7 @@ use switchyard_schemas::{
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::autoscale::{self, Arrivals};
 use crate::fair::FairShare;
@@ -442,7 +442,9 @@ async fn dispatch_batch(
         // Counted before the assignment's own echo comes back, so the next
         // round already sees it.
         running.started(&job);
-        pending.push(assign(js, msg, job, node).boxed());
+        let span = tracing::info_span!("job.dispatch", job_id = %job.id, node = %node);
+        switchyard_runtime::trace::adopt(&span, msg.headers.as_ref());
+        pending.push(assign(js, msg, job, node).instrument(span).boxed());
     }
     let n = u32::try_from(pending.len()).unwrap_or(max);
     let mut acks = futures::stream::iter(pending).buffer_unordered(1024);

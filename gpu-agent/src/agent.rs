@@ -303,7 +303,8 @@ async fn run_assignment(node: &Node, msg: jetstream::Message, lease: Lease) {
         }
     };
     let job = &assignment.job;
-    let span = info_span!("job", job_id = %job.id, model = %job.model, node = %node.id, attempt = job.attempt);
+    let span = info_span!("job.run", job_id = %job.id, model = %job.model, node = %node.id, attempt = job.attempt);
+    switchyard_runtime::trace::adopt(&span, msg.headers.as_ref());
     async {
         if delivered > 1 && already_reported(node, &job.id, job.attempt).await {
             info!("redelivered assignment already has its result");

@@ -9,6 +9,7 @@ pub mod nats;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 pub use config::{
     Budget, BudgetPeriod, CacheSpec, ConfigError, Issues, ModelKind, ModelSpec, NatsConfig,

@@ -276,16 +276,20 @@ pub async fn durable_consumer(js: &Context, spec: ConsumerSpec) -> Result<PullCo
 }
 
 /// Publishes with a `Nats-Msg-Id`, so that a retry of the same publish is
-/// dropped by the server. The returned future resolves on the PubAck.
+/// dropped by the server, and the current span's trace context. The
+/// returned future resolves on the PubAck.
 pub async fn publish(
     js: &Context,
     subject: String,
     msg_id: &str,
     payload: Vec<u8>,
 ) -> Result<PublishAckFuture, jetstream::context::PublishError> {
+    let mut headers = async_nats::HeaderMap::new();
+    crate::trace::inject(&mut headers);
     js.send_publish(
         subject,
         PublishMessage::build()
+            .headers(headers)
             .payload(payload.into())
             .message_id(msg_id),
     )
