@@ -1,0 +1,81 @@
+//! The desired-nodes signal follows a load ramp through a running stack:
+//! none before the load, more nodes than the one simulated node at the
+//! peak (its backlog grows), none again once the load is gone and served.
+
+// Tests fail by panicking; the no-panic lints are for the product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+async fn desired(stack: &Stack) -> f64 {
+    let metric = format!("switchyard_dispatcher_desired_replicas{{model=\"{TEXT_MODEL}\"}}");
+    stack.metric("dispatcher", &metric).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_desired_nodes_follow_a_load_ramp_up_and_down() {
+    // One node of 4 slots at 400 ms a job serves 10 jobs a second.
+    let mut stack = Stack::new(StackOptions {
+        slots: 4,
+        base_latency: "400ms",
+        ..StackOptions::default()
+    });
+    stack.rewrite_config(
+        "dispatcher:\n",
+        "dispatcher:\n  autoscale: {rate_window: 2s, drain_target: 5s, target_utilization: 1.0}\n",
+    );
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent("node-a");
+    // The first tick comes a second after start.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(desired(&stack).await, 0.0, "no load, no nodes");
+
+    // 2 → 20 jobs a second over 6 s, 20 for 4 s, back to 2 over 6 s.
+    let rate_at = |s: u64| match s {
+        0..6 => 2 + s * 3,
+        6..10 => 20,
+        _ => 20 - (s - 10) * 3,
+    };
+    let mut ids = Vec::new();
+    let mut signal = Vec::new();
+    let start = Instant::now();
+    for s in 0..16u64 {
+        let rate = rate_at(s);
+        for i in 0..rate {
+            let body = json!({"model": TEXT_MODEL, "input": {"prompt": format!("{s}.{i}")}});
+            ids.push(stack.submit_http(&body).await);
+            let next =
+                start + Duration::from_secs(s) + Duration::from_millis(1000 * (i + 1) / rate);
+            tokio::time::sleep_until(next.into()).await;
+        }
+        signal.push(desired(&stack).await);
+    }
+    stack.wait_finished(&ids, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = desired(&stack).await;
+        signal.push(now);
+        if now == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the signal stays up: {signal:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let peak = signal.iter().copied().fold(0.0, f64::max);
+    assert!(
+        peak >= 2.0,
+        "20 jobs a second need more than one node: {signal:?}"
+    );
+    assert!(signal[0] <= 1.0, "a light load needs one node: {signal:?}");
+    let at_peak = signal.iter().position(|n| *n == peak).unwrap();
+    assert!(
+        (5..16).contains(&at_peak),
+        "the peak comes with the load's: {signal:?}"
+    );
+}
