@@ -20,6 +20,7 @@ const AFTER_THEIR_EVENT: &[&str] = &[
     "switchyard_agent_gpu_memory_total_bytes",
     "switchyard_agent_gpu_temperature_celsius",
     "switchyard_agent_engine_exits_total",
+    "switchyard_agent_engine_kv_cache_usage_ratio",
     "switchyard_broker_webhook_attempts_total",
     "switchyard_broker_auth_refused_total",
     "switchyard_broker_rejections_total",

@@ -463,6 +463,7 @@ async fn assign(
     job: Job,
     node: String,
 ) -> Result<(), BatchError> {
+    let started = Instant::now();
     let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
     let event = JobEvent {
         v: SCHEMA_VERSION,
@@ -490,6 +491,7 @@ async fn assign(
     .await?;
     work_ack.await?;
     event_ack.await?;
+    metrics::histogram!(m::DISPATCH_SECONDS).record(started.elapsed().as_secs_f64());
     msg.ack()
         .await
         .map_err(|e| BatchError::Ack(e.to_string()))?;

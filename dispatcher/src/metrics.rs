@@ -8,6 +8,7 @@ pub const QUEUE_OLDEST: &str = "switchyard_dispatcher_queue_oldest_seconds";
 pub const DESIRED_REPLICAS: &str = "switchyard_dispatcher_desired_replicas";
 pub const ARRIVAL_RATE: &str = "switchyard_dispatcher_arrival_rate";
 pub const QUEUE_WAIT: &str = "switchyard_dispatcher_queue_wait_seconds";
+pub const DISPATCH_SECONDS: &str = "switchyard_dispatcher_dispatch_seconds";
 pub const NODES: &str = "switchyard_dispatcher_nodes";
 pub const FREE_SLOTS: &str = "switchyard_dispatcher_free_slots";
 pub const RECLAIMED: &str = "switchyard_dispatcher_reclaimed_total";
@@ -36,6 +37,11 @@ pub fn describe() {
     metrics::describe_counter!(
         HELD,
         "Jobs put back in the queue because a bound on running jobs was reached, by limit"
+    );
+    metrics::describe_histogram!(
+        DISPATCH_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from placing a job to its assignment stored in the node's work queue"
     );
     metrics::describe_histogram!(
         QUEUE_WAIT,

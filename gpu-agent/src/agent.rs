@@ -563,6 +563,8 @@ async fn execute(
     // An output larger than a message goes to the object store first.
     large::spill(&node.large_results, &mut result, node.max_result_bytes).await?;
     let outcome = if attempts::publish_result(&node.js, &result).await? {
+        let total_ms = (result.finished_at_ms - job.submitted_at_ms).max(0);
+        metrics::histogram!(m::JOB_SECONDS).record(total_ms as f64 / 1000.0);
         "succeeded"
     } else {
         // Another attempt's result was stored first; the job has its one result.
@@ -811,6 +813,12 @@ impl Probe {
             .unwrap_or_default();
         let _ = tokio::time::timeout(PROBE_TIMEOUT, node.engine.tend()).await;
         self.load = node.engine.load().await;
+        if let Some(depth) = self.load.queue_depth {
+            metrics::gauge!(m::ENGINE_QUEUE).set(f64::from(depth));
+        }
+        if let Some(usage) = self.load.kv_cache_usage {
+            metrics::gauge!(m::ENGINE_KV_CACHE).set(f64::from(usage));
+        }
         self.ready = if self.proven {
             node.engine.ready().await
         } else {

@@ -4,6 +4,9 @@ pub const JOBS: &str = "switchyard_agent_jobs_total";
 pub const RUNNING: &str = "switchyard_agent_running_jobs";
 pub const SLOTS: &str = "switchyard_agent_slots";
 pub const ENGINE_SECONDS: &str = "switchyard_agent_engine_seconds";
+pub const JOB_SECONDS: &str = "switchyard_agent_job_seconds";
+pub const ENGINE_QUEUE: &str = "switchyard_agent_engine_queue_depth";
+pub const ENGINE_KV_CACHE: &str = "switchyard_agent_engine_kv_cache_usage_ratio";
 pub const HEARTBEATS: &str = "switchyard_agent_heartbeats_total";
 pub const GPU_UTILIZATION: &str = "switchyard_agent_gpu_utilization_ratio";
 pub const GPU_MEMORY_USED: &str = "switchyard_agent_gpu_memory_used_bytes";
@@ -15,6 +18,19 @@ pub const MODEL_UNLOADS: &str = "switchyard_agent_model_unloads_total";
 pub const ENGINE_EXITS: &str = "switchyard_agent_engine_exits_total";
 
 pub fn describe() {
+    metrics::describe_histogram!(
+        JOB_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from admission to the result, for jobs that succeeded here"
+    );
+    metrics::describe_gauge!(
+        ENGINE_QUEUE,
+        "Requests the engine holds waiting, from its own metrics"
+    );
+    metrics::describe_gauge!(
+        ENGINE_KV_CACHE,
+        "Share of the engine's KV cache in use (vLLM)"
+    );
     metrics::describe_counter!(
         JOBS,
         "Assignments finished by this agent, by outcome (succeeded, failed, duplicate, undecodable)"
