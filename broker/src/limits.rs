@@ -60,6 +60,11 @@ const MINUTE_US: i64 = 60_000_000;
 /// names have no colon).
 const KEY_HOLDER: &str = "key:";
 
+/// The holder of a key's limits: `key:<id>`.
+pub fn key_holder(id: &str) -> String {
+    format!("{KEY_HOLDER}{id}")
+}
+
 impl Limits {
     pub fn new(tenants: &Tenants) -> Limits {
         let configured: HashMap<String, RateLimits> = tenants
@@ -122,8 +127,13 @@ impl Limits {
             push_takes(&mut takes, tenant, &l, tokens, TENANT_LIMITS);
         }
         if let Some(k) = key {
-            let holder = format!("{KEY_HOLDER}{}", k.id);
-            push_takes(&mut takes, &holder, &k.limits, tokens, KEY_LIMITS);
+            push_takes(
+                &mut takes,
+                &key_holder(&k.id),
+                &k.limits,
+                tokens,
+                KEY_LIMITS,
+            );
         }
         takes
     }
@@ -142,7 +152,7 @@ impl Limits {
             .map(|max| (tenant.to_owned(), max, "max_queued_jobs"));
         let key = key.and_then(|k| {
             let max = k.limits.max_queued_jobs?;
-            Some((format!("{KEY_HOLDER}{}", k.id), max, "key_max_queued_jobs"))
+            Some((key_holder(&k.id), max, "key_max_queued_jobs"))
         });
         tenant.into_iter().chain(key).collect()
     }

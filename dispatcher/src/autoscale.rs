@@ -117,7 +117,8 @@ pub fn desired_nodes(demand: &Demand, cfg: &AutoscaleConfig) -> u32 {
     (nodes as u32).max(1)
 }
 
-/// Arrivals per model, as a rate that decays exponentially over the window.
+/// Arrivals per model (by its subject token), as a rate that decays
+/// exponentially over the window.
 #[derive(Debug)]
 pub struct Arrivals {
     window: Duration,
@@ -138,7 +139,7 @@ impl Arrivals {
 
     /// Counts a job published on `sy.jobs.<priority>.<model>.<tenant>`.
     pub fn arrived(&mut self, jobs_subject: &str) {
-        if let Some(model) = jobs_subject.split('.').nth(3) {
+        if let Some((_, model)) = subjects::queue_of(jobs_subject) {
             *self.counted.entry(model.to_owned()).or_default() += 1;
         }
     }
@@ -164,7 +165,8 @@ impl Arrivals {
     }
 
     pub fn rate(&self, model: &str) -> f64 {
-        self.rates.get(model).copied().unwrap_or(0.0)
+        let token = subjects::model_token(model);
+        self.rates.get(&token).copied().unwrap_or(0.0)
     }
 }
 
@@ -192,14 +194,10 @@ pub async fn signal(
         return;
     };
     let at_ms = now_ms();
-    // (model, priority) → (jobs waiting, oldest wait in ms)
+    // (model token, priority) → (jobs waiting, oldest wait in ms)
     let mut queues: HashMap<(String, Priority), (u64, i64)> = HashMap::new();
     for (subject, n) in counts {
-        let mut parts = subject.split('.').skip(2);
-        let (Some(priority), Some(model)) = (
-            parts.next().and_then(|p| p.parse::<Priority>().ok()),
-            parts.next(),
-        ) else {
+        let Some((priority, model)) = subjects::queue_of(&subject) else {
             continue;
         };
         let queue = queues.entry((model.to_owned(), priority)).or_default();
@@ -213,10 +211,11 @@ pub async fn signal(
     }
     for spec in registry.iter() {
         let model = spec.name.as_str();
+        let token = subjects::model_token(model);
         let mut queued = 0;
         for priority in Priority::ALL {
             let (depth, oldest_ms) = queues
-                .get(&(model.to_owned(), priority))
+                .get(&(token.clone(), priority))
                 .copied()
                 .unwrap_or_default();
             queued += depth;

@@ -30,7 +30,7 @@ pub const DEAD_ALL: &str = "sy.dead.*";
 pub const CANCEL_BUCKET: &str = "cancelled";
 /// The dispatchers' desired-nodes signal for one model (core NATS).
 pub fn autoscale(model: &str) -> String {
-    format!("sy.autoscale.{model}")
+    format!("sy.autoscale.{}", model_token(model))
 }
 
 /// JetStream KV bucket of limits the brokers hand to the dispatchers.
@@ -107,6 +107,15 @@ pub fn load(node: &str) -> String {
     format!("sy.load.{node}")
 }
 
+/// The priority and the model token (`model_token`) of a queue subject
+/// `sy.jobs.<priority>.<model>.<tenant>`.
+pub fn queue_of(subject: &str) -> Option<(Priority, &str)> {
+    let mut tokens = subject.strip_prefix("sy.jobs.")?.split('.');
+    let priority = tokens.next()?.parse().ok()?;
+    let model = tokens.next()?;
+    (tokens.next().is_some() && tokens.next().is_none()).then_some((priority, model))
+}
+
 /// Where an intake subject sends a job: `sy.submit.<p>` and `sy.admit.<p>`
 /// name a priority; `.<tenant>` after it names the tenant, which only that
 /// tenant's NATS account can publish to. None when the priority is not one.
@@ -170,6 +179,15 @@ pub fn attempt_msg_id(job_id: &str, attempt: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queue_subject_gives_its_priority_and_model_token() {
+        let subject = jobs(Priority::Batch, "llama-3.1", "acme");
+        assert_eq!(queue_of(&subject), Some((Priority::Batch, "llama-3%2E1")));
+        assert_eq!(queue_of("sy.jobs.batch.m"), None, "no tenant");
+        assert_eq!(queue_of("sy.jobs.urgent.m.t"), None, "no such priority");
+        assert_eq!(queue_of("sy.work.m.t"), None);
+    }
 
     #[test]
     fn model_tokens_are_safe_and_distinct() {

@@ -21,7 +21,7 @@ use super::{
     ListFilter, Next, RejectedJob, Source, Status, StoreError, UsageFilter, UsageReport, UsageRow,
 };
 use crate::budget::Reservation;
-use crate::limits::Take;
+use crate::limits::{Take, key_holder};
 use crate::webhooks;
 
 pub struct SqlStore {
@@ -579,7 +579,7 @@ impl JobStore for SqlStore {
             let tenant: String = row.try_get("tenant")?;
             let key: Option<String> = row.try_get("api_key")?;
             let estimate: i64 = row.try_get("tokens_estimate")?;
-            let holders = std::iter::once(tenant).chain(key.map(|k| format!("key:{k}")));
+            let holders = std::iter::once(tenant).chain(key.as_deref().map(key_holder));
             for (limit, per_token) in holders.filter_map(|h| rate(&h)) {
                 sqlx::query("UPDATE rate_limits SET tat = tat + $2 WHERE key = $1")
                     .bind(limit)
