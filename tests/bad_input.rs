@@ -313,3 +313,104 @@ async fn garbage_on_internal_subjects_does_not_stop_the_pipeline() {
         assert!(stack.proc(name).exited().is_none(), "{name} died");
     }
 }
+
+/// The broker's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Sends raw bytes on a new connection; the status line of the answer, or
+/// an empty string if the broker closed the connection without one.
+async fn raw_status(port: u16, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // The broker may answer and close before it has read everything.
+    let _ = s.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer.lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_http_gets_4xx_in_bounded_memory_while_others_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let mut stack = Stack::running(StackOptions::default(), &["node-a"]);
+    let port = stack.broker_port;
+    let pid = stack.pid_of("broker");
+    let before = rss_kib(pid);
+
+    // Bodies: nesting past the parser's depth, bytes that are not UTF-8.
+    let deep = format!(
+        r#"{{"model": "{TEXT_MODEL}", "input": {{"prompt": {}"x"{}}}}}"#,
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
+    let (status, v) = post_raw(&stack, deep).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("malformed_body")),
+        "{v}"
+    );
+    let mut invalid = format!(r#"{{"model": "{TEXT_MODEL}", "input": {{"prompt": ""#).into_bytes();
+    invalid.extend_from_slice(b"\xff\xfe\xc3\x28");
+    invalid.extend_from_slice(b"\"}}");
+    let (status, v) = post_raw(&stack, invalid).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("malformed_body")),
+        "{v}"
+    );
+
+    // Headers: ten thousand of them, and one of a mebibyte.
+    let mut flood = b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..10_000 {
+        flood.extend_from_slice(format!("x-flood-{i}: {i}\r\n").as_bytes());
+    }
+    flood.extend_from_slice(b"\r\n");
+    let line = raw_status(port, &flood).await;
+    assert!(line.starts_with("HTTP/1.1 431"), "header flood: {line:?}");
+    let mut huge = b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nx-huge: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 1 << 20));
+    huge.extend_from_slice(b"\r\n\r\n");
+    let line = raw_status(port, &huge).await;
+    assert!(line.starts_with("HTTP/1.1 431"), "huge header: {line:?}");
+
+    // Slow loris: 200 connections stall in their headers and 200 in their
+    // bodies, and stay open while other clients go on.
+    let mut stalled = Vec::new();
+    for i in 0..400 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let start: &[u8] = if i % 2 == 0 {
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nx-slow: "
+        } else {
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n{\"model\": "
+        };
+        s.write_all(start).await.unwrap();
+        stalled.push(s);
+    }
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(
+            stack
+                .submit_http(&chat(&format!("served beside the loris {i}")))
+                .await,
+        );
+    }
+    let done = stack.wait_finished(&ids, Duration::from_secs(60)).await;
+    assert!(done.values().all(|r| r["status"] == "succeeded"));
+    let grown = rss_kib(pid).saturating_sub(before);
+    println!("broker resident memory grew by {grown} KiB");
+    assert!(grown < 64 * 1024, "the broker grew by {grown} KiB");
+    drop(stalled);
+    assert!(stack.proc("broker").exited().is_none(), "the broker died");
+}

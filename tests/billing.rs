@@ -10,9 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use common::*;
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 const PRICED: &str = "
@@ -52,23 +50,15 @@ async fn ten_thousand_jobs_through_crashes_are_each_billed_once() {
     let js = async_nats::jetstream::new(stack.nats.client().await);
     // Prompts of 3 tokens; 1 to 4 completion tokens.
     let completion: usize = (0..JOBS).map(|i| 1 + i % 4).sum();
-    let published = futures::stream::iter(0..JOBS)
-        .map(|i| {
-            let js = js.clone();
-            async move {
-                let body = json!({"model": "tiny-priced",
-                                  "input": {"prompt": format!("bill {i} now"), "max_tokens": 1 + i % 4}});
-                let mut headers = HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("bill-{i}").as_str());
-                js.publish_with_headers("sy.submit.normal", headers, body.to_string().into())
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap();
-            }
-        })
-        .buffer_unordered(256)
-        .collect::<Vec<()>>();
+    let published = publish_acked(&js, JOBS, |i| {
+        let body = json!({"model": "tiny-priced",
+                          "input": {"prompt": format!("bill {i} now"), "max_tokens": 1 + i % 4}});
+        (
+            "sy.submit.normal".to_owned(),
+            Some(format!("bill-{i}")),
+            body.to_string().into_bytes(),
+        )
+    });
     // While they run: the broker dies mid-projection, then an agent mid-job.
     let chaos = async {
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -464,17 +464,32 @@ impl Admitter {
                 return Err(over.into());
             }
         }
-        if let Err(e) = self.enqueue(&job).await {
-            // The client is told the job was not queued, so no record of it
-            // stays behind for the outbox to publish later.
-            self.discard(&job.id).await;
-            return Err(match e {
-                EnqueueError::Full => SubmitError::QueueFull {
-                    priority: job.priority,
-                    model: job.model,
-                },
-                EnqueueError::Unavailable(reason) => SubmitError::QueueUnavailable(reason),
-            });
+        match self.enqueue(&job).await {
+            Ok(()) => {}
+            Err(EnqueueError::Unconfirmed(reason)) => {
+                // The job may be in the queue already (only its confirmation
+                // was lost): the record stays, unconfirmed, and the outbox
+                // publishes it again under the same message id, which the
+                // server drops if it has it. Discarding the record here would
+                // leave a queued job with no record to project its result on.
+                warn!(job_id = %job.id, %reason, "the queue did not confirm the job; the outbox will");
+                metrics::counter!(m::SUBMISSIONS, "source" => source.as_str()).increment(1);
+                return Ok(job);
+            }
+            Err(e) => {
+                // The client is told the job was not queued, so no record of
+                // it stays behind for the outbox to publish later.
+                self.discard(&job.id).await;
+                return Err(match e {
+                    EnqueueError::Full => SubmitError::QueueFull {
+                        priority: job.priority,
+                        model: job.model,
+                    },
+                    EnqueueError::Unconfirmed(reason) | EnqueueError::Unavailable(reason) => {
+                        SubmitError::QueueUnavailable(reason)
+                    }
+                });
+            }
         }
         if let Err(e) = self.store.mark_enqueued(&job.id, now_ms()).await {
             // The job is queued; at worst the outbox publishes it again and
@@ -556,6 +571,8 @@ impl Admitter {
         let classify = |e: async_nats::jetstream::context::PublishError| {
             if nats::is_limit_refusal(&e) {
                 EnqueueError::Full
+            } else if e.kind() == async_nats::jetstream::context::PublishErrorKind::TimedOut {
+                EnqueueError::Unconfirmed(e.to_string())
             } else {
                 EnqueueError::Unavailable(e.to_string())
             }
@@ -578,6 +595,10 @@ impl Admitter {
 pub enum EnqueueError {
     #[error("the queue is full")]
     Full,
+    /// Sent, but its acknowledgement did not come in time: it may be stored.
+    #[error("{0}")]
+    Unconfirmed(String),
+    /// Not stored.
     #[error("{0}")]
     Unavailable(String),
 }

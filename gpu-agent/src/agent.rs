@@ -47,6 +47,7 @@ struct Node {
     client: async_nats::Client,
     engine: Box<dyn Engine>,
     results: jetstream::stream::Stream,
+    events: jetstream::stream::Stream,
     running: AtomicU32,
     /// Moving average of the engine's time per finished job, in ms; 0 until
     /// one finishes. Reported so that placement can weigh this node's speed.
@@ -186,6 +187,7 @@ async fn serve(
     )
     .await?;
     let results = nats::stream(&js, subjects::RESULTS_STREAM).await?;
+    let events = nats::stream(&js, subjects::EVENTS_STREAM).await?;
     let cancellations = nats::cancellations(&js, nats_cfg).await?;
     let max_result_bytes = client
         .server_info()
@@ -198,6 +200,7 @@ async fn serve(
         client,
         engine,
         results,
+        events,
         running: AtomicU32::new(0),
         service_ms: AtomicU32::new(0),
         gpus: Gpus::open(),
@@ -290,7 +293,7 @@ async fn fetch_loop(
     }
 }
 
-async fn run_assignment(node: &Node, msg: jetstream::Message, lease: Lease) {
+async fn run_assignment(node: &Node, msg: jetstream::Message, mut lease: Lease) {
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let assignment: Assignment = match decode(&msg.payload) {
         Ok(a) => a,
@@ -311,6 +314,19 @@ async fn run_assignment(node: &Node, msg: jetstream::Message, lease: Lease) {
             metrics::counter!(m::JOBS, "outcome" => "duplicate").increment(1);
             ack(&msg).await;
             return;
+        }
+        if waited(&msg) >= node.ack_wait / 2 {
+            // The server may have delivered it long before this process read
+            // it (paused in between), and taken it back past the ack wait:
+            // the lease counts from reading, so the server is asked instead.
+            let _ = msg.ack_with(AckKind::Progress).await;
+            if superseded(node, &job.id, job.attempt).await {
+                info!("assignment read after another attempt took over; dropped");
+                fenced();
+                ack(&msg).await;
+                return;
+            }
+            lease.renewed();
         }
         node.running.fetch_add(1, Ordering::SeqCst);
         metrics::gauge!(m::RUNNING).increment(1.0);
@@ -338,6 +354,39 @@ async fn run_assignment(node: &Node, msg: jetstream::Message, lease: Lease) {
 async fn ack(msg: &jetstream::Message) {
     if let Err(e) = msg.double_ack().await {
         warn!(error = %e, "ack not confirmed; the assignment may be redelivered and will be recognised");
+    }
+}
+
+/// How long ago the assignment was put in this node's queue.
+fn waited(msg: &jetstream::Message) -> Duration {
+    let queued_ms = msg
+        .info()
+        .map(|i| i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+        .unwrap_or_else(|_| now_ms());
+    Duration::from_millis(u64::try_from(now_ms() - queued_ms).unwrap_or(0))
+}
+
+/// Whether the job has moved past this attempt: it has its result, or the
+/// attempt was settled by another process (a reclaim) or followed by a
+/// later one.
+async fn superseded(node: &Node, job_id: &str, attempt: u32) -> bool {
+    if already_reported(node, job_id, attempt).await {
+        return true;
+    }
+    match node
+        .events
+        .get_last_raw_message_by_subject(&subjects::events(job_id))
+        .await
+    {
+        Ok(msg) => decode::<JobEvent>(&msg.payload).is_ok_and(|e| {
+            e.attempt > attempt
+                || (e.attempt == attempt
+                    && matches!(
+                        e.kind,
+                        EventKind::Retrying { .. } | EventKind::Requeued { .. }
+                    ))
+        }),
+        Err(_) => false,
     }
 }
 
@@ -543,9 +592,14 @@ async fn execute(
         engine_ms: u64::try_from(engine_time.as_millis()).unwrap_or(u64::MAX),
         at_ms: now_ms(),
     };
-    nats::publish(&node.js, subjects::usage(&job.id), &msg_id, encode(&usage)?)
-        .await?
-        .await?;
+    let usage = encode(&usage)?;
+    let retry_until = Instant::now() + node.ack_wait;
+    until_confirmed(msg, retry_until, || async {
+        nats::publish(&node.js, subjects::usage(&job.id), &msg_id, usage.clone())
+            .await?
+            .await
+    })
+    .await?;
     let mut result = JobResult {
         v: SCHEMA_VERSION,
         job_id: job.id.clone(),
@@ -562,7 +616,11 @@ async fn execute(
     };
     // An output larger than a message goes to the object store first.
     large::spill(&node.large_results, &mut result, node.max_result_bytes).await?;
-    let outcome = if attempts::publish_result(&node.js, &result).await? {
+    let stored = until_confirmed(msg, retry_until, || {
+        attempts::publish_result(&node.js, &result)
+    })
+    .await?;
+    let outcome = if stored {
         let total_ms = (result.finished_at_ms - job.submitted_at_ms).max(0);
         metrics::histogram!(m::JOB_SECONDS).record(total_ms as f64 / 1000.0);
         "succeeded"
@@ -572,6 +630,33 @@ async fn execute(
     };
     metrics::counter!(m::JOBS, "outcome" => outcome).increment(1);
     Ok(Done::Reported)
+}
+
+/// Runs `publish` until the server confirms it or `until` passes. Each try
+/// sends the same message with the same id, so a repeat of one that did
+/// land is dropped; running the job again to report it would run the engine
+/// twice, and could give another answer.
+async fn until_confirmed<T, E, F, Fut>(
+    msg: &jetstream::Message,
+    until: Instant,
+    mut publish: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    loop {
+        match publish().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() < until => {
+                warn!(error = %e, "publish not confirmed; sending it again");
+                let _ = msg.ack_with(AckKind::Progress).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Aborts running jobs as their cancellations arrive.

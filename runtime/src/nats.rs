@@ -13,6 +13,8 @@ use crate::NatsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
+    #[error("the NATS URL {url} is not valid: {reason}")]
+    Url { url: String, reason: String },
     #[error("cannot connect to NATS at {url}: {source}")]
     Connect {
         url: String,
@@ -47,10 +49,18 @@ pub async fn connect(
     let mut options = async_nats::ConnectOptions::new();
     // A user in the URL (`nats://user:password@host`) is one of the NATS
     // accounts' (deploy/nats/accounts.conf); the client takes it apart.
-    let addr: Option<async_nats::ServerAddr> =
-        cfg.url.split(',').next().and_then(|u| u.parse().ok());
-    if let Some((user, password)) = addr
-        .as_ref()
+    // A cluster is a comma-separated list of its servers' URLs.
+    let servers = cfg
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| NatsError::Url {
+            url: redacted(&cfg.url),
+            reason: e.to_string(),
+        })?;
+    if let Some((user, password)) = servers
+        .first()
         .and_then(|a| Some((a.username()?, a.password()?)))
     {
         options = options.user_and_password(user.to_owned(), password.to_owned());
@@ -60,7 +70,7 @@ pub async fn connect(
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(cfg.request_timeout))
-        .connect(&cfg.url)
+        .connect(servers)
         .await
         .map_err(|source| NatsError::Connect {
             url: redacted(&cfg.url),

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -151,13 +153,22 @@ fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Proc {
     }
 }
 
-/// A private JetStream server.
+/// A private JetStream server, or a cluster of them on loopback ports.
 pub struct Nats {
-    proc: Proc,
+    servers: Vec<Server>,
+    /// The first server's client port.
     pub port: u16,
-    store: TempDir,
     /// Started with `deploy/nats/accounts.conf`: clients need a user.
     accounts: bool,
+}
+
+/// One nats-server of a `Nats`.
+struct Server {
+    proc: Proc,
+    port: u16,
+    store: TempDir,
+    /// A cluster member's configuration file; a lone server takes flags.
+    conf: Option<PathBuf>,
 }
 
 /// The passwords `deploy/nats/accounts.conf` reads from the environment.
@@ -189,27 +200,86 @@ impl Nats {
     fn start_as(accounts: bool) -> Nats {
         let store = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let proc = Self::spawn(port, store.path(), accounts);
+        let proc = Self::spawn(port, store.path(), None, accounts);
         Nats {
-            proc,
+            servers: vec![Server {
+                proc,
+                port,
+                store,
+                conf: None,
+            }],
             port,
-            store,
             accounts,
         }
     }
 
-    fn spawn(port: u16, store: &Path, accounts: bool) -> Proc {
-        let mut cmd = Command::new(nats_server_bin());
-        if accounts {
-            cmd.arg("-c")
-                .arg(repo_root().join("deploy/nats/accounts.conf"));
-            for (_, var, password) in NATS_USERS {
-                cmd.env(var, password);
-            }
+    /// `n` servers in one cluster, each syncing every write to disk before
+    /// it acknowledges (`sync_interval: always`), as production runs.
+    pub fn start_cluster(n: usize) -> Nats {
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, route, _)| format!("nats://127.0.0.1:{route}"))
+            .collect();
+        let servers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, route, monitor))| {
+                let store = tempfile::tempdir().expect("tempdir");
+                let conf = store.path().join("nats.conf");
+                let text = format!(
+                    r#"server_name: n{i}
+listen: 127.0.0.1:{port}
+http: 127.0.0.1:{monitor}
+jetstream {{ store_dir: "{dir}", sync_interval: always }}
+cluster {{ name: sy, listen: 127.0.0.1:{route}, routes: [{routes}] }}
+"#,
+                    dir = store.path().join("js").display(),
+                    routes = routes.join(", "),
+                );
+                std::fs::write(&conf, text).expect("nats.conf");
+                let proc = Self::spawn(*port, store.path(), Some(&conf), false);
+                Server {
+                    proc,
+                    port: *port,
+                    store,
+                    conf: Some(conf),
+                }
+            })
+            .collect();
+        // Streams can be made once the cluster has elected its leaders.
+        for (_, _, monitor) in &ports {
+            wait_until(
+                "the NATS cluster to be healthy",
+                Duration::from_secs(30),
+                || answers_ok(*monitor, "/healthz").then_some(()),
+            );
         }
-        cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store);
-        let proc = spawn("nats-server", cmd, store);
+        Nats {
+            servers,
+            port: ports[0].0,
+            accounts: false,
+        }
+    }
+
+    fn spawn(port: u16, store: &Path, conf: Option<&Path>, accounts: bool) -> Proc {
+        let mut cmd = Command::new(nats_server_bin());
+        if let Some(conf) = conf {
+            cmd.arg("-c").arg(conf);
+        } else {
+            if accounts {
+                cmd.arg("-c")
+                    .arg(repo_root().join("deploy/nats/accounts.conf"));
+                for (_, var, password) in NATS_USERS {
+                    cmd.env(var, password);
+                }
+            }
+            cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(store);
+        }
+        let proc = spawn(&format!("nats-server-{port}"), cmd, store);
         wait_until("nats-server to listen", Duration::from_secs(20), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
@@ -217,11 +287,16 @@ impl Nats {
     }
 
     /// The URL the components use: the platform user's, when the server
-    /// has accounts.
+    /// has accounts; every member's, for a cluster.
     pub fn url(&self) -> String {
         match self.accounts {
             true => self.url_as("switchyard"),
-            false => format!("nats://127.0.0.1:{}", self.port),
+            false => self
+                .servers
+                .iter()
+                .map(|s| format!("nats://127.0.0.1:{}", s.port))
+                .collect::<Vec<_>>()
+                .join(","),
         }
     }
 
@@ -231,14 +306,18 @@ impl Nats {
         format!("nats://{user}:{password}@127.0.0.1:{}", self.port)
     }
 
-    /// Stops the server (SIGTERM, clean shutdown).
+    /// Stops every server (SIGTERM, clean shutdown).
     pub fn stop(&mut self) {
-        self.proc.terminate(Duration::from_secs(20));
+        for s in &mut self.servers {
+            s.proc.terminate(Duration::from_secs(20));
+        }
     }
 
-    /// Starts a stopped server again on the same port and store.
+    /// Starts stopped servers again on the same ports and stores.
     pub fn resume(&mut self) {
-        self.proc = Self::spawn(self.port, self.store.path(), self.accounts);
+        for i in 0..self.servers.len() {
+            self.resume_server(i);
+        }
     }
 
     pub fn restart(&mut self) {
@@ -246,11 +325,36 @@ impl Nats {
         self.resume();
     }
 
+    /// Kills server `i` with SIGKILL.
+    pub fn kill_server(&mut self, i: usize) {
+        self.servers[i].proc.kill();
+    }
+
+    /// Starts server `i` again on its port and store.
+    pub fn resume_server(&mut self, i: usize) {
+        let s = &mut self.servers[i];
+        s.proc = Self::spawn(s.port, s.store.path(), s.conf.as_deref(), self.accounts);
+    }
+
     pub async fn client(&self) -> async_nats::Client {
         match self.accounts {
             true => self.client_as("switchyard").await,
-            false => async_nats::connect(self.url()).await.expect("nats connect"),
+            false => {
+                let servers: Vec<async_nats::ServerAddr> = self
+                    .url()
+                    .split(',')
+                    .map(|u| u.parse().expect("a server URL"))
+                    .collect();
+                async_nats::connect(servers).await.expect("nats connect")
+            }
         }
+    }
+
+    /// A client of server `i`, the one it connects to first.
+    pub async fn client_of(&self, i: usize) -> async_nats::Client {
+        async_nats::connect(format!("nats://127.0.0.1:{}", self.servers[i].port))
+            .await
+            .expect("nats connect")
     }
 
     /// A client as one of `NATS_USERS`.
@@ -284,6 +388,8 @@ pub struct StackOptions {
     pub broker_extra: &'static str,
     /// NATS with the accounts of `deploy/nats/accounts.conf`.
     pub nats_accounts: bool,
+    /// Three NATS servers in a cluster, and streams with three replicas.
+    pub nats_cluster: bool,
 }
 
 impl Default for StackOptions {
@@ -303,6 +409,7 @@ impl Default for StackOptions {
             prefetch_per_slot: 1,
             broker_extra: "",
             nats_accounts: false,
+            nats_cluster: false,
         }
     }
 }
@@ -349,6 +456,7 @@ fn config_yaml(
 nats:
   url: {nats_url}
   max_queued_per_queue: {max_queued}
+  replicas: {replicas}
   duplicate_window: {duplicate_window}
 models:
   - name: {CHAT_MODEL}
@@ -392,6 +500,7 @@ agent:
         placement = opts.placement,
         prefetch = opts.prefetch_per_slot,
         broker_extra = opts.broker_extra,
+        replicas = if opts.nats_cluster { 3 } else { 1 },
     )
 }
 
@@ -412,9 +521,10 @@ pub const TEXT_MODEL: &str = "tiny-text";
 
 impl Stack {
     pub fn new(opts: StackOptions) -> Stack {
-        let nats = match opts.nats_accounts {
-            true => Nats::start_with_accounts(),
-            false => Nats::start(),
+        let nats = match (opts.nats_accounts, opts.nats_cluster) {
+            (true, _) => Nats::start_with_accounts(),
+            (false, true) => Nats::start_cluster(3),
+            (false, false) => Nats::start(),
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let broker_port = free_port();
@@ -774,6 +884,9 @@ pub fn expected_echo(prompt: &str, max_tokens: usize) -> String {
 /// subscriber sees them.
 pub struct ResultCounter {
     counts: std::sync::Arc<std::sync::Mutex<HashMap<String, u32>>>,
+    first: std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>>,
+    /// Per job, a hash of each different result payload seen.
+    payloads: std::sync::Arc<std::sync::Mutex<HashMap<String, std::collections::HashSet<u64>>>>,
     order: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -785,7 +898,14 @@ impl ResultCounter {
         client.flush().await.expect("flush");
         let counts = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
         let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (c, o) = (counts.clone(), order.clone());
+        let first = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let payloads = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let (c, o, f, p) = (
+            counts.clone(),
+            order.clone(),
+            first.clone(),
+            payloads.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 let id = msg
@@ -794,11 +914,28 @@ impl ResultCounter {
                     .trim_start_matches("sy.results.")
                     .to_owned();
                 *c.lock().expect("lock").entry(id.clone()).or_insert(0) += 1;
+                f.lock()
+                    .expect("lock")
+                    .entry(id.clone())
+                    .or_insert_with(Instant::now);
+                let hash = {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    msg.payload.hash(&mut h);
+                    h.finish()
+                };
+                p.lock()
+                    .expect("lock")
+                    .entry(id.clone())
+                    .or_insert_with(std::collections::HashSet::new)
+                    .insert(hash);
                 o.lock().expect("lock").push(id);
             }
         });
         ResultCounter {
             counts,
+            first,
+            payloads,
             order,
             task,
         }
@@ -812,6 +949,22 @@ impl ResultCounter {
     pub fn snapshot(&self) -> HashMap<String, u32> {
         self.counts.lock().expect("lock").clone()
     }
+
+    /// How many different results each job had: a result published again
+    /// (the same bytes, after a lost acknowledgement) counts once.
+    pub fn different_results(&self) -> HashMap<String, usize> {
+        self.payloads
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(id, set)| (id.clone(), set.len()))
+            .collect()
+    }
+
+    /// When each job's first result arrived.
+    pub fn first_seen(&self) -> HashMap<String, Instant> {
+        self.first.lock().expect("lock").clone()
+    }
 }
 
 impl Drop for ResultCounter {
@@ -820,14 +973,47 @@ impl Drop for ResultCounter {
     }
 }
 
+/// Publishes `n` messages to JetStream with 256 awaiting their PubAck at
+/// once; `message(i)` gives the i-th one's subject, message id and payload.
+pub async fn publish_acked<F>(js: &async_nats::jetstream::Context, n: usize, message: F)
+where
+    F: Fn(usize) -> (String, Option<String>, Vec<u8>),
+{
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (subject, id, payload) = message(i);
+            let js = js.clone();
+            async move {
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some(id) = id {
+                    headers.insert("Nats-Msg-Id", id.as_str());
+                }
+                js.publish_with_headers(subject, headers, payload.into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("puback");
+            }
+        })
+        .buffer_unordered(256)
+        .collect::<Vec<()>>()
+        .await;
+}
+
 /// Whether `GET /readyz` on `port` answers 200 (blocking, for start-up waits).
 pub fn is_ready(port: u16) -> bool {
+    answers_ok(port, "/readyz")
+}
+
+/// Whether `GET path` on `port` answers 200 (blocking).
+fn answers_ok(port: u16, path: &str) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).is_err() {
         return false;
     }

@@ -300,7 +300,8 @@ pub trait JobStore: Send + Sync {
     /// already recorded is left as it is, and its `enqueued_at` is returned.
     async fn insert(&self, job: &Job, source: Source) -> Result<Inserted, StoreError>;
     /// Claims `key` for `job_id` unless a claim younger than `fresh_since_ms`
-    /// holds it; returns the job id that holds the key now.
+    /// holds it (one whose job was never recorded holds it only briefly);
+    /// returns the job id that holds the key now.
     async fn claim_key(
         &self,
         key: &str,

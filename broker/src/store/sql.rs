@@ -7,6 +7,7 @@
 //! Several brokers share one PostgreSQL database.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::AnyPool;
@@ -61,6 +62,12 @@ pub(super) fn flag(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
     Ok(row.try_get::<i64, _>(column)? != 0)
 }
 
+/// A key claimed this long ago whose job was never recorded belongs to a
+/// request that failed and could not release it (the store was failing
+/// too): the next request with the key takes it over. A request in flight
+/// records its job well within this.
+const ABANDONED_CLAIM_MS: i64 = 15_000;
+
 /// Whether a database URL names PostgreSQL (else SQLite).
 pub fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
@@ -78,6 +85,9 @@ impl SqlStore {
             }
             let pool = AnyPoolOptions::new()
                 .max_connections(16)
+                // With the server down, a request waits this long for a
+                // connection and is then refused (503), not held for 30 s.
+                .acquire_timeout(Duration::from_secs(3))
                 .connect(url)
                 .await?;
             sqlx::migrate!("../migrations/postgres").run(&pool).await?;
@@ -100,6 +110,15 @@ impl SqlStore {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(4)
+            // A transaction that failed as the disk filled can come back
+            // still open, holding SQLite's write lock for ever; rolling
+            // back on release frees it (an error just means none was open).
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    let _ = conn.execute("ROLLBACK").await;
+                    Ok(true)
+                })
+            })
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute(
@@ -368,12 +387,15 @@ impl JobStore for SqlStore {
             "INSERT INTO idempotency (key, job_id, created_at) VALUES ($1, $2, $3)
              ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, created_at = excluded.created_at
                 WHERE idempotency.created_at < $4
+                   OR (idempotency.created_at < $5
+                       AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = idempotency.job_id))
              RETURNING job_id",
         )
         .bind(key)
         .bind(job_id)
         .bind(now_ms)
         .bind(fresh_since_ms)
+        .bind(now_ms - ABANDONED_CLAIM_MS)
         .fetch_optional(&self.pool)
         .await?;
         let holder = match claimed {
@@ -1280,6 +1302,30 @@ mod tests {
         );
         s.release_key("k", "j3").await.unwrap();
         assert_eq!(s.claim_key("k", "j5", 3_002, 0).await.unwrap(), "j5");
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_job_was_never_recorded_is_taken_over_after_a_while() {
+        let (s, _dir) = store().await;
+        let later = 1_000 + ABANDONED_CLAIM_MS;
+        assert_eq!(s.claim_key("lost", "j1", 1_000, 0).await.unwrap(), "j1");
+        assert_eq!(
+            s.claim_key("lost", "j2", later - 1, 0).await.unwrap(),
+            "j1",
+            "maybe still in flight: kept"
+        );
+        assert_eq!(
+            s.claim_key("lost", "j3", later + 1, 0).await.unwrap(),
+            "j3",
+            "abandoned: taken over"
+        );
+        s.insert(&job("a"), Source::Http).await.unwrap();
+        assert_eq!(s.claim_key("kept", "a", 1_000, 0).await.unwrap(), "a");
+        assert_eq!(
+            s.claim_key("kept", "j4", later + 1, 0).await.unwrap(),
+            "a",
+            "its job exists: kept for the window"
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,594 @@
+//! The benchmark harness: an open-loop load generator (each request has its
+//! due time, and its latency counts from then, so a slow answer cannot hold
+//! back the requests behind it) with HDR histograms, measuring on this
+//! machine, with the same engine behind every path:
+//!
+//! 1. the raw JetStream limit: publish → consume through three durable hops
+//!    with no broker logic;
+//! 2. the most jobs a second the durable path sustains end to end (the
+//!    simulated engine, zero service time), where the time goes by stage,
+//!    and the CPU each process spends;
+//! 3. latency added over a direct engine call by the jobs API (sync wait),
+//!    the OpenAI-compatible front and, where it is installed, the LiteLLM
+//!    proxy, at 25 %, 50 % and 75 % of the most the front sustains.
+//!
+//! `cargo test --test harness smoke` runs every part for a moment (CI); the
+//! figures of docs/benchmarks.md come from the long form:
+//! `cargo test --release --test harness -- --ignored --nocapture`.
+
+// Tests fail by panicking; the no-panic lints are for the product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::PullConsumer, stream};
+use axum::Json;
+use axum::routing::{get, post};
+use common::*;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+/// How long each measurement runs.
+#[derive(Clone, Copy)]
+struct Form {
+    /// Jobs through the raw hops and through the durable path.
+    jobs: usize,
+    /// Seconds of load at each rate.
+    seconds: f64,
+    /// Runs of each figure.
+    runs: usize,
+}
+
+const SMOKE: Form = Form {
+    jobs: 500,
+    seconds: 1.0,
+    runs: 1,
+};
+
+const LONG: Form = Form {
+    jobs: 20_000,
+    seconds: 10.0,
+    runs: 3,
+};
+
+/// Latencies, in microseconds, and how many requests failed.
+struct Measured {
+    hist: Histogram<u64>,
+    failed: usize,
+}
+
+impl Measured {
+    fn ms(&self, quantile: f64) -> f64 {
+        self.hist.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+/// Sends `per_second` requests a second for `seconds`, each at its due
+/// time whatever the ones before it are doing; latency is from the due
+/// time to the answer.
+async fn open_loop<F, Fut>(per_second: f64, seconds: f64, send: F) -> Measured
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    // 1 µs to 10 min, three significant digits.
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap(),
+    ));
+    let failed = Arc::new(Mutex::new(0usize));
+    let start = Instant::now();
+    let n = (per_second * seconds).round() as usize;
+    let mut running = JoinSet::new();
+    for i in 0..n {
+        let due = start + Duration::from_secs_f64(i as f64 / per_second);
+        tokio::time::sleep_until(due.into()).await;
+        let request = send();
+        let (hist, failed) = (hist.clone(), failed.clone());
+        running.spawn(async move {
+            let ok = request.await;
+            let us = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
+            hist.lock()
+                .unwrap()
+                .saturating_record(us.clamp(1, 600_000_000));
+            if !ok {
+                *failed.lock().unwrap() += 1;
+            }
+        });
+    }
+    while running.join_next().await.is_some() {}
+    let hist = hist.lock().unwrap().clone();
+    let failed = *failed.lock().unwrap();
+    Measured { hist, failed }
+}
+
+/// The most answers a second `clients` callers get, each sending its next
+/// request as its last is answered.
+async fn saturate<F, Fut>(clients: usize, seconds: f64, send: F) -> f64
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut callers = JoinSet::new();
+    for _ in 0..clients {
+        let send = send.clone();
+        callers.spawn(async move {
+            let mut ok = 0usize;
+            while Instant::now() < end {
+                ok += usize::from(send().await);
+            }
+            ok
+        });
+    }
+    let mut total = 0;
+    while let Some(n) = callers.join_next().await {
+        total += n.unwrap();
+    }
+    total as f64 / seconds
+}
+
+/// An OpenAI-compatible engine that answers at once: the same engine for
+/// every path, so what differs is only what stands in front of it.
+async fn instant_engine() -> u16 {
+    let completion = |Json(body): Json<Value>| async move {
+        Json(json!({
+            "id": "cmpl-bench", "object": "text_completion", "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "text": " ok", "finish_reason": "length", "logprobs": null}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        }))
+    };
+    let app = axum::Router::new()
+        .route("/v1/completions", post(completion))
+        .route(
+            "/v1/models",
+            get(|| async {
+                Json(json!({"object": "list", "data": [{"id": TEXT_MODEL, "object": "model"}]}))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", free_port()))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// `median (min–max)` of several runs.
+fn spread(xs: &[f64], digits: usize) -> String {
+    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let m = median(xs.to_vec());
+    if xs.len() == 1 {
+        format!("{m:.digits$}")
+    } else {
+        format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
+    }
+}
+
+/// Jobs a second through three durable hops with no logic: a publisher,
+/// two movers (pull, publish to the next stream, await its PubAck, ack) and
+/// a final consumer, on one nats-server with the streams Switchyard uses
+/// (file storage, work-queue retention).
+async fn raw_jetstream(nats: &Nats, jobs: usize) -> f64 {
+    let js = jetstream::new(nats.client().await);
+    for hop in ["H1", "H2", "H3"] {
+        let _ = js.delete_stream(hop).await;
+        js.create_stream(stream::Config {
+            name: hop.into(),
+            subjects: vec![format!("hop.{hop}")],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let start = Instant::now();
+    let hops = async {
+        tokio::join!(
+            hop(&js, "H1", Some("H2"), jobs),
+            hop(&js, "H2", Some("H3"), jobs),
+            hop(&js, "H3", None, jobs)
+        )
+    };
+    let publish = publish_acked(&js, jobs, |_| ("hop.H1".to_owned(), None, vec![7u8; 300]));
+    tokio::join!(hops, publish);
+    jobs as f64 / start.elapsed().as_secs_f64()
+}
+
+/// One hop: pulls `jobs` messages from stream `from`, publishes each to `to`
+/// (awaiting its PubAck) and acknowledges it, 256 at a time as the broker
+/// and dispatcher pipeline theirs.
+async fn hop(js: &jetstream::Context, from: &str, to: Option<&str>, jobs: usize) {
+    let consumer: PullConsumer = js
+        .get_stream(from)
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(format!("c-{from}")),
+            max_ack_pending: 1024,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut pending = JoinSet::new();
+    for _ in 0..jobs {
+        let msg = messages.next().await.unwrap().unwrap();
+        let (js, to) = (js.clone(), to.map(|t| format!("hop.{t}")));
+        pending.spawn(async move {
+            if let Some(to) = to {
+                js.publish(to, msg.payload.clone())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+            msg.ack().await.unwrap();
+        });
+        while pending.len() > 256 {
+            pending.join_next().await;
+        }
+    }
+    while pending.join_next().await.is_some() {}
+}
+
+/// CPU seconds a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // utime and stime, the 14th and 15th fields (12th and 13th after the name).
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// The mean of a histogram metric in milliseconds, from its `_sum` and `_count`.
+async fn mean_ms(stack: &Stack, component: &str, metric: &str) -> f64 {
+    let sum = stack.metric(component, &format!("{metric}_sum")).await;
+    let count = stack.metric(component, &format!("{metric}_count")).await;
+    if count == 0.0 {
+        0.0
+    } else {
+        sum / count * 1000.0
+    }
+}
+
+/// What one run of the durable path measured.
+struct Durable {
+    per_second: f64,
+    /// Stage → mean ms.
+    stages: Vec<(&'static str, f64)>,
+    /// Process → CPU ms per job.
+    cpu: Vec<(&'static str, f64)>,
+}
+
+/// The most jobs a second the durable path sustains: `jobs` published to
+/// the durable intake at once, simulated engines with no service time.
+async fn durable_path(jobs: usize) -> Durable {
+    let stack = Stack::running(
+        StackOptions {
+            base_latency: "0ms",
+            ..StackOptions::default()
+        },
+        &["node-a", "node-b"],
+    );
+    let procs = ["broker", "dispatcher", "node-a", "node-b"];
+    let cpu_before: Vec<f64> = procs.iter().map(|p| cpu_seconds(stack.pid_of(p))).collect();
+    let js = jetstream::new(stack.nats.client().await);
+    let start = Instant::now();
+    let body = json!({"model": TEXT_MODEL, "input": {"prompt": "bench", "max_tokens": 1}});
+    publish_acked(&js, jobs, |i| {
+        (
+            "sy.submit.normal".to_owned(),
+            Some(format!("bench-{i}")),
+            body.to_string().into_bytes(),
+        )
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while stack
+        .metric("broker", "switchyard_broker_jobs_finished_total")
+        .await
+        < jobs as f64
+    {
+        assert!(Instant::now() < deadline, "the durable path did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let per_second = jobs as f64 / start.elapsed().as_secs_f64();
+    let cpu = procs
+        .iter()
+        .zip(cpu_before)
+        .map(|(p, before)| {
+            (
+                *p,
+                (cpu_seconds(stack.pid_of(p)) - before) * 1000.0 / jobs as f64,
+            )
+        })
+        .collect();
+    let stages = vec![
+        (
+            "admission (broker)",
+            mean_ms(&stack, "broker", "switchyard_broker_submit_seconds").await,
+        ),
+        (
+            "queue wait (admitted → placed)",
+            mean_ms(
+                &stack,
+                "dispatcher",
+                "switchyard_dispatcher_queue_wait_seconds",
+            )
+            .await,
+        ),
+        (
+            "dispatch (place → WORK confirmed)",
+            mean_ms(
+                &stack,
+                "dispatcher",
+                "switchyard_dispatcher_dispatch_seconds",
+            )
+            .await,
+        ),
+        (
+            "engine",
+            mean_ms(&stack, "node-a", "switchyard_agent_engine_seconds").await,
+        ),
+        (
+            "total (admission → result)",
+            mean_ms(&stack, "node-a", "switchyard_agent_job_seconds").await,
+        ),
+    ];
+    Durable {
+        per_second,
+        stages,
+        cpu,
+    }
+}
+
+/// The p50s and the p99s of each run, in ms.
+type Percentiles = (Vec<f64>, Vec<f64>);
+
+/// A path a completion request can take to the engine.
+#[derive(Clone)]
+struct Path {
+    name: &'static str,
+    url: String,
+    body: Value,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Path {
+    fn send(&self, http: &reqwest::Client) -> impl Future<Output = bool> + Send + use<> {
+        let mut request = http.post(&self.url).json(&self.body);
+        for (k, v) in &self.headers {
+            request = request.header(*k, v);
+        }
+        async move {
+            match request.send().await {
+                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    }
+}
+
+/// A LiteLLM proxy in front of the engine, if LiteLLM is installed
+/// (`SY_LITELLM`: its `litellm` command).
+struct LiteLlm {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl LiteLlm {
+    fn start(engine: u16) -> Option<LiteLlm> {
+        let bin = std::env::var("SY_LITELLM").ok()?;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("litellm.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "model_list:\n  - model_name: {TEXT_MODEL}\n    litellm_params:\n      model: text-completion-openai/{TEXT_MODEL}\n      api_base: http://127.0.0.1:{engine}/v1\n      api_key: none\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("litellm.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--num_workers",
+                "1",
+            ])
+            .env("LITELLM_LOG", "ERROR")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("litellm");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "LiteLLM never listened");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Some(LiteLlm {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for LiteLlm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The stack for the latency comparison: one agent driving the instant
+/// engine over HTTP, as it would drive vLLM.
+fn front_stack(engine: u16) -> Stack {
+    let mut stack = Stack::new(StackOptions {
+        prefetch_per_slot: 0,
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent_on(
+        "node-a",
+        &format!(
+            "
+    kind: openai
+    url: http://127.0.0.1:{engine}
+    models: [{TEXT_MODEL}]
+    slots: 64"
+        ),
+    );
+    stack
+}
+
+async fn run(form: Form) {
+    // 1. The raw JetStream limit.
+    let nats = Nats::start();
+    let mut raw = Vec::new();
+    for _ in 0..form.runs {
+        raw.push(raw_jetstream(&nats, form.jobs).await);
+    }
+    drop(nats);
+
+    // 2. The durable path, and where its time goes.
+    let mut runs = Vec::new();
+    for _ in 0..form.runs {
+        runs.push(durable_path(form.jobs).await);
+    }
+    let durable: Vec<f64> = runs.iter().map(|r| r.per_second).collect();
+    let ratio: Vec<f64> = durable.iter().zip(&raw).map(|(d, r)| d / r).collect();
+    println!("\n| measure | jobs/s, median (min–max) of {} |", form.runs);
+    println!("| --- | --- |");
+    println!(
+        "| raw JetStream, three durable hops | {} |",
+        spread(&raw, 0)
+    );
+    println!(
+        "| Switchyard durable path, end to end | {} |",
+        spread(&durable, 0)
+    );
+    println!("| Switchyard ÷ raw, per run | {} |", spread(&ratio, 2));
+    println!("\n| stage | mean ms, median (min–max) |\n| --- | --- |");
+    for (i, (stage, _)) in runs[0].stages.iter().enumerate() {
+        let xs: Vec<f64> = runs.iter().map(|r| r.stages[i].1).collect();
+        println!("| {stage} | {} |", spread(&xs, 2));
+    }
+    println!("\n| process | CPU ms per job, median (min–max) |\n| --- | --- |");
+    for (i, (process, _)) in runs[0].cpu.iter().enumerate() {
+        let xs: Vec<f64> = runs.iter().map(|r| r.cpu[i].1).collect();
+        println!("| {process} | {} |", spread(&xs, 3));
+    }
+
+    // 3. Added latency over a direct call, at fractions of the front's most.
+    let engine = instant_engine().await;
+    let stack = front_stack(engine);
+    let litellm = LiteLlm::start(engine);
+    let http = reqwest::Client::new();
+    let completion = json!({"model": TEXT_MODEL, "prompt": "bench", "max_tokens": 1});
+    let mut paths = vec![
+        Path {
+            name: "direct to the engine",
+            url: format!("http://127.0.0.1:{engine}/v1/completions"),
+            body: completion.clone(),
+            headers: vec![],
+        },
+        Path {
+            name: "Switchyard jobs API (sync wait)",
+            url: stack.broker_url("/v1/jobs"),
+            body: json!({"model": TEXT_MODEL, "input": {"prompt": "bench", "max_tokens": 1}}),
+            headers: vec![("prefer", "wait=30".to_owned())],
+        },
+        Path {
+            name: "Switchyard OpenAI front",
+            url: stack.broker_url("/v1/completions"),
+            body: completion.clone(),
+            headers: vec![],
+        },
+    ];
+    if let Some(proxy) = &litellm {
+        paths.push(Path {
+            name: "LiteLLM proxy",
+            url: format!("http://127.0.0.1:{}/v1/completions", proxy.port),
+            body: completion.clone(),
+            headers: vec![("authorization", "Bearer none".to_owned())],
+        });
+    }
+    // Warm every path.
+    for p in &paths {
+        for _ in 0..20 {
+            assert!(p.send(&http).await, "{} does not answer", p.name);
+        }
+    }
+    let front = paths[2].clone();
+    let most = {
+        let (http, front) = (http.clone(), front.clone());
+        saturate(64, form.seconds, move || front.send(&http)).await
+    };
+    println!("\nthe OpenAI front sustains {most:.0} requests/s (64 callers)");
+    println!("\n| path | load | p50 ms | p99 ms | failed |\n| --- | --- | --- | --- | --- |");
+    let mut table: HashMap<(&str, u32), Percentiles> = HashMap::new();
+    for _ in 0..form.runs {
+        for share in [25u32, 50, 75] {
+            let rate = most * f64::from(share) / 100.0;
+            for p in &paths {
+                let m = open_loop(rate, form.seconds, || p.send(&http)).await;
+                let e = table.entry((p.name, share)).or_default();
+                e.0.push(m.ms(0.5));
+                e.1.push(m.ms(0.99));
+                assert_eq!(m.failed, 0, "{} failed requests at {share} %", p.name);
+            }
+        }
+    }
+    for share in [25u32, 50, 75] {
+        for p in &paths {
+            let (p50, p99) = &table[&(p.name, share)];
+            println!(
+                "| {} | {share} % ({:.0}/s) | {} | {} | 0 |",
+                p.name,
+                most * f64::from(share) / 100.0,
+                spread(p50, 2),
+                spread(p99, 2)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn smoke() {
+    run(SMOKE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "the long form: minutes of load; run it for docs/benchmarks.md"]
+async fn long_form() {
+    run(LONG).await;
+}
