@@ -13,8 +13,8 @@
 //!    proxy, at 25 %, 50 % and 75 % of the most the front sustains.
 //!
 //! `cargo test --test harness smoke` runs every part for a moment (CI); the
-//! figures of docs/benchmarks.md come from the long form:
-//! `cargo test --release --test harness -- --ignored --nocapture`.
+//! figures of docs/benchmarks.md come from the long form, `scripts/bench`
+//! (which installs LiteLLM first).
 
 // Tests fail by panicking; the no-panic lints are for the product code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -424,6 +424,8 @@ impl LiteLlm {
                 "1",
             ])
             .env("LITELLM_LOG", "ERROR")
+            // No network here: the model price map is read from the package.
+            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
