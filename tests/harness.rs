@@ -54,8 +54,8 @@ const SMOKE: Form = Form {
 };
 
 const LONG: Form = Form {
-    jobs: 20_000,
-    seconds: 10.0,
+    jobs: 10_000,
+    seconds: 5.0,
     runs: 3,
 };
 
@@ -390,6 +390,9 @@ impl Path {
     }
 }
 
+/// The proxy's master key (it refuses to start without one).
+const LITELLM_KEY: &str = "sk-bench-7f3c9a2e4b1d8f6a5c0e9b2d";
+
 /// A LiteLLM proxy in front of the engine, if LiteLLM is installed
 /// (`SY_LITELLM`: its `litellm` command).
 struct LiteLlm {
@@ -424,6 +427,7 @@ impl LiteLlm {
                 "1",
             ])
             .env("LITELLM_LOG", "ERROR")
+            .env("LITELLM_MASTER_KEY", LITELLM_KEY)
             // No network here: the model price map is read from the package.
             .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
             .stdout(log.try_clone().unwrap())
@@ -541,7 +545,7 @@ async fn run(form: Form) {
             name: "LiteLLM proxy",
             url: format!("http://127.0.0.1:{}/v1/completions", proxy.port),
             body: completion.clone(),
-            headers: vec![("authorization", "Bearer none".to_owned())],
+            headers: vec![("authorization", format!("Bearer {LITELLM_KEY}"))],
         });
     }
     // Warm every path.

@@ -372,6 +372,27 @@ enum BatchError {
     Ack(String),
 }
 
+/// The longest the server may take to answer a one-shot fetch. It answers
+/// within milliseconds, even "nothing"; a fetch that reached no consumer
+/// leader (during an election) is never answered, and would hold the loop
+/// for ever.
+const FETCH_ANSWER: Duration = Duration::from_secs(5);
+
+/// The next message of a one-shot fetch, or an error when the server has
+/// not answered within `FETCH_ANSWER`.
+pub(crate) async fn next_fetched<S, E>(batch: &mut S) -> Option<Result<jetstream::Message, String>>
+where
+    S: futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    match tokio::time::timeout(FETCH_ANSWER, batch.next()).await {
+        Ok(next) => next.map(|m| m.map_err(|e| e.to_string())),
+        Err(_) => Some(Err(format!(
+            "the server did not answer a fetch within {FETCH_ANSWER:?}"
+        ))),
+    }
+}
+
 /// Pulls up to `max` jobs from one queue and assigns each. A job is
 /// acknowledged only once its assignment is stored in the node's work queue;
 /// the publishes are pipelined, each job acknowledged as its own PubAck comes.
@@ -390,8 +411,8 @@ async fn dispatch_batch(
         .await
         .map_err(|e| BatchError::Fetch(e.to_string()))?;
     let mut pending = Vec::new();
-    while let Some(msg) = batch.next().await {
-        let msg = msg.map_err(|e| BatchError::Fetch(e.to_string()))?;
+    while let Some(msg) = next_fetched(&mut batch).await {
+        let msg = msg.map_err(BatchError::Fetch)?;
         let job: Job = match decode(&msg.payload) {
             Ok(job) => job,
             Err(e) => {

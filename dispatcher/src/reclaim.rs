@@ -15,6 +15,7 @@ use switchyard_runtime::attempts::{self, Timeline};
 use switchyard_schemas::{Assignment, ErrorClass, Failure, JobError, decode, now_ms};
 use tracing::{info, warn};
 
+use crate::dispatch::next_fetched;
 use crate::metrics as m;
 
 const BATCH: usize = 256;
@@ -68,7 +69,7 @@ impl Reclaimer {
             }
         };
         let mut taken = 0;
-        while let Some(Ok(msg)) = batch.next().await {
+        while let Some(Ok(msg)) = next_fetched(&mut batch).await {
             let a: Assignment = match decode(&msg.payload) {
                 Ok(a) => a,
                 Err(e) => {
