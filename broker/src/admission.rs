@@ -465,7 +465,13 @@ impl Admitter {
             }
         }
         match self.enqueue(&job).await {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Err(e) = self.store.mark_enqueued(&job.id, now_ms()).await {
+                    // The job is queued; at worst the outbox publishes it
+                    // again and the server drops the duplicate.
+                    warn!(job_id = %job.id, error = %e, "could not mark job enqueued");
+                }
+            }
             Err(EnqueueError::Unconfirmed(reason)) => {
                 // The job may be in the queue already (only its confirmation
                 // was lost): the record stays, unconfirmed, and the outbox
@@ -473,14 +479,12 @@ impl Admitter {
                 // server drops if it has it. Discarding the record here would
                 // leave a queued job with no record to project its result on.
                 warn!(job_id = %job.id, %reason, "the queue did not confirm the job; the outbox will");
-                metrics::counter!(m::SUBMISSIONS, "source" => source.as_str()).increment(1);
-                return Ok(job);
             }
-            Err(e) => {
+            Err(refused) => {
                 // The client is told the job was not queued, so no record of
                 // it stays behind for the outbox to publish later.
                 self.discard(&job.id).await;
-                return Err(match e {
+                return Err(match refused {
                     EnqueueError::Full => SubmitError::QueueFull {
                         priority: job.priority,
                         model: job.model,
@@ -490,11 +494,6 @@ impl Admitter {
                     }
                 });
             }
-        }
-        if let Err(e) = self.store.mark_enqueued(&job.id, now_ms()).await {
-            // The job is queued; at worst the outbox publishes it again and
-            // the server drops the duplicate.
-            warn!(job_id = %job.id, error = %e, "could not mark job enqueued");
         }
         debug!(job_id = %job.id, model = %job.model, priority = %job.priority, source = source.as_str(), "job queued");
         metrics::counter!(m::SUBMISSIONS, "source" => source.as_str()).increment(1);
