@@ -309,6 +309,12 @@ async fn run_assignment(node: &Node, msg: jetstream::Message, mut lease: Lease) 
     let span = info_span!("job.run", job_id = %job.id, model = %job.model, node = %node.id, attempt = job.attempt);
     switchyard_runtime::trace::adopt(&span, msg.headers.as_ref());
     async {
+        // A result this process published before a cut may still wait in
+        // the client's buffer: sent first, so that the check below sees it
+        // and the job is not run a second time.
+        if delivered > 1 {
+            let _ = tokio::time::timeout(node.ack_wait, node.client.flush()).await;
+        }
         if delivered > 1 && already_reported(node, &job.id, job.attempt).await {
             info!("redelivered assignment already has its result");
             metrics::counter!(m::JOBS, "outcome" => "duplicate").increment(1);
