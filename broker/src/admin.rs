@@ -16,8 +16,8 @@ use switchyard_schemas::{now_ms, subjects};
 
 use crate::api::{ApiError, ApiState, invalid, parse_time};
 use crate::auth::{Auth, KeyError, KeySpec, Role};
-use crate::store::{KeyRecord, TenantRecord};
-use crate::view::rfc3339;
+use switchyard_store::view::rfc3339;
+use switchyard_store::{KeyRecord, TenantRecord};
 
 pub fn router() -> Router<ApiState> {
     Router::new()
@@ -259,7 +259,7 @@ pub async fn open(
     cfg: &crate::BrokerConfig,
     tenants: &Tenants,
 ) -> Result<Arc<Auth>, crate::BrokerError> {
-    let store = Arc::new(crate::store::SqlStore::open(&cfg.database_url).await?);
+    let store = Arc::new(switchyard_store::SqlStore::open(&cfg.database_url).await?);
     let pepper = cfg.auth.pepper()?;
     Ok(Arc::new(Auth::new(pepper, store, tenants)))
 }

@@ -21,8 +21,9 @@ use crate::budget::{self, Budgets};
 use crate::limits::{KeyLimits, Limits};
 use crate::metrics as m;
 use crate::pii::Pii;
-use crate::store::{Inserted, JobStore, Source, StoreError};
 use crate::webhooks::Webhooks;
+use switchyard_store::quotas::Settlement;
+use switchyard_store::{Inserted, JobStore, Source, StoreError};
 
 const MAX_METADATA_ENTRIES: usize = 16;
 const MAX_METADATA_KEY: usize = 64;
@@ -424,7 +425,10 @@ impl Admitter {
         }
         // Recorded first, so that a crash between here and the queue's
         // confirmation leaves a record the outbox publishes again.
-        let inserted = self.store.insert(&job, source).await?;
+        let inserted = self
+            .store
+            .insert(&job, source, budget::tokens(&job))
+            .await?;
         if inserted != Inserted::New
             && let Some(held) = self.store.get(&job.id).await?
             && held.tenant != job.tenant
@@ -508,7 +512,11 @@ impl Admitter {
             warn!(job_id = %id, error = %e, "could not discard the unqueued job; the outbox will queue it");
             return;
         }
-        if let Err(e) = self.store.settle(&[id.to_owned()], &|_| 0).await {
+        let freed = Settlement {
+            job_id: id.to_owned(),
+            cost_micros: 0,
+        };
+        if let Err(e) = self.store.settle(&[freed]).await {
             warn!(job_id = %id, error = %e, "could not give back a budget reservation");
         }
     }
@@ -525,7 +533,9 @@ impl Admitter {
     ) -> Result<Job, SubmitError> {
         let mut job = self.validate(submission, priority, id)?;
         self.webhooks.admit(&mut job).await?;
-        self.store.insert(&job, source).await?;
+        self.store
+            .insert(&job, source, budget::tokens(&job))
+            .await?;
         let now = now_ms();
         // Counted as confirmed: nothing is left for the outbox to queue.
         self.store.mark_enqueued(&job.id, now).await?;

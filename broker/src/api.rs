@@ -25,8 +25,6 @@ use crate::auth::{Auth, Caller};
 use crate::cache::{self, Lookup, ResultCache};
 use crate::cancel::{self, CancelError};
 use crate::limits::KeyLimits;
-use crate::store::{BatchStore, JobRecord, ListFilter, Source, Status};
-use crate::view::{JobView, rfc3339};
 use crate::wait::Watch;
 use crate::{admin, batches, billing, events, kserve, openai, openapi, webhooks};
 use async_nats::jetstream::kv;
@@ -34,6 +32,8 @@ use async_nats::jetstream::object_store::ObjectStore;
 use base64::Engine as _;
 use std::sync::Arc;
 use switchyard_runtime::{Readiness, Tenants};
+use switchyard_store::view::{JobView, rfc3339};
+use switchyard_store::{BatchStore, JobRecord, ListFilter, Source, Status};
 use tokio::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ pub enum ApiError {
     #[error("a request with this Idempotency-Key is still being handled; retry shortly")]
     IdempotencyInFlight,
     #[error("job store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] switchyard_store::StoreError),
     #[error("NATS: {0}")]
     Unavailable(String),
     #[error("job {0} is still running; its result will be at /v1/jobs/{0}")]

@@ -21,7 +21,7 @@ use switchyard_schemas::{ErrorBody, Submission};
 
 use crate::admission::Rejection;
 use crate::limits::KeyLimits;
-use crate::store::{AccessStore, KeyRecord, StoreError};
+use switchyard_store::{AccessStore, KeyRecord, StoreError};
 
 /// What a key may do. An admin may do everything; an operator reads every
 /// tenant's jobs and runs the webhook endpoints; a submitter submits and

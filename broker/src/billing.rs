@@ -17,7 +17,7 @@ use switchyard_schemas::UsageEvent;
 use crate::admission::SubmitError;
 use crate::api::{ApiError, ApiState, invalid, parse_time};
 use crate::auth::Caller;
-use crate::store::{Charge, UsageFilter, UsageRow};
+use switchyard_store::ledger::{Charge, UsageFilter, UsageRow};
 
 /// Prices one attempt's usage by its model's price.
 pub fn charge(registry: &Registry, usage: UsageEvent, cache_hit: bool) -> Charge {

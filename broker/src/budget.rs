@@ -10,21 +10,13 @@ use switchyard_runtime::{Budget, BudgetPeriod, Registry, Tenants};
 use switchyard_schemas::{Job, JobInput};
 use time::OffsetDateTime;
 
-use crate::store::{JobRecord, Status};
+use switchyard_store::quotas::Reservation;
+use switchyard_store::{JobRecord, Status};
 
 /// Budgets by tenant.
 #[derive(Debug, Default)]
 pub struct Budgets {
     limits: HashMap<String, Budget>,
-}
-
-/// A reservation to make: who, for which period, how much, up to what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reservation {
-    pub tenant: String,
-    pub period_start_ms: i64,
-    pub micros: i64,
-    pub limit_micros: i64,
 }
 
 /// The start (Unix ms, UTC) of the period `now_ms` falls in.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admission::Admitter;
-use crate::store::{Status, StoreError};
+use switchyard_store::{Status, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {

@@ -200,7 +200,7 @@ impl BrokerConfig {
     pub fn validate(&self, issues: &mut Issues) {
         issues.check(
             self.database_url.starts_with("sqlite:")
-                || crate::store::is_postgres(&self.database_url),
+                || switchyard_store::is_postgres(&self.database_url),
             "broker.database_url",
             "(hidden)",
             "must be a sqlite: or postgres:// URL",

@@ -22,9 +22,9 @@ use tokio::time::Instant;
 
 use crate::api::{ApiError, ApiState};
 use crate::auth::Caller;
-use crate::store::Status;
-use crate::view::rfc3339;
 use crate::wait::{Event, Watch};
+use switchyard_store::Status;
+use switchyard_store::view::rfc3339;
 
 pub fn router() -> Router<ApiState> {
     Router::new().route("/v1/jobs/{id}/events", get(events))

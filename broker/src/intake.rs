@@ -19,7 +19,7 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::admission::{Admitter, Rejection, SubmitError};
 use crate::metrics as m;
-use crate::store::{RejectedJob, Source};
+use switchyard_store::{RejectedJob, Source};
 
 const MSG_ID: &str = "Nats-Msg-Id";
 const CONTENT_TYPE: &str = "Content-Type";

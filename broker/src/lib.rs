@@ -26,8 +26,6 @@ mod pii;
 mod projection;
 mod retention;
 mod server;
-pub mod store;
-mod view;
 mod wait;
 mod webhooks;
 

@@ -23,18 +23,8 @@ use switchyard_schemas::{RunningLimits, SCHEMA_VERSION, decode, encode, subjects
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::store::{AccessStore, KeyRecord, TenantRecord};
-
-/// One limit to take from: its key, what this request costs of it, and
-/// how early a request may come.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Take {
-    pub key: String,
-    /// Which limit, for the client: `requests_per_minute`, `tokens_per_minute`.
-    pub limit: &'static str,
-    pub cost_us: i64,
-    pub tolerance_us: i64,
-}
+use switchyard_store::quotas::{Take, TokenRate, TokenRates, key_holder};
+use switchyard_store::{AccessStore, KeyRecord, TenantRecord};
 
 /// An API key's own limits, taken besides its tenant's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,15 +45,6 @@ pub struct Limits {
 }
 
 const MINUTE_US: i64 = 60_000_000;
-
-/// The prefix that makes a key's holder of limits, beside tenants' (whose
-/// names have no colon).
-const KEY_HOLDER: &str = "key:";
-
-/// The holder of a key's limits: `key:<id>`.
-pub fn key_holder(id: &str) -> String {
-    format!("{KEY_HOLDER}{id}")
-}
 
 impl Limits {
     pub fn new(tenants: &Tenants) -> Limits {
@@ -104,14 +85,6 @@ impl Limits {
 
     fn of(&self, tenant: &str) -> Option<RateLimits> {
         self.tenants.read().ok()?.get(tenant).copied()
-    }
-
-    /// The limits of a holder: a tenant, or a key as `key:<id>`.
-    fn of_holder(&self, holder: &str) -> Option<RateLimits> {
-        match holder.strip_prefix(KEY_HOLDER) {
-            Some(id) => self.keys.read().ok()?.get(id).copied(),
-            None => self.of(holder),
-        }
     }
 
     fn any(&self, f: impl Fn(&RateLimits) -> bool) -> bool {
@@ -169,14 +142,25 @@ impl Limits {
         self.any(|l| l.tokens_per_minute.is_some_and(|t| t > 0))
     }
 
-    /// The token limit of a tenant, or of a key as `key:<id>`: its row and
-    /// the time one token costs.
-    pub fn token_rate(&self, holder: &str) -> Option<(String, i64)> {
-        let tpm = self
-            .of_holder(holder)?
-            .tokens_per_minute
-            .filter(|t| *t > 0)?;
-        Some((format!("{holder}:tpm"), MINUTE_US / i64::from(tpm)))
+    /// The token limit of every tenant and key (as `key:<id>`) that has
+    /// one: its row and the time one token costs.
+    pub fn token_rates(&self) -> TokenRates {
+        let rate = |holder: String, limits: &RateLimits| {
+            let tpm = limits.tokens_per_minute.filter(|t| *t > 0)?;
+            let rate = TokenRate {
+                limit_key: format!("{holder}:tpm"),
+                us_per_token: MINUTE_US / i64::from(tpm),
+            };
+            Some((holder, rate))
+        };
+        let mut rates = TokenRates::new();
+        if let Ok(tenants) = self.tenants.read() {
+            rates.extend(tenants.iter().filter_map(|(t, l)| rate(t.clone(), l)));
+        }
+        if let Ok(keys) = self.keys.read() {
+            rates.extend(keys.iter().filter_map(|(k, l)| rate(key_holder(k), l)));
+        }
+        rates
     }
 
     /// Every `max_running_jobs`, for the dispatchers.

@@ -7,9 +7,9 @@ use utoipa::OpenApi;
 
 use crate::api::{self, ApiState};
 use crate::batches::{self, files};
-use crate::view::JobView;
 use crate::webhooks::routes as webhooks;
 use crate::{admin, billing, dead_letters, events, kserve, openai};
+use switchyard_store::view::JobView;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::metrics as m;
-use crate::store::JobStore;
+use switchyard_store::JobStore;
 
 /// Follows one stream until `shutdown`, applying each batch with `apply`.
 pub async fn follow<T, F, Fut, E>(

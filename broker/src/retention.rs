@@ -9,11 +9,11 @@ use switchyard_schemas::now_ms;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::store::JobStore;
+use switchyard_store::Retention;
 
 const BATCH: u32 = 1000;
 
-pub async fn run(store: Arc<dyn JobStore>, retention: Duration, shutdown: CancellationToken) {
+pub async fn run(store: Arc<dyn Retention>, retention: Duration, shutdown: CancellationToken) {
     let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
     let keep = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
     loop {

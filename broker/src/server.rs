@@ -17,12 +17,14 @@ use crate::budget::{self, Budgets};
 use crate::cache::{self, ResultCache};
 use crate::limits::{self, Limits};
 use crate::pii::Pii;
-use crate::store::{AccessStore, BatchStore, Charge, JobStore, SqlStore, Status, StoreError};
 use crate::webhooks::{self, Webhooks};
 use crate::{
     BrokerConfig, api, batches, billing, cancel, dead_letters, expiry, intake, metrics as m,
     outbox, projection, retention,
 };
+use switchyard_store::ledger::Charge;
+use switchyard_store::quotas::Settlement;
+use switchyard_store::{AccessStore, BatchStore, JobStore, SqlStore, Status, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -261,9 +263,21 @@ pub async fn run(
                 // result to settle.
                 if budgets.any() || limits.holds_places() {
                     // After the record: the cost is read from the job as recorded.
-                    let ids: Vec<String> = items.iter().map(|r| r.job_id.clone()).collect();
-                    s.settle(&ids, &|job| budget::job_cost(&prices, job))
-                        .await?;
+                    let mut jobs = Vec::with_capacity(items.len());
+                    for r in &items {
+                        let cost_micros = match budgets.any() {
+                            true => s
+                                .get(&r.job_id)
+                                .await?
+                                .map_or(0, |job| budget::job_cost(&prices, &job)),
+                            false => 0,
+                        };
+                        jobs.push(Settlement {
+                            job_id: r.job_id.clone(),
+                            cost_micros,
+                        });
+                    }
+                    s.settle(&jobs).await?;
                 }
                 if limits.counts_tokens() {
                     let used: Vec<(String, u32)> = items
@@ -276,7 +290,7 @@ pub async fn run(
                             Outcome::Failed { .. } => None,
                         })
                         .collect();
-                    s.correct_limits(&used, &|t| limits.token_rate(t)).await?;
+                    s.correct_limits(&used, &limits.token_rates()).await?;
                 }
                 for r in &items {
                     let status = Status::of(&r.outcome).as_str();

@@ -2,6 +2,8 @@ use serde::{Deserialize, Serialize};
 
 /// The closed set of reasons a job can fail, decided once where the failure is
 /// seen and carried unchanged to the edge, which alone picks an HTTP status.
+/// A class this version does not know (sent by a newer component) reads as
+/// `Internal`, so the result that carries it is kept rather than dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
@@ -15,14 +17,16 @@ pub enum ErrorClass {
     Overloaded,
     /// The engine did not answer in time.
     Timeout,
-    /// A fault inside Switchyard.
-    Internal,
     /// The job was not started by its deadline; it never ran.
     Expired,
     /// The job ran past its own execution timeout and was cancelled.
     TimedOut,
     /// A client cancelled the job.
     Cancelled,
+    /// A fault inside Switchyard, or a class this version does not know
+    /// (the last variant, as serde requires of the one that takes them).
+    #[serde(other)]
+    Internal,
 }
 
 impl ErrorClass {
@@ -87,6 +91,20 @@ impl JobError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_class_from_a_newer_component_reads_as_internal() {
+        let error: JobError =
+            serde_json::from_str(r#"{"class":"gpu_fell_off_the_bus","message":"m"}"#).unwrap();
+        assert_eq!(error.class, ErrorClass::Internal);
+        let packed = rmp_serde::to_vec_named(&serde_json::json!({
+            "class": "gpu_fell_off_the_bus",
+            "message": "m",
+        }))
+        .unwrap();
+        let error: JobError = rmp_serde::from_slice(&packed).unwrap();
+        assert_eq!(error, JobError::new(ErrorClass::Internal, "m"));
+    }
 
     #[test]
     fn only_capacity_and_availability_failures_are_retryable() {

@@ -383,6 +383,10 @@ pub enum EventKind {
     Requeued {
         node: String,
     },
+    /// An event this version does not know (sent by a newer component): it
+    /// changes nothing here, and the message is not refused for it.
+    #[serde(other)]
+    Unknown,
 }
 
 /// A lifecycle transition of a job, on `sy.events.<job id>`.

@@ -272,3 +272,30 @@ fn a_job_written_before_tenants_existed_belongs_to_the_default_tenant() {
     assert_eq!(back.tenant, DEFAULT_TENANT);
     assert_eq!(back.queue_subject(), "sy.jobs.high.tiny-chat.default");
 }
+
+/// A newer agent or dispatcher may send a failure class or an event kind
+/// this version does not know: the message still decodes, so its result is
+/// recorded instead of the whole message being refused.
+#[test]
+fn unknown_enum_values_from_a_newer_component_decode_to_a_safe_variant() {
+    let mut result = serde_json::to_value(result()).unwrap();
+    result["outcome"] = serde_json::json!({
+        "status": "failed",
+        "error": {"class": "gpu_fell_off_the_bus", "message": "engine lost its GPU"},
+    });
+    let bytes = rmp_serde::to_vec_named(&result).unwrap();
+    let decoded: JobResult = decode(&bytes).unwrap();
+    assert_eq!(
+        decoded.outcome,
+        Outcome::Failed {
+            error: JobError::new(ErrorClass::Internal, "engine lost its GPU")
+        }
+    );
+
+    let event = serde_json::json!({
+        "v": SCHEMA_VERSION, "job_id": "j1", "attempt": 1, "at_ms": 5,
+        "kind": {"event": "migrated", "node": "n2", "to": "n3"},
+    });
+    let decoded: JobEvent = decode(&rmp_serde::to_vec_named(&event).unwrap()).unwrap();
+    assert_eq!(decoded.kind, EventKind::Unknown);
+}

@@ -25,7 +25,7 @@ use tokio::io::AsyncRead;
 
 use crate::api::{ApiError, ApiState, invalid};
 use crate::auth::Caller;
-use crate::store::FileRecord;
+use switchyard_store::FileRecord;
 
 /// The object store of files, read a chunk at a time.
 #[derive(Clone)]

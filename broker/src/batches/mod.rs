@@ -20,7 +20,7 @@ use switchyard_schemas::now_ms;
 use crate::api::{ApiError, ApiState, invalid};
 use crate::auth::Caller;
 use crate::openai::Endpoint;
-use crate::store::{BatchCounts, BatchRecord, BatchStatus, BatchUpdate};
+use switchyard_store::{BatchCounts, BatchRecord, BatchStatus, BatchUpdate};
 
 pub use files::Files;
 pub use runner::run;

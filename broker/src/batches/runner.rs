@@ -19,7 +19,7 @@ use crate::api::{ApiState, job_error_status};
 use crate::auth::Caller;
 use crate::cancel;
 use crate::openai::{self, Endpoint};
-use crate::store::{
+use switchyard_store::{
     BatchItem, BatchRecord, BatchStatus, BatchUpdate, FileRecord, JobRecord, Status, StoreError,
 };
 

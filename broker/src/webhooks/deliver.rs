@@ -17,14 +17,14 @@ use super::Webhooks;
 use super::sign::signature;
 use crate::config::WebhookConfig;
 use crate::metrics as m;
-use crate::store::{Attempt, Delivery, JobStore, Next};
+use switchyard_store::outbox::{Attempt, Delivery, Next, WebhookOutbox};
 
 /// Longest wait a receiver's `Retry-After` can ask for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs until `shutdown`, then lets the attempts in flight finish.
 pub async fn run(
-    store: Arc<dyn JobStore>,
+    store: Arc<dyn WebhookOutbox>,
     webhooks: Arc<Webhooks>,
     cfg: WebhookConfig,
     shutdown: CancellationToken,
@@ -87,7 +87,7 @@ type Answer = Result<(StatusCode, Option<Duration>), String>;
 
 async fn attempt(
     client: reqwest::Client,
-    store: Arc<dyn JobStore>,
+    store: Arc<dyn WebhookOutbox>,
     webhooks: Arc<Webhooks>,
     cfg: Arc<WebhookConfig>,
     delivery: Delivery,

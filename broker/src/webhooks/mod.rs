@@ -10,14 +10,11 @@ mod sign;
 
 use std::collections::HashMap;
 
-use serde_json::json;
 use switchyard_runtime::{Issues, Tenants};
-use switchyard_schemas::{Job, WebhookEvent, WebhookTarget};
+use switchyard_schemas::{Job, WebhookTarget};
 
 use crate::BrokerConfig;
 use crate::admission::Rejection;
-use crate::store::{JobRecord, Status};
-use crate::view::{JobView, rfc3339};
 
 pub use deliver::run;
 pub use guard::{AllowEntry, Guard};
@@ -126,40 +123,4 @@ pub fn check_tenants(cfg: &BrokerConfig, tenants: &Tenants, issues: &mut Issues)
             issues.push(&format!("tenants.{}.webhook.url", t.name), &target.url, &e);
         }
     }
-}
-
-/// The event a job's recorded status calls for: `queued` only when the job
-/// has just been recorded, never for a retry going back to its queue.
-pub fn event_for(status: Status, just_recorded: bool) -> Option<WebhookEvent> {
-    match status {
-        Status::Queued if just_recorded => Some(WebhookEvent::Queued),
-        Status::Queued | Status::Assigned => None,
-        Status::Running => Some(WebhookEvent::Started),
-        Status::Succeeded => Some(WebhookEvent::Completed),
-        Status::Failed | Status::TimedOut => Some(WebhookEvent::Failed),
-        Status::Cancelled => Some(WebhookEvent::Cancelled),
-        Status::Expired => Some(WebhookEvent::Expired),
-    }
-}
-
-/// The `webhook-id` of an event: the same for every attempt of it, so a
-/// receiver can drop repeats.
-pub fn delivery_id(record: &JobRecord, event: WebhookEvent) -> String {
-    format!("msg_{}_{}_{}", record.id, record.attempt, event.as_str())
-}
-
-/// The body of an event: `{type, timestamp, data}`, `data` being the job as
-/// `GET /v1/jobs/{id}` shows it at that moment.
-pub fn body(record: &JobRecord, event: WebhookEvent) -> String {
-    let at = match event {
-        WebhookEvent::Queued => Some(record.created_at_ms),
-        WebhookEvent::Started => record.started_at_ms,
-        _ => record.finished_at_ms,
-    };
-    json!({
-        "type": format!("job.{}", event.as_str()),
-        "timestamp": rfc3339(at.unwrap_or(record.created_at_ms)),
-        "data": JobView::from(record.clone()),
-    })
-    .to_string()
 }

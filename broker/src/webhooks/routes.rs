@@ -11,8 +11,8 @@ use switchyard_schemas::now_ms;
 
 use crate::api::{ApiError, ApiState, invalid};
 use crate::auth::Caller;
-use crate::store::{Attempt, DeliveryRecord};
-use crate::view::rfc3339;
+use switchyard_store::outbox::{Attempt, DeliveryRecord};
+use switchyard_store::view::rfc3339;
 
 pub fn router() -> Router<ApiState> {
     Router::new()

@@ -4,11 +4,11 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::batches::{
+use super::{SqlStore, flag, record};
+use crate::batches::{
     BatchCounts, BatchItem, BatchRecord, BatchStatus, BatchStore, BatchUpdate, FileRecord,
 };
-use super::sql::{SqlStore, flag, record};
-use super::{JobRecord, StoreError};
+use crate::{JobRecord, StoreError};
 
 /// The column that stamps when a batch entered each status.
 fn stamp_column(status: BatchStatus) -> Option<&'static str> {
@@ -38,7 +38,7 @@ fn file(row: &AnyRow) -> Result<FileRecord, sqlx::Error> {
 impl SqlStore {
     async fn batch(&self, row: &AnyRow) -> Result<BatchRecord, StoreError> {
         let id: String = row.try_get("id")?;
-        let corrupt = super::corrupt(id.clone());
+        let corrupt = crate::corrupt(id.clone());
         let status: String = row.try_get("status")?;
         let metadata: String = row.try_get("metadata")?;
         let error: Option<String> = row.try_get("error")?;

@@ -7,7 +7,7 @@ use switchyard_schemas::{ErrorBody, Usage};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::store::JobRecord;
+use crate::JobRecord;
 
 pub fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use super::{JobRecord, StoreError};
+use crate::{JobRecord, StoreError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileRecord {

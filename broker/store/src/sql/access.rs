@@ -5,9 +5,9 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use switchyard_runtime::RateLimits;
 
-use super::access::{AccessStore, KeyRecord, TenantRecord};
-use super::sql::SqlStore;
-use super::{StoreError, corrupt};
+use super::SqlStore;
+use crate::access::{AccessStore, KeyRecord, TenantRecord};
+use crate::{StoreError, corrupt};
 
 fn limits_json(limits: Option<&RateLimits>) -> Option<String> {
     limits.and_then(|l| serde_json::to_string(l).ok())

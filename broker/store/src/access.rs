@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use switchyard_runtime::RateLimits;
 
-use super::StoreError;
+use crate::StoreError;
 
 /// A stored API key: never its secret, only the secret's HMAC.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,57 @@
+//! The usage ledger: a priced line per attempt, written once, and the
+//! reports that sum it.
+
+use async_trait::async_trait;
+use switchyard_schemas::UsageEvent;
+
+use crate::StoreError;
+
+/// One attempt's usage, priced: a line of the ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    pub usage: UsageEvent,
+    pub cost_micros: i64,
+    /// Answered from the result cache.
+    pub cache_hit: bool,
+}
+
+/// Which usage a report covers.
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter {
+    pub tenant: Option<String>,
+    /// Recorded at or after (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Recorded before (Unix ms).
+    pub until_ms: Option<i64>,
+}
+
+/// Usage summed per day (UTC), model and tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRow {
+    pub day: String,
+    pub model: String,
+    pub tenant: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub engine_ms: u64,
+    pub cost_micros: i64,
+    pub cache_hits: u64,
+}
+
+/// What was charged (the attempts whose results were delivered) and what
+/// was waste (attempts superseded by another that delivered).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageReport {
+    pub charged: Vec<UsageRow>,
+    pub waste: Vec<UsageRow>,
+}
+
+#[async_trait]
+pub trait Ledger: Send + Sync {
+    /// Adds ledger lines; a line already there (same job and attempt) is
+    /// left as it is, so a redelivered usage event never bills twice.
+    /// Returns the indexes of the lines that were new.
+    async fn record_usage(&self, charges: &[Charge]) -> Result<Vec<usize>, StoreError>;
+    async fn usage_report(&self, filter: &UsageFilter) -> Result<UsageReport, StoreError>;
+}

@@ -1,0 +1,96 @@
+//! The usage ledger: a line per attempt, written once.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::SqlStore;
+use crate::StoreError;
+use crate::ledger::{Charge, Ledger, UsageFilter, UsageReport, UsageRow};
+
+/// The UTC date (`YYYY-MM-DD`) of a day counted from the Unix epoch.
+fn utc_day(day: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(day.saturating_mul(86_400)) {
+        Ok(t) => format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day()),
+        Err(_) => day.to_string(),
+    }
+}
+
+#[async_trait]
+impl Ledger for SqlStore {
+    async fn record_usage(&self, charges: &[Charge]) -> Result<Vec<usize>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let mut new = Vec::new();
+        for (i, c) in charges.iter().enumerate() {
+            let u = &c.usage;
+            let inserted = sqlx::query(
+                "INSERT INTO usage (job_id, attempt, node, model, prompt_tokens, completion_tokens,
+                    engine_ms, at, cost_micros, cache_hit)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (job_id, attempt) DO NOTHING",
+            )
+            .bind(&u.job_id)
+            .bind(i64::from(u.attempt))
+            .bind(&u.node)
+            .bind(&u.model)
+            .bind(i64::from(u.usage.prompt_tokens))
+            .bind(i64::from(u.usage.completion_tokens))
+            .bind(i64::try_from(u.engine_ms).unwrap_or(i64::MAX))
+            .bind(u.at_ms)
+            .bind(c.cost_micros)
+            .bind(i64::from(c.cache_hit))
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                new.push(i);
+            }
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    async fn usage_report(&self, f: &UsageFilter) -> Result<UsageReport, StoreError> {
+        // Charged: the attempt whose result the job delivered.
+        let query = |charged: bool| {
+            format!(
+                "SELECT u.at / 86400000 AS day, u.model AS model, j.tenant AS tenant,
+                    COUNT(*) AS requests, CAST(SUM(u.prompt_tokens) AS BIGINT) AS prompt_tokens,
+                    CAST(SUM(u.completion_tokens) AS BIGINT) AS completion_tokens,
+                    CAST(SUM(u.engine_ms) AS BIGINT) AS engine_ms,
+                    CAST(SUM(u.cost_micros) AS BIGINT) AS cost_micros,
+                    CAST(SUM(u.cache_hit) AS BIGINT) AS cache_hits
+                 FROM usage u JOIN jobs j ON j.id = u.job_id
+                 WHERE {} (j.status = 'succeeded' AND j.attempt = u.attempt)
+                   AND ($1 IS NULL OR j.tenant = $1)
+                   AND ($2 IS NULL OR u.at >= $2) AND ($3 IS NULL OR u.at < $3)
+                 GROUP BY day, u.model, j.tenant ORDER BY day, u.model, j.tenant",
+                if charged { "" } else { "NOT" }
+            )
+        };
+        let mut report = UsageReport::default();
+        for (charged, rows) in [(true, &mut report.charged), (false, &mut report.waste)] {
+            let found = sqlx::query(&query(charged))
+                .bind(&f.tenant)
+                .bind(f.since_ms)
+                .bind(f.until_ms)
+                .fetch_all(self.pool())
+                .await?;
+            for row in &found {
+                let n = |name: &str| -> Result<u64, sqlx::Error> {
+                    Ok(u64::try_from(row.try_get::<i64, _>(name)?).unwrap_or(0))
+                };
+                rows.push(UsageRow {
+                    day: utc_day(row.try_get("day")?),
+                    model: row.try_get("model")?,
+                    tenant: row.try_get("tenant")?,
+                    requests: n("requests")?,
+                    prompt_tokens: n("prompt_tokens")?,
+                    completion_tokens: n("completion_tokens")?,
+                    engine_ms: n("engine_ms")?,
+                    cost_micros: row.try_get("cost_micros")?,
+                    cache_hits: n("cache_hits")?,
+                });
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,170 @@
+//! The job store on SQL: an SQLite file (the embedded default) or a
+//! PostgreSQL database, through sqlx's `Any` driver with one set of queries
+//! written in the SQL both speak (`$n` parameters, `CASE` for `MAX`, times as
+//! integers). SQLite runs in WAL mode with `synchronous = NORMAL`, which
+//! survives a crash of the process (not of the machine); the queue itself
+//! lives in JetStream, and the records can be rebuilt from its streams.
+//! Several brokers share one PostgreSQL database.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Any, Executor, Row};
+use switchyard_schemas::Usage;
+
+use crate::{JobRecord, Status, StoreError};
+
+mod access;
+mod batches;
+mod jobs;
+mod ledger;
+mod outbox;
+mod quotas;
+#[cfg(test)]
+mod tests;
+
+pub struct SqlStore {
+    pool: AnyPool,
+}
+
+/// An integer column as the narrower type a record holds.
+pub(crate) fn int<T: TryFrom<i64>>(row: &AnyRow, column: &str) -> Result<T, sqlx::Error> {
+    narrow(column, row.try_get(column)?)
+}
+
+pub(crate) fn opt_int<T: TryFrom<i64>>(
+    row: &AnyRow,
+    column: &str,
+) -> Result<Option<T>, sqlx::Error> {
+    let value: Option<i64> = row.try_get(column)?;
+    value.map(|v| narrow(column, v)).transpose()
+}
+
+fn narrow<T: TryFrom<i64>>(column: &str, value: i64) -> Result<T, sqlx::Error> {
+    T::try_from(value).map_err(|_| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: format!("{value} is out of range").into(),
+    })
+}
+
+/// A 0/1 column (flags are integers in both databases).
+pub(crate) fn flag(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
+    Ok(row.try_get::<i64, _>(column)? != 0)
+}
+
+/// Whether a database URL names PostgreSQL (else SQLite).
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+impl SqlStore {
+    /// Opens (creating if needed) the database and applies migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        if is_postgres(url) {
+            // Brokers starting together may race to make it: whoever
+            // loses finds it there.
+            if !Any::database_exists(url).await? && Any::create_database(url).await.is_err() {
+                Any::database_exists(url).await?;
+            }
+            let pool = AnyPoolOptions::new()
+                .max_connections(16)
+                // With the server down, a request waits this long for a
+                // connection and is then refused (503), not held for 30 s.
+                .acquire_timeout(Duration::from_secs(3))
+                .connect(url)
+                .await?;
+            sqlx::migrate!("../../migrations/postgres")
+                .run(&pool)
+                .await?;
+            return Ok(Self { pool });
+        }
+        let options = SqliteConnectOptions::from_str(url)?;
+        if let Some(dir) = options
+            .get_filename()
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let url = match url.contains('?') {
+            true => url.to_owned(),
+            false => format!("{url}?mode=rwc"),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            // A transaction that failed as the disk filled can come back
+            // still open, holding SQLite's write lock for ever; rolling
+            // back on release frees it (an error just means none was open).
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    let _ = conn.execute("ROLLBACK").await;
+                    Ok(true)
+                })
+            })
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+                         PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+pub(crate) fn record(row: &AnyRow) -> Result<JobRecord, StoreError> {
+    let id: String = row.try_get("id")?;
+    let corrupt = crate::corrupt(id.clone());
+    let status: String = row.try_get("status")?;
+    let metadata: String = row.try_get("metadata")?;
+    let output: Option<String> = row.try_get("output")?;
+    let code: Option<String> = row.try_get("error_code")?;
+    let message: Option<String> = row.try_get("error_message")?;
+    let prompt: Option<u32> = opt_int(row, "prompt_tokens")?;
+    let completion: Option<u32> = opt_int(row, "completion_tokens")?;
+    Ok(JobRecord {
+        status: Status::parse(&status).ok_or_else(|| corrupt(format!("status {status:?}")))?,
+        metadata: serde_json::from_str(&metadata).map_err(|e| corrupt(e.to_string()))?,
+        output: output
+            .map(|o| serde_json::from_str(&o))
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?,
+        error: code.zip(message),
+        output_expired: flag(row, "output_expired")?,
+        tokens_estimate: opt_int(row, "tokens_estimate")?,
+        usage: prompt.zip(completion).map(|(p, c)| Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+        }),
+        model: row.try_get("model")?,
+        tenant: row.try_get("tenant")?,
+        priority: row.try_get("priority")?,
+        source: row.try_get("source")?,
+        attempt: int(row, "attempt")?,
+        node: row.try_get("node")?,
+        created_at_ms: row.try_get("created_at")?,
+        enqueued_at_ms: row.try_get("enqueued_at")?,
+        assigned_at_ms: row.try_get("assigned_at")?,
+        started_at_ms: row.try_get("started_at")?,
+        finished_at_ms: row.try_get("finished_at")?,
+        id,
+    })
+}
