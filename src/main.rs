@@ -291,7 +291,7 @@ fn access(command: Command, broker: &BrokerConfig, tenants: &Tenants) -> ExitCod
     use switchyard_broker::auth::{KeySpec, Role};
     use switchyard_runtime::RateLimits;
     print_answer(async {
-        let auth = admin::open(broker, tenants)
+        let auth = switchyard_broker::open_auth(broker, tenants)
             .await
             .map_err(|e| e.to_string())?;
         let limits = |requests_per_minute, tokens_per_minute, max_queued_jobs| {

@@ -8,8 +8,14 @@
 //! `SY_CHAOS_SCALE=10` runs the long form: ten times the jobs at the same
 //! rates, with the faults at the same points of the load.
 
-// Tests fail by panicking; the no-panic lints are for the product code.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Tests fail by panicking, and their helper servers end with the test: the
+// no-panic lints and the rule of tracked tasks are for the product code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -3,8 +3,14 @@
 //! which installs vLLM on first use), started once for the whole test; and a
 //! real Triton (`scripts/engines/triton.sh`) serving a Python-backend model.
 
-// Tests fail by panicking; the no-panic lints are for the product code.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Tests fail by panicking, and their helper servers end with the test: the
+// no-panic lints and the rule of tracked tasks are for the product code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

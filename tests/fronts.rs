@@ -4,8 +4,14 @@
 //! (priority header, client disconnects, errors); and the jobs API's
 //! `Prefer: wait` and long-poll.
 
-// Tests fail by panicking; the no-panic lints are for the product code.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Tests fail by panicking, and their helper servers end with the test: the
+// no-panic lints and the rule of tracked tasks are for the product code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 mod common;
 
@@ -89,25 +95,71 @@ async fn the_official_openai_sdk_works_unmodified() {
     );
 }
 
+/// Every front whose client waits for the answer cancels the job when the
+/// client goes away: the jobs API with `Prefer: wait`, the OpenAI front
+/// (waiting and streaming) and the KServe front. Each job ends
+/// `cancelled`, and the engine is stopped before it finishes any of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_client_that_goes_away_cancels_its_job() {
-    // 50 tokens at 100 ms: the job runs for seconds.
-    let stack = stack("100ms");
-    let body = json!({"model": CHAT_MODEL, "max_tokens": 50,
+async fn a_client_that_goes_away_cancels_its_job_at_every_front() {
+    let mut stack = Stack::new(StackOptions {
+        extra_models: "
+  - name: tiny-identity
+    kind: tensor",
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    // 50 tokens (or tensor values) at 100 ms: each job runs for seconds.
+    stack.start_agent_on(
+        "node-a",
+        &format!(
+            "
+    kind: simulated
+    models: [{CHAT_MODEL}, tiny-identity]
+    slots: 8
+    base_latency: 2ms
+    per_token_latency: 100ms"
+        ),
+    );
+    let chat = json!({"model": CHAT_MODEL, "max_tokens": 50,
                       "messages": [{"role": "user", "content": "slow words here"}]});
+    let abandon = |request: reqwest::RequestBuilder| async move {
+        let gone = request.timeout(Duration::from_millis(800)).send().await;
+        assert!(gone.unwrap_err().is_timeout());
+    };
 
-    // A waiting call abandoned mid-way.
-    let abandoned = stack
-        .http
-        .post(stack.broker_url("/v1/chat/completions"))
-        .timeout(Duration::from_millis(800))
-        .json(&body)
-        .send()
-        .await;
-    assert!(abandoned.unwrap_err().is_timeout());
-
-    // A stream whose reader stops reading.
-    let mut streaming = body.clone();
+    // The jobs API, waiting for the job.
+    abandon(
+        stack
+            .http
+            .post(stack.broker_url("/v1/jobs"))
+            .header("prefer", "wait=60")
+            .json(&json!({"model": CHAT_MODEL, "input": {
+                "max_tokens": 50,
+                "messages": [{"role": "user", "content": "slow words here"}],
+            }})),
+    )
+    .await;
+    // The OpenAI front, waiting.
+    abandon(
+        stack
+            .http
+            .post(stack.broker_url("/v1/chat/completions"))
+            .json(&chat),
+    )
+    .await;
+    // The KServe front.
+    let tensor = json!({"inputs": [{"name": "x", "shape": [50], "datatype": "INT32",
+                                    "data": (0..50).collect::<Vec<i32>>()}]});
+    abandon(
+        stack
+            .http
+            .post(stack.broker_url("/v2/models/tiny-identity/infer"))
+            .json(&tensor),
+    )
+    .await;
+    // The OpenAI front, streaming, whose reader stops reading.
+    let mut streaming = chat.clone();
     streaming["stream"] = json!(true);
     let mut response = stack
         .http
@@ -117,40 +169,54 @@ async fn a_client_that_goes_away_cancels_its_job() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-switchyard-job-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
     let first = response.chunk().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: {"), "{first:?}");
     drop(response);
 
+    // Every job, whatever front it came through, ends cancelled.
+    let (_, listed) = stack.get_json("/v1/jobs?limit=10").await;
+    let ids: Vec<String> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 4, "{listed}");
     stack
-        .wait_finished_as(
-            std::slice::from_ref(&id),
-            &["cancelled"],
-            Duration::from_secs(10),
-        )
+        .wait_finished_as(&ids, &["cancelled"], Duration::from_secs(10))
         .await;
-    // Both jobs, not only the one whose id the test knows.
-    let cancelled = async {
+    // The engine was stopped on each: none ran to its end, though each
+    // would have by now.
+    let stopped = async {
         loop {
             let n = stack
                 .metric(
-                    "broker",
-                    "switchyard_broker_jobs_finished_total{status=\"cancelled\"}",
+                    "node-a",
+                    "switchyard_agent_jobs_total{outcome=\"cancelled\"}",
                 )
                 .await;
-            if n >= 2.0 {
+            if n >= 4.0 {
                 return n;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let n = tokio::time::timeout(Duration::from_secs(10), cancelled)
+    let n = tokio::time::timeout(Duration::from_secs(10), stopped)
         .await
-        .expect("both abandoned jobs cancelled");
-    assert_eq!(n, 2.0);
+        .expect("every abandoned job stopped on the engine");
+    assert_eq!(n, 4.0);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let succeeded = stack
+        .metric(
+            "node-a",
+            "switchyard_agent_jobs_total{outcome=\"succeeded\"}",
+        )
+        .await;
+    assert_eq!(succeeded, 0.0);
+    for id in &ids {
+        let (_, job) = stack.get_job(id).await;
+        assert_eq!(job["status"], "cancelled", "{job}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

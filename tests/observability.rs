@@ -3,8 +3,14 @@
 //! for the few that appear only once their event happens (a GPU, a lost
 //! node, a webhook), among the names the component declares.
 
-// Tests fail by panicking; the no-panic lints are for the product code.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Tests fail by panicking, and their helper servers end with the test: the
+// no-panic lints and the rule of tracked tasks are for the product code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

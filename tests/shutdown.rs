@@ -1,7 +1,13 @@
 //! SIGTERM stops intake, lets running work finish, and exits cleanly.
 
-// Tests fail by panicking; the no-panic lints are for the product code.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Tests fail by panicking, and their helper servers end with the test: the
+// no-panic lints and the rule of tracked tasks are for the product code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 mod common;
 
@@ -58,6 +64,76 @@ async fn sigterm_drains_running_jobs_then_every_component_exits_cleanly() {
         let status = stack.proc(name).terminate(Duration::from_secs(15));
         assert!(status.success(), "{name} exit: {status}");
     }
+}
+
+/// SIGTERM on a broker under load: readiness goes to 503 at once, while the
+/// calls it is answering still finish with their results, and the process
+/// exits within its drain bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_on_the_broker_turns_readiness_off_while_calls_in_flight_finish() {
+    let mut stack = Stack::running(
+        StackOptions {
+            slots: 8,
+            base_latency: "2500ms",
+            broker_extra: "  drain_timeout: 8s",
+            ..StackOptions::default()
+        },
+        &["node-a"],
+    );
+    let port = stack.broker_port;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let request = stack
+            .http
+            .post(stack.broker_url("/v1/chat/completions"))
+            .json(&json!({"model": CHAT_MODEL, "max_tokens": 2,
+                          "messages": [{"role": "user", "content": format!("in flight {i}")}]}));
+        calls.spawn(async move { request.send().await });
+    }
+    // Every call's job is on the engine: the calls are in flight.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stack
+        .metric("node-a", "switchyard_agent_running_jobs")
+        .await
+        < 6.0
+    {
+        assert!(Instant::now() < deadline, "the calls' jobs never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(is_ready(port));
+
+    let stopping = Instant::now();
+    stack
+        .proc("broker")
+        .signal(nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while is_ready(port) {
+        assert!(Instant::now() < deadline, "still ready after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Not ready, yet still answering probes and the calls it holds.
+    let probe = stack
+        .http
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 503);
+    while let Some(call) = calls.join_next().await {
+        let response = call.unwrap().expect("answered during the drain");
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["choices"][0]["finish_reason"], "length", "{body}");
+    }
+    let status = stack.proc("broker").terminate(Duration::from_secs(20));
+    assert!(status.success(), "broker exit: {status}");
+    // The drain bound (8 s) twice at most, with room for a loaded machine.
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert!(stack.log_of("broker").contains("broker stopped"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -2,8 +2,14 @@
 //! the dispatcher and the agent: the context rides in NATS headers, and
 //! each component's span is the child of the one before.
 
-// Tests fail by panicking; the no-panic lints are for the product code.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Tests fail by panicking, and their helper servers end with the test: the
+// no-panic lints and the rule of tracked tasks are for the product code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -1,30 +1,34 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_runtime::large::{self, LargeError};
+use switchyard_runtime::large;
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_runtime::{NatsConfig, Readiness, Registry, Tenants};
-use switchyard_schemas::{JobEvent, JobResult, Outcome, UsageEvent, subjects};
+use switchyard_schemas::{JobEvent, JobResult, UsageEvent, subjects};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::admission::Admitter;
-use crate::auth::{self, Auth};
-use crate::budget::{self, Budgets};
-use crate::cache::{self, ResultCache};
-use crate::limits::{self, Limits};
-use crate::pii::Pii;
-use crate::webhooks::{self, Webhooks};
-use crate::{
-    BrokerConfig, api, batches, billing, cancel, dead_letters, expiry, intake, metrics as m,
-    outbox, projection, retention,
-};
-use switchyard_store::ledger::Charge;
-use switchyard_store::quotas::Settlement;
-use switchyard_store::{AccessStore, BatchStore, JobStore, SqlStore, Status, StoreError};
+use axum::extract::State;
+use switchyard_core::admission::{Admitter, Policies};
+use switchyard_core::auth::Auth;
+use switchyard_core::batches::{self, BatchRunner, RunnerParts};
+use switchyard_core::budget::Budgets;
+use switchyard_core::cache::{self, ResultCache};
+use switchyard_core::calls::{CallParts, Calls};
+use switchyard_core::cancel::{self, Canceller};
+use switchyard_core::config::PepperError;
+use switchyard_core::dead_letters::DeadLetters;
+use switchyard_core::limits::{self, Limits};
+use switchyard_core::pii::Pii;
+use switchyard_core::projection::{self, Results};
+use switchyard_core::watch::Watcher;
+use switchyard_core::webhooks::{self, Webhooks};
+use switchyard_core::{BrokerConfig, expiry, intake, metrics as m, outbox, retention};
+use switchyard_http::{ApiState, Knobs};
+use switchyard_store::{AccessStore, BatchStore, JobStore, SqlStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -39,25 +43,18 @@ pub enum BrokerError {
     #[error("cannot subscribe to admit requests: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
     #[error(transparent)]
-    Pepper(#[from] crate::config::PepperError),
+    Pepper(#[from] PepperError),
 }
 
 const CONSUMER_ACK_WAIT: Duration = Duration::from_secs(30);
 /// How soon limits the admin API sets apply on every broker.
 const LIMITS_REFRESH: Duration = Duration::from_secs(2);
 
-/// Why a batch of results was not recorded (it is delivered again).
-#[derive(Debug, thiserror::Error)]
-enum ProjectError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Large(LargeError),
-}
-
-/// Runs the broker until `shutdown` is cancelled, then drains: readiness goes
-/// first, the HTTP server finishes in-flight requests, the intakes stop taking
-/// new messages, and what is unacknowledged stays in the streams.
+/// Runs the broker until `shutdown` is cancelled, then drains in phases:
+/// readiness goes to 503 first, calls in flight finish (within
+/// `drain_timeout`), then the HTTP server and the intakes stop taking new
+/// work (within `drain_timeout` again), and what is unacknowledged stays in
+/// the streams.
 pub async fn run(
     cfg: BrokerConfig,
     nats_cfg: NatsConfig,
@@ -139,97 +136,113 @@ pub async fn run(
     let pii = Arc::new(Pii::new(&cfg.pii, &registry, &tenants)?);
     let limits = Arc::new(Limits::new(&tenants));
     let registry = Arc::new(registry);
-    let prices = registry.clone();
-    let settle_prices = registry.clone();
     let budgets = Arc::new(Budgets::new(&tenants));
-    let admitter = Admitter {
-        registry,
+    let admitter = Admitter::new(Policies {
+        registry: registry.clone(),
         store: store.clone(),
-        js,
+        js: js.clone(),
         webhooks: webhooks.clone(),
         pii,
         budgets: budgets.clone(),
         limits: limits.clone(),
-    };
+    });
     let ready = Readiness::default();
-    let dead = nats::stream(&admitter.js, subjects::DEAD_STREAM).await?;
-    let results_stream = nats::stream(&admitter.js, subjects::RESULTS_STREAM).await?;
-    let cancellations = nats::cancellations(&admitter.js, &nats_cfg).await?;
-    let cache = match cache::longest_ttl(&admitter.registry) {
+    let dead = nats::stream(&js, subjects::DEAD_STREAM).await?;
+    let results_stream = nats::stream(&js, subjects::RESULTS_STREAM).await?;
+    let canceller = Canceller::new(admitter.clone(), nats::cancellations(&js, &nats_cfg).await?);
+    let cache = match cache::longest_ttl(&registry) {
         Some(ttl) => Some(ResultCache::new(
-            nats::result_cache(&admitter.js, &nats_cfg, ttl).await?,
+            nats::result_cache(&js, &nats_cfg, ttl).await?,
         )),
         None => None,
     };
-    let large = large::store(&admitter.js, &nats_cfg).await?;
+    let large = large::store(&js, &nats_cfg).await?;
     let cancel_requests = client
         .queue_subscribe(subjects::CANCEL, "broker".into())
         .await?;
     let result_requests = client
         .queue_subscribe(subjects::RESULT_REQUESTS, "broker".into())
         .await?;
-    let parts = api::Parts {
-        admitter: admitter.clone(),
-        cancellations: cancellations.clone(),
-        client: client.clone(),
-        results: results_stream.clone(),
-        readiness: ready.clone(),
-        cache,
-        files: batches::Files::open(&admitter.js, &nats_cfg).await?,
-        large_results: large.clone(),
-        batch_store,
-        auth: auth.clone(),
-        tenants: Arc::new(tenants),
-    };
-    let state = api::state(parts, &cfg);
-    let router = api::router(state.clone())
-        .merge(dead_letters::router(
-            admitter.clone(),
-            dead,
-            results_stream.clone(),
-        ))
-        .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
-        .merge(ops::router(metrics, ready.clone()));
+    let files = batches::Files::open(&js, &nats_cfg).await?;
 
+    // Work (the intakes, projections and loops) and the HTTP server stop
+    // on tokens of their own, after readiness has gone and calls in
+    // flight have had their time.
+    let work = CancellationToken::new();
+    let http_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    // One token per HTTP request in flight.
+    let inflight = TaskTracker::new();
+    let calls = Calls::new(CallParts {
+        admitter: admitter.clone(),
+        canceller: canceller.clone(),
+        watcher: Watcher::new(client.clone(), results_stream.clone(), large.clone()),
+        cache,
+        tasks: tasks.clone(),
+        sync_timeout: cfg.sync_timeout,
+    });
+    let state = ApiState {
+        calls,
+        canceller: canceller.clone(),
+        store: store.clone(),
+        readiness: ready.clone(),
+        batch_store: batch_store.clone(),
+        files: files.clone(),
+        dead_letters: DeadLetters::new(admitter.clone(), dead, results_stream.clone()),
+        auth,
+        tenants: Arc::new(tenants),
+        knobs: Knobs {
+            max_body_bytes: cfg.max_body_bytes,
+            max_file_bytes: cfg.max_file_bytes,
+            queue_full_retry_after: cfg.queue_full_retry_after.as_secs().max(1),
+            idempotency_window_ms: i64::try_from(cfg.idempotency_window.as_millis())
+                .unwrap_or(i64::MAX),
+        },
+    };
+    let router = switchyard_http::router(state)
+        .merge(ops::router(metrics, ready.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            inflight.clone(),
+            in_flight,
+        ));
+
+    tasks.spawn(ops::serve(listener, router, http_stop.clone()));
     tasks.spawn(limits::follow(
         limits.clone(),
         access,
-        nats::limits(&admitter.js, &nats_cfg).await?,
+        nats::limits(&js, &nats_cfg).await?,
         LIMITS_REFRESH,
-        shutdown.clone(),
+        work.clone(),
     ));
-    tasks.spawn(ops::serve(listener, router, shutdown.clone()));
     tasks.spawn(intake::follow_submissions(
         admitter.clone(),
         intake_consumer,
         cfg.intake_concurrency,
-        shutdown.clone(),
+        work.clone(),
     ));
     tasks.spawn(expiry::run(
         admitter.clone(),
-        cancellations.clone(),
+        canceller.clone(),
         cfg.expiry_interval,
-        shutdown.clone(),
+        work.clone(),
     ));
     tasks.spawn(cancel::serve_requests(
-        admitter.clone(),
-        cancellations,
+        canceller.clone(),
         cancel_requests,
-        shutdown.clone(),
+        work.clone(),
     ));
     tasks.spawn(intake::serve_results(
         admitter.clone(),
-        results_stream.clone(),
+        results_stream,
         result_requests,
         cfg.intake_concurrency,
-        shutdown.clone(),
+        work.clone(),
     ));
     tasks.spawn(intake::serve_requests(
         admitter.clone(),
         requests,
         cfg.intake_concurrency,
-        shutdown.clone(),
+        work.clone(),
     ));
     tasks.spawn(projection::follow(
         subjects::EVENTS_STREAM,
@@ -237,69 +250,24 @@ pub async fn run(
         batch,
         store.clone(),
         |s, items: Vec<JobEvent>| async move { s.apply_events(&items).await },
-        shutdown.clone(),
+        work.clone(),
     ));
+    let recorder = Results {
+        large,
+        registry: registry.clone(),
+        limits,
+        budgets,
+    };
     tasks.spawn(projection::follow(
         subjects::RESULTS_STREAM,
         results,
         batch,
         store.clone(),
-        move |s, mut items: Vec<JobResult>| {
-            let large = large.clone();
-            let prices = settle_prices.clone();
-            let limits = limits.clone();
-            let budgets = budgets.clone();
-            async move {
-                for r in &mut items {
-                    match large::resolve(&large, r).await {
-                        Ok(()) => {}
-                        // Kept no longer than results: recorded without it.
-                        Err(e @ LargeError::Gone(_)) => warn!(error = %e, "large output lost"),
-                        Err(e) => return Err(ProjectError::Large(e)),
-                    }
-                }
-                s.apply_results(&items).await?;
-                // Only budgets and queued-job limits hold anything for a
-                // result to settle.
-                if budgets.any() || limits.holds_places() {
-                    // After the record: the cost is read from the job as recorded.
-                    let mut jobs = Vec::with_capacity(items.len());
-                    for r in &items {
-                        let cost_micros = match budgets.any() {
-                            true => s
-                                .get(&r.job_id)
-                                .await?
-                                .map_or(0, |job| budget::job_cost(&prices, &job)),
-                            false => 0,
-                        };
-                        jobs.push(Settlement {
-                            job_id: r.job_id.clone(),
-                            cost_micros,
-                        });
-                    }
-                    s.settle(&jobs).await?;
-                }
-                if limits.counts_tokens() {
-                    let used: Vec<(String, u32)> = items
-                        .iter()
-                        .filter_map(|r| match &r.outcome {
-                            Outcome::Succeeded { usage, .. } => Some((
-                                r.job_id.clone(),
-                                usage.prompt_tokens + usage.completion_tokens,
-                            )),
-                            Outcome::Failed { .. } => None,
-                        })
-                        .collect();
-                    s.correct_limits(&used, &limits.token_rates()).await?;
-                }
-                for r in &items {
-                    let status = Status::of(&r.outcome).as_str();
-                    metrics::counter!(m::FINISHED, "status" => status).increment(1);
-                }
-                Ok(())
-            }
+        move |s, items: Vec<JobResult>| {
+            let recorder = recorder.clone();
+            async move { recorder.apply(s, items).await }
         },
-        shutdown.clone(),
+        work.clone(),
     ));
     tasks.spawn(projection::follow(
         subjects::BILLING_STREAM,
@@ -307,39 +275,38 @@ pub async fn run(
         batch,
         store.clone(),
         move |s, items: Vec<UsageEvent>| {
-            let charges: Vec<Charge> = items
-                .into_iter()
-                .map(|u| billing::charge(&prices, u, false))
-                .collect();
-            async move {
-                // Counted once: a usage event seen again records nothing.
-                for i in s.record_usage(&charges).await? {
-                    let c = &charges[i];
-                    metrics::counter!(m::USAGE_COST, "model" => c.usage.model.clone())
-                        .increment(u64::try_from(c.cost_micros).unwrap_or(0));
-                }
-                Ok::<_, StoreError>(())
-            }
+            let registry = registry.clone();
+            async move { projection::record_usage(s, &registry, items).await }
         },
-        shutdown.clone(),
+        work.clone(),
     ));
-    tasks.spawn(batches::run(state, shutdown.clone()));
+    tasks.spawn(batches::run(
+        BatchRunner::new(RunnerParts {
+            admitter: admitter.clone(),
+            canceller,
+            batch_store,
+            files,
+            max_line_bytes: cfg.max_body_bytes,
+            status_of: switchyard_http::job_error_status,
+        }),
+        work.clone(),
+    ));
     tasks.spawn(retention::run(
         store.clone(),
         cfg.result_retention,
-        shutdown.clone(),
+        work.clone(),
     ));
     tasks.spawn(webhooks::run(
-        store.clone(),
+        store,
         webhooks,
         cfg.webhooks.clone(),
-        shutdown.clone(),
+        work.clone(),
     ));
     tasks.spawn(outbox::run(
         admitter,
         cfg.outbox_interval,
         cfg.outbox_grace,
-        shutdown.clone(),
+        work.clone(),
     ));
     tasks.close();
     ready.watch(&client);
@@ -347,9 +314,38 @@ pub async fn run(
     info!(listen = %cfg.listen, "broker ready");
 
     shutdown.cancelled().await;
+    // Readiness first, so that balancers stop sending; the listener stays
+    // open, and probes are answered 503, while calls in flight finish.
     ready.set(false);
-    tasks.wait().await;
+    inflight.close();
+    if tokio::time::timeout(cfg.drain_timeout, inflight.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            timeout = ?cfg.drain_timeout,
+            "calls still in flight at the end of the drain"
+        );
+    }
+    http_stop.cancel();
+    work.cancel();
+    if tokio::time::timeout(cfg.drain_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("work still running at the end of the drain: what is unacknowledged is redelivered");
+    }
     let _ = client.flush().await;
     info!("broker stopped");
     Ok(())
+}
+
+/// Holds a token of `inflight` while a request is handled.
+async fn in_flight(
+    State(inflight): State<TaskTracker>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let _token = inflight.token();
+    next.run(req).await
 }

@@ -44,6 +44,10 @@ pub struct DispatcherConfig {
     /// asked.
     #[serde(with = "humantime_serde")]
     pub model_load_timeout: Duration,
+    /// On SIGTERM, readiness goes to 503 at once and placement stops; the
+    /// dispatcher's other work gets this long to end before it exits.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
     /// The desired-nodes signal for autoscalers.
     pub autoscale: AutoscaleConfig,
 }
@@ -60,6 +64,7 @@ impl Default for DispatcherConfig {
             ack_wait: Duration::from_secs(30),
             retry_backoff: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
             aging_bound: Duration::from_secs(60),
             model_load_timeout: Duration::from_secs(600),
             autoscale: AutoscaleConfig::default(),

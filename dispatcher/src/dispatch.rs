@@ -116,7 +116,11 @@ pub async fn run(
 ) -> Result<(), DispatchError> {
     m::describe();
     let tasks = TaskTracker::new();
-    let ready = ops::start(cfg.listen, metrics, &tasks, shutdown.clone()).await?;
+    // The ops listener stops last, on a token of its own, so that probes
+    // and scrapes see the drain.
+    let ops_tasks = TaskTracker::new();
+    let ops_stop = CancellationToken::new();
+    let ready = ops::start(cfg.listen, metrics, &ops_tasks, ops_stop.clone()).await?;
 
     let (client, js) = nats::connect(&nats_cfg, "dispatcher").await?;
     nats::ensure_streams(&js, &nats_cfg).await?;
@@ -305,7 +309,16 @@ pub async fn run(
     ready.set(false);
     info!("dispatcher stopping");
     tasks.close();
-    tasks.wait().await;
+    if tokio::time::timeout(cfg.drain_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(timeout = ?cfg.drain_timeout, "work still running at the end of the drain");
+    }
+    ops_stop.cancel();
+    ops_tasks.close();
+    ops_tasks.wait().await;
+    info!("dispatcher stopped");
     Ok(())
 }
 

@@ -68,6 +68,8 @@ struct Node {
     /// A larger one goes through `large_results`.
     max_result_bytes: usize,
     large_results: ObjectStore,
+    /// The agent's tasks, which its shutdown waits for.
+    tasks: TaskTracker,
 }
 
 impl Node {
@@ -106,7 +108,7 @@ pub async fn run(
     let engine_suspect = Arc::new(AtomicBool::new(false));
     let engine_stop = CancellationToken::new();
     let supervisor = cfg.process.clone().map(|process| {
-        tokio::spawn(process::supervise(
+        tasks.spawn(process::supervise(
             process,
             engine_suspect.clone(),
             engine_stop.clone(),
@@ -211,6 +213,7 @@ async fn serve(
         aborts: Mutex::new(HashMap::new()),
         max_result_bytes,
         large_results,
+        tasks: tasks.clone(),
     });
     metrics::gauge!(m::SLOTS).set(f64::from(slots));
 
@@ -477,7 +480,7 @@ async fn execute(
     let started_at_ms = now_ms();
     let chunks = job
         .stream
-        .then(|| Chunks::start(node.client.clone(), &job.id, job.attempt));
+        .then(|| Chunks::start(&node.tasks, node.client.clone(), &job.id, job.attempt));
     let serves =
         node.engine.models().contains(&job.model) || node.engine.loadable().contains(&job.model);
     let inference = if !serves {
@@ -760,11 +763,16 @@ struct Chunks {
 }
 
 impl Chunks {
-    fn start(client: async_nats::Client, job_id: &str, attempt: u32) -> Chunks {
+    fn start(
+        tasks: &TaskTracker,
+        client: async_nats::Client,
+        job_id: &str,
+        attempt: u32,
+    ) -> Chunks {
         let (sink, mut pieces) = tokio::sync::mpsc::unbounded_channel::<String>();
         let forwarder = {
             let (client, job_id) = (client.clone(), job_id.to_owned());
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let mut seq = 0;
                 while let Some(delta) = pieces.recv().await {
                     publish_chunk(&client, &job_id, attempt, seq, delta, None).await;

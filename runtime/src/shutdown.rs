@@ -22,7 +22,8 @@ pub async fn signal() {
 }
 
 /// Runs a component until it ends by itself or a signal arrives; on a signal
-/// the component is told through `token` and awaited while it drains.
+/// the component is told through `token` and awaited while it drains, and
+/// a second signal ends the process at once.
 pub async fn run_until_signal<F, T>(token: CancellationToken, component: F) -> T
 where
     F: Future<Output = T>,
@@ -31,9 +32,15 @@ where
     tokio::select! {
         out = &mut component => out,
         () = signal() => {
-            tracing::info!("shutdown requested: draining");
+            tracing::info!("shutdown requested: draining (a second signal exits at once)");
             token.cancel();
-            component.await
+            tokio::select! {
+                out = &mut component => out,
+                () = signal() => {
+                    tracing::warn!("second signal: exiting without waiting for the drain");
+                    std::process::exit(130);
+                }
+            }
         }
     }
 }

@@ -177,10 +177,17 @@ impl Engine for Simulated {
             class: ErrorClass::EngineUnavailable,
             message: "engine is shutting down".into(),
         })?;
-        if matches!(input, JobInput::Tensor(_)) {
-            return Err(EngineError {
-                class: ErrorClass::InvalidInput,
-                message: "the simulated engine serves text models only".into(),
+        if let JobInput::Tensor(t) = input {
+            // An identity model: each input comes back as an output, after
+            // the per-token time for each of its values.
+            let values: usize = t.inputs.iter().map(|i| i.data.len()).sum();
+            let values = u32::try_from(values).unwrap_or(u32::MAX);
+            tokio::time::sleep(self.config.base_latency + self.config.per_token_latency * values)
+                .await;
+            let output = json!({"model_name": model, "model_version": "1", "outputs": t.inputs});
+            return Ok(Inference {
+                output,
+                usage: Usage::default(),
             });
         }
         let prompt = prompt_text(input);

@@ -1,0 +1,407 @@
+//! Admission: turning a client's submission into a queued job. Shared by the
+//! HTTP API and both NATS intakes, so every door applies the same rules.
+
+mod validate;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::jetstream::Context;
+use switchyard_runtime::Registry;
+use switchyard_runtime::nats;
+use switchyard_schemas::{
+    Job, JobResult, Outcome, Priority, SCHEMA_VERSION, Submission, UsageEvent, encode, now_ms,
+    subjects,
+};
+use tracing::{debug, warn};
+
+use crate::billing;
+use crate::budget::{self, Budgets};
+use crate::error::{Coded, ErrorCode};
+use crate::limits::{KeyLimits, Limits};
+use crate::metrics as m;
+use crate::pii::Pii;
+use crate::webhooks::Webhooks;
+use switchyard_store::quotas::Settlement;
+use switchyard_store::{Inserted, JobStore, Source, StoreError};
+
+/// Why a submission was refused. Each variant has a stable code; the HTTP
+/// status is chosen at the HTTP edge.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    #[error("{0}")]
+    MalformedBody(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("model {0:?} is not served here")]
+    UnknownModel(String),
+    #[error("input is {size} bytes; model {model:?} takes at most {limit}")]
+    InputTooLarge {
+        model: String,
+        size: usize,
+        limit: usize,
+    },
+    /// The webhook may not be used: the address guard refused it, or no
+    /// secret is there to sign it.
+    #[error("{0}")]
+    WebhookRefused(String),
+    /// The request holds personal data of these types and its policy is
+    /// `block`.
+    #[error("the request holds personal data ({0}); it is refused here")]
+    PiiFound(String),
+    /// The tenant's budget for this period has no room for the job's
+    /// estimated cost.
+    #[error(
+        "tenant {tenant:?} has not ${left:.6} left of its budget for a job estimated at ${estimate:.6}"
+    )]
+    OverBudget {
+        tenant: String,
+        left: f64,
+        estimate: f64,
+    },
+}
+
+impl Coded for Rejection {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Rejection::MalformedBody(_) => ErrorCode::MalformedBody,
+            Rejection::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            Rejection::UnknownModel(_) => ErrorCode::UnknownModel,
+            Rejection::InputTooLarge { .. } => ErrorCode::InputTooLarge,
+            Rejection::WebhookRefused(_) => ErrorCode::WebhookRefused,
+            Rejection::PiiFound(_) => ErrorCode::PiiDetected,
+            Rejection::OverBudget { .. } => ErrorCode::BudgetExceeded,
+        }
+    }
+}
+
+impl Rejection {
+    /// A request refused as invalid, with the reason.
+    pub fn invalid(message: impl Into<String>) -> Rejection {
+        Rejection::InvalidRequest(message.into())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The job's queue is at `nats.max_queued_per_queue`: not queued.
+    #[error("the {priority} queue of model {model:?} is full")]
+    QueueFull { priority: Priority, model: String },
+    /// The tenant is over one of its rate limits: not queued.
+    #[error("tenant {tenant:?} is over its {limit} limit; retry in {retry_after} s")]
+    RateLimited {
+        tenant: String,
+        limit: &'static str,
+        retry_after: u64,
+    },
+    /// The queue did not confirm the job: it is not queued and will not run.
+    #[error("the queue is unavailable: {0}")]
+    QueueUnavailable(String),
+    /// The client's job id names another tenant's job.
+    #[error("job id {0:?} is taken; choose another")]
+    IdTaken(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Coded for SubmitError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            SubmitError::Rejected(r) => r.code(),
+            SubmitError::QueueFull { .. } => ErrorCode::QueueFull,
+            SubmitError::RateLimited { .. } => ErrorCode::RateLimited,
+            SubmitError::QueueUnavailable(_) => ErrorCode::QueueUnavailable,
+            SubmitError::IdTaken(_) => ErrorCode::IdTaken,
+            SubmitError::Store(_) => ErrorCode::StoreUnavailable,
+        }
+    }
+}
+
+pub use validate::validate;
+
+/// Admits jobs: validates, records, and enqueues durably. A job counts as
+/// queued only once JetStream has confirmed it.
+#[derive(Clone)]
+pub struct Admitter {
+    registry: Arc<Registry>,
+    store: Arc<dyn JobStore>,
+    js: Context,
+    webhooks: Arc<Webhooks>,
+    pii: Arc<Pii>,
+    budgets: Arc<Budgets>,
+    limits: Arc<Limits>,
+}
+
+/// What admission applies: the registry, the store, the queue, and the
+/// tenants' policies.
+pub struct Policies {
+    pub registry: Arc<Registry>,
+    pub store: Arc<dyn JobStore>,
+    pub js: Context,
+    pub webhooks: Arc<Webhooks>,
+    pub pii: Arc<Pii>,
+    pub budgets: Arc<Budgets>,
+    pub limits: Arc<Limits>,
+}
+
+impl Admitter {
+    pub fn new(p: Policies) -> Admitter {
+        Admitter {
+            registry: p.registry,
+            store: p.store,
+            js: p.js,
+            webhooks: p.webhooks,
+            pii: p.pii,
+            budgets: p.budgets,
+            limits: p.limits,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.store
+    }
+
+    pub fn js(&self) -> &Context {
+        &self.js
+    }
+
+    /// Checks a submission and builds its job, personal data masked.
+    pub fn validate(
+        &self,
+        submission: Submission,
+        priority: Priority,
+        id: String,
+    ) -> Result<Job, Rejection> {
+        let mut job = validate(&self.registry, submission, priority, id)?;
+        self.pii.apply(&mut job)?;
+        Ok(job)
+    }
+
+    #[tracing::instrument(name = "job.admit", skip_all, fields(job_id = %id, source = source.as_str()))]
+    pub async fn submit(
+        &self,
+        submission: Submission,
+        priority: Priority,
+        id: String,
+        source: Source,
+        key: Option<&KeyLimits>,
+    ) -> Result<Job, SubmitError> {
+        let started = Instant::now();
+        let reject = |r: &Rejection| {
+            metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => r.code().as_str())
+                .increment(1);
+        };
+        let mut job = self
+            .validate(submission, priority, id)
+            .inspect_err(reject)?;
+        job.api_key = key.map(|k| k.id.clone());
+        self.webhooks.admit(&mut job).await.inspect_err(reject)?;
+        let takes = self.limits.takes(&job.tenant, key, budget::tokens(&job));
+        if !takes.is_empty()
+            && let Some((limit, wait_us)) = self.store.take(&takes, now_ms() * 1000).await?
+        {
+            metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => "rate_limited")
+                .increment(1);
+            return Err(SubmitError::RateLimited {
+                tenant: job.tenant,
+                limit,
+                retry_after: u64::try_from(wait_us)
+                    .unwrap_or(0)
+                    .div_ceil(1_000_000)
+                    .max(1),
+            });
+        }
+        // Recorded first, so that a crash between here and the queue's
+        // confirmation leaves a record the outbox publishes again.
+        let inserted = self
+            .store
+            .insert(&job, source, budget::tokens(&job))
+            .await?;
+        if inserted != Inserted::New
+            && let Some(held) = self.store.get(&job.id).await?
+            && held.tenant != job.tenant
+        {
+            return Err(SubmitError::IdTaken(job.id));
+        }
+        if inserted == (Inserted::Existing { enqueued: true }) {
+            // A repeat of a job already queued (a client retrying with its own
+            // id, even past the server's de-duplication window): the same job.
+            return Ok(job);
+        }
+        let places = self.limits.places(&job.tenant, key);
+        if !places.is_empty() {
+            let holders: Vec<(String, u32)> =
+                places.iter().map(|(h, max, _)| (h.clone(), *max)).collect();
+            if let Some(full) = self.store.take_places(&job.id, &holders).await? {
+                self.discard(&job.id).await;
+                metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => "rate_limited")
+                    .increment(1);
+                return Err(SubmitError::RateLimited {
+                    tenant: job.tenant,
+                    limit: places[full].2,
+                    retry_after: 1,
+                });
+            }
+        }
+        if let Some(r) = self.budgets.reservation(&self.registry, &job, now_ms()) {
+            let left = self.store.reserve(&job.id, &r).await?;
+            if let Some(left) = left {
+                self.discard(&job.id).await;
+                let over = Rejection::OverBudget {
+                    tenant: job.tenant,
+                    left: left as f64 / 1e6,
+                    estimate: r.micros as f64 / 1e6,
+                };
+                reject(&over);
+                return Err(over.into());
+            }
+        }
+        match self.enqueue(&job).await {
+            Ok(()) => {
+                if let Err(e) = self.store.mark_enqueued(&job.id, now_ms()).await {
+                    // The job is queued; at worst the outbox publishes it
+                    // again and the server drops the duplicate.
+                    warn!(job_id = %job.id, error = %e, "could not mark job enqueued");
+                }
+            }
+            Err(EnqueueError::Unconfirmed(reason)) => {
+                // The job may be in the queue already (only its confirmation
+                // was lost): the record stays, unconfirmed, and the outbox
+                // publishes it again under the same message id, which the
+                // server drops if it has it. Discarding the record here would
+                // leave a queued job with no record to project its result on.
+                warn!(job_id = %job.id, %reason, "the queue did not confirm the job; the outbox will");
+            }
+            Err(refused) => {
+                // The client is told the job was not queued, so no record of
+                // it stays behind for the outbox to publish later.
+                self.discard(&job.id).await;
+                return Err(match refused {
+                    EnqueueError::Full => SubmitError::QueueFull {
+                        priority: job.priority,
+                        model: job.model,
+                    },
+                    EnqueueError::Unconfirmed(reason) | EnqueueError::Unavailable(reason) => {
+                        SubmitError::QueueUnavailable(reason)
+                    }
+                });
+            }
+        }
+        debug!(job_id = %job.id, model = %job.model, priority = %job.priority, source = source.as_str(), "job queued");
+        metrics::counter!(m::SUBMISSIONS, "source" => source.as_str()).increment(1);
+        metrics::histogram!(m::SUBMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok(job)
+    }
+
+    /// Forgets a job that was recorded but will not be queued, and gives
+    /// back what it reserved of its tenant's budget.
+    async fn discard(&self, id: &str) {
+        if let Err(e) = self.store.discard_unqueued(id).await {
+            warn!(job_id = %id, error = %e, "could not discard the unqueued job; the outbox will queue it");
+            return;
+        }
+        let freed = Settlement {
+            job_id: id.to_owned(),
+            cost_micros: 0,
+        };
+        if let Err(e) = self.store.settle(&[freed]).await {
+            warn!(job_id = %id, error = %e, "could not give back a budget reservation");
+        }
+    }
+
+    /// Records a job answered without running (a result cache hit): queued
+    /// and succeeded at once, never put in a queue.
+    pub async fn record_answered(
+        &self,
+        submission: Submission,
+        priority: Priority,
+        id: String,
+        source: Source,
+        output: serde_json::Value,
+    ) -> Result<Job, SubmitError> {
+        let mut job = self.validate(submission, priority, id)?;
+        self.webhooks.admit(&mut job).await?;
+        self.store
+            .insert(&job, source, budget::tokens(&job))
+            .await?;
+        let now = now_ms();
+        // Counted as confirmed: nothing is left for the outbox to queue.
+        self.store.mark_enqueued(&job.id, now).await?;
+        let usage = output
+            .get("usage")
+            .and_then(|u| serde_json::from_value(u.clone()).ok())
+            .unwrap_or_default();
+        let result = JobResult {
+            v: SCHEMA_VERSION,
+            job_id: job.id.clone(),
+            attempt: job.attempt,
+            node: None,
+            assigned_at_ms: None,
+            started_at_ms: None,
+            output_ref: None,
+            finished_at_ms: now,
+            outcome: Outcome::Succeeded { output, usage },
+        };
+        self.store.apply_results(&[result]).await?;
+        // Billed at the cache-hit price, once: the key is (job, attempt).
+        let usage = UsageEvent {
+            v: SCHEMA_VERSION,
+            job_id: job.id.clone(),
+            attempt: job.attempt,
+            node: "cache".into(),
+            model: job.model.clone(),
+            usage,
+            engine_ms: 0,
+            at_ms: now,
+        };
+        self.store
+            .record_usage(&[billing::charge(&self.registry, usage, true)])
+            .await?;
+        metrics::counter!(m::SUBMISSIONS, "source" => source.as_str()).increment(1);
+        Ok(job)
+    }
+
+    /// Publishes the job to its queue and waits for the server's confirmation.
+    /// The message id names the job and attempt, so a repeat is dropped.
+    pub async fn enqueue(&self, job: &Job) -> Result<(), EnqueueError> {
+        let payload = encode(job).map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
+        let classify = |e: async_nats::jetstream::context::PublishError| {
+            if nats::is_limit_refusal(&e) {
+                EnqueueError::Full
+            } else if e.kind() == async_nats::jetstream::context::PublishErrorKind::TimedOut {
+                EnqueueError::Unconfirmed(e.to_string())
+            } else {
+                EnqueueError::Unavailable(e.to_string())
+            }
+        };
+        nats::publish(
+            &self.js,
+            job.queue_subject(),
+            &subjects::queued_msg_id(&job.id, job.attempt),
+            payload,
+        )
+        .await
+        .map_err(classify)?
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("the queue is full")]
+    Full,
+    /// Sent, but its acknowledgement did not come in time: it may be stored.
+    #[error("{0}")]
+    Unconfirmed(String),
+    /// Not stored.
+    #[error("{0}")]
+    Unavailable(String),
+}

@@ -1,0 +1,295 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use switchyard_runtime::Issues;
+
+/// The `broker:` section of the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    /// `sqlite://path` (created if missing).
+    pub database_url: String,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Largest file accepted by `POST /v1/files` (batch input); files are
+    /// streamed to the object store, never held whole in memory.
+    pub max_file_bytes: usize,
+    /// Submissions handled at once from the NATS intake.
+    pub intake_concurrency: usize,
+    /// Most events or results written to the database in one transaction.
+    pub projection_batch: usize,
+    /// How often jobs recorded but never confirmed in the queue (a crash in
+    /// between) are published again.
+    #[serde(with = "humantime_serde")]
+    pub outbox_interval: Duration,
+    /// Age after which such a job counts as abandoned by its first publish.
+    #[serde(with = "humantime_serde")]
+    pub outbox_grace: Duration,
+    /// How often jobs still waiting past their start deadline are looked for
+    /// and ended `expired`.
+    #[serde(with = "humantime_serde")]
+    pub expiry_interval: Duration,
+    /// `Retry-After` given with a 429 for a full queue.
+    #[serde(with = "humantime_serde")]
+    pub queue_full_retry_after: Duration,
+    /// How long an `Idempotency-Key` returns the job it first made.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// How long a call that waits for its job (the OpenAI-compatible
+    /// endpoints, `Prefer: wait`) may wait before it is answered; the job
+    /// goes on either way.
+    #[serde(with = "humantime_serde")]
+    pub sync_timeout: Duration,
+    /// How long a job's output is kept after it ended; then only its record
+    /// (status, usage, times) stays. Webhook event records, once no longer
+    /// pending, are kept as long.
+    #[serde(with = "humantime_serde")]
+    pub result_retention: Duration,
+    /// On SIGTERM, readiness goes to 503 at once and calls in flight get
+    /// this long to finish; then the intakes and background work stop,
+    /// with as long again to do so. A second signal exits at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    pub webhooks: WebhookConfig,
+    pub pii: crate::pii::PiiConfig,
+    pub auth: AuthConfig,
+}
+
+/// API keys. With neither `pepper` nor `pepper_file` authentication is
+/// off: every caller is an admin and names its tenant (a development
+/// set-up; the broker says so at start).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The server-side secret keys are hashed under; meant for
+    /// `SWITCHYARD_BROKER__AUTH__PEPPER`, never the file.
+    pub pepper: Option<String>,
+    /// A file holding the pepper (a mounted secret).
+    pub pepper_file: Option<std::path::PathBuf>,
+    /// Failed authentications one client address may make in a minute;
+    /// past them its requests are refused until the minute is over, so
+    /// keys cannot be guessed.
+    pub max_failures_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            pepper: None,
+            pepper_file: None,
+            max_failures_per_minute: 20,
+        }
+    }
+}
+
+/// The shortest pepper taken: 32 bytes, as long as the HMAC's output.
+const MIN_PEPPER: usize = 32;
+
+/// Why the pepper could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PepperError {
+    #[error("broker.auth.pepper_file {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the pepper must be at least {MIN_PEPPER} bytes")]
+    Short,
+    #[error("give broker.auth.pepper or broker.auth.pepper_file, not both")]
+    Both,
+}
+
+impl AuthConfig {
+    /// The pepper, or None when authentication is off.
+    pub fn pepper(&self) -> Result<Option<Vec<u8>>, PepperError> {
+        let text = match (&self.pepper, &self.pepper_file) {
+            (Some(_), Some(_)) => return Err(PepperError::Both),
+            (None, None) => return Ok(None),
+            (Some(p), None) => p.clone(),
+            (None, Some(path)) => {
+                std::fs::read_to_string(path).map_err(|source| PepperError::File {
+                    path: path.display().to_string(),
+                    source,
+                })?
+            }
+        };
+        let pepper = text.trim().as_bytes().to_vec();
+        if pepper.len() < MIN_PEPPER {
+            return Err(PepperError::Short);
+        }
+        Ok(Some(pepper))
+    }
+}
+
+/// The `broker.webhooks:` section: how job events reach receivers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// `whsec_` secrets that sign every delivery (a tenant may have its
+    /// own); while several are listed each one signs, so that a receiver
+    /// can move to a new secret without missing a delivery.
+    pub secrets: Vec<String>,
+    /// Receivers exempt from the address guard: CIDRs (`10.1.0.0/16`),
+    /// addresses, or exact host names. Everything else must resolve to a
+    /// public address.
+    pub allow: Vec<String>,
+    /// Wait before each retry after a failed attempt; when it runs out the
+    /// delivery is given up. The default retries for 75 hours.
+    #[serde(deserialize_with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    /// Longest one attempt may take, connection included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts in flight at once, over all receivers.
+    pub concurrency: usize,
+    /// How often due deliveries are looked for.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let all: Vec<humantime_serde::Serde<Duration>> = Deserialize::deserialize(d)?;
+    Ok(all.into_iter().map(|d| *d).collect())
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        let mins = |m: u64| Duration::from_secs(60 * m);
+        Self {
+            secrets: Vec::new(),
+            allow: Vec::new(),
+            retry_schedule: vec![
+                Duration::from_secs(5),
+                mins(5),
+                mins(30),
+                mins(120),
+                mins(300),
+                mins(600),
+                mins(840),
+                mins(1200),
+                mins(1440),
+            ],
+            timeout: Duration::from_secs(15),
+            concurrency: 32,
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://.data/switchyard.db".into(),
+            max_body_bytes: 1024 * 1024,
+            max_file_bytes: 512 * 1024 * 1024,
+            intake_concurrency: 256,
+            projection_batch: 512,
+            outbox_interval: Duration::from_secs(5),
+            outbox_grace: Duration::from_secs(10),
+            expiry_interval: Duration::from_secs(1),
+            queue_full_retry_after: Duration::from_secs(2),
+            idempotency_window: Duration::from_secs(24 * 3600),
+            sync_timeout: Duration::from_secs(600),
+            result_retention: Duration::from_secs(24 * 3600),
+            drain_timeout: Duration::from_secs(30),
+            webhooks: WebhookConfig::default(),
+            pii: crate::pii::PiiConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn validate(&self, issues: &mut Issues) {
+        issues.check(
+            self.database_url.starts_with("sqlite:")
+                || switchyard_store::is_postgres(&self.database_url),
+            "broker.database_url",
+            "(hidden)",
+            "must be a sqlite: or postgres:// URL",
+        );
+        issues.check(
+            (1024..=64 * 1024 * 1024).contains(&self.max_body_bytes),
+            "broker.max_body_bytes",
+            self.max_body_bytes,
+            "must be between 1 KiB and 64 MiB",
+        );
+        issues.check(
+            (1024..=16 * 1024 * 1024 * 1024).contains(&self.max_file_bytes),
+            "broker.max_file_bytes",
+            self.max_file_bytes,
+            "must be between 1 KiB and 16 GiB",
+        );
+        issues.check(
+            (1..=10_000).contains(&self.intake_concurrency),
+            "broker.intake_concurrency",
+            self.intake_concurrency,
+            "must be between 1 and 10000",
+        );
+        issues.check(
+            (1..=10_000).contains(&self.projection_batch),
+            "broker.projection_batch",
+            self.projection_batch,
+            "must be between 1 and 10000",
+        );
+        issues.check(
+            !self.outbox_interval.is_zero(),
+            "broker.outbox_interval",
+            self.outbox_interval,
+            "must be positive",
+        );
+        issues.check(
+            !self.expiry_interval.is_zero(),
+            "broker.expiry_interval",
+            self.expiry_interval,
+            "must be positive",
+        );
+        issues.check(
+            !self.result_retention.is_zero(),
+            "broker.result_retention",
+            self.result_retention,
+            "must be positive",
+        );
+        if let Err(e) = self.auth.pepper() {
+            issues.push("broker.auth", "(hidden)", &e.to_string());
+        }
+        if let Err(e) = switchyard_pii::Scanner::new(&self.pii.custom) {
+            issues.push("broker.pii.custom", "", &e.to_string());
+        }
+        let w = &self.webhooks;
+        for (i, secret) in w.secrets.iter().enumerate() {
+            if let Err(e) = crate::webhooks::Secret::parse(secret) {
+                issues.push(&format!("broker.webhooks.secrets[{i}]"), "(hidden)", &e);
+            }
+        }
+        for entry in &w.allow {
+            issues.check(
+                crate::webhooks::AllowEntry::parse(entry).is_some(),
+                "broker.webhooks.allow",
+                entry,
+                "must be a CIDR, an IP address or a host name",
+            );
+        }
+        issues.check(
+            !w.retry_schedule.is_empty(),
+            "broker.webhooks.retry_schedule",
+            "[]",
+            "must list at least one wait",
+        );
+        issues.check(
+            !w.timeout.is_zero() && (1..=1000).contains(&w.concurrency),
+            "broker.webhooks",
+            (w.timeout, w.concurrency),
+            "timeout must be positive and concurrency between 1 and 1000",
+        );
+        issues.check(
+            !w.poll_interval.is_zero(),
+            "broker.webhooks.poll_interval",
+            w.poll_interval,
+            "must be positive",
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! Keeps the job store in step with the streams: lifecycle events, results and
+//! usage are written in batches, one transaction each, and acknowledged only
+//! after the commit. Every write is idempotent, so redelivery is harmless.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::object_store::ObjectStore;
+use async_nats::jetstream::{AckKind, Message};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use switchyard_runtime::Registry;
+use switchyard_runtime::large::{self, LargeError};
+use switchyard_schemas::{JobResult, Outcome, UsageEvent, Versioned, decode};
+use switchyard_store::ledger::Charge;
+use switchyard_store::quotas::Settlement;
+use switchyard_store::{JobStore, Status, StoreError};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::billing;
+use crate::budget::{self, Budgets};
+use crate::limits::Limits;
+use crate::metrics as m;
+
+/// Follows one stream until `shutdown`, applying each batch with `apply`.
+pub async fn follow<T, F, Fut, E>(
+    stream_name: &'static str,
+    consumer: PullConsumer,
+    batch: usize,
+    store: Arc<dyn JobStore>,
+    apply: F,
+    shutdown: CancellationToken,
+) where
+    T: DeserializeOwned + Versioned,
+    F: Fn(Arc<dyn JobStore>, Vec<T>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let messages = loop {
+        match consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .messages()
+            .await
+        {
+            Ok(m) => break m,
+            Err(e) => {
+                warn!(stream = stream_name, error = %e, "cannot follow stream; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let mut chunks = messages.ready_chunks(batch);
+    loop {
+        let chunk = tokio::select! {
+            () = shutdown.cancelled() => return,
+            chunk = chunks.next() => match chunk {
+                Some(chunk) => chunk,
+                None => return,
+            },
+        };
+        let mut items = Vec::with_capacity(chunk.len());
+        let mut msgs: Vec<Message> = Vec::with_capacity(chunk.len());
+        for msg in chunk {
+            let msg = match msg {
+                Ok(msg) => msg,
+                Err(e) => {
+                    warn!(stream = stream_name, error = %e, "stream read failed");
+                    continue;
+                }
+            };
+            match decode::<T>(&msg.payload) {
+                Ok(item) => {
+                    items.push(item);
+                    msgs.push(msg);
+                }
+                Err(e) => {
+                    // A forged or corrupt message must not block the ones after it.
+                    warn!(stream = stream_name, subject = %msg.subject, error = %e, "undecodable message terminated");
+                    let _ = msg.ack_with(AckKind::Term).await;
+                }
+            }
+        }
+        if items.is_empty() {
+            continue;
+        }
+        let n = items.len();
+        let kind = match apply(store.clone(), items).await {
+            Ok(()) => {
+                metrics::counter!(m::PROJECTED, "stream" => stream_name).increment(n as u64);
+                AckKind::Ack
+            }
+            Err(e) => {
+                warn!(stream = stream_name, error = %e, "store write failed; batch will be redelivered");
+                AckKind::Nak(Some(Duration::from_secs(1)))
+            }
+        };
+        futures::future::join_all(msgs.iter().map(|msg| msg.ack_with(kind))).await;
+    }
+}
+
+/// Why a batch of results was not recorded (it is delivered again).
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Large(LargeError),
+}
+
+/// What recording results takes besides the store: outputs kept apart,
+/// prices, and the limits and budgets a finished job frees.
+#[derive(Clone)]
+pub struct Results {
+    pub large: ObjectStore,
+    pub registry: Arc<Registry>,
+    pub limits: Arc<Limits>,
+    pub budgets: Arc<Budgets>,
+}
+
+impl Results {
+    /// Records a batch of results, then settles what the jobs held.
+    pub async fn apply(
+        &self,
+        store: Arc<dyn JobStore>,
+        mut items: Vec<JobResult>,
+    ) -> Result<(), ProjectError> {
+        for r in &mut items {
+            match large::resolve(&self.large, r).await {
+                Ok(()) => {}
+                // Kept no longer than results: recorded without it.
+                Err(e @ LargeError::Gone(_)) => warn!(error = %e, "large output lost"),
+                Err(e) => return Err(ProjectError::Large(e)),
+            }
+        }
+        store.apply_results(&items).await?;
+        // Only budgets and queued-job limits hold anything for a result to
+        // settle.
+        if self.budgets.any() || self.limits.holds_places() {
+            let mut jobs = Vec::with_capacity(items.len());
+            for r in &items {
+                // After the record: the cost is read from the job as recorded.
+                let cost_micros = match self.budgets.any() {
+                    true => store
+                        .get(&r.job_id)
+                        .await?
+                        .map_or(0, |job| budget::job_cost(&self.registry, &job)),
+                    false => 0,
+                };
+                jobs.push(Settlement {
+                    job_id: r.job_id.clone(),
+                    cost_micros,
+                });
+            }
+            store.settle(&jobs).await?;
+        }
+        if self.limits.counts_tokens() {
+            let used: Vec<(String, u32)> = items
+                .iter()
+                .filter_map(|r| match &r.outcome {
+                    Outcome::Succeeded { usage, .. } => Some((
+                        r.job_id.clone(),
+                        usage.prompt_tokens + usage.completion_tokens,
+                    )),
+                    Outcome::Failed { .. } => None,
+                })
+                .collect();
+            store
+                .correct_limits(&used, &self.limits.token_rates())
+                .await?;
+        }
+        for r in &items {
+            let status = Status::of(&r.outcome).as_str();
+            metrics::counter!(m::FINISHED, "status" => status).increment(1);
+        }
+        Ok(())
+    }
+}
+
+/// Records usage events in the ledger, priced; an event seen again
+/// records nothing and is counted once.
+pub async fn record_usage(
+    store: Arc<dyn JobStore>,
+    registry: &Registry,
+    items: Vec<UsageEvent>,
+) -> Result<(), StoreError> {
+    let charges: Vec<Charge> = items
+        .into_iter()
+        .map(|u| billing::charge(registry, u, false))
+        .collect();
+    for i in store.record_usage(&charges).await? {
+        let c = &charges[i];
+        metrics::counter!(m::USAGE_COST, "model" => c.usage.model.clone())
+            .increment(u64::try_from(c.cost_micros).unwrap_or(0));
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The key check at the door: which role each endpoint needs, the key the
+//! request presents, and the caller handed to the handlers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use switchyard_core::Coded;
+use switchyard_core::auth::{Auth, AuthError, Role};
+use switchyard_core::metrics;
+
+use crate::error::ApiError;
+
+/// The token a request carries: `Authorization: Bearer` (OpenAI's SDKs)
+/// or `X-Api-Key`.
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        return v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "));
+    }
+    headers.get("x-api-key")?.to_str().ok()
+}
+
+/// The role an HTTP request needs; None for what anyone may call (health,
+/// the API description).
+fn required(method: &Method, path: &str) -> Option<Role> {
+    const PUBLIC: [&str; 3] = ["/openapi.json", "/v2/health/live", "/v2/health/ready"];
+    if PUBLIC.contains(&path) {
+        return None;
+    }
+    if path.starts_with("/v1/admin/") || path == "/v1/webhooks/enable" {
+        return Some(Role::Admin);
+    }
+    if path == "/v1/webhooks/disabled" {
+        return Some(Role::Operator);
+    }
+    // Every other write submits or cancels work.
+    if method == Method::GET || method == Method::HEAD {
+        Some(Role::Reader)
+    } else {
+        Some(Role::Submitter)
+    }
+}
+
+fn refuse(e: AuthError) -> Response {
+    metrics::auth_refused(e.code().as_str());
+    ApiError::Auth(e).into_response()
+}
+
+/// Lets a request in when its key has the role the endpoint needs, and
+/// hands the handler its caller.
+pub async fn guard(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+    let Some(need) = required(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let addr = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .filter(|_| auth.limits_failures());
+    let now = Instant::now();
+    // Refused before the key is looked at, so a guess past the limit
+    // learns nothing, right or wrong.
+    if let Some(wait) = addr.and_then(|a| auth.blocked(a, now)) {
+        return refuse(AuthError::TooManyFailures(wait));
+    }
+    let token = presented(req.headers());
+    let caller = match auth.caller(token, switchyard_schemas::now_ms()).await {
+        Ok(caller) => caller,
+        Err(e) => {
+            // A wrong key is a guess; a missing, expired or revoked one is not.
+            if let Some(a) = addr
+                && matches!(e, AuthError::Invalid)
+            {
+                auth.failed(a, now);
+            }
+            return refuse(e);
+        }
+    };
+    if !caller.role.grants(need) {
+        return refuse(AuthError::Forbidden(need.as_str()));
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn each_endpoint_needs_its_role() {
+        let table = [
+            (Method::GET, "/openapi.json", None),
+            (Method::GET, "/v2/health/ready", None),
+            (Method::POST, "/v1/admin/keys", Some(Role::Admin)),
+            (Method::GET, "/v1/admin/dead-letters", Some(Role::Admin)),
+            (Method::POST, "/v1/webhooks/enable", Some(Role::Admin)),
+            (Method::GET, "/v1/webhooks/disabled", Some(Role::Operator)),
+            (Method::POST, "/v1/jobs", Some(Role::Submitter)),
+            (Method::POST, "/v1/jobs/j1/cancel", Some(Role::Submitter)),
+            (Method::POST, "/v1/chat/completions", Some(Role::Submitter)),
+            (Method::GET, "/v1/jobs/j1", Some(Role::Reader)),
+            (Method::GET, "/v1/usage", Some(Role::Reader)),
+            (Method::HEAD, "/v1/files/f1/content", Some(Role::Reader)),
+        ];
+        for (method, path, role) in table {
+            assert_eq!(required(&method, path), role, "{method} {path}");
+        }
+        // And what each role is granted.
+        assert!(Role::Admin.grants(Role::Operator));
+        assert!(Role::Operator.grants(Role::Reader));
+        assert!(Role::Submitter.grants(Role::Reader));
+        assert!(!Role::Submitter.grants(Role::Operator));
+        assert!(!Role::Reader.grants(Role::Submitter));
+    }
+
+    #[test]
+    fn a_key_comes_as_a_bearer_token_or_x_api_key() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(presented(&headers), None);
+        headers.insert("x-api-key", HeaderValue::from_static("sy_a_b"));
+        assert_eq!(presented(&headers), Some("sy_a_b"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sy_c_d"),
+        );
+        assert_eq!(presented(&headers), Some("sy_c_d"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(presented(&headers), None);
+    }
+}

@@ -1,0 +1,51 @@
+//! The broker's HTTP edge: one router over a file per front (the jobs API,
+//! the OpenAI-compatible and KServe v2 fronts, job events, batches and
+//! files, usage, webhooks, admin, dead letters), the API description, the
+//! key check, and the one place where an error becomes an HTTP status
+//! (`error.rs`). Every front that waits for a job uses the core's one
+//! call path.
+
+mod admin;
+mod auth;
+mod batches;
+mod dead_letters;
+mod error;
+mod events;
+mod extract;
+mod files;
+mod jobs;
+mod kserve;
+mod openai;
+mod openapi;
+mod reply;
+mod state;
+mod usage;
+mod webhooks;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Extension};
+
+pub use error::{ApiError, job_error_status, status};
+pub use state::{ApiState, Knobs};
+
+/// Every endpoint, behind the key check.
+pub fn router(state: ApiState) -> Router {
+    let auth = state.auth.clone();
+    let knobs = state.knobs;
+    Router::new()
+        .merge(jobs::router())
+        .merge(openai::router())
+        .merge(kserve::router())
+        .merge(events::router())
+        .merge(openapi::router())
+        .merge(webhooks::router())
+        .merge(usage::router())
+        .merge(batches::router())
+        .merge(files::router(knobs.max_file_bytes))
+        .merge(admin::router())
+        .merge(dead_letters::router())
+        .layer(DefaultBodyLimit::max(knobs.max_body_bytes))
+        .layer(Extension(extract::BodyLimit(knobs.max_body_bytes)))
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
+}

@@ -1,0 +1,379 @@
+//! The OpenAI-compatible front: `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings` and `/v1/models`, so that OpenAI clients work unchanged.
+//! Every request is a job in the durable queue like any other; the call
+//! waits for its result, or relays its output as server-sent events.
+
+use axum::Router;
+use axum::extract::{Extension, State};
+use axum::http::HeaderMap;
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::SinkExt;
+use futures::channel::mpsc;
+use serde_json::{Value, json};
+use switchyard_core::ErrorCode;
+use switchyard_core::auth::Caller;
+use switchyard_core::calls::{Begun, Call, CallRequest};
+use switchyard_core::openai_request::{Endpoint, Parsed, parse};
+use switchyard_core::watch::Event;
+use switchyard_schemas::{ErrorBody, Outcome, now_ms};
+use tracing::warn;
+
+use crate::error::ApiError;
+use crate::extract::Body;
+use crate::reply::{bypasses_cache, mark_cache, name_job, priority, sse};
+use crate::state::{ApiState, CallState};
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+}
+
+/// One OpenAI endpoint: they differ only in what they take and give.
+macro_rules! endpoint {
+    ($(#[doc = $doc:literal])* $name:ident, $path:literal, $takes:literal, $gives:literal, $endpoint:ident) => {
+        $(#[doc = $doc])*
+        #[utoipa::path(post, path = $path, tag = "openai",
+            request_body(content = Object, description = $takes),
+            params(("X-Switchyard-Priority" = Option<String>, Header, description = "critical, high, normal (default) or batch")),
+            responses(
+                (status = 200, description = $gives, body = Object),
+                (status = 400, description = "`malformed_body`, or the engine refused the input (`invalid_input`)", body = Object),
+                (status = 422, description = "`invalid_request`, `unknown_model`", body = Object),
+                (status = 429, description = "`queue_full`", body = Object),
+                (status = 503, description = "`queue_unavailable`, `engine_unavailable`, …", body = Object),
+                (status = 504, description = "`still_running`, `timeout`", body = Object),
+            ))]
+        async fn $name(
+            State(s): State<CallState>,
+            Extension(caller): Extension<Caller>,
+            headers: HeaderMap,
+            Body(body): Body,
+        ) -> Result<Response, ApiError> {
+            serve(s, caller, headers, body, Endpoint::$endpoint).await
+        }
+    };
+}
+
+endpoint!(
+    /// OpenAI's chat completions, as a job; `stream: true` answers with
+    /// server-sent events.
+    chat,
+    "/v1/chat/completions",
+    "OpenAI's chat completion request",
+    "OpenAI's chat completion, or its chunks as `text/event-stream`",
+    Chat
+);
+endpoint!(
+    /// OpenAI's completions, as a job; `stream: true` answers with
+    /// server-sent events.
+    completions,
+    "/v1/completions",
+    "OpenAI's completion request",
+    "OpenAI's completion, or its chunks as `text/event-stream`",
+    Completion
+);
+endpoint!(
+    /// OpenAI's embeddings, as a job.
+    embeddings,
+    "/v1/embeddings",
+    "OpenAI's embedding request",
+    "OpenAI's embedding list",
+    Embedding
+);
+
+/// The registry, as OpenAI lists models.
+#[utoipa::path(get, path = "/v1/models", tag = "openai",
+    responses((status = 200, description = "`{object: list, data: [{id, object: model, …}]}`", body = Object)))]
+async fn models(State(s): State<CallState>) -> axum::Json<Value> {
+    let data: Vec<Value> = s
+        .calls
+        .admitter()
+        .registry()
+        .iter()
+        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "switchyard"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data}))
+}
+
+async fn serve(
+    s: CallState,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
+    let priority = priority(&headers)?;
+    let calls = &s.calls;
+    let Parsed {
+        submission,
+        stream,
+        base64,
+        include_usage,
+    } = parse(
+        calls.admitter().registry(),
+        &caller,
+        &body,
+        endpoint,
+        priority,
+    )?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let relay = Relay {
+        chat: endpoint == Endpoint::Chat,
+        id: id.clone(),
+        model: submission.model.clone(),
+        created: now_ms() / 1000,
+        include_usage,
+    };
+    let request = CallRequest {
+        submission,
+        priority,
+        id: id.clone(),
+        key: caller.key.clone(),
+        bypass_cache: bypasses_cache(&headers),
+        wait: true,
+        stream,
+    };
+    let (begun, cache) = calls.begin(request).await.map_err(|e| s.refused(e))?;
+    let mut response = match begun {
+        Begun::Cached { mut output, .. } => {
+            if stream {
+                let (mut tx, rx) = mpsc::channel(64);
+                let replay = async move {
+                    if relay.open(&mut tx).await {
+                        relay.finish(&mut tx, "", output).await;
+                    }
+                };
+                sse(replay, rx)
+            } else {
+                if base64 {
+                    encode_embeddings(&mut output);
+                }
+                axum::Json(output).into_response()
+            }
+        }
+        Begun::Queued { call: None, .. } => return Err(ApiError::StillRunning(id)),
+        Begun::Queued {
+            call: Some(mut call),
+            ..
+        } if stream => {
+            let (tx, rx) = mpsc::channel(64);
+            let relayed = async move {
+                match relay.run(&mut call, tx).await {
+                    // A client that stopped reading no longer wants the job:
+                    // dropping the call cancels it.
+                    Relayed::ClientGone => {}
+                    Relayed::Result(output) => call.end(output.as_ref()).await,
+                    Relayed::TimedOut => call.end(None).await,
+                }
+            };
+            let mut response = sse(relayed, rx);
+            name_job(&mut response, &id);
+            response
+        }
+        Begun::Queued {
+            call: Some(mut call),
+            ..
+        } => {
+            // Dropped here, with the handler, if the client goes away.
+            let result = call.result().await;
+            let Some(result) = result else {
+                call.end(None).await;
+                return Err(ApiError::StillRunning(id));
+            };
+            let mut output = match result.outcome {
+                Outcome::Succeeded { output, .. } => output,
+                Outcome::Failed { error } => {
+                    call.end(None).await;
+                    return Err(ApiError::JobFailed(error));
+                }
+            };
+            call.end(Some(&output)).await;
+            if base64 {
+                encode_embeddings(&mut output);
+            }
+            let mut response = axum::Json(output).into_response();
+            name_job(&mut response, &id);
+            response
+        }
+    };
+    mark_cache(&mut response, cache);
+    Ok(response)
+}
+
+/// Each embedding as OpenAI's base64: its float32 values, little-endian.
+fn encode_embeddings(output: &mut Value) {
+    let Some(data) = output.get_mut("data").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for item in data {
+        if let Some(values) = item.get("embedding").and_then(Value::as_array) {
+            let bytes: Vec<u8> = values
+                .iter()
+                .filter_map(Value::as_f64)
+                .flat_map(|f| (f as f32).to_le_bytes())
+                .collect();
+            item["embedding"] = base64::engine::general_purpose::STANDARD
+                .encode(bytes)
+                .into();
+        }
+    }
+}
+
+/// Relays one job's streamed output as OpenAI chunks.
+struct Relay {
+    chat: bool,
+    id: String,
+    model: String,
+    created: i64,
+    include_usage: bool,
+}
+
+impl Relay {
+    fn chunk(&self, delta: Option<&str>, finish_reason: Option<&str>) -> Value {
+        let choice = if self.chat {
+            let delta = match delta {
+                Some(text) => json!({"content": text}),
+                None => json!({}),
+            };
+            json!({"index": 0, "delta": delta, "finish_reason": finish_reason})
+        } else {
+            json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish_reason})
+        };
+        self.envelope(json!([choice]))
+    }
+
+    fn envelope(&self, choices: Value) -> Value {
+        let (id, object) = match self.chat {
+            true => (format!("chatcmpl-{}", self.id), "chat.completion.chunk"),
+            false => (format!("cmpl-{}", self.id), "text_completion"),
+        };
+        json!({"id": id, "object": object, "created": self.created, "model": self.model, "choices": choices})
+    }
+
+    /// Sends chunks until the job's result, then the rest of the text the
+    /// chunks missed, the final chunk, the usage when asked, and `[DONE]`.
+    /// Chunks are best effort; the result is whole, so a gap is filled from
+    /// it. Only one attempt's chunks are relayed: if that attempt fails
+    /// after sending text and a retry writes something else, the stream
+    /// ends with an error rather than with text that does not add up.
+    async fn run(&self, call: &mut Call, mut tx: mpsc::Sender<SseEvent>) -> Relayed {
+        let mut sent = String::new();
+        let mut attempt = None;
+        if !self.open(&mut tx).await {
+            return Relayed::ClientGone;
+        }
+        loop {
+            let Some(event) = call.next().await else {
+                let message = ApiError::StillRunning(self.id.clone()).to_string();
+                send_error(&mut tx, ErrorCode::StillRunning.as_str(), message).await;
+                return Relayed::TimedOut;
+            };
+            let piece = match event {
+                Event::Noise => continue,
+                Event::Chunk(chunk) => {
+                    let current = *attempt.get_or_insert(chunk.attempt);
+                    if chunk.attempt != current && sent.is_empty() {
+                        attempt = Some(chunk.attempt);
+                    } else if chunk.attempt != current {
+                        continue;
+                    }
+                    if chunk.delta.is_empty() {
+                        continue;
+                    }
+                    sent.push_str(&chunk.delta);
+                    self.chunk(Some(&chunk.delta), None)
+                }
+                Event::Result(result) => {
+                    let output = match result.outcome {
+                        Outcome::Succeeded { output, .. } => output,
+                        Outcome::Failed { error } => {
+                            send_error(&mut tx, error.class.code(), error.message).await;
+                            return Relayed::Result(None);
+                        }
+                    };
+                    let finished = self.finish(&mut tx, &sent, output.clone()).await;
+                    return Relayed::Result(finished.then_some(output));
+                }
+            };
+            if send(&mut tx, &piece).await.is_err() {
+                return Relayed::ClientGone;
+            }
+        }
+    }
+
+    /// Starts the stream: a chat's first chunk names the role. False if the
+    /// client is gone.
+    async fn open(&self, tx: &mut mpsc::Sender<SseEvent>) -> bool {
+        if !self.chat {
+            return true;
+        }
+        let role = json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]);
+        send(tx, &self.envelope(role)).await.is_ok()
+    }
+
+    /// Ends the stream of a job that succeeded with `output`, of which
+    /// `sent` went out already; false if the two do not add up.
+    async fn finish(&self, tx: &mut mpsc::Sender<SseEvent>, sent: &str, output: Value) -> bool {
+        let choice = &output["choices"][0];
+        let whole = match self.chat {
+            true => choice["message"]["content"].as_str(),
+            false => choice["text"].as_str(),
+        }
+        .unwrap_or_default();
+        let Some(rest) = whole.strip_prefix(sent) else {
+            warn!(job_id = %self.id, "streamed text and result differ after a retry");
+            let message = format!(
+                "the output was restarted after a failure; the whole result is at /v1/jobs/{}",
+                self.id
+            );
+            send_error(tx, ErrorCode::StreamInterrupted.as_str(), message).await;
+            return false;
+        };
+        let finish_reason = choice["finish_reason"].as_str().unwrap_or("stop");
+        let mut last = vec![self.chunk((!rest.is_empty()).then_some(rest), Some(finish_reason))];
+        if self.include_usage {
+            let mut usage_chunk = self.envelope(json!([]));
+            usage_chunk["usage"] = output.get("usage").cloned().unwrap_or(Value::Null);
+            last.push(usage_chunk);
+        }
+        for chunk in &last {
+            if send(tx, chunk).await.is_err() {
+                return true;
+            }
+        }
+        let _ = tx.send(SseEvent::default().data("[DONE]")).await;
+        true
+    }
+}
+
+/// How a relay ended.
+#[derive(Debug)]
+enum Relayed {
+    /// With the job's result: its output, where it succeeded and the
+    /// stream added up.
+    Result(Option<Value>),
+    /// `sync_timeout` passed; the job goes on.
+    TimedOut,
+    ClientGone,
+}
+
+/// Ends a stream with OpenAI's error event; the stream closes after it.
+async fn send_error(tx: &mut mpsc::Sender<SseEvent>, code: &str, message: String) {
+    let error = ErrorBody {
+        code: code.into(),
+        message,
+    };
+    let _ = send(tx, &json!({"error": error})).await;
+}
+
+/// Sends one event; an error means the client is gone.
+async fn send(tx: &mut mpsc::Sender<SseEvent>, data: &Value) -> Result<(), mpsc::SendError> {
+    tx.send(SseEvent::default().data(data.to_string())).await
+}

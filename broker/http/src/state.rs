@@ -1,0 +1,147 @@
+//! What the handlers share, and the narrow slice each front takes of it
+//! (axum's `FromRef`): a front sees only the services it uses.
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use switchyard_core::admission::SubmitError;
+use switchyard_core::auth::{Auth, Caller};
+use switchyard_core::batches::Files;
+use switchyard_core::calls::{CallError, Calls};
+use switchyard_core::cancel::Canceller;
+use switchyard_core::dead_letters::DeadLetters;
+use switchyard_runtime::{Readiness, Tenants};
+use switchyard_store::{BatchStore, JobRecord, JobStore};
+
+use crate::error::ApiError;
+
+/// Everything the HTTP edge is given.
+#[derive(Clone)]
+pub struct ApiState {
+    pub calls: Calls,
+    pub canceller: Canceller,
+    pub store: Arc<dyn JobStore>,
+    /// The broker's own readiness (NATS connected, serving).
+    pub readiness: Readiness,
+    pub batch_store: Arc<dyn BatchStore>,
+    /// Batch input and output files.
+    pub files: Files,
+    pub dead_letters: DeadLetters,
+    pub auth: Arc<Auth>,
+    /// The configuration's tenants.
+    pub tenants: Arc<Tenants>,
+    pub knobs: Knobs,
+}
+
+/// The edge's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Knobs {
+    pub max_body_bytes: usize,
+    pub max_file_bytes: usize,
+    /// `Retry-After` of a `queue_full` answer, seconds.
+    pub queue_full_retry_after: u64,
+    /// How long an `Idempotency-Key` holds its job.
+    pub idempotency_window_ms: i64,
+}
+
+/// The fronts that submit jobs and wait for them.
+#[derive(Clone)]
+pub struct CallState {
+    pub calls: Calls,
+    pub queue_full_retry_after: u64,
+}
+
+impl CallState {
+    /// The API's error for a call that could not begin: a full queue says
+    /// when to try again.
+    pub fn refused(&self, e: CallError) -> ApiError {
+        match e {
+            CallError::Submit(e @ SubmitError::QueueFull { .. }) => ApiError::QueueFull {
+                message: e.to_string(),
+                retry_after: self.queue_full_retry_after,
+            },
+            other => other.into(),
+        }
+    }
+}
+
+impl FromRef<ApiState> for CallState {
+    fn from_ref(s: &ApiState) -> Self {
+        CallState {
+            calls: s.calls.clone(),
+            queue_full_retry_after: s.knobs.queue_full_retry_after,
+        }
+    }
+}
+
+/// The job records, for the fronts that read them.
+#[derive(Clone)]
+pub struct Records {
+    pub store: Arc<dyn JobStore>,
+}
+
+impl Records {
+    /// The job, if the caller may see it: another tenant's job is not
+    /// found, so that its existence is not confirmed.
+    pub async fn job(&self, caller: &Caller, id: &str) -> Result<JobRecord, ApiError> {
+        self.store
+            .get(id)
+            .await?
+            .filter(|r| caller.sees(&r.tenant))
+            .ok_or_else(|| ApiError::NotFound(format!("job {id:?}")))
+    }
+}
+
+impl FromRef<ApiState> for Records {
+    fn from_ref(s: &ApiState) -> Self {
+        Records {
+            store: s.store.clone(),
+        }
+    }
+}
+
+/// Batches and their files.
+#[derive(Clone)]
+pub struct BatchState {
+    pub batch_store: Arc<dyn BatchStore>,
+    pub files: Files,
+    pub max_file_bytes: usize,
+}
+
+impl FromRef<ApiState> for BatchState {
+    fn from_ref(s: &ApiState) -> Self {
+        BatchState {
+            batch_store: s.batch_store.clone(),
+            files: s.files.clone(),
+            max_file_bytes: s.knobs.max_file_bytes,
+        }
+    }
+}
+
+/// Tenants and keys.
+#[derive(Clone)]
+pub struct AdminState {
+    pub auth: Arc<Auth>,
+    pub tenants: Arc<Tenants>,
+}
+
+impl FromRef<ApiState> for AdminState {
+    fn from_ref(s: &ApiState) -> Self {
+        AdminState {
+            auth: s.auth.clone(),
+            tenants: s.tenants.clone(),
+        }
+    }
+}
+
+impl FromRef<ApiState> for DeadLetters {
+    fn from_ref(s: &ApiState) -> Self {
+        s.dead_letters.clone()
+    }
+}
+
+impl FromRef<ApiState> for Readiness {
+    fn from_ref(s: &ApiState) -> Self {
+        s.readiness.clone()
+    }
+}
