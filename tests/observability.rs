@@ -95,7 +95,7 @@ async fn dashboards_alerts_and_autoscaling_name_only_real_metrics() {
         }
     }
     let declared: BTreeSet<String> = [
-        "broker/src/metrics.rs",
+        "broker/core/src/metrics.rs",
         "dispatcher/src/metrics.rs",
         "gpu-agent/src/metrics.rs",
     ]

@@ -125,7 +125,7 @@ async fn sigterm_on_the_broker_turns_readiness_off_while_calls_in_flight_finish(
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["choices"][0]["finish_reason"], "length", "{body}");
     }
-    let status = stack.proc("broker").terminate(Duration::from_secs(20));
+    let status = stack.proc("broker").wait_exit(Duration::from_secs(20));
     assert!(status.success(), "broker exit: {status}");
     // The drain bound (8 s) twice at most, with room for a loaded machine.
     assert!(
@@ -134,6 +134,54 @@ async fn sigterm_on_the_broker_turns_readiness_off_while_calls_in_flight_finish(
         stopping.elapsed()
     );
     assert!(stack.log_of("broker").contains("broker stopped"));
+}
+
+/// A second signal ends a draining broker at once, its calls unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_sigterm_exits_at_once() {
+    let mut stack = Stack::running(
+        StackOptions {
+            base_latency: "60s",
+            broker_extra: "  drain_timeout: 60s",
+            ..StackOptions::default()
+        },
+        &["node-a"],
+    );
+    let port = stack.broker_port;
+    let call = stack
+        .http
+        .post(stack.broker_url("/v1/completions"))
+        .json(&json!({"model": TEXT_MODEL, "prompt": "never answered", "max_tokens": 1}))
+        .send();
+    let mut call = std::pin::pin!(call);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stack
+        .metric("node-a", "switchyard_agent_running_jobs")
+        .await
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "the call's job never ran");
+        tokio::select! {
+            _ = &mut call => panic!("answered before its job ran"),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    stack
+        .proc("broker")
+        .signal(nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while is_ready(port) {
+        assert!(Instant::now() < deadline, "still ready after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = Instant::now();
+    let status = stack.proc("broker").terminate(Duration::from_secs(5));
+    assert!(
+        !status.success(),
+        "a forced exit is not a clean one: {status}"
+    );
+    assert!(second.elapsed() < Duration::from_secs(5));
+    assert!(call.await.is_err(), "the call was cut off");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -118,10 +118,13 @@ impl Proc {
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         self.signal(Signal::SIGTERM);
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let name = self.name.clone();
-        wait_until(&format!("{name} to exit"), timeout, || {
-            self.child.try_wait().ok().flatten()
-        })
+        wait_until(&format!("{name} to exit"), timeout, || self.exited())
     }
 
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {

@@ -18,7 +18,7 @@ use switchyard_store::{BatchCounts, BatchRecord, BatchStatus, BatchUpdate};
 use crate::error::{ApiError, invalid};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::files;
-use crate::state::{ApiState, BatchState};
+use crate::state::{ApiState, BatchState, visible};
 
 /// The longest completion window a batch may ask for.
 const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -136,11 +136,8 @@ async fn create(
 }
 
 async fn find(s: &BatchState, caller: &Caller, id: &str) -> Result<BatchRecord, ApiError> {
-    s.batch_store
-        .get_batch(id)
-        .await?
-        .filter(|b| caller.sees(&b.tenant))
-        .ok_or_else(|| ApiError::NotFound(format!("batch {id:?}")))
+    let found = s.batch_store.get_batch(id).await?;
+    visible(caller, found, |b| &b.tenant, || format!("batch {id:?}"))
 }
 
 #[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches",

@@ -16,7 +16,7 @@ use switchyard_store::FileRecord;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::error::{ApiError, invalid};
-use crate::state::{ApiState, BatchState};
+use crate::state::{ApiState, BatchState, visible};
 
 pub fn router(max_file_bytes: usize) -> Router<ApiState> {
     Router::new()
@@ -155,11 +155,8 @@ async fn list(
 
 /// The file, if the caller may see it.
 pub async fn find(s: &BatchState, caller: &Caller, id: &str) -> Result<FileRecord, ApiError> {
-    s.batch_store
-        .get_file(id)
-        .await?
-        .filter(|f| caller.sees(&f.tenant))
-        .ok_or_else(|| ApiError::NotFound(format!("file {id:?}")))
+    let found = s.batch_store.get_file(id).await?;
+    visible(caller, found, |f| &f.tenant, || format!("file {id:?}"))
 }
 
 #[utoipa::path(get, path = "/v1/files/{id}", tag = "batches",

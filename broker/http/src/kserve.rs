@@ -13,13 +13,13 @@ use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 use switchyard_core::admission::Rejection;
 use switchyard_core::auth::Caller;
-use switchyard_core::calls::{Begun, CallRequest};
+use switchyard_core::calls::Begun;
 use switchyard_runtime::{ModelKind, Readiness};
 use switchyard_schemas::{Outcome, SCHEMA_VERSION, Submission};
 
 use crate::error::{ApiError, invalid};
 use crate::extract::Body;
-use crate::reply::{bypasses_cache, mark_cache, name_job, priority};
+use crate::reply::{mark_cache, name_job, priority};
 use crate::state::{ApiState, CallState};
 
 pub fn router() -> Router<ApiState> {
@@ -155,16 +155,8 @@ async fn infer(
         stream: false,
         webhook: None,
     };
-    let id = uuid::Uuid::now_v7().to_string();
-    let request = CallRequest {
-        submission,
-        priority,
-        id: id.clone(),
-        key: caller.key.clone(),
-        bypass_cache: bypasses_cache(&headers),
-        wait: true,
-        stream: false,
-    };
+    let request = CallState::waiting(&caller, &headers, submission, priority, false);
+    let id = request.id.clone();
     let (begun, cache) = s.calls.begin(request).await.map_err(|e| s.refused(e))?;
     let mut response = match begun {
         Begun::Cached { output, .. } => answer(output, requested, request_id),

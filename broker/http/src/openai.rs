@@ -16,7 +16,7 @@ use futures::channel::mpsc;
 use serde_json::{Value, json};
 use switchyard_core::ErrorCode;
 use switchyard_core::auth::Caller;
-use switchyard_core::calls::{Begun, Call, CallRequest};
+use switchyard_core::calls::{Begun, Call};
 use switchyard_core::openai_request::{Endpoint, Parsed, parse};
 use switchyard_core::watch::Event;
 use switchyard_schemas::{ErrorBody, Outcome, now_ms};
@@ -24,7 +24,7 @@ use tracing::warn;
 
 use crate::error::ApiError;
 use crate::extract::Body;
-use crate::reply::{bypasses_cache, mark_cache, name_job, priority, sse};
+use crate::reply::{mark_cache, name_job, priority, sse};
 use crate::state::{ApiState, CallState};
 
 pub fn router() -> Router<ApiState> {
@@ -123,22 +123,14 @@ async fn serve(
         endpoint,
         priority,
     )?;
-    let id = uuid::Uuid::now_v7().to_string();
+    let request = CallState::waiting(&caller, &headers, submission, priority, stream);
+    let id = request.id.clone();
     let relay = Relay {
         chat: endpoint == Endpoint::Chat,
         id: id.clone(),
-        model: submission.model.clone(),
+        model: request.submission.model.clone(),
         created: now_ms() / 1000,
         include_usage,
-    };
-    let request = CallRequest {
-        submission,
-        priority,
-        id: id.clone(),
-        key: caller.key.clone(),
-        bypass_cache: bypasses_cache(&headers),
-        wait: true,
-        stream,
     };
     let (begun, cache) = calls.begin(request).await.map_err(|e| s.refused(e))?;
     let mut response = match begun {

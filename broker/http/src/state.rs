@@ -4,16 +4,19 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
+use axum::http::HeaderMap;
 use switchyard_core::admission::SubmitError;
 use switchyard_core::auth::{Auth, Caller};
 use switchyard_core::batches::Files;
-use switchyard_core::calls::{CallError, Calls};
+use switchyard_core::calls::{CallError, CallRequest, Calls};
 use switchyard_core::cancel::Canceller;
 use switchyard_core::dead_letters::DeadLetters;
 use switchyard_runtime::{Readiness, Tenants};
+use switchyard_schemas::{Priority, Submission};
 use switchyard_store::{BatchStore, JobRecord, JobStore};
 
 use crate::error::ApiError;
+use crate::reply::bypasses_cache;
 
 /// Everything the HTTP edge is given.
 #[derive(Clone)]
@@ -52,6 +55,26 @@ pub struct CallState {
 }
 
 impl CallState {
+    /// A call that waits for its job, for `caller`, with the cache as its
+    /// headers ask; its id is new.
+    pub fn waiting(
+        caller: &Caller,
+        headers: &HeaderMap,
+        submission: Submission,
+        priority: Priority,
+        stream: bool,
+    ) -> CallRequest {
+        CallRequest {
+            submission,
+            priority,
+            id: uuid::Uuid::now_v7().to_string(),
+            key: caller.key.clone(),
+            bypass_cache: bypasses_cache(headers),
+            wait: true,
+            stream,
+        }
+    }
+
     /// The API's error for a call that could not begin: a full queue says
     /// when to try again.
     pub fn refused(&self, e: CallError) -> ApiError {
@@ -81,15 +104,24 @@ pub struct Records {
 }
 
 impl Records {
-    /// The job, if the caller may see it: another tenant's job is not
-    /// found, so that its existence is not confirmed.
+    /// The job, if the caller may see it.
     pub async fn job(&self, caller: &Caller, id: &str) -> Result<JobRecord, ApiError> {
-        self.store
-            .get(id)
-            .await?
-            .filter(|r| caller.sees(&r.tenant))
-            .ok_or_else(|| ApiError::NotFound(format!("job {id:?}")))
+        let found = self.store.get(id).await?;
+        visible(caller, found, |r| &r.tenant, || format!("job {id:?}"))
     }
+}
+
+/// What was `found`, if the caller may see it: another tenant's is not
+/// found either, so that its existence is not confirmed.
+pub fn visible<T>(
+    caller: &Caller,
+    found: Option<T>,
+    tenant: impl Fn(&T) -> &str,
+    what: impl FnOnce() -> String,
+) -> Result<T, ApiError> {
+    found
+        .filter(|r| caller.sees(tenant(r)))
+        .ok_or_else(|| ApiError::NotFound(what()))
 }
 
 impl FromRef<ApiState> for Records {
