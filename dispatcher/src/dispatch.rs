@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, Context};
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use switchyard_runtime::attempts::{self, Timeline};
+use switchyard_runtime::attempts;
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_runtime::{NatsConfig, Registry, Tenants};
+use switchyard_schemas::Timeline;
 use switchyard_schemas::{
     Assignment, CodecError, EventKind, Heartbeat, Job, JobEvent, Priority, SCHEMA_VERSION, decode,
     encode, now_ms, subjects,

@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, stream::Stream};
 use futures::StreamExt;
-use switchyard_runtime::attempts::{self, Timeline};
+use switchyard_runtime::attempts;
+use switchyard_schemas::Timeline;
 use switchyard_schemas::{Assignment, ErrorClass, Failure, JobError, decode, now_ms};
 use tracing::{info, warn};
 

@@ -7,12 +7,13 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::{self, AckKind, Context, kv};
 use futures::StreamExt;
-use switchyard_runtime::attempts::{self, Timeline};
+use switchyard_runtime::attempts;
 use switchyard_runtime::large;
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_runtime::{NatsConfig, Readiness, Registry};
+use switchyard_schemas::Timeline;
 use switchyard_schemas::{
     Assignment, EngineLoad, ErrorClass, EventKind, Failure, GpuStats, Heartbeat, JobError,
     JobEvent, JobResult, LoadReply, LoadRequest, Outcome, SCHEMA_VERSION, StreamChunk, UsageEvent,
@@ -609,20 +610,7 @@ async fn execute(
             .await
     })
     .await?;
-    let mut result = JobResult {
-        v: SCHEMA_VERSION,
-        job_id: job.id.clone(),
-        attempt: job.attempt,
-        node: timeline.node,
-        assigned_at_ms: timeline.assigned_at_ms,
-        started_at_ms: timeline.started_at_ms,
-        output_ref: None,
-        finished_at_ms: now_ms(),
-        outcome: Outcome::Succeeded {
-            output: inf.output,
-            usage: inf.usage,
-        },
-    };
+    let mut result = JobResult::succeeded(&job.id, job.attempt, timeline, inf.output, inf.usage);
     // An output larger than a message goes to the object store first.
     large::spill(&node.large_results, &mut result, node.max_result_bytes).await?;
     let stored = until_confirmed(msg, retry_until, || {

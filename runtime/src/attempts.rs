@@ -8,7 +8,7 @@ use async_nats::jetstream::Context;
 use async_nats::jetstream::context::PublishError;
 use switchyard_schemas::{
     CodecError, DeadLetter, ErrorClass, EventKind, Failure, Job, JobError, JobEvent, JobResult,
-    Outcome, SCHEMA_VERSION, encode, subjects,
+    SCHEMA_VERSION, Timeline, encode, subjects,
 };
 
 use crate::nats;
@@ -19,14 +19,6 @@ pub enum SettleError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Codec(#[from] CodecError),
-}
-
-/// Where and when the attempt ran, for the final result.
-#[derive(Debug, Clone, Default)]
-pub struct Timeline {
-    pub node: Option<String>,
-    pub assigned_at_ms: Option<i64>,
-    pub started_at_ms: Option<i64>,
 }
 
 /// What became of the job.
@@ -141,17 +133,7 @@ pub async fn publish_result(js: &Context, result: &JobResult) -> Result<bool, Se
 }
 
 fn final_failure(job: &Job, error: JobError, timeline: &Timeline) -> JobResult {
-    JobResult {
-        v: SCHEMA_VERSION,
-        job_id: job.id.clone(),
-        attempt: job.attempt,
-        node: timeline.node.clone(),
-        assigned_at_ms: timeline.assigned_at_ms,
-        started_at_ms: timeline.started_at_ms,
-        output_ref: None,
-        finished_at_ms: switchyard_schemas::now_ms(),
-        outcome: Outcome::Failed { error },
-    }
+    JobResult::failed(&job.id, job.attempt, timeline.clone(), error)
 }
 
 /// Queues `next` (the following attempt of `job`) and records why, both

@@ -17,8 +17,8 @@ pub use messages::{
     AdmitReply, Assignment, AutoscaleSignal, ChatInput, ChatMessage, CompletionInput, DeadLetter,
     EmbeddingInput, EngineLoad, ErrorBody, EventKind, Failure, GpuProcess, GpuStats, Heartbeat,
     Job, JobEvent, JobInput, JobResult, LoadReply, LoadRequest, Outcome, RunningLimits,
-    SAMPLING_FIELDS, Sampling, StreamChunk, Submission, Tensor, TensorInput, Usage, UsageEvent,
-    Versioned, WebhookEvent, WebhookTarget,
+    SAMPLING_FIELDS, Sampling, StreamChunk, Submission, Tensor, TensorInput, Timeline, Usage,
+    UsageEvent, Versioned, WebhookEvent, WebhookTarget,
 };
 pub use priority::{ParsePriorityError, Priority};
 

@@ -7,9 +7,7 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use serde_json::json;
 use switchyard_runtime::attempts;
-use switchyard_schemas::{
-    ErrorBody, ErrorClass, JobError, JobResult, Outcome, SCHEMA_VERSION, now_ms, subjects,
-};
+use switchyard_schemas::{ErrorBody, ErrorClass, JobError, JobResult, Timeline, now_ms, subjects};
 use switchyard_store::{Status, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -98,17 +96,12 @@ impl Canceller {
                 status: record.status,
             });
         }
-        let result = JobResult {
-            v: SCHEMA_VERSION,
-            job_id: id.to_owned(),
-            attempt: record.attempt,
+        let timeline = Timeline {
             node: record.node,
             assigned_at_ms: record.assigned_at_ms,
             started_at_ms: record.started_at_ms,
-            output_ref: None,
-            finished_at_ms: now_ms(),
-            outcome: Outcome::Failed { error },
         };
+        let result = JobResult::failed(id, record.attempt, timeline, error);
         let stored = attempts::publish_result(admitter.js(), &result)
             .await
             .map_err(|e| unavailable(e.to_string()))?;

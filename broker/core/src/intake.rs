@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use switchyard_schemas::{
     AdmitReply, CodecError, DEFAULT_TENANT, Encoding, ErrorBody, ErrorClass, JobError, JobResult,
-    Outcome, Priority, SCHEMA_VERSION, Submission, decode_submission, encode_as, now_ms, subjects,
+    Priority, Submission, Timeline, decode_submission, encode_as, now_ms, subjects,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
@@ -289,17 +289,13 @@ async fn record_refusal(admitter: &Admitter, refused: Refused) -> Result<(), Str
         _ => ErrorClass::InvalidInput,
     };
     let result = JobResult {
-        v: SCHEMA_VERSION,
-        job_id: id.clone(),
-        attempt: 0,
-        node: None,
-        assigned_at_ms: None,
-        started_at_ms: None,
-        output_ref: None,
         finished_at_ms: rejected.at_ms,
-        outcome: Outcome::Failed {
-            error: JobError::new(class, rejected.message),
-        },
+        ..JobResult::failed(
+            &id,
+            0,
+            Timeline::default(),
+            JobError::new(class, rejected.message),
+        )
     };
     // A job has one result: an id that already has one keeps it.
     switchyard_runtime::attempts::publish_result(admitter.js(), &result)

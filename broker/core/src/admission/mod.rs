@@ -10,7 +10,7 @@ use async_nats::jetstream::Context;
 use switchyard_runtime::Registry;
 use switchyard_runtime::nats;
 use switchyard_schemas::{
-    Job, JobResult, Outcome, Priority, SCHEMA_VERSION, Submission, UsageEvent, encode, now_ms,
+    Job, JobResult, Priority, SCHEMA_VERSION, Submission, Timeline, UsageEvent, encode, now_ms,
     subjects,
 };
 use tracing::{debug, warn};
@@ -338,15 +338,8 @@ impl Admitter {
             .and_then(|u| serde_json::from_value(u.clone()).ok())
             .unwrap_or_default();
         let result = JobResult {
-            v: SCHEMA_VERSION,
-            job_id: job.id.clone(),
-            attempt: job.attempt,
-            node: None,
-            assigned_at_ms: None,
-            started_at_ms: None,
-            output_ref: None,
             finished_at_ms: now,
-            outcome: Outcome::Succeeded { output, usage },
+            ..JobResult::succeeded(&job.id, job.attempt, Timeline::default(), output, usage)
         };
         self.store.apply_results(&[result]).await?;
         // Billed at the cache-hit price, once: the key is (job, attempt).

@@ -3,20 +3,9 @@
 //! still charges each completed job once, and its totals are the engine's
 //! own token counts at the configured prices.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const PRICED: &str = "

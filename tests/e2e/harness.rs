@@ -12,20 +12,9 @@
 //!    the OpenAI-compatible front and, where it is installed, the LiteLLM
 //!    proxy, at 25 %, 50 % and 75 % of the most the front sustains.
 //!
-//! `cargo test --test harness smoke` runs every part for a moment (CI); the
+//! `cargo test --test e2e harness::smoke` runs every part for a moment (CI); the
 //! figures of docs/benchmarks.md come from the long form, `scripts/bench`
 //! (which installs LiteLLM first).
-
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,10 +22,10 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use async_nats::jetstream::{self, consumer::PullConsumer, stream};
 use axum::Json;
 use axum::routing::{get, post};
-use common::*;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};

@@ -1,22 +1,11 @@
 //! The durable job path end to end, against a real nats-server and the real
 //! binaries: nothing lost, nothing reported twice, across crashes.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use async_nats::HeaderMap;
-use common::*;
 use futures::StreamExt;
 use serde_json::{Value, json};
 

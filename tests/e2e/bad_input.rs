@@ -2,21 +2,10 @@
 //! a status and `{"error": {"code", "message"}}`; on NATS a failed job record
 //! and result, or an error reply.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use async_nats::HeaderMap;
-use common::*;
 use serde_json::{Value, json};
 
 async fn post_raw(stack: &Stack, body: impl Into<reqwest::Body>) -> (u16, Value) {

@@ -3,20 +3,9 @@
 //! for the few that appear only once their event happens (a GPU, a lost
 //! node, a webhook), among the names the component declares.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// Metrics a quiet stack on a machine without NVIDIA GPUs does not show.

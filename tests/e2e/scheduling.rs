@@ -1,21 +1,10 @@
 //! Queue policy against a real nats-server: bounded queues, and the backlog
 //! held in JetStream rather than in any process.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use async_nats::HeaderMap;
-use common::*;
 use serde_json::{Value, json};
 
 fn text(priority: &str, prompt: &str) -> Value {

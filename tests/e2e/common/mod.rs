@@ -1,8 +1,6 @@
 //! Test harness: a private `nats-server` per test (free port, temporary store,
 //! killed on drop) and the real `switchyard` binary for each component.
 
-#![allow(dead_code)] // Each test binary uses a different part of the harness.
-
 pub mod proxy;
 
 use std::collections::HashMap;

@@ -5,23 +5,12 @@
 //! Every job a client was told was accepted ends `succeeded`, and a retried
 //! submission is one job.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// Submits one job until it is accepted, with the same idempotency key

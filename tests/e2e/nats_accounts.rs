@@ -4,20 +4,9 @@
 //! and by request, reads its own results, and cannot submit as the other,
 //! read the other's results or reach the platform's streams.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use switchyard_schemas::{JobResult, Outcome, decode};
 

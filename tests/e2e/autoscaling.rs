@@ -2,20 +2,9 @@
 //! none before the load, more nodes than the one simulated node at the
 //! peak (its backlog grows), none again once the load is gone and served.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 async fn desired(stack: &Stack) -> f64 {

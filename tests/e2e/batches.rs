@@ -2,22 +2,11 @@
 //! `openai` SDK, unmodified; cancelling a batch; and files larger than any
 //! request body streamed through without being held in memory.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn chat_line(custom_id: &str, content: &str) -> String {

@@ -3,18 +3,7 @@
 //! rest with `429 rate_limited` and a `Retry-After`, and leave other
 //! tenants alone; a tokens-per-minute limit counts estimated tokens.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use serde_json::{Value, json};
 

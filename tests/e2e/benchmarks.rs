@@ -2,28 +2,17 @@
 //! dispatcher, agents with simulated engines). They print figures for
 //! `docs/benchmarks.md` and assert nothing about timing; run them with
 //!
-//! `cargo test --test benchmarks -- --ignored --nocapture --test-threads 1`
+//! `cargo test --test e2e benchmarks:: -- --ignored --nocapture --test-threads 1`
 //!
 //! (the test profile builds the crates optimised; see `Cargo.toml`).
-
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
-use common::*;
 use futures::StreamExt;
 use serde_json::json;
 use switchyard_schemas::{JobResult, decode, now_ms};

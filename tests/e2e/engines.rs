@@ -3,21 +3,10 @@
 //! which installs vLLM on first use), started once for the whole test; and a
 //! real Triton (`scripts/engines/triton.sh`) serving a Python-backend model.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

@@ -4,20 +4,9 @@
 //! (priority header, client disconnects, errors); and the jobs API's
 //! `Prefer: wait` and long-poll.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const EXTRA_MODELS: &str = "

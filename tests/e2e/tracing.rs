@@ -2,22 +2,11 @@
 //! the dispatcher and the agent: the context rides in NATS headers, and
 //! each component's span is the child of the one before.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use axum::routing::post;
-use common::*;
 use serde_json::{Value, json};
 
 /// A span as an OTLP/HTTP JSON export carries it.

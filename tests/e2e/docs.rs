@@ -1,17 +1,6 @@
 //! The examples in the docs run as written.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// The first ```python block of a markdown file.
 fn python_block(markdown: &str) -> String {
@@ -30,7 +19,7 @@ fn block_after(markdown: &str, marker: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_api_python_example_runs_and_prints_what_the_doc_says() {
-    let doc = std::fs::read_to_string(common::repo_root().join("docs/nats-api.md"))
+    let doc = std::fs::read_to_string(crate::common::repo_root().join("docs/nats-api.md"))
         .expect("docs/nats-api.md");
     let stack = Stack::running(StackOptions::default(), &["node-a"]);
 
@@ -60,8 +49,8 @@ fn sh_block(markdown: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_curl_tour_in_the_api_doc_runs() {
-    let doc =
-        std::fs::read_to_string(common::repo_root().join("docs/api.md")).expect("docs/api.md");
+    let doc = std::fs::read_to_string(crate::common::repo_root().join("docs/api.md"))
+        .expect("docs/api.md");
     let stack = Stack::running(StackOptions::default(), &["node-a"]);
     let script = sh_block(&doc).replace(
         "API=http://127.0.0.1:8080",

@@ -2,26 +2,15 @@
 //! rows. Run against SQLite, or PostgreSQL with `SY_TEST_POSTGRES`:
 //!
 //! ```sh
-//! cargo test --test ledger_bench -- --ignored --nocapture
+//! cargo test --test e2e ledger_bench:: -- --ignored --nocapture
 //! SY_TEST_POSTGRES=postgres://switchyard:switchyard@127.0.0.1:5432 \
-//!   cargo test --test ledger_bench -- --ignored --nocapture
+//!   cargo test --test e2e ledger_bench:: -- --ignored --nocapture
 //! ```
-
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const ROWS: u64 = 1_000_000;

@@ -3,24 +3,13 @@
 //! receiver takes them (through its downtime and a broker restart), stop at
 //! a 410, and never reach an address the guard refuses.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
-use common::*;
 use serde_json::{Value, json};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -8,26 +8,15 @@
 //! `SY_CHAOS_SCALE=10` runs the long form: ten times the jobs at the same
 //! rates, with the faults at the same points of the load.
 
-// Tests fail by panicking, and their helper servers end with the test: the
-// no-panic lints and the rule of tracked tasks are for the product code.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::disallowed_methods
-)]
-
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::proxy::FaultProxy;
+use crate::common::*;
 use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
-use common::proxy::FaultProxy;
-use common::*;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;

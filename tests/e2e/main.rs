@@ -1,0 +1,40 @@
+//! The end-to-end suite, one test binary: each module starts its own
+//! nats-server (and PostgreSQL database, with `SY_TEST_POSTGRES`) and the
+//! real `switchyard` binary for each component, and drives them as a client
+//! would. One binary links once, so the suite builds fast.
+
+// Tests fail by panicking, and their helper servers end with the test: the
+// no-panic lints and the rule of tracked tasks are for the product code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
+mod common;
+
+mod auth;
+mod autoscaling;
+mod bad_input;
+mod batches;
+mod benchmarks;
+mod billing;
+mod budgets;
+mod chaos;
+mod docs;
+mod durable_path;
+mod engines;
+mod fronts;
+mod harness;
+mod ledger_bench;
+mod limits;
+mod nats_accounts;
+mod nodes;
+mod observability;
+mod pii;
+mod rolling_restart;
+mod scheduling;
+mod shutdown;
+mod tracing;
+mod webhooks;
