@@ -140,24 +140,11 @@ impl DispatcherConfig {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use switchyard_schemas::{
-        CompletionInput, ErrorClass, Failure, Job, JobError, JobInput, Priority, SCHEMA_VERSION,
-    };
+    use switchyard_schemas::{ErrorClass, Failure, Job, JobError};
 
     pub(crate) fn job_with_failures(at: &[i64]) -> Job {
         Job {
-            v: SCHEMA_VERSION,
             id: "j".into(),
-            model: "m".into(),
-            tenant: "t".into(),
-            priority: Priority::Normal,
-            input: JobInput::Completion(CompletionInput {
-                prompt: "p".into(),
-                max_tokens: None,
-                temperature: None,
-                sampling: Default::default(),
-            }),
-            metadata: Default::default(),
             submitted_at_ms: 0,
             attempt: u32::try_from(at.len()).unwrap() + 1,
             max_attempts: 10,
@@ -171,11 +158,7 @@ pub(crate) mod tests {
                     error: JobError::new(ErrorClass::Overloaded, "busy"),
                 })
                 .collect(),
-            deadline_ms: None,
-            timeout_ms: None,
-            stream: false,
-            webhook: None,
-            api_key: None,
+            ..Job::fixture("j")
         }
     }
 

@@ -7,6 +7,8 @@
 
 mod codec;
 mod error;
+#[cfg(any(test, feature = "test-util"))]
+mod fixtures;
 mod messages;
 mod priority;
 pub mod subjects;

@@ -455,18 +455,21 @@ async fn key_and_admin_limits_apply() {
 
 /// Polls until every job has ended, read with `key`; the jobs as read.
 async fn wait_ended(stack: &Stack, key: &str, ids: &[String]) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut ended = Vec::new();
     for id in ids {
-        loop {
-            let (_, job) = call(stack, Method::GET, &format!("/v1/jobs/{id}"), key, None).await;
-            if job["status"] == "succeeded" {
-                ended.push(job);
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "not ended: {job}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let job = eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async {
+                let (_, job) = call(stack, Method::GET, &format!("/v1/jobs/{id}"), key, None).await;
+                match job["status"] == "succeeded" {
+                    true => Ok(job),
+                    false => Err(format!("not ended: {job}")),
+                }
+            },
+        )
+        .await;
+        ended.push(job);
     }
     ended
 }
@@ -539,15 +542,15 @@ async fn keys_and_the_admin_api_bound_queued_and_running_jobs() {
     );
     // The bounded key's queued jobs ended: its places are free again.
     wait_ended(&stack, &admin, &few_jobs).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, _) = call(&stack, Method::POST, "/v1/jobs", &few, Some(&job("4"))).await;
-        if status == 202 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "places not freed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let (status, _) = call(&stack, Method::POST, "/v1/jobs", &few, Some(&job("4"))).await;
+            so(status == 202, || format!("places not freed: {status}"))
+        },
+    )
+    .await;
 }
 
 /// A thousand guesses at job ids, by two tenants, read nothing of the

@@ -52,16 +52,15 @@ async fn the_desired_nodes_follow_a_load_ramp_up_and_down() {
         signal.push(desired(&stack).await);
     }
     stack.wait_finished(&ids, Duration::from_secs(60)).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let seen = std::sync::Mutex::new(signal);
+    eventually(Duration::from_secs(20), Duration::from_secs(1), || async {
         let now = desired(&stack).await;
+        let mut signal = seen.lock().unwrap();
         signal.push(now);
-        if now == 0.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the signal stays up: {signal:?}");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        so(now == 0.0, || format!("the signal stays up: {signal:?}"))
+    })
+    .await;
+    let signal = seen.into_inner().unwrap();
     let peak = signal.iter().copied().fold(0.0, f64::max);
     assert!(
         peak >= 2.0,

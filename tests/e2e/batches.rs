@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use serde_json::{Value, json};
@@ -130,26 +130,32 @@ async fn a_cancelled_batch_stops_and_keeps_what_finished() {
     )
     .await;
     let id = batch["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, b) = stack.get_json(&format!("/v1/batches/{id}")).await;
-        if b["request_counts"]["completed"].as_u64().unwrap() >= 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{b}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let (_, b) = stack.get_json(&format!("/v1/batches/{id}")).await;
+            so(
+                b["request_counts"]["completed"].as_u64().unwrap() >= 3,
+                || b.to_string(),
+            )
+        },
+    )
+    .await;
     let cancelling = post(&stack, &format!("/v1/batches/{id}/cancel"), json!({})).await;
     assert_eq!(cancelling["status"], "cancelling");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let done = loop {
-        let (_, b) = stack.get_json(&format!("/v1/batches/{id}")).await;
-        if b["status"] == "cancelled" {
-            break b;
-        }
-        assert!(Instant::now() < deadline, "{b}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let done = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let (_, b) = stack.get_json(&format!("/v1/batches/{id}")).await;
+            match b["status"] == "cancelled" {
+                true => Ok(b),
+                false => Err(b.to_string()),
+            }
+        },
+    )
+    .await;
     let counts = &done["request_counts"];
     let completed = counts["completed"].as_u64().unwrap();
     assert!((3..50).contains(&completed), "{done}");

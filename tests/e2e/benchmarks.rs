@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use async_nats::HeaderMap;
@@ -42,20 +42,14 @@ impl Results {
     }
 
     async fn wait_for(&self, ids: &[String], timeout: Duration) -> Vec<JobResult> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        eventually(timeout, Duration::from_millis(20), || async {
             let done: Vec<JobResult> = ids.iter().filter_map(|id| self.get(id)).collect();
-            if done.len() == ids.len() {
-                return done;
+            match done.len() == ids.len() {
+                true => Ok(done),
+                false => Err(format!("{} of {} results", done.len(), ids.len())),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {} results",
-                done.len(),
-                ids.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 

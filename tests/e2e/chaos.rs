@@ -132,22 +132,23 @@ impl Load {
 }
 
 async fn publish_until_acked(js: Context, id: String) {
-    let deadline = Instant::now() + Duration::from_secs(120);
     let payload = body(&format!("chaos job {id}")).to_string();
-    loop {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id.as_str());
-        let published = js
-            .publish_with_headers("sy.submit.normal", headers, payload.clone().into())
-            .await;
-        if let Ok(ack) = published
-            && ack.await.is_ok()
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{id} never acknowledged");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || async {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            let published = js
+                .publish_with_headers("sy.submit.normal", headers, payload.clone().into())
+                .await;
+            match published {
+                Ok(ack) => ack.await.map(drop).map_err(|e| format!("{id}: {e}")),
+                Err(e) => Err(format!("{id}: {e}")),
+            }
+        },
+    )
+    .await;
 }
 
 async fn post_until_accepted(
@@ -156,33 +157,33 @@ async fn post_until_accepted(
     key: &str,
     answers: &Mutex<Vec<(Instant, u16, String)>>,
 ) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let sent = http
-            .post(url)
-            .header("Idempotency-Key", key)
-            .timeout(Duration::from_secs(10))
-            .json(&body(key))
-            .send()
-            .await;
-        let (status, answer) = match sent {
-            Ok(r) => (
-                r.status().as_u16(),
-                r.json::<Value>().await.unwrap_or(Value::Null),
-            ),
-            Err(_) => (0, Value::Null),
-        };
-        let code = answer["error"]["code"].as_str().unwrap_or("").to_owned();
-        answers.lock().unwrap().push((Instant::now(), status, code));
-        if status == 202 {
-            return answer["id"].as_str().unwrap().to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{key} never accepted; the last answer: {status} {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(
+        Duration::from_secs(120),
+        Duration::from_millis(250),
+        || async {
+            let sent = http
+                .post(url)
+                .header("Idempotency-Key", key)
+                .timeout(Duration::from_secs(10))
+                .json(&body(key))
+                .send()
+                .await;
+            let (status, answer) = match sent {
+                Ok(r) => (
+                    r.status().as_u16(),
+                    r.json::<Value>().await.unwrap_or(Value::Null),
+                ),
+                Err(_) => (0, Value::Null),
+            };
+            let code = answer["error"]["code"].as_str().unwrap_or("").to_owned();
+            answers.lock().unwrap().push((Instant::now(), status, code));
+            match status {
+                202 => Ok(answer["id"].as_str().unwrap().to_owned()),
+                _ => Err(format!("{key} not accepted: {status} {answer}")),
+            }
+        },
+    )
+    .await
 }
 
 /// Ids of the stack's jobs, all of them or those with `status`.

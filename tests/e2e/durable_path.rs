@@ -256,18 +256,18 @@ async fn an_output_is_dropped_after_its_retention_and_the_record_stays() {
         done[&id]["result"]["choices"][0]["text"],
         json!(expected_echo("keep me", 2))
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let record = loop {
-        let (_, record) = stack.get_job(&id).await;
-        if record["result_expired"] == json!(true) {
-            break record;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kept past its retention: {record}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let record = eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || async {
+            let (_, record) = stack.get_job(&id).await;
+            match record["result_expired"] == json!(true) {
+                true => Ok(record),
+                false => Err(format!("kept past its retention: {record}")),
+            }
+        },
+    )
+    .await;
     assert_eq!(record["result"], Value::Null);
     assert_eq!(record["status"], "succeeded");
     assert_eq!(record["usage"]["completion_tokens"], 2);

@@ -176,24 +176,17 @@ async fn a_client_that_goes_away_cancels_its_job_at_every_front() {
         .await;
     // The engine was stopped on each: none ran to its end, though each
     // would have by now.
-    let stopped = async {
-        loop {
-            let n = stack
-                .metric(
-                    "node-a",
-                    "switchyard_agent_jobs_total{outcome=\"cancelled\"}",
-                )
-                .await;
-            if n >= 4.0 {
-                return n;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    let n = tokio::time::timeout(Duration::from_secs(10), stopped)
-        .await
-        .expect("every abandoned job stopped on the engine");
-    assert_eq!(n, 4.0);
+    let stopped = "switchyard_agent_jobs_total{outcome=\"cancelled\"}";
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let n = stack.metric("node-a", stopped).await;
+            so(n >= 4.0, || format!("{n} of 4 jobs stopped on the engine"))
+        },
+    )
+    .await;
+    assert_eq!(stack.metric("node-a", stopped).await, 4.0);
     tokio::time::sleep(Duration::from_secs(6)).await;
     let succeeded = stack
         .metric(

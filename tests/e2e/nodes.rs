@@ -3,7 +3,7 @@
 //! completion twice.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use serde_json::{Value, json};
@@ -99,16 +99,17 @@ async fn a_draining_node_finishes_what_it_runs_and_hands_back_the_rest() {
     // Node-a also holds an assignment it has not started.
     let js = async_nats::jetstream::new(stack.nats.client().await);
     let work = js.get_stream("WORK").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let queue: async_nats::jetstream::consumer::PullConsumer =
-            work.get_consumer("agent-node-a").await.unwrap();
-        if queue.get_info().await.unwrap().num_pending >= 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node-a never had work queued");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            let queue: async_nats::jetstream::consumer::PullConsumer =
+                work.get_consumer("agent-node-a").await.unwrap();
+            let pending = queue.get_info().await.unwrap().num_pending;
+            so(pending >= 1, || "node-a has no work queued".into())
+        },
+    )
+    .await;
     let status = stack.proc("node-a").terminate(Duration::from_secs(20));
     assert!(status.success(), "node-a exit: {status}");
 
@@ -206,18 +207,19 @@ async fn a_paused_agent_past_its_ack_wait_is_fenced_out_when_it_resumes() {
     stack
         .proc("node-a")
         .signal(nix::sys::signal::Signal::SIGCONT);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while stack
-        .metric("node-a", "switchyard_agent_jobs_total{outcome=\"fenced\"}")
-        .await
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "node-a never fenced its stale work"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || async {
+            let fenced = stack
+                .metric("node-a", "switchyard_agent_jobs_total{outcome=\"fenced\"}")
+                .await;
+            so(fenced >= 1.0, || {
+                "node-a fenced none of its stale work".into()
+            })
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_each_succeeded_once(&records, &prompts, &counter.snapshot());
     for id in taken_over {

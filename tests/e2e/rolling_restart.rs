@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use serde_json::{Value, json};
@@ -17,23 +17,26 @@ use serde_json::{Value, json};
 /// every time; its id.
 async fn submit_until_accepted(http: &reqwest::Client, url: &str, key: &str) -> String {
     let body = json!({"model": TEXT_MODEL, "input": {"prompt": key}});
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let sent = http
-            .post(url)
-            .header("Idempotency-Key", key)
-            .json(&body)
-            .send()
-            .await;
-        if let Ok(r) = sent
-            && r.status().as_u16() == 202
-        {
-            let made: Value = r.json().await.unwrap();
-            return made["id"].as_str().unwrap().to_owned();
-        }
-        assert!(Instant::now() < deadline, "{key} never accepted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            let sent = http
+                .post(url)
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().as_u16() == 202 => {
+                    let made: Value = r.json().await.unwrap();
+                    Ok(made["id"].as_str().unwrap().to_owned())
+                }
+                other => Err(format!("{key} not accepted: {other:?}")),
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -313,12 +313,16 @@ async fn a_nats_client_id_sent_again_after_the_dedup_window_does_not_run_twice()
     let ack = submit().await;
     assert!(!ack.duplicate, "the server no longer remembers the id");
     // ...and the broker, which does, takes it without queueing the job again.
-    let mut submit_stream = js.get_stream("SUBMIT").await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while submit_stream.info().await.unwrap().state.messages > 0 {
-        assert!(std::time::Instant::now() < deadline, "intake never took it");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            let submit = js.get_stream("SUBMIT").await.unwrap();
+            let waiting = submit.cached_info().state.messages;
+            so(waiting == 0, || "the intake has not taken it".into())
+        },
+    )
+    .await;
     let mut jobs = js.get_stream("JOBS").await.unwrap();
     assert_eq!(
         jobs.info().await.unwrap().state.messages,
@@ -637,11 +641,15 @@ async fn a_cancelled_job_never_runs_or_stops_running() {
 
     // Running: a NATS client cancels it, and the engine call is dropped.
     let running = stack.submit_http(&text("normal", "long one")).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while stack.get_job(&running).await.1["status"] != "running" {
-        assert!(std::time::Instant::now() < deadline, "never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            let (_, job) = stack.get_job(&running).await;
+            so(job["status"] == "running", || format!("not started: {job}"))
+        },
+    )
+    .await;
     let client = stack.nats.client().await;
     let reply = client
         .request("sy.cancel", running.clone().into())

@@ -21,20 +21,22 @@ async fn sigterm_drains_running_jobs_then_every_component_exits_cleanly() {
         let body = json!({"model": TEXT_MODEL, "input": {"prompt": format!("drain {i}")}});
         ids.push(stack.submit_http(&body).await);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut running = 0;
-        for id in &ids {
-            if stack.get_job(id).await.1["status"] == "running" {
-                running += 1;
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            let mut running = 0;
+            for id in &ids {
+                if stack.get_job(id).await.1["status"] == "running" {
+                    running += 1;
+                }
             }
-        }
-        if running == ids.len() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "jobs never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            so(running == ids.len(), || {
+                format!("{running} of {} jobs running", ids.len())
+            })
+        },
+    )
+    .await;
 
     // The agent finishes what it runs before it exits: no redelivery needed.
     let status = stack.proc("node-a").terminate(Duration::from_secs(15));
@@ -80,26 +82,31 @@ async fn sigterm_on_the_broker_turns_readiness_off_while_calls_in_flight_finish(
         calls.spawn(async move { request.send().await });
     }
     // Every call's job is on the engine: the calls are in flight.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while stack
-        .metric("node-a", "switchyard_agent_running_jobs")
-        .await
-        < 6.0
-    {
-        assert!(Instant::now() < deadline, "the calls' jobs never ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            let running = stack
+                .metric("node-a", "switchyard_agent_running_jobs")
+                .await;
+            so(running >= 6.0, || {
+                format!("{running} of the calls' jobs running")
+            })
+        },
+    )
+    .await;
     assert!(is_ready(port));
 
     let stopping = Instant::now();
     stack
         .proc("broker")
         .signal(nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while is_ready(port) {
-        assert!(Instant::now() < deadline, "still ready after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(2),
+        Duration::from_millis(10),
+        || async { so(!is_ready(port), || "still ready after SIGTERM".into()) },
+    )
+    .await;
     // Not ready, yet still answering probes and the calls it holds.
     let probe = stack
         .http
@@ -143,26 +150,29 @@ async fn a_second_sigterm_exits_at_once() {
         .json(&json!({"model": TEXT_MODEL, "prompt": "never answered", "max_tokens": 1}))
         .send();
     let mut call = std::pin::pin!(call);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while stack
-        .metric("node-a", "switchyard_agent_running_jobs")
-        .await
-        < 1.0
-    {
-        assert!(Instant::now() < deadline, "the call's job never ran");
-        tokio::select! {
-            _ = &mut call => panic!("answered before its job ran"),
-            () = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
+    let running = eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            let running = stack
+                .metric("node-a", "switchyard_agent_running_jobs")
+                .await;
+            so(running >= 1.0, || "the call's job is not running".into())
+        },
+    );
+    tokio::select! {
+        _ = &mut call => panic!("answered before its job ran"),
+        () = running => {}
     }
     stack
         .proc("broker")
         .signal(nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while is_ready(port) {
-        assert!(Instant::now() < deadline, "still ready after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(2),
+        Duration::from_millis(10),
+        || async { so(!is_ready(port), || "still ready after SIGTERM".into()) },
+    )
+    .await;
     let second = Instant::now();
     let status = stack.proc("broker").terminate(Duration::from_secs(5));
     assert!(
@@ -222,11 +232,16 @@ async fn readiness_follows_the_nats_connection() {
         .collect();
 
     stack.nats.stop();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ports.iter().any(|p| is_ready(*p)) {
-        assert!(Instant::now() < deadline, "still ready without NATS");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            so(!ports.iter().any(|p| is_ready(*p)), || {
+                "still ready without NATS".into()
+            })
+        },
+    )
+    .await;
     // Alive all the same: a restart would not help.
     let health = stack
         .http
@@ -237,14 +252,16 @@ async fn readiness_follows_the_nats_connection() {
     assert_eq!(health.status(), 200);
 
     stack.nats.resume();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ports.iter().all(|p| is_ready(*p)) {
-        assert!(
-            Instant::now() < deadline,
-            "not ready again after NATS came back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || async {
+            so(ports.iter().all(|p| is_ready(*p)), || {
+                "not ready again after NATS came back".into()
+            })
+        },
+    )
+    .await;
     let id = stack
         .submit_http(&json!({"model": TEXT_MODEL, "input": {"prompt": "after the outage"}}))
         .await;

@@ -3,7 +3,7 @@
 //! each component's span is the child of the one before.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use axum::routing::post;
@@ -83,29 +83,26 @@ async fn one_job_is_one_trace_from_intake_to_the_engine() {
         .wait_finished(std::slice::from_ref(&id), Duration::from_secs(20))
         .await;
 
-    let deadline = Instant::now() + Duration::from_secs(30);
     let names = ["job.admit", "job.dispatch", "job.run"];
-    let found = loop {
-        let spans: Vec<Span> = exports
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(spans_of)
-            .filter(|s| s.job == id)
-            .collect();
-        let found: Vec<Option<Span>> = names
-            .iter()
-            .map(|n| spans.iter().find(|s| s.name == *n).cloned())
-            .collect();
-        if found.iter().all(Option::is_some) {
-            break found.into_iter().map(Option::unwrap).collect::<Vec<_>>();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "spans of {id} seen so far: {spans:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let found = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let spans: Vec<Span> = exports
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(spans_of)
+                .filter(|s| s.job == id)
+                .collect();
+            let found: Option<Vec<Span>> = names
+                .iter()
+                .map(|n| spans.iter().find(|s| s.name == *n).cloned())
+                .collect();
+            found.ok_or_else(|| format!("spans of {id} seen so far: {spans:?}"))
+        },
+    )
+    .await;
     let [admit, dispatch, run] = [&found[0], &found[1], &found[2]];
     assert_eq!(
         [&admit.service, &dispatch.service, &run.service],

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -119,18 +119,13 @@ impl Receiver {
     }
 
     async fn wait_delivered(&self, ids: &[String], timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        eventually(timeout, Duration::from_millis(50), || async {
             let got = self.delivered();
-            if ids.iter().all(|id| got.contains(id)) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "webhooks {ids:?} not all delivered; got {got:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            so(ids.iter().all(|id| got.contains(id)), || {
+                format!("webhooks {ids:?} not all delivered; got {got:?}")
+            })
+        })
+        .await
     }
 }
 
@@ -236,24 +231,27 @@ async fn events_are_signed_retried_and_accepted_by_the_reference_verifier() {
 
     // Every attempt is on record (once the last one's answer is).
     let first_job = serde_json::from_str::<Value>(&first.body).unwrap()["data"]["id"].clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let first_record = loop {
-        let path = format!("/v1/jobs/{}/webhooks", first_job.as_str().unwrap());
-        let (status, listed) = stack.get_json(&path).await;
-        assert_eq!(status, 200);
-        let record = listed["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["webhook_id"] == json!(first.id()))
-            .cloned()
-            .unwrap();
-        if record["state"] == "delivered" {
-            break record;
-        }
-        assert!(Instant::now() < deadline, "{record}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let first_record = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let path = format!("/v1/jobs/{}/webhooks", first_job.as_str().unwrap());
+            let (status, listed) = stack.get_json(&path).await;
+            assert_eq!(status, 200);
+            let record = listed["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["webhook_id"] == json!(first.id()))
+                .cloned()
+                .unwrap();
+            match record["state"] == "delivered" {
+                true => Ok(record),
+                false => Err(record.to_string()),
+            }
+        },
+    )
+    .await;
     let codes: Vec<&Value> = first_record["attempts"]
         .as_array()
         .unwrap()
@@ -284,21 +282,24 @@ async fn a_receiver_down_through_a_broker_restart_gets_every_event_once_back() {
     stack.wait_finished(&ids, Duration::from_secs(20)).await;
 
     // Nothing listens yet: every event fails its first attempts.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, listed) = stack
-            .get_json(&format!("/v1/jobs/{}/webhooks", ids[4]))
-            .await;
-        let attempts = &listed["data"][0]["attempts"];
-        if attempts.as_array().is_some_and(|a| a.len() >= 2) {
-            let error = attempts[0]["error"].as_str().unwrap();
-            assert!(error.contains("refused"), "{error}");
-            assert_eq!(listed["data"][0]["state"], "pending");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no failed attempts: {listed}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let listed = eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            let (_, listed) = stack
+                .get_json(&format!("/v1/jobs/{}/webhooks", ids[4]))
+                .await;
+            let attempts = listed["data"][0]["attempts"].as_array().map_or(0, Vec::len);
+            match attempts >= 2 {
+                true => Ok(listed),
+                false => Err(format!("no failed attempts: {listed}")),
+            }
+        },
+    )
+    .await;
+    let error = listed["data"][0]["attempts"][0]["error"].as_str().unwrap();
+    assert!(error.contains("refused"), "{error}");
+    assert_eq!(listed["data"][0]["state"], "pending");
 
     // The broker dies; the receiver comes up; a new broker sends the rest.
     stack.sigkill("broker");
@@ -332,11 +333,17 @@ async fn a_410_disables_the_endpoint_until_it_is_enabled_again() {
 
     let gone = format!("http://127.0.0.1:{port}/gone");
     let first = stack.submit_http(&job(&gone, &["queued"], "default")).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while stack.get_json("/v1/webhooks/disabled").await.1["data"][0]["url"] != json!(gone) {
-        assert!(Instant::now() < deadline, "the 410 did not disable {gone}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || async {
+            let (_, disabled) = stack.get_json("/v1/webhooks/disabled").await;
+            so(disabled["data"][0]["url"] == json!(gone), || {
+                format!("the 410 did not disable {gone}: {disabled}")
+            })
+        },
+    )
+    .await;
     let second = stack
         .submit_http(&job(&gone, &["completed"], "default"))
         .await;

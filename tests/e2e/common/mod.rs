@@ -83,6 +83,36 @@ pub fn sdk_script(script: &str, args: &[String]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON from the script")
 }
 
+/// Polls `probe` until it gives `Ok`, every `every`; past `timeout` the
+/// test fails with what it last gave instead (its `Err`). Every test that
+/// waits for something to become so waits with this.
+pub async fn eventually<T, F, Fut>(timeout: Duration, every: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "still not so after {timeout:?}: {seen}"
+            ),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// `Ok(())` when `done`, else what was seen instead.
+pub fn so(done: bool, seen: impl FnOnce() -> String) -> Result<(), String> {
+    match done {
+        true => Ok(()),
+        false => Err(seen()),
+    }
+}
+
+/// The blocking form of [`eventually`], for waits outside async code.
 fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -753,11 +783,15 @@ impl Stack {
     pub async fn wait_running(&self, node: &str) {
         // Real engines on a shared CPU can be slow to take a request: three
         // vLLM servers warming up on two cores took over a minute once.
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while self.metric(node, "switchyard_agent_running_jobs").await < 1.0 {
-            assert!(Instant::now() < deadline, "{node} never ran a job");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            Duration::from_secs(180),
+            Duration::from_millis(20),
+            || async {
+                let running = self.metric(node, "switchyard_agent_running_jobs").await;
+                so(running >= 1.0, || format!("{node} runs no job"))
+            },
+        )
+        .await;
     }
 
     pub fn broker_url(&self, path: &str) -> String {
@@ -819,36 +853,40 @@ impl Stack {
         timeout: Duration,
     ) -> HashMap<String, Value> {
         use futures::StreamExt;
-        let deadline = Instant::now() + timeout;
-        let mut done = HashMap::new();
-        loop {
-            let pending: Vec<&String> = ids.iter().filter(|id| !done.contains_key(*id)).collect();
-            if pending.is_empty() {
-                return done;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {} jobs not finished in {timeout:?}; first: {:?}",
-                pending.len(),
-                ids.len(),
-                self.get_job(pending[0]).await
-            );
-            let polled: Vec<(String, (u16, Value))> = futures::stream::iter(pending)
+        let done = std::sync::Mutex::new(HashMap::new());
+        eventually(timeout, Duration::from_millis(100), || async {
+            let pending: Vec<String> = {
+                let done = done.lock().unwrap();
+                ids.iter()
+                    .filter(|id| !done.contains_key(*id))
+                    .cloned()
+                    .collect()
+            };
+            let polled: Vec<(String, (u16, Value))> = futures::stream::iter(&pending)
                 .map(|id| async move { (id.clone(), self.get_job(id).await) })
                 .buffer_unordered(32)
                 .collect()
                 .await;
-            let mut progressed = false;
+            let mut still = Vec::new();
+            let mut done = done.lock().unwrap();
             for (id, (_, v)) in polled {
                 if v["status"].as_str().is_some_and(|s| finals.contains(&s)) {
                     done.insert(id, v);
-                    progressed = true;
+                } else {
+                    still.push(v);
                 }
             }
-            if !progressed {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+            so(still.is_empty(), || {
+                format!(
+                    "{} of {} jobs not finished; first: {}",
+                    still.len(),
+                    ids.len(),
+                    still[0]
+                )
+            })
+        })
+        .await;
+        done.into_inner().unwrap()
     }
 }
 

@@ -3,8 +3,8 @@ use crate::ledger::{Charge, Ledger};
 use crate::quotas::{Quotas, Settlement, Take, TokenRate, TokenRates};
 use crate::{Idempotency, Inserted, JobRecords, Source};
 use switchyard_schemas::{
-    CompletionInput, ErrorClass, EventKind, Job, JobError, JobEvent, JobInput, JobResult, Outcome,
-    Priority, SCHEMA_VERSION, UsageEvent,
+    ErrorClass, EventKind, Job, JobError, JobEvent, JobResult, Outcome, Priority, SCHEMA_VERSION,
+    UsageEvent,
 };
 
 /// Tokens every test job is estimated at.
@@ -27,27 +27,9 @@ async fn store() -> (SqlStore, tempfile::TempDir) {
 
 fn job(id: &str) -> Job {
     Job {
-        v: SCHEMA_VERSION,
-        id: id.into(),
-        model: "m".into(),
-        tenant: "t".into(),
         priority: Priority::High,
-        input: JobInput::Completion(CompletionInput {
-            prompt: "p".into(),
-            max_tokens: Some(2),
-            temperature: None,
-            sampling: Default::default(),
-        }),
         metadata: [("k".to_owned(), "v".to_owned())].into(),
-        submitted_at_ms: 1_000,
-        attempt: 1,
-        max_attempts: 3,
-        failures: vec![],
-        deadline_ms: None,
-        timeout_ms: None,
-        stream: false,
-        webhook: None,
-        api_key: None,
+        ..Job::fixture(id)
     }
 }
 
@@ -62,17 +44,7 @@ fn event(id: &str, at: i64, kind: EventKind) -> JobEvent {
 }
 
 fn result(id: &str, outcome: Outcome) -> JobResult {
-    JobResult {
-        v: SCHEMA_VERSION,
-        job_id: id.into(),
-        attempt: 1,
-        node: Some("n1".into()),
-        assigned_at_ms: Some(10),
-        started_at_ms: Some(20),
-        output_ref: None,
-        finished_at_ms: 50,
-        outcome,
-    }
+    JobResult::fixture(id, outcome)
 }
 
 #[tokio::test]
