@@ -79,10 +79,15 @@ pub enum ServeError {
     Serve(std::io::Error),
 }
 
+/// Binds `addr` and says where it listens: with port 0 the system picks the
+/// port, and the log names it.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::Bind { addr, source })
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!("listening on {bound}");
+    Ok(listener)
 }
 
 /// Binds `addr` and serves the ops routes alone on `tasks` until `stop`;

@@ -149,9 +149,7 @@ async fn instant_engine() -> u16 {
                 Json(json!({"object": "list", "data": [{"id": TEXT_MODEL, "object": "model"}]}))
             }),
         );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", free_port()))
-        .await
-        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await });
     port

@@ -32,13 +32,8 @@ async fn two_brokers_share_a_tenant_s_rate_limit() {
         ..StackOptions::default()
     });
     stack.start_broker();
-    let second = free_port();
-    stack.launch(
-        "broker-2",
-        "broker",
-        second,
-        &[("SWITCHYARD_BROKER__LISTEN", format!("127.0.0.1:{second}"))],
-    );
+    let listen = any_port("SWITCHYARD_BROKER__LISTEN");
+    let second = stack.launch("broker-2", "broker", 0, &[listen]);
     let ports = [stack.broker_port, second];
     let body =
         |tenant: &str| json!({"model": TEXT_MODEL, "tenant": tenant, "input": {"prompt": "x"}});

@@ -146,13 +146,8 @@ async fn two_dispatchers_together_run_every_job_once_even_when_one_dies() {
         },
         &["node-a", "node-b"],
     );
-    let port = free_port();
-    stack.launch(
-        "dispatcher-2",
-        "dispatcher",
-        port,
-        &[("SWITCHYARD_DISPATCHER__LISTEN", format!("127.0.0.1:{port}"))],
-    );
+    let listen = any_port("SWITCHYARD_DISPATCHER__LISTEN");
+    stack.launch("dispatcher-2", "dispatcher", 0, &[listen]);
     let counter = ResultCounter::start(&stack.nats.client().await).await;
     let mut prompts = HashMap::new();
     for i in 0..300 {

@@ -47,12 +47,8 @@ async fn a_rolling_restart_of_every_component_under_load_loses_no_job() {
     });
     stack.start_broker();
     stack.start_dispatcher();
-    let second = free_port();
-    let second_env = [(
-        "SWITCHYARD_DISPATCHER__LISTEN",
-        format!("127.0.0.1:{second}"),
-    )];
-    stack.launch("dispatcher-2", "dispatcher", second, &second_env);
+    let second_env = [any_port("SWITCHYARD_DISPATCHER__LISTEN")];
+    stack.launch("dispatcher-2", "dispatcher", 0, &second_env);
     stack.start_agent("node-a");
     stack.start_agent("node-b");
 
@@ -83,9 +79,7 @@ async fn a_rolling_restart_of_every_component_under_load_loses_no_job() {
             "broker" => stack.start_broker(),
             "dispatcher" => stack.start_dispatcher(),
             "dispatcher-2" => {
-                let port = free_port();
-                let env = [("SWITCHYARD_DISPATCHER__LISTEN", format!("127.0.0.1:{port}"))];
-                stack.launch(name, "dispatcher", port, &env);
+                stack.launch(name, "dispatcher", 0, &second_env);
             }
             node => stack.start_agent(node),
         }

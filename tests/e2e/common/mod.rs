@@ -124,6 +124,14 @@ fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Optio
     }
 }
 
+/// A listen address (setting `var`) on a port the system picks: the
+/// process reports it. For what need not keep its address across a
+/// restart: the broker and NATS keep theirs (a reserved port below the
+/// ephemeral range, which no outgoing connection can take meanwhile).
+pub fn any_port(var: &'static str) -> (&'static str, String) {
+    (var, "127.0.0.1:0".to_owned())
+}
+
 /// A child process that is killed when dropped.
 pub struct Proc {
     child: Child,
@@ -165,6 +173,19 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The port a component said it listens on (`listening on
+/// 127.0.0.1:<port>`), once its log says so.
+fn reported_port(log: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains("listening on "))?;
+    let at = line.rfind("127.0.0.1:")? + "127.0.0.1:".len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Proc {
@@ -588,9 +609,18 @@ impl Stack {
     }
 
     /// Starts `switchyard <subcommand>` as `name`, ready on `port`.
-    pub fn launch(&mut self, name: &str, subcommand: &str, port: u16, env: &[(&str, String)]) {
+    /// Starts `switchyard <subcommand>` as `name` and waits until it is
+    /// ready; its port. With `port` 0 (its `env` setting its listen address
+    /// to port 0) it binds a port the system picks and reports it.
+    pub fn launch(
+        &mut self,
+        name: &str,
+        subcommand: &str,
+        port: u16,
+        env: &[(&str, String)],
+    ) -> u16 {
         let config = self.config.clone();
-        self.launch_with(name, &config, subcommand, port, env);
+        self.launch_with(name, &config, subcommand, port, env)
     }
 
     fn launch_with(
@@ -600,14 +630,14 @@ impl Stack {
         subcommand: &str,
         port: u16,
         env: &[(&str, String)],
-    ) {
+    ) -> u16 {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
         cmd.arg("--config").arg(config).arg(subcommand);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut proc = spawn(name, cmd, self.dir.path());
-        wait_until(
+        let port = wait_until(
             &format!("{name} to be ready"),
             Duration::from_secs(30),
             || {
@@ -615,10 +645,15 @@ impl Stack {
                     let log = std::fs::read_to_string(&proc.log).unwrap_or_default();
                     panic!("{name} exited with {status}:\n{log}");
                 }
-                is_ready(port).then_some(())
+                let port = match port {
+                    0 => reported_port(&proc.log)?,
+                    port => port,
+                };
+                is_ready(port).then_some(port)
             },
         );
         self.procs.insert(name.to_owned(), (proc, port));
+        port
     }
 
     /// Replaces text in the configuration file, for values known only once
@@ -630,18 +665,19 @@ impl Stack {
         std::fs::write(&self.config, text.replace(from, to)).expect("config");
     }
 
+    /// The broker, on the stack's broker port: clients hold its address,
+    /// and a broker restarted in a test comes back on it.
     pub fn start_broker(&mut self) {
         let port = self.broker_port;
         self.launch("broker", "broker", port, &[]);
     }
 
     pub fn start_dispatcher(&mut self) {
-        let port = free_port();
         self.launch(
             "dispatcher",
             "dispatcher",
-            port,
-            &[("SWITCHYARD_DISPATCHER__LISTEN", format!("127.0.0.1:{port}"))],
+            0,
+            &[any_port("SWITCHYARD_DISPATCHER__LISTEN")],
         );
     }
 
@@ -663,15 +699,14 @@ impl Stack {
         );
         let path = self.dir.path().join(format!("{node}.yaml"));
         std::fs::write(&path, yaml).expect("config");
-        let port = free_port();
         self.launch_with(
             node,
             &path,
             "agent",
-            port,
+            0,
             &[
                 ("SWITCHYARD_AGENT__NODE_ID", node.to_owned()),
-                ("SWITCHYARD_AGENT__LISTEN", format!("127.0.0.1:{port}")),
+                any_port("SWITCHYARD_AGENT__LISTEN"),
             ],
         );
     }
@@ -696,13 +731,12 @@ impl Stack {
     /// An agent with more configuration overrides, such as its engine's
     /// `SWITCHYARD_AGENT__ENGINE__SLOTS`.
     pub fn start_agent_with(&mut self, node: &str, overrides: &[(&str, String)]) {
-        let port = free_port();
         let mut env = vec![
             ("SWITCHYARD_AGENT__NODE_ID", node.to_owned()),
-            ("SWITCHYARD_AGENT__LISTEN", format!("127.0.0.1:{port}")),
+            any_port("SWITCHYARD_AGENT__LISTEN"),
         ];
         env.extend_from_slice(overrides);
-        self.launch(node, "agent", port, &env);
+        self.launch(node, "agent", 0, &env);
     }
 
     pub fn proc(&mut self, name: &str) -> &mut Proc {

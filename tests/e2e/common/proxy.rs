@@ -31,7 +31,7 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// A proxy on a free loopback port to `127.0.0.1:upstream`.
     pub async fn start(upstream: u16) -> FaultProxy {
-        let listener = TcpListener::bind(("127.0.0.1", super::free_port()))
+        let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the proxy");
         let port = listener.local_addr().expect("addr").port();
