@@ -11,6 +11,7 @@ mod error;
 mod fixtures;
 mod messages;
 mod priority;
+mod results;
 pub mod subjects;
 
 pub use codec::{CodecError, Encoding, decode, decode_submission, encode, encode_as};
@@ -19,10 +20,11 @@ pub use messages::{
     AdmitReply, Assignment, AutoscaleSignal, ChatInput, ChatMessage, CompletionInput, DeadLetter,
     EmbeddingInput, EngineLoad, ErrorBody, EventKind, Failure, GpuProcess, GpuStats, Heartbeat,
     Job, JobEvent, JobInput, JobResult, LoadReply, LoadRequest, Outcome, RunningLimits,
-    SAMPLING_FIELDS, Sampling, StreamChunk, Submission, Tensor, TensorInput, Timeline, Usage,
-    UsageEvent, Versioned, WebhookEvent, WebhookTarget,
+    SAMPLING_FIELDS, Sampling, StreamChunk, Submission, Tensor, TensorInput, Usage, UsageEvent,
+    Versioned, WebhookEvent, WebhookTarget,
 };
 pub use priority::{ParsePriorityError, Priority};
+pub use results::Timeline;
 
 /// Version of the wire format. Bumped on any change that an old reader could
 /// misread; readers accept every version up to their own.
