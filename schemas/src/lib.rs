@@ -10,6 +10,7 @@ mod error;
 #[cfg(any(test, feature = "test-util"))]
 mod fixtures;
 mod messages;
+mod node;
 mod priority;
 mod results;
 pub mod subjects;
@@ -18,11 +19,11 @@ pub use codec::{CodecError, Encoding, decode, decode_submission, encode, encode_
 pub use error::{ErrorClass, JobError};
 pub use messages::{
     AdmitReply, Assignment, AutoscaleSignal, ChatInput, ChatMessage, CompletionInput, DeadLetter,
-    EmbeddingInput, EngineLoad, ErrorBody, EventKind, Failure, GpuProcess, GpuStats, Heartbeat,
-    Job, JobEvent, JobInput, JobResult, LoadReply, LoadRequest, Outcome, RunningLimits,
-    SAMPLING_FIELDS, Sampling, StreamChunk, Submission, Tensor, TensorInput, Usage, UsageEvent,
-    Versioned, WebhookEvent, WebhookTarget,
+    EmbeddingInput, ErrorBody, EventKind, Failure, Job, JobEvent, JobInput, JobResult, Outcome,
+    RunningLimits, SAMPLING_FIELDS, Sampling, StreamChunk, Submission, Tensor, TensorInput, Usage,
+    UsageEvent, Versioned, WebhookEvent, WebhookTarget,
 };
+pub use node::{EngineLoad, GpuProcess, GpuStats, Heartbeat, LoadReply, LoadRequest};
 pub use priority::{ParsePriorityError, Priority};
 pub use results::Timeline;
 

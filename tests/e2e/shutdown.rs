@@ -98,15 +98,7 @@ async fn sigterm_on_the_broker_turns_readiness_off_while_calls_in_flight_finish(
     assert!(is_ready(port));
 
     let stopping = Instant::now();
-    stack
-        .proc("broker")
-        .signal(nix::sys::signal::Signal::SIGTERM);
-    eventually(
-        Duration::from_secs(2),
-        Duration::from_millis(10),
-        || async { so(!is_ready(port), || "still ready after SIGTERM".into()) },
-    )
-    .await;
+    sigterm_the_broker(&mut stack).await;
     // Not ready, yet still answering probes and the calls it holds.
     let probe = stack
         .http
@@ -132,6 +124,20 @@ async fn sigterm_on_the_broker_turns_readiness_off_while_calls_in_flight_finish(
     assert!(stack.log_of("broker").contains("broker stopped"));
 }
 
+/// Sends the broker SIGTERM and waits for its readiness to go.
+async fn sigterm_the_broker(stack: &mut Stack) {
+    let port = stack.broker_port;
+    stack
+        .proc("broker")
+        .signal(nix::sys::signal::Signal::SIGTERM);
+    eventually(
+        Duration::from_secs(2),
+        Duration::from_millis(10),
+        || async { so(!is_ready(port), || "still ready after SIGTERM".into()) },
+    )
+    .await;
+}
+
 /// A second signal ends a draining broker at once, its calls unanswered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_sigterm_exits_at_once() {
@@ -143,7 +149,6 @@ async fn a_second_sigterm_exits_at_once() {
         },
         &["node-a"],
     );
-    let port = stack.broker_port;
     let call = stack
         .http
         .post(stack.broker_url("/v1/completions"))
@@ -164,15 +169,7 @@ async fn a_second_sigterm_exits_at_once() {
         _ = &mut call => panic!("answered before its job ran"),
         () = running => {}
     }
-    stack
-        .proc("broker")
-        .signal(nix::sys::signal::Signal::SIGTERM);
-    eventually(
-        Duration::from_secs(2),
-        Duration::from_millis(10),
-        || async { so(!is_ready(port), || "still ready after SIGTERM".into()) },
-    )
-    .await;
+    sigterm_the_broker(&mut stack).await;
     let second = Instant::now();
     let status = stack.proc("broker").terminate(Duration::from_secs(5));
     assert!(

@@ -1,0 +1,244 @@
+//! One assignment on the engine: run it, then publish its usage and its
+//! result, each confirmed, within the lease.
+
+use super::*;
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum PublishFailed {
+    #[error("publish: {0}")]
+    Publish(#[from] jetstream::context::PublishError),
+    #[error("encode: {0}")]
+    Encode(#[from] switchyard_schemas::CodecError),
+    #[error(transparent)]
+    Settle(#[from] attempts::SettleError),
+    #[error(transparent)]
+    Large(#[from] large::LargeError),
+}
+
+/// Runs the job on the engine and publishes its usage and then its result, each
+/// confirmed by the server. Usage goes first: once a result exists, so does
+/// its usage record.
+pub(super) async fn execute(
+    node: &Node,
+    msg: &jetstream::Message,
+    a: &Assignment,
+    mut lease: Lease,
+) -> Result<Done, PublishFailed> {
+    let job = &a.job;
+    if !lease.held() {
+        // Paused between delivery and start: the assignment may already be
+        // running elsewhere.
+        return Ok(fenced());
+    }
+    if job.expired_at(now_ms()) {
+        // It waited in this node's queue past its deadline: it never runs.
+        let timeline = Timeline {
+            node: Some(node.id.clone()),
+            assigned_at_ms: Some(a.assigned_at_ms),
+            started_at_ms: None,
+        };
+        attempts::expire(&node.js, job, &timeline).await?;
+        metrics::counter!(m::JOBS, "outcome" => "expired").increment(1);
+        return Ok(Done::Reported);
+    }
+    if matches!(node.cancellations.get(job.id.as_str()).await, Ok(Some(_))) {
+        // Cancelled while it waited: its result is already stored.
+        metrics::counter!(m::JOBS, "outcome" => "cancelled").increment(1);
+        return Ok(Done::Reported);
+    }
+    let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
+    let running = JobEvent {
+        v: SCHEMA_VERSION,
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        at_ms: now_ms(),
+        kind: EventKind::Running {
+            node: node.id.clone(),
+        },
+    };
+    let running_ack = nats::publish(
+        &node.js,
+        subjects::events(&job.id),
+        &format!("{msg_id}:running"),
+        encode(&running)?,
+    )
+    .await?;
+
+    let started = Instant::now();
+    let started_at_ms = now_ms();
+    let chunks = job
+        .stream
+        .then(|| Chunks::start(&node.tasks, node.client.clone(), &job.id, job.attempt));
+    let serves =
+        node.engine.models().contains(&job.model) || node.engine.loadable().contains(&job.model);
+    let inference = if !serves {
+        // Misrouted: running it would answer with another model.
+        Err(EngineError {
+            class: ErrorClass::UnknownModel,
+            message: format!("model {:?} is not served on node {}", job.model, node.id),
+        })
+    } else {
+        let infer = async {
+            let run = node
+                .engine
+                .infer(&job.model, &job.input, chunks.as_ref().map(Chunks::sink));
+            match job.timeout_ms {
+                // Dropping the request at the limit cancels it at the engine.
+                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), run)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(EngineError {
+                            class: ErrorClass::TimedOut,
+                            message: format!("cancelled at its timeout of {ms} ms"),
+                        })
+                    }),
+                None => run.await,
+            }
+        };
+        tokio::pin!(infer);
+        let abort = CancellationToken::new();
+        lock(&node.aborts).insert(job.id.clone(), abort.clone());
+        let mut progress = tokio::time::interval(node.ack_wait / 3);
+        progress.tick().await;
+        let outcome = loop {
+            tokio::select! {
+                r = &mut infer => break r,
+                () = abort.cancelled() => {
+                    // Dropping the request cancels it at the engine.
+                    break Err(EngineError {
+                        class: ErrorClass::Cancelled,
+                        message: "cancelled by request".into(),
+                    });
+                }
+                _ = progress.tick() => {
+                    // A lapsed lease is not renewed: the work may be elsewhere now.
+                    if !lease.held() {
+                        break Err(EngineError {
+                            class: ErrorClass::Timeout,
+                            message: "the assignment's lease lapsed".into(),
+                        });
+                    }
+                    // Keeps a long job from being redelivered while it runs.
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                    lease.renewed();
+                }
+            }
+        };
+        lock(&node.aborts).remove(&job.id);
+        outcome
+    };
+    if let Some(chunks) = chunks {
+        let finish_reason = match &inference {
+            Ok(inf) if lease.held() => inf.output["choices"][0]["finish_reason"]
+                .as_str()
+                .unwrap_or("stop"),
+            _ => "error",
+        };
+        chunks.finish(finish_reason).await;
+    }
+    if !lease.held() {
+        // Paused or cut off past the ack wait: the assignment was handed out
+        // again, so this attempt's outcome must not be reported.
+        warn!("lease lapsed while running; outcome discarded");
+        return Ok(fenced());
+    }
+    let engine_time = started.elapsed();
+    metrics::histogram!(m::ENGINE_SECONDS).record(engine_time.as_secs_f64());
+    running_ack.await?;
+
+    let timeline = Timeline {
+        node: Some(node.id.clone()),
+        assigned_at_ms: Some(a.assigned_at_ms),
+        started_at_ms: Some(started_at_ms),
+    };
+    let inf = match inference {
+        Ok(inf) => {
+            node.record_service_time(engine_time);
+            inf
+        }
+        Err(e) if e.class == ErrorClass::Cancelled => {
+            // The broker stored the job's result when it cancelled it.
+            metrics::counter!(m::JOBS, "outcome" => "cancelled").increment(1);
+            return Ok(Done::Reported);
+        }
+        Err(e) => {
+            warn!(class = ?e.class, error = %e.message, "engine failed the job");
+            if e.class == ErrorClass::EngineUnavailable {
+                // Report at once if the engine is down, so no more work comes.
+                node.engine_suspect.store(true, Ordering::SeqCst);
+                node.wake_heartbeat.notify_one();
+            }
+            let failure = Failure {
+                attempt: job.attempt,
+                node: node.id.clone(),
+                at_ms: now_ms(),
+                error: JobError::new(e.class, e.message),
+            };
+            let settled = attempts::fail(&node.js, job, failure, timeline).await?;
+            metrics::counter!(m::JOBS, "outcome" => settled.as_str()).increment(1);
+            return Ok(Done::Reported);
+        }
+    };
+    let usage = UsageEvent {
+        v: SCHEMA_VERSION,
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        node: node.id.clone(),
+        model: job.model.clone(),
+        usage: inf.usage,
+        engine_ms: u64::try_from(engine_time.as_millis()).unwrap_or(u64::MAX),
+        at_ms: now_ms(),
+    };
+    let usage = encode(&usage)?;
+    let retry_until = Instant::now() + node.ack_wait;
+    until_confirmed(msg, retry_until, || async {
+        nats::publish(&node.js, subjects::usage(&job.id), &msg_id, usage.clone())
+            .await?
+            .await
+    })
+    .await?;
+    let mut result = JobResult::succeeded(&job.id, job.attempt, timeline, inf.output, inf.usage);
+    // An output larger than a message goes to the object store first.
+    large::spill(&node.large_results, &mut result, node.max_result_bytes).await?;
+    let stored = until_confirmed(msg, retry_until, || {
+        attempts::publish_result(&node.js, &result)
+    })
+    .await?;
+    let outcome = if stored {
+        let total_ms = (result.finished_at_ms - job.submitted_at_ms).max(0);
+        metrics::histogram!(m::JOB_SECONDS).record(total_ms as f64 / 1000.0);
+        "succeeded"
+    } else {
+        // Another attempt's result was stored first; the job has its one result.
+        "duplicate"
+    };
+    metrics::counter!(m::JOBS, "outcome" => outcome).increment(1);
+    Ok(Done::Reported)
+}
+
+/// Runs `publish` until the server confirms it or `until` passes. Each try
+/// sends the same message with the same id, so a repeat of one that did
+/// land is dropped; running the job again to report it would run the engine
+/// twice, and could give another answer.
+pub(super) async fn until_confirmed<T, E, F, Fut>(
+    msg: &jetstream::Message,
+    until: Instant,
+    mut publish: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    loop {
+        match publish().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() < until => {
+                warn!(error = %e, "publish not confirmed; sending it again");
+                let _ = msg.ack_with(AckKind::Progress).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

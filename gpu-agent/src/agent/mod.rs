@@ -1,0 +1,472 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::object_store::ObjectStore;
+use async_nats::jetstream::{self, AckKind, Context, kv};
+use futures::StreamExt;
+use switchyard_runtime::attempts;
+use switchyard_runtime::large;
+use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
+use switchyard_runtime::ops::{self, ServeError};
+use switchyard_runtime::telemetry::PrometheusHandle;
+use switchyard_runtime::{NatsConfig, Readiness, Registry};
+use switchyard_schemas::Timeline;
+use switchyard_schemas::{
+    Assignment, EngineLoad, ErrorClass, EventKind, Failure, GpuStats, Heartbeat, JobError,
+    JobEvent, JobResult, LoadReply, LoadRequest, Outcome, SCHEMA_VERSION, StreamChunk, UsageEvent,
+    decode, encode, now_ms, subjects,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::engine::{self, Engine, EngineError, TokenSink};
+use crate::gpus::Gpus;
+use crate::{AgentConfig, metrics as m, process};
+
+mod chunks;
+mod control;
+mod execute;
+mod heartbeat;
+
+use chunks::Chunks;
+use control::{serve_loads, watch_cancellations};
+use execute::execute;
+use heartbeat::heartbeats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("cannot read the work queue: {0}")]
+    Fetch(String),
+}
+
+/// Room kept in a result message for everything but the output.
+const RESULT_OVERHEAD: usize = 16 * 1024;
+
+/// What every job task of this agent shares.
+struct Node {
+    id: String,
+    js: Context,
+    client: async_nats::Client,
+    engine: Box<dyn Engine>,
+    results: jetstream::stream::Stream,
+    events: jetstream::stream::Stream,
+    running: AtomicU32,
+    /// Moving average of the engine's time per finished job, in ms; 0 until
+    /// one finishes. Reported so that placement can weigh this node's speed.
+    service_ms: AtomicU32,
+    gpus: Gpus,
+    /// The engine just failed a request as unavailable, or its process
+    /// exited: check it now, with a real request.
+    engine_suspect: Arc<AtomicBool>,
+    /// Wakes the heartbeat loop: a slot freed up, the engine failed, or a
+    /// model was loaded.
+    wake_heartbeat: Notify,
+    ack_wait: Duration,
+    cancellations: kv::Store,
+    /// Running jobs, so that a cancellation can reach them.
+    aborts: Mutex<HashMap<String, CancellationToken>>,
+    /// The largest output a result message can carry: the server's
+    /// message limit less room for the result's other fields and headers.
+    /// A larger one goes through `large_results`.
+    max_result_bytes: usize,
+    large_results: ObjectStore,
+    /// The agent's tasks, which its shutdown waits for.
+    tasks: TaskTracker,
+}
+
+impl Node {
+    /// Folds one job's engine time into the moving average (weight 1/8:
+    /// follows a change of load within a few dozen jobs).
+    fn record_service_time(&self, took: Duration) {
+        let ms = u32::try_from(took.as_millis()).unwrap_or(u32::MAX).max(1);
+        let _ = self
+            .service_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(if avg == 0 {
+                    ms
+                } else {
+                    let avg = u64::from(avg);
+                    u32::try_from((avg * 7 + u64::from(ms)) / 8).unwrap_or(u32::MAX)
+                })
+            });
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled, then drains.
+pub async fn run(
+    cfg: AgentConfig,
+    nats_cfg: NatsConfig,
+    registry: Registry,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    m::describe();
+    let tasks = TaskTracker::new();
+    // Ops stay up while draining, so probes and scrapes see the drain.
+    let ops_stop = CancellationToken::new();
+    let ready = ops::start(cfg.listen, metrics, &tasks, ops_stop.clone()).await?;
+
+    // The engine runs until the jobs have drained, and is stopped last.
+    let engine_suspect = Arc::new(AtomicBool::new(false));
+    let engine_stop = CancellationToken::new();
+    let supervisor = cfg.process.clone().map(|process| {
+        tasks.spawn(process::supervise(
+            process,
+            engine_suspect.clone(),
+            engine_stop.clone(),
+        ))
+    });
+    let ran = match start(&cfg, &nats_cfg, &registry, &shutdown).await {
+        Ok(Some(started)) => {
+            serve(
+                &cfg,
+                &nats_cfg,
+                started,
+                engine_suspect,
+                &ready,
+                &tasks,
+                &shutdown,
+            )
+            .await
+        }
+        // Stopped while waiting for the engine to list its models.
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    engine_stop.cancel();
+    if let Some(supervisor) = supervisor {
+        let _ = supervisor.await;
+    }
+    ops_stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    info!("gpu-agent stopped");
+    ran
+}
+
+/// A connection to NATS and the engine, ready to take work.
+struct Started {
+    client: async_nats::Client,
+    js: Context,
+    engine: Box<dyn Engine>,
+}
+
+/// Connects to NATS and builds the engine; `None` when `shutdown` came first.
+async fn start(
+    cfg: &AgentConfig,
+    nats_cfg: &NatsConfig,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+) -> Result<Option<Started>, AgentError> {
+    let (client, js) = nats::connect(nats_cfg, &format!("gpu-agent {}", cfg.node_id)).await?;
+    nats::ensure_streams(&js, nats_cfg).await?;
+    Ok(engine::build(&cfg.engine, registry, shutdown)
+        .await
+        .map(|engine| Started { client, js, engine }))
+}
+
+/// Takes work until `shutdown`, then drains.
+async fn serve(
+    cfg: &AgentConfig,
+    nats_cfg: &NatsConfig,
+    Started { client, js, engine }: Started,
+    engine_suspect: Arc<AtomicBool>,
+    ready: &Readiness,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), AgentError> {
+    let slots = engine.slots();
+    let consumer = nats::durable_consumer(
+        &js,
+        ConsumerSpec {
+            stream: subjects::WORK_STREAM,
+            durable: format!("agent-{}", cfg.node_id),
+            filter: subjects::work(&cfg.node_id),
+            ack_wait: cfg.ack_wait,
+            // The server never hands this node more assignments than it has slots.
+            max_ack_pending: i64::from(slots),
+            // Kept while the node is away: the dispatcher reclaims its work.
+            inactive_threshold: Duration::ZERO,
+        },
+    )
+    .await?;
+    let results = nats::stream(&js, subjects::RESULTS_STREAM).await?;
+    let events = nats::stream(&js, subjects::EVENTS_STREAM).await?;
+    let cancellations = nats::cancellations(&js, nats_cfg).await?;
+    let max_result_bytes = client
+        .server_info()
+        .max_payload
+        .saturating_sub(RESULT_OVERHEAD);
+    let large_results = large::store(&js, nats_cfg).await?;
+    let node = Arc::new(Node {
+        id: cfg.node_id.clone(),
+        js,
+        client,
+        engine,
+        results,
+        events,
+        running: AtomicU32::new(0),
+        service_ms: AtomicU32::new(0),
+        gpus: Gpus::open(),
+        engine_suspect,
+        wake_heartbeat: Notify::new(),
+        ack_wait: cfg.ack_wait,
+        cancellations,
+        aborts: Mutex::new(HashMap::new()),
+        max_result_bytes,
+        large_results,
+        tasks: tasks.clone(),
+    });
+    metrics::gauge!(m::SLOTS).set(f64::from(slots));
+
+    let stop_heartbeats = CancellationToken::new();
+    tasks.spawn(heartbeats(
+        node.clone(),
+        consumer.clone(),
+        cfg.clone(),
+        ready.clone(),
+        shutdown.clone(),
+        stop_heartbeats.clone(),
+    ));
+    tasks.spawn(watch_cancellations(node.clone(), stop_heartbeats.clone()));
+    tasks.spawn(serve_loads(node.clone(), stop_heartbeats.clone()));
+    ready.watch(&node.client);
+    ready.set(true);
+    info!(node = %cfg.node_id, slots, listen = %cfg.listen, "gpu-agent ready");
+
+    let jobs = TaskTracker::new();
+    let abort = CancellationToken::new();
+    let fetched = fetch_loop(&node, &consumer, slots, &jobs, &abort, shutdown).await;
+
+    // Drain: no new work; running jobs get `drain_timeout` to finish, the rest
+    // are left unacknowledged and NATS redelivers them.
+    ready.set(false);
+    jobs.close();
+    if tokio::time::timeout(cfg.drain_timeout, jobs.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            running = node.running.load(Ordering::SeqCst),
+            "drain timed out: leaving running jobs to redelivery"
+        );
+        abort.cancel();
+        jobs.wait().await;
+    }
+    stop_heartbeats.cancel();
+    fetched
+}
+
+async fn fetch_loop(
+    node: &Arc<Node>,
+    consumer: &PullConsumer,
+    slots: u32,
+    jobs: &TaskTracker,
+    abort: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<(), AgentError> {
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(slots as usize)
+        .expires(Duration::from_secs(5))
+        .heartbeat(Duration::from_secs(2))
+        .messages()
+        .await
+        .map_err(|e| AgentError::Fetch(e.to_string()))?;
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        match next {
+            Some(Ok(msg)) => {
+                // The server's ack wait runs from delivery, so ours does too.
+                let lease = Lease::new(node.ack_wait);
+                let node = node.clone();
+                let abort = abort.clone();
+                jobs.spawn(async move {
+                    tokio::select! {
+                        () = run_assignment(&node, msg, lease) => {}
+                        () = abort.cancelled() => {}
+                    }
+                });
+            }
+            // Missed heartbeats or a reconnect: the stream recovers by itself.
+            Some(Err(e)) => warn!(error = %e, "work queue read failed; retrying"),
+            None => return Err(AgentError::Fetch("work queue stream ended".into())),
+        }
+    }
+}
+
+async fn run_assignment(node: &Node, msg: jetstream::Message, mut lease: Lease) {
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let assignment: Assignment = match decode(&msg.payload) {
+        Ok(a) => a,
+        Err(e) => {
+            // Poison: redelivering it would only fail again.
+            warn!(error = %e, "undecodable assignment terminated");
+            metrics::counter!(m::JOBS, "outcome" => "undecodable").increment(1);
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let job = &assignment.job;
+    let span = info_span!("job.run", job_id = %job.id, model = %job.model, node = %node.id, attempt = job.attempt);
+    switchyard_runtime::trace::adopt(&span, msg.headers.as_ref());
+    async {
+        // A result this process published before a cut may still wait in
+        // the client's buffer: sent first, so that the check below sees it
+        // and the job is not run a second time.
+        if delivered > 1 {
+            let _ = tokio::time::timeout(node.ack_wait, node.client.flush()).await;
+        }
+        if delivered > 1 && already_reported(node, &job.id, job.attempt).await {
+            info!("redelivered assignment already has its result");
+            metrics::counter!(m::JOBS, "outcome" => "duplicate").increment(1);
+            ack(&msg).await;
+            return;
+        }
+        if waited(&msg) >= node.ack_wait / 2 {
+            // The server may have delivered it long before this process read
+            // it (paused in between), and taken it back past the ack wait:
+            // the lease counts from reading, so the server is asked instead.
+            let _ = msg.ack_with(AckKind::Progress).await;
+            if superseded(node, &job.id, job.attempt).await {
+                info!("assignment read after another attempt took over; dropped");
+                fenced();
+                ack(&msg).await;
+                return;
+            }
+            lease.renewed();
+        }
+        node.running.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!(m::RUNNING).increment(1.0);
+        let outcome = execute(node, &msg, &assignment, lease).await;
+        node.running.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!(m::RUNNING).decrement(1.0);
+        node.wake_heartbeat.notify_one();
+        match outcome {
+            Ok(Done::Reported) => ack(&msg).await,
+            Ok(Done::Fenced) => {}
+            Err(e) => {
+                // Nothing durable was lost: the assignment stays in the work
+                // queue and comes back.
+                warn!(error = %e, "could not publish the outcome; assignment will be redelivered");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn ack(msg: &jetstream::Message) {
+    if let Err(e) = msg.double_ack().await {
+        warn!(error = %e, "ack not confirmed; the assignment may be redelivered and will be recognised");
+    }
+}
+
+/// How long ago the assignment was put in this node's queue.
+fn waited(msg: &jetstream::Message) -> Duration {
+    let queued_ms = msg
+        .info()
+        .map(|i| i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+        .unwrap_or_else(|_| now_ms());
+    Duration::from_millis(u64::try_from(now_ms() - queued_ms).unwrap_or(0))
+}
+
+/// Whether the job has moved past this attempt: it has its result, or the
+/// attempt was settled by another process (a reclaim) or followed by a
+/// later one.
+async fn superseded(node: &Node, job_id: &str, attempt: u32) -> bool {
+    if already_reported(node, job_id, attempt).await {
+        return true;
+    }
+    match node
+        .events
+        .get_last_raw_message_by_subject(&subjects::events(job_id))
+        .await
+    {
+        Ok(msg) => decode::<JobEvent>(&msg.payload).is_ok_and(|e| {
+            e.attempt > attempt
+                || (e.attempt == attempt
+                    && matches!(
+                        e.kind,
+                        EventKind::Retrying { .. } | EventKind::Requeued { .. }
+                    ))
+        }),
+        Err(_) => false,
+    }
+}
+
+/// Whether this attempt's result is already in the RESULTS stream (the agent
+/// died after publishing it but before acknowledging the assignment).
+async fn already_reported(node: &Node, job_id: &str, attempt: u32) -> bool {
+    match node
+        .results
+        .direct_get_last_for_subject(subjects::results(job_id))
+        .await
+    {
+        // This attempt's outcome, or any success (an earlier attempt that was
+        // thought lost finished after all): either way the job is done.
+        Ok(msg) => decode::<JobResult>(&msg.payload)
+            .is_ok_and(|r| r.attempt >= attempt || matches!(r.outcome, Outcome::Succeeded { .. })),
+        Err(_) => false,
+    }
+}
+
+/// The lock holds plain data, so a panic elsewhere leaves it usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn fenced() -> Done {
+    metrics::counter!(m::JOBS, "outcome" => "fenced").increment(1);
+    Done::Fenced
+}
+
+/// What became of an assignment this agent ran.
+enum Done {
+    /// Its outcome is stored: acknowledge it.
+    Reported,
+    /// Its lease lapsed: it belongs to another attempt now; leave it.
+    Fenced,
+}
+
+/// This agent's hold on an assignment: NATS hands it out again once
+/// `ack_wait` passes without an acknowledgement. Measured on the monotonic
+/// clock, which runs on while the process is stopped, so a paused agent
+/// finds its lease lapsed when it resumes.
+struct Lease {
+    renewed_at: Instant,
+    /// A margin under `ack_wait`: the server's clock started before ours.
+    valid_for: Duration,
+}
+
+impl Lease {
+    fn new(ack_wait: Duration) -> Self {
+        Self {
+            renewed_at: Instant::now(),
+            valid_for: ack_wait - ack_wait / 10,
+        }
+    }
+
+    fn held(&self) -> bool {
+        self.renewed_at.elapsed() < self.valid_for
+    }
+
+    fn renewed(&mut self) {
+        self.renewed_at = Instant::now();
+    }
+}
