@@ -190,6 +190,11 @@ pub async fn run(
         files: files.clone(),
         dead_letters: DeadLetters::new(admitter.clone(), dead, results_stream.clone()),
         auth,
+        client_address_header: cfg
+            .auth
+            .client_address_header
+            .as_deref()
+            .and_then(|h| axum::http::HeaderName::try_from(h).ok()),
         tenants: Arc::new(tenants),
         knobs: Knobs {
             max_body_bytes: cfg.max_body_bytes,

@@ -631,42 +631,81 @@ async fn a_thousand_guessed_job_ids_read_nothing_across_tenants() {
     }
 }
 
-/// Guessing keys hits a limit: past 20 wrong keys in a minute from one
-/// address, its requests are refused with `429` before any key is looked
-/// at, the right one included, until the minute is over.
+/// Guessing keys hits a limit without locking anyone else out behind the
+/// ingress: wrong keys count against the client address the trusted proxy
+/// reports and against the key id they name; past 20 in a minute, wrong
+/// keys from that source are answered `429`, while a valid key is let in
+/// from anywhere and another client's first wrong key is still a `401`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guessing_keys_is_cut_off_after_twenty_wrong_ones() {
-    let stack = Stack::running(options(), &[]);
+    let stack = Stack::running(
+        StackOptions {
+            broker_extra: "  auth:\n    pepper: test-pepper-0123456789abcdef0123456789abcdef\n    client_address_header: X-Forwarded-For",
+            ..options()
+        },
+        &[],
+    );
     let admin = admin_key(&stack);
     let (right, id) = key(&stack, &admin, json!({"role": "reader", "tenant": "acme"})).await;
+    // Every request comes from this test's one TCP address, as through an
+    // ingress; the proxy's header says who the client is.
+    let from = |client: &str, token: &str| {
+        stack
+            .http
+            .get(stack.broker_url("/v1/jobs"))
+            .bearer_auth(token)
+            .header("x-forwarded-for", format!("198.51.100.7, {client}"))
+    };
+    let answer = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let wait = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        (status, code(&body).to_owned(), wait)
+    };
     let mut statuses = Vec::new();
-    for n in 0..25 {
-        let guess = format!("sy_{id}_{n:064x}");
-        let (status, body) = call(&stack, Method::GET, "/v1/jobs", &guess, None).await;
-        statuses.push((status, code(&body).to_owned()));
+    for n in 0..25u64 {
+        let guess = format!("sy_{n:016x}_{n:064x}");
+        statuses.push(answer(from("10.0.0.1", &guess).send().await.unwrap()).await);
     }
-    let refused = statuses.iter().filter(|s| s.0 == 401).count();
-    assert_eq!(refused, 20, "{statuses:?}");
+    assert!(statuses[..20].iter().all(|s| s.0 == 401), "{statuses:?}");
     assert!(
         statuses[20..]
             .iter()
-            .all(|s| *s == (429, "rate_limited".to_owned())),
+            .all(|s| (s.0, s.1.as_str()) == (429, "rate_limited")),
         "{statuses:?}"
     );
-    let r = stack
-        .http
-        .get(stack.broker_url("/v1/jobs"))
-        .bearer_auth(&right)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 429, "the right key waits too");
-    let wait: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let wait: u64 = statuses[24].2.as_deref().unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait), "{wait}");
+    // The guesser's own valid key, and everyone else, are let in.
+    let mine = answer(from("10.0.0.1", &right).send().await.unwrap()).await;
+    assert_eq!(mine.0, 200, "{mine:?}");
+    let other = format!("sy_{:016x}_{:064x}", 999, 999);
+    let theirs = answer(from("10.0.0.2", &other).send().await.unwrap()).await;
+    assert_eq!(
+        theirs.0, 401,
+        "another client's first wrong key: {theirs:?}"
+    );
+    // Guesses at one key from many addresses are cut off at that key.
+    let mut spread = Vec::new();
+    for n in 0..25u64 {
+        let guess = format!("sy_{id}_{n:064x}");
+        spread.push(
+            answer(from(&format!("10.1.0.{n}"), &guess).send().await.unwrap())
+                .await
+                .0,
+        );
+    }
+    assert_eq!(
+        spread.iter().filter(|s| **s == 401).count(),
+        20,
+        "{spread:?}"
+    );
+    assert!(spread[20..].iter().all(|s| *s == 429), "{spread:?}");
+    let mine = answer(from("10.1.0.3", &right).send().await.unwrap()).await;
+    assert_eq!(mine.0, 200, "the right key still works: {mine:?}");
     // Public routes stay open.
     let health = stack
         .http
@@ -682,6 +721,6 @@ async fn guessing_keys_is_cut_off_after_twenty_wrong_ones() {
                 "switchyard_broker_auth_refused_total{code=\"rate_limited\"}"
             )
             .await
-            >= 6.0
+            >= 10.0
     );
 }

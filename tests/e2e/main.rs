@@ -27,6 +27,7 @@ mod durable_path;
 mod engines;
 mod fronts;
 mod harness;
+mod hostile;
 mod ledger_bench;
 mod limits;
 mod nats_accounts;

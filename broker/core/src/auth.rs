@@ -4,10 +4,10 @@
 //! checked against the store, so a revoked key stops working at its next
 //! request on every broker that shares the store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -16,6 +16,7 @@ use switchyard_schemas::Submission;
 
 use crate::admission::Rejection;
 use crate::error::{Coded, ErrorCode};
+use crate::guesses::{Guesser, Guesses};
 use crate::limits::KeyLimits;
 use switchyard_store::{AccessStore, KeyRecord, StoreError};
 
@@ -138,7 +139,7 @@ pub enum AuthError {
     Revoked,
     #[error("this needs the {0} role")]
     Forbidden(&'static str),
-    #[error("too many failed authentications from this address; try again in {0} s")]
+    #[error("too many wrong keys from this address or at this key; try again in {0} s")]
     TooManyFailures(u64),
     #[error("key store: {0}")]
     Store(#[from] StoreError),
@@ -191,45 +192,7 @@ pub struct Auth {
     store: Arc<dyn AccessStore>,
     /// The configuration's tenants; the store's are read when needed.
     configured: HashSet<String>,
-    failures: Failures,
-}
-
-/// Failed authentications per client address in the current minute. Kept
-/// by each broker on its own: with N brokers behind a balancer an address
-/// gets at most N times the limit.
-#[derive(Debug, Default)]
-struct Failures {
-    max_per_minute: u32,
-    /// Address → (start of its minute, failures in it).
-    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// Addresses remembered at most; past it, those whose minute is over go.
-const FAILURES_KEPT: usize = 100_000;
-
-impl Failures {
-    /// Seconds until `addr` may try again, if it is over the limit.
-    fn blocked(&self, addr: IpAddr, now: Instant) -> Option<u64> {
-        let seen = self.seen.lock().ok()?;
-        let (since, n) = seen.get(&addr)?;
-        let left = FAILURE_WINDOW.checked_sub(now.saturating_duration_since(*since))?;
-        (*n >= self.max_per_minute).then(|| left.as_secs().max(1))
-    }
-
-    fn failed(&self, addr: IpAddr, now: Instant) {
-        let Ok(mut seen) = self.seen.lock() else {
-            return;
-        };
-        if seen.len() >= FAILURES_KEPT {
-            seen.retain(|_, (since, _)| now.saturating_duration_since(*since) < FAILURE_WINDOW);
-        }
-        let entry = seen.entry(addr).or_insert((now, 0));
-        if now.saturating_duration_since(entry.0) >= FAILURE_WINDOW {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-    }
+    guesses: Guesses,
 }
 
 const PREFIX: &str = "sy_";
@@ -256,14 +219,15 @@ impl Auth {
             pepper,
             store,
             configured: tenants.iter().map(|t| t.name.clone()).collect(),
-            failures: Failures::default(),
+            guesses: Guesses::default(),
         }
     }
 
-    /// Refuses an address's requests for the rest of a minute in which it
-    /// failed to authenticate `max` times; 0 never does.
+    /// Refuses wrong keys from a source (a client address, a key id) for
+    /// the rest of a minute in which it presented `max` of them; 0 never
+    /// does. A valid key is let in whatever its source.
     pub fn limit_failures(mut self, max: u32) -> Auth {
-        self.failures.max_per_minute = max;
+        self.guesses = Guesses::new(max);
         self
     }
 
@@ -277,19 +241,27 @@ impl Auth {
         Some(mac)
     }
 
-    /// Whether failed authentications from one address are limited.
-    pub fn limits_failures(&self) -> bool {
-        self.enabled() && self.failures.max_per_minute > 0
+    /// What a wrong `token` from `addr` is counted against.
+    pub fn guessers(&self, addr: Option<IpAddr>, token: Option<&str>) -> Vec<Guesser> {
+        if !self.enabled() || !self.guesses.limited() {
+            return Vec::new();
+        }
+        let key = token
+            .and_then(|t| t.strip_prefix(PREFIX)?.split_once('_'))
+            .map(|(id, _)| id)
+            .filter(|id| id.len() == ID_HEX && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(|id| Guesser::Key(id.to_ascii_lowercase()));
+        addr.map(Guesser::Address).into_iter().chain(key).collect()
     }
 
-    /// Seconds until `addr` may try again, if it failed too often.
-    pub fn blocked(&self, addr: IpAddr, now: Instant) -> Option<u64> {
-        self.failures.blocked(addr, now)
+    /// Seconds until `from` may guess again, if any of it guessed too often.
+    pub fn blocked(&self, from: &[Guesser], now: Instant) -> Option<u64> {
+        self.guesses.blocked(from, now)
     }
 
-    /// Counts a wrong key presented from `addr`.
-    pub fn failed(&self, addr: IpAddr, now: Instant) {
-        self.failures.failed(addr, now);
+    /// Counts a wrong key against `from`.
+    pub fn failed(&self, from: &[Guesser], now: Instant) {
+        self.guesses.failed(from, now);
     }
 
     /// Who the key presented (the token, if any) says is calling.

@@ -103,13 +103,14 @@ impl Budgets {
         }
     }
 
-    /// The reservation a job needs, if its tenant has a budget.
-    pub fn reservation(&self, registry: &Registry, job: &Job, now_ms: i64) -> Option<Reservation> {
-        let budget = self.limits.get(&job.tenant)?;
+    /// The reservation of `micros` a job of `tenant` needs, if the tenant
+    /// has a budget.
+    pub fn reservation(&self, tenant: &str, micros: i64, now_ms: i64) -> Option<Reservation> {
+        let budget = self.limits.get(tenant)?;
         Some(Reservation {
-            tenant: job.tenant.clone(),
+            tenant: tenant.to_owned(),
             period_start_ms: period_start(budget.period, now_ms),
-            micros: estimate(registry, job),
+            micros,
             limit_micros: (budget.usd * 1e6).round() as i64,
         })
     }

@@ -14,7 +14,7 @@ use switchyard_store::{JobRecord, Source, StoreError};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{Admitter, SubmitError};
+use crate::admission::{Admitter, Answered, SubmitError};
 use crate::cache::{Lookup, ResultCache};
 use crate::cancel::Canceller;
 use crate::error::{Coded, ErrorCode};
@@ -130,10 +130,13 @@ impl Calls {
             let job = self
                 .admitter
                 .record_answered(
-                    req.submission,
-                    req.priority,
-                    req.id,
-                    Source::Http,
+                    Answered {
+                        submission: req.submission,
+                        priority: req.priority,
+                        id: req.id,
+                        source: Source::Http,
+                        key: req.key.as_ref(),
+                    },
                     output.clone(),
                 )
                 .await?;

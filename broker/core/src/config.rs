@@ -68,10 +68,16 @@ pub struct AuthConfig {
     pub pepper: Option<String>,
     /// A file holding the pepper (a mounted secret).
     pub pepper_file: Option<std::path::PathBuf>,
-    /// Failed authentications one client address may make in a minute;
-    /// past them its requests are refused until the minute is over, so
-    /// keys cannot be guessed.
+    /// Wrong keys one client address, or one key id, may present in a
+    /// minute; past them its wrong keys are answered 429 until the minute
+    /// is over, so keys cannot be guessed. A valid key is always let in.
     pub max_failures_per_minute: u32,
+    /// The header a trusted proxy or ingress in front writes the client's
+    /// address into (`x-forwarded-for`, `x-real-ip`); its last entry, the
+    /// one the proxy added, is the address guesses are counted against.
+    /// Unset: the TCP peer. Set it only behind such a proxy, since a
+    /// client reaching the broker directly could write any address.
+    pub client_address_header: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -80,6 +86,7 @@ impl Default for AuthConfig {
             pepper: None,
             pepper_file: None,
             max_failures_per_minute: 20,
+            client_address_header: None,
         }
     }
 }
@@ -253,6 +260,16 @@ impl BrokerConfig {
             self.result_retention,
             "must be positive",
         );
+        if let Some(h) = &self.auth.client_address_header {
+            issues.check(
+                !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "broker.auth.client_address_header",
+                h,
+                "must be a header name",
+            );
+        }
         if let Err(e) = self.auth.pepper() {
             issues.push("broker.auth", "(hidden)", &e.to_string());
         }

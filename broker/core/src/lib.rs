@@ -19,6 +19,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod error;
 pub mod expiry;
+pub mod guesses;
 pub mod intake;
 pub mod limits;
 pub mod metrics;

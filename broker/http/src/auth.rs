@@ -1,12 +1,12 @@
 //! The key check at the door: which role each endpoint needs, the key the
 //! request presents, and the caller handed to the handlers.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, HeaderName, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use switchyard_core::Coded;
@@ -53,35 +53,52 @@ fn refuse(e: AuthError) -> Response {
     ApiError::Auth(e).into_response()
 }
 
+/// What the key check needs.
+#[derive(Clone)]
+pub struct Door {
+    pub auth: Arc<Auth>,
+    /// The header a trusted proxy writes the client's address into.
+    pub client_address: Option<HeaderName>,
+}
+
+/// The address wrong keys are counted against: the last entry of the
+/// trusted proxy's header (the one it added), else the TCP peer.
+fn client_address(req: &Request, header: Option<&HeaderName>) -> Option<IpAddr> {
+    let forwarded = header
+        .and_then(|h| req.headers().get_all(h).iter().next_back())
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok());
+    forwarded.or_else(|| {
+        req.extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+    })
+}
+
 /// Lets a request in when its key has the role the endpoint needs, and
-/// hands the handler its caller.
-pub async fn guard(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+/// hands the handler its caller. A wrong key counts against the client's
+/// address and the key id it names; past the limit, wrong keys from either
+/// are answered 429, but a valid key is let in whoever guessed before.
+pub async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Response {
     let Some(need) = required(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
-    let addr = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .filter(|_| auth.limits_failures());
-    let now = Instant::now();
-    // Refused before the key is looked at, so a guess past the limit
-    // learns nothing, right or wrong.
-    if let Some(wait) = addr.and_then(|a| auth.blocked(a, now)) {
-        return refuse(AuthError::TooManyFailures(wait));
-    }
+    let auth = &door.auth;
     let token = presented(req.headers());
     let caller = match auth.caller(token, switchyard_schemas::now_ms()).await {
         Ok(caller) => caller,
-        Err(e) => {
-            // A wrong key is a guess; a missing, expired or revoked one is not.
-            if let Some(a) = addr
-                && matches!(e, AuthError::Invalid)
-            {
-                auth.failed(a, now);
+        // A wrong key is a guess; a missing, expired or revoked one is not.
+        Err(AuthError::Invalid) => {
+            let from = auth.guessers(client_address(&req, door.client_address.as_ref()), token);
+            let now = Instant::now();
+            if let Some(wait) = auth.blocked(&from, now) {
+                return refuse(AuthError::TooManyFailures(wait));
             }
-            return refuse(e);
+            auth.failed(&from, now);
+            return refuse(AuthError::Invalid);
         }
+        Err(e) => return refuse(e),
     };
     if !caller.role.grants(need) {
         return refuse(AuthError::Forbidden(need.as_str()));

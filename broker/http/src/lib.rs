@@ -30,7 +30,10 @@ pub use state::{ApiState, Knobs};
 
 /// Every endpoint, behind the key check.
 pub fn router(state: ApiState) -> Router {
-    let auth = state.auth.clone();
+    let door = auth::Door {
+        auth: state.auth.clone(),
+        client_address: state.client_address_header.clone(),
+    };
     let knobs = state.knobs;
     Router::new()
         .merge(jobs::router())
@@ -47,5 +50,5 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(knobs.max_body_bytes))
         .layer(Extension(extract::BodyLimit(knobs.max_body_bytes)))
         .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
+        .layer(axum::middleware::from_fn_with_state(door, auth::guard))
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use switchyard_core::admission::SubmitError;
 use switchyard_core::auth::{Auth, Caller};
 use switchyard_core::batches::Files;
@@ -31,6 +31,9 @@ pub struct ApiState {
     pub files: Files,
     pub dead_letters: DeadLetters,
     pub auth: Arc<Auth>,
+    /// The header a trusted proxy in front writes the client's address
+    /// into; None: the TCP peer is the client.
+    pub client_address_header: Option<HeaderName>,
     /// The configuration's tenants.
     pub tenants: Arc<Tenants>,
     pub knobs: Knobs,

@@ -25,7 +25,7 @@ pub use batches::{
 };
 pub use ledger::Ledger;
 pub use outbox::WebhookOutbox;
-pub use quotas::Quotas;
+pub use quotas::{Holds, Quotas};
 pub use sql::{SqlStore, is_postgres};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,14 +51,23 @@ pub(crate) fn corrupt(id: String) -> impl Fn(String) -> StoreError {
     }
 }
 
-/// What `insert` found.
+/// What `insert` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
+    /// Recorded, holding what it was to hold.
     New,
-    /// A job with that id exists; `enqueued` says whether the queue confirmed it.
-    Existing {
-        enqueued: bool,
-    },
+    /// A job of the same tenant with that id exists; `enqueued` says
+    /// whether the queue confirmed it. Unconfirmed, it now holds what it
+    /// was to hold.
+    Existing { enqueued: bool },
+    /// Another tenant's job has that id: nothing changed.
+    OtherTenant,
+    /// The holder at this index of the places asked for has none left:
+    /// nothing recorded.
+    PlacesFull(usize),
+    /// The budget has no room for the reservation; what is left of it
+    /// (µ$): nothing recorded.
+    OverBudget(i64),
 }
 
 /// Where a job came in.
@@ -201,13 +210,16 @@ pub struct JobRecord {
 #[async_trait]
 pub trait JobRecords: Send + Sync {
     /// Records an admitted job, estimated at `tokens_estimate` tokens, as
-    /// queued-but-unconfirmed. A job with that id already recorded is left
-    /// as it is, and whether the queue confirmed it is returned.
+    /// queued-but-unconfirmed, with what it `holds`, in one transaction:
+    /// when a place or the budget has no room, or the store fails, nothing
+    /// is recorded, so no refused job is left for the outbox to queue. A
+    /// job with that id already recorded is left as it is.
     async fn insert(
         &self,
         job: &Job,
         source: Source,
         tokens_estimate: u32,
+        holds: &Holds,
     ) -> Result<Inserted, StoreError>;
     /// The queue confirmed the job.
     async fn mark_enqueued(&self, id: &str, at_ms: i64) -> Result<(), StoreError>;

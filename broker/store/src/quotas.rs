@@ -29,6 +29,16 @@ pub struct Reservation {
     pub limit_micros: i64,
 }
 
+/// What an admitted job holds until it ends: a place of each holder's
+/// (a tenant, or `key:<id>`, with its most places for jobs not yet ended)
+/// and a reservation of its tenant's budget. Taken with the job's record,
+/// all or none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holds {
+    pub places: Vec<(String, u32)>,
+    pub reservation: Option<Reservation>,
+}
+
 /// What a finished job spends of the budget it reserved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settlement {
@@ -73,19 +83,6 @@ pub trait Quotas: Send + Sync {
         used: &[(String, u32)],
         rates: &TokenRates,
     ) -> Result<(), StoreError>;
-    /// Gives a job one place of each holder's (a tenant, or `key:<id>`)
-    /// most for jobs not yet ended, all or none; the index of a holder
-    /// whose places are all held, if one is. A job keeps the places it
-    /// holds.
-    async fn take_places(
-        &self,
-        job_id: &str,
-        holders: &[(String, u32)],
-    ) -> Result<Option<usize>, StoreError>;
-    /// Reserves `r.micros` of a tenant's budget for a job unless reserved
-    /// plus spent would pass the limit; a job that holds a reservation
-    /// keeps it. `None` when reserved; otherwise what is left.
-    async fn reserve(&self, job_id: &str, r: &Reservation) -> Result<Option<i64>, StoreError>;
     /// Ends the reservations of these jobs: each job's cost is spent and
     /// the rest given back, and its places among jobs not yet ended are
     /// freed. A job holding neither is skipped, so settling twice changes

@@ -2,6 +2,7 @@
 //! killed on drop) and the real `switchyard` binary for each component.
 
 pub mod proxy;
+mod store;
 
 use std::collections::HashMap;
 use std::net::TcpListener;

@@ -22,7 +22,7 @@ use crate::limits::{KeyLimits, Limits};
 use crate::metrics as m;
 use crate::pii::Pii;
 use crate::webhooks::Webhooks;
-use switchyard_store::quotas::Settlement;
+use switchyard_store::quotas::{Holds, Settlement};
 use switchyard_store::{Inserted, JobStore, Source, StoreError};
 
 /// Why a submission was refused. Each variant has a stable code; the HTTP
@@ -134,6 +134,16 @@ pub struct Admitter {
     limits: Arc<Limits>,
 }
 
+/// A request answered from the result cache.
+pub struct Answered<'a> {
+    pub submission: Submission,
+    pub priority: Priority,
+    pub id: String,
+    pub source: Source,
+    /// The caller's key, whose own limits apply.
+    pub key: Option<&'a KeyLimits>,
+}
+
 /// What admission applies: the registry, the store, the queue, and the
 /// tenants' policies.
 pub struct Policies {
@@ -202,44 +212,31 @@ impl Admitter {
             .inspect_err(reject)?;
         job.api_key = key.map(|k| k.id.clone());
         self.webhooks.admit(&mut job).await.inspect_err(reject)?;
-        let takes = self.limits.takes(&job.tenant, key, budget::tokens(&job));
-        if !takes.is_empty()
-            && let Some((limit, wait_us)) = self.store.take(&takes, now_ms() * 1000).await?
-        {
-            metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => "rate_limited")
-                .increment(1);
-            return Err(SubmitError::RateLimited {
-                tenant: job.tenant,
-                limit,
-                retry_after: u64::try_from(wait_us)
-                    .unwrap_or(0)
-                    .div_ceil(1_000_000)
-                    .max(1),
-            });
-        }
-        // Recorded first, so that a crash between here and the queue's
-        // confirmation leaves a record the outbox publishes again.
-        let inserted = self
-            .store
-            .insert(&job, source, budget::tokens(&job))
-            .await?;
-        if inserted != Inserted::New
-            && let Some(held) = self.store.get(&job.id).await?
-            && held.tenant != job.tenant
-        {
-            return Err(SubmitError::IdTaken(job.id));
-        }
-        if inserted == (Inserted::Existing { enqueued: true }) {
-            // A repeat of a job already queued (a client retrying with its own
-            // id, even past the server's de-duplication window): the same job.
-            return Ok(job);
-        }
+        self.take_rates(&job, key, source).await?;
         let places = self.limits.places(&job.tenant, key);
-        if !places.is_empty() {
-            let holders: Vec<(String, u32)> =
-                places.iter().map(|(h, max, _)| (h.clone(), *max)).collect();
-            if let Some(full) = self.store.take_places(&job.id, &holders).await? {
-                self.discard(&job.id).await;
+        let holds = Holds {
+            places: places.iter().map(|(h, max, _)| (h.clone(), *max)).collect(),
+            reservation: self.budgets.reservation(
+                &job.tenant,
+                budget::estimate(&self.registry, &job),
+                now_ms(),
+            ),
+        };
+        // Recorded first, with what the job holds, in one transaction: a
+        // crash between here and the queue's confirmation leaves a record
+        // the outbox publishes again, and a refusal leaves nothing.
+        match self
+            .store
+            .insert(&job, source, budget::tokens(&job), &holds)
+            .await?
+        {
+            Inserted::New | Inserted::Existing { enqueued: false } => {}
+            // A repeat of a job already queued (a client retrying with its
+            // own id, even past the server's de-duplication window): the
+            // same job.
+            Inserted::Existing { enqueued: true } => return Ok(job),
+            Inserted::OtherTenant => return Err(SubmitError::IdTaken(job.id)),
+            Inserted::PlacesFull(full) => {
                 metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => "rate_limited")
                     .increment(1);
                 return Err(SubmitError::RateLimited {
@@ -248,15 +245,11 @@ impl Admitter {
                     retry_after: 1,
                 });
             }
-        }
-        if let Some(r) = self.budgets.reservation(&self.registry, &job, now_ms()) {
-            let left = self.store.reserve(&job.id, &r).await?;
-            if let Some(left) = left {
-                self.discard(&job.id).await;
+            Inserted::OverBudget(left) => {
                 let over = Rejection::OverBudget {
                     tenant: job.tenant,
                     left: left as f64 / 1e6,
-                    estimate: r.micros as f64 / 1e6,
+                    estimate: holds.reservation.map_or(0, |r| r.micros) as f64 / 1e6,
                 };
                 reject(&over);
                 return Err(over.into());
@@ -315,48 +308,103 @@ impl Admitter {
         }
     }
 
+    /// Takes one request, and the job's estimated tokens, from its
+    /// tenant's rate limits and its key's.
+    async fn take_rates(
+        &self,
+        job: &Job,
+        key: Option<&KeyLimits>,
+        source: Source,
+    ) -> Result<(), SubmitError> {
+        let takes = self.limits.takes(&job.tenant, key, budget::tokens(job));
+        if takes.is_empty() {
+            return Ok(());
+        }
+        let Some((limit, wait_us)) = self.store.take(&takes, now_ms() * 1000).await? else {
+            return Ok(());
+        };
+        metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => "rate_limited")
+            .increment(1);
+        Err(SubmitError::RateLimited {
+            tenant: job.tenant.clone(),
+            limit,
+            retry_after: u64::try_from(wait_us)
+                .unwrap_or(0)
+                .div_ceil(1_000_000)
+                .max(1),
+        })
+    }
+
     /// Records a job answered without running (a result cache hit): queued
-    /// and succeeded at once, never put in a queue.
+    /// and succeeded at once, never put in a queue. It takes from the same
+    /// rate limits as any request, and its price from the budget.
     pub async fn record_answered(
         &self,
-        submission: Submission,
-        priority: Priority,
-        id: String,
-        source: Source,
+        req: Answered<'_>,
         output: serde_json::Value,
     ) -> Result<Job, SubmitError> {
-        let mut job = self.validate(submission, priority, id)?;
+        let mut job = self.validate(req.submission, req.priority, req.id)?;
+        job.api_key = req.key.map(|k| k.id.clone());
         self.webhooks.admit(&mut job).await?;
-        self.store
-            .insert(&job, source, budget::tokens(&job))
-            .await?;
+        self.take_rates(&job, req.key, req.source).await?;
         let now = now_ms();
-        // Counted as confirmed: nothing is left for the outbox to queue.
-        self.store.mark_enqueued(&job.id, now).await?;
         let usage = output
             .get("usage")
             .and_then(|u| serde_json::from_value(u.clone()).ok())
             .unwrap_or_default();
+        // Billed at the cache-hit price, once: the key is (job, attempt).
+        let charge = billing::charge(
+            &self.registry,
+            UsageEvent {
+                v: SCHEMA_VERSION,
+                job_id: job.id.clone(),
+                attempt: job.attempt,
+                node: "cache".into(),
+                model: job.model.clone(),
+                usage,
+                engine_ms: 0,
+                at_ms: now,
+            },
+            true,
+        );
+        let holds = Holds {
+            places: Vec::new(),
+            reservation: self
+                .budgets
+                .reservation(&job.tenant, charge.cost_micros, now),
+        };
+        match self
+            .store
+            .insert(&job, req.source, budget::tokens(&job), &holds)
+            .await?
+        {
+            Inserted::New => {}
+            Inserted::OverBudget(left) => {
+                return Err(Rejection::OverBudget {
+                    tenant: job.tenant,
+                    left: left as f64 / 1e6,
+                    estimate: charge.cost_micros as f64 / 1e6,
+                }
+                .into());
+            }
+            // Each call has an id of its own: any other answer is another
+            // job's id.
+            _ => return Err(SubmitError::IdTaken(job.id)),
+        }
+        // Counted as confirmed: nothing is left for the outbox to queue.
+        self.store.mark_enqueued(&job.id, now).await?;
         let result = JobResult {
             finished_at_ms: now,
             ..JobResult::succeeded(&job.id, job.attempt, Timeline::default(), output, usage)
         };
         self.store.apply_results(&[result]).await?;
-        // Billed at the cache-hit price, once: the key is (job, attempt).
-        let usage = UsageEvent {
-            v: SCHEMA_VERSION,
+        let spent = Settlement {
             job_id: job.id.clone(),
-            attempt: job.attempt,
-            node: "cache".into(),
-            model: job.model.clone(),
-            usage,
-            engine_ms: 0,
-            at_ms: now,
+            cost_micros: charge.cost_micros,
         };
-        self.store
-            .record_usage(&[billing::charge(&self.registry, usage, true)])
-            .await?;
-        metrics::counter!(m::SUBMISSIONS, "source" => source.as_str()).increment(1);
+        self.store.record_usage(&[charge]).await?;
+        self.store.settle(&[spent]).await?;
+        metrics::counter!(m::SUBMISSIONS, "source" => req.source.as_str()).increment(1);
         Ok(job)
     }
 

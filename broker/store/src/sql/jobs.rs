@@ -6,10 +6,10 @@ use async_trait::async_trait;
 use sqlx::{Any, Row, Transaction};
 use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, now_ms};
 
-use super::{SqlStore, record};
+use super::{SqlStore, quotas, record};
 use crate::outbox::{body, delivery_id, event_for};
 use crate::{
-    Idempotency, Inserted, JobRecord, JobRecords, ListFilter, RejectedJob, Source, Status,
+    Holds, Idempotency, Inserted, JobRecord, JobRecords, ListFilter, RejectedJob, Source, Status,
     StoreError,
 };
 
@@ -156,6 +156,7 @@ impl JobRecords for SqlStore {
         job: &Job,
         source: Source,
         tokens_estimate: u32,
+        holds: &Holds,
     ) -> Result<Inserted, StoreError> {
         let json = serde_json::to_string(job).map_err(|e| StoreError::Corrupt {
             id: job.id.clone(),
@@ -199,15 +200,31 @@ impl JobRecords for SqlStore {
             }
             Inserted::New
         } else {
-            let enqueued: Option<i64> =
-                sqlx::query_scalar("SELECT enqueued_at FROM jobs WHERE id = $1")
-                    .bind(&job.id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            Inserted::Existing {
-                enqueued: enqueued.is_some(),
+            let held = sqlx::query("SELECT tenant, enqueued_at FROM jobs WHERE id = $1")
+                .bind(&job.id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if held.try_get::<String, _>("tenant")? != job.tenant {
+                tx.rollback().await?;
+                return Ok(Inserted::OtherTenant);
             }
+            let enqueued = held.try_get::<Option<i64>, _>("enqueued_at")?.is_some();
+            if enqueued {
+                tx.commit().await?;
+                return Ok(Inserted::Existing { enqueued });
+            }
+            Inserted::Existing { enqueued }
         };
+        if let Some(full) = quotas::take_places(&mut tx, &job.id, &holds.places).await? {
+            tx.rollback().await?;
+            return Ok(Inserted::PlacesFull(full));
+        }
+        if let Some(r) = &holds.reservation
+            && let Some(left) = quotas::reserve(&mut tx, &job.id, r).await?
+        {
+            tx.rollback().await?;
+            return Ok(Inserted::OverBudget(left));
+        }
         tx.commit().await?;
         Ok(found)
     }

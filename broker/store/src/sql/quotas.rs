@@ -2,7 +2,7 @@
 //! transaction, so brokers sharing a database enforce one limit.
 
 use async_trait::async_trait;
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
 use super::SqlStore;
 use crate::StoreError;
@@ -82,94 +82,6 @@ impl Quotas for SqlStore {
         Ok(())
     }
 
-    async fn take_places(
-        &self,
-        job_id: &str,
-        holders: &[(String, u32)],
-    ) -> Result<Option<usize>, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        for (i, (holder, max)) in holders.iter().enumerate() {
-            let new = sqlx::query(
-                "INSERT INTO place_holders (job_id, holder) VALUES ($1, $2)
-                 ON CONFLICT (job_id, holder) DO NOTHING",
-            )
-            .bind(job_id)
-            .bind(holder)
-            .execute(&mut *tx)
-            .await?;
-            if new.rows_affected() == 0 {
-                continue;
-            }
-            let taken = sqlx::query(
-                "INSERT INTO places (holder, used) VALUES ($1, 1)
-                 ON CONFLICT (holder) DO UPDATE SET used = places.used + 1 WHERE places.used < $2",
-            )
-            .bind(holder)
-            .bind(i64::from(*max))
-            .execute(&mut *tx)
-            .await?;
-            if taken.rows_affected() == 0 || *max == 0 {
-                tx.rollback().await?;
-                return Ok(Some(i));
-            }
-        }
-        tx.commit().await?;
-        Ok(None)
-    }
-
-    async fn reserve(&self, job_id: &str, r: &Reservation) -> Result<Option<i64>, StoreError> {
-        // Writes first, so the transaction holds the write lock throughout.
-        let mut tx = self.pool().begin().await?;
-        let new = sqlx::query(
-            "INSERT INTO reservations (job_id, tenant, period_start, micros)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (job_id) DO NOTHING",
-        )
-        .bind(job_id)
-        .bind(&r.tenant)
-        .bind(r.period_start_ms)
-        .bind(r.micros)
-        .execute(&mut *tx)
-        .await?;
-        if new.rows_affected() == 0 {
-            tx.commit().await?;
-            return Ok(None);
-        }
-        sqlx::query(
-            "INSERT INTO budgets (tenant, period_start) VALUES ($1, $2)
-             ON CONFLICT (tenant, period_start) DO NOTHING",
-        )
-        .bind(&r.tenant)
-        .bind(r.period_start_ms)
-        .execute(&mut *tx)
-        .await?;
-        let reserved = sqlx::query(
-            "UPDATE budgets SET reserved_micros = reserved_micros + $3
-             WHERE tenant = $1 AND period_start = $2
-               AND reserved_micros + spent_micros + $3 <= $4",
-        )
-        .bind(&r.tenant)
-        .bind(r.period_start_ms)
-        .bind(r.micros)
-        .bind(r.limit_micros)
-        .execute(&mut *tx)
-        .await?;
-        if reserved.rows_affected() == 1 {
-            tx.commit().await?;
-            return Ok(None);
-        }
-        let left: i64 = sqlx::query_scalar(
-            "SELECT $3 - reserved_micros - spent_micros FROM budgets
-             WHERE tenant = $1 AND period_start = $2",
-        )
-        .bind(&r.tenant)
-        .bind(r.period_start_ms)
-        .bind(r.limit_micros)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.rollback().await?;
-        Ok(Some(left.max(0)))
-    }
-
     async fn settle(&self, jobs: &[Settlement]) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
         for Settlement {
@@ -212,4 +124,95 @@ impl Quotas for SqlStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Gives a job one place of each holder's most for jobs not yet ended;
+/// the index of a holder whose places are all held, if one is. A job
+/// keeps the places it holds. The caller rolls back on a full one.
+pub(super) async fn take_places(
+    tx: &mut Transaction<'_, Any>,
+    job_id: &str,
+    holders: &[(String, u32)],
+) -> Result<Option<usize>, StoreError> {
+    for (i, (holder, max)) in holders.iter().enumerate() {
+        let new = sqlx::query(
+            "INSERT INTO place_holders (job_id, holder) VALUES ($1, $2)
+                 ON CONFLICT (job_id, holder) DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(holder)
+        .execute(&mut **tx)
+        .await?;
+        if new.rows_affected() == 0 {
+            continue;
+        }
+        let taken = sqlx::query(
+            "INSERT INTO places (holder, used) VALUES ($1, 1)
+                 ON CONFLICT (holder) DO UPDATE SET used = places.used + 1 WHERE places.used < $2",
+        )
+        .bind(holder)
+        .bind(i64::from(*max))
+        .execute(&mut **tx)
+        .await?;
+        if taken.rows_affected() == 0 || *max == 0 {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
+/// Reserves `r.micros` of a tenant's budget for a job unless reserved plus
+/// spent would pass the limit; a job that holds a reservation keeps it.
+/// `None` when reserved; otherwise what is left, and the caller rolls back.
+pub(super) async fn reserve(
+    tx: &mut Transaction<'_, Any>,
+    job_id: &str,
+    r: &Reservation,
+) -> Result<Option<i64>, StoreError> {
+    // Writes first, so the transaction holds the write lock throughout.
+    let new = sqlx::query(
+        "INSERT INTO reservations (job_id, tenant, period_start, micros)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (job_id) DO NOTHING",
+    )
+    .bind(job_id)
+    .bind(&r.tenant)
+    .bind(r.period_start_ms)
+    .bind(r.micros)
+    .execute(&mut **tx)
+    .await?;
+    if new.rows_affected() == 0 {
+        return Ok(None);
+    }
+    sqlx::query(
+        "INSERT INTO budgets (tenant, period_start) VALUES ($1, $2)
+             ON CONFLICT (tenant, period_start) DO NOTHING",
+    )
+    .bind(&r.tenant)
+    .bind(r.period_start_ms)
+    .execute(&mut **tx)
+    .await?;
+    let reserved = sqlx::query(
+        "UPDATE budgets SET reserved_micros = reserved_micros + $3
+             WHERE tenant = $1 AND period_start = $2
+               AND reserved_micros + spent_micros + $3 <= $4",
+    )
+    .bind(&r.tenant)
+    .bind(r.period_start_ms)
+    .bind(r.micros)
+    .bind(r.limit_micros)
+    .execute(&mut **tx)
+    .await?;
+    if reserved.rows_affected() == 1 {
+        return Ok(None);
+    }
+    let left: i64 = sqlx::query_scalar(
+        "SELECT $3 - reserved_micros - spent_micros FROM budgets
+             WHERE tenant = $1 AND period_start = $2",
+    )
+    .bind(&r.tenant)
+    .bind(r.period_start_ms)
+    .bind(r.limit_micros)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Some(left.max(0)))
 }

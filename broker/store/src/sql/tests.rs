@@ -1,6 +1,6 @@
 use super::*;
 use crate::ledger::{Charge, Ledger};
-use crate::quotas::{Quotas, Settlement, Take, TokenRate, TokenRates};
+use crate::quotas::{Holds, Quotas, Reservation, Settlement, Take, TokenRate, TokenRates};
 use crate::{Idempotency, Inserted, JobRecords, Source};
 use switchyard_schemas::{
     ErrorClass, EventKind, Job, JobError, JobEvent, JobResult, Outcome, Priority, SCHEMA_VERSION,
@@ -50,8 +50,12 @@ fn result(id: &str, outcome: Outcome) -> JobResult {
 #[tokio::test]
 async fn lifecycle_moves_forward_only_and_ignores_repeats() {
     let (s, _dir) = store().await;
-    s.insert(&job("a"), Source::Http, ESTIMATE).await.unwrap();
-    s.insert(&job("a"), Source::Nats, ESTIMATE).await.unwrap();
+    s.insert(&job("a"), Source::Http, ESTIMATE, &Holds::default())
+        .await
+        .unwrap();
+    s.insert(&job("a"), Source::Nats, ESTIMATE, &Holds::default())
+        .await
+        .unwrap();
     let ok = result(
         "a",
         Outcome::Succeeded {
@@ -106,7 +110,9 @@ async fn lifecycle_moves_forward_only_and_ignores_repeats() {
 #[tokio::test]
 async fn a_retry_starts_the_next_attempt_and_fences_the_old_one() {
     let (s, _dir) = store().await;
-    s.insert(&job("a"), Source::Http, ESTIMATE).await.unwrap();
+    s.insert(&job("a"), Source::Http, ESTIMATE, &Holds::default())
+        .await
+        .unwrap();
     let at = |attempt, at_ms, kind| JobEvent {
         attempt,
         ..event("a", at_ms, kind)
@@ -174,16 +180,22 @@ async fn a_retry_starts_the_next_attempt_and_fences_the_old_one() {
 async fn insert_reports_existing_jobs_and_whether_they_were_queued() {
     let (s, _dir) = store().await;
     assert_eq!(
-        s.insert(&job("a"), Source::Nats, ESTIMATE).await.unwrap(),
+        s.insert(&job("a"), Source::Nats, ESTIMATE, &Holds::default())
+            .await
+            .unwrap(),
         Inserted::New
     );
     assert_eq!(
-        s.insert(&job("a"), Source::Nats, ESTIMATE).await.unwrap(),
+        s.insert(&job("a"), Source::Nats, ESTIMATE, &Holds::default())
+            .await
+            .unwrap(),
         Inserted::Existing { enqueued: false }
     );
     s.mark_enqueued("a", 5).await.unwrap();
     assert_eq!(
-        s.insert(&job("a"), Source::Nats, ESTIMATE).await.unwrap(),
+        s.insert(&job("a"), Source::Nats, ESTIMATE, &Holds::default())
+            .await
+            .unwrap(),
         Inserted::Existing { enqueued: true }
     );
 }
@@ -227,7 +239,9 @@ async fn a_key_whose_job_was_never_recorded_is_taken_over_after_a_while() {
         "j3",
         "abandoned: taken over"
     );
-    s.insert(&job("a"), Source::Http, ESTIMATE).await.unwrap();
+    s.insert(&job("a"), Source::Http, ESTIMATE, &Holds::default())
+        .await
+        .unwrap();
     assert_eq!(s.claim_key("kept", "a", 1_000, 0).await.unwrap(), "a");
     assert_eq!(
         s.claim_key("kept", "j4", later + 1, 0).await.unwrap(),
@@ -239,8 +253,12 @@ async fn a_key_whose_job_was_never_recorded_is_taken_over_after_a_while() {
 #[tokio::test]
 async fn unconfirmed_jobs_are_found_until_marked() {
     let (s, _dir) = store().await;
-    s.insert(&job("a"), Source::Http, ESTIMATE).await.unwrap();
-    s.insert(&job("b"), Source::Http, ESTIMATE).await.unwrap();
+    s.insert(&job("a"), Source::Http, ESTIMATE, &Holds::default())
+        .await
+        .unwrap();
+    s.insert(&job("b"), Source::Http, ESTIMATE, &Holds::default())
+        .await
+        .unwrap();
     s.mark_enqueued("b", 5).await.unwrap();
     let found = s.unconfirmed(2_000, 10).await.unwrap();
     assert_eq!(found, vec![job("a")]);
@@ -268,21 +286,46 @@ async fn overdue_jobs_are_those_not_started_by_their_deadline() {
         deadline_ms: Some(ms),
         ..job(id)
     };
-    s.insert(&with_deadline("late", 1_500), Source::Http, ESTIMATE)
-        .await
-        .unwrap();
-    s.insert(&with_deadline("later", 1_800), Source::Http, ESTIMATE)
-        .await
-        .unwrap();
-    s.insert(&with_deadline("in-time", 9_000), Source::Http, ESTIMATE)
-        .await
-        .unwrap();
-    s.insert(&with_deadline("started", 1_500), Source::Http, ESTIMATE)
-        .await
-        .unwrap();
-    s.insert(&job("no-deadline"), Source::Http, ESTIMATE)
-        .await
-        .unwrap();
+    s.insert(
+        &with_deadline("late", 1_500),
+        Source::Http,
+        ESTIMATE,
+        &Holds::default(),
+    )
+    .await
+    .unwrap();
+    s.insert(
+        &with_deadline("later", 1_800),
+        Source::Http,
+        ESTIMATE,
+        &Holds::default(),
+    )
+    .await
+    .unwrap();
+    s.insert(
+        &with_deadline("in-time", 9_000),
+        Source::Http,
+        ESTIMATE,
+        &Holds::default(),
+    )
+    .await
+    .unwrap();
+    s.insert(
+        &with_deadline("started", 1_500),
+        Source::Http,
+        ESTIMATE,
+        &Holds::default(),
+    )
+    .await
+    .unwrap();
+    s.insert(
+        &job("no-deadline"),
+        Source::Http,
+        ESTIMATE,
+        &Holds::default(),
+    )
+    .await
+    .unwrap();
     s.apply_events(&[event(
         "started",
         1_200,
@@ -359,7 +402,9 @@ async fn a_limit_admits_its_burst_then_one_per_interval_and_corrects_once() {
     let mut j = job("est");
     j.tenant = "t".into();
     j.api_key = Some("k1".into());
-    s.insert(&j, Source::Http, ESTIMATE).await.unwrap();
+    s.insert(&j, Source::Http, ESTIMATE, &Holds::default())
+        .await
+        .unwrap();
     let tat = |key: &'static str| {
         let pool = s.pool();
         async move {
@@ -393,22 +438,61 @@ async fn a_limit_admits_its_burst_then_one_per_interval_and_corrects_once() {
 }
 
 #[tokio::test]
-async fn a_job_takes_a_place_of_each_holder_or_none() {
+async fn a_job_is_recorded_with_its_places_and_reservation_or_not_at_all() {
     let (s, _dir) = store().await;
-    let holders = |key_max| [("t".to_owned(), 3), ("key:k".to_owned(), key_max)];
-    assert_eq!(s.take_places("a", &holders(1)).await.unwrap(), None);
+    let holds = |key_max| Holds {
+        places: vec![("t".to_owned(), 3), ("key:k".to_owned(), key_max)],
+        reservation: None,
+    };
+    let insert = |id: &'static str, holds: Holds| {
+        let s = &s;
+        async move {
+            s.insert(&job(id), Source::Http, ESTIMATE, &holds)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(insert("a", holds(1)).await, Inserted::New);
     // Taken again by the same job: it keeps its places.
-    assert_eq!(s.take_places("a", &holders(1)).await.unwrap(), None);
-    // The key is full: the tenant's place is not taken either.
-    assert_eq!(s.take_places("b", &holders(1)).await.unwrap(), Some(1));
-    assert_eq!(s.take_places("c", &holders(2)).await.unwrap(), None);
-    assert_eq!(s.take_places("d", &holders(5)).await.unwrap(), None);
-    assert_eq!(s.take_places("e", &holders(5)).await.unwrap(), Some(0));
+    assert_eq!(
+        insert("a", holds(1)).await,
+        Inserted::Existing { enqueued: false }
+    );
+    // The key is full: neither the tenant's place nor the record is taken.
+    assert_eq!(insert("b", holds(1)).await, Inserted::PlacesFull(1));
+    assert!(s.get("b").await.unwrap().is_none());
+    assert_eq!(insert("c", holds(2)).await, Inserted::New);
+    assert_eq!(insert("d", holds(5)).await, Inserted::New);
+    assert_eq!(insert("e", holds(5)).await, Inserted::PlacesFull(0));
     let freed = Settlement {
         job_id: "a".into(),
         cost_micros: 0,
     };
     s.settle(&[freed.clone(), freed]).await.unwrap();
-    assert_eq!(s.take_places("e", &holders(5)).await.unwrap(), None);
-    assert_eq!(s.take_places("f", &holders(5)).await.unwrap(), Some(0));
+    assert_eq!(insert("e", holds(5)).await, Inserted::New);
+    assert_eq!(insert("f", holds(5)).await, Inserted::PlacesFull(0));
+    // A budget with room for one job's reservation and not two.
+    let budget = |id: &str| Holds {
+        places: Vec::new(),
+        reservation: Some(Reservation {
+            tenant: job(id).tenant,
+            period_start_ms: 0,
+            micros: 600,
+            limit_micros: 1_000,
+        }),
+    };
+    assert_eq!(insert("g", budget("g")).await, Inserted::New);
+    assert_eq!(insert("h", budget("h")).await, Inserted::OverBudget(400));
+    assert!(s.get("h").await.unwrap().is_none());
+    // Another tenant's id is refused whatever it would hold.
+    let other = Job {
+        tenant: "other".into(),
+        ..job("g")
+    };
+    assert_eq!(
+        s.insert(&other, Source::Http, ESTIMATE, &Holds::default())
+            .await
+            .unwrap(),
+        Inserted::OtherTenant
+    );
 }
