@@ -96,6 +96,8 @@ pub fn decode_submission(
         Encoding::MessagePack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
         Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
     };
+    // The message is a client's to read and may be stored: no values.
+    let decoded = decoded.map_err(|m| crate::redact::without_values(&m));
     let submission = decoded.map_err(|message| CodecError::Decode {
         type_name: short_name::<Submission>(),
         message,

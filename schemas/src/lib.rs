@@ -12,6 +12,7 @@ mod fixtures;
 mod messages;
 mod node;
 mod priority;
+pub mod redact;
 mod results;
 pub mod subjects;
 

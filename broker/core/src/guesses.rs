@@ -52,7 +52,9 @@ impl Guesses {
         from.iter()
             .filter_map(|g| {
                 let (since, n) = seen.get(g)?;
-                let left = WINDOW.checked_sub(now.saturating_duration_since(*since))?;
+                let left = WINDOW
+                    .checked_sub(now.saturating_duration_since(*since))
+                    .filter(|l| !l.is_zero())?;
                 (*n >= self.max_per_minute).then(|| left.as_secs().max(1))
             })
             .max()

@@ -185,123 +185,201 @@ pub async fn follow_submissions(
     handled.await;
 }
 
+/// Deliveries a durable submission gets while admission fails for a
+/// passing cause (the store or the queue out of reach, a full queue);
+/// then it ends failed with that cause, so that no message is redelivered
+/// for ever and holds a place of the shared intake.
+const MAX_DELIVERIES: i64 = 8;
+/// The longest wait before a submission is delivered again.
+const LONGEST_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What became of a durable submission.
+enum Handled {
+    /// Admitted, or ended failed where its client looks: acknowledged.
+    Done,
+    /// To be delivered again later.
+    Again(String),
+}
+
 async fn admit_durable(admitter: &Admitter, msg: jetstream::Message) {
     let env = Envelope {
         subject: msg.subject.as_str(),
         headers: msg.headers.as_ref(),
     };
-    let info = msg.info().ok().map(|i| (i.published, i.stream_sequence));
+    let info = msg
+        .info()
+        .ok()
+        .map(|i| (i.published, i.stream_sequence, i.delivered));
+    let delivered = info.map_or(1, |(_, _, n)| n);
     let fallback = || {
-        info.map(|(published, seq)| id_from_stream(published, seq))
+        info.map(|(published, seq, _)| id_from_stream(published, seq))
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
     };
-    let outcome = match read(&env, &msg.payload, fallback) {
+    let handled = match read(&env, &msg.payload, fallback) {
         Ok(d) => {
             let span = info_span!("intake", job_id = %d.id, model = %d.submission.model);
             let model = d.submission.model.clone();
             let tenant = d.submission.tenant.clone();
+            let refuse = |e: &SubmitError| Refusal {
+                id: d.id.clone(),
+                tenant: tenant.clone(),
+                model: model.clone(),
+                priority: d.priority,
+                ending: Ending::of(e),
+            };
             match admitter
                 .submit(d.submission, d.priority, d.id.clone(), Source::Nats, None)
                 .instrument(span)
                 .await
             {
-                Ok(_) => Ok(()),
-                Err(SubmitError::Rejected(rejection)) => {
-                    let refused = Refused {
-                        id: Some(d.id),
-                        tenant,
-                        model,
-                        priority: d.priority,
-                        encoding: d.encoding,
-                        rejection,
-                    };
-                    record_refusal(admitter, refused).await
-                }
+                Ok(_) => Handled::Done,
                 Err(e @ SubmitError::IdTaken(_)) => {
                     // Nothing of it is kept: the id names another tenant's job.
                     warn!(error = %e, "submission dropped");
-                    Ok(())
+                    Handled::Done
                 }
-                Err(e) => Err(e.to_string()),
+                // Refused for what it is, or for its tenant's limits: a
+                // redelivery would be refused again, and would hold a
+                // place of the intake every other tenant shares.
+                Err(e @ (SubmitError::Rejected(_) | SubmitError::RateLimited { .. })) => {
+                    record_refusal(admitter, refuse(&e)).await
+                }
+                Err(e) if delivered < MAX_DELIVERIES => Handled::Again(e.to_string()),
+                Err(e) => record_refusal(admitter, refuse(&e)).await,
             }
         }
         Err(refused) => match refused.id {
-            Some(_) => record_refusal(admitter, *refused).await,
+            Some(id) => {
+                let refusal = Refusal {
+                    id,
+                    tenant: refused.tenant,
+                    model: refused.model,
+                    priority: refused.priority,
+                    ending: Ending::of(&SubmitError::Rejected(refused.rejection)),
+                };
+                record_refusal(admitter, refusal).await
+            }
             None => {
                 // Nothing names it, so there is nowhere to report to: log it and
                 // drop it so it cannot block the stream.
                 warn!(subject = %msg.subject, error = %refused.rejection, "anonymous undecodable submission dropped");
                 metrics::counter!(m::REJECTIONS, "source" => "nats", "code" => refused.rejection.code().as_str()).increment(1);
-                Ok(())
+                Handled::Done
             }
         },
     };
-    let ack = match outcome {
-        Ok(()) => msg.ack().await,
-        Err(e) => {
-            warn!(error = %e, "submission not admitted now; it stays in the stream");
-            msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await
+    let ack = match handled {
+        Handled::Done => msg.ack().await,
+        Handled::Again(reason) => {
+            warn!(error = %reason, delivered, "submission not admitted now; it stays in the stream");
+            msg.ack_with(AckKind::Nak(Some(backoff(delivered)))).await
         }
     };
     if let Err(e) = ack {
         warn!(error = %e, "intake ack failed; the submission will be redelivered");
     }
 }
+/// How long a submission waits before its `delivered`+1-th delivery: 1 s,
+/// doubling, at most [`LONGEST_BACKOFF`].
+fn backoff(delivered: i64) -> Duration {
+    let doublings = u32::try_from(delivered.clamp(1, 16) - 1).unwrap_or(0);
+    Duration::from_secs(1 << doublings).min(LONGEST_BACKOFF)
+}
+
+/// How a durable submission that will not run ends: its code, its class,
+/// and a message that quotes none of its values.
+struct Ending {
+    code: ErrorCode,
+    class: ErrorClass,
+    message: String,
+}
+
+impl Ending {
+    fn of(e: &SubmitError) -> Ending {
+        let class = match e {
+            SubmitError::Rejected(Rejection::UnknownModel(_)) => ErrorClass::UnknownModel,
+            SubmitError::Rejected(_) => ErrorClass::InvalidInput,
+            SubmitError::RateLimited { .. } | SubmitError::QueueFull { .. } => {
+                ErrorClass::Overloaded
+            }
+            _ => ErrorClass::Internal,
+        };
+        Ending {
+            code: e.code(),
+            class,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A durable submission that will not run.
+struct Refusal {
+    id: String,
+    /// The subject's or the body's tenant.
+    tenant: Option<String>,
+    model: String,
+    priority: Priority,
+    ending: Ending,
+}
+
+/// What a store keeps of a client's text: no control characters (a NUL
+/// is refused by PostgreSQL, and a message that can never be recorded
+/// would be delivered for ever), at most 256 characters.
+fn storable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .take(256)
+        .collect()
+}
 
 /// Keeps a refused durable submission where its client looks: a failed job
-/// record and a failed result on `sy.results.<id>`.
-async fn record_refusal(admitter: &Admitter, refused: Refused) -> Result<(), String> {
-    let Refused {
+/// record and a failed result on `sy.results.<id>`. Delivered again later
+/// when the store or NATS cannot take it now.
+async fn record_refusal(admitter: &Admitter, refusal: Refusal) -> Handled {
+    let Refusal {
         id,
         tenant,
         model,
         priority,
-        rejection,
-        ..
-    } = refused;
-    let Some(id) = id.filter(|id| subjects::is_valid_id(id)) else {
-        warn!(error = %rejection, "refused submission with an unusable id dropped");
-        return Ok(());
-    };
+        ending,
+    } = refusal;
+    if !subjects::is_valid_id(&id) {
+        warn!(error = %ending.message, "refused submission with an unusable id dropped");
+        return Handled::Done;
+    }
     let tenant = tenant.unwrap_or_else(|| DEFAULT_TENANT.to_owned());
     let rejected = RejectedJob {
         id: id.clone(),
         tenant: tenant.clone(),
-        model,
+        model: storable(&model),
         priority,
         source: Source::Nats,
-        code: rejection.code().as_str().into(),
-        message: rejection.to_string(),
+        code: ending.code.as_str().into(),
+        message: storable(&ending.message),
         at_ms: now_ms(),
     };
-    let holder = admitter
-        .store()
-        .insert_rejected(&rejected)
-        .await
-        .map_err(|e| e.to_string())?;
+    let holder = match admitter.store().insert_rejected(&rejected).await {
+        Ok(holder) => holder,
+        Err(e) => return Handled::Again(e.to_string()),
+    };
     if holder != tenant {
         warn!(job_id = %id, "refused submission dropped: its id names another tenant's job");
-        return Ok(());
+        return Handled::Done;
     }
-    let class = match rejection {
-        Rejection::UnknownModel(_) => ErrorClass::UnknownModel,
-        _ => ErrorClass::InvalidInput,
-    };
     let result = JobResult {
         finished_at_ms: rejected.at_ms,
         ..JobResult::failed(
             &id,
             0,
             Timeline::default(),
-            JobError::new(class, rejected.message),
+            JobError::new(ending.class, rejected.message),
         )
     };
     // A job has one result: an id that already has one keeps it.
-    switchyard_runtime::attempts::publish_result(admitter.js(), &result)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    match switchyard_runtime::attempts::publish_result(admitter.js(), &result).await {
+        Ok(_) => Handled::Done,
+        Err(e) => Handled::Again(e.to_string()),
+    }
 }
 
 /// Serves `sy.admit.<priority>` requests until `shutdown`.

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use switchyard_runtime::{ModelKind, Registry};
+use switchyard_schemas::redact::without_values;
 use switchyard_schemas::{Priority, Submission};
 
 use crate::admission::Rejection;
@@ -82,8 +83,11 @@ pub fn parse(
     priority: Priority,
 ) -> Result<Parsed, Rejection> {
     let request: OpenAiRequest = serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => Rejection::invalid(e.to_string()),
-        _ => Rejection::MalformedBody(format!("body is not valid JSON: {e}")),
+        serde_json::error::Category::Data => Rejection::invalid(without_values(&e.to_string())),
+        _ => Rejection::MalformedBody(format!(
+            "body is not valid JSON: {}",
+            without_values(&e.to_string())
+        )),
     })?;
     let base64 = match (endpoint, request.encoding_format.as_deref()) {
         (Endpoint::Embedding, None | Some("float")) => false,

@@ -13,6 +13,7 @@ use switchyard_core::admission::Rejection;
 use switchyard_core::auth::Caller;
 use switchyard_core::calls::{Begun, CallRequest};
 use switchyard_core::cancel::Canceller;
+use switchyard_schemas::redact::without_values;
 use switchyard_schemas::{DEFAULT_TENANT, Submission, now_ms};
 use switchyard_store::view::{JobView, rfc3339};
 use switchyard_store::{JobRecord, Status};
@@ -56,8 +57,11 @@ pub fn router() -> Router<ApiState> {
 /// always the server's.
 fn parse_submission(body: &[u8]) -> Result<Submission, Rejection> {
     let submission: Submission = serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => Rejection::invalid(e.to_string()),
-        _ => Rejection::MalformedBody(format!("body is not valid JSON: {e}")),
+        serde_json::error::Category::Data => Rejection::invalid(without_values(&e.to_string())),
+        _ => Rejection::MalformedBody(format!(
+            "body is not valid JSON: {}",
+            without_values(&e.to_string())
+        )),
     })?;
     if submission.id.is_some() {
         return Err(Rejection::invalid("id is assigned by the server over HTTP"));

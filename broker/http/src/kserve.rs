@@ -15,6 +15,7 @@ use switchyard_core::admission::Rejection;
 use switchyard_core::auth::Caller;
 use switchyard_core::calls::Begun;
 use switchyard_runtime::{ModelKind, Readiness};
+use switchyard_schemas::redact::without_values;
 use switchyard_schemas::{Outcome, SCHEMA_VERSION, Submission};
 
 use crate::error::{ApiError, invalid};
@@ -221,8 +222,12 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, ApiErro
             .ok_or_else(|| invalid("Inference-Header-Content-Length does not fit the body"))?,
     };
     let (head, mut raw) = body.split_at(json_len);
-    let mut request: Map<String, Value> = serde_json::from_slice(head)
-        .map_err(|e| Rejection::MalformedBody(format!("body is not valid JSON: {e}")))?;
+    let mut request: Map<String, Value> = serde_json::from_slice(head).map_err(|e| {
+        Rejection::MalformedBody(format!(
+            "body is not valid JSON: {}",
+            without_values(&e.to_string())
+        ))
+    })?;
     let inputs = request
         .get_mut("inputs")
         .and_then(Value::as_array_mut)

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::de::DeserializeOwned;
 use switchyard_runtime::{ModelKind, ModelSpec, Registry};
+use switchyard_schemas::redact::{shown, without_values};
 use switchyard_schemas::{
     ChatInput, CompletionInput, DEFAULT_TENANT, EmbeddingInput, Job, JobInput, Priority,
     SAMPLING_FIELDS, SCHEMA_VERSION, Sampling, Submission, TensorInput, now_ms, subjects,
@@ -26,7 +27,8 @@ pub fn validate(
 ) -> Result<Job, Rejection> {
     if !subjects::is_valid_id(&id) {
         return Err(Rejection::InvalidRequest(format!(
-            "id {id:?} must be 1 to 64 of A-Z a-z 0-9 _ -"
+            "id {} must be 1 to 64 of A-Z a-z 0-9 _ -",
+            shown(&id)
         )));
     }
     let tenant = submission
@@ -35,7 +37,8 @@ pub fn validate(
         .unwrap_or_else(|| DEFAULT_TENANT.to_owned());
     if !subjects::is_valid_id(&tenant) {
         return Err(Rejection::InvalidRequest(format!(
-            "tenant {tenant:?} must be 1 to 64 of A-Z a-z 0-9 _ -"
+            "tenant {} must be 1 to 64 of A-Z a-z 0-9 _ -",
+            shown(&tenant)
         )));
     }
     let spec = registry
@@ -91,7 +94,8 @@ fn check_metadata(s: &Submission) -> Result<(), Rejection> {
         .find(|(k, v)| k.is_empty() || k.len() > MAX_METADATA_KEY || v.len() > MAX_METADATA_VALUE)
     {
         Some((k, _)) => Err(Rejection::InvalidRequest(format!(
-            "metadata entry {k:?}: keys are 1 to {MAX_METADATA_KEY} bytes, values at most {MAX_METADATA_VALUE}"
+            "metadata entry {}: keys are 1 to {MAX_METADATA_KEY} bytes, values at most {MAX_METADATA_VALUE}",
+            shown(k)
         ))),
         None => Ok(()),
     }
@@ -131,8 +135,8 @@ fn typed_input(spec: &ModelSpec, value: serde_json::Value) -> Result<JobInput, R
                 .find(|(_, msg)| !CHAT_ROLES.contains(&msg.role.as_str()))
             {
                 return Err(Rejection::InvalidRequest(format!(
-                    "input.messages[{i}].role {:?} must be one of {}",
-                    msg.role,
+                    "input.messages[{i}].role {} must be one of {}",
+                    shown(&msg.role),
                     CHAT_ROLES.join(", ")
                 )));
             }
@@ -269,11 +273,14 @@ fn strict<T: DeserializeOwned>(value: serde_json::Value, fields: &[&str]) -> Res
     let allowed: BTreeSet<&str> = fields.iter().copied().collect();
     if let Some(unknown) = obj.keys().find(|k| !allowed.contains(k.as_str())) {
         return Err(Rejection::InvalidRequest(format!(
-            "input.{unknown} is not a known field; expected {}",
+            "input.{} is not a known field; expected {}",
+            shown(unknown),
             fields.join(", ")
         )));
     }
-    serde_json::from_value(value).map_err(|e| Rejection::InvalidRequest(format!("input: {e}")))
+    serde_json::from_value(value).map_err(|e| {
+        Rejection::InvalidRequest(format!("input: {}", without_values(&e.to_string())))
+    })
 }
 
 #[cfg(test)]
