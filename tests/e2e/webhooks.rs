@@ -477,3 +477,73 @@ async fn cancelled_and_expired_jobs_send_their_events() {
         ]
     );
 }
+
+/// One tenant's receiver takes connections and never answers, and that
+/// tenant has twenty events due: it holds at most its share of the
+/// delivery slots (2 of 4 here), so another tenant's event goes out while
+/// the hung attempts wait out their 5 s timeout. The broker's environment
+/// names the hung listener as its HTTP proxy, which webhooks do not use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_receiver_holds_only_its_tenant_s_share_of_deliveries() {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_port = hung.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            held.push(socket);
+        }
+    });
+    let receiver = Receiver::default();
+    let port = receiver.serve(0).await;
+    let mut stack = Stack::new(StackOptions {
+        broker_extra: "  webhooks:
+    secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]
+    allow: [127.0.0.1/32]
+    timeout: 5s
+    concurrency: 4
+    tenant_concurrency: 2
+    poll_interval: 50ms",
+        tenants: "[{name: stuck}, {name: prompt}]",
+        ..StackOptions::default()
+    });
+    let proxy = format!("http://127.0.0.1:{hung_port}");
+    let port_of_broker = stack.broker_port;
+    stack.launch(
+        "broker",
+        "broker",
+        port_of_broker,
+        &[("HTTP_PROXY", proxy.clone()), ("ALL_PROXY", proxy)],
+    );
+    stack.start_dispatcher();
+    stack.start_agent("node-a");
+    let hang_url = format!("http://127.0.0.1:{hung_port}/hang");
+    let mut stuck = Vec::new();
+    for _ in 0..20 {
+        stuck.push(
+            stack
+                .submit_http(&job(&hang_url, &["completed"], "stuck"))
+                .await,
+        );
+    }
+    stack.wait_finished(&stuck, Duration::from_secs(20)).await;
+    // The hung tenant's attempts are under way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = format!("http://127.0.0.1:{port}/prompt");
+    let id = stack
+        .submit_http(&job(&url, &["completed"], "prompt"))
+        .await;
+    stack
+        .wait_finished(std::slice::from_ref(&id), Duration::from_secs(10))
+        .await;
+    eventually(
+        Duration::from_secs(4),
+        Duration::from_millis(50),
+        || async {
+            let seen = receiver.seen();
+            so(seen.iter().any(|s| s.answered == 200), || {
+                format!("the other tenant's event has not arrived: {seen:?}")
+            })
+        },
+    )
+    .await;
+}

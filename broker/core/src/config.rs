@@ -151,6 +151,16 @@ pub struct WebhookConfig {
     pub timeout: Duration,
     /// Attempts in flight at once, over all receivers.
     pub concurrency: usize,
+    /// Attempts in flight at once for one tenant's receivers: a tenant
+    /// whose receiver hangs holds at most these, and the others' events
+    /// go out on the rest.
+    pub tenant_concurrency: usize,
+    /// An HTTP(S) proxy every delivery goes through. Unset (the default),
+    /// none is used whatever `HTTPS_PROXY` says: the guard pins each
+    /// delivery to the addresses it checked, and a proxy would resolve
+    /// the name again. Set, the guard checks names and written addresses
+    /// but the proxy chooses where to connect.
+    pub proxy: Option<String>,
     /// How often due deliveries are looked for.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -180,6 +190,8 @@ impl Default for WebhookConfig {
             ],
             timeout: Duration::from_secs(15),
             concurrency: 32,
+            tenant_concurrency: 8,
+            proxy: None,
             poll_interval: Duration::from_millis(250),
         }
     }
@@ -308,5 +320,19 @@ impl BrokerConfig {
             w.poll_interval,
             "must be positive",
         );
+        issues.check(
+            (1..=w.concurrency).contains(&w.tenant_concurrency),
+            "broker.webhooks.tenant_concurrency",
+            w.tenant_concurrency,
+            "must be between 1 and broker.webhooks.concurrency",
+        );
+        if let Some(proxy) = &w.proxy {
+            issues.check(
+                reqwest::Proxy::all(proxy).is_ok(),
+                "broker.webhooks.proxy",
+                proxy,
+                "must be a proxy URL",
+            );
+        }
     }
 }

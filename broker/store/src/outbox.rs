@@ -74,12 +74,15 @@ pub struct DisabledEndpoint {
 #[async_trait]
 pub trait WebhookOutbox: Send + Sync {
     /// Leases up to `limit` webhook deliveries due at `now_ms` (of jobs
-    /// whose enqueue is confirmed) until `lease_until_ms`.
+    /// whose enqueue is confirmed) until `lease_until_ms`, the soonest due
+    /// first but at most `per_tenant` of any one tenant, so that one
+    /// tenant's backlog does not keep the others' waiting.
     async fn claim_deliveries(
         &self,
         now_ms: i64,
         lease_until_ms: i64,
         limit: u32,
+        per_tenant: u32,
     ) -> Result<Vec<Delivery>, StoreError>;
     /// Records an attempt and what follows it; `Next::Disabled` disables
     /// the delivery's endpoint, holding every delivery pending for it.

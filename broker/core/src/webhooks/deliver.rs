@@ -2,6 +2,7 @@
 //! A delivery is leased while its attempt runs, so that brokers sharing one
 //! database do not send it twice at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,13 +30,21 @@ pub async fn run(
     cfg: WebhookConfig,
     shutdown: CancellationToken,
 ) {
-    let client = match reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .dns_resolver(Arc::new(webhooks.guard.clone()))
         .redirect(reqwest::redirect::Policy::none())
         .timeout(cfg.timeout)
-        .user_agent(concat!("Switchyard-Webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+        .user_agent(concat!("Switchyard-Webhooks/", env!("CARGO_PKG_VERSION")));
+    // No proxy from the environment: only one configured here.
+    let builder = match cfg.proxy.as_deref().map(reqwest::Proxy::all).transpose() {
+        Ok(Some(proxy)) => builder.proxy(proxy),
+        Ok(None) => builder.no_proxy(),
+        Err(e) => {
+            warn!(error = %e, "broker.webhooks.proxy is not a proxy URL; no webhook will be sent");
+            return;
+        }
+    };
+    let client = match builder.build() {
         Ok(client) => client,
         Err(e) => {
             warn!(error = %e, "cannot build the webhook client; no webhook will be sent");
@@ -45,15 +54,25 @@ pub async fn run(
     let cfg = Arc::new(cfg);
     let lease = i64::try_from((cfg.timeout * 2).as_millis()).unwrap_or(i64::MAX);
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
+    let shares = Shares::new(cfg.tenant_concurrency);
+    let per_tenant = u32::try_from(cfg.tenant_concurrency).unwrap_or(u32::MAX);
     let mut running = JoinSet::new();
     loop {
         let free = permits.available_permits();
         if free > 0 {
             let now = now_ms();
             let limit = u32::try_from(free).unwrap_or(u32::MAX);
-            match store.claim_deliveries(now, now + lease, limit).await {
+            match store
+                .claim_deliveries(now, now + lease, limit, per_tenant)
+                .await
+            {
                 Ok(due) => {
                     for delivery in due {
+                        // A tenant at its share: its delivery is claimed
+                        // again once the lease runs out.
+                        let Some(share) = shares.take(&delivery.tenant) else {
+                            continue;
+                        };
                         let Ok(permit) = permits.clone().acquire_owned().await else {
                             break;
                         };
@@ -66,7 +85,7 @@ pub async fn run(
                         );
                         running.spawn(async move {
                             attempt.await;
-                            drop(permit);
+                            drop((permit, share));
                         });
                     }
                 }
@@ -80,6 +99,54 @@ pub async fn run(
         }
     }
     while running.join_next().await.is_some() {}
+}
+
+/// Attempts in flight per tenant, each at most `most`.
+#[derive(Clone)]
+struct Shares {
+    most: usize,
+    held: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+/// One attempt's place in its tenant's share, given back when dropped.
+struct Share {
+    shares: Shares,
+    tenant: String,
+}
+
+impl Shares {
+    fn new(most: usize) -> Shares {
+        Shares {
+            most,
+            held: Arc::default(),
+        }
+    }
+
+    fn take(&self, tenant: &str) -> Option<Share> {
+        let mut held = self.held.lock().ok()?;
+        let n = held.entry(tenant.to_owned()).or_insert(0);
+        if *n >= self.most {
+            return None;
+        }
+        *n += 1;
+        Some(Share {
+            shares: self.clone(),
+            tenant: tenant.to_owned(),
+        })
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.shares.held.lock()
+            && let Some(n) = held.get_mut(&self.tenant)
+        {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 /// What a receiver answered, or why it could not be asked.

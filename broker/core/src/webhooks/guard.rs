@@ -5,12 +5,14 @@
 //! this guard), and follows no redirects, so neither DNS rebinding nor a
 //! redirect reaches an internal service.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use super::special::blocked;
 
 /// One `broker.webhooks.allow` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,77 +36,6 @@ impl AllowEntry {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
         valid.then(|| AllowEntry::Host(text.to_ascii_lowercase()))
-    }
-}
-
-/// Why an address may not be reached, or `None` for a public one.
-pub fn blocked(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => blocked_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return blocked_v4(v4);
-            }
-            let seg = v6.segments();
-            // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) carry an IPv4
-            // address that the packet finally reaches.
-            if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0; 4] {
-                return blocked_v4(Ipv4Addr::from(
-                    (u32::from(seg[6]) << 16) | u32::from(seg[7]),
-                ));
-            }
-            if seg[0] == 0x2002 {
-                return blocked_v4(Ipv4Addr::from(
-                    (u32::from(seg[1]) << 16) | u32::from(seg[2]),
-                ));
-            }
-            if v6.is_loopback() {
-                Some("loopback")
-            } else if v6.is_unspecified() {
-                Some("unspecified")
-            } else if v6.is_multicast() {
-                Some("multicast")
-            } else if seg[0] & 0xffc0 == 0xfe80 {
-                Some("link-local")
-            } else if seg[0] & 0xfe00 == 0xfc00 {
-                // Unique local addresses, cloud metadata (fd00:ec2::254) among them.
-                Some("private")
-            } else if seg[0] == 0x2001 && seg[1] == 0x0db8 {
-                Some("documentation")
-            } else if v6 == Ipv6Addr::from([0u16; 8]) || seg[0] == 0x0100 && seg[1..4] == [0; 3] {
-                Some("reserved")
-            } else {
-                None
-            }
-        }
-    }
-}
-
-fn blocked_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, c, _] = ip.octets();
-    if ip.is_loopback() {
-        Some("loopback")
-    } else if ip.is_private() {
-        Some("private")
-    } else if ip.is_link_local() {
-        // 169.254.169.254 is the metadata service of most clouds.
-        Some("link-local")
-    } else if a == 100 && (64..128).contains(&b) {
-        // Alibaba's metadata service (100.100.100.200) lives here too.
-        Some("carrier-grade NAT")
-    } else if ip.is_multicast() {
-        Some("multicast")
-    } else if a == 0
-        || ip.is_broadcast()
-        || a >= 240
-        || (a, b, c) == (192, 0, 0)
-        || a == 198 && (18..20).contains(&b)
-    {
-        Some("reserved")
-    } else if ip.is_documentation() {
-        Some("documentation")
-    } else {
-        None
     }
 }
 
@@ -146,7 +77,7 @@ impl Guard {
             return Ok(());
         }
         match blocked(ip) {
-            Some(why) => Err(format!("{ip} is a {why} address")),
+            Some(why) => Err(format!("{ip} is an internal address ({why})")),
             None => Ok(()),
         }
     }
@@ -188,8 +119,10 @@ impl Guard {
                 .await
                 .map_err(|e| format!("host {name:?} does not resolve: {e}"))?;
             for addr in addrs {
+                // The address is not told: a refusal must not map the
+                // internal network for whoever names hosts in it.
                 self.ip_allowed(addr.ip())
-                    .map_err(|e| format!("host {name:?} resolves to {e}"))?;
+                    .map_err(|_| format!("host {name:?} resolves to an internal address"))?;
             }
         }
         Ok(url)
@@ -211,10 +144,7 @@ impl Guard {
             .collect();
         match (passed.is_empty(), all.first()) {
             (false, _) => Ok(passed),
-            (true, Some(first)) => Err(format!(
-                "host {name:?} resolves to {}",
-                self.ip_allowed(first.ip()).err().unwrap_or_default()
-            )),
+            (true, Some(_)) => Err(format!("host {name:?} resolves to an internal address")),
             (true, None) => Err(format!("host {name:?} has no address")),
         }
     }
@@ -250,10 +180,14 @@ mod tests {
             ("http://192.168.1.1/", "private"),
             ("http://169.254.169.254/latest/meta-data/", "link-local"),
             ("http://100.100.100.200/", "carrier-grade NAT"),
-            ("http://[fd00:ec2::254]/", "private"),
+            ("http://[fd00:ec2::254]/", "unique local"),
             ("http://[fe80::1]/", "link-local"),
             ("http://224.0.0.1/", "multicast"),
-            ("http://0.0.0.0/", "reserved"),
+            ("http://0.0.0.0/", "this-network"),
+            ("http://[::127.0.0.1]/", "IPv4-compatible"),
+            ("http://[::a9fe:a9fe]/", "IPv4-compatible"),
+            ("http://[fec0::1]/", "site-local"),
+            ("http://[64:ff9b:1::a00:1]/", "translation"),
             ("http://[::ffff:127.0.0.1]/", "loopback"),
             ("http://[::ffff:169.254.169.254]/", "link-local"),
             ("http://[64:ff9b::a9fe:a9fe]/", "link-local"),
@@ -300,9 +234,11 @@ mod tests {
     async fn names_are_resolved_and_every_address_checked() {
         let guard = Guard::default();
         let err = guard.check("http://localhost:1/").await.unwrap_err();
-        assert!(err.contains("loopback"), "{err}");
+        assert!(err.contains("internal address"), "{err}");
         let err = guard.resolve("localhost").await.unwrap_err();
-        assert!(err.contains("loopback"), "{err}");
+        assert!(err.contains("internal address"), "{err}");
+        // The internal address itself is not told.
+        assert!(!err.contains("127.0.0.1") && !err.contains("::1"), "{err}");
         let allowed = Guard::new(&["127.0.0.0/8".into(), "::1".into()]);
         assert!(allowed.check("http://localhost:1/").await.is_ok());
         assert!(!allowed.resolve("localhost").await.unwrap().is_empty());

@@ -6,6 +6,7 @@
 mod deliver;
 mod guard;
 mod sign;
+mod special;
 
 use std::collections::HashMap;
 

@@ -27,22 +27,28 @@ impl WebhookOutbox for SqlStore {
         now_ms: i64,
         lease_until_ms: i64,
         limit: u32,
+        per_tenant: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
         // A `queued` event waits for the queue's confirmation: a job the
         // queue refused is discarded, and its client was told so.
         let rows = sqlx::query(
             "UPDATE webhook_deliveries SET lease_until = $2
              WHERE id IN (
-                SELECT d.id FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id
-                WHERE d.state = 'pending' AND d.next_at <= $1 AND d.lease_until <= $1
-                  AND j.enqueued_at IS NOT NULL
-                ORDER BY d.next_at LIMIT $3)
+                SELECT id FROM (
+                  SELECT d.id, d.next_at,
+                    ROW_NUMBER() OVER (PARTITION BY d.tenant ORDER BY d.next_at) AS nth
+                  FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id
+                  WHERE d.state = 'pending' AND d.next_at <= $1 AND d.lease_until <= $1
+                    AND j.enqueued_at IS NOT NULL) due
+                WHERE nth <= $4
+                ORDER BY next_at LIMIT $3)
                AND lease_until <= $1
              RETURNING id, job_id, tenant, url, event, payload, attempts",
         )
         .bind(now_ms)
         .bind(lease_until_ms)
         .bind(i64::from(limit))
+        .bind(i64::from(per_tenant))
         .fetch_all(self.pool())
         .await?;
         let delivery = |row: &AnyRow| -> Result<Delivery, sqlx::Error> {
