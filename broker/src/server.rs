@@ -1,11 +1,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_runtime::large;
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_runtime::{NatsConfig, Readiness, Registry, Tenants};
+use switchyard_runtime::{http_server, large};
 use switchyard_schemas::{JobEvent, JobResult, UsageEvent, subjects};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -211,7 +211,12 @@ pub async fn run(
             in_flight,
         ));
 
-    tasks.spawn(ops::serve(listener, router, http_stop.clone()));
+    tasks.spawn(http_server::serve(
+        listener,
+        router,
+        http_stop.clone(),
+        cfg.http,
+    ));
     tasks.spawn(limits::follow(
         limits.clone(),
         access,

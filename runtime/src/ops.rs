@@ -100,23 +100,11 @@ pub async fn start(
 ) -> Result<Readiness, ServeError> {
     let listener = bind(addr).await?;
     let ready = Readiness::default();
-    tasks.spawn(serve(listener, router(metrics, ready.clone()), stop));
-    Ok(ready)
-}
-
-/// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> Result<(), ServeError> {
-    // The peer's address reaches handlers (the broker limits failed
-    // authentications by it).
-    axum::serve(
+    tasks.spawn(crate::http_server::serve(
         listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
-    .map_err(ServeError::Serve)
+        router(metrics, ready.clone()),
+        stop,
+        crate::http_server::HttpLimits::default(),
+    ));
+    Ok(ready)
 }

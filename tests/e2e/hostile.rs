@@ -227,3 +227,58 @@ async fn a_refusal_keeps_none_of_the_request_s_values() {
     assert_eq!(status, 422, "{body}");
     assert!(!body.to_string().contains("example"), "{body}");
 }
+
+/// Reads from `s` until the server closes it or `within` passes; whether it
+/// closed, and what it sent.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> (bool, String) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, s.read_to_end(&mut got)).await;
+    (read.is_ok(), String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Half-sent requests do not stay open: a connection that never finishes
+/// its headers, one silent mid-body, one that sends nothing and one kept
+/// alive and then silent are closed after the configured 2 s, and past `max_connections` a new connection is
+/// closed at once; once the stalled ones are gone, clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn half_sent_requests_are_closed_and_connections_capped() {
+    use tokio::io::AsyncWriteExt;
+    let stack = Stack::running(
+        StackOptions {
+            broker_extra: "  http:\n    header_timeout: 2s\n    body_timeout: 2s\n    max_connections: 30",
+            ..StackOptions::default()
+        },
+        &[],
+    );
+    let port = stack.broker_port;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", port));
+    let starts: [&[u8]; 4] = [
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nx-slow: ",
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n{\"model\": ",
+        b"",
+        // Kept alive after its answer, then silent.
+        b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n",
+    ];
+    let mut stalled = Vec::new();
+    for i in 0..30 {
+        let mut s = connect().await.unwrap();
+        s.write_all(starts[i % 4]).await.unwrap();
+        stalled.push(s);
+    }
+    // The thirty-first is over the cap.
+    let mut over = connect().await.unwrap();
+    let (closed, _) = closed_within(&mut over, Duration::from_secs(1)).await;
+    assert!(closed, "a connection past the cap stayed open");
+    for (i, s) in stalled.iter_mut().enumerate() {
+        let (closed, sent) = closed_within(s, Duration::from_secs(10)).await;
+        assert!(closed, "stalled connection {i} stayed open");
+        assert!(
+            sent.is_empty()
+                || sent.starts_with(["HTTP/1.1 4", "HTTP/1.1 200"][usize::from(i % 4 == 3)]),
+            "{i}: {sent:?}"
+        );
+    }
+    let (status, _) = stack.get_json("/v1/jobs").await;
+    assert_eq!(status, 200);
+}

@@ -52,6 +52,9 @@ pub struct BrokerConfig {
     /// with as long again to do so. A second signal exits at once.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How long a client may take to send a request, and how many may be
+    /// connected (`header_timeout`, `body_timeout`, `max_connections`).
+    pub http: switchyard_runtime::http_server::HttpLimits,
     pub webhooks: WebhookConfig,
     pub pii: crate::pii::PiiConfig,
     pub auth: AuthConfig,
@@ -214,6 +217,7 @@ impl Default for BrokerConfig {
             sync_timeout: Duration::from_secs(600),
             result_retention: Duration::from_secs(24 * 3600),
             drain_timeout: Duration::from_secs(30),
+            http: Default::default(),
             webhooks: WebhookConfig::default(),
             pii: crate::pii::PiiConfig::default(),
             auth: AuthConfig::default(),
@@ -282,6 +286,14 @@ impl BrokerConfig {
                 "must be a header name",
             );
         }
+        issues.check(
+            !self.http.header_timeout.is_zero()
+                && !self.http.body_timeout.is_zero()
+                && self.http.max_connections > 0,
+            "broker.http",
+            self.http,
+            "timeouts and max_connections must be positive",
+        );
         if let Err(e) = self.auth.pepper() {
             issues.push("broker.auth", "(hidden)", &e.to_string());
         }
