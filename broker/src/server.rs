@@ -24,6 +24,7 @@ use switchyard_core::dead_letters::DeadLetters;
 use switchyard_core::limits::{self, Limits};
 use switchyard_core::pii::Pii;
 use switchyard_core::projection::{self, Results};
+use switchyard_core::shares::Shares;
 use switchyard_core::watch::Watcher;
 use switchyard_core::webhooks::{self, Webhooks};
 use switchyard_core::{BrokerConfig, expiry, intake, metrics as m, outbox, retention};
@@ -173,6 +174,8 @@ pub async fn run(
     let tasks = TaskTracker::new();
     // One token per HTTP request in flight.
     let inflight = TaskTracker::new();
+    let (gone_streams, sweep) = switchyard_http::sweeper(js.clone(), work.clone());
+    tasks.spawn(sweep);
     let calls = Calls::new(CallParts {
         admitter: admitter.clone(),
         canceller: canceller.clone(),
@@ -196,6 +199,8 @@ pub async fn run(
             .as_deref()
             .and_then(|h| axum::http::HeaderName::try_from(h).ok()),
         tenants: Arc::new(tenants),
+        event_streams: Shares::new(cfg.max_event_streams_per_tenant),
+        gone_streams,
         knobs: Knobs {
             max_body_bytes: cfg.max_body_bytes,
             max_file_bytes: cfg.max_file_bytes,

@@ -282,3 +282,96 @@ async fn half_sent_requests_are_closed_and_connections_capped() {
     let (status, _) = stack.get_json("/v1/jobs").await;
     assert_eq!(status, 200);
 }
+
+/// A client of a job's events on a connection of its own, once it has
+/// read the first event.
+async fn listen(port: u16, id: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!("GET /v1/jobs/{id}/events HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("event: queued") {
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    s
+}
+
+/// Consumers on the `EVENTS` stream, as the server counts them.
+async fn event_consumers(js: &async_nats::jetstream::Context) -> usize {
+    let mut stream = js.get_stream("EVENTS").await.unwrap();
+    stream.info().await.unwrap().state.consumer_count
+}
+
+/// Event streams end with their clients: 40 clients that read the first
+/// event of a job that never ends and go away leave no consumer behind; a
+/// tenant holds at most `max_event_streams_per_tenant` (10 here) at once,
+/// past which it gets `429`, while another tenant is served; and a client
+/// that reconnects after the `queued` event is not sent it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn event_streams_end_with_their_clients_and_are_capped_per_tenant() {
+    let stack = Stack::running(
+        StackOptions {
+            broker_extra: "  max_event_streams_per_tenant: 10",
+            tenants: "[{name: watcher}, {name: other}]",
+            ..StackOptions::default()
+        },
+        &[],
+    );
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let before = event_consumers(&js).await;
+    // No node: the job stays queued, and its stream open.
+    let job =
+        |tenant: &str| json!({"model": TEXT_MODEL, "tenant": tenant, "input": {"prompt": "x"}});
+    let id = stack.submit_http(&job("watcher")).await;
+    let other = stack.submit_http(&job("other")).await;
+    let open = |id: String, last: Option<&'static str>| {
+        let mut request = stack
+            .http
+            .get(stack.broker_url(&format!("/v1/jobs/{id}/events")));
+        if let Some(last) = last {
+            request = request.header("last-event-id", last);
+        }
+        request.send()
+    };
+    for _ in 0..4 {
+        // Each client reads the first event and then closes its connection,
+        // as a browser tab that is shut does.
+        let mut clients = Vec::new();
+        for _ in 0..10 {
+            clients.push(listen(stack.broker_port, &id).await);
+        }
+        let over = open(id.clone(), None).await.unwrap();
+        assert_eq!(over.status(), 429, "the eleventh stream of a tenant");
+        let theirs = listen(stack.broker_port, &other).await;
+        drop((clients, theirs));
+        // Gone with their clients, not with the job.
+        eventually(
+            Duration::from_secs(3),
+            Duration::from_millis(100),
+            || async {
+                let now = event_consumers(&js).await;
+                so(now == before, || {
+                    format!("{now} consumers on EVENTS, {before} before")
+                })
+            },
+        )
+        .await;
+    }
+    // Resuming after `queued` does not send it again.
+    let mut r = open(id.clone(), Some("queued")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let got = tokio::time::timeout(Duration::from_secs(1), r.chunk()).await;
+    if let Ok(Ok(Some(chunk))) = got {
+        assert!(
+            !String::from_utf8_lossy(&chunk).contains("event: queued"),
+            "{chunk:?}"
+        );
+    }
+}

@@ -55,6 +55,9 @@ pub struct BrokerConfig {
     /// How long a client may take to send a request, and how many may be
     /// connected (`header_timeout`, `body_timeout`, `max_connections`).
     pub http: switchyard_runtime::http_server::HttpLimits,
+    /// `GET /v1/jobs/{id}/events` streams open at once for one tenant's
+    /// jobs; past it, `429`.
+    pub max_event_streams_per_tenant: usize,
     pub webhooks: WebhookConfig,
     pub pii: crate::pii::PiiConfig,
     pub auth: AuthConfig,
@@ -218,6 +221,7 @@ impl Default for BrokerConfig {
             result_retention: Duration::from_secs(24 * 3600),
             drain_timeout: Duration::from_secs(30),
             http: Default::default(),
+            max_event_streams_per_tenant: 100,
             webhooks: WebhookConfig::default(),
             pii: crate::pii::PiiConfig::default(),
             auth: AuthConfig::default(),
@@ -293,6 +297,12 @@ impl BrokerConfig {
             "broker.http",
             self.http,
             "timeouts and max_connections must be positive",
+        );
+        issues.check(
+            self.max_event_streams_per_tenant > 0,
+            "broker.max_event_streams_per_tenant",
+            self.max_event_streams_per_tenant,
+            "must be positive",
         );
         if let Err(e) = self.auth.pepper() {
             issues.push("broker.auth", "(hidden)", &e.to_string());

@@ -28,6 +28,7 @@ pub mod outbox;
 pub mod pii;
 pub mod projection;
 pub mod retention;
+pub mod shares;
 pub mod watch;
 pub mod webhooks;
 

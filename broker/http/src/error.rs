@@ -54,6 +54,8 @@ pub enum ApiError {
     JobFailed(JobError),
     #[error("batch {0} already ended {1}")]
     BatchEnded(String, &'static str),
+    #[error("this tenant has as many event streams open as it may; close one first")]
+    TooManyStreams,
 }
 
 impl From<Rejection> for ApiError {
@@ -97,6 +99,7 @@ impl Coded for ApiError {
             // what it counts as for the API itself.
             ApiError::JobFailed(_) => ErrorCode::InvalidRequest,
             ApiError::BatchEnded(..) => ErrorCode::NotCancellable,
+            ApiError::TooManyStreams => ErrorCode::RateLimited,
         }
     }
 }
@@ -178,7 +181,7 @@ impl ApiError {
             ApiError::QueueFull { retry_after, .. }
             | ApiError::Submit(SubmitError::RateLimited { retry_after, .. }) => Some(*retry_after),
             ApiError::Auth(AuthError::TooManyFailures(wait)) => Some(*wait),
-            ApiError::IdempotencyInFlight => Some(1),
+            ApiError::IdempotencyInFlight | ApiError::TooManyStreams => Some(1),
             ApiError::JobFailed(_) => None,
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,

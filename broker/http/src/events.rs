@@ -18,6 +18,7 @@ use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchyard_core::auth::Caller;
+use switchyard_core::shares::Shares;
 use switchyard_core::watch::{Event, Watcher};
 use switchyard_schemas::{JobEvent, JobResult, Outcome, decode, subjects};
 use switchyard_store::Status;
@@ -35,6 +36,54 @@ struct EventsState {
     records: Records,
     watcher: Watcher,
     js: Context,
+    streams: Shares,
+    gone: Gone,
+}
+
+/// Where the replay consumers of streams whose clients went away are sent
+/// to be deleted: at once, rather than after the server's 30 s of
+/// inactivity, so that clients that come and go leave nothing behind.
+#[derive(Clone)]
+pub struct Gone(mpsc::UnboundedSender<String>);
+
+/// A replay consumer, deleted when dropped.
+struct Replay {
+    name: String,
+    gone: Gone,
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        let _ = self.gone.0.unbounded_send(std::mem::take(&mut self.name));
+    }
+}
+
+/// The sender of [`Gone`] and the sweeper that deletes what it is sent,
+/// until `shutdown`.
+pub fn sweeper(
+    js: Context,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> (Gone, impl Future<Output = ()>) {
+    let (tx, mut rx) = mpsc::unbounded::<String>();
+    let sweep = async move {
+        loop {
+            let name = tokio::select! {
+                () = shutdown.cancelled() => return,
+                name = rx.next() => match name {
+                    Some(name) => name,
+                    None => return,
+                },
+            };
+            if let Err(e) = js
+                .delete_consumer_from_stream(&name, subjects::EVENTS_STREAM)
+                .await
+            {
+                // The server deletes it after 30 s without a client anyway.
+                tracing::debug!(consumer = %name, error = %e, "replay consumer not deleted");
+            }
+        }
+    };
+    (Gone(tx), sweep)
 }
 
 impl FromRef<ApiState> for EventsState {
@@ -43,6 +92,8 @@ impl FromRef<ApiState> for EventsState {
             records: Records::from_ref(s),
             watcher: s.calls.watcher().clone(),
             js: s.calls.admitter().js().clone(),
+            streams: s.event_streams.clone(),
+            gone: s.gone_streams.clone(),
         }
     }
 }
@@ -69,6 +120,8 @@ fn resume(headers: &HeaderMap) -> Resume {
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     match last {
         Some("end") => Resume::End,
+        // The first event the server sent: every lifecycle event after it.
+        Some("queued") => Resume::After(0),
         Some(id) => id
             .strip_prefix('e')
             .and_then(|seq| seq.parse().ok())
@@ -90,6 +143,12 @@ async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let record = s.records.job(&caller, &id).await?;
+    // Held while the stream is open; given back when it ends or the
+    // client goes.
+    let share = s
+        .streams
+        .take(&record.tenant)
+        .ok_or(ApiError::TooManyStreams)?;
     let unavailable = |e: &dyn std::fmt::Display| ApiError::Unavailable(e.to_string());
     // Listening first, then replaying: nothing falls in between.
     let mut watch = s
@@ -116,6 +175,10 @@ async fn events(
             })
             .await
             .map_err(|e| unavailable(&e))?;
+    let consumer = Replay {
+        name: replay.cached_info().name.clone(),
+        gone: s.gone.clone(),
+    };
     let mut lifecycle = replay.messages().await.map_err(|e| unavailable(&e))?;
     let mut result = match record.status.is_final() {
         true => watch.stored().await,
@@ -125,6 +188,7 @@ async fn events(
     let (mut tx, rx) = mpsc::channel(64);
     // Runs inside the response: gone with the client.
     let pump = async move {
+        let _held = (share, consumer);
         if matches!(resume, Resume::Start) {
             let queued =
                 json!({"job_id": id, "status": "queued", "at": rfc3339(record.created_at_ms)});

@@ -26,6 +26,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Extension};
 
 pub use error::{ApiError, job_error_status, status};
+pub use events::{Gone, sweeper};
 pub use state::{ApiState, Knobs};
 
 /// Every endpoint, behind the key check.

@@ -11,6 +11,7 @@ use switchyard_core::batches::Files;
 use switchyard_core::calls::{CallError, CallRequest, Calls};
 use switchyard_core::cancel::Canceller;
 use switchyard_core::dead_letters::DeadLetters;
+use switchyard_core::shares::Shares;
 use switchyard_runtime::{Readiness, Tenants};
 use switchyard_schemas::{Priority, Submission};
 use switchyard_store::{BatchStore, JobRecord, JobStore};
@@ -36,6 +37,10 @@ pub struct ApiState {
     pub client_address_header: Option<HeaderName>,
     /// The configuration's tenants.
     pub tenants: Arc<Tenants>,
+    /// Event streams open per tenant.
+    pub event_streams: Shares,
+    /// Replay consumers to delete.
+    pub gone_streams: crate::events::Gone,
     pub knobs: Knobs,
 }
 

@@ -2,7 +2,6 @@
 //! A delivery is leased while its attempt runs, so that brokers sharing one
 //! database do not send it twice at once.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use super::Webhooks;
 use super::sign::signature;
 use crate::config::WebhookConfig;
 use crate::metrics as m;
+use crate::shares::Shares;
 use switchyard_store::outbox::{Attempt, Delivery, Next, WebhookOutbox};
 
 /// Longest wait a receiver's `Retry-After` can ask for.
@@ -99,54 +99,6 @@ pub async fn run(
         }
     }
     while running.join_next().await.is_some() {}
-}
-
-/// Attempts in flight per tenant, each at most `most`.
-#[derive(Clone)]
-struct Shares {
-    most: usize,
-    held: Arc<std::sync::Mutex<HashMap<String, usize>>>,
-}
-
-/// One attempt's place in its tenant's share, given back when dropped.
-struct Share {
-    shares: Shares,
-    tenant: String,
-}
-
-impl Shares {
-    fn new(most: usize) -> Shares {
-        Shares {
-            most,
-            held: Arc::default(),
-        }
-    }
-
-    fn take(&self, tenant: &str) -> Option<Share> {
-        let mut held = self.held.lock().ok()?;
-        let n = held.entry(tenant.to_owned()).or_insert(0);
-        if *n >= self.most {
-            return None;
-        }
-        *n += 1;
-        Some(Share {
-            shares: self.clone(),
-            tenant: tenant.to_owned(),
-        })
-    }
-}
-
-impl Drop for Share {
-    fn drop(&mut self) {
-        if let Ok(mut held) = self.shares.held.lock()
-            && let Some(n) = held.get_mut(&self.tenant)
-        {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.tenant);
-            }
-        }
-    }
 }
 
 /// What a receiver answered, or why it could not be asked.
