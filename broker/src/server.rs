@@ -204,6 +204,7 @@ pub async fn run(
         knobs: Knobs {
             max_body_bytes: cfg.max_body_bytes,
             max_file_bytes: cfg.max_file_bytes,
+            max_file_bytes_per_tenant: cfg.max_file_bytes_per_tenant,
             queue_full_retry_after: cfg.queue_full_retry_after.as_secs().max(1),
             idempotency_window_ms: i64::try_from(cfg.idempotency_window.as_millis())
                 .unwrap_or(i64::MAX),

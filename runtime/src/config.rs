@@ -105,6 +105,10 @@ pub struct NatsConfig {
     /// submissions waiting at one priority. Beyond it the server itself
     /// refuses the publish, so the bound holds across broker replicas.
     pub max_queued_per_queue: i64,
+    /// Most bytes the batch files bucket holds, over all tenants; past it
+    /// an upload is refused `507 storage_full`. Set when the bucket is
+    /// made.
+    pub max_file_store_bytes: i64,
 }
 
 impl Default for NatsConfig {
@@ -119,12 +123,19 @@ impl Default for NatsConfig {
             dead_letter_retention: Duration::from_secs(30 * 24 * 3600),
             request_timeout: Duration::from_secs(10),
             max_queued_per_queue: 100_000,
+            max_file_store_bytes: 8 * 1024 * 1024 * 1024,
         }
     }
 }
 
 impl NatsConfig {
     pub fn validate(&self, issues: &mut Issues) {
+        issues.check(
+            self.max_file_store_bytes > 0,
+            "nats.max_file_store_bytes",
+            self.max_file_store_bytes,
+            "must be positive",
+        );
         issues.check(
             (1..=5).contains(&self.replicas),
             "nats.replicas",

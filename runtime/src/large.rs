@@ -29,6 +29,7 @@ pub async fn store(js: &Context, cfg: &NatsConfig) -> Result<ObjectStore, NatsEr
         cfg,
         subjects::LARGE_RESULTS_BUCKET,
         cfg.result_retention,
+        -1,
     )
     .await
 }

@@ -214,12 +214,14 @@ async fn kv_bucket(
 }
 
 /// Opens (creating if needed) an object store bucket; objects older than
-/// `max_age` (zero: none) are removed by the server.
+/// `max_age` (zero: none) are removed by the server, and past `max_bytes`
+/// (-1: no bound) it refuses new ones.
 pub async fn object_store(
     js: &Context,
     cfg: &NatsConfig,
     bucket: &str,
     max_age: Duration,
+    max_bytes: i64,
 ) -> Result<jetstream::object_store::ObjectStore, NatsError> {
     if let Ok(store) = js.get_object_store(bucket).await {
         return Ok(store);
@@ -227,6 +229,7 @@ pub async fn object_store(
     js.create_object_store(jetstream::object_store::Config {
         bucket: bucket.to_owned(),
         max_age,
+        max_bytes,
         storage: StorageType::File,
         num_replicas: cfg.replicas,
         ..Default::default()

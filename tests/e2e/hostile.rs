@@ -375,3 +375,152 @@ async fn event_streams_end_with_their_clients_and_are_capped_per_tenant() {
         );
     }
 }
+
+/// `POST /v1/files` of `content` with `key` (none when empty), with
+/// `extra` form fields after the file: the status and the error code, if
+/// any.
+async fn upload(
+    stack: &Stack,
+    key: &str,
+    content: Vec<u8>,
+    extra: &[(&str, String)],
+) -> (u16, String) {
+    let mut form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(content).file_name("in.jsonl"),
+        );
+    for (name, value) in extra {
+        form = form.text(name.to_string(), value.clone());
+    }
+    let mut request = stack.http.post(stack.broker_url("/v1/files"));
+    if !key.is_empty() {
+        request = request.bearer_auth(key);
+    }
+    let r = request.multipart(form).send().await.unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+/// Objects in the files bucket, as the server counts them.
+async fn stored_objects(js: &async_nats::jetstream::Context) -> usize {
+    use futures::StreamExt as _;
+    let store = js.get_object_store("files").await.unwrap();
+    store.list().await.unwrap().count().await
+}
+
+/// Uploads cannot fill the disk: the files bucket has a cap (6,000 bytes
+/// here, `507 storage_full`), each refused upload leaves nothing stored
+/// (an extra form field, a truncated closing boundary, a `purpose` of a
+/// mebibyte), and every form field is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_are_capped_and_a_refused_one_leaves_nothing() {
+    let mut stack = Stack::new(StackOptions::default());
+    let port = stack.broker_port;
+    stack.launch(
+        "broker",
+        "broker",
+        port,
+        &[("SWITCHYARD_NATS__MAX_FILE_STORE_BYTES", "6000".to_owned())],
+    );
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let line = |n: usize| format!("{}\n", "x".repeat(n - 1)).into_bytes();
+    assert_eq!(upload(&stack, "", line(1500), &[]).await.0, 200);
+    assert_eq!(stored_objects(&js).await, 1);
+
+    // An extra field after the file.
+    let (status, _) = upload(&stack, "", line(100), &[("extra", "x".into())]).await;
+    assert_eq!(status, 422);
+    // A closing boundary cut short.
+    let body = b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n{}\n\r\n--b".to_vec();
+    let r = stack
+        .http
+        .post(stack.broker_url("/v1/files"))
+        .header("content-type", "multipart/form-data; boundary=b")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    // A purpose of a mebibyte is refused without being read whole: the
+    // answer may come while the client is still sending.
+    let form = reqwest::multipart::Form::new().text("purpose", "p".repeat(1 << 20));
+    let sent = stack
+        .http
+        .post(stack.broker_url("/v1/files"))
+        .multipart(form)
+        .send()
+        .await;
+    match sent {
+        Ok(r) => assert_eq!(r.status().as_u16(), 422),
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
+    assert_eq!(
+        stored_objects(&js).await,
+        1,
+        "refused uploads left bytes behind"
+    );
+
+    // The bucket's cap: 1,000-byte files fit until it is reached (each
+    // object's metadata, and the markers deleted ones leave, count too),
+    // then `507`.
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(upload(&stack, "", line(1000), &[]).await);
+    }
+    let fitted = answers.iter().take_while(|a| a.0 == 200).count();
+    assert!((1..5).contains(&fitted), "{answers:?}");
+    assert!(
+        answers[fitted..]
+            .iter()
+            .all(|a| (a.0, a.1.as_str()) == (507, "storage_full")),
+        "{answers:?}"
+    );
+    assert_eq!(stored_objects(&js).await, 1 + fitted);
+}
+
+/// A tenant's files together stay within its quota (3,000 bytes here):
+/// past it an upload is `413 file_quota_exceeded` and leaves nothing,
+/// another tenant is not held back, and deleting a file makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_s_files_stay_within_its_quota() {
+    let stack = Stack::running(
+        StackOptions {
+            tenants: "[{name: hoarder}, {name: modest}]",
+            broker_extra: "  max_file_bytes_per_tenant: 3000
+  auth:
+    pepper: test-pepper-0123456789abcdef0123456789abcdef",
+            ..StackOptions::default()
+        },
+        &[],
+    );
+    let out = stack.cli(&["keys", "create", "--role", "admin", "--name", "root"]);
+    let admin: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let admin = admin["key"].as_str().unwrap().to_owned();
+    let mut keys = Vec::new();
+    for tenant in ["hoarder", "modest"] {
+        let made = stack
+            .http
+            .post(stack.broker_url("/v1/admin/keys"))
+            .bearer_auth(&admin)
+            .json(&json!({"role": "submitter", "tenant": tenant}))
+            .send()
+            .await
+            .unwrap();
+        let made: Value = made.json().await.unwrap();
+        keys.push(made["key"].as_str().unwrap().to_owned());
+    }
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let line = |n: usize| format!("{}\n", "x".repeat(n - 1)).into_bytes();
+    let first = upload(&stack, &keys[0], line(2000), &[]).await;
+    assert_eq!(first.0, 200, "{first:?}");
+    let (status, code) = upload(&stack, &keys[0], line(2000), &[]).await;
+    assert_eq!((status, code.as_str()), (413, "file_quota_exceeded"));
+    assert_eq!(stored_objects(&js).await, 1);
+    assert_eq!(upload(&stack, &keys[1], line(2000), &[]).await.0, 200);
+}

@@ -16,6 +16,9 @@ pub struct BrokerConfig {
     /// Largest file accepted by `POST /v1/files` (batch input); files are
     /// streamed to the object store, never held whole in memory.
     pub max_file_bytes: usize,
+    /// All of one tenant's files (batch inputs and outputs) together; an
+    /// upload past it is refused `413 file_quota_exceeded`.
+    pub max_file_bytes_per_tenant: u64,
     /// Submissions handled at once from the NATS intake.
     pub intake_concurrency: usize,
     /// Most events or results written to the database in one transaction.
@@ -210,6 +213,7 @@ impl Default for BrokerConfig {
             database_url: "sqlite://.data/switchyard.db".into(),
             max_body_bytes: 1024 * 1024,
             max_file_bytes: 512 * 1024 * 1024,
+            max_file_bytes_per_tenant: 2 * 1024 * 1024 * 1024,
             intake_concurrency: 256,
             projection_batch: 512,
             outbox_interval: Duration::from_secs(5),

@@ -26,6 +26,7 @@ pub enum ErrorCode {
     BudgetExceeded,
     RateLimited,
     QueueFull,
+    FileQuotaExceeded,
     // What the request names.
     NotFound,
     AlreadyExists,
@@ -45,10 +46,11 @@ pub enum ErrorCode {
     QueueUnavailable,
     StoreUnavailable,
     BrokerUnavailable,
+    StorageFull,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::MalformedBody,
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownModel,
@@ -64,6 +66,7 @@ impl ErrorCode {
         ErrorCode::BudgetExceeded,
         ErrorCode::RateLimited,
         ErrorCode::QueueFull,
+        ErrorCode::FileQuotaExceeded,
         ErrorCode::NotFound,
         ErrorCode::AlreadyExists,
         ErrorCode::IdTaken,
@@ -80,6 +83,7 @@ impl ErrorCode {
         ErrorCode::QueueUnavailable,
         ErrorCode::StoreUnavailable,
         ErrorCode::BrokerUnavailable,
+        ErrorCode::StorageFull,
     ];
 
     /// The code as clients read it.
@@ -100,6 +104,7 @@ impl ErrorCode {
             ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::QueueFull => "queue_full",
+            ErrorCode::FileQuotaExceeded => "file_quota_exceeded",
             ErrorCode::NotFound => "not_found",
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::IdTaken => "id_taken",
@@ -116,6 +121,7 @@ impl ErrorCode {
             ErrorCode::QueueUnavailable => "queue_unavailable",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::BrokerUnavailable => "broker_unavailable",
+            ErrorCode::StorageFull => "storage_full",
         }
     }
 

@@ -56,6 +56,10 @@ pub enum ApiError {
     BatchEnded(String, &'static str),
     #[error("this tenant has as many event streams open as it may; close one first")]
     TooManyStreams,
+    #[error("the tenant's files would pass its quota of {0} bytes; delete some first")]
+    FileQuota(u64),
+    #[error("the file store is full; try again later")]
+    FilesFull,
 }
 
 impl From<Rejection> for ApiError {
@@ -100,6 +104,8 @@ impl Coded for ApiError {
             ApiError::JobFailed(_) => ErrorCode::InvalidRequest,
             ApiError::BatchEnded(..) => ErrorCode::NotCancellable,
             ApiError::TooManyStreams => ErrorCode::RateLimited,
+            ApiError::FileQuota(_) => ErrorCode::FileQuotaExceeded,
+            ApiError::FilesFull => ErrorCode::StorageFull,
         }
     }
 }
@@ -114,7 +120,10 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | ErrorCode::PiiDetected
         | ErrorCode::InvalidUrl
         | ErrorCode::InvalidFile => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::InputTooLarge | ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::InputTooLarge | ErrorCode::BodyTooLarge | ErrorCode::FileQuotaExceeded => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::Unauthenticated
         | ErrorCode::InvalidApiKey
         | ErrorCode::KeyExpired

@@ -8,9 +8,10 @@ use axum::extract::{DefaultBodyLimit, Extension, Multipart, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::TryStreamExt;
+use futures::StreamExt;
 use serde_json::{Value, json};
 use switchyard_core::auth::Caller;
+use switchyard_schemas::redact::shown;
 use switchyard_schemas::{DEFAULT_TENANT, now_ms};
 use switchyard_store::FileRecord;
 use tokio_util::io::{ReaderStream, StreamReader};
@@ -64,76 +65,161 @@ async fn upload(
     Extension(caller): Extension<Caller>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let mut multipart = multipart.map_err(|e| invalid(e.body_text()))?;
-    let limit = s.max_file_bytes;
+    let multipart = multipart.map_err(|e| invalid(e.body_text()))?;
+    let tenant = caller.tenant.unwrap_or_else(|| DEFAULT_TENANT.to_owned());
+    let quota = s.max_file_bytes_per_tenant;
+    let room = quota.saturating_sub(s.batch_store.file_bytes(&tenant).await?);
+    if room == 0 {
+        return Err(ApiError::FileQuota(quota));
+    }
     let id = format!("file-{}", uuid::Uuid::now_v7().simple());
+    let received = match receive(&s, multipart, &id, room).await {
+        Ok(received) => received,
+        Err(e) => {
+            // Whatever reached the store before the refusal is removed.
+            let _ = s.files.delete(&id).await;
+            return Err(e.into_api(s.max_file_bytes, quota));
+        }
+    };
+    let record = FileRecord {
+        id,
+        tenant,
+        filename: received.filename,
+        purpose: "batch".into(),
+        bytes: i64::try_from(received.bytes).unwrap_or(i64::MAX),
+        created_at_ms: now_ms(),
+    };
+    if let Err(e) = s.batch_store.insert_file(&record).await {
+        let _ = s.files.delete(&record.id).await;
+        return Err(e.into());
+    }
+    Ok(axum::Json(file_json(&record)))
+}
+
+/// The longest `purpose` read: the only one taken is `batch`.
+const MAX_PURPOSE: usize = 64;
+
+/// A file that reached the store whole.
+struct Received {
+    filename: String,
+    bytes: u64,
+}
+
+/// Why an upload was refused.
+enum Refused {
+    Api(ApiError),
+    /// Over `broker.max_file_bytes`.
+    TooLarge,
+    /// Over what the tenant's quota leaves.
+    OverQuota,
+    /// The bucket is at `nats.max_file_store_bytes`.
+    StoreFull,
+}
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Self {
+        Refused::Api(e)
+    }
+}
+
+impl Refused {
+    fn into_api(self, max_file_bytes: usize, quota: u64) -> ApiError {
+        match self {
+            Refused::Api(e) => e,
+            Refused::TooLarge => ApiError::BodyTooLarge(max_file_bytes),
+            Refused::OverQuota => ApiError::FileQuota(quota),
+            Refused::StoreFull => ApiError::FilesFull,
+        }
+    }
+}
+
+/// Reads the form: `purpose=batch` and one `file`, streamed into the store
+/// as `id`, at most `room` bytes of it.
+async fn receive(
+    s: &BatchState,
+    mut multipart: Multipart,
+    id: &str,
+    room: u64,
+) -> Result<Received, Refused> {
+    let limit = s.max_file_bytes;
     let mut purpose = None;
-    let mut stored: Option<(String, u64)> = None;
-    while let Some(field) = multipart
+    let mut stored: Option<Received> = None;
+    while let Some(mut field) = multipart
         .next_field()
         .await
         .map_err(|e| multipart_error(&e, limit))?
     {
         match field.name() {
             Some("purpose") => {
-                purpose = Some(field.text().await.map_err(|e| multipart_error(&e, limit))?);
+                let mut text = Vec::new();
+                while let Some(chunk) = field
+                    .chunk()
+                    .await
+                    .map_err(|e| multipart_error(&e, limit))?
+                {
+                    text.extend_from_slice(&chunk);
+                    if text.len() > MAX_PURPOSE {
+                        return Err(
+                            invalid(format!("purpose is longer than {MAX_PURPOSE} bytes")).into(),
+                        );
+                    }
+                }
+                purpose = Some(String::from_utf8_lossy(&text).into_owned());
             }
             Some("file") if stored.is_none() => {
                 let filename = field.file_name().unwrap_or("upload.jsonl").to_owned();
-                let mut too_large = false;
-                let mut reader = StreamReader::new(field.map_err(|e| {
-                    too_large |= e.status() == StatusCode::PAYLOAD_TOO_LARGE;
-                    std::io::Error::other(e)
+                let (mut too_large, mut read) = (false, 0u64);
+                let mut reader = StreamReader::new(field.map(|chunk| {
+                    let chunk = chunk.map_err(|e| {
+                        too_large |= e.status() == StatusCode::PAYLOAD_TOO_LARGE;
+                        std::io::Error::other(e)
+                    })?;
+                    read += chunk.len() as u64;
+                    if read > room {
+                        return Err(std::io::Error::other("over the tenant's file quota"));
+                    }
+                    Ok(chunk)
                 }));
-                let info = s.files.put(id.as_str(), &mut reader).await;
+                let put = s.files.put(id, &mut reader).await;
                 drop(reader);
-                match info {
-                    Ok(info) => stored = Some((filename, info.size as u64)),
-                    Err(e) => {
-                        // Whatever reached the store is removed.
-                        let _ = s.files.delete(&id).await;
-                        return Err(if too_large {
-                            ApiError::BodyTooLarge(limit)
-                        } else {
-                            ApiError::Unavailable(e.to_string())
+                match put {
+                    Ok(info) => {
+                        stored = Some(Received {
+                            filename,
+                            bytes: info.size as u64,
                         });
                     }
+                    Err(_) if too_large => return Err(Refused::TooLarge),
+                    Err(_) if read > room => return Err(Refused::OverQuota),
+                    Err(e) if is_full(&e.to_string()) => return Err(Refused::StoreFull),
+                    Err(e) => return Err(ApiError::Unavailable(e.to_string()).into()),
                 }
             }
             other => {
                 return Err(invalid(format!(
-                    "unexpected form field {:?}; send purpose and file",
-                    other.unwrap_or("")
-                )));
+                    "unexpected form field {}; send purpose and file",
+                    shown(other.unwrap_or(""))
+                ))
+                .into());
             }
         }
     }
-    let refuse = |message: &str| invalid(message.to_owned());
-    let result = match (purpose.as_deref(), &stored) {
-        (_, None) => Err(refuse("no file field")),
-        (Some("batch"), Some(_)) => Ok(()),
-        (Some(other), Some(_)) => Err(refuse(&format!(
-            "purpose {other:?} is not supported; only batch"
-        ))),
-        (None, Some(_)) => Err(refuse("no purpose field; send purpose=batch")),
-    };
-    let Some((filename, bytes)) = stored else {
-        return Err(refuse("no file field"));
-    };
-    if let Err(e) = result {
-        let _ = s.files.delete(&id).await;
-        return Err(e);
+    let stored = stored.ok_or_else(|| invalid("no file field"))?;
+    match purpose.as_deref() {
+        Some("batch") => Ok(stored),
+        Some(other) => Err(invalid(format!(
+            "purpose {} is not supported; only batch",
+            shown(other)
+        ))
+        .into()),
+        None => Err(invalid("no purpose field; send purpose=batch").into()),
     }
-    let record = FileRecord {
-        id,
-        tenant: caller.tenant.unwrap_or_else(|| DEFAULT_TENANT.to_owned()),
-        filename,
-        purpose: "batch".into(),
-        bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
-        created_at_ms: now_ms(),
-    };
-    s.batch_store.insert_file(&record).await?;
-    Ok(axum::Json(file_json(&record)))
+}
+
+/// Whether the object store refused for want of room.
+fn is_full(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains("maximum bytes") || error.contains("insufficient resources")
 }
 
 /// Files, newest first.

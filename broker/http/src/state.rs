@@ -49,6 +49,7 @@ pub struct ApiState {
 pub struct Knobs {
     pub max_body_bytes: usize,
     pub max_file_bytes: usize,
+    pub max_file_bytes_per_tenant: u64,
     /// `Retry-After` of a `queue_full` answer, seconds.
     pub queue_full_retry_after: u64,
     /// How long an `Idempotency-Key` holds its job.
@@ -146,6 +147,7 @@ pub struct BatchState {
     pub batch_store: Arc<dyn BatchStore>,
     pub files: Files,
     pub max_file_bytes: usize,
+    pub max_file_bytes_per_tenant: u64,
 }
 
 impl FromRef<ApiState> for BatchState {
@@ -154,6 +156,7 @@ impl FromRef<ApiState> for BatchState {
             batch_store: s.batch_store.clone(),
             files: s.files.clone(),
             max_file_bytes: s.knobs.max_file_bytes,
+            max_file_bytes_per_tenant: s.knobs.max_file_bytes_per_tenant,
         }
     }
 }

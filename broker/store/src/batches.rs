@@ -128,6 +128,8 @@ pub trait BatchStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<FileRecord>, StoreError>;
     async fn delete_file(&self, id: &str) -> Result<bool, StoreError>;
+    /// The bytes of all of `tenant`'s files.
+    async fn file_bytes(&self, tenant: &str) -> Result<u64, StoreError>;
 
     async fn insert_batch(&self, batch: &BatchRecord) -> Result<(), StoreError>;
     async fn get_batch(&self, id: &str) -> Result<Option<BatchRecord>, StoreError>;

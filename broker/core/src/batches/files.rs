@@ -23,8 +23,14 @@ pub struct Files {
 
 impl Files {
     pub async fn open(js: &Context, nats: &NatsConfig) -> Result<Files, NatsError> {
-        let store =
-            switchyard_runtime::nats::object_store(js, nats, FILES_BUCKET, Duration::ZERO).await?;
+        let store = switchyard_runtime::nats::object_store(
+            js,
+            nats,
+            FILES_BUCKET,
+            Duration::ZERO,
+            nats.max_file_store_bytes,
+        )
+        .await?;
         let stream = js
             .get_stream(format!("OBJ_{FILES_BUCKET}"))
             .await

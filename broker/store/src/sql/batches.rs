@@ -143,6 +143,15 @@ impl BatchStore for SqlStore {
         Ok(gone.rows_affected() == 1)
     }
 
+    async fn file_bytes(&self, tenant: &str) -> Result<u64, StoreError> {
+        let bytes: Option<i64> =
+            sqlx::query_scalar("SELECT CAST(SUM(bytes) AS BIGINT) FROM files WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_one(self.pool())
+                .await?;
+        Ok(u64::try_from(bytes.unwrap_or(0)).unwrap_or(0))
+    }
+
     async fn insert_batch(&self, b: &BatchRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO batches (id, endpoint, input_file_id, completion_window, status, metadata,
