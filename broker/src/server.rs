@@ -76,6 +76,9 @@ pub async fn run(
     if !auth.enabled() {
         warn!("authentication is off (no broker.auth.pepper): every caller is an admin");
     }
+    // The ops port first: a supervisor that reads the log for the port
+    // finds it on the first "listening on" line.
+    let ops_listener = ops::bind(cfg.ops_listen).await?;
     let listener = ops::bind(cfg.listen).await?;
     let (client, js) = nats::connect(&nats_cfg, "broker").await?;
     nats::ensure_streams(&js, &nats_cfg).await?;
@@ -210,12 +213,21 @@ pub async fn run(
                 .unwrap_or(i64::MAX),
         },
     };
-    let router = switchyard_http::router(state)
-        .merge(ops::router(metrics, ready.clone()))
-        .layer(axum::middleware::from_fn_with_state(
-            inflight.clone(),
-            in_flight,
-        ));
+    // Probes and scrapes are answered until the very end, on a token of
+    // their own.
+    let ops_stop = CancellationToken::new();
+    let ops_tasks = TaskTracker::new();
+    ops_tasks.spawn(http_server::serve(
+        ops_listener,
+        ops::router(metrics, ready.clone()),
+        ops_stop.clone(),
+        cfg.http,
+    ));
+    ops_tasks.close();
+    let router = switchyard_http::router(state).layer(axum::middleware::from_fn_with_state(
+        inflight.clone(),
+        in_flight,
+    ));
 
     tasks.spawn(http_server::serve(
         listener,
@@ -352,6 +364,8 @@ pub async fn run(
         warn!("work still running at the end of the drain: what is unacknowledged is redelivered");
     }
     let _ = client.flush().await;
+    ops_stop.cancel();
+    ops_tasks.wait().await;
     info!("broker stopped");
     Ok(())
 }

@@ -421,11 +421,8 @@ async fn stored_objects(js: &async_nats::jetstream::Context) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploads_are_capped_and_a_refused_one_leaves_nothing() {
     let mut stack = Stack::new(StackOptions::default());
-    let port = stack.broker_port;
-    stack.launch(
+    stack.launch_broker(
         "broker",
-        "broker",
-        port,
         &[("SWITCHYARD_NATS__MAX_FILE_STORE_BYTES", "6000".to_owned())],
     );
     let js = async_nats::jetstream::new(stack.nats.client().await);
@@ -523,4 +520,45 @@ async fn a_tenant_s_files_stay_within_its_quota() {
     assert_eq!((status, code.as_str()), (413, "file_quota_exceeded"));
     assert_eq!(stored_objects(&js).await, 1);
     assert_eq!(upload(&stack, &keys[1], line(2000), &[]).await.0, 200);
+}
+
+/// `/metrics`, `/healthz` and `/readyz` are served on the ops port only: on
+/// the API port they need a key like any route and then do not exist,
+/// while the API's own public routes stay public.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operational_endpoints_are_on_the_ops_port_only() {
+    let stack = Stack::running(
+        StackOptions {
+            broker_extra: "  auth:\n    pepper: test-pepper-0123456789abcdef0123456789abcdef",
+            ..StackOptions::default()
+        },
+        &[],
+    );
+    let out = stack.cli(&["keys", "create", "--role", "admin", "--name", "root"]);
+    let admin: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let admin = admin["key"].as_str().unwrap();
+    let ops = stack.port_of("broker");
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let anonymous = stack.http.get(stack.broker_url(path)).send().await.unwrap();
+        assert_eq!(anonymous.status(), 401, "API {path} without a key");
+        let keyed = stack
+            .http
+            .get(stack.broker_url(path))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(keyed.status(), 404, "API {path} with a key");
+        let r = stack
+            .http
+            .get(format!("http://127.0.0.1:{ops}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "ops {path}");
+    }
+    for path in ["/openapi.json", "/v2/health/live", "/v2/health/ready"] {
+        let r = stack.http.get(stack.broker_url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
 }

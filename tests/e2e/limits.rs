@@ -32,8 +32,11 @@ async fn two_brokers_share_a_tenant_s_rate_limit() {
         ..StackOptions::default()
     });
     stack.start_broker();
-    let listen = any_port("SWITCHYARD_BROKER__LISTEN");
-    let second = stack.launch("broker-2", "broker", 0, &[listen]);
+    let second = free_port();
+    stack.launch_broker(
+        "broker-2",
+        &[("SWITCHYARD_BROKER__LISTEN", format!("127.0.0.1:{second}"))],
+    );
     let ports = [stack.broker_port, second];
     let body =
         |tenant: &str| json!({"model": TEXT_MODEL, "tenant": tenant, "input": {"prompt": "x"}});

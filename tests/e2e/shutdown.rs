@@ -71,7 +71,7 @@ async fn sigterm_on_the_broker_turns_readiness_off_while_calls_in_flight_finish(
         },
         &["node-a"],
     );
-    let port = stack.broker_port;
+    let port = stack.port_of("broker");
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..6 {
         let request = stack
@@ -126,7 +126,7 @@ async fn sigterm_on_the_broker_turns_readiness_off_while_calls_in_flight_finish(
 
 /// Sends the broker SIGTERM and waits for its readiness to go.
 async fn sigterm_the_broker(stack: &mut Stack) {
-    let port = stack.broker_port;
+    let port = stack.port_of("broker");
     stack
         .proc("broker")
         .signal(nix::sys::signal::Signal::SIGTERM);
@@ -242,7 +242,7 @@ async fn readiness_follows_the_nats_connection() {
     // Alive all the same: a restart would not help.
     let health = stack
         .http
-        .get(stack.broker_url("/healthz"))
+        .get(format!("http://127.0.0.1:{}/healthz", ports[0]))
         .send()
         .await
         .unwrap();

@@ -507,11 +507,8 @@ async fn a_hung_receiver_holds_only_its_tenant_s_share_of_deliveries() {
         ..StackOptions::default()
     });
     let proxy = format!("http://127.0.0.1:{hung_port}");
-    let port_of_broker = stack.broker_port;
-    stack.launch(
+    stack.launch_broker(
         "broker",
-        "broker",
-        port_of_broker,
         &[("HTTP_PROXY", proxy.clone()), ("ALL_PROXY", proxy)],
     );
     stack.start_dispatcher();

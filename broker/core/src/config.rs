@@ -8,7 +8,11 @@ use switchyard_runtime::Issues;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
+    /// The API: every route a client calls.
     pub listen: SocketAddr,
+    /// `/metrics`, `/healthz` and `/readyz`, apart from the API so that
+    /// they are reachable only where the operator exposes this port.
+    pub ops_listen: SocketAddr,
     /// `sqlite://path` (created if missing).
     pub database_url: String,
     /// Largest accepted request body.
@@ -210,6 +214,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ops_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             database_url: "sqlite://.data/switchyard.db".into(),
             max_body_bytes: 1024 * 1024,
             max_file_bytes: 512 * 1024 * 1024,

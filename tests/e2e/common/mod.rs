@@ -669,8 +669,16 @@ impl Stack {
     /// The broker, on the stack's broker port: clients hold its address,
     /// and a broker restarted in a test comes back on it.
     pub fn start_broker(&mut self) {
-        let port = self.broker_port;
-        self.launch("broker", "broker", port, &[]);
+        self.launch_broker("broker", &[]);
+    }
+
+    /// Starts a broker as `name` with more settings in `env`; its ops port
+    /// (probes and metrics), which the system picks. Its API is on the
+    /// stack's broker port unless `env` says otherwise.
+    pub fn launch_broker(&mut self, name: &str, env: &[(&str, String)]) -> u16 {
+        let mut env = env.to_vec();
+        env.push(any_port("SWITCHYARD_BROKER__OPS_LISTEN"));
+        self.launch(name, "broker", 0, &env)
     }
 
     pub fn start_dispatcher(&mut self) {
