@@ -98,3 +98,34 @@ fn export(gpu: &GpuStats) {
     set(m::GPU_TEMPERATURE, gpu.temperature_c.map(f64::from));
     set(m::GPU_POWER, gpu.power_mw.map(|mw| f64::from(mw) / 1000.0));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives the real NVML code wherever a driver is present: every GPU it
+    /// counts is read, with a name and its memory. Without a driver the
+    /// agent reports none; `SY_EXPECT_GPU=1` (set where a GPU is known to
+    /// be, as on the GPU check machine) makes that path a failure, so a
+    /// GPU machine cannot pass by not finding its driver.
+    #[test]
+    fn gpus_are_read_through_nvml_where_a_driver_is_present() {
+        let gpus = Gpus::open();
+        let expected = std::env::var("SY_EXPECT_GPU").is_ok_and(|v| v == "1");
+        let Some(nvml) = &gpus.nvml else {
+            assert!(!expected, "SY_EXPECT_GPU=1 but NVML did not load");
+            assert!(gpus.sample().is_empty());
+            return;
+        };
+        let count = nvml.device_count().expect("NVML counts GPUs");
+        let sampled = gpus.sample();
+        assert_eq!(sampled.len(), count as usize);
+        for gpu in &sampled {
+            assert!(!gpu.name.is_empty(), "{gpu:?}");
+            assert!(gpu.memory_total_bytes.is_some_and(|b| b > 0), "{gpu:?}");
+            assert!(gpu.memory_used_bytes <= gpu.memory_total_bytes, "{gpu:?}");
+            assert!(gpu.utilization_pct.is_some_and(|u| u <= 100), "{gpu:?}");
+        }
+        println!("{sampled:#?}");
+    }
+}
