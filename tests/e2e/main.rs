@@ -17,6 +17,7 @@ mod common;
 mod auth;
 mod autoscaling;
 mod bad_input;
+mod batch_limits;
 mod batches;
 mod benchmarks;
 mod billing;

@@ -83,6 +83,20 @@ impl Limits {
         }
     }
 
+    /// The key `id` with its own limits as last read (none for a key
+    /// without limits, or one revoked since).
+    pub fn key(&self, id: &str) -> KeyLimits {
+        KeyLimits {
+            id: id.to_owned(),
+            limits: self
+                .keys
+                .read()
+                .ok()
+                .and_then(|k| k.get(id).copied())
+                .unwrap_or_default(),
+        }
+    }
+
     fn of(&self, tenant: &str) -> Option<RateLimits> {
         self.tenants.read().ok()?.get(tenant).copied()
     }

@@ -116,6 +116,7 @@ async fn create(
     let batch = BatchRecord {
         id: format!("batch_{}", uuid::Uuid::now_v7().simple()),
         tenant: file.tenant,
+        api_key: caller.key.as_ref().map(|k| k.id.clone()),
         endpoint: request.endpoint,
         input_file_id: file.id,
         completion_window: request.completion_window,

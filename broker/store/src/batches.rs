@@ -82,6 +82,8 @@ pub struct BatchCounts {
 pub struct BatchRecord {
     pub id: String,
     pub tenant: String,
+    /// The key that made it, whose own limits its lines take from.
+    pub api_key: Option<String>,
     pub endpoint: String,
     pub input_file_id: String,
     pub completion_window: String,
@@ -128,6 +130,8 @@ pub trait BatchStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<FileRecord>, StoreError>;
     async fn delete_file(&self, id: &str) -> Result<bool, StoreError>;
+    /// Whether a batch that is not leased has work to do at `now_ms`.
+    async fn batch_waiting(&self, now_ms: i64) -> Result<bool, StoreError>;
     /// The bytes of all of `tenant`'s files.
     async fn file_bytes(&self, tenant: &str) -> Result<u64, StoreError>;
 

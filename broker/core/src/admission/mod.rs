@@ -181,6 +181,12 @@ impl Admitter {
         &self.js
     }
 
+    /// The key `id` with its own limits, for work submitted on its behalf
+    /// later (a batch's lines).
+    pub fn key_limits(&self, id: &str) -> KeyLimits {
+        self.limits.key(id)
+    }
+
     /// Checks a submission and builds its job, personal data masked.
     pub fn validate(
         &self,

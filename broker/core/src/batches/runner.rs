@@ -35,6 +35,8 @@ const LEASE: Duration = Duration::from_secs(60);
 const CHUNK: usize = 256;
 /// Submissions in flight at once within a chunk.
 const CONCURRENCY: usize = 16;
+/// How long one batch reads its input while others wait for the runner.
+const TURN: Duration = Duration::from_secs(2);
 /// Items read at a time when writing output or cancelling.
 const PAGE: u32 = 500;
 
@@ -84,11 +86,18 @@ pub async fn run(s: BatchRunner, shutdown: CancellationToken) {
         match s.batch_store.claim_batch(now, now + ms(LEASE)).await {
             Ok(Some(batch)) => {
                 let id = batch.id.clone();
-                if let Err(e) = step(&s, batch, &shutdown).await {
-                    warn!(batch = %id, error = %e, "batch step failed; it is retried");
-                }
-                // Other batches get their turn before this one again.
-                let _ = s.batch_store.renew_batch(&id, now_ms() + 500).await;
+                // A step reads one chunk of a batch's lines at most; then
+                // the batch worked on least recently has its turn, so one
+                // large batch does not keep the others waiting.
+                let pause = match step(&s, batch, &shutdown).await {
+                    Ok(More::Now) => 0,
+                    Ok(More::Later) => 500,
+                    Err(e) => {
+                        warn!(batch = %id, error = %e, "batch step failed; it is retried");
+                        500
+                    }
+                };
+                let _ = s.batch_store.renew_batch(&id, now_ms() + pause).await;
                 continue;
             }
             Ok(None) => {}
@@ -109,11 +118,17 @@ enum StepError {
     Files(String),
 }
 
+/// Whether a batch has more to do at once.
+enum More {
+    Now,
+    Later,
+}
+
 async fn step(
     s: &BatchRunner,
     b: BatchRecord,
     shutdown: &CancellationToken,
-) -> Result<(), StepError> {
+) -> Result<More, StepError> {
     let now = now_ms();
     match b.status {
         BatchStatus::Validating => {
@@ -134,7 +149,7 @@ async fn step(
             set(s, &b, &[BatchStatus::Validating], to, update).await?;
         }
         BatchStatus::InProgress if !b.input_done && now < b.expires_at_ms => {
-            read_input(s, &b, shutdown).await?;
+            return read_input(s, &b, shutdown).await;
         }
         BatchStatus::InProgress => {
             let all_ended = b.counts.completed + b.counts.failed == b.counts.total;
@@ -167,7 +182,7 @@ async fn step(
         | BatchStatus::Cancelled
         | BatchStatus::Expired => {}
     }
-    Ok(())
+    Ok(More::Later)
 }
 
 async fn set(
@@ -206,12 +221,14 @@ enum Submitted {
 
 /// Reads the input from the first line not yet recorded, submitting each
 /// line as a job and recording a chunk at a time, until the file ends, the
-/// queue pushes back, the batch is no longer in progress, or shutdown.
+/// queue or a limit pushes back, the batch is no longer in progress, or
+/// shutdown (`More::Later`), or until another batch is waiting for the
+/// runner (`More::Now`: it goes on after that one's turn).
 async fn read_input(
     s: &BatchRunner,
     b: &BatchRecord,
     shutdown: &CancellationToken,
-) -> Result<(), StepError> {
+) -> Result<More, StepError> {
     let object = s
         .files
         .read(&b.input_file_id)
@@ -222,9 +239,10 @@ async fn read_input(
         .ready_chunks(CHUNK);
     let mut line_no = b.lines_read;
     let endpoint = Endpoint::from_path(&b.endpoint).unwrap_or(Endpoint::Chat);
+    let started = std::time::Instant::now();
     while let Some(chunk) = lines.next().await {
         if shutdown.is_cancelled() {
-            return Ok(());
+            return Ok(More::Later);
         }
         let numbered: Vec<(u64, Result<String, LinesCodecError>)> = chunk
             .into_iter()
@@ -250,11 +268,16 @@ async fn read_input(
             .add_batch_items(&b.id, &items, line_no, false)
             .await?;
         if stopped {
-            return Ok(());
+            return Ok(More::Later);
         }
         let live = s.batch_store.get_batch(&b.id).await?;
         if live.is_none_or(|l| l.status != BatchStatus::InProgress) {
-            return Ok(());
+            return Ok(More::Later);
+        }
+        // Reading on is cheaper than opening the file again past the lines
+        // read, so the turn is given up only once it has lasted a while.
+        if started.elapsed() >= TURN && s.batch_store.batch_waiting(now_ms()).await? {
+            return Ok(More::Now);
         }
         s.batch_store
             .renew_batch(&b.id, now_ms() + ms(LEASE))
@@ -263,7 +286,7 @@ async fn read_input(
     s.batch_store
         .add_batch_items(&b.id, &[], line_no, true)
         .await?;
-    Ok(())
+    Ok(More::Later)
 }
 
 async fn submit_line(
@@ -348,6 +371,9 @@ async fn submit_line(
         .metadata
         .insert("custom_id".into(), line.custom_id.clone());
     let job_id = format!("{}-{n}", b.id);
+    // The lines take from the limits of the key that made the batch, as
+    // its own requests would.
+    let key = b.api_key.as_deref().map(|id| s.admitter.key_limits(id));
     let submitted = s
         .admitter
         .submit(
@@ -355,15 +381,21 @@ async fn submit_line(
             Priority::Batch,
             job_id.clone(),
             Source::Http,
-            None,
+            key.as_ref(),
         )
         .await;
     match submitted {
         Ok(_) => item(line.custom_id, Some(job_id), None),
+        // Over a limit or a full queue, the line waits and is tried again:
+        // a batch is paced by its tenant's and key's limits, never failed
+        // by them.
         Err(e)
             if matches!(
                 e.code(),
-                ErrorCode::QueueFull | ErrorCode::QueueUnavailable | ErrorCode::StoreUnavailable
+                ErrorCode::QueueFull
+                    | ErrorCode::RateLimited
+                    | ErrorCode::QueueUnavailable
+                    | ErrorCode::StoreUnavailable
             ) =>
         {
             warn!(batch = %b.id, line = n, error = %e, "batch line not queued now; it is tried again");

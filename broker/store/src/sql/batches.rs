@@ -73,6 +73,7 @@ impl SqlStore {
                 .transpose()
                 .map_err(|e| corrupt(e.to_string()))?,
             tenant: row.try_get("tenant")?,
+            api_key: row.try_get("api_key")?,
             endpoint: row.try_get("endpoint")?,
             input_file_id: row.try_get("input_file_id")?,
             completion_window: row.try_get("completion_window")?,
@@ -143,6 +144,18 @@ impl BatchStore for SqlStore {
         Ok(gone.rows_affected() == 1)
     }
 
+    async fn batch_waiting(&self, now_ms: i64) -> Result<bool, StoreError> {
+        let waiting: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM batches
+             WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
+               AND lease_until <= $1 LIMIT 1",
+        )
+        .bind(now_ms)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(waiting.is_some())
+    }
+
     async fn file_bytes(&self, tenant: &str) -> Result<u64, StoreError> {
         let bytes: Option<i64> =
             sqlx::query_scalar("SELECT CAST(SUM(bytes) AS BIGINT) FROM files WHERE tenant = $1")
@@ -155,8 +168,8 @@ impl BatchStore for SqlStore {
     async fn insert_batch(&self, b: &BatchRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO batches (id, endpoint, input_file_id, completion_window, status, metadata,
-                created_at, expires_at, tenant)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                created_at, expires_at, tenant, api_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&b.id)
         .bind(&b.endpoint)
@@ -167,6 +180,7 @@ impl BatchStore for SqlStore {
         .bind(b.created_at_ms)
         .bind(b.expires_at_ms)
         .bind(&b.tenant)
+        .bind(&b.api_key)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -218,7 +232,7 @@ impl BatchStore for SqlStore {
              WHERE id = (SELECT id FROM batches
                 WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
                   AND lease_until <= $1
-                ORDER BY created_at LIMIT 1)
+                ORDER BY lease_until, created_at LIMIT 1)
                AND lease_until <= $1
              RETURNING *",
         )

@@ -1,0 +1,2 @@
+-- The key that made a batch: its lines take from that key's limits.
+ALTER TABLE batches ADD COLUMN api_key TEXT;
