@@ -211,6 +211,15 @@ pub struct ModelSpec {
     /// What its usage costs; free when not given.
     #[serde(default)]
     pub price: Option<Price>,
+    /// Longest a job of this model runs (its own `timeout_ms` when that is
+    /// shorter); past it the job is cancelled `timed_out`. A budget
+    /// reserves engine time for all of it.
+    #[serde(default = "default_model_timeout", with = "humantime_serde")]
+    pub timeout: std::time::Duration,
+}
+
+fn default_model_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(600)
 }
 
 /// A model's prices, in US dollars.
@@ -334,6 +343,13 @@ impl Registry {
                 "must be between 1 and 10",
             );
             issues.check(
+                (std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(24 * 3600))
+                    .contains(&spec.timeout),
+                &format!("{field}.timeout"),
+                spec.timeout,
+                "must be between 1 ms and 24 h",
+            );
+            issues.check(
                 spec.max_tokens > 0,
                 &format!("{field}.max_tokens"),
                 spec.max_tokens,
@@ -398,6 +414,7 @@ mod tests {
             cache: None,
             pii: None,
             price: None,
+            timeout: default_model_timeout(),
         }
     }
 

@@ -91,3 +91,73 @@ async fn post(stack: &Stack, body: Value) -> (u16, Value) {
         .unwrap();
     (r.status().as_u16(), r.json::<Value>().await.unwrap())
 }
+
+/// Priced by engine time ($1 a second) and by prompt tokens ($10 per 1k),
+/// with jobs bounded at 2 s: each job reserves what it can cost at most,
+/// engine time for all of its timeout and a token for every byte of its
+/// prompt (a Korean or Chinese character is three bytes and can be three
+/// tokens). 100 concurrent requests of Korean and Chinese text against a
+/// $10 budget admit only what the budget can pay for whatever they turn
+/// out to use, and what is spent stays within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cjk_requests_on_a_gpu_time_priced_model_stay_within_the_budget() {
+    let mut stack = Stack::new(StackOptions {
+        extra_models: "
+  - name: tiny-gpu-priced
+    kind: completion
+    timeout: 2s
+    price: {prompt_per_1k: 10.0, gpu_second: 1.0}",
+        tenants: "[{name: capped, budget: {usd: 10.0, period: day}}]",
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent_on(
+        "node-a",
+        "
+    kind: simulated
+    models: [tiny-gpu-priced]
+    slots: 32
+    base_latency: 600ms
+    per_token_latency: 0ms",
+    );
+    // Some 150 bytes of text: at most that many tokens, about $1.50 of
+    // prompt; estimated at four bytes a token, a quarter of it.
+    let prompt = "예산을 넘지 않게 지켜 주세요 预算不能超过上限 ".repeat(2);
+    let answers: Vec<(u16, Value)> = futures::stream::iter(0..100)
+        .map(|i| {
+            post(
+                &stack,
+                json!({"model": "tiny-gpu-priced", "tenant": "capped",
+                       "input": {"prompt": format!("{prompt}{i}"), "max_tokens": 4}}),
+            )
+        })
+        .buffer_unordered(100)
+        .collect()
+        .await;
+    let admitted: Vec<String> = answers
+        .iter()
+        .filter(|(s, _)| *s == 202)
+        .map(|(_, b)| b["id"].as_str().unwrap().to_owned())
+        .collect();
+    let refused = answers.iter().filter(|(s, _)| *s == 402).count();
+    assert_eq!(admitted.len() + refused, 100, "{answers:?}");
+    // Each reserves $2 of engine time and about $1.50 of prompt, and gives
+    // back what it did not use once it ends (about $0.75 is used): how many
+    // get in depends on how many end while the others arrive. Reserving
+    // the four-bytes-a-token estimate alone, some 25 would, and spend $15.
+    assert!(
+        !admitted.is_empty() && refused > 50,
+        "{} admitted",
+        admitted.len()
+    );
+    stack
+        .wait_finished(&admitted, Duration::from_secs(30))
+        .await;
+    let (_, usage) = stack.get_json("/v1/usage?tenant=capped").await;
+    let spent = usage["total_cost_usd"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{usage}"));
+    println!("{} admitted, ${spent:.4} spent of $10", admitted.len());
+    assert!(spent <= 10.0, "spent ${spent} of a $10 budget");
+}

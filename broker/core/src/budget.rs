@@ -1,4 +1,4 @@
-//! Tenant budgets. A job reserves its estimated cost at admission — the
+//! Tenant budgets. A job reserves the most it can cost at admission — the
 //! store checks and reserves in one conditional update, so concurrent
 //! submissions (on one broker or several sharing a database) cannot
 //! overrun the limit — and its result settles the reservation: the real
@@ -33,15 +33,36 @@ pub fn period_start(period: BudgetPeriod, now_ms: i64) -> i64 {
 }
 
 /// Tokens a job's text counts for before the engine has counted them: a
-/// token per four bytes, as tokenizers of Latin text roughly give.
+/// token per four bytes, as tokenizers of Latin text roughly give. For
+/// rate limits, which the engine's count corrects afterwards.
 fn prompt_tokens(input: &JobInput) -> u32 {
-    let bytes: usize = match input {
+    u32::try_from(text_bytes(input).div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+/// The bytes of a job's text.
+fn text_bytes(input: &JobInput) -> usize {
+    match input {
         JobInput::Chat(c) => c.messages.iter().map(|m| m.content.len()).sum(),
         JobInput::Completion(c) => c.prompt.len(),
         JobInput::Embedding(e) => e.input.iter().map(String::len).sum(),
         JobInput::Tensor(_) => 0,
+    }
+}
+
+/// Tokens a chat template may add around each message (role markers and
+/// separators): more than the templates in use add.
+const TEMPLATE_TOKENS_PER_MESSAGE: usize = 16;
+
+/// The most tokens a job's prompt can be: no tokenizer makes a token of
+/// less than one byte of text (byte-level BPE, or sentencepiece with byte
+/// fallback), so its bytes, plus what a chat template adds. A Korean,
+/// Chinese or Japanese character is three bytes and at most three tokens.
+fn prompt_tokens_at_most(input: &JobInput) -> u32 {
+    let template = match input {
+        JobInput::Chat(c) => c.messages.len() * TEMPLATE_TOKENS_PER_MESSAGE,
+        _ => 0,
     };
-    u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX)
+    u32::try_from(text_bytes(input) + template).unwrap_or(u32::MAX)
 }
 
 /// The tokens a job is expected to use: its prompt and all of its
@@ -50,16 +71,19 @@ pub fn tokens(job: &Job) -> u32 {
     prompt_tokens(&job.input).saturating_add(job.input.max_tokens().unwrap_or(0))
 }
 
-/// What a job is expected to cost: its prompt and all of its `max_tokens`.
+/// The most a job can cost, which its budget reserves: its prompt at most
+/// as many tokens as it has bytes, all of its `max_tokens`, and engine
+/// time for all of its timeout. Concurrent jobs then never spend past a
+/// budget: what they may spend is reserved before they run.
 pub fn estimate(registry: &Registry, job: &Job) -> i64 {
     registry
         .get(&job.model)
         .and_then(|m| m.price)
         .map_or(0, |p| {
             p.cost_micros(
-                prompt_tokens(&job.input),
+                prompt_tokens_at_most(&job.input),
                 job.input.max_tokens().unwrap_or(0),
-                0,
+                job.timeout_ms.unwrap_or(0),
                 false,
             )
         })

@@ -74,7 +74,14 @@ pub fn validate(
         max_attempts: spec.max_attempts,
         failures: Vec::new(),
         deadline_ms: submission.deadline_ms,
-        timeout_ms: submission.timeout_ms,
+        // The model's bound applies to every job, so that what one may run
+        // (and cost) is known at admission.
+        timeout_ms: Some(
+            submission
+                .timeout_ms
+                .unwrap_or(u64::MAX)
+                .min(u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX)),
+        ),
         stream: submission.stream,
         webhook: submission.webhook,
         api_key: None,
@@ -301,6 +308,7 @@ mod tests {
             cache: None,
             pii: None,
             price: None,
+            timeout: std::time::Duration::from_secs(600),
         };
         Registry::new(
             &[
