@@ -80,7 +80,11 @@ impl Reclaimer {
                 }
             };
             let started = msg.info().map(|i| i.delivered > 1).unwrap_or(true);
-            let settled = if started {
+            let settled = if attempts::has_result(js, &a.job.id).await {
+                // The attempt finished before its node went quiet: nothing
+                // to run again.
+                Ok("already_ended")
+            } else if started {
                 let failure = Failure {
                     attempt: a.job.attempt,
                     node: node.to_owned(),

@@ -104,7 +104,8 @@ pub async fn expire(js: &Context, job: &Job, timeline: &Timeline) -> Result<(), 
     finish(js, job, error, timeline).await
 }
 
-async fn has_result(js: &Context, job_id: &str) -> bool {
+/// Whether the job has its result on RESULTS, from whatever attempt.
+pub async fn has_result(js: &Context, job_id: &str) -> bool {
     match js.get_stream_no_info(subjects::RESULTS_STREAM).await {
         Ok(results) => results
             .direct_get_last_for_subject(subjects::results(job_id))

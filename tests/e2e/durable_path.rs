@@ -272,3 +272,113 @@ async fn an_output_is_dropped_after_its_retention_and_the_record_stays() {
     assert_eq!(record["status"], "succeeded");
     assert_eq!(record["usage"]["completion_tokens"], 2);
 }
+
+/// The order that once left a job unfinished for ever, played exactly: an
+/// attempt's node went quiet mid-run, the reclaim's `retrying` event is
+/// recorded (attempt 2 begins), and only then does attempt 1's result land
+/// on RESULTS (its node was cut off from NATS, not dead). That result is
+/// the job's, whatever its attempt: the record ends with it, as RESULTS
+/// keeps it; a second result is refused by RESULTS and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_result_that_lands_after_its_attempt_was_reclaimed_is_the_job_s() {
+    use switchyard_schemas::{
+        ErrorClass, EventKind, JobError, JobEvent, JobResult, SCHEMA_VERSION, Timeline, Usage,
+        encode,
+    };
+    let mut stack = Stack::new(StackOptions::default());
+    stack.start_broker();
+    let id = stack.submit_http(&chat_body("reclaimed mid-run", 2)).await;
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let event = |kind| JobEvent {
+        v: SCHEMA_VERSION,
+        job_id: id.clone(),
+        attempt: 1,
+        at_ms: switchyard_schemas::now_ms(),
+        kind,
+    };
+    let publish = |subject: String, msg_id: String, payload: Vec<u8>| {
+        let js = js.clone();
+        async move {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", msg_id.as_str());
+            js.publish_with_headers(subject, headers, payload.into())
+                .await
+                .unwrap()
+                .await
+        }
+    };
+    for (n, kind) in [
+        EventKind::Assigned {
+            node: "node-a".into(),
+        },
+        EventKind::Running {
+            node: "node-a".into(),
+        },
+        EventKind::Retrying {
+            node: "node-a".into(),
+            error: JobError::new(
+                ErrorClass::EngineUnavailable,
+                "node node-a stopped answering",
+            ),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let payload = encode(&event(kind)).unwrap();
+        publish(format!("sy.events.{id}"), format!("{id}:1:{n}"), payload)
+            .await
+            .unwrap();
+    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            let (_, job) = stack.get_job(&id).await;
+            so(job["attempt"] == 2 && job["status"] == "queued", || {
+                job.to_string()
+            })
+        },
+    )
+    .await;
+    let result = |attempt, text: &str| JobResult {
+        finished_at_ms: switchyard_schemas::now_ms(),
+        node: Some(format!("node-{attempt}")),
+        ..JobResult::succeeded(
+            &id,
+            attempt,
+            Timeline::default(),
+            json!({"choices": [{"text": text}]}),
+            Usage::default(),
+        )
+    };
+    // As agents publish results: the first one per job is kept.
+    let publish_result = |r: JobResult| {
+        let js = js.clone();
+        async move {
+            switchyard_runtime::attempts::publish_result(&js, &r)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(publish_result(result(1, "from attempt 1")).await);
+    let second = publish_result(result(2, "from attempt 2")).await;
+    assert!(!second, "RESULTS took a second result");
+    let done = stack
+        .wait_finished(std::slice::from_ref(&id), Duration::from_secs(10))
+        .await;
+    let job = &done[&id];
+    assert_eq!(
+        (
+            job["status"].clone(),
+            job["attempt"].clone(),
+            job["node"].clone()
+        ),
+        (json!("succeeded"), json!(1), json!("node-1")),
+        "{job}"
+    );
+    assert_eq!(
+        job["result"]["choices"][0]["text"], "from attempt 1",
+        "{job}"
+    );
+}

@@ -16,8 +16,8 @@ use switchyard_runtime::{NatsConfig, Readiness, Registry};
 use switchyard_schemas::Timeline;
 use switchyard_schemas::{
     Assignment, EngineLoad, ErrorClass, EventKind, Failure, GpuStats, Heartbeat, JobError,
-    JobEvent, JobResult, LoadReply, LoadRequest, Outcome, SCHEMA_VERSION, StreamChunk, UsageEvent,
-    decode, encode, now_ms, subjects,
+    JobEvent, JobResult, LoadReply, LoadRequest, SCHEMA_VERSION, StreamChunk, UsageEvent, decode,
+    encode, now_ms, subjects,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -329,8 +329,11 @@ async fn run_assignment(node: &Node, msg: jetstream::Message, mut lease: Lease) 
         if delivered > 1 {
             let _ = tokio::time::timeout(node.ack_wait, node.client.flush()).await;
         }
-        if delivered > 1 && already_reported(node, &job.id, job.attempt).await {
-            info!("redelivered assignment already has its result");
+        // A job has one result, whatever attempt stored it: a redelivered
+        // assignment, or a later attempt of a job whose earlier attempt
+        // was thought lost but finished, is not run again.
+        if (delivered > 1 || job.attempt > 1) && already_reported(node, &job.id).await {
+            info!("assignment's job already has its result");
             metrics::counter!(m::JOBS, "outcome" => "duplicate").increment(1);
             ack(&msg).await;
             return;
@@ -390,7 +393,7 @@ fn waited(msg: &jetstream::Message) -> Duration {
 /// attempt was settled by another process (a reclaim) or followed by a
 /// later one.
 async fn superseded(node: &Node, job_id: &str, attempt: u32) -> bool {
-    if already_reported(node, job_id, attempt).await {
+    if already_reported(node, job_id).await {
         return true;
     }
     match node
@@ -410,20 +413,14 @@ async fn superseded(node: &Node, job_id: &str, attempt: u32) -> bool {
     }
 }
 
-/// Whether this attempt's result is already in the RESULTS stream (the agent
-/// died after publishing it but before acknowledging the assignment).
-async fn already_reported(node: &Node, job_id: &str, attempt: u32) -> bool {
-    match node
-        .results
+/// Whether the job's result is already in the RESULTS stream (this agent
+/// died after publishing it but before acknowledging the assignment, or an
+/// earlier attempt thought lost finished after all).
+async fn already_reported(node: &Node, job_id: &str) -> bool {
+    node.results
         .direct_get_last_for_subject(subjects::results(job_id))
         .await
-    {
-        // This attempt's outcome, or any success (an earlier attempt that was
-        // thought lost finished after all): either way the job is done.
-        Ok(msg) => decode::<JobResult>(&msg.payload)
-            .is_ok_and(|r| r.attempt >= attempt || matches!(r.outcome, Outcome::Succeeded { .. })),
-        Err(_) => false,
-    }
+        .is_ok()
 }
 
 /// The lock holds plain data, so a panic elsewhere leaves it usable.

@@ -74,16 +74,18 @@ impl SqlStore {
                 None,
             ),
         };
-        // The first final result wins, and a result of a superseded attempt
-        // (the job was already given to another one) is fenced out.
+        // The first final result wins, whatever its attempt: results come
+        // from the RESULTS stream, which keeps one per job, so the record
+        // and the stream agree by construction. (A result of attempt 1 may
+        // be projected after attempt 2 was queued; it is still the job's.)
         sqlx::query(
             "UPDATE jobs SET status = $1, output = $2, error_code = $3, error_message = $4,
                 prompt_tokens = $5, completion_tokens = $6, finished_at = $7,
                 node = COALESCE($8, node),
-                assigned_at = CASE WHEN attempt < $9 THEN $11 ELSE COALESCE(assigned_at, $11) END,
-                started_at = CASE WHEN attempt < $9 THEN $12 ELSE COALESCE(started_at, $12) END,
-                attempt = CASE WHEN attempt > $9 THEN attempt ELSE $9 END
-             WHERE id = $10 AND status NOT IN ('succeeded', 'failed', 'expired', 'timed_out', 'cancelled') AND attempt <= $9",
+                assigned_at = CASE WHEN attempt <> $9 THEN $11 ELSE COALESCE(assigned_at, $11) END,
+                started_at = CASE WHEN attempt <> $9 THEN $12 ELSE COALESCE(started_at, $12) END,
+                attempt = $9
+             WHERE id = $10 AND status NOT IN ('succeeded', 'failed', 'expired', 'timed_out', 'cancelled')",
         )
         .bind(status.as_str())
         .bind(output)

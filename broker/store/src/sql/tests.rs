@@ -108,7 +108,7 @@ async fn lifecycle_moves_forward_only_and_ignores_repeats() {
 }
 
 #[tokio::test]
-async fn a_retry_starts_the_next_attempt_and_fences_the_old_one() {
+async fn a_retry_starts_the_next_attempt_and_the_first_result_is_the_job_s() {
     let (s, _dir) = store().await;
     s.insert(&job("a"), Source::Http, ESTIMATE, &Holds::default())
         .await
@@ -151,29 +151,30 @@ async fn a_retry_starts_the_next_attempt_and_fences_the_old_one() {
     assert_eq!(r.node.as_deref(), Some("n2"));
     assert_eq!((r.assigned_at_ms, r.started_at_ms), (Some(40), None));
 
-    // Attempt 1's result, arriving late, is fenced out; attempt 2's is not.
-    let late = JobError::new(ErrorClass::Timeout, "late");
-    let stale = JobResult {
+    // Attempt 1's result, projected after attempt 2 began, is the job's
+    // result all the same (RESULTS keeps the first result whatever its
+    // attempt, and the record follows it); another result changes nothing.
+    let first = JobResult {
         attempt: 1,
-        ..result("a", Outcome::Failed { error: late })
-    };
-    s.apply_results(&[stale]).await.unwrap();
-    assert_eq!(s.get("a").await.unwrap().unwrap().status, Status::Assigned);
-    let fresh = JobResult {
-        attempt: 2,
-        node: Some("n2".into()),
+        node: Some("n1".into()),
         ..result(
             "a",
             Outcome::Succeeded {
-                output: serde_json::json!({}),
+                output: serde_json::json!({"from": 1}),
                 usage: Usage::default(),
             },
         )
     };
-    s.apply_results(&[fresh]).await.unwrap();
+    s.apply_results(&[first]).await.unwrap();
+    let late = JobError::new(ErrorClass::Timeout, "late");
+    let second = JobResult {
+        attempt: 2,
+        ..result("a", Outcome::Failed { error: late })
+    };
+    s.apply_results(&[second]).await.unwrap();
     let r = s.get("a").await.unwrap().unwrap();
-    assert_eq!((r.status, r.attempt), (Status::Succeeded, 2));
-    assert_eq!(r.node.as_deref(), Some("n2"));
+    assert_eq!((r.status, r.attempt), (Status::Succeeded, 1));
+    assert_eq!(r.node.as_deref(), Some("n1"));
 }
 
 #[tokio::test]
