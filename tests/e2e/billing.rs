@@ -160,3 +160,81 @@ async fn ten_thousand_jobs_through_crashes_are_each_billed_once() {
     let rows: Vec<Value> = lines.map(|l| json!(l)).collect();
     assert!(!rows.is_empty());
 }
+
+/// Tokens a streamed job generated before it was cancelled, or before its
+/// own timeout stopped it, are counted and charged: the attempt reached the
+/// engine, so its usage is in the ledger, never silently free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streamed_tokens_of_a_job_stopped_early_are_charged() {
+    use futures::StreamExt;
+    let stack = Stack::running(
+        StackOptions {
+            per_token_latency: "100ms",
+            ..StackOptions::default()
+        },
+        &["node-a"],
+    );
+    let client = stack.nats.client().await;
+    let streamed = |id: String| {
+        let client = client.clone();
+        async move {
+            let mut chunks = client.subscribe(format!("sy.stream.{id}")).await.unwrap();
+            for _ in 0..3 {
+                chunks.next().await.unwrap();
+            }
+        }
+    };
+    let job = |timeout: Option<u64>| {
+        let mut body = json!({"model": TEXT_MODEL, "stream": true,
+                              "input": {"prompt": "a long answer", "max_tokens": 60}});
+        if let Some(ms) = timeout {
+            body["timeout_ms"] = json!(ms);
+        }
+        body
+    };
+    let cancelled = stack.submit_http(&job(None)).await;
+    tokio::time::timeout(Duration::from_secs(20), streamed(cancelled.clone()))
+        .await
+        .expect("tokens stream");
+    assert_eq!(stack.cancel_job(&cancelled).await, 200);
+    let timed_out = stack.submit_http(&job(Some(1_000))).await;
+    let ended = stack
+        .wait_finished_as(
+            &[cancelled.clone(), timed_out.clone()],
+            &["cancelled", "timed_out", "succeeded", "failed"],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(ended[&cancelled]["status"], "cancelled");
+    assert_eq!(ended[&timed_out]["status"], "timed_out");
+    let usage = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let (_, usage) = stack.get_json("/v1/usage").await;
+            let charged = &usage["data"];
+            let rows = charged.as_array().map_or(0, Vec::len);
+            let requests: u64 = charged
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| r["requests"].as_u64().unwrap_or(0))
+                .sum();
+            so(rows > 0 && requests == 2, || usage.to_string()).map(|()| usage)
+        },
+    )
+    .await;
+    let tokens: u64 = usage["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["completion_tokens"].as_u64().unwrap())
+        .sum();
+    // At least the three seen of the cancelled one, and the timed-out one's
+    // second of tokens.
+    assert!(tokens >= 6, "{usage}");
+    assert!(
+        usage["data"][0]["engine_ms"].as_u64().unwrap() > 0,
+        "{usage}"
+    );
+}

@@ -44,8 +44,9 @@ impl Chunks {
         &self.sink
     }
 
-    /// Sends what is left, then the last chunk with `finish_reason`.
-    pub(super) async fn finish(self, finish_reason: &str) {
+    /// Sends what is left, then the last chunk with `finish_reason`; how
+    /// many pieces (each a token as engines stream them) were sent.
+    pub(super) async fn finish(self, finish_reason: &str) -> u32 {
         drop(self.sink);
         let seq = self.forwarder.await.unwrap_or(0);
         let reason = Some(finish_reason.to_owned());
@@ -58,6 +59,7 @@ impl Chunks {
             reason,
         )
         .await;
+        seq
     }
 }
 

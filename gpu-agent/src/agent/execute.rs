@@ -2,6 +2,7 @@
 //! result, each confirmed, within the lease.
 
 use super::*;
+use switchyard_schemas::{Job, Usage};
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum PublishFailed {
@@ -127,15 +128,18 @@ pub(super) async fn execute(
         lock(&node.aborts).remove(&job.id);
         outcome
     };
-    if let Some(chunks) = chunks {
-        let finish_reason = match &inference {
-            Ok(inf) if lease.held() => inf.output["choices"][0]["finish_reason"]
-                .as_str()
-                .unwrap_or("stop"),
-            _ => "error",
-        };
-        chunks.finish(finish_reason).await;
-    }
+    let streamed = match chunks {
+        Some(chunks) => {
+            let finish_reason = match &inference {
+                Ok(inf) if lease.held() => inf.output["choices"][0]["finish_reason"]
+                    .as_str()
+                    .unwrap_or("stop"),
+                _ => "error",
+            };
+            chunks.finish(finish_reason).await
+        }
+        None => 0,
+    };
     if !lease.held() {
         // Paused or cut off past the ack wait: the assignment was handed out
         // again, so this attempt's outcome must not be reported.
@@ -151,52 +155,28 @@ pub(super) async fn execute(
         assigned_at_ms: Some(a.assigned_at_ms),
         started_at_ms: Some(started_at_ms),
     };
+    let retry_until = Instant::now() + node.ack_wait;
     let inf = match inference {
         Ok(inf) => {
             node.record_service_time(engine_time);
             inf
         }
-        Err(e) if e.class == ErrorClass::Cancelled => {
-            // The broker stored the job's result when it cancelled it.
-            metrics::counter!(m::JOBS, "outcome" => "cancelled").increment(1);
-            return Ok(Done::Reported);
-        }
         Err(e) => {
-            warn!(class = ?e.class, error = %e.message, "engine failed the job");
-            if e.class == ErrorClass::EngineUnavailable {
-                // Report at once if the engine is down, so no more work comes.
-                node.engine_suspect.store(true, Ordering::SeqCst);
-                node.wake_heartbeat.notify_one();
+            // The engine worked on it: what it did is reported, the tokens
+            // counted from the stream (the engine's own count comes only
+            // with an answer) and the engine time, for the ledger to charge
+            // or count as waste.
+            if serves {
+                let partial = Usage {
+                    prompt_tokens: 0,
+                    completion_tokens: streamed,
+                };
+                publish_usage(node, msg, job, partial, engine_time, retry_until).await?;
             }
-            let failure = Failure {
-                attempt: job.attempt,
-                node: node.id.clone(),
-                at_ms: now_ms(),
-                error: JobError::new(e.class, e.message),
-            };
-            let settled = attempts::fail(&node.js, job, failure, timeline).await?;
-            metrics::counter!(m::JOBS, "outcome" => settled.as_str()).increment(1);
-            return Ok(Done::Reported);
+            return settle_failure(node, job, e, timeline).await;
         }
     };
-    let usage = UsageEvent {
-        v: SCHEMA_VERSION,
-        job_id: job.id.clone(),
-        attempt: job.attempt,
-        node: node.id.clone(),
-        model: job.model.clone(),
-        usage: inf.usage,
-        engine_ms: u64::try_from(engine_time.as_millis()).unwrap_or(u64::MAX),
-        at_ms: now_ms(),
-    };
-    let usage = encode(&usage)?;
-    let retry_until = Instant::now() + node.ack_wait;
-    until_confirmed(msg, retry_until, || async {
-        nats::publish(&node.js, subjects::usage(&job.id), &msg_id, usage.clone())
-            .await?
-            .await
-    })
-    .await?;
+    publish_usage(node, msg, job, inf.usage, engine_time, retry_until).await?;
     let mut result = JobResult::succeeded(&job.id, job.attempt, timeline, inf.output, inf.usage);
     // An output larger than a message goes to the object store first.
     large::spill(&node.large_results, &mut result, node.max_result_bytes).await?;
@@ -213,6 +193,66 @@ pub(super) async fn execute(
         "duplicate"
     };
     metrics::counter!(m::JOBS, "outcome" => outcome).increment(1);
+    Ok(Done::Reported)
+}
+
+/// Publishes an attempt's usage, confirmed, before its outcome: once a
+/// result exists, so does its usage record.
+async fn publish_usage(
+    node: &Node,
+    msg: &jetstream::Message,
+    job: &Job,
+    usage: Usage,
+    engine_time: Duration,
+    until: Instant,
+) -> Result<(), PublishFailed> {
+    let event = UsageEvent {
+        v: SCHEMA_VERSION,
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        node: node.id.clone(),
+        model: job.model.clone(),
+        usage,
+        engine_ms: u64::try_from(engine_time.as_millis()).unwrap_or(u64::MAX),
+        at_ms: now_ms(),
+    };
+    let payload = encode(&event)?;
+    let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
+    until_confirmed(msg, until, || async {
+        nats::publish(&node.js, subjects::usage(&job.id), &msg_id, payload.clone())
+            .await?
+            .await
+    })
+    .await?;
+    Ok(())
+}
+
+/// Settles an attempt the engine did not finish: cancelled (the broker
+/// stored the job's result when it cancelled it), or failed.
+async fn settle_failure(
+    node: &Node,
+    job: &Job,
+    e: EngineError,
+    timeline: Timeline,
+) -> Result<Done, PublishFailed> {
+    if e.class == ErrorClass::Cancelled {
+        metrics::counter!(m::JOBS, "outcome" => "cancelled").increment(1);
+        return Ok(Done::Reported);
+    }
+    warn!(class = ?e.class, error = %e.message, "engine failed the job");
+    if e.class == ErrorClass::EngineUnavailable {
+        // Report at once if the engine is down, so no more work comes.
+        node.engine_suspect.store(true, Ordering::SeqCst);
+        node.wake_heartbeat.notify_one();
+    }
+    let failure = Failure {
+        attempt: job.attempt,
+        node: node.id.clone(),
+        at_ms: now_ms(),
+        error: JobError::new(e.class, e.message),
+    };
+    let settled = attempts::fail(&node.js, job, failure, timeline).await?;
+    metrics::counter!(m::JOBS, "outcome" => settled.as_str()).increment(1);
     Ok(Done::Reported)
 }
 

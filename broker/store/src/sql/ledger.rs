@@ -49,7 +49,10 @@ impl Ledger for SqlStore {
     }
 
     async fn usage_report(&self, f: &UsageFilter) -> Result<UsageReport, StoreError> {
-        // Charged: the attempt whose result the job delivered.
+        // Charged: the attempt whose result the job delivered, when it
+        // succeeded or was stopped by its client or its own timeout (what
+        // the engine did until then was asked for). Every other attempt's
+        // usage (a node lost, an engine fault) is waste.
         let query = |charged: bool| {
             format!(
                 "SELECT u.at / 86400000 AS day, u.model AS model, j.tenant AS tenant,
@@ -59,7 +62,8 @@ impl Ledger for SqlStore {
                     CAST(SUM(u.cost_micros) AS BIGINT) AS cost_micros,
                     CAST(SUM(u.cache_hit) AS BIGINT) AS cache_hits
                  FROM usage u JOIN jobs j ON j.id = u.job_id
-                 WHERE {} (j.status = 'succeeded' AND j.attempt = u.attempt)
+                 WHERE {} (j.status IN ('succeeded', 'cancelled', 'timed_out')
+                    AND j.attempt = u.attempt)
                    AND ($1 IS NULL OR j.tenant = $1)
                    AND ($2 IS NULL OR u.at >= $2) AND ($3 IS NULL OR u.at < $3)
                  GROUP BY day, u.model, j.tenant ORDER BY day, u.model, j.tenant",
