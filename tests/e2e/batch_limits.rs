@@ -24,29 +24,26 @@ async fn batch(stack: &Stack, key: &str, lines: impl Iterator<Item = String>) ->
             "file",
             reqwest::multipart::Part::bytes(content).file_name("in.jsonl"),
         );
-    let with_key = |r: reqwest::RequestBuilder| match key.is_empty() {
-        true => r,
-        false => r.bearer_auth(key),
+    // The JSON answer to `r`, sent with the key.
+    let answer = |r: reqwest::RequestBuilder| async move {
+        let r = match key.is_empty() {
+            true => r,
+            false => r.bearer_auth(key),
+        };
+        r.send().await.unwrap().json::<Value>().await.unwrap()
     };
-    let file: Value = with_key(stack.http.post(stack.broker_url("/v1/files")))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let made: Value = with_key(stack.http.post(stack.broker_url("/v1/batches")))
-        .json(
-            &json!({"input_file_id": file["id"], "endpoint": "/v1/completions",
-                      "completion_window": "24h"}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let file = answer(
+        stack
+            .http
+            .post(stack.broker_url("/v1/files"))
+            .multipart(form),
+    )
+    .await;
+    let made = answer(stack.http.post(stack.broker_url("/v1/batches")).json(
+        &json!({"input_file_id": file["id"], "endpoint": "/v1/completions",
+                "completion_window": "24h"}),
+    ))
+    .await;
     made["id"]
         .as_str()
         .unwrap_or_else(|| panic!("{made}"))

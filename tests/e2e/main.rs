@@ -21,6 +21,7 @@ mod batch_limits;
 mod batches;
 mod benchmarks;
 mod billing;
+mod bounded;
 mod budgets;
 mod chaos;
 mod docs;

@@ -396,36 +396,43 @@ async fn dead_letters_are_listed_and_replayed_from_the_cli() {
     assert_eq!(again["error"]["code"], "not_found");
 }
 
+/// A broker and a dispatcher for a node of one slot (started later), and a
+/// counter of results in the order they come.
+async fn one_slot(base_latency: &'static str, aging_bound: &'static str) -> (Stack, ResultCounter) {
+    let mut stack = Stack::new(StackOptions {
+        slots: 1,
+        base_latency,
+        aging_bound,
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    let counter = ResultCounter::start(&stack.nats.client().await).await;
+    (stack, counter)
+}
+
+/// Queues `n` jobs at `priority`, one after another; their ids.
+async fn queue(stack: &Stack, priority: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            stack
+                .submit_http(&text(priority, &format!("{priority} {i}")))
+                .await,
+        );
+    }
+    ids
+}
+
 /// Strict priority: thirty batch jobs are queued, then five critical ones,
 /// and a node with one slot comes up. The critical jobs run first, ahead of
 /// the batch jobs that came before them; served in arrival order they
 /// would run last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn critical_jobs_are_placed_ahead_of_a_batch_flood_queued_before_them() {
-    let mut stack = Stack::new(StackOptions {
-        slots: 1,
-        base_latency: "20ms",
-        ..StackOptions::default()
-    });
-    stack.start_broker();
-    stack.start_dispatcher();
-    let counter = ResultCounter::start(&stack.nats.client().await).await;
-    let mut all = Vec::new();
-    for i in 0..30 {
-        all.push(
-            stack
-                .submit_http(&text("batch", &format!("bulk {i}")))
-                .await,
-        );
-    }
-    let mut critical = Vec::new();
-    for i in 0..5 {
-        critical.push(
-            stack
-                .submit_http(&text("critical", &format!("urgent {i}")))
-                .await,
-        );
-    }
+    let (mut stack, counter) = one_slot("20ms", "60s").await;
+    let mut all = queue(&stack, "batch", 30).await;
+    let critical = queue(&stack, "critical", 5).await;
     all.extend(critical.iter().cloned());
     stack.start_agent("node-a");
     stack.wait_finished(&all, Duration::from_secs(60)).await;
@@ -449,23 +456,8 @@ async fn critical_jobs_are_placed_ahead_of_a_batch_flood_queued_before_them() {
 /// by arrival order, or by strict priority alone, it would run last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lower_level_job_is_served_once_it_waits_past_the_aging_bound() {
-    let mut stack = Stack::new(StackOptions {
-        slots: 1,
-        base_latency: "50ms",
-        aging_bound: "400ms",
-        ..StackOptions::default()
-    });
-    stack.start_broker();
-    stack.start_dispatcher();
-    let counter = ResultCounter::start(&stack.nats.client().await).await;
-    let mut critical = Vec::new();
-    for i in 0..40 {
-        critical.push(
-            stack
-                .submit_http(&text("critical", &format!("urgent {i}")))
-                .await,
-        );
-    }
+    let (mut stack, counter) = one_slot("50ms", "400ms").await;
+    let critical = queue(&stack, "critical", 40).await;
     let old = stack.submit_http(&text("batch", "patient batch job")).await;
     stack.start_agent("node-a");
     let mut all = critical.clone();

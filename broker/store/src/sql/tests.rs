@@ -25,6 +25,13 @@ async fn store() -> (SqlStore, tempfile::TempDir) {
     (SqlStore::open(&url).await.unwrap(), dir)
 }
 
+/// Records `job` as admitted from `source`, holding nothing.
+async fn add(s: &SqlStore, job: &Job, source: Source) -> Inserted {
+    s.insert(job, source, ESTIMATE, &Holds::default())
+        .await
+        .unwrap()
+}
+
 fn job(id: &str) -> Job {
     Job {
         priority: Priority::High,
@@ -50,12 +57,8 @@ fn result(id: &str, outcome: Outcome) -> JobResult {
 #[tokio::test]
 async fn lifecycle_moves_forward_only_and_ignores_repeats() {
     let (s, _dir) = store().await;
-    s.insert(&job("a"), Source::Http, ESTIMATE, &Holds::default())
-        .await
-        .unwrap();
-    s.insert(&job("a"), Source::Nats, ESTIMATE, &Holds::default())
-        .await
-        .unwrap();
+    add(&s, &job("a"), Source::Http).await;
+    add(&s, &job("a"), Source::Nats).await;
     let ok = result(
         "a",
         Outcome::Succeeded {
@@ -110,9 +113,7 @@ async fn lifecycle_moves_forward_only_and_ignores_repeats() {
 #[tokio::test]
 async fn a_retry_starts_the_next_attempt_and_the_first_result_is_the_job_s() {
     let (s, _dir) = store().await;
-    s.insert(&job("a"), Source::Http, ESTIMATE, &Holds::default())
-        .await
-        .unwrap();
+    add(&s, &job("a"), Source::Http).await;
     let at = |attempt, at_ms, kind| JobEvent {
         attempt,
         ..event("a", at_ms, kind)
@@ -180,23 +181,14 @@ async fn a_retry_starts_the_next_attempt_and_the_first_result_is_the_job_s() {
 #[tokio::test]
 async fn insert_reports_existing_jobs_and_whether_they_were_queued() {
     let (s, _dir) = store().await;
+    assert_eq!(add(&s, &job("a"), Source::Nats).await, Inserted::New);
     assert_eq!(
-        s.insert(&job("a"), Source::Nats, ESTIMATE, &Holds::default())
-            .await
-            .unwrap(),
-        Inserted::New
-    );
-    assert_eq!(
-        s.insert(&job("a"), Source::Nats, ESTIMATE, &Holds::default())
-            .await
-            .unwrap(),
+        add(&s, &job("a"), Source::Nats).await,
         Inserted::Existing { enqueued: false }
     );
     s.mark_enqueued("a", 5).await.unwrap();
     assert_eq!(
-        s.insert(&job("a"), Source::Nats, ESTIMATE, &Holds::default())
-            .await
-            .unwrap(),
+        add(&s, &job("a"), Source::Nats).await,
         Inserted::Existing { enqueued: true }
     );
 }
@@ -240,9 +232,7 @@ async fn a_key_whose_job_was_never_recorded_is_taken_over_after_a_while() {
         "j3",
         "abandoned: taken over"
     );
-    s.insert(&job("a"), Source::Http, ESTIMATE, &Holds::default())
-        .await
-        .unwrap();
+    add(&s, &job("a"), Source::Http).await;
     assert_eq!(s.claim_key("kept", "a", 1_000, 0).await.unwrap(), "a");
     assert_eq!(
         s.claim_key("kept", "j4", later + 1, 0).await.unwrap(),
@@ -254,12 +244,8 @@ async fn a_key_whose_job_was_never_recorded_is_taken_over_after_a_while() {
 #[tokio::test]
 async fn unconfirmed_jobs_are_found_until_marked() {
     let (s, _dir) = store().await;
-    s.insert(&job("a"), Source::Http, ESTIMATE, &Holds::default())
-        .await
-        .unwrap();
-    s.insert(&job("b"), Source::Http, ESTIMATE, &Holds::default())
-        .await
-        .unwrap();
+    add(&s, &job("a"), Source::Http).await;
+    add(&s, &job("b"), Source::Http).await;
     s.mark_enqueued("b", 5).await.unwrap();
     let found = s.unconfirmed(2_000, 10).await.unwrap();
     assert_eq!(found, vec![job("a")]);
@@ -287,46 +273,15 @@ async fn overdue_jobs_are_those_not_started_by_their_deadline() {
         deadline_ms: Some(ms),
         ..job(id)
     };
-    s.insert(
-        &with_deadline("late", 1_500),
-        Source::Http,
-        ESTIMATE,
-        &Holds::default(),
-    )
-    .await
-    .unwrap();
-    s.insert(
-        &with_deadline("later", 1_800),
-        Source::Http,
-        ESTIMATE,
-        &Holds::default(),
-    )
-    .await
-    .unwrap();
-    s.insert(
-        &with_deadline("in-time", 9_000),
-        Source::Http,
-        ESTIMATE,
-        &Holds::default(),
-    )
-    .await
-    .unwrap();
-    s.insert(
-        &with_deadline("started", 1_500),
-        Source::Http,
-        ESTIMATE,
-        &Holds::default(),
-    )
-    .await
-    .unwrap();
-    s.insert(
-        &job("no-deadline"),
-        Source::Http,
-        ESTIMATE,
-        &Holds::default(),
-    )
-    .await
-    .unwrap();
+    for (id, deadline) in [
+        ("late", 1_500),
+        ("later", 1_800),
+        ("in-time", 9_000),
+        ("started", 1_500),
+    ] {
+        add(&s, &with_deadline(id, deadline), Source::Http).await;
+    }
+    add(&s, &job("no-deadline"), Source::Http).await;
     s.apply_events(&[event(
         "started",
         1_200,
@@ -403,9 +358,7 @@ async fn a_limit_admits_its_burst_then_one_per_interval_and_corrects_once() {
     let mut j = job("est");
     j.tenant = "t".into();
     j.api_key = Some("k1".into());
-    s.insert(&j, Source::Http, ESTIMATE, &Holds::default())
-        .await
-        .unwrap();
+    add(&s, &j, Source::Http).await;
     let tat = |key: &'static str| {
         let pool = s.pool();
         async move {
@@ -490,10 +443,5 @@ async fn a_job_is_recorded_with_its_places_and_reservation_or_not_at_all() {
         tenant: "other".into(),
         ..job("g")
     };
-    assert_eq!(
-        s.insert(&other, Source::Http, ESTIMATE, &Holds::default())
-            .await
-            .unwrap(),
-        Inserted::OtherTenant
-    );
+    assert_eq!(add(&s, &other, Source::Http).await, Inserted::OtherTenant);
 }
