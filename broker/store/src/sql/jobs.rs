@@ -105,12 +105,25 @@ impl SqlStore {
     }
 }
 
-/// Writes the webhook delivery that a job's recorded status calls for, if
-/// its webhook asks for that event. Its id makes a repeat a no-op.
+/// What a webhook delivery reports.
+#[derive(Clone, Copy)]
+enum Report {
+    /// The job was just recorded (`queued`).
+    Recorded,
+    /// This attempt began running. Named outright, not read from the
+    /// status: the result may have been recorded first (the streams are
+    /// projected independently), and the job still started.
+    Started(u32),
+    /// Whatever the job's recorded status calls for.
+    Status,
+}
+
+/// Writes the webhook delivery `report` calls for, if the job's webhook
+/// asks for that event. Its id makes a repeat a no-op.
 async fn queue_webhook(
     tx: &mut Transaction<'_, Any>,
     id: &str,
-    just_recorded: bool,
+    report: Report,
 ) -> Result<(), StoreError> {
     let Some(row) = sqlx::query("SELECT * FROM jobs WHERE id = $1 AND webhook_url IS NOT NULL")
         .bind(id)
@@ -122,7 +135,14 @@ async fn queue_webhook(
     let url: String = row.try_get("webhook_url")?;
     let wanted: Option<String> = row.try_get("webhook_events")?;
     let record = record(&row)?;
-    let Some(event) = event_for(record.status, just_recorded) else {
+    let event = match report {
+        Report::Recorded => event_for(record.status, true),
+        Report::Started(attempt) => {
+            (record.attempt == attempt).then_some(switchyard_schemas::WebhookEvent::Started)
+        }
+        Report::Status => event_for(record.status, false),
+    };
+    let Some(event) = event else {
         return Ok(());
     };
     if !wanted
@@ -198,7 +218,7 @@ impl JobRecords for SqlStore {
         .await?;
         let found = if inserted.rows_affected() == 1 {
             if webhook.is_some() {
-                queue_webhook(&mut tx, &job.id, true).await?;
+                queue_webhook(&mut tx, &job.id, Report::Recorded).await?;
             }
             Inserted::New
         } else {
@@ -306,7 +326,7 @@ impl JobRecords for SqlStore {
         for e in events {
             Self::apply_event(&mut tx, e).await?;
             if matches!(e.kind, EventKind::Running { .. }) {
-                queue_webhook(&mut tx, &e.job_id, false).await?;
+                queue_webhook(&mut tx, &e.job_id, Report::Started(e.attempt)).await?;
             }
         }
         tx.commit().await?;
@@ -317,7 +337,7 @@ impl JobRecords for SqlStore {
         let mut tx = self.pool().begin().await?;
         for r in results {
             Self::apply_result(&mut tx, r).await?;
-            queue_webhook(&mut tx, &r.job_id, false).await?;
+            queue_webhook(&mut tx, &r.job_id, Report::Status).await?;
         }
         tx.commit().await?;
         Ok(())

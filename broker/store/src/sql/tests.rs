@@ -1,5 +1,6 @@
 use super::*;
 use crate::ledger::{Charge, Ledger};
+use crate::outbox::WebhookOutbox;
 use crate::quotas::{Holds, Quotas, Reservation, Settlement, Take, TokenRate, TokenRates};
 use crate::{Idempotency, Inserted, JobRecords, Source};
 use switchyard_schemas::{
@@ -444,4 +445,42 @@ async fn a_job_is_recorded_with_its_places_and_reservation_or_not_at_all() {
         ..job("g")
     };
     assert_eq!(add(&s, &other, Source::Http).await, Inserted::OtherTenant);
+}
+
+#[tokio::test]
+async fn a_started_event_projected_after_the_result_still_sends_its_webhook() {
+    let (s, _dir) = store().await;
+    let hooked = Job {
+        webhook: Some(switchyard_schemas::WebhookTarget {
+            url: "https://hooks.example.com/x".into(),
+            events: vec![
+                switchyard_schemas::WebhookEvent::Started,
+                switchyard_schemas::WebhookEvent::Completed,
+            ],
+        }),
+        ..job("a")
+    };
+    add(&s, &hooked, Source::Http).await;
+    s.mark_enqueued("a", 1).await.unwrap();
+    let done = result(
+        "a",
+        Outcome::Succeeded {
+            output: serde_json::json!({}),
+            usage: Usage::default(),
+        },
+    );
+    // The streams are projected independently: the result first.
+    s.apply_results(&[done]).await.unwrap();
+    s.apply_events(&[event("a", 20, EventKind::Running { node: "n1".into() })])
+        .await
+        .unwrap();
+    let mut events: Vec<String> = s
+        .claim_deliveries(i64::MAX / 2, i64::MAX / 2 + 1, 10, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.event)
+        .collect();
+    events.sort();
+    assert_eq!(events, ["completed", "started"]);
 }
