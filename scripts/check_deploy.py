@@ -9,7 +9,7 @@
   operators need.
 * The NATS cluster is what production needs: three servers, JetStream on
   a persistent volume, `sync_interval: always`, a server of at least
-  2.12.6.
+  2.12.6, and a NetworkPolicy in front of it.
 * Every Switchyard container's configuration (the ConfigMap plus its
   environment, secrets replaced by stand-ins) passes
   `switchyard check-config`, so a value the binary would refuse fails here;
@@ -71,6 +71,13 @@ def check_nats(docs):
         failures.append(f"NATS image {image} is older than 2.12.6")
     config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sy-nats-config")
     conf = config["data"]["nats.conf"]
+    guarded = any(
+        d["kind"] == "NetworkPolicy"
+        and d["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "nats"
+        for d in docs
+    )
+    if not guarded:
+        failures.append("no NetworkPolicy guards the NATS servers")
     for wanted in ['"sync_interval": "always"', '"store_dir": "/data"', '"routes"']:
         if wanted not in conf:
             failures.append(f"nats.conf lacks {wanted}")
