@@ -10,10 +10,11 @@ pub mod nats;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tenants;
 pub mod trace;
 
 pub use config::{
-    Budget, BudgetPeriod, CacheSpec, ConfigError, Issues, ModelKind, ModelSpec, NatsConfig,
-    PiiPolicy, Price, RateLimits, Registry, TenantSpec, Tenants,
+    CacheSpec, ConfigError, Issues, ModelKind, ModelSpec, NatsConfig, PiiPolicy, Price, Registry,
 };
 pub use ops::Readiness;
+pub use tenants::{Budget, BudgetPeriod, RateLimits, TenantSpec, Tenants};
