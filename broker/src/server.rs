@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchyard_runtime::grants::Grants;
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
@@ -82,6 +83,7 @@ pub async fn run(
     let listener = ops::bind(cfg.listen).await?;
     let (client, js) = nats::connect(&nats_cfg, "broker").await?;
     nats::ensure_streams(&js, &nats_cfg).await?;
+    let grants = Grants::load(&js, &nats_cfg).await?;
 
     let consumer = |stream, durable: &str, filter: &str, pending: usize| ConsumerSpec {
         stream,
@@ -141,13 +143,14 @@ pub async fn run(
     let limits = Arc::new(Limits::new(&tenants));
     let registry = Arc::new(registry);
     let budgets = Arc::new(Budgets::new(&tenants));
-    let admitter = Admitter::new(Policies {
+    let (admitter, writers) = Admitter::new(Policies {
         registry: registry.clone(),
         store: store.clone(),
         js: js.clone(),
         webhooks: webhooks.clone(),
         pii,
         budgets: budgets.clone(),
+        grants: grants.clone(),
         limits: limits.clone(),
     });
     let ready = Readiness::default();
@@ -175,17 +178,30 @@ pub async fn run(
     let work = CancellationToken::new();
     let http_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    // Admission's batched writes go on until everything that admits has
+    // stopped.
+    let writers_stop = CancellationToken::new();
+    let writing = TaskTracker::new();
+    writing.spawn(writers.run(writers_stop.clone()));
+    writing.close();
     // One token per HTTP request in flight.
     let inflight = TaskTracker::new();
     let (gone_streams, sweep) = switchyard_http::sweeper(js.clone(), work.clone());
     tasks.spawn(sweep);
+    let recorded = Arc::new(tokio::sync::Notify::new());
     let calls = Calls::new(CallParts {
         admitter: admitter.clone(),
         canceller: canceller.clone(),
-        watcher: Watcher::new(client.clone(), results_stream.clone(), large.clone()),
+        watcher: Watcher::new(
+            client.clone(),
+            results_stream.clone(),
+            large.clone(),
+            grants.clone(),
+        ),
         cache,
         tasks: tasks.clone(),
         sync_timeout: cfg.sync_timeout,
+        recorded: recorded.clone(),
     });
     let state = ApiState {
         calls,
@@ -277,7 +293,13 @@ pub async fn run(
         events,
         batch,
         store.clone(),
-        |s, items: Vec<JobEvent>| async move { s.apply_events(&items).await },
+        (
+            {
+                let grants = grants.clone();
+                move |e: &JobEvent| grants.vouches_event(e)
+            },
+            |s, items: Vec<JobEvent>| async move { s.apply_events(&items).await },
+        ),
         work.clone(),
     ));
     let recorder = Results {
@@ -285,16 +307,23 @@ pub async fn run(
         registry: registry.clone(),
         limits,
         budgets,
+        recorded: recorded.clone(),
     };
     tasks.spawn(projection::follow(
         subjects::RESULTS_STREAM,
         results,
         batch,
         store.clone(),
-        move |s, items: Vec<JobResult>| {
-            let recorder = recorder.clone();
-            async move { recorder.apply(s, items).await }
-        },
+        (
+            {
+                let grants = grants.clone();
+                move |r: &JobResult| grants.vouches_result(r)
+            },
+            move |s, items: Vec<JobResult>| {
+                let recorder = recorder.clone();
+                async move { recorder.apply(s, items).await }
+            },
+        ),
         work.clone(),
     ));
     tasks.spawn(projection::follow(
@@ -302,10 +331,13 @@ pub async fn run(
         usage,
         batch,
         store.clone(),
-        move |s, items: Vec<UsageEvent>| {
-            let registry = registry.clone();
-            async move { projection::record_usage(s, &registry, items).await }
-        },
+        (
+            move |u: &UsageEvent| grants.vouches_usage(u),
+            move |s, items: Vec<UsageEvent>| {
+                let registry = registry.clone();
+                async move { projection::record_usage(s, &registry, items).await }
+            },
+        ),
         work.clone(),
     ));
     tasks.spawn(batches::run(
@@ -363,6 +395,8 @@ pub async fn run(
     {
         warn!("work still running at the end of the drain: what is unacknowledged is redelivered");
     }
+    writers_stop.cancel();
+    writing.wait().await;
     let _ = client.flush().await;
     ops_stop.cancel();
     ops_tasks.wait().await;

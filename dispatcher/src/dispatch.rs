@@ -6,6 +6,8 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, Context};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use switchyard_runtime::attempts;
+use switchyard_runtime::attempts::Voucher;
+use switchyard_runtime::grants::Grants;
 use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
@@ -125,6 +127,7 @@ pub async fn run(
 
     let (client, js) = nats::connect(&nats_cfg, "dispatcher").await?;
     nats::ensure_streams(&js, &nats_cfg).await?;
+    let grants = Grants::load(&js, &nats_cfg).await?;
     let mut queues = Vec::new();
     for priority in Priority::ALL {
         for model in registry.iter() {
@@ -143,7 +146,10 @@ pub async fn run(
         cfg.prefetch_per_slot,
         placement::build(cfg.placement),
     );
-    let mut reclaimer = Reclaimer::new(nats::stream(&js, subjects::WORK_STREAM).await?);
+    let mut reclaimer = Reclaimer::new(
+        nats::stream(&js, subjects::WORK_STREAM).await?,
+        grants.clone(),
+    );
     for node in reclaimer.known_nodes().await {
         cluster.seed(&node, Instant::now());
     }
@@ -280,7 +286,17 @@ pub async fn run(
                     continue;
                 }
             };
-            match dispatch_batch(&js, &lane, max.min(room), &cfg, &mut cluster, &running).await {
+            match dispatch_batch(
+                &js,
+                &grants,
+                &lane,
+                max.min(room),
+                &cfg,
+                &mut cluster,
+                &running,
+            )
+            .await
+            {
                 Ok(0) => {}
                 Ok(n) => {
                     q.fair.charge(&tenant, n, tenants.weight(&tenant));
@@ -412,6 +428,7 @@ where
 /// the publishes are pipelined, each job acknowledged as its own PubAck comes.
 async fn dispatch_batch(
     js: &Context,
+    grants: &Grants,
     lane: &PullConsumer,
     max: u32,
     cfg: &DispatcherConfig,
@@ -436,9 +453,19 @@ async fn dispatch_batch(
                 continue;
             }
         };
+        if !grants.sealed(&job) || msg.subject.as_str() != job.queue_subject() {
+            // Not as a broker admitted it, or not in its own queue: a node's
+            // user can publish to the queues (to retry), but cannot make a
+            // job or move one to another tenant's, model's or priority's.
+            warn!(job_id = %job.id, subject = %msg.subject, "job without its broker's seal terminated");
+            metrics::counter!(m::REJECTED, "reason" => "unsealed").increment(1);
+            let _ = msg.ack_with(AckKind::Term).await;
+            continue;
+        }
         if job.expired_at(now_ms()) {
             // Not started by its deadline: it never runs.
-            match attempts::expire(js, &job, &Timeline::default()).await {
+            match attempts::expire(js, &job, &Timeline::default(), Voucher::Platform(grants)).await
+            {
                 Ok(()) => {
                     metrics::counter!(m::REJECTED, "reason" => "expired").increment(1);
                     let _ = msg.ack().await;
@@ -479,7 +506,7 @@ async fn dispatch_batch(
         running.started(&job);
         let span = tracing::info_span!("job.dispatch", job_id = %job.id, node = %node);
         switchyard_runtime::trace::adopt(&span, msg.headers.as_ref());
-        pending.push(assign(js, msg, job, node).instrument(span).boxed());
+        pending.push(assign(js, grants, msg, job, node).instrument(span).boxed());
     }
     let n = u32::try_from(pending.len()).unwrap_or(max);
     let mut acks = futures::stream::iter(pending).buffer_unordered(1024);
@@ -494,6 +521,7 @@ async fn dispatch_batch(
 
 async fn assign(
     js: &Context,
+    grants: &Grants,
     msg: jetstream::Message,
     job: Job,
     node: String,
@@ -506,10 +534,12 @@ async fn assign(
         attempt: job.attempt,
         at_ms: now_ms(),
         kind: EventKind::Assigned { node: node.clone() },
+        proof: None,
     };
     let event_subject = subjects::events(&job.id);
     let assignment = Assignment {
         v: SCHEMA_VERSION,
+        grant: grants.grant(&job.id, job.attempt, &node),
         node: node.clone(),
         assigned_at_ms: now_ms(),
         job,

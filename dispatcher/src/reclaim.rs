@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, stream::Stream};
 use futures::StreamExt;
-use switchyard_runtime::attempts;
+use switchyard_runtime::attempts::{self, Voucher};
+use switchyard_runtime::grants::Grants;
 use switchyard_schemas::Timeline;
 use switchyard_schemas::{Assignment, ErrorClass, Failure, JobError, decode, now_ms};
 use tracing::{info, warn};
@@ -25,13 +26,16 @@ const BATCH: usize = 256;
 pub struct Reclaimer {
     work: Stream,
     consumers: HashMap<String, PullConsumer>,
+    /// To tell a result a node vouches for from a forged one.
+    grants: Grants,
 }
 
 impl Reclaimer {
-    pub fn new(work: Stream) -> Self {
+    pub fn new(work: Stream, grants: Grants) -> Self {
         Self {
             work,
             consumers: HashMap::new(),
+            grants,
         }
     }
 
@@ -80,7 +84,7 @@ impl Reclaimer {
                 }
             };
             let started = msg.info().map(|i| i.delivered > 1).unwrap_or(true);
-            let settled = if attempts::has_result(js, &a.job.id).await {
+            let settled = if attempts::has_result(js, &self.grants, &a.job.id).await {
                 // The attempt finished before its node went quiet: nothing
                 // to run again.
                 Ok("already_ended")
@@ -99,9 +103,15 @@ impl Reclaimer {
                     assigned_at_ms: Some(a.assigned_at_ms),
                     started_at_ms: None,
                 };
-                attempts::fail(js, &a.job, failure, timeline)
-                    .await
-                    .map(|s| s.as_str())
+                attempts::fail(
+                    js,
+                    &a.job,
+                    failure,
+                    timeline,
+                    Voucher::Platform(&self.grants),
+                )
+                .await
+                .map(|s| s.as_str())
             } else {
                 attempts::requeue_unstarted(js, &a.job, node)
                     .await

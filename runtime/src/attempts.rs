@@ -6,12 +6,39 @@
 
 use async_nats::jetstream::Context;
 use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::stream::Stream;
 use switchyard_schemas::{
     CodecError, DeadLetter, ErrorClass, EventKind, Failure, Job, JobError, JobEvent, JobResult,
     SCHEMA_VERSION, Timeline, encode, subjects,
 };
 
+use crate::grants::{Claim, Grants, prove};
 use crate::nats;
+
+/// Who vouches for a result an attempt's settling publishes.
+#[derive(Debug, Clone, Copy)]
+pub enum Voucher<'a> {
+    /// A broker or a dispatcher: it holds the grants' key.
+    Platform(&'a Grants),
+    /// The node the attempt was assigned to: it holds the attempt's grant.
+    Node(&'a str),
+}
+
+impl Voucher<'_> {
+    /// Sets the result's proof; last, once its output is where it stays.
+    pub fn vouch(&self, result: &mut JobResult) {
+        let claim = Claim::Result(result.output_sha256.as_deref());
+        result.proof = Some(match self {
+            Voucher::Platform(grants) => grants.prove(
+                claim,
+                &result.job_id,
+                result.attempt,
+                result.node.as_deref().unwrap_or_default(),
+            ),
+            Voucher::Node(grant) => prove(grant, claim),
+        });
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
@@ -45,10 +72,11 @@ pub async fn fail(
     job: &Job,
     failure: Failure,
     timeline: Timeline,
+    voucher: Voucher<'_>,
 ) -> Result<Settled, SettleError> {
     let class = failure.error.class;
     if !class.is_retryable() {
-        finish(js, job, failure.error, &timeline).await?;
+        finish(js, job, failure.error, &timeline, voucher).await?;
         return Ok(Settled::Failed);
     }
     if job.may_retry_after_failure() {
@@ -76,7 +104,7 @@ pub async fn fail(
     nats::publish(js, subjects::dead(&job.id), &msg_id, encode(&dead)?)
         .await?
         .await?;
-    finish(js, job, error, &timeline).await?;
+    finish(js, job, error, &timeline, voucher).await?;
     Ok(Settled::DeadLettered)
 }
 
@@ -87,8 +115,11 @@ pub async fn finish(
     job: &Job,
     error: JobError,
     timeline: &Timeline,
+    voucher: Voucher<'_>,
 ) -> Result<(), SettleError> {
-    publish_result(js, &final_failure(job, error, timeline)).await?;
+    let mut result = JobResult::failed(&job.id, job.attempt, timeline.clone(), error);
+    voucher.vouch(&mut result);
+    publish_result(js, &result).await?;
     Ok(())
 }
 
@@ -96,21 +127,60 @@ pub async fn finish(
 /// already: the broker ends jobs that wait past their deadline, and a second
 /// result, though refused by the stream, would still reach plain NATS
 /// subscribers of `sy.results.*`.
-pub async fn expire(js: &Context, job: &Job, timeline: &Timeline) -> Result<(), SettleError> {
-    if has_result(js, &job.id).await {
+pub async fn expire(
+    js: &Context,
+    job: &Job,
+    timeline: &Timeline,
+    voucher: Voucher<'_>,
+) -> Result<(), SettleError> {
+    // A result stored already, even one no node vouches for, keeps this
+    // one out: the server takes one per job.
+    if let Ok(results) = js.get_stream_no_info(subjects::RESULTS_STREAM).await
+        && results
+            .direct_get_last_for_subject(subjects::results(&job.id))
+            .await
+            .is_ok()
+    {
         return Ok(());
     }
     let error = JobError::new(ErrorClass::Expired, "not started by its deadline");
-    finish(js, job, error, timeline).await
+    finish(js, job, error, timeline, voucher).await
 }
 
-/// Whether the job has its result on RESULTS, from whatever attempt.
-pub async fn has_result(js: &Context, job_id: &str) -> bool {
+/// What RESULTS holds for a job.
+pub enum StoredResult {
+    /// Nothing: not finished, or kept no longer.
+    None,
+    /// Its result, as decoded and as stored.
+    Vouched(Box<JobResult>, bytes::Bytes),
+    /// A result no assignment vouches for, which the broker deletes as soon
+    /// as it meets it; the job's own follows.
+    Forged,
+}
+
+/// Reads the job's result from RESULTS, from whatever attempt, and checks
+/// that its node or the platform vouches for it.
+pub async fn read_result<I>(results: &Stream<I>, grants: &Grants, job_id: &str) -> StoredResult {
+    let Ok(msg) = results
+        .direct_get_last_for_subject(subjects::results(job_id))
+        .await
+    else {
+        return StoredResult::None;
+    };
+    match switchyard_schemas::decode::<JobResult>(&msg.payload) {
+        Ok(r) if grants.vouches_result(&r) => StoredResult::Vouched(Box::new(r), msg.payload),
+        _ => StoredResult::Forged,
+    }
+}
+
+/// Whether the job has a result on RESULTS, from whatever attempt, that its
+/// node or the platform vouches for.
+pub async fn has_result(js: &Context, grants: &Grants, job_id: &str) -> bool {
     match js.get_stream_no_info(subjects::RESULTS_STREAM).await {
-        Ok(results) => results
-            .direct_get_last_for_subject(subjects::results(job_id))
-            .await
-            .is_ok(),
+        Ok(results) => matches!(
+            read_result(&results, grants, job_id).await,
+            StoredResult::Vouched(..)
+        ),
         Err(_) => false,
     }
 }
@@ -133,10 +203,6 @@ pub async fn publish_result(js: &Context, result: &JobResult) -> Result<bool, Se
     Ok(nats::publish_first(js, subject, &msg_id, encode(result)?).await?)
 }
 
-fn final_failure(job: &Job, error: JobError, timeline: &Timeline) -> JobResult {
-    JobResult::failed(&job.id, job.attempt, timeline.clone(), error)
-}
-
 /// Queues `next` (the following attempt of `job`) and records why, both
 /// confirmed. The message id is the new attempt's, so a repeat is dropped.
 async fn queue_next(
@@ -151,6 +217,7 @@ async fn queue_next(
         attempt: job.attempt,
         at_ms: switchyard_schemas::now_ms(),
         kind,
+        proof: None,
     };
     let queued = nats::publish(
         js,

@@ -5,6 +5,7 @@
 
 use async_nats::jetstream::Context;
 use async_nats::jetstream::object_store::{GetErrorKind, ObjectStore};
+use sha2::{Digest, Sha256};
 use switchyard_schemas::{JobResult, Outcome, encode, subjects};
 use tokio::io::AsyncReadExt;
 
@@ -55,6 +56,7 @@ pub async fn spill(
         .map_err(|e| LargeError::Put(e.to_string()))?;
     *output = serde_json::Value::Null;
     result.output_ref = Some(name);
+    result.output_sha256 = Some(hex::encode(Sha256::digest(&json)));
     Ok(())
 }
 
@@ -77,6 +79,13 @@ pub async fn resolve(store: &ObjectStore, result: &mut JobResult) -> Result<(), 
         .read_to_end(&mut json)
         .await
         .map_err(|e| failed(e.to_string()))?;
+    // The result's proof covers the digest, not the object: a node's user
+    // can put objects in the bucket.
+    if result.output_sha256.as_deref() != Some(hex::encode(Sha256::digest(&json)).as_str()) {
+        return Err(failed(
+            "the stored output is not the one its result names".into(),
+        ));
+    }
     let value = serde_json::from_slice(&json).map_err(|e| failed(e.to_string()))?;
     if let Outcome::Succeeded { output, .. } = &mut result.outcome {
         *output = value;

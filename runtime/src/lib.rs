@@ -4,6 +4,7 @@
 
 pub mod attempts;
 pub mod config;
+pub mod grants;
 pub mod http_server;
 pub mod large;
 pub mod nats;

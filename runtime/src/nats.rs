@@ -90,6 +90,9 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// The intake's de-duplication window on the server: the least it takes.
+const SUBMIT_DUPLICATE_WINDOW: Duration = Duration::from_millis(100);
+
 /// The stream layout, derived from config alone so that every process computes
 /// the same one.
 pub fn stream_configs(cfg: &NatsConfig) -> Vec<stream::Config> {
@@ -110,7 +113,15 @@ pub fn stream_configs(cfg: &NatsConfig) -> Vec<stream::Config> {
         ..base(name, subject, RetentionPolicy::WorkQueue)
     };
     vec![
-        bounded(subjects::SUBMIT_STREAM, subjects::SUBMIT_ALL),
+        stream::Config {
+            // Tenants share this stream, so the server's de-duplication by
+            // `Nats-Msg-Id` would drop one tenant's submission for another's
+            // and tell it so. The broker de-duplicates by tenant and id when
+            // it records the job; the server's window is the least it takes
+            // (zero means its default of two minutes).
+            duplicate_window: SUBMIT_DUPLICATE_WINDOW,
+            ..bounded(subjects::SUBMIT_STREAM, subjects::SUBMIT_ALL)
+        },
         bounded(subjects::JOBS_STREAM, subjects::JOBS_ALL),
         base(
             subjects::WORK_STREAM,
@@ -127,8 +138,12 @@ pub fn stream_configs(cfg: &NatsConfig) -> Vec<stream::Config> {
         },
         stream::Config {
             max_age: cfg.result_retention,
-            // A job's subject holds its last result: clients read it directly.
+            // A job's subject holds its one result: clients read it
+            // directly, and no later message (a node's forgery among them)
+            // takes its place.
             max_messages_per_subject: 1,
+            discard: DiscardPolicy::New,
+            discard_new_per_subject: true,
             allow_direct: true,
             ..base(
                 subjects::RESULTS_STREAM,

@@ -31,6 +31,7 @@ impl Job {
             stream: false,
             webhook: None,
             api_key: None,
+            seal: String::new(),
         }
     }
 }

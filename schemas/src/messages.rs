@@ -295,6 +295,10 @@ pub struct Job {
     /// it counts against; the server's, never the client's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    /// The admitting broker's seal on everything above but the attempt and
+    /// its failures: a dispatcher places only jobs a broker admitted.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub seal: String,
 }
 
 fn one() -> u32 {
@@ -360,6 +364,11 @@ pub struct Assignment {
     pub job: Job,
     pub node: String,
     pub assigned_at_ms: i64,
+    /// The dispatcher's grant for this attempt on this node: the agent
+    /// derives the proofs of its result, usage and running event from it,
+    /// and never publishes it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub grant: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -394,6 +403,10 @@ pub struct JobEvent {
     pub attempt: u32,
     pub at_ms: i64,
     pub kind: EventKind,
+    /// For an event a node reports (`running`): proof that the node holds
+    /// the attempt's grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// Token counts as the engine reported them.
@@ -438,6 +451,13 @@ pub struct JobResult {
     /// the outcome's `output` is null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_ref: Option<String>,
+    /// With `output_ref`: the SHA-256 of the stored JSON, which `proof`
+    /// covers, so that an object put in its place is not taken for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_sha256: Option<String>,
+    /// Proof that the attempt was assigned to `node` (see `Assignment::grant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// What one attempt consumed, on `sy.usage.<job id>`, for the ledger.
@@ -451,6 +471,9 @@ pub struct UsageEvent {
     pub usage: Usage,
     pub engine_ms: u64,
     pub at_ms: i64,
+    /// Proof that the attempt was assigned to `node` (see `Assignment::grant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// What one model asks of the cluster, on `sy.autoscale.<model>` every
@@ -498,6 +521,12 @@ pub struct StreamChunk {
     /// engine's `finish_reason`, or `error` when the attempt failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<String>,
+    /// The node running the attempt.
+    #[serde(default)]
+    pub node: String,
+    /// Proof that the attempt was assigned to `node` (see `Assignment::grant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// A job that exhausted its attempts, on `sy.dead.<job id>`, kept for

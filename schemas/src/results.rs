@@ -23,6 +23,8 @@ impl JobResult {
             finished_at_ms: crate::now_ms(),
             outcome,
             output_ref: None,
+            output_sha256: None,
+            proof: None,
         }
     }
 

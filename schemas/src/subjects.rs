@@ -37,6 +37,9 @@ pub fn autoscale(model: &str) -> String {
 pub const LIMITS_BUCKET: &str = "limits";
 /// Its key holding the `RunningLimits`.
 pub const RUNNING_LIMITS_KEY: &str = "running";
+/// JetStream KV bucket of the platform's secrets (the grants' key): brokers'
+/// and dispatchers' users may read it, agents' may not.
+pub const SECRETS_BUCKET: &str = "secrets";
 /// JetStream KV bucket of cached results, keyed by request digest.
 pub const CACHE_BUCKET: &str = "result-cache";
 /// JetStream object store bucket of uploaded and generated files (batches).

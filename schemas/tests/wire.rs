@@ -38,6 +38,7 @@ fn job() -> Job {
         stream: false,
         webhook: None,
         api_key: None,
+        seal: String::new(),
     }
 }
 
@@ -58,6 +59,8 @@ fn result() -> JobResult {
                 completion_tokens: 8,
             },
         },
+        output_sha256: None,
+        proof: None,
     }
 }
 
@@ -83,6 +86,7 @@ fn every_message_round_trips() {
         job: job(),
         node: "node-a".into(),
         assigned_at_ms: 5,
+        grant: String::new(),
     });
     let failure = Failure {
         attempt: 1,
@@ -108,6 +112,7 @@ fn every_message_round_trips() {
             node: "node-a".into(),
             error: failure.error,
         },
+        proof: None,
     });
     round_trip(JobEvent {
         v: SCHEMA_VERSION,
@@ -117,6 +122,7 @@ fn every_message_round_trips() {
         kind: EventKind::Running {
             node: "node-b".into(),
         },
+        proof: None,
     });
     round_trip(JobResult {
         outcome: Outcome::Failed {
@@ -137,6 +143,7 @@ fn every_message_round_trips() {
         },
         engine_ms: 12,
         at_ms: 9,
+        proof: None,
     });
     round_trip(Heartbeat {
         v: SCHEMA_VERSION,

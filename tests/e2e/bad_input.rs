@@ -274,11 +274,18 @@ async fn garbage_on_internal_subjects_does_not_stop_the_pipeline() {
         "sy.usage.nobody".to_owned(),
     ] {
         for body in [&garbage, &valid_but_wrong] {
-            js.publish(subject.clone(), body.clone().into())
+            let stored = js
+                .publish(subject.clone(), body.clone().into())
                 .await
                 .unwrap()
-                .await
-                .unwrap();
+                .await;
+            // The finished job's subject holds its one result: RESULTS
+            // refuses anything after it.
+            assert_eq!(
+                stored.is_ok(),
+                !subject.starts_with("sy.results."),
+                "{subject}: {stored:?}"
+            );
         }
     }
     for body in [&garbage, &valid_but_wrong] {

@@ -69,7 +69,7 @@ async fn the_curl_tour_in_the_api_doc_runs() {
     );
     for shown in [
         r#""status":"succeeded""#,
-        "event: running",
+        "event: assigned",
         "event: succeeded",
         r#""next_cursor""#,
         "chat.completion",

@@ -281,6 +281,8 @@ async fn an_output_is_dropped_after_its_retention_and_the_record_stays() {
 /// keeps it; a second result is refused by RESULTS and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_result_that_lands_after_its_attempt_was_reclaimed_is_the_job_s() {
+    use switchyard_runtime::attempts::Voucher;
+    use switchyard_runtime::grants::Claim;
     use switchyard_schemas::{
         ErrorClass, EventKind, JobError, JobEvent, JobResult, SCHEMA_VERSION, Timeline, Usage,
         encode,
@@ -289,12 +291,15 @@ async fn a_result_that_lands_after_its_attempt_was_reclaimed_is_the_job_s() {
     stack.start_broker();
     let id = stack.submit_http(&chat_body("reclaimed mid-run", 2)).await;
     let js = async_nats::jetstream::new(stack.nats.client().await);
+    // The test plays node-a's part, with the proofs its grants give.
+    let grants = stack.grants().await;
     let event = |kind| JobEvent {
         v: SCHEMA_VERSION,
         job_id: id.clone(),
         attempt: 1,
         at_ms: switchyard_schemas::now_ms(),
         kind,
+        proof: Some(grants.prove(Claim::Running, &id, 1, "node-a")),
     };
     let publish = |subject: String, msg_id: String, payload: Vec<u8>| {
         let js = js.clone();
@@ -341,16 +346,20 @@ async fn a_result_that_lands_after_its_attempt_was_reclaimed_is_the_job_s() {
         },
     )
     .await;
-    let result = |attempt, text: &str| JobResult {
-        finished_at_ms: switchyard_schemas::now_ms(),
-        node: Some(format!("node-{attempt}")),
-        ..JobResult::succeeded(
-            &id,
-            attempt,
-            Timeline::default(),
-            json!({"choices": [{"text": text}]}),
-            Usage::default(),
-        )
+    let result = |attempt, text: &str| {
+        let mut r = JobResult {
+            finished_at_ms: switchyard_schemas::now_ms(),
+            node: Some(format!("node-{attempt}")),
+            ..JobResult::succeeded(
+                &id,
+                attempt,
+                Timeline::default(),
+                json!({"choices": [{"text": text}]}),
+                Usage::default(),
+            )
+        };
+        Voucher::Platform(&grants).vouch(&mut r);
+        r
     };
     // As agents publish results: the first one per job is kept.
     let publish_result = |r: JobResult| {

@@ -272,18 +272,19 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
     let reason = r["error"]["message"].as_str().unwrap();
     assert!(reason.contains("max_model_len"), "{reason}");
 
-    // The heartbeat carries vLLM's own queue and KV-cache gauges.
-    let hb = tokio::time::timeout(Duration::from_secs(10), async {
+    // The heartbeat carries vLLM's own queue and KV-cache gauges, and says
+    // node-a's engine serves: the jobs below must find it taking work.
+    let hb = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
             let msg = beats.next().await.unwrap();
             let hb: Heartbeat = decode(&msg.payload).unwrap();
-            if hb.engine.kv_cache_usage.is_some() {
+            if hb.engine.kv_cache_usage.is_some() && hb.ready {
                 return hb;
             }
         }
     })
     .await
-    .expect("a heartbeat with vLLM's load");
+    .expect("a heartbeat with vLLM's load, ready");
     assert!(hb.engine.queue_depth.is_some(), "{hb:?}");
 
     // An engine killed mid-request: its jobs are retried on the other node.
@@ -315,7 +316,7 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
     // node-a now reports its engine down: new work goes elsewhere, on the
     // first attempt, and node-a's readiness probe says so.
     assert_eq!(
-        readyz(&stack, "node-a").await,
+        stack.readyz("node-a").await,
         503,
         "node-a's /readyz with its engine dead"
     );
@@ -333,11 +334,6 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
         assert_ne!(r["node"], "node-a", "{r}");
         assert_eq!(r["attempt"], 1, "{r}");
     }
-}
-
-async fn readyz(stack: &Stack, node: &str) -> u16 {
-    let url = format!("http://127.0.0.1:{}/readyz", stack.port_of(node));
-    stack.http.get(url).send().await.unwrap().status().as_u16()
 }
 
 /// The latency Switchyard adds to a 16-token completion: the same request

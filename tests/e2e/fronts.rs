@@ -689,6 +689,21 @@ async fn an_output_larger_than_a_nats_message_arrives_whole() {
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["choices"][0]["text"], json!(want));
+
+    // An object a node's user puts in the stored output's place is not
+    // taken for it: the result's proof covers the output's digest.
+    let store = async_nats::jetstream::new(client.clone())
+        .get_object_store("large-results")
+        .await
+        .unwrap();
+    let tampered = serde_json::to_vec(&json!({"choices": [{"text": "tampered"}]})).unwrap();
+    store
+        .put(format!("{id}.1").as_str(), &mut tampered.as_slice())
+        .await
+        .unwrap();
+    let events = sse(&stack, &format!("/v1/jobs/{id}/events"), None).await;
+    let (_, _, last) = events.last().unwrap();
+    assert_ne!(last["result"]["choices"][0]["text"], "tampered", "{last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,11 +3,13 @@
 //! back the requests behind it) with HDR histograms, measuring on this
 //! machine, with the same engine behind every path:
 //!
-//! 1. the raw JetStream limit: publish → consume through three durable hops
-//!    with no broker logic;
+//! 1. the bare pipeline's limit: publish → consume through three durable
+//!    hops, then a usage record and a result, with no logic, and the
+//!    server's CPU per job;
 //! 2. the most jobs a second the durable path sustains end to end (the
 //!    simulated engine, zero service time), where the time goes by stage,
-//!    and the CPU each process spends;
+//!    and the CPU each process spends; then the latency of both at fixed
+//!    rates (`harness/pipeline.rs`);
 //! 3. latency added over a direct engine call by the jobs API (sync wait),
 //!    the OpenAI-compatible front and, where it is installed, the LiteLLM
 //!    proxy, at 25 %, 50 % and 75 % of the most the front sustains.
@@ -30,6 +32,8 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
+
+mod pipeline;
 
 /// How long each measurement runs.
 #[derive(Clone, Copy)]
@@ -172,41 +176,61 @@ fn spread(xs: &[f64], digits: usize) -> String {
     }
 }
 
-/// Jobs a second through three durable hops with no logic: a publisher,
-/// two movers (pull, publish to the next stream, await its PubAck, ack) and
-/// a final consumer, on one nats-server with the streams Switchyard uses
-/// (file storage, work-queue retention).
-async fn raw_jetstream(nats: &Nats, jobs: usize) -> f64 {
+/// The bare pipeline: jobs a second through three durable hops with no
+/// logic, then a usage record and a result, as a job's are. A publisher,
+/// two movers (pull, publish to the next stream, await its PubAck, ack)
+/// and a last one that publishes usage then result (each awaited) and
+/// acks, on one nats-server with the kinds of streams Switchyard uses (file
+/// storage; work-queue retention for the hops, limits for usage and
+/// results). With the server's CPU ms per job.
+async fn raw_jetstream(nats: &Nats, jobs: usize) -> (f64, f64) {
     let js = jetstream::new(nats.client().await);
-    for hop in ["H1", "H2", "H3"] {
-        let _ = js.delete_stream(hop).await;
+    bare_streams(&js).await;
+    let cpu_before = cpu_seconds(nats.pid());
+    let start = Instant::now();
+    let hops = futures::future::join_all(BARE_HOPS.map(|(from, to)| hop(&js, from, to, jobs)));
+    let publish = publish_acked(&js, jobs, |_| ("hop.H1".to_owned(), None, vec![7u8; 300]));
+    tokio::join!(hops, publish);
+    let per_second = jobs as f64 / start.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds(nats.pid()) - cpu_before) * 1000.0 / jobs as f64;
+    (per_second, cpu)
+}
+
+/// The bare pipeline's hops: from a stream, to the streams each message
+/// is published on in turn.
+const BARE_HOPS: [(&str, &[&str]); 3] = [
+    ("H1", &["H2"]),
+    ("H2", &["H3"]),
+    ("H3", &["USAGE", "RESULT"]),
+];
+
+/// Makes the bare pipeline's streams afresh.
+async fn bare_streams(js: &jetstream::Context) {
+    let streams = [
+        ("H1", stream::RetentionPolicy::WorkQueue),
+        ("H2", stream::RetentionPolicy::WorkQueue),
+        ("H3", stream::RetentionPolicy::WorkQueue),
+        ("USAGE", stream::RetentionPolicy::Limits),
+        ("RESULT", stream::RetentionPolicy::Limits),
+    ];
+    for (name, retention) in streams {
+        let _ = js.delete_stream(name).await;
         js.create_stream(stream::Config {
-            name: hop.into(),
-            subjects: vec![format!("hop.{hop}")],
-            retention: stream::RetentionPolicy::WorkQueue,
+            name: name.into(),
+            subjects: vec![format!("hop.{name}")],
+            retention,
             storage: stream::StorageType::File,
             ..Default::default()
         })
         .await
         .unwrap();
     }
-    let start = Instant::now();
-    let hops = async {
-        tokio::join!(
-            hop(&js, "H1", Some("H2"), jobs),
-            hop(&js, "H2", Some("H3"), jobs),
-            hop(&js, "H3", None, jobs)
-        )
-    };
-    let publish = publish_acked(&js, jobs, |_| ("hop.H1".to_owned(), None, vec![7u8; 300]));
-    tokio::join!(hops, publish);
-    jobs as f64 / start.elapsed().as_secs_f64()
 }
 
-/// One hop: pulls `jobs` messages from stream `from`, publishes each to `to`
-/// (awaiting its PubAck) and acknowledges it, 256 at a time as the broker
-/// and dispatcher pipeline theirs.
-async fn hop(js: &jetstream::Context, from: &str, to: Option<&str>, jobs: usize) {
+/// One hop: pulls `jobs` messages from stream `from`, publishes each to
+/// every stream of `to` in turn (awaiting each PubAck) and acknowledges it,
+/// 256 at a time as the broker and dispatcher pipeline theirs.
+async fn hop(js: &jetstream::Context, from: &str, to: &'static [&'static str], jobs: usize) {
     let consumer: PullConsumer = js
         .get_stream(from)
         .await
@@ -222,10 +246,10 @@ async fn hop(js: &jetstream::Context, from: &str, to: Option<&str>, jobs: usize)
     let mut pending = JoinSet::new();
     for _ in 0..jobs {
         let msg = messages.next().await.unwrap().unwrap();
-        let (js, to) = (js.clone(), to.map(|t| format!("hop.{t}")));
+        let (js, to) = (js.clone(), to.to_vec());
         pending.spawn(async move {
-            if let Some(to) = to {
-                js.publish(to, msg.payload.clone())
+            for to in to {
+                js.publish(format!("hop.{to}"), msg.payload.clone())
                     .await
                     .unwrap()
                     .await
@@ -274,17 +298,28 @@ struct Durable {
     cpu: Vec<(&'static str, f64)>,
 }
 
-/// The most jobs a second the durable path sustains: `jobs` published to
-/// the durable intake at once, simulated engines with no service time.
-async fn durable_path(jobs: usize) -> Durable {
-    let stack = Stack::running(
+/// The durable path's stack: broker, dispatcher and two agents with
+/// simulated engines that answer at once.
+fn durable_stack() -> Stack {
+    Stack::running(
         StackOptions {
             base_latency: "0ms",
+            // A vLLM node runs tens to hundreds of sequences at once. With
+            // few slots and an engine that answers at once, what is measured
+            // is how often a node reports its freed slots (its heartbeat's
+            // least gap), not the path.
+            slots: 64,
             ..StackOptions::default()
         },
         &["node-a", "node-b"],
-    );
-    let procs = ["broker", "dispatcher", "node-a", "node-b"];
+    )
+}
+
+/// The most jobs a second the durable path sustains: `jobs` published to
+/// the durable intake at once, simulated engines with no service time.
+async fn durable_path(jobs: usize) -> Durable {
+    let stack = durable_stack();
+    let procs = ["broker", "dispatcher", "node-a", "node-b", "nats-server"];
     let cpu_before: Vec<f64> = procs.iter().map(|p| cpu_seconds(stack.pid_of(p))).collect();
     let js = jetstream::new(stack.nats.client().await);
     let start = Instant::now();
@@ -474,11 +509,33 @@ fn front_stack(engine: u16) -> Stack {
 }
 
 async fn run(form: Form) {
+    durable(&form).await;
+    latency(&form).await;
+}
+
+/// The raw JetStream limit, and the durable path beside it.
+async fn durable(form: &Form) {
     // 1. The raw JetStream limit.
     let nats = Nats::start();
-    let mut raw = Vec::new();
+    let (mut raw, mut raw_cpu) = (Vec::new(), Vec::new());
     for _ in 0..form.runs {
-        raw.push(raw_jetstream(&nats, form.jobs).await);
+        let (per_second, cpu) = raw_jetstream(&nats, form.jobs).await;
+        raw.push(per_second);
+        raw_cpu.push(cpu);
+    }
+    // Latency at fixed rates, the bare pipeline's and the durable path's.
+    let mut latency: Vec<(Percentiles, Percentiles)> =
+        vec![Default::default(); LATENCY_RATES.len()];
+    for _ in 0..form.runs {
+        let bare = pipeline::bare(&nats, &LATENCY_RATES, form.seconds).await;
+        let ours = pipeline::durable(&LATENCY_RATES, form.seconds).await;
+        for (i, (b, o)) in bare.iter().zip(&ours).enumerate() {
+            assert_eq!(b.failed + o.failed, 0, "failed at {}/s", LATENCY_RATES[i]);
+            latency[i].0.0.push(b.ms(0.5));
+            latency[i].0.1.push(b.ms(0.99));
+            latency[i].1.0.push(o.ms(0.5));
+            latency[i].1.1.push(o.ms(0.99));
+        }
     }
     drop(nats);
 
@@ -492,7 +549,7 @@ async fn run(form: Form) {
     println!("\n| measure | jobs/s, median (min–max) of {} |", form.runs);
     println!("| --- | --- |");
     println!(
-        "| raw JetStream, three durable hops | {} |",
+        "| bare JetStream: three durable hops, usage and result | {} |",
         spread(&raw, 0)
     );
     println!(
@@ -510,7 +567,35 @@ async fn run(form: Form) {
         let xs: Vec<f64> = runs.iter().map(|r| r.cpu[i].1).collect();
         println!("| {process} | {} |", spread(&xs, 3));
     }
+    println!("| nats-server, bare pipeline | {} |", spread(&raw_cpu, 3));
+    println!("\n| path | rate | p50 ms | p99 ms |\n| --- | --- | --- | --- |");
+    for (rate, ((b50, b99), (o50, o99))) in LATENCY_RATES.iter().zip(&latency) {
+        println!(
+            "| bare pipeline | {rate}/s | {} | {} |",
+            spread(b50, 2),
+            spread(b99, 2)
+        );
+        println!(
+            "| durable path (NATS) | {rate}/s | {} | {} |",
+            spread(o50, 2),
+            spread(o99, 2)
+        );
+        let ratio =
+            |o: &[f64], b: &[f64]| -> Vec<f64> { o.iter().zip(b).map(|(o, b)| o / b).collect() };
+        println!(
+            "| durable ÷ bare, per run | {rate}/s | {} | {} |",
+            spread(&ratio(o50, b50), 2),
+            spread(&ratio(o99, b99), 2)
+        );
+    }
+}
 
+/// The fixed rates, jobs a second, at which the durable path's latency is
+/// measured beside the bare pipeline's.
+const LATENCY_RATES: [f64; 2] = [200.0, 1000.0];
+
+/// Latency over a direct call, through each front and LiteLLM.
+async fn latency(form: &Form) {
     // 3. Added latency over a direct call, at fractions of the front's most.
     let engine = instant_engine().await;
     let stack = front_stack(engine);
@@ -588,6 +673,18 @@ async fn run(form: Form) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn smoke() {
     run(SMOKE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "the long form's durable half: a minute of load, to compare builds"]
+async fn durable_long_form() {
+    durable(&LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "the long form's latency half: two minutes of load, to compare builds"]
+async fn latency_long_form() {
+    latency(&LONG).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

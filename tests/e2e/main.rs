@@ -27,6 +27,7 @@ mod chaos;
 mod docs;
 mod durable_path;
 mod engines;
+mod forgery;
 mod fronts;
 mod harness;
 mod hostile;

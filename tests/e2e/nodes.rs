@@ -1,12 +1,15 @@
 //! Nodes come and go: work on a lost node finishes elsewhere, a draining
 //! node hands back what it has not started, and nothing is lost or run to
-//! completion twice.
+//! completion twice. A node whose engine hangs keeps its heartbeat and
+//! says it is not ready.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::*;
+use futures::StreamExt;
 use serde_json::{Value, json};
+use switchyard_schemas::{Heartbeat, decode};
 
 fn text(prompt: &str) -> Value {
     json!({"model": TEXT_MODEL, "input": {"prompt": prompt, "max_tokens": 4}})
@@ -259,12 +262,10 @@ async fn earliest_finish_sends_work_to_the_node_that_is_faster() {
 
     // Its heartbeat reports the time per job that placement weighed, the
     // engine's own queue, and the GPUs NVML finds.
-    use futures::StreamExt;
     let hb = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let msg = beats.next().await.unwrap();
-            let hb: switchyard_schemas::Heartbeat =
-                switchyard_schemas::decode(&msg.payload).unwrap();
+            let hb: Heartbeat = decode(&msg.payload).unwrap();
             if hb.service_ms.is_some() {
                 return hb;
             }
@@ -279,4 +280,48 @@ async fn earliest_finish_sends_work_to_the_node_that_is_faster() {
         !hb.gpus.is_empty() || stack.log_of("node-fast").contains("no NVIDIA driver"),
         "a node without GPUs says why: {hb:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_engine_hangs_keeps_its_heartbeat_and_is_not_ready() {
+    // An engine that accepts connections and never answers: every probe of
+    // it waits for its timeout.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let engine = format!(
+        "
+    kind: openai
+    url: http://{}
+    models: [{TEXT_MODEL}]
+    slots: 1",
+        hung.local_addr().unwrap()
+    );
+    let mut stack = Stack::new(StackOptions::default());
+    stack.start_broker();
+    let client = stack.nats.client().await;
+    let mut beats = client.subscribe("sy.heartbeat.node-hung").await.unwrap();
+    client.flush().await.unwrap();
+    stack.start_agent_unready("node-hung", &engine);
+
+    // The dispatcher takes a node for lost after `node_timeout` (3 s) with
+    // no heartbeat: waiting on the engine must not hold them back.
+    let mut at = Vec::new();
+    while at.len() < 8 {
+        let msg = tokio::time::timeout(Duration::from_secs(60), beats.next())
+            .await
+            .expect("a heartbeat")
+            .unwrap();
+        let hb: Heartbeat = decode(&msg.payload).unwrap();
+        assert!(
+            !hb.ready,
+            "an engine that never answers is not ready: {hb:?}"
+        );
+        at.push(std::time::Instant::now());
+    }
+    let longest = at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        longest < Duration::from_secs(3),
+        "{longest:?} between two heartbeats while the engine hangs"
+    );
+    assert_eq!(stack.readyz("node-hung").await, 503);
+    drop(hung);
 }

@@ -19,6 +19,7 @@ const AFTER_THEIR_EVENT: &[&str] = &[
     "switchyard_broker_webhook_attempts_total",
     "switchyard_broker_auth_refused_total",
     "switchyard_broker_rejections_total",
+    "switchyard_broker_forged_messages_total",
     "switchyard_dispatcher_reclaimed_total",
     "switchyard_dispatcher_held_total",
     "switchyard_dispatcher_rejected_total",

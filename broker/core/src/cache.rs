@@ -181,6 +181,7 @@ mod tests {
             stream: false,
             webhook: None,
             api_key: None,
+            seal: String::new(),
         }
     }
 

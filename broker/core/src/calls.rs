@@ -6,11 +6,13 @@
 //! before its end (the client went away) cancels its job, so no GPU works
 //! for an answer nobody will read.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use switchyard_schemas::{Job, JobResult, Priority, Submission};
 use switchyard_store::{JobRecord, Source, StoreError};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -37,6 +39,7 @@ pub struct Calls {
     tasks: TaskTracker,
     /// The longest a call waits before its job is left to run on.
     sync_timeout: Duration,
+    recorded: Arc<Notify>,
 }
 
 /// The parts of [`Calls`].
@@ -47,6 +50,9 @@ pub struct CallParts {
     pub cache: Option<ResultCache>,
     pub tasks: TaskTracker,
     pub sync_timeout: Duration,
+    /// Woken as this broker records a batch of results
+    /// (`projection::Results::recorded`).
+    pub recorded: Arc<Notify>,
 }
 
 /// One request to answer.
@@ -100,6 +106,7 @@ impl Calls {
             cache: p.cache,
             tasks: p.tasks,
             sync_timeout: p.sync_timeout,
+            recorded: p.recorded,
         }
     }
 
@@ -213,11 +220,20 @@ impl Calls {
         let settle = Instant::now() + RECORD_SETTLE;
         let store = self.admitter.store();
         loop {
+            // Woken by this broker's next recording, asked for before the
+            // read so that none is missed; another broker's is read on the
+            // next poll.
+            let recorded = self.recorded.notified();
+            tokio::pin!(recorded);
+            recorded.as_mut().enable();
             let record = store.get(id).await?;
             if record.as_ref().is_some_and(|r| r.status.is_final()) || Instant::now() >= settle {
                 return Ok(record);
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::select! {
+                () = recorded => {}
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use serde_json::json;
-use switchyard_runtime::attempts;
+use switchyard_runtime::attempts::{self, Voucher};
 use switchyard_schemas::{ErrorBody, ErrorClass, JobError, JobResult, Timeline, now_ms, subjects};
 use switchyard_store::{Status, StoreError};
 use tokio_util::sync::CancellationToken;
@@ -101,7 +101,8 @@ impl Canceller {
             assigned_at_ms: record.assigned_at_ms,
             started_at_ms: record.started_at_ms,
         };
-        let result = JobResult::failed(id, record.attempt, timeline, error);
+        let mut result = JobResult::failed(id, record.attempt, timeline, error);
+        Voucher::Platform(admitter.grants()).vouch(&mut result);
         let stored = attempts::publish_result(admitter.js(), &result)
             .await
             .map_err(|e| unavailable(e.to_string()))?;

@@ -105,10 +105,17 @@ impl DeadLetters {
             .await
             .map_err(|_| not_found())?;
         let letter: DeadLetter = decode(&msg.payload).map_err(|_| not_found())?;
+        // A node's user can publish dead letters too: only a job a broker
+        // admitted is run again.
+        let grants = self.admitter.grants();
+        if !grants.sealed(&letter.job) {
+            return Err(not_found());
+        }
         // The next attempt number, with a fresh budget of failures.
         let mut job = letter.job;
         job.failures.clear();
         job.submitted_at_ms = now_ms();
+        job.seal = grants.seal(&job);
         let store = self.admitter.store();
         if !store.reopen(&job).await? {
             return Err(DeadLetterError::NotFailed(id.to_owned()));
@@ -124,9 +131,7 @@ impl DeadLetters {
             .enqueue(&job)
             .await
             .map_err(|e| unavailable(&e))?;
-        if let Err(e) = store.mark_enqueued(&job.id, now_ms()).await {
-            tracing::warn!(job_id = %job.id, error = %e, "could not mark replayed job enqueued");
-        }
+        self.admitter.confirmed(&job.id).await;
         if let Err(e) = self.dead.purge().filter(subjects::dead(&job.id)).await {
             tracing::warn!(job_id = %job.id, error = %e, "replayed, but the dead letter stays");
         }

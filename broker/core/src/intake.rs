@@ -20,6 +20,7 @@ use tracing::{Instrument, info_span, warn};
 use crate::admission::{Admitter, Rejection, SubmitError};
 use crate::error::{Coded, ErrorCode, client_body};
 use crate::metrics as m;
+use switchyard_runtime::attempts::{self, StoredResult, Voucher};
 use switchyard_store::{RejectedJob, Source};
 
 const MSG_ID: &str = "Nats-Msg-Id";
@@ -233,17 +234,15 @@ async fn admit_durable(admitter: &Admitter, msg: jetstream::Message) {
                 .await
             {
                 Ok(_) => Handled::Done,
-                Err(e @ SubmitError::IdTaken(_)) => {
-                    // Nothing of it is kept: the id names another tenant's job.
-                    warn!(error = %e, "submission dropped");
-                    Handled::Done
-                }
-                // Refused for what it is, or for its tenant's limits: a
-                // redelivery would be refused again, and would hold a
-                // place of the intake every other tenant shares.
-                Err(e @ (SubmitError::Rejected(_) | SubmitError::RateLimited { .. })) => {
-                    record_refusal(admitter, refuse(&e)).await
-                }
+                // Refused for what it is, for its tenant's limits, or for
+                // an id another tenant's job holds: a redelivery would be
+                // refused again, and would hold a place of the intake every
+                // other tenant shares.
+                Err(
+                    e @ (SubmitError::Rejected(_)
+                    | SubmitError::RateLimited { .. }
+                    | SubmitError::IdTaken(_)),
+                ) => record_refusal(admitter, refuse(&e)).await,
                 Err(e) if delivered < MAX_DELIVERIES => Handled::Again(e.to_string()),
                 Err(e) => record_refusal(admitter, refuse(&e)).await,
             }
@@ -363,10 +362,12 @@ async fn record_refusal(admitter: &Admitter, refusal: Refusal) -> Handled {
         Err(e) => return Handled::Again(e.to_string()),
     };
     if holder != tenant {
-        warn!(job_id = %id, "refused submission dropped: its id names another tenant's job");
+        // The store kept the refusal for this tenant alone; the other
+        // tenant's job and its result are left as they are.
+        warn!(job_id = %id, "refused submission: its id names another tenant's job");
         return Handled::Done;
     }
-    let result = JobResult {
+    let mut result = JobResult {
         finished_at_ms: rejected.at_ms,
         ..JobResult::failed(
             &id,
@@ -375,8 +376,9 @@ async fn record_refusal(admitter: &Admitter, refusal: Refusal) -> Handled {
             JobError::new(ending.class, rejected.message),
         )
     };
+    Voucher::Platform(admitter.grants()).vouch(&mut result);
     // A job has one result: an id that already has one keeps it.
-    match switchyard_runtime::attempts::publish_result(admitter.js(), &result).await {
+    match attempts::publish_result(admitter.js(), &result).await {
         Ok(_) => Handled::Done,
         Err(e) => Handled::Again(e.to_string()),
     }
@@ -499,21 +501,28 @@ async fn stored_result(
     subject: &str,
 ) -> Result<bytes::Bytes, ErrorCode> {
     let (tenant, id) = subjects::result_request_of(subject).ok_or(ErrorCode::NotFound)?;
-    let record = admitter
-        .store()
+    let store = admitter.store();
+    let unavailable = |_| ErrorCode::StoreUnavailable;
+    let Some(record) = store
         .get(id)
         .await
-        .map_err(|_| ErrorCode::StoreUnavailable)?
+        .map_err(unavailable)?
         .filter(|r| r.tenant == tenant)
-        .ok_or(ErrorCode::NotFound)?;
+    else {
+        let refused = store.id_refusal(tenant, id).await.map_err(unavailable)?;
+        return Err(match refused {
+            Some(_) => ErrorCode::IdTaken,
+            None => ErrorCode::NotFound,
+        });
+    };
     if !record.status.is_final() {
         return Err(ErrorCode::NotFinished);
     }
-    let msg = results
-        .direct_get_last_for_subject(subjects::results(id))
-        .await
-        .map_err(|_| ErrorCode::ResultExpired)?;
-    Ok(msg.payload)
+    match attempts::read_result(results, admitter.grants(), id).await {
+        StoredResult::Vouched(_, payload) => Ok(payload),
+        StoredResult::None => Err(ErrorCode::ResultExpired),
+        StoredResult::Forged => Err(ErrorCode::NotFinished),
+    }
 }
 
 #[cfg(test)]

@@ -28,10 +28,7 @@ pub async fn run(
                         Ok(()) => {
                             info!(job_id = %job.id, "unconfirmed job enqueued again");
                             metrics::counter!(m::REPUBLISHED).increment(1);
-                            if let Err(e) = admitter.store().mark_enqueued(&job.id, now_ms()).await
-                            {
-                                warn!(job_id = %job.id, error = %e, "could not mark job enqueued");
-                            }
+                            admitter.confirmed(&job.id).await;
                         }
                         Err(e) => {
                             warn!(job_id = %job.id, error = %e, "outbox publish failed; will retry");

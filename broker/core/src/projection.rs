@@ -17,6 +17,7 @@ use switchyard_schemas::{JobResult, Outcome, UsageEvent, Versioned, decode};
 use switchyard_store::ledger::Charge;
 use switchyard_store::quotas::Settlement;
 use switchyard_store::{JobStore, Status, StoreError};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -26,15 +27,18 @@ use crate::limits::Limits;
 use crate::metrics as m;
 
 /// Follows one stream until `shutdown`, applying each batch with `apply`.
-pub async fn follow<T, F, Fut, E>(
+/// A message `vouched` refuses (a node's claim about work it was not
+/// assigned) is counted, deleted from the stream and never applied.
+pub async fn follow<T, V, F, Fut, E>(
     stream_name: &'static str,
     consumer: PullConsumer,
     batch: usize,
     store: Arc<dyn JobStore>,
-    apply: F,
+    (vouched, apply): (V, F),
     shutdown: CancellationToken,
 ) where
     T: DeserializeOwned + Versioned,
+    V: Fn(&T) -> bool,
     F: Fn(Arc<dyn JobStore>, Vec<T>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -76,10 +80,11 @@ pub async fn follow<T, F, Fut, E>(
                 }
             };
             match decode::<T>(&msg.payload) {
-                Ok(item) => {
+                Ok(item) if vouched(&item) => {
                     items.push(item);
                     msgs.push(msg);
                 }
+                Ok(_) => drop_forged(stream_name, msg).await,
                 Err(e) => {
                     // A forged or corrupt message must not block the ones after it.
                     warn!(stream = stream_name, subject = %msg.subject, error = %e, "undecodable message terminated");
@@ -105,6 +110,26 @@ pub async fn follow<T, F, Fut, E>(
     }
 }
 
+/// Deletes a forged message, so that no reader of the stream meets it
+/// again and a result some node forged first does not keep the real one
+/// out.
+async fn drop_forged(stream_name: &'static str, msg: Message) {
+    warn!(stream = stream_name, subject = %msg.subject, "message no assignment vouches for dropped");
+    metrics::counter!(m::FORGED, "stream" => stream_name).increment(1);
+    if let Ok(info) = msg.info() {
+        let seq = info.stream_sequence;
+        match msg.context.get_stream_no_info(stream_name).await {
+            Ok(stream) => {
+                if let Err(e) = stream.delete_message(seq).await {
+                    warn!(stream = stream_name, seq, error = %e, "forged message not deleted");
+                }
+            }
+            Err(e) => warn!(stream = stream_name, error = %e, "forged message not deleted"),
+        }
+    }
+    let _ = msg.ack_with(AckKind::Term).await;
+}
+
 /// Why a batch of results was not recorded (it is delivered again).
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
@@ -122,6 +147,9 @@ pub struct Results {
     pub registry: Arc<Registry>,
     pub limits: Arc<Limits>,
     pub budgets: Arc<Budgets>,
+    /// Woken after each batch is recorded, for the calls that wait on the
+    /// record.
+    pub recorded: Arc<Notify>,
 }
 
 impl Results {
@@ -140,6 +168,7 @@ impl Results {
             }
         }
         store.apply_results(&items).await?;
+        self.recorded.notify_waiters();
         // Only budgets and queued-job limits hold anything for a result to
         // settle.
         if self.budgets.any() || self.limits.holds_places() {

@@ -8,6 +8,8 @@ use std::time::Duration;
 use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
+use switchyard_runtime::attempts::{self, StoredResult};
+use switchyard_runtime::grants::Grants;
 use switchyard_runtime::large::{self, LargeError};
 use switchyard_schemas::{JobResult, StreamChunk, decode, subjects};
 use tokio::time::Instant;
@@ -24,15 +26,28 @@ pub struct Watcher {
     results: Stream,
     /// Outputs too large for a result message.
     large: ObjectStore,
+    /// A result no assignment vouches for is not the job's.
+    grants: Grants,
 }
 
 impl Watcher {
-    pub fn new(client: async_nats::Client, results: Stream, large: ObjectStore) -> Watcher {
+    pub fn new(
+        client: async_nats::Client,
+        results: Stream,
+        large: ObjectStore,
+        grants: Grants,
+    ) -> Watcher {
         Watcher {
             client,
             results,
             large,
+            grants,
         }
+    }
+
+    /// The key that tells what a node says of its own work from a forgery.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
     }
 
     /// Starts listening for job `id`; with `stream`, for its chunks too.
@@ -43,10 +58,13 @@ impl Watcher {
             false => None,
         };
         Ok(Watch {
-            id: id.to_owned(),
             results,
             chunks,
-            stored: self.results.clone(),
+            stored: Stored {
+                id: id.to_owned(),
+                stream: self.results.clone(),
+                grants: self.grants.clone(),
+            },
             large: self.large.clone(),
         })
     }
@@ -54,23 +72,45 @@ impl Watcher {
 
 /// One job's result, and optionally its streamed output, being awaited.
 pub struct Watch {
-    id: String,
     results: async_nats::Subscriber,
     chunks: Option<async_nats::Subscriber>,
-    stored: Stream,
+    stored: Stored,
     large: ObjectStore,
+}
+
+/// Where a job's result is stored.
+struct Stored {
+    id: String,
+    stream: Stream,
+    /// A result no assignment vouches for is not the job's.
+    grants: Grants,
+}
+
+impl Stored {
+    /// The stored result, if an assignment vouches for it.
+    async fn read(&self) -> Option<JobResult> {
+        match attempts::read_result(&self.stream, &self.grants, &self.id).await {
+            StoredResult::Vouched(result, _) => Some(*result),
+            StoredResult::None | StoredResult::Forged => None,
+        }
+    }
 }
 
 impl Watch {
     /// The job's result, or `None` if it has none by `deadline`.
     pub async fn result(&mut self, deadline: Instant) -> Option<JobResult> {
-        let result = Self::first_result(&mut self.results, &self.stored, &self.id, deadline).await;
+        let result = first_result(&mut self.results, &self.stored, deadline).await;
         whole(&self.large, result).await
     }
 
     /// The job's result if it is stored already.
     pub async fn stored(&self) -> Option<JobResult> {
-        whole(&self.large, read_stored(&self.stored, &self.id).await).await
+        whole(&self.large, self.stored.read().await).await
+    }
+
+    /// Whether it follows the job's streamed output.
+    pub fn streams(&self) -> bool {
+        self.chunks.is_some()
     }
 
     /// The next piece of streamed output, or the result if it comes first.
@@ -80,36 +120,36 @@ impl Watch {
         };
         tokio::select! {
             Some(msg) = chunks.next() => match decode::<StreamChunk>(&msg.payload) {
-                Ok(chunk) => Some(Event::Chunk(chunk)),
-                Err(_) => Some(Event::Noise),
+                Ok(chunk) if self.stored.grants.vouches_chunk(&chunk) => Some(Event::Chunk(chunk)),
+                _ => Some(Event::Noise),
             },
-            result = Self::first_result(&mut self.results, &self.stored, &self.id, deadline) => {
+            result = first_result(&mut self.results, &self.stored, deadline) => {
                 whole(&self.large, result).await.map(Event::Result)
             }
         }
     }
+}
 
-    async fn first_result(
-        results: &mut async_nats::Subscriber,
-        stored: &Stream,
-        id: &str,
-        deadline: Instant,
-    ) -> Option<JobResult> {
-        loop {
-            let recheck = (Instant::now() + RECHECK).min(deadline);
-            tokio::select! {
-                msg = results.next() => match msg.map(|m| decode::<JobResult>(&m.payload)) {
-                    Some(Ok(result)) => return Some(result),
-                    Some(Err(_)) => continue,
-                    None => return None,
-                },
-                () = tokio::time::sleep_until(recheck) => {
-                    if let Some(result) = read_stored(stored, id).await {
-                        return Some(result);
-                    }
-                    if recheck >= deadline {
-                        return None;
-                    }
+/// The first result an assignment vouches for.
+async fn first_result(
+    results: &mut async_nats::Subscriber,
+    stored: &Stored,
+    deadline: Instant,
+) -> Option<JobResult> {
+    loop {
+        let recheck = (Instant::now() + RECHECK).min(deadline);
+        tokio::select! {
+        msg = results.next() => match msg.map(|m| decode::<JobResult>(&m.payload)) {
+            Some(Ok(result)) if stored.grants.vouches_result(&result) => return Some(result),
+            Some(_) => continue,
+            None => return None,
+        },
+        () = tokio::time::sleep_until(recheck) => {
+            if let Some(result) = stored.read().await {
+                    return Some(result);
+                }
+                if recheck >= deadline {
+                    return None;
                 }
             }
         }
@@ -135,18 +175,11 @@ async fn whole(large: &ObjectStore, result: Option<JobResult>) -> Option<JobResu
     Some(result)
 }
 
-async fn read_stored(stored: &Stream, id: &str) -> Option<JobResult> {
-    let msg = stored
-        .direct_get_last_for_subject(subjects::results(id))
-        .await
-        .ok()?;
-    decode(&msg.payload).ok()
-}
-
 /// What a streaming watch sees next.
 pub enum Event {
     Chunk(StreamChunk),
     Result(JobResult),
-    /// A message that could not be read; ignored.
+    /// A message that could not be read, or that no assignment vouches
+    /// for; ignored.
     Noise,
 }

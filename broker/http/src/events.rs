@@ -180,6 +180,7 @@ async fn events(
         gone: s.gone.clone(),
     };
     let mut lifecycle = replay.messages().await.map_err(|e| unavailable(&e))?;
+    let grants = s.watcher.grants().clone();
     let mut result = match record.status.is_final() {
         true => watch.stored().await,
         false => None,
@@ -202,13 +203,19 @@ async fn events(
         }
         // Open until the job ends; the client may leave at any time.
         let forever = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        // Tokens travel apart from the result and may come after it: a
+        // streamed job's are relayed until its last one, or for `SETTLE`.
+        let mut tokens_ended = !watch.streams();
         loop {
             let next = tokio::select! {
                 msg = lifecycle.next() => match msg {
                     Some(Ok(msg)) => {
                         let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                        // A running event a node forged is not shown, even
+                        // before the broker deletes it.
                         decode::<JobEvent>(&msg.payload)
                             .ok()
+                            .filter(|e| grants.vouches_event(e))
                             .map(|e| lifecycle_event(seq, &e))
                     }
                     // The ordered consumer recovers by itself.
@@ -218,16 +225,15 @@ async fn events(
                     }
                     None => return,
                 },
-                e = watch.next(forever), if result.is_none() => match e {
-                    Some(Event::Chunk(c)) => Some(
-                        SseEvent::default().event("token").data(
-                            json!({"attempt": c.attempt, "seq": c.seq, "delta": c.delta,
-                                   "finish_reason": c.finish_reason})
-                            .to_string(),
-                        ),
-                    ),
+                e = watch.next(forever), if result.is_none() || !tokens_ended => match e {
+                    Some(Event::Chunk(c)) => {
+                        tokens_ended = c.finish_reason.is_some();
+                        let token = json!({"attempt": c.attempt, "seq": c.seq, "delta": c.delta,
+                                           "finish_reason": c.finish_reason});
+                        Some(SseEvent::default().event("token").data(token.to_string()))
+                    }
                     Some(Event::Result(r)) => {
-                        result = Some(r);
+                        result.get_or_insert(r);
                         None
                     }
                     Some(Event::Noise) => None,

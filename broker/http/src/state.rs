@@ -116,7 +116,15 @@ impl Records {
     /// The job, if the caller may see it.
     pub async fn job(&self, caller: &Caller, id: &str) -> Result<JobRecord, ApiError> {
         let found = self.store.get(id).await?;
-        visible(caller, found, |r| &r.tenant, || format!("job {id:?}"))
+        let seen = visible(caller, found, |r| &r.tenant, || format!("job {id:?}"));
+        // A durable submission of the caller's refused because another
+        // tenant's job holds its id: the refusal, not that job.
+        if let (Err(ApiError::NotFound(_)), Some(tenant)) = (&seen, &caller.tenant)
+            && self.store.id_refusal(tenant, id).await?.is_some()
+        {
+            return Err(SubmitError::IdTaken(id.to_owned()).into());
+        }
+        seen
     }
 }
 

@@ -70,6 +70,14 @@ pub enum Inserted {
     OverBudget(i64),
 }
 
+/// A job to record with others (`JobRecords::insert_many`).
+#[derive(Debug, Clone, Copy)]
+pub struct Recording<'a> {
+    pub job: &'a Job,
+    pub source: Source,
+    pub tokens_estimate: u32,
+}
+
 /// Where a job came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -221,16 +229,27 @@ pub trait JobRecords: Send + Sync {
         tokens_estimate: u32,
         holds: &Holds,
     ) -> Result<Inserted, StoreError>;
-    /// The queue confirmed the job.
-    async fn mark_enqueued(&self, id: &str, at_ms: i64) -> Result<(), StoreError>;
+    /// Records jobs that hold nothing (no queue places, no budget), in one
+    /// transaction: what `insert` answers for each, in order.
+    async fn insert_many(&self, jobs: &[Recording<'_>]) -> Result<Vec<Inserted>, StoreError>;
+    /// The queue confirmed these jobs.
+    async fn mark_enqueued(&self, ids: &[String], at_ms: i64) -> Result<(), StoreError>;
     /// Makes a failed job queued again as `job` (a replay); false when the
     /// job is not recorded as failed.
     async fn reopen(&self, job: &Job) -> Result<bool, StoreError>;
     /// Forgets a job the queue refused: the client was told it is not queued.
     async fn discard_unqueued(&self, id: &str) -> Result<(), StoreError>;
     /// Records a refused job unless its id is taken; the tenant of the job
-    /// the id now names.
+    /// the id now names. When that is another tenant, the refusal is kept
+    /// for the job's tenant alone (see `id_refusal`).
     async fn insert_rejected(&self, job: &RejectedJob) -> Result<String, StoreError>;
+    /// The code and message of `tenant`'s submission refused because its id
+    /// names another tenant's job.
+    async fn id_refusal(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<(String, String)>, StoreError>;
     async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError>;
     async fn apply_results(&self, results: &[JobResult]) -> Result<(), StoreError>;
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;

@@ -39,6 +39,13 @@ pub struct Holds {
     pub reservation: Option<Reservation>,
 }
 
+impl Holds {
+    /// Holds no place and no reservation: recording it undoes nothing else.
+    pub fn is_empty(&self) -> bool {
+        self.places.is_empty() && self.reservation.is_none()
+    }
+}
+
 /// What a finished job spends of the budget it reserved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settlement {

@@ -2,7 +2,9 @@
 //! result, each confirmed, within the lease.
 
 use super::*;
-use switchyard_schemas::{Job, Usage};
+use switchyard_runtime::attempts::Voucher;
+use switchyard_runtime::grants::{self, Claim};
+use switchyard_schemas::Usage;
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum PublishFailed {
@@ -38,38 +40,32 @@ pub(super) async fn execute(
             assigned_at_ms: Some(a.assigned_at_ms),
             started_at_ms: None,
         };
-        attempts::expire(&node.js, job, &timeline).await?;
+        attempts::expire(&node.js, job, &timeline, Voucher::Node(&a.grant)).await?;
         metrics::counter!(m::JOBS, "outcome" => "expired").increment(1);
         return Ok(Done::Reported);
     }
+    // Listened for before the bucket is asked: a cancellation is then either
+    // in the bucket or reaches this token, whenever it comes.
+    let abort = Abort::listen(node, &job.id);
     if matches!(node.cancellations.get(job.id.as_str()).await, Ok(Some(_))) {
         // Cancelled while it waited: its result is already stored.
         metrics::counter!(m::JOBS, "outcome" => "cancelled").increment(1);
         return Ok(Done::Reported);
     }
-    let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
-    let running = JobEvent {
-        v: SCHEMA_VERSION,
-        job_id: job.id.clone(),
-        attempt: job.attempt,
-        at_ms: now_ms(),
-        kind: EventKind::Running {
-            node: node.id.clone(),
-        },
-    };
-    let running_ack = nats::publish(
-        &node.js,
-        subjects::events(&job.id),
-        &format!("{msg_id}:running"),
-        encode(&running)?,
-    )
-    .await?;
-
     let started = Instant::now();
     let started_at_ms = now_ms();
+    // A job the engine answers at once reports its start with its result
+    // (the result carries the time it started), and costs one message
+    // less; a streamed one says it runs before its first token.
+    let mut running_ack = match job.stream {
+        true => Some(announce_running(node, a, started_at_ms).await),
+        false => None,
+    };
+    let announce = tokio::time::sleep(ANNOUNCE_RUNNING_AFTER);
+    tokio::pin!(announce);
     let chunks = job
         .stream
-        .then(|| Chunks::start(&node.tasks, node.client.clone(), &job.id, job.attempt));
+        .then(|| Chunks::start(&node.tasks, node.client.clone(), a));
     let serves =
         node.engine.models().contains(&job.model) || node.engine.loadable().contains(&job.model);
     let inference = if !serves {
@@ -97,14 +93,16 @@ pub(super) async fn execute(
             }
         };
         tokio::pin!(infer);
-        let abort = CancellationToken::new();
-        lock(&node.aborts).insert(job.id.clone(), abort.clone());
         let mut progress = tokio::time::interval(node.ack_wait / 3);
         progress.tick().await;
-        let outcome = loop {
+        loop {
             tokio::select! {
+                biased;
+                () = &mut announce, if running_ack.is_none() => {
+                    running_ack = Some(announce_running(node, a, started_at_ms).await);
+                }
                 r = &mut infer => break r,
-                () = abort.cancelled() => {
+                () = abort.token.cancelled() => {
                     // Dropping the request cancels it at the engine.
                     break Err(EngineError {
                         class: ErrorClass::Cancelled,
@@ -124,9 +122,7 @@ pub(super) async fn execute(
                     lease.renewed();
                 }
             }
-        };
-        lock(&node.aborts).remove(&job.id);
-        outcome
+        }
     };
     let streamed = match chunks {
         Some(chunks) => {
@@ -148,7 +144,9 @@ pub(super) async fn execute(
     }
     let engine_time = started.elapsed();
     metrics::histogram!(m::ENGINE_SECONDS).record(engine_time.as_secs_f64());
-    running_ack.await?;
+    if let Some(ack) = running_ack {
+        ack?.await?;
+    }
 
     let timeline = Timeline {
         node: Some(node.id.clone()),
@@ -171,15 +169,16 @@ pub(super) async fn execute(
                     prompt_tokens: 0,
                     completion_tokens: streamed,
                 };
-                publish_usage(node, msg, job, partial, engine_time, retry_until).await?;
+                publish_usage(node, msg, a, partial, engine_time, retry_until).await?;
             }
-            return settle_failure(node, job, e, timeline).await;
+            return settle_failure(node, a, e, timeline).await;
         }
     };
-    publish_usage(node, msg, job, inf.usage, engine_time, retry_until).await?;
+    publish_usage(node, msg, a, inf.usage, engine_time, retry_until).await?;
     let mut result = JobResult::succeeded(&job.id, job.attempt, timeline, inf.output, inf.usage);
     // An output larger than a message goes to the object store first.
     large::spill(&node.large_results, &mut result, node.max_result_bytes).await?;
+    Voucher::Node(&a.grant).vouch(&mut result);
     let stored = until_confirmed(msg, retry_until, || {
         attempts::publish_result(&node.js, &result)
     })
@@ -196,16 +195,70 @@ pub(super) async fn execute(
     Ok(Done::Reported)
 }
 
+/// A running job's entry in `Node::aborts`, where the cancellation watch
+/// finds it; gone with the job's run.
+struct Abort<'a> {
+    node: &'a Node,
+    id: &'a str,
+    token: CancellationToken,
+}
+
+impl<'a> Abort<'a> {
+    fn listen(node: &'a Node, id: &'a str) -> Abort<'a> {
+        let token = CancellationToken::new();
+        lock(&node.aborts).insert(id.to_owned(), token.clone());
+        Abort { node, id, token }
+    }
+}
+
+impl Drop for Abort<'_> {
+    fn drop(&mut self) {
+        lock(&self.node.aborts).remove(self.id);
+    }
+}
+
+/// How long a job runs before its `running` event is published.
+const ANNOUNCE_RUNNING_AFTER: Duration = Duration::from_millis(20);
+
+/// Publishes the attempt's `running` event; its confirmation is awaited
+/// before the outcome's.
+async fn announce_running(
+    node: &Node,
+    a: &Assignment,
+    started_at_ms: i64,
+) -> Result<async_nats::jetstream::context::PublishAckFuture, PublishFailed> {
+    let job = &a.job;
+    let running = JobEvent {
+        v: SCHEMA_VERSION,
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        at_ms: started_at_ms,
+        kind: EventKind::Running {
+            node: node.id.clone(),
+        },
+        proof: Some(grants::prove(&a.grant, Claim::Running)),
+    };
+    let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
+    Ok(nats::publish(
+        &node.js,
+        subjects::events(&job.id),
+        &format!("{msg_id}:running"),
+        encode(&running)?,
+    )
+    .await?)
+}
+
 /// Publishes an attempt's usage, confirmed, before its outcome: once a
 /// result exists, so does its usage record.
 async fn publish_usage(
     node: &Node,
     msg: &jetstream::Message,
-    job: &Job,
+    a: &Assignment,
     usage: Usage,
     engine_time: Duration,
     until: Instant,
 ) -> Result<(), PublishFailed> {
+    let job = &a.job;
     let event = UsageEvent {
         v: SCHEMA_VERSION,
         job_id: job.id.clone(),
@@ -215,6 +268,7 @@ async fn publish_usage(
         usage,
         engine_ms: u64::try_from(engine_time.as_millis()).unwrap_or(u64::MAX),
         at_ms: now_ms(),
+        proof: Some(grants::prove(&a.grant, Claim::Usage)),
     };
     let payload = encode(&event)?;
     let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
@@ -231,19 +285,21 @@ async fn publish_usage(
 /// stored the job's result when it cancelled it), or failed.
 async fn settle_failure(
     node: &Node,
-    job: &Job,
+    a: &Assignment,
     e: EngineError,
     timeline: Timeline,
 ) -> Result<Done, PublishFailed> {
+    let job = &a.job;
     if e.class == ErrorClass::Cancelled {
         metrics::counter!(m::JOBS, "outcome" => "cancelled").increment(1);
         return Ok(Done::Reported);
     }
     warn!(class = ?e.class, error = %e.message, "engine failed the job");
     if e.class == ErrorClass::EngineUnavailable {
-        // Report at once if the engine is down, so no more work comes.
+        // Check the engine at once: if it is down, the next heartbeat says
+        // so and no more work comes.
         node.engine_suspect.store(true, Ordering::SeqCst);
-        node.wake_heartbeat.notify_one();
+        node.wake_probe.notify_one();
     }
     let failure = Failure {
         attempt: job.attempt,
@@ -251,7 +307,7 @@ async fn settle_failure(
         at_ms: now_ms(),
         error: JobError::new(e.class, e.message),
     };
-    let settled = attempts::fail(&node.js, job, failure, timeline).await?;
+    let settled = attempts::fail(&node.js, job, failure, timeline, Voucher::Node(&a.grant)).await?;
     metrics::counter!(m::JOBS, "outcome" => settled.as_str()).increment(1);
     Ok(Done::Reported)
 }

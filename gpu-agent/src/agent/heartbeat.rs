@@ -1,63 +1,80 @@
 //! Heartbeats: the engine's and the GPUs' state, sent every interval and
 //! whenever a slot frees up.
 
+use tokio::sync::watch;
+
 use super::*;
 
-/// What the heartbeats report of the engine and the GPUs. Asking costs HTTP
-/// requests and driver calls, and heartbeats come as often as slots free
-/// up, so the answers are reused for up to `heartbeat_interval` — except
-/// right after the engine failed a request, when readiness is what matters.
-#[derive(Default)]
-pub(super) struct Probe {
-    at: Option<Instant>,
+/// What the heartbeats report of the engine and the GPUs.
+#[derive(Clone, Default)]
+pub(super) struct Probed {
     gpus: Vec<GpuStats>,
     load: EngineLoad,
     ready: bool,
-    /// A real request succeeded since the engine last failed: until then
-    /// readiness is a real request, after that the cheap probe.
-    proven: bool,
 }
 
 /// Longest the engine's housekeeping, or a real request that proves it,
-/// may hold up a heartbeat; cut short, either is tried again at the next.
-pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// may take; cut short, either is tried again at the next probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-impl Probe {
-    async fn refresh(&mut self, node: &Arc<Node>, max_age: Duration) {
-        let suspect = node.engine_suspect.swap(false, Ordering::SeqCst);
-        if suspect {
-            self.proven = false;
-        }
-        if !suspect && self.at.is_some_and(|at| at.elapsed() < max_age) {
-            return;
+/// Asks the engine and the GPUs how they are, every `interval` and at once
+/// when a job found the engine unavailable, and hands the answer to the
+/// heartbeats. Apart from them, so that an engine slow to answer (busy, or
+/// down until a request times out) never delays the heartbeat that tells
+/// the dispatcher this node is alive.
+pub(super) async fn probe(
+    node: Arc<Node>,
+    interval: Duration,
+    probed: watch::Sender<Probed>,
+    stop: CancellationToken,
+) {
+    // A real request succeeded since the engine last failed: until then
+    // readiness is a real request, after that the cheap probe.
+    let mut proven = false;
+    loop {
+        if node.engine_suspect.swap(false, Ordering::SeqCst) {
+            proven = false;
         }
         let sampler = node.clone();
-        self.gpus = tokio::task::spawn_blocking(move || sampler.gpus.sample())
+        let gpus = tokio::task::spawn_blocking(move || sampler.gpus.sample())
             .await
             .unwrap_or_default();
         let _ = tokio::time::timeout(PROBE_TIMEOUT, node.engine.tend()).await;
-        self.load = node.engine.load().await;
-        if let Some(depth) = self.load.queue_depth {
+        let load = node.engine.load().await;
+        if let Some(depth) = load.queue_depth {
             metrics::gauge!(m::ENGINE_QUEUE).set(f64::from(depth));
         }
-        if let Some(usage) = self.load.kv_cache_usage {
+        if let Some(usage) = load.kv_cache_usage {
             metrics::gauge!(m::ENGINE_KV_CACHE).set(f64::from(usage));
         }
-        self.ready = if self.proven {
+        let ready = if proven {
             node.engine.ready().await
         } else {
             tokio::time::timeout(PROBE_TIMEOUT, node.engine.prove())
                 .await
                 .unwrap_or(false)
         };
-        self.proven = self.ready;
-        self.at = Some(Instant::now());
+        proven = ready;
+        let was = probed.send_replace(Probed { gpus, load, ready }).ready;
+        if was != ready {
+            match ready {
+                true => info!("engine serves"),
+                false => warn!("engine does not serve; no work is taken until it does"),
+            }
+            node.wake_heartbeat.notify_one();
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+            () = node.wake_probe.notified() => {}
+        }
     }
 }
 
 /// Publishes the node's capacity every `heartbeat_interval`, and sooner (at
-/// most every `heartbeat_min_gap`) when a slot frees up. Once `draining` is
-/// cancelled the heartbeats say so, and the dispatcher sends no more work.
+/// most every `heartbeat_min_gap`) when a slot frees up or the engine's
+/// readiness changes. Once `draining` is cancelled the heartbeats say so,
+/// and the dispatcher sends no more work.
 pub(super) async fn heartbeats(
     node: Arc<Node>,
     consumer: PullConsumer,
@@ -66,9 +83,15 @@ pub(super) async fn heartbeats(
     draining: CancellationToken,
     stop: CancellationToken,
 ) {
-    let mut probe = Probe::default();
+    let (probed, seen) = watch::channel(Probed::default());
+    node.tasks.spawn(probe(
+        node.clone(),
+        cfg.heartbeat_interval,
+        probed,
+        stop.clone(),
+    ));
     loop {
-        probe.refresh(&node, cfg.heartbeat_interval).await;
+        let probe = seen.borrow().clone();
         let queued = match consumer.get_info().await {
             Ok(info) => u32::try_from(info.num_pending).unwrap_or(u32::MAX),
             Err(e) => {
@@ -87,7 +110,7 @@ pub(super) async fn heartbeats(
             queued,
             draining: draining.is_cancelled(),
             service_ms: Some(node.service_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0),
-            gpus: probe.gpus.clone(),
+            gpus: probe.gpus,
             engine: probe.load,
             ready: probe.ready,
         };

@@ -32,11 +32,13 @@ mod chunks;
 mod control;
 mod execute;
 mod heartbeat;
+mod platform;
 
 use chunks::Chunks;
 use control::{serve_loads, watch_cancellations};
 use execute::execute;
 use heartbeat::heartbeats;
+use platform::Platform;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -67,9 +69,11 @@ struct Node {
     /// The engine just failed a request as unavailable, or its process
     /// exited: check it now, with a real request.
     engine_suspect: Arc<AtomicBool>,
-    /// Wakes the heartbeat loop: a slot freed up, the engine failed, or a
-    /// model was loaded.
+    /// Wakes the heartbeat loop: a slot freed up, the engine's readiness
+    /// changed, or a model was loaded.
     wake_heartbeat: Notify,
+    /// Wakes the engine probe: a job found the engine unavailable.
+    wake_probe: Notify,
     ack_wait: Duration,
     cancellations: kv::Store,
     /// Running jobs, so that a cancellation can reach them.
@@ -126,19 +130,9 @@ pub async fn run(
         ))
     });
     let ran = match start(&cfg, &nats_cfg, &registry, &shutdown).await {
-        Ok(Some(started)) => {
-            serve(
-                &cfg,
-                &nats_cfg,
-                started,
-                engine_suspect,
-                &ready,
-                &tasks,
-                &shutdown,
-            )
-            .await
-        }
-        // Stopped while waiting for the engine to list its models.
+        Ok(Some(started)) => serve(&cfg, started, engine_suspect, &ready, &tasks, &shutdown).await,
+        // Stopped while waiting for the platform's streams or for the
+        // engine to list its models.
         Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
@@ -157,6 +151,7 @@ pub async fn run(
 struct Started {
     client: async_nats::Client,
     js: Context,
+    platform: Platform,
     engine: Box<dyn Engine>,
 }
 
@@ -168,17 +163,28 @@ async fn start(
     shutdown: &CancellationToken,
 ) -> Result<Option<Started>, AgentError> {
     let (client, js) = nats::connect(nats_cfg, &format!("gpu-agent {}", cfg.node_id)).await?;
-    nats::ensure_streams(&js, nats_cfg).await?;
+    let Some(platform) = Platform::wait(&js, shutdown).await else {
+        return Ok(None);
+    };
     Ok(engine::build(&cfg.engine, registry, shutdown)
         .await
-        .map(|engine| Started { client, js, engine }))
+        .map(|engine| Started {
+            client,
+            js,
+            platform,
+            engine,
+        }))
 }
 
 /// Takes work until `shutdown`, then drains.
 async fn serve(
     cfg: &AgentConfig,
-    nats_cfg: &NatsConfig,
-    Started { client, js, engine }: Started,
+    Started {
+        client,
+        js,
+        platform,
+        engine,
+    }: Started,
     engine_suspect: Arc<AtomicBool>,
     ready: &Readiness,
     tasks: &TaskTracker,
@@ -199,31 +205,28 @@ async fn serve(
         },
     )
     .await?;
-    let results = nats::stream(&js, subjects::RESULTS_STREAM).await?;
-    let events = nats::stream(&js, subjects::EVENTS_STREAM).await?;
-    let cancellations = nats::cancellations(&js, nats_cfg).await?;
     let max_result_bytes = client
         .server_info()
         .max_payload
         .saturating_sub(RESULT_OVERHEAD);
-    let large_results = large::store(&js, nats_cfg).await?;
     let node = Arc::new(Node {
         id: cfg.node_id.clone(),
         js,
         client,
         engine,
-        results,
-        events,
+        results: platform.results,
+        events: platform.events,
         running: AtomicU32::new(0),
         service_ms: AtomicU32::new(0),
         gpus: Gpus::open(),
         engine_suspect,
         wake_heartbeat: Notify::new(),
+        wake_probe: Notify::new(),
         ack_wait: cfg.ack_wait,
-        cancellations,
+        cancellations: platform.cancellations,
         aborts: Mutex::new(HashMap::new()),
         max_result_bytes,
-        large_results,
+        large_results: platform.large_results,
         tasks: tasks.clone(),
     });
     metrics::gauge!(m::SLOTS).set(f64::from(slots));
@@ -239,8 +242,8 @@ async fn serve(
     ));
     tasks.spawn(watch_cancellations(node.clone(), stop_heartbeats.clone()));
     tasks.spawn(serve_loads(node.clone(), stop_heartbeats.clone()));
+    // Ready once the heartbeats say the engine serves.
     ready.watch(&node.client);
-    ready.set(true);
     info!(node = %cfg.node_id, slots, listen = %cfg.listen, "gpu-agent ready");
 
     let jobs = TaskTracker::new();

@@ -182,8 +182,7 @@ impl Engine for Simulated {
             // the per-token time for each of its values.
             let values: usize = t.inputs.iter().map(|i| i.data.len()).sum();
             let values = u32::try_from(values).unwrap_or(u32::MAX);
-            tokio::time::sleep(self.config.base_latency + self.config.per_token_latency * values)
-                .await;
+            pause(self.config.base_latency + self.config.per_token_latency * values).await;
             let output = json!({"model_name": model, "model_version": "1", "outputs": t.inputs});
             return Ok(Inference {
                 output,
@@ -196,7 +195,7 @@ impl Engine for Simulated {
                 .as_ref()
                 .is_none_or(|needle| prompt.contains(needle.as_str()))
         }) {
-            tokio::time::sleep(self.config.base_latency).await;
+            pause(self.config.base_latency).await;
             return Err(EngineError {
                 class: fault.class,
                 message: format!("simulated {} fault", fault.class.code()),
@@ -204,7 +203,7 @@ impl Engine for Simulated {
         }
         let words: Vec<&str> = prompt.split_whitespace().collect();
         if let JobInput::Embedding(e) = input {
-            tokio::time::sleep(self.config.base_latency).await;
+            pause(self.config.base_latency).await;
             return Ok(embed(model, &e.input, words.len()));
         }
         let max_tokens = input.max_tokens().unwrap_or(16);
@@ -215,9 +214,9 @@ impl Engine for Simulated {
         };
         match tokens {
             Some(sink) => {
-                tokio::time::sleep(self.config.base_latency).await;
+                pause(self.config.base_latency).await;
                 for (i, word) in completion.iter().enumerate() {
-                    tokio::time::sleep(self.config.per_token_latency).await;
+                    pause(self.config.per_token_latency).await;
                     let piece = if i == 0 {
                         word.clone()
                     } else {
@@ -228,7 +227,7 @@ impl Engine for Simulated {
                 }
             }
             None => {
-                tokio::time::sleep(
+                pause(
                     self.config.base_latency
                         + self.config.per_token_latency * usage.completion_tokens,
                 )
@@ -260,6 +259,14 @@ impl Engine for Simulated {
             }),
         };
         Ok(Inference { output, usage })
+    }
+}
+
+/// Waits `d`; not at all when it is zero, where a timer would still wait
+/// for its next tick (a millisecond).
+async fn pause(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
     }
 }
 

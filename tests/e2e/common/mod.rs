@@ -1,6 +1,7 @@
 //! Test harness: a private `nats-server` per test (free port, temporary store,
 //! killed on drop) and the real `switchyard` binary for each component.
 
+mod grants;
 pub mod proxy;
 mod store;
 
@@ -225,8 +226,18 @@ struct Server {
 }
 
 /// The passwords `deploy/nats/accounts.conf` reads from the environment.
-pub const NATS_USERS: [(&str, &str, &str); 3] = [
-    ("switchyard", "SWITCHYARD_NATS_PASSWORD", "platform-secret"),
+pub const NATS_USERS: [(&str, &str, &str); 5] = [
+    ("broker", "BROKER_NATS_PASSWORD", "broker-secret"),
+    (
+        "dispatcher",
+        "DISPATCHER_NATS_PASSWORD",
+        "dispatcher-secret",
+    ),
+    (
+        "agent-node-a",
+        "AGENT_NODE_A_NATS_PASSWORD",
+        "node-a-secret",
+    ),
     ("acme", "ACME_NATS_PASSWORD", "acme-secret"),
     ("globex", "GLOBEX_NATS_PASSWORD", "globex-secret"),
 ];
@@ -241,6 +252,11 @@ fn password_of(user: &str) -> &'static str {
 }
 
 impl Nats {
+    /// The first server's process id.
+    pub fn pid(&self) -> u32 {
+        self.servers[0].proc.child.id()
+    }
+
     pub fn start() -> Nats {
         Self::start_as(false)
     }
@@ -339,11 +355,12 @@ cluster {{ name: sy, listen: 127.0.0.1:{route}, routes: [{routes}] }}
         proc
     }
 
-    /// The URL the components use: the platform user's, when the server
-    /// has accounts; every member's, for a cluster.
+    /// The URL the components use: the broker's user's, when the server
+    /// has accounts (each other component is given its own when it
+    /// starts); every member's, for a cluster.
     pub fn url(&self) -> String {
         match self.accounts {
-            true => self.url_as("switchyard"),
+            true => self.url_as("broker"),
             false => self
                 .servers
                 .iter()
@@ -351,6 +368,16 @@ cluster {{ name: sy, listen: 127.0.0.1:{route}, routes: [{routes}] }}
                 .collect::<Vec<_>>()
                 .join(","),
         }
+    }
+
+    /// The URL of component `subcommand`'s own user when the server has
+    /// accounts: a node's agent is `agent-<node>`.
+    fn url_of_component(&self, subcommand: &str, name: &str) -> Option<String> {
+        let user = match subcommand {
+            "agent" => format!("agent-{name}"),
+            other => other.to_owned(),
+        };
+        self.accounts.then(|| self.url_as(&user))
     }
 
     /// The URL of one of `NATS_USERS`.
@@ -391,7 +418,7 @@ cluster {{ name: sy, listen: 127.0.0.1:{route}, routes: [{routes}] }}
 
     pub async fn client(&self) -> async_nats::Client {
         match self.accounts {
-            true => self.client_as("switchyard").await,
+            true => self.client_as("broker").await,
             false => {
                 let servers: Vec<async_nats::ServerAddr> = self
                     .url()
@@ -609,7 +636,6 @@ impl Stack {
         stack
     }
 
-    /// Starts `switchyard <subcommand>` as `name`, ready on `port`.
     /// Starts `switchyard <subcommand>` as `name` and waits until it is
     /// ready; its port. With `port` 0 (its `env` setting its listen address
     /// to port 0) it binds a port the system picks and reports it.
@@ -621,7 +647,7 @@ impl Stack {
         env: &[(&str, String)],
     ) -> u16 {
         let config = self.config.clone();
-        self.launch_with(name, &config, subcommand, port, env)
+        self.launch_with(name, &config, subcommand, (port, is_ready), env)
     }
 
     fn launch_with(
@@ -629,30 +655,29 @@ impl Stack {
         name: &str,
         config: &Path,
         subcommand: &str,
-        port: u16,
+        (port, up): (u16, fn(u16) -> bool),
         env: &[(&str, String)],
     ) -> u16 {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
         cmd.arg("--config").arg(config).arg(subcommand);
+        if let Some(url) = self.nats.url_of_component(subcommand, name) {
+            cmd.env("SWITCHYARD_NATS__URL", url);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut proc = spawn(name, cmd, self.dir.path());
-        let port = wait_until(
-            &format!("{name} to be ready"),
-            Duration::from_secs(30),
-            || {
-                if let Some(status) = proc.exited() {
-                    let log = std::fs::read_to_string(&proc.log).unwrap_or_default();
-                    panic!("{name} exited with {status}:\n{log}");
-                }
-                let port = match port {
-                    0 => reported_port(&proc.log)?,
-                    port => port,
-                };
-                is_ready(port).then_some(port)
-            },
-        );
+        let port = wait_until(&format!("{name} to be up"), Duration::from_secs(30), || {
+            if let Some(status) = proc.exited() {
+                let log = std::fs::read_to_string(&proc.log).unwrap_or_default();
+                panic!("{name} exited with {status}:\n{log}");
+            }
+            let port = match port {
+                0 => reported_port(&proc.log)?,
+                port => port,
+            };
+            up(port).then_some(port)
+        });
         self.procs.insert(name.to_owned(), (proc, port));
         port
     }
@@ -699,6 +724,16 @@ impl Stack {
     /// An agent with its own `engine:` block (YAML, indented by four; lines
     /// after it indented by two are more of the agent's settings).
     pub fn start_agent_on(&mut self, node: &str, engine: &str) {
+        self.agent_on(node, engine, is_ready);
+    }
+
+    /// Starts agent `node` without waiting for its engine to serve: its
+    /// process answers, its readiness is its engine's.
+    pub fn start_agent_unready(&mut self, node: &str, engine: &str) {
+        self.agent_on(node, engine, |port| answers_ok(port, "/healthz"));
+    }
+
+    fn agent_on(&mut self, node: &str, engine: &str, up: fn(u16) -> bool) {
         let yaml = config_yaml(
             &self.opts,
             &self.nats.url(),
@@ -712,7 +747,7 @@ impl Stack {
             node,
             &path,
             "agent",
-            0,
+            (0, up),
             &[
                 ("SWITCHYARD_AGENT__NODE_ID", node.to_owned()),
                 any_port("SWITCHYARD_AGENT__LISTEN"),
@@ -759,8 +794,12 @@ impl Stack {
         }
     }
 
+    /// A component's process id; `nats-server` names the (first) server.
     pub fn pid_of(&self, name: &str) -> u32 {
-        self.procs[name].0.child.id()
+        match name {
+            "nats-server" => self.nats.pid(),
+            name => self.procs[name].0.child.id(),
+        }
     }
 
     pub fn port_of(&self, name: &str) -> u16 {
@@ -820,6 +859,12 @@ impl Stack {
             .filter(|l| l.starts_with(metric))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// The status `GET /readyz` answers on a component's ops port.
+    pub async fn readyz(&self, name: &str) -> u16 {
+        let url = format!("http://127.0.0.1:{}/readyz", self.port_of(name));
+        self.http.get(url).send().await.unwrap().status().as_u16()
     }
 
     /// Waits until agent `node` runs at least one job.

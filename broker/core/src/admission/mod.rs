@@ -1,13 +1,17 @@
 //! Admission: turning a client's submission into a queued job. Shared by the
 //! HTTP API and both NATS intakes, so every door applies the same rules.
 
+mod batched;
 mod validate;
+
+pub use batched::Writers;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::jetstream::Context;
 use switchyard_runtime::Registry;
+use switchyard_runtime::grants::Grants;
 use switchyard_runtime::nats;
 use switchyard_schemas::{
     Job, JobResult, Priority, SCHEMA_VERSION, Submission, Timeline, UsageEvent, encode, now_ms,
@@ -22,6 +26,7 @@ use crate::limits::{KeyLimits, Limits};
 use crate::metrics as m;
 use crate::pii::Pii;
 use crate::webhooks::Webhooks;
+use batched::Batched;
 use switchyard_store::quotas::{Holds, Settlement};
 use switchyard_store::{Inserted, JobStore, Source, StoreError};
 
@@ -132,6 +137,8 @@ pub struct Admitter {
     pii: Arc<Pii>,
     budgets: Arc<Budgets>,
     limits: Arc<Limits>,
+    grants: Grants,
+    batched: Batched,
 }
 
 /// A request answered from the result cache.
@@ -154,11 +161,15 @@ pub struct Policies {
     pub pii: Arc<Pii>,
     pub budgets: Arc<Budgets>,
     pub limits: Arc<Limits>,
+    pub grants: Grants,
 }
 
 impl Admitter {
-    pub fn new(p: Policies) -> Admitter {
-        Admitter {
+    /// The admitter, and the writers of what it records, to run beside it
+    /// (`Writers::run`).
+    pub fn new(p: Policies) -> (Admitter, Writers) {
+        let (batched, writers) = Batched::new(p.store.clone());
+        let admitter = Admitter {
             registry: p.registry,
             store: p.store,
             js: p.js,
@@ -166,7 +177,10 @@ impl Admitter {
             pii: p.pii,
             budgets: p.budgets,
             limits: p.limits,
-        }
+            grants: p.grants,
+            batched,
+        };
+        (admitter, writers)
     }
 
     pub fn registry(&self) -> &Registry {
@@ -179,6 +193,11 @@ impl Admitter {
 
     pub fn js(&self) -> &Context {
         &self.js
+    }
+
+    /// The grants' key: the broker vouches for the results it makes.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
     }
 
     /// The key `id` with its own limits, for work submitted on its behalf
@@ -218,6 +237,8 @@ impl Admitter {
             .inspect_err(reject)?;
         job.api_key = key.map(|k| k.id.clone());
         self.webhooks.admit(&mut job).await.inspect_err(reject)?;
+        // Last: nothing of the job changes after it but its attempts.
+        job.seal = self.grants.seal(&job);
         self.take_rates(&job, key, source).await?;
         let places = self.limits.places(&job.tenant, key);
         let holds = Holds {
@@ -230,12 +251,18 @@ impl Admitter {
         };
         // Recorded first, with what the job holds, in one transaction: a
         // crash between here and the queue's confirmation leaves a record
-        // the outbox publishes again, and a refusal leaves nothing.
-        match self
-            .store
-            .insert(&job, source, budget::tokens(&job), &holds)
-            .await?
-        {
+        // the outbox publishes again, and a refusal leaves nothing. A job
+        // that holds nothing shares its transaction with others.
+        let tokens = budget::tokens(&job);
+        let inserted = match holds.is_empty() {
+            true => {
+                let (back, inserted) = self.batched.record(job, source, tokens).await;
+                job = back;
+                inserted
+            }
+            false => self.store.insert(&job, source, tokens, &holds).await,
+        };
+        match inserted? {
             Inserted::New | Inserted::Existing { enqueued: false } => {}
             // A repeat of a job already queued (a client retrying with its
             // own id, even past the server's de-duplication window): the
@@ -262,13 +289,7 @@ impl Admitter {
             }
         }
         match self.enqueue(&job).await {
-            Ok(()) => {
-                if let Err(e) = self.store.mark_enqueued(&job.id, now_ms()).await {
-                    // The job is queued; at worst the outbox publishes it
-                    // again and the server drops the duplicate.
-                    warn!(job_id = %job.id, error = %e, "could not mark job enqueued");
-                }
-            }
+            Ok(()) => self.confirmed(&job.id).await,
             Err(EnqueueError::Unconfirmed(reason)) => {
                 // The job may be in the queue already (only its confirmation
                 // was lost): the record stays, unconfirmed, and the outbox
@@ -370,6 +391,7 @@ impl Admitter {
                 usage,
                 engine_ms: 0,
                 at_ms: now,
+                proof: None,
             },
             true,
         );
@@ -398,7 +420,7 @@ impl Admitter {
             _ => return Err(SubmitError::IdTaken(job.id)),
         }
         // Counted as confirmed: nothing is left for the outbox to queue.
-        self.store.mark_enqueued(&job.id, now).await?;
+        self.store.mark_enqueued(&[job.id.clone()], now).await?;
         let result = JobResult {
             finished_at_ms: now,
             ..JobResult::succeeded(&job.id, job.attempt, Timeline::default(), output, usage)
@@ -412,6 +434,11 @@ impl Admitter {
         self.store.settle(&[spent]).await?;
         metrics::counter!(m::SUBMISSIONS, "source" => req.source.as_str()).increment(1);
         Ok(job)
+    }
+
+    /// Records that the queue confirmed job `id`, soon and with others.
+    pub async fn confirmed(&self, id: &str) {
+        self.batched.mark(id).await;
     }
 
     /// Publishes the job to its queue and waits for the server's confirmation.

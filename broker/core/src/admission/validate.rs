@@ -85,6 +85,7 @@ pub fn validate(
         stream: submission.stream,
         webhook: submission.webhook,
         api_key: None,
+        seal: String::new(),
     })
 }
 

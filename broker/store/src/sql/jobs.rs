@@ -2,15 +2,17 @@
 //! events and results, and the webhook deliveries those changes call for,
 //! written in the same transaction.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use sqlx::{Any, Row, Transaction};
 use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, now_ms};
 
-use super::{SqlStore, quotas, record};
+use super::{SqlStore, params, quotas, record};
 use crate::outbox::{body, delivery_id, event_for};
 use crate::{
-    Holds, Idempotency, Inserted, JobRecord, JobRecords, ListFilter, RejectedJob, Source, Status,
-    StoreError,
+    Holds, Idempotency, Inserted, JobRecord, JobRecords, ListFilter, Recording, RejectedJob,
+    Source, Status, StoreError,
 };
 
 /// A key claimed this long ago whose job was never recorded belongs to a
@@ -118,6 +120,32 @@ enum Report {
     Status,
 }
 
+/// Of the jobs `ids`, those with a webhook: one read for a batch, so that
+/// the jobs without one (most) cost no look-up each. Read after the
+/// batch's first write: a transaction that reads first in SQLite may find
+/// another writer has moved on when it comes to write, and fail.
+async fn hooked<'a>(
+    tx: &mut Transaction<'_, Any>,
+    ids: impl Iterator<Item = &'a str>,
+) -> Result<HashSet<String>, StoreError> {
+    let ids: Vec<&str> = ids.collect();
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let sql = format!(
+        "SELECT id FROM jobs WHERE webhook_url IS NOT NULL AND id IN ({})",
+        params(1, ids.len())
+    );
+    let mut query = sqlx::query(&sql);
+    for id in ids {
+        query = query.bind(id);
+    }
+    let rows = query.fetch_all(&mut **tx).await?;
+    rows.iter()
+        .map(|row| row.try_get("id").map_err(StoreError::from))
+        .collect()
+}
+
 /// Writes the webhook delivery `report` calls for, if the job's webhook
 /// asks for that event. Its id makes a repeat a no-op.
 async fn queue_webhook(
@@ -171,6 +199,69 @@ async fn queue_webhook(
     Ok(())
 }
 
+/// Records `job` in `tx` unless its id is taken: `New`, `Existing` (the
+/// same tenant's) or `OtherTenant`. Writes nothing but the new job (and its
+/// webhook's first report), so a transaction holding several is never
+/// undone for one of them.
+async fn record_job(
+    tx: &mut Transaction<'_, Any>,
+    job: &Job,
+    source: Source,
+    tokens_estimate: u32,
+) -> Result<Inserted, StoreError> {
+    let json = serde_json::to_string(job).map_err(|e| StoreError::Corrupt {
+        id: job.id.clone(),
+        reason: e.to_string(),
+    })?;
+    let metadata = serde_json::to_string(&job.metadata).unwrap_or_else(|_| "{}".into());
+    let webhook = job.webhook.as_ref();
+    let events = webhook.map(|w| {
+        w.events
+            .iter()
+            .map(|e| e.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let inserted = sqlx::query(
+        "INSERT INTO jobs (id, model, priority, source, status, job, metadata, attempt, created_at,
+            tenant, deadline_at, webhook_url, webhook_events, tokens_estimate, api_key)
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&job.id)
+    .bind(&job.model)
+    .bind(job.priority.as_str())
+    .bind(source.as_str())
+    .bind(json)
+    .bind(metadata)
+    .bind(i64::from(job.attempt))
+    .bind(job.submitted_at_ms)
+    .bind(&job.tenant)
+    .bind(job.deadline_ms)
+    .bind(webhook.map(|w| &w.url))
+    .bind(events)
+    .bind(i64::from(tokens_estimate))
+    .bind(&job.api_key)
+    .execute(&mut **tx)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        if webhook.is_some() {
+            queue_webhook(tx, &job.id, Report::Recorded).await?;
+        }
+        return Ok(Inserted::New);
+    }
+    let held = sqlx::query("SELECT tenant, enqueued_at FROM jobs WHERE id = $1")
+        .bind(&job.id)
+        .fetch_one(&mut **tx)
+        .await?;
+    if held.try_get::<String, _>("tenant")? != job.tenant {
+        return Ok(Inserted::OtherTenant);
+    }
+    Ok(Inserted::Existing {
+        enqueued: held.try_get::<Option<i64>, _>("enqueued_at")?.is_some(),
+    })
+}
+
 #[async_trait]
 impl JobRecords for SqlStore {
     async fn insert(
@@ -180,63 +271,19 @@ impl JobRecords for SqlStore {
         tokens_estimate: u32,
         holds: &Holds,
     ) -> Result<Inserted, StoreError> {
-        let json = serde_json::to_string(job).map_err(|e| StoreError::Corrupt {
-            id: job.id.clone(),
-            reason: e.to_string(),
-        })?;
-        let metadata = serde_json::to_string(&job.metadata).unwrap_or_else(|_| "{}".into());
-        let webhook = job.webhook.as_ref();
-        let events = webhook.map(|w| {
-            w.events
-                .iter()
-                .map(|e| e.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        });
         let mut tx = self.pool().begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (id, model, priority, source, status, job, metadata, attempt, created_at,
-                tenant, deadline_at, webhook_url, webhook_events, tokens_estimate, api_key)
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&job.id)
-        .bind(&job.model)
-        .bind(job.priority.as_str())
-        .bind(source.as_str())
-        .bind(json)
-        .bind(metadata)
-        .bind(i64::from(job.attempt))
-        .bind(job.submitted_at_ms)
-        .bind(&job.tenant)
-        .bind(job.deadline_ms)
-        .bind(webhook.map(|w| &w.url))
-        .bind(events)
-        .bind(i64::from(tokens_estimate))
-        .bind(&job.api_key)
-        .execute(&mut *tx)
-        .await?;
-        let found = if inserted.rows_affected() == 1 {
-            if webhook.is_some() {
-                queue_webhook(&mut tx, &job.id, Report::Recorded).await?;
-            }
-            Inserted::New
-        } else {
-            let held = sqlx::query("SELECT tenant, enqueued_at FROM jobs WHERE id = $1")
-                .bind(&job.id)
-                .fetch_one(&mut *tx)
-                .await?;
-            if held.try_get::<String, _>("tenant")? != job.tenant {
+        let found = record_job(&mut tx, job, source, tokens_estimate).await?;
+        match found {
+            Inserted::OtherTenant => {
                 tx.rollback().await?;
-                return Ok(Inserted::OtherTenant);
+                return Ok(found);
             }
-            let enqueued = held.try_get::<Option<i64>, _>("enqueued_at")?.is_some();
-            if enqueued {
+            Inserted::Existing { enqueued: true } => {
                 tx.commit().await?;
-                return Ok(Inserted::Existing { enqueued });
+                return Ok(found);
             }
-            Inserted::Existing { enqueued }
-        };
+            _ => {}
+        }
         if let Some(full) = quotas::take_places(&mut tx, &job.id, &holds.places).await? {
             tx.rollback().await?;
             return Ok(Inserted::PlacesFull(full));
@@ -251,12 +298,29 @@ impl JobRecords for SqlStore {
         Ok(found)
     }
 
-    async fn mark_enqueued(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET enqueued_at = COALESCE(enqueued_at, $1) WHERE id = $2")
-            .bind(at_ms)
-            .bind(id)
-            .execute(self.pool())
-            .await?;
+    async fn insert_many(&self, jobs: &[Recording<'_>]) -> Result<Vec<Inserted>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let mut found = Vec::with_capacity(jobs.len());
+        for r in jobs {
+            found.push(record_job(&mut tx, r.job, r.source, r.tokens_estimate).await?);
+        }
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    async fn mark_enqueued(&self, ids: &[String], at_ms: i64) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE jobs SET enqueued_at = COALESCE(enqueued_at, $1) WHERE id IN ({})",
+            params(2, ids.len())
+        );
+        let mut marked = sqlx::query(&sql).bind(at_ms);
+        for id in ids {
+            marked = marked.bind(id);
+        }
+        marked.execute(self.pool()).await?;
         Ok(())
     }
 
@@ -315,19 +379,52 @@ impl JobRecords for SqlStore {
         .bind(&job.tenant)
         .execute(self.pool())
         .await?;
-        Ok(sqlx::query_scalar("SELECT tenant FROM jobs WHERE id = $1")
+        let holder: String = sqlx::query_scalar("SELECT tenant FROM jobs WHERE id = $1")
             .bind(&job.id)
             .fetch_one(self.pool())
-            .await?)
+            .await?;
+        if holder != job.tenant {
+            sqlx::query(
+                "INSERT INTO id_refusals (tenant, id, code, message, created_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, id) DO NOTHING",
+            )
+            .bind(&job.tenant)
+            .bind(&job.id)
+            .bind(&job.code)
+            .bind(&job.message)
+            .bind(job.at_ms)
+            .execute(self.pool())
+            .await?;
+        }
+        Ok(holder)
+    }
+
+    async fn id_refusal(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let row =
+            sqlx::query("SELECT code, message FROM id_refusals WHERE tenant = $1 AND id = $2")
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.map(|r| (r.get("code"), r.get("message"))))
     }
 
     async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
         for e in events {
             Self::apply_event(&mut tx, e).await?;
-            if matches!(e.kind, EventKind::Running { .. }) {
-                queue_webhook(&mut tx, &e.job_id, Report::Started(e.attempt)).await?;
-            }
+        }
+        let started: Vec<&JobEvent> = events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Running { .. }))
+            .collect();
+        let hooked = hooked(&mut tx, started.iter().map(|e| e.job_id.as_str())).await?;
+        for e in started.into_iter().filter(|e| hooked.contains(&e.job_id)) {
+            queue_webhook(&mut tx, &e.job_id, Report::Started(e.attempt)).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -337,6 +434,14 @@ impl JobRecords for SqlStore {
         let mut tx = self.pool().begin().await?;
         for r in results {
             Self::apply_result(&mut tx, r).await?;
+        }
+        let hooked = hooked(&mut tx, results.iter().map(|r| r.job_id.as_str())).await?;
+        for r in results.iter().filter(|r| hooked.contains(&r.job_id)) {
+            // A job its engine answered at once has no `running` event: its
+            // result says it started.
+            if r.started_at_ms.is_some() {
+                queue_webhook(&mut tx, &r.job_id, Report::Started(r.attempt)).await?;
+            }
             queue_webhook(&mut tx, &r.job_id, Report::Status).await?;
         }
         tx.commit().await?;

@@ -130,6 +130,14 @@ impl SqlStore {
     }
 }
 
+/// `n` numbered parameters from `$first` on, for an `IN (...)` list.
+pub(crate) fn params(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn record(row: &AnyRow) -> Result<JobRecord, StoreError> {
     let id: String = row.try_get("id")?;
     let corrupt = crate::corrupt(id.clone());

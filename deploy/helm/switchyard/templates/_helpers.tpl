@@ -38,13 +38,16 @@ checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha
 {{- end }}
 {{- end -}}
 
-{{/* Environment every component shares: where NATS is, logs as JSON. */}}
+{{/* Environment every component shares: where NATS is, with the
+component's own user (`component`: broker, dispatcher or agent), logs as
+JSON. */}}
 {{- define "switchyard.env" -}}
-{{- if .Values.secrets.natsUrl.name }}
-{{- include "switchyard.secretEnv" (dict "env" "SWITCHYARD_NATS__URL" "secret" .Values.secrets.natsUrl) }}
+{{- $nats := .root.Values.secrets.natsUrl }}
+{{- if $nats.name }}
+{{- include "switchyard.secretEnv" (dict "env" "SWITCHYARD_NATS__URL" "secret" (dict "name" $nats.name "key" (index $nats.keys .component))) }}
 {{- else }}
 - name: SWITCHYARD_NATS__URL
-  value: nats://{{ .Release.Name }}-nats:4222
+  value: nats://{{ .root.Release.Name }}-nats:4222
 {{- end }}
 - name: RUST_LOG
   value: info

@@ -2,11 +2,14 @@ use super::*;
 use crate::ledger::{Charge, Ledger};
 use crate::outbox::WebhookOutbox;
 use crate::quotas::{Holds, Quotas, Reservation, Settlement, Take, TokenRate, TokenRates};
-use crate::{Idempotency, Inserted, JobRecords, Source};
+use crate::{Idempotency, Inserted, JobRecords, Recording, RejectedJob, Source, Status};
 use switchyard_schemas::{
     ErrorClass, EventKind, Job, JobError, JobEvent, JobResult, Outcome, Priority, SCHEMA_VERSION,
     UsageEvent,
 };
+
+mod money;
+mod webhooks;
 
 /// Tokens every test job is estimated at.
 const ESTIMATE: u32 = 3;
@@ -48,6 +51,7 @@ fn event(id: &str, at: i64, kind: EventKind) -> JobEvent {
         attempt: 1,
         at_ms: at,
         kind,
+        proof: None,
     }
 }
 
@@ -187,11 +191,50 @@ async fn insert_reports_existing_jobs_and_whether_they_were_queued() {
         add(&s, &job("a"), Source::Nats).await,
         Inserted::Existing { enqueued: false }
     );
-    s.mark_enqueued("a", 5).await.unwrap();
+    s.mark_enqueued(&["a".into()], 5).await.unwrap();
     assert_eq!(
         add(&s, &job("a"), Source::Nats).await,
         Inserted::Existing { enqueued: true }
     );
+}
+
+#[tokio::test]
+async fn jobs_recorded_together_each_get_what_insert_would_answer() {
+    let (s, _dir) = store().await;
+    add(&s, &job("queued"), Source::Nats).await;
+    s.mark_enqueued(&["queued".into()], 5).await.unwrap();
+    let theirs = Job {
+        tenant: "globex".into(),
+        ..job("queued")
+    };
+    let (fresh, repeat, queued) = (job("fresh"), job("fresh"), job("queued"));
+    let together = [&fresh, &repeat, &queued, &theirs].map(|job| Recording {
+        job,
+        source: Source::Nats,
+        tokens_estimate: ESTIMATE,
+    });
+    assert_eq!(
+        s.insert_many(&together).await.unwrap(),
+        vec![
+            Inserted::New,
+            Inserted::Existing { enqueued: false },
+            Inserted::Existing { enqueued: true },
+            Inserted::OtherTenant,
+        ]
+    );
+    let r = s.get("fresh").await.unwrap().unwrap();
+    assert_eq!((r.tenant.as_str(), r.enqueued_at_ms), ("t", None));
+    assert_eq!(s.get("queued").await.unwrap().unwrap().tenant, "t");
+
+    // Marked many at once; a mark already there stays.
+    add(&s, &job("other"), Source::Http).await;
+    s.mark_enqueued(&["fresh".into(), "other".into(), "queued".into()], 9)
+        .await
+        .unwrap();
+    for (id, at) in [("fresh", 9), ("other", 9), ("queued", 5)] {
+        let r = s.get(id).await.unwrap().unwrap();
+        assert_eq!(r.enqueued_at_ms, Some(at), "{id}");
+    }
 }
 
 #[tokio::test]
@@ -247,7 +290,7 @@ async fn unconfirmed_jobs_are_found_until_marked() {
     let (s, _dir) = store().await;
     add(&s, &job("a"), Source::Http).await;
     add(&s, &job("b"), Source::Http).await;
-    s.mark_enqueued("b", 5).await.unwrap();
+    s.mark_enqueued(&["b".into()], 5).await.unwrap();
     let found = s.unconfirmed(2_000, 10).await.unwrap();
     assert_eq!(found, vec![job("a")]);
     assert!(
@@ -300,187 +343,29 @@ async fn overdue_jobs_are_those_not_started_by_their_deadline() {
 }
 
 #[tokio::test]
-async fn usage_is_recorded_once_per_attempt() {
+async fn a_refusal_for_another_tenant_s_id_is_kept_for_its_tenant_alone() {
     let (s, _dir) = store().await;
-    let u = UsageEvent {
-        v: SCHEMA_VERSION,
-        job_id: "a".into(),
-        attempt: 1,
-        node: "n".into(),
-        model: "m".into(),
-        usage: Usage {
-            prompt_tokens: 3,
-            completion_tokens: 4,
-        },
-        engine_ms: 5,
-        at_ms: 6,
-    };
-    let c = Charge {
-        usage: u,
-        cost_micros: 7,
-        cache_hit: false,
-    };
-    s.record_usage(&[c.clone(), c.clone()]).await.unwrap();
-    s.record_usage(&[c]).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage")
-        .fetch_one(&s.pool)
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
-}
-
-#[tokio::test]
-async fn a_limit_admits_its_burst_then_one_per_interval_and_corrects_once() {
-    let (s, _dir) = store().await;
-    let take = |cost_us, tolerance_us| Take {
-        key: "t:tpm".into(),
-        limit: "tokens_per_minute",
-        cost_us,
-        tolerance_us,
-    };
-    // A burst of three (tolerance two intervals), then the fourth waits
-    // one interval.
-    for _ in 0..3 {
-        assert_eq!(s.take(&[take(100, 200)], 1_000).await.unwrap(), None);
-    }
-    assert_eq!(
-        s.take(&[take(100, 200)], 1_000).await.unwrap(),
-        Some(("tokens_per_minute", 100))
-    );
-    assert_eq!(s.take(&[take(100, 200)], 1_100).await.unwrap(), None);
-
-    // A job's real tokens replace its estimate in its tenant's limit and
-    // its key's, once however often its result is seen.
-    let key_take = Take {
-        key: "key:k1:tpm".into(),
-        ..take(100, 200)
-    };
-    assert_eq!(s.take(&[key_take], 1_000).await.unwrap(), None);
-    let mut j = job("est");
-    j.tenant = "t".into();
-    j.api_key = Some("k1".into());
-    add(&s, &j, Source::Http).await;
-    let tat = |key: &'static str| {
-        let pool = s.pool();
-        async move {
-            sqlx::query_scalar::<_, i64>("SELECT tat FROM rate_limits WHERE key = $1")
-                .bind(key)
-                .fetch_one(pool)
-                .await
-                .unwrap()
-        }
-    };
-    let before = (tat("t:tpm").await, tat("key:k1:tpm").await);
-    // The key's tokens cost twice the tenant's.
-    let rate = |limit_key: &str, us_per_token| TokenRate {
-        limit_key: limit_key.into(),
-        us_per_token,
-    };
-    let rates = TokenRates::from([
-        ("t".to_owned(), rate("t:tpm", 1)),
-        ("key:k1".to_owned(), rate("key:k1:tpm", 2)),
-    ]);
-    let estimate = i64::from(ESTIMATE);
-    for _ in 0..2 {
-        s.correct_limits(&[("est".into(), 8)], &rates)
-            .await
-            .unwrap();
-    }
-    assert_eq!(
-        (tat("t:tpm").await, tat("key:k1:tpm").await),
-        (before.0 + 8 - estimate, before.1 + 2 * (8 - estimate))
-    );
-}
-
-#[tokio::test]
-async fn a_job_is_recorded_with_its_places_and_reservation_or_not_at_all() {
-    let (s, _dir) = store().await;
-    let holds = |key_max| Holds {
-        places: vec![("t".to_owned(), 3), ("key:k".to_owned(), key_max)],
-        reservation: None,
-    };
-    let insert = |id: &'static str, holds: Holds| {
-        let s = &s;
-        async move {
-            s.insert(&job(id), Source::Http, ESTIMATE, &holds)
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(insert("a", holds(1)).await, Inserted::New);
-    // Taken again by the same job: it keeps its places.
-    assert_eq!(
-        insert("a", holds(1)).await,
-        Inserted::Existing { enqueued: false }
-    );
-    // The key is full: neither the tenant's place nor the record is taken.
-    assert_eq!(insert("b", holds(1)).await, Inserted::PlacesFull(1));
-    assert!(s.get("b").await.unwrap().is_none());
-    assert_eq!(insert("c", holds(2)).await, Inserted::New);
-    assert_eq!(insert("d", holds(5)).await, Inserted::New);
-    assert_eq!(insert("e", holds(5)).await, Inserted::PlacesFull(0));
-    let freed = Settlement {
-        job_id: "a".into(),
-        cost_micros: 0,
-    };
-    s.settle(&[freed.clone(), freed]).await.unwrap();
-    assert_eq!(insert("e", holds(5)).await, Inserted::New);
-    assert_eq!(insert("f", holds(5)).await, Inserted::PlacesFull(0));
-    // A budget with room for one job's reservation and not two.
-    let budget = |id: &str| Holds {
-        places: Vec::new(),
-        reservation: Some(Reservation {
-            tenant: job(id).tenant,
-            period_start_ms: 0,
-            micros: 600,
-            limit_micros: 1_000,
-        }),
-    };
-    assert_eq!(insert("g", budget("g")).await, Inserted::New);
-    assert_eq!(insert("h", budget("h")).await, Inserted::OverBudget(400));
-    assert!(s.get("h").await.unwrap().is_none());
-    // Another tenant's id is refused whatever it would hold.
-    let other = Job {
+    add(&s, &job("shared"), Source::Nats).await;
+    let refused = RejectedJob {
+        id: "shared".into(),
         tenant: "other".into(),
-        ..job("g")
+        model: "m".into(),
+        priority: Priority::Normal,
+        source: Source::Nats,
+        code: "id_taken".into(),
+        message: "taken".into(),
+        at_ms: 5,
     };
-    assert_eq!(add(&s, &other, Source::Http).await, Inserted::OtherTenant);
-}
-
-#[tokio::test]
-async fn a_started_event_projected_after_the_result_still_sends_its_webhook() {
-    let (s, _dir) = store().await;
-    let hooked = Job {
-        webhook: Some(switchyard_schemas::WebhookTarget {
-            url: "https://hooks.example.com/x".into(),
-            events: vec![
-                switchyard_schemas::WebhookEvent::Started,
-                switchyard_schemas::WebhookEvent::Completed,
-            ],
-        }),
-        ..job("a")
-    };
-    add(&s, &hooked, Source::Http).await;
-    s.mark_enqueued("a", 1).await.unwrap();
-    let done = result(
-        "a",
-        Outcome::Succeeded {
-            output: serde_json::json!({}),
-            usage: Usage::default(),
-        },
+    assert_eq!(s.insert_rejected(&refused).await.unwrap(), "t");
+    let record = s.get("shared").await.unwrap().unwrap();
+    assert_eq!(
+        (record.tenant.as_str(), record.status),
+        ("t", Status::Queued),
+        "the holder's job is left as it is"
     );
-    // The streams are projected independently: the result first.
-    s.apply_results(&[done]).await.unwrap();
-    s.apply_events(&[event("a", 20, EventKind::Running { node: "n1".into() })])
-        .await
-        .unwrap();
-    let mut events: Vec<String> = s
-        .claim_deliveries(i64::MAX / 2, i64::MAX / 2 + 1, 10, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.event)
-        .collect();
-    events.sort();
-    assert_eq!(events, ["completed", "started"]);
+    assert_eq!(
+        s.id_refusal("other", "shared").await.unwrap(),
+        Some(("id_taken".to_owned(), "taken".to_owned()))
+    );
+    assert_eq!(s.id_refusal("t", "shared").await.unwrap(), None);
 }

@@ -1,0 +1,152 @@
+//! The usage ledger, rate limits, queue places and budget reservations.
+
+use super::*;
+
+#[tokio::test]
+async fn usage_is_recorded_once_per_attempt() {
+    let (s, _dir) = store().await;
+    let u = UsageEvent {
+        v: SCHEMA_VERSION,
+        job_id: "a".into(),
+        attempt: 1,
+        node: "n".into(),
+        model: "m".into(),
+        usage: Usage {
+            prompt_tokens: 3,
+            completion_tokens: 4,
+        },
+        engine_ms: 5,
+        at_ms: 6,
+        proof: None,
+    };
+    let c = Charge {
+        usage: u,
+        cost_micros: 7,
+        cache_hit: false,
+    };
+    s.record_usage(&[c.clone(), c.clone()]).await.unwrap();
+    s.record_usage(&[c]).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn a_limit_admits_its_burst_then_one_per_interval_and_corrects_once() {
+    let (s, _dir) = store().await;
+    let take = |cost_us, tolerance_us| Take {
+        key: "t:tpm".into(),
+        limit: "tokens_per_minute",
+        cost_us,
+        tolerance_us,
+    };
+    // A burst of three (tolerance two intervals), then the fourth waits
+    // one interval.
+    for _ in 0..3 {
+        assert_eq!(s.take(&[take(100, 200)], 1_000).await.unwrap(), None);
+    }
+    assert_eq!(
+        s.take(&[take(100, 200)], 1_000).await.unwrap(),
+        Some(("tokens_per_minute", 100))
+    );
+    assert_eq!(s.take(&[take(100, 200)], 1_100).await.unwrap(), None);
+
+    // A job's real tokens replace its estimate in its tenant's limit and
+    // its key's, once however often its result is seen.
+    let key_take = Take {
+        key: "key:k1:tpm".into(),
+        ..take(100, 200)
+    };
+    assert_eq!(s.take(&[key_take], 1_000).await.unwrap(), None);
+    let mut j = job("est");
+    j.tenant = "t".into();
+    j.api_key = Some("k1".into());
+    add(&s, &j, Source::Http).await;
+    let tat = |key: &'static str| {
+        let pool = s.pool();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT tat FROM rate_limits WHERE key = $1")
+                .bind(key)
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        }
+    };
+    let before = (tat("t:tpm").await, tat("key:k1:tpm").await);
+    // The key's tokens cost twice the tenant's.
+    let rate = |limit_key: &str, us_per_token| TokenRate {
+        limit_key: limit_key.into(),
+        us_per_token,
+    };
+    let rates = TokenRates::from([
+        ("t".to_owned(), rate("t:tpm", 1)),
+        ("key:k1".to_owned(), rate("key:k1:tpm", 2)),
+    ]);
+    let estimate = i64::from(ESTIMATE);
+    for _ in 0..2 {
+        s.correct_limits(&[("est".into(), 8)], &rates)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        (tat("t:tpm").await, tat("key:k1:tpm").await),
+        (before.0 + 8 - estimate, before.1 + 2 * (8 - estimate))
+    );
+}
+
+#[tokio::test]
+async fn a_job_is_recorded_with_its_places_and_reservation_or_not_at_all() {
+    let (s, _dir) = store().await;
+    let holds = |key_max| Holds {
+        places: vec![("t".to_owned(), 3), ("key:k".to_owned(), key_max)],
+        reservation: None,
+    };
+    let insert = |id: &'static str, holds: Holds| {
+        let s = &s;
+        async move {
+            s.insert(&job(id), Source::Http, ESTIMATE, &holds)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(insert("a", holds(1)).await, Inserted::New);
+    // Taken again by the same job: it keeps its places.
+    assert_eq!(
+        insert("a", holds(1)).await,
+        Inserted::Existing { enqueued: false }
+    );
+    // The key is full: neither the tenant's place nor the record is taken.
+    assert_eq!(insert("b", holds(1)).await, Inserted::PlacesFull(1));
+    assert!(s.get("b").await.unwrap().is_none());
+    assert_eq!(insert("c", holds(2)).await, Inserted::New);
+    assert_eq!(insert("d", holds(5)).await, Inserted::New);
+    assert_eq!(insert("e", holds(5)).await, Inserted::PlacesFull(0));
+    let freed = Settlement {
+        job_id: "a".into(),
+        cost_micros: 0,
+    };
+    s.settle(&[freed.clone(), freed]).await.unwrap();
+    assert_eq!(insert("e", holds(5)).await, Inserted::New);
+    assert_eq!(insert("f", holds(5)).await, Inserted::PlacesFull(0));
+    // A budget with room for one job's reservation and not two.
+    let budget = |id: &str| Holds {
+        places: Vec::new(),
+        reservation: Some(Reservation {
+            tenant: job(id).tenant,
+            period_start_ms: 0,
+            micros: 600,
+            limit_micros: 1_000,
+        }),
+    };
+    assert_eq!(insert("g", budget("g")).await, Inserted::New);
+    assert_eq!(insert("h", budget("h")).await, Inserted::OverBudget(400));
+    assert!(s.get("h").await.unwrap().is_none());
+    // Another tenant's id is refused whatever it would hold.
+    let other = Job {
+        tenant: "other".into(),
+        ..job("g")
+    };
+    assert_eq!(add(&s, &other, Source::Http).await, Inserted::OtherTenant);
+}

@@ -1,0 +1,134 @@
+//! Latency through the durable path beside the bare pipeline at the same
+//! rate: each message's time from its due time until its result is
+//! published, open loop.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::oneshot;
+
+use super::*;
+
+/// The callers waiting for a result, by the key its message carries.
+#[derive(Clone, Default)]
+struct Waiters(Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>);
+
+impl Waiters {
+    /// Answers each waiter as a message on `subject` comes whose `key` is
+    /// its own, for as long as `tasks` runs.
+    async fn follow(
+        client: &async_nats::Client,
+        subject: &'static str,
+        key: fn(&async_nats::Message) -> String,
+        tasks: &mut JoinSet<()>,
+    ) -> Waiters {
+        let waiters = Waiters::default();
+        let mut results = client.subscribe(subject).await.unwrap();
+        client.flush().await.unwrap();
+        let answering = waiters.clone();
+        tasks.spawn(async move {
+            while let Some(msg) = results.next().await {
+                if let Some(waiter) = answering.0.lock().unwrap().remove(&key(&msg)) {
+                    let _ = waiter.send(());
+                }
+            }
+        });
+        waiters
+    }
+
+    fn wait(&self, key: String) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.0.lock().unwrap().insert(key, tx);
+        rx
+    }
+}
+
+/// Publishes `payload` on `subject` under message id `id` (when some),
+/// then waits for its result: whether it came.
+async fn publish_and_wait(
+    js: jetstream::Context,
+    subject: &'static str,
+    id: Option<String>,
+    payload: Vec<u8>,
+    result: oneshot::Receiver<()>,
+) -> bool {
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(id) = &id {
+        headers.insert("Nats-Msg-Id", id.as_str());
+    }
+    let Ok(ack) = js
+        .publish_with_headers(subject, headers, payload.into())
+        .await
+    else {
+        return false;
+    };
+    ack.await.is_ok() && result.await.is_ok()
+}
+
+/// The bare pipeline's latency at each of `rates`, one measurement each.
+pub(super) async fn bare(nats: &Nats, rates: &[f64], seconds: f64) -> Vec<Measured> {
+    let js = jetstream::new(nats.client().await);
+    bare_streams(&js).await;
+    let mut tasks = JoinSet::new();
+    for (from, to) in BARE_HOPS {
+        let js = js.clone();
+        tasks.spawn(async move { hop(&js, from, to, usize::MAX).await });
+    }
+    let key = |msg: &async_nats::Message| String::from_utf8_lossy(&msg.payload[..20]).into_owned();
+    let waiters = Waiters::follow(&nats.client().await, "hop.RESULT", key, &mut tasks).await;
+    let measured = at_rates(rates, seconds, |n| {
+        let key = format!("{n:020}");
+        let mut payload = key.clone().into_bytes();
+        payload.resize(300, 7);
+        publish_and_wait(js.clone(), "hop.H1", None, payload, waiters.wait(key))
+    })
+    .await;
+    tasks.abort_all();
+    measured
+}
+
+/// The durable path's latency at each of `rates`: a submission published
+/// to `SUBMIT` until its result is published, one measurement each.
+pub(super) async fn durable(rates: &[f64], seconds: f64) -> Vec<Measured> {
+    let stack = durable_stack();
+    let client = stack.nats.client().await;
+    let js = jetstream::new(client.clone());
+    let mut tasks = JoinSet::new();
+    let key = |msg: &async_nats::Message| {
+        let subject = msg.subject.as_str();
+        subject.rsplit('.').next().unwrap_or(subject).to_owned()
+    };
+    let waiters = Waiters::follow(&client, "sy.results.*", key, &mut tasks).await;
+    let body = json!({"model": TEXT_MODEL, "input": {"prompt": "bench", "max_tokens": 1}})
+        .to_string()
+        .into_bytes();
+    let measured = at_rates(rates, seconds, |n| {
+        let id = format!("latency-{n}");
+        let result = waiters.wait(id.clone());
+        publish_and_wait(
+            js.clone(),
+            "sy.submit.normal",
+            Some(id),
+            body.clone(),
+            result,
+        )
+    })
+    .await;
+    tasks.abort_all();
+    measured
+}
+
+/// One open-loop measurement at each of `rates`, `send(n)` sending the
+/// `n`th message of them all.
+async fn at_rates<F, Fut>(rates: &[f64], seconds: f64, send: F) -> Vec<Measured>
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let next = AtomicU64::new(0);
+    let mut measured = Vec::new();
+    for &rate in rates {
+        measured
+            .push(open_loop(rate, seconds, || send(next.fetch_add(1, Ordering::Relaxed))).await);
+    }
+    measured
+}
