@@ -316,16 +316,6 @@ async fn garbage_on_internal_subjects_does_not_stop_the_pipeline() {
     }
 }
 
-/// The broker's resident memory, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// Sends raw bytes on a new connection; the status line of the answer, or
 /// an empty string if the broker closed the connection without one.
 async fn raw_status(port: u16, request: &[u8]) -> String {

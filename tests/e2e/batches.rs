@@ -220,16 +220,6 @@ async fn a_large_file_streams_through_without_being_held_in_memory() {
     assert!(grown_mib < 24, "the broker held the file: +{grown_mib} MiB");
 }
 
-/// The process's peak resident set, in KiB.
-fn peak_rss_kib(pid: u32) -> i64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 async fn upload(stack: &Stack, content: Vec<u8>) -> (u16, Value) {
     let form = reqwest::multipart::Form::new()
         .text("purpose", "batch")

@@ -10,9 +10,11 @@
 //!    simulated engine, zero service time), where the time goes by stage,
 //!    and the CPU each process spends; then the latency of both at fixed
 //!    rates (`harness/pipeline.rs`);
-//! 3. latency added over a direct engine call by the jobs API (sync wait),
-//!    the OpenAI-compatible front and, where it is installed, the LiteLLM
-//!    proxy, at 25 %, 50 % and 75 % of the most the front sustains.
+//! 3. latency added over a direct engine call by the jobs API (sync wait)
+//!    and the OpenAI-compatible front, at 25 %, 50 % and 75 % of the most
+//!    the front sustains;
+//! 4. where it is installed, the LiteLLM proxy beside them at a rate it
+//!    sustains with one worker (15 requests/s).
 //!
 //! `cargo test --test e2e harness::smoke` runs every part for a moment (CI); the
 //! figures of docs/benchmarks.md come from the long form, `scripts/bench`
@@ -34,6 +36,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 mod pipeline;
+mod scaling;
 
 /// How long each measurement runs.
 #[derive(Clone, Copy)]
@@ -289,6 +292,9 @@ async fn mean_ms(stack: &Stack, component: &str, metric: &str) -> f64 {
     }
 }
 
+/// The stage from admission until the dispatcher places the job.
+const QUEUE_WAIT: &str = "queue wait (admitted → placed)";
+
 /// What one run of the durable path measured.
 struct Durable {
     per_second: f64,
@@ -296,6 +302,8 @@ struct Durable {
     stages: Vec<(&'static str, f64)>,
     /// Process → CPU ms per job.
     cpu: Vec<(&'static str, f64)>,
+    /// Process → resident memory at the end, MiB.
+    rss: Vec<(&'static str, f64)>,
 }
 
 /// The durable path's stack: broker, dispatcher and two agents with
@@ -316,19 +324,27 @@ fn durable_stack() -> Stack {
 }
 
 /// The most jobs a second the durable path sustains: `jobs` published to
-/// the durable intake at once, simulated engines with no service time.
-async fn durable_path(jobs: usize) -> Durable {
+/// the durable intake at once, in turn for each of `tenants` tenants,
+/// simulated engines with no service time.
+async fn durable_path(jobs: usize, tenants: usize) -> Durable {
     let stack = durable_stack();
     let procs = ["broker", "dispatcher", "node-a", "node-b", "nats-server"];
     let cpu_before: Vec<f64> = procs.iter().map(|p| cpu_seconds(stack.pid_of(p))).collect();
     let js = jetstream::new(stack.nats.client().await);
     let start = Instant::now();
-    let body = json!({"model": TEXT_MODEL, "input": {"prompt": "bench", "max_tokens": 1}});
+    let bodies: Vec<Vec<u8>> = (0..tenants)
+        .map(|t| {
+            json!({"model": TEXT_MODEL, "tenant": format!("t{t}"),
+                "input": {"prompt": "bench", "max_tokens": 1}})
+            .to_string()
+            .into_bytes()
+        })
+        .collect();
     publish_acked(&js, jobs, |i| {
         (
             "sy.submit.normal".to_owned(),
             Some(format!("bench-{i}")),
-            body.to_string().into_bytes(),
+            bodies[i % tenants].clone(),
         )
     })
     .await;
@@ -356,13 +372,17 @@ async fn durable_path(jobs: usize) -> Durable {
             )
         })
         .collect();
+    let rss = procs
+        .iter()
+        .map(|p| (*p, rss_kib(stack.pid_of(p)) as f64 / 1024.0))
+        .collect();
     let stages = vec![
         (
             "admission (broker)",
             mean_ms(&stack, "broker", "switchyard_broker_submit_seconds").await,
         ),
         (
-            "queue wait (admitted → placed)",
+            QUEUE_WAIT,
             mean_ms(
                 &stack,
                 "dispatcher",
@@ -392,6 +412,7 @@ async fn durable_path(jobs: usize) -> Durable {
         per_second,
         stages,
         cpu,
+        rss,
     }
 }
 
@@ -542,7 +563,7 @@ async fn durable(form: &Form) {
     // 2. The durable path, and where its time goes.
     let mut runs = Vec::new();
     for _ in 0..form.runs {
-        runs.push(durable_path(form.jobs).await);
+        runs.push(durable_path(form.jobs, 1).await);
     }
     let durable: Vec<f64> = runs.iter().map(|r| r.per_second).collect();
     let ratio: Vec<f64> = durable.iter().zip(&raw).map(|(d, r)| d / r).collect();
@@ -594,7 +615,67 @@ async fn durable(form: &Form) {
 /// measured beside the bare pipeline's.
 const LATENCY_RATES: [f64; 2] = [200.0, 1000.0];
 
-/// Latency over a direct call, through each front and LiteLLM.
+/// The rate LiteLLM's proxy sustains with one worker on this machine, at
+/// which its added latency is set beside Switchyard's.
+const LITELLM_RATE: f64 = 15.0;
+
+/// A load at which paths are measured: its label and rate.
+struct Load {
+    label: String,
+    rate: f64,
+}
+
+/// Measures every path at every load, `form.runs` times, and prints a row
+/// for each: the p50 and p99, and what the path adds to the first one
+/// (the direct call), taken within each run.
+async fn compare(http: &reqwest::Client, paths: &[Path], loads: &[Load], form: &Form) {
+    // p50, p99, added p50 and added p99 of each run, by (load, path).
+    let mut runs: HashMap<(usize, usize), [Vec<f64>; 4]> = HashMap::new();
+    for _ in 0..form.runs {
+        for (l, load) in loads.iter().enumerate() {
+            let mut direct = (0.0, 0.0);
+            for (p, path) in paths.iter().enumerate() {
+                let m = open_loop(load.rate, form.seconds, || path.send(http)).await;
+                assert_eq!(
+                    m.failed, 0,
+                    "{} failed requests at {}",
+                    path.name, load.label
+                );
+                let (p50, p99) = (m.ms(0.5), m.ms(0.99));
+                if p == 0 {
+                    direct = (p50, p99);
+                }
+                let row = runs.entry((l, p)).or_default();
+                for (v, x) in row
+                    .iter_mut()
+                    .zip([p50, p99, p50 - direct.0, p99 - direct.1])
+                {
+                    v.push(x);
+                }
+            }
+        }
+    }
+    println!(
+        "\n| path | load | p50 ms | p99 ms | added p50 ms | added p99 ms |\n| --- | --- | --- | --- | --- | --- |"
+    );
+    for (l, load) in loads.iter().enumerate() {
+        for (p, path) in paths.iter().enumerate() {
+            let [p50, p99, added50, added99] = &runs[&(l, p)];
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                path.name,
+                load.label,
+                spread(p50, 2),
+                spread(p99, 2),
+                spread(added50, 2),
+                spread(added99, 2)
+            );
+        }
+    }
+}
+
+/// Latency over a direct call, through each front, and LiteLLM beside
+/// them at a rate it sustains.
 async fn latency(form: &Form) {
     // 3. Added latency over a direct call, at fractions of the front's most.
     let engine = instant_engine().await;
@@ -622,6 +703,7 @@ async fn latency(form: &Form) {
             headers: vec![],
         },
     ];
+    let front = paths[2].clone();
     if let Some(proxy) = &litellm {
         paths.push(Path {
             name: "LiteLLM proxy",
@@ -636,43 +718,34 @@ async fn latency(form: &Form) {
             assert!(p.send(&http).await, "{} does not answer", p.name);
         }
     }
-    let front = paths[2].clone();
     let most = {
-        let (http, front) = (http.clone(), front.clone());
+        let http = http.clone();
         saturate(64, form.seconds, move || front.send(&http)).await
     };
     println!("\nthe OpenAI front sustains {most:.0} requests/s (64 callers)");
-    println!("\n| path | load | p50 ms | p99 ms | failed |\n| --- | --- | --- | --- | --- |");
-    let mut table: HashMap<(&str, u32), Percentiles> = HashMap::new();
-    for _ in 0..form.runs {
-        for share in [25u32, 50, 75] {
-            let rate = most * f64::from(share) / 100.0;
-            for p in &paths {
-                let m = open_loop(rate, form.seconds, || p.send(&http)).await;
-                let e = table.entry((p.name, share)).or_default();
-                e.0.push(m.ms(0.5));
-                e.1.push(m.ms(0.99));
-                assert_eq!(m.failed, 0, "{} failed requests at {share} %", p.name);
-            }
+    let shares = [25u32, 50, 75].map(|share| {
+        let rate = most * f64::from(share) / 100.0;
+        Load {
+            label: format!("{share} % ({rate:.0}/s)"),
+            rate,
         }
-    }
-    for share in [25u32, 50, 75] {
-        for p in &paths {
-            let (p50, p99) = &table[&(p.name, share)];
-            println!(
-                "| {} | {share} % ({:.0}/s) | {} | {} | 0 |",
-                p.name,
-                most * f64::from(share) / 100.0,
-                spread(p50, 2),
-                spread(p99, 2)
-            );
-        }
+    });
+    // LiteLLM cannot keep up with these: its row would be its queue.
+    compare(&http, &paths[..3], &shares, form).await;
+    // 4. Every path at a rate LiteLLM sustains: its added latency beside ours.
+    if litellm.is_some() {
+        let fair = Load {
+            label: format!("{LITELLM_RATE:.0}/s"),
+            rate: LITELLM_RATE,
+        };
+        compare(&http, &paths, &[fair], form).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn smoke() {
     run(SMOKE).await;
+    scaling::tenants(&SMOKE, &[10]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1128,6 +1128,25 @@ where
         .await;
 }
 
+/// A process's resident memory, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    memory_kib(pid, "VmRSS:")
+}
+
+/// A process's peak resident memory, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    memory_kib(pid, "VmHWM:")
+}
+
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 /// Whether `GET /readyz` on `port` answers 200 (blocking, for start-up waits).
 pub fn is_ready(port: u16) -> bool {
     answers_ok(port, "/readyz")
