@@ -194,7 +194,8 @@ impl Grants {
     }
 
     /// Whether a result comes from the node its attempt was assigned to,
-    /// or from the platform, with the output it was made with.
+    /// or from the platform, with the output it was made with, and the
+    /// usage it carries, if any, from that node for that attempt.
     pub fn vouches_result(&self, r: &JobResult) -> bool {
         self.verifies(
             Claim::Result(r.output_sha256.as_deref()),
@@ -202,7 +203,12 @@ impl Grants {
             r.attempt,
             r.node.as_deref().unwrap_or_default(),
             r.proof.as_deref(),
-        )
+        ) && r.usage_record.as_ref().is_none_or(|u| {
+            u.job_id == r.job_id
+                && u.attempt == r.attempt
+                && r.node.as_ref() == Some(&u.node)
+                && self.vouches_usage(u)
+        })
     }
 }
 
@@ -247,6 +253,37 @@ mod tests {
         assert!(!other.verifies(result, "j", 2, "node-a", Some(&proof)));
         // Parts are length-framed: ("j1", "-a") is not ("j", "1-a").
         assert_ne!(grants.grant("ab", 1, "c"), grants.grant("a", 1, "bc"));
+    }
+
+    #[test]
+    fn a_result_counts_only_with_usage_its_own_attempt_vouches_for() {
+        let grants = Grants::from_key([7; 32]);
+        let grant = grants.grant("j", 1, "node-a");
+        let usage = |job: &str, proof: &str| UsageEvent {
+            proof: Some(prove(proof, Claim::Usage)),
+            ..UsageEvent::fixture(job, "node-a")
+        };
+        let result = |usage_record| JobResult {
+            node: Some("node-a".into()),
+            proof: Some(prove(&grant, Claim::Result(None))),
+            usage_record,
+            ..JobResult::fixture(
+                "j",
+                switchyard_schemas::Outcome::Failed {
+                    error: switchyard_schemas::JobError::new(
+                        switchyard_schemas::ErrorClass::Internal,
+                        "x",
+                    ),
+                },
+            )
+        };
+        assert!(grants.vouches_result(&result(None)));
+        assert!(grants.vouches_result(&result(Some(usage("j", &grant)))));
+        // A usage record made up, or one of another job's attempt that
+        // the node holds a grant for, makes the whole result a forgery.
+        assert!(!grants.vouches_result(&result(Some(usage("j", "made up")))));
+        let other = grants.grant("k", 1, "node-a");
+        assert!(!grants.vouches_result(&result(Some(usage("k", &other)))));
     }
 
     #[test]

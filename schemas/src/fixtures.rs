@@ -2,7 +2,8 @@
 //! place, so that a test names only what it is about.
 
 use crate::{
-    CompletionInput, Job, JobInput, JobResult, Outcome, Priority, SCHEMA_VERSION, Timeline,
+    CompletionInput, Job, JobInput, JobResult, Outcome, Priority, SCHEMA_VERSION, Timeline, Usage,
+    UsageEvent,
 };
 
 impl Job {
@@ -48,6 +49,27 @@ impl JobResult {
         JobResult {
             finished_at_ms: 50,
             ..JobResult::new(id, 1, timeline, outcome)
+        }
+    }
+}
+
+impl UsageEvent {
+    /// Job `id`'s first attempt on `node`, of model `m`: 3 prompt and 4
+    /// completion tokens in 5 ms of engine time, recorded at 6 ms.
+    pub fn fixture(id: &str, node: &str) -> UsageEvent {
+        UsageEvent {
+            v: SCHEMA_VERSION,
+            job_id: id.to_owned(),
+            attempt: 1,
+            node: node.to_owned(),
+            model: "m".into(),
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+            },
+            engine_ms: 5,
+            at_ms: 6,
+            proof: None,
         }
     }
 }

@@ -458,9 +458,15 @@ pub struct JobResult {
     /// Proof that the attempt was assigned to `node` (see `Assignment::grant`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<String>,
+    /// The attempt's usage, carried by the result that ends it so that one
+    /// message reports both; an attempt whose result does not carry it
+    /// reports it on `sy.usage.<job id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_record: Option<UsageEvent>,
 }
 
-/// What one attempt consumed, on `sy.usage.<job id>`, for the ledger.
+/// What one attempt consumed, for the ledger: on `sy.usage.<job id>`, or
+/// in the attempt's result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageEvent {
     pub v: u16,

@@ -25,6 +25,7 @@ impl JobResult {
             output_ref: None,
             output_sha256: None,
             proof: None,
+            usage_record: None,
         }
     }
 

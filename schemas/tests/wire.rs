@@ -61,6 +61,7 @@ fn result() -> JobResult {
         },
         output_sha256: None,
         proof: None,
+        usage_record: None,
     }
 }
 
@@ -131,19 +132,10 @@ fn every_message_round_trips() {
         node: None,
         ..result()
     });
-    round_trip(UsageEvent {
-        v: SCHEMA_VERSION,
-        job_id: "j".into(),
-        attempt: 1,
-        node: "n".into(),
-        model: "m".into(),
-        usage: Usage {
-            prompt_tokens: 3,
-            completion_tokens: 4,
-        },
-        engine_ms: 12,
-        at_ms: 9,
-        proof: None,
+    round_trip(UsageEvent::fixture("j", "n"));
+    round_trip(JobResult {
+        usage_record: Some(UsageEvent::fixture(&job().id, "node-a")),
+        ..result()
     });
     round_trip(Heartbeat {
         v: SCHEMA_VERSION,

@@ -163,7 +163,8 @@ async fn ten_thousand_jobs_through_crashes_are_each_billed_once() {
 
 /// Tokens a streamed job generated before it was cancelled, or before its
 /// own timeout stopped it, are counted and charged: the attempt reached the
-/// engine, so its usage is in the ledger, never silently free.
+/// engine, so its usage is in the ledger, never silently free. A job that
+/// succeeds reports its usage in its result, one message for both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streamed_tokens_of_a_job_stopped_early_are_charged() {
     use futures::StreamExt;
@@ -184,20 +185,20 @@ async fn streamed_tokens_of_a_job_stopped_early_are_charged() {
             }
         }
     };
-    let job = |timeout: Option<u64>| {
+    let job = |timeout: Option<u64>, max_tokens: u32| {
         let mut body = json!({"model": TEXT_MODEL, "stream": true,
-                              "input": {"prompt": "a long answer", "max_tokens": 60}});
+                              "input": {"prompt": "a long answer", "max_tokens": max_tokens}});
         if let Some(ms) = timeout {
             body["timeout_ms"] = json!(ms);
         }
         body
     };
-    let cancelled = stack.submit_http(&job(None)).await;
+    let cancelled = stack.submit_http(&job(None, 60)).await;
     tokio::time::timeout(Duration::from_secs(20), streamed(cancelled.clone()))
         .await
         .expect("tokens stream");
     assert_eq!(stack.cancel_job(&cancelled).await, 200);
-    let timed_out = stack.submit_http(&job(Some(1_000))).await;
+    let timed_out = stack.submit_http(&job(Some(1_000), 60)).await;
     let ended = stack
         .wait_finished_as(
             &[cancelled.clone(), timed_out.clone()],
@@ -207,6 +208,11 @@ async fn streamed_tokens_of_a_job_stopped_early_are_charged() {
         .await;
     assert_eq!(ended[&cancelled]["status"], "cancelled");
     assert_eq!(ended[&timed_out]["status"], "timed_out");
+    let succeeded = stack.submit_http(&job(None, 2)).await;
+    let done = stack
+        .wait_finished(std::slice::from_ref(&succeeded), Duration::from_secs(30))
+        .await;
+    assert_eq!(done[&succeeded]["status"], "succeeded");
     let usage = eventually(
         Duration::from_secs(10),
         Duration::from_millis(100),
@@ -220,7 +226,7 @@ async fn streamed_tokens_of_a_job_stopped_early_are_charged() {
                 .flatten()
                 .map(|r| r["requests"].as_u64().unwrap_or(0))
                 .sum();
-            so(rows > 0 && requests == 2, || usage.to_string()).map(|()| usage)
+            so(rows > 0 && requests == 3, || usage.to_string()).map(|()| usage)
         },
     )
     .await;
@@ -237,4 +243,16 @@ async fn streamed_tokens_of_a_job_stopped_early_are_charged() {
         usage["data"][0]["engine_ms"].as_u64().unwrap() > 0,
         "{usage}"
     );
+    // Only the two stopped attempts, which have no result of their own,
+    // reported their usage on its own.
+    let billing = async_nats::jetstream::new(client)
+        .get_stream("BILLING")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(billing, 2);
 }

@@ -1,6 +1,7 @@
-//! Keeps the job store in step with the streams: lifecycle events, results and
-//! usage are written in batches, one transaction each, and acknowledged only
-//! after the commit. Every write is idempotent, so redelivery is harmless.
+//! Keeps the job store in step with the streams: lifecycle events, results
+//! (with the usage most carry) and usage reported on its own are written in
+//! batches, one transaction each, and acknowledged only after the commit.
+//! Every write is idempotent, so redelivery is harmless.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -167,7 +168,15 @@ impl Results {
                 Err(e) => return Err(ProjectError::Large(e)),
             }
         }
-        store.apply_results(&items).await?;
+        // The usage a result carries goes into the ledger in its
+        // transaction; the rest comes on `BILLING`.
+        let charges: Vec<Charge> = items
+            .iter_mut()
+            .filter_map(|r| r.usage_record.take())
+            .map(|u| billing::charge(&self.registry, u, false))
+            .collect();
+        let new = store.apply_results(&items, &charges).await?;
+        count_costs(&charges, &new);
         self.recorded.notify_waiters();
         // Only budgets and queued-job limits hold anything for a result to
         // settle.
@@ -223,10 +232,16 @@ pub async fn record_usage(
         .into_iter()
         .map(|u| billing::charge(registry, u, false))
         .collect();
-    for i in store.record_usage(&charges).await? {
+    let new = store.record_usage(&charges).await?;
+    count_costs(&charges, &new);
+    Ok(())
+}
+
+/// Counts the cost of the charges the ledger took for the first time.
+fn count_costs(charges: &[Charge], new: &[usize]) {
+    for &i in new {
         let c = &charges[i];
         metrics::counter!(m::USAGE_COST, "model" => c.usage.model.clone())
             .increment(u64::try_from(c.cost_micros).unwrap_or(0));
     }
-    Ok(())
 }

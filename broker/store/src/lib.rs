@@ -251,7 +251,13 @@ pub trait JobRecords: Send + Sync {
         id: &str,
     ) -> Result<Option<(String, String)>, StoreError>;
     async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError>;
-    async fn apply_results(&self, results: &[JobResult]) -> Result<(), StoreError>;
+    /// Records results, and the usage charged with them, in one
+    /// transaction; which of `charges` (by index) were new to the ledger.
+    async fn apply_results(
+        &self,
+        results: &[JobResult],
+        charges: &[ledger::Charge],
+    ) -> Result<Vec<usize>, StoreError>;
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
     /// Jobs matching `filter`, newest first, at most `limit`.
     async fn list(&self, filter: &ListFilter, limit: u32) -> Result<Vec<JobRecord>, StoreError>;

@@ -18,9 +18,10 @@ pub(super) enum PublishFailed {
     Large(#[from] large::LargeError),
 }
 
-/// Runs the job on the engine and publishes its usage and then its result, each
-/// confirmed by the server. Usage goes first: once a result exists, so does
-/// its usage record.
+/// Runs the job on the engine and publishes its result, confirmed by the
+/// server, carrying the attempt's usage: once a result exists, so does its
+/// usage record. An attempt without a result of its own reports its usage
+/// on its own.
 pub(super) async fn execute(
     node: &Node,
     msg: &jetstream::Message,
@@ -169,13 +170,17 @@ pub(super) async fn execute(
                     prompt_tokens: 0,
                     completion_tokens: streamed,
                 };
-                publish_usage(node, msg, a, partial, engine_time, retry_until).await?;
+                let usage = usage_record(node, a, partial, engine_time);
+                publish_usage(node, msg, &usage, retry_until).await?;
             }
             return settle_failure(node, a, e, timeline).await;
         }
     };
-    publish_usage(node, msg, a, inf.usage, engine_time, retry_until).await?;
-    let mut result = JobResult::succeeded(&job.id, job.attempt, timeline, inf.output, inf.usage);
+    let usage = usage_record(node, a, inf.usage, engine_time);
+    let mut result = JobResult {
+        usage_record: Some(usage),
+        ..JobResult::succeeded(&job.id, job.attempt, timeline, inf.output, inf.usage)
+    };
     // An output larger than a message goes to the object store first.
     large::spill(&node.large_results, &mut result, node.max_result_bytes).await?;
     Voucher::Node(&a.grant).vouch(&mut result);
@@ -188,7 +193,11 @@ pub(super) async fn execute(
         metrics::histogram!(m::JOB_SECONDS).record(total_ms as f64 / 1000.0);
         "succeeded"
     } else {
-        // Another attempt's result was stored first; the job has its one result.
+        // Another attempt's result was stored first; the job has its one
+        // result, and this attempt's usage is reported on its own.
+        if let Some(usage) = &result.usage_record {
+            publish_usage(node, msg, usage, retry_until).await?;
+        }
         "duplicate"
     };
     metrics::counter!(m::JOBS, "outcome" => outcome).increment(1);
@@ -248,18 +257,10 @@ async fn announce_running(
     .await?)
 }
 
-/// Publishes an attempt's usage, confirmed, before its outcome: once a
-/// result exists, so does its usage record.
-async fn publish_usage(
-    node: &Node,
-    msg: &jetstream::Message,
-    a: &Assignment,
-    usage: Usage,
-    engine_time: Duration,
-    until: Instant,
-) -> Result<(), PublishFailed> {
+/// What an attempt consumed, with the proof its grant gives.
+fn usage_record(node: &Node, a: &Assignment, usage: Usage, engine_time: Duration) -> UsageEvent {
     let job = &a.job;
-    let event = UsageEvent {
+    UsageEvent {
         v: SCHEMA_VERSION,
         job_id: job.id.clone(),
         attempt: job.attempt,
@@ -269,13 +270,28 @@ async fn publish_usage(
         engine_ms: u64::try_from(engine_time.as_millis()).unwrap_or(u64::MAX),
         at_ms: now_ms(),
         proof: Some(grants::prove(&a.grant, Claim::Usage)),
-    };
-    let payload = encode(&event)?;
-    let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
+    }
+}
+
+/// Publishes an attempt's usage on its own, confirmed, before its outcome:
+/// once a result exists, so does its usage record.
+async fn publish_usage(
+    node: &Node,
+    msg: &jetstream::Message,
+    usage: &UsageEvent,
+    until: Instant,
+) -> Result<(), PublishFailed> {
+    let payload = encode(usage)?;
+    let msg_id = subjects::attempt_msg_id(&usage.job_id, usage.attempt);
     until_confirmed(msg, until, || async {
-        nats::publish(&node.js, subjects::usage(&job.id), &msg_id, payload.clone())
-            .await?
-            .await
+        nats::publish(
+            &node.js,
+            subjects::usage(&usage.job_id),
+            &msg_id,
+            payload.clone(),
+        )
+        .await?
+        .await
     })
     .await?;
     Ok(())

@@ -425,12 +425,11 @@ impl Admitter {
             finished_at_ms: now,
             ..JobResult::succeeded(&job.id, job.attempt, Timeline::default(), output, usage)
         };
-        self.store.apply_results(&[result]).await?;
         let spent = Settlement {
             job_id: job.id.clone(),
             cost_micros: charge.cost_micros,
         };
-        self.store.record_usage(&[charge]).await?;
+        self.store.apply_results(&[result], &[charge]).await?;
         self.store.settle(&[spent]).await?;
         metrics::counter!(m::SUBMISSIONS, "source" => req.source.as_str()).increment(1);
         Ok(job)

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use sqlx::{Any, Row, Transaction};
 use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, now_ms};
 
-use super::{SqlStore, params, quotas, record};
+use super::{SqlStore, ledger, params, quotas, record};
+use crate::ledger::Charge;
 use crate::outbox::{body, delivery_id, event_for};
 use crate::{
     Holds, Idempotency, Inserted, JobRecord, JobRecords, ListFilter, Recording, RejectedJob,
@@ -430,11 +431,16 @@ impl JobRecords for SqlStore {
         Ok(())
     }
 
-    async fn apply_results(&self, results: &[JobResult]) -> Result<(), StoreError> {
+    async fn apply_results(
+        &self,
+        results: &[JobResult],
+        charges: &[Charge],
+    ) -> Result<Vec<usize>, StoreError> {
         let mut tx = self.pool().begin().await?;
         for r in results {
             Self::apply_result(&mut tx, r).await?;
         }
+        let new = ledger::insert_charges(&mut tx, charges).await?;
         let hooked = hooked(&mut tx, results.iter().map(|r| r.job_id.as_str())).await?;
         for r in results.iter().filter(|r| hooked.contains(&r.job_id)) {
             // A job its engine answered at once has no `running` event: its
@@ -445,7 +451,7 @@ impl JobRecords for SqlStore {
             queue_webhook(&mut tx, &r.job_id, Report::Status).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(new)
     }
 
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {

@@ -59,24 +59,31 @@ fn result(id: &str, outcome: Outcome) -> JobResult {
     JobResult::fixture(id, outcome)
 }
 
+/// Job `id`'s succeeded result, with the engine's token counts.
+fn succeeded(id: &str, prompt_tokens: u32, completion_tokens: u32) -> JobResult {
+    result(
+        id,
+        Outcome::Succeeded {
+            output: serde_json::json!({"x": 1}),
+            usage: Usage {
+                prompt_tokens,
+                completion_tokens,
+            },
+        },
+    )
+}
+
 #[tokio::test]
 async fn lifecycle_moves_forward_only_and_ignores_repeats() {
     let (s, _dir) = store().await;
     add(&s, &job("a"), Source::Http).await;
     add(&s, &job("a"), Source::Nats).await;
-    let ok = result(
-        "a",
-        Outcome::Succeeded {
-            output: serde_json::json!({"x": 1}),
-            usage: Usage {
-                prompt_tokens: 1,
-                completion_tokens: 2,
-            },
-        },
-    );
+    let ok = succeeded("a", 1, 2);
     // Out of order: the result lands before the events, and alone gives
     // the whole timeline.
-    s.apply_results(std::slice::from_ref(&ok)).await.unwrap();
+    s.apply_results(std::slice::from_ref(&ok), &[])
+        .await
+        .unwrap();
     let early = s.get("a").await.unwrap().unwrap();
     assert_eq!(
         (early.assigned_at_ms, early.started_at_ms),
@@ -94,7 +101,7 @@ async fn lifecycle_moves_forward_only_and_ignores_repeats() {
             error: JobError::new(ErrorClass::Timeout, "late"),
         },
     );
-    s.apply_results(&[failed]).await.unwrap();
+    s.apply_results(&[failed], &[]).await.unwrap();
 
     let r = s.get("a").await.unwrap().unwrap();
     assert_eq!(r.status, Status::Succeeded, "first final result wins");
@@ -171,13 +178,13 @@ async fn a_retry_starts_the_next_attempt_and_the_first_result_is_the_job_s() {
             },
         )
     };
-    s.apply_results(&[first]).await.unwrap();
+    s.apply_results(&[first], &[]).await.unwrap();
     let late = JobError::new(ErrorClass::Timeout, "late");
     let second = JobResult {
         attempt: 2,
         ..result("a", Outcome::Failed { error: late })
     };
-    s.apply_results(&[second]).await.unwrap();
+    s.apply_results(&[second], &[]).await.unwrap();
     let r = s.get("a").await.unwrap().unwrap();
     assert_eq!((r.status, r.attempt), (Status::Succeeded, 1));
     assert_eq!(r.node.as_deref(), Some("n1"));

@@ -5,20 +5,7 @@ use super::*;
 #[tokio::test]
 async fn usage_is_recorded_once_per_attempt() {
     let (s, _dir) = store().await;
-    let u = UsageEvent {
-        v: SCHEMA_VERSION,
-        job_id: "a".into(),
-        attempt: 1,
-        node: "n".into(),
-        model: "m".into(),
-        usage: Usage {
-            prompt_tokens: 3,
-            completion_tokens: 4,
-        },
-        engine_ms: 5,
-        at_ms: 6,
-        proof: None,
-    };
+    let u = UsageEvent::fixture("a", "n");
     let c = Charge {
         usage: u,
         cost_micros: 7,
@@ -31,6 +18,33 @@ async fn usage_is_recorded_once_per_attempt() {
         .await
         .unwrap();
     assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn a_result_and_the_usage_it_carries_are_recorded_together_once() {
+    let (s, _dir) = store().await;
+    add(&s, &job("a"), Source::Nats).await;
+    let ok = succeeded("a", 3, 4);
+    let charge = Charge {
+        usage: UsageEvent::fixture("a", "n1"),
+        cost_micros: 7,
+        cache_hit: false,
+    };
+    // A batch redelivered after its commit records nothing twice.
+    let first = s
+        .apply_results(std::slice::from_ref(&ok), std::slice::from_ref(&charge))
+        .await
+        .unwrap();
+    let again = s.apply_results(&[ok], &[charge]).await.unwrap();
+    assert_eq!((first, again), (vec![0], vec![]));
+    let lines: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(lines, 1);
+    let report = s.usage_report(&Default::default()).await.unwrap();
+    assert_eq!(report.charged.len(), 1, "{report:?}");
+    assert_eq!(report.charged[0].completion_tokens, 4);
 }
 
 #[tokio::test]
