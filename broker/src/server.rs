@@ -92,6 +92,7 @@ pub async fn run(
         ack_wait: CONSUMER_ACK_WAIT,
         max_ack_pending: i64::try_from(pending).unwrap_or(i64::MAX),
         inactive_threshold: Duration::ZERO,
+        state_in_memory: false,
     };
     let batch = cfg.projection_batch;
     let intake_consumer = nats::durable_consumer(

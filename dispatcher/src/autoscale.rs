@@ -196,17 +196,29 @@ pub async fn signal(
     let at_ms = now_ms();
     // (model token, priority) → (jobs waiting, oldest wait in ms)
     let mut queues: HashMap<(String, Priority), (u64, i64)> = HashMap::new();
+    // The queues with jobs waiting, by the prefix their lanes share.
+    let mut waiting: HashMap<String, (String, Priority)> = HashMap::new();
     for (subject, n) in counts {
-        let Some((priority, model)) = subjects::queue_of(&subject) else {
+        let (Some((priority, model)), Some((prefix, _))) =
+            (subjects::queue_of(&subject), subject.rsplit_once('.'))
+        else {
             continue;
         };
-        let queue = queues.entry((model.to_owned(), priority)).or_default();
-        queue.0 += n as u64;
-        if n > 0
-            && let Ok(first) = jobs.get_first_raw_message_by_subject(&subject, 1).await
+        queues.entry((model.to_owned(), priority)).or_default().0 += n as u64;
+        if n > 0 {
+            waiting.insert(prefix.to_owned(), (model.to_owned(), priority));
+        }
+    }
+    // One look per queue, however many tenants' lanes it has: its oldest
+    // job is the first in the stream of any of them.
+    for (prefix, queue) in waiting {
+        if let Ok(first) = jobs
+            .get_first_raw_message_by_subject(format!("{prefix}.*"), 1)
+            .await
             && let Ok(job) = decode::<Job>(&first.payload)
+            && let Some(q) = queues.get_mut(&queue)
         {
-            queue.1 = queue.1.max(at_ms - job.submitted_at_ms);
+            q.1 = at_ms - job.submitted_at_ms;
         }
     }
     for spec in registry.iter() {

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::aging::{aged_lanes, sweep_order};
 use crate::autoscale::{self, Arrivals};
 use crate::fair::FairShare;
 use crate::loads::Loads;
@@ -48,12 +49,12 @@ const KEY_AT_BOUND_DELAY: Duration = Duration::from_millis(250);
 
 /// One queue the dispatcher drains: the jobs of one model at one priority,
 /// one lane (subject and consumer) per tenant, shared out by weight.
-struct Queue {
-    priority: Priority,
+pub(crate) struct Queue {
+    pub(crate) priority: Priority,
     model: String,
     /// `sy.jobs.<priority>.<model>`; a tenant's lane adds its name.
-    prefix: String,
-    lanes: HashMap<String, PullConsumer>,
+    pub(crate) prefix: String,
+    pub(crate) lanes: HashMap<String, PullConsumer>,
     fair: FairShare,
 }
 
@@ -68,22 +69,36 @@ impl Queue {
         if let Some(c) = self.lanes.get(tenant) {
             return Ok(c.clone());
         }
-        let consumer = nats::durable_consumer(
-            js,
-            ConsumerSpec {
-                stream: subjects::JOBS_STREAM,
-                durable: format!(
-                    "dispatch-{}-{}-{tenant}",
-                    self.priority,
-                    subjects::model_token(&self.model)
-                ),
-                filter: subjects::jobs(self.priority, &self.model, tenant),
-                ack_wait: cfg.ack_wait,
-                max_ack_pending: i64::from(cfg.max_batch) * 4,
-                inactive_threshold: LANE_IDLE_EXPIRY,
-            },
-        )
-        .await?;
+        let durable = format!(
+            "dispatch-{}-{}-{tenant}",
+            self.priority,
+            subjects::model_token(&self.model)
+        );
+        let spec = || ConsumerSpec {
+            stream: subjects::JOBS_STREAM,
+            durable: durable.clone(),
+            filter: subjects::jobs(self.priority, &self.model, tenant),
+            ack_wait: cfg.ack_wait,
+            max_ack_pending: i64::from(cfg.max_batch) * 4,
+            inactive_threshold: LANE_IDLE_EXPIRY,
+            // A server writing each lane's state to disk at every ack costs
+            // a file write per job per lane: thousands of tenants' lanes
+            // would cost more than their jobs. A job delivered twice is
+            // placed once (the assignment's message id is its attempt).
+            state_in_memory: true,
+        };
+        let consumer = match nats::durable_consumer(js, spec()).await {
+            Ok(consumer) => consumer,
+            Err(e) => {
+                // A lane as an earlier release made it, or one left in a
+                // bad state: made afresh, its jobs delivered again.
+                debug!(error = %e, %tenant, "lane made afresh");
+                let _ = js
+                    .delete_consumer_from_stream(&durable, subjects::JOBS_STREAM)
+                    .await;
+                nats::durable_consumer(js, spec()).await?
+            }
+        };
         self.lanes.insert(tenant.to_owned(), consumer.clone());
         Ok(consumer)
     }
@@ -251,64 +266,79 @@ pub async fn run(
                 Some(b) => b.get(&q.prefix).cloned().unwrap_or_default(),
                 None => q.lanes.keys().cloned().collect(),
             };
-            if waiting.is_empty() {
-                continue;
-            }
-            let room = cluster.capacity_for(&q.model, Instant::now());
-            if room == 0 {
-                loads.ask(&cluster, &q.model, Instant::now());
-                continue;
-            }
-            let weighted: Vec<(&str, u32)> = waiting
+            let mut weighted: Vec<(&str, u32)> = waiting
                 .iter()
                 .filter(|t| running.tenant_room(t) != Some(0))
                 .map(|t| (t.as_str(), tenants.weight(t)))
                 .collect();
             // An aged lane jumps ahead one job at a time, so that only jobs
             // past the bound overtake higher levels.
-            let chosen = match aged.iter().find(|(j, _)| *j == i) {
-                Some((_, tenant)) => Some((tenant.as_str(), 1)),
-                None => q.fair.next(&weighted, room.min(cfg.max_batch)),
-            };
-            let Some((tenant, max)) = chosen else {
-                continue;
-            };
-            let max = match running.tenant_room(tenant) {
-                Some(0) => continue,
-                Some(left) => max.min(left),
-                None => max,
-            };
-            let tenant = tenant.to_owned();
-            let lane = match q.lane(&js, &tenant, &cfg).await {
-                Ok(lane) => lane,
-                Err(e) => {
-                    warn!(error = %e, %tenant, "cannot open a tenant's lane");
-                    continue;
-                }
-            };
-            match dispatch_batch(
-                &js,
-                &grants,
-                &lane,
-                max.min(room),
-                &cfg,
-                &mut cluster,
-                &running,
-            )
-            .await
-            {
-                Ok(0) => {}
-                Ok(n) => {
-                    q.fair.charge(&tenant, n, tenants.weight(&tenant));
-                    debug!(priority = %q.priority, model = %q.model, %tenant, n, "dispatched");
-                    progressed = true;
+            let aged_lane = aged.iter().find(|(j, _)| *j == i).map(|(_, t)| t.clone());
+            // The queue's lanes are served in turn, by weight, until its
+            // model's room is used: one look at the backlog serves them
+            // all, however many tenants share the room.
+            let mut placed = 0;
+            while !weighted.is_empty() {
+                let room = cluster.capacity_for(&q.model, Instant::now());
+                if room == 0 {
+                    if placed == 0 {
+                        loads.ask(&cluster, &q.model, Instant::now());
+                    }
                     break;
                 }
-                Err(e) => {
+                let chosen = match &aged_lane {
+                    Some(tenant) => Some((tenant.as_str(), 1)),
+                    None => q.fair.next(&weighted, room.min(cfg.max_batch)),
+                };
+                let Some((tenant, share)) = chosen else {
+                    break;
+                };
+                let tenant = tenant.to_owned();
+                let max = match running.tenant_room(&tenant) {
+                    Some(left) => share.min(left),
+                    None => share,
+                };
+                let n = match q.lane(&js, &tenant, &cfg).await {
+                    Ok(lane) if max > 0 => {
+                        dispatch_batch(
+                            &js,
+                            &grants,
+                            &lane,
+                            max.min(room),
+                            &cfg,
+                            &mut cluster,
+                            &running,
+                        )
+                        .await
+                    }
+                    Ok(_) => Ok(0),
+                    Err(e) => {
+                        warn!(error = %e, %tenant, "cannot open a tenant's lane");
+                        Ok(0)
+                    }
+                };
+                let n = n.unwrap_or_else(|e| {
                     // The lane's consumer may have expired: opened again next time.
                     q.lanes.remove(&tenant);
-                    warn!(error = %e, priority = %q.priority, model = %q.model, %tenant, "pull failed")
+                    warn!(error = %e, priority = %q.priority, model = %q.model, %tenant, "pull failed");
+                    0
+                });
+                if n > 0 {
+                    q.fair.charge(&tenant, n, tenants.weight(&tenant));
+                    debug!(priority = %q.priority, model = %q.model, %tenant, n, "dispatched");
+                    placed += n;
                 }
+                if aged_lane.is_some() {
+                    break;
+                }
+                if n < max.max(1) {
+                    // Drained, held back, or failing: its turn in this sweep is over.
+                    weighted.retain(|(t, _)| *t != tenant);
+                }
+            }
+            if placed > 0 {
+                progressed = true;
+                break;
             }
         }
         if !progressed {
@@ -337,57 +367,6 @@ pub async fn run(
     ops_tasks.wait().await;
     info!("dispatcher stopped");
     Ok(())
-}
-
-/// Lanes (queue index and tenant) whose oldest job has waited longer than
-/// `bound` since it was submitted, longest wait first, at most one per queue.
-/// The highest level never needs it.
-async fn aged_lanes(
-    jobs: &jetstream::stream::Stream,
-    queues: &[Queue],
-    backlog: Option<&HashMap<String, Vec<String>>>,
-    bound: Duration,
-) -> Vec<(usize, String)> {
-    let now = now_ms();
-    let bound_ms = i64::try_from(bound.as_millis()).unwrap_or(i64::MAX);
-    let mut aged: Vec<(usize, String, i64)> = Vec::new();
-    for (i, q) in queues.iter().enumerate() {
-        if q.priority == Priority::Critical {
-            continue;
-        }
-        let waiting: Vec<&String> = match backlog {
-            Some(b) => b.get(&q.prefix).into_iter().flatten().collect(),
-            None => q.lanes.keys().collect(),
-        };
-        let mut oldest: Option<(String, i64)> = None;
-        for tenant in waiting {
-            let subject = subjects::jobs(q.priority, &q.model, tenant);
-            let Ok(first) = jobs.get_first_raw_message_by_subject(&subject, 1).await else {
-                continue;
-            };
-            if let Ok(job) = decode::<Job>(&first.payload) {
-                let waited = now - job.submitted_at_ms;
-                if waited > bound_ms && oldest.as_ref().is_none_or(|(_, w)| waited > *w) {
-                    oldest = Some((tenant.clone(), waited));
-                }
-            }
-        }
-        if let Some((tenant, waited)) = oldest {
-            aged.push((i, tenant, waited));
-        }
-    }
-    aged.sort_by_key(|(_, _, waited)| std::cmp::Reverse(*waited));
-    aged.into_iter().map(|(i, t, _)| (i, t)).collect()
-}
-
-/// The order of one sweep: aged queues first, then every other queue in
-/// priority order (the order `queues` is built in).
-fn sweep_order(queues: usize, aged: &[usize]) -> Vec<usize> {
-    aged.iter()
-        .copied()
-        .filter(|i| *i < queues)
-        .chain((0..queues).filter(|i| !aged.contains(i)))
-        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -561,16 +540,4 @@ async fn assign(
         .await
         .map_err(|e| BatchError::Ack(e.to_string()))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn aged_queues_go_first_then_priority_order() {
-        assert_eq!(sweep_order(4, &[]), [0, 1, 2, 3]);
-        assert_eq!(sweep_order(4, &[3, 2]), [3, 2, 0, 1]);
-        assert_eq!(sweep_order(2, &[5]), [0, 1], "stale indexes are ignored");
-    }
 }

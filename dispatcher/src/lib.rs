@@ -3,6 +3,7 @@
 //! node's work queue. It pulls only as many jobs as the cluster has room for,
 //! so the backlog stays in JetStream, not in memory.
 
+mod aging;
 mod autoscale;
 mod cluster;
 mod config;

@@ -90,6 +90,10 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// The most lanes the job queues may hold: consumers on `JOBS`, one per
+/// tenant, model and priority that queued a job within the last hour.
+const JOBS_MAX_LANES: i32 = 100_000;
+
 /// The intake's de-duplication window on the server: the least it takes.
 const SUBMIT_DUPLICATE_WINDOW: Duration = Duration::from_millis(100);
 
@@ -122,7 +126,14 @@ pub fn stream_configs(cfg: &NatsConfig) -> Vec<stream::Config> {
             duplicate_window: SUBMIT_DUPLICATE_WINDOW,
             ..bounded(subjects::SUBMIT_STREAM, subjects::SUBMIT_ALL)
         },
-        bounded(subjects::JOBS_STREAM, subjects::JOBS_ALL),
+        stream::Config {
+            // A lane (a consumer) per tenant, model and priority with jobs
+            // queued in the last hour: far more than the server's default
+            // of 1,000 consumers a stream, past which the other tenants'
+            // jobs would never be placed.
+            max_consumers: JOBS_MAX_LANES,
+            ..bounded(subjects::JOBS_STREAM, subjects::JOBS_ALL)
+        },
         base(
             subjects::WORK_STREAM,
             subjects::WORK_ALL,
@@ -266,6 +277,13 @@ pub struct ConsumerSpec {
     /// The server removes the consumer after this long without a pull;
     /// zero keeps it for ever.
     pub inactive_threshold: Duration,
+    /// The server keeps the consumer's state (what is out for delivery,
+    /// what was acknowledged) in memory rather than writing it to disk at
+    /// every change. Only for a work-queue stream's consumer whose messages
+    /// may be delivered twice: an acknowledged message is gone from the
+    /// stream, so a restarted server forgets only what was out for
+    /// delivery, and delivers it again.
+    pub state_in_memory: bool,
 }
 
 /// Opens one of the streams of the layout.
@@ -293,6 +311,7 @@ pub async fn durable_consumer(js: &Context, spec: ConsumerSpec) -> Result<PullCo
             ack_wait: spec.ack_wait,
             max_ack_pending: spec.max_ack_pending,
             inactive_threshold: spec.inactive_threshold,
+            memory_storage: spec.state_in_memory,
             ..Default::default()
         })
         .await

@@ -202,6 +202,9 @@ async fn serve(
             max_ack_pending: i64::from(slots),
             // Kept while the node is away: the dispatcher reclaims its work.
             inactive_threshold: Duration::ZERO,
+            // What was delivered to this node must survive a restart of the
+            // server: a job running here is not handed out again.
+            state_in_memory: false,
         },
     )
     .await?;

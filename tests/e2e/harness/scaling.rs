@@ -31,8 +31,18 @@ pub(super) async fn tenants(form: &Form, counts: &[usize]) {
         };
         let cpu = |process| of(&move |d: &Durable| named(&d.cpu, process), 3);
         let rss = |process| of(&move |d: &Durable| named(&d.rss, process), 0);
+        // A run that did not finish within the bound says how far it got.
+        let short: Vec<String> = measured
+            .iter()
+            .filter(|d| d.finished < form.jobs)
+            .map(|d| format!("{} of {} in {RUN_BOUND:?}", d.finished, form.jobs))
+            .collect();
+        let short = match short.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", short.join(", ")),
+        };
         println!(
-            "| {tenants} | {} | {} | {} / {} / {} | {} / {} / {} |",
+            "| {tenants} | {}{short} | {} | {} / {} / {} | {} / {} / {} |",
             of(&|d| d.per_second, 0),
             of(&|d| named(&d.stages, QUEUE_WAIT), 1),
             cpu("broker"),
