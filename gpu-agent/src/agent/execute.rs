@@ -184,6 +184,12 @@ pub(super) async fn execute(
     // An output larger than a message goes to the object store first.
     large::spill(&node.large_results, &mut result, node.max_result_bytes).await?;
     Voucher::Node(&a.grant).vouch(&mut result);
+    if !lease.held() {
+        // Paused since the last look, with nothing between this look and
+        // the publish for a pause to fall into but the send itself.
+        warn!("lease lapsed before the result was sent; outcome discarded");
+        return Ok(fenced());
+    }
     let stored = until_confirmed(msg, retry_until, || {
         attempts::publish_result(&node.js, &result)
     })
