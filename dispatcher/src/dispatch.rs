@@ -298,31 +298,37 @@ pub async fn run(
                     Some(left) => share.min(left),
                     None => share,
                 };
-                let n = match q.lane(&js, &tenant, &cfg).await {
-                    Ok(lane) if max > 0 => {
-                        dispatch_batch(
-                            &js,
-                            &grants,
-                            &lane,
-                            max.min(room),
-                            &cfg,
-                            &mut cluster,
-                            &running,
-                        )
-                        .await
-                    }
-                    Ok(_) => Ok(0),
-                    Err(e) => {
-                        warn!(error = %e, %tenant, "cannot open a tenant's lane");
-                        Ok(0)
-                    }
+                // A tenant at its running bound takes no turn, and no lane is
+                // opened for it.
+                let lane = match max {
+                    0 => None,
+                    _ => match q.lane(&js, &tenant, &cfg).await {
+                        Ok(lane) => Some(lane),
+                        Err(e) => {
+                            warn!(error = %e, %tenant, "cannot open a tenant's lane");
+                            None
+                        }
+                    },
                 };
-                let n = n.unwrap_or_else(|e| {
-                    // The lane's consumer may have expired: opened again next time.
-                    q.lanes.remove(&tenant);
-                    warn!(error = %e, priority = %q.priority, model = %q.model, %tenant, "pull failed");
-                    0
-                });
+                let n = match lane {
+                    Some(lane) => dispatch_batch(
+                        &js,
+                        &grants,
+                        &lane,
+                        max.min(room),
+                        &cfg,
+                        &mut cluster,
+                        &running,
+                    )
+                    .await
+                    .unwrap_or_else(|e| {
+                        // The lane's consumer may have expired: opened again next time.
+                        q.lanes.remove(&tenant);
+                        warn!(error = %e, priority = %q.priority, model = %q.model, %tenant, "pull failed");
+                        0
+                    }),
+                    None => 0,
+                };
                 if n > 0 {
                     q.fair.charge(&tenant, n, tenants.weight(&tenant));
                     debug!(priority = %q.priority, model = %q.model, %tenant, n, "dispatched");
