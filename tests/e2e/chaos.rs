@@ -223,12 +223,13 @@ struct Report {
     submitted: usize,
     completed: usize,
     lost: usize,
-    /// Jobs with two different results (two attempts both reported).
+    /// Jobs the RESULTS stream holds more than one result for: what a
+    /// client is delivered.
     delivered_twice: usize,
-    /// Jobs whose one result reached plain subscribers of `sy.results.*`
-    /// more than once: a publish repeated after its acknowledgement was
-    /// lost. The RESULTS stream holds it once.
-    repeated: usize,
+    /// Jobs whose plain subscribers of `sy.results.*` saw two different
+    /// results: a stale attempt (its agent paused past its lease) finishing
+    /// as its replacement did, its publish refused by the stream.
+    published_twice: usize,
     /// Some of the jobs lost, with their records, to look into.
     lost_sample: Vec<Value>,
     /// Some of the jobs delivered twice, with their records, to look into.
@@ -268,7 +269,6 @@ impl Report {
         // A late duplicate would come within a few ack waits.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let charged = billed(stack).await;
-        let counts = counter.snapshot();
         let first = counter.first_seen();
         let mut recovery: Vec<Duration> = Vec::new();
         for (id, at) in sent {
@@ -285,22 +285,24 @@ impl Report {
         for id in sent.keys().filter(|id| !done.contains(*id)).take(3) {
             lost_sample.push(stack.get_job(id).await.1);
         }
-        let different = counter.different_results();
-        for id in different
-            .iter()
-            .filter(|(_, n)| **n > 1)
-            .map(|(id, _)| id)
-            .take(3)
-        {
+        // Delivered is what the stream kept: a plain subscriber may also see
+        // a stale attempt's result that the stream refused.
+        let stored = counter.stored().await;
+        let doubled: Vec<&String> = sent
+            .keys()
+            .filter(|id| stored.get(*id).is_some_and(|n| *n > 1))
+            .collect();
+        for id in doubled.iter().take(3) {
             twice.push(stack.get_job(id).await.1);
         }
+        let different = counter.different_results();
         let report = Report {
             scenario,
             submitted: sent.len(),
             completed,
             lost: sent.len() - completed,
-            delivered_twice: different.values().filter(|n| **n > 1).count(),
-            repeated: counts.values().filter(|n| **n > 1).count(),
+            delivered_twice: doubled.len(),
+            published_twice: different.values().filter(|n| **n > 1).count(),
             twice,
             lost_sample,
             billed: charged,
@@ -312,13 +314,13 @@ impl Report {
             caught_in_flight: recovery.len(),
         };
         println!(
-            "CHAOS | {} | {} | {} | {} | {} ({} repeated) | {} | {:.2} s ({} jobs in flight) |",
+            "CHAOS | {} | {} | {} | {} | {} ({} refused) | {} | {:.2} s ({} jobs in flight) |",
             report.scenario,
             report.submitted,
             report.completed,
             report.lost,
             report.delivered_twice,
-            report.repeated,
+            report.published_twice,
             report.billed_twice,
             report.recovery_p99.as_secs_f64(),
             report.caught_in_flight,

@@ -174,17 +174,17 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
     let t = &done[&text];
     assert_eq!(t["status"], "succeeded", "{t}");
     assert_eq!(
-        t["result"]["choices"][0]["text"],
-        want_text["choices"][0]["text"]
+        t["result"]["choices"][0]["text"], want_text["choices"][0]["text"],
+        "{t}"
     );
     for (record, want) in [(c, &want_chat), (t, &want_text)] {
         assert_eq!(
-            record["usage"]["prompt_tokens"],
-            want["usage"]["prompt_tokens"]
+            record["usage"]["prompt_tokens"], want["usage"]["prompt_tokens"],
+            "{record}"
         );
         assert_eq!(
-            record["usage"]["completion_tokens"],
-            want["usage"]["completion_tokens"]
+            record["usage"]["completion_tokens"], want["usage"]["completion_tokens"],
+            "{record}"
         );
     }
 
@@ -213,27 +213,34 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
     .await
     .expect("the stream ends with a finish reason");
     assert!(chunks.len() > 2, "{chunks:?}");
-    assert!(chunks.iter().enumerate().all(|(i, c)| c.seq as usize == i));
+    assert!(
+        chunks.iter().enumerate().all(|(i, c)| c.seq as usize == i),
+        "{chunks:?}"
+    );
     assert_eq!(
         chunks.last().unwrap().finish_reason.as_deref(),
         Some("length")
     );
     let text: String = chunks.iter().map(|c| c.delta.as_str()).collect();
-    assert_eq!(text, want_chat["choices"][0]["message"]["content"]);
+    assert_eq!(
+        text, want_chat["choices"][0]["message"]["content"],
+        "{want_chat}"
+    );
     let r = &stack
         .wait_finished(std::slice::from_ref(&streamed), Duration::from_secs(30))
         .await[&streamed];
     assert_eq!(
         r["result"]["choices"][0]["message"]["content"],
-        text.as_str()
+        text.as_str(),
+        "{r}"
     );
     assert_eq!(
-        r["usage"]["completion_tokens"],
-        want_chat["usage"]["completion_tokens"]
+        r["usage"]["completion_tokens"], want_chat["usage"]["completion_tokens"],
+        "{r}"
     );
     assert_eq!(
-        r["usage"]["prompt_tokens"],
-        want_chat["usage"]["prompt_tokens"]
+        r["usage"]["prompt_tokens"], want_chat["usage"]["prompt_tokens"],
+        "{r}"
     );
 
     // The generic adapter serves its model, with the engine's own usage.
@@ -249,12 +256,12 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
         "node-c found its models itself"
     );
     assert_eq!(
-        r["result"]["choices"][0]["text"],
-        want_text["choices"][0]["text"]
+        r["result"]["choices"][0]["text"], want_text["choices"][0]["text"],
+        "{r}"
     );
     assert_eq!(
-        r["usage"]["completion_tokens"],
-        want_text["usage"]["completion_tokens"]
+        r["usage"]["completion_tokens"], want_text["usage"]["completion_tokens"],
+        "{r}"
     );
 
     // Input the engine refuses fails at once, with the engine's reason.
@@ -302,8 +309,11 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
     }
     stack.wait_running("node-a").await;
     a.kill();
-    let done = stack.wait_finished(&long, Duration::from_secs(120)).await;
-    assert!(done.values().all(|r| r["status"] == "succeeded"));
+    // Bounded for a loaded machine: the rest of the suite shares its two cores.
+    let done = stack.wait_finished(&long, Duration::from_secs(300)).await;
+    for r in done.values() {
+        assert_eq!(r["status"], "succeeded", "{r}");
+    }
     let moved: Vec<&Value> = done.values().filter(|r| r["attempt"] == 2).collect();
     assert!(
         !moved.is_empty(),

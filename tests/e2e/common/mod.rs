@@ -1008,8 +1008,11 @@ pub fn expected_echo(prompt: &str, max_tokens: usize) -> String {
 }
 
 /// Counts, per job id, the results published on `sy.results.*` as a plain
-/// subscriber sees them.
+/// subscriber sees them: a publish the `RESULTS` stream refused (a stale
+/// attempt's, as the docs describe) among them. `stored` tells what the
+/// stream kept, which is what a user is delivered.
 pub struct ResultCounter {
+    js: async_nats::jetstream::Context,
     counts: std::sync::Arc<std::sync::Mutex<HashMap<String, u32>>>,
     first: std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>>,
     /// Per job, a hash of each different result payload seen.
@@ -1060,6 +1063,7 @@ impl ResultCounter {
             }
         });
         ResultCounter {
+            js: async_nats::jetstream::new(client.clone()),
             counts,
             first,
             payloads,
@@ -1086,6 +1090,22 @@ impl ResultCounter {
             .iter()
             .map(|(id, set)| (id.clone(), set.len()))
             .collect()
+    }
+
+    /// How many results the `RESULTS` stream holds for each job with any.
+    pub async fn stored(&self) -> HashMap<String, usize> {
+        use futures::TryStreamExt;
+        self.js
+            .get_stream(switchyard_schemas::subjects::RESULTS_STREAM)
+            .await
+            .expect("the RESULTS stream")
+            .info_with_subjects("sy.results.*")
+            .await
+            .expect("the RESULTS stream's subjects")
+            .map_ok(|(subject, n)| (subject.trim_start_matches("sy.results.").to_owned(), n))
+            .try_collect()
+            .await
+            .expect("the RESULTS stream's subjects")
     }
 
     /// When each job's first result arrived.
