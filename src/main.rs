@@ -13,6 +13,7 @@ use switchyard_gpu_agent::AgentConfig;
 use switchyard_runtime::{
     Issues, ModelSpec, NatsConfig, Registry, TenantSpec, Tenants, config, shutdown, telemetry,
 };
+use switchyard_workflows::{WorkflowSpec, Workflows};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -138,6 +139,8 @@ struct FileConfig {
     #[serde(default)]
     tenants: Vec<TenantSpec>,
     #[serde(default)]
+    workflows: Vec<WorkflowSpec>,
+    #[serde(default)]
     broker: BrokerConfig,
     #[serde(default)]
     dispatcher: DispatcherConfig,
@@ -167,6 +170,9 @@ fn validate(
     file.nats.validate(&mut issues);
     let registry = Registry::new(&file.models, &mut issues);
     let tenants = Tenants::new(&file.tenants, &mut issues);
+    // Definitions are checked by every role: a bad one is refused before
+    // any component starts with it.
+    Workflows::new(&file.workflows, &registry, &mut issues);
     let check_agent = |issues: &mut Issues| match &file.agent {
         Some(agent) => agent.validate(&registry, issues),
         None => issues.push("agent", "missing", "the agent needs an agent: section"),

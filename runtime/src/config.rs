@@ -61,6 +61,15 @@ impl Issues {
         }
     }
 
+    /// Problems found so far.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn into_result(self) -> Result<(), ConfigError> {
         if self.0.is_empty() {
             Ok(())

@@ -80,3 +80,45 @@ async fn the_curl_tour_in_the_api_doc_runs() {
         assert!(stdout.contains(shown), "{shown:?} not in:\n{stdout}");
     }
 }
+
+/// The first ```yaml block of a markdown file.
+fn yaml_block(markdown: &str) -> String {
+    let start = markdown.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let len = markdown[start..].find("```").expect("closed block");
+    markdown[start..start + len].to_owned()
+}
+
+#[test]
+fn the_workflow_in_the_docs_loads_and_a_cycle_in_it_is_refused_by_its_path() {
+    let doc = std::fs::read_to_string(crate::common::repo_root().join("docs/workflows.md"))
+        .expect("docs/workflows.md");
+    let dir = tempfile::tempdir().unwrap();
+    let check = |workflows: &str| {
+        let path = dir.path().join("switchyard.yaml");
+        let models = "models:\n  - {name: llama-3-8b, kind: chat}\n";
+        std::fs::write(&path, format!("{models}{workflows}")).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run switchyard")
+    };
+    let example = yaml_block(&doc);
+    let ok = check(&example);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let cycle = example.replacen("needs: [clean]", "needs: [publish]", 1);
+    let refused = check(&cycle);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(
+            "workflows[0].steps = [\"summary\", \"publish\"]: these steps need each other in a cycle"
+        ),
+        "{stderr}"
+    );
+}
