@@ -24,7 +24,7 @@ pub use definition::{
 pub use history::{HistoryError, RunEvent, RunHeader, RunState, RunStatus, StepState, StepStatus};
 pub use machine::{Decision, decide};
 pub use template::{TemplateError, Templates};
-pub use validate::{Workflow, Workflows};
+pub use validate::{InputError, Workflow, Workflows};
 
 #[cfg(test)]
 mod run_tests;

@@ -225,3 +225,59 @@ workflows:
     );
     assert_eq!(issues, "");
 }
+
+#[test]
+fn a_run_s_input_is_held_to_its_schema_without_echoing_its_values() {
+    let (workflows, issues) = load(
+        "
+workflows:
+  - name: w
+    input_schema:
+      type: object
+      required: [text]
+      properties: {text: {type: string, maxLength: 5}, n: {type: integer}}
+    steps: [{id: a, transform: '{{ input.text }}'}]
+  - name: free
+    steps: [{id: a, transform: 1}]
+",
+    );
+    assert_eq!(issues, "");
+    let w = workflows.latest("w").unwrap();
+    assert_eq!(
+        w.check_input(&serde_json::json!({"text": "hi", "n": 2})),
+        Ok(())
+    );
+    let refused = w
+        .check_input(&serde_json::json!({"text": "secret-value", "n": "two"}))
+        .unwrap_err();
+    let text = refused.to_string();
+    assert_eq!(refused.0.len(), 2, "{text}");
+    assert!(text.contains("/text: "), "{text}");
+    assert!(text.contains("/n: "), "{text}");
+    assert!(!text.contains("secret-value"), "{text}");
+    let missing = w.check_input(&serde_json::json!({})).unwrap_err();
+    assert!(missing.0[0].starts_with("(root): "), "{missing}");
+    // With no schema, any object.
+    let free = workflows.latest("free").unwrap();
+    assert_eq!(free.check_input(&serde_json::json!({"x": 1})), Ok(()));
+    assert!(free.check_input(&serde_json::json!([1])).is_err());
+}
+
+#[test]
+fn a_schema_that_cannot_be_used_or_would_be_fetched_is_refused_at_load() {
+    for schema in [
+        "{type: 12}",
+        "{$ref: 'https://schemas.example.com/input.json'}",
+        "{$ref: 'file:///etc/passwd'}",
+    ] {
+        let (workflows, issues) = load(&format!(
+            "workflows:\n  - {{name: w, input_schema: {schema}, steps: [{{id: a, transform: 1}}]}}\n"
+        ));
+        assert!(
+            issues.contains("workflows[0].input_schema = ")
+                && issues.contains("not a usable JSON Schema"),
+            "{schema}: {issues}"
+        );
+        assert!(workflows.latest("w").is_none());
+    }
+}

@@ -3,6 +3,7 @@
 //! only fail at run time on a run's own values.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde_json::Value;
 use switchyard_runtime::config::check_id;
@@ -26,11 +27,46 @@ pub struct Workflow {
     pub spec: WorkflowSpec,
     /// Indices into `spec.steps`.
     pub order: Vec<usize>,
+    /// `input_schema`, compiled.
+    input: Option<Arc<jsonschema::Validator>>,
 }
+
+/// A run's input that its workflow's `input_schema` refuses: each problem
+/// with the JSON pointer of its place, the input's values masked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the input does not satisfy the workflow's input_schema: {}", .0.join("; "))]
+pub struct InputError(pub Vec<String>);
+
+/// Most problems one refusal lists.
+const MAX_INPUT_ERRORS: usize = 20;
 
 impl Workflow {
     pub fn step(&self, id: &str) -> Option<&StepSpec> {
         self.spec.steps.iter().find(|s| s.id == id)
+    }
+
+    /// Checks a run's input against `input_schema`; with none, the input
+    /// must be a JSON object.
+    pub fn check_input(&self, input: &Value) -> Result<(), InputError> {
+        let Some(schema) = &self.input else {
+            return match input.is_object() {
+                true => Ok(()),
+                false => Err(InputError(vec!["(root): must be a JSON object".into()])),
+            };
+        };
+        let problems: Vec<String> = schema
+            .iter_errors(input)
+            .take(MAX_INPUT_ERRORS)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                let at = if at.is_empty() { "(root)".into() } else { at };
+                format!("{at}: {}", e.masked())
+            })
+            .collect();
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(InputError(problems)),
+        }
     }
 }
 
@@ -56,6 +92,19 @@ impl Workflows {
             };
             let before = issues.len();
             let order = check.workflow(spec, issues);
+            let input = spec.input_schema.as_ref().and_then(|schema| {
+                jsonschema::validator_for(schema)
+                    .map_err(|e| {
+                        let at = format!("{field}.input_schema");
+                        issues.push(
+                            &at,
+                            schema.to_string(),
+                            &format!("not a usable JSON Schema: {e}"),
+                        );
+                    })
+                    .ok()
+                    .map(Arc::new)
+            });
             if !declared.insert((spec.name.as_str(), spec.version)) {
                 issues.push(
                     &format!("{field}.version"),
@@ -66,6 +115,7 @@ impl Workflows {
                 let workflow = Workflow {
                     spec: spec.clone(),
                     order,
+                    input,
                 };
                 let versions = workflows.by_name.entry(spec.name.clone()).or_default();
                 versions.insert(spec.version, workflow);
@@ -107,14 +157,6 @@ impl Check<'_> {
             spec.version,
             "must be at least 1",
         );
-        if let Some(schema) = &spec.input_schema {
-            issues.check(
-                schema.is_object(),
-                &format!("{field}.input_schema"),
-                schema,
-                "must be a JSON Schema object",
-            );
-        }
         issues.check(
             (1..=MAX_STEPS).contains(&spec.steps.len()),
             &format!("{field}.steps"),
