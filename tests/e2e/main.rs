@@ -42,3 +42,4 @@ mod scheduling;
 mod shutdown;
 mod tracing;
 mod webhooks;
+mod workflows;

@@ -9,10 +9,12 @@
 //! `check-config` and at start ([`Workflows::new`]); and how a run moves:
 //! its history ([`RunEvent`]), the state it folds into ([`RunState`]), and
 //! the deterministic state machine that decides what comes next
-//! ([`decide`]).
+//! ([`decide`]), and where histories are kept ([`journal`]: JetStream,
+//! with an append that fails if anything was appended since it was read).
 
 mod definition;
 mod history;
+pub mod journal;
 mod machine;
 mod template;
 mod validate;

@@ -41,6 +41,29 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    /// The database could not be reached for a write shared by several
+    /// callers; each of them is told so.
+    #[error("database unreachable: {0}")]
+    Unreachable(String),
+}
+
+impl StoreError {
+    /// The database could not be reached (down, or no connection free in
+    /// time), as opposed to refusing what was asked of it: asking again at
+    /// once would only wait as long again.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unreachable(_)
+                | StoreError::Db(
+                    sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::Io(_)
+                        | sqlx::Error::Tls(_)
+                        | sqlx::Error::WorkerCrashed
+                )
+        )
+    }
 }
 
 /// The error for a stored row of `id` that cannot be read back.

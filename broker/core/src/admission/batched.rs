@@ -152,6 +152,16 @@ async fn write_records(store: &dyn JobStore, batch: Vec<Pending>) {
                 let _ = p.answer.send(Ok(inserted));
             }
         }
+        Err(e) if e.is_unreachable() => {
+            // Each alone would wait as long again for a connection, and the
+            // submissions behind them longer still: all are told at once.
+            warn!(jobs = batch.len(), error = %e, "jobs not recorded: the store is unreachable");
+            let reason = e.to_string();
+            for p in batch {
+                drop(p.job);
+                let _ = p.answer.send(Err(StoreError::Unreachable(reason.clone())));
+            }
+        }
         Err(e) => {
             // One at a time, so that what fails one job fails it alone.
             warn!(jobs = batch.len(), error = %e, "jobs not recorded together; recording each alone");
