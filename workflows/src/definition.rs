@@ -161,6 +161,13 @@ impl RetrySpec {
             .saturating_mul(1 << doublings)
             .min(self.max_backoff)
     }
+
+    /// When attempt `next` is due, the one before it having ended at
+    /// `ended_at_ms`.
+    pub fn due_ms(&self, ended_at_ms: i64, next: u32) -> i64 {
+        let wait = i64::try_from(self.backoff_before(next).as_millis()).unwrap_or(i64::MAX);
+        ended_at_ms.saturating_add(wait)
+    }
 }
 
 /// Why a step's attempt failed: stable codes, shown in a run's record and

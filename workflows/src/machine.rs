@@ -95,8 +95,7 @@ fn advance(
             }
             StepStatus::Retrying => {
                 let next = state.attempt + 1;
-                let due =
-                    state.ended_at_ms.unwrap_or(now_ms) + millis(step.retry.backoff_before(next));
+                let due = step.retry.due_ms(state.ended_at_ms.unwrap_or(now_ms), next);
                 match due <= now_ms {
                     true => decisions.push(start(step, next, templates, &context, now_ms)),
                     false => wake = Some(wake.map_or(due, |w| w.min(due))),
@@ -186,8 +185,9 @@ fn unwind(
             }
             StepStatus::CompensationRetrying => {
                 let next = state.compensation_attempt + 1;
-                let due = state.ended_at_ms.unwrap_or(now_ms)
-                    + millis(compensate.retry.backoff_before(next));
+                let due = compensate
+                    .retry
+                    .due_ms(state.ended_at_ms.unwrap_or(now_ms), next);
                 if due > now_ms {
                     return vec![Decision::WakeAt(due)];
                 }
@@ -319,8 +319,4 @@ fn effect_input(
         }),
         Action::Transform(t) => templates.render(t, context, &format!("{at}.transform"))?,
     })
-}
-
-fn millis(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
