@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -13,6 +14,7 @@ use switchyard_gpu_agent::AgentConfig;
 use switchyard_runtime::{
     Issues, ModelSpec, NatsConfig, Registry, TenantSpec, Tenants, config, shutdown, telemetry,
 };
+use switchyard_workflows::engine::{self, EngineConfig};
 use switchyard_workflows::{WorkflowSpec, Workflows};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +36,8 @@ enum Command {
     Dispatcher,
     /// Runs assignments on this node's engine.
     Agent,
+    /// Drives workflow runs: their steps, retries and compensations.
+    Workflows,
     /// Validates the configuration and exits.
     CheckConfig,
     /// Jobs that failed every attempt: list them, or replay one (through the
@@ -63,6 +67,7 @@ impl Command {
             Command::Broker => "broker",
             Command::Dispatcher => "dispatcher",
             Command::Agent => "agent",
+            Command::Workflows => "workflows",
             _ => "cli",
         }
     }
@@ -146,6 +151,8 @@ struct FileConfig {
     dispatcher: DispatcherConfig,
     agent: Option<AgentConfig>,
     #[serde(default)]
+    workflow_engine: EngineConfig,
+    #[serde(default)]
     log: LogConfig,
 }
 
@@ -165,14 +172,14 @@ struct LogConfig {
 fn validate(
     file: &FileConfig,
     command: &Command,
-) -> Result<(Registry, Tenants), config::ConfigError> {
+) -> Result<(Registry, Tenants, Workflows), config::ConfigError> {
     let mut issues = Issues::default();
     file.nats.validate(&mut issues);
     let registry = Registry::new(&file.models, &mut issues);
     let tenants = Tenants::new(&file.tenants, &mut issues);
     // Definitions are checked by every role: a bad one is refused before
     // any component starts with it.
-    Workflows::new(&file.workflows, &registry, &mut issues);
+    let workflows = Workflows::new(&file.workflows, &registry, &mut issues);
     let check_agent = |issues: &mut Issues| match &file.agent {
         Some(agent) => agent.validate(&registry, issues),
         None => issues.push("agent", "missing", "the agent needs an agent: section"),
@@ -184,18 +191,22 @@ fn validate(
         }
         Command::Dispatcher => file.dispatcher.validate(&mut issues),
         Command::Agent => check_agent(&mut issues),
+        Command::Workflows => file.workflow_engine.validate(&mut issues),
         Command::DeadLetters { .. } => {}
         Command::Keys { .. } | Command::Tenants { .. } => file.broker.validate(&mut issues),
         Command::CheckConfig => {
             file.broker.validate(&mut issues);
             switchyard_broker::check_tenants(&file.broker, &tenants, &mut issues);
             file.dispatcher.validate(&mut issues);
+            file.workflow_engine.validate(&mut issues);
             if file.agent.is_some() {
                 check_agent(&mut issues);
             }
         }
     }
-    issues.into_result().map(|()| (registry, tenants))
+    issues
+        .into_result()
+        .map(|()| (registry, tenants, workflows))
 }
 
 fn main() -> ExitCode {
@@ -203,7 +214,7 @@ fn main() -> ExitCode {
     // Configuration is checked whole before anything starts or binds a port.
     let loaded = config::load::<FileConfig>(cli.config.as_deref())
         .and_then(|file| validate(&file, &cli.command).map(|valid| (file, valid)));
-    let (file, (registry, tenants)) = match loaded {
+    let (file, (registry, tenants, workflows)) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {e}");
@@ -243,7 +254,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, file, registry, tenants)) {
+    match runtime.block_on(run(cli.command, file, registry, tenants, workflows)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "exiting");
@@ -257,14 +268,24 @@ async fn run(
     file: FileConfig,
     registry: Registry,
     tenants: Tenants,
+    workflows: Workflows,
 ) -> anyhow::Result<()> {
+    let workflows = Arc::new(workflows);
     let metrics = telemetry::init_metrics()?;
     let token = CancellationToken::new();
     let t = token.clone();
     match command {
         Command::Broker => shutdown::run_until_signal(
             token,
-            switchyard_broker::run(file.broker, file.nats, registry, tenants, metrics, t),
+            switchyard_broker::run(
+                file.broker,
+                file.nats,
+                registry,
+                tenants,
+                workflows,
+                metrics,
+                t,
+            ),
         )
         .await
         .context("broker")?,
@@ -283,6 +304,12 @@ async fn run(
             .await
             .context("gpu-agent")?
         }
+        Command::Workflows => shutdown::run_until_signal(
+            token,
+            engine::run(file.workflow_engine, file.nats, workflows, metrics, t),
+        )
+        .await
+        .context("workflows")?,
         Command::CheckConfig
         | Command::DeadLetters { .. }
         | Command::Keys { .. }

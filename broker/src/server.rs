@@ -46,6 +46,8 @@ pub enum BrokerError {
     Subscribe(#[from] async_nats::SubscribeError),
     #[error(transparent)]
     Pepper(#[from] PepperError),
+    #[error("workflow runs: {0}")]
+    Runs(#[from] switchyard_workflows::runs::RunsError),
 }
 
 const CONSUMER_ACK_WAIT: Duration = Duration::from_secs(30);
@@ -62,6 +64,7 @@ pub async fn run(
     nats_cfg: NatsConfig,
     registry: Registry,
     tenants: Tenants,
+    workflows: Arc<switchyard_workflows::Workflows>,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
@@ -229,6 +232,8 @@ pub async fn run(
             idempotency_window_ms: i64::try_from(cfg.idempotency_window.as_millis())
                 .unwrap_or(i64::MAX),
         },
+        runs: switchyard_workflows::runs::Runs::open(js.clone(), &nats_cfg).await?,
+        workflows,
     };
     // Probes and scrapes are answered until the very end, on a token of
     // their own.

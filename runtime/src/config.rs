@@ -107,6 +107,10 @@ pub struct NatsConfig {
     /// How long jobs that exhausted their attempts are kept for replay.
     #[serde(with = "humantime_serde")]
     pub dead_letter_retention: Duration,
+    /// How long a workflow run's history is kept, counted from each of its
+    /// events: well beyond the longest run.
+    #[serde(with = "humantime_serde")]
+    pub workflow_retention: Duration,
     /// Timeout of one JetStream API call or publish acknowledgement.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -130,6 +134,7 @@ impl Default for NatsConfig {
             event_retention: Duration::from_secs(24 * 3600),
             usage_retention: Duration::from_secs(7 * 24 * 3600),
             dead_letter_retention: Duration::from_secs(30 * 24 * 3600),
+            workflow_retention: Duration::from_secs(30 * 24 * 3600),
             request_timeout: Duration::from_secs(10),
             max_queued_per_queue: 100_000,
             max_file_store_bytes: 8 * 1024 * 1024 * 1024,
@@ -168,6 +173,7 @@ impl NatsConfig {
             ("nats.event_retention", self.event_retention),
             ("nats.usage_retention", self.usage_retention),
             ("nats.dead_letter_retention", self.dead_letter_retention),
+            ("nats.workflow_retention", self.workflow_retention),
         ] {
             issues.check(
                 d >= self.duplicate_window,

@@ -5,6 +5,7 @@
 pub mod attempts;
 pub mod config;
 pub mod grants;
+pub mod guard;
 pub mod http_server;
 pub mod large;
 pub mod nats;

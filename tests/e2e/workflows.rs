@@ -1,10 +1,17 @@
-//! Workflow run histories in a real JetStream: appended only after what
-//! was read, so that two engines cannot both write a run's next step, and
-//! read back whole by an engine that did not write them.
+//! Workflows against a real JetStream, the simulated engine and a local
+//! HTTP server standing in for an external API: run histories appended
+//! only after what was read, whole runs through the engine role, and
+//! compensations when a step fails for good.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
+use axum::Json;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use switchyard_runtime::NatsConfig;
 use switchyard_schemas::Priority;
 use switchyard_workflows::journal::{Journal, JournalError, Read};
 use switchyard_workflows::{RunEvent, RunHeader, RunStatus};
@@ -27,7 +34,7 @@ fn started(id: &str) -> RunEvent {
 
 async fn engine(nats: &Nats) -> Journal {
     let js = async_nats::jetstream::new(nats.client().await);
-    Journal::open(js, 1, Duration::from_secs(3600))
+    Journal::open(js, &NatsConfig::default())
         .await
         .expect("the WORKFLOWS stream")
 }
@@ -79,4 +86,544 @@ async fn a_run_s_history_is_appended_only_after_what_was_read() {
     assert_eq!(now.events.len(), 3);
     assert_eq!(now.events[2], a_next[0]);
     assert_eq!(a.read("run-2").await.unwrap().events, [started("run-2")]);
+}
+
+/// An external API a workflow calls: it records each call, answers a
+/// `POST` with an id that is the same for the same `Idempotency-Key` (as
+/// an idempotent API does), and fails the paths it is told to.
+#[derive(Clone, Default)]
+struct Api(Arc<Mutex<ApiState>>);
+
+#[derive(Default)]
+struct ApiState {
+    calls: Vec<Call>,
+    ids: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+struct Call {
+    method: String,
+    path: String,
+    key: String,
+    authorization: String,
+    body: Value,
+}
+
+impl Api {
+    async fn serve(&self) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("API port");
+        let port = listener.local_addr().expect("API address").port();
+        let me = self.clone();
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: String| {
+                let me = me.clone();
+                async move { me.answer(method, &uri, &headers, &body) }
+            },
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        port
+    }
+
+    fn answer(&self, method: Method, uri: &Uri, headers: &HeaderMap, body: &str) -> Response {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let mut state = self.0.lock().unwrap();
+        let key = header("idempotency-key");
+        state.calls.push(Call {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+            key: key.clone(),
+            authorization: header("authorization"),
+            body: serde_json::from_str(body).unwrap_or(Value::Null),
+        });
+        let path = uri.path();
+        if path.contains("unavailable") {
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+        if path.contains("refused") {
+            return (StatusCode::BAD_REQUEST, Json(json!({"error": "no"}))).into_response();
+        }
+        let n = state.ids.len();
+        let id = state
+            .ids
+            .entry(key)
+            .or_insert_with(|| format!("p{n}"))
+            .clone();
+        Json(json!({"id": id, "path": path})).into_response()
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.0.lock().unwrap().calls.clone()
+    }
+}
+
+const PIPELINE: &str = r#"
+  - name: review
+    input_schema:
+      type: object
+      required: [text]
+      properties: {text: {type: string}}
+    steps:
+      - id: clean
+        transform: "{{ input.text | trim | lower }}"
+      - id: draft
+        needs: [clean]
+        model:
+          name: tiny-chat
+          input:
+            messages: [{role: user, content: "{{ steps.clean.output }}"}]
+            max_tokens: 4
+      - id: publish
+        needs: [draft]
+        http:
+          url: "http://127.0.0.1:API_PORT/posts"
+          headers: {Authorization: "Bearer {{ secrets.cms_token }}"}
+          body: {text: "{{ steps.draft.output.choices[0].message.content }}"}
+      - id: polish
+        needs: [publish]
+        model:
+          name: tiny-text
+          input: {prompt: "post {{ steps.publish.output.id }}", max_tokens: 2}
+      - id: shape
+        needs: [polish, draft]
+        transform:
+          draft: "{{ steps.draft.output.choices[0].message.content }}"
+          polished: "{{ steps.polish.output.choices[0].text }}"
+  - name: book
+    steps:
+      - id: reserve
+        http: {url: "http://127.0.0.1:API_PORT/reserve"}
+        compensate:
+          http:
+            method: DELETE
+            url: "http://127.0.0.1:API_PORT/release{{ '-unavailable' if input.release_fails else '' }}/{{ steps.reserve.output.id }}"
+          retry: {max_attempts: 2, backoff: 100ms}
+      - id: charge
+        needs: [reserve]
+        http: {url: "http://127.0.0.1:API_PORT/charge"}
+        compensate:
+          http: {method: DELETE, url: "http://127.0.0.1:API_PORT/refund/{{ steps.charge.output.id }}"}
+      - id: ship
+        needs: [charge]
+        http: {url: "http://127.0.0.1:API_PORT/ship-refused"}
+  - name: branches
+    steps:
+      - id: start
+        transform: "{{ input.text | trim }}"
+      - id: shout
+        needs: [start]
+        worker: {queue: shouting, input: {text: "{{ steps.start.output }}", fail: "{{ input.fail }}"}}
+        retry: {max_attempts: 2, backoff: 100ms}
+      - id: echo
+        needs: [start]
+        worker: {queue: shouting, input: {text: "{{ steps.start.output }} again", fail: false}}
+      - id: whisper
+        needs: [start]
+        when: "input.whisper"
+        transform: "{{ steps.start.output | lower }}"
+      - id: join
+        needs: [shout, echo, whisper]
+        transform:
+          shout: "{{ steps.shout.output.shout }}"
+          echo: "{{ steps.echo.output.shout }}"
+          whisper: "{{ steps.whisper.output }}"
+"#;
+
+const SECRET: &str = "s3cr3t-cms-token";
+
+/// A stack with the workflows above, calling `api`, and one engine.
+async fn stack_with(api: &Api) -> Stack {
+    let port = api.serve().await;
+    let mut stack = Stack::new(StackOptions {
+        workflows: PIPELINE,
+        ..StackOptions::default()
+    });
+    stack.rewrite_config("API_PORT", &port.to_string());
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent("n1");
+    stack.start_workflows("wf1", &[("WORKFLOW_SECRET_CMS_TOKEN", SECRET.into())]);
+    stack
+}
+
+async fn start_run(stack: &Stack, workflow: &str, body: Value, wait: u32) -> (u16, Value) {
+    let r = stack
+        .http
+        .post(stack.broker_url(&format!("/v1/workflows/{workflow}/runs")))
+        .header("prefer", format!("wait={wait}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST run");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == id))
+        .unwrap_or_else(|| panic!("no step {id} in {run:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_four_step_run_succeeds_and_its_record_shows_every_step() {
+    let api = Api::default();
+    let stack = stack_with(&api).await;
+
+    let (status, run) = start_run(
+        &stack,
+        "review",
+        json!({"input": {"text": "  Hello Big World "}}),
+        60,
+    )
+    .await;
+    assert_eq!(status, 200, "{run:#}");
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let draft = expected_echo("hello big world", 4);
+    assert_eq!(run["output"]["draft"], draft.as_str(), "{run:#}");
+    let post = api
+        .calls()
+        .into_iter()
+        .find(|c| c.path == "/posts")
+        .expect("the API was called");
+    let polished = expected_echo(&format!("post {}", "p0"), 2);
+    assert_eq!(run["output"]["polished"], polished.as_str(), "{run:#}");
+
+    // Every step, in order, with its kind, times, and for model steps the
+    // job, its node and its usage.
+    let kinds: Vec<(&str, &str)> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("clean", "succeeded"),
+            ("draft", "succeeded"),
+            ("publish", "succeeded"),
+            ("polish", "succeeded"),
+            ("shape", "succeeded")
+        ],
+        "{run:#}"
+    );
+    for id in ["draft", "polish"] {
+        let attempt = &step(&run, id)["attempts"][0];
+        assert_eq!(attempt["job"]["node"], "n1", "{run:#}");
+        assert_eq!(attempt["job"]["status"], "succeeded", "{run:#}");
+        assert!(
+            attempt["job"]["usage"]["completion_tokens"].as_u64() > Some(0),
+            "{run:#}"
+        );
+        assert!(
+            attempt["ended_at_ms"].as_i64() >= attempt["started_at_ms"].as_i64(),
+            "{run:#}"
+        );
+        assert!(run["cost_usd"].is_number(), "{run:#}");
+    }
+    // The call carried the secret, read as it was sent, and an idempotency
+    // key derived from the run, the step and the attempt.
+    let publish = &step(&run, "publish")["attempts"][0];
+    assert_eq!(post.key, publish["effect_id"].as_str().unwrap(), "{run:#}");
+    assert_eq!(
+        post.key,
+        format!("{}-publish-1", run["id"].as_str().unwrap())
+    );
+    assert_eq!(post.authorization, format!("Bearer {SECRET}"));
+    assert_eq!(post.body, json!({"text": draft}));
+    let job = stack.get_job(publish["effect_id"].as_str().unwrap()).await;
+    assert_eq!(job.0, 404, "an HTTP step is not a job");
+
+    // The history holds the rendered inputs, never the secret.
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let history = Journal::open(js, &NatsConfig::default())
+        .await
+        .unwrap()
+        .read(run["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&history.events).unwrap();
+    assert!(!text.contains(SECRET), "{text}");
+    let (status, again) = stack
+        .get_json(&format!(
+            "/v1/workflows/runs/{}",
+            run["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!((status, &again["status"]), (200, &json!("succeeded")));
+
+    // Bad input is refused before anything is kept.
+    let (status, refused) = start_run(&stack, "review", json!({"input": {"text": 5}}), 0).await;
+    assert_eq!(status, 422, "{refused:#}");
+    assert_eq!(refused["error"]["code"], "invalid_request", "{refused:#}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("/text"), "{message}");
+    let (status, _) = start_run(&stack, "nope", json!({"input": {}}), 0).await;
+    assert_eq!(status, 404);
+    let (status, _) = stack.get_json("/v1/workflows/runs/nope").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_failing_for_good_undoes_the_earlier_ones_latest_first() {
+    let api = Api::default();
+    let stack = stack_with(&api).await;
+
+    let (status, run) = start_run(
+        &stack,
+        "book",
+        json!({"input": {"release_fails": false}}),
+        60,
+    )
+    .await;
+    assert_eq!(status, 200, "{run:#}");
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("\"ship\"") && error.contains("http_status"),
+        "{run:#}"
+    );
+    let statuses: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["compensated", "compensated", "failed"],
+        "{run:#}"
+    );
+    // The refusal is not retried (`http_status` is not in the default
+    // `retry.on`), and each compensation runs once, latest success first.
+    let paths: Vec<(String, String)> = api
+        .calls()
+        .into_iter()
+        .map(|c| (c.method, c.path))
+        .collect();
+    let expected = [
+        ("POST", "/reserve"),
+        ("POST", "/charge"),
+        ("POST", "/ship-refused"),
+        ("DELETE", "/refund/p1"),
+        ("DELETE", "/release/p0"),
+    ];
+    assert_eq!(
+        paths,
+        expected.map(|(m, p)| (m.to_owned(), p.to_owned())),
+        "{run:#}"
+    );
+
+    // A compensation that keeps failing is retried by its own policy, then
+    // the run ends for an operator to finish by hand.
+    let (status, run) = start_run(
+        &stack,
+        "book",
+        json!({"input": {"release_fails": true}}),
+        60,
+    )
+    .await;
+    assert_eq!(status, 200, "{run:#}");
+    assert_eq!(run["status"], "failed_compensation", "{run:#}");
+    let reserve = step(&run, "reserve");
+    assert_eq!(reserve["status"], "compensation_failed", "{run:#}");
+    let undo: Vec<&Value> = reserve["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["compensation"] == true)
+        .collect();
+    assert_eq!(undo.len(), 2, "{run:#}");
+    assert!(
+        undo.iter().all(|a| a["error"]["class"] == "unavailable"),
+        "{run:#}"
+    );
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("compensation of step \"reserve\""),
+        "{run:#}"
+    );
+}
+
+/// Runs of `review` started at once; their ids.
+async fn start_many(stack: &Stack, n: usize) -> Vec<String> {
+    let starts = (0..n).map(|i| async move {
+        let (status, body) = start_run(
+            stack,
+            "review",
+            json!({"input": {"text": format!("Run {i} text")}}),
+            0,
+        )
+        .await;
+        assert_eq!(status, 202, "{body:#}");
+        body["id"].as_str().unwrap().to_owned()
+    });
+    futures::future::join_all(starts).await
+}
+
+/// Reads each run until none is running; the runs.
+async fn wait_ended(stack: &Stack, ids: &[String], timeout: Duration) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut ended = HashMap::new();
+    while ended.len() < ids.len() {
+        for id in ids {
+            if ended.contains_key(id) {
+                continue;
+            }
+            let (_, run) = stack.get_json(&format!("/v1/workflows/runs/{id}")).await;
+            if run["status"] != "running" {
+                ended.insert(id.clone(), run);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} runs ended",
+            ended.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ids.iter().map(|id| ended.remove(id).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_survive_their_engines_sigkilled_again_and_again() {
+    const RUNS: usize = 500;
+    let api = Api::default();
+    let port = api.serve().await;
+    let mut stack = Stack::new(StackOptions {
+        workflows: PIPELINE,
+        base_latency: "150ms",
+        ..StackOptions::default()
+    });
+    stack.rewrite_config("API_PORT", &port.to_string());
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent("n1");
+    let secret = [("WORKFLOW_SECRET_CMS_TOKEN", SECRET.to_owned())];
+    stack.start_workflows("wf1", &secret);
+    stack.start_workflows("wf2", &secret);
+
+    let begun = std::time::Instant::now();
+    let ids = start_many(&stack, RUNS).await;
+    // Each engine killed while runs are at every step, the other one
+    // taking its runs over after their lease, and the killed one back.
+    let mut kills = 0;
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let unfinished = api.calls().iter().filter(|c| c.path == "/posts").count() < RUNS;
+        if !unfinished {
+            break;
+        }
+        let victim = if round % 2 == 0 { "wf1" } else { "wf2" };
+        stack.sigkill(victim);
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stack.start_workflows(victim, &secret);
+    }
+    assert!(
+        kills >= 2,
+        "the runs ended before an engine was killed twice"
+    );
+
+    let runs = wait_ended(&stack, &ids, Duration::from_secs(240)).await;
+    eprintln!(
+        "{RUNS} runs ended in {:.1} s, through {kills} engine kills",
+        begun.elapsed().as_secs_f64()
+    );
+    let failed: Vec<&Value> = runs.iter().filter(|r| r["status"] != "succeeded").collect();
+    assert!(
+        failed.is_empty(),
+        "{} runs did not succeed; the first: {:#}",
+        failed.len(),
+        failed[0]
+    );
+
+    // Every model step ran as one job, billed once: the ledger charges
+    // exactly two jobs a run.
+    let (_, usage) = stack.get_json("/v1/usage").await;
+    let charged: u64 = usage["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(charged, 2 * RUNS as u64, "{usage:#}");
+    for run in &runs {
+        for id in ["draft", "polish", "publish"] {
+            let attempts = step(run, id)["attempts"].as_array().unwrap().len();
+            assert_eq!(attempts, 1, "{run:#}");
+        }
+    }
+    // A call made again by an engine that took a run over carries the same
+    // key, so the API does it once.
+    let mut keys: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    for call in api.calls().into_iter().filter(|c| c.path == "/posts") {
+        let run = call.key.split('-').next().unwrap().to_owned();
+        keys.entry(run).or_default().insert(call.key);
+    }
+    assert_eq!(keys.len(), RUNS);
+    assert!(keys.values().all(|k| k.len() == 1), "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branches_run_side_by_side_a_false_when_skips_and_a_python_worker_serves_tasks() {
+    let api = Api::default();
+    let stack = stack_with(&api).await;
+    let mut python = std::process::Command::new(python_bin());
+    python
+        .arg(repo_root().join("tests/sdk/workflow_worker.py"))
+        .arg(stack.nats.url())
+        .arg("shouting");
+    let _worker = spawn("worker", python, stack.dir.path());
+
+    let input = json!({"input": {"text": " Hi There ", "whisper": true, "fail": false}});
+    let (status, run) = start_run(&stack, "branches", input, 60).await;
+    assert_eq!(status, 200, "{run:#}");
+    assert_eq!(
+        run["output"],
+        json!({"shout": "HI THERE", "echo": "HI THERE AGAIN", "whisper": "hi there"}),
+        "{run:#}"
+    );
+    // The two worker steps need only `start`: both were handed out before
+    // either ended.
+    let (shout, echo) = (
+        &step(&run, "shout")["attempts"][0],
+        &step(&run, "echo")["attempts"][0],
+    );
+    assert!(
+        shout["started_at_ms"].as_i64() <= echo["ended_at_ms"].as_i64(),
+        "{run:#}"
+    );
+    assert!(
+        echo["started_at_ms"].as_i64() <= shout["ended_at_ms"].as_i64(),
+        "{run:#}"
+    );
+
+    let input = json!({"input": {"text": "quiet", "whisper": false, "fail": false}});
+    let (_, run) = start_run(&stack, "branches", input, 60).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(step(&run, "whisper")["status"], "skipped", "{run:#}");
+    assert_eq!(run["output"]["whisper"], Value::Null, "{run:#}");
+
+    // A task the worker fails is retried by the step's policy, then fails
+    // the run with the worker's message.
+    let input = json!({"input": {"text": "boom", "whisper": false, "fail": true}});
+    let (_, run) = start_run(&stack, "branches", input, 60).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let attempts = step(&run, "shout")["attempts"].as_array().unwrap().clone();
+    assert_eq!(attempts.len(), 2, "{run:#}");
+    for a in &attempts {
+        assert_eq!(a["error"]["class"], "worker_failed", "{run:#}");
+        assert_eq!(a["error"]["message"], "asked to fail", "{run:#}");
+    }
 }

@@ -193,10 +193,12 @@ pub enum StepErrorClass {
     Timeout,
     /// The worker reported that the task failed.
     WorkerFailed,
+    /// The run was failing or cancelled, and the attempt was stopped.
+    Cancelled,
 }
 
 impl StepErrorClass {
-    pub const ALL: [StepErrorClass; 7] = [
+    pub const ALL: [StepErrorClass; 8] = [
         StepErrorClass::TemplateError,
         StepErrorClass::InvalidInput,
         StepErrorClass::JobFailed,
@@ -204,6 +206,7 @@ impl StepErrorClass {
         StepErrorClass::Unavailable,
         StepErrorClass::Timeout,
         StepErrorClass::WorkerFailed,
+        StepErrorClass::Cancelled,
     ];
 
     /// Stable code shown to clients.
@@ -216,6 +219,7 @@ impl StepErrorClass {
             StepErrorClass::Unavailable => "unavailable",
             StepErrorClass::Timeout => "timeout",
             StepErrorClass::WorkerFailed => "worker_failed",
+            StepErrorClass::Cancelled => "cancelled",
         }
     }
 

@@ -4,14 +4,11 @@
 //! engines can never both write what a run does next, whichever of them
 //! believes it owns the run.
 
-use std::time::Duration;
-
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use async_nats::jetstream::stream::{self, DirectGetErrorKind, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
-use futures::StreamExt;
+use switchyard_runtime::NatsConfig;
 
 use crate::history::RunEvent;
 
@@ -69,20 +66,18 @@ pub struct Read {
 
 impl Journal {
     /// Makes the stream, or brings it to these settings. Each event is kept
-    /// for `retention` after it was appended: set it well beyond the longest
-    /// run, or an old run's history loses its first events.
-    pub async fn open(
-        js: Context,
-        replicas: usize,
-        retention: Duration,
-    ) -> Result<Journal, JournalError> {
+    /// for `nats.workflow_retention` after it was appended: set it well
+    /// beyond the longest run, or an old run's history loses its first
+    /// events.
+    pub async fn open(js: Context, cfg: &NatsConfig) -> Result<Journal, JournalError> {
         js.create_or_update_stream(stream::Config {
             name: STREAM.into(),
             subjects: vec![SUBJECTS.into()],
             retention: RetentionPolicy::Limits,
             storage: StorageType::File,
-            num_replicas: replicas,
-            max_age: retention,
+            num_replicas: cfg.replicas,
+            max_age: cfg.workflow_retention,
+            allow_direct: true,
             ..Default::default()
         })
         .await?;
@@ -161,48 +156,37 @@ impl Journal {
             .map(|p| (latest.sequence, p))
     }
 
-    /// The run's whole history, in order.
+    /// The run's whole history, in order: one direct get an event, so that
+    /// reading makes no consumer on the server.
     pub async fn read(&self, run_id: &str) -> Result<Read, JournalError> {
-        let failed = |message: String| JournalError::Read {
-            run: run_id.into(),
-            message,
-        };
-        let consumer = self
-            .stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: subject(run_id),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let subject = subject(run_id);
         let mut read = Read {
             events: Vec::new(),
             last: 0,
         };
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(read);
-        }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        while let Some(msg) = messages.next().await {
-            let msg = msg.map_err(|e| failed(e.to_string()))?;
-            let info = msg.info().map_err(|e| failed(e.to_string()))?;
-            let (sequence, pending) = (info.stream_sequence, info.pending);
+        loop {
+            let next = self
+                .stream
+                .direct_get_next_for_subject(&subject, Some(read.last + 1))
+                .await;
+            let msg = match next {
+                Ok(msg) => msg,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(read),
+                Err(e) => {
+                    return Err(JournalError::Read {
+                        run: run_id.into(),
+                        message: e.to_string(),
+                    });
+                }
+            };
             let event =
                 serde_json::from_slice(&msg.payload).map_err(|source| JournalError::Decode {
                     run: run_id.into(),
-                    sequence,
+                    sequence: msg.sequence,
                     source,
                 })?;
             read.events.push(event);
-            read.last = sequence;
-            if pending == 0 {
-                break;
-            }
+            read.last = msg.sequence;
         }
-        Ok(read)
     }
 }

@@ -10,14 +10,19 @@
 //! its history ([`RunEvent`]), the state it folds into ([`RunState`]), and
 //! the deterministic state machine that decides what comes next
 //! ([`decide`]), and where histories are kept ([`journal`]: JetStream,
-//! with an append that fails if anything was appended since it was read).
+//! with an append that fails if anything was appended since it was read);
+//! how runs are started, read and cancelled from outside ([`runs`]); and
+//! the engine role that drives them ([`engine`]).
 
 mod definition;
+pub mod engine;
 mod history;
 pub mod journal;
 mod machine;
+pub mod runs;
 mod template;
 mod validate;
+pub mod view;
 
 pub use definition::{
     Action, CompensationSpec, HttpStep, ModelStep, RetrySpec, StepErrorClass, StepSpec, WorkerStep,

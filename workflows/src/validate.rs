@@ -137,6 +137,23 @@ impl Workflows {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
+
+    /// Every task queue a worker step or compensation names.
+    pub fn queues(&self) -> std::collections::BTreeSet<String> {
+        let steps = self
+            .by_name
+            .values()
+            .flat_map(|versions| versions.values())
+            .flat_map(|w| w.spec.steps.iter());
+        let mut queues = std::collections::BTreeSet::new();
+        for step in steps {
+            let compensation = step.compensate.as_ref().and_then(|c| c.worker.as_ref());
+            for worker in step.worker.iter().chain(compensation) {
+                queues.insert(worker.queue.clone());
+            }
+        }
+        queues
+    }
 }
 
 struct Check<'a> {

@@ -52,6 +52,8 @@ pub enum ApiError {
     /// The job ran and failed; the error is already fit for the client.
     #[error("{}", .0.message)]
     JobFailed(JobError),
+    #[error("run {0} has ended")]
+    RunEnded(String),
     #[error("batch {0} already ended {1}")]
     BatchEnded(String, &'static str),
     #[error("this tenant has as many event streams open as it may; close one first")]
@@ -102,7 +104,7 @@ impl Coded for ApiError {
             // Answered with the job's own class (see `respond`); this is
             // what it counts as for the API itself.
             ApiError::JobFailed(_) => ErrorCode::InvalidRequest,
-            ApiError::BatchEnded(..) => ErrorCode::NotCancellable,
+            ApiError::BatchEnded(..) | ApiError::RunEnded(_) => ErrorCode::NotCancellable,
             ApiError::TooManyStreams => ErrorCode::RateLimited,
             ApiError::FileQuota(_) => ErrorCode::FileQuotaExceeded,
             ApiError::FilesFull => ErrorCode::StorageFull,

@@ -185,7 +185,7 @@ fn waited(record: JobRecord, wait: Duration) -> Response {
 
 /// `Prefer: wait=N` (RFC 7240): answer once the job has finished, if it
 /// does within N seconds (at most `limit`).
-fn prefer_wait(headers: &HeaderMap, limit: Duration) -> Option<Duration> {
+pub(crate) fn prefer_wait(headers: &HeaderMap, limit: Duration) -> Option<Duration> {
     headers
         .get_all("prefer")
         .iter()
@@ -195,7 +195,7 @@ fn prefer_wait(headers: &HeaderMap, limit: Duration) -> Option<Duration> {
         .map(|secs| Duration::from_secs(secs).min(limit))
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };

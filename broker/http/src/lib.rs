@@ -1,6 +1,6 @@
 //! The broker's HTTP edge: one router over a file per front (the jobs API,
 //! the OpenAI-compatible and KServe v2 fronts, job events, batches and
-//! files, usage, webhooks, admin, dead letters), the API description, the
+//! files, usage, webhooks, admin, dead letters, workflow runs), the API description, the
 //! key check, and the one place where an error becomes an HTTP status
 //! (`error.rs`). Every front that waits for a job uses the core's one
 //! call path.
@@ -21,6 +21,7 @@ mod reply;
 mod state;
 mod usage;
 mod webhooks;
+mod workflows;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Extension};
@@ -48,6 +49,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(files::router(knobs.max_file_bytes))
         .merge(admin::router())
         .merge(dead_letters::router())
+        .merge(workflows::router())
         .layer(DefaultBodyLimit::max(knobs.max_body_bytes))
         .layer(Extension(extract::BodyLimit(knobs.max_body_bytes)))
         .with_state(state)

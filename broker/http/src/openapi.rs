@@ -9,6 +9,7 @@ use switchyard_store::view::JobView;
 
 use crate::jobs::{self, list};
 use crate::state::ApiState;
+use crate::workflows;
 use crate::{admin, batches, dead_letters, events, files, kserve, openai, usage, webhooks};
 
 #[derive(OpenApi)]
@@ -47,6 +48,9 @@ use crate::{admin, batches, dead_letters, events, files, kserve, openai, usage, 
         batches::retrieve,
         batches::cancel,
         usage::usage,
+        workflows::start,
+        workflows::get_run,
+        workflows::cancel,
         admin::create_tenant,
         admin::list_tenants,
         admin::set_limits,
@@ -64,6 +68,7 @@ use crate::{admin, batches, dead_letters, events, files, kserve, openai, usage, 
         (name = "billing", description = "Usage and cost"),
         (name = "batches", description = "OpenAI's Files and Batch APIs"),
         (name = "webhooks", description = "Webhook deliveries and disabled receivers"),
+        (name = "workflows", description = "Workflow runs: start, read, cancel"),
         (name = "admin", description = "Tenants, API keys and dead letters (the admin role)"),
     )
 )]

@@ -42,6 +42,10 @@ pub struct ApiState {
     /// Replay consumers to delete.
     pub gone_streams: crate::events::Gone,
     pub knobs: Knobs,
+    /// Workflow runs: their tickets and histories.
+    pub runs: switchyard_workflows::runs::Runs,
+    /// The configuration's workflows.
+    pub workflows: Arc<switchyard_workflows::Workflows>,
 }
 
 /// The edge's settings.

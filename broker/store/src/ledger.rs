@@ -54,4 +54,7 @@ pub trait Ledger: Send + Sync {
     /// Returns the indexes of the lines that were new.
     async fn record_usage(&self, charges: &[Charge]) -> Result<Vec<usize>, StoreError>;
     async fn usage_report(&self, filter: &UsageFilter) -> Result<UsageReport, StoreError>;
+    /// What the job was charged, in micro-USD: its delivered attempt's
+    /// line, as the report counts it; 0 while it has none.
+    async fn job_cost(&self, job_id: &str) -> Result<i64, StoreError>;
 }

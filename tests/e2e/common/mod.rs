@@ -190,7 +190,7 @@ fn reported_port(log: &Path) -> Option<u16> {
     digits.parse().ok()
 }
 
-fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Proc {
+pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Proc {
     let log = log_dir.join(format!("{name}.log"));
     let file = std::fs::File::create(&log).expect("log file");
     let err = file.try_clone().expect("log file");
@@ -470,6 +470,8 @@ pub struct StackOptions {
     pub nats_accounts: bool,
     /// Three NATS servers in a cluster, and streams with three replicas.
     pub nats_cluster: bool,
+    /// YAML list of workflow definitions.
+    pub workflows: &'static str,
 }
 
 impl Default for StackOptions {
@@ -490,6 +492,7 @@ impl Default for StackOptions {
             broker_extra: "",
             nats_accounts: false,
             nats_cluster: false,
+            workflows: "[]",
         }
     }
 }
@@ -550,6 +553,10 @@ models:
     default_max_tokens: 8
 {extra_models}
 tenants: {tenants}
+workflows: {workflows}
+workflow_engine:
+  lease: 3s
+  allow: [127.0.0.1/32]
 broker:
   listen: 127.0.0.1:{broker_port}
   database_url: {database_url}
@@ -577,6 +584,7 @@ agent:
         duplicate_window = opts.duplicate_window,
         aging_bound = opts.aging_bound,
         tenants = opts.tenants,
+        workflows = opts.workflows,
         placement = opts.placement,
         prefetch = opts.prefetch_per_slot,
         broker_extra = opts.broker_extra,
@@ -713,6 +721,13 @@ impl Stack {
             0,
             &[any_port("SWITCHYARD_DISPATCHER__LISTEN")],
         );
+    }
+
+    /// A workflow engine, as `name`, with more settings in `env`.
+    pub fn start_workflows(&mut self, name: &str, env: &[(&str, String)]) {
+        let mut env = env.to_vec();
+        env.push(any_port("SWITCHYARD_WORKFLOW_ENGINE__LISTEN"));
+        self.launch(name, "workflows", 0, &env);
     }
 
     /// An agent whose engine has its own fault rules (a YAML list).

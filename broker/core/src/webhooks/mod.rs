@@ -4,9 +4,7 @@
 //! the job record; `deliver` sends due rows and retries them on a schedule.
 
 mod deliver;
-mod guard;
 mod sign;
-mod special;
 
 use std::collections::HashMap;
 
@@ -17,8 +15,8 @@ use crate::BrokerConfig;
 use crate::admission::Rejection;
 
 pub use deliver::run;
-pub use guard::{AllowEntry, Guard};
 pub use sign::Secret;
+pub use switchyard_runtime::guard::{AllowEntry, Guard};
 
 /// Who gets which events, and with which secrets they are signed.
 #[derive(Debug, Default)]

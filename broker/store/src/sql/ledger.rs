@@ -7,6 +7,13 @@ use super::SqlStore;
 use crate::StoreError;
 use crate::ledger::{Charge, Ledger, UsageFilter, UsageReport, UsageRow};
 
+/// The ledger lines charged to their job's tenant: the attempt whose result
+/// the job delivered, when it succeeded or was stopped by its client or its
+/// own timeout (what the engine did until then was asked for). Every other
+/// attempt's usage (a node lost, an engine fault) is waste.
+const CHARGED: &str =
+    "j.status IN ('succeeded', 'cancelled', 'timed_out') AND j.attempt = u.attempt";
+
 /// Writes each charge once per (job, attempt): the indices of those not
 /// written before.
 pub(super) async fn insert_charges(
@@ -59,10 +66,6 @@ impl Ledger for SqlStore {
     }
 
     async fn usage_report(&self, f: &UsageFilter) -> Result<UsageReport, StoreError> {
-        // Charged: the attempt whose result the job delivered, when it
-        // succeeded or was stopped by its client or its own timeout (what
-        // the engine did until then was asked for). Every other attempt's
-        // usage (a node lost, an engine fault) is waste.
         let query = |charged: bool| {
             format!(
                 "SELECT u.at / 86400000 AS day, u.model AS model, j.tenant AS tenant,
@@ -72,8 +75,7 @@ impl Ledger for SqlStore {
                     CAST(SUM(u.cost_micros) AS BIGINT) AS cost_micros,
                     CAST(SUM(u.cache_hit) AS BIGINT) AS cache_hits
                  FROM usage u JOIN jobs j ON j.id = u.job_id
-                 WHERE {} (j.status IN ('succeeded', 'cancelled', 'timed_out')
-                    AND j.attempt = u.attempt)
+                 WHERE {} ({CHARGED})
                    AND ($1 IS NULL OR j.tenant = $1)
                    AND ($2 IS NULL OR u.at >= $2) AND ($3 IS NULL OR u.at < $3)
                  GROUP BY day, u.model, j.tenant ORDER BY day, u.model, j.tenant",
@@ -106,5 +108,17 @@ impl Ledger for SqlStore {
             }
         }
         Ok(report)
+    }
+
+    async fn job_cost(&self, job_id: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT CAST(COALESCE(SUM(u.cost_micros), 0) AS BIGINT) AS cost_micros
+             FROM usage u JOIN jobs j ON j.id = u.job_id
+             WHERE u.job_id = $1 AND {CHARGED}"
+        ))
+        .bind(job_id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.try_get("cost_micros")?)
     }
 }

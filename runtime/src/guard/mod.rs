@@ -1,6 +1,6 @@
-//! The address guard: a webhook may only reach a public address, unless the
-//! operator allows a receiver by network or name. A URL is checked when a job
-//! names it and again at every delivery; the delivery connects only to the
+//! The address guard: a webhook, or a workflow's HTTP step, may only reach a
+//! public address, unless the operator allows a receiver by network or name.
+//! A URL is checked when a job names it and again at every delivery; the delivery connects only to the
 //! addresses that the guard passed at that moment (the client's resolver is
 //! this guard), and follows no redirects, so neither DNS rebinding nor a
 //! redirect reaches an internal service.
@@ -12,9 +12,11 @@ use ipnet::IpNet;
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use super::special::blocked;
+mod special;
 
-/// One `broker.webhooks.allow` entry.
+use special::blocked;
+
+/// One entry of an allowlist (`broker.webhooks.allow`, `workflow_engine.allow`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllowEntry {
     Net(IpNet),
@@ -39,7 +41,7 @@ impl AllowEntry {
     }
 }
 
-/// The guard of one broker: the allowlist, and the checks that use it.
+/// One allowlist, and the checks that use it.
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
     allow: Arc<Vec<AllowEntry>>,

@@ -1,0 +1,237 @@
+//! The workflow runs API: start a run (`Idempotency-Key`, `Prefer: wait`),
+//! read it with its steps, their jobs and its cost, and cancel it. The
+//! broker keeps the run's ticket and reads its history; the engine role
+//! drives it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Extension, FromRef, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use switchyard_core::auth::Caller;
+use switchyard_schemas::redact::without_values;
+use switchyard_schemas::{DEFAULT_TENANT, Priority, now_ms};
+use switchyard_store::JobStore;
+use switchyard_workflows::runs::{Cancelled, Runs, RunsError, run_id};
+use switchyard_workflows::view::run_view;
+use switchyard_workflows::{RunHeader, Workflows};
+
+use crate::error::{ApiError, invalid};
+use crate::extract::Body;
+use crate::jobs::{idempotency_key, prefer_wait};
+use crate::state::{ApiState, visible};
+
+/// What the runs API works with.
+#[derive(Clone)]
+struct RunsState {
+    runs: Runs,
+    /// The longest `Prefer: wait`.
+    wait_limit: Duration,
+    workflows: Arc<Workflows>,
+    store: Arc<dyn JobStore>,
+}
+
+impl FromRef<ApiState> for RunsState {
+    fn from_ref(s: &ApiState) -> Self {
+        RunsState {
+            runs: s.runs.clone(),
+            wait_limit: s.calls.sync_timeout(),
+            workflows: s.workflows.clone(),
+            store: s.store.clone(),
+        }
+    }
+}
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/workflows/{name}/runs", post(start))
+        .route("/v1/workflows/runs/{id}", get(get_run))
+        .route("/v1/workflows/runs/{id}/cancel", post(cancel))
+}
+
+/// The body of `POST /v1/workflows/{name}/runs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRun {
+    input: Value,
+    #[serde(default)]
+    priority: Option<Priority>,
+    /// For keys that act for every tenant; a tenant's key sets its own.
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+fn unavailable(e: RunsError) -> ApiError {
+    ApiError::Unavailable(e.to_string())
+}
+
+/// Start a run of the workflow's latest version.
+#[utoipa::path(post, path = "/v1/workflows/{name}/runs", tag = "workflows",
+    request_body(content = Object, description = "`input` (held to the workflow's `input_schema`), and optionally `priority`, `tenant`"),
+    params(
+        ("name" = String, Path, description = "The workflow"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key names the same run"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: answer with the ended run if it ends within N seconds"),
+    ),
+    responses(
+        (status = 202, description = "Kept: `{id, status, workflow, version}`", body = Object),
+        (status = 200, description = "Ended within `Prefer: wait`: the run", body = Object),
+        (status = 404, description = "`not_found`: no such workflow", body = Object),
+        (status = 422, description = "`invalid_request`: the input fails the workflow's `input_schema`", body = Object),
+        (status = 503, description = "`broker_unavailable`", body = Object),
+    ))]
+async fn start(
+    State(s): State<RunsState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let workflow = s
+        .workflows
+        .latest(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("workflow {name:?}")))?;
+    let request: StartRun = serde_json::from_slice(&body).map_err(|e| {
+        invalid(format!(
+            "body is not a run request: {}",
+            without_values(&e.to_string())
+        ))
+    })?;
+    let tenant = match (&caller.tenant, request.tenant) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "tenant is set by the server from the API key; leave it out",
+            ));
+        }
+        (Some(own), None) => own.clone(),
+        (None, asked) => asked.unwrap_or_else(|| DEFAULT_TENANT.to_owned()),
+    };
+    workflow
+        .check_input(&request.input)
+        .map_err(|e| invalid(e.to_string()))?;
+    let id = run_id(&tenant, idempotency_key(&headers)?);
+    let header = RunHeader {
+        id: id.clone(),
+        workflow: name,
+        version: workflow.spec.version,
+        tenant,
+        priority: request.priority.unwrap_or(Priority::Normal),
+        input: request.input,
+    };
+    let version = header.version;
+    let workflow_name = header.workflow.clone();
+    s.runs.start(header, now_ms()).await.map_err(unavailable)?;
+    if let Some(wait) = prefer_wait(&headers, s.wait_limit) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let (view, _) = read(&s, &caller, &id).await?;
+            if view["status"] != "running" || tokio::time::Instant::now() >= deadline {
+                let status = match view["status"] == "running" {
+                    true => StatusCode::ACCEPTED,
+                    false => StatusCode::OK,
+                };
+                return Ok((status, axum::Json(view)).into_response());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let body =
+        json!({"id": id, "status": "running", "workflow": workflow_name, "version": version});
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+/// The run's view, with each model step's job and the run's cost added.
+async fn read(s: &RunsState, caller: &Caller, id: &str) -> Result<(Value, String), ApiError> {
+    let history = s
+        .runs
+        .journal()
+        .read(id)
+        .await
+        .map_err(|e| unavailable(e.into()))?;
+    let found = history.events.first().and_then(|first| match first {
+        switchyard_workflows::RunEvent::Started { run, .. } => Some(run.clone()),
+        _ => None,
+    });
+    let header = visible(caller, found, |r| &r.tenant, || format!("run {id:?}"))?;
+    let workflow = s.workflows.get(&header.workflow, header.version);
+    let Some((mut view, jobs)) = run_view(workflow, &history.events) else {
+        return Err(ApiError::NotFound(format!("run {id:?}")));
+    };
+    let mut cost_micros = 0;
+    let mut records = serde_json::Map::new();
+    for job in &jobs {
+        if let Some(record) = s.store.get(job).await? {
+            let cost = s.store.job_cost(job).await?;
+            cost_micros += cost;
+            records.insert(
+                job.clone(),
+                json!({
+                    "status": record.status.as_str(),
+                    "node": record.node,
+                    "usage": record.usage,
+                    "cost_usd": cost as f64 / 1e6,
+                    "started_at_ms": record.started_at_ms,
+                    "finished_at_ms": record.finished_at_ms,
+                }),
+            );
+        }
+    }
+    for step in view["steps"].as_array_mut().into_iter().flatten() {
+        for attempt in step["attempts"].as_array_mut().into_iter().flatten() {
+            let job = attempt["effect_id"].as_str().and_then(|j| records.get(j));
+            if let Some(job) = job {
+                attempt["job"] = job.clone();
+            }
+        }
+    }
+    view["cost_usd"] = json!(cost_micros as f64 / 1e6);
+    Ok((view, header.tenant))
+}
+
+/// A run: its status and output, and per step its state and attempts.
+#[utoipa::path(get, path = "/v1/workflows/runs/{id}", tag = "workflows",
+    params(("id" = String, Path, description = "The run")),
+    responses(
+        (status = 200, description = "The run (docs/workflows.md)", body = Object),
+        (status = 404, description = "`not_found`", body = Object),
+    ))]
+async fn get_run(
+    State(s): State<RunsState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (view, _) = read(&s, &caller, &id).await?;
+    Ok(axum::Json(view).into_response())
+}
+
+/// Cancel a run: its running steps are stopped and the steps it had done
+/// are compensated.
+#[utoipa::path(post, path = "/v1/workflows/runs/{id}/cancel", tag = "workflows",
+    params(("id" = String, Path, description = "The run")),
+    responses(
+        (status = 202, description = "`{id, status: \"cancelling\"}`", body = Object),
+        (status = 404, description = "`not_found`", body = Object),
+        (status = 409, description = "`not_cancellable`: it has ended", body = Object),
+    ))]
+async fn cancel(
+    State(s): State<RunsState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    // Another tenant's run is not found, as if it were not there.
+    read(&s, &caller, &id).await?;
+    match s.runs.cancel(&id, now_ms()).await.map_err(unavailable)? {
+        Cancelled::Requested => Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"id": id, "status": "cancelling"})),
+        )
+            .into_response()),
+        Cancelled::Finished => Err(ApiError::RunEnded(id)),
+        Cancelled::NotFound => Err(ApiError::NotFound(format!("run {id:?}"))),
+    }
+}
