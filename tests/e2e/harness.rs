@@ -14,7 +14,8 @@
 //!    and the OpenAI-compatible front, at 25 %, 50 % and 75 % of the most
 //!    the front sustains;
 //! 4. where it is installed, the LiteLLM proxy beside them at a rate it
-//!    sustains with one worker (15 requests/s).
+//!    sustains with one worker (15 requests/s);
+//! 5. what a workflow run adds to the jobs it runs (`harness/workflows.rs`).
 //!
 //! `cargo test --test e2e harness::smoke` runs every part for a moment (CI); the
 //! figures of docs/benchmarks.md come from the long form, `scripts/bench`
@@ -37,6 +38,7 @@ use tokio::task::JoinSet;
 
 mod pipeline;
 mod scaling;
+mod workflows;
 
 /// How long each measurement runs.
 #[derive(Clone, Copy)]
@@ -536,6 +538,7 @@ fn front_stack(engine: u16) -> Stack {
 async fn run(form: Form) {
     durable(&form).await;
     latency(&form).await;
+    workflows::workflows(&form).await;
 }
 
 /// The raw JetStream limit, and the durable path beside it.
@@ -767,6 +770,12 @@ async fn durable_long_form() {
 #[ignore = "the long form's latency half: two minutes of load, to compare builds"]
 async fn latency_long_form() {
     latency(&LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "the long form's workflow part: a minute of load, to compare builds"]
+async fn workflows_long_form() {
+    workflows::workflows(&LONG).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -213,6 +213,20 @@ const PIPELINE: &str = r#"
       - id: ship
         needs: [charge]
         http: {url: "http://127.0.0.1:API_PORT/ship-refused"}
+  - name: assistant
+    input_schema: {type: object, required: [messages]}
+    steps:
+      - id: ask
+        model:
+          name: tiny-chat
+          input: {messages: "{{ input.messages }}", max_tokens: 4}
+      - id: answer
+        needs: [ask]
+        model:
+          name: tiny-chat
+          input:
+            messages: [{role: user, content: "again {{ steps.ask.output.choices[0].message.content }}"}]
+            max_tokens: 3
   - name: branches
     steps:
       - id: start
@@ -452,6 +466,40 @@ async fn a_step_failing_for_good_undoes_the_earlier_ones_latest_first() {
         error.contains("compensation of step \"reserve\""),
         "{run:#}"
     );
+
+    // A run cancelled while a step runs (a task no worker takes) stops it
+    // and ends cancelled; an ended run cannot be cancelled again.
+    let input = json!({"input": {"text": "wait", "whisper": false, "fail": false}});
+    let (status, started) = start_run(&stack, "branches", input, 0).await;
+    assert_eq!(status, 202, "{started:#}");
+    let id = started["id"].as_str().unwrap();
+    let cancel = || async {
+        let url = stack.broker_url(&format!("/v1/workflows/runs/{id}/cancel"));
+        let r = stack.http.post(url).send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let (_, run) = stack.get_json(&format!("/v1/workflows/runs/{id}")).await;
+            so(step(&run, "shout")["status"] == "running", || {
+                format!("{run:#}")
+            })
+        },
+    )
+    .await;
+    assert_eq!(cancel().await.0, 202);
+    let run = wait_ended(&stack, &[id.to_owned()], Duration::from_secs(30))
+        .await
+        .remove(0);
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    assert!(run["cancel_requested"] == true, "{run:#}");
+    let shout = &step(&run, "shout")["attempts"][0];
+    assert_eq!(shout["error"]["class"], "cancelled", "{run:#}");
+    let (status, refused) = cancel().await;
+    assert_eq!(status, 409, "{refused:#}");
+    assert_eq!(refused["error"]["code"], "not_cancellable", "{refused:#}");
 }
 
 /// Runs of `review` started at once; their ids.
@@ -626,4 +674,77 @@ async fn branches_run_side_by_side_a_false_when_skips_and_a_python_worker_serves
         assert_eq!(a["error"]["class"], "worker_failed", "{run:#}");
         assert_eq!(a["error"]["message"], "asked to fail", "{run:#}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_answers_the_openai_sdk_as_a_model() {
+    let api = Api::default();
+    let stack = stack_with(&api).await;
+    let base = stack.broker_url("/v1");
+    let seen = tokio::task::spawn_blocking(move || {
+        sdk_script(
+            "openai_workflow.py",
+            &[base, "assistant".into(), "book".into()],
+        )
+    })
+    .await
+    .unwrap();
+    let first = expected_echo("alpha beta gamma", 4);
+    let answer = expected_echo(&format!("again {first}"), 3);
+    assert_eq!(seen["chat"]["content"], answer.as_str(), "{seen:#}");
+    assert_eq!(seen["chat"]["model"], "workflow:assistant", "{seen:#}");
+    // Both model steps' tokens: 4 and 3.
+    assert_eq!(seen["chat"]["completion_tokens"], 7, "{seen:#}");
+    assert_eq!(seen["stream"], answer.as_str(), "{seen:#}");
+    let run = seen["chat"]["run_id"].as_str().expect("the run's id");
+    let (status, record) = stack.get_json(&format!("/v1/workflows/runs/{run}")).await;
+    assert_eq!(
+        (status, &record["status"]),
+        (200, &json!("succeeded")),
+        "{record:#}"
+    );
+    assert_eq!(
+        seen["failed"],
+        json!({"status": 502, "code": "workflow_failed"}),
+        "{seen:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_and_a_worker_run_under_their_own_nats_users() {
+    let api = Api::default();
+    let port = api.serve().await;
+    let mut stack = Stack::new(StackOptions {
+        workflows: PIPELINE,
+        nats_accounts: true,
+        ..StackOptions::default()
+    });
+    stack.rewrite_config("API_PORT", &port.to_string());
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent("node-a");
+    stack.start_workflows("wf1", &[]);
+    let mut python = std::process::Command::new(python_bin());
+    python
+        .arg(repo_root().join("tests/sdk/workflow_worker.py"))
+        .arg(stack.nats.url_as("worker"))
+        .arg("shouting");
+    let _worker = spawn("worker", python, stack.dir.path());
+
+    let input = json!({"input": {"text": "accounts", "whisper": false, "fail": false}});
+    let (status, run) = start_run(&stack, "branches", input, 60).await;
+    assert_eq!(
+        (status, &run["status"]),
+        (200, &json!("succeeded")),
+        "{run:#}"
+    );
+    assert_eq!(run["output"]["shout"], "ACCOUNTS", "{run:#}");
+
+    // The worker's user answers tasks and nothing else: the platform's
+    // streams are out of its reach.
+    let worker = stack.nats.client_as("worker").await;
+    let refused = worker
+        .request("$JS.API.STREAM.INFO.RESULTS", "".into())
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
 }

@@ -282,7 +282,10 @@ impl RunState {
                 };
                 let failure = Failure(*attempt, *class, message, *at_ms);
                 let last = self.step(step)?.failed(retry, failure, compensation);
-                if last && !compensation && self.failure.is_none() {
+                // An attempt stopped because the run is cancelled ends the
+                // run as cancelled, not failed.
+                let stopped = *class == StepErrorClass::Cancelled && self.cancel_requested;
+                if last && !compensation && !stopped && self.failure.is_none() {
                     self.failure = Some(format!(
                         "step {step:?} failed after {attempt} attempt(s): {}: {message}",
                         class.code()

@@ -444,3 +444,28 @@ fn a_cancelled_run_stops_what_runs_and_undoes_what_finished_even_late() {
     assert_eq!(run.finished().map(|f| f.0), Some(RunStatus::Cancelled));
     assert_eq!(run.state().steps["flight"].status, StepStatus::Pending);
 }
+
+#[test]
+fn a_step_stopped_by_the_cancellation_does_not_fail_the_cancelled_run() {
+    let mut run = Run::new(BOOKING, json!({}));
+    run.turn();
+    run.history
+        .push(RunEvent::CancelRequested { at_ms: run.now });
+    run.turn();
+    // The stop answered: the attempt ended cancelled.
+    run.fail("hotel", StepErrorClass::Cancelled);
+    run.turn();
+    let (status, _, error) = run.finished().expect("ended");
+    assert_eq!((status, error), (RunStatus::Cancelled, None));
+}
+
+#[test]
+fn a_model_step_whose_job_was_cancelled_elsewhere_fails_the_run() {
+    let mut run = Run::new(BOOKING, json!({}));
+    run.turn();
+    run.fail("hotel", StepErrorClass::Cancelled);
+    run.turn();
+    let (status, _, error) = run.finished().expect("ended");
+    assert_eq!(status, RunStatus::Failed);
+    assert!(error.unwrap_or_default().contains("cancelled"));
+}

@@ -106,6 +106,17 @@ impl Runs {
         &self.journal
     }
 
+    /// Told of each event appended to the run's history from now on.
+    pub async fn watch(
+        &self,
+        run_id: &str,
+    ) -> Result<async_nats::Subscriber, async_nats::SubscribeError> {
+        self.js
+            .client()
+            .subscribe(crate::journal::subject(run_id))
+            .await
+    }
+
     /// Keeps the run's ticket, then writes its first event so that it can
     /// be read at once. A run started twice (the same idempotency key) is
     /// kept once: the ticket's message id is the run's, and the history's

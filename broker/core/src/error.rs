@@ -42,6 +42,8 @@ pub enum ErrorCode {
     InvalidUrl,
     InvalidFile,
     StreamInterrupted,
+    // A workflow run.
+    WorkflowFailed,
     // Switchyard's own parts.
     QueueUnavailable,
     StoreUnavailable,
@@ -50,7 +52,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         ErrorCode::MalformedBody,
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownModel,
@@ -80,6 +82,7 @@ impl ErrorCode {
         ErrorCode::InvalidUrl,
         ErrorCode::InvalidFile,
         ErrorCode::StreamInterrupted,
+        ErrorCode::WorkflowFailed,
         ErrorCode::QueueUnavailable,
         ErrorCode::StoreUnavailable,
         ErrorCode::BrokerUnavailable,
@@ -118,6 +121,7 @@ impl ErrorCode {
             ErrorCode::InvalidUrl => "invalid_url",
             ErrorCode::InvalidFile => "invalid_file",
             ErrorCode::StreamInterrupted => "stream_interrupted",
+            ErrorCode::WorkflowFailed => "workflow_failed",
             ErrorCode::QueueUnavailable => "queue_unavailable",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::BrokerUnavailable => "broker_unavailable",

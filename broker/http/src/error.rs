@@ -54,6 +54,11 @@ pub enum ApiError {
     JobFailed(JobError),
     #[error("run {0} has ended")]
     RunEnded(String),
+    #[error("run {0} is still running; it will be at /v1/workflows/runs/{0}")]
+    RunStillRunning(String),
+    /// The run failed, was cancelled, or its compensation failed: why.
+    #[error("run {0} did not succeed: {1}")]
+    RunFailed(String, String),
     #[error("batch {0} already ended {1}")]
     BatchEnded(String, &'static str),
     #[error("this tenant has as many event streams open as it may; close one first")]
@@ -100,7 +105,8 @@ impl Coded for ApiError {
             ApiError::IdempotencyInFlight => ErrorCode::IdempotencyConflict,
             ApiError::Store(_) => ErrorCode::StoreUnavailable,
             ApiError::Unavailable(_) => ErrorCode::BrokerUnavailable,
-            ApiError::StillRunning(_) => ErrorCode::StillRunning,
+            ApiError::StillRunning(_) | ApiError::RunStillRunning(_) => ErrorCode::StillRunning,
+            ApiError::RunFailed(..) => ErrorCode::WorkflowFailed,
             // Answered with the job's own class (see `respond`); this is
             // what it counts as for the API itself.
             ApiError::JobFailed(_) => ErrorCode::InvalidRequest,
@@ -142,7 +148,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | ErrorCode::NotCancellable
         | ErrorCode::NotFinished => StatusCode::CONFLICT,
         ErrorCode::StillRunning => StatusCode::GATEWAY_TIMEOUT,
-        ErrorCode::StreamInterrupted => StatusCode::BAD_GATEWAY,
+        ErrorCode::StreamInterrupted | ErrorCode::WorkflowFailed => StatusCode::BAD_GATEWAY,
         ErrorCode::QueueUnavailable
         | ErrorCode::StoreUnavailable
         | ErrorCode::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,

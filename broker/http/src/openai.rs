@@ -4,7 +4,7 @@
 //! waits for its result, or relays its output as server-sent events.
 
 use axum::Router;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, FromRef, State};
 use axum::http::HeaderMap;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::extract::Body;
 use crate::reply::{mark_cache, name_job, priority, sse};
 use crate::state::{ApiState, CallState};
+use crate::workflows::{self, RunsState};
 
 pub fn router() -> Router<ApiState> {
     Router::new()
@@ -51,19 +52,39 @@ macro_rules! endpoint {
                 (status = 504, description = "`still_running`, `timeout`", body = Object),
             ))]
         async fn $name(
-            State(s): State<CallState>,
+            State(s): State<OpenAiState>,
             Extension(caller): Extension<Caller>,
             headers: HeaderMap,
             Body(body): Body,
         ) -> Result<Response, ApiError> {
-            serve(s, caller, headers, body, Endpoint::$endpoint).await
+            if let Some(workflow) = workflows::named_by(Endpoint::$endpoint, &body) {
+                return workflows::chat(s.runs, caller, headers, &workflow, &body).await;
+            }
+            serve(s.call, caller, headers, body, Endpoint::$endpoint).await
         }
     };
 }
 
+/// What the OpenAI front works with: calls that wait for jobs, and workflow
+/// runs for `model: "workflow:<name>"`.
+#[derive(Clone)]
+struct OpenAiState {
+    call: CallState,
+    runs: RunsState,
+}
+
+impl FromRef<ApiState> for OpenAiState {
+    fn from_ref(s: &ApiState) -> Self {
+        OpenAiState {
+            call: CallState::from_ref(s),
+            runs: RunsState::from_ref(s),
+        }
+    }
+}
+
 endpoint!(
-    /// OpenAI's chat completions, as a job; `stream: true` answers with
-    /// server-sent events.
+    /// OpenAI's chat completions, as a job, or as a run of a workflow named
+    /// `workflow:<name>`; `stream: true` answers with server-sent events.
     chat,
     "/v1/chat/completions",
     "OpenAI's chat completion request",
@@ -91,8 +112,9 @@ endpoint!(
 /// The registry, as OpenAI lists models.
 #[utoipa::path(get, path = "/v1/models", tag = "openai",
     responses((status = 200, description = "`{object: list, data: [{id, object: model, …}]}`", body = Object)))]
-async fn models(State(s): State<CallState>) -> axum::Json<Value> {
+async fn models(State(s): State<OpenAiState>) -> axum::Json<Value> {
     let data: Vec<Value> = s
+        .call
         .calls
         .admitter()
         .registry()
@@ -219,12 +241,12 @@ fn encode_embeddings(output: &mut Value) {
 }
 
 /// Relays one job's streamed output as OpenAI chunks.
-struct Relay {
-    chat: bool,
-    id: String,
-    model: String,
-    created: i64,
-    include_usage: bool,
+pub(crate) struct Relay {
+    pub chat: bool,
+    pub id: String,
+    pub model: String,
+    pub created: i64,
+    pub include_usage: bool,
 }
 
 impl Relay {
@@ -302,7 +324,7 @@ impl Relay {
 
     /// Starts the stream: a chat's first chunk names the role. False if the
     /// client is gone.
-    async fn open(&self, tx: &mut mpsc::Sender<SseEvent>) -> bool {
+    pub(crate) async fn open(&self, tx: &mut mpsc::Sender<SseEvent>) -> bool {
         if !self.chat {
             return true;
         }
@@ -312,7 +334,12 @@ impl Relay {
 
     /// Ends the stream of a job that succeeded with `output`, of which
     /// `sent` went out already; false if the two do not add up.
-    async fn finish(&self, tx: &mut mpsc::Sender<SseEvent>, sent: &str, output: Value) -> bool {
+    pub(crate) async fn finish(
+        &self,
+        tx: &mut mpsc::Sender<SseEvent>,
+        sent: &str,
+        output: Value,
+    ) -> bool {
         let choice = &output["choices"][0];
         let whole = match self.chat {
             true => choice["message"]["content"].as_str(),

@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Extension, FromRef, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
+use futures::channel::mpsc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchyard_core::auth::Caller;
+use switchyard_core::openai_request::Endpoint;
 use switchyard_schemas::redact::without_values;
 use switchyard_schemas::{DEFAULT_TENANT, Priority, now_ms};
 use switchyard_store::JobStore;
@@ -24,11 +27,13 @@ use switchyard_workflows::{RunHeader, Workflows};
 use crate::error::{ApiError, invalid};
 use crate::extract::Body;
 use crate::jobs::{idempotency_key, prefer_wait};
+use crate::openai::Relay;
+use crate::reply::{priority, sse};
 use crate::state::{ApiState, visible};
 
 /// What the runs API works with.
 #[derive(Clone)]
-struct RunsState {
+pub(crate) struct RunsState {
     runs: Runs,
     /// The longest `Prefer: wait`.
     wait_limit: Duration,
@@ -92,17 +97,52 @@ async fn start(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    let workflow = s
-        .workflows
-        .latest(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("workflow {name:?}")))?;
     let request: StartRun = serde_json::from_slice(&body).map_err(|e| {
         invalid(format!(
             "body is not a run request: {}",
             without_values(&e.to_string())
         ))
     })?;
-    let tenant = match (&caller.tenant, request.tenant) {
+    let priority = request.priority.unwrap_or(Priority::Normal);
+    let key = idempotency_key(&headers)?;
+    let started = begin(
+        &s,
+        &caller,
+        &name,
+        request.tenant,
+        priority,
+        request.input,
+        key,
+    )
+    .await?;
+    if let Some(wait) = prefer_wait(&headers, s.wait_limit) {
+        let view = wait_ended(&s, &caller, &started.id, wait).await?;
+        let status = match view["status"] == "running" {
+            true => StatusCode::ACCEPTED,
+            false => StatusCode::OK,
+        };
+        return Ok((status, axum::Json(view)).into_response());
+    }
+    let body = json!({"id": started.id, "status": "running", "workflow": started.workflow, "version": started.version});
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+/// Starts a run of the workflow's latest version for the caller: its
+/// header, once its ticket is kept.
+async fn begin(
+    s: &RunsState,
+    caller: &Caller,
+    name: &str,
+    tenant: Option<String>,
+    priority: Priority,
+    input: Value,
+    idempotency_key: Option<&str>,
+) -> Result<RunHeader, ApiError> {
+    let workflow = s
+        .workflows
+        .latest(name)
+        .ok_or_else(|| ApiError::NotFound(format!("workflow {name:?}")))?;
+    let tenant = match (&caller.tenant, tenant) {
         (Some(_), Some(_)) => {
             return Err(invalid(
                 "tenant is set by the server from the API key; leave it out",
@@ -112,37 +152,169 @@ async fn start(
         (None, asked) => asked.unwrap_or_else(|| DEFAULT_TENANT.to_owned()),
     };
     workflow
-        .check_input(&request.input)
+        .check_input(&input)
         .map_err(|e| invalid(e.to_string()))?;
-    let id = run_id(&tenant, idempotency_key(&headers)?);
     let header = RunHeader {
-        id: id.clone(),
-        workflow: name,
+        id: run_id(&tenant, idempotency_key),
+        workflow: name.to_owned(),
         version: workflow.spec.version,
         tenant,
-        priority: request.priority.unwrap_or(Priority::Normal),
-        input: request.input,
+        priority,
+        input,
     };
-    let version = header.version;
-    let workflow_name = header.workflow.clone();
-    s.runs.start(header, now_ms()).await.map_err(unavailable)?;
-    if let Some(wait) = prefer_wait(&headers, s.wait_limit) {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let (view, _) = read(&s, &caller, &id).await?;
-            if view["status"] != "running" || tokio::time::Instant::now() >= deadline {
-                let status = match view["status"] == "running" {
-                    true => StatusCode::ACCEPTED,
-                    false => StatusCode::OK,
-                };
-                return Ok((status, axum::Json(view)).into_response());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    s.runs
+        .start(header.clone(), now_ms())
+        .await
+        .map_err(unavailable)?;
+    Ok(header)
+}
+
+/// The run once it has ended, or as it is after `wait`: read again each
+/// time its history grows (a core subscription sees each append), and at
+/// least every second.
+async fn wait_ended(
+    s: &RunsState,
+    caller: &Caller,
+    id: &str,
+    wait: Duration,
+) -> Result<Value, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut grew = s
+        .runs
+        .watch(id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    loop {
+        let now = tokio::time::Instant::now();
+        let view = match read(s, caller, id).await {
+            Ok((view, _)) => view,
+            // Kept, and its first event not written yet: the engine
+            // writes it from the ticket.
+            Err(ApiError::NotFound(_)) => json!({"id": id, "status": "running"}),
+            Err(e) => return Err(e),
+        };
+        if view["status"] != "running" || now >= deadline {
+            return Ok(view);
+        }
+        let next = deadline.min(now + Duration::from_secs(1));
+        let _ = tokio::time::timeout_at(next, grew.next()).await;
+    }
+}
+
+/// The workflow an OpenAI request names as its model, `workflow:<name>`.
+pub(crate) fn named_by(endpoint: Endpoint, body: &[u8]) -> Option<String> {
+    if endpoint != Endpoint::Chat {
+        return None;
+    }
+    #[derive(Deserialize)]
+    struct Model {
+        model: String,
+    }
+    let Model { model } = serde_json::from_slice(body).ok()?;
+    model.strip_prefix(WORKFLOW_MODEL).map(str::to_owned)
+}
+
+/// How the OpenAI front names a workflow as a model.
+const WORKFLOW_MODEL: &str = "workflow:";
+
+/// A chat completion answered by a run of `workflow`: the request, less
+/// `model` and the streaming options, is the run's input; the run's output
+/// is the answer. An output that is already a chat completion (a model
+/// step's) is given as it is; any other is the message's content.
+pub(crate) async fn chat(
+    s: RunsState,
+    caller: Caller,
+    headers: HeaderMap,
+    workflow: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let mut input: serde_json::Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
+        invalid(format!(
+            "body is not a chat request: {}",
+            without_values(&e.to_string())
+        ))
+    })?;
+    let stream = input.remove("stream").and_then(|v| v.as_bool()) == Some(true);
+    let model = format!("{WORKFLOW_MODEL}{workflow}");
+    for field in ["model", "stream_options"] {
+        input.remove(field);
+    }
+    let priority = priority(&headers)?;
+    let key = idempotency_key(&headers)?;
+    let run = begin(
+        &s,
+        &caller,
+        workflow,
+        None,
+        priority,
+        Value::Object(input),
+        key,
+    )
+    .await?;
+    let view = wait_ended(&s, &caller, &run.id, s.wait_limit).await?;
+    match view["status"].as_str() {
+        Some("succeeded") => {}
+        Some("running") => return Err(ApiError::RunStillRunning(run.id)),
+        _ => {
+            let error = view["error"].as_str().unwrap_or("the run did not succeed");
+            return Err(ApiError::RunFailed(run.id, error.to_owned()));
         }
     }
-    let body =
-        json!({"id": id, "status": "running", "workflow": workflow_name, "version": version});
-    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+    let completion = as_completion(&run.id, &model, &view);
+    let mut response = match stream {
+        false => axum::Json(completion).into_response(),
+        true => {
+            // The run's answer, sent once it is whole.
+            let relay = Relay {
+                chat: true,
+                id: run.id.clone(),
+                model,
+                created: now_ms() / 1000,
+                include_usage: false,
+            };
+            let (mut tx, rx) = mpsc::channel(8);
+            let replay = async move {
+                if relay.open(&mut tx).await {
+                    relay.finish(&mut tx, "", completion).await;
+                }
+            };
+            sse(replay, rx)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&run.id) {
+        response.headers_mut().insert("x-switchyard-run-id", v);
+    }
+    Ok(response)
+}
+
+/// A run's output as OpenAI's chat completion, with the usage of all its
+/// model steps.
+fn as_completion(id: &str, model: &str, run: &Value) -> Value {
+    let output = &run["output"];
+    let mut usage = (0, 0);
+    let jobs = run["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["attempts"].as_array().into_iter().flatten())
+        .filter_map(|a| a.get("job"));
+    for job in jobs {
+        usage.0 += job["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+        usage.1 += job["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    }
+    let content = match (&output["choices"][0]["message"]["content"], output) {
+        (Value::String(text), _) => text.clone(),
+        (_, Value::String(text)) => text.clone(),
+        (_, other) => other.to_string(),
+    };
+    json!({
+        "id": format!("chatcmpl-{id}"),
+        "object": "chat.completion",
+        "created": now_ms() / 1000,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": usage.0 + usage.1},
+    })
 }
 
 /// The run's view, with each model step's job and the run's cost added.

@@ -226,8 +226,10 @@ struct Server {
 }
 
 /// The passwords `deploy/nats/accounts.conf` reads from the environment.
-pub const NATS_USERS: [(&str, &str, &str); 5] = [
+pub const NATS_USERS: [(&str, &str, &str); 7] = [
     ("broker", "BROKER_NATS_PASSWORD", "broker-secret"),
+    ("workflows", "WORKFLOWS_NATS_PASSWORD", "workflows-secret"),
+    ("worker", "WORKER_NATS_PASSWORD", "worker-secret"),
     (
         "dispatcher",
         "DISPATCHER_NATS_PASSWORD",
