@@ -367,6 +367,15 @@ async fn a_four_step_run_succeeds_and_its_record_shows_every_step() {
         .unwrap();
     let text = serde_json::to_string(&history.events).unwrap();
     assert!(!text.contains(SECRET), "{text}");
+    // The engine counts the run, and each attempt's effect by kind.
+    let text = stack.metrics_text("wf1").await;
+    for line in [
+        "switchyard_workflow_runs_total{workflow=\"review\",outcome=\"succeeded\"} 1",
+        "switchyard_workflow_steps_total{kind=\"model\",outcome=\"succeeded\"} 2",
+        "switchyard_workflow_steps_total{kind=\"http\",outcome=\"succeeded\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
     let (status, again) = stack
         .get_json(&format!(
             "/v1/workflows/runs/{}",
@@ -747,4 +756,66 @@ async fn the_engine_and_a_worker_run_under_their_own_nats_users() {
         .request("$JS.API.STREAM.INFO.RESULTS", "".into())
         .await;
     assert!(refused.is_err(), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_started_over_nats_is_kept_at_its_puback_and_a_bad_one_is_refused_where_it_is_read() {
+    let api = Api::default();
+    let mut stack = Stack::new(StackOptions {
+        workflows: PIPELINE,
+        ..StackOptions::default()
+    });
+    stack.rewrite_config("API_PORT", &api.serve().await.to_string());
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent("n1");
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let publish = |id: &'static str, body: Value| {
+        let js = js.clone();
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id);
+            js.publish_with_headers("sy.wf.start", headers, body.to_string().into())
+                .await
+                .expect("published")
+                .await
+                .expect("kept")
+        }
+    };
+    // Kept before any engine runs: the engine starts later and finds it.
+    let ack = publish(
+        "nats-run-1",
+        json!({"workflow": "assistant", "tenant": "acme", "priority": "high",
+               "input": {"messages": [{"role": "user", "content": "over nats"}]}}),
+    )
+    .await;
+    assert_eq!(ack.stream, "WFSTART");
+    publish(
+        "nats-run-2",
+        json!({"workflow": "review", "input": {"text": 5}}),
+    )
+    .await;
+    publish("nats-run-3", json!({"workflow": "nope", "input": {}})).await;
+    stack.start_workflows("wf1", &[]);
+
+    let ids = ["nats-run-1", "nats-run-2", "nats-run-3"].map(String::from);
+    let runs = wait_ended(&stack, &ids, Duration::from_secs(60)).await;
+    assert_eq!(runs[0]["status"], "succeeded", "{:#}", runs[0]);
+    assert_eq!(
+        (&runs[0]["tenant"], &runs[0]["priority"]),
+        (&json!("acme"), &json!("high"))
+    );
+    let answer = expected_echo(&format!("again {}", expected_echo("over nats", 4)), 3);
+    assert_eq!(
+        runs[0]["output"]["choices"][0]["message"]["content"],
+        answer.as_str(),
+        "{:#}",
+        runs[0]
+    );
+    for (run, says) in [(&runs[1], "/text"), (&runs[2], "no workflow \"nope\"")] {
+        assert_eq!(run["status"], "failed", "{run:#}");
+        let error = run["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{run:#}");
+        assert_eq!(run["input"], Value::Null, "no value is kept: {run:#}");
+    }
 }

@@ -19,6 +19,9 @@ use crate::history::{RunEvent, RunHeader};
 use crate::journal::{Journal, JournalError, Read};
 
 pub const RUNS_STREAM: &str = "WFRUNS";
+/// Runs started over NATS: kept here until an engine turns each into a run.
+pub const START_STREAM: &str = "WFSTART";
+pub const START_SUBJECT: &str = "sy.wf.start";
 pub const TICKETS_ALL: &str = "sy.wf.runs.*";
 /// Core NATS: tells the engine that owns a run that its history grew
 /// (a cancellation); best effort, as the history is the truth.
@@ -43,7 +46,7 @@ pub struct Ticket {
 pub enum RunsError {
     #[error(transparent)]
     Journal(#[from] JournalError),
-    #[error("cannot create or update stream {RUNS_STREAM}: {0}")]
+    #[error("cannot create or update a run stream: {0}")]
     Stream(#[from] jetstream::context::CreateStreamError),
     #[error("run {run}: the ticket was not kept: {source}")]
     Ticket { run: String, source: PublishError },
@@ -88,16 +91,18 @@ pub struct Runs {
 impl Runs {
     /// Makes the streams, or brings them to the configuration's settings.
     pub async fn open(js: Context, cfg: &NatsConfig) -> Result<Runs, RunsError> {
-        js.create_or_update_stream(stream::Config {
-            name: RUNS_STREAM.into(),
-            subjects: vec![TICKETS_ALL.into()],
-            retention: RetentionPolicy::WorkQueue,
-            storage: StorageType::File,
-            num_replicas: cfg.replicas,
-            duplicate_window: cfg.duplicate_window,
-            ..Default::default()
-        })
-        .await?;
+        for (name, subject) in [(RUNS_STREAM, TICKETS_ALL), (START_STREAM, START_SUBJECT)] {
+            js.create_or_update_stream(stream::Config {
+                name: name.into(),
+                subjects: vec![subject.into()],
+                retention: RetentionPolicy::WorkQueue,
+                storage: StorageType::File,
+                num_replicas: cfg.replicas,
+                duplicate_window: cfg.duplicate_window,
+                ..Default::default()
+            })
+            .await?;
+        }
         let journal = Journal::open(js.clone(), cfg).await?;
         Ok(Runs { js, journal })
     }

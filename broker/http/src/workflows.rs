@@ -22,7 +22,7 @@ use switchyard_schemas::{DEFAULT_TENANT, Priority, now_ms};
 use switchyard_store::JobStore;
 use switchyard_workflows::runs::{Cancelled, Runs, RunsError, run_id};
 use switchyard_workflows::view::run_view;
-use switchyard_workflows::{RunHeader, Workflows};
+use switchyard_workflows::{RunEvent, RunHeader, Workflows};
 
 use crate::error::{ApiError, invalid};
 use crate::extract::Body;
@@ -184,6 +184,7 @@ async fn wait_ended(
         .watch(id)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let mut end_heard = 0;
     loop {
         let now = tokio::time::Instant::now();
         let view = match read(s, caller, id).await {
@@ -196,8 +197,19 @@ async fn wait_ended(
         if view["status"] != "running" || now >= deadline {
             return Ok(view);
         }
+        // The end heard before the stream has stored it: read again
+        // shortly, a few times, rather than wait for what will not come.
+        if (1..50).contains(&end_heard) {
+            end_heard += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        }
         let next = deadline.min(now + Duration::from_secs(1));
-        let _ = tokio::time::timeout_at(next, grew.next()).await;
+        if let Ok(Some(msg)) = tokio::time::timeout_at(next, grew.next()).await
+            && let Ok(RunEvent::Finished { .. }) = serde_json::from_slice(&msg.payload)
+        {
+            end_heard = 1;
+        }
     }
 }
 
@@ -326,7 +338,7 @@ async fn read(s: &RunsState, caller: &Caller, id: &str) -> Result<(Value, String
         .await
         .map_err(|e| unavailable(e.into()))?;
     let found = history.events.first().and_then(|first| match first {
-        switchyard_workflows::RunEvent::Started { run, .. } => Some(run.clone()),
+        RunEvent::Started { run, .. } => Some(run.clone()),
         _ => None,
     });
     let header = visible(caller, found, |r| &r.tenant, || format!("run {id:?}"))?;

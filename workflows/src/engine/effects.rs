@@ -308,10 +308,19 @@ async fn model(
         {
             return job_output(engine, *result).await;
         }
-        // Told of a result, or looking again in a while: a result published
-        // while this engine was not subscribed is only in the stream.
+        // Told of a result (a subscriber hears it before the stream has
+        // stored it, so the result told is taken when its grant vouches for
+        // it), or looking again in a while: a result published while this
+        // engine was not subscribed is only in the stream.
         tokio::select! {
-            _ = told.next() => {}
+            Some(msg) = told.next() => {
+                if let Ok(result) = switchyard_schemas::decode::<JobResult>(&msg.payload)
+                    && result.job_id == id
+                    && engine.grants.vouches_result(&result)
+                {
+                    return job_output(engine, result).await;
+                }
+            }
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }

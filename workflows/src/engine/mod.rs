@@ -1,5 +1,6 @@
-//! The engine role (`switchyard workflows`): takes run tickets from
-//! `WFRUNS`, drives each run by its state machine over its history, and
+//! The engine role (`switchyard workflows`): turns start requests from
+//! NATS into runs (`intake.rs`), takes run tickets from `WFRUNS`, drives
+//! each run by its state machine over its history, and
 //! carries out what it decides. Several engines may run; each ticket is
 //! held by one at a time, and one that dies loses its runs to the others
 //! after a lease.
@@ -7,6 +8,7 @@
 mod driver;
 mod effects;
 mod http_step;
+mod intake;
 mod metrics;
 mod worker;
 
@@ -174,6 +176,7 @@ pub async fn run(
     )
     .await?;
     let done = worker::open(&js, &nats_cfg, workflows.queues()).await?;
+    let start_requests = intake::open(&js).await?;
     let engine = Arc::new(Engine {
         done,
         js: js.clone(),
@@ -198,6 +201,11 @@ pub async fn run(
     ready.watch(&client);
     tracing::info!("driving workflow runs");
     let drivers = TaskTracker::new();
+    drivers.spawn(intake::serve(
+        engine.clone(),
+        start_requests,
+        shutdown.clone(),
+    ));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,

@@ -172,11 +172,17 @@ pub(crate) async fn task(
         .await
         .map_err(|e| unavailable(format!("the task was not kept: {e}")))?;
     loop {
-        tokio::select! {
-            _ = told.next() => {}
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        if let Some(done) = answer(engine, id).await {
+        // The answer told (heard before the stream has stored it), or the
+        // stored one, looked for again in a while.
+        let told = tokio::select! {
+            msg = told.next() => msg.map(|m| m.payload),
+            () = tokio::time::sleep(Duration::from_secs(5)) => None,
+        };
+        let done = match told {
+            Some(payload) => Some(outcome(&payload)),
+            None => answer(engine, id).await,
+        };
+        if let Some(done) = done {
             return done;
         }
     }
@@ -189,12 +195,17 @@ async fn answer(engine: &Engine, id: &str) -> Option<Result<Value, Failure>> {
         .direct_get_last_for_subject(done_subject(id))
         .await
         .ok()?;
-    Some(match serde_json::from_slice::<Done>(&msg.payload) {
+    Some(outcome(&msg.payload))
+}
+
+/// A worker's answer as the step's outcome.
+fn outcome(payload: &[u8]) -> Result<Value, Failure> {
+    match serde_json::from_slice::<Done>(payload) {
         Ok(Done { error: Some(e), .. }) => Err((StepErrorClass::WorkerFailed, e)),
         Ok(Done { output, .. }) => Ok(output),
         Err(e) => Err((
             StepErrorClass::WorkerFailed,
             format!("the worker's answer is not {{\"output\"}} or {{\"error\"}}: {e}"),
         )),
-    })
+    }
 }
