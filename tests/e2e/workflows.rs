@@ -280,6 +280,10 @@ async fn start_run(stack: &Stack, workflow: &str, body: Value, wait: u32) -> (u1
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+fn history_id(run: &Value) -> String {
+    run["id"].as_str().unwrap_or_default().to_owned()
+}
+
 fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
     run["steps"]
         .as_array()
@@ -367,6 +371,38 @@ async fn a_four_step_run_succeeds_and_its_record_shows_every_step() {
         .unwrap();
     let text = serde_json::to_string(&history.events).unwrap();
     assert!(!text.contains(SECRET), "{text}");
+
+    // The same history as server-sent events, whole, then resumed.
+    let events = |last: Option<&'static str>| {
+        let url = stack.broker_url(&format!("/v1/workflows/runs/{}/events", history_id(&run)));
+        let mut request = stack.http.get(url);
+        if let Some(last) = last {
+            request = request.header("last-event-id", last);
+        }
+        async move {
+            let body = request.send().await.unwrap().text().await.unwrap();
+            body.split("\n\n")
+                .filter(|block| !block.trim().is_empty() && !block.starts_with(':'))
+                .map(|block| {
+                    let field = |name: &str| {
+                        block
+                            .lines()
+                            .find_map(|l| l.strip_prefix(name))
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned()
+                    };
+                    (field("id:"), field("event:"))
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = events(None).await;
+    assert_eq!(all.len(), history.events.len(), "{all:?}");
+    assert_eq!(all[0], ("0".to_owned(), "started".to_owned()));
+    assert_eq!(all.last().unwrap().1, "finished", "{all:?}");
+    let resumed = events(Some("2")).await;
+    assert_eq!(resumed, all[3..], "{resumed:?}");
     // The engine counts the run, and each attempt's effect by kind.
     let text = stack.metrics_text("wf1").await;
     for line in [

@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Extension, FromRef, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
@@ -57,6 +58,7 @@ pub fn router() -> Router<ApiState> {
         .route("/v1/workflows/{name}/runs", post(start))
         .route("/v1/workflows/runs/{id}", get(get_run))
         .route("/v1/workflows/runs/{id}/cancel", post(cancel))
+        .route("/v1/workflows/runs/{id}/events", get(events))
 }
 
 /// The body of `POST /v1/workflows/{name}/runs`.
@@ -391,6 +393,71 @@ async fn get_run(
 ) -> Result<Response, ApiError> {
     let (view, _) = read(&s, &caller, &id).await?;
     Ok(axum::Json(view).into_response())
+}
+
+/// A run's history as server-sent events, one per event (`id`: its place in
+/// the history, `event`: its kind, `data`: the event), from the start or
+/// after `Last-Event-ID`, until the run's `finished`.
+#[utoipa::path(get, path = "/v1/workflows/runs/{id}/events", tag = "workflows",
+    params(
+        ("id" = String, Path, description = "The run"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event"),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream` of the run's events (docs/workflows.md)", body = Object),
+        (status = 404, description = "`not_found`", body = Object),
+    ))]
+async fn events(
+    State(s): State<RunsState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    // Another tenant's run is not found, as if it were not there.
+    read(&s, &caller, &id).await?;
+    let mut next = match headers.get("last-event-id") {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map(|last| last + 1)
+            .ok_or_else(|| invalid("Last-Event-ID must be the id of an event of this run"))?,
+    };
+    let mut grew = s
+        .runs
+        .watch(&id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let (mut tx, rx) = mpsc::channel(64);
+    let relay = async move {
+        loop {
+            let Ok(history) = s.runs.journal().read(&id).await else {
+                return;
+            };
+            for (i, event) in history.events.iter().enumerate().skip(next) {
+                let Ok(data) = serde_json::to_value(event) else {
+                    return;
+                };
+                let kind = data["kind"].as_str().unwrap_or("event").to_owned();
+                let sse = SseEvent::default()
+                    .id(i.to_string())
+                    .event(kind)
+                    .data(data.to_string());
+                if futures::SinkExt::send(&mut tx, sse).await.is_err() {
+                    return;
+                }
+                if matches!(event, RunEvent::Finished { .. }) {
+                    return;
+                }
+            }
+            next = next.max(history.events.len());
+            // The next append, or a look in a while (an append heard
+            // before the stream stored it is read then).
+            let _ = tokio::time::timeout(Duration::from_millis(500), grew.next()).await;
+        }
+    };
+    Ok(sse(relay, rx))
 }
 
 /// Cancel a run: its running steps are stopped and the steps it had done
