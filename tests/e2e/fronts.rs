@@ -411,38 +411,6 @@ async fn jobs_are_listed_newest_first_filtered_and_paged() {
     }
 }
 
-/// Server-sent events as (id, event, data) in order, read to the end.
-async fn sse(
-    stack: &Stack,
-    path: &str,
-    last_event_id: Option<&str>,
-) -> Vec<(String, String, Value)> {
-    let mut request = stack.http.get(stack.broker_url(path));
-    if let Some(id) = last_event_id {
-        request = request.header("last-event-id", id);
-    }
-    let text = tokio::time::timeout(Duration::from_secs(20), async {
-        request.send().await.unwrap().text().await.unwrap()
-    })
-    .await
-    .expect("the stream ends with the job");
-    text.split("\n\n")
-        .filter(|block| block.contains("data:"))
-        .map(|block| {
-            let field = |name: &str| {
-                block
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned()
-            };
-            let data = serde_json::from_str(&field("data:")).unwrap();
-            (field("id:"), field("event:"), data)
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_s_events_stream_as_sse_and_resume_after_the_last_seen() {
     let stack = stack("50ms");

@@ -373,35 +373,12 @@ async fn a_four_step_run_succeeds_and_its_record_shows_every_step() {
     assert!(!text.contains(SECRET), "{text}");
 
     // The same history as server-sent events, whole, then resumed.
-    let events = |last: Option<&'static str>| {
-        let url = stack.broker_url(&format!("/v1/workflows/runs/{}/events", history_id(&run)));
-        let mut request = stack.http.get(url);
-        if let Some(last) = last {
-            request = request.header("last-event-id", last);
-        }
-        async move {
-            let body = request.send().await.unwrap().text().await.unwrap();
-            body.split("\n\n")
-                .filter(|block| !block.trim().is_empty() && !block.starts_with(':'))
-                .map(|block| {
-                    let field = |name: &str| {
-                        block
-                            .lines()
-                            .find_map(|l| l.strip_prefix(name))
-                            .unwrap_or_default()
-                            .trim()
-                            .to_owned()
-                    };
-                    (field("id:"), field("event:"))
-                })
-                .collect::<Vec<_>>()
-        }
-    };
-    let all = events(None).await;
+    let path = format!("/v1/workflows/runs/{}/events", history_id(&run));
+    let all = sse(&stack, &path, None).await;
     assert_eq!(all.len(), history.events.len(), "{all:?}");
-    assert_eq!(all[0], ("0".to_owned(), "started".to_owned()));
+    assert_eq!((all[0].0.as_str(), all[0].1.as_str()), ("0", "started"));
     assert_eq!(all.last().unwrap().1, "finished", "{all:?}");
-    let resumed = events(Some("2")).await;
+    let resumed = sse(&stack, &path, Some("2")).await;
     assert_eq!(resumed, all[3..], "{resumed:?}");
     // The engine counts the run, and each attempt's effect by kind.
     let text = stack.metrics_text("wf1").await;
