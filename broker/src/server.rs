@@ -29,7 +29,7 @@ use switchyard_core::shares::Shares;
 use switchyard_core::watch::Watcher;
 use switchyard_core::webhooks::{self, Webhooks};
 use switchyard_core::{BrokerConfig, expiry, intake, metrics as m, outbox, retention};
-use switchyard_http::{ApiState, Knobs};
+use switchyard_http::{ApiState, Knobs, RunSources};
 use switchyard_store::{AccessStore, BatchStore, JobStore, SqlStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +207,18 @@ pub async fn run(
         sync_timeout: cfg.sync_timeout,
         recorded: recorded.clone(),
     });
+    // The run streams before the consumer that follows their histories.
+    let runs = switchyard_workflows::runs::Runs::open(js.clone(), &nats_cfg).await?;
+    let run_histories = nats::durable_consumer(
+        &js,
+        consumer(
+            switchyard_workflows::journal::STREAM,
+            "broker-runs",
+            switchyard_workflows::journal::SUBJECTS,
+            batch * 4,
+        ),
+    )
+    .await?;
     let state = ApiState {
         calls,
         canceller: canceller.clone(),
@@ -232,8 +244,9 @@ pub async fn run(
             idempotency_window_ms: i64::try_from(cfg.idempotency_window.as_millis())
                 .unwrap_or(i64::MAX),
         },
-        runs: switchyard_workflows::runs::Runs::open(js.clone(), &nats_cfg).await?,
-        workflows,
+        runs: runs.clone(),
+        workflows: workflows.clone(),
+        webhooks: webhooks.clone(),
     };
     // Probes and scrapes are answered until the very end, on a token of
     // their own.
@@ -355,6 +368,13 @@ pub async fn run(
             max_line_bytes: cfg.max_body_bytes,
             status_of: switchyard_http::job_error_status,
         }),
+        work.clone(),
+    ));
+    tasks.spawn(switchyard_http::follow_runs(
+        run_histories,
+        batch,
+        store.clone(),
+        RunSources { runs, workflows },
         work.clone(),
     ));
     tasks.spawn(retention::run(

@@ -40,3 +40,20 @@ pub fn adopt(span: &tracing::Span, headers: Option<&HeaderMap>) {
         let _ = span.set_parent(cx);
     }
 }
+
+/// The current span's context as a W3C `traceparent`, to keep with what
+/// outlives the process (a workflow run's header); None with traces off.
+pub fn traceparent() -> Option<String> {
+    let mut headers = HeaderMap::new();
+    inject(&mut headers);
+    headers.get("traceparent").map(|v| v.as_str().to_owned())
+}
+
+/// Makes `span` a child of a kept `traceparent`, if any.
+pub fn adopt_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(value) = traceparent {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", value);
+        adopt(span, Some(&headers));
+    }
+}

@@ -119,6 +119,13 @@ pub fn queue_of(subject: &str) -> Option<(Priority, &str)> {
     (tokens.next().is_some() && tokens.next().is_none()).then_some((priority, model))
 }
 
+/// The header of an admit request on the platform's own subject
+/// (`sy.admit.<priority>`) that names the API key a job is submitted for
+/// (the public id): a workflow run's model steps carry the key that started
+/// the run, and that key's own limits apply to them. Read nowhere else: no
+/// tenant's account reaches that subject.
+pub const API_KEY_HEADER: &str = "Switchyard-Api-Key";
+
 /// Where an intake subject sends a job: `sy.submit.<p>` and `sy.admit.<p>`
 /// name a priority; `.<tenant>` after it names the tenant, which only that
 /// tenant's NATS account can publish to. None when the priority is not one.

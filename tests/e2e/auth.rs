@@ -11,7 +11,7 @@ use crate::common::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-fn options() -> StackOptions {
+pub(crate) fn options() -> StackOptions {
     StackOptions {
         tenants: "[{name: acme}, {name: globex}]",
         broker_extra: "  auth:\n    pepper: test-pepper-0123456789abcdef0123456789abcdef",
@@ -21,7 +21,7 @@ fn options() -> StackOptions {
 
 /// Calls the broker with `key` (none when empty): the status and the JSON
 /// body (null when there is none).
-async fn call(
+pub(crate) async fn call(
     stack: &Stack,
     method: Method,
     path: &str,
@@ -41,7 +41,7 @@ async fn call(
 }
 
 /// Makes a key through the admin API; its token.
-async fn key(stack: &Stack, admin: &str, spec: Value) -> (String, String) {
+pub(crate) async fn key(stack: &Stack, admin: &str, spec: Value) -> (String, String) {
     let (status, made) = call(stack, Method::POST, "/v1/admin/keys", admin, Some(&spec)).await;
     assert_eq!(status, 201, "{made}");
     (
@@ -50,7 +50,7 @@ async fn key(stack: &Stack, admin: &str, spec: Value) -> (String, String) {
     )
 }
 
-fn admin_key(stack: &Stack) -> String {
+pub(crate) fn admin_key(stack: &Stack) -> String {
     let out = stack.cli(&["keys", "create", "--role", "admin", "--name", "root"]);
     assert!(out.status.success(), "{out:?}");
     let made: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -61,7 +61,7 @@ fn job(prompt: &str) -> Value {
     json!({"model": TEXT_MODEL, "input": {"prompt": prompt}})
 }
 
-fn code(body: &Value) -> &str {
+pub(crate) fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 

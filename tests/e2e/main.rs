@@ -42,4 +42,5 @@ mod scheduling;
 mod shutdown;
 mod tracing;
 mod webhooks;
+mod workflow_runs;
 mod workflows;

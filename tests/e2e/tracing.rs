@@ -1,11 +1,13 @@
 //! With `log.otlp_endpoint` set, one job is one trace across the broker,
 //! the dispatcher and the agent: the context rides in NATS headers, and
-//! each component's span is the child of the one before.
+//! each component's span is the child of the one before. A workflow run is
+//! one trace too, its steps' jobs within it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::*;
+use crate::workflow_runs::ASK;
 use axum::routing::post;
 use serde_json::{Value, json};
 
@@ -50,8 +52,8 @@ fn spans_of(export: &Value) -> Vec<Span> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_job_is_one_trace_from_intake_to_the_engine() {
+/// An OTLP/HTTP receiver on 127.0.0.1: its address, and what it received.
+async fn collector() -> (std::net::SocketAddr, Arc<Mutex<Vec<Value>>>) {
     let exports: Arc<Mutex<Vec<Value>>> = Arc::default();
     let collected = exports.clone();
     let app = axum::Router::new().route(
@@ -65,14 +67,30 @@ async fn one_job_is_one_trace_from_intake_to_the_engine() {
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector = listener.local_addr().unwrap();
+    let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (address, exports)
+}
 
-    let mut stack = Stack::new(StackOptions::default());
+/// A stack whose components export their spans to `collector`.
+fn traced(opts: StackOptions, collector: std::net::SocketAddr) -> Stack {
+    let stack = Stack::new(opts);
     stack.rewrite_config(
         "dispatcher:\n",
         &format!("log:\n  otlp_endpoint: http://{collector}\ndispatcher:\n"),
     );
+    stack
+}
+
+/// Every span received so far.
+fn received(exports: &Mutex<Vec<Value>>) -> Vec<Span> {
+    exports.lock().unwrap().iter().flat_map(spans_of).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_job_is_one_trace_from_intake_to_the_engine() {
+    let (collector, exports) = collector().await;
+    let mut stack = traced(StackOptions::default(), collector);
     stack.start_broker();
     stack.start_dispatcher();
     stack.start_agent("node-a");
@@ -88,11 +106,8 @@ async fn one_job_is_one_trace_from_intake_to_the_engine() {
         Duration::from_secs(30),
         Duration::from_millis(250),
         || async {
-            let spans: Vec<Span> = exports
-                .lock()
-                .unwrap()
-                .iter()
-                .flat_map(spans_of)
+            let spans: Vec<Span> = received(&exports)
+                .into_iter()
                 .filter(|s| s.job == id)
                 .collect();
             let found: Option<Vec<Span>> = names
@@ -120,4 +135,88 @@ async fn one_job_is_one_trace_from_intake_to_the_engine() {
         "the dispatch follows the admission"
     );
     assert_eq!(run.parent, dispatch.id, "the run follows the dispatch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workflow_run_is_one_trace_with_its_steps_jobs_inside() {
+    let (collector, exports) = collector().await;
+    let mut stack = traced(
+        StackOptions {
+            workflows: ASK,
+            ..StackOptions::default()
+        },
+        collector,
+    );
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent("node-a");
+    stack.start_workflows("wf1", &[]);
+    let run: Value = stack
+        .http
+        .post(stack.broker_url("/v1/workflows/ask/runs"))
+        .header("prefer", "wait=30")
+        .json(&json!({"input": {"text": "traced"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let job = run["steps"][0]["attempts"][0]["effect_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // From the broker's start through the engine's run and step to the
+    // job's admission, dispatch and run: one trace, each span the child of
+    // the one before.
+    let names = [
+        "workflow.start",
+        "workflow.run",
+        "workflow.step",
+        "job.request",
+        "job.admit",
+        "job.dispatch",
+        "job.run",
+    ];
+    let found = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let spans = received(&exports);
+            let start = spans
+                .iter()
+                .find(|s| s.name == "workflow.start")
+                .ok_or("no workflow.start yet")?;
+            let trace: Vec<&Span> = spans.iter().filter(|s| s.trace == start.trace).collect();
+            let found: Option<Vec<Span>> = names
+                .iter()
+                .map(|n| trace.iter().find(|s| s.name == *n).map(|s| (*s).clone()))
+                .collect();
+            found.ok_or_else(|| format!("spans of the run's trace so far: {trace:?}"))
+        },
+    )
+    .await;
+    let services: Vec<&str> = found.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(
+        services,
+        [
+            "switchyard-broker",
+            "switchyard-workflows",
+            "switchyard-workflows",
+            "switchyard-broker",
+            "switchyard-broker",
+            "switchyard-dispatcher",
+            "switchyard-agent"
+        ]
+    );
+    for pair in found.windows(2) {
+        assert_eq!(
+            pair[1].parent, pair[0].id,
+            "{} follows {}",
+            pair[1].name, pair[0].name
+        );
+    }
+    assert_eq!(found[4].job, job, "the step's job is the one traced");
 }

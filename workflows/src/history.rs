@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use switchyard_schemas::Priority;
+use switchyard_schemas::{Priority, WebhookTarget};
 
 use crate::definition::{RetrySpec, StepErrorClass};
 use crate::validate::Workflow;
@@ -20,6 +20,18 @@ pub struct RunHeader {
     pub tenant: String,
     pub priority: Priority,
     pub input: Value,
+    /// Where the run's end is reported; the broker sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookTarget>,
+    /// The API key that started the run (its public id): its own limits
+    /// apply to the run's jobs, as to the jobs it submits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// The W3C `traceparent` of the span that started the run: every
+    /// engine that drives it, before and after a crash, traces it in that
+    /// one trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// One entry of a run's history.
@@ -107,6 +119,17 @@ pub enum RunStatus {
     /// A compensation failed for good too: the run is dead-lettered, for
     /// an operator to finish by hand.
     FailedCompensation,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::FailedCompensation => "failed_compensation",
+        }
+    }
 }
 
 /// Where a step is.

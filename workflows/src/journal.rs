@@ -13,7 +13,7 @@ use switchyard_runtime::NatsConfig;
 use crate::history::RunEvent;
 
 pub const STREAM: &str = "WORKFLOWS";
-const SUBJECTS: &str = "sy.wf.history.*";
+pub const SUBJECTS: &str = "sy.wf.history.*";
 
 /// The subject of a run's history.
 pub fn subject(run_id: &str) -> String {

@@ -44,6 +44,9 @@ impl Run {
             tenant: "acme".into(),
             priority: Priority::High,
             input,
+            webhook: None,
+            api_key: None,
+            trace: None,
         };
         Run {
             workflow,

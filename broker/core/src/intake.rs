@@ -406,14 +406,28 @@ pub async fn serve_requests(
                     subject: req.subject.as_str(),
                     headers: req.headers.as_ref(),
                 };
+                let key = match subjects::intake_of(env.subject) {
+                    Some((_, None)) => env
+                        .header(subjects::API_KEY_HEADER)
+                        .map(|id| admitter.key_limits(id)),
+                    _ => None,
+                };
+                // A request that carries a trace (a workflow's step) has
+                // its job traced as that trace's child.
+                let span = info_span!("job.request");
+                switchyard_runtime::trace::adopt(&span, req.headers.as_ref());
                 let (reply, encoding) =
                     match read(&env, &req.payload, || uuid::Uuid::now_v7().to_string()) {
                         Ok(d) => {
                             let encoding = d.encoding;
-                            let reply = match admitter
-                                .submit(d.submission, d.priority, d.id, Source::NatsRequest, None)
-                                .await
-                            {
+                            let submit = admitter.submit(
+                                d.submission,
+                                d.priority,
+                                d.id,
+                                Source::NatsRequest,
+                                key.as_ref(),
+                            );
+                            let reply = match submit.instrument(span).await {
                                 Ok(job) => AdmitReply::Accepted {
                                     id: job.id,
                                     status: "queued".into(),

@@ -44,6 +44,34 @@ pub async fn follow<T, V, F, Fut, E>(
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    let read = |msg: &Message| decode::<T>(&msg.payload).map_err(|e| e.to_string());
+    follow_with(
+        stream_name,
+        consumer,
+        batch,
+        store,
+        (read, vouched, apply),
+        shutdown,
+    )
+    .await
+}
+
+/// [`follow`], with messages read by `read`: for a stream whose messages
+/// are not the wire format's, or say what they are about in their subject.
+pub async fn follow_with<T, R, V, F, Fut, E>(
+    stream_name: &'static str,
+    consumer: PullConsumer,
+    batch: usize,
+    store: Arc<dyn JobStore>,
+    (read, vouched, apply): (R, V, F),
+    shutdown: CancellationToken,
+) where
+    R: Fn(&Message) -> Result<T, String>,
+    V: Fn(&T) -> bool,
+    F: Fn(Arc<dyn JobStore>, Vec<T>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let messages = loop {
         match consumer
             .stream()
@@ -80,7 +108,7 @@ pub async fn follow<T, V, F, Fut, E>(
                     continue;
                 }
             };
-            match decode::<T>(&msg.payload) {
+            match read(&msg) {
                 Ok(item) if vouched(&item) => {
                     items.push(item);
                     msgs.push(msg);

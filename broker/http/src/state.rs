@@ -46,6 +46,8 @@ pub struct ApiState {
     pub runs: switchyard_workflows::runs::Runs,
     /// The configuration's workflows.
     pub workflows: Arc<switchyard_workflows::Workflows>,
+    /// Checks the webhooks of runs, as admission does jobs'.
+    pub webhooks: Arc<switchyard_core::webhooks::Webhooks>,
 }
 
 /// The edge's settings.

@@ -10,6 +10,7 @@ mod batches;
 pub mod ledger;
 pub mod outbox;
 pub mod quotas;
+pub mod runs;
 mod sql;
 pub mod view;
 
@@ -26,6 +27,7 @@ pub use batches::{
 pub use ledger::Ledger;
 pub use outbox::WebhookOutbox;
 pub use quotas::{Holds, Quotas};
+pub use runs::RunRecords;
 pub use sql::{SqlStore, is_postgres};
 
 #[derive(Debug, thiserror::Error)]
@@ -311,14 +313,21 @@ pub trait Idempotency: Send + Sync {
 /// Retention: what is dropped once it is old.
 #[async_trait]
 pub trait Retention: Send + Sync {
-    /// Drops outputs of jobs that ended before `before_ms`, and webhook
-    /// events no longer pending that were recorded before it, up to `limit`
-    /// of each; returns how many rows changed.
+    /// Drops outputs of jobs that ended before `before_ms`, webhook events
+    /// no longer pending that were recorded before it, and the rows of runs
+    /// that ended before it, up to `limit` of each; returns how many rows
+    /// changed.
     async fn forget(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError>;
 }
 
 /// Every concern of the job store, for the parts of the broker that span
 /// them (admission writes records, takes limits and reserves budget).
-pub trait JobStore: JobRecords + Idempotency + Quotas + Ledger + WebhookOutbox + Retention {}
+pub trait JobStore:
+    JobRecords + Idempotency + Quotas + Ledger + WebhookOutbox + RunRecords + Retention
+{
+}
 
-impl<T: JobRecords + Idempotency + Quotas + Ledger + WebhookOutbox + Retention> JobStore for T {}
+impl<T: JobRecords + Idempotency + Quotas + Ledger + WebhookOutbox + RunRecords + Retention>
+    JobStore for T
+{
+}

@@ -12,6 +12,7 @@ use switchyard_schemas::now_ms;
 use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::Engine;
 use super::effects::{self, Attempt};
@@ -55,6 +56,8 @@ struct Driver {
     outcomes: JoinSet<RunEvent>,
     /// Attempts told to stop.
     stopping: HashSet<Attempt>,
+    /// This engine's part of the run's trace; each attempt is its child.
+    span: tracing::Span,
 }
 
 pub(crate) async fn drive(
@@ -68,6 +71,9 @@ pub(crate) async fn drive(
         Some(RunEvent::Started { run, .. }) => run.clone(),
         _ => ticket.run.clone(),
     };
+    let span =
+        tracing::info_span!("workflow.run", run_id = %header.id, workflow = %header.workflow);
+    switchyard_runtime::trace::adopt_traceparent(&span, header.trace.as_deref());
     let workflow = engine
         .workflows
         .get(&header.workflow, header.version)
@@ -85,8 +91,9 @@ pub(crate) async fn drive(
         running: HashMap::new(),
         outcomes: JoinSet::new(),
         stopping: HashSet::new(),
+        span: span.clone(),
     };
-    let ended = driver.run(&poked, &shutdown).await;
+    let ended = driver.run(&poked, &shutdown).instrument(span).await;
     driver.outcomes.abort_all();
     ended
 }
@@ -239,14 +246,20 @@ impl Driver {
             return;
         };
         let context = self.state.context();
-        let handle = self.outcomes.spawn(effects::carry_out(
-            self.engine.clone(),
-            self.state.header.clone(),
-            step,
-            attempt.clone(),
-            input,
-            context,
-        ));
+        let span = tracing::info_span!(parent: &self.span, "workflow.step",
+            run_id = %self.run_id, step = %attempt.step, attempt = attempt.attempt,
+            compensation = attempt.compensation);
+        let handle = self.outcomes.spawn(
+            effects::carry_out(
+                self.engine.clone(),
+                self.state.header.clone(),
+                step,
+                attempt.clone(),
+                input,
+                context,
+            )
+            .instrument(span),
+        );
         self.running.insert(attempt, handle);
     }
 

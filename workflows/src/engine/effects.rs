@@ -275,9 +275,14 @@ async fn model(
     let mut queued = false;
     for wait in ADMIT_TRIES {
         tokio::time::sleep(Duration::from_millis(wait)).await;
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(key) = &run.api_key {
+            headers.insert(subjects::API_KEY_HEADER, key.as_str());
+        }
+        switchyard_runtime::trace::inject(&mut headers);
         let reply = engine
             .client
-            .request(subjects::admit(run.priority), body.clone().into())
+            .request_with_headers(subjects::admit(run.priority), headers, body.clone().into())
             .await;
         match reply.map(|r| serde_json::from_slice::<AdmitReply>(&r.payload)) {
             Ok(Ok(AdmitReply::Accepted { .. })) => {
@@ -285,7 +290,8 @@ async fn model(
                 break;
             }
             Ok(Ok(AdmitReply::Rejected { error })) => match error.code.as_str() {
-                "queue_full" | "queue_unavailable" | "store_unavailable" => {
+                // Passing: the tenant's or key's limits, or a part down.
+                "queue_full" | "rate_limited" | "queue_unavailable" | "store_unavailable" => {
                     refused = format!("{}: {}", error.code, error.message);
                 }
                 code => {

@@ -84,6 +84,9 @@ fn check(engine: &Engine, id: &str, body: &[u8]) -> Result<RunHeader, String> {
         tenant,
         priority: request.priority.unwrap_or(Priority::Normal),
         input: request.input,
+        webhook: None,
+        api_key: None,
+        trace: switchyard_runtime::trace::traceparent(),
     })
 }
 
@@ -124,7 +127,11 @@ pub(crate) async fn serve(
             (_, Ok(info)) => format!("wf-start-{}", info.stream_sequence),
             (_, Err(_)) => continue,
         };
-        let kept = match check(&engine, &id, &msg.payload) {
+        // The root of the run's trace, or a child of the publisher's.
+        let span = tracing::info_span!("workflow.start", run_id = %id);
+        switchyard_runtime::trace::adopt(&span, msg.headers.as_ref());
+        let checked = span.in_scope(|| check(&engine, &id, &msg.payload));
+        let kept = match checked {
             Ok(run) => engine
                 .runs
                 .start(run, now_ms())
@@ -157,6 +164,9 @@ async fn refuse(engine: &Engine, id: &str, reason: String) -> Result<(), String>
         tenant: DEFAULT_TENANT.to_owned(),
         priority: Priority::Normal,
         input: Value::Null,
+        webhook: None,
+        api_key: None,
+        trace: None,
     };
     let events = [
         RunEvent::Started { run, at_ms },

@@ -68,13 +68,21 @@ impl Webhooks {
     /// Gives a job its webhook (its own, or its tenant's default) and checks
     /// that the receiver may be reached and the delivery signed.
     pub async fn admit(&self, job: &mut Job) -> Result<(), Rejection> {
-        let own = job.webhook.take();
-        let Some(mut target) = own.or_else(|| {
-            self.tenants
-                .get(&job.tenant)
-                .and_then(|t| t.default.clone())
-        }) else {
-            return Ok(());
+        job.webhook = self.target(&job.tenant, job.webhook.take()).await?;
+        Ok(())
+    }
+
+    /// The webhook a job or run of `tenant` reports to: its own, else the
+    /// tenant's default; refused if it may not be used.
+    pub async fn target(
+        &self,
+        tenant: &str,
+        own: Option<WebhookTarget>,
+    ) -> Result<Option<WebhookTarget>, Rejection> {
+        let Some(mut target) =
+            own.or_else(|| self.tenants.get(tenant).and_then(|t| t.default.clone()))
+        else {
+            return Ok(None);
         };
         if target.events.is_empty() {
             return Err(Rejection::InvalidRequest(
@@ -87,7 +95,7 @@ impl Webhooks {
             seen.push(*e);
             new
         });
-        if self.secrets(&job.tenant).is_empty() {
+        if self.secrets(tenant).is_empty() {
             return Err(Rejection::WebhookRefused(
                 "webhooks are not enabled here: no signing secret is configured".into(),
             ));
@@ -96,8 +104,7 @@ impl Webhooks {
             .check(&target.url)
             .await
             .map_err(|e| Rejection::WebhookRefused(format!("webhook.url {e}")))?;
-        job.webhook = Some(target);
-        Ok(())
+        Ok(Some(target))
     }
 }
 

@@ -49,12 +49,7 @@ pub(crate) async fn list_jobs(
     Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(LIST_LIMIT_DEFAULT);
-    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
-        return Err(invalid(format!(
-            "limit must be between 1 and {LIST_LIMIT_MAX}"
-        )));
-    }
+    let limit = page_limit(q.limit)?;
     let status = match q.status.as_deref() {
         None => None,
         Some(name) => Some(
@@ -71,25 +66,42 @@ pub(crate) async fn list_jobs(
         after: q.cursor.as_deref().map(decode_cursor).transpose()?,
     };
     let records = s.store.list(&filter, limit).await?;
-    let next_cursor = (records.len() == limit as usize)
-        .then(|| {
-            records
-                .last()
-                .map(|r| encode_cursor(r.created_at_ms, &r.id))
-        })
-        .flatten();
+    let next_cursor = next_cursor(&records, limit, |r| (r.created_at_ms, &r.id));
     let data: Vec<JobView> = records.into_iter().map(JobView::from).collect();
     Ok(axum::Json(
         json!({"data": data, "next_cursor": next_cursor}),
     ))
 }
 
-/// A cursor is opaque to clients: the last job's creation time and id.
+/// A list's `limit`: 1 to 200, 50 when not given.
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(LIST_LIMIT_DEFAULT);
+    match (1..=LIST_LIMIT_MAX).contains(&limit) {
+        true => Ok(limit),
+        false => Err(invalid(format!(
+            "limit must be between 1 and {LIST_LIMIT_MAX}"
+        ))),
+    }
+}
+
+/// Where the next page starts, when this one is full: after its last row
+/// (creation time and id).
+pub(crate) fn next_cursor<T>(
+    rows: &[T],
+    limit: u32,
+    key: impl Fn(&T) -> (i64, &str),
+) -> Option<String> {
+    let last = rows.last().filter(|_| rows.len() == limit as usize)?;
+    let (ms, id) = key(last);
+    Some(encode_cursor(ms, id))
+}
+
+/// A cursor is opaque to clients: the last row's creation time and id.
 fn encode_cursor(created_at_ms: i64, id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at_ms}:{id}"))
 }
 
-fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
+pub(crate) fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .ok()

@@ -8,9 +8,11 @@ use async_trait::async_trait;
 use sqlx::{Any, Row, Transaction};
 use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, now_ms};
 
-use super::{SqlStore, ledger, params, quotas, record};
+use super::outbox::insert_delivery;
+use super::{Page, SqlStore, ledger, page, params, quotas, record};
 use crate::ledger::Charge;
 use crate::outbox::{body, delivery_id, event_for};
+use crate::runs::NewDelivery;
 use crate::{
     Holds, Idempotency, Inserted, JobRecord, JobRecords, ListFilter, Recording, RejectedJob,
     Source, Status, StoreError,
@@ -181,23 +183,16 @@ async fn queue_webhook(
     {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO webhook_deliveries (id, job_id, tenant, url, event, payload, state, created_at, next_at)
-         VALUES ($1, $2, $3, $4, $5, $6,
-            CASE WHEN EXISTS (SELECT 1 FROM webhook_disabled WHERE url = $4) THEN 'disabled' ELSE 'pending' END,
-            $7, $7)
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(delivery_id(&record, event))
-    .bind(&record.id)
-    .bind(&record.tenant)
-    .bind(&url)
-    .bind(event.as_str())
-    .bind(body(&record, event))
-    .bind(now_ms())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    let delivery = NewDelivery {
+        id: delivery_id(&record, event),
+        subject_id: record.id.clone(),
+        tenant: record.tenant.clone(),
+        url,
+        event: event.as_str().to_owned(),
+        payload: body(&record, event),
+        at_ms: now_ms(),
+    };
+    insert_delivery(&mut **tx, &delivery).await
 }
 
 /// Records `job` in `tx` unless its id is taken: `New`, `Existing` (the
@@ -463,25 +458,16 @@ impl JobRecords for SqlStore {
     }
 
     async fn list(&self, f: &ListFilter, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
-        let (after_ms, after_id) = f.after.clone().unzip();
-        let rows = sqlx::query(
-            "SELECT * FROM jobs
-             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR model = $2)
-               AND ($3 IS NULL OR tenant = $3)
-               AND ($4 IS NULL OR created_at >= $4) AND ($5 IS NULL OR created_at < $5)
-               AND ($6 IS NULL OR (created_at, id) < ($6, $7))
-             ORDER BY created_at DESC, id DESC LIMIT $8",
-        )
-        .bind(f.status.map(Status::as_str))
-        .bind(&f.model)
-        .bind(&f.tenant)
-        .bind(f.since_ms)
-        .bind(f.until_ms)
-        .bind(after_ms)
-        .bind(after_id)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
+        let filter = Page {
+            status: f.status.map(Status::as_str),
+            by: ("model", f.model.as_deref()),
+            tenant: f.tenant.as_deref(),
+            since_ms: f.since_ms,
+            until_ms: f.until_ms,
+            after: f.after.as_ref(),
+            limit,
+        };
+        let rows = page(self.pool(), "jobs", filter).await?;
         rows.iter().map(record).collect()
     }
 

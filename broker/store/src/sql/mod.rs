@@ -24,6 +24,7 @@ mod jobs;
 mod ledger;
 mod outbox;
 mod quotas;
+mod runs;
 #[cfg(test)]
 mod tests;
 
@@ -54,6 +55,47 @@ fn narrow<T: TryFrom<i64>>(column: &str, value: i64) -> Result<T, sqlx::Error> {
 /// A 0/1 column (flags are integers in both databases).
 pub(crate) fn flag(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
     Ok(row.try_get::<i64, _>(column)? != 0)
+}
+
+/// What a list of jobs or runs is filtered by: the status, one more column
+/// (`by`, its value), the tenant, the creation time, and the page's start
+/// (after the previous page's last row).
+pub(crate) struct Page<'a> {
+    pub status: Option<&'a str>,
+    pub by: (&'static str, Option<&'a str>),
+    pub tenant: Option<&'a str>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub after: Option<&'a (i64, String)>,
+    pub limit: u32,
+}
+
+/// The rows of `table` that `page` names, newest first.
+pub(crate) async fn page(
+    pool: &AnyPool,
+    table: &'static str,
+    page: Page<'_>,
+) -> Result<Vec<AnyRow>, sqlx::Error> {
+    let (column, value) = page.by;
+    let (after_ms, after_id) = page.after.cloned().unzip();
+    sqlx::query(&format!(
+        "SELECT * FROM {table}
+         WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR {column} = $2)
+           AND ($3 IS NULL OR tenant = $3)
+           AND ($4 IS NULL OR created_at >= $4) AND ($5 IS NULL OR created_at < $5)
+           AND ($6 IS NULL OR (created_at, id) < ($6, $7))
+         ORDER BY created_at DESC, id DESC LIMIT $8"
+    ))
+    .bind(page.status)
+    .bind(value)
+    .bind(page.tenant)
+    .bind(page.since_ms)
+    .bind(page.until_ms)
+    .bind(after_ms)
+    .bind(after_id)
+    .bind(i64::from(page.limit))
+    .fetch_all(pool)
+    .await
 }
 
 /// Whether a database URL names PostgreSQL (else SQLite).

@@ -2,12 +2,38 @@
 //! retention that drops old outputs and ended deliveries.
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{Any, Executor, Row};
 
 use super::{SqlStore, int, opt_int};
 use crate::outbox::{Attempt, Delivery, DeliveryRecord, DisabledEndpoint, Next, WebhookOutbox};
+use crate::runs::NewDelivery;
 use crate::{Retention, StoreError};
+
+/// Queues a webhook event, held at once if its endpoint is disabled; its
+/// id makes a repeat a no-op.
+pub(crate) async fn insert_delivery<'e, E: Executor<'e, Database = Any>>(
+    db: E,
+    d: &NewDelivery,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (id, job_id, tenant, url, event, payload, state, created_at, next_at)
+         VALUES ($1, $2, $3, $4, $5, $6,
+            CASE WHEN EXISTS (SELECT 1 FROM webhook_disabled WHERE url = $4) THEN 'disabled' ELSE 'pending' END,
+            $7, $7)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&d.id)
+    .bind(&d.subject_id)
+    .bind(&d.tenant)
+    .bind(&d.url)
+    .bind(&d.event)
+    .bind(&d.payload)
+    .bind(d.at_ms)
+    .execute(db)
+    .await?;
+    Ok(())
+}
 
 fn attempt(row: &AnyRow) -> Result<Attempt, sqlx::Error> {
     Ok(Attempt {
@@ -29,17 +55,18 @@ impl WebhookOutbox for SqlStore {
         limit: u32,
         per_tenant: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
-        // A `queued` event waits for the queue's confirmation: a job the
-        // queue refused is discarded, and its client was told so.
+        // A job's `queued` event waits for the queue's confirmation: a job
+        // the queue refused is discarded, and its client was told so. A
+        // run's events have no job row.
         let rows = sqlx::query(
             "UPDATE webhook_deliveries SET lease_until = $2
              WHERE id IN (
                 SELECT id FROM (
                   SELECT d.id, d.next_at,
                     ROW_NUMBER() OVER (PARTITION BY d.tenant ORDER BY d.next_at) AS nth
-                  FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id
+                  FROM webhook_deliveries d LEFT JOIN jobs j ON j.id = d.job_id
                   WHERE d.state = 'pending' AND d.next_at <= $1 AND d.lease_until <= $1
-                    AND j.enqueued_at IS NOT NULL) due
+                    AND (j.id IS NULL OR j.enqueued_at IS NOT NULL)) due
                 WHERE nth <= $4
                 ORDER BY next_at LIMIT $3)
                AND lease_until <= $1
@@ -223,7 +250,15 @@ impl Retention for SqlStore {
         .bind(i64::from(limit))
         .execute(&mut *tx)
         .await?;
+        let runs = sqlx::query(
+            "DELETE FROM workflow_runs WHERE id IN (SELECT id FROM workflow_runs
+                WHERE ended_at IS NOT NULL AND ended_at < $1 LIMIT $2)",
+        )
+        .bind(before_ms)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(outputs.rows_affected() + events.rows_affected())
+        Ok(outputs.rows_affected() + events.rows_affected() + runs.rows_affected())
     }
 }

@@ -1,14 +1,22 @@
-//! The workflow runs API: start a run (`Idempotency-Key`, `Prefer: wait`),
-//! read it with its steps, their jobs and its cost, and cancel it. The
-//! broker keeps the run's ticket and reads its history; the engine role
-//! drives it.
+//! The workflow runs API: start a run (`Idempotency-Key`, `Prefer: wait`,
+//! a webhook for its end), list runs, read one with its steps, their jobs
+//! and its cost, follow its history, and cancel it. The broker keeps the
+//! run's ticket and reads its history; the engine role drives it.
+
+pub(crate) mod list;
+mod openai;
+mod projection;
+mod record;
+
+pub(crate) use openai::{chat, named_by};
+pub use projection::{ProjectRunsError, RunSources, follow_runs};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Extension, FromRef, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,20 +25,19 @@ use futures::channel::mpsc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchyard_core::auth::Caller;
-use switchyard_core::openai_request::Endpoint;
+use switchyard_core::webhooks::Webhooks;
 use switchyard_schemas::redact::without_values;
-use switchyard_schemas::{DEFAULT_TENANT, Priority, now_ms};
+use switchyard_schemas::{DEFAULT_TENANT, Priority, WebhookEvent, WebhookTarget, now_ms};
 use switchyard_store::JobStore;
 use switchyard_workflows::runs::{Cancelled, Runs, RunsError, run_id};
-use switchyard_workflows::view::run_view;
 use switchyard_workflows::{RunEvent, RunHeader, Workflows};
 
 use crate::error::{ApiError, invalid};
 use crate::extract::Body;
 use crate::jobs::{idempotency_key, prefer_wait};
-use crate::openai::Relay;
-use crate::reply::{priority, sse};
-use crate::state::{ApiState, visible};
+use crate::reply::sse;
+use crate::state::ApiState;
+use record::read;
 
 /// What the runs API works with.
 #[derive(Clone)]
@@ -40,6 +47,7 @@ pub(crate) struct RunsState {
     wait_limit: Duration,
     workflows: Arc<Workflows>,
     store: Arc<dyn JobStore>,
+    webhooks: Arc<Webhooks>,
 }
 
 impl FromRef<ApiState> for RunsState {
@@ -49,6 +57,7 @@ impl FromRef<ApiState> for RunsState {
             wait_limit: s.calls.sync_timeout(),
             workflows: s.workflows.clone(),
             store: s.store.clone(),
+            webhooks: s.webhooks.clone(),
         }
     }
 }
@@ -56,6 +65,7 @@ impl FromRef<ApiState> for RunsState {
 pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/v1/workflows/{name}/runs", post(start))
+        .route("/v1/workflows/runs", get(list::list_runs))
         .route("/v1/workflows/runs/{id}", get(get_run))
         .route("/v1/workflows/runs/{id}/cancel", post(cancel))
         .route("/v1/workflows/runs/{id}/events", get(events))
@@ -71,7 +81,18 @@ struct StartRun {
     /// For keys that act for every tenant; a tenant's key sets its own.
     #[serde(default)]
     tenant: Option<String>,
+    /// Where the run's end is reported.
+    #[serde(default)]
+    webhook: Option<WebhookTarget>,
 }
+
+/// The events a run's webhook can be sent: its end (a run never expires,
+/// so `expired`, among a job's ends by default, is left out).
+const RUN_EVENTS: [WebhookEvent; 3] = [
+    WebhookEvent::Completed,
+    WebhookEvent::Failed,
+    WebhookEvent::Cancelled,
+];
 
 fn unavailable(e: RunsError) -> ApiError {
     ApiError::Unavailable(e.to_string())
@@ -79,7 +100,7 @@ fn unavailable(e: RunsError) -> ApiError {
 
 /// Start a run of the workflow's latest version.
 #[utoipa::path(post, path = "/v1/workflows/{name}/runs", tag = "workflows",
-    request_body(content = Object, description = "`input` (held to the workflow's `input_schema`), and optionally `priority`, `tenant`"),
+    request_body(content = Object, description = "`input` (held to the workflow's `input_schema`), and optionally `priority`, `tenant`, `webhook` (`{url, events}`: `completed`, `failed`, `cancelled`)"),
     params(
         ("name" = String, Path, description = "The workflow"),
         ("Idempotency-Key" = Option<String>, Header, description = "The same key names the same run"),
@@ -90,6 +111,7 @@ fn unavailable(e: RunsError) -> ApiError {
         (status = 200, description = "Ended within `Prefer: wait`: the run", body = Object),
         (status = 404, description = "`not_found`: no such workflow", body = Object),
         (status = 422, description = "`invalid_request`: the input fails the workflow's `input_schema`", body = Object),
+        (status = 400, description = "`webhook_refused`: the webhook may not be used", body = Object),
         (status = 503, description = "`broker_unavailable`", body = Object),
     ))]
 async fn start(
@@ -105,18 +127,8 @@ async fn start(
             without_values(&e.to_string())
         ))
     })?;
-    let priority = request.priority.unwrap_or(Priority::Normal);
     let key = idempotency_key(&headers)?;
-    let started = begin(
-        &s,
-        &caller,
-        &name,
-        request.tenant,
-        priority,
-        request.input,
-        key,
-    )
-    .await?;
+    let started = begin(&s, &caller, &name, request, key).await?;
     if let Some(wait) = prefer_wait(&headers, s.wait_limit) {
         let view = wait_ended(&s, &caller, &started.id, wait).await?;
         let status = match view["status"] == "running" {
@@ -130,16 +142,22 @@ async fn start(
 }
 
 /// Starts a run of the workflow's latest version for the caller: its
-/// header, once its ticket is kept.
+/// header, once its ticket is kept. Its span is the root of the run's
+/// trace.
+#[tracing::instrument(name = "workflow.start", skip_all, fields(workflow = %name))]
 async fn begin(
     s: &RunsState,
     caller: &Caller,
     name: &str,
-    tenant: Option<String>,
-    priority: Priority,
-    input: Value,
+    request: StartRun,
     idempotency_key: Option<&str>,
 ) -> Result<RunHeader, ApiError> {
+    let StartRun {
+        input,
+        priority,
+        tenant,
+        webhook,
+    } = request;
     let workflow = s
         .workflows
         .latest(name)
@@ -156,13 +174,35 @@ async fn begin(
     workflow
         .check_input(&input)
         .map_err(|e| invalid(e.to_string()))?;
+    if let Some(other) = webhook
+        .iter()
+        .flat_map(|w| &w.events)
+        .find(|e| matches!(e, WebhookEvent::Queued | WebhookEvent::Started))
+    {
+        return Err(invalid(format!(
+            "webhook.events: a run reports its end (completed, failed, cancelled), not {:?}",
+            other.as_str()
+        )));
+    }
+    let webhook = s
+        .webhooks
+        .target(&tenant, webhook)
+        .await?
+        .and_then(|mut w| {
+            // A tenant's default may ask for job events a run has not.
+            w.events.retain(|e| RUN_EVENTS.contains(e));
+            (!w.events.is_empty()).then_some(w)
+        });
     let header = RunHeader {
         id: run_id(&tenant, idempotency_key),
         workflow: name.to_owned(),
         version: workflow.spec.version,
         tenant,
-        priority,
+        priority: priority.unwrap_or(Priority::Normal),
         input,
+        webhook,
+        api_key: caller.key.as_ref().map(|k| k.id.clone()),
+        trace: switchyard_runtime::trace::traceparent(),
     };
     s.runs
         .start(header.clone(), now_ms())
@@ -213,170 +253,6 @@ async fn wait_ended(
             end_heard = 1;
         }
     }
-}
-
-/// The workflow an OpenAI request names as its model, `workflow:<name>`.
-pub(crate) fn named_by(endpoint: Endpoint, body: &[u8]) -> Option<String> {
-    if endpoint != Endpoint::Chat {
-        return None;
-    }
-    #[derive(Deserialize)]
-    struct Model {
-        model: String,
-    }
-    let Model { model } = serde_json::from_slice(body).ok()?;
-    model.strip_prefix(WORKFLOW_MODEL).map(str::to_owned)
-}
-
-/// How the OpenAI front names a workflow as a model.
-const WORKFLOW_MODEL: &str = "workflow:";
-
-/// A chat completion answered by a run of `workflow`: the request, less
-/// `model` and the streaming options, is the run's input; the run's output
-/// is the answer. An output that is already a chat completion (a model
-/// step's) is given as it is; any other is the message's content.
-pub(crate) async fn chat(
-    s: RunsState,
-    caller: Caller,
-    headers: HeaderMap,
-    workflow: &str,
-    body: &[u8],
-) -> Result<Response, ApiError> {
-    let mut input: serde_json::Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
-        invalid(format!(
-            "body is not a chat request: {}",
-            without_values(&e.to_string())
-        ))
-    })?;
-    let stream = input.remove("stream").and_then(|v| v.as_bool()) == Some(true);
-    let model = format!("{WORKFLOW_MODEL}{workflow}");
-    for field in ["model", "stream_options"] {
-        input.remove(field);
-    }
-    let priority = priority(&headers)?;
-    let key = idempotency_key(&headers)?;
-    let run = begin(
-        &s,
-        &caller,
-        workflow,
-        None,
-        priority,
-        Value::Object(input),
-        key,
-    )
-    .await?;
-    let view = wait_ended(&s, &caller, &run.id, s.wait_limit).await?;
-    match view["status"].as_str() {
-        Some("succeeded") => {}
-        Some("running") => return Err(ApiError::RunStillRunning(run.id)),
-        _ => {
-            let error = view["error"].as_str().unwrap_or("the run did not succeed");
-            return Err(ApiError::RunFailed(run.id, error.to_owned()));
-        }
-    }
-    let completion = as_completion(&run.id, &model, &view);
-    let mut response = match stream {
-        false => axum::Json(completion).into_response(),
-        true => {
-            // The run's answer, sent once it is whole.
-            let relay = Relay {
-                chat: true,
-                id: run.id.clone(),
-                model,
-                created: now_ms() / 1000,
-                include_usage: false,
-            };
-            let (mut tx, rx) = mpsc::channel(8);
-            let replay = async move {
-                if relay.open(&mut tx).await {
-                    relay.finish(&mut tx, "", completion).await;
-                }
-            };
-            sse(replay, rx)
-        }
-    };
-    if let Ok(v) = HeaderValue::from_str(&run.id) {
-        response.headers_mut().insert("x-switchyard-run-id", v);
-    }
-    Ok(response)
-}
-
-/// A run's output as OpenAI's chat completion, with the usage of all its
-/// model steps.
-fn as_completion(id: &str, model: &str, run: &Value) -> Value {
-    let output = &run["output"];
-    let mut usage = (0, 0);
-    let jobs = run["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["attempts"].as_array().into_iter().flatten())
-        .filter_map(|a| a.get("job"));
-    for job in jobs {
-        usage.0 += job["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
-        usage.1 += job["usage"]["completion_tokens"].as_u64().unwrap_or(0);
-    }
-    let content = match (&output["choices"][0]["message"]["content"], output) {
-        (Value::String(text), _) => text.clone(),
-        (_, Value::String(text)) => text.clone(),
-        (_, other) => other.to_string(),
-    };
-    json!({
-        "id": format!("chatcmpl-{id}"),
-        "object": "chat.completion",
-        "created": now_ms() / 1000,
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": usage.0 + usage.1},
-    })
-}
-
-/// The run's view, with each model step's job and the run's cost added.
-async fn read(s: &RunsState, caller: &Caller, id: &str) -> Result<(Value, String), ApiError> {
-    let history = s
-        .runs
-        .journal()
-        .read(id)
-        .await
-        .map_err(|e| unavailable(e.into()))?;
-    let found = history.events.first().and_then(|first| match first {
-        RunEvent::Started { run, .. } => Some(run.clone()),
-        _ => None,
-    });
-    let header = visible(caller, found, |r| &r.tenant, || format!("run {id:?}"))?;
-    let workflow = s.workflows.get(&header.workflow, header.version);
-    let Some((mut view, jobs)) = run_view(workflow, &history.events) else {
-        return Err(ApiError::NotFound(format!("run {id:?}")));
-    };
-    let mut cost_micros = 0;
-    let mut records = serde_json::Map::new();
-    for job in &jobs {
-        if let Some(record) = s.store.get(job).await? {
-            let cost = s.store.job_cost(job).await?;
-            cost_micros += cost;
-            records.insert(
-                job.clone(),
-                json!({
-                    "status": record.status.as_str(),
-                    "node": record.node,
-                    "usage": record.usage,
-                    "cost_usd": cost as f64 / 1e6,
-                    "started_at_ms": record.started_at_ms,
-                    "finished_at_ms": record.finished_at_ms,
-                }),
-            );
-        }
-    }
-    for step in view["steps"].as_array_mut().into_iter().flatten() {
-        for attempt in step["attempts"].as_array_mut().into_iter().flatten() {
-            let job = attempt["effect_id"].as_str().and_then(|j| records.get(j));
-            if let Some(job) = job {
-                attempt["job"] = job.clone();
-            }
-        }
-    }
-    view["cost_usd"] = json!(cost_micros as f64 / 1e6);
-    Ok((view, header.tenant))
 }
 
 /// A run: its status and output, and per step its state and attempts.
