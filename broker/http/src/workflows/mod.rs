@@ -86,6 +86,9 @@ struct StartRun {
     webhook: Option<WebhookTarget>,
 }
 
+/// How long an ended run's answer waits for its jobs' ends to be recorded.
+const JOBS_SETTLE: Duration = Duration::from_secs(2);
+
 /// The events a run's webhook can be sent: its end (a run never expires,
 /// so `expired`, among a job's ends by default, is left out).
 const RUN_EVENTS: [WebhookEvent; 3] = [
@@ -227,16 +230,28 @@ async fn wait_ended(
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let mut end_heard = 0;
+    let mut settle_until = None;
     loop {
         let now = tokio::time::Instant::now();
-        let view = match read(s, caller, id).await {
-            Ok((view, _)) => view,
+        let (view, settled) = match read(s, caller, id).await {
+            Ok((view, _, settled)) => (view, settled),
             // Kept, and its first event not written yet: the engine
             // writes it from the ticket.
-            Err(ApiError::NotFound(_)) => json!({"id": id, "status": "running"}),
+            Err(ApiError::NotFound(_)) => (json!({"id": id, "status": "running"}), true),
             Err(e) => return Err(e),
         };
-        if view["status"] != "running" || now >= deadline {
+        if view["status"] != "running" {
+            // The broker can record a job's end just after the run heard
+            // of it: wait a little for the jobs, so that the run's usage
+            // and cost are whole.
+            let until = *settle_until.get_or_insert(now + JOBS_SETTLE);
+            if settled || now >= until {
+                return Ok(view);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        if now >= deadline {
             return Ok(view);
         }
         // The end heard before the stream has stored it: read again
@@ -267,7 +282,7 @@ async fn get_run(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (view, _) = read(&s, &caller, &id).await?;
+    let (view, _, _) = read(&s, &caller, &id).await?;
     Ok(axum::Json(view).into_response())
 }
 

@@ -59,13 +59,14 @@ pub(crate) async fn with_jobs(
     Ok(Some((view, all_ended)))
 }
 
-/// The run's view for `caller`, and its tenant; another tenant's run is
-/// not found, as if it were not there.
+/// The run's view for `caller`, its tenant, and whether its jobs' ends are
+/// all recorded; another tenant's run is not found, as if it were not
+/// there.
 pub(crate) async fn read(
     s: &RunsState,
     caller: &Caller,
     id: &str,
-) -> Result<(Value, String), ApiError> {
+) -> Result<(Value, String, bool), ApiError> {
     let history = s
         .runs
         .journal()
@@ -78,7 +79,7 @@ pub(crate) async fn read(
     });
     let header = visible(caller, found, |r| &r.tenant, || format!("run {id:?}"))?;
     match with_jobs(s.store.as_ref(), &s.workflows, &history.events).await? {
-        Some((view, _)) => Ok((view, header.tenant)),
+        Some((view, settled)) => Ok((view, header.tenant, settled)),
         None => Err(ApiError::NotFound(format!("run {id:?}"))),
     }
 }
