@@ -5,6 +5,7 @@ use axum::extract::{Extension, State};
 use serde_json::{Value, json};
 use switchyard_core::auth::Caller;
 use switchyard_store::runs::{RunFilter, RunRow};
+use switchyard_workflows::RunStatus;
 
 use super::RunsState;
 use crate::error::{ApiError, invalid};
@@ -25,14 +26,6 @@ pub(crate) struct ListQuery {
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
-
-const STATUSES: [&str; 5] = [
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "failed_compensation",
-];
 
 fn row_view(r: RunRow) -> Value {
     json!({
@@ -72,7 +65,8 @@ pub(crate) async fn list_runs(
 ) -> Result<axum::Json<Value>, ApiError> {
     let limit = page_limit(q.limit)?;
     if let Some(status) = q.status.as_deref()
-        && !STATUSES.contains(&status)
+        && status != "running"
+        && RunStatus::parse(status).is_none()
     {
         return Err(invalid(format!("status {status:?} is not a run status")));
     }

@@ -230,28 +230,17 @@ async fn wait_ended(
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let mut end_heard = 0;
-    let mut settle_until = None;
     loop {
         let now = tokio::time::Instant::now();
-        let (view, settled) = match read(s, caller, id).await {
-            Ok((view, _, settled)) => (view, settled),
+        let settle_by = now_ms() + i64::try_from(JOBS_SETTLE.as_millis()).unwrap_or(0);
+        let view = match read(s, caller, id, settle_by).await {
+            Ok((view, _)) => view,
             // Kept, and its first event not written yet: the engine
             // writes it from the ticket.
-            Err(ApiError::NotFound(_)) => (json!({"id": id, "status": "running"}), true),
+            Err(ApiError::NotFound(_)) => json!({"id": id, "status": "running"}),
             Err(e) => return Err(e),
         };
-        if view["status"] != "running" {
-            // The broker can record a job's end just after the run heard
-            // of it: wait a little for the jobs, so that the run's usage
-            // and cost are whole.
-            let until = *settle_until.get_or_insert(now + JOBS_SETTLE);
-            if settled || now >= until {
-                return Ok(view);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        }
-        if now >= deadline {
+        if view["status"] != "running" || now >= deadline {
             return Ok(view);
         }
         // The end heard before the stream has stored it: read again
@@ -282,7 +271,7 @@ async fn get_run(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (view, _, _) = read(&s, &caller, &id).await?;
+    let (view, _) = read(&s, &caller, &id, 0).await?;
     Ok(axum::Json(view).into_response())
 }
 
@@ -305,7 +294,7 @@ async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     // Another tenant's run is not found, as if it were not there.
-    read(&s, &caller, &id).await?;
+    read(&s, &caller, &id, 0).await?;
     let mut next = match headers.get("last-event-id") {
         None => 0,
         Some(v) => v
@@ -366,7 +355,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     // Another tenant's run is not found, as if it were not there.
-    read(&s, &caller, &id).await?;
+    read(&s, &caller, &id, 0).await?;
     match s.runs.cancel(&id, now_ms()).await.map_err(unavailable)? {
         Cancelled::Requested => Ok((
             StatusCode::ACCEPTED,

@@ -19,7 +19,7 @@ use switchyard_workflows::runs::Runs;
 use switchyard_workflows::{RunEvent, RunStatus, Workflows};
 use tokio_util::sync::CancellationToken;
 
-use super::record::with_jobs;
+use super::record::settled;
 
 /// How long a run's end waits for its jobs' ends to be recorded before it
 /// is reported without them.
@@ -126,11 +126,10 @@ async fn apply(
 
 /// The event a run's end sends, if its webhook asks for it.
 fn wanted(row: &RunRow) -> Option<WebhookEvent> {
-    let event = match row.status.as_str() {
-        s if s == RunStatus::Succeeded.as_str() => WebhookEvent::Completed,
-        s if s == RunStatus::Cancelled.as_str() => WebhookEvent::Cancelled,
-        "running" => return None,
-        _ => WebhookEvent::Failed,
+    let event = match RunStatus::parse(&row.status)? {
+        RunStatus::Succeeded => WebhookEvent::Completed,
+        RunStatus::Cancelled => WebhookEvent::Cancelled,
+        RunStatus::Failed | RunStatus::FailedCompensation => WebhookEvent::Failed,
     };
     row.webhook
         .as_ref()
@@ -153,13 +152,8 @@ async fn report(
     let history = sources.runs.journal().read(&row.id).await?;
     let ended_at = row.ended_at_ms.unwrap_or(row.created_at_ms);
     let deadline = ended_at + i64::try_from(JOBS_GRACE.as_millis()).unwrap_or(i64::MAX);
-    let view = loop {
-        match with_jobs(store, &sources.workflows, &history.events).await? {
-            None => return Ok(()),
-            Some((view, true)) => break view,
-            Some((view, false)) if now_ms() >= deadline => break view,
-            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
+    let Some(view) = settled(store, &sources.workflows, &history.events, deadline).await? else {
+        return Ok(());
     };
     let payload = json!({
         "type": format!("run.{}", event.as_str()),

@@ -1,8 +1,11 @@
 //! A run as the API and its webhook show it: its history's view, with each
 //! model step's job as the store records it and the run's cost.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use switchyard_core::auth::Caller;
+use switchyard_schemas::now_ms;
 use switchyard_store::{JobStore, StoreError};
 use switchyard_workflows::view::run_view;
 use switchyard_workflows::{RunEvent, Workflows};
@@ -14,7 +17,7 @@ use crate::state::visible;
 /// The run's view with its jobs, and whether every one of them has ended
 /// in the store (a job's end can be recorded after the run heard of it).
 /// `None` for an empty history.
-pub(crate) async fn with_jobs(
+async fn with_jobs(
     store: &dyn JobStore,
     workflows: &Workflows,
     history: &[RunEvent],
@@ -59,14 +62,37 @@ pub(crate) async fn with_jobs(
     Ok(Some((view, all_ended)))
 }
 
-/// The run's view for `caller`, its tenant, and whether its jobs' ends are
-/// all recorded; another tenant's run is not found, as if it were not
+/// The run's view with its jobs; for a run that has ended, once its jobs'
+/// ends are all recorded too, or as they are at `until_ms`, so that its
+/// usage and cost are whole. `None` for an empty history.
+pub(crate) async fn settled(
+    store: &dyn JobStore,
+    workflows: &Workflows,
+    history: &[RunEvent],
+    until_ms: i64,
+) -> Result<Option<Value>, StoreError> {
+    loop {
+        match with_jobs(store, workflows, history).await? {
+            None => return Ok(None),
+            Some((view, all_ended))
+                if all_ended || view["status"] == "running" || now_ms() >= until_ms =>
+            {
+                return Ok(Some(view));
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The run's view for `caller`, settled until `until_ms` (0: as it is),
+/// and its tenant; another tenant's run is not found, as if it were not
 /// there.
 pub(crate) async fn read(
     s: &RunsState,
     caller: &Caller,
     id: &str,
-) -> Result<(Value, String, bool), ApiError> {
+    until_ms: i64,
+) -> Result<(Value, String), ApiError> {
     let history = s
         .runs
         .journal()
@@ -78,8 +104,8 @@ pub(crate) async fn read(
         _ => None,
     });
     let header = visible(caller, found, |r| &r.tenant, || format!("run {id:?}"))?;
-    match with_jobs(s.store.as_ref(), &s.workflows, &history.events).await? {
-        Some((view, settled)) => Ok((view, header.tenant, settled)),
+    match settled(s.store.as_ref(), &s.workflows, &history.events, until_ms).await? {
+        Some(view) => Ok((view, header.tenant)),
         None => Err(ApiError::NotFound(format!("run {id:?}"))),
     }
 }
