@@ -185,6 +185,93 @@ async fn runs_are_listed_by_workflow_and_status_and_a_run_s_end_reaches_its_webh
         (status, &bad["error"]["code"]),
         (422, &json!("invalid_request"))
     );
+
+    replay_once_the_cause_is_fixed(&stack, &api, &stuck, &failed).await;
+}
+
+/// The run left for an operator, replayed once the service its
+/// compensation calls is back: the compensation runs again and the run
+/// ends `failed`, its webhook told of that end too.
+async fn replay_once_the_cause_is_fixed(stack: &Stack, api: &Api, stuck: &Value, failed: &Value) {
+    let replay = |id: &Value| {
+        let path = format!(
+            "/v1/admin/workflows/runs/{}/replay",
+            id.as_str().unwrap_or_default()
+        );
+        async move { call(stack, Method::POST, &path, "", None).await }
+    };
+    // Only a run that ended `failed_compensation` is replayed.
+    let (status, body) = replay(&failed["id"]).await;
+    assert_eq!((status, code(&body)), (409, "not_failed"), "{body:#}");
+    let (status, body) = replay(&json!("no-such-run")).await;
+    assert_eq!((status, code(&body)), (404, "not_found"), "{body:#}");
+
+    api.recover();
+    let (status, body) = replay(&stuck["id"]).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (202, &json!("running")),
+        "{body:#}"
+    );
+    let path = format!("/v1/workflows/runs/{}", stuck["id"].as_str().unwrap());
+    let run = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let (_, run) = stack.get_json(&path).await;
+            so(run["status"] == "failed", || format!("{run:#}")).map(|()| run)
+        },
+    )
+    .await;
+    assert_eq!(run["replays"], 1, "{run:#}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("step \"ship\""),
+        "the run's own failure stays its error: {run:#}"
+    );
+    let reserve = step(&run, "reserve");
+    assert_eq!(reserve["status"], "compensated", "{run:#}");
+    let undo: Vec<(Value, Value)> = reserve["attempts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["compensation"] == true)
+        .map(|a| (a["attempt"].clone(), a["outcome"].clone()))
+        .collect();
+    assert_eq!(
+        undo,
+        [(1, "failed"), (2, "failed"), (3, "succeeded")].map(|(n, o)| (json!(n), json!(o))),
+        "{run:#}"
+    );
+    // The charge was refunded before the run was left; not again.
+    let refunds = api
+        .calls()
+        .iter()
+        .filter(|c| c.path.starts_with("/refund/"))
+        .count();
+    assert_eq!(refunds, 2, "one for each run of `book`");
+
+    let sent = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let book: Vec<Call> = hooks(api)
+                .into_iter()
+                .filter(|c| c.path == "/hooks/book")
+                .collect();
+            so(book.len() == 2, || format!("{book:#?}")).map(|()| book)
+        },
+    )
+    .await;
+    assert_eq!(sent[1].body["data"]["status"], "failed", "{:#?}", sent[1]);
+    let (_, left) = stack
+        .get_json("/v1/workflows/runs?status=failed_compensation")
+        .await;
+    assert_eq!(ids(&left), Vec::<String>::new(), "{left:#}");
+    let (status, body) = replay(&stuck["id"]).await;
+    assert_eq!((status, code(&body)), (409, "not_failed"), "{body:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

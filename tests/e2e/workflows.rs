@@ -102,6 +102,8 @@ struct ApiState {
     calls: Vec<Call>,
     ids: HashMap<String, String>,
     port: u16,
+    /// The services behind `...unavailable...` paths are back.
+    recovered: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -149,7 +151,7 @@ impl Api {
             body: serde_json::from_str(body).unwrap_or(Value::Null),
         });
         let path = uri.path();
-        if path.contains("unavailable") {
+        if path.contains("unavailable") && !state.recovered {
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
         if path.contains("refused") {
@@ -170,6 +172,11 @@ impl Api {
 
     pub(crate) fn calls(&self) -> Vec<Call> {
         self.0.lock().unwrap().calls.clone()
+    }
+
+    /// Ends the outage of the `...unavailable...` paths.
+    pub(crate) fn recover(&self) {
+        self.0.lock().unwrap().recovered = true;
     }
 }
 

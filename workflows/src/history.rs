@@ -95,6 +95,12 @@ pub enum RunEvent {
     CancelRequested {
         at_ms: i64,
     },
+    /// An operator replays a run that ended `failed_compensation`: each
+    /// compensation that failed for good runs again, with its policy's
+    /// attempts afresh, and the run ends anew.
+    Replayed {
+        at_ms: i64,
+    },
     Finished {
         status: RunStatus,
         /// The run's output (succeeded), or why it failed.
@@ -176,6 +182,9 @@ pub struct StepState {
     /// When the latest attempt ended, for its backoff.
     pub ended_at_ms: Option<i64>,
     pub compensation_attempt: u32,
+    /// The compensation attempts made before the latest replay: its
+    /// retry policy counts from there.
+    pub compensation_floor: u32,
 }
 
 impl StepState {
@@ -187,6 +196,7 @@ impl StepState {
             error: None,
             ended_at_ms: None,
             compensation_attempt: 0,
+            compensation_floor: 0,
         }
     }
 
@@ -194,7 +204,11 @@ impl StepState {
     /// returns whether it was the last one `retry` allows.
     fn failed(&mut self, retry: &RetrySpec, f: Failure<'_>, compensation: bool) -> bool {
         let Failure(attempt, class, message, at_ms) = f;
-        let last = attempt >= retry.max_attempts || !retry.on.contains(&class);
+        let made = match compensation {
+            true => attempt.saturating_sub(self.compensation_floor),
+            false => attempt,
+        };
+        let last = made >= retry.max_attempts || !retry.on.contains(&class);
         self.status = match (compensation, last) {
             (false, true) => StepStatus::Failed,
             (false, false) => StepStatus::Retrying,
@@ -342,6 +356,21 @@ impl RunState {
                     .get_or_insert_with(|| format!("the run's output: {message}"));
             }
             RunEvent::CancelRequested { .. } => self.cancel_requested = true,
+            RunEvent::Replayed { at_ms } => {
+                // Only a dead-lettered run is replayed; the fronts append
+                // it right after its end, by a conditional append.
+                if self.finished != Some(RunStatus::FailedCompensation) {
+                    return Ok(());
+                }
+                self.finished = None;
+                for s in self.steps.values_mut() {
+                    if s.status == StepStatus::CompensationFailed {
+                        s.status = StepStatus::CompensationRetrying;
+                        s.compensation_floor = s.compensation_attempt;
+                        s.ended_at_ms = Some(*at_ms);
+                    }
+                }
+            }
             RunEvent::Finished { status, .. } => self.finished = Some(*status),
         }
         Ok(())

@@ -185,9 +185,13 @@ fn unwind(
             }
             StepStatus::CompensationRetrying => {
                 let next = state.compensation_attempt + 1;
-                let due = compensate
-                    .retry
-                    .due_ms(state.ended_at_ms.unwrap_or(now_ms), next);
+                // The first attempt of a replay is due at once.
+                let due = match next - state.compensation_floor {
+                    1 => now_ms,
+                    nth => compensate
+                        .retry
+                        .due_ms(state.ended_at_ms.unwrap_or(now_ms), nth),
+                };
                 if due > now_ms {
                     return vec![Decision::WakeAt(due)];
                 }

@@ -137,8 +137,9 @@ impl Run {
         });
     }
 
+    /// The run's latest end.
     fn finished(&self) -> Option<(RunStatus, Option<Value>, Option<String>)> {
-        self.history.iter().find_map(|e| match e {
+        self.history.iter().rev().find_map(|e| match e {
             RunEvent::Finished {
                 status,
                 output,
@@ -423,6 +424,53 @@ fn a_compensation_that_keeps_failing_is_retried_then_ends_the_run_for_an_operato
         "{:?}",
         run.finished()
     );
+}
+
+#[test]
+fn a_replayed_run_runs_its_failed_compensation_again_with_fresh_attempts() {
+    let mut run = failed_payment();
+    run.turn();
+    compensation_ends(&mut run, "flight", true);
+    for attempt in 1..=2 {
+        run.now = 10_000 * i64::from(attempt);
+        run.turn();
+        compensation_ends(&mut run, "hotel", false);
+    }
+    run.turn();
+    assert_eq!(
+        run.finished().map(|f| f.0),
+        Some(RunStatus::FailedCompensation)
+    );
+    run.now = 50_000;
+    run.history.push(RunEvent::Replayed { at_ms: run.now });
+    // At once, numbered on from the attempts before, and only the one
+    // that had failed: the flight's was undone already.
+    assert_eq!(
+        compensations(&run.turn()),
+        [(
+            "hotel",
+            3,
+            &json!({"method": "DELETE", "url": "https://hotel/book/h1", "body": null})
+        )]
+    );
+    compensation_ends(&mut run, "hotel", false);
+    // The policy's backoff and attempts count again from the replay.
+    assert_eq!(run.turn(), [Decision::WakeAt(51_000)]);
+    run.now = 51_000;
+    assert_eq!(compensations(&run.turn())[0].1, 4);
+    compensation_ends(&mut run, "hotel", true);
+    run.turn();
+    let (status, _, error) = run.finished().expect("ended again");
+    assert_eq!(status, RunStatus::Failed);
+    assert!(error.unwrap().contains("step \"pay\""));
+    let state = run.state();
+    assert_eq!(state.steps["hotel"].status, StepStatus::Compensated);
+    let flight_undone = run
+        .history
+        .iter()
+        .filter(|e| matches!(e, RunEvent::CompensationStarted { step, .. } if step == "flight"))
+        .count();
+    assert_eq!(flight_undone, 1);
 }
 
 #[test]

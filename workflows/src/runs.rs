@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use switchyard_runtime::NatsConfig;
 
-use crate::history::{RunEvent, RunHeader};
+use crate::history::{RunEvent, RunHeader, RunStatus};
 use crate::journal::{Journal, JournalError, Read};
 
 pub const RUNS_STREAM: &str = "WFRUNS";
@@ -81,6 +81,16 @@ pub enum Cancelled {
     NotFound,
 }
 
+/// What a replay found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Replayed now, or before and not ended since.
+    Replayed,
+    /// The run is running, or ended otherwise than `failed_compensation`.
+    NotDeadLettered,
+    NotFound,
+}
+
 /// The run streams, as a front uses them.
 #[derive(Clone)]
 pub struct Runs {
@@ -127,31 +137,36 @@ impl Runs {
     /// kept once: the ticket's message id is the run's, and the history's
     /// first event is written only where there is none.
     pub async fn start(&self, run: RunHeader, at_ms: i64) -> Result<(), RunsError> {
-        let ticket = Ticket {
+        let ticket = Ticket { run, at_ms };
+        self.keep_ticket(&ticket, &ticket.run.id).await?;
+        // The engine writes it from the ticket if this does not.
+        let _ = self.begin(&ticket).await;
+        Ok(())
+    }
+
+    /// Publishes a run's ticket and waits for it to be kept; `message_id`
+    /// makes a ticket sent twice one.
+    async fn keep_ticket(&self, ticket: &Ticket, message_id: &str) -> Result<(), RunsError> {
+        let run = &ticket.run.id;
+        let payload = serde_json::to_vec(ticket).map_err(|source| JournalError::Encode {
             run: run.clone(),
-            at_ms,
-        };
-        let payload = serde_json::to_vec(&ticket).map_err(|source| JournalError::Encode {
-            run: run.id.clone(),
             source,
         })?;
         let failed = |source| RunsError::Ticket {
-            run: run.id.clone(),
+            run: run.clone(),
             source,
         };
         self.js
             .send_publish(
-                ticket_subject(&run.id),
+                ticket_subject(run),
                 PublishMessage::build()
                     .payload(payload.into())
-                    .message_id(&run.id),
+                    .message_id(message_id),
             )
             .await
             .map_err(failed)?
             .await
             .map_err(failed)?;
-        // The engine writes it from the ticket if this does not.
-        let _ = self.begin(&ticket).await;
         Ok(())
     }
 
@@ -175,38 +190,115 @@ impl Runs {
 
     /// Records a request to cancel the run, and tells its engine.
     pub async fn cancel(&self, run_id: &str, at_ms: i64) -> Result<Cancelled, RunsError> {
-        // Each round loses only to an engine that appended in between.
+        let asked = self
+            .append_unless(run_id, RunEvent::CancelRequested { at_ms }, |events| {
+                let has = |f: fn(&RunEvent) -> bool| events.iter().any(f);
+                let done = has(|e| matches!(e, RunEvent::Finished { .. }));
+                let asked = has(|e| matches!(e, RunEvent::CancelRequested { .. }));
+                match (events.is_empty(), done, asked) {
+                    (true, _, _) => Some(Cancelled::NotFound),
+                    (false, true, _) => Some(Cancelled::Finished),
+                    (false, false, true) => Some(Cancelled::Requested),
+                    (false, false, false) => None,
+                }
+            })
+            .await?;
+        if let Appended::Already(outcome) = asked {
+            return Ok(outcome);
+        }
+        let poke = self.js.publish(poke_subject(run_id), "".into()).await;
+        if let Err(e) = poke {
+            tracing::warn!(run = run_id, error = %e, "the run's engine was not told of its cancellation: it finds it at its next step");
+        }
+        Ok(Cancelled::Requested)
+    }
+
+    /// Replays a run that ended `failed_compensation`: its failed
+    /// compensations run again, driven by an engine as any run. A replay
+    /// whose ticket was not kept is completed by asking again.
+    pub async fn replay(&self, run_id: &str, at_ms: i64) -> Result<Replay, RunsError> {
+        let asked = self
+            .append_unless(run_id, RunEvent::Replayed { at_ms }, |events| {
+                let last_end = events
+                    .iter()
+                    .rposition(|e| matches!(e, RunEvent::Finished { .. }));
+                let replayed = |end: usize| {
+                    events[end..]
+                        .iter()
+                        .any(|e| matches!(e, RunEvent::Replayed { .. }))
+                };
+                match (events.is_empty(), last_end.map(|i| (i, &events[i]))) {
+                    (true, _) => Some(Replay::NotFound),
+                    (false, Some((i, _))) if replayed(i) => Some(Replay::Replayed),
+                    (
+                        false,
+                        Some((
+                            _,
+                            RunEvent::Finished {
+                                status: RunStatus::FailedCompensation,
+                                ..
+                            },
+                        )),
+                    ) => None,
+                    (false, _) => Some(Replay::NotDeadLettered),
+                }
+            })
+            .await?;
+        let events = match asked {
+            Appended::Already(Replay::Replayed) => self.journal.read(run_id).await?.events,
+            Appended::Already(outcome) => return Ok(outcome),
+            Appended::Now(mut events) => {
+                events.push(RunEvent::Replayed { at_ms });
+                events
+            }
+        };
+        let Some(RunEvent::Started { run, .. }) = events.first() else {
+            return Ok(Replay::NotFound);
+        };
+        let replays = events
+            .iter()
+            .filter(|e| matches!(e, RunEvent::Replayed { .. }))
+            .count();
+        let ticket = Ticket {
+            run: run.clone(),
+            at_ms,
+        };
+        self.keep_ticket(&ticket, &format!("{run_id}-replay-{replays}"))
+            .await?;
+        Ok(Replay::Replayed)
+    }
+
+    /// Appends `event` to the run's history unless `answered` finds the
+    /// answer in the history as it is; the history it was appended to.
+    /// Each round loses only to an engine that appended in between.
+    async fn append_unless<T>(
+        &self,
+        run_id: &str,
+        event: RunEvent,
+        answered: impl Fn(&[RunEvent]) -> Option<T>,
+    ) -> Result<Appended<T>, RunsError> {
         for _ in 0..20 {
             let read = self.journal.read(run_id).await?;
-            let has = |f: fn(&RunEvent) -> bool| read.events.iter().any(f);
-            let done = has(|e| matches!(e, RunEvent::Finished { .. }));
-            let asked = has(|e| matches!(e, RunEvent::CancelRequested { .. }));
-            let outcome = match (read.events.is_empty(), done, asked) {
-                (true, _, _) => Some(Cancelled::NotFound),
-                (false, true, _) => Some(Cancelled::Finished),
-                (false, false, true) => Some(Cancelled::Requested),
-                (false, false, false) => None,
-            };
-            if let Some(outcome) = outcome {
-                return Ok(outcome);
+            if let Some(answer) = answered(&read.events) {
+                return Ok(Appended::Already(answer));
             }
-            let event = [RunEvent::CancelRequested { at_ms }];
+            let event = [event.clone()];
             match self
                 .journal
                 .append(run_id, read.last, read.events.len(), &event)
                 .await
             {
-                Ok(_) => {
-                    let poke = self.js.publish(poke_subject(run_id), "".into()).await;
-                    if let Err(e) = poke {
-                        tracing::warn!(run = run_id, error = %e, "the run's engine was not told of its cancellation: it finds it at its next step");
-                    }
-                    return Ok(Cancelled::Requested);
-                }
+                Ok(_) => return Ok(Appended::Now(read.events)),
                 Err(JournalError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(RunsError::Busy(run_id.into()))
     }
+}
+
+/// What [`Runs::append_unless`] did.
+enum Appended<T> {
+    Already(T),
+    Now(Vec<RunEvent>),
 }

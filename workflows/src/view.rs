@@ -44,6 +44,7 @@ pub fn run_view(workflow: Option<&Workflow>, history: &[RunEvent]) -> Option<(Va
     };
     let mut attempts: BTreeMap<String, Vec<AttemptView>> = BTreeMap::new();
     let mut finished = None;
+    let mut replays = 0;
     for event in history {
         let (step, attempt, compensation) = match event {
             RunEvent::StepStarted { step, attempt, .. }
@@ -59,6 +60,11 @@ pub fn run_view(workflow: Option<&Workflow>, history: &[RunEvent]) -> Option<(Va
                 at_ms,
             } => {
                 finished = Some((status, output, error, at_ms));
+                continue;
+            }
+            RunEvent::Replayed { .. } => {
+                finished = None;
+                replays += 1;
                 continue;
             }
             _ => continue,
@@ -156,6 +162,7 @@ pub fn run_view(workflow: Option<&Workflow>, history: &[RunEvent]) -> Option<(Va
     view.insert("input".into(), run.input.clone());
     view.insert("started_at_ms".into(), json!(at_ms));
     view.insert("cancel_requested".into(), json!(cancel_requested));
+    view.insert("replays".into(), json!(replays));
     match finished {
         Some((status, output, error, at_ms)) => {
             view.insert("status".into(), json!(status));

@@ -119,6 +119,11 @@ mod tests {
             (Method::GET, "/v2/health/ready", None),
             (Method::POST, "/v1/admin/keys", Some(Role::Admin)),
             (Method::GET, "/v1/admin/dead-letters", Some(Role::Admin)),
+            (
+                Method::POST,
+                "/v1/admin/workflows/runs/r1/replay",
+                Some(Role::Admin),
+            ),
             (Method::POST, "/v1/webhooks/enable", Some(Role::Admin)),
             (Method::GET, "/v1/webhooks/disabled", Some(Role::Operator)),
             (Method::POST, "/v1/jobs", Some(Role::Submitter)),

@@ -54,6 +54,8 @@ pub enum ApiError {
     JobFailed(JobError),
     #[error("run {0} has ended")]
     RunEnded(String),
+    #[error("run {0} has not ended failed_compensation, so it cannot be replayed")]
+    RunNotDeadLettered(String),
     #[error("run {0} is still running; it will be at /v1/workflows/runs/{0}")]
     RunStillRunning(String),
     /// The run failed, was cancelled, or its compensation failed: why.
@@ -111,6 +113,7 @@ impl Coded for ApiError {
             // what it counts as for the API itself.
             ApiError::JobFailed(_) => ErrorCode::InvalidRequest,
             ApiError::BatchEnded(..) | ApiError::RunEnded(_) => ErrorCode::NotCancellable,
+            ApiError::RunNotDeadLettered(_) => ErrorCode::NotFailed,
             ApiError::TooManyStreams => ErrorCode::RateLimited,
             ApiError::FileQuota(_) => ErrorCode::FileQuotaExceeded,
             ApiError::FilesFull => ErrorCode::StorageFull,

@@ -23,7 +23,8 @@ pub struct RunRow {
     pub webhook: Option<WebhookTarget>,
 }
 
-/// A run's end, as its history's last event says.
+/// A run's end, as its history's last event says; `running` for its
+/// replay, which opens a run that ended `failed_compensation` again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunEnd {
     pub id: String,
@@ -62,9 +63,10 @@ pub struct NewDelivery {
 
 #[async_trait]
 pub trait RunRecords: Send + Sync {
-    /// Records runs that started and runs that ended, in one transaction;
-    /// a row written again is left as it is. Returns the rows of the ended
-    /// runs, as they now are (a run whose start is not recorded has none).
+    /// Records runs that started and runs that ended or were replayed, in
+    /// that order, in one transaction; a row written again is left as it
+    /// is. Returns the rows of the ended runs, as they now are (a run whose
+    /// start is not recorded has none).
     async fn apply_runs(
         &self,
         started: &[RunRow],

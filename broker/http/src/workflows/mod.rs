@@ -29,7 +29,7 @@ use switchyard_core::webhooks::Webhooks;
 use switchyard_schemas::redact::without_values;
 use switchyard_schemas::{DEFAULT_TENANT, Priority, WebhookEvent, WebhookTarget, now_ms};
 use switchyard_store::JobStore;
-use switchyard_workflows::runs::{Cancelled, Runs, RunsError, run_id};
+use switchyard_workflows::runs::{Cancelled, Replay, Runs, RunsError, run_id};
 use switchyard_workflows::{RunEvent, RunHeader, Workflows};
 
 use crate::error::{ApiError, invalid};
@@ -69,6 +69,7 @@ pub fn router() -> Router<ApiState> {
         .route("/v1/workflows/runs/{id}", get(get_run))
         .route("/v1/workflows/runs/{id}/cancel", post(cancel))
         .route("/v1/workflows/runs/{id}/events", get(events))
+        .route("/v1/admin/workflows/runs/{id}/replay", post(replay))
 }
 
 /// The body of `POST /v1/workflows/{name}/runs`.
@@ -357,12 +358,33 @@ async fn cancel(
     // Another tenant's run is not found, as if it were not there.
     read(&s, &caller, &id, 0).await?;
     match s.runs.cancel(&id, now_ms()).await.map_err(unavailable)? {
-        Cancelled::Requested => Ok((
-            StatusCode::ACCEPTED,
-            axum::Json(json!({"id": id, "status": "cancelling"})),
-        )
-            .into_response()),
+        Cancelled::Requested => Ok(accepted(&id, "cancelling")),
         Cancelled::Finished => Err(ApiError::RunEnded(id)),
         Cancelled::NotFound => Err(ApiError::NotFound(format!("run {id:?}"))),
     }
+}
+
+/// Replay a run that ended `failed_compensation`, once the cause is fixed:
+/// the compensations that failed run again, each with its retry policy's
+/// attempts afresh, and the run ends anew (`failed`, `cancelled`, or
+/// `failed_compensation` again).
+#[utoipa::path(post, path = "/v1/admin/workflows/runs/{id}/replay", tag = "admin",
+    params(("id" = String, Path, description = "The run")),
+    responses(
+        (status = 202, description = "`{id, status: \"running\"}`", body = Object),
+        (status = 404, description = "`not_found`", body = Object),
+        (status = 409, description = "`not_failed`: it is running, or ended otherwise", body = Object),
+    ))]
+async fn replay(State(s): State<RunsState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match s.runs.replay(&id, now_ms()).await.map_err(unavailable)? {
+        Replay::Replayed => Ok(accepted(&id, "running")),
+        Replay::NotDeadLettered => Err(ApiError::RunNotDeadLettered(id)),
+        Replay::NotFound => Err(ApiError::NotFound(format!("run {id:?}"))),
+    }
+}
+
+/// `202`: the run's history has the request; its engine acts on it.
+fn accepted(id: &str, status: &str) -> Response {
+    let body = json!({"id": id, "status": status});
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
 }

@@ -64,17 +64,19 @@ pub async fn follow_runs(
     .await
 }
 
-/// A run's start or end, with its run's id; `None` for its other events.
+/// A run's start, end or replay, with its run's id; `None` for its other
+/// events.
 fn read(msg: &Message) -> Result<Option<(String, RunEvent)>, String> {
     let id = msg
         .subject
         .strip_prefix("sy.wf.history.")
         .ok_or_else(|| format!("{} is not a run's history", msg.subject))?;
     let event: RunEvent = serde_json::from_slice(&msg.payload).map_err(|e| e.to_string())?;
-    Ok(
-        matches!(event, RunEvent::Started { .. } | RunEvent::Finished { .. })
-            .then(|| (id.to_owned(), event)),
-    )
+    let kept = matches!(
+        event,
+        RunEvent::Started { .. } | RunEvent::Finished { .. } | RunEvent::Replayed { .. }
+    );
+    Ok(kept.then(|| (id.to_owned(), event)))
 }
 
 async fn apply(
@@ -108,6 +110,13 @@ async fn apply(
                 status: status.as_str().to_owned(),
                 at_ms,
                 error,
+            }),
+            // Running again until its next end.
+            RunEvent::Replayed { at_ms } => ended.push(RunEnd {
+                id,
+                status: "running".into(),
+                at_ms,
+                error: None,
             }),
             _ => {}
         }
@@ -161,7 +170,8 @@ async fn report(
         "data": view,
     });
     let delivery = NewDelivery {
-        id: format!("msg_{}_run_{}", row.id, event.as_str()),
+        // A replayed run ends again: each end is its own delivery.
+        id: format!("msg_{}_run_{}_{ended_at}", row.id, event.as_str()),
         subject_id: row.id.clone(),
         tenant: row.tenant.clone(),
         url: webhook.url.clone(),

@@ -70,14 +70,22 @@ impl RunRecords for SqlStore {
         }
         let mut rows = Vec::with_capacity(ended.len());
         for e in ended {
+            // An end moves a running run; a replay (`running`) moves a
+            // dead-lettered one back: applied again, either changes nothing.
+            let reopen = e.status == "running";
+            let from = match reopen {
+                true => "failed_compensation",
+                false => "running",
+            };
             sqlx::query(
                 "UPDATE workflow_runs SET status = $2, ended_at = $3, error = $4
-                 WHERE id = $1 AND status = 'running'",
+                 WHERE id = $1 AND status = $5",
             )
             .bind(&e.id)
             .bind(&e.status)
-            .bind(e.at_ms)
+            .bind((!reopen).then_some(e.at_ms))
             .bind(&e.error)
+            .bind(from)
             .execute(&mut *tx)
             .await?;
             let row = sqlx::query("SELECT * FROM workflow_runs WHERE id = $1")
