@@ -30,6 +30,7 @@ fn started(id: &str) -> RunEvent {
             webhook: None,
             api_key: None,
             trace: None,
+            stream: false,
         },
         at_ms: 1,
     }
@@ -747,6 +748,9 @@ async fn a_workflow_answers_the_openai_sdk_as_a_model() {
     // Both model steps' tokens: 4 and 3.
     assert_eq!(seen["chat"]["completion_tokens"], 7, "{seen:#}");
     assert_eq!(seen["stream"], answer.as_str(), "{seen:#}");
+    // The last step's tokens as its job generated them, one chunk each,
+    // not the answer in one piece once the run had ended.
+    assert_eq!(seen["stream_pieces"], 3, "{seen:#}");
     let run = seen["chat"]["run_id"].as_str().expect("the run's id");
     let (status, record) = stack.get_json(&format!("/v1/workflows/runs/{run}")).await;
     assert_eq!(

@@ -32,6 +32,7 @@ for chunk in client.chat.completions.create(
     if chunk.choices and chunk.choices[0].delta.content:
         pieces.append(chunk.choices[0].delta.content)
 seen["stream"] = "".join(pieces)
+seen["stream_pieces"] = len(pieces)
 
 try:
     client.chat.completions.create(model=f"workflow:{failing}", messages=messages)

@@ -32,6 +32,10 @@ pub struct RunHeader {
     /// one trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
+    /// A client follows the run's answer as it is generated: the job of
+    /// its answering step (`Workflow::answering`) streams its tokens.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 /// One entry of a run's history.

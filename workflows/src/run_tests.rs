@@ -47,6 +47,7 @@ impl Run {
             webhook: None,
             api_key: None,
             trace: None,
+            stream: false,
         };
         Run {
             workflow,

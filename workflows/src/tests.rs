@@ -281,3 +281,36 @@ fn a_schema_that_cannot_be_used_or_would_be_fetched_is_refused_at_load() {
         assert!(workflows.latest("w").is_none());
     }
 }
+
+#[test]
+fn the_answering_step_is_a_chat_step_whose_output_is_the_run_s_unchanged() {
+    let (workflows, issues) = load(
+        "
+workflows:
+  - name: last
+    steps:
+      - {id: clean, transform: '{{ input.text }}'}
+      - {id: ask, needs: [clean], model: {name: tiny-chat, input: {messages: []}}}
+  - name: named
+    output: '{{ steps.ask.output }}'
+    steps:
+      - {id: ask, model: {name: tiny-chat, input: {messages: []}}}
+      - {id: log, needs: [ask], http: {url: 'https://example.com/log'}}
+  - name: reshaped
+    output: '{{ steps.ask.output.choices[0].message.content | upper }}'
+    steps:
+      - {id: ask, model: {name: tiny-chat, input: {messages: []}}}
+  - name: post_processed
+    steps:
+      - {id: ask, model: {name: tiny-chat, input: {messages: []}}}
+      - {id: tidy, needs: [ask], transform: '{{ steps.ask.output }}'}
+",
+    );
+    assert_eq!(issues, "");
+    let answering = |name: &str| workflows.latest(name).unwrap().answering.clone();
+    assert_eq!(answering("last").as_deref(), Some("ask"));
+    assert_eq!(answering("named").as_deref(), Some("ask"));
+    // Its tokens would not add up to the answer.
+    assert_eq!(answering("reshaped"), None);
+    assert_eq!(answering("post_processed"), None);
+}

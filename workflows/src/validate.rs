@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use switchyard_runtime::config::check_id;
-use switchyard_runtime::{Issues, Registry};
+use switchyard_runtime::{Issues, ModelKind, Registry};
 
 use crate::definition::{Action, RetrySpec, StepSpec, WorkflowSpec};
 use crate::template::Templates;
@@ -29,6 +29,9 @@ pub struct Workflow {
     pub order: Vec<usize>,
     /// `input_schema`, compiled.
     input: Option<Arc<jsonschema::Validator>>,
+    /// The chat model step whose output is the run's output unchanged:
+    /// a streamed call relays its tokens as they are generated.
+    pub answering: Option<String>,
 }
 
 /// A run's input that its workflow's `input_schema` refuses: each problem
@@ -68,6 +71,29 @@ impl Workflow {
             false => Err(InputError(problems)),
         }
     }
+}
+
+/// The step whose output is the run's output as it is (no `output:` and
+/// the last step declared, or an `output:` of exactly `{{ steps.<id>.output
+/// }}`), if it is a step on a chat model.
+fn answering(spec: &WorkflowSpec, registry: &Registry) -> Option<String> {
+    let id = match &spec.output {
+        None => spec.steps.last()?.id.as_str(),
+        Some(Value::String(template)) => template
+            .trim()
+            .strip_prefix("{{")?
+            .strip_suffix("}}")?
+            .trim()
+            .strip_prefix("steps.")?
+            .strip_suffix(".output")?,
+        Some(_) => return None,
+    };
+    let step = spec.steps.iter().find(|s| s.id == id)?;
+    let Ok(Action::Model(m)) = step.action() else {
+        return None;
+    };
+    let chat = registry.get(&m.name)?.kind == ModelKind::Chat;
+    chat.then(|| step.id.clone())
 }
 
 /// Every workflow of the configuration, by name and version.
@@ -116,6 +142,7 @@ impl Workflows {
                     spec: spec.clone(),
                     order,
                     input,
+                    answering: answering(spec, registry),
                 };
                 let versions = workflows.by_name.entry(spec.name.clone()).or_default();
                 versions.insert(spec.version, workflow);

@@ -19,7 +19,7 @@ use switchyard_core::auth::Caller;
 use switchyard_core::calls::{Begun, Call};
 use switchyard_core::openai_request::{Endpoint, Parsed, parse};
 use switchyard_core::watch::Event;
-use switchyard_schemas::{ErrorBody, Outcome, now_ms};
+use switchyard_schemas::{ErrorBody, Outcome, StreamChunk, now_ms};
 use tracing::warn;
 
 use crate::error::ApiError;
@@ -250,7 +250,7 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
-    fn chunk(&self, delta: Option<&str>, finish_reason: Option<&str>) -> Value {
+    pub(crate) fn chunk(&self, delta: Option<&str>, finish_reason: Option<&str>) -> Value {
         let choice = if self.chat {
             let delta = match delta {
                 Some(text) => json!({"content": text}),
@@ -278,8 +278,7 @@ impl Relay {
     /// after sending text and a retry writes something else, the stream
     /// ends with an error rather than with text that does not add up.
     async fn run(&self, call: &mut Call, mut tx: mpsc::Sender<SseEvent>) -> Relayed {
-        let mut sent = String::new();
-        let mut attempt = None;
+        let mut text = Followed::default();
         if !self.open(&mut tx).await {
             return Relayed::ClientGone;
         }
@@ -291,19 +290,10 @@ impl Relay {
             };
             let piece = match event {
                 Event::Noise => continue,
-                Event::Chunk(chunk) => {
-                    let current = *attempt.get_or_insert(chunk.attempt);
-                    if chunk.attempt != current && sent.is_empty() {
-                        attempt = Some(chunk.attempt);
-                    } else if chunk.attempt != current {
-                        continue;
-                    }
-                    if chunk.delta.is_empty() {
-                        continue;
-                    }
-                    sent.push_str(&chunk.delta);
-                    self.chunk(Some(&chunk.delta), None)
-                }
+                Event::Chunk(chunk) => match text.take(&chunk) {
+                    Some(delta) => self.chunk(Some(delta), None),
+                    None => continue,
+                },
                 Event::Result(result) => {
                     let output = match result.outcome {
                         Outcome::Succeeded { output, .. } => output,
@@ -312,7 +302,7 @@ impl Relay {
                             return Relayed::Result(None);
                         }
                     };
-                    let finished = self.finish(&mut tx, &sent, output.clone()).await;
+                    let finished = self.finish(&mut tx, &text.sent, output.clone()).await;
                     return Relayed::Result(finished.then_some(output));
                 }
             };
@@ -372,6 +362,38 @@ impl Relay {
     }
 }
 
+/// The text of one attempt of a job, followed: the first attempt heard
+/// from is followed, and another (a retry, or a workflow step's next
+/// job) replaces it only while none of its text was sent, so that what a
+/// client reads adds up.
+#[derive(Default)]
+pub(crate) struct Followed {
+    /// The job and attempt followed.
+    attempt: Option<(String, u32)>,
+    pub sent: String,
+}
+
+impl Followed {
+    /// The chunk's text, if it is to be sent.
+    pub(crate) fn take<'a>(&mut self, chunk: &'a StreamChunk) -> Option<&'a str> {
+        let followed = self
+            .attempt
+            .as_ref()
+            .is_some_and(|(job, n)| *job == chunk.job_id && *n == chunk.attempt);
+        if !followed {
+            if self.attempt.is_some() && !self.sent.is_empty() {
+                return None;
+            }
+            self.attempt = Some((chunk.job_id.clone(), chunk.attempt));
+        }
+        if chunk.delta.is_empty() {
+            return None;
+        }
+        self.sent.push_str(&chunk.delta);
+        Some(&chunk.delta)
+    }
+}
+
 /// How a relay ended.
 #[derive(Debug)]
 enum Relayed {
@@ -384,7 +406,7 @@ enum Relayed {
 }
 
 /// Ends a stream with OpenAI's error event; the stream closes after it.
-async fn send_error(tx: &mut mpsc::Sender<SseEvent>, code: &str, message: String) {
+pub(crate) async fn send_error(tx: &mut mpsc::Sender<SseEvent>, code: &str, message: String) {
     let error = ErrorBody {
         code: code.into(),
         message,
@@ -393,6 +415,9 @@ async fn send_error(tx: &mut mpsc::Sender<SseEvent>, code: &str, message: String
 }
 
 /// Sends one event; an error means the client is gone.
-async fn send(tx: &mut mpsc::Sender<SseEvent>, data: &Value) -> Result<(), mpsc::SendError> {
+pub(crate) async fn send(
+    tx: &mut mpsc::Sender<SseEvent>,
+    data: &Value,
+) -> Result<(), mpsc::SendError> {
     tx.send(SseEvent::default().data(data.to_string())).await
 }

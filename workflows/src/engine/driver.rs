@@ -249,12 +249,15 @@ impl Driver {
         let span = tracing::info_span!(parent: &self.span, "workflow.step",
             run_id = %self.run_id, step = %attempt.step, attempt = attempt.attempt,
             compensation = attempt.compensation);
+        let streamed = self.state.header.stream
+            && !attempt.compensation
+            && self.workflow.answering.as_ref() == Some(&attempt.step);
         let handle = self.outcomes.spawn(
             effects::carry_out(
                 self.engine.clone(),
                 self.state.header.clone(),
                 step,
-                attempt.clone(),
+                (attempt.clone(), streamed),
                 input,
                 context,
             )

@@ -180,12 +180,13 @@ impl Attempt {
     }
 }
 
-/// Carries out one attempt; its outcome, as the event to append.
+/// Carries out one attempt (`streamed`: a model step whose tokens a client
+/// follows); its outcome, as the event to append.
 pub(crate) async fn carry_out(
     engine: std::sync::Arc<Engine>,
     run: RunHeader,
     step: StepSpec,
-    attempt: Attempt,
+    (attempt, streamed): (Attempt, bool),
     input: Value,
     context: Value,
 ) -> RunEvent {
@@ -198,7 +199,15 @@ pub(crate) async fn carry_out(
     let begun = Instant::now();
     let work = async {
         match action {
-            Ok(Action::Model(_)) => model(&engine, &run, &id, &input, timeout).await,
+            Ok(Action::Model(_)) => {
+                let job = Job {
+                    id: &id,
+                    input: &input,
+                    timeout,
+                    streamed,
+                };
+                model(&engine, &run, job).await
+            }
             Ok(Action::Http(h)) => http_step::http(&engine, h, &id, &input, context, timeout).await,
             Ok(Action::Worker(_)) => worker::task(&engine, &run, &attempt, &id, &input).await,
             _ => Err((
@@ -244,15 +253,24 @@ pub(crate) async fn cancel_job(engine: &Engine, job_id: &str) {
 /// Waits between tries to queue a job: the broker may be restarting.
 const ADMIT_TRIES: [u64; 6] = [0, 250, 500, 1000, 2000, 4000];
 
+/// A model step's job: its id (the attempt's), the step's input as
+/// rendered, its timeout, and whether it streams its tokens.
+struct Job<'a> {
+    id: &'a str,
+    input: &'a Value,
+    timeout: Option<Duration>,
+    streamed: bool,
+}
+
 /// A model step: the job is queued under the attempt's id, at the run's
 /// tenant and priority, and its result read where every result is kept.
-async fn model(
-    engine: &Engine,
-    run: &RunHeader,
-    id: &str,
-    input: &Value,
-    timeout: Option<Duration>,
-) -> Result<Value, Failure> {
+async fn model(engine: &Engine, run: &RunHeader, job: Job<'_>) -> Result<Value, Failure> {
+    let Job {
+        id,
+        input,
+        timeout,
+        streamed,
+    } = job;
     let unavailable = |e: String| (StepErrorClass::Unavailable, e);
     // Subscribed before the job is queued: its result cannot come first.
     let mut told = engine
@@ -267,6 +285,9 @@ async fn model(
         "tenant": run.tenant,
         "metadata": {"workflow": run.workflow, "workflow_run": run.id},
     });
+    if streamed {
+        submission["stream"] = json!(true);
+    }
     if let Some(t) = timeout {
         submission["timeout_ms"] = json!(u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
     }

@@ -87,6 +87,7 @@ fn check(engine: &Engine, id: &str, body: &[u8]) -> Result<RunHeader, String> {
         webhook: None,
         api_key: None,
         trace: switchyard_runtime::trace::traceparent(),
+        stream: false,
     })
 }
 
@@ -167,6 +168,7 @@ async fn refuse(engine: &Engine, id: &str, reason: String) -> Result<(), String>
         webhook: None,
         api_key: None,
         trace: None,
+        stream: false,
     };
     let events = [
         RunEvent::Started { run, at_ms },

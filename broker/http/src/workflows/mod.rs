@@ -25,6 +25,7 @@ use futures::channel::mpsc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchyard_core::auth::Caller;
+use switchyard_core::watch::Watcher;
 use switchyard_core::webhooks::Webhooks;
 use switchyard_schemas::redact::without_values;
 use switchyard_schemas::{DEFAULT_TENANT, Priority, WebhookEvent, WebhookTarget, now_ms};
@@ -48,6 +49,8 @@ pub(crate) struct RunsState {
     workflows: Arc<Workflows>,
     store: Arc<dyn JobStore>,
     webhooks: Arc<Webhooks>,
+    /// Follows the jobs of a run whose tokens a client reads.
+    watcher: Watcher,
 }
 
 impl FromRef<ApiState> for RunsState {
@@ -58,6 +61,7 @@ impl FromRef<ApiState> for RunsState {
             workflows: s.workflows.clone(),
             store: s.store.clone(),
             webhooks: s.webhooks.clone(),
+            watcher: s.calls.watcher().clone(),
         }
     }
 }
@@ -132,7 +136,7 @@ async fn start(
         ))
     })?;
     let key = idempotency_key(&headers)?;
-    let started = begin(&s, &caller, &name, request, key).await?;
+    let started = begin(&s, &caller, &name, request, key, false).await?;
     if let Some(wait) = prefer_wait(&headers, s.wait_limit) {
         let view = wait_ended(&s, &caller, &started.id, wait).await?;
         let status = match view["status"] == "running" {
@@ -147,7 +151,7 @@ async fn start(
 
 /// Starts a run of the workflow's latest version for the caller: its
 /// header, once its ticket is kept. Its span is the root of the run's
-/// trace.
+/// trace. `stream`: a client follows its answering step's tokens.
 #[tracing::instrument(name = "workflow.start", skip_all, fields(workflow = %name))]
 async fn begin(
     s: &RunsState,
@@ -155,6 +159,7 @@ async fn begin(
     name: &str,
     request: StartRun,
     idempotency_key: Option<&str>,
+    stream: bool,
 ) -> Result<RunHeader, ApiError> {
     let StartRun {
         input,
@@ -207,6 +212,7 @@ async fn begin(
         webhook,
         api_key: caller.key.as_ref().map(|k| k.id.clone()),
         trace: switchyard_runtime::trace::traceparent(),
+        stream,
     };
     s.runs
         .start(header.clone(), now_ms())

@@ -1,20 +1,29 @@
 //! A workflow called through the OpenAI-compatible front as the model
 //! `workflow:<name>`.
 
+use std::time::Duration;
+
 use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use futures::channel::mpsc;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use switchyard_core::Coded;
 use switchyard_core::auth::Caller;
 use switchyard_core::openai_request::Endpoint;
+use switchyard_core::watch::{Event, Watch};
 use switchyard_schemas::now_ms;
 use switchyard_schemas::redact::without_values;
+use switchyard_workflows::RunEvent;
+use switchyard_workflows::engine::effect_id;
+use tokio::time::Instant;
 
 use super::{RunsState, StartRun, begin, wait_ended};
 use crate::error::{ApiError, invalid};
 use crate::jobs::idempotency_key;
-use crate::openai::Relay;
+use crate::openai::{Followed, Relay, send, send_error};
 use crate::reply::{priority, sse};
 
 /// The workflow an OpenAI request names as its model, `workflow:<name>`.
@@ -37,6 +46,10 @@ const WORKFLOW_MODEL: &str = "workflow:";
 /// `model` and the streaming options, is the run's input; the run's output
 /// is the answer. An output that is already a chat completion (a model
 /// step's) is given as it is; any other is the message's content.
+///
+/// Streamed, the tokens of the workflow's answering step (a chat model
+/// step whose output is the run's) are relayed as its job generates them;
+/// a workflow without one streams its answer once the run has ended.
 pub(crate) async fn chat(
     s: RunsState,
     caller: Caller,
@@ -51,7 +64,6 @@ pub(crate) async fn chat(
         ))
     })?;
     let stream = input.remove("stream").and_then(|v| v.as_bool()) == Some(true);
-    let model = format!("{WORKFLOW_MODEL}{workflow}");
     for field in ["model", "stream_options"] {
         input.remove(field);
     }
@@ -63,32 +75,36 @@ pub(crate) async fn chat(
         tenant: None,
         webhook: None,
     };
-    let run = begin(&s, &caller, workflow, request, key).await?;
-    let view = wait_ended(&s, &caller, &run.id, s.wait_limit).await?;
-    match view["status"].as_str() {
-        Some("succeeded") => {}
-        Some("running") => return Err(ApiError::RunStillRunning(run.id)),
-        _ => {
-            let error = view["error"].as_str().unwrap_or("the run did not succeed");
-            return Err(ApiError::RunFailed(run.id, error.to_owned()));
+    let answering = match stream {
+        true => s
+            .workflows
+            .latest(workflow)
+            .and_then(|w| w.answering.clone()),
+        false => None,
+    };
+    let run = begin(&s, &caller, workflow, request, key, answering.is_some()).await?;
+    let relay = Relay {
+        chat: true,
+        id: run.id.clone(),
+        model: format!("{WORKFLOW_MODEL}{workflow}"),
+        created: now_ms() / 1000,
+        include_usage: false,
+    };
+    let mut response = match (stream, answering) {
+        (true, Some(step)) => tokens(s, caller, relay, step),
+        (false, _) => {
+            let view = ended(&s, &caller, &run.id, s.wait_limit).await?;
+            axum::Json(as_completion(&relay, &view)).into_response()
         }
-    }
-    let completion = as_completion(&run.id, &model, &view);
-    let mut response = match stream {
-        false => axum::Json(completion).into_response(),
-        true => {
+        (true, None) => {
+            let view = ended(&s, &caller, &run.id, s.wait_limit).await?;
             // The run's answer, sent once it is whole.
-            let relay = Relay {
-                chat: true,
-                id: run.id.clone(),
-                model,
-                created: now_ms() / 1000,
-                include_usage: false,
-            };
             let (mut tx, rx) = mpsc::channel(8);
             let replay = async move {
                 if relay.open(&mut tx).await {
-                    relay.finish(&mut tx, "", completion).await;
+                    relay
+                        .finish(&mut tx, "", as_completion(&relay, &view))
+                        .await;
                 }
             };
             sse(replay, rx)
@@ -100,9 +116,124 @@ pub(crate) async fn chat(
     Ok(response)
 }
 
+/// The run once it has succeeded, within `wait`; why not otherwise.
+async fn ended(
+    s: &RunsState,
+    caller: &Caller,
+    run: &str,
+    wait: Duration,
+) -> Result<Value, ApiError> {
+    let view = wait_ended(s, caller, run, wait).await?;
+    match view["status"].as_str() {
+        Some("succeeded") => Ok(view),
+        Some("running") => Err(ApiError::RunStillRunning(run.to_owned())),
+        _ => {
+            let error = view["error"].as_str().unwrap_or("the run did not succeed");
+            Err(ApiError::RunFailed(run.to_owned(), error.to_owned()))
+        }
+    }
+}
+
+/// The stream of a run whose answer is `step`'s output: its tokens as
+/// its job generates them, then the rest of the answer once the run has
+/// succeeded (the tokens are best effort, the answer whole), or why it
+/// did not.
+fn tokens(s: RunsState, caller: Caller, relay: Relay, step: String) -> Response {
+    let (mut tx, rx) = mpsc::channel(64);
+    let stream = async move {
+        if !relay.open(&mut tx).await {
+            return;
+        }
+        let deadline = Instant::now() + s.wait_limit;
+        let Some(sent) = follow(&s, &relay, &step, &mut tx, deadline).await else {
+            return;
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match ended(&s, &caller, &relay.id, wait).await {
+            Ok(view) => {
+                relay
+                    .finish(&mut tx, &sent, as_completion(&relay, &view))
+                    .await;
+            }
+            Err(e) => send_error(&mut tx, e.code().as_str(), e.to_string()).await,
+        }
+    };
+    sse(stream, rx)
+}
+
+/// Relays the tokens of `step`'s jobs (each attempt's, as the run's
+/// history starts it) until the history ends or `deadline`: the text sent,
+/// or `None` if the client went away.
+async fn follow(
+    s: &RunsState,
+    relay: &Relay,
+    step: &str,
+    tx: &mut mpsc::Sender<SseEvent>,
+    deadline: Instant,
+) -> Option<String> {
+    let run = relay.id.as_str();
+    let mut text = Followed::default();
+    let Ok(mut grew) = s.runs.watch(run).await else {
+        return Some(text.sent);
+    };
+    // Taken at once: the first attempt's job cannot start streaming first.
+    let mut attempt = 1;
+    let mut job = s
+        .watcher
+        .watch(&effect_id(run, step, 1, false), true)
+        .await
+        .ok();
+    loop {
+        let look = deadline.min(Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            event = next(&mut job, deadline) => match event {
+                Some(Event::Chunk(chunk)) => {
+                    let Some(delta) = text.take(&chunk) else { continue };
+                    if send(tx, &relay.chunk(Some(delta), None)).await.is_err() {
+                        return None;
+                    }
+                }
+                Some(Event::Noise) => {}
+                // This job has ended: what follows is in the history.
+                Some(Event::Result(_)) | None => job = None,
+            },
+            appended = tokio::time::timeout_at(look, grew.next()) => {
+                let event = match appended {
+                    Ok(Some(msg)) => serde_json::from_slice::<RunEvent>(&msg.payload).ok(),
+                    Ok(None) => return Some(text.sent),
+                    // Nothing heard: the end may have been missed.
+                    Err(_) if Instant::now() >= deadline => return Some(text.sent),
+                    Err(_) => match s.runs.journal().read(run).await {
+                        Ok(read) => read.events.into_iter().last(),
+                        Err(_) => None,
+                    },
+                };
+                match event {
+                    Some(RunEvent::Finished { .. }) => return Some(text.sent),
+                    Some(RunEvent::StepStarted { step: id, attempt: n, .. })
+                        if id == step && n > attempt =>
+                    {
+                        attempt = n;
+                        job = s.watcher.watch(&effect_id(run, step, n, false), true).await.ok();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// The next event of the job followed, if any.
+async fn next(job: &mut Option<Watch>, deadline: Instant) -> Option<Event> {
+    match job {
+        Some(job) => job.next(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A run's output as OpenAI's chat completion, with the usage of all its
 /// model steps.
-fn as_completion(id: &str, model: &str, run: &Value) -> Value {
+fn as_completion(relay: &Relay, run: &Value) -> Value {
     let output = &run["output"];
     let mut usage = (0, 0);
     let jobs = run["steps"]
@@ -121,10 +252,10 @@ fn as_completion(id: &str, model: &str, run: &Value) -> Value {
         (_, other) => other.to_string(),
     };
     json!({
-        "id": format!("chatcmpl-{id}"),
+        "id": format!("chatcmpl-{}", relay.id),
         "object": "chat.completion",
-        "created": now_ms() / 1000,
-        "model": model,
+        "created": relay.created,
+        "model": relay.model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": usage.0 + usage.1},
     })
