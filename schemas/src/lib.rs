@@ -22,7 +22,7 @@ pub use messages::{
     AdmitReply, Assignment, AutoscaleSignal, ChatInput, ChatMessage, CompletionInput, DeadLetter,
     EmbeddingInput, ErrorBody, EventKind, Failure, Job, JobEvent, JobInput, JobResult, Outcome,
     RunningLimits, SAMPLING_FIELDS, Sampling, StreamChunk, Submission, Tensor, TensorInput, Usage,
-    UsageEvent, Versioned, WebhookEvent, WebhookTarget,
+    UsageEvent, Versioned, WORKFLOW_RUN, WebhookEvent, WebhookTarget,
 };
 pub use node::{EngineLoad, GpuProcess, GpuStats, Heartbeat, LoadReply, LoadRequest};
 pub use priority::{ParsePriorityError, Priority};

@@ -74,6 +74,10 @@ pub struct Submission {
     pub webhook: Option<WebhookTarget>,
 }
 
+/// The metadata key naming the workflow run a job is a step of: the job
+/// draws its budget reservation from the run's, where the run holds one.
+pub const WORKFLOW_RUN: &str = "workflow_run";
+
 /// A receiver of a job's lifecycle events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

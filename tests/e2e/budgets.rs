@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 /// $0.10 per 1k completion tokens: a job of 10 tokens is estimated at
 /// $0.001, so a $0.01 budget fits ten.
-const PRICED: &str = "
+pub(crate) const PRICED: &str = "
   - name: tiny-priced
     kind: completion
     price: {completion_per_1k: 0.1}";
@@ -81,7 +81,7 @@ async fn fifty_concurrent_submissions_against_a_budget_for_ten_admit_ten() {
     assert_eq!(post(&stack, free).await.0, 202);
 }
 
-async fn post(stack: &Stack, body: Value) -> (u16, Value) {
+pub(crate) async fn post(stack: &Stack, body: Value) -> (u16, Value) {
     let r = stack
         .http
         .post(stack.broker_url("/v1/jobs"))

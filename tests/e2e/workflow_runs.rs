@@ -9,6 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::auth::{admin_key, call, code, key, options};
+use crate::budgets::{PRICED, post};
 use crate::common::*;
 use crate::workflows::{Api, Call, stack_with, start_run, step};
 
@@ -327,4 +328,97 @@ async fn a_run_s_jobs_count_against_the_key_that_started_it() {
     assert_eq!((status, code(&body)), (429, "rate_limited"), "{body:#}");
     let (status, body) = call(&stack, Method::POST, "/v1/jobs", &free, Some(&job)).await;
     assert_eq!(status, 202, "{body:#}");
+}
+
+/// Two model steps of at most $0.001 each (10 tokens at $0.10 per 1k),
+/// in runs that may spend $0.004.
+const PRICED_RUNS: &str = "
+  - name: priced
+    max_cost_usd: 0.004
+    steps:
+      - id: first
+        model: {name: tiny-priced, input: {prompt: '{{ input.text }}', max_tokens: 10}}
+      - id: second
+        needs: [first]
+        model: {name: tiny-priced, input: {prompt: 'again', max_tokens: 10}}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_reserves_its_most_cost_at_its_start_and_its_steps_draw_on_it() {
+    let mut stack = Stack::new(StackOptions {
+        workflows: PRICED_RUNS,
+        extra_models: PRICED,
+        tenants: "[{name: capped, budget: {usd: 0.01, period: day}}]",
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_workflows("wf1", &[]);
+    let run = json!({"tenant": "capped", "input": {"text": "hello"}});
+    let job = json!({"model": "tiny-priced", "tenant": "capped",
+                     "input": {"prompt": "p", "max_tokens": 10}});
+
+    // No node yet: the run's first step waits, and the run holds $0.004.
+    let (status, held) = start_run(&stack, "priced", run.clone(), 0).await;
+    assert_eq!(status, 202, "{held:#}");
+    let path = format!("/v1/workflows/runs/{}", held["id"].as_str().unwrap());
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let (_, run) = stack.get_json(&path).await;
+            let first = &step(&run, "first")["attempts"][0]["job"];
+            so(first["status"] == "queued", || format!("{run:#}"))
+        },
+    )
+    .await;
+    // So $0.006 are left for jobs: six of $0.001, not nine.
+    let mut admitted = Vec::new();
+    loop {
+        let (status, body) = post(&stack, job.clone()).await;
+        if status != 202 {
+            assert_eq!((status, code(&body)), (402, "budget_exceeded"), "{body:#}");
+            break;
+        }
+        admitted.push(body["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(admitted.len(), 6);
+    // And no room for another run's $0.004.
+    let (status, refused) = start_run(&stack, "priced", run.clone(), 0).await;
+    assert_eq!(
+        (status, code(&refused)),
+        (402, "budget_exceeded"),
+        "{refused:#}"
+    );
+
+    // The budget is full, yet the run's second step draws on what the run
+    // holds: the run completes.
+    stack.start_simulated_agent("node-a", "tiny-priced");
+    let done = eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            let (_, run) = stack.get_json(&path).await;
+            so(run["status"] != "running", || format!("{run:#}")).map(|()| run)
+        },
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    stack
+        .wait_finished(&admitted, Duration::from_secs(60))
+        .await;
+
+    // Spent: eight jobs of $0.001. The run's end gave back the $0.002 its
+    // steps did not draw: two more jobs fit, not a third.
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let (status, body) = post(&stack, job.clone()).await;
+            so(status == 202, || format!("{status} {body:#}"))
+        },
+    )
+    .await;
+    assert_eq!(post(&stack, job.clone()).await.0, 202);
+    let (status, body) = post(&stack, job).await;
+    assert_eq!((status, code(&body)), (402, "budget_exceeded"), "{body:#}");
 }

@@ -23,6 +23,19 @@ pub struct WorkflowSpec {
     /// The output of the last step declared when absent.
     #[serde(default)]
     pub output: Option<Value>,
+    /// The most one run may spend, in US dollars. For a tenant with a
+    /// budget, a run reserves it when it starts and its model steps' jobs
+    /// draw their reservations from it; what is left is given back at its
+    /// end.
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
+}
+
+impl WorkflowSpec {
+    /// `max_cost_usd` in millionths of a dollar.
+    pub fn max_cost_micros(&self) -> Option<i64> {
+        self.max_cost_usd.map(|usd| (usd * 1e6).round() as i64)
+    }
 }
 
 fn first_version() -> u32 {

@@ -179,6 +179,10 @@ fn every_invalid_definition_is_refused_with_the_path_of_its_field() {
             "steps: []",
             "workflows[0].steps = 0: declare 1 to 100 steps",
         ),
+        (
+            "max_cost_usd: 0, steps: [{id: a, transform: 1}]",
+            "workflows[0].max_cost_usd = 0.0: must be more than 0",
+        ),
     ];
     for (steps, want) in cases {
         let (workflows, issues) = load(&format!("workflows:\n  - {{name: w, {steps}}}\n"));

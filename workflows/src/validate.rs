@@ -18,6 +18,9 @@ const ROOTS: [&str; 3] = ["input", "steps", "run"];
 const HEADER_ROOTS: [&str; 4] = ["input", "steps", "run", "secrets"];
 
 const MAX_STEPS: usize = 100;
+/// A run's `max_cost_usd` at most: far past any one run, and well inside
+/// what the budgets' millionths of a dollar count.
+const MAX_COST_USD: f64 = 1e9;
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
 /// One workflow version, checked, with its steps in an order that puts
@@ -201,6 +204,14 @@ impl Check<'_> {
             spec.version,
             "must be at least 1",
         );
+        if let Some(usd) = spec.max_cost_usd {
+            issues.check(
+                usd.is_finite() && usd > 0.0 && usd <= MAX_COST_USD,
+                &format!("{field}.max_cost_usd"),
+                usd,
+                &format!("must be more than 0 and at most {MAX_COST_USD}"),
+            );
+        }
         issues.check(
             (1..=MAX_STEPS).contains(&spec.steps.len()),
             &format!("{field}.steps"),

@@ -128,14 +128,22 @@ impl Budgets {
     }
 
     /// The reservation of `micros` a job of `tenant` needs, if the tenant
-    /// has a budget.
-    pub fn reservation(&self, tenant: &str, micros: i64, now_ms: i64) -> Option<Reservation> {
+    /// has a budget; a job of workflow run `run` draws on the run's own
+    /// first (and `run`'s own reservation is made with it).
+    pub fn reservation(
+        &self,
+        tenant: &str,
+        micros: i64,
+        now_ms: i64,
+        run: Option<&str>,
+    ) -> Option<Reservation> {
         let budget = self.limits.get(tenant)?;
         Some(Reservation {
             tenant: tenant.to_owned(),
             period_start_ms: period_start(budget.period, now_ms),
             micros,
             limit_micros: (budget.usd * 1e6).round() as i64,
+            run: run.map(str::to_owned),
         })
     }
 }

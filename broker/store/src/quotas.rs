@@ -27,6 +27,15 @@ pub struct Reservation {
     pub period_start_ms: i64,
     pub micros: i64,
     pub limit_micros: i64,
+    /// The workflow run whose own reservation a job of it draws on first,
+    /// if the run holds one (see [`Quotas::reserve_run`]).
+    pub run: Option<String>,
+}
+
+/// The key of a workflow run's reservation, beside jobs' (whose ids have
+/// no colon).
+pub fn run_reservation(run_id: &str) -> String {
+    format!("run:{run_id}")
 }
 
 /// What an admitted job holds until it ends: a place of each holder's
@@ -95,4 +104,11 @@ pub trait Quotas: Send + Sync {
     /// freed. A job holding neither is skipped, so settling twice changes
     /// nothing.
     async fn settle(&self, jobs: &[Settlement]) -> Result<(), StoreError>;
+    /// Reserves a workflow run's most cost for the whole run, as a job's
+    /// is reserved (`r.run` is the run); `None` when reserved (or held
+    /// already), otherwise what is left of the budget. Its jobs draw their
+    /// own reservations from it, and its end gives the rest back
+    /// ([`RunRecords::apply_runs`](crate::runs::RunRecords::apply_runs)),
+    /// as settling `run:<id>` at no cost does.
+    async fn reserve_run(&self, r: &Reservation) -> Result<Option<i64>, StoreError>;
 }

@@ -11,7 +11,9 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use switchyard_runtime::attempts::{StoredResult, read_result};
-use switchyard_schemas::{AdmitReply, ErrorClass, JobResult, Outcome, now_ms, subjects};
+use switchyard_schemas::{
+    AdmitReply, ErrorClass, JobResult, Outcome, WORKFLOW_RUN, now_ms, subjects,
+};
 
 use super::metrics as m;
 use super::{Engine, http_step, worker};
@@ -283,7 +285,7 @@ async fn model(engine: &Engine, run: &RunHeader, job: Job<'_>) -> Result<Value, 
         "model": input["model"],
         "input": input["input"],
         "tenant": run.tenant,
-        "metadata": {"workflow": run.workflow, "workflow_run": run.id},
+        "metadata": {"workflow": run.workflow, WORKFLOW_RUN: run.id},
     });
     if streamed {
         submission["stream"] = json!(true);

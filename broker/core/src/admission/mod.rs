@@ -14,8 +14,8 @@ use switchyard_runtime::Registry;
 use switchyard_runtime::grants::Grants;
 use switchyard_runtime::nats;
 use switchyard_schemas::{
-    Job, JobResult, Priority, SCHEMA_VERSION, Submission, Timeline, UsageEvent, encode, now_ms,
-    subjects,
+    Job, JobResult, Priority, SCHEMA_VERSION, Submission, Timeline, UsageEvent, WORKFLOW_RUN,
+    encode, now_ms, subjects,
 };
 use tracing::{debug, warn};
 
@@ -27,7 +27,7 @@ use crate::metrics as m;
 use crate::pii::Pii;
 use crate::webhooks::Webhooks;
 use batched::Batched;
-use switchyard_store::quotas::{Holds, Settlement};
+use switchyard_store::quotas::{Holds, Settlement, run_reservation};
 use switchyard_store::{Inserted, JobStore, Source, StoreError};
 
 /// Why a submission was refused. Each variant has a stable code; the HTTP
@@ -57,7 +57,7 @@ pub enum Rejection {
     /// The tenant's budget for this period has no room for the job's
     /// estimated cost.
     #[error(
-        "tenant {tenant:?} has not ${left:.6} left of its budget for a job estimated at ${estimate:.6}"
+        "tenant {tenant:?} has not ${left:.6} left of its budget for work estimated at ${estimate:.6}"
     )]
     OverBudget {
         tenant: String,
@@ -187,6 +187,43 @@ impl Admitter {
         &self.registry
     }
 
+    /// Reserves the most a workflow run of `tenant` may cost, for the whole
+    /// run, if the tenant has a budget: its jobs draw on it, so a run that
+    /// started is not refused half-way for want of budget. Refused as a
+    /// job over budget is.
+    pub async fn reserve_run(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        micros: i64,
+    ) -> Result<(), SubmitError> {
+        let Some(r) = self
+            .budgets
+            .reservation(tenant, micros, now_ms(), Some(run_id))
+        else {
+            return Ok(());
+        };
+        match self.store.reserve_run(&r).await? {
+            None => Ok(()),
+            Some(left) => Err(Rejection::OverBudget {
+                tenant: tenant.to_owned(),
+                left: left as f64 / 1e6,
+                estimate: micros as f64 / 1e6,
+            }
+            .into()),
+        }
+    }
+
+    /// Gives back what is left of a run's reservation (a run that was not
+    /// kept after all).
+    pub async fn release_run(&self, run_id: &str) -> Result<(), StoreError> {
+        let rest = Settlement {
+            job_id: run_reservation(run_id),
+            cost_micros: 0,
+        };
+        self.store.settle(&[rest]).await
+    }
+
     pub fn store(&self) -> &Arc<dyn JobStore> {
         &self.store
     }
@@ -247,6 +284,7 @@ impl Admitter {
                 &job.tenant,
                 budget::estimate(&self.registry, &job),
                 now_ms(),
+                job.metadata.get(WORKFLOW_RUN).map(String::as_str),
             ),
         };
         // Recorded first, with what the job holds, in one transaction: a
@@ -397,9 +435,12 @@ impl Admitter {
         );
         let holds = Holds {
             places: Vec::new(),
-            reservation: self
-                .budgets
-                .reservation(&job.tenant, charge.cost_micros, now),
+            reservation: self.budgets.reservation(
+                &job.tenant,
+                charge.cost_micros,
+                now,
+                job.metadata.get(WORKFLOW_RUN).map(String::as_str),
+            ),
         };
         match self
             .store

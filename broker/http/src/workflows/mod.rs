@@ -24,6 +24,7 @@ use futures::StreamExt;
 use futures::channel::mpsc;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use switchyard_core::admission::Admitter;
 use switchyard_core::auth::Caller;
 use switchyard_core::watch::Watcher;
 use switchyard_core::webhooks::Webhooks;
@@ -51,6 +52,8 @@ pub(crate) struct RunsState {
     webhooks: Arc<Webhooks>,
     /// Follows the jobs of a run whose tokens a client reads.
     watcher: Watcher,
+    /// Reserves a run's budget.
+    admitter: Admitter,
 }
 
 impl FromRef<ApiState> for RunsState {
@@ -62,6 +65,7 @@ impl FromRef<ApiState> for RunsState {
             store: s.store.clone(),
             webhooks: s.webhooks.clone(),
             watcher: s.calls.watcher().clone(),
+            admitter: s.calls.admitter().clone(),
         }
     }
 }
@@ -119,6 +123,7 @@ fn unavailable(e: RunsError) -> ApiError {
         (status = 200, description = "Ended within `Prefer: wait`: the run", body = Object),
         (status = 404, description = "`not_found`: no such workflow", body = Object),
         (status = 422, description = "`invalid_request`: the input fails the workflow's `input_schema`", body = Object),
+        (status = 402, description = "`budget_exceeded`: the tenant's budget has no room for the workflow's `max_cost_usd`", body = Object),
         (status = 400, description = "`webhook_refused`: the webhook may not be used", body = Object),
         (status = 503, description = "`broker_unavailable`", body = Object),
     ))]
@@ -214,10 +219,21 @@ async fn begin(
         trace: switchyard_runtime::trace::traceparent(),
         stream,
     };
-    s.runs
-        .start(header.clone(), now_ms())
-        .await
-        .map_err(unavailable)?;
+    let budget = workflow.spec.max_cost_micros();
+    if let Some(micros) = budget {
+        s.admitter
+            .reserve_run(&header.tenant, &header.id, micros)
+            .await
+            .map_err(ApiError::Submit)?;
+    }
+    if let Err(e) = s.runs.start(header.clone(), now_ms()).await {
+        if budget.is_some()
+            && let Err(e) = s.admitter.release_run(&header.id).await
+        {
+            tracing::warn!(run = %header.id, error = %e, "a run that was not kept keeps its budget reservation until the period ends");
+        }
+        return Err(unavailable(e));
+    }
     Ok(header)
 }
 

@@ -6,7 +6,9 @@ use sqlx::{Any, Row, Transaction};
 
 use super::SqlStore;
 use crate::StoreError;
-use crate::quotas::{Quotas, Reservation, Settlement, Take, TokenRates, key_holder};
+use crate::quotas::{
+    Quotas, Reservation, Settlement, Take, TokenRates, key_holder, run_reservation,
+};
 
 #[async_trait]
 impl Quotas for SqlStore {
@@ -100,30 +102,59 @@ impl Quotas for SqlStore {
                     .execute(&mut *tx)
                     .await?;
             }
-            let Some(held) = sqlx::query(
-                "DELETE FROM reservations WHERE job_id = $1 RETURNING tenant, period_start, micros",
-            )
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            else {
-                continue;
-            };
-            sqlx::query(
-                "UPDATE budgets SET reserved_micros = reserved_micros - $3,
-                    spent_micros = spent_micros + $4
-                 WHERE tenant = $1 AND period_start = $2",
-            )
-            .bind(held.try_get::<String, _>("tenant")?)
-            .bind(held.try_get::<i64, _>("period_start")?)
-            .bind(held.try_get::<i64, _>("micros")?)
-            .bind(spent)
-            .execute(&mut *tx)
-            .await?;
+            release(&mut tx, id, *spent).await?;
         }
         tx.commit().await?;
         Ok(())
     }
+
+    async fn reserve_run(&self, r: &Reservation) -> Result<Option<i64>, StoreError> {
+        let Some(run) = &r.run else {
+            return Ok(None);
+        };
+        let mut tx = self.pool().begin().await?;
+        let tenant_wide = Reservation {
+            run: None,
+            ..r.clone()
+        };
+        let left = reserve(&mut tx, &run_reservation(run), &tenant_wide).await?;
+        match left {
+            None => tx.commit().await?,
+            Some(_) => tx.rollback().await?,
+        }
+        Ok(left)
+    }
+}
+
+/// Ends the reservation held under `key` (a job's id, or a run's
+/// `run:<id>`): `spent` of it is spent and the rest given back. Nothing
+/// when it holds none.
+pub(super) async fn release(
+    tx: &mut Transaction<'_, Any>,
+    key: &str,
+    spent: i64,
+) -> Result<(), StoreError> {
+    let Some(held) = sqlx::query(
+        "DELETE FROM reservations WHERE job_id = $1 RETURNING tenant, period_start, micros",
+    )
+    .bind(key)
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(());
+    };
+    sqlx::query(
+        "UPDATE budgets SET reserved_micros = reserved_micros - $3,
+            spent_micros = spent_micros + $4
+         WHERE tenant = $1 AND period_start = $2",
+    )
+    .bind(held.try_get::<String, _>("tenant")?)
+    .bind(held.try_get::<i64, _>("period_start")?)
+    .bind(held.try_get::<i64, _>("micros")?)
+    .bind(spent)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Gives a job one place of each holder's most for jobs not yet ended;
@@ -163,7 +194,9 @@ pub(super) async fn take_places(
 
 /// Reserves `r.micros` of a tenant's budget for a job unless reserved plus
 /// spent would pass the limit; a job that holds a reservation keeps it.
-/// `None` when reserved; otherwise what is left, and the caller rolls back.
+/// A job of a workflow run draws from the run's reservation instead while
+/// that has room for it. `None` when reserved; otherwise what is left, and
+/// the caller rolls back.
 pub(super) async fn reserve(
     tx: &mut Transaction<'_, Any>,
     job_id: &str,
@@ -181,6 +214,11 @@ pub(super) async fn reserve(
     .execute(&mut **tx)
     .await?;
     if new.rows_affected() == 0 {
+        return Ok(None);
+    }
+    if let Some(run) = &r.run
+        && draw(tx, job_id, &run_reservation(run), r).await?
+    {
         return Ok(None);
     }
     sqlx::query(
@@ -215,4 +253,35 @@ pub(super) async fn reserve(
     .fetch_one(&mut **tx)
     .await?;
     Ok(Some(left.max(0)))
+}
+
+/// Moves a job's reservation out of its run's, if the run holds one with
+/// room for it: the budget's total stays, and the job's is counted in the
+/// run's period. False otherwise: the job reserves from the budget as any
+/// job does.
+async fn draw(
+    tx: &mut Transaction<'_, Any>,
+    job_id: &str,
+    run_key: &str,
+    r: &Reservation,
+) -> Result<bool, StoreError> {
+    let drawn: Option<i64> = sqlx::query_scalar(
+        "UPDATE reservations SET micros = micros - $3
+         WHERE job_id = $1 AND tenant = $2 AND micros >= $3
+         RETURNING period_start",
+    )
+    .bind(run_key)
+    .bind(&r.tenant)
+    .bind(r.micros)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(period_start) = drawn else {
+        return Ok(false);
+    };
+    sqlx::query("UPDATE reservations SET period_start = $2 WHERE job_id = $1")
+        .bind(job_id)
+        .bind(period_start)
+        .execute(&mut **tx)
+        .await?;
+    Ok(true)
 }

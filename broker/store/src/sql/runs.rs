@@ -6,8 +6,9 @@ use sqlx::any::AnyRow;
 use switchyard_schemas::{WebhookEvent, WebhookTarget};
 
 use super::outbox::insert_delivery;
-use super::{Page, SqlStore, int, page};
+use super::{Page, SqlStore, int, page, quotas};
 use crate::StoreError;
+use crate::quotas::run_reservation;
 use crate::runs::{NewDelivery, RunEnd, RunFilter, RunRecords, RunRow};
 
 fn run(row: &AnyRow) -> Result<RunRow, StoreError> {
@@ -88,6 +89,10 @@ impl RunRecords for SqlStore {
             .bind(from)
             .execute(&mut *tx)
             .await?;
+            if !reopen {
+                // What its jobs did not draw of the run's reservation.
+                quotas::release(&mut tx, &run_reservation(&e.id), 0).await?;
+            }
             let row = sqlx::query("SELECT * FROM workflow_runs WHERE id = $1")
                 .bind(&e.id)
                 .fetch_optional(&mut *tx)

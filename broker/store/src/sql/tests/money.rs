@@ -1,6 +1,8 @@
 //! The usage ledger, rate limits, queue places and budget reservations.
 
 use super::*;
+use crate::runs::{RunEnd, RunRecords};
+use sqlx::Row;
 
 #[tokio::test]
 async fn usage_is_recorded_once_per_attempt() {
@@ -152,6 +154,7 @@ async fn a_job_is_recorded_with_its_places_and_reservation_or_not_at_all() {
             period_start_ms: 0,
             micros: 600,
             limit_micros: 1_000,
+            run: None,
         }),
     };
     assert_eq!(insert("g", budget("g")).await, Inserted::New);
@@ -163,4 +166,94 @@ async fn a_job_is_recorded_with_its_places_and_reservation_or_not_at_all() {
         ..job("g")
     };
     assert_eq!(add(&s, &other, Source::Http).await, Inserted::OtherTenant);
+}
+
+#[tokio::test]
+async fn a_run_s_jobs_draw_on_its_reservation_and_its_end_gives_the_rest_back() {
+    let (s, _dir) = store().await;
+    let reservation = |micros, run: Option<&str>| Reservation {
+        tenant: job("x").tenant,
+        period_start_ms: 0,
+        micros,
+        limit_micros: 2_000,
+        run: run.map(str::to_owned),
+    };
+    let budget = || async {
+        let row = sqlx::query("SELECT reserved_micros, spent_micros FROM budgets")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        let reserved: i64 = row.try_get("reserved_micros").unwrap();
+        let spent: i64 = row.try_get("spent_micros").unwrap();
+        (reserved, spent)
+    };
+    let insert = |id: &'static str, r: Reservation| {
+        let s = &s;
+        let holds = Holds {
+            places: Vec::new(),
+            reservation: Some(r),
+        };
+        async move {
+            s.insert(&job(id), Source::Nats, ESTIMATE, &holds)
+                .await
+                .unwrap()
+        }
+    };
+    let run = reservation(1_500, Some("r1"));
+    assert_eq!(s.reserve_run(&run).await.unwrap(), None);
+    // The same run again (its start repeated) holds it once.
+    assert_eq!(s.reserve_run(&run).await.unwrap(), None);
+    assert_eq!(budget().await, (1_500, 0));
+    // A second run has no room left beside the first.
+    let other = reservation(1_000, Some("r2"));
+    assert_eq!(s.reserve_run(&other).await.unwrap(), Some(500));
+
+    // Its jobs draw on the run's, not on what is left of the budget.
+    assert_eq!(
+        insert("a", reservation(1_000, Some("r1"))).await,
+        Inserted::New
+    );
+    assert_eq!(budget().await, (1_500, 0));
+    assert_eq!(
+        insert("c", reservation(400, Some("r1"))).await,
+        Inserted::New
+    );
+    // One the run's has no room left for reserves from the budget, as any
+    // job does.
+    assert_eq!(
+        insert("e", reservation(200, Some("r1"))).await,
+        Inserted::New
+    );
+    assert_eq!(budget().await, (1_700, 0));
+    assert_eq!(
+        insert("b", reservation(400, Some("r1"))).await,
+        Inserted::OverBudget(300)
+    );
+    s.settle(&[Settlement {
+        job_id: "a".into(),
+        cost_micros: 300,
+    }])
+    .await
+    .unwrap();
+    assert_eq!(budget().await, (700, 300));
+
+    // Its end gives back what no job drew; a job of a run that holds
+    // nothing reserves from the budget as any job.
+    s.apply_runs(
+        &[],
+        &[RunEnd {
+            id: "r1".into(),
+            status: "failed".into(),
+            at_ms: 1,
+            error: None,
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(budget().await, (600, 300));
+    assert_eq!(
+        insert("d", reservation(1_000, Some("r1"))).await,
+        Inserted::New
+    );
+    assert_eq!(budget().await, (1_600, 300));
 }
