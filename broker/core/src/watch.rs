@@ -118,7 +118,11 @@ impl Watch {
         let Some(chunks) = &mut self.chunks else {
             return self.result(deadline).await.map(Event::Result);
         };
+        // The node sends its chunks before its result, and they come in
+        // that order: the chunks waiting are taken first, so none is left
+        // behind when the result arrives with them.
         tokio::select! {
+            biased;
             Some(msg) = chunks.next() => match decode::<StreamChunk>(&msg.payload) {
                 Ok(chunk) if self.stored.grants.vouches_chunk(&chunk) => Some(Event::Chunk(chunk)),
                 _ => Some(Event::Noise),

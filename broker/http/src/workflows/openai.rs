@@ -185,7 +185,10 @@ async fn follow(
         .ok();
     loop {
         let look = deadline.min(Instant::now() + Duration::from_secs(1));
+        // The job's chunks first: they were sent before its result, and
+        // so before the run's end.
         tokio::select! {
+            biased;
             event = next(&mut job, deadline) => match event {
                 Some(Event::Chunk(chunk)) => {
                     let Some(delta) = text.take(&chunk) else { continue };
