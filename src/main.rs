@@ -12,7 +12,8 @@ use switchyard_broker::BrokerConfig;
 use switchyard_dispatcher::DispatcherConfig;
 use switchyard_gpu_agent::AgentConfig;
 use switchyard_runtime::{
-    Issues, ModelSpec, NatsConfig, Registry, TenantSpec, Tenants, config, shutdown, telemetry,
+    AliasSpec, Issues, ModelSpec, NatsConfig, Registry, TenantSpec, Tenants, config, shutdown,
+    telemetry,
 };
 use switchyard_workflows::engine::{self, EngineConfig};
 use switchyard_workflows::{WorkflowSpec, Workflows};
@@ -142,6 +143,8 @@ struct FileConfig {
     #[serde(default)]
     models: Vec<ModelSpec>,
     #[serde(default)]
+    aliases: Vec<AliasSpec>,
+    #[serde(default)]
     tenants: Vec<TenantSpec>,
     #[serde(default)]
     workflows: Vec<WorkflowSpec>,
@@ -175,7 +178,8 @@ fn validate(
 ) -> Result<(Registry, Tenants, Workflows), config::ConfigError> {
     let mut issues = Issues::default();
     file.nats.validate(&mut issues);
-    let registry = Registry::new(&file.models, &mut issues);
+    let registry =
+        Registry::new(&file.models, &mut issues).with_aliases(&file.aliases, &mut issues);
     let tenants = Tenants::new(&file.tenants, &mut issues);
     // Definitions are checked by every role: a bad one is refused before
     // any component starts with it.

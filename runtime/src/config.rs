@@ -325,6 +325,8 @@ fn default_max_attempts() -> u32 {
 pub struct Registry {
     models: HashMap<String, ModelSpec>,
     order: Vec<String>,
+    /// The stable names that point at models (`aliases.rs`).
+    pub(crate) aliases: crate::aliases::Aliases,
 }
 
 impl Registry {
@@ -415,10 +417,10 @@ pub fn check_id(issues: &mut Issues, field: &str, value: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn spec(name: &str) -> ModelSpec {
+    pub(crate) fn spec(name: &str) -> ModelSpec {
         ModelSpec {
             name: name.into(),
             kind: ModelKind::Chat,

@@ -316,6 +316,10 @@ mod tests {
                 ..job.clone()
             },
             Job {
+                alias: Some("other".into()),
+                ..job.clone()
+            },
+            Job {
                 id: "k".into(),
                 ..job.clone()
             },

@@ -2,6 +2,7 @@
 //! validation, the NATS connection and stream set-up, the ops HTTP endpoints
 //! (`/metrics`, `/healthz`, `/readyz`), logging, and shutdown on SIGTERM.
 
+pub mod aliases;
 pub mod attempts;
 pub mod config;
 pub mod grants;
@@ -15,6 +16,7 @@ pub mod telemetry;
 pub mod tenants;
 pub mod trace;
 
+pub use aliases::{AliasSpec, Routed, Sticky, StickyKeys};
 pub use config::{
     CacheSpec, ConfigError, Issues, ModelKind, ModelSpec, NatsConfig, PiiPolicy, Price, Registry,
 };

@@ -14,6 +14,7 @@ impl Job {
             v: SCHEMA_VERSION,
             id: id.to_owned(),
             model: "m".into(),
+            alias: None,
             tenant: "t".into(),
             priority: Priority::Normal,
             input: JobInput::Completion(CompletionInput {

@@ -266,7 +266,11 @@ impl JobInput {
 pub struct Job {
     pub v: u16,
     pub id: String,
+    /// The model that serves it (for an alias, the version it was given).
     pub model: String,
+    /// The alias it was asked for by, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
     #[serde(default = "default_tenant")]
     pub tenant: String,
     pub priority: Priority,

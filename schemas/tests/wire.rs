@@ -17,6 +17,7 @@ fn job() -> Job {
         v: SCHEMA_VERSION,
         id: "0192f3a4-0000-7000-8000-000000000001".into(),
         model: "tiny-chat".into(),
+        alias: None,
         tenant: "acme".into(),
         priority: Priority::High,
         input: JobInput::Chat(ChatInput {

@@ -83,9 +83,51 @@ async fn the_curl_tour_in_the_api_doc_runs() {
 
 /// The first ```yaml block of a markdown file.
 fn yaml_block(markdown: &str) -> String {
-    let start = markdown.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
-    let len = markdown[start..].find("```").expect("closed block");
-    markdown[start..start + len].to_owned()
+    yaml_blocks(markdown).remove(0)
+}
+
+/// Every ```yaml block of a markdown file, in order.
+fn yaml_blocks(markdown: &str) -> Vec<String> {
+    markdown
+        .split("```yaml\n")
+        .skip(1)
+        .map(|rest| rest[..rest.find("```").expect("closed block")].to_owned())
+        .collect()
+}
+
+/// Runs `switchyard check-config` on `yaml`.
+fn check_config(dir: &std::path::Path, yaml: &str) -> std::process::Output {
+    let path = dir.join("switchyard.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run switchyard")
+}
+
+#[test]
+fn the_aliases_in_the_docs_load_and_weights_that_miss_100_are_refused() {
+    let doc = std::fs::read_to_string(crate::common::repo_root().join("docs/models.md"))
+        .expect("docs/models.md");
+    let dir = tempfile::tempdir().unwrap();
+    let example = yaml_blocks(&doc).concat();
+    let ok = check_config(dir.path(), &example);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = check_config(
+        dir.path(),
+        &example.replacen("weight: 10}", "weight: 20}", 1),
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("aliases[0].targets = 110: the weights must sum to 100"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -94,14 +136,8 @@ fn the_workflow_in_the_docs_loads_and_a_cycle_in_it_is_refused_by_its_path() {
         .expect("docs/workflows.md");
     let dir = tempfile::tempdir().unwrap();
     let check = |workflows: &str| {
-        let path = dir.path().join("switchyard.yaml");
         let models = "models:\n  - {name: llama-3-8b, kind: chat}\n";
-        std::fs::write(&path, format!("{models}{workflows}")).unwrap();
-        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .output()
-            .expect("run switchyard")
+        check_config(dir.path(), &format!("{models}{workflows}"))
     };
     let example = yaml_block(&doc);
     let ok = check(&example);

@@ -14,6 +14,7 @@
 
 mod common;
 
+mod aliases;
 mod auth;
 mod autoscaling;
 mod bad_input;

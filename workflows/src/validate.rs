@@ -95,7 +95,7 @@ fn answering(spec: &WorkflowSpec, registry: &Registry) -> Option<String> {
     let Ok(Action::Model(m)) = step.action() else {
         return None;
     };
-    let chat = registry.get(&m.name)?.kind == ModelKind::Chat;
+    let chat = registry.kind_of(&m.name)? == ModelKind::Chat;
     chat.then(|| step.id.clone())
 }
 
@@ -359,7 +359,7 @@ impl Check<'_> {
         match action {
             Action::Model(m) => {
                 issues.check(
-                    self.registry.get(&m.name).is_some(),
+                    self.registry.kind_of(&m.name).is_some(),
                     &format!("{at}.model.name"),
                     &m.name,
                     "no model of the registry has this name",

@@ -163,6 +163,7 @@ mod tests {
             v: SCHEMA_VERSION,
             id: "a".into(),
             model: "m".into(),
+            alias: None,
             tenant: "t".into(),
             priority: Priority::Normal,
             input: JobInput::Completion(CompletionInput {

@@ -191,17 +191,21 @@ impl Calls {
         let Some(cache) = &self.cache else {
             return Ok((Lookup::unused(), None));
         };
-        let spec = self
+        let registry = self.admitter.registry();
+        let cached = |model: &str| registry.get(model).and_then(|s| s.cache.as_ref());
+        if cached(&req.submission.model).is_none() && registry.get(&req.submission.model).is_some()
+        {
+            return Ok((Lookup::unused(), None));
+        }
+        // Under the call's own id: an alias gives the lookup the version
+        // it gives the job.
+        let job = self
             .admitter
-            .registry()
-            .get(&req.submission.model)
-            .and_then(|s| s.cache.as_ref());
+            .validate(req.submission.clone(), req.priority, req.id.clone())?;
+        let spec = cached(&job.model);
         if spec.is_none() {
             return Ok((Lookup::unused(), None));
         }
-        let job = self
-            .admitter
-            .validate(req.submission.clone(), req.priority, "lookup".into())?;
         Ok(cache.look_up(spec, &job, req.bypass_cache).await)
     }
 

@@ -146,11 +146,11 @@ pub fn parse(
 /// The model must be of the endpoint's kind: a chat model is not asked for
 /// embeddings.
 fn check_kind(registry: &Registry, model: &str, endpoint: Endpoint) -> Result<(), Rejection> {
-    let Some(spec) = registry.get(model) else {
+    let Some(kind) = registry.kind_of(model) else {
         return Err(Rejection::UnknownModel(model.to_owned()));
     };
     let fits = matches!(
-        (endpoint, spec.kind),
+        (endpoint, kind),
         (Endpoint::Chat, ModelKind::Chat)
             | (Endpoint::Completion, ModelKind::Completion)
             | (Endpoint::Embedding, ModelKind::Embedding)
@@ -158,8 +158,7 @@ fn check_kind(registry: &Registry, model: &str, endpoint: Endpoint) -> Result<()
     match fits {
         true => Ok(()),
         false => Err(Rejection::invalid(format!(
-            "model {model:?} is a {:?} model; this endpoint is for {endpoint:?} models",
-            spec.kind
+            "model {model:?} is a {kind:?} model; this endpoint is for {endpoint:?} models"
         ))),
     }
 }

@@ -67,8 +67,8 @@ async fn ready(State(readiness): State<Readiness>) -> StatusCode {
 
 /// A tensor model of the registry, or 404.
 fn tensor_model(s: &CallState, model: &str) -> Result<(), KserveError> {
-    match s.calls.admitter().registry().get(model) {
-        Some(spec) if spec.kind == ModelKind::Tensor => Ok(()),
+    match s.calls.admitter().registry().kind_of(model) {
+        Some(ModelKind::Tensor) => Ok(()),
         _ => Err(Rejection::UnknownModel(model.to_owned()).into()),
     }
 }

@@ -109,17 +109,17 @@ endpoint!(
     Embedding
 );
 
-/// The registry, as OpenAI lists models.
+/// The registry, as OpenAI lists models: its models, then its aliases.
 #[utoipa::path(get, path = "/v1/models", tag = "openai",
     responses((status = 200, description = "`{object: list, data: [{id, object: model, …}]}`", body = Object)))]
 async fn models(State(s): State<OpenAiState>) -> axum::Json<Value> {
-    let data: Vec<Value> = s
-        .call
-        .calls
-        .admitter()
-        .registry()
+    let registry = s.call.calls.admitter().registry();
+    let names = registry
         .iter()
-        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "switchyard"}))
+        .map(|m| &m.name)
+        .chain(registry.aliases().map(|a| &a.name));
+    let data: Vec<Value> = names
+        .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "switchyard"}))
         .collect();
     axum::Json(json!({"object": "list", "data": data}))
 }

@@ -216,7 +216,10 @@ pub struct RejectedJob {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRecord {
     pub id: String,
+    /// The model that served it (for an alias, its version).
     pub model: String,
+    /// The alias it was asked for by, if it was.
+    pub alias: Option<String>,
     pub tenant: String,
     pub priority: String,
     pub source: String,

@@ -28,7 +28,12 @@ struct Transition {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     id: String,
+    /// The model that serves it: for a job asked for by an alias, the
+    /// version the alias gave it.
     model: String,
+    /// The alias it was asked for by, if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alias: Option<String>,
     tenant: String,
     priority: String,
     status: &'static str,
@@ -85,6 +90,7 @@ impl From<JobRecord> for JobView {
             usage: r.usage,
             id: r.id,
             model: r.model,
+            alias: r.alias,
             tenant: r.tenant,
             priority: r.priority,
             source: r.source,

@@ -474,6 +474,8 @@ pub struct StackOptions {
     pub nats_cluster: bool,
     /// YAML list of workflow definitions.
     pub workflows: &'static str,
+    /// YAML list of model aliases.
+    pub aliases: &'static str,
 }
 
 impl Default for StackOptions {
@@ -495,6 +497,7 @@ impl Default for StackOptions {
             nats_accounts: false,
             nats_cluster: false,
             workflows: "[]",
+            aliases: "[]",
         }
     }
 }
@@ -554,6 +557,7 @@ models:
     max_tokens: 64
     default_max_tokens: 8
 {extra_models}
+aliases: {aliases}
 tenants: {tenants}
 workflows: {workflows}
 workflow_engine:
@@ -587,6 +591,7 @@ agent:
         aging_bound = opts.aging_bound,
         tenants = opts.tenants,
         workflows = opts.workflows,
+        aliases = opts.aliases,
         placement = opts.placement,
         prefetch = opts.prefetch_per_slot,
         broker_extra = opts.broker_extra,

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use serde::de::DeserializeOwned;
-use switchyard_runtime::{ModelKind, ModelSpec, Registry};
+use switchyard_runtime::{ModelKind, ModelSpec, Registry, Routed, StickyKeys};
 use switchyard_schemas::redact::{shown, without_values};
 use switchyard_schemas::{
     ChatInput, CompletionInput, DEFAULT_TENANT, EmbeddingInput, Job, JobInput, Priority,
@@ -41,9 +41,15 @@ pub fn validate(
             shown(&tenant)
         )));
     }
-    let spec = registry
-        .get(&submission.model)
+    let keys = StickyKeys {
+        job_id: &id,
+        tenant: &tenant,
+        user: submission.metadata.get("user").map(String::as_str),
+    };
+    let Routed { spec, alias } = registry
+        .route(&submission.model, keys)
         .ok_or_else(|| Rejection::UnknownModel(submission.model.clone()))?;
+    let alias = alias.map(str::to_owned);
     check_metadata(&submission)?;
     check_limits(&submission)?;
     let size = submission.input.to_string().len();
@@ -64,7 +70,8 @@ pub fn validate(
     Ok(Job {
         v: SCHEMA_VERSION,
         id,
-        model: submission.model,
+        model: spec.name.clone(),
+        alias,
         tenant,
         priority,
         input,

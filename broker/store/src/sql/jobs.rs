@@ -220,8 +220,8 @@ async fn record_job(
     });
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, model, priority, source, status, job, metadata, attempt, created_at,
-            tenant, deadline_at, webhook_url, webhook_events, tokens_estimate, api_key)
-         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+            tenant, deadline_at, webhook_url, webhook_events, tokens_estimate, api_key, alias)
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(&job.id)
@@ -238,6 +238,7 @@ async fn record_job(
     .bind(events)
     .bind(i64::from(tokens_estimate))
     .bind(&job.api_key)
+    .bind(&job.alias)
     .execute(&mut **tx)
     .await?;
     if inserted.rows_affected() == 1 {

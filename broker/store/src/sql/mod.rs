@@ -205,6 +205,7 @@ pub(crate) fn record(row: &AnyRow) -> Result<JobRecord, StoreError> {
             completion_tokens: c,
         }),
         model: row.try_get("model")?,
+        alias: row.try_get("alias")?,
         tenant: row.try_get("tenant")?,
         priority: row.try_get("priority")?,
         source: row.try_get("source")?,
