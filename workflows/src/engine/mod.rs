@@ -276,14 +276,42 @@ async fn hold(engine: Arc<Engine>, msg: jetstream::Message, shutdown: Cancellati
             .await
             .map_err(|e| e.to_string()),
         Err(e) => {
-            // Another try after a pause, by whichever engine takes it.
-            tracing::error!(run, error = %e, "driving the run failed; it is tried again");
-            msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            // Another try after a pause, by whichever engine takes it: in a
+            // rolling upgrade, one whose configuration has the run's
+            // workflow version.
+            let delivered = msg.info().map_or(1, |i| i.delivered);
+            let pause = retry_pause(delivered);
+            tracing::error!(run, error = %e, retry_in_s = pause.as_secs(), "driving the run failed; it is tried again");
+            msg.ack_with(AckKind::Nak(Some(pause)))
                 .await
                 .map_err(|e| e.to_string())
         }
     };
     if let Err(e) = ack {
         tracing::warn!(run, error = %e, "answering the run's ticket");
+    }
+}
+
+/// The pause before a ticket whose run could not be driven is tried again,
+/// after its `delivered`-th delivery: a second, doubled each time, at most
+/// a minute, so a run no engine can drive is not retried every second.
+fn retry_pause(delivered: i64) -> Duration {
+    let doublings = u32::try_from(delivered.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(6);
+    Duration::from_secs(1 << doublings).min(Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_cannot_be_driven_is_tried_again_ever_more_slowly_up_to_a_minute() {
+        let pauses: Vec<u64> = [1, 2, 3, 4, 6, 7, 50, i64::MAX]
+            .into_iter()
+            .map(|d| retry_pause(d).as_secs())
+            .collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 32, 60, 60, 60]);
     }
 }
