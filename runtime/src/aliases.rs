@@ -111,7 +111,7 @@ impl Registry {
             spec.targets.len(),
             &format!("declare 1 to {MAX_TARGETS} targets"),
         );
-        let total: u32 = spec.targets.iter().map(|t| t.weight.min(100)).sum();
+        let total: u64 = spec.targets.iter().map(|t| u64::from(t.weight)).sum();
         if !spec.targets.is_empty() {
             issues.check(
                 total == 100,

@@ -190,7 +190,7 @@ impl Runs {
 
     /// Records a request to cancel the run, and tells its engine.
     pub async fn cancel(&self, run_id: &str, at_ms: i64) -> Result<Cancelled, RunsError> {
-        let asked = self
+        let (answer, _) = self
             .append_unless(run_id, RunEvent::CancelRequested { at_ms }, |events| {
                 let has = |f: fn(&RunEvent) -> bool| events.iter().any(f);
                 let done = has(|e| matches!(e, RunEvent::Finished { .. }));
@@ -203,7 +203,7 @@ impl Runs {
                 }
             })
             .await?;
-        if let Appended::Already(outcome) = asked {
+        if let Some(outcome) = answer {
             return Ok(outcome);
         }
         let poke = self.js.publish(poke_subject(run_id), "".into()).await;
@@ -217,41 +217,39 @@ impl Runs {
     /// compensations run again, driven by an engine as any run. A replay
     /// whose ticket was not kept is completed by asking again.
     pub async fn replay(&self, run_id: &str, at_ms: i64) -> Result<Replay, RunsError> {
-        let asked = self
+        let (answer, mut events) = self
             .append_unless(run_id, RunEvent::Replayed { at_ms }, |events| {
-                let last_end = events
+                let Some(end) = events
                     .iter()
-                    .rposition(|e| matches!(e, RunEvent::Finished { .. }));
-                let replayed = |end: usize| {
-                    events[end..]
-                        .iter()
-                        .any(|e| matches!(e, RunEvent::Replayed { .. }))
+                    .rposition(|e| matches!(e, RunEvent::Finished { .. }))
+                else {
+                    return Some(match events.is_empty() {
+                        true => Replay::NotFound,
+                        false => Replay::NotDeadLettered,
+                    });
                 };
-                match (events.is_empty(), last_end.map(|i| (i, &events[i]))) {
-                    (true, _) => Some(Replay::NotFound),
-                    (false, Some((i, _))) if replayed(i) => Some(Replay::Replayed),
-                    (
-                        false,
-                        Some((
-                            _,
-                            RunEvent::Finished {
-                                status: RunStatus::FailedCompensation,
-                                ..
-                            },
-                        )),
-                    ) => None,
-                    (false, _) => Some(Replay::NotDeadLettered),
+                if events[end..]
+                    .iter()
+                    .any(|e| matches!(e, RunEvent::Replayed { .. }))
+                {
+                    return Some(Replay::Replayed);
                 }
+                let dead = matches!(
+                    events[end],
+                    RunEvent::Finished {
+                        status: RunStatus::FailedCompensation,
+                        ..
+                    }
+                );
+                (!dead).then_some(Replay::NotDeadLettered)
             })
             .await?;
-        let events = match asked {
-            Appended::Already(Replay::Replayed) => self.journal.read(run_id).await?.events,
-            Appended::Already(outcome) => return Ok(outcome),
-            Appended::Now(mut events) => {
-                events.push(RunEvent::Replayed { at_ms });
-                events
-            }
-        };
+        match answer {
+            // Replayed before: its ticket is kept again, in case it was not.
+            Some(Replay::Replayed) => {}
+            Some(outcome) => return Ok(outcome),
+            None => events.push(RunEvent::Replayed { at_ms }),
+        }
         let Some(RunEvent::Started { run, .. }) = events.first() else {
             return Ok(Replay::NotFound);
         };
@@ -269,18 +267,19 @@ impl Runs {
     }
 
     /// Appends `event` to the run's history unless `answered` finds the
-    /// answer in the history as it is; the history it was appended to.
-    /// Each round loses only to an engine that appended in between.
+    /// answer in the history as it is: that answer, if any, and the
+    /// history as read (without `event`). Each round loses only to an
+    /// engine that appended in between.
     async fn append_unless<T>(
         &self,
         run_id: &str,
         event: RunEvent,
         answered: impl Fn(&[RunEvent]) -> Option<T>,
-    ) -> Result<Appended<T>, RunsError> {
+    ) -> Result<(Option<T>, Vec<RunEvent>), RunsError> {
         for _ in 0..20 {
             let read = self.journal.read(run_id).await?;
             if let Some(answer) = answered(&read.events) {
-                return Ok(Appended::Already(answer));
+                return Ok((Some(answer), read.events));
             }
             let event = [event.clone()];
             match self
@@ -288,17 +287,11 @@ impl Runs {
                 .append(run_id, read.last, read.events.len(), &event)
                 .await
             {
-                Ok(_) => return Ok(Appended::Now(read.events)),
+                Ok(_) => return Ok((None, read.events)),
                 Err(JournalError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(RunsError::Busy(run_id.into()))
     }
-}
-
-/// What [`Runs::append_unless`] did.
-enum Appended<T> {
-    Already(T),
-    Now(Vec<RunEvent>),
 }

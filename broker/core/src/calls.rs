@@ -192,9 +192,10 @@ impl Calls {
             return Ok((Lookup::unused(), None));
         };
         let registry = self.admitter.registry();
-        let cached = |model: &str| registry.get(model).and_then(|s| s.cache.as_ref());
-        if cached(&req.submission.model).is_none() && registry.get(&req.submission.model).is_some()
-        {
+        // A model without a cache is not looked up; an alias is resolved
+        // to its version first.
+        let model = registry.get(&req.submission.model);
+        if model.is_some_and(|s| s.cache.is_none()) {
             return Ok((Lookup::unused(), None));
         }
         // Under the call's own id: an alias gives the lookup the version
@@ -202,10 +203,7 @@ impl Calls {
         let job = self
             .admitter
             .validate(req.submission.clone(), req.priority, req.id.clone())?;
-        let spec = cached(&job.model);
-        if spec.is_none() {
-            return Ok((Lookup::unused(), None));
-        }
+        let spec = registry.get(&job.model).and_then(|s| s.cache.as_ref());
         Ok(cache.look_up(spec, &job, req.bypass_cache).await)
     }
 

@@ -158,13 +158,7 @@ async fn serve(
     let mut response = match begun {
         Begun::Cached { mut output, .. } => {
             if stream {
-                let (mut tx, rx) = mpsc::channel(64);
-                let replay = async move {
-                    if relay.open(&mut tx).await {
-                        relay.finish(&mut tx, "", output).await;
-                    }
-                };
-                sse(replay, rx)
+                relay.whole(output)
             } else {
                 if base64 {
                     encode_embeddings(&mut output);
@@ -310,6 +304,18 @@ impl Relay {
                 return Relayed::ClientGone;
             }
         }
+    }
+
+    /// A stream of an answer that is whole already: the role, the text in
+    /// one chunk, the end.
+    pub(crate) fn whole(self, output: Value) -> Response {
+        let (mut tx, rx) = mpsc::channel(8);
+        let replay = async move {
+            if self.open(&mut tx).await {
+                self.finish(&mut tx, "", output).await;
+            }
+        };
+        sse(replay, rx)
     }
 
     /// Starts the stream: a chat's first chunk names the role. False if the

@@ -81,6 +81,16 @@ impl Coded for Rejection {
 }
 
 impl Rejection {
+    /// Work estimated at `estimate` micro-dollars, refused by `tenant`'s
+    /// budget with `left` micro-dollars left.
+    fn over_budget(tenant: String, left: i64, estimate: i64) -> Rejection {
+        Rejection::OverBudget {
+            tenant,
+            left: left as f64 / 1e6,
+            estimate: estimate as f64 / 1e6,
+        }
+    }
+
     /// A request refused as invalid, with the reason.
     pub fn invalid(message: impl Into<String>) -> Rejection {
         Rejection::InvalidRequest(message.into())
@@ -205,12 +215,7 @@ impl Admitter {
         };
         match self.store.reserve_run(&r).await? {
             None => Ok(()),
-            Some(left) => Err(Rejection::OverBudget {
-                tenant: tenant.to_owned(),
-                left: left as f64 / 1e6,
-                estimate: micros as f64 / 1e6,
-            }
-            .into()),
+            Some(left) => Err(Rejection::over_budget(tenant.to_owned(), left, micros).into()),
         }
     }
 
@@ -317,11 +322,8 @@ impl Admitter {
                 });
             }
             Inserted::OverBudget(left) => {
-                let over = Rejection::OverBudget {
-                    tenant: job.tenant,
-                    left: left as f64 / 1e6,
-                    estimate: holds.reservation.map_or(0, |r| r.micros) as f64 / 1e6,
-                };
+                let estimate = holds.reservation.map_or(0, |r| r.micros);
+                let over = Rejection::over_budget(job.tenant, left, estimate);
                 reject(&over);
                 return Err(over.into());
             }
@@ -449,12 +451,7 @@ impl Admitter {
         {
             Inserted::New => {}
             Inserted::OverBudget(left) => {
-                return Err(Rejection::OverBudget {
-                    tenant: job.tenant,
-                    left: left as f64 / 1e6,
-                    estimate: charge.cost_micros as f64 / 1e6,
-                }
-                .into());
+                return Err(Rejection::over_budget(job.tenant, left, charge.cost_micros).into());
             }
             // Each call has an id of its own: any other answer is another
             // job's id.

@@ -97,17 +97,10 @@ pub(crate) async fn chat(
             axum::Json(as_completion(&relay, &view)).into_response()
         }
         (true, None) => {
-            let view = ended(&s, &caller, &run.id, s.wait_limit).await?;
             // The run's answer, sent once it is whole.
-            let (mut tx, rx) = mpsc::channel(8);
-            let replay = async move {
-                if relay.open(&mut tx).await {
-                    relay
-                        .finish(&mut tx, "", as_completion(&relay, &view))
-                        .await;
-                }
-            };
-            sse(replay, rx)
+            let view = ended(&s, &caller, &run.id, s.wait_limit).await?;
+            let completion = as_completion(&relay, &view);
+            relay.whole(completion)
         }
     };
     if let Ok(v) = HeaderValue::from_str(&run.id) {
