@@ -23,6 +23,7 @@ use switchyard_core::cancel::{self, Canceller};
 use switchyard_core::config::PepperError;
 use switchyard_core::dead_letters::DeadLetters;
 use switchyard_core::limits::{self, Limits};
+use switchyard_core::models::{self, LiveRegistry, ModelsError};
 use switchyard_core::pii::Pii;
 use switchyard_core::projection::{self, Results};
 use switchyard_core::shares::Shares;
@@ -48,6 +49,8 @@ pub enum BrokerError {
     Pepper(#[from] PepperError),
     #[error("workflow runs: {0}")]
     Runs(#[from] switchyard_workflows::runs::RunsError),
+    #[error("model registry: {0}")]
+    Models(#[from] ModelsError),
 }
 
 const CONSUMER_ACK_WAIT: Duration = Duration::from_secs(30);
@@ -146,6 +149,12 @@ pub async fn run(
     let pii = Arc::new(Pii::new(&cfg.pii, &registry, &tenants)?);
     let limits = Arc::new(Limits::new(&tenants));
     let registry = Arc::new(registry);
+    let live = LiveRegistry::open(
+        nats::models(&js, &nats_cfg).await?,
+        registry.clone(),
+        client.clone(),
+    )
+    .await?;
     let budgets = Arc::new(Budgets::new(&tenants));
     let (admitter, writers) = Admitter::new(Policies {
         registry: registry.clone(),
@@ -247,6 +256,7 @@ pub async fn run(
         runs: runs.clone(),
         workflows: workflows.clone(),
         webhooks: webhooks.clone(),
+        live: live.clone(),
     };
     // Probes and scrapes are answered until the very end, on a token of
     // their own.
@@ -375,6 +385,13 @@ pub async fn run(
         batch,
         store.clone(),
         RunSources { runs, workflows },
+        work.clone(),
+    ));
+    tasks.spawn(live.clone().follow(work.clone()));
+    tasks.spawn(models::drive::run(
+        live,
+        store.clone(),
+        cfg.rollout_interval,
         work.clone(),
     ));
     tasks.spawn(retention::run(

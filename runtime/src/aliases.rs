@@ -5,14 +5,15 @@
 //! retries keep the version it was given.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Issues, ModelKind, ModelSpec, Registry};
 
 /// An alias as the configuration declares it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AliasSpec {
     pub name: String,
@@ -24,7 +25,7 @@ pub struct AliasSpec {
 }
 
 /// One model an alias sends jobs to, and its share of them in percent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     pub model: String,
@@ -32,7 +33,7 @@ pub struct Target {
 }
 
 /// What decides an alias's target for a job.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Sticky {
     /// Each job by its own id.
@@ -56,17 +57,46 @@ pub struct StickyKeys<'a> {
 
 /// A name resolved: the model that serves the job, and the alias it was
 /// asked for by, if it was.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Routed<'a> {
     pub spec: &'a ModelSpec,
-    pub alias: Option<&'a str>,
+    pub alias: Option<String>,
 }
 
-/// The aliases of a registry, checked.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Aliases {
+/// The aliases of a registry, checked, and the revision of the live
+/// registry they came from (0: the configuration's).
+#[derive(Debug, Default)]
+struct Aliases {
     by_name: HashMap<String, AliasSpec>,
     order: Vec<String>,
+    revision: u64,
+}
+
+/// The aliases in force, shared by every clone of a registry: the live
+/// registry's watcher replaces them while the models stay as configured.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Live(Arc<RwLock<Arc<Aliases>>>);
+
+impl Live {
+    fn now(&self) -> Arc<Aliases> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, aliases: Aliases) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(aliases);
+    }
+
+    /// Sets `aliases` unless those in force are of a later revision (a
+    /// watch can deliver a revision this process has already put in force
+    /// itself).
+    fn set_newer(&self, aliases: Aliases) -> bool {
+        let mut now = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let newer = aliases.revision > now.revision;
+        if newer {
+            *now = Arc::new(aliases);
+        }
+        newer
+    }
 }
 
 const MAX_TARGETS: usize = 10;
@@ -76,21 +106,51 @@ const RESERVED_PREFIX: &str = "workflow:";
 impl Registry {
     /// The registry with `specs`' aliases, each checked against its models;
     /// every problem is reported with its field.
-    pub fn with_aliases(mut self, specs: &[AliasSpec], issues: &mut Issues) -> Registry {
-        for (i, spec) in specs.iter().enumerate() {
-            let field = format!("aliases[{i}]");
-            let before = issues.len();
-            self.check_alias(spec, &field, issues);
-            if issues.len() != before {
-                continue;
-            }
-            self.aliases.order.push(spec.name.clone());
-            self.aliases.by_name.insert(spec.name.clone(), spec.clone());
-        }
+    pub fn with_aliases(self, specs: &[AliasSpec], issues: &mut Issues) -> Registry {
+        self.aliases.set(self.checked(specs, 0, issues));
         self
     }
 
-    fn check_alias(&self, spec: &AliasSpec, field: &str, issues: &mut Issues) {
+    /// Puts `specs` in force as the live registry's revision `revision`,
+    /// unless a later one is; an alias with a problem is left out. The
+    /// problems, or None when a later revision stays.
+    pub fn replace_aliases(&self, specs: &[AliasSpec], revision: u64) -> Option<Issues> {
+        let mut issues = Issues::default();
+        let aliases = self.checked(specs, revision, &mut issues);
+        self.aliases.set_newer(aliases).then_some(issues)
+    }
+
+    /// The problems `specs` would have as this registry's aliases.
+    pub fn check_aliases(&self, specs: &[AliasSpec]) -> Issues {
+        let mut issues = Issues::default();
+        self.checked(specs, 0, &mut issues);
+        issues
+    }
+
+    /// The revision of the live registry whose aliases are in force.
+    pub fn alias_revision(&self) -> u64 {
+        self.aliases.now().revision
+    }
+
+    fn checked(&self, specs: &[AliasSpec], revision: u64, issues: &mut Issues) -> Aliases {
+        let mut aliases = Aliases {
+            revision,
+            ..Aliases::default()
+        };
+        for (i, spec) in specs.iter().enumerate() {
+            let field = format!("aliases[{i}]");
+            let before = issues.len();
+            self.check_alias(spec, &aliases, &field, issues);
+            if issues.len() != before {
+                continue;
+            }
+            aliases.order.push(spec.name.clone());
+            aliases.by_name.insert(spec.name.clone(), spec.clone());
+        }
+        aliases
+    }
+
+    fn check_alias(&self, spec: &AliasSpec, taken: &Aliases, field: &str, issues: &mut Issues) {
         let name = &spec.name;
         issues.check(
             !name.is_empty() && name.len() <= 128 && !name.starts_with(RESERVED_PREFIX),
@@ -98,7 +158,7 @@ impl Registry {
             name,
             "must be 1 to 128 bytes, not starting with workflow:",
         );
-        if self.get(name).is_some() || self.aliases.by_name.contains_key(name) {
+        if self.get(name).is_some() || taken.by_name.contains_key(name) {
             issues.push(
                 &format!("{field}.name"),
                 name,
@@ -147,7 +207,8 @@ impl Registry {
         if let Some(spec) = self.get(name) {
             return Some(Routed { spec, alias: None });
         }
-        let alias = self.aliases.by_name.get(name)?;
+        let aliases = self.aliases.now();
+        let alias = aliases.by_name.get(name)?;
         let key = match (alias.sticky, keys.user) {
             (Sticky::Tenant, _) => keys.tenant,
             (Sticky::User, Some(user)) => user,
@@ -161,7 +222,7 @@ impl Registry {
         })?;
         Some(Routed {
             spec: self.get(&target.model)?,
-            alias: Some(&alias.name),
+            alias: Some(alias.name.clone()),
         })
     }
 
@@ -170,18 +231,21 @@ impl Registry {
         match self.get(name) {
             Some(spec) => Some(spec.kind),
             None => {
-                let alias = self.aliases.by_name.get(name)?;
+                let aliases = self.aliases.now();
+                let alias = aliases.by_name.get(name)?;
                 Some(self.get(&alias.targets.first()?.model)?.kind)
             }
         }
     }
 
-    /// Aliases in declaration order.
-    pub fn aliases(&self) -> impl Iterator<Item = &AliasSpec> {
-        self.aliases
+    /// The aliases in force, in declaration order.
+    pub fn aliases(&self) -> Vec<AliasSpec> {
+        let aliases = self.aliases.now();
+        aliases
             .order
             .iter()
-            .filter_map(|n| self.aliases.by_name.get(n))
+            .filter_map(|n| aliases.by_name.get(n).cloned())
+            .collect()
     }
 }
 
@@ -246,7 +310,7 @@ mod tests {
         assert_eq!(issues, "");
         let served = |name: &str, k: StickyKeys<'_>| {
             let routed = r.route(name, k).expect("routed");
-            (routed.spec.name.clone(), routed.alias.map(str::to_owned))
+            (routed.spec.name.clone(), routed.alias)
         };
         let ids: Vec<String> = (0..2_000).map(|i| format!("job-{i}")).collect();
         let on_v2 = ids

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Yaml};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use switchyard_schemas::subjects;
 
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +186,7 @@ impl NatsConfig {
 }
 
 /// What a model takes as input; decides how a job's input is validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelKind {
     Chat,
@@ -326,7 +326,7 @@ pub struct Registry {
     models: HashMap<String, ModelSpec>,
     order: Vec<String>,
     /// The stable names that point at models (`aliases.rs`).
-    pub(crate) aliases: crate::aliases::Aliases,
+    pub(crate) aliases: crate::aliases::Live,
 }
 
 impl Registry {

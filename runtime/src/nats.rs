@@ -203,6 +203,11 @@ pub async fn limits(js: &Context, cfg: &NatsConfig) -> Result<jetstream::kv::Sto
     kv_bucket(js, cfg, subjects::LIMITS_BUCKET, Duration::ZERO).await
 }
 
+/// The bucket of the live model registry; kept until replaced.
+pub async fn models(js: &Context, cfg: &NatsConfig) -> Result<jetstream::kv::Store, NatsError> {
+    kv_bucket(js, cfg, subjects::MODELS_BUCKET, Duration::ZERO).await
+}
+
 /// The bucket of cancelled job ids; a key lives as long as results do.
 pub async fn cancellations(
     js: &Context,

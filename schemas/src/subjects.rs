@@ -37,6 +37,13 @@ pub fn autoscale(model: &str) -> String {
 pub const LIMITS_BUCKET: &str = "limits";
 /// Its key holding the `RunningLimits`.
 pub const RUNNING_LIMITS_KEY: &str = "running";
+/// JetStream KV bucket of the live model registry: its one key holds the
+/// aliases and their rollouts, and its revision is the registry's.
+pub const MODELS_BUCKET: &str = "models";
+pub const MODELS_KEY: &str = "registry";
+/// What happens to rollouts (started, advanced, completed, rolled back),
+/// published for operators' tools.
+pub const MODEL_EVENTS: &str = "sy.models.events";
 /// JetStream KV bucket of the platform's secrets (the grants' key): brokers'
 /// and dispatchers' users may read it, agents' may not.
 pub const SECRETS_BUCKET: &str = "secrets";

@@ -39,6 +39,7 @@ mod nodes;
 mod observability;
 mod pii;
 mod rolling_restart;
+mod rollouts;
 mod scheduling;
 mod shutdown;
 mod tracing;

@@ -23,6 +23,7 @@ const AFTER_THEIR_EVENT: &[&str] = &[
     "switchyard_dispatcher_reclaimed_total",
     "switchyard_dispatcher_held_total",
     "switchyard_dispatcher_rejected_total",
+    "switchyard_broker_rollout_events_total",
 ];
 
 /// Every `switchyard_…` name in `text`, histogram suffixes taken off.

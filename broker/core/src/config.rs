@@ -38,6 +38,9 @@ pub struct BrokerConfig {
     /// and ended `expired`.
     #[serde(with = "humantime_serde")]
     pub expiry_interval: Duration,
+    /// How often running rollouts' guards are read and their steps moved.
+    #[serde(with = "humantime_serde")]
+    pub rollout_interval: Duration,
     /// `Retry-After` given with a 429 for a full queue.
     #[serde(with = "humantime_serde")]
     pub queue_full_retry_after: Duration,
@@ -224,6 +227,7 @@ impl Default for BrokerConfig {
             outbox_interval: Duration::from_secs(5),
             outbox_grace: Duration::from_secs(10),
             expiry_interval: Duration::from_secs(1),
+            rollout_interval: Duration::from_secs(5),
             queue_full_retry_after: Duration::from_secs(2),
             idempotency_window: Duration::from_secs(24 * 3600),
             sync_timeout: Duration::from_secs(600),
@@ -281,6 +285,12 @@ impl BrokerConfig {
             !self.expiry_interval.is_zero(),
             "broker.expiry_interval",
             self.expiry_interval,
+            "must be positive",
+        );
+        issues.check(
+            !self.rollout_interval.is_zero(),
+            "broker.rollout_interval",
+            self.rollout_interval,
             "must be positive",
         );
         issues.check(

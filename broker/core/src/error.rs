@@ -35,6 +35,8 @@ pub enum ErrorCode {
     NotFailed,
     NotCancellable,
     NotFinished,
+    StaleRevision,
+    RolloutRunning,
     ResultExpired,
     StillRunning,
     // Batch lines.
@@ -52,7 +54,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 36] = [
         ErrorCode::MalformedBody,
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownModel,
@@ -76,6 +78,8 @@ impl ErrorCode {
         ErrorCode::NotFailed,
         ErrorCode::NotCancellable,
         ErrorCode::NotFinished,
+        ErrorCode::StaleRevision,
+        ErrorCode::RolloutRunning,
         ErrorCode::ResultExpired,
         ErrorCode::StillRunning,
         ErrorCode::InvalidJson,
@@ -115,6 +119,8 @@ impl ErrorCode {
             ErrorCode::NotFailed => "not_failed",
             ErrorCode::NotCancellable => "not_cancellable",
             ErrorCode::NotFinished => "not_finished",
+            ErrorCode::StaleRevision => "stale_revision",
+            ErrorCode::RolloutRunning => "rollout_running",
             ErrorCode::ResultExpired => "result_expired",
             ErrorCode::StillRunning => "still_running",
             ErrorCode::InvalidJson => "invalid_json",

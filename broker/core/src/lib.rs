@@ -2,7 +2,8 @@
 //! queue, and after. Admission (validation, limits, budgets, personal data,
 //! webhooks), the synchronous-call path, cancellation and expiry, the NATS
 //! intakes, the projection of the streams into the store, the outbox,
-//! retention, the batch runner, webhook delivery, and the closed set of
+//! retention, the batch runner, webhook delivery, the live model registry
+//! and its rollouts, and the closed set of
 //! error codes. No HTTP types: the edge (`switchyard-http`) maps what this
 //! crate says onto HTTP.
 
@@ -23,6 +24,7 @@ pub mod guesses;
 pub mod intake;
 pub mod limits;
 pub mod metrics;
+pub mod models;
 pub mod openai_request;
 pub mod outbox;
 pub mod pii;

@@ -13,6 +13,7 @@ use switchyard_core::calls::CallError;
 use switchyard_core::cancel::CancelError;
 use switchyard_core::dead_letters::DeadLetterError;
 use switchyard_core::error::client_body;
+use switchyard_core::models::ModelsError;
 use switchyard_core::{Coded, ErrorCode};
 use switchyard_schemas::{ErrorBody, ErrorClass, JobError};
 use switchyard_store::StoreError;
@@ -30,6 +31,8 @@ pub enum ApiError {
     Admin(#[from] AdminError),
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
+    #[error(transparent)]
+    Models(#[from] ModelsError),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("request body exceeds {0} bytes")]
@@ -99,6 +102,7 @@ impl Coded for ApiError {
             ApiError::Cancel(e) => e.code(),
             ApiError::Admin(e) => e.code(),
             ApiError::DeadLetter(e) => e.code(),
+            ApiError::Models(e) => e.code(),
             ApiError::Auth(e) => e.code(),
             ApiError::BodyTooLarge(_) => ErrorCode::BodyTooLarge,
             ApiError::BodyUnreadable => ErrorCode::MalformedBody,
@@ -149,7 +153,9 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | ErrorCode::IdempotencyConflict
         | ErrorCode::NotFailed
         | ErrorCode::NotCancellable
-        | ErrorCode::NotFinished => StatusCode::CONFLICT,
+        | ErrorCode::NotFinished
+        | ErrorCode::StaleRevision
+        | ErrorCode::RolloutRunning => StatusCode::CONFLICT,
         ErrorCode::StillRunning => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::StreamInterrupted | ErrorCode::WorkflowFailed => StatusCode::BAD_GATEWAY,
         ErrorCode::QueueUnavailable

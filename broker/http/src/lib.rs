@@ -1,6 +1,7 @@
 //! The broker's HTTP edge: one router over a file per front (the jobs API,
 //! the OpenAI-compatible and KServe v2 fronts, job events, batches and
-//! files, usage, webhooks, admin, dead letters, workflow runs), the API description, the
+//! files, usage, webhooks, admin, the live model registry, dead letters,
+//! workflow runs), the API description, the
 //! key check, and the one place where an error becomes an HTTP status
 //! (`error.rs`). Every front that waits for a job uses the core's one
 //! call path.
@@ -15,6 +16,7 @@ mod extract;
 mod files;
 mod jobs;
 mod kserve;
+mod models;
 mod openai;
 mod openapi;
 mod reply;
@@ -49,6 +51,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(batches::router())
         .merge(files::router(knobs.max_file_bytes))
         .merge(admin::router())
+        .merge(models::router())
         .merge(dead_letters::router())
         .merge(workflows::router())
         .layer(DefaultBodyLimit::max(knobs.max_body_bytes))

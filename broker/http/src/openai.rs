@@ -114,10 +114,11 @@ endpoint!(
     responses((status = 200, description = "`{object: list, data: [{id, object: model, …}]}`", body = Object)))]
 async fn models(State(s): State<OpenAiState>) -> axum::Json<Value> {
     let registry = s.call.calls.admitter().registry();
+    let aliases = registry.aliases();
     let names = registry
         .iter()
         .map(|m| &m.name)
-        .chain(registry.aliases().map(|a| &a.name));
+        .chain(aliases.iter().map(|a| &a.name));
     let data: Vec<Value> = names
         .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "switchyard"}))
         .collect();

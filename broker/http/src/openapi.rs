@@ -10,7 +10,7 @@ use switchyard_store::view::JobView;
 use crate::jobs::{self, list};
 use crate::state::ApiState;
 use crate::workflows;
-use crate::{admin, batches, dead_letters, events, files, kserve, openai, usage, webhooks};
+use crate::{admin, batches, dead_letters, events, files, kserve, models, openai, usage, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -60,6 +60,11 @@ use crate::{admin, batches, dead_letters, events, files, kserve, openai, usage, 
         admin::create_key,
         admin::list_keys,
         admin::revoke_key,
+        models::read,
+        models::set_alias,
+        models::remove_alias,
+        models::start_rollout,
+        models::roll_back,
     ),
     components(schemas(JobView)),
     modifiers(&BearerKeys),
@@ -72,7 +77,7 @@ use crate::{admin, batches, dead_letters, events, files, kserve, openai, usage, 
         (name = "batches", description = "OpenAI's Files and Batch APIs"),
         (name = "webhooks", description = "Webhook deliveries and disabled receivers"),
         (name = "workflows", description = "Workflow runs: start, read, cancel"),
-        (name = "admin", description = "Tenants, API keys and dead letters (the admin role)"),
+        (name = "admin", description = "Tenants, API keys, dead letters, aliases and rollouts (the admin role)"),
     )
 )]
 struct ApiDoc;

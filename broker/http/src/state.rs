@@ -48,6 +48,8 @@ pub struct ApiState {
     pub workflows: Arc<switchyard_workflows::Workflows>,
     /// Checks the webhooks of runs, as admission does jobs'.
     pub webhooks: Arc<switchyard_core::webhooks::Webhooks>,
+    /// The aliases and rollouts, live.
+    pub live: switchyard_core::models::LiveRegistry,
 }
 
 /// The edge's settings.
@@ -200,5 +202,11 @@ impl FromRef<ApiState> for DeadLetters {
 impl FromRef<ApiState> for Readiness {
     fn from_ref(s: &ApiState) -> Self {
         s.readiness.clone()
+    }
+}
+
+impl FromRef<ApiState> for switchyard_core::models::LiveRegistry {
+    fn from_ref(s: &ApiState) -> Self {
+        s.live.clone()
     }
 }

@@ -47,6 +47,21 @@ pub struct UsageReport {
     pub waste: Vec<UsageRow>,
 }
 
+/// How one version fared behind an alias over a window: what a rollout's
+/// guards compare.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Figures {
+    /// Jobs that ended succeeded or failed.
+    pub jobs: u64,
+    /// Of them, those that failed for a cause of the engine or its node
+    /// (not the client's input, a cancellation or a deadline).
+    pub failed: u64,
+    /// Engine time of the delivered attempts, 95th percentile.
+    pub p95_engine_ms: Option<u64>,
+    /// Mean charge of the delivered attempts.
+    pub mean_cost_micros: Option<f64>,
+}
+
 #[async_trait]
 pub trait Ledger: Send + Sync {
     /// Adds ledger lines; a line already there (same job and attempt) is
@@ -57,4 +72,11 @@ pub trait Ledger: Send + Sync {
     /// What the job was charged, in micro-USD: its delivered attempt's
     /// line, as the report counts it; 0 while it has none.
     async fn job_cost(&self, job_id: &str) -> Result<i64, StoreError>;
+    /// How `model`'s jobs asked for by `alias` fared since `since_ms`.
+    async fn version_figures(
+        &self,
+        model: &str,
+        alias: &str,
+        since_ms: i64,
+    ) -> Result<Figures, StoreError>;
 }

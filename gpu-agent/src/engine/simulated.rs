@@ -3,7 +3,7 @@
 //! result belongs to its job: the completion repeats the prompt's words, in
 //! order and cycling, up to `max_tokens` words (one word = one token).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,19 +32,30 @@ pub struct SimulatedConfig {
     pub faults: Vec<Fault>,
 }
 
-/// Fails every request whose prompt contains `prompt_contains` (every
-/// request when it is absent) with `class`, after the base latency.
+/// Fails requests whose prompt contains `prompt_contains` (every request
+/// when it is absent) with `class`, after the base latency: all of them,
+/// or the fraction `rate` of them, spread evenly (0.3: three in ten).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
     pub class: ErrorClass,
     #[serde(default)]
     pub prompt_contains: Option<String>,
+    #[serde(default)]
+    pub rate: Option<f64>,
 }
 
 impl SimulatedConfig {
     pub fn validate(&self, registry: &Registry, issues: &mut Issues) {
         check_models_and_slots(&self.models, false, self.slots, registry, issues);
+        for (i, fault) in self.faults.iter().enumerate() {
+            issues.check(
+                fault.rate.is_none_or(|r| (0.0..=1.0).contains(&r)),
+                &format!("engine.faults[{i}].rate"),
+                fault.rate,
+                "must be between 0 and 1",
+            );
+        }
     }
 }
 
@@ -53,16 +64,40 @@ pub struct Simulated {
     slots: Semaphore,
     /// Requests waiting for a slot: the engine's own queue.
     waiting: AtomicU32,
+    /// Requests each fault has matched.
+    matched: Vec<AtomicU64>,
 }
 
 impl Simulated {
     pub fn new(config: SimulatedConfig) -> Self {
         let slots = Semaphore::new(config.slots as usize);
+        let matched = config.faults.iter().map(|_| AtomicU64::new(0)).collect();
         Self {
             config,
             slots,
             waiting: AtomicU32::new(0),
+            matched,
         }
+    }
+
+    /// The fault that fails a request with `prompt`, if one does.
+    fn fault_for(&self, prompt: &str) -> Option<&Fault> {
+        self.config
+            .faults
+            .iter()
+            .zip(&self.matched)
+            .find(|(f, matched)| {
+                let hit = f
+                    .prompt_contains
+                    .as_ref()
+                    .is_none_or(|needle| prompt.contains(needle.as_str()));
+                hit && f.rate.is_none_or(|rate| {
+                    // The nth match fails when n × rate passes a whole number.
+                    let n = matched.fetch_add(1, Ordering::Relaxed) as f64;
+                    ((n + 1.0) * rate).floor() > (n * rate).floor()
+                })
+            })
+            .map(|(f, _)| f)
     }
 }
 
@@ -190,11 +225,7 @@ impl Engine for Simulated {
             });
         }
         let prompt = prompt_text(input);
-        if let Some(fault) = self.config.faults.iter().find(|f| {
-            f.prompt_contains
-                .as_ref()
-                .is_none_or(|needle| prompt.contains(needle.as_str()))
-        }) {
+        if let Some(fault) = self.fault_for(&prompt) {
             pause(self.config.base_latency).await;
             return Err(EngineError {
                 class: fault.class,
@@ -281,10 +312,18 @@ mod tests {
             slots,
             base_latency: Duration::from_millis(10),
             per_token_latency: Duration::from_millis(1),
-            faults: vec![Fault {
-                class: ErrorClass::Overloaded,
-                prompt_contains: Some("poison".into()),
-            }],
+            faults: vec![
+                Fault {
+                    class: ErrorClass::Overloaded,
+                    prompt_contains: Some("poison".into()),
+                    rate: None,
+                },
+                Fault {
+                    class: ErrorClass::Internal,
+                    prompt_contains: Some("flaky".into()),
+                    rate: Some(0.3),
+                },
+            ],
         })
     }
 
@@ -324,6 +363,14 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.class, ErrorClass::Overloaded);
         assert!(e.infer("m", &input("wholesome"), None).await.is_ok());
+        // A rate fails that share of its matches, spread evenly.
+        let mut failed = Vec::new();
+        for i in 0..20 {
+            if e.infer("m", &input("a flaky one"), None).await.is_err() {
+                failed.push(i);
+            }
+        }
+        assert_eq!(failed, [3, 6, 9, 13, 16, 19]);
     }
 
     #[tokio::test]

@@ -49,7 +49,6 @@ pub fn validate(
     let Routed { spec, alias } = registry
         .route(&submission.model, keys)
         .ok_or_else(|| Rejection::UnknownModel(submission.model.clone()))?;
-    let alias = alias.map(str::to_owned);
     check_metadata(&submission)?;
     check_limits(&submission)?;
     let size = submission.input.to_string().len();

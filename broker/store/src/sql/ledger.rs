@@ -2,10 +2,11 @@
 
 use async_trait::async_trait;
 use sqlx::{Any, Row, Transaction};
+use switchyard_schemas::ErrorClass;
 
 use super::SqlStore;
 use crate::StoreError;
-use crate::ledger::{Charge, Ledger, UsageFilter, UsageReport, UsageRow};
+use crate::ledger::{Charge, Figures, Ledger, UsageFilter, UsageReport, UsageRow};
 
 /// The ledger lines charged to their job's tenant: the attempt whose result
 /// the job delivered, when it succeeded or was stopped by its client or its
@@ -13,6 +14,18 @@ use crate::ledger::{Charge, Ledger, UsageFilter, UsageReport, UsageRow};
 /// attempt's usage (a node lost, an engine fault) is waste.
 const CHARGED: &str =
     "j.status IN ('succeeded', 'cancelled', 'timed_out') AND j.attempt = u.attempt";
+
+/// The error classes that count against a version: faults of the engine
+/// or its node, not the client's.
+const VERSION_FAULTS: [ErrorClass; 4] = [
+    ErrorClass::Internal,
+    ErrorClass::EngineUnavailable,
+    ErrorClass::Overloaded,
+    ErrorClass::Timeout,
+];
+/// The most delivered attempts a version's percentile is taken over: the
+/// newest ones.
+const FIGURES_SAMPLE: i64 = 10_000;
 
 /// Writes each charge once per (job, attempt): the indices of those not
 /// written before.
@@ -121,4 +134,64 @@ impl Ledger for SqlStore {
         .await?;
         Ok(row.try_get("cost_micros")?)
     }
+
+    async fn version_figures(
+        &self,
+        model: &str,
+        alias: &str,
+        since_ms: i64,
+    ) -> Result<Figures, StoreError> {
+        let faults: Vec<String> = VERSION_FAULTS
+            .iter()
+            .map(|c| format!("'{}'", c.code()))
+            .collect();
+        let faults = faults.join(", ");
+        let ended = sqlx::query(&format!(
+            "SELECT COUNT(*) AS jobs,
+                CAST(COALESCE(SUM(CASE WHEN status = 'failed' AND error_code IN ({faults})
+                    THEN 1 ELSE 0 END), 0) AS BIGINT) AS failed
+             FROM jobs
+             WHERE model = $1 AND finished_at >= $2 AND alias = $3
+               AND status IN ('succeeded', 'failed')"
+        ))
+        .bind(model)
+        .bind(since_ms)
+        .bind(alias)
+        .fetch_one(self.pool())
+        .await?;
+        let delivered = sqlx::query(&format!(
+            "SELECT u.engine_ms AS engine_ms, u.cost_micros AS cost_micros
+             FROM usage u JOIN jobs j ON j.id = u.job_id
+             WHERE j.model = $1 AND j.finished_at >= $2 AND j.alias = $3
+               AND j.status = 'succeeded' AND j.attempt = u.attempt
+             ORDER BY j.finished_at DESC LIMIT {FIGURES_SAMPLE}"
+        ))
+        .bind(model)
+        .bind(since_ms)
+        .bind(alias)
+        .fetch_all(self.pool())
+        .await?;
+        let mut engine_ms = Vec::with_capacity(delivered.len());
+        let mut cost = 0.0;
+        for row in &delivered {
+            engine_ms.push(row.try_get::<i64, _>("engine_ms")?);
+            cost += row.try_get::<i64, _>("cost_micros")? as f64;
+        }
+        engine_ms.sort_unstable();
+        let count = |name: &str| -> Result<u64, sqlx::Error> {
+            Ok(u64::try_from(ended.try_get::<i64, _>(name)?).unwrap_or(0))
+        };
+        Ok(Figures {
+            jobs: count("jobs")?,
+            failed: count("failed")?,
+            p95_engine_ms: percentile(&engine_ms, 95),
+            mean_cost_micros: (!engine_ms.is_empty()).then(|| cost / engine_ms.len() as f64),
+        })
+    }
+}
+
+/// The `p`th percentile of sorted values (nearest rank).
+fn percentile(sorted: &[i64], p: usize) -> Option<u64> {
+    let rank = (sorted.len() * p).div_ceil(100).max(1);
+    sorted.get(rank - 1).map(|v| u64::try_from(*v).unwrap_or(0))
 }
