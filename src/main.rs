@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod cli;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use cli::models::ModelsAction;
+use cli::{DeadLetterAction, KeyAction, TenantAction};
 use serde::Deserialize;
 use switchyard_broker::BrokerConfig;
 use switchyard_dispatcher::DispatcherConfig;
@@ -48,6 +52,21 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// The live model registry through the broker (at `broker.listen`, with
+    /// an admin key from `SWITCHYARD_API_KEY`): aliases and rollouts.
+    Models {
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
+    /// Makes the live aliases those of a YAML file (its `aliases:`),
+    /// checked first, the difference printed.
+    Apply {
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        /// Print the difference only.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// API keys, on the broker's store directly (so the first admin key can
     /// be made): create, list, revoke.
     Keys {
@@ -72,67 +91,6 @@ impl Command {
             _ => "cli",
         }
     }
-}
-
-#[derive(Subcommand)]
-enum KeyAction {
-    /// Makes a key and prints it once, with its token in `key`.
-    Create {
-        /// admin, operator, submitter or reader.
-        #[arg(long)]
-        role: String,
-        /// The key's tenant (submitter and reader keys).
-        #[arg(long)]
-        tenant: Option<String>,
-        #[arg(long, default_value = "")]
-        name: String,
-        /// Lifetime, such as 90d; none when not given.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        expires_in: Option<std::time::Duration>,
-        /// The key's own requests per minute.
-        #[arg(long)]
-        requests_per_minute: Option<u32>,
-        /// The key's own tokens per minute.
-        #[arg(long)]
-        tokens_per_minute: Option<u32>,
-    },
-    /// Prints the keys (never their secrets).
-    List {
-        #[arg(long)]
-        tenant: Option<String>,
-    },
-    /// Revokes a key on every broker that shares the store.
-    Revoke { id: String },
-}
-
-#[derive(Subcommand)]
-enum TenantAction {
-    /// Makes a tenant.
-    Create { name: String },
-    /// Prints every tenant with the limits in force.
-    List,
-    /// Sets a tenant's limits; with none given, it goes back to the
-    /// configuration's.
-    SetLimits {
-        name: String,
-        #[arg(long)]
-        requests_per_minute: Option<u32>,
-        #[arg(long)]
-        tokens_per_minute: Option<u32>,
-        #[arg(long)]
-        max_queued_jobs: Option<u32>,
-    },
-}
-
-#[derive(Subcommand)]
-enum DeadLetterAction {
-    /// Prints the dead letters as JSON.
-    List {
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-    },
-    /// Queues the job again, with a fresh attempt budget.
-    Replay { job_id: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,7 +154,7 @@ fn validate(
         Command::Dispatcher => file.dispatcher.validate(&mut issues),
         Command::Agent => check_agent(&mut issues),
         Command::Workflows => file.workflow_engine.validate(&mut issues),
-        Command::DeadLetters { .. } => {}
+        Command::DeadLetters { .. } | Command::Models { .. } | Command::Apply { .. } => {}
         Command::Keys { .. } | Command::Tenants { .. } => file.broker.validate(&mut issues),
         Command::CheckConfig => {
             file.broker.validate(&mut issues);
@@ -229,11 +187,22 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    if let Command::DeadLetters { action } = &cli.command {
-        return admin(action, &format!("http://{}", file.broker.listen));
-    }
-    if matches!(cli.command, Command::Keys { .. } | Command::Tenants { .. }) {
-        return access(cli.command, &file.broker, &tenants);
+    match cli.command {
+        Command::DeadLetters { action } => return cli::dead_letters(&action, &file.broker),
+        Command::Models { action } => return cli::models::run(action, &file.broker),
+        Command::Apply {
+            file: path,
+            dry_run,
+        } => {
+            return cli::models::apply(&path, dry_run, &registry, &file.broker);
+        }
+        Command::Keys { action } => {
+            return cli::access(cli::Access::Keys(action), &file.broker, &tenants);
+        }
+        Command::Tenants { action } => {
+            return cli::access(cli::Access::Tenants(action), &file.broker, &tenants);
+        }
+        _ => {}
     }
     let tracing = file
         .log
@@ -316,138 +285,10 @@ async fn run(
         .context("workflows")?,
         Command::CheckConfig
         | Command::DeadLetters { .. }
+        | Command::Models { .. }
+        | Command::Apply { .. }
         | Command::Keys { .. }
         | Command::Tenants { .. } => {}
     }
     Ok(())
-}
-
-/// Runs a key or tenant command on the broker's store and prints its answer.
-fn access(command: Command, broker: &BrokerConfig, tenants: &Tenants) -> ExitCode {
-    use switchyard_broker::admin;
-    use switchyard_broker::auth::{KeySpec, Role};
-    use switchyard_runtime::RateLimits;
-    print_answer(async {
-        let auth = switchyard_broker::open_auth(broker, tenants)
-            .await
-            .map_err(|e| e.to_string())?;
-        let limits = |requests_per_minute, tokens_per_minute, max_queued_jobs| {
-            let l = RateLimits {
-                requests_per_minute,
-                tokens_per_minute,
-                max_queued_jobs,
-                ..RateLimits::default()
-            };
-            (l != RateLimits::default()).then_some(l)
-        };
-        let done = match command {
-            Command::Keys { action } => match action {
-                KeyAction::Create {
-                    role,
-                    tenant,
-                    name,
-                    expires_in,
-                    requests_per_minute,
-                    tokens_per_minute,
-                } => {
-                    let role = Role::parse(&role)
-                        .ok_or("role must be admin, operator, submitter or reader")?;
-                    let expires_at_ms = expires_in.map(|d| {
-                        switchyard_schemas::now_ms()
-                            + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
-                    });
-                    let spec = KeySpec {
-                        tenant,
-                        role,
-                        name,
-                        limits: limits(requests_per_minute, tokens_per_minute, None),
-                        expires_at_ms,
-                    };
-                    admin::mint(&auth, spec).await
-                }
-                KeyAction::List { tenant } => admin::keys(&auth, tenant.as_deref())
-                    .await
-                    .map(serde_json::Value::from),
-                KeyAction::Revoke { id } => admin::revoke(&auth, &id).await,
-            },
-            Command::Tenants { action } => match action {
-                TenantAction::Create { name } => admin::create(&auth, &name, None).await,
-                TenantAction::List => admin::tenants(&auth, tenants)
-                    .await
-                    .map(serde_json::Value::from),
-                TenantAction::SetLimits {
-                    name,
-                    requests_per_minute,
-                    tokens_per_minute,
-                    max_queued_jobs,
-                } => {
-                    let l = limits(requests_per_minute, tokens_per_minute, max_queued_jobs);
-                    admin::limit(&auth, &name, l)
-                        .await
-                        .map(|()| serde_json::json!({"name": name, "limits": l}))
-                }
-            },
-            _ => return Err("not a key or tenant command".to_owned()),
-        };
-        done.map(|body| (true, body)).map_err(|e| e.to_string())
-    })
-}
-
-/// Runs a one-off command and prints its JSON answer: success when it
-/// says so; an error on standard error.
-fn print_answer(
-    command: impl std::future::Future<Output = Result<(bool, serde_json::Value), String>>,
-) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(command) {
-        Ok((ok, body)) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&body).unwrap_or_default()
-            );
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Runs an admin command against the broker's HTTP API and prints its answer.
-fn admin(action: &DeadLetterAction, broker: &str) -> ExitCode {
-    let http = reqwest::Client::new();
-    let key = std::env::var("SWITCHYARD_API_KEY").ok();
-    let request = match action {
-        DeadLetterAction::List { limit } => {
-            http.get(format!("{broker}/v1/admin/dead-letters?limit={limit}"))
-        }
-        DeadLetterAction::Replay { job_id } => {
-            http.post(format!("{broker}/v1/admin/dead-letters/{job_id}/replay"))
-        }
-    };
-    let request = match key {
-        Some(key) => request.bearer_auth(key),
-        None => request,
-    };
-    print_answer(async {
-        let failed = |e: reqwest::Error| format!("broker at {broker}: {e}");
-        let response = request.send().await.map_err(failed)?;
-        let ok = response.status().is_success();
-        let body: serde_json::Value = response.json().await.map_err(failed)?;
-        Ok((ok, body))
-    })
 }

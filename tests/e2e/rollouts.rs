@@ -316,6 +316,76 @@ async fn rollouts_move_an_alias_under_guards_and_roll_back_a_bad_version_with_no
     assert!(jobs.iter().all(|j| j["status"] == "succeeded"));
     assert!(served_by(&jobs, "chat-v4") > 0 && served_by(&jobs, "tiny-chat") > 0);
 
+    // The command line: under a load, the weights flip back and forth
+    // with no job failed or lost; then a file is applied, its difference
+    // shown first.
+    let (stop, stopped) = watch::channel(false);
+    let submitting = load(&stack, stopped);
+    let flips: [&[&str]; 4] = [
+        &["tiny-chat=100"],
+        &["chat-v4=100"],
+        &["tiny-chat=30", "chat-v4=70"],
+        &["chat-v4=100"],
+    ];
+    for targets in flips {
+        let mut args = vec!["models", "set-alias", "assistant"];
+        for t in targets {
+            args.extend(["--target", t]);
+        }
+        let out = stack.cli(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.send(true).expect("stop the load");
+    let ids = submitting.await.expect("load");
+    let flipped = stack.wait_finished(&ids, Duration::from_secs(60)).await;
+    assert!(flipped.values().all(|j| j["status"] == "succeeded"));
+    assert!(served_by(&flipped.into_values().collect::<Vec<_>>(), "tiny-chat") > 0);
+    let file = stack.dir.path().join("aliases.yaml");
+    std::fs::write(
+        &file,
+        "aliases:\n  - name: assistant\n    targets: [{model: tiny-chat, weight: 100}]\n  - name: summarizer\n    targets: [{model: chat-v4, weight: 100}]\n",
+    )
+    .expect("write");
+    let file = file.to_str().expect("path");
+    let out = stack.cli(&["apply", "-f", file, "--dry-run"]);
+    let shown: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(shown["applied"], false, "{shown:#}");
+    assert_eq!(shown["diff"]["added"][0]["name"], "summarizer", "{shown:#}");
+    assert_eq!(
+        shown["diff"]["changed"][0]["name"], "assistant",
+        "{shown:#}"
+    );
+    let (_, registry) = stack.get_json("/v1/admin/models").await;
+    assert_eq!(
+        weights(&registry),
+        [("chat-v4".to_owned(), 100)],
+        "a dry run changes nothing"
+    );
+    let out = stack.cli(&["apply", "-f", file]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, registry) = stack.get_json("/v1/admin/models").await;
+    assert_eq!(weights(&registry), [("tiny-chat".to_owned(), 100)]);
+    assert_eq!(registry["aliases"][1]["name"], "summarizer", "{registry:#}");
+    // A file with a problem is refused before anything is sent.
+    std::fs::write(
+        stack.dir.path().join("bad.yaml"),
+        "aliases:\n  - name: x\n    targets: [{model: nope, weight: 100}]\n",
+    )
+    .expect("write");
+    let bad = stack.dir.path().join("bad.yaml");
+    let out = stack.cli(&["apply", "-f", bad.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no model of the registry"));
+
     // Each rollout's moves were published, in order.
     let mut seen = Vec::new();
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), events.next()).await {

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use switchyard_core::models::rollout::{RolloutRequest, Tripped};
+use switchyard_core::models::rollout::{RolloutError, RolloutRequest, Status, Tripped};
 use switchyard_core::models::{LiveRegistry, ModelsError};
 use switchyard_runtime::aliases::{AliasSpec, Sticky, Target};
 use switchyard_schemas::now_ms;
@@ -21,6 +21,7 @@ use crate::state::ApiState;
 pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/v1/admin/models", get(read))
+        .route("/v1/admin/aliases", put(replace_aliases))
         .route(
             "/v1/admin/aliases/{name}",
             put(set_alias).delete(remove_alias),
@@ -61,6 +62,48 @@ struct AliasBody {
     targets: Vec<Target>,
     #[serde(default)]
     sticky: Sticky,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasSet {
+    aliases: Vec<AliasSpec>,
+}
+
+/// Replace every alias at once, checked together (what `switchyard apply`
+/// sends): one revision. An alias whose rollout runs must stay as it is.
+#[utoipa::path(put, path = "/v1/admin/aliases", tag = "admin",
+    params(("revision" = Option<u64>, Query, description = "The revision the change is based on")),
+    request_body(content = Object, description = "`{aliases: [{name, targets, sticky?}]}`"),
+    responses(
+        (status = 200, description = "`{revision, aliases}`", body = Object),
+        (status = 409, description = "`stale_revision`, or `rollout_running`", body = Object),
+        (status = 422, description = "`invalid_request`", body = Object),
+    ))]
+async fn replace_aliases(
+    State(live): State<LiveRegistry>,
+    ApiQuery(q): ApiQuery<Based>,
+    ApiJson(set): ApiJson<AliasSet>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let changed = live
+        .change(q.revision, |doc| {
+            let held = doc.aliases.clone();
+            let named =
+                |list: &[AliasSpec], name: &str| list.iter().find(|a| a.name == name).cloned();
+            for rollout in doc.rollouts.iter().filter(|r| r.status == Status::Running) {
+                if named(&held, &rollout.alias) != named(&set.aliases, &rollout.alias) {
+                    return Err(RolloutError::Running(rollout.alias.clone()).into());
+                }
+            }
+            doc.aliases = set.aliases.clone();
+            doc.rollouts
+                .retain(|r| named(&set.aliases, &r.alias).is_some());
+            Ok(Some(()))
+        })
+        .await?;
+    Ok(axum::Json(
+        json!({"revision": revision(changed), "aliases": set.aliases}),
+    ))
 }
 
 /// Make an alias or change its targets and weights.
