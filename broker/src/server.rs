@@ -388,6 +388,9 @@ pub async fn run(
         work.clone(),
     ));
     tasks.spawn(live.clone().follow(work.clone()));
+    if let Some(mlflow) = cfg.mlflow.clone() {
+        tasks.spawn(models::mlflow::run(live.clone(), mlflow, work.clone()));
+    }
     tasks.spawn(models::drive::run(
         live,
         store.clone(),

@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Issues, ModelKind, ModelSpec, Registry};
+use crate::rollout_plan::{Follow, check_plan, mlflow_alias};
 
 /// An alias as the configuration declares it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AliasSpec {
     pub name: String,
@@ -22,6 +23,9 @@ pub struct AliasSpec {
     /// What keeps related requests on one target.
     #[serde(default)]
     pub sticky: Sticky,
+    /// An MLflow registry alias whose moves start rollouts of this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<Follow>,
 }
 
 /// One model an alias sends jobs to, and its share of them in percent.
@@ -198,6 +202,17 @@ impl Registry {
             &kinds,
             "the targets must all be of one kind",
         );
+        if let Some(follow) = &spec.follow {
+            issues.check(
+                mlflow_alias(&follow.mlflow).is_some(),
+                &format!("{field}.follow.mlflow"),
+                &follow.mlflow,
+                "must be models:/<registered model>@<alias>",
+            );
+            if let Err(reason) = check_plan(&follow.steps, follow.every, &follow.guards) {
+                issues.push(&format!("{field}.follow"), "…", &reason);
+            }
+        }
     }
 
     /// The model that serves a job asking for `name`: the model itself, or
@@ -287,6 +302,7 @@ mod tests {
                 })
                 .collect(),
             sticky,
+            follow: None,
         }
     }
 

@@ -231,6 +231,11 @@ pub struct ModelSpec {
     /// reserves engine time for all of it.
     #[serde(default = "default_model_timeout", with = "humantime_serde")]
     pub timeout: std::time::Duration,
+    /// The MLflow model version this model is, `models:/<name>/<version>`:
+    /// an alias following that registered model rolls out to it when the
+    /// MLflow alias moves to that version.
+    #[serde(default)]
+    pub mlflow: Option<String>,
 }
 
 fn default_model_timeout() -> std::time::Duration {
@@ -386,6 +391,14 @@ impl Registry {
                     "must be positive",
                 );
             }
+            if let Some(uri) = &spec.mlflow {
+                issues.check(
+                    crate::rollout_plan::mlflow_version(uri).is_some(),
+                    &format!("{field}.mlflow"),
+                    uri,
+                    "must be models:/<registered model>/<version>",
+                );
+            }
             if registry.models.contains_key(&spec.name) {
                 issues.push(&format!("{field}.name"), &spec.name, "declared twice");
                 continue;
@@ -432,6 +445,7 @@ pub(crate) mod tests {
             pii: None,
             price: None,
             timeout: default_model_timeout(),
+            mlflow: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod http_server;
 pub mod large;
 pub mod nats;
 pub mod ops;
+pub mod rollout_plan;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tenants;

@@ -107,11 +107,12 @@ fn check_config(dir: &std::path::Path, yaml: &str) -> std::process::Output {
 }
 
 #[test]
-fn the_aliases_in_the_docs_load_and_weights_that_miss_100_are_refused() {
+fn the_aliases_in_the_docs_load_and_weights_that_miss_100_or_a_bad_follow_are_refused() {
     let doc = std::fs::read_to_string(crate::common::repo_root().join("docs/models.md"))
         .expect("docs/models.md");
     let dir = tempfile::tempdir().unwrap();
-    let example = yaml_blocks(&doc).concat();
+    let blocks = yaml_blocks(&doc);
+    let example = blocks[..2].concat();
     let ok = check_config(dir.path(), &example);
     assert!(
         ok.status.success(),
@@ -128,6 +129,20 @@ fn the_aliases_in_the_docs_load_and_weights_that_miss_100_are_refused() {
         stderr.contains("aliases[0].targets = 110: the weights must sum to 100"),
         "{stderr}"
     );
+    // The MLflow example is a whole configuration; a follow that names
+    // no MLflow alias is refused.
+    let following = check_config(dir.path(), &blocks[2]);
+    assert!(
+        following.status.success(),
+        "{}",
+        String::from_utf8_lossy(&following.stderr)
+    );
+    let refused = check_config(
+        dir.path(),
+        &blocks[2].replace("summarizer@champion", "summarizer/champion"),
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("aliases[0].follow.mlflow"), "{stderr}");
 }
 
 #[test]

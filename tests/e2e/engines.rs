@@ -29,74 +29,17 @@ const LLAMA_MODELS: &str = "
     max_tokens: 64
     default_max_tokens: 16";
 
-/// One engine server started by a script of `scripts/engines/`, its process
-/// group killed on drop.
-struct Server {
-    port: u16,
-    pid: i32,
-}
-
-impl Server {
-    /// Starts `n` servers side by side with `script` (`args` after its port
-    /// and log); returns once each serves.
-    fn start(script: &str, args: &[&str], n: usize, logs: &std::path::Path) -> Vec<Server> {
-        let script = repo_root().join("scripts/engines").join(script);
-        let install = Command::new(&script).arg("install").status().unwrap();
-        assert!(install.success(), "{} install failed", script.display());
-        let starting: Vec<_> = (0..n)
-            .map(|i| {
-                let port = free_port();
-                let log = logs.join(format!("engine-{i}.log"));
-                let child = Command::new(&script)
-                    .args(["start", &port.to_string(), log.to_str().unwrap()])
-                    .args(args)
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                (port, child)
-            })
-            .collect();
-        starting
-            .into_iter()
-            .map(|(port, child)| {
-                let out = child.wait_with_output().unwrap();
-                assert!(out.status.success(), "the engine on :{port} did not start");
-                let pid = String::from_utf8(out.stdout)
-                    .unwrap()
-                    .trim()
-                    .parse()
-                    .unwrap();
-                Server { port, pid }
-            })
-            .collect()
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The agent's `engine:` block for this server, a vLLM.
-    fn vllm(&self) -> String {
-        format!(
-            "
+/// The agent's `engine:` block for `server`, a vLLM.
+fn vllm_engine(server: &Server) -> String {
+    format!(
+        "
     kind: vllm
     url: {}
     models: [tiny-llama, tiny-llama-text]
     slots: 4
     request_timeout: 60s",
-            self.url()
-        )
-    }
-
-    fn kill(&self) {
-        let _ = kill(Pid::from_raw(-self.pid), Signal::SIGKILL);
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+        server.url()
+    )
 }
 
 /// The engine's own answer to the request a job made.
@@ -118,12 +61,12 @@ async fn vllm_serves_jobs_through_the_whole_stack() {
         agent_ack_wait: "10s",
         ..StackOptions::default()
     });
-    let engines = Server::start("vllm.sh", &[], 2, stack.dir.path());
+    let engines = Server::start("engines/vllm.sh", &[], 2, stack.dir.path());
     let (a, b) = (&engines[0], &engines[1]);
     stack.start_broker();
     stack.start_dispatcher();
-    stack.start_agent_on("node-a", &a.vllm());
-    stack.start_agent_on("node-b", &b.vllm());
+    stack.start_agent_on("node-a", &vllm_engine(a));
+    stack.start_agent_on("node-b", &vllm_engine(b));
     // The generic OpenAI-compatible adapter, on the same server as node-b,
     // alone in serving `tiny-llama-generic`. It is not told its models: it
     // asks the server.
@@ -357,11 +300,11 @@ async fn latency_added_to_a_16_token_completion() {
         prefetch_per_slot: 0,
         ..StackOptions::default()
     });
-    let engines = Server::start("vllm.sh", &[], 1, stack.dir.path());
+    let engines = Server::start("engines/vllm.sh", &[], 1, stack.dir.path());
     let vllm = &engines[0];
     stack.start_broker();
     stack.start_dispatcher();
-    stack.start_agent_on("node-a", &vllm.vllm());
+    stack.start_agent_on("node-a", &vllm_engine(vllm));
     let client = stack.nats.client().await;
     let mut results = client.subscribe("sy.results.*").await.unwrap();
     client.flush().await.unwrap();
@@ -410,7 +353,7 @@ async fn vllm_embeds_texts_through_the_whole_stack() {
     kind: embedding",
         ..StackOptions::default()
     });
-    let vllm = Server::start("vllm.sh", &["embed"], 1, stack.dir.path()).remove(0);
+    let vllm = Server::start("engines/vllm.sh", &["embed"], 1, stack.dir.path()).remove(0);
     stack.start_broker();
     stack.start_dispatcher();
     let engine = format!(
@@ -501,7 +444,7 @@ fn triton_stack(engine: impl Fn(&Server) -> String) -> (Stack, Server) {
         extra_models: TENSOR_MODELS,
         ..StackOptions::default()
     });
-    let triton = Server::start("triton.sh", &[], 1, stack.dir.path()).remove(0);
+    let triton = Server::start("engines/triton.sh", &[], 1, stack.dir.path()).remove(0);
     stack.start_broker();
     stack.start_dispatcher();
     stack.start_agent_on("node-t", &engine(&triton));

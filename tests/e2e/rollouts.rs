@@ -406,3 +406,113 @@ async fn rollouts_move_an_alias_under_guards_and_roll_back_a_bad_version_with_no
         ]
     );
 }
+
+/// Two versions that are MLflow's `summarizer` versions 1 and 2, and an
+/// alias that follows MLflow's `champion`.
+const MLFLOW_VERSIONS: &str = "
+  - name: summarizer-v1
+    kind: chat
+    mlflow: models:/summarizer/1
+  - name: summarizer-v2
+    kind: chat
+    mlflow: models:/summarizer/2";
+
+const FOLLOWING: &str = "
+  - name: assistant
+    targets: [{model: summarizer-v1, weight: 100}]
+    follow:
+      mlflow: models:/summarizer@champion
+      steps: [50, 100]
+      every: 2s
+      guards: {min_samples: 10, max_error_rate_increase: 0.1}";
+
+/// MLflow's REST API: `POST` `body` to `path`.
+async fn mlflow(http: &reqwest::Client, server: &Server, path: &str, body: Value) {
+    let r = http
+        .post(format!("{}/api/2.0/mlflow/{path}", server.url()))
+        .json(&body)
+        .send()
+        .await
+        .expect("MLflow");
+    assert!(r.status().is_success(), "{path}: {:?}", r.text().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_an_mlflow_registry_alias_rolls_the_alias_that_follows_it_out() {
+    let mut stack = Stack::new(StackOptions {
+        extra_models: MLFLOW_VERSIONS,
+        aliases: FOLLOWING,
+        broker_extra: "  rollout_interval: 200ms",
+        ..StackOptions::default()
+    });
+    let server = Server::start("integrations/mlflow.sh", &[], 1, stack.dir.path()).remove(0);
+    let http = stack.http.clone();
+    mlflow(
+        &http,
+        &server,
+        "registered-models/create",
+        json!({"name": "summarizer"}),
+    )
+    .await;
+    for v in 1..=2 {
+        let source = format!("s3://models/summarizer/{v}");
+        mlflow(
+            &http,
+            &server,
+            "model-versions/create",
+            json!({"name": "summarizer", "source": source}),
+        )
+        .await;
+    }
+    let champion =
+        |version: &str| json!({"name": "summarizer", "alias": "champion", "version": version});
+    mlflow(&http, &server, "registered-models/alias", champion("1")).await;
+    stack.launch_broker(
+        "broker",
+        &[
+            ("SWITCHYARD_BROKER__MLFLOW__TRACKING_URI", server.url()),
+            (
+                "SWITCHYARD_BROKER__MLFLOW__POLL_INTERVAL",
+                "300ms".to_owned(),
+            ),
+        ],
+    );
+    stack.start_dispatcher();
+    stack.start_agent_on(
+        "node-a",
+        &engine("summarizer-v1, summarizer-v2", "5ms", "[]"),
+    );
+
+    let (stop, stopped) = watch::channel(false);
+    let submitting = load(&stack, stopped);
+    // MLflow's champion is the version served: nothing moves.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, registry) = stack.get_json("/v1/admin/models").await;
+    assert_eq!(registry["rollouts"], json!([]), "{registry:#}");
+    assert_eq!(weights(&registry), [("summarizer-v1".to_owned(), 100)]);
+
+    // The champion moves to version 2: a rollout to the model that is
+    // version 2 starts with the follow's steps and guards, and completes.
+    mlflow(&http, &server, "registered-models/alias", champion("2")).await;
+    let rollout = rollout_ended(&stack, "completed").await;
+    assert_eq!(
+        (&rollout["from"], &rollout["to"], &rollout["steps"]),
+        (
+            &json!("summarizer-v1"),
+            &json!("summarizer-v2"),
+            &json!([50, 100])
+        ),
+        "{rollout:#}"
+    );
+    stop.send(true).expect("stop the load");
+    let ids = submitting.await.expect("load");
+    let jobs: Vec<Value> = stack
+        .wait_finished(&ids, Duration::from_secs(60))
+        .await
+        .into_values()
+        .collect();
+    assert!(jobs.iter().all(|j| j["status"] == "succeeded"));
+    assert!(served_by(&jobs, "summarizer-v1") > 0 && served_by(&jobs, "summarizer-v2") > 0);
+    let (_, registry) = stack.get_json("/v1/admin/models").await;
+    assert_eq!(weights(&registry), [("summarizer-v2".to_owned(), 100)]);
+}

@@ -71,6 +71,9 @@ pub struct BrokerConfig {
     pub webhooks: WebhookConfig,
     pub pii: crate::pii::PiiConfig,
     pub auth: AuthConfig,
+    /// An MLflow tracking server whose registry aliases `follow:` aliases
+    /// follow; none: nothing is followed.
+    pub mlflow: Option<crate::models::mlflow::MlflowConfig>,
 }
 
 /// API keys. With neither `pepper` nor `pepper_file` authentication is
@@ -238,6 +241,7 @@ impl Default for BrokerConfig {
             webhooks: WebhookConfig::default(),
             pii: crate::pii::PiiConfig::default(),
             auth: AuthConfig::default(),
+            mlflow: None,
         }
     }
 }
@@ -287,6 +291,21 @@ impl BrokerConfig {
             self.expiry_interval,
             "must be positive",
         );
+        if let Some(mlflow) = &self.mlflow {
+            issues.check(
+                url::Url::parse(&mlflow.tracking_uri)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https")),
+                "broker.mlflow.tracking_uri",
+                &mlflow.tracking_uri,
+                "must be an http(s) URL",
+            );
+            issues.check(
+                !mlflow.poll_interval.is_zero(),
+                "broker.mlflow.poll_interval",
+                mlflow.poll_interval,
+                "must be positive",
+            );
+        }
         issues.check(
             !self.rollout_interval.is_zero(),
             "broker.rollout_interval",

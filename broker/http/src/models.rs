@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use switchyard_core::models::rollout::{RolloutError, RolloutRequest, Status, Tripped};
 use switchyard_core::models::{LiveRegistry, ModelsError};
 use switchyard_runtime::aliases::{AliasSpec, Sticky, Target};
+use switchyard_runtime::rollout_plan::Follow;
 use switchyard_schemas::now_ms;
 
 use crate::error::ApiError;
@@ -62,6 +63,7 @@ struct AliasBody {
     targets: Vec<Target>,
     #[serde(default)]
     sticky: Sticky,
+    follow: Option<Follow>,
 }
 
 #[derive(Deserialize)]
@@ -109,7 +111,7 @@ async fn replace_aliases(
 /// Make an alias or change its targets and weights.
 #[utoipa::path(put, path = "/v1/admin/aliases/{name}", tag = "admin",
     params(("revision" = Option<u64>, Query, description = "The revision the change is based on")),
-    request_body(content = Object, description = "`{targets: [{model, weight}], sticky?}`"),
+    request_body(content = Object, description = "`{targets: [{model, weight}], sticky?, follow?}`"),
     responses(
         (status = 200, description = "`{revision, alias}`", body = Object),
         (status = 409, description = "`stale_revision`, or `rollout_running`: a rollout owns the weights", body = Object),
@@ -125,6 +127,7 @@ async fn set_alias(
         name: name.clone(),
         targets: body.targets,
         sticky: body.sticky,
+        follow: body.follow,
     };
     let changed = live
         .change(q.revision, |doc| {

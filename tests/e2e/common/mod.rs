@@ -3,6 +3,8 @@
 
 mod grants;
 pub mod proxy;
+mod servers;
+pub use servers::Server;
 mod store;
 
 use std::collections::HashMap;
@@ -209,7 +211,7 @@ pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Proc {
 
 /// A private JetStream server, or a cluster of them on loopback ports.
 pub struct Nats {
-    servers: Vec<Server>,
+    servers: Vec<NatsNode>,
     /// The first server's client port.
     pub port: u16,
     /// Started with `deploy/nats/accounts.conf`: clients need a user.
@@ -217,7 +219,7 @@ pub struct Nats {
 }
 
 /// One nats-server of a `Nats`.
-struct Server {
+struct NatsNode {
     proc: Proc,
     port: u16,
     store: TempDir,
@@ -273,7 +275,7 @@ impl Nats {
         let port = free_port();
         let proc = Self::spawn(port, store.path(), None, accounts);
         Nats {
-            servers: vec![Server {
+            servers: vec![NatsNode {
                 proc,
                 port,
                 store,
@@ -312,7 +314,7 @@ cluster {{ name: sy, listen: 127.0.0.1:{route}, routes: [{routes}] }}
                 );
                 std::fs::write(&conf, text).expect("nats.conf");
                 let proc = Self::spawn(*port, store.path(), Some(&conf), false);
-                Server {
+                NatsNode {
                     proc,
                     port: *port,
                     store,

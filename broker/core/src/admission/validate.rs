@@ -316,6 +316,7 @@ mod tests {
             pii: None,
             price: None,
             timeout: std::time::Duration::from_secs(600),
+            mlflow: None,
         };
         Registry::new(
             &[

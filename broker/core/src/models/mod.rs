@@ -6,6 +6,7 @@
 //! themselves stay as configured: an alias can only point at them.
 
 pub mod drive;
+pub mod mlflow;
 pub mod rollout;
 
 use std::sync::Arc;

@@ -8,11 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use switchyard_runtime::aliases::{AliasSpec, Target};
+use switchyard_runtime::rollout_plan::{Guards, check_plan, default_every, default_steps};
 use switchyard_store::ledger::Figures;
-
-/// The steps a rollout takes when none are given: a canary, then halves.
-const DEFAULT_STEPS: [u32; 4] = [5, 25, 50, 100];
-const MAX_STEPS: usize = 20;
 
 /// What an operator asks for.
 #[derive(Debug, Clone, Deserialize)]
@@ -24,45 +21,9 @@ pub struct RolloutRequest {
     #[serde(default = "default_steps")]
     pub steps: Vec<u32>,
     /// How long each step holds before the next.
-    #[serde(with = "humantime_serde", default = "ten_minutes")]
+    #[serde(with = "humantime_serde", default = "default_every")]
     pub every: Duration,
     pub guards: Guards,
-}
-
-fn default_steps() -> Vec<u32> {
-    DEFAULT_STEPS.to_vec()
-}
-
-fn ten_minutes() -> Duration {
-    Duration::from_secs(600)
-}
-
-fn five_minutes() -> Duration {
-    Duration::from_secs(300)
-}
-
-/// What must hold for a rollout to go on: the new version compared with the
-/// old over `window`, once each has `min_samples` ended jobs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Guards {
-    /// Ended jobs each version needs before any guard decides.
-    pub min_samples: u64,
-    /// How far back the new version's jobs count.
-    #[serde(with = "humantime_serde", default = "five_minutes")]
-    pub window: Duration,
-    /// The most the new version's error rate may exceed the old's by
-    /// (0.05: five points).
-    #[serde(default)]
-    pub max_error_rate_increase: Option<f64>,
-    /// The most the new version's p95 engine time may be, as a multiple of
-    /// the old's.
-    #[serde(default)]
-    pub max_p95_latency_ratio: Option<f64>,
-    /// The most the new version's mean cost per job may be, as a multiple
-    /// of the old's.
-    #[serde(default)]
-    pub max_cost_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,21 +91,7 @@ impl RolloutRequest {
     /// Checks the request against the alias it would move.
     pub fn start(self, alias: &mut AliasSpec, now_ms: i64) -> Result<Rollout, RolloutError> {
         let invalid = |m: String| Err(RolloutError::Invalid(m));
-        let rising = self.steps.windows(2).all(|w| w[0] < w[1]);
-        if self.steps.is_empty()
-            || self.steps.len() > MAX_STEPS
-            || !rising
-            || self.steps.first() == Some(&0)
-            || self.steps.last() != Some(&100)
-        {
-            return invalid(format!(
-                "steps must rise from 1 to 100 in at most {MAX_STEPS} steps"
-            ));
-        }
-        if !(Duration::from_secs(1)..=Duration::from_secs(7 * 86_400)).contains(&self.every) {
-            return invalid("every must be between 1 s and 7 days".into());
-        }
-        self.guards.check().map_err(RolloutError::Invalid)?;
+        check_plan(&self.steps, self.every, &self.guards).map_err(RolloutError::Invalid)?;
         let from = match alias.targets.as_slice() {
             [only] if only.weight == 100 => only.model.clone(),
             _ => {
@@ -176,68 +123,42 @@ impl RolloutRequest {
     }
 }
 
-impl Guards {
-    fn check(&self) -> Result<(), String> {
-        if self.min_samples == 0 {
-            return Err("guards.min_samples must be at least 1".into());
-        }
-        if self.window < Duration::from_secs(1) {
-            return Err("guards.window must be at least 1 s".into());
-        }
-        let ratios = [self.max_p95_latency_ratio, self.max_cost_ratio];
-        if ratios
-            .into_iter()
-            .flatten()
-            .any(|r| !(r.is_finite() && r > 0.0))
-        {
-            return Err("guards' ratios must be positive".into());
-        }
-        if self
-            .max_error_rate_increase
-            .is_some_and(|d| !(0.0..=1.0).contains(&d))
-        {
-            return Err("guards.max_error_rate_increase must be between 0 and 1".into());
-        }
-        Ok(())
+/// The first guard the new version's figures break, if each version has
+/// its samples.
+fn tripped(guards: &Guards, old: &Figures, new: &Figures) -> Option<Tripped> {
+    if old.jobs < guards.min_samples || new.jobs < guards.min_samples {
+        return None;
     }
-
-    /// The first guard the new version's figures break, if each version
-    /// has its samples.
-    fn tripped(&self, old: &Figures, new: &Figures) -> Option<Tripped> {
-        if old.jobs < self.min_samples || new.jobs < self.min_samples {
-            return None;
-        }
-        let trip = |guard: &str, old_v: f64, new_v: f64, limit: f64| Tripped {
-            guard: guard.to_owned(),
-            old: old_v,
-            new: new_v,
-            limit,
-            old_jobs: old.jobs,
-            new_jobs: new.jobs,
-        };
-        let rate = |f: &Figures| f.failed as f64 / f.jobs as f64;
-        if let Some(most) = self.max_error_rate_increase
-            && rate(new) - rate(old) > most
-        {
-            return Some(trip("error_rate", rate(old), rate(new), most));
-        }
-        let p95 = |f: &Figures| f.p95_engine_ms.map(|ms| ms as f64);
-        if let (Some(most), Some(o), Some(n)) = (self.max_p95_latency_ratio, p95(old), p95(new))
-            && n > o.max(1.0) * most
-        {
-            return Some(trip("p95_latency", o, n, most));
-        }
-        if let (Some(most), Some(o), Some(n)) = (
-            self.max_cost_ratio,
-            old.mean_cost_micros,
-            new.mean_cost_micros,
-        ) && n > o * most
-            && n > 0.0
-        {
-            return Some(trip("cost", o, n, most));
-        }
-        None
+    let trip = |guard: &str, old_v: f64, new_v: f64, limit: f64| Tripped {
+        guard: guard.to_owned(),
+        old: old_v,
+        new: new_v,
+        limit,
+        old_jobs: old.jobs,
+        new_jobs: new.jobs,
+    };
+    let rate = |f: &Figures| f.failed as f64 / f.jobs as f64;
+    if let Some(most) = guards.max_error_rate_increase
+        && rate(new) - rate(old) > most
+    {
+        return Some(trip("error_rate", rate(old), rate(new), most));
     }
+    let p95 = |f: &Figures| f.p95_engine_ms.map(|ms| ms as f64);
+    if let (Some(most), Some(o), Some(n)) = (guards.max_p95_latency_ratio, p95(old), p95(new))
+        && n > o.max(1.0) * most
+    {
+        return Some(trip("p95_latency", o, n, most));
+    }
+    if let (Some(most), Some(o), Some(n)) = (
+        guards.max_cost_ratio,
+        old.mean_cost_micros,
+        new.mean_cost_micros,
+    ) && n > o * most
+        && n > 0.0
+    {
+        return Some(trip("cost", o, n, most));
+    }
+    None
 }
 
 impl Rollout {
@@ -307,7 +228,7 @@ fn window_ms(guards: &Guards) -> i64 {
 /// both versions have their samples; otherwise it holds, so a step with
 /// too little traffic to judge waits for more.
 pub fn decide(r: &Rollout, old: &Figures, new: &Figures, now_ms: i64) -> Verdict {
-    if let Some(tripped) = r.guards.tripped(old, new) {
+    if let Some(tripped) = tripped(&r.guards, old, new) {
         return Verdict::RollBack(tripped);
     }
     let held = now_ms - r.step_started_at_ms >= i64::try_from(r.every.as_millis()).unwrap_or(0);

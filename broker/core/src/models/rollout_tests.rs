@@ -24,6 +24,7 @@ fn alias(targets: &[(&str, u32)]) -> AliasSpec {
             })
             .collect(),
         sticky: Sticky::Request,
+        follow: None,
     }
 }
 
