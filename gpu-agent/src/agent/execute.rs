@@ -77,9 +77,12 @@ pub(super) async fn execute(
         })
     } else {
         let infer = async {
-            let run = node
-                .engine
-                .infer(&job.model, &job.input, chunks.as_ref().map(Chunks::sink));
+            let run = node.engine.infer(
+                &job.model,
+                &job.input,
+                job.priority,
+                chunks.as_ref().map(Chunks::sink),
+            );
             match job.timeout_ms {
                 // Dropping the request at the limit cancels it at the engine.
                 Some(ms) => tokio::time::timeout(Duration::from_millis(ms), run)

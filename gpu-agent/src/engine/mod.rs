@@ -8,7 +8,7 @@ pub mod triton;
 
 use async_trait::async_trait;
 use switchyard_runtime::{Issues, Registry};
-use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
+use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Priority, Usage};
 
 use tokio_util::sync::CancellationToken;
 
@@ -55,12 +55,14 @@ pub trait Engine: Send + Sync {
     async fn tend(&self) {}
     /// Requests it runs at once; the agent never has more in flight.
     fn slots(&self) -> u32;
-    /// Runs one request. With `tokens`, each piece of text is sent there as
-    /// it is generated; the returned output is whole either way.
+    /// Runs one request. An engine that orders its own queue puts it by
+    /// `priority`. With `tokens`, each piece of text is sent there as it is
+    /// generated; the returned output is whole either way.
     async fn infer(
         &self,
         model: &str,
         input: &JobInput,
+        priority: Priority,
         tokens: Option<&TokenSink>,
     ) -> Result<Inference, EngineError>;
     /// The engine's own account of its load (requests it queues, KV cache in

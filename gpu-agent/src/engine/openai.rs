@@ -10,7 +10,7 @@ use serde_json::Value;
 use switchyard_runtime::{Issues, ModelKind, Registry};
 use switchyard_schemas::{
     ChatInput, ChatMessage, CompletionInput, EmbeddingInput, EngineLoad, ErrorClass, JobInput,
-    Usage,
+    Priority, Usage,
 };
 use tracing::{info, warn};
 
@@ -36,6 +36,59 @@ pub struct OpenAiConfig {
     /// Sent as a bearer token, for servers started with one.
     #[serde(default)]
     pub api_key: Option<String>,
+    /// Sends each job's priority as the request's `priority` (critical 0,
+    /// high 1, normal 2, batch 3; lower goes first), for a vLLM started
+    /// with `--scheduling-policy priority` — which any other vLLM refuses.
+    #[serde(default)]
+    pub send_priority: bool,
+}
+
+/// The route and body of a job's request: its input, which already has
+/// the OpenAI request's shape, with the model's name, and its priority when
+/// the server takes one.
+fn request(
+    model: &str,
+    input: &JobInput,
+    priority: Option<Priority>,
+) -> Result<(&'static str, Value), EngineError> {
+    let (path, body) = match input {
+        JobInput::Chat(c) => ("/v1/chat/completions", serde_json::to_value(c)),
+        JobInput::Completion(c) => ("/v1/completions", serde_json::to_value(c)),
+        JobInput::Embedding(e) => ("/v1/embeddings", serde_json::to_value(e)),
+        JobInput::Tensor(_) => {
+            return Err(EngineError {
+                class: ErrorClass::InvalidInput,
+                message: "an OpenAI-compatible engine takes text, not tensors".into(),
+            });
+        }
+    };
+    let mut body = body.map_err(|e| EngineError {
+        class: ErrorClass::Internal,
+        message: format!("request not encoded: {e}"),
+    })?;
+    body["model"] = Value::String(model.to_owned());
+    if let Some(priority) = priority {
+        body["priority"] = Value::from(engine_priority(priority));
+    }
+    Ok((path, body))
+}
+
+/// `body`, asking for its answer as a stream that ends with the usage.
+fn streamed(mut body: Value) -> Value {
+    body["stream"] = Value::Bool(true);
+    body["stream_options"] = serde_json::json!({"include_usage": true});
+    body
+}
+
+/// A job's priority as vLLM's `priority` field ranks requests: lower
+/// values are scheduled first.
+fn engine_priority(priority: Priority) -> u8 {
+    match priority {
+        Priority::Critical => 0,
+        Priority::High => 1,
+        Priority::Normal => 2,
+        Priority::Batch => 3,
+    }
 }
 
 fn default_request_timeout() -> Duration {
@@ -139,29 +192,14 @@ impl Engine for OpenAi {
         &self,
         model: &str,
         input: &JobInput,
+        priority: Priority,
         tokens: Option<&TokenSink>,
     ) -> Result<Inference, EngineError> {
-        // A job's input already has the OpenAI request's shape.
-        let (path, body) = match input {
-            JobInput::Chat(c) => ("/v1/chat/completions", serde_json::to_value(c)),
-            JobInput::Completion(c) => ("/v1/completions", serde_json::to_value(c)),
-            JobInput::Embedding(e) => ("/v1/embeddings", serde_json::to_value(e)),
-            JobInput::Tensor(_) => {
-                return Err(EngineError {
-                    class: ErrorClass::InvalidInput,
-                    message: "an OpenAI-compatible engine takes text, not tensors".into(),
-                });
-            }
+        let (path, body) = request(model, input, self.config.send_priority.then_some(priority))?;
+        let body = match tokens {
+            Some(_) => streamed(body),
+            None => body,
         };
-        let mut body = body.map_err(|e| EngineError {
-            class: ErrorClass::Internal,
-            message: format!("request not encoded: {e}"),
-        })?;
-        body["model"] = Value::String(model.to_owned());
-        if tokens.is_some() {
-            body["stream"] = Value::Bool(true);
-            body["stream_options"] = serde_json::json!({"include_usage": true});
-        }
         let mut response = self
             .post(path)
             .json(&body)
@@ -212,7 +250,9 @@ impl Engine for OpenAi {
                 sampling: Default::default(),
             }),
         };
-        self.infer(model, &hello, None).await.is_ok()
+        self.infer(model, &hello, Priority::Critical, None)
+            .await
+            .is_ok()
     }
 
     async fn ready(&self) -> bool {
@@ -337,6 +377,27 @@ fn vllm_load(metrics: &str) -> EngineLoad {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_carries_the_job_s_priority_only_when_the_server_takes_one() {
+        let input = JobInput::Completion(CompletionInput {
+            prompt: "hi".into(),
+            max_tokens: Some(4),
+            temperature: None,
+            sampling: Default::default(),
+        });
+        let ranks: Vec<Value> = Priority::ALL
+            .into_iter()
+            .map(|p| request("m", &input, Some(p)).unwrap().1["priority"].clone())
+            .collect();
+        assert_eq!(ranks, [0, 1, 2, 3]);
+        let (path, plain) = request("m", &input, None).unwrap();
+        assert_eq!(path, "/v1/completions");
+        assert_eq!(
+            plain,
+            serde_json::json!({"model": "m", "prompt": "hi", "max_tokens": 4})
+        );
+    }
 
     #[test]
     fn vllm_gauges_are_read_from_its_metrics_text() {

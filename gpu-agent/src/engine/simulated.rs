@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
 use switchyard_runtime::{Issues, Registry};
-use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Usage};
+use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Priority, Usage};
 use tokio::sync::Semaphore;
 
 use super::{Engine, EngineError, Inference, TokenSink, check_models_and_slots};
@@ -203,6 +203,7 @@ impl Engine for Simulated {
         &self,
         model: &str,
         input: &JobInput,
+        _priority: Priority,
         tokens: Option<&TokenSink>,
     ) -> Result<Inference, EngineError> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
@@ -336,7 +337,10 @@ mod tests {
             sampling: Default::default(),
         });
         let (sink, mut pieces) = tokio::sync::mpsc::unbounded_channel();
-        let out = engine(1).infer("m", &input, Some(&sink)).await.unwrap();
+        let out = engine(1)
+            .infer("m", &input, Priority::Normal, Some(&sink))
+            .await
+            .unwrap();
         drop(sink);
         let mut streamed = Vec::new();
         while let Some(p) = pieces.recv().await {
@@ -358,15 +362,22 @@ mod tests {
         };
         let e = engine(1);
         let err = e
-            .infer("m", &input("a poison pill"), None)
+            .infer("m", &input("a poison pill"), Priority::Normal, None)
             .await
             .unwrap_err();
         assert_eq!(err.class, ErrorClass::Overloaded);
-        assert!(e.infer("m", &input("wholesome"), None).await.is_ok());
+        assert!(
+            e.infer("m", &input("wholesome"), Priority::Normal, None)
+                .await
+                .is_ok()
+        );
         // A rate fails that share of its matches, spread evenly.
         let mut failed = Vec::new();
         for i in 0..20 {
-            if e.infer("m", &input("a flaky one"), None).await.is_err() {
+            if e.infer("m", &input("a flaky one"), Priority::Normal, None)
+                .await
+                .is_err()
+            {
                 failed.push(i);
             }
         }
@@ -390,7 +401,10 @@ mod tests {
             temperature: None,
             sampling: Default::default(),
         });
-        let out = engine(1).infer("m", &input, None).await.unwrap();
+        let out = engine(1)
+            .infer("m", &input, Priority::Normal, None)
+            .await
+            .unwrap();
         assert_eq!(
             out.output["choices"][0]["message"]["content"],
             "be brief job-7 be brief"
@@ -414,7 +428,10 @@ mod tests {
             temperature: None,
             sampling: Default::default(),
         });
-        let out = engine(1).infer("m", &input, None).await.unwrap();
+        let out = engine(1)
+            .infer("m", &input, Priority::Normal, None)
+            .await
+            .unwrap();
         assert_eq!(out.output["choices"][0]["text"], "");
         assert_eq!(out.usage.completion_tokens, 0);
     }
@@ -434,8 +451,8 @@ mod tests {
             e.load().await
         };
         let (a, b, load) = tokio::join!(
-            e.infer("m", &input, None),
-            e.infer("m", &input, None),
+            e.infer("m", &input, Priority::Normal, None),
+            e.infer("m", &input, Priority::Normal, None),
             probe
         );
         a.unwrap();

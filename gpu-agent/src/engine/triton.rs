@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchyard_runtime::{Issues, Registry};
-use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Tensor, TensorInput, Usage};
+use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Priority, Tensor, TensorInput, Usage};
 use tracing::{info, warn};
 
 use super::http::{
@@ -361,6 +361,7 @@ impl Engine for Triton {
         &self,
         model: &str,
         input: &JobInput,
+        _priority: Priority,
         _tokens: Option<&TokenSink>,
     ) -> Result<Inference, EngineError> {
         let JobInput::Tensor(tensors) = input else {
@@ -412,7 +413,9 @@ impl Engine for Triton {
             .map(InputMetadata::zeros)
             .collect();
         let zeros = JobInput::Tensor(TensorInput { inputs });
-        self.infer(&model, &zeros, None).await.is_ok()
+        self.infer(&model, &zeros, Priority::Critical, None)
+            .await
+            .is_ok()
     }
 
     async fn load(&self) -> EngineLoad {
