@@ -55,6 +55,7 @@ fn load(stack: &Stack, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<V
             let r = http.post(&url).json(&body).send().await.expect("submit");
             assert_eq!(r.status(), 202, "{:?}", r.text().await);
             let v: Value = r.json().await.expect("json");
+            assert_eq!(v["alias"], "assistant", "the answer names the alias: {v}");
             ids.push(v["id"].as_str().expect("id").to_owned());
         }
         ids

@@ -115,7 +115,7 @@ async fn submit(
             let mut response = accepted(
                 &record.id,
                 record.status.as_str(),
-                &record.model,
+                (&record.model, record.alias.as_deref()),
                 &record.priority,
                 record.created_at_ms,
             );
@@ -211,21 +211,31 @@ fn accepted_job(job: &switchyard_schemas::Job, status: Status) -> Response {
     accepted(
         &job.id,
         status.as_str(),
-        &job.model,
+        (&job.model, job.alias.as_deref()),
         job.priority.as_str(),
         job.submitted_at_ms,
     )
 }
 
-/// `202 Accepted` naming the job, with its `Location`.
-fn accepted(id: &str, status: &str, model: &str, priority: &str, created_at_ms: i64) -> Response {
-    let body = json!({
+/// `202 Accepted` naming the job, its model (the version that serves it)
+/// and the alias it was asked for by, if it was, with its `Location`.
+fn accepted(
+    id: &str,
+    status: &str,
+    (model, alias): (&str, Option<&str>),
+    priority: &str,
+    created_at_ms: i64,
+) -> Response {
+    let mut body = json!({
         "id": id,
         "status": status,
         "model": model,
         "priority": priority,
         "created_at": rfc3339(created_at_ms),
     });
+    if let Some(alias) = alias {
+        body["alias"] = json!(alias);
+    }
     let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
         response.headers_mut().insert(header::LOCATION, v);
