@@ -87,8 +87,8 @@ async fn replace_aliases(
     ApiQuery(q): ApiQuery<Based>,
     ApiJson(set): ApiJson<AliasSet>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let changed = live
-        .change(q.revision, |doc| {
+    let (revision, ()) = live
+        .edit(q.revision, |doc| {
             let held = doc.aliases.clone();
             let named =
                 |list: &[AliasSpec], name: &str| list.iter().find(|a| a.name == name).cloned();
@@ -100,11 +100,11 @@ async fn replace_aliases(
             doc.aliases = set.aliases.clone();
             doc.rollouts
                 .retain(|r| named(&set.aliases, &r.alias).is_some());
-            Ok(Some(()))
+            Ok(())
         })
         .await?;
     Ok(axum::Json(
-        json!({"revision": revision(changed), "aliases": set.aliases}),
+        json!({"revision": revision, "aliases": set.aliases}),
     ))
 }
 
@@ -129,19 +129,17 @@ async fn set_alias(
         sticky: body.sticky,
         follow: body.follow,
     };
-    let changed = live
-        .change(q.revision, |doc| {
-            refuse_if_rolling(doc, &name)?;
+    let (revision, ()) = live
+        .edit(q.revision, |doc| {
+            doc.refuse_if_rolling(&name)?;
             match doc.alias_mut(&name) {
                 Ok(held) => *held = alias.clone(),
                 Err(_) => doc.aliases.push(alias.clone()),
             }
-            Ok(Some(()))
+            Ok(())
         })
         .await?;
-    Ok(axum::Json(
-        json!({"revision": revision(changed), "alias": alias}),
-    ))
+    Ok(axum::Json(json!({"revision": revision, "alias": alias})))
 }
 
 /// Remove an alias: requests naming it are refused `unknown_model` from
@@ -158,16 +156,16 @@ async fn remove_alias(
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<Based>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let changed = live
-        .change(q.revision, |doc| {
+    let (revision, ()) = live
+        .edit(q.revision, |doc| {
             doc.alias_mut(&name)?;
-            refuse_if_rolling(doc, &name)?;
+            doc.refuse_if_rolling(&name)?;
             doc.aliases.retain(|a| a.name != name);
             doc.rollouts.retain(|r| r.alias != name);
-            Ok(Some(()))
+            Ok(())
         })
         .await?;
-    Ok(axum::Json(json!({"revision": revision(changed)})))
+    Ok(axum::Json(json!({ "revision": revision })))
 }
 
 /// Move an alias to another version step by step, under guards (one step
@@ -187,15 +185,9 @@ async fn start_rollout(
     ApiQuery(q): ApiQuery<Based>,
     ApiJson(request): ApiJson<RolloutRequest>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    let changed = live
-        .change(q.revision, |doc| {
-            refuse_if_rolling(doc, &name)?;
-            let rollout = request.clone().start(doc.alias_mut(&name)?, now_ms())?;
-            doc.keep(rollout.clone());
-            Ok(Some(rollout))
-        })
+    let (revision, rollout) = live
+        .edit(q.revision, |doc| doc.start_rollout(&name, request.clone()))
         .await?;
-    let (revision, rollout) = changed.ok_or_else(|| ModelsError::NoAlias(name))?;
     live.announce("started", revision, &rollout).await;
     Ok((
         StatusCode::CREATED,
@@ -224,38 +216,19 @@ async fn roll_back(
         old_jobs: 0,
         new_jobs: 0,
     });
-    let changed = live
-        .change(q.revision, |doc| {
-            let now = now_ms();
+    let (revision, rollout) = live
+        .edit(q.revision, |doc| {
             let rollout = doc
                 .running(&name)
                 .ok_or_else(|| ModelsError::NoRollout(name.clone()))?;
-            let targets = rollout.apply(&by_hand, now);
+            let targets = rollout.apply(&by_hand, now_ms());
             let rollout = rollout.clone();
             doc.alias_mut(&name)?.targets = targets;
-            Ok(Some(rollout))
+            Ok(rollout)
         })
         .await?;
-    let (revision, rollout) = changed.ok_or_else(|| ModelsError::NoRollout(name))?;
     live.announce("rolled_back", revision, &rollout).await;
     Ok(axum::Json(
         json!({"revision": revision, "rollout": rollout}),
     ))
-}
-
-/// A rollout owns its alias's weights while it runs.
-fn refuse_if_rolling(
-    doc: &mut switchyard_core::models::Document,
-    name: &str,
-) -> Result<(), ModelsError> {
-    match doc.running(name) {
-        Some(_) => {
-            Err(switchyard_core::models::rollout::RolloutError::Running(name.to_owned()).into())
-        }
-        None => Ok(()),
-    }
-}
-
-fn revision(changed: Option<(u64, ())>) -> Option<u64> {
-    changed.map(|(r, ())| r)
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use switchyard_runtime::AliasSpec;
 use switchyard_runtime::rollout_plan::{Follow, mlflow_alias};
-use switchyard_schemas::now_ms;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -175,8 +174,7 @@ async fn follow_one(
                 every: follow.every,
                 guards: follow.guards.clone(),
             };
-            let rollout = request.start(doc.alias_mut(&alias.name)?, now_ms())?;
-            doc.keep(rollout.clone());
+            let rollout = doc.start_rollout(&alias.name, request)?;
             Ok(Some(rollout))
         })
         .await?;

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::metrics as m;
 use crate::{Coded, ErrorCode};
-use rollout::{Rollout, RolloutError};
+use rollout::{Rollout, RolloutError, RolloutRequest};
 
 /// What the registry's entry holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -54,6 +54,26 @@ impl Document {
     pub fn keep(&mut self, rollout: Rollout) {
         self.rollouts.retain(|r| r.alias != rollout.alias);
         self.rollouts.push(rollout);
+    }
+
+    /// Refused while a rollout of `alias` runs: it owns the alias's weights.
+    pub fn refuse_if_rolling(&mut self, alias: &str) -> Result<(), ModelsError> {
+        match self.running(alias) {
+            Some(_) => Err(RolloutError::Running(alias.to_owned()).into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts `request` on `alias` now, unless a rollout of it runs.
+    pub fn start_rollout(
+        &mut self,
+        alias: &str,
+        request: RolloutRequest,
+    ) -> Result<Rollout, ModelsError> {
+        self.refuse_if_rolling(alias)?;
+        let rollout = request.start(self.alias_mut(alias)?, switchyard_schemas::now_ms())?;
+        self.keep(rollout.clone());
+        Ok(rollout)
     }
 }
 
@@ -195,6 +215,17 @@ impl LiveRegistry {
             }
         }
         Err(unavailable("it changed under every try"))
+    }
+
+    /// Changes the registry by `edit`, which always changes it: the new
+    /// revision and what `edit` gave (see [`LiveRegistry::change`]).
+    pub async fn edit<T>(
+        &self,
+        expected: Option<u64>,
+        mut edit: impl FnMut(&mut Document) -> Result<T, ModelsError>,
+    ) -> Result<(u64, T), ModelsError> {
+        let changed = self.change(expected, |doc| edit(doc).map(Some)).await?;
+        changed.ok_or_else(|| unavailable("an edit made no change"))
     }
 
     /// Tells operators' tools what happened to a rollout.
