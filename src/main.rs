@@ -143,7 +143,7 @@ fn validate(
     // any component starts with it.
     let workflows = Workflows::new(&file.workflows, &registry, &mut issues);
     let check_agent = |issues: &mut Issues| match &file.agent {
-        Some(agent) => agent.validate(&registry, issues),
+        Some(agent) => agent.validate(issues),
         None => issues.push("agent", "missing", "the agent needs an agent: section"),
     };
     match command {
@@ -194,7 +194,7 @@ fn main() -> ExitCode {
             file: path,
             dry_run,
         } => {
-            return cli::models::apply(&path, dry_run, &registry, &file.broker);
+            return cli::models::apply(&path, dry_run, &file.broker);
         }
         Command::Keys { action } => {
             return cli::access(cli::Access::Keys(action), &file.broker, &tenants);

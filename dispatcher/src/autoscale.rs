@@ -221,7 +221,7 @@ pub async fn signal(
             q.1 = at_ms - job.submitted_at_ms;
         }
     }
-    for spec in registry.iter() {
+    for spec in registry.models() {
         let model = spec.name.as_str();
         let token = subjects::model_token(model);
         let mut queued = 0;

@@ -59,6 +59,29 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
+    /// The queues of the registry's models at every priority, highest
+    /// first; those of `held` that stay are kept with their lanes.
+    fn all(registry: &Registry, mut held: Vec<Queue>) -> Vec<Queue> {
+        let models = registry.models();
+        let mut queues = Vec::new();
+        for priority in Priority::ALL {
+            for model in &models {
+                let prefix = subjects::jobs_of_model(priority, &model.name);
+                queues.push(match held.iter().position(|q| q.prefix == prefix) {
+                    Some(i) => held.swap_remove(i),
+                    None => Queue {
+                        priority,
+                        model: model.name.clone(),
+                        prefix,
+                        lanes: HashMap::new(),
+                        fair: FairShare::default(),
+                    },
+                });
+            }
+        }
+        queues
+    }
+
     /// The tenant's lane, its consumer created on first use.
     async fn lane(
         &mut self,
@@ -143,18 +166,14 @@ pub async fn run(
     let (client, js) = nats::connect(&nats_cfg, "dispatcher").await?;
     nats::ensure_streams(&js, &nats_cfg).await?;
     let grants = Grants::load(&js, &nats_cfg).await?;
-    let mut queues = Vec::new();
-    for priority in Priority::ALL {
-        for model in registry.iter() {
-            queues.push(Queue {
-                priority,
-                model: model.name.clone(),
-                prefix: subjects::jobs_of_model(priority, &model.name),
-                lanes: HashMap::new(),
-                fair: FairShare::default(),
-            });
-        }
-    }
+    tasks.spawn(switchyard_runtime::registry::follow(
+        registry.clone(),
+        nats::models(&js, &nats_cfg).await?,
+        shutdown.clone(),
+    ));
+    // Models added or removed live open or close their queues.
+    let mut queues = Queue::all(&registry, Vec::new());
+    let mut queues_at = registry.revision();
     let jobs_stream = nats::stream(&js, subjects::JOBS_STREAM).await?;
     let mut cluster = Cluster::new(
         cfg.node_timeout,
@@ -217,6 +236,17 @@ pub async fn run(
         }
         while let Some(Some(msg)) = doorbell.next().now_or_never() {
             arrivals.arrived(&msg.subject);
+        }
+        if registry.revision() != queues_at {
+            queues_at = registry.revision();
+            queues = Queue::all(&registry, std::mem::take(&mut queues));
+            // Kept by index: the old ones are wrong now.
+            aged.clear();
+            info!(
+                revision = queues_at,
+                queues = queues.len(),
+                "queues follow the live registry"
+            );
         }
         let now = Instant::now();
         for node in cluster.forget_stale(now) {

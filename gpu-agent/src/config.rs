@@ -2,8 +2,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
+use switchyard_runtime::Issues;
 use switchyard_runtime::config::check_id;
-use switchyard_runtime::{Issues, Registry};
 
 use crate::engine::openai::OpenAiConfig;
 use crate::engine::simulated::SimulatedConfig;
@@ -69,7 +69,7 @@ pub enum EngineConfig {
 }
 
 impl AgentConfig {
-    pub fn validate(&self, registry: &Registry, issues: &mut Issues) {
+    pub fn validate(&self, issues: &mut Issues) {
         check_id(issues, "agent.node_id", &self.node_id);
         issues.check(
             self.ack_wait >= Duration::from_secs(1),
@@ -87,9 +87,9 @@ impl AgentConfig {
             process.validate(issues);
         }
         match &self.engine {
-            EngineConfig::Simulated(sim) => sim.validate(registry, issues),
-            EngineConfig::Vllm(c) | EngineConfig::Openai(c) => c.validate(registry, issues),
-            EngineConfig::Triton(c) => c.validate(registry, issues),
+            EngineConfig::Simulated(sim) => sim.validate(issues),
+            EngineConfig::Vllm(c) | EngineConfig::Openai(c) => c.validate(issues),
+            EngineConfig::Triton(c) => c.validate(issues),
         }
     }
 }

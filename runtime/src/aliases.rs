@@ -4,13 +4,13 @@
 //! split is decided once, at admission, and written on the job, so its
 //! retries keep the version it was given.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Issues, ModelKind, ModelSpec, Registry};
+use crate::config::{Issues, ModelKind, ModelSpec};
+use crate::registry::{Registry, Snapshot};
 use crate::rollout_plan::{Follow, check_plan, mlflow_alias};
 
 /// An alias as the configuration declares it.
@@ -62,99 +62,32 @@ pub struct StickyKeys<'a> {
 /// A name resolved: the model that serves the job, and the alias it was
 /// asked for by, if it was.
 #[derive(Debug, Clone)]
-pub struct Routed<'a> {
-    pub spec: &'a ModelSpec,
+pub struct Routed {
+    pub spec: Arc<ModelSpec>,
     pub alias: Option<String>,
-}
-
-/// The aliases of a registry, checked, and the revision of the live
-/// registry they came from (0: the configuration's).
-#[derive(Debug, Default)]
-struct Aliases {
-    by_name: HashMap<String, AliasSpec>,
-    order: Vec<String>,
-    revision: u64,
-}
-
-/// The aliases in force, shared by every clone of a registry: the live
-/// registry's watcher replaces them while the models stay as configured.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Live(Arc<RwLock<Arc<Aliases>>>);
-
-impl Live {
-    fn now(&self) -> Arc<Aliases> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set(&self, aliases: Aliases) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(aliases);
-    }
-
-    /// Sets `aliases` unless those in force are of a later revision (a
-    /// watch can deliver a revision this process has already put in force
-    /// itself).
-    fn set_newer(&self, aliases: Aliases) -> bool {
-        let mut now = self.0.write().unwrap_or_else(|e| e.into_inner());
-        let newer = aliases.revision > now.revision;
-        if newer {
-            *now = Arc::new(aliases);
-        }
-        newer
-    }
 }
 
 const MAX_TARGETS: usize = 10;
 /// The OpenAI front's prefix for workflows called as models.
 const RESERVED_PREFIX: &str = "workflow:";
 
-impl Registry {
-    /// The registry with `specs`' aliases, each checked against its models;
-    /// every problem is reported with its field.
-    pub fn with_aliases(self, specs: &[AliasSpec], issues: &mut Issues) -> Registry {
-        self.aliases.set(self.checked(specs, 0, issues));
-        self
-    }
-
-    /// Puts `specs` in force as the live registry's revision `revision`,
-    /// unless a later one is; an alias with a problem is left out. The
-    /// problems, or None when a later revision stays.
-    pub fn replace_aliases(&self, specs: &[AliasSpec], revision: u64) -> Option<Issues> {
-        let mut issues = Issues::default();
-        let aliases = self.checked(specs, revision, &mut issues);
-        self.aliases.set_newer(aliases).then_some(issues)
-    }
-
-    /// The problems `specs` would have as this registry's aliases.
-    pub fn check_aliases(&self, specs: &[AliasSpec]) -> Issues {
-        let mut issues = Issues::default();
-        self.checked(specs, 0, &mut issues);
-        issues
-    }
-
-    /// The revision of the live registry whose aliases are in force.
-    pub fn alias_revision(&self) -> u64 {
-        self.aliases.now().revision
-    }
-
-    fn checked(&self, specs: &[AliasSpec], revision: u64, issues: &mut Issues) -> Aliases {
-        let mut aliases = Aliases {
-            revision,
-            ..Aliases::default()
-        };
+impl Snapshot {
+    /// Adds `specs`, each checked against the models; an alias with a
+    /// problem is left out.
+    pub(crate) fn add_aliases(&mut self, specs: &[AliasSpec], issues: &mut Issues) {
         for (i, spec) in specs.iter().enumerate() {
             let field = format!("aliases[{i}]");
             let before = issues.len();
-            self.check_alias(spec, &aliases, &field, issues);
+            self.check_alias(spec, &field, issues);
             if issues.len() != before {
                 continue;
             }
-            aliases.order.push(spec.name.clone());
-            aliases.by_name.insert(spec.name.clone(), spec.clone());
+            self.alias_order.push(spec.name.clone());
+            self.aliases.insert(spec.name.clone(), spec.clone());
         }
-        aliases
     }
 
-    fn check_alias(&self, spec: &AliasSpec, taken: &Aliases, field: &str, issues: &mut Issues) {
+    fn check_alias(&self, spec: &AliasSpec, field: &str, issues: &mut Issues) {
         let name = &spec.name;
         issues.check(
             !name.is_empty() && name.len() <= 128 && !name.starts_with(RESERVED_PREFIX),
@@ -162,7 +95,7 @@ impl Registry {
             name,
             "must be 1 to 128 bytes, not starting with workflow:",
         );
-        if self.get(name).is_some() || taken.by_name.contains_key(name) {
+        if self.get(name).is_some() || self.aliases.contains_key(name) {
             issues.push(
                 &format!("{field}.name"),
                 name,
@@ -214,16 +147,21 @@ impl Registry {
             }
         }
     }
+}
 
+impl Registry {
     /// The model that serves a job asking for `name`: the model itself, or
     /// for an alias the target its weights give the job's key. The same key
     /// gets the same target while the weights stay.
-    pub fn route(&self, name: &str, keys: StickyKeys<'_>) -> Option<Routed<'_>> {
-        if let Some(spec) = self.get(name) {
-            return Some(Routed { spec, alias: None });
+    pub fn route(&self, name: &str, keys: StickyKeys<'_>) -> Option<Routed> {
+        let now = self.now();
+        if let Some(spec) = now.get(name) {
+            return Some(Routed {
+                spec: spec.clone(),
+                alias: None,
+            });
         }
-        let aliases = self.aliases.now();
-        let alias = aliases.by_name.get(name)?;
+        let alias = now.aliases.get(name)?;
         let key = match (alias.sticky, keys.user) {
             (Sticky::Tenant, _) => keys.tenant,
             (Sticky::User, Some(user)) => user,
@@ -236,30 +174,29 @@ impl Registry {
             point < upto
         })?;
         Some(Routed {
-            spec: self.get(&target.model)?,
+            spec: now.get(&target.model)?.clone(),
             alias: Some(alias.name.clone()),
         })
     }
 
     /// The kind of a model or of an alias's models.
     pub fn kind_of(&self, name: &str) -> Option<ModelKind> {
-        match self.get(name) {
+        let now = self.now();
+        match now.get(name) {
             Some(spec) => Some(spec.kind),
             None => {
-                let aliases = self.aliases.now();
-                let alias = aliases.by_name.get(name)?;
-                Some(self.get(&alias.targets.first()?.model)?.kind)
+                let alias = now.aliases.get(name)?;
+                Some(now.get(&alias.targets.first()?.model)?.kind)
             }
         }
     }
 
     /// The aliases in force, in declaration order.
     pub fn aliases(&self) -> Vec<AliasSpec> {
-        let aliases = self.aliases.now();
-        aliases
-            .order
+        let now = self.now();
+        now.alias_order
             .iter()
-            .filter_map(|n| aliases.by_name.get(n).cloned())
+            .filter_map(|n| now.aliases.get(n).cloned())
             .collect()
     }
 }

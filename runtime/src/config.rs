@@ -2,7 +2,6 @@
 //! `SWITCHYARD_<SECTION>__<FIELD>` environment variables, rejected as a whole
 //! (every problem listed) before anything binds a port.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -198,7 +197,7 @@ pub enum ModelKind {
 }
 
 /// One entry of the model registry. Adding a model is adding an entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     pub name: String,
@@ -243,7 +242,7 @@ fn default_model_timeout() -> std::time::Duration {
 }
 
 /// A model's prices, in US dollars.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Price {
     pub prompt_per_1k: f64,
@@ -273,7 +272,7 @@ impl Price {
         (usd * 1e6).round() as i64
     }
 
-    fn valid(&self) -> bool {
+    pub(crate) fn valid(&self) -> bool {
         [
             self.prompt_per_1k,
             self.completion_per_1k,
@@ -287,7 +286,7 @@ impl Price {
 
 /// What the broker does with personal data found in a request, before the
 /// request is stored or logged anywhere.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PiiPolicy {
     /// Leave it as it is.
@@ -300,7 +299,7 @@ pub enum PiiPolicy {
 }
 
 /// The result cache of one model.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSpec {
     /// How long a result is served from the cache.
@@ -323,100 +322,6 @@ fn default_max_input_bytes() -> usize {
 }
 fn default_max_attempts() -> u32 {
     3
-}
-
-/// The model registry, indexed by name.
-#[derive(Debug, Clone, Default)]
-pub struct Registry {
-    models: HashMap<String, ModelSpec>,
-    order: Vec<String>,
-    /// The stable names that point at models (`aliases.rs`).
-    pub(crate) aliases: crate::aliases::Live,
-}
-
-impl Registry {
-    /// Builds the registry, reporting duplicates and invalid entries.
-    pub fn new(specs: &[ModelSpec], issues: &mut Issues) -> Registry {
-        let mut registry = Registry::default();
-        issues.check(
-            !specs.is_empty(),
-            "models",
-            "[]",
-            "declare at least one model",
-        );
-        for (i, spec) in specs.iter().enumerate() {
-            let field = format!("models[{i}]");
-            issues.check(
-                !spec.name.is_empty() && spec.name.len() <= 128,
-                &format!("{field}.name"),
-                &spec.name,
-                "must be 1 to 128 bytes",
-            );
-            issues.check(
-                spec.default_max_tokens <= spec.max_tokens,
-                &format!("{field}.default_max_tokens"),
-                spec.default_max_tokens,
-                "must not exceed max_tokens",
-            );
-            issues.check(
-                (1..=10).contains(&spec.max_attempts),
-                &format!("{field}.max_attempts"),
-                spec.max_attempts,
-                "must be between 1 and 10",
-            );
-            issues.check(
-                (std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(24 * 3600))
-                    .contains(&spec.timeout),
-                &format!("{field}.timeout"),
-                spec.timeout,
-                "must be between 1 ms and 24 h",
-            );
-            issues.check(
-                spec.max_tokens > 0,
-                &format!("{field}.max_tokens"),
-                spec.max_tokens,
-                "must be positive",
-            );
-            issues.check(
-                spec.price.is_none_or(|p| p.valid()),
-                &format!("{field}.price"),
-                spec.price,
-                "prices must be finite and not negative",
-            );
-            if let Some(cache) = &spec.cache {
-                issues.check(
-                    !cache.ttl.is_zero(),
-                    &format!("{field}.cache.ttl"),
-                    cache.ttl,
-                    "must be positive",
-                );
-            }
-            if let Some(uri) = &spec.mlflow {
-                issues.check(
-                    crate::rollout_plan::mlflow_version(uri).is_some(),
-                    &format!("{field}.mlflow"),
-                    uri,
-                    "must be models:/<registered model>/<version>",
-                );
-            }
-            if registry.models.contains_key(&spec.name) {
-                issues.push(&format!("{field}.name"), &spec.name, "declared twice");
-                continue;
-            }
-            registry.order.push(spec.name.clone());
-            registry.models.insert(spec.name.clone(), spec.clone());
-        }
-        registry
-    }
-
-    pub fn get(&self, name: &str) -> Option<&ModelSpec> {
-        self.models.get(name)
-    }
-
-    /// Models in declaration order.
-    pub fn iter(&self) -> impl Iterator<Item = &ModelSpec> {
-        self.order.iter().filter_map(|n| self.models.get(n))
-    }
 }
 
 /// Checks a node or other id that becomes a subject token.
@@ -447,32 +352,6 @@ pub(crate) mod tests {
             timeout: default_model_timeout(),
             mlflow: None,
         }
-    }
-
-    #[test]
-    fn registry_reports_every_problem_at_once() {
-        let mut issues = Issues::default();
-        let bad = ModelSpec {
-            default_max_tokens: 99,
-            ..spec("a")
-        };
-        Registry::new(&[bad, spec("a"), spec("")], &mut issues);
-        let text = issues.to_string();
-        assert_eq!(issues.0.len(), 3, "{text}");
-        assert!(text.contains("default_max_tokens"), "{text}");
-        assert!(text.contains("declared twice"), "{text}");
-        assert!(text.contains("models[2].name"), "{text}");
-    }
-
-    #[test]
-    fn registry_keeps_declaration_order() {
-        let mut issues = Issues::default();
-        let r = Registry::new(&[spec("b"), spec("a")], &mut issues);
-        assert!(issues.into_result().is_ok());
-        let names: Vec<_> = r.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["b", "a"]);
-        assert!(r.get("a").is_some());
-        assert!(r.get("c").is_none());
     }
 
     #[test]

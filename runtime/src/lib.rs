@@ -11,6 +11,7 @@ pub mod http_server;
 pub mod large;
 pub mod nats;
 pub mod ops;
+pub mod registry;
 pub mod rollout_plan;
 pub mod shutdown;
 pub mod telemetry;
@@ -19,7 +20,8 @@ pub mod trace;
 
 pub use aliases::{AliasSpec, Routed, Sticky, StickyKeys};
 pub use config::{
-    CacheSpec, ConfigError, Issues, ModelKind, ModelSpec, NatsConfig, PiiPolicy, Price, Registry,
+    CacheSpec, ConfigError, Issues, ModelKind, ModelSpec, NatsConfig, PiiPolicy, Price,
 };
 pub use ops::Readiness;
+pub use registry::Registry;
 pub use tenants::{Budget, BudgetPeriod, RateLimits, TenantSpec, Tenants};

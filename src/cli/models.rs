@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use reqwest::Method;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchyard_broker::BrokerConfig;
-use switchyard_runtime::{AliasSpec, Registry, config};
+use switchyard_runtime::{AliasSpec, ModelSpec, Registry, config};
 
 use super::{Api, print_answer};
 
@@ -146,30 +146,29 @@ fn target(text: &str) -> Result<Value, String> {
     Ok(json!({"model": model, "weight": weight}))
 }
 
-/// The part of a YAML file `apply` reads: its aliases (the rest of a
-/// configuration file is left alone).
+/// The part of a YAML file `apply` reads: its models and aliases (the
+/// rest of a configuration file is left alone).
 #[derive(Deserialize)]
-struct AliasFile {
+struct RegistryFile {
+    /// None: the live models stay as they are.
+    #[serde(default)]
+    models: Option<Vec<ModelSpec>>,
     #[serde(default)]
     aliases: Vec<AliasSpec>,
 }
 
-/// Makes the live aliases those of `file`: checked against the registry
-/// first, the difference printed, then (unless `dry_run`) put in force as
-/// one revision based on the one the difference was taken from.
-pub fn apply(file: &Path, dry_run: bool, registry: &Registry, broker: &BrokerConfig) -> ExitCode {
-    let wanted = match config::load::<AliasFile>(Some(file)) {
-        Ok(f) => f.aliases,
+/// Makes the live models and aliases those of `file` (its aliases only,
+/// when it has no `models:`): checked first, the difference printed, then
+/// (unless `dry_run`) put in force as one revision based on the one the
+/// difference was taken from.
+pub fn apply(file: &Path, dry_run: bool, broker: &BrokerConfig) -> ExitCode {
+    let wanted = match config::load::<RegistryFile>(Some(file)) {
+        Ok(f) => f,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let issues = registry.check_aliases(&wanted);
-    if !issues.is_empty() {
-        eprintln!("error: {issues}");
-        return ExitCode::from(2);
-    }
     let api = Api::new(broker);
     print_answer(async {
         let (ok, live) = api
@@ -178,12 +177,28 @@ pub fn apply(file: &Path, dry_run: bool, registry: &Registry, broker: &BrokerCon
         if !ok {
             return Ok((false, live));
         }
-        let held: Vec<AliasSpec> =
-            serde_json::from_value(live["aliases"].clone()).map_err(|e| e.to_string())?;
+        let decoded = |field: &str| live[field].clone();
+        let held_models: Vec<ModelSpec> =
+            serde_json::from_value(decoded("models")).map_err(|e| e.to_string())?;
+        let held_aliases: Vec<AliasSpec> =
+            serde_json::from_value(decoded("aliases")).map_err(|e| e.to_string())?;
         let revision = live["revision"].as_u64().unwrap_or(0);
-        let diff = difference(&held, &wanted);
+        let models = wanted.models.clone().unwrap_or_else(|| held_models.clone());
+        let issues = Registry::check(&models, &wanted.aliases);
+        if !issues.is_empty() {
+            let refusal =
+                json!({"error": {"code": "invalid_request", "message": issues.to_string()}});
+            return Ok((false, refusal));
+        }
+        let diff = json!({
+            "models": difference(&held_models, &models, |m| &m.name),
+            "aliases": difference(&held_aliases, &wanted.aliases, |a| &a.name),
+        });
         let unchanged = diff
-            .values()
+            .as_object()
+            .into_iter()
+            .flat_map(|d| d.values())
+            .flat_map(|part| part.as_object().into_iter().flat_map(|p| p.values()))
             .all(|v| v.as_array().is_some_and(Vec::is_empty));
         if dry_run || unchanged {
             return Ok((
@@ -194,9 +209,9 @@ pub fn apply(file: &Path, dry_run: bool, registry: &Registry, broker: &BrokerCon
         let put = api
             .request(
                 Method::PUT,
-                &format!("/v1/admin/aliases?revision={revision}"),
+                &format!("/v1/admin/models?revision={revision}"),
             )
-            .json(&json!({ "aliases": wanted }));
+            .json(&json!({"models": models, "aliases": wanted.aliases}));
         let (ok, answer) = api.send(put).await?;
         if !ok {
             return Ok((false, answer));
@@ -208,24 +223,31 @@ pub fn apply(file: &Path, dry_run: bool, registry: &Registry, broker: &BrokerCon
     })
 }
 
-/// What applying `wanted` over `held` adds, changes and removes.
-fn difference(held: &[AliasSpec], wanted: &[AliasSpec]) -> serde_json::Map<String, Value> {
-    let find = |list: &[AliasSpec], name: &str| list.iter().find(|a| a.name == name).cloned();
+/// What applying `wanted` over `held` adds, changes and removes, entries
+/// matched by `name`.
+fn difference<T: Serialize + PartialEq>(
+    held: &[T],
+    wanted: &[T],
+    name: impl Fn(&T) -> &String,
+) -> serde_json::Map<String, Value> {
+    fn find<'a, T>(list: &'a [T], key: &String, name: &impl Fn(&T) -> &String) -> Option<&'a T> {
+        list.iter().find(|e| name(e) == key)
+    }
     let mut added = Vec::new();
     let mut changed = Vec::new();
-    for alias in wanted {
-        match find(held, &alias.name) {
-            None => added.push(json!(alias)),
-            Some(before) if before != *alias => {
-                changed.push(json!({"name": alias.name, "from": before, "to": alias}));
+    for entry in wanted {
+        match find(held, name(entry), &name) {
+            None => added.push(json!(entry)),
+            Some(before) if before != entry => {
+                changed.push(json!({"name": name(entry), "from": before, "to": entry}));
             }
             Some(_) => {}
         }
     }
     let removed: Vec<Value> = held
         .iter()
-        .filter(|a| find(wanted, &a.name).is_none())
-        .map(|a| json!(a.name))
+        .filter(|e| find(wanted, name(e), &name).is_none())
+        .map(|e| json!(name(e)))
         .collect();
     let mut diff = serde_json::Map::new();
     diff.insert("added".into(), added.into());

@@ -34,6 +34,7 @@ mod harness;
 mod hostile;
 mod ledger_bench;
 mod limits;
+mod live_models;
 mod nats_accounts;
 mod nodes;
 mod observability;

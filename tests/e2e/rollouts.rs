@@ -62,7 +62,12 @@ fn load(stack: &Stack, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<V
     })
 }
 
-async fn send(stack: &Stack, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn send(
+    stack: &Stack,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
     let r = stack
         .http
         .request(method, stack.broker_url(path))
@@ -74,7 +79,7 @@ async fn send(stack: &Stack, method: reqwest::Method, path: &str, body: Value) -
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-fn code(body: &Value) -> &str {
+pub(crate) fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_default()
 }
 
@@ -316,6 +321,21 @@ async fn rollouts_move_an_alias_under_guards_and_roll_back_a_bad_version_with_no
     assert_eq!(weights(&registry), [("chat-v4".to_owned(), 100)]);
     assert!(jobs.iter().all(|j| j["status"] == "succeeded"));
     assert!(served_by(&jobs, "chat-v4") > 0 && served_by(&jobs, "tiny-chat") > 0);
+    // The versions rolled back are retired: their jobs have all ended
+    // and no alias points at them, so they can be removed.
+    for retired in ["chat-v2", "chat-v3"] {
+        let path = format!("/v1/admin/models/{retired}");
+        let (s, body) = send(&stack, reqwest::Method::DELETE, &path, Value::Null).await;
+        assert_eq!(s, 200, "{body:#}");
+    }
+    let (_, registry) = stack.get_json("/v1/admin/models").await;
+    let names: Vec<&str> = registry["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(names, ["tiny-chat", "tiny-text", "chat-v4"], "{registry:#}");
 
     // The command line: under a load, the weights flip back and forth
     // with no job failed or lost; then a file is applied, its difference
@@ -356,10 +376,13 @@ async fn rollouts_move_an_alias_under_guards_and_roll_back_a_bad_version_with_no
     let out = stack.cli(&["apply", "-f", file, "--dry-run"]);
     let shown: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(shown["applied"], false, "{shown:#}");
-    assert_eq!(shown["diff"]["added"][0]["name"], "summarizer", "{shown:#}");
+    let aliases = &shown["diff"]["aliases"];
+    assert_eq!(aliases["added"][0]["name"], "summarizer", "{shown:#}");
+    assert_eq!(aliases["changed"][0]["name"], "assistant", "{shown:#}");
     assert_eq!(
-        shown["diff"]["changed"][0]["name"], "assistant",
-        "{shown:#}"
+        shown["diff"]["models"]["removed"],
+        json!([]),
+        "a file without models leaves them: {shown:#}"
     );
     let (_, registry) = stack.get_json("/v1/admin/models").await;
     assert_eq!(
@@ -384,8 +407,8 @@ async fn rollouts_move_an_alias_under_guards_and_roll_back_a_bad_version_with_no
     .expect("write");
     let bad = stack.dir.path().join("bad.yaml");
     let out = stack.cli(&["apply", "-f", bad.to_str().expect("path")]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no model of the registry"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no model of the registry"));
 
     // Each rollout's moves were published, in order.
     let mut seen = Vec::new();

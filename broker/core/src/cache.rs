@@ -19,6 +19,7 @@ use crate::metrics as m;
 /// The bucket's lifetime for entries: the longest `ttl` of any model.
 pub fn longest_ttl(registry: &Registry) -> Option<Duration> {
     registry
+        .models()
         .iter()
         .filter_map(|spec| spec.cache.as_ref().map(|c| c.ttl))
         .max()

@@ -203,8 +203,8 @@ impl Calls {
         let job = self
             .admitter
             .validate(req.submission.clone(), req.priority, req.id.clone())?;
-        let spec = registry.get(&job.model).and_then(|s| s.cache.as_ref());
-        Ok(cache.look_up(spec, &job, req.bypass_cache).await)
+        let spec = registry.get(&job.model).and_then(|s| s.cache.clone());
+        Ok(cache.look_up(spec.as_ref(), &job, req.bypass_cache).await)
     }
 
     /// The job's record once it has ended, if its result comes within

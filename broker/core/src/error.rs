@@ -37,6 +37,7 @@ pub enum ErrorCode {
     NotFinished,
     StaleRevision,
     RolloutRunning,
+    ModelInUse,
     ResultExpired,
     StillRunning,
     // Batch lines.
@@ -54,7 +55,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 36] = [
+    pub const ALL: [ErrorCode; 37] = [
         ErrorCode::MalformedBody,
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownModel,
@@ -80,6 +81,7 @@ impl ErrorCode {
         ErrorCode::NotFinished,
         ErrorCode::StaleRevision,
         ErrorCode::RolloutRunning,
+        ErrorCode::ModelInUse,
         ErrorCode::ResultExpired,
         ErrorCode::StillRunning,
         ErrorCode::InvalidJson,
@@ -121,6 +123,7 @@ impl ErrorCode {
             ErrorCode::NotFinished => "not_finished",
             ErrorCode::StaleRevision => "stale_revision",
             ErrorCode::RolloutRunning => "rollout_running",
+            ErrorCode::ModelInUse => "model_in_use",
             ErrorCode::ResultExpired => "result_expired",
             ErrorCode::StillRunning => "still_running",
             ErrorCode::InvalidJson => "invalid_json",

@@ -14,14 +14,9 @@ pub const WEBHOOK_ATTEMPTS: &str = "switchyard_broker_webhook_attempts_total";
 pub const USAGE_COST: &str = "switchyard_broker_usage_cost_microdollars_total";
 pub const WEBHOOK_SECONDS: &str = "switchyard_broker_webhook_attempt_seconds";
 pub const AUTH_REFUSED: &str = "switchyard_broker_auth_refused_total";
-pub const REGISTRY_REVISION: &str = "switchyard_registry_revision";
 pub const ROLLOUT_EVENTS: &str = "switchyard_broker_rollout_events_total";
 
 pub fn describe() {
-    metrics::describe_gauge!(
-        REGISTRY_REVISION,
-        "Revision of the live model registry whose aliases this broker routes by"
-    );
     metrics::describe_counter!(
         ROLLOUT_EVENTS,
         "What happened to rollouts, by alias and event (started, advanced, completed, rolled_back)"

@@ -26,7 +26,8 @@ pub struct PiiConfig {
 pub struct Pii {
     scanner: Scanner,
     default: PiiPolicy,
-    models: HashMap<String, PiiPolicy>,
+    /// The models' own policies, live.
+    registry: Registry,
     tenants: HashMap<String, PiiPolicy>,
 }
 
@@ -35,10 +36,7 @@ impl Pii {
         Ok(Pii {
             scanner: Scanner::new(&cfg.custom)?,
             default: cfg.default,
-            models: registry
-                .iter()
-                .filter_map(|m| Some((m.name.clone(), m.pii?)))
-                .collect(),
+            registry: registry.clone(),
             tenants: tenants
                 .iter()
                 .filter_map(|t| Some((t.name.clone(), t.pii?)))
@@ -48,7 +46,11 @@ impl Pii {
 
     /// The stricter of the model's policy and the tenant's.
     fn policy(&self, job: &Job) -> PiiPolicy {
-        let model = self.models.get(&job.model).copied().unwrap_or(self.default);
+        let model = self
+            .registry
+            .get(&job.model)
+            .and_then(|m| m.pii)
+            .unwrap_or(self.default);
         let tenant = self.tenants.get(&job.tenant).copied().unwrap_or_default();
         model.max(tenant)
     }

@@ -155,7 +155,8 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | ErrorCode::NotCancellable
         | ErrorCode::NotFinished
         | ErrorCode::StaleRevision
-        | ErrorCode::RolloutRunning => StatusCode::CONFLICT,
+        | ErrorCode::RolloutRunning
+        | ErrorCode::ModelInUse => StatusCode::CONFLICT,
         ErrorCode::StillRunning => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::StreamInterrupted | ErrorCode::WorkflowFailed => StatusCode::BAD_GATEWAY,
         ErrorCode::QueueUnavailable

@@ -114,8 +114,8 @@ endpoint!(
     responses((status = 200, description = "`{object: list, data: [{id, object: model, …}]}`", body = Object)))]
 async fn models(State(s): State<OpenAiState>) -> axum::Json<Value> {
     let registry = s.call.calls.admitter().registry();
-    let aliases = registry.aliases();
-    let names = registry
+    let (models, aliases) = (registry.models(), registry.aliases());
+    let names = models
         .iter()
         .map(|m| &m.name)
         .chain(aliases.iter().map(|a| &a.name));

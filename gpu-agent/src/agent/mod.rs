@@ -59,6 +59,9 @@ struct Node {
     js: Context,
     client: async_nats::Client,
     engine: Box<dyn Engine>,
+    /// The live registry: the engine's models it does not name are not
+    /// offered.
+    registry: Registry,
     results: jetstream::stream::Stream,
     events: jetstream::stream::Stream,
     running: AtomicU32,
@@ -88,6 +91,12 @@ struct Node {
 }
 
 impl Node {
+    /// Of the engine's `models`, those the live registry names.
+    fn offered(&self, mut models: Vec<String>) -> Vec<String> {
+        models.retain(|m| self.registry.get(m).is_some());
+        models
+    }
+
     /// Folds one job's engine time into the moving average (weight 1/8:
     /// follows a change of load within a few dozen jobs).
     fn record_service_time(&self, took: Duration) {
@@ -153,6 +162,7 @@ struct Started {
     js: Context,
     platform: Platform,
     engine: Box<dyn Engine>,
+    registry: Registry,
 }
 
 /// Connects to NATS and builds the engine; `None` when `shutdown` came first.
@@ -166,6 +176,10 @@ async fn start(
     let Some(platform) = Platform::wait(&js, shutdown).await else {
         return Ok(None);
     };
+    // The live registry in force before the engine is asked what it serves.
+    if let Ok(Some(entry)) = platform.models.entry(subjects::MODELS_KEY).await {
+        registry.put_in_force_bytes(entry.revision, &entry.value);
+    }
     Ok(engine::build(&cfg.engine, registry, shutdown)
         .await
         .map(|engine| Started {
@@ -173,6 +187,7 @@ async fn start(
             js,
             platform,
             engine,
+            registry: registry.clone(),
         }))
 }
 
@@ -184,6 +199,7 @@ async fn serve(
         js,
         platform,
         engine,
+        registry,
     }: Started,
     engine_suspect: Arc<AtomicBool>,
     ready: &Readiness,
@@ -217,6 +233,7 @@ async fn serve(
         js,
         client,
         engine,
+        registry: registry.clone(),
         results: platform.results,
         events: platform.events,
         running: AtomicU32::new(0),
@@ -244,6 +261,11 @@ async fn serve(
         stop_heartbeats.clone(),
     ));
     tasks.spawn(watch_cancellations(node.clone(), stop_heartbeats.clone()));
+    tasks.spawn(switchyard_runtime::registry::follow(
+        registry,
+        platform.models,
+        stop_heartbeats.clone(),
+    ));
     tasks.spawn(serve_loads(node.clone(), stop_heartbeats.clone()));
     // Ready once the heartbeats say the engine serves.
     ready.watch(&node.client);

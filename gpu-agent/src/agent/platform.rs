@@ -10,6 +10,8 @@ pub(super) struct Platform {
     pub(super) events: jetstream::stream::Stream,
     pub(super) cancellations: kv::Store,
     pub(super) large_results: ObjectStore,
+    /// The live model registry, followed.
+    pub(super) models: kv::Store,
 }
 
 /// How often an agent started before the platform looks again.
@@ -51,6 +53,10 @@ impl Platform {
                 .map_err(|e| e.to_string())?,
             large_results: js
                 .get_object_store(subjects::LARGE_RESULTS_BUCKET)
+                .await
+                .map_err(|e| e.to_string())?,
+            models: js
+                .get_key_value(subjects::MODELS_BUCKET)
                 .await
                 .map_err(|e| e.to_string())?,
         })

@@ -6,11 +6,14 @@ pub mod openai;
 pub mod simulated;
 pub mod triton;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use switchyard_runtime::{Issues, Registry};
 use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Priority, Usage};
 
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::EngineConfig;
 
@@ -94,26 +97,26 @@ pub async fn build(
         EngineConfig::Vllm(c) => (c, openai::Flavor::Vllm),
         EngineConfig::Openai(c) => (c, openai::Flavor::Generic),
     };
-    let mut engine = openai::OpenAi::new(config.clone(), flavor, registry);
+    let engine = openai::OpenAi::new(config.clone(), flavor, registry);
     while engine.models().is_empty() {
         tokio::select! {
             () = shutdown.cancelled() => return None,
-            () = engine.discover_models(registry) => {}
+            () = async {
+                if !engine.discover_models().await {
+                    warn!("the engine serves no model of the registry yet; asking again");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            } => {}
         }
     }
     Some(Box::new(engine))
 }
 
-/// What every engine's configuration must get right: models the registry
-/// knows, and a sane number of slots. An empty model list is allowed only
-/// where the engine can be asked for one.
-fn check_models_and_slots(
-    models: &[String],
-    may_discover: bool,
-    slots: u32,
-    registry: &Registry,
-    issues: &mut Issues,
-) {
+/// What every engine's configuration must get right: a sane number of
+/// slots, and models unless the engine can be asked for them. A model the
+/// registry does not name yet is allowed: the live registry may add it,
+/// and the agent serves it from then on.
+fn check_models_and_slots(models: &[String], may_discover: bool, slots: u32, issues: &mut Issues) {
     issues.check(
         slots > 0 && slots <= 4096,
         "agent.engine.slots",
@@ -126,12 +129,4 @@ fn check_models_and_slots(
         models,
         "serve at least one model",
     );
-    for m in models {
-        issues.check(
-            registry.get(m).is_some(),
-            "agent.engine.models",
-            m,
-            "not in the model registry",
-        );
-    }
 }

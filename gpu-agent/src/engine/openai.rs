@@ -2,6 +2,7 @@
 //! reports its queue and KV cache on `/metrics`) and any other compatible
 //! server — TGI, SGLang, llama.cpp's server — as `kind: openai`.
 
+use std::sync::RwLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +13,7 @@ use switchyard_schemas::{
     ChatInput, ChatMessage, CompletionInput, EmbeddingInput, EngineLoad, ErrorClass, JobInput,
     Priority, Usage,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::http::{answers, check_url, client, gauge_sum, json_answer, scrape, transport_error};
 use super::{Engine, EngineError, Inference, TokenSink, check_models_and_slots};
@@ -23,8 +24,9 @@ pub struct OpenAiConfig {
     /// Where the server listens, such as `http://127.0.0.1:8000`.
     pub url: String,
     /// Models it serves, by the names the registry and the server share.
-    /// Left out, the agent asks the server (`/v1/models`) and serves those
-    /// the registry knows.
+    /// Left out, the agent asks the server (`/v1/models`), again at every
+    /// heartbeat, and serves those the live registry names: a model the
+    /// server serves is taken up as soon as the registry adds it.
     #[serde(default)]
     pub models: Vec<String>,
     /// Requests the agent sends at once; the server may batch them.
@@ -96,8 +98,8 @@ fn default_request_timeout() -> Duration {
 }
 
 impl OpenAiConfig {
-    pub fn validate(&self, registry: &Registry, issues: &mut Issues) {
-        check_models_and_slots(&self.models, true, self.slots, registry, issues);
+    pub fn validate(&self, issues: &mut Issues) {
+        check_models_and_slots(&self.models, true, self.slots, issues);
         check_url(&self.url, self.request_timeout, issues);
     }
 }
@@ -113,6 +115,8 @@ pub enum Flavor {
 
 pub struct OpenAi {
     config: OpenAiConfig,
+    /// The models it serves now: the configured ones, or those discovered.
+    served: RwLock<Vec<String>>,
     /// The kind of each model, for the request that proves the engine.
     registry: Registry,
     base: String,
@@ -123,6 +127,7 @@ pub struct OpenAi {
 impl OpenAi {
     pub fn new(config: OpenAiConfig, flavor: Flavor, registry: &Registry) -> Self {
         Self {
+            served: RwLock::new(config.models.clone()),
             registry: registry.clone(),
             base: config.url.trim_end_matches('/').to_owned(),
             http: client(config.request_timeout),
@@ -131,42 +136,43 @@ impl OpenAi {
         }
     }
 
-    /// Asks the server which models it serves and keeps those the registry
-    /// knows; waits a little first when the server does not answer.
-    pub async fn discover_models(&mut self, registry: &Registry) {
-        let listed = async {
-            let mut request = self.http.get(format!("{}/v1/models", self.base));
-            if let Some(key) = &self.config.api_key {
-                request = request.bearer_auth(key);
-            }
-            let body: Value = request.send().await?.error_for_status()?.json().await?;
-            Ok::<_, reqwest::Error>(body)
-        };
-        let body = match listed.await {
-            Ok(body) => body,
-            Err(e) => {
-                warn!(error = %e, "cannot list the engine's models yet; trying again");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                return;
-            }
-        };
+    /// The server's models (`/v1/models`) that the registry names.
+    async fn listed(&self) -> Result<Vec<String>, reqwest::Error> {
+        let mut request = self.http.get(format!("{}/v1/models", self.base));
+        if let Some(key) = &self.config.api_key {
+            request = request.bearer_auth(key);
+        }
+        let body: Value = request.send().await?.error_for_status()?.json().await?;
         let served = body["data"].as_array().into_iter().flatten();
         let ids = served.filter_map(|m| m["id"].as_str());
         let (known, unknown): (Vec<&str>, Vec<&str>) =
-            ids.partition(|id| registry.get(id).is_some());
+            ids.partition(|id| self.registry.get(id).is_some());
         if !unknown.is_empty() {
-            warn!(
+            debug!(
                 ?unknown,
                 "the engine serves models the registry does not name; ignored"
             );
         }
-        if known.is_empty() {
-            warn!("the engine serves no model of the registry; asking again");
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            return;
+        Ok(known.into_iter().map(str::to_owned).collect())
+    }
+
+    /// Serves the models the server lists that the registry names; whether
+    /// there are any. A server that does not answer leaves them as they are.
+    pub async fn discover_models(&self) -> bool {
+        match self.listed().await {
+            Ok(known) => {
+                let mut served = self.served.write().unwrap_or_else(|e| e.into_inner());
+                if *served != known {
+                    info!(models = ?known, "models discovered");
+                    *served = known;
+                }
+                !served.is_empty()
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot list the engine's models");
+                !self.models().is_empty()
+            }
         }
-        info!(models = ?known, "models discovered");
-        self.config.models = known.into_iter().map(str::to_owned).collect();
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
@@ -181,7 +187,18 @@ impl OpenAi {
 #[async_trait]
 impl Engine for OpenAi {
     fn models(&self) -> Vec<String> {
-        self.config.models.clone()
+        self.served
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Without a configured list, the server's models are listed again:
+    /// one it serves that the registry has just added is taken up.
+    async fn tend(&self) {
+        if self.config.models.is_empty() {
+            self.discover_models().await;
+        }
     }
 
     fn slots(&self) -> u32 {
@@ -226,10 +243,10 @@ impl Engine for OpenAi {
 
     /// A one-token request (one text to embed) to its first model.
     async fn prove(&self) -> bool {
-        let Some(model) = self.config.models.first() else {
+        let Some(model) = self.models().first().cloned() else {
             return false;
         };
-        let hello = match self.registry.get(model).map(|spec| spec.kind) {
+        let hello = match self.registry.get(&model).map(|spec| spec.kind) {
             Some(ModelKind::Chat) => JobInput::Chat(ChatInput {
                 messages: vec![ChatMessage {
                     role: "user".into(),
@@ -250,7 +267,7 @@ impl Engine for OpenAi {
                 sampling: Default::default(),
             }),
         };
-        self.infer(model, &hello, Priority::Critical, None)
+        self.infer(&model, &hello, Priority::Critical, None)
             .await
             .is_ok()
     }

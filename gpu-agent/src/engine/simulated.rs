@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
-use switchyard_runtime::{Issues, Registry};
+use switchyard_runtime::Issues;
 use switchyard_schemas::{EngineLoad, ErrorClass, JobInput, Priority, Usage};
 use tokio::sync::Semaphore;
 
@@ -46,8 +46,8 @@ pub struct Fault {
 }
 
 impl SimulatedConfig {
-    pub fn validate(&self, registry: &Registry, issues: &mut Issues) {
-        check_models_and_slots(&self.models, false, self.slots, registry, issues);
+    pub fn validate(&self, issues: &mut Issues) {
+        check_models_and_slots(&self.models, false, self.slots, issues);
         for (i, fault) in self.faults.iter().enumerate() {
             issues.check(
                 fault.rate.is_none_or(|r| (0.0..=1.0).contains(&r)),

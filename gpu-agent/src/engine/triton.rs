@@ -60,8 +60,8 @@ fn default_load_timeout() -> Duration {
 }
 
 impl TritonConfig {
-    pub fn validate(&self, registry: &Registry, issues: &mut Issues) {
-        check_models_and_slots(&self.models, self.on_demand, self.slots, registry, issues);
+    pub fn validate(&self, issues: &mut Issues) {
+        check_models_and_slots(&self.models, self.on_demand, self.slots, issues);
         check_url(&self.url, self.request_timeout, issues);
         issues.check(
             self.on_demand || self.unload_after.is_none(),
@@ -151,8 +151,9 @@ pub struct Triton {
     config: TritonConfig,
     base: String,
     http: reqwest::Client,
-    /// Model names the registry knows: the repository's others are ignored.
-    known: BTreeSet<String>,
+    /// The repository's models the registry does not name are ignored
+    /// until it does.
+    registry: Registry,
     repository: Mutex<Repository>,
 }
 
@@ -161,7 +162,7 @@ impl Triton {
         Self {
             base: config.url.trim_end_matches('/').to_owned(),
             http: client(config.request_timeout),
-            known: registry.iter().map(|m| m.name.clone()).collect(),
+            registry: registry.clone(),
             repository: Mutex::new(Repository::default()),
             config,
         }
@@ -236,7 +237,7 @@ impl Triton {
         let mut on_demand = BTreeSet::new();
         let mut ready = BTreeSet::new();
         for entry in index {
-            if self.known.contains(&entry.name) && !fixed.contains(&entry.name) {
+            if self.registry.get(&entry.name).is_some() && !fixed.contains(&entry.name) {
                 if entry.state.as_deref() == Some("READY") {
                     ready.insert(entry.name.clone());
                 }

@@ -59,7 +59,7 @@ pub fn validate(
             limit: spec.max_input_bytes,
         });
     }
-    let input = typed_input(spec, submission.input)?;
+    let input = typed_input(&spec, submission.input)?;
     if submission.stream && !input.generates_text() {
         return Err(Rejection::InvalidRequest(format!(
             "stream is for chat and completion models; {:?} is not one",

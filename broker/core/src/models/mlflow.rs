@@ -145,6 +145,7 @@ async fn follow_one(
     let source = format!("models:/{name}/{version}");
     let to = live
         .registry()
+        .models()
         .iter()
         .find(|m| m.mlflow.as_deref() == Some(source.as_str()))
         .map(|m| m.name.clone())

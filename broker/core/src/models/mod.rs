@@ -1,22 +1,20 @@
-//! The live model registry: the aliases and their rollouts, in one entry
-//! of a JetStream KV bucket that every broker watches. The entry's revision
-//! is the registry's; every change is a compare-and-set on it, so two
-//! operators (or two brokers' rollout controllers) never overwrite each
-//! other, and a change based on a stale read is refused. The models
-//! themselves stay as configured: an alias can only point at them.
+//! The live model registry: the models, the aliases and their rollouts, in
+//! one entry of a JetStream KV bucket that every broker, dispatcher and
+//! agent watches. The entry's revision is the registry's; every change is a
+//! compare-and-set on it, so two operators (or two brokers' rollout
+//! controllers) never overwrite each other, and a change based on a stale
+//! read is refused.
 
 pub mod drive;
 pub mod mlflow;
 pub mod rollout;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
-use futures::StreamExt;
+use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use switchyard_runtime::{AliasSpec, Registry};
+use switchyard_runtime::{AliasSpec, ModelSpec, Registry};
 use switchyard_schemas::subjects;
 use switchyard_store::StoreError;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +27,10 @@ use rollout::{Rollout, RolloutError, RolloutRequest};
 /// What the registry's entry holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Document {
+    /// Empty in an entry written before models were live: the
+    /// configuration's are put in it when a broker opens it.
+    #[serde(default)]
+    pub models: Vec<ModelSpec>,
     pub aliases: Vec<AliasSpec>,
     /// The latest rollout of each alias that has had one.
     #[serde(default)]
@@ -41,6 +43,33 @@ impl Document {
             .iter_mut()
             .find(|a| a.name == name)
             .ok_or_else(|| ModelsError::NoAlias(name.to_owned()))
+    }
+
+    /// Adds `spec`, or puts it in place of the model of its name.
+    pub fn put_model(&mut self, spec: ModelSpec) {
+        match self.models.iter_mut().find(|m| m.name == spec.name) {
+            Some(held) => *held = spec,
+            None => self.models.push(spec),
+        }
+    }
+
+    /// Removes a model that no alias points at.
+    pub fn remove_model(&mut self, name: &str) -> Result<(), ModelsError> {
+        if !self.models.iter().any(|m| m.name == name) {
+            return Err(ModelsError::NoModel(name.to_owned()));
+        }
+        if let Some(alias) = self
+            .aliases
+            .iter()
+            .find(|a| a.targets.iter().any(|t| t.model == name))
+        {
+            return Err(ModelsError::InUse {
+                model: name.to_owned(),
+                why: format!("alias {:?} points at it", alias.name),
+            });
+        }
+        self.models.retain(|m| m.name != name);
+        Ok(())
     }
 
     /// The alias's rollout, if one is running.
@@ -87,6 +116,10 @@ pub enum ModelsError {
     NoAlias(String),
     #[error("no rollout of alias {0:?} is running")]
     NoRollout(String),
+    #[error("no model {0:?}")]
+    NoModel(String),
+    #[error("model {model:?} is in use: {why}")]
+    InUse { model: String, why: String },
     #[error(transparent)]
     Rollout(#[from] RolloutError),
     #[error("the live registry: {0}")]
@@ -102,7 +135,10 @@ impl Coded for ModelsError {
             ModelsError::Invalid(_) | ModelsError::Rollout(RolloutError::Invalid(_)) => {
                 ErrorCode::InvalidRequest
             }
-            ModelsError::NoAlias(_) | ModelsError::NoRollout(_) => ErrorCode::NotFound,
+            ModelsError::NoAlias(_) | ModelsError::NoRollout(_) | ModelsError::NoModel(_) => {
+                ErrorCode::NotFound
+            }
+            ModelsError::InUse { .. } => ErrorCode::ModelInUse,
             ModelsError::Rollout(RolloutError::Running(_)) => ErrorCode::RolloutRunning,
             ModelsError::Unavailable(_) => ErrorCode::QueueUnavailable,
             ModelsError::Store(_) => ErrorCode::StoreUnavailable,
@@ -116,8 +152,6 @@ fn unavailable(e: impl std::fmt::Display) -> ModelsError {
 
 /// How often a change is tried again when another lands first.
 const CHANGE_TRIES: usize = 8;
-/// How long the watch waits before watching again after it broke.
-const REWATCH: Duration = Duration::from_secs(1);
 
 /// The live registry, and the registry whose aliases it keeps in force.
 #[derive(Clone)]
@@ -128,8 +162,8 @@ pub struct LiveRegistry {
 }
 
 impl LiveRegistry {
-    /// Opens the live registry, seeded with the configuration's aliases
-    /// when it is new, and puts what it holds in force.
+    /// Opens the live registry, seeded with the configuration's models and
+    /// aliases when it is new, and puts what it holds in force.
     pub async fn open(
         kv: kv::Store,
         registry: Arc<Registry>,
@@ -140,7 +174,14 @@ impl LiveRegistry {
             registry,
             client,
         };
+        let configured: Vec<ModelSpec> = live
+            .registry
+            .models()
+            .iter()
+            .map(|m| ModelSpec::clone(m))
+            .collect();
         let seed = Document {
+            models: configured.clone(),
             aliases: live.registry.aliases(),
             rollouts: Vec::new(),
         };
@@ -148,6 +189,20 @@ impl LiveRegistry {
             Ok(revision) => info!(revision, "live registry seeded from the configuration"),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(unavailable(e)),
+        }
+        let added = live
+            .change(None, |doc| {
+                Ok(doc
+                    .models
+                    .is_empty()
+                    .then(|| doc.models.clone_from(&configured)))
+            })
+            .await?;
+        if let Some((revision, ())) = added {
+            info!(
+                revision,
+                "the configuration's models put in the live registry"
+            );
         }
         let (revision, doc) = live.read().await?;
         live.put_in_force(revision, &doc);
@@ -192,7 +247,7 @@ impl LiveRegistry {
             let Some(out) = edit(&mut doc)? else {
                 return Ok(None);
             };
-            let issues = self.registry.check_aliases(&doc.aliases);
+            let issues = Registry::check(&doc.models, &doc.aliases);
             if !issues.is_empty() {
                 return Err(ModelsError::Invalid(issues.to_string()));
             }
@@ -245,44 +300,12 @@ impl LiveRegistry {
     /// Follows the registry's entry until shutdown, putting each revision
     /// in force as it lands.
     pub async fn follow(self, shutdown: CancellationToken) {
-        loop {
-            match self.kv.watch_with_history(subjects::MODELS_KEY).await {
-                Ok(mut watch) => loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        next = watch.next() => match next {
-                            Some(Ok(entry)) if entry.operation == Operation::Put => {
-                                match serde_json::from_slice::<Document>(&entry.value) {
-                                    Ok(doc) => self.put_in_force(entry.revision, &doc),
-                                    Err(e) => warn!(error = %e, revision = entry.revision,
-                                        "a revision of the live registry does not decode; the last stays"),
-                                }
-                            }
-                            Some(Ok(_)) => {}
-                            Some(Err(e)) => {
-                                warn!(error = %e, "the live registry's watch broke");
-                                break;
-                            }
-                            None => break,
-                        },
-                    }
-                },
-                Err(e) => warn!(error = %e, "cannot watch the live registry"),
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(REWATCH) => {}
-            }
-        }
+        switchyard_runtime::registry::follow((*self.registry).clone(), self.kv, shutdown).await;
     }
 
     fn put_in_force(&self, revision: u64, doc: &Document) {
-        if let Some(issues) = self.registry.replace_aliases(&doc.aliases, revision) {
-            if !issues.is_empty() {
-                warn!(revision, %issues, "aliases of the live registry left out");
-            }
-            metrics::gauge!(m::REGISTRY_REVISION).set(revision as f64);
-        }
+        self.registry
+            .put_in_force(revision, &doc.models, &doc.aliases);
     }
 }
 
