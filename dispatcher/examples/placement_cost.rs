@@ -31,6 +31,7 @@ fn heartbeats() -> Vec<Heartbeat> {
             draining: false,
             ready: true,
             service_ms: Some(20 + (i as u32 * 13) % 300),
+            service_ms_by_model: Default::default(),
             gpus: Vec::new(),
             engine: EngineLoad::default(),
             loadable: Vec::new(),

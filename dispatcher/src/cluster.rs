@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use switchyard_schemas::Heartbeat;
+use switchyard_schemas::{EngineLoad, Heartbeat};
 
 use crate::placement::{Candidate, Policy};
 
@@ -26,6 +26,10 @@ pub struct NodeView {
     /// keeps its queue (the engine may be back in a moment).
     pub ready: bool,
     pub service_ms: Option<u32>,
+    /// Its time per job of each model it has finished one of.
+    pub service_ms_by_model: BTreeMap<String, u32>,
+    /// What its engine says of its own load.
+    pub engine: EngineLoad,
     pub last_seen: Instant,
     /// Assignments made since the last heartbeat, which it could not yet count.
     pub assigned_since_heartbeat: u32,
@@ -65,6 +69,8 @@ impl NodeView {
             draining: false,
             ready: false,
             service_ms: None,
+            service_ms_by_model: BTreeMap::new(),
+            engine: EngineLoad::default(),
             last_seen: now,
             assigned_since_heartbeat: 0,
             last_placed: BTreeMap::new(),
@@ -124,6 +130,8 @@ impl Cluster {
         node.draining = hb.draining;
         node.ready = hb.ready;
         node.service_ms = hb.service_ms;
+        node.service_ms_by_model.clone_from(&hb.service_ms_by_model);
+        node.engine = hb.engine;
         node.last_seen = now;
         node.assigned_since_heartbeat = 0;
         if models_changed {
@@ -278,11 +286,17 @@ impl Cluster {
                     running: n.running,
                     inflight: n.inflight(),
                     slots: n.slots_total,
-                    service_ms: n.service_ms,
+                    // The model's own time where the node has one.
+                    service_ms: n.service_ms_by_model.get(model).copied().or(n.service_ms),
                     warm: n
                         .last_placed
                         .get(model)
                         .is_some_and(|at| now.saturating_duration_since(*at) < WARM_FOR),
+                    engine_waiting: n.engine.queue_depth.unwrap_or(0),
+                    kv_permille: n
+                        .engine
+                        .kv_cache_usage
+                        .map(|share| (share.clamp(0.0, 1.0) * 1000.0).round() as u16),
                 }
             })
             .collect();
@@ -332,6 +346,7 @@ mod tests {
             draining: false,
             ready: true,
             service_ms: None,
+            service_ms_by_model: Default::default(),
             gpus: Vec::new(),
             engine: switchyard_schemas::EngineLoad::default(),
             loadable: Vec::new(),
@@ -485,6 +500,22 @@ mod tests {
         assert_eq!(c.place("m", now, &[]).as_deref(), Some("b"));
     }
 
+    #[test]
+    fn each_model_goes_to_the_node_that_runs_it_fastest() {
+        let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::EarliestFinish));
+        let now = Instant::now();
+        // Alike as nodes; each is fast at one model and slow at the other.
+        let timed = |node: &str, m0: u32, m1: u32| Heartbeat {
+            service_ms: Some(100),
+            service_ms_by_model: [("m0".to_owned(), m0), ("m1".to_owned(), m1)].into(),
+            ..hb(node, &["m0", "m1"], 4, 0, 0)
+        };
+        c.observe(&timed("a", 10, 500), now);
+        c.observe(&timed("b", 500, 10), now);
+        assert_eq!(c.place("m1", now, &[]).as_deref(), Some("b"));
+        assert_eq!(c.place("m0", now, &[]).as_deref(), Some("a"));
+    }
+
     /// A random node: (models bitmask over m0..m2, slots, running, queued,
     /// seconds since last heartbeat, draining).
     fn node_strategy() -> impl Strategy<Value = (u8, u32, u32, u32, u64, bool)> {
@@ -498,12 +529,14 @@ mod tests {
             prefetch in 0u32..3,
             model in 0usize..3,
             avoid_mask in any::<u16>(),
+            kv in prop::collection::vec(prop::option::of(0.0f32..=1.0), 12),
             policy in prop::sample::select(vec![
                 PolicyKind::LeastLoaded,
                 PolicyKind::ModelAffinity,
                 PolicyKind::PowerOfTwo,
                 PolicyKind::RoundRobin,
                 PolicyKind::EarliestFinish,
+                PolicyKind::GpuAware,
             ]),
         ) {
             let start = Instant::now();
@@ -517,6 +550,8 @@ mod tests {
                 let serves: Vec<&str> = (0..3).filter(|b| mask & (1 << b) != 0).map(|b| models[b]).collect();
                 let mut h = hb(&id, &serves, *slots, *running, *queued);
                 h.draining = *draining;
+                h.engine.kv_cache_usage = kv[i];
+                h.engine.queue_depth = Some(*queued % 3);
                 c.observe(&h, now - Duration::from_secs(*age));
                 let fit = !draining && *age <= 5 && serves.contains(&models[model]);
                 let free = (slots * (prefetch + 1)).saturating_sub(running + queued);

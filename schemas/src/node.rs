@@ -1,6 +1,8 @@
 //! What a node reports of itself and is asked to do: heartbeats with its
 //! engine's load and its GPUs, and requests to load a model.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 fn yes() -> bool {
@@ -30,6 +32,10 @@ pub struct Heartbeat {
     /// it finished), once it has finished one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_ms: Option<u32>,
+    /// The same per model, for each model it has finished a job of: one
+    /// node runs unlike models at unlike speeds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_ms_by_model: BTreeMap<String, u32>,
     /// The node's GPUs, from NVML; empty where there is no NVIDIA driver.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<GpuStats>,

@@ -149,6 +149,7 @@ fn every_message_round_trips() {
         draining: false,
         ready: true,
         service_ms: Some(40),
+        service_ms_by_model: [("m".to_owned(), 40)].into(),
         gpus: vec![GpuStats {
             index: 0,
             name: "NVIDIA H100 80GB HBM3".into(),

@@ -60,8 +60,19 @@ struct Sent {
 }
 
 async fn send(js: &Context, priority: &str, tenant: &'static str, n: usize) -> Sent {
+    send_input(js, priority, tenant, n, |id| json!({"prompt": id})).await
+}
+
+/// A job whose input `input` makes of its id.
+async fn send_input(
+    js: &Context,
+    priority: &str,
+    tenant: &'static str,
+    n: usize,
+    input: impl Fn(&str) -> serde_json::Value,
+) -> Sent {
     let id = format!("{tenant}-{priority}-{n}");
-    let body = json!({"model": TEXT_MODEL, "tenant": tenant, "input": {"prompt": id}});
+    let body = json!({"model": TEXT_MODEL, "tenant": tenant, "input": input(&id)});
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.as_str());
     let at_ms = now_ms();
@@ -85,6 +96,26 @@ async fn paced(
     per_second: usize,
     seconds: f64,
 ) -> Vec<Sent> {
+    paced_with(
+        js,
+        priority,
+        tenant,
+        per_second,
+        seconds,
+        |id, _| json!({"prompt": id}),
+    )
+    .await
+}
+
+/// As `paced`, the nth job's input made by `input` of its id and n.
+async fn paced_with(
+    js: &Context,
+    priority: &str,
+    tenant: &'static str,
+    per_second: usize,
+    seconds: f64,
+    input: impl Fn(&str, usize) -> serde_json::Value + Copy,
+) -> Vec<Sent> {
     let ticks = (seconds * 100.0) as usize;
     let mut interval = tokio::time::interval(Duration::from_millis(10));
     let mut sent = Vec::new();
@@ -94,7 +125,8 @@ async fn paced(
         let due = (tick + 1) * per_second / 100;
         let mut pending = Vec::new();
         while sent.len() + pending.len() < due {
-            pending.push(send(js, priority, tenant, sent.len() + pending.len()));
+            let n = sent.len() + pending.len();
+            pending.push(send_input(js, priority, tenant, n, move |id| input(id, n)));
         }
         sent.extend(futures::future::join_all(pending).await);
     }
@@ -213,6 +245,17 @@ async fn fair_shares_at_ten_to_one_offered_load() {
     }
 }
 
+/// A broker and a dispatcher placing by `placement`.
+fn placing_by(placement: &'static str) -> Stack {
+    let mut stack = Stack::new(StackOptions {
+        placement,
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack
+}
+
 /// Eight unlike nodes: (slots, base latency). 45 slots, about 450 jobs/s.
 const NODES: [(u32, &str); 8] = [
     (1, "20ms"),
@@ -236,12 +279,7 @@ async fn placement_policies_on_eight_unlike_nodes() {
         "earliest_finish",
         "round_robin",
     ] {
-        let mut stack = Stack::new(StackOptions {
-            placement,
-            ..StackOptions::default()
-        });
-        stack.start_broker();
-        stack.start_dispatcher();
+        let mut stack = placing_by(placement);
         for (i, (node_slots, latency)) in NODES.iter().enumerate() {
             stack.start_agent_with(
                 &format!("node-{i}"),
@@ -294,6 +332,70 @@ async fn placement_policies_on_eight_unlike_nodes() {
             100.0 * utilisation,
             percentile(&latency, 0.5),
             percentile(&latency, 0.99),
+        );
+    }
+}
+
+/// One job in five is long: a prompt of 200 words and 64 tokens to
+/// generate (264 tokens of KV cache), the others 1 word and 8 tokens.
+fn mixed(id: &str, n: usize) -> serde_json::Value {
+    match n % 5 {
+        0 => json!({"prompt": format!("{id}{}", " word".repeat(200)), "max_tokens": 64}),
+        _ => json!({"prompt": id, "max_tokens": 8}),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+async fn placement_with_kv_caches_and_mixed_requests() {
+    // Jobs a second: about half of what the nodes serve of this mix.
+    const RATE: usize = 100;
+    for placement in ["gpu_aware", "earliest_finish", "least_loaded"] {
+        let mut stack = placing_by(placement);
+        // The eight unlike nodes, each with a KV cache of 100 tokens a
+        // slot: a long request holds the cache of two or three slots.
+        for (i, (node_slots, latency)) in NODES.iter().enumerate() {
+            let engine = format!(
+                "
+    kind: simulated
+    models: [{TEXT_MODEL}]
+    slots: {node_slots}
+    base_latency: {latency}
+    per_token_latency: 8ms
+    kv_cache: {{tokens: {}}}",
+                node_slots * 100
+            );
+            stack.start_agent_on(&format!("node-{i}"), &engine);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let client = stack.nats.client().await;
+        let results = Results::watch(&client).await;
+        let js = async_nats::jetstream::new(client);
+        let sent = paced_with(&js, "normal", "mixed", RATE, 6.0, mixed).await;
+        let ids: Vec<String> = sent.iter().map(|s| s.id.clone()).collect();
+        results.wait_for(&ids, Duration::from_secs(120)).await;
+        let first = sent.iter().map(|s| s.at_ms).min().unwrap();
+        let last = ids
+            .iter()
+            .map(|id| results.get(id).unwrap().finished_at_ms)
+            .max()
+            .unwrap();
+        let took = |long: bool| {
+            let mut ms: Vec<i64> = sent
+                .iter()
+                .enumerate()
+                .filter(|(n, _)| (n % 5 == 0) == long)
+                .map(|(_, s)| results.get(&s.id).unwrap().finished_at_ms - s.at_ms)
+                .collect();
+            ms.sort_unstable();
+            (percentile(&ms, 0.5), percentile(&ms, 0.99))
+        };
+        let ((short50, short99), (long50, long99)) = (took(false), took(true));
+        println!(
+            "kv placement {placement}: {} jobs at {RATE}/s in {:.1} s; submit to result, \
+             short p50 {short50} ms p99 {short99} ms, long p50 {long50} ms p99 {long99} ms",
+            sent.len(),
+            (last - first) as f64 / 1000.0,
         );
     }
 }

@@ -283,6 +283,43 @@ async fn earliest_finish_sends_work_to_the_node_that_is_faster() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gpu_aware_placement_passes_over_a_node_whose_kv_cache_is_nearly_full() {
+    let mut stack = Stack::new(StackOptions {
+        placement: "gpu_aware",
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    // Alike but for their KV caches: one is nearly all held by other work.
+    // A policy blind to the cache shares the jobs out evenly.
+    let engine = |held: f64| {
+        format!(
+            "
+    kind: simulated
+    models: [{TEXT_MODEL}]
+    slots: 4
+    base_latency: 20ms
+    per_token_latency: 1ms
+    kv_cache: {{tokens: 10000, held: {held}}}"
+        )
+    };
+    stack.start_agent_on("node-full", &engine(0.95));
+    stack.start_agent_on("node-roomy", &engine(0.2));
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(stack.submit_http(&text(&format!("job {i}"))).await);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let records = stack.wait_finished(&ids, Duration::from_secs(60)).await;
+    let on_full = records
+        .values()
+        .filter(|r| r["node"] == "node-full")
+        .count();
+    assert!(on_full <= 4, "{on_full} of 40 jobs ran on the full node");
+    assert!(records.values().all(|r| r["status"] == "succeeded"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_whose_engine_hangs_keeps_its_heartbeat_and_is_not_ready() {
     // An engine that accepts connections and never answers: every probe of
     // it waits for its timeout.

@@ -14,16 +14,19 @@ impl Policy for EarliestFinish {
         candidates
             .iter()
             .enumerate()
-            .min_by_key(|(_, c)| (expected_ms(c), Reverse(c.free)))
+            .min_by_key(|(_, c)| (expected_ms(c, 0), Reverse(c.free)))
             .map(|(i, _)| i)
     }
 }
 
-fn expected_ms(c: &Candidate) -> u64 {
+/// When the job would finish on `c`, with `more` jobs ahead of it there
+/// than its in-flight assignments.
+pub(super) fn expected_ms(c: &Candidate, more: u32) -> u64 {
+    let ahead = u64::from(c.inflight) + u64::from(more);
     let Some(ms) = c.service_ms else {
-        return if c.inflight == 0 { 0 } else { u64::MAX };
+        return if ahead == 0 { 0 } else { u64::MAX };
     };
-    let waves = (u64::from(c.inflight) + 1).div_ceil(u64::from(c.slots.max(1)));
+    let waves = (ahead + 1).div_ceil(u64::from(c.slots.max(1)));
     waves * u64::from(ms)
 }
 

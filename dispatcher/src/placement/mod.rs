@@ -3,6 +3,7 @@
 //! `dispatcher.placement`.
 
 mod earliest_finish;
+mod gpu_aware;
 mod least_loaded;
 mod model_affinity;
 mod power_of_two;
@@ -11,6 +12,7 @@ mod round_robin;
 use serde::Deserialize;
 
 pub use earliest_finish::EarliestFinish;
+pub use gpu_aware::GpuAware;
 pub use least_loaded::LeastLoaded;
 pub use model_affinity::ModelAffinity;
 pub use power_of_two::PowerOfTwo;
@@ -29,6 +31,12 @@ pub struct Candidate {
     pub service_ms: Option<u32>,
     /// It was given this model recently: its caches are likely warm.
     pub warm: bool,
+    /// Requests its engine holds waiting for room (vLLM's
+    /// `num_requests_waiting`); 0 when it does not say.
+    pub engine_waiting: u32,
+    /// Its engine's KV cache in use, in thousandths; `None` when it does
+    /// not say.
+    pub kv_permille: Option<u16>,
 }
 
 pub trait Policy: Send {
@@ -52,6 +60,10 @@ pub enum PolicyKind {
     /// per job and the work ahead of it: for nodes of unlike speed.
     #[default]
     EarliestFinish,
+    /// As `earliest_finish`, also weighing what the engine reports: its own
+    /// waiting queue as work ahead, a node whose KV cache is nearly full
+    /// only when no other has room, and a warm node over a cold one.
+    GpuAware,
 }
 
 pub fn build(kind: PolicyKind) -> Box<dyn Policy> {
@@ -61,6 +73,7 @@ pub fn build(kind: PolicyKind) -> Box<dyn Policy> {
         PolicyKind::PowerOfTwo => Box::new(PowerOfTwo::seeded(seed())),
         PolicyKind::RoundRobin => Box::new(RoundRobin::default()),
         PolicyKind::EarliestFinish => Box::new(EarliestFinish),
+        PolicyKind::GpuAware => Box::new(GpuAware),
     }
 }
 

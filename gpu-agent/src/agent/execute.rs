@@ -160,7 +160,7 @@ pub(super) async fn execute(
     let retry_until = Instant::now() + node.ack_wait;
     let inf = match inference {
         Ok(inf) => {
-            node.record_service_time(engine_time);
+            node.record_service_time(&a.job.model, engine_time);
             inf
         }
         Err(e) => {

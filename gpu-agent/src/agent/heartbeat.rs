@@ -110,6 +110,11 @@ pub(super) async fn heartbeats(
             queued,
             draining: draining.is_cancelled(),
             service_ms: Some(node.service_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0),
+            service_ms_by_model: node
+                .service_ms_by_model
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
             gpus: probe.gpus,
             engine: probe.load,
             ready: probe.ready,

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,6 +68,8 @@ struct Node {
     /// Moving average of the engine's time per finished job, in ms; 0 until
     /// one finishes. Reported so that placement can weigh this node's speed.
     service_ms: AtomicU32,
+    /// The same per model.
+    service_ms_by_model: Mutex<BTreeMap<String, u32>>,
     gpus: Gpus,
     /// The engine just failed a request as unavailable, or its process
     /// exited: check it now, with a real request.
@@ -97,21 +99,35 @@ impl Node {
         models
     }
 
-    /// Folds one job's engine time into the moving average (weight 1/8:
-    /// follows a change of load within a few dozen jobs).
-    fn record_service_time(&self, took: Duration) {
+    /// Folds one job's engine time into the node's moving average and its
+    /// model's.
+    fn record_service_time(&self, model: &str, took: Duration) {
         let ms = u32::try_from(took.as_millis()).unwrap_or(u32::MAX).max(1);
         let _ = self
             .service_ms
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
-                Some(if avg == 0 {
-                    ms
-                } else {
-                    let avg = u64::from(avg);
-                    u32::try_from((avg * 7 + u64::from(ms)) / 8).unwrap_or(u32::MAX)
-                })
+                Some(moving_average(avg, ms))
             });
+        let mut by_model = self
+            .service_ms_by_model
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match by_model.get_mut(model) {
+            Some(avg) => *avg = moving_average(*avg, ms),
+            None => {
+                by_model.insert(model.to_owned(), ms);
+            }
+        }
     }
+}
+
+/// `avg` (0: none yet) with `ms` folded in at weight 1/8: it follows a
+/// change of load within a few dozen jobs.
+fn moving_average(avg: u32, ms: u32) -> u32 {
+    if avg == 0 {
+        return ms;
+    }
+    u32::try_from((u64::from(avg) * 7 + u64::from(ms)) / 8).unwrap_or(u32::MAX)
 }
 
 /// Runs the agent until `shutdown` is cancelled, then drains.
@@ -238,6 +254,7 @@ async fn serve(
         events: platform.events,
         running: AtomicU32::new(0),
         service_ms: AtomicU32::new(0),
+        service_ms_by_model: Mutex::new(BTreeMap::new()),
         gpus: Gpus::open(),
         engine_suspect,
         wake_heartbeat: Notify::new(),

@@ -30,6 +30,79 @@ pub struct SimulatedConfig {
     /// Failures to inject, for demos and tests of the failure paths.
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// A KV cache to model: each generating request holds its prompt and
+    /// `max_tokens` in it while it runs, requests wait when it is full,
+    /// and its use is reported as vLLM reports its own.
+    #[serde(default)]
+    pub kv_cache: Option<KvCacheSpec>,
+}
+
+/// The simulated engine's KV cache.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvCacheSpec {
+    /// Its size, in tokens.
+    pub tokens: u32,
+    /// The share held by work other than this agent's requests (other
+    /// clients of the engine, a prefix cache kept warm), 0 to below 1.
+    #[serde(default)]
+    pub held: f64,
+}
+
+/// The KV cache: its free tokens, waited for in turn, its size, and the
+/// tokens held now (a waiter's partial grant is not held yet).
+struct KvCache {
+    free: Semaphore,
+    tokens: u32,
+    used: AtomicU32,
+}
+
+/// Tokens of the cache a running request holds, given back when it ends.
+struct KvHold<'a> {
+    cache: &'a KvCache,
+    tokens: u32,
+    _permits: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for KvHold<'_> {
+    fn drop(&mut self) {
+        self.cache.used.fetch_sub(self.tokens, Ordering::Relaxed);
+    }
+}
+
+impl KvCache {
+    fn new(spec: KvCacheSpec) -> Self {
+        let held = (f64::from(spec.tokens) * spec.held).round() as u32;
+        Self {
+            free: Semaphore::new(spec.tokens.saturating_sub(held) as usize),
+            tokens: spec.tokens,
+            used: AtomicU32::new(held),
+        }
+    }
+
+    /// Waits until `tokens` (at most the whole cache) fit.
+    async fn hold(&self, tokens: u64) -> Result<KvHold<'_>, EngineError> {
+        let tokens = tokens.clamp(1, u64::from(self.tokens)) as u32;
+        let permits = self
+            .free
+            .acquire_many(tokens)
+            .await
+            .map_err(|_| EngineError {
+                class: ErrorClass::EngineUnavailable,
+                message: "engine is shutting down".into(),
+            })?;
+        self.used.fetch_add(tokens, Ordering::Relaxed);
+        Ok(KvHold {
+            cache: self,
+            tokens,
+            _permits: permits,
+        })
+    }
+
+    fn usage(&self) -> f32 {
+        let used = f64::from(self.used.load(Ordering::Relaxed));
+        (used / f64::from(self.tokens.max(1))) as f32
+    }
 }
 
 /// Fails requests whose prompt contains `prompt_contains` (every request
@@ -56,6 +129,20 @@ impl SimulatedConfig {
                 "must be between 0 and 1",
             );
         }
+        if let Some(kv) = &self.kv_cache {
+            issues.check(
+                kv.tokens > 0,
+                "engine.kv_cache.tokens",
+                kv.tokens,
+                "must be positive",
+            );
+            issues.check(
+                (0.0..1.0).contains(&kv.held),
+                "engine.kv_cache.held",
+                kv.held,
+                "must be at least 0 and below 1",
+            );
+        }
     }
 }
 
@@ -66,6 +153,7 @@ pub struct Simulated {
     waiting: AtomicU32,
     /// Requests each fault has matched.
     matched: Vec<AtomicU64>,
+    kv: Option<KvCache>,
 }
 
 impl Simulated {
@@ -73,6 +161,7 @@ impl Simulated {
         let slots = Semaphore::new(config.slots as usize);
         let matched = config.faults.iter().map(|_| AtomicU64::new(0)).collect();
         Self {
+            kv: config.kv_cache.map(KvCache::new),
             config,
             slots,
             waiting: AtomicU32::new(0),
@@ -195,7 +284,7 @@ impl Engine for Simulated {
     async fn load(&self) -> EngineLoad {
         EngineLoad {
             queue_depth: Some(self.waiting.load(Ordering::Relaxed)),
-            kv_cache_usage: None,
+            kv_cache_usage: self.kv.as_ref().map(KvCache::usage),
         }
     }
 
@@ -239,6 +328,17 @@ impl Engine for Simulated {
             return Ok(embed(model, &e.input, words.len()));
         }
         let max_tokens = input.max_tokens().unwrap_or(16);
+        // Held until the request ends; it waits, as queued in the engine,
+        // until the cache has room.
+        let _kv = match &self.kv {
+            Some(kv) => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let held = kv.hold(words.len() as u64 + u64::from(max_tokens)).await;
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                Some(held?)
+            }
+            None => None,
+        };
         let completion = echo_completion(&words, max_tokens);
         let usage = Usage {
             prompt_tokens: u32::try_from(words.len()).unwrap_or(u32::MAX),
@@ -325,6 +425,7 @@ mod tests {
                     rate: Some(0.3),
                 },
             ],
+            kv_cache: None,
         })
     }
 
@@ -436,6 +537,24 @@ mod tests {
         assert_eq!(out.usage.completion_tokens, 0);
     }
 
+    /// Runs two `input`s at once: the engine's load 5 ms in, and how long
+    /// both took.
+    async fn two_at_once(e: &Simulated, input: &JobInput) -> (EngineLoad, Duration) {
+        let start = tokio::time::Instant::now();
+        let probe = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            e.load().await
+        };
+        let (a, b, load) = tokio::join!(
+            e.infer("m", input, Priority::Normal, None),
+            e.infer("m", input, Priority::Normal, None),
+            probe
+        );
+        a.unwrap();
+        b.unwrap();
+        (load, start.elapsed())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn latency_is_base_plus_per_token_and_slots_queue_requests() {
         let e = engine(1);
@@ -445,21 +564,35 @@ mod tests {
             temperature: None,
             sampling: Default::default(),
         });
-        let start = tokio::time::Instant::now();
-        let probe = async {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            e.load().await
-        };
-        let (a, b, load) = tokio::join!(
-            e.infer("m", &input, Priority::Normal, None),
-            e.infer("m", &input, Priority::Normal, None),
-            probe
-        );
-        a.unwrap();
-        b.unwrap();
+        let (load, took) = two_at_once(&e, &input).await;
         assert_eq!(load.queue_depth, Some(1), "the second request waited");
         assert_eq!(e.load().await.queue_depth, Some(0));
         // One slot: the second request waits for the first (2 × (10ms + 10 × 1ms)).
-        assert_eq!(start.elapsed(), Duration::from_millis(40));
+        assert_eq!(took, Duration::from_millis(40));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_wait_for_room_in_the_kv_cache_and_its_use_is_reported() {
+        // 100 tokens, half held by others: room for one request of 2 + 30.
+        let e = Simulated::new(SimulatedConfig {
+            kv_cache: Some(KvCacheSpec {
+                tokens: 100,
+                held: 0.5,
+            }),
+            ..engine(4).config
+        });
+        let input = JobInput::Completion(CompletionInput {
+            prompt: "a b".into(),
+            max_tokens: Some(30),
+            temperature: None,
+            sampling: Default::default(),
+        });
+        assert_eq!(e.load().await.kv_cache_usage, Some(0.5));
+        let (load, took) = two_at_once(&e, &input).await;
+        assert_eq!(load.queue_depth, Some(1), "the second waited for the cache");
+        assert_eq!(load.kv_cache_usage, Some(0.82));
+        assert_eq!(e.load().await.kv_cache_usage, Some(0.5), "given back");
+        // Four slots, but one request at a time fits: 2 × (10ms + 30 × 1ms).
+        assert_eq!(took, Duration::from_millis(80));
     }
 }
