@@ -7,6 +7,20 @@ use switchyard_runtime::Issues;
 use crate::autoscale::AutoscaleConfig;
 use crate::placement::PolicyKind;
 
+/// What the weighted fair share among a queue's tenants counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FairBy {
+    /// Tokens: each job's prompt (a token per four bytes) and its
+    /// `max_tokens`, what its GPU time grows with. A tenant sending long
+    /// prompts gets fewer jobs placed than one sending short ones, for
+    /// the same share of the engines.
+    #[default]
+    Tokens,
+    /// Jobs, whatever their size.
+    Jobs,
+}
+
 /// The `dispatcher:` section of the configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -14,6 +28,8 @@ pub struct DispatcherConfig {
     pub listen: SocketAddr,
     /// How a node is chosen among those that can take a job.
     pub placement: PolicyKind,
+    /// What tenants' shares of a queue are counted in.
+    pub fair_share: FairBy,
     /// A node whose last heartbeat is older than this is left out of placement.
     #[serde(with = "humantime_serde")]
     pub node_timeout: Duration,
@@ -57,6 +73,7 @@ impl Default for DispatcherConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
             placement: PolicyKind::default(),
+            fair_share: FairBy::default(),
             node_timeout: Duration::from_secs(5),
             prefetch_per_slot: 1,
             max_batch: 256,

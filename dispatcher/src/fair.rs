@@ -1,6 +1,7 @@
 //! Weighted fair share among the tenants with jobs queued for one model at
-//! one priority (stride scheduling). Each tenant has a *pass*: the jobs it
-//! was served divided by its weight. The backlogged tenant with the smallest
+//! one priority (stride scheduling). Each tenant has a *pass*: what it was
+//! served (jobs, or their tokens: `dispatcher.fair_share`) divided by its
+//! weight. The backlogged tenant with the smallest
 //! pass goes next, so over time each one's share of the placements follows
 //! its weight however many jobs it queues. A tenant that was idle comes back
 //! at the current virtual time: it banks no credit while away.
@@ -31,9 +32,10 @@ impl FairShare {
         Some((tenant, share.clamp(1, room.max(1))))
     }
 
-    /// Records that `tenant` was given `jobs` placements.
-    pub fn charge(&mut self, tenant: &str, jobs: u32, weight: u32) {
-        let pass = self.pass_of(tenant) + f64::from(jobs) / f64::from(weight.max(1));
+    /// Records that `tenant` was given placements worth `served` (jobs, or
+    /// their tokens).
+    pub fn charge(&mut self, tenant: &str, served: f64, weight: u32) {
+        let pass = self.pass_of(tenant) + served / f64::from(weight.max(1));
         self.pass.insert(tenant.to_owned(), pass);
         // A tenant at or behind virtual time is the same as one never seen,
         // so the table holds only tenants ahead of it.
@@ -65,7 +67,7 @@ mod tests {
         for _ in 0..rounds {
             let (tenant, n) = fair.next(backlogged, 1).unwrap();
             let weight = backlogged.iter().find(|(t, _)| *t == tenant).unwrap().1;
-            fair.charge(tenant, n, weight);
+            fair.charge(tenant, f64::from(n), weight);
             *served.entry(tenant).or_default() += n;
         }
         served
@@ -129,9 +131,24 @@ mod tests {
             for _ in 0..4 {
                 let backlog = [("steady", 1), (passing.as_str(), 1)];
                 let (t, n) = fair.next(&backlog, 1).unwrap();
-                fair.charge(t, n, 1);
+                fair.charge(t, f64::from(n), 1);
             }
         }
         assert!(fair.pass.len() <= 3, "{} tenants kept", fair.pass.len());
+    }
+
+    #[test]
+    fn charged_by_tokens_a_tenant_of_long_prompts_gets_fewer_jobs_for_the_same_share() {
+        let mut fair = FairShare::default();
+        let tokens = |t: &str| if t == "long" { 2_000.0 } else { 100.0 };
+        let mut served: HashMap<&str, u32> = HashMap::new();
+        for _ in 0..210 {
+            let (t, n) = fair.next(&[("long", 1), ("short", 1)], 1).unwrap();
+            fair.charge(t, f64::from(n) * tokens(t), 1);
+            *served.entry(t).or_default() += n;
+        }
+        // Equal tokens: 20 short jobs for each long one.
+        assert_eq!(served["long"], 10);
+        assert_eq!(served["short"], 200);
     }
 }

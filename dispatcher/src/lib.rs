@@ -5,6 +5,7 @@
 
 mod aging;
 mod autoscale;
+mod batch;
 mod cluster;
 mod config;
 mod dispatch;

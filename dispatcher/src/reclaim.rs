@@ -17,7 +17,7 @@ use switchyard_schemas::Timeline;
 use switchyard_schemas::{Assignment, ErrorClass, Failure, JobError, decode, now_ms};
 use tracing::{info, warn};
 
-use crate::dispatch::next_fetched;
+use crate::batch::next_fetched;
 use crate::metrics as m;
 
 const BATCH: usize = 256;

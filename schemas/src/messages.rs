@@ -259,6 +259,24 @@ impl JobInput {
             JobInput::Embedding(_) | JobInput::Tensor(_) => None,
         }
     }
+
+    /// The bytes of its text.
+    pub fn text_bytes(&self) -> usize {
+        match self {
+            JobInput::Chat(c) => c.messages.iter().map(|m| m.content.len()).sum(),
+            JobInput::Completion(c) => c.prompt.len(),
+            JobInput::Embedding(e) => e.input.iter().map(String::len).sum(),
+            JobInput::Tensor(_) => 0,
+        }
+    }
+
+    /// The tokens it is expected to use before the engine has counted
+    /// them: its prompt at a token per four bytes (as tokenizers of Latin
+    /// text roughly give) and all of its `max_tokens`.
+    pub fn expected_tokens(&self) -> u32 {
+        let prompt = u32::try_from(self.text_bytes().div_ceil(4)).unwrap_or(u32::MAX);
+        prompt.saturating_add(self.max_tokens().unwrap_or(0))
+    }
 }
 
 /// An admitted job, as it waits in `sy.jobs.<priority>.<model>.<tenant>`.

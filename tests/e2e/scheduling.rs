@@ -537,6 +537,39 @@ async fn tenants_share_a_level_by_weight_however_much_each_one_queues() {
     assert!(first_30("flood") <= 10, "order: {order:?}");
 }
 
+/// Shares are counted in tokens by default: a tenant whose prompts are
+/// fifty times longer gets about one job placed for fifty of the other's,
+/// the same share of the engine. Counted in jobs, they would alternate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_of_long_prompts_gets_fewer_jobs_for_the_same_share_of_tokens() {
+    let mut stack = Stack::new(StackOptions {
+        slots: 1,
+        base_latency: "10ms",
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    let counter = ResultCounter::start(&stack.nats.client().await).await;
+    let mut tenant_of = std::collections::HashMap::new();
+    for i in 0..20 {
+        // About 500 prompt tokens against about 2, and 8 to generate each.
+        for (tenant, prompt) in [
+            ("long", format!("{i}{}", " word".repeat(400))),
+            ("short", format!("short {i}")),
+        ] {
+            let body = json!({"model": TEXT_MODEL, "tenant": tenant,
+                "input": {"prompt": prompt, "max_tokens": 8}});
+            tenant_of.insert(stack.submit_http(&body).await, tenant);
+        }
+    }
+    stack.start_agent("node-a");
+    let ids: Vec<String> = tenant_of.keys().cloned().collect();
+    stack.wait_finished(&ids, Duration::from_secs(60)).await;
+    let order: Vec<&str> = counter.order().iter().map(|id| tenant_of[id]).collect();
+    let long_first = order[..21].iter().filter(|t| **t == "long").count();
+    assert!(long_first <= 2, "order: {order:?}");
+}
+
 fn unix_ms() -> i64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     i64::try_from(now.unwrap().as_millis()).unwrap()

@@ -32,23 +32,6 @@ pub fn period_start(period: BudgetPeriod, now_ms: i64) -> i64 {
     }
 }
 
-/// Tokens a job's text counts for before the engine has counted them: a
-/// token per four bytes, as tokenizers of Latin text roughly give. For
-/// rate limits, which the engine's count corrects afterwards.
-fn prompt_tokens(input: &JobInput) -> u32 {
-    u32::try_from(text_bytes(input).div_ceil(4)).unwrap_or(u32::MAX)
-}
-
-/// The bytes of a job's text.
-fn text_bytes(input: &JobInput) -> usize {
-    match input {
-        JobInput::Chat(c) => c.messages.iter().map(|m| m.content.len()).sum(),
-        JobInput::Completion(c) => c.prompt.len(),
-        JobInput::Embedding(e) => e.input.iter().map(String::len).sum(),
-        JobInput::Tensor(_) => 0,
-    }
-}
-
 /// Tokens a chat template may add around each message (role markers and
 /// separators): more than the templates in use add.
 const TEMPLATE_TOKENS_PER_MESSAGE: usize = 16;
@@ -62,13 +45,7 @@ fn prompt_tokens_at_most(input: &JobInput) -> u32 {
         JobInput::Chat(c) => c.messages.len() * TEMPLATE_TOKENS_PER_MESSAGE,
         _ => 0,
     };
-    u32::try_from(text_bytes(input) + template).unwrap_or(u32::MAX)
-}
-
-/// The tokens a job is expected to use: its prompt and all of its
-/// `max_tokens`.
-pub fn tokens(job: &Job) -> u32 {
-    prompt_tokens(&job.input).saturating_add(job.input.max_tokens().unwrap_or(0))
+    u32::try_from(input.text_bytes() + template).unwrap_or(u32::MAX)
 }
 
 /// The most a job can cost, which its budget reserves: its prompt at most

@@ -296,7 +296,7 @@ impl Admitter {
         // crash between here and the queue's confirmation leaves a record
         // the outbox publishes again, and a refusal leaves nothing. A job
         // that holds nothing shares its transaction with others.
-        let tokens = budget::tokens(&job);
+        let tokens = job.input.expected_tokens();
         let inserted = match holds.is_empty() {
             true => {
                 let (back, inserted) = self.batched.record(job, source, tokens).await;
@@ -383,7 +383,9 @@ impl Admitter {
         key: Option<&KeyLimits>,
         source: Source,
     ) -> Result<(), SubmitError> {
-        let takes = self.limits.takes(&job.tenant, key, budget::tokens(job));
+        let takes = self
+            .limits
+            .takes(&job.tenant, key, job.input.expected_tokens());
         if takes.is_empty() {
             return Ok(());
         }
@@ -446,7 +448,7 @@ impl Admitter {
         };
         match self
             .store
-            .insert(&job, req.source, budget::tokens(&job), &holds)
+            .insert(&job, req.source, job.input.expected_tokens(), &holds)
             .await?
         {
             Inserted::New => {}

@@ -1,0 +1,221 @@
+//! One pull from a tenant's lane: each job checked (sealed, not expired,
+//! not backing off, its key under its running bound), placed, and assigned
+//! to its node's work queue; acknowledged only once the assignment is
+//! stored.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, AckKind, Context};
+use futures::{FutureExt, StreamExt};
+use switchyard_runtime::attempts;
+use switchyard_runtime::attempts::Voucher;
+use switchyard_runtime::grants::Grants;
+use switchyard_runtime::nats;
+use switchyard_schemas::Timeline;
+use switchyard_schemas::{
+    Assignment, CodecError, EventKind, Job, JobEvent, SCHEMA_VERSION, decode, encode, now_ms,
+    subjects,
+};
+use tracing::{Instrument, warn};
+
+use crate::config::FairBy;
+use crate::running::Running;
+use crate::{Cluster, DispatcherConfig, metrics as m};
+
+/// How long a job whose key is at its `max_running_jobs` waits before it
+/// is offered again.
+const KEY_AT_BOUND_DELAY: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BatchError {
+    #[error("fetch: {0}")]
+    Fetch(String),
+    #[error("publish: {0}")]
+    Publish(#[from] jetstream::context::PublishError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("ack: {0}")]
+    Ack(String),
+}
+
+/// The longest the server may take to answer a one-shot fetch. It answers
+/// within milliseconds, even "nothing"; a fetch that reached no consumer
+/// leader (during an election) is never answered, and would hold the loop
+/// for ever.
+const FETCH_ANSWER: Duration = Duration::from_secs(5);
+
+/// The next message of a one-shot fetch, or an error when the server has
+/// not answered within `FETCH_ANSWER`.
+pub(crate) async fn next_fetched<S, E>(batch: &mut S) -> Option<Result<jetstream::Message, String>>
+where
+    S: futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    match tokio::time::timeout(FETCH_ANSWER, batch.next()).await {
+        Ok(next) => next.map(|m| m.map_err(|e| e.to_string())),
+        Err(_) => Some(Err(format!(
+            "the server did not answer a fetch within {FETCH_ANSWER:?}"
+        ))),
+    }
+}
+
+/// Pulls up to `max` jobs from one queue and assigns each. A job is
+/// acknowledged only once its assignment is stored in the node's work queue;
+/// the publishes are pipelined, each job acknowledged as its own PubAck comes.
+pub(crate) async fn dispatch_batch(
+    js: &Context,
+    grants: &Grants,
+    lane: &PullConsumer,
+    max: u32,
+    cfg: &DispatcherConfig,
+    cluster: &mut Cluster,
+    running: &Running,
+) -> Result<Placed, BatchError> {
+    let mut batch = lane
+        .fetch()
+        .max_messages(max as usize)
+        .messages()
+        .await
+        .map_err(|e| BatchError::Fetch(e.to_string()))?;
+    let mut pending = Vec::new();
+    let mut tokens = 0;
+    while let Some(msg) = next_fetched(&mut batch).await {
+        let msg = msg.map_err(BatchError::Fetch)?;
+        let job: Job = match decode(&msg.payload) {
+            Ok(job) => job,
+            Err(e) => {
+                warn!(error = %e, "undecodable job terminated");
+                metrics::counter!(m::REJECTED, "reason" => "undecodable").increment(1);
+                let _ = msg.ack_with(AckKind::Term).await;
+                continue;
+            }
+        };
+        if !grants.sealed(&job) || msg.subject.as_str() != job.queue_subject() {
+            // Not as a broker admitted it, or not in its own queue: a node's
+            // user can publish to the queues (to retry), but cannot make a
+            // job or move one to another tenant's, model's or priority's.
+            warn!(job_id = %job.id, subject = %msg.subject, "job without its broker's seal terminated");
+            metrics::counter!(m::REJECTED, "reason" => "unsealed").increment(1);
+            let _ = msg.ack_with(AckKind::Term).await;
+            continue;
+        }
+        if job.expired_at(now_ms()) {
+            // Not started by its deadline: it never runs.
+            match attempts::expire(js, &job, &Timeline::default(), Voucher::Platform(grants)).await
+            {
+                Ok(()) => {
+                    metrics::counter!(m::REJECTED, "reason" => "expired").increment(1);
+                    let _ = msg.ack().await;
+                }
+                Err(e) => warn!(job_id = %job.id, error = %e, "could not expire job; will retry"),
+            }
+            continue;
+        }
+        if let Some(delay) = cfg.retry_delay(&job, now_ms()) {
+            // Backing off after a failure: the job waits in the queue, not here.
+            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            continue;
+        }
+        if job
+            .api_key
+            .as_deref()
+            .is_some_and(|key| running.key_room(key) == Some(0))
+        {
+            // Its key has as many jobs running as it may: it waits in the
+            // queue, and the jobs behind it are not held up.
+            metrics::counter!(m::HELD, "limit" => "key_max_running_jobs").increment(1);
+            let _ = msg.ack_with(AckKind::Nak(Some(KEY_AT_BOUND_DELAY))).await;
+            continue;
+        }
+        let avoid: Vec<&str> = job.failed_nodes().collect();
+        let Some(node) = cluster.place(&job.model, Instant::now(), &avoid) else {
+            // Room vanished (a node went silent mid-batch): back to the queue.
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(100))))
+                .await;
+            continue;
+        };
+        metrics::histogram!(m::QUEUE_WAIT)
+            .record((now_ms() - job.submitted_at_ms).max(0) as f64 / 1000.0);
+        metrics::counter!(m::ASSIGNMENTS, "priority" => job.priority.as_str()).increment(1);
+        // Counted before the assignment's own echo comes back, so the next
+        // round already sees it.
+        running.started(&job);
+        tokens += u64::from(job.input.expected_tokens());
+        let span = tracing::info_span!("job.dispatch", job_id = %job.id, node = %node);
+        switchyard_runtime::trace::adopt(&span, msg.headers.as_ref());
+        pending.push(assign(js, grants, msg, job, node).instrument(span).boxed());
+    }
+    let jobs = u32::try_from(pending.len()).unwrap_or(max);
+    let mut acks = futures::stream::iter(pending).buffer_unordered(1024);
+    while let Some(r) = acks.next().await {
+        if let Err(e) = r {
+            // The job stays unacknowledged and comes back after ack_wait.
+            warn!(error = %e, "assignment not confirmed");
+        }
+    }
+    Ok(Placed { jobs, tokens })
+}
+
+/// What one pull placed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Placed {
+    pub(crate) jobs: u32,
+    /// Their expected tokens: prompts and `max_tokens`.
+    tokens: u64,
+}
+
+impl Placed {
+    /// What it counts for in the tenant's fair share.
+    pub(crate) fn served(self, by: FairBy) -> f64 {
+        match by {
+            FairBy::Jobs => f64::from(self.jobs),
+            FairBy::Tokens => self.tokens as f64,
+        }
+    }
+}
+
+async fn assign(
+    js: &Context,
+    grants: &Grants,
+    msg: jetstream::Message,
+    job: Job,
+    node: String,
+) -> Result<(), BatchError> {
+    let started = Instant::now();
+    let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
+    let event = JobEvent {
+        v: SCHEMA_VERSION,
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        at_ms: now_ms(),
+        kind: EventKind::Assigned { node: node.clone() },
+        proof: None,
+    };
+    let event_subject = subjects::events(&job.id);
+    let assignment = Assignment {
+        v: SCHEMA_VERSION,
+        grant: grants.grant(&job.id, job.attempt, &node),
+        node: node.clone(),
+        assigned_at_ms: now_ms(),
+        job,
+    };
+    // The message id is the job's attempt: if this job is pulled again after a
+    // crash, the second assignment is dropped by the server, wherever it goes.
+    let work_ack = nats::publish(js, subjects::work(&node), &msg_id, encode(&assignment)?).await?;
+    let event_ack = nats::publish(
+        js,
+        event_subject,
+        &format!("{msg_id}:assigned"),
+        encode(&event)?,
+    )
+    .await?;
+    work_ack.await?;
+    event_ack.await?;
+    metrics::histogram!(m::DISPATCH_SECONDS).record(started.elapsed().as_secs_f64());
+    msg.ack()
+        .await
+        .map_err(|e| BatchError::Ack(e.to_string()))?;
+    Ok(())
+}
