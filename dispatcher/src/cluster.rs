@@ -30,6 +30,8 @@ pub struct NodeView {
     pub service_ms_by_model: BTreeMap<String, u32>,
     /// What its engine says of its own load.
     pub engine: EngineLoad,
+    /// GPU memory free, summed over the GPUs NVML reports.
+    pub gpu_memory_free: Option<u64>,
     pub last_seen: Instant,
     /// Assignments made since the last heartbeat, which it could not yet count.
     pub assigned_since_heartbeat: u32,
@@ -71,6 +73,7 @@ impl NodeView {
             service_ms: None,
             service_ms_by_model: BTreeMap::new(),
             engine: EngineLoad::default(),
+            gpu_memory_free: None,
             last_seen: now,
             assigned_since_heartbeat: 0,
             last_placed: BTreeMap::new(),
@@ -132,6 +135,11 @@ impl Cluster {
         node.service_ms = hb.service_ms;
         node.service_ms_by_model.clone_from(&hb.service_ms_by_model);
         node.engine = hb.engine;
+        node.gpu_memory_free = hb
+            .gpus
+            .iter()
+            .filter_map(|g| Some(g.memory_total_bytes?.saturating_sub(g.memory_used_bytes?)))
+            .reduce(u64::saturating_add);
         node.last_seen = now;
         node.assigned_since_heartbeat = 0;
         if models_changed {
@@ -297,6 +305,7 @@ impl Cluster {
                         .engine
                         .kv_cache_usage
                         .map(|share| (share.clamp(0.0, 1.0) * 1000.0).round() as u16),
+                    gpu_memory_free: n.gpu_memory_free,
                 }
             })
             .collect();
@@ -514,6 +523,30 @@ mod tests {
         c.observe(&timed("b", 500, 10), now);
         assert_eq!(c.place("m1", now, &[]).as_deref(), Some("b"));
         assert_eq!(c.place("m0", now, &[]).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn gpu_aware_placement_reads_the_gpu_memory_nvml_reports() {
+        let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::GpuAware));
+        let now = Instant::now();
+        let with_free = |node: &str, used_gib: u64| Heartbeat {
+            gpus: (0..2)
+                .map(|index| switchyard_schemas::GpuStats {
+                    index,
+                    name: "gpu".into(),
+                    utilization_pct: None,
+                    memory_used_bytes: Some(used_gib << 30),
+                    memory_total_bytes: Some(80 << 30),
+                    temperature_c: None,
+                    power_mw: None,
+                    processes: Vec::new(),
+                })
+                .collect(),
+            ..hb(node, &["m0"], 4, 0, 0)
+        };
+        c.observe(&with_free("full", 70), now);
+        c.observe(&with_free("roomy", 20), now);
+        assert_eq!(c.place("m0", now, &[]).as_deref(), Some("roomy"));
     }
 
     /// A random node: (models bitmask over m0..m2, slots, running, queued,

@@ -15,7 +15,8 @@ const KV_FULL_PERMILLE: u16 = 900;
 ///   beside the assignments in flight;
 /// - a node not given the model lately pays half a job's time, for caches
 ///   (prefixes, compiled graphs) that are cold there;
-/// - ties go to the emptier cache, then to the node with more room.
+/// - ties go to the emptier cache, then to the node with more GPU memory
+///   free, then to the node with more room.
 pub struct GpuAware;
 
 impl Policy for GpuAware {
@@ -26,7 +27,14 @@ impl Policy for GpuAware {
             .iter()
             .enumerate()
             .filter(|(_, c)| !any_roomy || roomy(c))
-            .min_by_key(|(_, c)| (finish_ms(c), c.kv_permille.unwrap_or(0), Reverse(c.free)))
+            .min_by_key(|(_, c)| {
+                (
+                    finish_ms(c),
+                    c.kv_permille.unwrap_or(0),
+                    Reverse(c.gpu_memory_free.unwrap_or(0)),
+                    Reverse(c.free),
+                )
+            })
             .map(|(i, _)| i)
     }
 }
@@ -89,11 +97,16 @@ mod tests {
         assert_eq!(GpuAware.select(&[cold, warm]), Some(1));
         let warm_busy = node(4, 20, Some(100));
         assert_eq!(GpuAware.select(&[cold, warm_busy]), Some(0));
-        // Equal finish: the emptier cache.
+        // Equal finish: the emptier cache, then more GPU memory free.
         assert_eq!(
             GpuAware.select(&[node(0, 20, Some(700)), node(0, 20, Some(200))]),
             Some(1)
         );
+        let gib = |n: u64| Candidate {
+            gpu_memory_free: Some(n << 30),
+            ..node(0, 20, Some(200))
+        };
+        assert_eq!(GpuAware.select(&[gib(4), gib(30), gib(12)]), Some(1));
         assert_eq!(GpuAware.select(&[]), None);
     }
 }

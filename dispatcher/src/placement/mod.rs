@@ -37,6 +37,9 @@ pub struct Candidate {
     /// Its engine's KV cache in use, in thousandths; `None` when it does
     /// not say.
     pub kv_permille: Option<u16>,
+    /// GPU memory free on it, summed over its GPUs; `None` where NVML
+    /// reports none.
+    pub gpu_memory_free: Option<u64>,
 }
 
 pub trait Policy: Send {
