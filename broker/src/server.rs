@@ -228,6 +228,7 @@ pub async fn run(
         ),
     )
     .await?;
+    let fleet = switchyard_core::fleet::Fleet::default();
     let state = ApiState {
         calls,
         canceller: canceller.clone(),
@@ -257,6 +258,7 @@ pub async fn run(
         workflows: workflows.clone(),
         webhooks: webhooks.clone(),
         live: live.clone(),
+        fleet: fleet.clone(),
     };
     // Probes and scrapes are answered until the very end, on a token of
     // their own.
@@ -388,6 +390,7 @@ pub async fn run(
         work.clone(),
     ));
     tasks.spawn(live.clone().follow(work.clone()));
+    tasks.spawn(fleet.follow(client.clone(), work.clone()));
     if let Some(mlflow) = cfg.mlflow.clone() {
         tasks.spawn(models::mlflow::run(live.clone(), mlflow, work.clone()));
     }

@@ -17,7 +17,7 @@ use futures::TryStreamExt;
 use serde::Deserialize;
 use switchyard_runtime::{Issues, Registry};
 use switchyard_schemas::{
-    AutoscaleSignal, Job, Priority, SCHEMA_VERSION, decode, encode, now_ms, subjects,
+    AutoscaleSignal, Job, Priority, QueueDepth, SCHEMA_VERSION, decode, encode, now_ms, subjects,
 };
 use tracing::debug;
 
@@ -225,6 +225,7 @@ pub async fn signal(
         let model = spec.name.as_str();
         let token = subjects::model_token(model);
         let mut queued = 0;
+        let mut priorities = Vec::with_capacity(Priority::ALL.len());
         for priority in Priority::ALL {
             let (depth, oldest_ms) = queues
                 .get(&(token.clone(), priority))
@@ -237,6 +238,11 @@ pub async fn signal(
             ];
             metrics::gauge!(m::QUEUE_DEPTH, &labels).set(depth as f64);
             metrics::gauge!(m::QUEUE_OLDEST, &labels).set(oldest_ms.max(0) as f64 / 1000.0);
+            priorities.push(QueueDepth {
+                priority,
+                queued: depth,
+                oldest_ms: oldest_ms.max(0),
+            });
         }
         let load = cluster.load_of(model, now);
         let service = load
@@ -264,6 +270,8 @@ pub async fn signal(
             arrivals_per_s: demand.arrivals_per_s,
             service_ms: u32::try_from(service.as_millis()).unwrap_or(u32::MAX),
             at_ms,
+            live_nodes: load.nodes,
+            priorities,
         };
         if let Ok(bytes) = encode(&message)
             && let Err(e) = client

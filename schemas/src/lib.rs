@@ -21,8 +21,8 @@ pub use error::{ErrorClass, JobError};
 pub use messages::{
     AdmitReply, Assignment, AutoscaleSignal, ChatInput, ChatMessage, CompletionInput, DeadLetter,
     EmbeddingInput, ErrorBody, EventKind, Failure, Job, JobEvent, JobInput, JobResult, Outcome,
-    RunningLimits, SAMPLING_FIELDS, Sampling, StreamChunk, Submission, Tensor, TensorInput, Usage,
-    UsageEvent, Versioned, WORKFLOW_RUN, WebhookEvent, WebhookTarget,
+    QueueDepth, RunningLimits, SAMPLING_FIELDS, Sampling, StreamChunk, Submission, Tensor,
+    TensorInput, Usage, UsageEvent, Versioned, WORKFLOW_RUN, WebhookEvent, WebhookTarget,
 };
 pub use node::{EngineLoad, GpuProcess, GpuStats, Heartbeat, LoadReply, LoadRequest};
 pub use priority::{ParsePriorityError, Priority};

@@ -520,6 +520,21 @@ pub struct AutoscaleSignal {
     pub arrivals_per_s: f64,
     pub service_ms: u32,
     pub at_ms: i64,
+    /// Healthy nodes serving the model now, beside `desired_nodes`.
+    #[serde(default)]
+    pub live_nodes: u32,
+    /// The queue per priority, highest first: what waits and for how long.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub priorities: Vec<QueueDepth>,
+}
+
+/// One priority's queue of a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueDepth {
+    pub priority: Priority,
+    pub queued: u64,
+    /// How long its oldest job has waited, in ms; 0 with none waiting.
+    pub oldest_ms: i64,
 }
 
 /// The bounds on jobs assigned and not yet ended, per tenant and per API

@@ -28,6 +28,8 @@ pub const USAGE_ALL: &str = "sy.usage.*";
 pub const DEAD_ALL: &str = "sy.dead.*";
 /// JetStream KV bucket of cancelled job ids, watched by agents.
 pub const CANCEL_BUCKET: &str = "cancelled";
+/// Every model's desired-nodes signal.
+pub const AUTOSCALE_ALL: &str = "sy.autoscale.*";
 /// The dispatchers' desired-nodes signal for one model (core NATS).
 pub fn autoscale(model: &str) -> String {
     format!("sy.autoscale.{}", model_token(model))

@@ -357,7 +357,10 @@ async fn every_documented_endpoint_checks_its_role() {
             );
             let (status, body) = call(&stack, method.clone(), &concrete, &reader, None).await;
             let writes = method != Method::GET;
-            let administers = path.starts_with("/v1/admin/") || path.starts_with("/v1/webhooks/");
+            // The cluster's nodes and queues span tenants: operators only.
+            let administers = path.starts_with("/v1/admin/")
+                || path.starts_with("/v1/webhooks/")
+                || ["/v1/nodes", "/v1/queues"].contains(&path.as_str());
             if writes || administers {
                 assert_eq!((status, code(&body)), (403, "forbidden"), "{method} {path}");
             } else {
@@ -367,6 +370,11 @@ async fn every_documented_endpoint_checks_its_role() {
         }
     }
     assert!(checked >= 30, "only {checked} operations checked");
+    let (operator, _) = key(&stack, &admin, json!({"role": "operator"})).await;
+    for path in ["/v1/nodes", "/v1/queues"] {
+        let (status, body) = call(&stack, Method::GET, path, &operator, None).await;
+        assert_eq!(status, 200, "an operator reads {path}: {body}");
+    }
 }
 
 /// A key's own limit holds besides its tenant's, and limits set through

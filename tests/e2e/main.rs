@@ -25,6 +25,7 @@ mod billing;
 mod bounded;
 mod budgets;
 mod chaos;
+mod console;
 mod docs;
 mod durable_path;
 mod engines;

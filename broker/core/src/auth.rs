@@ -139,6 +139,8 @@ pub enum AuthError {
     Revoked,
     #[error("this needs the {0} role")]
     Forbidden(&'static str),
+    #[error("a write from the console needs the session's X-CSRF-Token header")]
+    CsrfToken,
     #[error("too many wrong keys from this address or at this key; try again in {0} s")]
     TooManyFailures(u64),
     #[error("key store: {0}")]
@@ -152,7 +154,7 @@ impl Coded for AuthError {
             AuthError::Invalid => ErrorCode::InvalidApiKey,
             AuthError::Expired => ErrorCode::KeyExpired,
             AuthError::Revoked => ErrorCode::KeyRevoked,
-            AuthError::Forbidden(_) => ErrorCode::Forbidden,
+            AuthError::Forbidden(_) | AuthError::CsrfToken => ErrorCode::Forbidden,
             AuthError::TooManyFailures(_) => ErrorCode::RateLimited,
             AuthError::Store(_) => ErrorCode::StoreUnavailable,
         }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod error;
 pub mod expiry;
+pub mod fleet;
 pub mod guesses;
 pub mod intake;
 pub mod limits;

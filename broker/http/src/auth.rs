@@ -13,18 +13,27 @@ use switchyard_core::Coded;
 use switchyard_core::auth::{Auth, AuthError, Role};
 use switchyard_core::metrics;
 
+use crate::console::session;
 use crate::error::ApiError;
 
 /// The token a request carries: `Authorization: Bearer` (OpenAI's SDKs)
-/// or `X-Api-Key`.
-fn presented(headers: &HeaderMap) -> Option<&str> {
+/// or `X-Api-Key`, else the console's session cookie; and whether it came
+/// from the cookie, which a browser sends by itself.
+fn presented(headers: &HeaderMap) -> (Option<&str>, bool) {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
-        let v = v.to_str().ok()?;
-        return v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "));
+        let token = v.to_str().ok().and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+        return (token, false);
     }
-    headers.get("x-api-key")?.to_str().ok()
+    if let Some(v) = headers.get("x-api-key") {
+        return (v.to_str().ok(), false);
+    }
+    match session::cookie_key(headers) {
+        Some(key) => (Some(key), true),
+        None => (None, false),
+    }
 }
 
 /// The role an HTTP request needs; None for what anyone may call (health,
@@ -34,10 +43,18 @@ fn required(method: &Method, path: &str) -> Option<Role> {
     if PUBLIC.contains(&path) {
         return None;
     }
+    // The console's page and assets hold no data; signing in needs a key
+    // of any role, signing out none.
+    if path == session::PATH {
+        return (*method != Method::DELETE).then_some(Role::Reader);
+    }
+    if path == "/console" || path.starts_with("/console/") {
+        return None;
+    }
     if path.starts_with("/v1/admin/") || path == "/v1/webhooks/enable" {
         return Some(Role::Admin);
     }
-    if path == "/v1/webhooks/disabled" {
+    if path == "/v1/webhooks/disabled" || path == "/v1/nodes" || path == "/v1/queues" {
         return Some(Role::Operator);
     }
     // Every other write submits or cancels work.
@@ -85,7 +102,13 @@ pub async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Re
         return next.run(req).await;
     };
     let auth = &door.auth;
-    let token = presented(req.headers());
+    let (token, from_cookie) = presented(req.headers());
+    // A cookie comes with any request the browser makes, so a write it
+    // carries must also prove that the console's own page sent it.
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    if from_cookie && !reads && !token.is_some_and(|key| session::csrf_ok(req.headers(), key)) {
+        return refuse(AuthError::CsrfToken);
+    }
     let caller = match auth.caller(token, switchyard_schemas::now_ms()).await {
         Ok(caller) => caller,
         // A wrong key is a guess; a missing, expired or revoked one is not.
@@ -126,12 +149,19 @@ mod tests {
             ),
             (Method::POST, "/v1/webhooks/enable", Some(Role::Admin)),
             (Method::GET, "/v1/webhooks/disabled", Some(Role::Operator)),
+            (Method::GET, "/v1/nodes", Some(Role::Operator)),
+            (Method::GET, "/v1/queues", Some(Role::Operator)),
             (Method::POST, "/v1/jobs", Some(Role::Submitter)),
             (Method::POST, "/v1/jobs/j1/cancel", Some(Role::Submitter)),
             (Method::POST, "/v1/chat/completions", Some(Role::Submitter)),
             (Method::GET, "/v1/jobs/j1", Some(Role::Reader)),
             (Method::GET, "/v1/usage", Some(Role::Reader)),
             (Method::HEAD, "/v1/files/f1/content", Some(Role::Reader)),
+            (Method::GET, "/console", None),
+            (Method::GET, "/console/assets/app.js", None),
+            (Method::POST, "/console/session", Some(Role::Reader)),
+            (Method::GET, "/console/session", Some(Role::Reader)),
+            (Method::DELETE, "/console/session", None),
         ];
         for (method, path, role) in table {
             assert_eq!(required(&method, path), role, "{method} {path}");
@@ -147,15 +177,20 @@ mod tests {
     #[test]
     fn a_key_comes_as_a_bearer_token_or_x_api_key() {
         let mut headers = HeaderMap::new();
-        assert_eq!(presented(&headers), None);
+        assert_eq!(presented(&headers), (None, false));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("sy_console=sy_e_f"),
+        );
+        assert_eq!(presented(&headers), (Some("sy_e_f"), true));
         headers.insert("x-api-key", HeaderValue::from_static("sy_a_b"));
-        assert_eq!(presented(&headers), Some("sy_a_b"));
+        assert_eq!(presented(&headers), (Some("sy_a_b"), false));
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer sy_c_d"),
         );
-        assert_eq!(presented(&headers), Some("sy_c_d"));
+        assert_eq!(presented(&headers), (Some("sy_c_d"), false));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(presented(&headers), None);
+        assert_eq!(presented(&headers), (None, false));
     }
 }

@@ -9,11 +9,13 @@
 mod admin;
 mod auth;
 mod batches;
+mod console;
 mod dead_letters;
 mod error;
 mod events;
 mod extract;
 mod files;
+mod fleet;
 mod jobs;
 mod kserve;
 mod models;
@@ -53,6 +55,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(admin::router())
         .merge(models::router())
         .merge(dead_letters::router())
+        .merge(fleet::router())
+        .merge(console::router())
         .merge(workflows::router())
         .layer(DefaultBodyLimit::max(knobs.max_body_bytes))
         .layer(Extension(extract::BodyLimit(knobs.max_body_bytes)))

@@ -10,7 +10,9 @@ use switchyard_store::view::JobView;
 use crate::jobs::{self, list};
 use crate::state::ApiState;
 use crate::workflows;
-use crate::{admin, batches, dead_letters, events, files, kserve, models, openai, usage, webhooks};
+use crate::{
+    admin, batches, dead_letters, events, files, fleet, kserve, models, openai, usage, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -69,6 +71,8 @@ use crate::{admin, batches, dead_letters, events, files, kserve, models, openai,
         models::remove_alias,
         models::start_rollout,
         models::roll_back,
+        fleet::nodes,
+        fleet::queues,
     ),
     components(schemas(JobView)),
     modifiers(&BearerKeys),
@@ -80,6 +84,7 @@ use crate::{admin, batches, dead_letters, events, files, kserve, models, openai,
         (name = "billing", description = "Usage and cost"),
         (name = "batches", description = "OpenAI's Files and Batch APIs"),
         (name = "webhooks", description = "Webhook deliveries and disabled receivers"),
+        (name = "cluster", description = "GPU nodes and queues as the components last reported them (the operator role)"),
         (name = "workflows", description = "Workflow runs: start, read, cancel"),
         (name = "admin", description = "Tenants, API keys, dead letters, aliases and rollouts (the admin role)"),
     )

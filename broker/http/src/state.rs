@@ -50,6 +50,8 @@ pub struct ApiState {
     pub webhooks: Arc<switchyard_core::webhooks::Webhooks>,
     /// The aliases and rollouts, live.
     pub live: switchyard_core::models::LiveRegistry,
+    /// The nodes' heartbeats and the models' queues, as last reported.
+    pub fleet: switchyard_core::fleet::Fleet,
 }
 
 /// The edge's settings.
@@ -208,5 +210,11 @@ impl FromRef<ApiState> for Readiness {
 impl FromRef<ApiState> for switchyard_core::models::LiveRegistry {
     fn from_ref(s: &ApiState) -> Self {
         s.live.clone()
+    }
+}
+
+impl FromRef<ApiState> for switchyard_core::fleet::Fleet {
+    fn from_ref(s: &ApiState) -> Self {
+        s.fleet.clone()
     }
 }

@@ -73,8 +73,14 @@ pub fn python_bin() -> PathBuf {
 
 /// Runs `tests/sdk/<script>` with `args`; what it printed, as JSON.
 pub fn sdk_script(script: &str, args: &[String]) -> serde_json::Value {
+    python_script(&format!("sdk/{script}"), args)
+}
+
+/// Runs `tests/<script>` with `args`, which must succeed; what it printed,
+/// as JSON.
+pub fn python_script(script: &str, args: &[String]) -> serde_json::Value {
     let out = Command::new(python_bin())
-        .arg(repo_root().join("tests/sdk").join(script))
+        .arg(repo_root().join("tests").join(script))
         .args(args)
         .output()
         .expect("python");
