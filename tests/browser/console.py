@@ -6,62 +6,9 @@ keys (admin, and the submitter keys of two tenants), the jobs the test
 prepared and the folder for screenshots. Prints a JSON report on success.
 """
 
-import json
-import sys
-import urllib.request
-from urllib.parse import urlparse
+from playwright.sync_api import expect
 
-from playwright.sync_api import expect, sync_playwright
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 30_000
-
-
-def submit(url, key, body):
-    request = urllib.request.Request(
-        f"{url}/v1/jobs",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request) as response:
-        return json.load(response)["id"]
-
-
-class Watch:
-    """Every request a page makes, and every dialog or page error."""
-
-    def __init__(self, origin):
-        self.origin = origin
-        self.outside = []
-        self.dialogs = []
-        self.errors = []
-        self.pages = []
-        self.console = []
-
-    def attach(self, page):
-        self.pages.append(page)
-        page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
-        page.on("request", self.request)
-        page.on("dialog", self.dialog)
-        page.on("pageerror", lambda e: self.errors.append(str(e)))
-
-    def request(self, request):
-        parsed = urlparse(request.url)
-        if f"{parsed.scheme}://{parsed.netloc}" != self.origin:
-            self.outside.append(request.url)
-
-    def dialog(self, dialog):
-        self.dialogs.append(dialog.message)
-        dialog.dismiss()
+from browser import context, run, submit
 
 
 def sign_in(page, url, key):
@@ -71,164 +18,132 @@ def sign_in(page, url, key):
     expect(page.locator("#sign-out")).to_be_visible()
 
 
-def main():
-    setup = json.loads(sys.argv[1])
-    watch = Watch("{0.scheme}://{0.netloc}".format(urlparse(setup["url"])))
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=setup.get("chromium", "/usr/bin/chromium"),
-            headless=True,
-            args=CHROMIUM_ARGS,
-        )
-        try:
-            report = drive(setup, watch, browser)
-        except Exception:
-            explain(setup, watch)
-            raise
-        browser.close()
-    assert not watch.outside, f"requests outside the broker: {watch.outside}"
-    assert not watch.dialogs, f"dialogs opened: {watch.dialogs}"
-    assert not watch.errors, f"page errors: {watch.errors}"
-    report["outside_requests"] = watch.outside
-    print(json.dumps(report))
-
-
-def explain(setup, watch):
-    if True:
-        # What the browser showed and said, to explain the failure.
-        for i, page in enumerate(watch.pages):
-            try:
-                page.screenshot(path=f"{setup['shots']}/failure-{i}.png", full_page=True)
-                print(f"--- page {i} at {page.url}:\n{page.inner_text('body')}", file=sys.stderr)
-            except Exception as e:  # the page may be gone
-                print(f"--- page {i}: {e}", file=sys.stderr)
-        print("--- browser console:\n" + "\n".join(watch.console), file=sys.stderr)
-        print(f"--- page errors: {watch.errors}", file=sys.stderr)
-
-
 def drive(setup, watch, browser):
     url, shots = setup["url"], setup["shots"]
     report = {}
-    if True:
-        admin = browser.new_context(viewport={"width": 1360, "height": 900})
-        admin.set_default_timeout(TIMEOUT_MS)
-        expect.set_options(timeout=TIMEOUT_MS)
-        page = admin.new_page()
-        watch.attach(page)
+    admin, page = context(browser, watch)
 
-        # A wrong key is refused on the page; the right one signs in, and
-        # the cookie it leaves is HttpOnly and SameSite=Strict.
-        page.goto(f"{url}/console")
-        page.screenshot(path=f"{shots}/sign-in.png")
-        page.fill("#key", "sy_wrong_key")
-        page.click("#sign-in button[type=submit]")
-        expect(page.locator("#sign-in .error")).to_be_visible()
-        sign_in(page, url, setup["admin_key"])
-        cookie = next(c for c in admin.cookies() if c["name"] == "sy_console")
-        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
-        assert page.evaluate("document.cookie") == "", "a script can read the session cookie"
+    # A wrong key is refused on the page; the right one signs in, and
+    # the cookie it leaves is HttpOnly and SameSite=Strict.
+    page.goto(f"{url}/console")
+    page.screenshot(path=f"{shots}/sign-in.png")
+    page.fill("#key", "sy_wrong_key")
+    page.click("#sign-in button[type=submit]")
+    expect(page.locator("#sign-in .error")).to_be_visible()
+    sign_in(page, url, setup["admin_key"])
+    cookie = next(c for c in admin.cookies() if c["name"] == "sy_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
+    assert page.evaluate("document.cookie") == "", "a script can read the session cookie"
 
-        # The queue fills during a load and the overview shows it.
-        page.goto(f"{url}/console#/overview")
-        expect(page.locator("#queues")).to_be_visible()
-        for i in range(setup["load"]):
-            submit(url, setup["acme_key"], {"model": setup["model"], "input": {"prompt": f"load {i}"}})
-        queue = page.locator(f"#queues tr[data-model='{setup['model']}']")
-        expect(queue.locator(".queued")).not_to_have_text("0")
-        # The job to cancel waits behind the load, at the lowest priority.
-        target = submit(
-            url,
-            setup["acme_key"],
-            {"model": setup["model"], "priority": "batch", "input": {"prompt": "cancel me"}},
-        )
-        report["cancelled"] = target
-        report["queued_seen"] = int(queue.locator(".queued").inner_text())
-        expect(queue).to_contain_text("normal:")
-        page.screenshot(path=f"{shots}/overview.png", full_page=True)
+    # The queue fills during a load and the overview shows it.
+    page.goto(f"{url}/console#/overview")
+    expect(page.locator("#queues")).to_be_visible()
+    for i in range(setup["load"]):
+        submit(url, setup["acme_key"], {"model": setup["model"], "input": {"prompt": f"load {i}"}})
+    queue = page.locator(f"#queues tr[data-model='{setup['model']}']")
+    expect(queue.locator(".queued")).not_to_have_text("0")
+    # The job to cancel waits behind the load, at the lowest priority.
+    target = submit(
+        url,
+        setup["acme_key"],
+        {"model": setup["model"], "priority": "batch", "input": {"prompt": "cancel me"}},
+    )
+    report["cancelled"] = target
+    report["queued_seen"] = int(queue.locator(".queued").inner_text())
+    expect(queue).to_contain_text("normal:")
+    # Jobs ended in the last hour, by outcome: the dead job among them.
+    expect(page.locator("#outcomes")).to_be_visible()
+    expect(page.locator("#outcome-totals")).to_contain_text("1 failed")
+    page.screenshot(path=f"{shots}/overview.png", full_page=True)
 
-        page.click("nav a[data-view=nodes]")
-        expect(page.locator("#nodes tr.node")).to_have_count(setup["nodes"])
-        expect(page.locator("#nodes tr.node.ready").first).to_be_visible()
-        page.screenshot(path=f"{shots}/nodes.png", full_page=True)
+    page.click("nav a[data-view=nodes]")
+    expect(page.locator("#nodes tr.node")).to_have_count(setup["nodes"])
+    expect(page.locator("#nodes tr.node.ready").first).to_be_visible()
+    page.screenshot(path=f"{shots}/nodes.png", full_page=True)
+    # A node's name leads to the jobs that ran there.
+    page.click("#nodes tr[data-node='node-a'] td:first-child a")
+    on_node = page.locator("#jobs[data-filter='?node=node-a'][data-loaded]")
+    expect(on_node.locator("tbody tr[data-job]").first).to_be_visible()
+    nodes = set(on_node.locator("tbody tr[data-job] td:nth-child(8)").all_inner_texts())
+    assert nodes == {"node-a"}, nodes
 
-        # A queued job, found by its status, cancelled from its page.
-        page.goto(f"{url}/console#/jobs?status=queued")
-        page.fill("#f-id", target)
-        page.click("#job-filter button[type=submit]")
-        expect(page.locator("#job-id")).to_have_text(target)
-        page.click("#cancel")
-        expect(page.locator("h1 .badge")).to_have_text("cancelled")
-        expect(page.locator("#where")).to_contain_text("Stopped: cancelled")
+    # A queued job, found by its status, cancelled from its page.
+    page.goto(f"{url}/console#/jobs?status=queued")
+    page.fill("#f-id", target)
+    page.click("#job-filter button[type=submit]")
+    expect(page.locator("#job-id")).to_have_text(target)
+    page.click("#cancel")
+    expect(page.locator("h1 .badge")).to_have_text("cancelled")
+    expect(page.locator("#where")).to_contain_text("Stopped: cancelled")
 
-        # The jobs list, filtered by model, newest first.
-        page.goto(f"{url}/console#/jobs")
-        page.select_option("#f-status", "succeeded")
-        page.click("#job-filter button[type=submit]")
-        listed = page.locator("#jobs[data-filter='?status=succeeded'][data-loaded]")
-        expect(listed.locator("tbody tr[data-job]").first).to_be_visible()
-        statuses = listed.locator("tbody tr[data-job] .badge").all_inner_texts()
-        assert statuses and set(statuses) == {"succeeded"}, statuses
-        page.screenshot(path=f"{shots}/jobs.png", full_page=True)
+    # The jobs list, filtered by model, newest first.
+    page.goto(f"{url}/console#/jobs")
+    page.select_option("#f-status", "succeeded")
+    page.click("#job-filter button[type=submit]")
+    listed = page.locator("#jobs[data-filter='?status=succeeded'][data-loaded]")
+    expect(listed.locator("tbody tr[data-job]").first).to_be_visible()
+    statuses = listed.locator("tbody tr[data-job] .badge").all_inner_texts()
+    assert statuses and set(statuses) == {"succeeded"}, statuses
+    page.screenshot(path=f"{shots}/jobs.png", full_page=True)
 
-        # The dead job's timeline: every attempt, its node and error class.
-        dead = setup["dead_job"]
-        page.goto(f"{url}/console#/jobs/{dead}")
-        expect(page.locator("#where")).to_contain_text("Stopped: failed at attempt 3")
-        expect(page.locator("#steps li.retrying")).to_have_count(2)
-        expect(page.locator("#steps li.retrying").first).to_contain_text("overloaded")
-        expect(page.locator("#steps li.assigned").first).to_contain_text("node-a")
-        page.screenshot(path=f"{shots}/job-timeline.png", full_page=True)
+    # The dead job's timeline: every attempt, its node and error class.
+    dead = setup["dead_job"]
+    page.goto(f"{url}/console#/jobs/{dead}")
+    expect(page.locator("#where")).to_contain_text("Stopped: failed at attempt 3")
+    expect(page.locator("#steps li.retrying")).to_have_count(2)
+    expect(page.locator("#steps li.retrying").first).to_contain_text("overloaded")
+    expect(page.locator("#steps li.assigned").first).to_contain_text("node-a")
+    page.screenshot(path=f"{shots}/job-timeline.png", full_page=True)
 
-        # Replayed from the dead letters.
-        page.click("nav a[data-view=dead-letters]")
-        row = page.locator(f"#dead-letters tr[data-job='{dead}']")
-        expect(row).to_contain_text("overloaded")
-        page.screenshot(path=f"{shots}/dead-letters.png", full_page=True)
-        row.locator("button.replay").click()
-        expect(page.locator("#replayed")).to_contain_text(f"{dead} (attempt 4)")
+    # Replayed from the dead letters.
+    page.click("nav a[data-view=dead-letters]")
+    row = page.locator(f"#dead-letters tr[data-job='{dead}']")
+    expect(row).to_contain_text("overloaded")
+    page.screenshot(path=f"{shots}/dead-letters.png", full_page=True)
+    row.locator("button.replay").click()
+    expect(page.locator("#replayed")).to_contain_text(f"{dead} (attempt 4)")
 
-        # Hostile input and metadata are shown as text and run nothing.
-        page.goto(f"{url}/console#/jobs/{setup['xss_job']}")
-        expect(page.locator("#metadata")).to_contain_text("<script>")
-        expect(page.locator("#result")).to_contain_text('"><img')
-        assert page.evaluate("window.__xss") is None, "a job's data ran as script"
-        assert page.locator("#metadata img, #result img, #metadata script").count() == 0
-        page.goto(f"{url}/console#/jobs?tenant=globex")
-        expect(page.locator(f"#jobs tr[data-job='{setup['xss_job']}']")).to_be_visible()
-        assert page.evaluate("window.__xss") is None, "a job's data ran as script"
+    # Hostile input and metadata are shown as text and run nothing.
+    page.goto(f"{url}/console#/jobs/{setup['xss_job']}")
+    expect(page.locator("#metadata")).to_contain_text("<script>")
+    expect(page.locator("#result")).to_contain_text('"><img')
+    assert page.evaluate("window.__xss") is None, "a job's data ran as script"
+    assert page.locator("#metadata img, #result img, #metadata script").count() == 0
+    page.goto(f"{url}/console#/jobs?tenant=globex")
+    expect(page.locator(f"#jobs tr[data-job='{setup['xss_job']}']")).to_be_visible()
+    assert page.evaluate("window.__xss") is None, "a job's data ran as script"
 
-        # A write with the cookie but without the page's token is refused.
-        refused = page.evaluate(
-            "id => fetch(`/v1/jobs/${id}/cancel`, {method: 'POST'}).then(r => r.status)",
-            setup["tenant_job"],
-        )
-        assert refused == 403, refused
+    # A write with the cookie but without the page's token is refused.
+    refused = page.evaluate(
+        "id => fetch(`/v1/jobs/${id}/cancel`, {method: 'POST'}).then(r => r.status)",
+        setup["tenant_job"],
+    )
+    assert refused == 403, refused
 
-        # A tenant's key sees its own jobs only, and no operator view.
-        tenant = browser.new_context(viewport={"width": 1360, "height": 900})
-        tenant.set_default_timeout(TIMEOUT_MS)
-        tpage = tenant.new_page()
-        watch.attach(tpage)
-        sign_in(tpage, url, setup["globex_key"])
-        assert tpage.locator("nav a[data-view=nodes]").count() == 0
-        assert tpage.locator("nav a[data-view=dead-letters]").count() == 0
-        tpage.goto(f"{url}/console#/jobs")
-        listed = tpage.locator("#jobs[data-loaded]")
-        expect(listed.locator(f"tr[data-job='{setup['xss_job']}']")).to_be_visible()
-        tenants = set(listed.locator("tbody tr[data-job] td:nth-child(4)").all_inner_texts())
-        assert tenants == {"globex"}, tenants
-        tpage.goto(f"{url}/console#/jobs/{setup['tenant_job']}")
-        expect(tpage.locator(".error")).to_contain_text("not_found")
-        tpage.goto(f"{url}/console#/overview")
-        expect(tpage.locator("#queued-total")).to_be_visible()
-        tpage.screenshot(path=f"{shots}/tenant-overview.png", full_page=True)
+    # A tenant's key sees its own jobs only, and no operator view.
+    _, tpage = context(browser, watch)
+    sign_in(tpage, url, setup["globex_key"])
+    assert tpage.locator("nav a[data-view=nodes]").count() == 0
+    assert tpage.locator("nav a[data-view=dead-letters]").count() == 0
+    tpage.goto(f"{url}/console#/jobs")
+    listed = tpage.locator("#jobs[data-loaded]")
+    expect(listed.locator(f"tr[data-job='{setup['xss_job']}']")).to_be_visible()
+    tenants = set(listed.locator("tbody tr[data-job] td:nth-child(4)").all_inner_texts())
+    assert tenants == {"globex"}, tenants
+    tpage.goto(f"{url}/console#/jobs/{setup['tenant_job']}")
+    expect(tpage.locator(".error")).to_contain_text("not_found")
+    tpage.goto(f"{url}/console#/overview")
+    expect(tpage.locator("#queued-total")).to_be_visible()
+    # Its outcomes count its own job, not the other tenant's dead one.
+    expect(tpage.locator("#outcome-totals")).to_have_text("1 succeeded")
+    tpage.screenshot(path=f"{shots}/tenant-overview.png", full_page=True)
 
-        # Signing out drops the cookie: the page asks for a key again.
-        page.click("#sign-out")
-        expect(page.locator("#sign-in")).to_be_visible()
-        assert not [c for c in admin.cookies() if c["name"] == "sy_console" and c["value"]]
+    # Signing out drops the cookie: the page asks for a key again.
+    page.click("#sign-out")
+    expect(page.locator("#sign-in")).to_be_visible()
+    assert not [c for c in admin.cookies() if c["name"] == "sy_console" and c["value"]]
     return report
 
 
 if __name__ == "__main__":
-    main()
+    run(drive)

@@ -152,3 +152,68 @@ async fn the_console_shows_queues_nodes_timelines_and_dead_letters_to_those_who_
     .await;
     assert!(replayed["attempt"].as_u64() >= Some(4), "{replayed}");
 }
+
+/// The workflow, model and usage views, with authentication off as the
+/// demo runs: a failed run's graph with its compensations, a model step's
+/// link to its job, a running rollout rolled back from the page, and the
+/// charged usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_draws_runs_rolls_back_a_rollout_and_shows_usage() {
+    use crate::workflows::{Api, PIPELINE, WEBHOOKS, stack_of, start_run};
+    let api = Api::default();
+    let options = StackOptions {
+        workflows: PIPELINE,
+        broker_extra: WEBHOOKS,
+        extra_models: "\n  - name: chat-v2\n    kind: chat",
+        aliases: "\n  - name: helper\n    targets: [{model: tiny-chat, weight: 100}]",
+        ..StackOptions::default()
+    };
+    let stack = stack_of(&api, options).await;
+
+    let (_, failed) = start_run(
+        &stack,
+        "book",
+        json!({"input": {"release_fails": false}}),
+        60,
+    )
+    .await;
+    assert_eq!(failed["status"], "failed", "{failed:#}");
+    let messages = json!({"input": {"messages": [{"role": "user", "content": "hi"}]}});
+    let (_, answered) = start_run(&stack, "assistant", messages, 60).await;
+    assert_eq!(answered["status"], "succeeded", "{answered:#}");
+    // A rollout that holds its first step: too few jobs to judge.
+    let (status, started) = crate::rollouts::send(
+        &stack,
+        Method::POST,
+        "/v1/admin/aliases/helper/rollout",
+        json!({"to": "chat-v2", "steps": [5, 100], "every": "1h", "guards": {"min_samples": 1000}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{started:#}");
+
+    let setup = json!({
+        "url": stack.broker_url(""),
+        "shots": shots_dir(),
+        "failed_run": failed["id"],
+        "model_run": answered["id"],
+        "alias": "helper",
+        "charged_model": CHAT_MODEL,
+    });
+    let report = python_script("browser/console_runs.py", &[setup.to_string()]);
+
+    // What the page did, as the API sees it.
+    let (_, registry) = stack.get_json("/v1/admin/models").await;
+    let rollout = &registry["rollouts"][0];
+    assert_eq!(rollout["status"], "rolled_back", "{registry:#}");
+    assert_eq!(
+        rollout["rolled_back_by"]["guard"], "operator",
+        "{registry:#}"
+    );
+    // The step's job is the run's effect: `<run>-ask-1`.
+    let job = report["job"].as_str().unwrap();
+    assert_eq!(
+        job,
+        format!("{}-ask-1", answered["id"].as_str().unwrap()),
+        "{report}"
+    );
+}

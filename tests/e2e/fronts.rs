@@ -343,7 +343,7 @@ async fn the_jobs_api_answers_when_the_job_is_done_if_asked_to_wait() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn jobs_are_listed_newest_first_filtered_and_paged() {
+async fn jobs_are_listed_newest_first_filtered_paged_and_counted() {
     let stack = stack("1ms");
     let mut text_ids = Vec::new();
     for i in 0..5 {
@@ -356,8 +356,10 @@ async fn jobs_are_listed_newest_first_filtered_and_paged() {
     for i in 0..2 {
         all.push(
             stack
-                .submit_http(&json!({"model": CHAT_MODEL,
-                    "input": {"messages": [{"role": "user", "content": format!("c{i}")}]}}))
+                .submit_http(
+                    &json!({"model": CHAT_MODEL, "priority": if i == 0 { "high" } else { "normal" },
+                    "input": {"messages": [{"role": "user", "content": format!("c{i}")}]}}),
+                )
                 .await,
         );
     }
@@ -396,9 +398,46 @@ async fn jobs_are_listed_newest_first_filtered_and_paged() {
     assert_eq!(later["data"], json!([]));
     let (_, before) = list("until=2100-01-01T00:00:00Z&limit=200".into()).await;
     assert_eq!(before["data"].as_array().unwrap().len(), 7);
+    let (_, high) = list("priority=high".into()).await;
+    assert_eq!(high["data"].as_array().unwrap().len(), 1, "{high}");
+    assert_eq!(high["data"][0]["id"], all[5].as_str(), "the first chat job");
+    // A node's jobs: those whose latest attempt ran there.
+    let node = before["data"][0]["node"].as_str().unwrap().to_owned();
+    let (_, on_node) = list(format!("node={node}&model={TEXT_MODEL}&limit=200")).await;
+    assert_eq!(on_node["data"].as_array().unwrap().len(), 5, "{on_node}");
+    let (_, elsewhere) = list("node=nowhere".into()).await;
+    assert_eq!(elsewhere["data"], json!([]));
+
+    // How they ended, minute by minute: what the console's chart draws.
+    let summary = |query: &'static str| {
+        let http = stack.http.clone();
+        let url = stack.broker_url(&format!("/v1/summary{query}"));
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, counted) = summary("").await;
+    assert_eq!(status, 200, "{counted}");
+    assert_eq!(counted["totals"], json!({"succeeded": 7}), "{counted}");
+    let per_minute: u64 = counted["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["succeeded"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_minute, 7, "{counted}");
+    let (_, ahead) = summary("?since=2100-01-01T00:00:00Z").await;
+    assert_eq!(ahead["totals"], json!({}), "{ahead}");
+    for bad in ["?since=2000-01-01T00:00:00Z", "?since=soon", "?colour=red"] {
+        let (status, err) = summary(bad).await;
+        assert_eq!(status, 422, "{bad}: {err}");
+        assert_eq!(err["error"]["code"], "invalid_request", "{bad}: {err}");
+    }
 
     for bad in [
         "status=done",
+        "priority=urgent",
         "limit=0",
         "limit=201",
         "cursor=xyz",

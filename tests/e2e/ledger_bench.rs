@@ -40,49 +40,57 @@ fn at(sorted: &[u128], p: f64) -> u128 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
+/// `g` from 1 to `rows`, as a row source in the stack's SQL dialect.
+pub(crate) fn series(stack: &Stack, rows: u64) -> String {
+    if stack.database_url.starts_with("postgres") {
+        format!("generate_series(1, {rows}) AS g")
+    } else {
+        format!(
+            "(WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {rows}) SELECT g FROM s)"
+        )
+    }
+}
+
+/// Runs `statements` on the stack's store beside the broker, as a bulk load
+/// would.
+pub(crate) fn run_sql(stack: &Stack, statements: &[String]) {
+    let out = if stack.database_url.starts_with("postgres") {
+        let mut psql = Command::new("psql");
+        psql.args([&stack.database_url, "-q"]);
+        for statement in statements {
+            psql.args(["-c", statement]);
+        }
+        psql.output().unwrap()
+    } else {
+        let path = stack.dir.path().join("jobs.db");
+        let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], timeout=30)\nfor s in sys.argv[2:]:\n    c.execute(s)\n    c.commit()\n";
+        Command::new("python3")
+            .args(["-c", script, &path.display().to_string()])
+            .args(statements)
+            .output()
+            .unwrap()
+    };
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// Writes `ROWS` ledger rows straight into the store, as many as months of
 /// billing would leave.
 fn fill_ledger(stack: &Stack) {
-    let insert = format!(
+    let mut statements = vec![format!(
         "INSERT INTO usage (job_id, attempt, node, model, prompt_tokens, completion_tokens,
             engine_ms, at, cost_micros, cache_hit)
          SELECT 'old-' || g, 1, 'node-a', 'tiny-text', 12, 20, 40,
             1700000000000 + g * 1000, 30, 0
          FROM {}",
-        if stack.database_url.starts_with("postgres") {
-            format!("generate_series(1, {ROWS}) AS g")
-        } else {
-            format!(
-                "(WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {ROWS}) SELECT g FROM s)"
-            )
-        }
-    );
-    let out = if stack.database_url.starts_with("postgres") {
+        series(stack, ROWS)
+    )];
+    if stack.database_url.starts_with("postgres") {
         // Vacuumed and analysed, as autovacuum leaves a table that grew,
         // and checkpointed, so that writing the bulk insert out does not
         // slow the commits measured next.
-        Command::new("psql")
-            .args([
-                &stack.database_url,
-                "-q",
-                "-c",
-                &insert,
-                "-c",
-                "VACUUM ANALYZE usage",
-                "-c",
-                "CHECKPOINT",
-            ])
-            .output()
-            .unwrap()
-    } else {
-        let path = stack.dir.path().join("jobs.db");
-        let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], timeout=30)\nc.execute(sys.argv[2])\nc.commit()\n";
-        Command::new("python3")
-            .args(["-c", script, &path.display().to_string(), &insert])
-            .output()
-            .unwrap()
-    };
-    assert!(out.status.success(), "{out:?}");
+        statements.extend(["VACUUM ANALYZE usage".into(), "CHECKPOINT".into()]);
+    }
+    run_sql(stack, &statements);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -26,6 +26,7 @@ mod bounded;
 mod budgets;
 mod chaos;
 mod console;
+mod console_bench;
 mod docs;
 mod durable_path;
 mod engines;

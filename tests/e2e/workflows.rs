@@ -181,7 +181,7 @@ impl Api {
     }
 }
 
-const PIPELINE: &str = r#"
+pub(crate) const PIPELINE: &str = r#"
   - name: review
     input_schema:
       type: object
@@ -270,19 +270,29 @@ const PIPELINE: &str = r#"
 const SECRET: &str = "s3cr3t-cms-token";
 
 /// Runs' webhooks, to the local API.
-const WEBHOOKS: &str = "  webhooks:
+pub(crate) const WEBHOOKS: &str = "  webhooks:
     secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]
     allow: [127.0.0.1/32]
     poll_interval: 50ms";
 
 /// A stack with the workflows above, calling `api`, and one engine.
 pub(crate) async fn stack_with(api: &Api) -> Stack {
+    stack_of(
+        api,
+        StackOptions {
+            workflows: PIPELINE,
+            broker_extra: WEBHOOKS,
+            ..StackOptions::default()
+        },
+    )
+    .await
+}
+
+/// A stack of `opts` (which name the workflows) whose HTTP steps call `api`,
+/// with a broker, a dispatcher, an agent and a workflow engine.
+pub(crate) async fn stack_of(api: &Api, opts: StackOptions) -> Stack {
     let port = api.serve().await;
-    let mut stack = Stack::new(StackOptions {
-        workflows: PIPELINE,
-        broker_extra: WEBHOOKS,
-        ..StackOptions::default()
-    });
+    let mut stack = Stack::new(opts);
     stack.rewrite_config("API_PORT", &port.to_string());
     stack.start_broker();
     stack.start_dispatcher();

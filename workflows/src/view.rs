@@ -137,6 +137,7 @@ pub fn run_view(workflow: Option<&Workflow>, history: &[RunEvent]) -> Option<(Va
                 json!({
                     "id": spec.id,
                     "kind": kind,
+                    "needs": spec.needs,
                     "status": s.status,
                     "output": s.output,
                     "attempts": list.iter().map(AttemptView::json).collect::<Vec<_>>(),

@@ -46,9 +46,12 @@ function route() {
     replace(main, h('p', { class: 'error' }, 'No such page.'));
     return;
   }
-  replace(main);
+  // Each view draws into an element of its own: whatever a view still
+  // had in flight when the user moved on lands in a detached element.
+  const root = h('div', { class: 'view' });
+  replace(main, root);
   document.title = `${view.title} · Switchyard`;
-  stop = view.render(main, { match, params }, ctx) ?? null;
+  stop = view.render(root, { match, params }, ctx) ?? null;
 }
 
 function showNav() {

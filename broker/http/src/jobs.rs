@@ -25,6 +25,7 @@ use crate::reply::{bypasses_cache, mark_cache};
 use crate::state::{ApiState, CallState, Records};
 
 pub(crate) mod list;
+pub(crate) mod summary;
 
 /// What the jobs API works with.
 #[derive(Clone)]
@@ -49,6 +50,7 @@ impl FromRef<ApiState> for JobsState {
 pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/v1/jobs", post(submit).get(list::list_jobs))
+        .route("/v1/summary", get(summary::summary))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
 }

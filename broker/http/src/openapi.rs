@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 
 use switchyard_store::view::JobView;
 
-use crate::jobs::{self, list};
+use crate::jobs::{self, list, summary};
 use crate::state::ApiState;
 use crate::workflows;
 use crate::{
@@ -23,6 +23,7 @@ use crate::{
     paths(
         jobs::submit,
         list::list_jobs,
+        summary::summary,
         jobs::get_job,
         jobs::cancel_job,
         events::events,

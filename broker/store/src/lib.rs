@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod quotas;
 pub mod runs;
 mod sql;
+pub mod summary;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ pub use outbox::WebhookOutbox;
 pub use quotas::{Holds, Quotas};
 pub use runs::RunRecords;
 pub use sql::{SqlStore, is_postgres};
+pub use summary::Summaries;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -189,6 +191,9 @@ impl Status {
 pub struct ListFilter {
     pub status: Option<Status>,
     pub model: Option<String>,
+    pub priority: Option<String>,
+    /// The node of its latest attempt.
+    pub node: Option<String>,
     pub tenant: Option<String>,
     /// Created at or after (Unix ms).
     pub since_ms: Option<i64>,
@@ -326,11 +331,12 @@ pub trait Retention: Send + Sync {
 /// Every concern of the job store, for the parts of the broker that span
 /// them (admission writes records, takes limits and reserves budget).
 pub trait JobStore:
-    JobRecords + Idempotency + Quotas + Ledger + WebhookOutbox + RunRecords + Retention
+    JobRecords + Idempotency + Quotas + Ledger + WebhookOutbox + RunRecords + Retention + Summaries
 {
 }
 
-impl<T: JobRecords + Idempotency + Quotas + Ledger + WebhookOutbox + RunRecords + Retention>
-    JobStore for T
+impl<
+    T: JobRecords + Idempotency + Quotas + Ledger + WebhookOutbox + RunRecords + Retention + Summaries,
+> JobStore for T
 {
 }

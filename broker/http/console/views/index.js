@@ -7,5 +7,9 @@ import nodes from './nodes.js';
 import jobs from './jobs.js';
 import job from './job.js';
 import deadLetters from './dead_letters.js';
+import runs from './runs.js';
+import run from './run.js';
+import models from './models.js';
+import usage from './usage.js';
 
-export default [overview, nodes, jobs, job, deadLetters];
+export default [overview, nodes, jobs, job, runs, run, deadLetters, models, usage];

@@ -1,11 +1,14 @@
-// Jobs newest first, filtered by status, model, tenant and creation time,
-// a page at a time with the API's cursor; an id goes straight to its job.
+// Jobs newest first, filtered by status, model, priority, node, tenant and
+// creation time, a page at a time with the API's cursor; an id goes
+// straight to its job.
 
-import { api, query } from '../api.js';
-import { h, table, link, badge, time, replace } from '../dom.js';
+import { query } from '../api.js';
+import { h, link, badge, time, replace } from '../dom.js';
+import { pagedTable } from '../paged.js';
 
 const STATUSES = ['', 'queued', 'assigned', 'running', 'succeeded', 'failed', 'expired', 'timed_out', 'cancelled'];
-const FIELDS = ['status', 'model', 'tenant', 'since', 'until'];
+const PRIORITIES = ['', 'critical', 'high', 'normal', 'batch'];
+const FIELDS = ['status', 'model', 'priority', 'node', 'tenant', 'since', 'until'];
 
 // datetime-local (the browser's zone) to RFC 3339, and back.
 const toRfc3339 = (local) => (local ? new Date(local).toISOString() : '');
@@ -19,12 +22,16 @@ function form(params, ctx) {
   const input = (name, attrs = {}) => h('input', { name, id: `f-${name}`, value: params.get(name) ?? '', ...attrs });
   const status = h('select', { name: 'status', id: 'f-status' },
     STATUSES.map((s) => h('option', { value: s, selected: s === (params.get('status') ?? '') }, s || 'any status')));
+  const priority = h('select', { name: 'priority', id: 'f-priority' },
+    PRIORITIES.map((p) => h('option', { value: p, selected: p === (params.get('priority') ?? '') }, p || 'any priority')));
   const since = input('since', { type: 'datetime-local', value: toLocal(params.get('since')) });
   const until = input('until', { type: 'datetime-local', value: toLocal(params.get('until')) });
   const el = h('form', { id: 'job-filter', class: 'filters' },
     h('label', {}, 'Id ', input('id', { placeholder: 'job id' })),
     h('label', {}, 'Status ', status),
     h('label', {}, 'Model ', input('model')),
+    h('label', {}, 'Priority ', priority),
+    h('label', {}, 'Node ', input('node')),
     ctx.spansTenants() ? h('label', {}, 'Tenant ', input('tenant')) : null,
     h('label', {}, 'From ', since),
     h('label', {}, 'Until ', until),
@@ -63,31 +70,18 @@ export default {
   nav: 'jobs',
   path: /^jobs$/,
   render(root, { params }, ctx) {
-    const rows = h('tbody');
-    const more = h('button', { type: 'button', id: 'older', hidden: true }, 'Older jobs');
-    replace(root, h('h1', {}, 'Jobs'), form(params, ctx),
-      table(['Created', 'Id', 'Model', 'Tenant', 'Priority', 'Status', 'Attempt', 'Node'], [], { id: 'jobs' }),
-      more);
-    const list = root.querySelector('#jobs');
-    list.querySelector('tbody').replaceWith(rows);
     const filter = Object.fromEntries(FIELDS.map((f) => [f, params.get(f)]));
+    const { list, more } = pagedTable({
+      id: 'jobs',
+      headings: ['Created', 'Id', 'Model', 'Tenant', 'Priority', 'Status', 'Attempt', 'Node'],
+      path: (cursor) => `/v1/jobs${query({ ...filter, cursor, limit: 50 })}`,
+      row: jobRow,
+      empty: 'No jobs match.',
+      older: 'Older jobs',
+    }, ctx, root);
     // What the rows answer, for whoever reads the page (and its tests).
     list.dataset.filter = query(filter);
-    let cursor = null;
-    const load = async () => {
-      try {
-        const page = await api(`/v1/jobs${query({ ...filter, cursor, limit: 50 })}`);
-        rows.append(...page.data.map(jobRow));
-        if (!rows.children.length) rows.append(h('tr', {}, h('td', { colspan: 8, class: 'muted' }, 'No jobs match.')));
-        cursor = page.next_cursor;
-        more.hidden = !cursor;
-        list.dataset.loaded = 'true';
-      } catch (e) {
-        ctx.error(root, e);
-      }
-    };
-    more.addEventListener('click', load);
-    load();
+    replace(root, h('h1', {}, 'Jobs'), form(params, ctx), list, more);
     return null;
   },
 };

@@ -2,7 +2,7 @@
 // engine's own queue and KV cache, and each GPU as NVML reads it.
 
 import { api, poll } from '../api.js';
-import { h, table, millis, bytes, badge, replace } from '../dom.js';
+import { h, table, link, millis, bytes, badge, replace } from '../dom.js';
 
 function gpu(g) {
   const parts = [`#${g.index} ${g.name}`];
@@ -16,7 +16,7 @@ function gpu(g) {
 function node(n) {
   const kv = n.engine?.kv_cache_usage;
   return h('tr', { class: `node ${n.state}`, 'data-node': n.node },
-    h('td', {}, n.node),
+    h('td', {}, link(`#/jobs?node=${encodeURIComponent(n.node)}`, n.node)),
     h('td', {}, badge(n.state), n.state === 'lost' ? h('div', { class: 'muted' }, `${millis(n.seen_ms_ago)} ago`) : null),
     h('td', {}, n.models.join(', ') || '–'),
     h('td', {}, (n.loadable ?? []).join(', ') || '–'),

@@ -1,6 +1,7 @@
 // Per model and priority: jobs waiting and the oldest wait, arrivals,
 // running jobs, nodes wanted beside nodes serving, and dead letters; with
-// each model's queue over the minutes the page has been open.
+// each model's queue over the minutes the page has been open, and the jobs
+// that ended per minute over the last hour by outcome.
 
 import { api, poll } from '../api.js';
 import { h, svg, table, millis, replace } from '../dom.js';
@@ -19,12 +20,57 @@ function sparkline(points) {
     svg('path', { d: path || 'M0,0' }));
 }
 
+const OUTCOMES = ['succeeded', 'failed', 'timed_out', 'expired', 'cancelled'];
+
+// Jobs ended per minute over the last hour, stacked by outcome.
+function outcomeChart(summary) {
+  const width = 720;
+  const height = 90;
+  const start = Date.parse(summary.since);
+  const bar = (width - 20) / 60;
+  const top = Math.max(1, ...summary.minutes.map((m) => OUTCOMES.reduce((n, o) => n + (m[o] ?? 0), 0)));
+  const bars = summary.minutes.flatMap((m) => {
+    const x = 10 + Math.floor((Date.parse(m.minute) - start) / 60000) * bar;
+    let y = height - 14;
+    return OUTCOMES.filter((o) => m[o]).map((o) => {
+      const hgt = (m[o] / top) * (height - 24);
+      y -= hgt;
+      return svg('rect', { x: x.toFixed(1), y: y.toFixed(1), width: Math.max(1, bar - 1).toFixed(1), height: hgt.toFixed(1), class: o },
+        svg('title', {}, `${m.minute}: ${m[o]} ${o}`));
+    });
+  });
+  return svg('svg', { class: 'outcomes', id: 'outcomes', width, height, viewBox: `0 0 ${width} ${height}`, role: 'img' },
+    svg('title', {}, 'Jobs ended per minute over the last hour, by outcome'),
+    bars,
+    svg('line', { x1: 10, y1: height - 14, x2: width - 10, y2: height - 14, class: 'axis' }),
+    svg('text', { x: 10, y: height - 2 }, '1 h ago'),
+    svg('text', { x: width - 10, y: height - 2, 'text-anchor': 'end' }, 'now'),
+    svg('text', { x: width - 10, y: 10, 'text-anchor': 'end' }, `peak ${top}/min`));
+}
+
+// The outcome chart with its totals, refreshed every 10 s.
+function outcomes(ctx) {
+  const el = h('section', { class: 'card' });
+  const stop = poll(async () => {
+    try {
+      const summary = await api('/v1/summary');
+      const totals = OUTCOMES.filter((o) => summary.totals[o]).map((o) => `${summary.totals[o]} ${o}`);
+      replace(el, h('h2', {}, 'Jobs ended, last hour'), outcomeChart(summary),
+        h('p', { id: 'outcome-totals', class: 'muted' }, totals.join(' · ') || 'None.'));
+    } catch (e) {
+      ctx.error(el, e);
+    }
+  }, 10000);
+  return { el, stop };
+}
+
 function operatorView(root, ctx) {
   const history = new Map();
   const summary = h('div', { class: 'cards' });
   const body = h('div');
-  replace(root, h('h1', {}, 'Overview'), summary, body);
-  return poll(async () => {
+  const chart = outcomes(ctx);
+  replace(root, h('h1', {}, 'Overview'), summary, body, chart.el);
+  const stop = poll(async () => {
     try {
       const [{ queues }, { nodes }, dead] = await Promise.all([
         api('/v1/queues'),
@@ -58,6 +104,10 @@ function operatorView(root, ctx) {
       ctx.error(root, e);
     }
   });
+  return () => {
+    stop();
+    chart.stop();
+  };
 }
 
 function card(label, value, id) {
@@ -67,12 +117,13 @@ function card(label, value, id) {
 // A tenant's key sees its own jobs only: how many wait and run now.
 function tenantView(root, ctx) {
   const body = h('div', { class: 'cards' });
-  replace(root, h('h1', {}, 'Overview'), body);
+  const chart = outcomes(ctx);
+  replace(root, h('h1', {}, 'Overview'), body, chart.el);
   const count = async (status) => {
     const page = await api(`/v1/jobs?status=${status}&limit=200`);
     return page.next_cursor ? '200+' : page.data.length;
   };
-  return poll(async () => {
+  const stop = poll(async () => {
     try {
       const [queued, assigned, running] = await Promise.all(['queued', 'assigned', 'running'].map(count));
       replace(body, card('Your jobs queued', queued, 'queued-total'), card('Assigned', assigned), card('Running', running));
@@ -80,6 +131,10 @@ function tenantView(root, ctx) {
       ctx.error(root, e);
     }
   }, 3000);
+  return () => {
+    stop();
+    chart.stop();
+  };
 }
 
 export default {

@@ -10,42 +10,32 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-/// The page's files: name, content type, body.
+/// One of the page's files: its name under `broker/http/console/`, its
+/// content type, and its body, built into the binary.
+macro_rules! asset {
+    ($name:literal, $kind:expr) => {
+        ($name, $kind, include_str!(concat!("../../console/", $name)))
+    };
+}
+
+/// The page's files. A new view is a file in `console/views/`, named here
+/// and in `views/index.js`.
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("style.css", CSS, include_str!("../../console/style.css")),
-    ("app.js", JS, include_str!("../../console/app.js")),
-    ("api.js", JS, include_str!("../../console/api.js")),
-    ("dom.js", JS, include_str!("../../console/dom.js")),
-    (
-        "views/index.js",
-        JS,
-        include_str!("../../console/views/index.js"),
-    ),
-    (
-        "views/overview.js",
-        JS,
-        include_str!("../../console/views/overview.js"),
-    ),
-    (
-        "views/nodes.js",
-        JS,
-        include_str!("../../console/views/nodes.js"),
-    ),
-    (
-        "views/jobs.js",
-        JS,
-        include_str!("../../console/views/jobs.js"),
-    ),
-    (
-        "views/job.js",
-        JS,
-        include_str!("../../console/views/job.js"),
-    ),
-    (
-        "views/dead_letters.js",
-        JS,
-        include_str!("../../console/views/dead_letters.js"),
-    ),
+    asset!("style.css", CSS),
+    asset!("app.js", JS),
+    asset!("api.js", JS),
+    asset!("dom.js", JS),
+    asset!("paged.js", JS),
+    asset!("views/index.js", JS),
+    asset!("views/overview.js", JS),
+    asset!("views/nodes.js", JS),
+    asset!("views/jobs.js", JS),
+    asset!("views/job.js", JS),
+    asset!("views/runs.js", JS),
+    asset!("views/run.js", JS),
+    asset!("views/dead_letters.js", JS),
+    asset!("views/models.js", JS),
+    asset!("views/usage.js", JS),
 ];
 const INDEX: &str = include_str!("../../console/index.html");
 const CSS: &str = "text/css; charset=utf-8";
@@ -95,5 +85,50 @@ async fn asset(Path(name): Path<String>) -> Response {
     match ASSETS.iter().find(|(n, _, _)| *n == name) {
         Some((_, kind, body)) => ([(header::CONTENT_TYPE, *kind)], *body).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every module a script imports, as a path under `console/`.
+    fn imports(name: &str, body: &str) -> Vec<String> {
+        let dir = name.rsplit_once('/').map_or("", |(dir, _)| dir);
+        body.lines()
+            .filter_map(|line| line.trim().strip_prefix("import "))
+            .filter_map(|line| line.split(" from '").nth(1)?.split('\'').next())
+            .map(|path| {
+                let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+                for part in path.split('/') {
+                    match part {
+                        "." => {}
+                        ".." => {
+                            parts.pop();
+                        }
+                        part => parts.push(part),
+                    }
+                }
+                parts.join("/")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_script_the_page_imports_is_served() {
+        let served: Vec<&str> = ASSETS.iter().map(|(name, _, _)| *name).collect();
+        let mut checked = 0;
+        for (name, _, body) in ASSETS {
+            for import in imports(name, body) {
+                assert!(
+                    served.contains(&import.as_str()),
+                    "{name} imports {import}, not served"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "only {checked} imports found");
+        assert!(INDEX.contains("/console/assets/app.js"));
+        assert!(INDEX.contains("/console/assets/style.css"));
     }
 }

@@ -15,6 +15,9 @@ use switchyard_store::{ListFilter, Status};
 pub(crate) struct ListQuery {
     status: Option<String>,
     model: Option<String>,
+    priority: Option<String>,
+    /// The node of the job's latest attempt.
+    node: Option<String>,
     tenant: Option<String>,
     /// Created at or after this time (RFC 3339).
     since: Option<String>,
@@ -33,6 +36,8 @@ const LIST_LIMIT_MAX: u32 = 200;
     params(
         ("status" = Option<String>, Query, description = "queued, assigned, running, succeeded, failed, expired, timed_out, cancelled"),
         ("model" = Option<String>, Query),
+        ("priority" = Option<String>, Query, description = "critical, high, normal, batch"),
+        ("node" = Option<String>, Query, description = "The node of the job's latest attempt"),
         ("tenant" = Option<String>, Query),
         ("since" = Option<String>, Query, description = "Created at or after (RFC 3339)"),
         ("until" = Option<String>, Query, description = "Created before (RFC 3339)"),
@@ -57,9 +62,15 @@ pub(crate) async fn list_jobs(
                 .ok_or_else(|| invalid(format!("status {name:?} is not a job status")))?,
         ),
     };
+    if let Some(p) = q.priority.as_deref() {
+        p.parse::<switchyard_schemas::Priority>()
+            .map_err(|e| invalid(e.to_string()))?;
+    }
     let filter = ListFilter {
         status,
         model: q.model,
+        priority: q.priority,
+        node: q.node,
         tenant: caller.tenant_filter(q.tenant)?,
         since_ms: parse_time("since", q.since.as_deref())?,
         until_ms: parse_time("until", q.until.as_deref())?,

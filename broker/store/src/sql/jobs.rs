@@ -460,9 +460,13 @@ impl JobRecords for SqlStore {
 
     async fn list(&self, f: &ListFilter, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
         let filter = Page {
-            status: f.status.map(Status::as_str),
-            by: ("model", f.model.as_deref()),
-            tenant: f.tenant.as_deref(),
+            by: &[
+                ("status", f.status.map(Status::as_str)),
+                ("tenant", f.tenant.as_deref()),
+                ("model", f.model.as_deref()),
+                ("priority", f.priority.as_deref()),
+                ("node", f.node.as_deref()),
+            ],
             since_ms: f.since_ms,
             until_ms: f.until_ms,
             after: f.after.as_ref(),

@@ -25,6 +25,7 @@ mod ledger;
 mod outbox;
 mod quotas;
 mod runs;
+mod summary;
 #[cfg(test)]
 mod tests;
 
@@ -57,45 +58,63 @@ pub(crate) fn flag(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
     Ok(row.try_get::<i64, _>(column)? != 0)
 }
 
-/// What a list of jobs or runs is filtered by: the status, one more column
-/// (`by`, its value), the tenant, the creation time, and the page's start
-/// (after the previous page's last row).
+/// What a list of jobs or runs is filtered by: columns that must equal a
+/// value (`by`: each with its value, or none), the creation time, and the
+/// page's start (after the previous page's last row).
 pub(crate) struct Page<'a> {
-    pub status: Option<&'a str>,
-    pub by: (&'static str, Option<&'a str>),
-    pub tenant: Option<&'a str>,
+    pub by: &'a [(&'static str, Option<&'a str>)],
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
     pub after: Option<&'a (i64, String)>,
     pub limit: u32,
 }
 
-/// The rows of `table` that `page` names, newest first.
+/// A parameter of a statement built to its filters.
+enum Arg<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+/// The rows of `table` that `page` names, newest first. The statement holds
+/// only the filters given: `$1 IS NULL OR column = $1` would keep both
+/// databases from reading a column's index, and a list filtered to a small
+/// tenant would walk every row.
 pub(crate) async fn page(
     pool: &AnyPool,
     table: &'static str,
     page: Page<'_>,
 ) -> Result<Vec<AnyRow>, sqlx::Error> {
-    let (column, value) = page.by;
-    let (after_ms, after_id) = page.after.cloned().unzip();
-    sqlx::query(&format!(
-        "SELECT * FROM {table}
-         WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR {column} = $2)
-           AND ($3 IS NULL OR tenant = $3)
-           AND ($4 IS NULL OR created_at >= $4) AND ($5 IS NULL OR created_at < $5)
-           AND ($6 IS NULL OR (created_at, id) < ($6, $7))
-         ORDER BY created_at DESC, id DESC LIMIT $8"
-    ))
-    .bind(page.status)
-    .bind(value)
-    .bind(page.tenant)
-    .bind(page.since_ms)
-    .bind(page.until_ms)
-    .bind(after_ms)
-    .bind(after_id)
-    .bind(i64::from(page.limit))
-    .fetch_all(pool)
-    .await
+    let mut args: Vec<Arg<'_>> = Vec::new();
+    let mut sql = format!("SELECT * FROM {table} WHERE 1 = 1");
+    let mut param = |arg| {
+        args.push(arg);
+        format!("${}", args.len())
+    };
+    for (column, value) in page.by {
+        if let Some(value) = value {
+            sql += &format!(" AND {column} = {}", param(Arg::Text(value)));
+        }
+    }
+    if let Some(since) = page.since_ms {
+        sql += &format!(" AND created_at >= {}", param(Arg::Int(since)));
+    }
+    if let Some(until) = page.until_ms {
+        sql += &format!(" AND created_at < {}", param(Arg::Int(until)));
+    }
+    if let Some((ms, id)) = page.after {
+        let ms = param(Arg::Int(*ms));
+        sql += &format!(" AND (created_at, id) < ({ms}, {})", param(Arg::Text(id)));
+    }
+    let limit = param(Arg::Int(i64::from(page.limit)));
+    sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT {limit}");
+    let mut query = sqlx::query(&sql);
+    for arg in args {
+        query = match arg {
+            Arg::Text(value) => query.bind(value),
+            Arg::Int(value) => query.bind(value),
+        };
+    }
+    query.fetch_all(pool).await
 }
 
 /// Whether a database URL names PostgreSQL (else SQLite).

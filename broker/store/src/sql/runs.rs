@@ -107,9 +107,11 @@ impl RunRecords for SqlStore {
 
     async fn list_runs(&self, f: &RunFilter, limit: u32) -> Result<Vec<RunRow>, StoreError> {
         let filter = Page {
-            status: f.status.as_deref(),
-            by: ("workflow", f.workflow.as_deref()),
-            tenant: f.tenant.as_deref(),
+            by: &[
+                ("status", f.status.as_deref()),
+                ("tenant", f.tenant.as_deref()),
+                ("workflow", f.workflow.as_deref()),
+            ],
             since_ms: f.since_ms,
             until_ms: f.until_ms,
             after: f.after.as_ref(),
