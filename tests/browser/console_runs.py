@@ -41,6 +41,8 @@ def drive(setup, watch, browser):
     job.click()
     expect(page.locator("#job-id")).to_have_text(job_id)
     expect(page.locator("#where")).to_contain_text("Finished: succeeded")
+    # Its ledger line: one attempt, charged to the run's tenant.
+    expect(page.locator("#usage tr[data-attempt='1']")).to_contain_text("charged")
 
     # The registry: the alias, its running rollout, rolled back by hand.
     page.click("nav a[data-view=models]")

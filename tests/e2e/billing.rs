@@ -121,6 +121,7 @@ async fn ten_thousand_jobs_through_crashes_are_each_billed_once() {
     // A repeat answered from the cache is billed once, at the cache price
     // (zero here): one more line, no more cost.
     let body = json!({"model": "tiny-priced", "input": {"prompt": "bill 7 now", "max_tokens": 4, "temperature": 0}});
+    let mut answered = Vec::new();
     for _ in 0..2 {
         let r = stack
             .http
@@ -131,6 +132,7 @@ async fn ten_thousand_jobs_through_crashes_are_each_billed_once() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
+        answered.push(r.json::<Value>().await.unwrap()["id"].clone());
     }
     let (_, after) = stack.get_json("/v1/usage").await;
     let hits: u64 = after["data"]
@@ -140,6 +142,25 @@ async fn ten_thousand_jobs_through_crashes_are_each_billed_once() {
         .map(|r| r["cache_hits"].as_u64().unwrap())
         .sum();
     assert_eq!(hits, 1);
+    // Each job's own ledger line, as its page in the console shows it.
+    let job_usage = |id: &Value| format!("/v1/jobs/{}/usage", id.as_str().unwrap());
+    let (status, first) = stack.get_json(&job_usage(&answered[0])).await;
+    assert_eq!(status, 200, "{first}");
+    let line = &first["data"][0];
+    assert_eq!(
+        (line["charged"].clone(), line["cache_hit"].clone()),
+        (json!(true), json!(false)),
+        "{first}"
+    );
+    let priced = line["prompt_tokens"].as_f64().unwrap() / 1000.0
+        + line["completion_tokens"].as_f64().unwrap() / 1000.0 * 2.0;
+    let cost = first["cost_usd"].as_f64().unwrap();
+    assert!(priced > 0.0 && (cost - priced).abs() < 1e-9, "{first}");
+    let (_, repeat) = stack.get_json(&job_usage(&answered[1])).await;
+    assert_eq!(repeat["data"][0]["cache_hit"], true, "{repeat}");
+    assert_eq!(repeat["cost_usd"], 0.0, "{repeat}");
+    let (status, _) = stack.get_json("/v1/jobs/no-such-job/usage").await;
+    assert_eq!(status, 404);
 
     let csv = stack
         .http

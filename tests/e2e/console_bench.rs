@@ -20,7 +20,8 @@ const SPREAD_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// Writes `JOBS` ended jobs straight into the store: two models, 20
 /// tenants and one small one (a job in 10,000), 1 % failed, a tenth each
-/// at high and batch priority, over eight nodes.
+/// at high and batch priority, over eight nodes (each column independent
+/// of the others, so that a filter on two matches their product).
 fn fill_jobs(stack: &Stack, now_ms: u64) {
     let step = SPREAD_MS / JOBS;
     let first = now_ms - SPREAD_MS;
@@ -30,7 +31,7 @@ fn fill_jobs(stack: &Stack, now_ms: u64) {
             prompt_tokens, completion_tokens, error_code)
          SELECT 'old-' || g,
             CASE WHEN g % 2 = 0 THEN '{TEXT_MODEL}' ELSE '{CHAT_MODEL}' END,
-            CASE g % 10 WHEN 0 THEN 'high' WHEN 1 THEN 'batch' ELSE 'normal' END,
+            CASE (g / 3) % 10 WHEN 0 THEN 'high' WHEN 1 THEN 'batch' ELSE 'normal' END,
             'http',
             CASE WHEN g % 100 = 0 THEN 'failed' ELSE 'succeeded' END,
             1, 'node-' || (g % 8),
@@ -79,6 +80,9 @@ async fn the_console_s_reads_with_a_million_jobs() {
     let middle = humantime::format_rfc3339_millis(
         UNIX_EPOCH + Duration::from_millis(now_ms - SPREAD_MS / 2),
     );
+    let day = humantime::format_rfc3339_millis(
+        UNIX_EPOCH + Duration::from_millis(now_ms - 24 * 3600 * 1000),
+    );
     let reads = [
         ("jobs, newest 50", "/v1/jobs?limit=50".to_owned()),
         (
@@ -97,6 +101,16 @@ async fn the_console_s_reads_with_a_million_jobs() {
         (
             "high priority on one node",
             "/v1/jobs?priority=high&node=node-3&limit=50".into(),
+        ),
+        // No index serves a node: a filter that matches nothing reads
+        // every job, unless a time range bounds it.
+        (
+            "a node that ran none of them",
+            "/v1/jobs?node=node-9&limit=50".into(),
+        ),
+        (
+            "the same, created in the last day",
+            format!("/v1/jobs?node=node-9&limit=50&since={day}"),
         ),
         ("a job", "/v1/jobs/old-500000".into()),
         (

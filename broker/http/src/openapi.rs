@@ -51,6 +51,7 @@ use crate::{
         batches::retrieve,
         batches::cancel,
         usage::usage,
+        usage::job_usage,
         workflows::start,
         workflows::list::list_runs,
         workflows::get_run,

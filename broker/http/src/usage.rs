@@ -1,22 +1,24 @@
 //! `GET /v1/usage`: the ledger summed by day, model and tenant, as JSON or
-//! CSV.
+//! CSV; and `GET /v1/jobs/{id}/usage`: one job's lines.
 
 use axum::Router;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchyard_core::auth::Caller;
-use switchyard_store::ledger::{UsageFilter, UsageRow};
+use switchyard_store::ledger::{AttemptUsage, UsageFilter, UsageRow};
 
 use crate::error::{ApiError, invalid};
 use crate::extract::{ApiQuery, parse_time};
 use crate::state::{ApiState, Records};
 
 pub fn router() -> Router<ApiState> {
-    Router::new().route("/v1/usage", get(usage))
+    Router::new()
+        .route("/v1/usage", get(usage))
+        .route("/v1/jobs/{id}/usage", get(job_usage))
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,4 +110,38 @@ async fn usage(
         }
         Some(other) => Err(invalid(format!("format {other:?} must be json or csv"))),
     }
+}
+
+fn attempt_json(a: &AttemptUsage) -> Value {
+    json!({
+        "attempt": a.attempt, "node": a.node, "prompt_tokens": a.prompt_tokens,
+        "completion_tokens": a.completion_tokens, "engine_ms": a.engine_ms,
+        "cost_usd": usd(a.cost_micros), "cache_hit": a.cache_hit, "charged": a.charged,
+    })
+}
+
+/// A job's ledger lines, one per attempt that reached an engine: the one
+/// charged, and any waste.
+#[utoipa::path(get, path = "/v1/jobs/{id}/usage", tag = "billing",
+    responses(
+        (status = 200, description = "`{data: [{attempt, node, prompt_tokens, completion_tokens, engine_ms, cost_usd, cache_hit, charged}], cost_usd}`: `cost_usd` is what the job was charged", body = Object),
+        (status = 404, description = "`not_found`", body = Object),
+        (status = 503, description = "`store_unavailable`", body = Object),
+    ))]
+async fn job_usage(
+    State(s): State<Records>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    s.job(&caller, &id).await?;
+    let lines = s.store.job_usage(&id).await?;
+    let charged: i64 = lines
+        .iter()
+        .filter(|a| a.charged)
+        .map(|a| a.cost_micros)
+        .sum();
+    Ok(axum::Json(json!({
+        "data": lines.iter().map(attempt_json).collect::<Vec<_>>(),
+        "cost_usd": usd(charged),
+    })))
 }

@@ -39,6 +39,20 @@ pub struct UsageRow {
     pub cache_hits: u64,
 }
 
+/// One attempt's line in the ledger, as a job's page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptUsage {
+    pub attempt: u32,
+    pub node: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub engine_ms: u64,
+    pub cost_micros: i64,
+    pub cache_hit: bool,
+    /// Charged to the job's tenant (the delivered attempt), or waste.
+    pub charged: bool,
+}
+
 /// What was charged (the attempts whose results were delivered) and what
 /// was waste (attempts superseded by another that delivered).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -72,6 +86,8 @@ pub trait Ledger: Send + Sync {
     /// What the job was charged, in micro-USD: its delivered attempt's
     /// line, as the report counts it; 0 while it has none.
     async fn job_cost(&self, job_id: &str) -> Result<i64, StoreError>;
+    /// Every ledger line of the job, by attempt, each charged or waste.
+    async fn job_usage(&self, job_id: &str) -> Result<Vec<AttemptUsage>, StoreError>;
     /// How `model`'s jobs asked for by `alias` fared since `since_ms`.
     async fn version_figures(
         &self,

@@ -1,6 +1,7 @@
 // One job: every transition on a time axis, each attempt with its node and
 // error, where it is now or where it stopped, its result or error, tokens,
-// webhook deliveries, and a cancel button while it can still be cancelled.
+// cost and each attempt's ledger line, webhook deliveries, and a cancel
+// button while it can still be cancelled.
 
 import { api } from '../api.js';
 import { h, svg, table, row, badge, millis, time, replace } from '../dom.js';
@@ -83,7 +84,7 @@ function whereNow(job, steps) {
   return `Now: ${job.status}${job.node ? ` on ${job.node}` : ''}, for ${millis(Date.now() - Date.parse(last.at))}.`;
 }
 
-function render(root, job, steps, deliveries, ctx, reload) {
+function render(root, job, steps, { deliveries, usage }, ctx, reload) {
   const final = FINAL.has(job.status);
   const t0 = Date.parse(steps[0].at);
   const cancel = !final && ctx.can('submitter')
@@ -105,7 +106,8 @@ function render(root, job, steps, deliveries, ctx, reload) {
     h('dl', { class: 'facts' },
       [['Model', job.alias ? `${job.model} (alias ${job.alias})` : job.model], ['Tenant', job.tenant],
       ['Priority', job.priority], ['Source', job.source], ['Attempt', job.attempt], ['Created', time(job.created_at)],
-      ['Tokens', job.usage ? `${job.usage.prompt_tokens} in, ${job.usage.completion_tokens} out` : '–']]
+      ['Tokens', job.usage ? `${job.usage.prompt_tokens} in, ${job.usage.completion_tokens} out` : '–'],
+      ['Cost', usage.data.length ? `$${usage.cost_usd.toFixed(6)}` : '–']]
       .flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, String(v))])),
     h('h2', {}, 'Timeline'),
     axis(steps, final),
@@ -119,6 +121,11 @@ function render(root, job, steps, deliveries, ctx, reload) {
     job.error ? [h('h2', {}, 'Error'), h('pre', { id: 'error' }, `${job.error.code}: ${job.error.message}`)] : null,
     job.result !== undefined ? [h('h2', {}, 'Result'), h('pre', { id: 'result' }, JSON.stringify(job.result, null, 2))] : null,
     job.result_expired ? h('p', { class: 'muted' }, 'The result was dropped at the end of its retention.') : null,
+    usage.data.length ? [h('h2', {}, 'Usage by attempt'),
+      table(['Attempt', 'Node', 'Tokens', 'Engine time', 'Cost', 'Billed'], usage.data.map((u) => h('tr', { 'data-attempt': u.attempt },
+        h('td', {}, String(u.attempt)), h('td', {}, u.node), h('td', {}, `${u.prompt_tokens} in, ${u.completion_tokens} out`),
+        h('td', {}, millis(u.engine_ms)), h('td', {}, `$${u.cost_usd.toFixed(6)}`),
+        h('td', {}, u.charged ? (u.cache_hit ? 'charged (cache hit)' : 'charged') : 'waste'))), { id: 'usage' })] : null,
     h('h2', {}, 'Webhook deliveries'),
     table(['Event', 'URL', 'State', 'Attempts', 'Last answer'], deliveries.map((d) => {
       const last = d.attempts[d.attempts.length - 1];
@@ -136,7 +143,7 @@ export default {
     let timer = null;
     let events = [];
     let job = null;
-    let deliveries = [];
+    let extras = { deliveries: [], usage: { data: [] } };
     let pending = null;
     const show = () => {
       if (!job) return;
@@ -145,7 +152,7 @@ export default {
       const end = fromRecord(job).find((s) => FINAL.has(s.event));
       if (end && !steps.some((s) => FINAL.has(s.event))) steps.push(end);
       steps = steps.sort((a, b) => Date.parse(a.at) - Date.parse(b.at));
-      render(root, job, steps, deliveries, ctx, load);
+      render(root, job, steps, extras, ctx, load);
     };
     // A replay brings several events at once: one reload for them all.
     const reloadSoon = () => {
@@ -155,7 +162,10 @@ export default {
     const load = async () => {
       try {
         const path = `/v1/jobs/${encodeURIComponent(id)}`;
-        [job, { data: deliveries }] = await Promise.all([api(path), api(`${path}/webhooks`)]);
+        let deliveries;
+        let usage;
+        [job, { data: deliveries }, usage] = await Promise.all([api(path), api(`${path}/webhooks`), api(`${path}/usage`)]);
+        extras = { deliveries, usage };
         show();
         if (FINAL.has(job.status) && source && !timer) {
           // A job that ended without a result event (cancelled): the

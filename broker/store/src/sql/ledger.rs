@@ -4,9 +4,9 @@ use async_trait::async_trait;
 use sqlx::{Any, Row, Transaction};
 use switchyard_schemas::ErrorClass;
 
-use super::SqlStore;
+use super::{SqlStore, flag, int};
 use crate::StoreError;
-use crate::ledger::{Charge, Figures, Ledger, UsageFilter, UsageReport, UsageRow};
+use crate::ledger::{AttemptUsage, Charge, Figures, Ledger, UsageFilter, UsageReport, UsageRow};
 
 /// The ledger lines charged to their job's tenant: the attempt whose result
 /// the job delivered, when it succeeded or was stopped by its client or its
@@ -133,6 +133,33 @@ impl Ledger for SqlStore {
         .fetch_one(self.pool())
         .await?;
         Ok(row.try_get("cost_micros")?)
+    }
+
+    async fn job_usage(&self, job_id: &str) -> Result<Vec<AttemptUsage>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT u.attempt, u.node, u.prompt_tokens, u.completion_tokens, u.engine_ms,
+                    u.cost_micros, u.cache_hit,
+                    CAST(CASE WHEN {CHARGED} THEN 1 ELSE 0 END AS BIGINT) AS charged
+             FROM usage u JOIN jobs j ON j.id = u.job_id
+             WHERE u.job_id = $1 ORDER BY u.attempt"
+        ))
+        .bind(job_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AttemptUsage {
+                    attempt: int(row, "attempt")?,
+                    node: row.try_get("node")?,
+                    prompt_tokens: int(row, "prompt_tokens")?,
+                    completion_tokens: int(row, "completion_tokens")?,
+                    engine_ms: int(row, "engine_ms")?,
+                    cost_micros: row.try_get("cost_micros")?,
+                    cache_hit: flag(row, "cache_hit")?,
+                    charged: flag(row, "charged")?,
+                })
+            })
+            .collect()
     }
 
     async fn version_figures(
