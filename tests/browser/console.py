@@ -106,9 +106,10 @@ def drive(setup, watch, browser):
     # Hostile input and metadata are shown as text and run nothing.
     page.goto(f"{url}/console#/jobs/{setup['xss_job']}")
     expect(page.locator("#metadata")).to_contain_text("<script>")
+    expect(page.locator("#input")).to_contain_text("<script>window.__xss=1</script>")
     expect(page.locator("#result")).to_contain_text('"><img')
     assert page.evaluate("window.__xss") is None, "a job's data ran as script"
-    assert page.locator("#metadata img, #result img, #metadata script").count() == 0
+    assert page.locator("#input img, #input script, #metadata img, #result img, #metadata script").count() == 0
     page.goto(f"{url}/console#/jobs?tenant=globex")
     expect(page.locator(f"#jobs tr[data-job='{setup['xss_job']}']")).to_be_visible()
     assert page.evaluate("window.__xss") is None, "a job's data ran as script"

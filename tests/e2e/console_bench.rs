@@ -14,7 +14,7 @@ use crate::common::*;
 use crate::ledger_bench::{run_sql, series};
 
 const JOBS: u64 = 1_000_000;
-const SAMPLES: usize = 50;
+const SAMPLES: usize = 30;
 /// The jobs were made over the last 30 days, one every 2.592 s.
 const SPREAD_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -36,11 +36,10 @@ fn fill_jobs(stack: &Stack, now_ms: u64) {
             CASE WHEN g % 100 = 0 THEN 'failed' ELSE 'succeeded' END,
             1, 'node-' || (g % 8),
             CASE WHEN g % 10000 = 7 THEN 'small' ELSE 't' || (g % 20) END,
-            {first} + g * {step}, {first} + g * {step} + 1, {first} + g * {step} + 3,
-            {first} + g * {step} + 5, {first} + g * {step} + 400,
+            t, t + 1, t + 3, t + 5, t + 400,
             12, 20,
             CASE WHEN g % 100 = 0 THEN 'overloaded' END
-         FROM {}",
+         FROM (SELECT g, {first} + CAST(g AS BIGINT) * {step} AS t FROM {}) AS made",
         series(stack, JOBS)
     )];
     statements.push(if stack.database_url.starts_with("postgres") {
@@ -58,9 +57,9 @@ async fn latencies(stack: &Stack, path: &str) -> Vec<u128> {
         let start = Instant::now();
         let r = stack.http.get(stack.broker_url(path)).send().await.unwrap();
         let status = r.status();
-        r.bytes().await.unwrap();
+        let body = r.text().await.unwrap();
         took.push(start.elapsed().as_micros());
-        assert_eq!(status, 200, "{path}");
+        assert_eq!(status, 200, "{path}: {body}");
     }
     took.sort_unstable();
     took
@@ -75,6 +74,8 @@ async fn the_console_s_reads_with_a_million_jobs() {
     fill_jobs(&stack, now_ms);
     let fill = filled_at.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, small) = stack.get_json("/v1/jobs?tenant=small&limit=200").await;
+    assert_eq!(small["data"].as_array().unwrap().len(), 100, "{small}");
 
     // Half way back: a page deep in the list, as "Older jobs" reaches it.
     let middle = humantime::format_rfc3339_millis(
@@ -127,14 +128,12 @@ async fn the_console_s_reads_with_a_million_jobs() {
     println!("store: {store}; {JOBS} jobs written in {fill:?}; {SAMPLES} GETs each");
     for (name, path) in &reads {
         // The first read warms the page cache, as a console left open does.
-        latencies(&stack, path).await;
+        stack.get_json(path).await;
         let sorted = latencies(&stack, path).await;
         println!(
-            "{name}: p50 {:.1} ms, p99 {:.1} ms",
+            "{name}: median {:.1} ms, slowest {:.1} ms",
             sorted[SAMPLES / 2] as f64 / 1000.0,
-            sorted[SAMPLES * 99 / 100] as f64 / 1000.0
+            sorted[SAMPLES - 1] as f64 / 1000.0
         );
     }
-    let (_, small) = stack.get_json("/v1/jobs?tenant=small&limit=200").await;
-    assert_eq!(small["data"].as_array().unwrap().len(), 100, "{small}");
 }

@@ -56,7 +56,7 @@ pub(crate) fn series(stack: &Stack, rows: u64) -> String {
 pub(crate) fn run_sql(stack: &Stack, statements: &[String]) {
     let out = if stack.database_url.starts_with("postgres") {
         let mut psql = Command::new("psql");
-        psql.args([&stack.database_url, "-q"]);
+        psql.args([&stack.database_url, "-q", "-v", "ON_ERROR_STOP=1"]);
         for statement in statements {
             psql.args(["-c", statement]);
         }

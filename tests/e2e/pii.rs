@@ -53,6 +53,13 @@ async fn personal_data_is_masked_or_refused_before_it_is_stored() {
         "the engine saw only placeholders; the timestamp is not a card"
     );
     assert_eq!(done[&id]["metadata"]["note"], "from [EMAIL]");
+    // Its input, as the console shows it: masked as stored.
+    let (_, input) = stack.get_json(&format!("/v1/jobs/{id}/input")).await;
+    assert_eq!(
+        input["input"]["prompt"],
+        "mail [EMAIL] call [PHONE] card [CARD] at 1732233445566 [EMPLOYEE_ID]",
+        "{input}"
+    );
     // Not even the job store holds the raw text.
     let stored = stack.stored_bytes();
     assert!(!stored.is_empty());

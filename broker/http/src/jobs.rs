@@ -24,6 +24,7 @@ use crate::extract::{ApiQuery, Body};
 use crate::reply::{bypasses_cache, mark_cache};
 use crate::state::{ApiState, CallState, Records};
 
+pub(crate) mod input;
 pub(crate) mod list;
 pub(crate) mod summary;
 
@@ -52,6 +53,7 @@ pub fn router() -> Router<ApiState> {
         .route("/v1/jobs", post(submit).get(list::list_jobs))
         .route("/v1/summary", get(summary::summary))
         .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/input", get(input::job_input))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
 }
 

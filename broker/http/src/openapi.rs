@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 
 use switchyard_store::view::JobView;
 
-use crate::jobs::{self, list, summary};
+use crate::jobs::{self, input, list, summary};
 use crate::state::ApiState;
 use crate::workflows;
 use crate::{
@@ -24,6 +24,7 @@ use crate::{
         jobs::submit,
         list::list_jobs,
         summary::summary,
+        input::job_input,
         jobs::get_job,
         jobs::cancel_job,
         events::events,

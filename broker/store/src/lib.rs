@@ -292,6 +292,9 @@ pub trait JobRecords: Send + Sync {
         charges: &[ledger::Charge],
     ) -> Result<Vec<usize>, StoreError>;
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// The job's input as admission recorded it (after PII masking); none
+    /// for a job refused before it was admitted.
+    async fn input(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError>;
     /// Jobs matching `filter`, newest first, at most `limit`.
     async fn list(&self, filter: &ListFilter, limit: u32) -> Result<Vec<JobRecord>, StoreError>;
     /// Jobs not started whose start deadline is before `now_ms`, soonest first.

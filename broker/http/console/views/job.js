@@ -1,7 +1,8 @@
 // One job: every transition on a time axis, each attempt with its node and
-// error, where it is now or where it stopped, its result or error, tokens,
-// cost and each attempt's ledger line, webhook deliveries, and a cancel
-// button while it can still be cancelled.
+// error, where it is now or where it stopped, its input (as stored, after
+// masking) and its result or error, tokens, cost and each attempt's ledger
+// line, webhook deliveries, and a cancel button while it can still be
+// cancelled.
 
 import { api } from '../api.js';
 import { h, svg, table, row, badge, millis, time, replace } from '../dom.js';
@@ -84,7 +85,7 @@ function whereNow(job, steps) {
   return `Now: ${job.status}${job.node ? ` on ${job.node}` : ''}, for ${millis(Date.now() - Date.parse(last.at))}.`;
 }
 
-function render(root, job, steps, { deliveries, usage }, ctx, reload) {
+function render(root, job, steps, { deliveries, usage, input }, ctx, reload) {
   const final = FINAL.has(job.status);
   const t0 = Date.parse(steps[0].at);
   const cancel = !final && ctx.can('submitter')
@@ -118,6 +119,7 @@ function render(root, job, steps, { deliveries, usage }, ctx, reload) {
       return h('li', { class: s.event }, h('span', { class: 'offset' }, `+${millis(Date.parse(s.at) - t0)}`), ` ${describe(s)}${waited}`);
     })),
     meta.length ? [h('h2', {}, 'Metadata'), table(['Key', 'Value'], meta.map(([k, v]) => row(k, v)), { id: 'metadata' })] : null,
+    input !== undefined && input !== null ? [h('h2', {}, 'Input'), h('pre', { id: 'input' }, JSON.stringify(input, null, 2))] : null,
     job.error ? [h('h2', {}, 'Error'), h('pre', { id: 'error' }, `${job.error.code}: ${job.error.message}`)] : null,
     job.result !== undefined ? [h('h2', {}, 'Result'), h('pre', { id: 'result' }, JSON.stringify(job.result, null, 2))] : null,
     job.result_expired ? h('p', { class: 'muted' }, 'The result was dropped at the end of its retention.') : null,
@@ -164,8 +166,10 @@ export default {
         const path = `/v1/jobs/${encodeURIComponent(id)}`;
         let deliveries;
         let usage;
-        [job, { data: deliveries }, usage] = await Promise.all([api(path), api(`${path}/webhooks`), api(`${path}/usage`)]);
-        extras = { deliveries, usage };
+        let input;
+        [job, { data: deliveries }, usage, { input }] = await Promise.all(
+          [api(path), api(`${path}/webhooks`), api(`${path}/usage`), api(`${path}/input`)]);
+        extras = { deliveries, usage, input };
         show();
         if (FINAL.has(job.status) && source && !timer) {
           // A job that ended without a result event (cancelled): the

@@ -458,6 +458,19 @@ impl JobRecords for SqlStore {
         row.as_ref().map(record).transpose()
     }
 
+    async fn input(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let json: Option<Option<String>> = sqlx::query_scalar("SELECT job FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        let Some(json) = json.flatten() else {
+            return Ok(None);
+        };
+        let mut job: serde_json::Value = serde_json::from_str(&json)
+            .map_err(|e| crate::corrupt(id.to_owned())(e.to_string()))?;
+        Ok(job.get_mut("input").map(serde_json::Value::take))
+    }
+
     async fn list(&self, f: &ListFilter, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
         let filter = Page {
             by: &[
