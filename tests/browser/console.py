@@ -50,6 +50,8 @@ def drive(setup, watch, browser):
     )
     report["cancelled"] = target
     report["queued_seen"] = int(queue.locator(".queued").inner_text())
+    # Its one node runs two at a time, whichever models it serves.
+    expect(page.locator("#running-total .value")).to_have_text("2")
     expect(queue).to_contain_text("normal:")
     # Jobs ended in the last hour, by outcome: the dead job among them.
     expect(page.locator("#outcomes")).to_be_visible()

@@ -80,7 +80,9 @@ function operatorView(root, ctx) {
       const live = nodes.filter((n) => n.state === 'ready').length;
       replace(summary,
         card('Queued', queues.reduce((s, q) => s + q.queued, 0), 'queued-total'),
-        card('Running', queues.reduce((s, q) => s + q.running, 0)),
+        // A node serving several models counts its jobs under each model's
+        // signal: the nodes' own counts add up to what runs.
+        card('Running', nodes.reduce((s, n) => s + n.running, 0), 'running-total'),
         card('Nodes ready', `${live} of ${nodes.length}`),
         dead ? card('Dead letters', dead.dead_letters.length, 'dead-total') : null);
       const rows = [];
