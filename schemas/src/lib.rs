@@ -9,6 +9,7 @@ mod codec;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 mod fixtures;
+mod inputs;
 mod messages;
 mod node;
 mod priority;
@@ -18,11 +19,14 @@ pub mod subjects;
 
 pub use codec::{CodecError, Encoding, decode, decode_submission, encode, encode_as};
 pub use error::{ErrorClass, JobError};
+pub use inputs::{
+    ChatInput, ChatMessage, CompletionInput, EmbeddingInput, JobInput, SAMPLING_FIELDS, Sampling,
+    Tensor, TensorInput,
+};
 pub use messages::{
-    AdmitReply, Assignment, AutoscaleSignal, ChatInput, ChatMessage, CompletionInput, DeadLetter,
-    EmbeddingInput, ErrorBody, EventKind, Failure, Job, JobEvent, JobInput, JobResult, Outcome,
-    QueueDepth, RunningLimits, SAMPLING_FIELDS, Sampling, StreamChunk, Submission, Tensor,
-    TensorInput, Usage, UsageEvent, Versioned, WORKFLOW_RUN, WebhookEvent, WebhookTarget,
+    AdmitReply, Assignment, AutoscaleSignal, DeadLetter, ErrorBody, EventKind, Failure, Job,
+    JobEvent, JobResult, Outcome, QueueDepth, RunningLimits, StreamChunk, Submission, Usage,
+    UsageEvent, Versioned, WORKFLOW_RUN, WebhookEvent, WebhookTarget,
 };
 pub use node::{EngineLoad, GpuProcess, GpuStats, Heartbeat, LoadReply, LoadRequest};
 pub use priority::{ParsePriorityError, Priority};
