@@ -3,7 +3,7 @@ Chromium against a broker with authentication off (as the demo runs it).
 
 Usage: console_runs.py SETUP_JSON: the broker's URL, the runs the test
 started (one failed and compensated, one of model steps), the alias whose
-rollout runs, and the folder for screenshots.
+rollout runs with the jobs it ran before, and the folder for screenshots.
 """
 
 from playwright.sync_api import expect
@@ -50,6 +50,11 @@ def drive(setup, watch, browser):
     expect(page.locator("#aliases")).to_contain_text(alias)
     rollout = page.locator(f"#rollouts tr[data-alias='{alias}']")
     expect(rollout).to_contain_text("running")
+    # The guards' figures: the old version's baseline of jobs through the
+    # alias, none yet of the new version's.
+    figures = rollout.locator(".guards")
+    expect(figures).to_contain_text(f"jobs: new 0, old {setup['baseline_jobs']}")
+    expect(figures).to_contain_text("error rate: new –, old 0.0%")
     page.screenshot(path=f"{shots}/models.png", full_page=True)
     rollout.locator("button.roll-back").click()
     expect(rollout).to_contain_text("rolled_back")

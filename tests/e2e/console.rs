@@ -181,15 +181,28 @@ async fn the_console_draws_runs_rolls_back_a_rollout_and_shows_usage() {
     let messages = json!({"input": {"messages": [{"role": "user", "content": "hi"}]}});
     let (_, answered) = start_run(&stack, "assistant", messages, 60).await;
     assert_eq!(answered["status"], "succeeded", "{answered:#}");
+    // Jobs through the alias before the rollout: the old version's
+    // baseline, which the page shows beside the new version's figures.
+    let mut asked = Vec::new();
+    for _ in 0..3 {
+        let ask =
+            json!({"model": "helper", "input": {"messages": [{"role": "user", "content": "hi"}]}});
+        asked.push(stack.submit_http(&ask).await);
+    }
+    stack.wait_finished(&asked, Duration::from_secs(30)).await;
     // A rollout that holds its first step: too few jobs to judge.
     let (status, started) = crate::rollouts::send(
         &stack,
         Method::POST,
         "/v1/admin/aliases/helper/rollout",
-        json!({"to": "chat-v2", "steps": [5, 100], "every": "1h", "guards": {"min_samples": 1000}}),
+        json!({"to": "chat-v2", "steps": [5, 100], "every": "1h", "guards": {"min_samples": 1000, "max_error_rate_increase": 0.05, "max_p95_latency_ratio": 3}}),
     )
     .await;
     assert_eq!(status, 201, "{started:#}");
+    let (_, registry) = stack.get_json("/v1/admin/models").await;
+    let figures = &registry["rollouts"][0]["figures"];
+    assert_eq!(figures["old"]["jobs"], 3, "{registry:#}");
+    assert_eq!(figures["new"]["jobs"], 0, "{registry:#}");
 
     let setup = json!({
         "url": stack.broker_url(""),
@@ -197,6 +210,7 @@ async fn the_console_draws_runs_rolls_back_a_rollout_and_shows_usage() {
         "failed_run": failed["id"],
         "model_run": answered["id"],
         "alias": "helper",
+        "baseline_jobs": asked.len(),
         "charged_model": CHAT_MODEL,
     });
     let report = python_script("browser/console_runs.py", &[setup.to_string()]);

@@ -7,9 +7,10 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use switchyard_core::models::rollout::{RolloutError, RolloutRequest, Status, Tripped};
+use switchyard_core::models::drive::{Standing, standing};
+use switchyard_core::models::rollout::{Rollout, RolloutError, RolloutRequest, Status, Tripped};
 use switchyard_core::models::{LiveRegistry, ModelsError};
 use switchyard_runtime::ModelSpec;
 use switchyard_runtime::aliases::{AliasSpec, Sticky, Target};
@@ -19,7 +20,7 @@ use switchyard_store::{JobStore, ListFilter, Status as JobStatus};
 
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
-use crate::state::ApiState;
+use crate::state::{ApiState, Records};
 
 pub fn router() -> Router<ApiState> {
     Router::new()
@@ -44,17 +45,39 @@ struct Based {
     revision: Option<u64>,
 }
 
+/// A rollout as the registry keeps it and, while it runs, the figures its
+/// guards judge it by.
+#[derive(Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    rollout: &'a Rollout,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    figures: Option<Standing>,
+}
+
 /// The live registry: its models, aliases and rollouts, with the revision
 /// they are at.
 #[utoipa::path(get, path = "/v1/admin/models", tag = "admin",
-    responses((status = 200, description = "`{revision, models, aliases, rollouts}`", body = Object)))]
-async fn read(State(live): State<LiveRegistry>) -> Result<axum::Json<Value>, ApiError> {
+    responses((status = 200, description = "`{revision, models, aliases, rollouts}`; a running rollout has `figures: {old, new}`, each version's `{jobs, failed, p95_engine_ms, mean_cost_micros}` over what its guards compare", body = Object)))]
+async fn read(
+    State(live): State<LiveRegistry>,
+    State(records): State<Records>,
+) -> Result<axum::Json<Value>, ApiError> {
     let (revision, doc) = live.read().await?;
+    let now = now_ms();
+    let mut rollouts = Vec::with_capacity(doc.rollouts.len());
+    for rollout in &doc.rollouts {
+        let figures = match rollout.status {
+            Status::Running => Some(standing(records.store.as_ref(), rollout, now).await?),
+            _ => None,
+        };
+        rollouts.push(Shown { rollout, figures });
+    }
     Ok(axum::Json(json!({
         "revision": revision,
         "models": doc.models,
         "aliases": doc.aliases,
-        "rollouts": doc.rollouts,
+        "rollouts": rollouts,
     })))
 }
 

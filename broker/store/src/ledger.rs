@@ -63,7 +63,7 @@ pub struct UsageReport {
 
 /// How one version fared behind an alias over a window: what a rollout's
 /// guards compare.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Figures {
     /// Jobs that ended succeeded or failed.
     pub jobs: u64,

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_store::Ledger;
+use serde::Serialize;
+use switchyard_store::ledger::Figures;
+use switchyard_store::{Ledger, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -37,12 +39,7 @@ async fn tick(live: &LiveRegistry, ledger: &dyn Ledger) -> Result<(), ModelsErro
     let (_, doc) = live.read().await?;
     for r in doc.rollouts.iter().filter(|r| r.status == Status::Running) {
         let now = now_ms();
-        let old = ledger
-            .version_figures(&r.from, &r.alias, r.baseline_since_ms())
-            .await?;
-        let new = ledger
-            .version_figures(&r.to, &r.alias, r.window_since_ms(now))
-            .await?;
+        let Standing { old, new } = standing(ledger, r, now).await?;
         let verdict = rollout::decide(r, &old, &new, now);
         if verdict == Verdict::Hold {
             continue;
@@ -65,6 +62,28 @@ async fn tick(live: &LiveRegistry, ledger: &dyn Ledger) -> Result<(), ModelsErro
         }
     }
     Ok(())
+}
+
+/// How a rollout's two versions fare, over what its guards compare.
+#[derive(Debug, Serialize)]
+pub struct Standing {
+    /// The old version's, from the baseline before the rollout.
+    pub old: Figures,
+    /// The new version's, over the guards' window within the rollout.
+    pub new: Figures,
+}
+
+/// The figures the guards judge `r` by now: what the controller decides on
+/// and what an operator watching the rollout sees.
+pub async fn standing(ledger: &dyn Ledger, r: &Rollout, now: i64) -> Result<Standing, StoreError> {
+    Ok(Standing {
+        old: ledger
+            .version_figures(&r.from, &r.alias, r.baseline_since_ms())
+            .await?,
+        new: ledger
+            .version_figures(&r.to, &r.alias, r.window_since_ms(now))
+            .await?,
+    })
 }
 
 async fn report(live: &LiveRegistry, revision: u64, r: &Rollout, verdict: &Verdict) {
