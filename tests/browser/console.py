@@ -2,8 +2,8 @@
 tenant would, and fails on the first thing that does not hold.
 
 Usage: console.py SETUP_JSON, where the JSON names the broker's URL, the
-keys (admin, and the submitter keys of two tenants), the jobs the test
-prepared and the folder for screenshots. Prints a JSON report on success.
+keys (admin, the submitter keys of two tenants, and the id of a key to
+revoke), the jobs the test prepared and the folder for screenshots. Prints a JSON report on success.
 """
 
 from playwright.sync_api import expect
@@ -105,6 +105,19 @@ def drive(setup, watch, browser):
     row.locator("button.replay").click()
     expect(page.locator("#replayed")).to_contain_text(f"{dead} (attempt 4)")
 
+    # Tenants: each with its limits and keys; acme's spare key revoked.
+    page.click("nav a[data-view=tenants]")
+    expect(page.locator("#tenants tr[data-tenant=acme]")).to_contain_text("config")
+    page.click("#tenants tr[data-tenant=acme] td:nth-child(4) a")
+    keys = page.locator("#keys[data-tenant=acme]")
+    spare = keys.locator(f"tr[data-key='{setup['spare_key']}']")
+    expect(spare).to_contain_text("active")
+    tenants = set(keys.locator("tbody tr td:nth-child(3)").all_inner_texts())
+    assert tenants == {"acme"}, tenants
+    page.screenshot(path=f"{shots}/tenants.png", full_page=True)
+    spare.locator("button.revoke").click()
+    expect(spare).to_contain_text("revoked")
+
     # Hostile input and metadata are shown as text and run nothing.
     page.goto(f"{url}/console#/jobs/{setup['xss_job']}")
     expect(page.locator("#metadata")).to_contain_text("<script>")
@@ -128,6 +141,7 @@ def drive(setup, watch, browser):
     sign_in(tpage, url, setup["globex_key"])
     assert tpage.locator("nav a[data-view=nodes]").count() == 0
     assert tpage.locator("nav a[data-view=dead-letters]").count() == 0
+    assert tpage.locator("nav a[data-view=tenants]").count() == 0
     tpage.goto(f"{url}/console#/jobs")
     listed = tpage.locator("#jobs[data-loaded]")
     expect(listed.locator(f"tr[data-job='{setup['xss_job']}']")).to_be_visible()

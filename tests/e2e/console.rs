@@ -76,6 +76,14 @@ async fn the_console_shows_queues_nodes_timelines_and_dead_letters_to_those_who_
     )
     .await;
 
+    // A key the admin revokes from the tenants page.
+    let (spare, spare_id) = key(
+        &stack,
+        &admin,
+        json!({"role": "reader", "tenant": "acme", "name": "spare"}),
+    )
+    .await;
+
     let text =
         |prompt: &str| json!({"model": TEXT_MODEL, "input": {"prompt": prompt, "max_tokens": 16}});
     let dead = submit_as(&stack, &acme, text("poison, for now")).await;
@@ -136,6 +144,7 @@ async fn the_console_shows_queues_nodes_timelines_and_dead_letters_to_those_who_
         "dead_job": dead,
         "xss_job": xss,
         "tenant_job": done,
+        "spare_key": spare_id,
     });
     let report = python_script("browser/console.py", &[setup.to_string()]);
 
@@ -151,6 +160,11 @@ async fn the_console_shows_queues_nodes_timelines_and_dead_letters_to_those_who_
     )
     .await;
     assert!(replayed["attempt"].as_u64() >= Some(4), "{replayed}");
+    let (status, refused) = call(&stack, Method::GET, "/v1/jobs", &spare, None).await;
+    assert_eq!(
+        status, 401,
+        "a key revoked on the page still works: {refused}"
+    );
 }
 
 /// The workflow, model and usage views, with authentication off as the

@@ -11,5 +11,6 @@ import runs from './runs.js';
 import run from './run.js';
 import models from './models.js';
 import usage from './usage.js';
+import tenants from './tenants.js';
 
-export default [overview, nodes, jobs, job, runs, run, deadLetters, models, usage];
+export default [overview, nodes, jobs, job, runs, run, deadLetters, models, usage, tenants];

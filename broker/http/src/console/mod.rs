@@ -36,6 +36,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     asset!("views/dead_letters.js", JS),
     asset!("views/models.js", JS),
     asset!("views/usage.js", JS),
+    asset!("views/tenants.js", JS),
 ];
 const INDEX: &str = include_str!("../../console/index.html");
 const CSS: &str = "text/css; charset=utf-8";
