@@ -30,7 +30,7 @@ use switchyard_core::shares::Shares;
 use switchyard_core::watch::Watcher;
 use switchyard_core::webhooks::{self, Webhooks};
 use switchyard_core::{BrokerConfig, expiry, intake, metrics as m, outbox, retention};
-use switchyard_http::{ApiState, Knobs, RunSources};
+use switchyard_http::{ApiState, Knobs, RunSources, TraceLink};
 use switchyard_store::{AccessStore, BatchStore, JobStore, SqlStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -259,6 +259,7 @@ pub async fn run(
         webhooks: webhooks.clone(),
         live: live.clone(),
         fleet: fleet.clone(),
+        trace_link: TraceLink(cfg.trace_link.as_deref().map(Arc::from)),
     };
     // Probes and scrapes are answered until the very end, on a token of
     // their own.

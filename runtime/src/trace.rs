@@ -5,6 +5,7 @@
 
 use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TraceContextExt;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 struct Inject<'a>(&'a mut HeaderMap);
@@ -47,6 +48,15 @@ pub fn traceparent() -> Option<String> {
     let mut headers = HeaderMap::new();
     inject(&mut headers);
     headers.get("traceparent").map(|v| v.as_str().to_owned())
+}
+
+/// The current span's trace id (32 hex digits), to find the trace by
+/// later; None with traces off.
+pub fn trace_id() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let found = span.span_context();
+    found.is_valid().then(|| found.trace_id().to_string())
 }
 
 /// Makes `span` a child of a kept `traceparent`, if any.

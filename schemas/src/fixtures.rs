@@ -33,6 +33,7 @@ impl Job {
             stream: false,
             webhook: None,
             api_key: None,
+            trace_id: None,
             seal: String::new(),
         }
     }

@@ -177,6 +177,10 @@ pub struct Job {
     /// it counts against; the server's, never the client's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    /// The trace its admission began (W3C trace id, 32 hex digits), when
+    /// the broker exports traces: what the console links the job to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The admitting broker's seal on everything above but the attempt and
     /// its failures: a dispatcher places only jobs a broker admitted.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -39,6 +39,7 @@ fn job() -> Job {
         stream: false,
         webhook: None,
         api_key: None,
+        trace_id: None,
         seal: String::new(),
     }
 }

@@ -173,3 +173,32 @@ fn the_workflow_in_the_docs_loads_and_a_cycle_in_it_is_refused_by_its_path() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_trace_link_in_the_docs_loads_and_one_that_is_no_web_link_is_refused() {
+    let doc = std::fs::read_to_string(crate::common::repo_root().join("docs/operations.md"))
+        .expect("docs/operations.md");
+    let dir = tempfile::tempdir().unwrap();
+    let traces = yaml_blocks(&doc)
+        .into_iter()
+        .find(|b| b.contains("trace_link"))
+        .expect("the traces example");
+    let example = format!("models:\n  - {{name: llama-3-8b, kind: chat}}\n{traces}");
+    let ok = check_config(dir.path(), &example);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // A page's link must not run script, nor miss the trace it is for.
+    for bad in [
+        "javascript:alert(1)//{trace_id}",
+        "http://jaeger:16686/search",
+    ] {
+        let link = "http://jaeger:16686/trace/{trace_id}";
+        let refused = check_config(dir.path(), &example.replace(link, bad));
+        assert_eq!(refused.status.code(), Some(2), "{bad}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("broker.trace_link"), "{stderr}");
+    }
+}

@@ -90,7 +90,11 @@ fn received(exports: &Mutex<Vec<Value>>) -> Vec<Span> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_job_is_one_trace_from_intake_to_the_engine() {
     let (collector, exports) = collector().await;
-    let mut stack = traced(StackOptions::default(), collector);
+    let options = StackOptions {
+        broker_extra: "  trace_link: https://traces.example/trace/{trace_id}?from=switchyard",
+        ..StackOptions::default()
+    };
+    let mut stack = traced(options, collector);
     stack.start_broker();
     stack.start_dispatcher();
     stack.start_agent("node-a");
@@ -135,6 +139,16 @@ async fn one_job_is_one_trace_from_intake_to_the_engine() {
         "the dispatch follows the admission"
     );
     assert_eq!(run.parent, dispatch.id, "the run follows the dispatch");
+
+    // The job names its trace, and its page in the console links to it.
+    let (_, job) = stack.get_job(&id).await;
+    assert_eq!(job["trace_id"], admit.trace.as_str(), "{job:#}");
+    let link = format!(
+        "https://traces.example/trace/{}?from=switchyard",
+        admit.trace
+    );
+    let setup = json!({"url": stack.broker_url(""), "job": id, "link": link});
+    python_script("browser/console_trace.py", &[setup.to_string()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -183,6 +183,7 @@ mod tests {
             stream: false,
             webhook: None,
             api_key: None,
+            trace_id: None,
             seal: String::new(),
         }
     }

@@ -74,6 +74,10 @@ pub struct BrokerConfig {
     /// An MLflow tracking server whose registry aliases `follow:` aliases
     /// follow; none: nothing is followed.
     pub mlflow: Option<crate::models::mlflow::MlflowConfig>,
+    /// A trace in the tracing UI the spans go to, `{trace_id}` standing for
+    /// its id (`http://jaeger:16686/trace/{trace_id}`): the console links
+    /// each job to it. None: no link.
+    pub trace_link: Option<String>,
 }
 
 /// API keys. With neither `pepper` nor `pepper_file` authentication is
@@ -242,6 +246,7 @@ impl Default for BrokerConfig {
             pii: crate::pii::PiiConfig::default(),
             auth: AuthConfig::default(),
             mlflow: None,
+            trace_link: None,
         }
     }
 }
@@ -304,6 +309,15 @@ impl BrokerConfig {
                 "broker.mlflow.poll_interval",
                 mlflow.poll_interval,
                 "must be positive",
+            );
+        }
+        if let Some(link) = &self.trace_link {
+            issues.check(
+                link.contains("{trace_id}")
+                    && url::Url::parse(link).is_ok_and(|u| matches!(u.scheme(), "http" | "https")),
+                "broker.trace_link",
+                link,
+                "must be an http(s) URL with {trace_id} in it",
             );
         }
         issues.check(

@@ -32,7 +32,7 @@ use axum::extract::{DefaultBodyLimit, Extension};
 
 pub use error::{ApiError, job_error_status, status};
 pub use events::{Gone, sweeper};
-pub use state::{ApiState, Knobs};
+pub use state::{ApiState, Knobs, TraceLink};
 pub use workflows::{ProjectRunsError, RunSources, follow_runs};
 
 /// Every endpoint, behind the key check.

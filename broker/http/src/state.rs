@@ -52,6 +52,18 @@ pub struct ApiState {
     pub live: switchyard_core::models::LiveRegistry,
     /// The nodes' heartbeats and the models' queues, as last reported.
     pub fleet: switchyard_core::fleet::Fleet,
+    pub trace_link: TraceLink,
+}
+
+/// A trace in the tracing UI, `{trace_id}` standing for its id: what the
+/// console links a job to. None: no link.
+#[derive(Clone, Default)]
+pub struct TraceLink(pub Option<Arc<str>>);
+
+impl FromRef<ApiState> for TraceLink {
+    fn from_ref(s: &ApiState) -> Self {
+        s.trace_link.clone()
+    }
 }
 
 /// The edge's settings.

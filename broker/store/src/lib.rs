@@ -225,6 +225,8 @@ pub struct JobRecord {
     pub model: String,
     /// The alias it was asked for by, if it was.
     pub alias: Option<String>,
+    /// The trace its admission began, when traces are exported.
+    pub trace_id: Option<String>,
     pub tenant: String,
     pub priority: String,
     pub source: String,

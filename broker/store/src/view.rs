@@ -37,6 +37,10 @@ pub struct JobView {
     tenant: String,
     priority: String,
     status: &'static str,
+    /// The trace its admission began (W3C trace id), when the broker
+    /// exports traces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
     source: String,
     attempt: u32,
     node: Option<String>,
@@ -91,6 +95,7 @@ impl From<JobRecord> for JobView {
             id: r.id,
             model: r.model,
             alias: r.alias,
+            trace_id: r.trace_id,
             tenant: r.tenant,
             priority: r.priority,
             source: r.source,

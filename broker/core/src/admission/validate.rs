@@ -91,6 +91,8 @@ pub fn validate(
         stream: submission.stream,
         webhook: submission.webhook,
         api_key: None,
+        // Admission's span, child of the caller's when it sent a context.
+        trace_id: switchyard_runtime::trace::trace_id(),
         seal: String::new(),
     })
 }

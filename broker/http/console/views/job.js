@@ -1,8 +1,8 @@
 // One job: every transition on a time axis, each attempt with its node and
 // error, where it is now or where it stopped, its input (as stored, after
 // masking) and its result or error, tokens, cost and each attempt's ledger
-// line, webhook deliveries, and a cancel button while it can still be
-// cancelled.
+// line, webhook deliveries, a link to its trace, and a cancel button while
+// it can still be cancelled.
 
 import { api } from '../api.js';
 import { h, svg, table, row, badge, millis, time, replace } from '../dom.js';
@@ -85,6 +85,15 @@ function whereNow(job, steps) {
   return `Now: ${job.status}${job.node ? ` on ${job.node}` : ''}, for ${millis(Date.now() - Date.parse(last.at))}.`;
 }
 
+// Its trace in the tracing UI the broker names (`broker.trace_link`),
+// when traces are exported.
+function trace(job, ctx) {
+  const template = ctx.session.trace_link;
+  if (!template || !job.trace_id) return null;
+  const href = template.replace('{trace_id}', encodeURIComponent(job.trace_id));
+  return h('p', {}, h('a', { id: 'trace', href, target: '_blank', rel: 'noopener noreferrer' }, `Trace ${job.trace_id}`));
+}
+
 function render(root, job, steps, { deliveries, usage, input }, ctx, reload) {
   const final = FINAL.has(job.status);
   const t0 = Date.parse(steps[0].at);
@@ -110,6 +119,7 @@ function render(root, job, steps, { deliveries, usage, input }, ctx, reload) {
       ['Tokens', job.usage ? `${job.usage.prompt_tokens} in, ${job.usage.completion_tokens} out` : '–'],
       ['Cost', usage.data.length ? `$${usage.cost_usd.toFixed(6)}` : '–']]
       .flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, String(v))])),
+    trace(job, ctx),
     h('h2', {}, 'Timeline'),
     axis(steps, final),
     h('p', { class: 'legend' }, 'Grey: waiting in the queue · yellow: assigned, not started · blue: running (green: succeeded, red: failed).'),

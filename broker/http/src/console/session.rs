@@ -4,11 +4,14 @@
 //! a token derived from the key, which only a page of this origin can read.
 
 use axum::Extension;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use switchyard_core::auth::Caller;
+
+use crate::state::TraceLink;
 
 pub const PATH: &str = "/console/session";
 const COOKIE: &str = "sy_console";
@@ -73,17 +76,22 @@ fn cookie(value: &str, headers: &HeaderMap, max_age: Option<u32>) -> Option<Head
     .ok()
 }
 
-fn who(caller: &Caller, key: Option<&str>) -> serde_json::Value {
+fn who(caller: &Caller, key: Option<&str>, link: &TraceLink) -> serde_json::Value {
     json!({
         "role": caller.role.as_str(),
         "tenant": caller.tenant,
         "csrf_token": key.map(csrf_token),
+        "trace_link": link.0.as_deref(),
     })
 }
 
 /// Signs in: the door has checked the key; it becomes the session cookie.
-pub async fn sign_in(Extension(caller): Extension<Caller>, headers: HeaderMap) -> Response {
-    let body = axum::Json(who(&caller, bearer(&headers)));
+pub async fn sign_in(
+    State(link): State<TraceLink>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    let body = axum::Json(who(&caller, bearer(&headers), &link));
     // With authentication off there is no key to hold.
     let Some(key) = bearer(&headers) else {
         return body.into_response();
@@ -99,9 +107,14 @@ pub async fn sign_in(Extension(caller): Extension<Caller>, headers: HeaderMap) -
     }
 }
 
-/// Who the session is, and the token its writes carry.
-pub async fn current(Extension(caller): Extension<Caller>, headers: HeaderMap) -> Response {
-    axum::Json(who(&caller, cookie_key(&headers))).into_response()
+/// Who the session is, the token its writes carry, and where a job's
+/// trace is.
+pub async fn current(
+    State(link): State<TraceLink>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    axum::Json(who(&caller, cookie_key(&headers), &link)).into_response()
 }
 
 /// Signs out: the browser drops the cookie.

@@ -220,8 +220,9 @@ async fn record_job(
     });
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, model, priority, source, status, job, metadata, attempt, created_at,
-            tenant, deadline_at, webhook_url, webhook_events, tokens_estimate, api_key, alias)
-         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+            tenant, deadline_at, webhook_url, webhook_events, tokens_estimate, api_key, alias,
+            trace_id)
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(&job.id)
@@ -239,6 +240,7 @@ async fn record_job(
     .bind(i64::from(tokens_estimate))
     .bind(&job.api_key)
     .bind(&job.alias)
+    .bind(&job.trace_id)
     .execute(&mut **tx)
     .await?;
     if inserted.rows_affected() == 1 {

@@ -225,6 +225,7 @@ pub(crate) fn record(row: &AnyRow) -> Result<JobRecord, StoreError> {
         }),
         model: row.try_get("model")?,
         alias: row.try_get("alias")?,
+        trace_id: row.try_get("trace_id")?,
         tenant: row.try_get("tenant")?,
         priority: row.try_get("priority")?,
         source: row.try_get("source")?,
