@@ -103,6 +103,10 @@ pub struct NatsConfig {
     pub event_retention: Duration,
     #[serde(with = "humantime_serde")]
     pub usage_retention: Duration,
+    /// How long a streamed job's tokens are kept for a client that
+    /// reconnects to resume from; the whole output is in the result.
+    #[serde(with = "humantime_serde")]
+    pub token_retention: Duration,
     /// How long jobs that exhausted their attempts are kept for replay.
     #[serde(with = "humantime_serde")]
     pub dead_letter_retention: Duration,
@@ -132,6 +136,7 @@ impl Default for NatsConfig {
             result_retention: Duration::from_secs(24 * 3600),
             event_retention: Duration::from_secs(24 * 3600),
             usage_retention: Duration::from_secs(7 * 24 * 3600),
+            token_retention: Duration::from_secs(15 * 60),
             dead_letter_retention: Duration::from_secs(30 * 24 * 3600),
             workflow_retention: Duration::from_secs(30 * 24 * 3600),
             request_timeout: Duration::from_secs(10),
@@ -171,6 +176,7 @@ impl NatsConfig {
             ("nats.result_retention", self.result_retention),
             ("nats.event_retention", self.event_retention),
             ("nats.usage_retention", self.usage_retention),
+            ("nats.token_retention", self.token_retention),
             ("nats.dead_letter_retention", self.dead_letter_retention),
             ("nats.workflow_retention", self.workflow_retention),
         ] {

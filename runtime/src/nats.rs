@@ -171,6 +171,16 @@ pub fn stream_configs(cfg: &NatsConfig) -> Vec<stream::Config> {
             )
         },
         stream::Config {
+            // Long enough for a client to reconnect and resume; a chunk
+            // published again after a lost confirmation is kept once.
+            max_age: cfg.token_retention,
+            ..base(
+                subjects::TOKENS_STREAM,
+                subjects::STREAM_ALL,
+                RetentionPolicy::Limits,
+            )
+        },
+        stream::Config {
             max_age: cfg.dead_letter_retention,
             max_messages_per_subject: 1,
             allow_direct: true,
@@ -395,7 +405,12 @@ mod tests {
             configs.iter().all(|c| c.storage == StorageType::File),
             "every stream is durable on disk"
         );
-        assert_eq!(configs.len(), 7);
+        assert_eq!(configs.len(), 8);
+        // Streamed tokens are kept a short while, for clients that
+        // reconnect: not as long as results.
+        let tokens = by_name(subjects::TOKENS_STREAM);
+        assert_eq!(tokens.retention, RetentionPolicy::Limits);
+        assert_eq!(tokens.max_age, Duration::from_secs(15 * 60));
         for queue in [subjects::SUBMIT_STREAM, subjects::JOBS_STREAM] {
             let c = by_name(queue);
             assert_eq!(c.max_messages_per_subject, 100_000, "{queue} is bounded");

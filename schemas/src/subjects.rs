@@ -18,6 +18,8 @@ pub const RESULTS_STREAM: &str = "RESULTS";
 pub const BILLING_STREAM: &str = "BILLING";
 /// Jobs that exhausted their attempts: `sy.dead.<job id>`.
 pub const DEAD_STREAM: &str = "DEAD";
+/// Streamed output, kept a short while: `sy.stream.<job id>`.
+pub const TOKENS_STREAM: &str = "TOKENS";
 
 pub const SUBMIT_ALL: &str = "sy.submit.>";
 pub const JOBS_ALL: &str = "sy.jobs.*.*.*";
@@ -62,7 +64,8 @@ pub const ADMIT_ALL: &str = "sy.admit.>";
 /// Core NATS request/reply: a tenant's job's result,
 /// `sy.result.<tenant>.<job id>`.
 pub const RESULT_REQUESTS: &str = "sy.result.*.*";
-/// Core NATS: streamed output, `sy.stream.<job id>` (best effort, not stored).
+/// Streamed output, `sy.stream.<job id>`: stored in `TOKENS` for
+/// `nats.token_retention`, and seen live by core subscribers.
 pub const STREAM_ALL: &str = "sy.stream.*";
 /// Core NATS heartbeats: `sy.heartbeat.<node>` (state, not history: not stored).
 pub const HEARTBEAT_ALL: &str = "sy.heartbeat.*";
@@ -105,7 +108,7 @@ pub fn dead(job_id: &str) -> String {
     format!("sy.dead.{job_id}")
 }
 
-/// Core NATS: a streamed job's output as it is generated.
+/// A streamed job's output as it is generated.
 pub fn stream(job_id: &str) -> String {
     format!("sy.stream.{job_id}")
 }

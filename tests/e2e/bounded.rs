@@ -84,10 +84,15 @@ async fn listen(port: u16, id: &str) -> tokio::net::TcpStream {
     s
 }
 
-/// Consumers on the `EVENTS` stream, as the server counts them.
+/// Consumers on the `EVENTS` and `TOKENS` streams, as the server counts
+/// them: each open event stream replays both.
 async fn event_consumers(js: &async_nats::jetstream::Context) -> usize {
-    let mut stream = js.get_stream("EVENTS").await.unwrap();
-    stream.info().await.unwrap().state.consumer_count
+    let mut count = 0;
+    for name in ["EVENTS", "TOKENS"] {
+        let mut stream = js.get_stream(name).await.unwrap();
+        count += stream.info().await.unwrap().state.consumer_count;
+    }
+    count
 }
 
 /// Event streams end with their clients: 40 clients that read the first
@@ -139,7 +144,7 @@ async fn event_streams_end_with_their_clients_and_are_capped_per_tenant() {
             || async {
                 let now = event_consumers(&js).await;
                 so(now == before, || {
-                    format!("{now} consumers on EVENTS, {before} before")
+                    format!("{now} consumers on EVENTS and TOKENS, {before} before")
                 })
             },
         )

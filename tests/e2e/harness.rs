@@ -15,7 +15,8 @@
 //!    the front sustains;
 //! 4. where it is installed, the LiteLLM proxy beside them at a rate it
 //!    sustains with one worker (15 requests/s);
-//! 5. what a workflow run adds to the jobs it runs (`harness/workflows.rs`).
+//! 5. what a workflow run adds to the jobs it runs (`harness/workflows.rs`);
+//! 6. what keeping streamed tokens costs (`harness/tokens.rs`).
 //!
 //! `cargo test --test e2e harness::smoke` runs every part for a moment (CI); the
 //! figures of docs/benchmarks.md come from the long form, `scripts/bench`
@@ -38,6 +39,7 @@ use tokio::task::JoinSet;
 
 mod pipeline;
 mod scaling;
+mod tokens;
 mod workflows;
 
 /// How long each measurement runs.
@@ -167,6 +169,14 @@ async fn instant_engine() -> u16 {
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
+}
+
+/// The figure named `name` in a list of them.
+fn named(list: &[(&'static str, f64)], name: &str) -> f64 {
+    list.iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, x)| *x)
+        .unwrap()
 }
 
 /// `median (min–max)` of several runs.
@@ -758,6 +768,7 @@ async fn latency(form: &Form) {
 async fn smoke() {
     run(SMOKE).await;
     scaling::tenants(&SMOKE, &[10]).await;
+    tokens::tokens(&SMOKE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

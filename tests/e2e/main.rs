@@ -45,6 +45,7 @@ mod rolling_restart;
 mod rollouts;
 mod scheduling;
 mod shutdown;
+mod streams;
 mod tracing;
 mod webhooks;
 mod workflow_runs;

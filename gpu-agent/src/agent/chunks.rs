@@ -1,14 +1,28 @@
-//! Streamed output, relayed a chunk at a time on `sy.stream.<id>`.
+//! Streamed output, a chunk at a time on `sy.stream.<id>`, stored in the
+//! `TOKENS` stream so that a client that reconnects resumes where it left
+//! off; those following live get each chunk as it is stored.
+
+use std::collections::VecDeque;
+
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
 
 use super::*;
 use switchyard_runtime::grants::{self, Claim};
+
+/// Chunks published and not yet confirmed, at most: enough for the engine's
+/// pace, without waiting a round trip per token.
+const IN_FLIGHT: usize = 256;
+/// Publishes of one chunk before it is given up (the whole output is still
+/// in the job's result).
+const TRIES: u32 = 3;
 
 /// Publishes a streamed attempt's text on `sy.stream.<job id>`, in order,
 /// as the engine produces it.
 pub(super) struct Chunks {
     sink: TokenSink,
     forwarder: tokio::task::JoinHandle<u32>,
-    client: async_nats::Client,
+    js: Context,
     origin: Arc<Origin>,
 }
 
@@ -23,7 +37,7 @@ struct Origin {
 }
 
 impl Chunks {
-    pub(super) fn start(tasks: &TaskTracker, client: async_nats::Client, a: &Assignment) -> Chunks {
+    pub(super) fn start(tasks: &TaskTracker, js: Context, a: &Assignment) -> Chunks {
         let origin = Arc::new(Origin {
             job_id: a.job.id.clone(),
             attempt: a.job.attempt,
@@ -32,12 +46,21 @@ impl Chunks {
         });
         let (sink, mut pieces) = tokio::sync::mpsc::unbounded_channel::<String>();
         let forwarder = {
-            let (client, origin) = (client.clone(), origin.clone());
+            let (js, origin) = (js.clone(), origin.clone());
             tasks.spawn(async move {
                 let mut seq = 0;
+                let mut pending = VecDeque::new();
                 while let Some(delta) = pieces.recv().await {
-                    publish_chunk(&client, &origin, seq, delta, None).await;
+                    pending.extend(send(&js, &origin, seq, delta, None).await);
                     seq += 1;
+                    if pending.len() >= IN_FLIGHT
+                        && let Some(sent) = pending.pop_front()
+                    {
+                        confirm(&js, sent).await;
+                    }
+                }
+                for sent in pending {
+                    confirm(&js, sent).await;
                 }
                 seq
             })
@@ -45,7 +68,7 @@ impl Chunks {
         Chunks {
             sink,
             forwarder,
-            client,
+            js,
             origin,
         }
     }
@@ -54,24 +77,36 @@ impl Chunks {
         &self.sink
     }
 
-    /// Sends what is left, then the last chunk with `finish_reason`; how
-    /// many pieces (each a token as engines stream them) were sent.
+    /// Sends what is left, then the last chunk with `finish_reason`, each
+    /// stored before this returns (and so before the result); how many
+    /// pieces (each a token as engines stream them) were sent.
     pub(super) async fn finish(self, finish_reason: &str) -> u32 {
         drop(self.sink);
         let seq = self.forwarder.await.unwrap_or(0);
         let reason = Some(finish_reason.to_owned());
-        publish_chunk(&self.client, &self.origin, seq, String::new(), reason).await;
+        if let Some(sent) = send(&self.js, &self.origin, seq, String::new(), reason).await {
+            confirm(&self.js, sent).await;
+        }
         seq
     }
 }
 
-async fn publish_chunk(
-    client: &async_nats::Client,
+/// A chunk on its way: what to publish again if the server does not
+/// confirm it.
+struct Sent {
+    subject: String,
+    msg_id: String,
+    bytes: bytes::Bytes,
+    ack: PublishAckFuture,
+}
+
+async fn send(
+    js: &Context,
     origin: &Origin,
     seq: u32,
     delta: String,
     finish_reason: Option<String>,
-) {
+) -> Option<Sent> {
     let chunk = StreamChunk {
         v: SCHEMA_VERSION,
         job_id: origin.job_id.clone(),
@@ -82,14 +117,58 @@ async fn publish_chunk(
         node: origin.node.clone(),
         proof: Some(origin.proof.clone()),
     };
-    // Best effort by design: the whole output is in the job's result.
-    match encode(&chunk) {
-        Ok(bytes) => {
-            let subject = subjects::stream(&origin.job_id);
-            if let Err(e) = client.publish(subject, bytes.into()).await {
-                warn!(error = %e, "stream chunk not sent");
-            }
+    let bytes: bytes::Bytes = match encode(&chunk) {
+        Ok(bytes) => bytes.into(),
+        Err(e) => {
+            warn!(error = %e, "stream chunk not encoded");
+            return None;
         }
-        Err(e) => warn!(error = %e, "stream chunk not encoded"),
+    };
+    let subject = subjects::stream(&origin.job_id);
+    // The same id for every try: the server keeps one copy.
+    let msg_id = format!("{}:{}:{seq}", origin.job_id, origin.attempt);
+    match publish(js, &subject, &msg_id, bytes.clone()).await {
+        Ok(ack) => Some(Sent {
+            subject,
+            msg_id,
+            bytes,
+            ack,
+        }),
+        Err(e) => {
+            warn!(error = %e, "stream chunk not sent");
+            None
+        }
+    }
+}
+
+async fn publish(
+    js: &Context,
+    subject: &str,
+    msg_id: &str,
+    bytes: bytes::Bytes,
+) -> Result<PublishAckFuture, async_nats::jetstream::context::PublishError> {
+    let message = PublishMessage::build().payload(bytes).message_id(msg_id);
+    js.send_publish(subject.to_owned(), message).await
+}
+
+/// Waits for the server to store `sent`, publishing it again if it says it
+/// did not; a chunk still unconfirmed after that is left to the result.
+async fn confirm(js: &Context, sent: Sent) {
+    let mut ack = sent.ack;
+    for tried in 1..=TRIES {
+        match ack.await {
+            Ok(_) => return,
+            Err(e) if tried == TRIES => {
+                warn!(error = %e, msg_id = %sent.msg_id, "stream chunk not stored");
+                return;
+            }
+            Err(_) => match publish(js, &sent.subject, &sent.msg_id, sent.bytes.clone()).await {
+                Ok(again) => ack = again,
+                Err(e) => {
+                    warn!(error = %e, msg_id = %sent.msg_id, "stream chunk not stored");
+                    return;
+                }
+            },
+        }
     }
 }

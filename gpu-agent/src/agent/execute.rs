@@ -66,7 +66,7 @@ pub(super) async fn execute(
     tokio::pin!(announce);
     let chunks = job
         .stream
-        .then(|| Chunks::start(&node.tasks, node.client.clone(), a));
+        .then(|| Chunks::start(&node.tasks, node.js.clone(), a));
     let serves =
         node.engine.models().contains(&job.model) || node.engine.loadable().contains(&job.model);
     let inference = if !serves {

@@ -54,11 +54,3 @@ pub(super) async fn tenants(form: &Form, counts: &[usize]) {
         );
     }
 }
-
-/// The figure named `name` in a list of them.
-fn named(list: &[(&'static str, f64)], name: &str) -> f64 {
-    list.iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, x)| *x)
-        .unwrap()
-}
