@@ -252,13 +252,5 @@ async fn post(stack: &Stack, path: &str, body: Value) -> Value {
 async fn content(stack: &Stack, file: &str) -> String {
     let (status, _) = stack.get_json(&format!("/v1/files/{file}")).await;
     assert_eq!(status, 200);
-    stack
-        .http
-        .get(stack.broker_url(&format!("/v1/files/{file}/content")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    stack.get_text(&format!("/v1/files/{file}/content")).await
 }

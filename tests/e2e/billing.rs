@@ -162,15 +162,7 @@ async fn ten_thousand_jobs_through_crashes_are_each_billed_once() {
     let (status, _) = stack.get_json("/v1/jobs/no-such-job/usage").await;
     assert_eq!(status, 404);
 
-    let csv = stack
-        .http
-        .get(stack.broker_url("/v1/usage?format=csv"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv = stack.get_text("/v1/usage?format=csv").await;
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),

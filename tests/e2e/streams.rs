@@ -33,18 +33,7 @@ async fn read_events(
             text.push_str(std::str::from_utf8(&bytes).unwrap());
             while let Some(end) = text.find("\n\n") {
                 let block: String = text.drain(..end + 2).collect();
-                let field = |name: &str| {
-                    block
-                        .lines()
-                        .find_map(|l| l.strip_prefix(name))
-                        .unwrap_or_default()
-                        .trim()
-                        .to_owned()
-                };
-                if block.contains("data:") {
-                    let data = serde_json::from_str(&field("data:")).unwrap();
-                    events.push((field("id:"), field("event:"), data));
-                }
+                events.extend(sse_event(&block));
                 if enough(&events) {
                     return;
                 }
@@ -74,20 +63,24 @@ fn text(tokens: &[&Value]) -> String {
 
 const PROMPT: &str = "one two three four five";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_client_that_reconnects_gets_the_rest_of_the_tokens_exactly_once() {
-    let stack = Stack::running(
-        StackOptions {
-            per_token_latency: "20ms",
-            ..StackOptions::default()
-        },
-        &["node-a"],
-    );
+/// A stack with agents `nodes` and one streamed job of 60 tokens on it;
+/// the path of the job's events.
+async fn streaming(options: StackOptions, nodes: &[&str]) -> (Stack, String) {
+    let stack = Stack::running(options, nodes);
     let id = stack
         .submit_http(&json!({"model": TEXT_MODEL, "stream": true,
                              "input": {"prompt": PROMPT, "max_tokens": 60}}))
         .await;
-    let path = format!("/v1/jobs/{id}/events");
+    (stack, format!("/v1/jobs/{id}/events"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_reconnects_gets_the_rest_of_the_tokens_exactly_once() {
+    let options = StackOptions {
+        per_token_latency: "20ms",
+        ..StackOptions::default()
+    };
+    let (stack, path) = streaming(options, &["node-a"]).await;
 
     // The client goes away after its 20th token.
     let first = read_events(&stack, &path, None, |e| tokens(e).len() == 20).await;
@@ -115,19 +108,12 @@ async fn a_client_that_reconnects_gets_the_rest_of_the_tokens_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn when_the_node_dies_mid_stream_the_retry_restarts_the_stream_and_the_text_ends_whole() {
-    let mut stack = Stack::running(
-        StackOptions {
-            per_token_latency: "40ms",
-            agent_ack_wait: "2s",
-            ..StackOptions::default()
-        },
-        &["node-a", "node-b"],
-    );
-    let id = stack
-        .submit_http(&json!({"model": TEXT_MODEL, "stream": true,
-                             "input": {"prompt": PROMPT, "max_tokens": 60}}))
-        .await;
-    let path = format!("/v1/jobs/{id}/events");
+    let options = StackOptions {
+        per_token_latency: "40ms",
+        agent_ack_wait: "2s",
+        ..StackOptions::default()
+    };
+    let (mut stack, path) = streaming(options, &["node-a", "node-b"]).await;
     let at_30 = read_events(&stack, &path, None, |e| tokens(e).len() == 30).await;
     let (last_id, _, _) = at_30.last().unwrap();
     let node = at_30

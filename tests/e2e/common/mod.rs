@@ -945,6 +945,18 @@ impl Stack {
         self.get_json(&format!("/v1/jobs/{id}")).await
     }
 
+    /// `GET` on the broker: the body as text, whatever the status.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(self.broker_url(path))
+            .send()
+            .await
+            .expect("GET")
+            .text()
+            .await
+            .expect("a body")
+    }
+
     /// `GET` on the broker: the status and the JSON body (null if none).
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let r = self
@@ -1269,19 +1281,21 @@ pub async fn sse(
     })
     .await
     .expect("the stream ends with the job");
-    text.split("\n\n")
-        .filter(|block| block.contains("data:"))
-        .map(|block| {
-            let field = |name: &str| {
-                block
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned()
-            };
-            let data = serde_json::from_str(&field("data:")).unwrap();
-            (field("id:"), field("event:"), data)
-        })
-        .collect()
+    text.split("\n\n").filter_map(sse_event).collect()
+}
+
+/// One server-sent event's id, name and data, if the block holds data.
+pub fn sse_event(block: &str) -> Option<(String, String, Value)> {
+    let field = |name: &str| {
+        block
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    block.contains("data:").then(|| {
+        let data = serde_json::from_str(&field("data:")).unwrap();
+        (field("id:"), field("event:"), data)
+    })
 }

@@ -193,14 +193,6 @@ async fn follow(stack: &Stack) -> usize {
         .submit_http(&json!({"model": TEXT_MODEL, "stream": true,
                              "input": {"prompt": "a b c d", "max_tokens": 64}}))
         .await;
-    let body = stack
-        .http
-        .get(stack.broker_url(&format!("/v1/jobs/{id}/events")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = stack.get_text(&format!("/v1/jobs/{id}/events")).await;
     body.matches("event: token").count()
 }
