@@ -270,9 +270,10 @@ async fn run(
         .context("dispatcher")?,
         Command::Agent => {
             let agent = file.agent.context("the agent needs an agent: section")?;
+            let prefetch = file.dispatcher.prefetch_per_slot;
             shutdown::run_until_signal(
                 token,
-                switchyard_gpu_agent::run(agent, file.nats, registry, metrics, t),
+                switchyard_gpu_agent::run(agent, prefetch, file.nats, registry, metrics, t),
             )
             .await
             .context("gpu-agent")?

@@ -35,7 +35,8 @@ pub struct DispatcherConfig {
     pub node_timeout: Duration,
     /// Assignments a node may hold waiting, per slot, beyond those it runs:
     /// enough to keep it busy between heartbeats, few enough that work does
-    /// not pile up behind one node.
+    /// not pile up behind one node. The agent reads as many (it takes this
+    /// setting from the same file) and starts the highest level first.
     pub prefetch_per_slot: u32,
     /// Most jobs taken from one queue in one pull.
     pub max_batch: u32,

@@ -1,8 +1,9 @@
 //! Taking work back from nodes that cannot run it: a lost node (silent past
-//! `node_timeout`) or a draining one. Assignments it never started go back to
-//! the queue as a new attempt with no failure charged; one it had started
-//! and then let lapse past its ack wait counts as a failed attempt (the job
-//! may be what brought the node down). Each assignment is acknowledged only
+//! `node_timeout`) or a draining one. Assignments it never started (never
+//! delivered, or held for a slot and handed back) go back to the queue as a
+//! new attempt with no failure charged; one it had started and then let
+//! lapse past its ack wait counts as a failed attempt (the job may be what
+//! brought the node down). Each assignment is acknowledged only
 //! after its job is queued again.
 
 use std::collections::HashMap;
@@ -83,7 +84,8 @@ impl Reclaimer {
                     continue;
                 }
             };
-            let started = msg.info().map(|i| i.delivered > 1).unwrap_or(true);
+            let delivered = msg.info().map(|i| i.delivered > 1).unwrap_or(true);
+            let started = delivered && !attempts::never_started(js, &a.job, node).await;
             let settled = if attempts::has_result(js, &self.grants, &a.job.id).await {
                 // The attempt finished before its node went quiet: nothing
                 // to run again.

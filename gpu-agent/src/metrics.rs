@@ -3,6 +3,7 @@
 pub const JOBS: &str = "switchyard_agent_jobs_total";
 pub const RUNNING: &str = "switchyard_agent_running_jobs";
 pub const SLOTS: &str = "switchyard_agent_slots";
+pub const HELD: &str = "switchyard_agent_held_assignments";
 pub const ENGINE_SECONDS: &str = "switchyard_agent_engine_seconds";
 pub const JOB_SECONDS: &str = "switchyard_agent_job_seconds";
 pub const ENGINE_QUEUE: &str = "switchyard_agent_engine_queue_depth";
@@ -37,6 +38,10 @@ pub fn describe() {
     );
     metrics::describe_gauge!(RUNNING, "Assignments running on the engine now");
     metrics::describe_gauge!(SLOTS, "Concurrent assignments this node accepts");
+    metrics::describe_gauge!(
+        HELD,
+        "Assignments read from the work queue and waiting for a slot; the highest priority starts first"
+    );
     metrics::describe_histogram!(
         ENGINE_SECONDS,
         metrics::Unit::Seconds,

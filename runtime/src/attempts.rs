@@ -185,6 +185,29 @@ pub async fn has_result(js: &Context, grants: &Grants, job_id: &str) -> bool {
     }
 }
 
+/// Whether `job`'s attempt on `node` is known not to have started: the last
+/// thing recorded of the job is still that attempt's assignment. A node
+/// holds work it has not started (waiting for a slot), and what it holds
+/// comes back to the dispatcher as delivered before, like work it ran.
+/// A start is recorded with the `running` event, sent at once for a
+/// streamed job and after a few milliseconds for another; one that ends
+/// sooner has its result.
+pub async fn never_started(js: &Context, job: &Job, node: &str) -> bool {
+    let Ok(events) = js.get_stream_no_info(subjects::EVENTS_STREAM).await else {
+        return false;
+    };
+    match events
+        .get_last_raw_message_by_subject(&subjects::events(&job.id))
+        .await
+    {
+        Ok(msg) => switchyard_schemas::decode::<JobEvent>(&msg.payload).is_ok_and(|e| {
+            e.attempt == job.attempt
+                && matches!(&e.kind, EventKind::Assigned { node: n } if n == node)
+        }),
+        Err(_) => false,
+    }
+}
+
 /// Puts back a job whose attempt never ran (its node is draining), charging
 /// it no failure.
 pub async fn requeue_unstarted(js: &Context, job: &Job, node: &str) -> Result<(), SettleError> {

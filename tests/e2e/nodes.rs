@@ -1,6 +1,7 @@
 //! Nodes come and go: work on a lost node finishes elsewhere, a draining
 //! node hands back what it has not started, and nothing is lost or run to
-//! completion twice. A node whose engine hangs keeps its heartbeat and
+//! completion twice. What a node holds for its slots starts highest
+//! priority first. A node whose engine hangs keeps its heartbeat and
 //! says it is not ready.
 
 use std::collections::HashMap;
@@ -100,16 +101,14 @@ async fn a_draining_node_finishes_what_it_runs_and_hands_back_the_rest() {
     }
     stack.wait_running("node-a").await;
     // Node-a also holds an assignment it has not started.
-    let js = async_nats::jetstream::new(stack.nats.client().await);
-    let work = js.get_stream("WORK").await.unwrap();
     eventually(
         Duration::from_secs(20),
         Duration::from_millis(20),
         || async {
-            let queue: async_nats::jetstream::consumer::PullConsumer =
-                work.get_consumer("agent-node-a").await.unwrap();
-            let pending = queue.get_info().await.unwrap().num_pending;
-            so(pending >= 1, || "node-a has no work queued".into())
+            let held = stack
+                .metric("node-a", "switchyard_agent_held_assignments")
+                .await;
+            so(held >= 1.0, || "node-a holds no work".into())
         },
     )
     .await;
@@ -136,7 +135,61 @@ async fn a_draining_node_finishes_what_it_runs_and_hands_back_the_rest() {
         )
         .await;
     assert!(requeued >= 1.0, "nothing was handed back");
+    let charged = stack
+        .metric(
+            "dispatcher",
+            "switchyard_dispatcher_reclaimed_total{outcome=\"retried\"}",
+        )
+        .await;
+    assert_eq!(
+        charged, 0.0,
+        "work that never started was charged a failure"
+    );
     assert!(records.values().all(|r| r["error"].is_null()));
+}
+
+/// A node of one slot that may hold two more (`prefetch_per_slot: 2`) runs
+/// one batch job and holds two; a critical job submitted then is placed
+/// when the first ends, behind the batch job still held. It runs next, so
+/// it finishes third; taken in the order placed, it would finish last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_critical_job_placed_behind_batch_work_a_node_holds_runs_before_it() {
+    let stack = Stack::running(
+        StackOptions {
+            slots: 1,
+            base_latency: "300ms",
+            prefetch_per_slot: 2,
+            ..StackOptions::default()
+        },
+        &["node-a"],
+    );
+    let counter = ResultCounter::start(&stack.nats.client().await).await;
+    let at = |priority: &str, prompt: &str| json!({"model": TEXT_MODEL, "priority": priority, "input": {"prompt": prompt}});
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(stack.submit_http(&at("batch", &format!("batch {i}"))).await);
+    }
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(10),
+        || async {
+            let held = stack
+                .metric("node-a", "switchyard_agent_held_assignments")
+                .await;
+            so(held == 2.0, || format!("node-a holds {held}"))
+        },
+    )
+    .await;
+    let critical = stack.submit_http(&at("critical", "critical")).await;
+    ids.push(critical.clone());
+    stack.wait_finished(&ids, Duration::from_secs(30)).await;
+    let order = counter.order();
+    assert_eq!(
+        order.iter().position(|id| *id == critical),
+        Some(2),
+        "finished in the order {order:?}; batch {:?}, critical {critical}",
+        &ids[..3]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

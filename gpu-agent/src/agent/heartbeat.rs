@@ -92,13 +92,14 @@ pub(super) async fn heartbeats(
     ));
     loop {
         let probe = seen.borrow().clone();
-        let queued = match consumer.get_info().await {
+        let in_queue = match consumer.get_info().await {
             Ok(info) => u32::try_from(info.num_pending).unwrap_or(u32::MAX),
             Err(e) => {
                 warn!(error = %e, "cannot read work queue depth");
                 0
             }
         };
+        let queued = in_queue.saturating_add(node.held.load(Ordering::Relaxed));
         let hb = Heartbeat {
             v: SCHEMA_VERSION,
             node: node.id.clone(),

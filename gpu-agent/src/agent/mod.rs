@@ -32,12 +32,14 @@ mod chunks;
 mod control;
 mod execute;
 mod heartbeat;
+mod intake;
 mod platform;
 
 use chunks::Chunks;
 use control::{serve_loads, watch_cancellations};
 use execute::execute;
 use heartbeat::heartbeats;
+use intake::take_work;
 use platform::Platform;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,8 @@ struct Node {
     results: jetstream::stream::Stream,
     events: jetstream::stream::Stream,
     running: AtomicU32,
+    /// Assignments read and waiting for a slot.
+    held: AtomicU32,
     /// Moving average of the engine's time per finished job, in ms; 0 until
     /// one finishes. Reported so that placement can weigh this node's speed.
     service_ms: AtomicU32,
@@ -130,9 +134,12 @@ fn moving_average(avg: u32, ms: u32) -> u32 {
     u32::try_from((u64::from(avg) * 7 + u64::from(ms)) / 8).unwrap_or(u32::MAX)
 }
 
-/// Runs the agent until `shutdown` is cancelled, then drains.
+/// Runs the agent until `shutdown` is cancelled, then drains. The node
+/// holds as many assignments as the dispatcher places on it: its slots and
+/// `prefetch_per_slot` more per slot (the dispatcher's setting).
 pub async fn run(
     cfg: AgentConfig,
+    prefetch_per_slot: u32,
     nats_cfg: NatsConfig,
     registry: Registry,
     metrics: PrometheusHandle,
@@ -155,7 +162,10 @@ pub async fn run(
         ))
     });
     let ran = match start(&cfg, &nats_cfg, &registry, &shutdown).await {
-        Ok(Some(started)) => serve(&cfg, started, engine_suspect, &ready, &tasks, &shutdown).await,
+        Ok(Some(started)) => {
+            let serving = (&cfg, prefetch_per_slot);
+            serve(serving, started, engine_suspect, &ready, &tasks, &shutdown).await
+        }
         // Stopped while waiting for the platform's streams or for the
         // engine to list its models.
         Ok(None) => Ok(()),
@@ -209,7 +219,7 @@ async fn start(
 
 /// Takes work until `shutdown`, then drains.
 async fn serve(
-    cfg: &AgentConfig,
+    (cfg, prefetch_per_slot): (&AgentConfig, u32),
     Started {
         client,
         js,
@@ -223,6 +233,8 @@ async fn serve(
     shutdown: &CancellationToken,
 ) -> Result<(), AgentError> {
     let slots = engine.slots();
+    // What the dispatcher may place here: the slots and the prefetch.
+    let hold = slots.saturating_mul(prefetch_per_slot.saturating_add(1));
     let consumer = nats::durable_consumer(
         &js,
         ConsumerSpec {
@@ -230,8 +242,9 @@ async fn serve(
             durable: format!("agent-{}", cfg.node_id),
             filter: subjects::work(&cfg.node_id),
             ack_wait: cfg.ack_wait,
-            // The server never hands this node more assignments than it has slots.
-            max_ack_pending: i64::from(slots),
+            // All this node was given, so that it starts the highest
+            // level first; never more than the dispatcher places here.
+            max_ack_pending: i64::from(hold),
             // Kept while the node is away: the dispatcher reclaims its work.
             inactive_threshold: Duration::ZERO,
             // What was delivered to this node must survive a restart of the
@@ -253,6 +266,7 @@ async fn serve(
         results: platform.results,
         events: platform.events,
         running: AtomicU32::new(0),
+        held: AtomicU32::new(0),
         service_ms: AtomicU32::new(0),
         service_ms_by_model: Mutex::new(BTreeMap::new()),
         gpus: Gpus::open(),
@@ -290,7 +304,7 @@ async fn serve(
 
     let jobs = TaskTracker::new();
     let abort = CancellationToken::new();
-    let fetched = fetch_loop(&node, &consumer, slots, &jobs, &abort, shutdown).await;
+    let fetched = take_work(&node, &consumer, (slots, hold), &jobs, &abort, shutdown).await;
 
     // Drain: no new work; running jobs get `drain_timeout` to finish, the rest
     // are left unacknowledged and NATS redelivers them.
@@ -311,59 +325,13 @@ async fn serve(
     fetched
 }
 
-async fn fetch_loop(
-    node: &Arc<Node>,
-    consumer: &PullConsumer,
-    slots: u32,
-    jobs: &TaskTracker,
-    abort: &CancellationToken,
-    shutdown: &CancellationToken,
-) -> Result<(), AgentError> {
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(slots as usize)
-        .expires(Duration::from_secs(5))
-        .heartbeat(Duration::from_secs(2))
-        .messages()
-        .await
-        .map_err(|e| AgentError::Fetch(e.to_string()))?;
-    loop {
-        let next = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => next,
-        };
-        match next {
-            Some(Ok(msg)) => {
-                // The server's ack wait runs from delivery, so ours does too.
-                let lease = Lease::new(node.ack_wait);
-                let node = node.clone();
-                let abort = abort.clone();
-                jobs.spawn(async move {
-                    tokio::select! {
-                        () = run_assignment(&node, msg, lease) => {}
-                        () = abort.cancelled() => {}
-                    }
-                });
-            }
-            // Missed heartbeats or a reconnect: the stream recovers by itself.
-            Some(Err(e)) => warn!(error = %e, "work queue read failed; retrying"),
-            None => return Err(AgentError::Fetch("work queue stream ended".into())),
-        }
-    }
-}
-
-async fn run_assignment(node: &Node, msg: jetstream::Message, mut lease: Lease) {
+async fn run_assignment(
+    node: &Node,
+    msg: jetstream::Message,
+    assignment: Assignment,
+    mut lease: Lease,
+) {
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-    let assignment: Assignment = match decode(&msg.payload) {
-        Ok(a) => a,
-        Err(e) => {
-            // Poison: redelivering it would only fail again.
-            warn!(error = %e, "undecodable assignment terminated");
-            metrics::counter!(m::JOBS, "outcome" => "undecodable").increment(1);
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
-        }
-    };
     let job = &assignment.job;
     let span = info_span!("job.run", job_id = %job.id, model = %job.model, node = %node.id, attempt = job.attempt);
     switchyard_runtime::trace::adopt(&span, msg.headers.as_ref());
@@ -506,6 +474,11 @@ impl Lease {
 
     fn held(&self) -> bool {
         self.renewed_at.elapsed() < self.valid_for
+    }
+
+    /// A third of the way to lapsing: time to renew it.
+    fn due(&self) -> bool {
+        self.renewed_at.elapsed() >= self.valid_for / 3
     }
 
     fn renewed(&mut self) {

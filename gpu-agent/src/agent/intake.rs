@@ -1,0 +1,189 @@
+//! Taking work. Every assignment the dispatcher placed on this node is read
+//! at once and held, unacknowledged, until a slot frees; the slot then goes
+//! to the held assignment of highest priority, the earliest read within a
+//! level. So batch work prefetched here never stands in front of a
+//! critical job placed after it, and the prefetch still keeps every slot
+//! busy between one job's end and the next assignment's arrival.
+
+use switchyard_schemas::Priority;
+use tokio::sync::Semaphore;
+
+use super::*;
+
+/// What waits for a slot, highest priority first, in the order read within
+/// a level.
+pub(super) struct Held<T> {
+    waiting: BTreeMap<(Priority, u64), T>,
+    read: u64,
+}
+
+impl<T> Held<T> {
+    fn new() -> Self {
+        Self {
+            waiting: BTreeMap::new(),
+            read: 0,
+        }
+    }
+
+    fn push(&mut self, priority: Priority, item: T) {
+        self.read += 1;
+        self.waiting.insert((priority, self.read), item);
+    }
+
+    /// The one to start next.
+    fn pop(&mut self) -> Option<T> {
+        self.waiting.pop_first().map(|(_, item)| item)
+    }
+
+    fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.waiting.values_mut()
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.waiting.retain(|_, item| keep(item));
+    }
+
+    fn into_items(self) -> impl Iterator<Item = T> {
+        self.waiting.into_values()
+    }
+}
+
+/// An assignment waiting for a slot, with this node's hold on it.
+struct Waiting {
+    msg: jetstream::Message,
+    assignment: Assignment,
+    lease: Lease,
+}
+
+/// Reads this node's work queue until `shutdown`, holding up to `hold`
+/// assignments and running them as slots free. What is still held then is
+/// handed back at once: it never started, and the dispatcher puts it back
+/// in the job queues.
+pub(super) async fn take_work(
+    node: &Arc<Node>,
+    consumer: &PullConsumer,
+    (slots, hold): (u32, u32),
+    jobs: &TaskTracker,
+    abort: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<(), AgentError> {
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(hold as usize)
+        .expires(Duration::from_secs(5))
+        .heartbeat(Duration::from_secs(2))
+        .messages()
+        .await
+        .map_err(|e| AgentError::Fetch(e.to_string()))?;
+    let free = Arc::new(Semaphore::new(slots as usize));
+    let mut held = Held::new();
+    let mut renew = tokio::time::interval(node.ack_wait / 6);
+    let ended = loop {
+        tokio::select! {
+            // What has arrived is read before a slot is given, so that the
+            // slot goes to the highest level there is.
+            biased;
+            () = shutdown.cancelled() => break Ok(()),
+            next = messages.next() => match next {
+                Some(Ok(msg)) => {
+                    // The server's ack wait runs from delivery, so ours does too.
+                    let lease = Lease::new(node.ack_wait);
+                    if let Some(assignment) = decoded(&msg).await {
+                        held.push(assignment.job.priority, Waiting { msg, assignment, lease });
+                    }
+                }
+                // Missed heartbeats or a reconnect: the stream recovers by itself.
+                Some(Err(e)) => warn!(error = %e, "work queue read failed; retrying"),
+                None => break Err(AgentError::Fetch("work queue stream ended".into())),
+            },
+            _ = renew.tick() => {
+                // Lapsed (this process was paused): the server has it
+                // again, and may have handed it to another attempt.
+                held.retain(|w| w.lease.held());
+                // Held behind higher levels past a third of the ack wait:
+                // the server is told it is still in hand, so that it does
+                // not hand it out again.
+                for w in held.iter_mut().filter(|w| w.lease.due()) {
+                    if w.msg.ack_with(AckKind::Progress).await.is_ok() {
+                        w.lease.renewed();
+                    }
+                }
+            }
+            Ok(slot) = free.clone().acquire_owned(), if !held.is_empty() => {
+                if let Some(Waiting { msg, assignment, lease }) = held.pop() {
+                    let node = node.clone();
+                    let abort = abort.clone();
+                    jobs.spawn(async move {
+                        let _slot = slot;
+                        tokio::select! {
+                            () = run_assignment(&node, msg, assignment, lease) => {}
+                            () = abort.cancelled() => {}
+                        }
+                    });
+                }
+            }
+        }
+        node.held.store(
+            u32::try_from(held.len()).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+        metrics::gauge!(m::HELD).set(held.len() as f64);
+    };
+    for w in held.into_items() {
+        let _ = w.msg.ack_with(AckKind::Nak(None)).await;
+    }
+    node.held.store(0, Ordering::Relaxed);
+    metrics::gauge!(m::HELD).set(0.0);
+    ended
+}
+
+/// The assignment `msg` carries; one that cannot be read is terminated, as
+/// redelivering it would only fail again.
+async fn decoded(msg: &jetstream::Message) -> Option<Assignment> {
+    match decode(&msg.payload) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            warn!(error = %e, "undecodable assignment terminated");
+            metrics::counter!(m::JOBS, "outcome" => "undecodable").increment(1);
+            let _ = msg.ack_with(AckKind::Term).await;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_highest_level_held_starts_first_and_each_level_in_the_order_read() {
+        let mut held = Held::new();
+        held.push(Priority::Batch, "batch 1");
+        held.push(Priority::Batch, "batch 2");
+        held.push(Priority::Normal, "normal");
+        held.push(Priority::Critical, "critical 1");
+        held.push(Priority::Batch, "batch 3");
+        held.push(Priority::Critical, "critical 2");
+        let order: Vec<_> = std::iter::from_fn(|| held.pop()).collect();
+        assert_eq!(
+            order,
+            [
+                "critical 1",
+                "critical 2",
+                "normal",
+                "batch 1",
+                "batch 2",
+                "batch 3"
+            ]
+        );
+        assert!(held.is_empty());
+    }
+}
