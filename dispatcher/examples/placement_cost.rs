@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_dispatcher::Cluster;
 use switchyard_dispatcher::placement::{PolicyKind, build};
-use switchyard_schemas::{EngineLoad, Heartbeat, SCHEMA_VERSION};
+use switchyard_schemas::{EngineLoad, Heartbeat, Priority, SCHEMA_VERSION};
 
 const NODES: usize = 1_000;
 const MODELS: usize = 16;
@@ -28,6 +28,7 @@ fn heartbeats() -> Vec<Heartbeat> {
             slots_total: 4 + (i as u32 * 7) % 61,
             running: (i as u32 * 3) % 4,
             queued: 0,
+            held: Default::default(),
             draining: false,
             ready: true,
             service_ms: Some(20 + (i as u32 * 13) % 300),
@@ -60,7 +61,7 @@ fn main() {
             let start = Instant::now();
             for j in 0..1_000 {
                 let model = &models[(round * 7 + j) % MODELS];
-                if cluster.place(model, now, &[]).is_some() {
+                if cluster.place((model, Priority::Normal), now, &[]).is_some() {
                     placed += 1;
                 }
             }

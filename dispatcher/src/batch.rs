@@ -129,7 +129,7 @@ pub(crate) async fn dispatch_batch(
             continue;
         }
         let avoid: Vec<&str> = job.failed_nodes().collect();
-        let Some(node) = cluster.place(&job.model, Instant::now(), &avoid) else {
+        let Some(node) = cluster.place((&job.model, job.priority), Instant::now(), &avoid) else {
             // Room vanished (a node went silent mid-batch): back to the queue.
             let _ = msg
                 .ack_with(AckKind::Nak(Some(Duration::from_millis(100))))

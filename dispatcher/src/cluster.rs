@@ -2,9 +2,10 @@
 //! placement decisions, tested without NATS.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
-use switchyard_schemas::{EngineLoad, Heartbeat};
+use switchyard_schemas::{EngineLoad, Heartbeat, Priority};
 
 use crate::placement::{Candidate, Policy};
 
@@ -21,6 +22,8 @@ pub struct NodeView {
     pub slots_total: u32,
     pub running: u32,
     pub queued: u32,
+    /// What it holds for a slot, by level.
+    pub held: BTreeMap<Priority, u32>,
     pub draining: bool,
     /// Its engine answers; a node whose engine does not gets no work, but
     /// keeps its queue (the engine may be back in a moment).
@@ -35,6 +38,8 @@ pub struct NodeView {
     pub last_seen: Instant,
     /// Assignments made since the last heartbeat, which it could not yet count.
     pub assigned_since_heartbeat: u32,
+    /// Of those, the ones placed over work it holds, which it hands back.
+    pub displaced_since_heartbeat: u32,
     /// When each model was last placed here.
     pub last_placed: BTreeMap<String, Instant>,
 }
@@ -46,6 +51,24 @@ impl NodeView {
             .slots_total
             .saturating_mul(prefetch_per_slot.saturating_add(1));
         limit.saturating_sub(self.inflight())
+    }
+
+    /// Assignments of `level` it can take now: its free room, and one more
+    /// for each assignment of a lower level it holds, which it hands back
+    /// when one of `level` comes.
+    pub fn room(&self, prefetch_per_slot: u32, level: Priority) -> u32 {
+        self.free(prefetch_per_slot)
+            .saturating_add(self.displaceable(level))
+    }
+
+    /// Held work of levels below `level`, less what was already placed over
+    /// it since the last heartbeat.
+    fn displaceable(&self, level: Priority) -> u32 {
+        self.held
+            .range((Bound::Excluded(level), Bound::Unbounded))
+            .map(|(_, n)| *n)
+            .fold(0, u32::saturating_add)
+            .saturating_sub(self.displaced_since_heartbeat)
     }
 
     /// Assignments given to it that it has not finished.
@@ -68,6 +91,7 @@ impl NodeView {
             slots_total: 0,
             running: 0,
             queued: 0,
+            held: BTreeMap::new(),
             draining: false,
             ready: false,
             service_ms: None,
@@ -76,6 +100,7 @@ impl NodeView {
             gpu_memory_free: None,
             last_seen: now,
             assigned_since_heartbeat: 0,
+            displaced_since_heartbeat: 0,
             last_placed: BTreeMap::new(),
         }
     }
@@ -130,6 +155,7 @@ impl Cluster {
         node.slots_total = hb.slots_total;
         node.running = hb.running;
         node.queued = hb.queued;
+        node.held.clone_from(&hb.held);
         node.draining = hb.draining;
         node.ready = hb.ready;
         node.service_ms = hb.service_ms;
@@ -142,6 +168,7 @@ impl Cluster {
             .reduce(u64::saturating_add);
         node.last_seen = now;
         node.assigned_since_heartbeat = 0;
+        node.displaced_since_heartbeat = 0;
         if models_changed {
             self.reindex();
         }
@@ -217,8 +244,14 @@ impl Cluster {
             .filter(move |n| n.healthy(now, self.node_timeout))
     }
 
-    /// Healthy nodes serving `model` that have room, by slot.
-    fn eligible(&self, model: &str, now: Instant) -> impl Iterator<Item = usize> + '_ {
+    /// Healthy nodes serving `model` that have room for a job of `level`,
+    /// by slot.
+    fn eligible(
+        &self,
+        model: &str,
+        level: Priority,
+        now: Instant,
+    ) -> impl Iterator<Item = usize> + '_ {
         let (prefetch, timeout) = (self.prefetch_per_slot, self.node_timeout);
         self.serving
             .get(model)
@@ -227,14 +260,14 @@ impl Cluster {
             .copied()
             .filter(move |&i| {
                 let n = &self.nodes[i];
-                n.healthy(now, timeout) && n.ready && n.free(prefetch) > 0
+                n.healthy(now, timeout) && n.ready && n.room(prefetch, level) > 0
             })
     }
 
-    /// Assignments the cluster can take now for `model`.
-    pub fn capacity_for(&self, model: &str, now: Instant) -> u32 {
-        self.eligible(model, now)
-            .map(|i| self.nodes[i].free(self.prefetch_per_slot))
+    /// Assignments of `level` the cluster can take now for `model`.
+    pub fn capacity_for(&self, model: &str, level: Priority, now: Instant) -> u32 {
+        self.eligible(model, level, now)
+            .map(|i| self.nodes[i].room(self.prefetch_per_slot, level))
             .fold(0, u32::saturating_add)
     }
 
@@ -259,18 +292,29 @@ impl Cluster {
 
     /// Assignments the cluster can take now, any model.
     pub fn free_total(&self, now: Instant) -> u32 {
+        self.room_total(Priority::Batch, now)
+    }
+
+    /// Assignments of `level` the cluster can take now, any model: the free
+    /// room, and the held work of lower levels.
+    pub fn room_total(&self, level: Priority, now: Instant) -> u32 {
         self.healthy(now)
             .filter(|n| n.ready)
-            .map(|n| n.free(self.prefetch_per_slot))
+            .map(|n| n.room(self.prefetch_per_slot, level))
             .fold(0, u32::saturating_add)
     }
 
-    /// Chooses a node for a job of `model` with the configured policy, among
-    /// the healthy nodes serving it that have room, and counts the assignment
-    /// against it. Nodes in `avoid` (they failed this job before) are offered
-    /// to the policy only when no other node has room.
-    pub fn place(&mut self, model: &str, now: Instant, avoid: &[&str]) -> Option<String> {
-        let eligible: Vec<usize> = self.eligible(model, now).collect();
+    /// Chooses a node for a job of `model` and `level` with the configured
+    /// policy, among the healthy nodes serving it that have room, and counts
+    /// the assignment against it. Nodes in `avoid` (they failed this job
+    /// before) are offered to the policy only when no other node has room.
+    pub fn place(
+        &mut self,
+        (model, level): (&str, Priority),
+        now: Instant,
+        avoid: &[&str],
+    ) -> Option<String> {
+        let eligible: Vec<usize> = self.eligible(model, level, now).collect();
         let preferred: Vec<usize> = if avoid.is_empty() {
             Vec::new()
         } else {
@@ -290,7 +334,7 @@ impl Cluster {
             .map(|&i| {
                 let n = &self.nodes[i];
                 Candidate {
-                    free: n.free(self.prefetch_per_slot),
+                    free: n.room(self.prefetch_per_slot, level),
                     running: n.running,
                     inflight: n.inflight(),
                     slots: n.slots_total,
@@ -311,6 +355,9 @@ impl Cluster {
             .collect();
         let chosen = *pool.get(self.policy.select(&candidates)?)?;
         let node = &mut self.nodes[chosen];
+        if node.free(self.prefetch_per_slot) == 0 {
+            node.displaced_since_heartbeat += 1;
+        }
         node.assigned_since_heartbeat += 1;
         match node.last_placed.get_mut(model) {
             Some(at) => *at = now,

@@ -15,6 +15,7 @@ fn hb(node: &str, models: &[&str], slots: u32, running: u32, queued: u32) -> Hea
         slots_total: slots,
         running,
         queued,
+        held: Default::default(),
         draining: false,
         ready: true,
         service_ms: None,
@@ -39,7 +40,7 @@ fn a_model_no_node_serves_is_loaded_where_there_is_most_room() {
     c.observe(&hb("d", &["hot"], 8, 0, 0), now);
     assert!(!c.serves("cold", now));
     assert_eq!(
-        c.capacity_for("cold", now),
+        c.capacity_for("cold", Priority::Normal, now),
         0,
         "nothing is placed before it loads"
     );
@@ -66,13 +67,19 @@ fn a_node_whose_engine_is_down_gets_nothing_but_keeps_its_queue() {
     };
     c.observe(&down, now);
     c.observe(&hb("up", &["m"], 1, 0, 0), now);
-    assert_eq!(c.capacity_for("m", now), 1);
+    assert_eq!(c.capacity_for("m", Priority::Normal, now), 1);
     assert_eq!(c.free_total(now), 1);
-    assert_eq!(c.place("m", now, &[]).as_deref(), Some("up"));
-    assert_eq!(c.place("m", now, &[]), None);
+    assert_eq!(
+        c.place(("m", Priority::Normal), now, &[]).as_deref(),
+        Some("up")
+    );
+    assert_eq!(c.place(("m", Priority::Normal), now, &[]), None);
     assert!(c.reclaimable(now).is_empty(), "its queue is not taken back");
     c.observe(&hb("down", &["m"], 8, 0, 0), now);
-    assert_eq!(c.place("m", now, &[]).as_deref(), Some("down"));
+    assert_eq!(
+        c.place(("m", Priority::Normal), now, &[]).as_deref(),
+        Some("down")
+    );
 }
 
 #[test]
@@ -81,14 +88,21 @@ fn free_counts_slots_prefetch_and_unreported_assignments() {
     let mut c = Cluster::new(Duration::from_secs(5), 1, build(PolicyKind::LeastLoaded));
     c.observe(&hb("a", &["m"], 4, 3, 2), now);
     // 4 slots × (1 + 1) = 8 in all, 5 taken.
-    assert_eq!(c.capacity_for("m", now), 3);
+    assert_eq!(c.capacity_for("m", Priority::Normal, now), 3);
     for _ in 0..3 {
-        assert_eq!(c.place("m", now, &[]).as_deref(), Some("a"));
+        assert_eq!(
+            c.place(("m", Priority::Normal), now, &[]).as_deref(),
+            Some("a")
+        );
     }
-    assert_eq!(c.place("m", now, &[]), None, "never beyond capacity");
+    assert_eq!(
+        c.place(("m", Priority::Normal), now, &[]),
+        None,
+        "never beyond capacity"
+    );
     // The next heartbeat counts them and replaces the estimate.
     c.observe(&hb("a", &["m"], 4, 4, 1), now);
-    assert_eq!(c.capacity_for("m", now), 3);
+    assert_eq!(c.capacity_for("m", Priority::Normal, now), 3);
 }
 
 #[test]
@@ -102,10 +116,13 @@ fn places_only_on_healthy_nodes_serving_the_model() {
     c.observe(&hb("silent", &["m"], 8, 0, 0), now);
     let later = now + Duration::from_secs(6);
     c.observe(&hb("ok", &["m"], 1, 0, 0), later);
-    assert_eq!(c.capacity_for("m", later), 1);
-    assert_eq!(c.place("m", later, &[]).as_deref(), Some("ok"));
-    assert_eq!(c.place("m", later, &[]), None);
-    assert_eq!(c.place("nope", later, &[]), None);
+    assert_eq!(c.capacity_for("m", Priority::Normal, later), 1);
+    assert_eq!(
+        c.place(("m", Priority::Normal), later, &[]).as_deref(),
+        Some("ok")
+    );
+    assert_eq!(c.place(("m", Priority::Normal), later, &[]), None);
+    assert_eq!(c.place(("nope", Priority::Normal), later, &[]), None);
 }
 
 #[test]
@@ -115,10 +132,19 @@ fn prefers_the_node_with_most_room() {
     c.observe(&hb("small", &["m"], 2, 0, 0), now);
     c.observe(&hb("big", &["m"], 8, 5, 0), now);
     // big has 3 free, small 2.
-    assert_eq!(c.place("m", now, &[]).as_deref(), Some("big"));
+    assert_eq!(
+        c.place(("m", Priority::Normal), now, &[]).as_deref(),
+        Some("big")
+    );
     // Now both have 2 free; the tie goes to the one running less.
-    assert_eq!(c.place("m", now, &[]).as_deref(), Some("small"));
-    assert_eq!(c.place("m", now, &[]).as_deref(), Some("big"));
+    assert_eq!(
+        c.place(("m", Priority::Normal), now, &[]).as_deref(),
+        Some("small")
+    );
+    assert_eq!(
+        c.place(("m", Priority::Normal), now, &[]).as_deref(),
+        Some("big")
+    );
     assert_eq!(c.free_total(now), 2);
 }
 
@@ -128,9 +154,15 @@ fn avoids_nodes_that_failed_the_job_while_others_have_room() {
     let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::LeastLoaded));
     c.observe(&hb("bad", &["m"], 8, 0, 0), now);
     c.observe(&hb("good", &["m"], 1, 0, 0), now);
-    assert_eq!(c.place("m", now, &["bad"]).as_deref(), Some("good"));
+    assert_eq!(
+        c.place(("m", Priority::Normal), now, &["bad"]).as_deref(),
+        Some("good")
+    );
     // No room left elsewhere: the failed node still beats waiting.
-    assert_eq!(c.place("m", now, &["bad"]).as_deref(), Some("bad"));
+    assert_eq!(
+        c.place(("m", Priority::Normal), now, &["bad"]).as_deref(),
+        Some("bad")
+    );
 }
 
 #[test]
@@ -144,7 +176,11 @@ fn lost_draining_and_never_heard_nodes_are_reclaimed() {
     c.seed("silent", now);
     c.seed("alive", now);
     assert_eq!(c.reclaimable(now), ["draining"]);
-    assert_eq!(c.capacity_for("m", now), 1, "a seeded node takes no work");
+    assert_eq!(
+        c.capacity_for("m", Priority::Normal, now),
+        1,
+        "a seeded node takes no work"
+    );
     let later = now + Duration::from_secs(6);
     c.observe(&hb("alive", &["m"], 1, 0, 0), later);
     assert_eq!(c.reclaimable(later), ["draining", "silent"]);
@@ -165,11 +201,20 @@ fn model_affinity_keeps_a_model_on_its_warm_node() {
     let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::ModelAffinity));
     c.observe(&hb("a", &["m", "x"], 4, 0, 0), now);
     c.observe(&hb("b", &["m", "x"], 8, 0, 0), now);
-    assert_eq!(c.place("m", now, &[]).as_deref(), Some("b"));
-    assert_eq!(c.place("x", now, &[]).as_deref(), Some("b"));
+    assert_eq!(
+        c.place(("m", Priority::Normal), now, &[]).as_deref(),
+        Some("b")
+    );
+    assert_eq!(
+        c.place(("x", Priority::Normal), now, &[]).as_deref(),
+        Some("b")
+    );
     // b is warm for m, and keeps it although a has as much room now.
     c.observe(&hb("b", &["m", "x"], 4, 0, 0), now);
-    assert_eq!(c.place("m", now, &[]).as_deref(), Some("b"));
+    assert_eq!(
+        c.place(("m", Priority::Normal), now, &[]).as_deref(),
+        Some("b")
+    );
 }
 
 #[test]
@@ -184,8 +229,14 @@ fn each_model_goes_to_the_node_that_runs_it_fastest() {
     };
     c.observe(&timed("a", 10, 500), now);
     c.observe(&timed("b", 500, 10), now);
-    assert_eq!(c.place("m1", now, &[]).as_deref(), Some("b"));
-    assert_eq!(c.place("m0", now, &[]).as_deref(), Some("a"));
+    assert_eq!(
+        c.place(("m1", Priority::Normal), now, &[]).as_deref(),
+        Some("b")
+    );
+    assert_eq!(
+        c.place(("m0", Priority::Normal), now, &[]).as_deref(),
+        Some("a")
+    );
 }
 
 #[test]
@@ -209,7 +260,10 @@ fn gpu_aware_placement_reads_the_gpu_memory_nvml_reports() {
     };
     c.observe(&with_free("full", 70), now);
     c.observe(&with_free("roomy", 20), now);
-    assert_eq!(c.place("m0", now, &[]).as_deref(), Some("roomy"));
+    assert_eq!(
+        c.place(("m0", Priority::Normal), now, &[]).as_deref(),
+        Some("roomy")
+    );
 }
 
 /// A random node: (models bitmask over m0..m2, slots, running, queued,
@@ -254,11 +308,11 @@ proptest! {
             room.insert(id, if fit { free } else { 0 });
         }
         let capacity: u32 = room.values().sum();
-        prop_assert_eq!(c.capacity_for(models[model], now), capacity);
+        prop_assert_eq!(c.capacity_for(models[model], Priority::Normal, now), capacity);
         let avoid: Vec<String> = (0..nodes.len()).filter(|i| avoid_mask & (1 << i) != 0).map(|i| format!("n{i}")).collect();
         let avoid: Vec<&str> = avoid.iter().map(String::as_str).collect();
         let mut placed = 0;
-        while let Some(id) = c.place(models[model], now, &avoid) {
+        while let Some(id) = c.place((models[model], Priority::Normal), now, &avoid) {
             let left = room.get_mut(&id).expect("a known node");
             prop_assert!(*left > 0, "placed on {} with no room left, or unfit", id);
             *left -= 1;
@@ -271,4 +325,37 @@ proptest! {
         }
         prop_assert_eq!(placed, capacity, "every free slot is usable");
     }
+}
+
+#[test]
+fn a_full_node_takes_a_higher_level_for_each_lower_one_it_holds() {
+    let now = Instant::now();
+    let mut c = Cluster::new(Duration::from_secs(5), 1, build(PolicyKind::LeastLoaded));
+    // Two slots and a prefetch of one: full, with two running and two held.
+    let mut full = hb("a", &["m"], 2, 2, 2);
+    full.held = BTreeMap::from([(Priority::Normal, 1), (Priority::Batch, 1)]);
+    c.observe(&full, now);
+    assert_eq!(c.free_total(now), 0);
+    assert_eq!(c.capacity_for("m", Priority::Batch, now), 0);
+    assert_eq!(c.capacity_for("m", Priority::Normal, now), 1);
+    assert_eq!(c.capacity_for("m", Priority::Critical, now), 2);
+    assert_eq!(c.room_total(Priority::Critical, now), 2);
+    assert_eq!(c.place(("m", Priority::Batch), now, &[]), None);
+    assert_eq!(
+        c.place(("m", Priority::Critical), now, &[]).as_deref(),
+        Some("a")
+    );
+    // The batch job it held is being handed back: a normal one finds
+    // nothing lower left to take the place of, a critical one the normal.
+    assert_eq!(c.place(("m", Priority::Normal), now, &[]), None);
+    assert_eq!(
+        c.place(("m", Priority::Critical), now, &[]).as_deref(),
+        Some("a")
+    );
+    assert_eq!(c.place(("m", Priority::Critical), now, &[]), None);
+    // The next heartbeat says what it holds now.
+    let mut after = hb("a", &["m"], 2, 2, 2);
+    after.held = BTreeMap::from([(Priority::Critical, 2)]);
+    c.observe(&after, now);
+    assert_eq!(c.capacity_for("m", Priority::Critical, now), 0);
 }

@@ -270,7 +270,8 @@ pub async fn run(
         // Highest priority first; after any progress, start again from the top
         // so a higher level never waits behind a lower one.
         let mut progressed = false;
-        let has_room = cluster.free_total(now) > 0;
+        // The top level also has the room of held work it may displace.
+        let has_room = cluster.room_total(Priority::Critical, now) > 0;
         let backlog = if has_room {
             backlog(&jobs_stream).await
         } else {
@@ -301,7 +302,7 @@ pub async fn run(
             // all, however many tenants share the room.
             let mut placed = 0;
             while !weighted.is_empty() {
-                let room = cluster.capacity_for(&q.model, Instant::now());
+                let room = cluster.capacity_for(&q.model, q.priority, Instant::now());
                 if room == 0 {
                     if placed == 0 {
                         loads.ask(&cluster, &q.model, Instant::now());

@@ -34,7 +34,7 @@ pub fn describe() {
     );
     metrics::describe_counter!(
         JOBS,
-        "Assignments finished by this agent, by outcome (succeeded, failed, duplicate, undecodable)"
+        "Assignments finished by this agent, by outcome (succeeded, failed, duplicate, undecodable, handed_back: held, then displaced by a higher level)"
     );
     metrics::describe_gauge!(RUNNING, "Assignments running on the engine now");
     metrics::describe_gauge!(SLOTS, "Concurrent assignments this node accepts");

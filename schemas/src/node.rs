@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Priority;
+
 fn yes() -> bool {
     true
 }
@@ -20,8 +22,14 @@ pub struct Heartbeat {
     pub slots_total: u32,
     /// Assignments being run now.
     pub running: u32,
-    /// Assignments waiting in this node's work queue, not yet fetched.
+    /// Assignments given to this node and not started: in its work queue
+    /// or held for a slot.
     pub queued: u32,
+    /// Of those, the ones it holds (read, waiting for a slot), by level. A
+    /// job of a higher level may be placed on a full node that holds work
+    /// of a lower one: the node hands one of those back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub held: BTreeMap<Priority, u32>,
     /// A draining node takes no new work.
     pub draining: bool,
     /// Its engine answers. A node whose engine does not is given no work

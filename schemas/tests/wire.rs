@@ -147,6 +147,7 @@ fn every_message_round_trips() {
         slots_total: 8,
         running: 2,
         queued: 1,
+        held: Default::default(),
         draining: false,
         ready: true,
         service_ms: Some(40),

@@ -148,17 +148,17 @@ async fn a_draining_node_finishes_what_it_runs_and_hands_back_the_rest() {
     assert!(records.values().all(|r| r["error"].is_null()));
 }
 
-/// A node of one slot that may hold two more (`prefetch_per_slot: 2`) runs
-/// one batch job and holds two; a critical job submitted then is placed
-/// when the first ends, behind the batch job still held. It runs next, so
-/// it finishes third; taken in the order placed, it would finish last.
+/// A node of one slot (and the default prefetch of one) runs a batch job
+/// and holds another. A critical job submitted then is placed at once, over
+/// the held batch job, which the node hands back uncharged: the critical
+/// job runs next. Were it placed only when the node had room, or run in
+/// the order placed, it would finish last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_critical_job_placed_behind_batch_work_a_node_holds_runs_before_it() {
+async fn a_critical_job_takes_the_place_of_batch_work_a_full_node_holds() {
     let stack = Stack::running(
         StackOptions {
             slots: 1,
             base_latency: "300ms",
-            prefetch_per_slot: 2,
             ..StackOptions::default()
         },
         &["node-a"],
@@ -166,7 +166,7 @@ async fn a_critical_job_placed_behind_batch_work_a_node_holds_runs_before_it() {
     let counter = ResultCounter::start(&stack.nats.client().await).await;
     let at = |priority: &str, prompt: &str| json!({"model": TEXT_MODEL, "priority": priority, "input": {"prompt": prompt}});
     let mut ids = Vec::new();
-    for i in 0..3 {
+    for i in 0..2 {
         ids.push(stack.submit_http(&at("batch", &format!("batch {i}"))).await);
     }
     eventually(
@@ -176,19 +176,32 @@ async fn a_critical_job_placed_behind_batch_work_a_node_holds_runs_before_it() {
             let held = stack
                 .metric("node-a", "switchyard_agent_held_assignments")
                 .await;
-            so(held == 2.0, || format!("node-a holds {held}"))
+            so(held == 1.0, || format!("node-a holds {held}"))
         },
     )
     .await;
     let critical = stack.submit_http(&at("critical", "critical")).await;
     ids.push(critical.clone());
-    stack.wait_finished(&ids, Duration::from_secs(30)).await;
+    let records = stack.wait_finished(&ids, Duration::from_secs(30)).await;
     let order = counter.order();
     assert_eq!(
-        order.iter().position(|id| *id == critical),
-        Some(2),
-        "finished in the order {order:?}; batch {:?}, critical {critical}",
-        &ids[..3]
+        order,
+        [ids[0].clone(), critical, ids[1].clone()],
+        "batch {:?}",
+        &ids[..2]
+    );
+    // The batch job handed back ran again later, charged no failure.
+    let handed_back = &records[&ids[1]];
+    assert_eq!(handed_back["status"], "succeeded", "{handed_back}");
+    assert!(handed_back["error"].is_null(), "{handed_back}");
+    assert_eq!(
+        stack
+            .metric(
+                "node-a",
+                "switchyard_agent_jobs_total{outcome=\"handed_back\"}"
+            )
+            .await,
+        1.0
     );
 }
 

@@ -170,6 +170,7 @@ mod tests {
             slots_total: 4,
             running: 1,
             queued: 0,
+            held: Default::default(),
             draining,
             ready,
             service_ms: None,

@@ -99,7 +99,10 @@ pub(super) async fn heartbeats(
                 0
             }
         };
-        let queued = in_queue.saturating_add(node.held.load(Ordering::Relaxed));
+        let held = lock(&node.held).clone();
+        let queued = held
+            .values()
+            .fold(in_queue, |sum, n| sum.saturating_add(*n));
         let hb = Heartbeat {
             v: SCHEMA_VERSION,
             node: node.id.clone(),
@@ -109,6 +112,7 @@ pub(super) async fn heartbeats(
             slots_total: node.engine.slots(),
             running: node.running.load(Ordering::SeqCst),
             queued,
+            held,
             draining: draining.is_cancelled(),
             service_ms: Some(node.service_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0),
             service_ms_by_model: node

@@ -4,8 +4,12 @@
 //! level. So batch work prefetched here never stands in front of a
 //! critical job placed after it, and the prefetch still keeps every slot
 //! busy between one job's end and the next assignment's arrival.
+//!
+//! The dispatcher may place a job on a full node that holds work of a lower
+//! level (the heartbeat says what it holds, by level); the node then hands
+//! the lowest it holds back to the job queues, uncharged, so that the job
+//! starts at the next free slot instead of after a turn of the held work.
 
-use switchyard_schemas::Priority;
 use tokio::sync::Semaphore;
 
 use super::*;
@@ -33,6 +37,20 @@ impl<T> Held<T> {
     /// The one to start next.
     fn pop(&mut self) -> Option<T> {
         self.waiting.pop_first().map(|(_, item)| item)
+    }
+
+    /// The one to start last: lowest level, read last.
+    fn pop_last(&mut self) -> Option<T> {
+        self.waiting.pop_last().map(|(_, item)| item)
+    }
+
+    /// How many wait at each level.
+    fn levels(&self) -> BTreeMap<Priority, u32> {
+        let mut levels = BTreeMap::new();
+        for (priority, _) in self.waiting.keys() {
+            *levels.entry(*priority).or_insert(0) += 1;
+        }
+        levels
     }
 
     fn len(&self) -> usize {
@@ -63,8 +81,9 @@ struct Waiting {
     lease: Lease,
 }
 
-/// Reads this node's work queue until `shutdown`, holding up to `hold`
-/// assignments and running them as slots free. What is still held then is
+/// Reads this node's work queue until `shutdown`, running what it reads as
+/// slots free; `hold` is how many it may have, running or waiting, before
+/// it hands back the lowest it holds. What is still held at `shutdown` is
 /// handed back at once: it never started, and the dispatcher puts it back
 /// in the job queues.
 pub(super) async fn take_work(
@@ -99,6 +118,11 @@ pub(super) async fn take_work(
                     if let Some(assignment) = decoded(&msg).await {
                         held.push(assignment.job.priority, Waiting { msg, assignment, lease });
                     }
+                    let running = slots as usize - free.available_permits();
+                    while running + held.len() > hold as usize {
+                        let Some(lowest) = held.pop_last() else { break };
+                        hand_back(node, lowest).await;
+                    }
                 }
                 // Missed heartbeats or a reconnect: the stream recovers by itself.
                 Some(Err(e)) => warn!(error = %e, "work queue read failed; retrying"),
@@ -131,18 +155,43 @@ pub(super) async fn take_work(
                 }
             }
         }
-        node.held.store(
-            u32::try_from(held.len()).unwrap_or(u32::MAX),
-            Ordering::Relaxed,
-        );
+        let levels = held.levels();
+        let mut reported = lock(&node.held);
+        if *reported != levels {
+            // What it holds is where the dispatcher may place a higher level.
+            *reported = levels;
+            node.wake_heartbeat.notify_one();
+        }
+        drop(reported);
         metrics::gauge!(m::HELD).set(held.len() as f64);
     };
     for w in held.into_items() {
         let _ = w.msg.ack_with(AckKind::Nak(None)).await;
     }
-    node.held.store(0, Ordering::Relaxed);
+    lock(&node.held).clear();
     metrics::gauge!(m::HELD).set(0.0);
     ended
+}
+
+/// Puts a held assignment's job back in the job queues as a new attempt,
+/// charged nothing (it never started), then lets the assignment go.
+async fn hand_back(node: &Node, w: Waiting) {
+    let job = &w.assignment.job;
+    match attempts::requeue_unstarted(&node.js, job, &node.id).await {
+        Ok(()) => {
+            info!(job_id = %job.id, priority = %job.priority, "held assignment handed back for a higher level");
+            metrics::counter!(m::JOBS, "outcome" => "handed_back").increment(1);
+            ack(&w.msg).await;
+        }
+        Err(e) => {
+            // Still this node's: it comes back here and runs in its turn.
+            warn!(job_id = %job.id, error = %e, "could not hand back a held assignment");
+            let _ = w
+                .msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
+    }
 }
 
 /// The assignment `msg` carries; one that cannot be read is terminated, as
@@ -185,5 +234,25 @@ mod tests {
             ]
         );
         assert!(held.is_empty());
+    }
+
+    #[test]
+    fn the_one_handed_back_is_the_lowest_level_read_last_and_levels_are_counted() {
+        let mut held = Held::new();
+        held.push(Priority::Normal, "normal");
+        held.push(Priority::Batch, "batch 1");
+        held.push(Priority::Critical, "critical");
+        held.push(Priority::Batch, "batch 2");
+        assert_eq!(
+            held.levels(),
+            BTreeMap::from([
+                (Priority::Critical, 1),
+                (Priority::Normal, 1),
+                (Priority::Batch, 2)
+            ])
+        );
+        assert_eq!(held.pop_last(), Some("batch 2"));
+        assert_eq!(held.pop_last(), Some("batch 1"));
+        assert_eq!(held.pop_last(), Some("normal"));
     }
 }

@@ -16,8 +16,8 @@ use switchyard_runtime::{NatsConfig, Readiness, Registry};
 use switchyard_schemas::Timeline;
 use switchyard_schemas::{
     Assignment, EngineLoad, ErrorClass, EventKind, Failure, GpuStats, Heartbeat, JobError,
-    JobEvent, JobResult, LoadReply, LoadRequest, SCHEMA_VERSION, StreamChunk, UsageEvent, decode,
-    encode, now_ms, subjects,
+    JobEvent, JobResult, LoadReply, LoadRequest, Priority, SCHEMA_VERSION, StreamChunk, UsageEvent,
+    decode, encode, now_ms, subjects,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -67,8 +67,8 @@ struct Node {
     results: jetstream::stream::Stream,
     events: jetstream::stream::Stream,
     running: AtomicU32,
-    /// Assignments read and waiting for a slot.
-    held: AtomicU32,
+    /// Assignments read and waiting for a slot, by level.
+    held: Mutex<BTreeMap<Priority, u32>>,
     /// Moving average of the engine's time per finished job, in ms; 0 until
     /// one finishes. Reported so that placement can weigh this node's speed.
     service_ms: AtomicU32,
@@ -233,8 +233,10 @@ async fn serve(
     shutdown: &CancellationToken,
 ) -> Result<(), AgentError> {
     let slots = engine.slots();
-    // What the dispatcher may place here: the slots and the prefetch.
+    // What the dispatcher may place here: the slots and the prefetch; and
+    // room for as many placed over held work, which is handed back.
     let hold = slots.saturating_mul(prefetch_per_slot.saturating_add(1));
+    let read_ahead = hold.saturating_add(slots.saturating_mul(prefetch_per_slot));
     let consumer = nats::durable_consumer(
         &js,
         ConsumerSpec {
@@ -243,8 +245,8 @@ async fn serve(
             filter: subjects::work(&cfg.node_id),
             ack_wait: cfg.ack_wait,
             // All this node was given, so that it starts the highest
-            // level first; never more than the dispatcher places here.
-            max_ack_pending: i64::from(hold),
+            // level first.
+            max_ack_pending: i64::from(read_ahead),
             // Kept while the node is away: the dispatcher reclaims its work.
             inactive_threshold: Duration::ZERO,
             // What was delivered to this node must survive a restart of the
@@ -266,7 +268,7 @@ async fn serve(
         results: platform.results,
         events: platform.events,
         running: AtomicU32::new(0),
-        held: AtomicU32::new(0),
+        held: Mutex::new(BTreeMap::new()),
         service_ms: AtomicU32::new(0),
         service_ms_by_model: Mutex::new(BTreeMap::new()),
         gpus: Gpus::open(),
