@@ -270,10 +270,14 @@ async fn run(
         .context("dispatcher")?,
         Command::Agent => {
             let agent = file.agent.context("the agent needs an agent: section")?;
-            let prefetch = file.dispatcher.prefetch_per_slot;
+            // The dispatcher's settings for what it places on a node.
+            let placing = switchyard_gpu_agent::Placing {
+                prefetch_per_slot: file.dispatcher.prefetch_per_slot,
+                aging_bound: file.dispatcher.aging_bound,
+            };
             shutdown::run_until_signal(
                 token,
-                switchyard_gpu_agent::run(agent, prefetch, file.nats, registry, metrics, t),
+                switchyard_gpu_agent::run(agent, placing, file.nats, registry, metrics, t),
             )
             .await
             .context("gpu-agent")?

@@ -10,5 +10,5 @@ mod gpus;
 mod metrics;
 mod process;
 
-pub use agent::{AgentError, run};
+pub use agent::{AgentError, Placing, run};
 pub use config::{AgentConfig, EngineConfig};

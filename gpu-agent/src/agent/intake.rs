@@ -14,6 +14,38 @@ use tokio::sync::Semaphore;
 
 use super::*;
 
+/// What the dispatcher's settings (the `dispatcher:` section of the same
+/// file) say of the work it places on a node.
+#[derive(Debug, Clone, Copy)]
+pub struct Placing {
+    /// Assignments placed per slot beyond those running.
+    pub prefetch_per_slot: u32,
+    /// A job waiting longer than this since it was submitted is served
+    /// ahead of higher levels.
+    pub aging_bound: Duration,
+}
+
+/// The level a job is held at: its own, or the highest once it has waited
+/// past the aging bound, as the dispatcher ages it, so that a job aged
+/// ahead of higher levels is neither held behind them nor handed back for
+/// them.
+fn level(job: &switchyard_schemas::Job, aging_bound: Duration, now_ms: i64) -> Priority {
+    aged(
+        job.priority,
+        now_ms.saturating_sub(job.submitted_at_ms),
+        aging_bound,
+    )
+}
+
+fn aged(priority: Priority, waited_ms: i64, aging_bound: Duration) -> Priority {
+    let waited = u128::try_from(waited_ms).unwrap_or(0);
+    if waited >= aging_bound.as_millis() {
+        Priority::Critical
+    } else {
+        priority
+    }
+}
+
 /// What waits for a slot, highest priority first, in the order read within
 /// a level.
 pub(super) struct Held<T> {
@@ -116,7 +148,8 @@ pub(super) async fn take_work(
                     // The server's ack wait runs from delivery, so ours does too.
                     let lease = Lease::new(node.ack_wait);
                     if let Some(assignment) = decoded(&msg).await {
-                        held.push(assignment.job.priority, Waiting { msg, assignment, lease });
+                        let level = level(&assignment.job, node.aging_bound, now_ms());
+                        held.push(level, Waiting { msg, assignment, lease });
                     }
                     let running = slots as usize - free.available_permits();
                     while running + held.len() > hold as usize {
@@ -234,6 +267,14 @@ mod tests {
             ]
         );
         assert!(held.is_empty());
+    }
+
+    #[test]
+    fn a_job_waiting_past_the_aging_bound_is_held_as_the_highest_level() {
+        let bound = Duration::from_secs(60);
+        assert_eq!(aged(Priority::Batch, 59_999, bound), Priority::Batch);
+        assert_eq!(aged(Priority::Batch, 60_000, bound), Priority::Critical);
+        assert_eq!(aged(Priority::Normal, -5, bound), Priority::Normal);
     }
 
     #[test]

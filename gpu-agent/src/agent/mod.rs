@@ -39,6 +39,7 @@ use chunks::Chunks;
 use control::{serve_loads, watch_cancellations};
 use execute::execute;
 use heartbeat::heartbeats;
+pub use intake::Placing;
 use intake::take_work;
 use platform::Platform;
 
@@ -84,6 +85,8 @@ struct Node {
     /// Wakes the engine probe: a job found the engine unavailable.
     wake_probe: Notify,
     ack_wait: Duration,
+    /// The dispatcher's: work waiting longer is served as the highest level.
+    aging_bound: Duration,
     cancellations: kv::Store,
     /// Running jobs, so that a cancellation can reach them.
     aborts: Mutex<HashMap<String, CancellationToken>>,
@@ -135,11 +138,11 @@ fn moving_average(avg: u32, ms: u32) -> u32 {
 }
 
 /// Runs the agent until `shutdown` is cancelled, then drains. The node
-/// holds as many assignments as the dispatcher places on it: its slots and
-/// `prefetch_per_slot` more per slot (the dispatcher's setting).
+/// holds as many assignments as the dispatcher places on it, as `placing`
+/// says.
 pub async fn run(
     cfg: AgentConfig,
-    prefetch_per_slot: u32,
+    placing: Placing,
     nats_cfg: NatsConfig,
     registry: Registry,
     metrics: PrometheusHandle,
@@ -163,7 +166,7 @@ pub async fn run(
     });
     let ran = match start(&cfg, &nats_cfg, &registry, &shutdown).await {
         Ok(Some(started)) => {
-            let serving = (&cfg, prefetch_per_slot);
+            let serving = (&cfg, placing);
             serve(serving, started, engine_suspect, &ready, &tasks, &shutdown).await
         }
         // Stopped while waiting for the platform's streams or for the
@@ -219,7 +222,7 @@ async fn start(
 
 /// Takes work until `shutdown`, then drains.
 async fn serve(
-    (cfg, prefetch_per_slot): (&AgentConfig, u32),
+    (cfg, placing): (&AgentConfig, Placing),
     Started {
         client,
         js,
@@ -235,8 +238,9 @@ async fn serve(
     let slots = engine.slots();
     // What the dispatcher may place here: the slots and the prefetch; and
     // room for as many placed over held work, which is handed back.
-    let hold = slots.saturating_mul(prefetch_per_slot.saturating_add(1));
-    let read_ahead = hold.saturating_add(slots.saturating_mul(prefetch_per_slot));
+    let prefetch = placing.prefetch_per_slot;
+    let hold = slots.saturating_mul(prefetch.saturating_add(1));
+    let read_ahead = hold.saturating_add(slots.saturating_mul(prefetch));
     let consumer = nats::durable_consumer(
         &js,
         ConsumerSpec {
@@ -276,6 +280,7 @@ async fn serve(
         wake_heartbeat: Notify::new(),
         wake_probe: Notify::new(),
         ack_wait: cfg.ack_wait,
+        aging_bound: placing.aging_bound,
         cancellations: platform.cancellations,
         aborts: Mutex::new(HashMap::new()),
         max_result_bytes,

@@ -102,6 +102,21 @@ impl Use {
     }
 }
 
+/// An inference request: the job's tensors, and its level as Triton's
+/// request `priority` (its schedule-policy extension: 1 is served first).
+/// A model whose dynamic batcher has `priority_levels: 4` queues the four
+/// levels apart; one with fewer levels, or none, serves a level it lacks at
+/// its default.
+fn request(tensors: &TensorInput, priority: Priority) -> Value {
+    let level = match priority {
+        Priority::Critical => 1,
+        Priority::High => 2,
+        Priority::Normal => 3,
+        Priority::Batch => 4,
+    };
+    json!({"inputs": tensors.inputs, "parameters": {"priority": level}})
+}
+
 /// What `GET /v2/models/<model>` says of the inputs a model takes.
 #[derive(Deserialize)]
 struct Metadata {
@@ -362,7 +377,7 @@ impl Engine for Triton {
         &self,
         model: &str,
         input: &JobInput,
-        _priority: Priority,
+        priority: Priority,
         _tokens: Option<&TokenSink>,
     ) -> Result<Inference, EngineError> {
         let JobInput::Tensor(tensors) = input else {
@@ -375,7 +390,7 @@ impl Engine for Triton {
         let response = self
             .http
             .post(format!("{}/v2/models/{model}/infer", self.base))
-            .json(&json!({"inputs": tensors.inputs}))
+            .json(&request(tensors, priority))
             .send()
             .await
             .map_err(transport_error)?;
@@ -430,5 +445,20 @@ impl Engine for Triton {
             queue_depth: gauge_sum(&text, "nv_inference_pending_request_count").map(|n| n as u32),
             kv_cache_usage: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_ranks_the_job_s_level_as_triton_does_highest_first() {
+        let tensors = TensorInput { inputs: Vec::new() };
+        let levels: Vec<Value> = Priority::ALL
+            .into_iter()
+            .map(|p| request(&tensors, p)["parameters"]["priority"].clone())
+            .collect();
+        assert_eq!(levels, [json!(1), json!(2), json!(3), json!(4)]);
     }
 }
