@@ -549,6 +549,7 @@ async fn run(form: Form) {
     durable(&form).await;
     latency(&form).await;
     workflows::workflows(&form).await;
+    tokens::tokens(&form).await;
 }
 
 /// The raw JetStream limit, and the durable path beside it.
@@ -768,7 +769,6 @@ async fn latency(form: &Form) {
 async fn smoke() {
     run(SMOKE).await;
     scaling::tenants(&SMOKE, &[10]).await;
-    tokens::tokens(&SMOKE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
