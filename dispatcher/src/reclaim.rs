@@ -84,8 +84,8 @@ impl Reclaimer {
                     continue;
                 }
             };
-            let delivered = msg.info().map(|i| i.delivered > 1).unwrap_or(true);
-            let started = delivered && !attempts::never_started(js, &a.job, node).await;
+            let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(true);
+            let started = redelivered && !attempts::never_started(js, &a.job, node).await;
             let settled = if attempts::has_result(js, &self.grants, &a.job.id).await {
                 // The attempt finished before its node went quiet: nothing
                 // to run again.

@@ -25,18 +25,10 @@ pub struct Placing {
     pub aging_bound: Duration,
 }
 
-/// The level a job is held at: its own, or the highest once it has waited
-/// past the aging bound, as the dispatcher ages it, so that a job aged
-/// ahead of higher levels is neither held behind them nor handed back for
-/// them.
-fn level(job: &switchyard_schemas::Job, aging_bound: Duration, now_ms: i64) -> Priority {
-    aged(
-        job.priority,
-        now_ms.saturating_sub(job.submitted_at_ms),
-        aging_bound,
-    )
-}
-
+/// The level a job of `priority` that has waited `waited_ms` since it was
+/// submitted is held at: its own, or the highest once it has waited past
+/// the aging bound, as the dispatcher ages it, so that a job aged ahead of
+/// higher levels is neither held behind them nor handed back for them.
 fn aged(priority: Priority, waited_ms: i64, aging_bound: Duration) -> Priority {
     let waited = u128::try_from(waited_ms).unwrap_or(0);
     if waited >= aging_bound.as_millis() {
@@ -148,7 +140,9 @@ pub(super) async fn take_work(
                     // The server's ack wait runs from delivery, so ours does too.
                     let lease = Lease::new(node.ack_wait);
                     if let Some(assignment) = decoded(&msg).await {
-                        let level = level(&assignment.job, node.aging_bound, now_ms());
+                        let job = &assignment.job;
+                        let waited = now_ms().saturating_sub(job.submitted_at_ms);
+                        let level = aged(job.priority, waited, node.aging_bound);
                         held.push(level, Waiting { msg, assignment, lease });
                     }
                     let running = slots as usize - free.available_permits();
