@@ -279,13 +279,15 @@ impl Cluster {
         })
     }
 
-    /// The node to ask to load `model`: of those that can take work and
-    /// list it as loadable, the one with the most room.
-    pub fn loader_for(&self, model: &str, now: Instant) -> Option<String> {
+    /// The node to ask to load `model`: of those that can take work, list
+    /// it as loadable and are not in `avoid` (they failed to load it), the
+    /// one with the most GPU memory free (a model's weights and KV cache
+    /// must fit), then the most room.
+    pub fn loader_for(&self, model: &str, now: Instant, avoid: &[&str]) -> Option<String> {
         self.healthy(now)
-            .filter(|n| n.ready && n.loadable.contains(model))
-            .map(|n| (n.free(self.prefetch_per_slot), n))
-            .filter(|(free, _)| *free > 0)
+            .filter(|n| n.ready && n.loadable.contains(model) && !avoid.contains(&n.id.as_str()))
+            .map(|n| ((n.gpu_memory_free, n.free(self.prefetch_per_slot)), n))
+            .filter(|((_, free), _)| *free > 0)
             .max_by(|(a, x), (b, y)| a.cmp(b).then_with(|| y.id.cmp(&x.id)))
             .map(|(_, n)| n.id.clone())
     }

@@ -4,7 +4,7 @@
 use super::*;
 use crate::placement::{PolicyKind, build};
 use proptest::prelude::*;
-use switchyard_schemas::SCHEMA_VERSION;
+use switchyard_schemas::{GpuStats, SCHEMA_VERSION};
 
 fn hb(node: &str, models: &[&str], slots: u32, running: u32, queued: u32) -> Heartbeat {
     Heartbeat {
@@ -44,17 +44,47 @@ fn a_model_no_node_serves_is_loaded_where_there_is_most_room() {
         0,
         "nothing is placed before it loads"
     );
-    assert_eq!(c.loader_for("cold", now).as_deref(), Some("b"));
-    assert_eq!(c.loader_for("other", now), None);
+    assert_eq!(c.loader_for("cold", now, &[]).as_deref(), Some("b"));
+    assert_eq!(
+        c.loader_for("cold", now, &["b"]).as_deref(),
+        Some("a"),
+        "b failed to load it"
+    );
+    assert_eq!(c.loader_for("other", now, &[]), None);
     c.observe(&cold("b", 4, 4), now);
-    assert_eq!(c.loader_for("cold", now).as_deref(), Some("a"));
+    assert_eq!(c.loader_for("cold", now, &[]).as_deref(), Some("a"));
     c.observe(&cold("a", 4, 4), now);
-    assert_eq!(c.loader_for("cold", now), None, "no node with room");
+    assert_eq!(c.loader_for("cold", now, &[]), None, "no node with room");
 
     c.observe(&hb("b", &["hot", "cold"], 4, 4, 0), now);
     assert!(c.serves("cold", now), "loaded, even while busy");
     let later = now + Duration::from_secs(6);
     assert!(!c.serves("cold", later), "a silent node serves nothing");
+}
+
+#[test]
+fn a_cold_model_is_loaded_where_most_gpu_memory_is_free() {
+    let now = Instant::now();
+    let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::LeastLoaded));
+    let gib = 1 << 30;
+    let cold = |node: &str, running: u32, used_gib: u64| Heartbeat {
+        loadable: vec!["cold".into()],
+        gpus: vec![GpuStats {
+            memory_used_bytes: Some(used_gib * gib),
+            memory_total_bytes: Some(80 * gib),
+            ..GpuStats::default()
+        }],
+        ..hb(node, &["hot"], 4, running, 0)
+    };
+    // a has the most room in slots, c the most GPU memory free.
+    c.observe(&cold("a", 0, 70), now);
+    c.observe(&cold("b", 2, 40), now);
+    c.observe(&cold("c", 3, 10), now);
+    assert_eq!(c.loader_for("cold", now, &[]).as_deref(), Some("c"));
+    assert_eq!(c.loader_for("cold", now, &["c"]).as_deref(), Some("b"));
+    // Memory matters only where there is a slot to use it.
+    c.observe(&cold("c", 4, 10), now);
+    assert_eq!(c.loader_for("cold", now, &[]).as_deref(), Some("b"));
 }
 
 #[test]

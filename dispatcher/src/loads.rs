@@ -16,18 +16,39 @@ use tracing::{info, warn};
 
 use crate::{Cluster, metrics as m};
 
-/// After a load, the time its heartbeat takes to arrive; after a refusal,
-/// the wait before the next node is asked.
+/// After a load, the time its heartbeat takes to arrive.
 const AFTER_LOADED: Duration = Duration::from_secs(2);
-const AFTER_FAILED: Duration = Duration::from_secs(10);
+/// A node that failed to load a model is not asked for it again for this
+/// long; other nodes are asked meanwhile.
+const AFTER_FAILED: Duration = Duration::from_secs(60);
 
 pub struct Loads {
     client: async_nats::Client,
     timeout: Duration,
-    /// When each model may be asked for again: one load at a time per model.
-    not_before: Arc<Mutex<HashMap<String, Instant>>>,
+    asked: Arc<Mutex<Asked>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// What was asked of whom.
+#[derive(Default)]
+struct Asked {
+    /// When each model may be asked for again: one load at a time per model.
+    not_before: HashMap<String, Instant>,
+    /// Nodes that failed to load a model, until when they are not asked again.
+    failed: HashMap<(String, String), Instant>,
+}
+
+impl Asked {
+    fn done(&mut self, model: String, node: String, loaded: bool) {
+        let now = Instant::now();
+        if loaded {
+            self.not_before.insert(model, now + AFTER_LOADED);
+        } else {
+            self.not_before.insert(model.clone(), now);
+            self.failed.insert((model, node), now + AFTER_FAILED);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,62 +71,70 @@ impl Loads {
         Self {
             client,
             timeout,
-            not_before: Arc::default(),
+            asked: Arc::default(),
             tasks,
             shutdown,
         }
     }
 
     /// Jobs for `model` wait and no node has room for them: if no node
-    /// serves it at all, ask one that can load it.
+    /// serves it at all, ask one that can load it, other than those that
+    /// just failed to.
     pub fn ask(&self, cluster: &Cluster, model: &str, now: Instant) {
         if cluster.serves(model, now) {
             return;
         }
-        let mut not_before = self
-            .not_before
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if not_before.get(model).is_some_and(|t| *t > now) {
+        let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
+        if asked.not_before.get(model).is_some_and(|t| *t > now) {
             return;
         }
-        let Some(node) = cluster.loader_for(model, now) else {
+        asked.failed.retain(|_, until| *until > now);
+        let avoid: Vec<&str> = asked
+            .failed
+            .keys()
+            .filter(|(m, _)| m == model)
+            .map(|(_, node)| node.as_str())
+            .collect();
+        let Some(node) = cluster.loader_for(model, now, &avoid) else {
             return;
         };
-        not_before.insert(model.to_owned(), now + self.timeout);
-        drop(not_before);
+        asked
+            .not_before
+            .insert(model.to_owned(), now + self.timeout);
+        drop(asked);
         info!(%model, %node, "asking a node to load a model no node serves");
         let (client, timeout, shutdown) =
             (self.client.clone(), self.timeout, self.shutdown.clone());
-        let not_before = self.not_before.clone();
+        let asked = self.asked.clone();
         let model = model.to_owned();
         self.tasks.spawn(async move {
-            let asked = request(&client, &node, &model, timeout);
+            let request = request(&client, &node, &model, timeout);
             let outcome = tokio::select! {
                 () = shutdown.cancelled() => return,
-                r = asked => r,
+                r = request => r,
             };
-            let (label, again) = match outcome {
+            let label = match outcome {
                 Ok(()) => {
                     info!(%model, %node, "model loaded");
-                    ("loaded", AFTER_LOADED)
+                    "loaded"
                 }
                 Err(LoadFailed::Request(e))
                     if e.kind() == async_nats::RequestErrorKind::TimedOut =>
                 {
-                    warn!(%model, %node, "model load timed out");
-                    ("timed_out", Duration::ZERO)
+                    warn!(%model, %node, "model load timed out; asking another node");
+                    "timed_out"
                 }
                 Err(e) => {
-                    warn!(%model, %node, error = %e, "model load failed");
-                    ("failed", AFTER_FAILED)
+                    warn!(%model, %node, error = %e, "model load failed; asking another node");
+                    "failed"
                 }
             };
             metrics::counter!(m::MODEL_LOADS, "outcome" => label).increment(1);
-            not_before
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(model, Instant::now() + again);
+            asked.lock().unwrap_or_else(PoisonError::into_inner).done(
+                model,
+                node,
+                label == "loaded",
+            );
         });
     }
 }

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use switchyard_runtime::Issues;
 use switchyard_runtime::config::check_id;
 
+use crate::engine::on_demand::OnDemandConfig;
 use crate::engine::openai::OpenAiConfig;
 use crate::engine::simulated::SimulatedConfig;
 use crate::engine::triton::TritonConfig;
@@ -66,6 +67,8 @@ pub enum EngineConfig {
     Openai(OpenAiConfig),
     /// NVIDIA Triton over KServe v2 HTTP.
     Triton(TritonConfig),
+    /// vLLM servers the agent starts per model when asked and stops when idle.
+    VllmOnDemand(OnDemandConfig),
 }
 
 impl AgentConfig {
@@ -90,6 +93,7 @@ impl AgentConfig {
             EngineConfig::Simulated(sim) => sim.validate(issues),
             EngineConfig::Vllm(c) | EngineConfig::Openai(c) => c.validate(issues),
             EngineConfig::Triton(c) => c.validate(issues),
+            EngineConfig::VllmOnDemand(c) => c.validate(issues),
         }
     }
 }

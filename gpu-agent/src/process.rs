@@ -3,7 +3,7 @@
 //! then SIGKILL) once the agent has drained.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -73,7 +73,7 @@ pub async fn supervise(cfg: ProcessConfig, exited: Arc<AtomicBool>, stop: Cancel
     let mut backoff = cfg.restart_backoff;
     loop {
         let started = Instant::now();
-        match spawn(&cfg) {
+        match spawn(&cfg.command, &cfg.env, cfg.cwd.as_deref()) {
             Ok(mut child) => {
                 let pid = child.id();
                 info!(?pid, command = ?cfg.command, "engine started");
@@ -108,8 +108,13 @@ pub async fn supervise(cfg: ProcessConfig, exited: Arc<AtomicBool>, stop: Cancel
     }
 }
 
-fn spawn(cfg: &ProcessConfig) -> std::io::Result<Child> {
-    let Some((program, args)) = cfg.command.split_first() else {
+/// Starts `command` in its own process group.
+pub(crate) fn spawn(
+    command: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: Option<&Path>,
+) -> std::io::Result<Child> {
+    let Some((program, args)) = command.split_first() else {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "no command to run",
@@ -118,29 +123,37 @@ fn spawn(cfg: &ProcessConfig) -> std::io::Result<Child> {
     let mut command = Command::new(program);
     command
         .args(args)
-        .envs(&cfg.env)
+        .envs(env)
         .stdin(std::process::Stdio::null())
         // Its own group: stopping it reaches the processes it starts too.
         .process_group(0)
         // Should the agent itself die first, the engine is not left behind.
         .kill_on_drop(true);
-    if let Some(dir) = &cfg.cwd {
+    if let Some(dir) = cwd {
         command.current_dir(dir);
     }
     command.spawn()
 }
 
-/// SIGTERM to the engine's group, SIGKILL after `grace`.
-async fn terminate(child: &mut Child, grace: Duration) {
+/// Sends `signal` to the group `child` leads; false once it has been reaped.
+pub(crate) fn signal_group(child: &Child, signal: Signal) -> bool {
     let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
-        return;
+        return false;
     };
-    let group = Pid::from_raw(pid);
-    info!(pid, "stopping the engine");
-    let _ = killpg(group, Signal::SIGTERM);
+    let _ = killpg(Pid::from_raw(pid), signal);
+    true
+}
+
+/// SIGTERM to the engine's group, SIGKILL after `grace`.
+pub(crate) async fn terminate(child: &mut Child, grace: Duration) {
+    let pid = child.id();
+    if !signal_group(child, Signal::SIGTERM) {
+        return;
+    }
+    info!(?pid, "stopping the engine");
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        warn!(pid, "engine did not stop in time; killed");
-        let _ = killpg(group, Signal::SIGKILL);
+        warn!(?pid, "engine did not stop in time; killed");
+        signal_group(child, Signal::SIGKILL);
         let _ = child.wait().await;
     }
 }

@@ -13,6 +13,8 @@
 #                                             completion; prints the pid.
 #                                             With `embed`, serve it as the
 #                                             embedding model `tiny-embed`.
+#   scripts/engines/vllm.sh run PORT [embed]  the same in the foreground, for a
+#                                             supervisor (the agent) to stop
 #   scripts/engines/vllm.sh stop PID
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -57,8 +59,9 @@ install() {
   log "vLLM installed in $((SECONDS - t0)) s"
 }
 
-start() {
-  local port="$1" logfile="${2:-$ENGINES/vllm-$1.log}" mode="${3:-generate}" role probe
+# The server's arguments and the request that proves it, for MODE.
+serve_args() {
+  local port="$1" mode="$2"
   export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
   case "$mode" in
     generate)
@@ -75,10 +78,15 @@ start() {
   # fp32 and eager mode: bf16 with an explicit KV size dies on the first
   # request on this CPU. A 4 MiB KV cache (2,048 tokens) and 4 sequences at
   # once make the load gauges move under a small burst.
-  setsid "$VENV/bin/vllm" serve "$MODEL" "${role[@]}" \
-    --host 127.0.0.1 --port "$port" --dtype float32 --max-model-len 256 \
-    --enforce-eager --max-num-seqs 4 --kv-cache-memory-bytes 4194304 \
-    > "$logfile" 2>&1 < /dev/null &
+  args=("$MODEL" "${role[@]}" --host 127.0.0.1 --port "$port" --dtype float32
+        --max-model-len 256 --enforce-eager --max-num-seqs 4
+        --kv-cache-memory-bytes 4194304)
+}
+
+start() {
+  local port="$1" logfile="${2:-$ENGINES/vllm-$1.log}" mode="${3:-generate}" role probe args
+  serve_args "$port" "$mode"
+  setsid "$VENV/bin/vllm" serve "${args[@]}" > "$logfile" 2>&1 < /dev/null &
   local pid=$!
   # A green /health does not prove it can serve: wait for a real answer.
   wait_serving "vLLM on :$port" "$pid" "$logfile" 300 \
@@ -86,9 +94,17 @@ start() {
   echo "$pid"
 }
 
+# In the foreground, for a supervisor that starts and stops it (the agent).
+run() {
+  local port="$1" mode="${2:-generate}" role probe args
+  serve_args "$port" "$mode"
+  exec "$VENV/bin/vllm" serve "${args[@]}"
+}
+
 case "${1:-}" in
   install) install ;;
   start) install; start "${2:?port}" "${3:-}" "${4:-generate}" ;;
+  run) install; run "${2:?port}" "${3:-generate}" ;;
   stop) stop_group "${2:?pid}" ;;
-  *) echo "usage: $0 install | start PORT [LOG] [generate|embed] | stop PID" >&2; exit 2 ;;
+  *) echo "usage: $0 install | start PORT [LOG] [generate|embed] | run PORT [generate|embed] | stop PID" >&2; exit 2 ;;
 esac

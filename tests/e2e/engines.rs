@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 use serde_json::{Value, json};
 use switchyard_schemas::{Heartbeat, StreamChunk, decode, now_ms};
 
-const LLAMA_MODELS: &str = "
+pub(crate) const LLAMA_MODELS: &str = "
   - name: tiny-llama
     kind: chat
     max_tokens: 1024
@@ -527,7 +527,7 @@ async fn triton_serves_tensor_jobs_through_the_whole_stack() {
 }
 
 /// The first heartbeat on `beats` that `want` accepts, within 30 s.
-async fn heartbeat_where(
+pub(crate) async fn heartbeat_where(
     beats: &mut async_nats::Subscriber,
     want: impl Fn(&Heartbeat) -> bool,
 ) -> Heartbeat {
@@ -618,7 +618,7 @@ async fn triton_loads_a_cold_model_for_its_jobs_and_unloads_it_when_idle() {
 }
 
 /// Pids of the processes whose command line has `marker`.
-fn pids_with(marker: &str) -> Vec<i32> {
+pub(crate) fn pids_with(marker: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -634,7 +634,7 @@ fn pids_with(marker: &str) -> Vec<i32> {
 
 /// Kills what is left of the processes with `marker` when the test ends,
 /// however it ends.
-struct KillOnDrop(String);
+pub(crate) struct KillOnDrop(pub(crate) String);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

@@ -25,6 +25,7 @@ mod billing;
 mod bounded;
 mod budgets;
 mod chaos;
+mod cold_models;
 mod console;
 mod console_bench;
 mod docs;

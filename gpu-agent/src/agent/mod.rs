@@ -329,6 +329,7 @@ async fn serve(
         jobs.wait().await;
     }
     stop_heartbeats.cancel();
+    node.engine.stop().await;
     fetched
 }
 

@@ -2,11 +2,12 @@
 //! knows nothing else about it.
 
 mod http;
+pub mod on_demand;
 pub mod openai;
 pub mod simulated;
 pub mod triton;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use switchyard_runtime::{Issues, Registry};
@@ -56,6 +57,8 @@ pub trait Engine: Send + Sync {
     /// Housekeeping, once per heartbeat interval: Triton re-reads its model
     /// repository and unloads models idle too long.
     async fn tend(&self) {}
+    /// Once the agent has drained: stops what the engine started itself.
+    async fn stop(&self) {}
     /// Requests it runs at once; the agent never has more in flight.
     fn slots(&self) -> u32;
     /// Runs one request. An engine that orders its own queue puts it by
@@ -94,6 +97,9 @@ pub async fn build(
         EngineConfig::Triton(c) => {
             return Some(Box::new(triton::Triton::new(c.clone(), registry)));
         }
+        EngineConfig::VllmOnDemand(c) => {
+            return Some(Box::new(on_demand::OnDemand::new(c.clone(), registry)));
+        }
         EngineConfig::Vllm(c) => (c, openai::Flavor::Vllm),
         EngineConfig::Openai(c) => (c, openai::Flavor::Generic),
     };
@@ -110,6 +116,40 @@ pub async fn build(
         }
     }
     Some(Box::new(engine))
+}
+
+/// A model loaded on demand: requests running on it, and when it last
+/// served, so that it is unloaded only once idle.
+struct Use {
+    running: u32,
+    last_used: Instant,
+}
+
+impl Use {
+    fn fresh() -> Self {
+        Self {
+            running: 0,
+            last_used: Instant::now(),
+        }
+    }
+
+    fn begin(&mut self) {
+        self.running += 1;
+    }
+
+    fn end(&mut self) {
+        self.running = self.running.saturating_sub(1);
+        self.last_used = Instant::now();
+    }
+
+    fn running(&self) -> u32 {
+        self.running
+    }
+
+    /// Nothing runs on it, and nothing has for `after`.
+    fn idle_for(&self, after: Duration) -> bool {
+        self.running == 0 && self.last_used.elapsed() >= after
+    }
 }
 
 /// What every engine's configuration must get right: a sane number of

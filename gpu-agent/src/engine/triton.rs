@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::http::{
     answers, check_url, client, gauge_sum, json_answer, scrape, status_error, transport_error,
 };
-use super::{Engine, EngineError, Inference, TokenSink, check_models_and_slots};
+use super::{Engine, EngineError, Inference, TokenSink, Use, check_models_and_slots};
 use crate::metrics as m;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,20 +86,6 @@ struct Repository {
     on_demand: BTreeSet<String>,
     /// Those loaded now, with their use.
     loaded: BTreeMap<String, Use>,
-}
-
-struct Use {
-    running: u32,
-    last_used: Instant,
-}
-
-impl Use {
-    fn fresh() -> Self {
-        Self {
-            running: 0,
-            last_used: Instant::now(),
-        }
-    }
 }
 
 /// An inference request: the job's tensors, and its level as Triton's
@@ -202,7 +188,7 @@ impl Triton {
         }
         loop {
             if let Some(used) = self.repository().loaded.get_mut(model) {
-                used.running += 1;
+                used.begin();
                 return Ok(InUse {
                     triton: self,
                     model: Some(model.to_owned()),
@@ -260,7 +246,7 @@ impl Triton {
             }
         }
         repo.loaded
-            .retain(|model, used| ready.contains(model) || used.running > 0);
+            .retain(|model, used| ready.contains(model) || used.running() > 0);
         for model in ready {
             repo.loaded.entry(model).or_insert_with(Use::fresh);
         }
@@ -276,7 +262,7 @@ impl Triton {
             let idle: Vec<String> = repo
                 .loaded
                 .iter()
-                .filter(|(_, u)| u.running == 0 && u.last_used.elapsed() >= after)
+                .filter(|(_, u)| u.idle_for(after))
                 .map(|(m, _)| m.clone())
                 .collect();
             for model in &idle {
@@ -308,8 +294,7 @@ impl Drop for InUse<'_> {
         if let Some(model) = &self.model
             && let Some(used) = self.triton.repository().loaded.get_mut(model)
         {
-            used.running = used.running.saturating_sub(1);
-            used.last_used = Instant::now();
+            used.end();
         }
     }
 }
