@@ -214,6 +214,7 @@ pub async fn run(
         cache,
         tasks: tasks.clone(),
         sync_timeout: cfg.sync_timeout,
+        resume_grace: cfg.stream_resume_grace,
         recorded: recorded.clone(),
     });
     // The run streams before the consumer that follows their histories.

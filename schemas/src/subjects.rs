@@ -113,6 +113,12 @@ pub fn stream(job_id: &str) -> String {
     format!("sy.stream.{job_id}")
 }
 
+/// Core NATS: a client resumed the stream of a call whose own client went
+/// away; the broker holding the call keeps its job.
+pub fn resumed(job_id: &str) -> String {
+    format!("sy.resumed.{job_id}")
+}
+
 pub fn heartbeat(node: &str) -> String {
     format!("sy.heartbeat.{node}")
 }

@@ -96,6 +96,8 @@ async fn a_client_that_goes_away_cancels_its_job_at_every_front() {
     kind: tensor",
         ..StackOptions::default()
     });
+    // A stream's job waits this long for its client to resume it.
+    stack.rewrite_config("broker:\n", "broker:\n  stream_resume_grace: 1s\n");
     stack.start_broker();
     stack.start_dispatcher();
     // 50 tokens (or tensor values) at 100 ms: each job runs for seconds.

@@ -146,3 +146,117 @@ async fn when_the_node_dies_mid_stream_the_retry_restarts_the_stream_and_the_tex
     assert_eq!(text(&retried), whole);
     assert_eq!(outcome["result"]["choices"][0]["text"], whole.as_str());
 }
+
+/// Reads an OpenAI stream's chunks (event id, data) until `enough` says
+/// so (then the connection is dropped) or the stream ends; whether it
+/// ended with `[DONE]`.
+async fn read_chunks(
+    request: reqwest::RequestBuilder,
+    enough: impl Fn(&[(String, Value)]) -> bool,
+) -> (Vec<(String, Value)>, bool) {
+    let mut response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let (mut text, mut chunks) = (String::new(), Vec::new());
+    let read = async {
+        while let Some(bytes) = response.chunk().await.unwrap() {
+            text.push_str(std::str::from_utf8(&bytes).unwrap());
+            while let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name));
+                match field("data: ") {
+                    Some("[DONE]") => return true,
+                    Some(data) => {
+                        let id = field("id: ").unwrap_or_default().to_owned();
+                        chunks.push((id, serde_json::from_str(data).unwrap()));
+                    }
+                    None => {}
+                }
+                if enough(&chunks) {
+                    return false;
+                }
+            }
+        }
+        false
+    };
+    let done = tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the stream ends with the job");
+    (chunks, done)
+}
+
+fn chunk_text(chunks: &[(String, Value)]) -> String {
+    chunks
+        .iter()
+        .filter_map(|(_, c)| c["choices"][0]["text"].as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_openai_stream_resumed_with_last_event_id_gets_the_rest_exactly_once() {
+    let stack = Stack::new(StackOptions {
+        per_token_latency: "50ms",
+        ..StackOptions::default()
+    });
+    // The job of a stream whose client goes away lives 1 s for a resume.
+    stack.rewrite_config("broker:\n", "broker:\n  stream_resume_grace: 1s\n");
+    let mut stack = stack;
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack.start_agent("node-a");
+    let body = json!({"model": TEXT_MODEL, "prompt": PROMPT, "max_tokens": 60, "stream": true});
+    let post = stack
+        .http
+        .post(stack.broker_url("/v1/completions"))
+        .json(&body);
+
+    // The client goes away after its 20th chunk, and comes back later
+    // than the grace would allow had it not come back at all.
+    let (first, done) = read_chunks(post, |c| c.len() == 20).await;
+    assert!(!done);
+    let (last_id, last) = first.last().unwrap();
+    assert_eq!(last_id, "a1.s19", "{first:?}");
+    let job = last["id"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("cmpl-")
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let get = stack
+        .http
+        .get(stack.broker_url(&format!("/v1/completions/cmpl-{job}/stream")))
+        .header("last-event-id", last_id);
+    let (rest, done) = read_chunks(get, |_| false).await;
+    assert!(done, "the resumed stream ends as the first would have");
+
+    // Chunks 21 to 60, each once, in order, then the final chunk.
+    let ids: Vec<&str> = rest.iter().map(|(id, _)| id.as_str()).collect();
+    let want: Vec<String> = (20..60).map(|s| format!("a1.s{s}")).collect();
+    assert_eq!(ids[..ids.len() - 1], want, "{rest:?}");
+    let (_, end) = rest.last().unwrap();
+    assert_eq!(end["choices"][0]["finish_reason"], "length", "{end}");
+    let whole = expected_echo(PROMPT, 60);
+    let streamed = format!("{}{}", chunk_text(&first), chunk_text(&rest));
+    assert_eq!(streamed, whole, "the two connections hold the whole text");
+    let (_, record) = stack.get_job(&job).await;
+    assert_eq!(
+        record["status"], "succeeded",
+        "kept for the resume: {record}"
+    );
+
+    // Not resumed, a stream's job is cancelled once the grace has passed.
+    let post = stack
+        .http
+        .post(stack.broker_url("/v1/completions"))
+        .json(&body);
+    let (first, _) = read_chunks(post, |c| c.len() == 5).await;
+    let abandoned = first[0].1["id"].as_str().unwrap()["cmpl-".len()..].to_owned();
+    let ended = stack
+        .wait_finished_as(
+            std::slice::from_ref(&abandoned),
+            &["succeeded", "failed", "cancelled"],
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(ended[&abandoned]["status"], "cancelled");
+}

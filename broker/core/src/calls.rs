@@ -9,8 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::Value;
-use switchyard_schemas::{Job, JobResult, Priority, Submission};
+use switchyard_schemas::{Job, JobResult, Priority, Submission, subjects};
 use switchyard_store::{JobRecord, Source, StoreError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -39,6 +40,8 @@ pub struct Calls {
     tasks: TaskTracker,
     /// The longest a call waits before its job is left to run on.
     sync_timeout: Duration,
+    /// How long a streaming call's job outlives its client, for a resume.
+    resume_grace: Duration,
     recorded: Arc<Notify>,
 }
 
@@ -50,6 +53,7 @@ pub struct CallParts {
     pub cache: Option<ResultCache>,
     pub tasks: TaskTracker,
     pub sync_timeout: Duration,
+    pub resume_grace: Duration,
     /// Woken as this broker records a batch of results
     /// (`projection::Results::recorded`).
     pub recorded: Arc<Notify>,
@@ -106,6 +110,7 @@ impl Calls {
             cache: p.cache,
             tasks: p.tasks,
             sync_timeout: p.sync_timeout,
+            resume_grace: p.resume_grace,
             recorded: p.recorded,
         }
     }
@@ -149,6 +154,17 @@ impl Calls {
                 .await?;
             return Ok((Begun::Cached { job, output }, state));
         }
+        // Listening for a resume from the start: a client may reconnect
+        // before this broker notices that it went away.
+        let resumes = match req.wait && req.stream {
+            true => Some(
+                self.client()
+                    .subscribe(subjects::resumed(&req.id))
+                    .await
+                    .map_err(|e| CallError::Unavailable(e.to_string()))?,
+            ),
+            false => None,
+        };
         // Listening before the job is queued, so that a quick result is
         // not missed.
         let watch = match req.wait {
@@ -175,6 +191,7 @@ impl Calls {
                 guard: CancelOnDrop {
                     armed: Some((self.canceller.clone(), self.tasks.clone())),
                     id: job.id.clone(),
+                    resumes: resumes.map(|s| (s, self.resume_grace)),
                 },
                 watch,
                 lookup,
@@ -183,6 +200,22 @@ impl Calls {
             })
         });
         Ok((Begun::Queued { job, call }, state))
+    }
+
+    fn client(&self) -> async_nats::Client {
+        self.admitter.js().client()
+    }
+
+    /// Tells the broker holding job `id`'s streaming call, whose client
+    /// went away, that a client has resumed the stream: the job is kept.
+    pub async fn resume(&self, id: &str) -> Result<(), CallError> {
+        let client = self.client();
+        let unavailable = |e: &dyn std::fmt::Display| CallError::Unavailable(e.to_string());
+        client
+            .publish(subjects::resumed(id), Default::default())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        client.flush().await.map_err(|e| unavailable(&e))
     }
 
     /// The cache's answer to a request, checked as admission would check it
@@ -290,10 +323,13 @@ impl Call {
     }
 }
 
-/// Cancels the job when the call is dropped while still armed.
+/// Cancels the job when the call is dropped while still armed; a
+/// streaming call's job only once no client has resumed its stream within
+/// the grace.
 struct CancelOnDrop {
     armed: Option<(Canceller, TaskTracker)>,
     id: String,
+    resumes: Option<(async_nats::Subscriber, Duration)>,
 }
 
 impl Drop for CancelOnDrop {
@@ -302,7 +338,14 @@ impl Drop for CancelOnDrop {
             return;
         };
         let id = std::mem::take(&mut self.id);
+        let resumes = self.resumes.take();
         tasks.spawn(async move {
+            if let Some((mut resumes, grace)) = resumes
+                && let Ok(Some(_)) = tokio::time::timeout(grace, resumes.next()).await
+            {
+                tracing::info!(job_id = %id, "stream resumed by a client; job kept");
+                return;
+            }
             match canceller.cancel(&id).await {
                 Ok(()) => tracing::info!(job_id = %id, "client went away; job cancelled"),
                 // Finished meanwhile, most likely: nothing to undo.

@@ -52,6 +52,11 @@ pub struct BrokerConfig {
     /// goes on either way.
     #[serde(with = "humantime_serde")]
     pub sync_timeout: Duration,
+    /// A streaming call whose client went away keeps its job this long,
+    /// for the client to resume the stream (`GET /v1/chat/completions/{id}/stream`);
+    /// not resumed by then, the job is cancelled.
+    #[serde(with = "humantime_serde")]
+    pub stream_resume_grace: Duration,
     /// How long a job's output is kept after it ended; then only its record
     /// (status, usage, times) stays. Webhook event records, once no longer
     /// pending, are kept as long.
@@ -238,6 +243,7 @@ impl Default for BrokerConfig {
             queue_full_retry_after: Duration::from_secs(2),
             idempotency_window: Duration::from_secs(24 * 3600),
             sync_timeout: Duration::from_secs(600),
+            stream_resume_grace: Duration::from_secs(5),
             result_retention: Duration::from_secs(24 * 3600),
             drain_timeout: Duration::from_secs(30),
             http: Default::default(),

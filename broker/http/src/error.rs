@@ -44,6 +44,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
     BadIdempotencyKey,
+    #[error("Last-Event-ID must be a chunk's id, a<attempt>.s<seq>")]
+    BadLastEventId,
     #[error("a request with this Idempotency-Key is still being handled; retry shortly")]
     IdempotencyInFlight,
     #[error("job store: {0}")]
@@ -107,7 +109,7 @@ impl Coded for ApiError {
             ApiError::BodyTooLarge(_) => ErrorCode::BodyTooLarge,
             ApiError::BodyUnreadable => ErrorCode::MalformedBody,
             ApiError::NotFound(_) => ErrorCode::NotFound,
-            ApiError::BadIdempotencyKey => ErrorCode::InvalidRequest,
+            ApiError::BadIdempotencyKey | ApiError::BadLastEventId => ErrorCode::InvalidRequest,
             ApiError::IdempotencyInFlight => ErrorCode::IdempotencyConflict,
             ApiError::Store(_) => ErrorCode::StoreUnavailable,
             ApiError::Unavailable(_) => ErrorCode::BrokerUnavailable,

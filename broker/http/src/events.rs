@@ -33,11 +33,11 @@ use crate::state::{ApiState, Records};
 /// What the events front reads: the records, the results and the
 /// lifecycle stream.
 #[derive(Clone)]
-struct EventsState {
-    records: Records,
-    watcher: Watcher,
+pub(crate) struct EventsState {
+    pub records: Records,
+    pub watcher: Watcher,
     js: Context,
-    streams: Shares,
+    pub streams: Shares,
     gone: Gone,
 }
 
@@ -49,7 +49,7 @@ struct EventsState {
 pub struct Gone(mpsc::UnboundedSender<(&'static str, String)>);
 
 /// A replay consumer, deleted when dropped.
-struct Replay {
+pub(crate) struct Replay {
     stream: &'static str,
     name: String,
     gone: Gone,
@@ -105,7 +105,7 @@ pub fn router() -> Router<ApiState> {
 
 /// After the result, how long to wait for lifecycle events still on their
 /// way, so that the final event comes last.
-const SETTLE: Duration = Duration::from_millis(200);
+pub(crate) const SETTLE: Duration = Duration::from_millis(200);
 
 /// Where a reconnecting client left off.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -189,7 +189,7 @@ fn resume(headers: &HeaderMap) -> Resume {
 }
 
 /// Where a replay of `stream` starts, filtered to `subject`.
-async fn replay(
+pub(crate) async fn replay(
     s: &EventsState,
     stream: &'static str,
     subject: String,

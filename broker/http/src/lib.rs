@@ -22,6 +22,7 @@ mod models;
 mod openai;
 mod openapi;
 mod reply;
+mod resume;
 mod state;
 mod usage;
 mod webhooks;
@@ -45,6 +46,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(jobs::router())
         .merge(openai::router())
+        .merge(resume::router())
         .merge(kserve::router())
         .merge(events::router())
         .merge(openapi::router())

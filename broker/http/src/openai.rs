@@ -174,7 +174,7 @@ async fn serve(
         } if stream => {
             let (tx, rx) = mpsc::channel(64);
             let relayed = async move {
-                match relay.run(&mut call, tx).await {
+                match relay.run(&mut *call, tx, None).await {
                     // A client that stopped reading no longer wants the job:
                     // dropping the call cancels it.
                     Relayed::ClientGone => {}
@@ -272,13 +272,21 @@ impl Relay {
     /// it. Only one attempt's chunks are relayed: if that attempt fails
     /// after sending text and a retry writes something else, the stream
     /// ends with an error rather than with text that does not add up.
-    async fn run(&self, call: &mut Call, mut tx: mpsc::Sender<SseEvent>) -> Relayed {
+    /// Each chunk's event id is `a<attempt>.s<seq>`; with `after` (a
+    /// resumed stream's `Last-Event-ID`), the chunks up to it are taken in
+    /// but not sent again.
+    pub(crate) async fn run(
+        &self,
+        feed: &mut impl Feed,
+        mut tx: mpsc::Sender<SseEvent>,
+        after: Option<(u32, u32)>,
+    ) -> Relayed {
         let mut text = Followed::default();
-        if !self.open(&mut tx).await {
+        if after.is_none() && !self.open(&mut tx).await {
             return Relayed::ClientGone;
         }
         loop {
-            let Some(event) = call.next().await else {
+            let Some(event) = feed.next().await else {
                 let message = ApiError::StillRunning(self.id.clone()).to_string();
                 send_error(&mut tx, ErrorCode::StillRunning.as_str(), message).await;
                 return Relayed::TimedOut;
@@ -286,7 +294,12 @@ impl Relay {
             let piece = match event {
                 Event::Noise => continue,
                 Event::Chunk(chunk) => match text.take(&chunk) {
-                    Some(delta) => self.chunk(Some(delta), None),
+                    Some(_) if after.is_some_and(|at| (chunk.attempt, chunk.seq) <= at) => {
+                        continue;
+                    }
+                    Some(delta) => SseEvent::default()
+                        .id(format!("a{}.s{}", chunk.attempt, chunk.seq))
+                        .data(self.chunk(Some(delta), None).to_string()),
                     None => continue,
                 },
                 Event::Result(result) => {
@@ -301,7 +314,7 @@ impl Relay {
                     return Relayed::Result(finished.then_some(output));
                 }
             };
-            if send(&mut tx, &piece).await.is_err() {
+            if tx.send(piece).await.is_err() {
                 return Relayed::ClientGone;
             }
         }
@@ -401,9 +414,23 @@ impl Followed {
     }
 }
 
+/// Where a relay's chunks and result come from: a call's watch, or a
+/// replay of the job's stored tokens.
+pub(crate) trait Feed {
+    /// The next chunk or the result; `None` once there is nothing more to
+    /// wait for.
+    async fn next(&mut self) -> Option<Event>;
+}
+
+impl Feed for Call {
+    async fn next(&mut self) -> Option<Event> {
+        Call::next(self).await
+    }
+}
+
 /// How a relay ended.
 #[derive(Debug)]
-enum Relayed {
+pub(crate) enum Relayed {
     /// With the job's result: its output, where it succeeded and the
     /// stream added up.
     Result(Option<Value>),

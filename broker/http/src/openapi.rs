@@ -11,7 +11,8 @@ use crate::jobs::{self, input, list, summary};
 use crate::state::ApiState;
 use crate::workflows;
 use crate::{
-    admin, batches, dead_letters, events, files, fleet, kserve, models, openai, usage, webhooks,
+    admin, batches, dead_letters, events, files, fleet, kserve, models, openai, resume, usage,
+    webhooks,
 };
 
 #[derive(OpenApi)]
@@ -32,6 +33,8 @@ use crate::{
         openai::completions,
         openai::embeddings,
         openai::models,
+        resume::chat,
+        resume::completion,
         kserve::live,
         kserve::ready,
         kserve::metadata,
