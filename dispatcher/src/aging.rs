@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use switchyard_schemas::{Job, Priority, decode, now_ms};
 
-use crate::dispatch::Queue;
+use crate::lanes::Queue;
 
 /// Lanes (queue index and tenant) whose oldest job has waited longer than
 /// `bound` since it was submitted, longest wait first, at most one per queue.
@@ -21,12 +21,11 @@ pub(crate) async fn aged_lanes(
     bound: Duration,
 ) -> Vec<(usize, String)> {
     let now = now_ms();
-    let bound_ms = i64::try_from(bound.as_millis()).unwrap_or(i64::MAX);
     let mut aged: Vec<(usize, String, i64)> = Vec::new();
     for (i, q) in queues.iter().enumerate() {
         let queued = match backlog {
             Some(b) => b.get(&q.prefix).is_some_and(|t| !t.is_empty()),
-            None => !q.lanes.is_empty(),
+            None => q.has_lanes(),
         };
         if q.priority == Priority::Critical || !queued {
             continue;
@@ -41,9 +40,8 @@ pub(crate) async fn aged_lanes(
         ) else {
             continue;
         };
-        let waited = now - job.submitted_at_ms;
-        if waited > bound_ms {
-            aged.push((i, tenant.to_owned(), waited));
+        if job.level_at(now, bound) == Priority::Critical {
+            aged.push((i, tenant.to_owned(), now - job.submitted_at_ms));
         }
     }
     aged.sort_by_key(|(_, _, waited)| std::cmp::Reverse(*waited));

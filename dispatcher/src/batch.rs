@@ -201,9 +201,10 @@ async fn assign(
         assigned_at_ms: now_ms(),
         job,
     };
-    // The message id is the job's attempt: if this job is pulled again after a
-    // crash, the second assignment is dropped by the server, wherever it goes.
-    let work_ack = nats::publish(js, subjects::work(&node), &msg_id, encode(&assignment)?).await?;
+    // The event is sent before the assignment, on the same connection, so
+    // the server has it in `EVENTS` before the node can read the work and
+    // report it running: a job's events are stored in the order they
+    // happened. Both PubAcks are awaited together.
     let event_ack = nats::publish(
         js,
         event_subject,
@@ -211,6 +212,9 @@ async fn assign(
         encode(&event)?,
     )
     .await?;
+    // The message id is the job's attempt: if this job is pulled again after a
+    // crash, the second assignment is dropped by the server, wherever it goes.
+    let work_ack = nats::publish(js, subjects::work(&node), &msg_id, encode(&assignment)?).await?;
     work_ack.await?;
     event_ack.await?;
     metrics::histogram!(m::DISPATCH_SECONDS).record(started.elapsed().as_secs_f64());

@@ -2,11 +2,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::{self, Context};
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt};
 use switchyard_runtime::grants::Grants;
-use switchyard_runtime::nats::{self, ConsumerSpec, NatsError};
+use switchyard_runtime::nats::{self, NatsError};
 use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_runtime::{NatsConfig, Registry, Tenants};
@@ -18,7 +16,7 @@ use tracing::{debug, info, warn};
 use crate::aging::{aged_lanes, sweep_order};
 use crate::autoscale::{self, Arrivals};
 use crate::batch::{Placed, dispatch_batch};
-use crate::fair::FairShare;
+use crate::lanes::{self, Queue, backlog};
 use crate::loads::Loads;
 use crate::placement;
 use crate::reclaim::Reclaimer;
@@ -33,109 +31,6 @@ pub enum DispatchError {
     Serve(#[from] ServeError),
     #[error("cannot subscribe to heartbeats or the job queues: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
-}
-
-/// Consumers of tenants that queue nothing for this long are removed by the
-/// server, so tenants that come and go leave nothing behind.
-const LANE_IDLE_EXPIRY: Duration = Duration::from_secs(3600);
-
-/// One queue the dispatcher drains: the jobs of one model at one priority,
-/// one lane (subject and consumer) per tenant, shared out by weight.
-pub(crate) struct Queue {
-    pub(crate) priority: Priority,
-    model: String,
-    /// `sy.jobs.<priority>.<model>`; a tenant's lane adds its name.
-    pub(crate) prefix: String,
-    pub(crate) lanes: HashMap<String, PullConsumer>,
-    fair: FairShare,
-}
-
-impl Queue {
-    /// The queues of the registry's models at every priority, highest
-    /// first; those of `held` that stay are kept with their lanes.
-    fn all(registry: &Registry, mut held: Vec<Queue>) -> Vec<Queue> {
-        let models = registry.models();
-        let mut queues = Vec::new();
-        for priority in Priority::ALL {
-            for model in &models {
-                let prefix = subjects::jobs_of_model(priority, &model.name);
-                queues.push(match held.iter().position(|q| q.prefix == prefix) {
-                    Some(i) => held.swap_remove(i),
-                    None => Queue {
-                        priority,
-                        model: model.name.clone(),
-                        prefix,
-                        lanes: HashMap::new(),
-                        fair: FairShare::default(),
-                    },
-                });
-            }
-        }
-        queues
-    }
-
-    /// The tenant's lane, its consumer created on first use.
-    async fn lane(
-        &mut self,
-        js: &Context,
-        tenant: &str,
-        cfg: &DispatcherConfig,
-    ) -> Result<PullConsumer, NatsError> {
-        if let Some(c) = self.lanes.get(tenant) {
-            return Ok(c.clone());
-        }
-        let durable = format!(
-            "dispatch-{}-{}-{tenant}",
-            self.priority,
-            subjects::model_token(&self.model)
-        );
-        let spec = || ConsumerSpec {
-            stream: subjects::JOBS_STREAM,
-            durable: durable.clone(),
-            filter: subjects::jobs(self.priority, &self.model, tenant),
-            ack_wait: cfg.ack_wait,
-            max_ack_pending: i64::from(cfg.max_batch) * 4,
-            inactive_threshold: LANE_IDLE_EXPIRY,
-            // A server writing each lane's state to disk at every ack costs
-            // a file write per job per lane: thousands of tenants' lanes
-            // would cost more than their jobs. A job delivered twice is
-            // placed once (the assignment's message id is its attempt).
-            state_in_memory: true,
-        };
-        let consumer = match nats::durable_consumer(js, spec()).await {
-            Ok(consumer) => consumer,
-            Err(e) => {
-                // A lane as an earlier release made it, or one left in a
-                // bad state: made afresh, its jobs delivered again.
-                debug!(error = %e, %tenant, "lane made afresh");
-                let _ = js
-                    .delete_consumer_from_stream(&durable, subjects::JOBS_STREAM)
-                    .await;
-                nats::durable_consumer(js, spec()).await?
-            }
-        };
-        self.lanes.insert(tenant.to_owned(), consumer.clone());
-        Ok(consumer)
-    }
-}
-
-/// Tenants with jobs queued now, by queue prefix. One request answers for
-/// every queue, so an idle dispatcher costs the same whatever the number of
-/// models and tenants. `None` when the server could not say: then every
-/// lane already known is tried.
-async fn backlog(jobs: &jetstream::stream::Stream) -> Option<HashMap<String, Vec<String>>> {
-    let counts = jobs.info_with_subjects(subjects::JOBS_ALL).await.ok()?;
-    let counts: Vec<(String, usize)> = counts.try_collect().await.ok()?;
-    let mut backlog: HashMap<String, Vec<String>> = HashMap::new();
-    for (subject, n) in counts {
-        if let (true, Some((prefix, tenant))) = (n > 0, subject.rsplit_once('.')) {
-            backlog
-                .entry(prefix.to_owned())
-                .or_default()
-                .push(tenant.to_owned());
-        }
-    }
-    Some(backlog)
 }
 
 /// Runs the dispatcher until `shutdown` is cancelled.
@@ -266,6 +161,7 @@ pub async fn run(
         }
         metrics::gauge!(m::NODES).set(cluster.healthy(now).count() as f64);
         metrics::gauge!(m::FREE_SLOTS).set(f64::from(cluster.free_total(now)));
+        metrics::gauge!(m::LANES).set(queues.iter().map(Queue::lanes_open).sum::<usize>() as f64);
 
         // Highest priority first; after any progress, start again from the top
         // so a higher level never waits behind a lower one.
@@ -273,7 +169,11 @@ pub async fn run(
         // The top level also has the room of held work it may displace.
         let has_room = cluster.room_total(Priority::Critical, now) > 0;
         let backlog = if has_room {
-            backlog(&jobs_stream).await
+            let seen = backlog(&jobs_stream).await;
+            if let Some(seen) = &seen {
+                lanes::close_drained(&mut queues, &js, seen, now).await;
+            }
+            seen
         } else {
             Some(HashMap::new())
         };
@@ -287,7 +187,7 @@ pub async fn run(
             let q = &mut queues[i];
             let waiting: Vec<String> = match &backlog {
                 Some(b) => b.get(&q.prefix).cloned().unwrap_or_default(),
-                None => q.lanes.keys().cloned().collect(),
+                None => q.open_lanes().cloned().collect(),
             };
             let mut weighted: Vec<(&str, u32)> = waiting
                 .iter()
@@ -346,7 +246,7 @@ pub async fn run(
                     .await
                     .unwrap_or_else(|e| {
                         // The lane's consumer may have expired: opened again next time.
-                        q.lanes.remove(&tenant);
+                        q.forget(&tenant);
                         warn!(error = %e, priority = %q.priority, model = %q.model, %tenant, "pull failed");
                         Placed::default()
                     }),

@@ -10,6 +10,7 @@ mod cluster;
 mod config;
 mod dispatch;
 mod fair;
+mod lanes;
 mod loads;
 mod metrics;
 pub mod placement;

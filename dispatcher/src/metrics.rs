@@ -13,6 +13,7 @@ pub const NODES: &str = "switchyard_dispatcher_nodes";
 pub const FREE_SLOTS: &str = "switchyard_dispatcher_free_slots";
 pub const RECLAIMED: &str = "switchyard_dispatcher_reclaimed_total";
 pub const MODEL_LOADS: &str = "switchyard_dispatcher_model_loads_total";
+pub const LANES: &str = "switchyard_dispatcher_lanes";
 
 pub fn describe() {
     metrics::describe_counter!(ASSIGNMENTS, "Jobs assigned to a node, by priority");
@@ -56,6 +57,10 @@ pub fn describe() {
     metrics::describe_counter!(
         MODEL_LOADS,
         "Nodes asked to load a model no node served, by outcome (loaded, failed, timed_out)"
+    );
+    metrics::describe_gauge!(
+        LANES,
+        "Tenant lanes (consumers of the job queues) open: tenants with jobs queued or queued a moment ago"
     );
     metrics::describe_gauge!(
         FREE_SLOTS,

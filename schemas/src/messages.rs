@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -232,6 +233,20 @@ impl Job {
         self.failures.len() + 1 < self.max_attempts as usize
     }
 
+    /// The level the job is served at, at `now_ms`: its own, or the highest
+    /// once it has waited past `aging_bound` since it was submitted. The
+    /// dispatcher and the node age by this one rule, so that a job the
+    /// dispatcher moved ahead is neither held behind higher levels on the
+    /// node nor handed back for them.
+    pub fn level_at(&self, now_ms: i64, aging_bound: Duration) -> Priority {
+        let waited = u128::try_from(now_ms.saturating_sub(self.submitted_at_ms)).unwrap_or(0);
+        if waited > aging_bound.as_millis() {
+            Priority::Critical
+        } else {
+            self.priority
+        }
+    }
+
     /// Whether the job missed its start deadline at `now_ms`.
     pub fn expired_at(&self, now_ms: i64) -> bool {
         self.deadline_ms.is_some_and(|d| now_ms > d)
@@ -459,4 +474,21 @@ pub struct ErrorBody {
 pub enum AdmitReply {
     Accepted { id: String, status: String },
     Rejected { error: ErrorBody },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_waiting_past_the_aging_bound_is_served_as_the_highest_level() {
+        let bound = Duration::from_secs(60);
+        let mut job = Job::fixture("j");
+        job.priority = Priority::Batch;
+        job.submitted_at_ms = 1_000;
+        assert_eq!(job.level_at(61_000, bound), Priority::Batch);
+        assert_eq!(job.level_at(61_001, bound), Priority::Critical);
+        // A clock behind the submitter's is no wait at all.
+        assert_eq!(job.level_at(0, bound), Priority::Batch);
+    }
 }

@@ -535,6 +535,29 @@ async fn tenants_share_a_level_by_weight_however_much_each_one_queues() {
     assert!(last_small < 34, "order: {order:?}");
     assert!((14..=21).contains(&first_30("gold")), "order: {order:?}");
     assert!(first_30("flood") <= 10, "order: {order:?}");
+
+    // Drained tenants keep no consumer on the job queues, and one that
+    // comes back gets its lane again.
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    eventually(Duration::from_secs(15), Duration::from_millis(200), || {
+        let (js, stack) = (&js, &stack);
+        async move {
+            let mut jobs = js.get_stream("JOBS").await.unwrap();
+            let consumers = jobs.info().await.unwrap().state.consumer_count;
+            let lanes = stack
+                .metric("dispatcher", "switchyard_dispatcher_lanes")
+                .await;
+            so(consumers == 0 && lanes == 0.0, || {
+                format!("{consumers} consumers, {lanes} lanes open")
+            })
+        }
+    })
+    .await;
+    let again = stack
+        .submit_http(&json!({"model": TEXT_MODEL, "tenant": "small", "input": {"prompt": "again"}}))
+        .await;
+    let records = stack.wait_finished(&[again], Duration::from_secs(20)).await;
+    assert!(records.values().all(|r| r["status"] == "succeeded"));
 }
 
 /// Shares are counted in tokens by default: a tenant whose prompts are

@@ -25,19 +25,6 @@ pub struct Placing {
     pub aging_bound: Duration,
 }
 
-/// The level a job of `priority` that has waited `waited_ms` since it was
-/// submitted is held at: its own, or the highest once it has waited past
-/// the aging bound, as the dispatcher ages it, so that a job aged ahead of
-/// higher levels is neither held behind them nor handed back for them.
-fn aged(priority: Priority, waited_ms: i64, aging_bound: Duration) -> Priority {
-    let waited = u128::try_from(waited_ms).unwrap_or(0);
-    if waited >= aging_bound.as_millis() {
-        Priority::Critical
-    } else {
-        priority
-    }
-}
-
 /// What waits for a slot, highest priority first, in the order read within
 /// a level.
 pub(super) struct Held<T> {
@@ -141,8 +128,7 @@ pub(super) async fn take_work(
                     let lease = Lease::new(node.ack_wait);
                     if let Some(assignment) = decoded(&msg).await {
                         let job = &assignment.job;
-                        let waited = now_ms().saturating_sub(job.submitted_at_ms);
-                        let level = aged(job.priority, waited, node.aging_bound);
+                        let level = job.level_at(now_ms(), node.aging_bound);
                         held.push(level, Waiting { msg, assignment, lease });
                     }
                     let running = slots as usize - free.available_permits();
@@ -261,14 +247,6 @@ mod tests {
             ]
         );
         assert!(held.is_empty());
-    }
-
-    #[test]
-    fn a_job_waiting_past_the_aging_bound_is_held_as_the_highest_level() {
-        let bound = Duration::from_secs(60);
-        assert_eq!(aged(Priority::Batch, 59_999, bound), Priority::Batch);
-        assert_eq!(aged(Priority::Batch, 60_000, bound), Priority::Critical);
-        assert_eq!(aged(Priority::Normal, -5, bound), Priority::Normal);
     }
 
     #[test]
