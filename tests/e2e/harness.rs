@@ -340,6 +340,32 @@ fn durable_stack() -> Stack {
     )
 }
 
+/// Jobs the broker has finished once all `jobs` are, or at `deadline`.
+async fn finished_by(stack: &Stack, jobs: usize, deadline: Instant) -> usize {
+    loop {
+        let finished = stack
+            .metric("broker", "switchyard_broker_jobs_finished_total")
+            .await as usize;
+        if finished >= jobs || Instant::now() > deadline {
+            return finished;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a table row adds for the runs that finished fewer than `jobs`
+/// (` (n of jobs in <within>, …)`), or nothing when all finished.
+fn how_far(finished: impl Iterator<Item = usize>, jobs: usize, within: &str) -> String {
+    let short: Vec<String> = finished
+        .filter(|&n| n < jobs)
+        .map(|n| format!("{n} of {jobs} in {within}"))
+        .collect();
+    match short.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", short.join(", ")),
+    }
+}
+
 /// The most jobs a second the durable path sustains: `jobs` published to
 /// the durable intake at once, in turn for each of `tenants` tenants,
 /// simulated engines with no service time.
@@ -367,15 +393,7 @@ async fn durable_path(jobs: usize, tenants: usize) -> Durable {
     .await;
     // Bounded: a run too slow to finish reports how far it got.
     let deadline = start + RUN_BOUND;
-    let finished = loop {
-        let finished = stack
-            .metric("broker", "switchyard_broker_jobs_finished_total")
-            .await as usize;
-        if finished >= jobs || Instant::now() > deadline {
-            break finished;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let finished = finished_by(&stack, jobs, deadline).await;
     let per_second = finished as f64 / start.elapsed().as_secs_f64();
     let cpu = procs
         .iter()

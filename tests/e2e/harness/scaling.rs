@@ -33,15 +33,8 @@ pub(super) async fn tenants(form: &Form, counts: &[usize]) {
         let cpu = |process| of(&move |d: &Durable| named(&d.cpu, process), 3);
         let rss = |process| of(&move |d: &Durable| named(&d.rss, process), 0);
         // A run that did not finish within the bound says how far it got.
-        let short: Vec<String> = measured
-            .iter()
-            .filter(|d| d.finished < form.jobs)
-            .map(|d| format!("{} of {} in {RUN_BOUND:?}", d.finished, form.jobs))
-            .collect();
-        let short = match short.is_empty() {
-            true => String::new(),
-            false => format!(" ({})", short.join(", ")),
-        };
+        let within = format!("{RUN_BOUND:?}");
+        let short = how_far(measured.iter().map(|d| d.finished), form.jobs, &within);
         println!(
             "| {tenants} | {}{short} | {} | {} / {} / {} | {} / {} / {} |",
             of(&|d| d.per_second, 0),
@@ -107,15 +100,7 @@ pub(super) async fn backlog(backlogs: &[(usize, usize)]) {
         };
         let cpu = |process| of(&move |d: &Drained| named(&d.cpu, process), 3);
         let rss = |process| of(&move |d: &Drained| named(&d.rss, process), 0);
-        let short: Vec<String> = measured
-            .iter()
-            .filter(|d| d.finished < jobs)
-            .map(|d| format!("{} of {jobs} in time", d.finished))
-            .collect();
-        let short = match short.is_empty() {
-            true => String::new(),
-            false => format!(" ({})", short.join(", ")),
-        };
+        let short = how_far(measured.iter().map(|d| d.finished), jobs, "time");
         println!(
             "| {jobs} | {} | {} | {}{short} | {} / {} / {} / {} | {} / {} / {} |",
             of(&|d| d.admitted_per_second, 0),
@@ -191,15 +176,7 @@ async fn backlog_run(jobs: usize) -> Drained {
     }
     let first_placement_ms = ready.elapsed().as_secs_f64() * 1000.0;
     let deadline = ready + bound;
-    let finished = loop {
-        let finished = stack
-            .metric("broker", "switchyard_broker_jobs_finished_total")
-            .await as usize;
-        if finished >= jobs || Instant::now() > deadline {
-            break finished;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let finished = finished_by(&stack, jobs, deadline).await;
     let drained_per_second = finished as f64 / ready.elapsed().as_secs_f64();
     let per_job = |seconds: f64| seconds * 1000.0 / finished.max(1) as f64;
     let mut cpu: Vec<(&'static str, f64)> = queued
