@@ -374,9 +374,13 @@ impl Cluster {
     /// does not grow with every node that ever existed.
     pub fn forget_stale(&mut self, now: Instant) -> Vec<String> {
         let horizon = self.node_timeout * 10;
+        let is_stale = |n: &NodeView| now.saturating_duration_since(n.last_seen) > horizon;
+        if !self.nodes.iter().any(is_stale) {
+            return Vec::new();
+        }
         let (stale, kept): (Vec<NodeView>, Vec<NodeView>) = std::mem::take(&mut self.nodes)
             .into_iter()
-            .partition(|n| now.saturating_duration_since(n.last_seen) > horizon);
+            .partition(is_stale);
         self.nodes = kept;
         if !stale.is_empty() {
             self.reindex();

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use crate::aging::{aged_lanes, sweep_order};
 use crate::autoscale::{self, Arrivals};
 use crate::batch::{Placed, dispatch_batch};
-use crate::lanes::{self, Queue, backlog};
+use crate::lanes::{self, Looks, Queue, backlog};
 use crate::loads::Loads;
 use crate::placement;
 use crate::reclaim::Reclaimer;
@@ -32,6 +32,10 @@ pub enum DispatchError {
     #[error("cannot subscribe to heartbeats or the job queues: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
 }
+
+/// How often the loop forgets long-silent nodes and sets the gauges that
+/// count across all nodes.
+const KEEPING: Duration = Duration::from_millis(100);
 
 /// Runs the dispatcher until `shutdown` is cancelled.
 pub async fn run(
@@ -107,6 +111,8 @@ pub async fn run(
     // that wakes an idle dispatcher as soon as a job arrives, instead of at
     // its next poll.
     let mut doorbell = client.subscribe(subjects::JOBS_ALL).await?;
+    let mut looks = Looks::new(cfg.idle_poll);
+    let mut kept_at: Option<Instant> = None;
     ready.watch(&client);
     ready.set(true);
     info!(listen = %cfg.listen, queues = queues.len(), "dispatcher ready");
@@ -123,6 +129,7 @@ pub async fn run(
         }
         while let Some(Some(msg)) = doorbell.next().now_or_never() {
             arrivals.arrived(&msg.subject);
+            looks.rang();
         }
         if registry.revision() != queues_at {
             queues_at = registry.revision();
@@ -136,9 +143,19 @@ pub async fn run(
             );
         }
         let now = Instant::now();
-        for node in cluster.forget_stale(now) {
-            info!(%node, "node forgotten after a long silence");
-            reclaimer.forget(&node);
+        // Every heartbeat wakes this loop: what looks at every node is done
+        // at most every `KEEPING`, or a thousand nodes would make it a
+        // million node visits a second.
+        if kept_at.is_none_or(|at| now.duration_since(at) >= KEEPING) {
+            kept_at = Some(now);
+            for node in cluster.forget_stale(now) {
+                info!(%node, "node forgotten after a long silence");
+                reclaimer.forget(&node);
+            }
+            metrics::gauge!(m::NODES).set(cluster.healthy(now).count() as f64);
+            metrics::gauge!(m::FREE_SLOTS).set(f64::from(cluster.free_total(now)));
+            metrics::gauge!(m::LANES)
+                .set(queues.iter().map(Queue::lanes_open).sum::<usize>() as f64);
         }
         if now.duration_since(signalled_at) >= cfg.autoscale.every {
             signalled_at = now;
@@ -159,20 +176,19 @@ pub async fn run(
                 reclaimer.reclaim(&js, &node).await;
             }
         }
-        metrics::gauge!(m::NODES).set(cluster.healthy(now).count() as f64);
-        metrics::gauge!(m::FREE_SLOTS).set(f64::from(cluster.free_total(now)));
-        metrics::gauge!(m::LANES).set(queues.iter().map(Queue::lanes_open).sum::<usize>() as f64);
 
         // Highest priority first; after any progress, start again from the top
         // so a higher level never waits behind a lower one.
         let mut progressed = false;
         // The top level also has the room of held work it may displace.
-        let has_room = cluster.room_total(Priority::Critical, now) > 0;
+        // Queues known to be empty need neither a look nor room.
+        let has_room = looks.due(now) && cluster.room_total(Priority::Critical, now) > 0;
         let backlog = if has_room {
             let seen = backlog(&jobs_stream).await;
             if let Some(seen) = &seen {
                 lanes::close_drained(&mut queues, &js, seen, now).await;
             }
+            looks.looked(seen.as_ref(), now);
             seen
         } else {
             Some(HashMap::new())
@@ -279,7 +295,10 @@ pub async fn run(
                     Some(msg) => observe(&mut cluster, msg),
                     None => break 'run,
                 },
-                Some(msg) = doorbell.next() => arrivals.arrived(&msg.subject),
+                Some(msg) = doorbell.next() => {
+                    arrivals.arrived(&msg.subject);
+                    looks.rang();
+                }
                 () = tokio::time::sleep(cfg.idle_poll) => {}
             }
         }

@@ -214,6 +214,57 @@ pub(crate) async fn close_drained(
     }
 }
 
+/// When the queues need a look. Every heartbeat wakes the dispatcher, and a
+/// look is a request to the server: a thousand idle nodes would make a
+/// thousand a second. Queues found empty stay empty until a job is
+/// published to them, which rings the doorbell, so they are not looked at
+/// again until it rings, or `RECHECK` has passed in case a ring was lost.
+pub(crate) struct Looks {
+    /// When a look found every queue empty, with no ring before it.
+    empty_at: Option<Instant>,
+    /// The doorbell rang since the last look.
+    rang: bool,
+    /// How often queues found empty are looked at anyway.
+    recheck: Duration,
+}
+
+/// Queues found empty are looked at again at least this often, however
+/// quiet the doorbell: it is a plain subscription, which a slow reader can
+/// lose messages on.
+const RECHECK: Duration = Duration::from_secs(1);
+
+impl Looks {
+    pub(crate) fn new(idle_poll: Duration) -> Looks {
+        Looks {
+            empty_at: None,
+            rang: false,
+            recheck: RECHECK.max(idle_poll),
+        }
+    }
+
+    /// A job was published to a queue.
+    pub(crate) fn rang(&mut self) {
+        self.rang = true;
+        self.empty_at = None;
+    }
+
+    /// Whether the queues need a look now.
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        self.empty_at
+            .is_none_or(|at| now.duration_since(at) >= self.recheck)
+    }
+
+    /// What a look at `now` found. A ring heard before the look may be for
+    /// a job the server had not stored yet when it answered (the doorbell
+    /// is told as the job is received, the stream stores it after): then
+    /// the next look is not skipped.
+    pub(crate) fn looked(&mut self, seen: Option<&HashMap<String, Vec<String>>>, now: Instant) {
+        let empty = seen.is_some_and(HashMap::is_empty);
+        self.empty_at = (empty && !self.rang).then_some(now);
+        self.rang = false;
+    }
+}
+
 /// Tenants with jobs queued now, by queue prefix. One request answers for
 /// every queue, so an idle dispatcher costs the same whatever the number of
 /// models and tenants. `None` when the server could not say: then every
@@ -233,4 +284,65 @@ pub(crate) async fn backlog(
         }
     }
     Some(backlog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(tenants: &[&str]) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "sy.jobs.normal.m".to_owned(),
+            tenants.iter().map(|t| (*t).to_owned()).collect(),
+        )])
+    }
+
+    #[test]
+    fn queues_found_empty_are_looked_at_again_only_once_the_doorbell_rings() {
+        let start = Instant::now();
+        let mut looks = Looks::new(Duration::from_millis(20));
+        assert!(looks.due(start), "the first look is never skipped");
+        looks.looked(Some(&HashMap::new()), start);
+        let soon = start + Duration::from_millis(100);
+        assert!(!looks.due(soon), "empty, and nothing published since");
+        looks.rang();
+        assert!(looks.due(soon), "a job was published");
+    }
+
+    #[test]
+    fn queues_with_jobs_or_unknown_are_looked_at_every_time() {
+        let start = Instant::now();
+        let soon = start + Duration::from_millis(1);
+        let mut looks = Looks::new(Duration::from_millis(20));
+        looks.looked(Some(&queued(&["t1"])), start);
+        assert!(looks.due(soon), "jobs wait");
+        looks.looked(None, start);
+        assert!(looks.due(soon), "the server could not say");
+    }
+
+    #[test]
+    fn a_ring_heard_before_an_empty_look_keeps_the_next_look() {
+        // The doorbell hears of a job as the server receives it; the look
+        // can be answered before the stream has stored it.
+        let start = Instant::now();
+        let mut looks = Looks::new(Duration::from_millis(20));
+        looks.looked(Some(&HashMap::new()), start);
+        looks.rang();
+        looks.looked(Some(&HashMap::new()), start);
+        assert!(looks.due(start + Duration::from_millis(1)));
+        looks.looked(Some(&HashMap::new()), start);
+        assert!(!looks.due(start + Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn queues_found_empty_are_looked_at_anyway_after_the_recheck() {
+        let start = Instant::now();
+        let mut looks = Looks::new(Duration::from_millis(20));
+        looks.looked(Some(&HashMap::new()), start);
+        assert!(!looks.due(start + RECHECK - Duration::from_millis(1)));
+        assert!(
+            looks.due(start + RECHECK),
+            "a lost ring costs at most the recheck"
+        );
+    }
 }

@@ -16,7 +16,9 @@
 //! 4. where it is installed, the LiteLLM proxy beside them at a rate it
 //!    sustains with one worker (15 requests/s);
 //! 5. what a workflow run adds to the jobs it runs (`harness/workflows.rs`);
-//! 6. what keeping streamed tokens costs (`harness/tokens.rs`).
+//! 6. what keeping streamed tokens costs (`harness/tokens.rs`);
+//! 7. how cost grows with tenants, with a backlog (`harness/scaling.rs`)
+//!    and with nodes (`harness/nodes.rs`).
 //!
 //! `cargo test --test e2e harness::smoke` runs every part for a moment (CI); the
 //! figures of docs/benchmarks.md come from the long form, `scripts/bench`
@@ -37,6 +39,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
+mod nodes;
 mod pipeline;
 mod scaling;
 mod tokens;
@@ -366,13 +369,23 @@ fn how_far(finished: impl Iterator<Item = usize>, jobs: usize, within: &str) -> 
     }
 }
 
-/// The most jobs a second the durable path sustains: `jobs` published to
-/// the durable intake at once, in turn for each of `tenants` tenants,
-/// simulated engines with no service time.
-async fn durable_path(jobs: usize, tenants: usize) -> Durable {
-    let stack = durable_stack();
-    let procs = ["broker", "dispatcher", "node-a", "node-b", "nats-server"];
-    let cpu_before: Vec<f64> = procs.iter().map(|p| cpu_seconds(stack.pid_of(p))).collect();
+/// What one burst of jobs measured.
+struct Burst {
+    /// Jobs finished within `RUN_BOUND`.
+    finished: usize,
+    per_second: f64,
+    /// Process → CPU ms per job.
+    cpu: Vec<(&'static str, f64)>,
+}
+
+/// `jobs` published to the durable intake of `stack` at once, in turn for
+/// each of `tenants` tenants, until all have finished or `RUN_BOUND` has
+/// passed; the CPU is that of each of `pids` (name, process id).
+async fn burst(stack: &Stack, pids: &[(&'static str, u32)], jobs: usize, tenants: usize) -> Burst {
+    let cpu_before: Vec<f64> = pids.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+    let finished_before = stack
+        .metric("broker", "switchyard_broker_jobs_finished_total")
+        .await as usize;
     let js = jetstream::new(stack.nats.client().await);
     let start = Instant::now();
     let bodies: Vec<Vec<u8>> = (0..tenants)
@@ -383,28 +396,48 @@ async fn durable_path(jobs: usize, tenants: usize) -> Durable {
             .into_bytes()
         })
         .collect();
+    let run = uuid::Uuid::now_v7().simple();
     publish_acked(&js, jobs, |i| {
         (
             "sy.submit.normal".to_owned(),
-            Some(format!("bench-{i}")),
+            Some(format!("bench-{run}-{i}")),
             bodies[i % tenants].clone(),
         )
     })
     .await;
     // Bounded: a run too slow to finish reports how far it got.
     let deadline = start + RUN_BOUND;
-    let finished = finished_by(&stack, jobs, deadline).await;
+    let finished = finished_by(stack, finished_before + jobs, deadline).await - finished_before;
     let per_second = finished as f64 / start.elapsed().as_secs_f64();
-    let cpu = procs
+    let cpu = pids
         .iter()
         .zip(cpu_before)
-        .map(|(p, before)| {
+        .map(|((name, pid), before)| {
             (
-                *p,
-                (cpu_seconds(stack.pid_of(p)) - before) * 1000.0 / jobs as f64,
+                *name,
+                (cpu_seconds(*pid) - before) * 1000.0 / finished.max(1) as f64,
             )
         })
         .collect();
+    Burst {
+        finished,
+        per_second,
+        cpu,
+    }
+}
+
+/// The most jobs a second the durable path sustains: `jobs` published to
+/// the durable intake at once, in turn for each of `tenants` tenants,
+/// simulated engines with no service time.
+async fn durable_path(jobs: usize, tenants: usize) -> Durable {
+    let stack = durable_stack();
+    let procs = ["broker", "dispatcher", "node-a", "node-b", "nats-server"];
+    let pids: Vec<(&'static str, u32)> = procs.iter().map(|p| (*p, stack.pid_of(p))).collect();
+    let Burst {
+        finished,
+        per_second,
+        cpu,
+    } = burst(&stack, &pids, jobs, tenants).await;
     let rss = procs
         .iter()
         .map(|p| (*p, rss_kib(stack.pid_of(p)) as f64 / 1024.0))
@@ -787,6 +820,7 @@ async fn latency(form: &Form) {
 async fn smoke() {
     run(SMOKE).await;
     scaling::tenants(&SMOKE, &[10]).await;
+    nodes::nodes(&SMOKE, &[(3, 4)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

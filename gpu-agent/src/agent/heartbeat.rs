@@ -92,14 +92,8 @@ pub(super) async fn heartbeats(
     ));
     loop {
         let probe = seen.borrow().clone();
-        let in_queue = match consumer.get_info().await {
-            Ok(info) => u32::try_from(info.num_pending).unwrap_or(u32::MAX),
-            Err(e) => {
-                warn!(error = %e, "cannot read work queue depth");
-                0
-            }
-        };
         let held = lock(&node.held).clone();
+        let in_queue = undelivered(&node, &consumer, &held).await;
         let queued = held
             .values()
             .fold(in_queue, |sum, n| sum.saturating_add(*n));
@@ -152,6 +146,34 @@ pub(super) async fn heartbeats(
                     tokio::time::sleep(cfg.heartbeat_min_gap - since).await;
                 }
             }
+        }
+    }
+}
+
+/// Assignments in the node's work queue that it has not been given yet.
+/// Asking the server is a request per heartbeat, which a thousand nodes
+/// would make a thousand times a second; it is asked only when there may
+/// be some: the last delivery said more were waiting, or the node holds
+/// all the server gives it before acknowledgements. Otherwise the server
+/// hands each assignment over as it is placed, and none waits.
+async fn undelivered(node: &Node, consumer: &PullConsumer, held: &BTreeMap<Priority, u32>) -> u32 {
+    let holding = held
+        .values()
+        .fold(node.running.load(Ordering::SeqCst), |sum, n| {
+            sum.saturating_add(*n)
+        });
+    if node.undelivered.load(Ordering::Relaxed) == 0 && holding < node.read_ahead {
+        return 0;
+    }
+    match consumer.get_info().await {
+        Ok(info) => {
+            let undelivered = u32::try_from(info.num_pending).unwrap_or(u32::MAX);
+            node.undelivered.store(undelivered, Ordering::Relaxed);
+            undelivered
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read work queue depth");
+            node.undelivered.load(Ordering::Relaxed)
         }
     }
 }

@@ -126,6 +126,10 @@ pub(super) async fn take_work(
                 Some(Ok(msg)) => {
                     // The server's ack wait runs from delivery, so ours does too.
                     let lease = Lease::new(node.ack_wait);
+                    if let Ok(info) = msg.info() {
+                        let undelivered = u32::try_from(info.pending).unwrap_or(u32::MAX);
+                        node.undelivered.store(undelivered, Ordering::Relaxed);
+                    }
                     if let Some(assignment) = decoded(&msg).await {
                         let job = &assignment.job;
                         let level = job.level_at(now_ms(), node.aging_bound);

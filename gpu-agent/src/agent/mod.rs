@@ -70,6 +70,13 @@ struct Node {
     running: AtomicU32,
     /// Assignments read and waiting for a slot, by level.
     held: Mutex<BTreeMap<Priority, u32>>,
+    /// Assignments in this node's work queue not yet delivered to it, as
+    /// the last delivery (or the last look at the queue) said.
+    undelivered: AtomicU32,
+    /// Assignments the server delivers to this node before it waits for
+    /// acknowledgements: while the node holds fewer, the server sends it
+    /// every assignment placed.
+    read_ahead: u32,
     /// Moving average of the engine's time per finished job, in ms; 0 until
     /// one finishes. Reported so that placement can weigh this node's speed.
     service_ms: AtomicU32,
@@ -273,6 +280,8 @@ async fn serve(
         events: platform.events,
         running: AtomicU32::new(0),
         held: Mutex::new(BTreeMap::new()),
+        undelivered: AtomicU32::new(0),
+        read_ahead,
         service_ms: AtomicU32::new(0),
         service_ms_by_model: Mutex::new(BTreeMap::new()),
         gpus: Gpus::open(),

@@ -832,6 +832,11 @@ impl Stack {
         }
     }
 
+    /// The configuration file every component of the stack reads.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     pub fn port_of(&self, name: &str) -> u16 {
         self.procs.get(name).expect("started").1
     }

@@ -89,7 +89,11 @@ pub(super) async fn bare(nats: &Nats, rates: &[f64], seconds: f64) -> Vec<Measur
 /// The durable path's latency at each of `rates`: a submission published
 /// to `SUBMIT` until its result is published, one measurement each.
 pub(super) async fn durable(rates: &[f64], seconds: f64) -> Vec<Measured> {
-    let stack = durable_stack();
+    durable_on(&durable_stack(), rates, seconds).await
+}
+
+/// The same, through `stack`.
+pub(super) async fn durable_on(stack: &Stack, rates: &[f64], seconds: f64) -> Vec<Measured> {
     let client = stack.nats.client().await;
     let js = jetstream::new(client.clone());
     let mut tasks = JoinSet::new();
