@@ -343,12 +343,28 @@ fn durable_stack() -> Stack {
     )
 }
 
-/// Jobs the broker has finished once all `jobs` are, or at `deadline`.
-async fn finished_by(stack: &Stack, jobs: usize, deadline: Instant) -> usize {
+/// Jobs the stack's brokers have finished, of those of `pids` whose name
+/// starts with `broker`.
+async fn finished_jobs(stack: &Stack, pids: &[(&'static str, u32)]) -> usize {
+    let mut finished = 0.0;
+    for (name, _) in pids.iter().filter(|(name, _)| name.starts_with("broker")) {
+        finished += stack
+            .metric(name, "switchyard_broker_jobs_finished_total")
+            .await;
+    }
+    finished as usize
+}
+
+/// Jobs the brokers of `pids` have finished once all `jobs` are, or at
+/// `deadline`.
+async fn finished_by(
+    stack: &Stack,
+    pids: &[(&'static str, u32)],
+    jobs: usize,
+    deadline: Instant,
+) -> usize {
     loop {
-        let finished = stack
-            .metric("broker", "switchyard_broker_jobs_finished_total")
-            .await as usize;
+        let finished = finished_jobs(stack, pids).await;
         if finished >= jobs || Instant::now() > deadline {
             return finished;
         }
@@ -380,12 +396,11 @@ struct Burst {
 
 /// `jobs` published to the durable intake of `stack` at once, in turn for
 /// each of `tenants` tenants, until all have finished or `RUN_BOUND` has
-/// passed; the CPU is that of each of `pids` (name, process id).
+/// passed; the CPU is that of each of `pids` (name, process id), and the
+/// jobs finished are counted by those whose name starts with `broker`.
 async fn burst(stack: &Stack, pids: &[(&'static str, u32)], jobs: usize, tenants: usize) -> Burst {
     let cpu_before: Vec<f64> = pids.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
-    let finished_before = stack
-        .metric("broker", "switchyard_broker_jobs_finished_total")
-        .await as usize;
+    let finished_before = finished_jobs(stack, pids).await;
     let js = jetstream::new(stack.nats.client().await);
     let start = Instant::now();
     let bodies: Vec<Vec<u8>> = (0..tenants)
@@ -407,7 +422,8 @@ async fn burst(stack: &Stack, pids: &[(&'static str, u32)], jobs: usize, tenants
     .await;
     // Bounded: a run too slow to finish reports how far it got.
     let deadline = start + RUN_BOUND;
-    let finished = finished_by(stack, finished_before + jobs, deadline).await - finished_before;
+    let finished =
+        finished_by(stack, pids, finished_before + jobs, deadline).await - finished_before;
     let per_second = finished as f64 / start.elapsed().as_secs_f64();
     let cpu = pids
         .iter()
@@ -821,6 +837,7 @@ async fn smoke() {
     run(SMOKE).await;
     scaling::tenants(&SMOKE, &[10]).await;
     nodes::nodes(&SMOKE, &[(3, 4)]).await;
+    scaling::replicas(&SMOKE, &[2]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

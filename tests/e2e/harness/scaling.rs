@@ -2,7 +2,8 @@
 //! jobs spread over more and more tenants. Each (priority, model, tenant)
 //! is a lane of the dispatcher's, a JetStream consumer on `JOBS`, so this
 //! is also how it grows with lanes. And how placement holds up when many
-//! jobs were queued before a node came.
+//! jobs were queued before a node came, and with brokers and dispatchers
+//! side by side.
 
 use super::*;
 
@@ -47,6 +48,115 @@ pub(super) async fn tenants(form: &Form, counts: &[usize]) {
             rss("nats-server"),
         );
     }
+}
+
+/// Brokers and dispatchers run side by side: as many of each.
+const REPLICAS: [usize; 2] = [1, 3];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a minute of load: how cost grows with brokers and dispatchers, for docs/benchmarks.md"]
+async fn replicas_long_form() {
+    replicas(&LONG, &REPLICAS).await;
+}
+
+/// The durable path with `form.jobs` jobs of 10 tenants published at once,
+/// through each of `counts` brokers and as many dispatchers side by side,
+/// a table row each. The brokers share the stack's store: SQLite, or
+/// PostgreSQL with `SY_TEST_POSTGRES`.
+pub(super) async fn replicas(form: &Form, counts: &[usize]) {
+    let store = match std::env::var("SY_TEST_POSTGRES") {
+        Ok(_) => "PostgreSQL",
+        Err(_) => "SQLite",
+    };
+    println!(
+        "\n| brokers and dispatchers ({store}) | jobs/s | CPU ms per job: brokers / dispatchers / nodes / nats-server | RSS MiB at the end: each broker / each dispatcher / nats-server |"
+    );
+    println!("| --- | --- | --- | --- |");
+    for &n in counts {
+        let mut measured = Vec::new();
+        for _ in 0..form.runs {
+            let stack = replicas_stack(n);
+            let names = replica_names(n);
+            let pids: Vec<(&'static str, u32)> =
+                names.iter().map(|p| (*p, stack.pid_of(p))).collect();
+            let burst = burst(&stack, &pids, form.jobs, 10).await;
+            let rss: Vec<(&'static str, f64)> = pids
+                .iter()
+                .map(|(name, pid)| (*name, rss_kib(*pid) as f64 / 1024.0))
+                .collect();
+            measured.push(Replicated { burst, rss });
+        }
+        // Summed over every process whose name starts with `kind`, or its
+        // mean for memory.
+        let total = |list: &[(&'static str, f64)], kind: &str| -> f64 {
+            list.iter()
+                .filter(|(name, _)| name.starts_with(kind))
+                .map(|(_, v)| v)
+                .sum()
+        };
+        let of = |pick: &dyn Fn(&Replicated) -> f64, digits| {
+            spread(&measured.iter().map(pick).collect::<Vec<_>>(), digits)
+        };
+        let cpu = |kind: &'static str| of(&move |r: &Replicated| total(&r.burst.cpu, kind), 3);
+        let rss = |kind: &'static str, each: usize| {
+            of(&move |r: &Replicated| total(&r.rss, kind) / each as f64, 0)
+        };
+        let within = format!("{RUN_BOUND:?}");
+        let short = how_far(
+            measured.iter().map(|r| r.burst.finished),
+            form.jobs,
+            &within,
+        );
+        println!(
+            "| {n} | {}{short} | {} / {} / {} / {} | {} / {} / {} |",
+            of(&|r| r.burst.per_second, 0),
+            cpu("broker"),
+            cpu("dispatcher"),
+            cpu("node"),
+            cpu("nats-server"),
+            rss("broker", n),
+            rss("dispatcher", n),
+            rss("nats-server", 1),
+        );
+    }
+}
+
+/// What one run with brokers and dispatchers side by side measured.
+struct Replicated {
+    burst: Burst,
+    /// Process → resident memory at the end, MiB.
+    rss: Vec<(&'static str, f64)>,
+}
+
+/// Brokers side by side, and dispatchers: the first of each is the stack's own.
+const BROKERS: [&str; 3] = ["broker", "broker-2", "broker-3"];
+const DISPATCHERS: [&str; 3] = ["dispatcher", "dispatcher-2", "dispatcher-3"];
+
+/// Process names of a stack with `n` brokers and `n` dispatchers.
+fn replica_names(n: usize) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = BROKERS[..n].to_vec();
+    names.extend_from_slice(&DISPATCHERS[..n]);
+    names.extend(["node-a", "node-b", "nats-server"]);
+    names
+}
+
+/// `n` brokers and `n` dispatchers, with the durable path's two nodes.
+fn replicas_stack(n: usize) -> Stack {
+    let mut stack = Stack::new(StackOptions {
+        base_latency: "0ms",
+        slots: 64,
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    for i in 1..n {
+        stack.launch_broker(BROKERS[i], &[any_port("SWITCHYARD_BROKER__LISTEN")]);
+        let listen = any_port("SWITCHYARD_DISPATCHER__LISTEN");
+        stack.launch(DISPATCHERS[i], "dispatcher", 0, &[listen]);
+    }
+    stack.start_agent("node-a");
+    stack.start_agent("node-b");
+    stack
 }
 
 /// Jobs queued before any node serves them, and runs of each: a run with a
@@ -176,7 +286,7 @@ async fn backlog_run(jobs: usize) -> Drained {
     }
     let first_placement_ms = ready.elapsed().as_secs_f64() * 1000.0;
     let deadline = ready + bound;
-    let finished = finished_by(&stack, jobs, deadline).await;
+    let finished = finished_by(&stack, &[("broker", 0)], jobs, deadline).await;
     let drained_per_second = finished as f64 / ready.elapsed().as_secs_f64();
     let per_job = |seconds: f64| seconds * 1000.0 / finished.max(1) as f64;
     let mut cpu: Vec<(&'static str, f64)> = queued
