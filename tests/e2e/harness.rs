@@ -372,6 +372,20 @@ async fn finished_by(
     }
 }
 
+/// `runs` measurements made by `run`, one after the other.
+async fn repeat<T, Fut: Future<Output = T>>(runs: usize, mut run: impl FnMut() -> Fut) -> Vec<T> {
+    let mut measured = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        measured.push(run().await);
+    }
+    measured
+}
+
+/// What a table row adds for the runs cut short at `RUN_BOUND`.
+fn cut_short(finished: impl Iterator<Item = usize>, jobs: usize) -> String {
+    how_far(finished, jobs, &format!("{RUN_BOUND:?}"))
+}
+
 /// What a table row adds for the runs that finished fewer than `jobs`
 /// (` (n of jobs in <within>, …)`), or nothing when all finished.
 fn how_far(finished: impl Iterator<Item = usize>, jobs: usize, within: &str) -> String {

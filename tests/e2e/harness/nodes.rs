@@ -157,22 +157,14 @@ pub(super) async fn nodes(form: &Form, fleets: &[(usize, u32)]) {
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for &(n, slots) in fleets {
-        let mut measured = Vec::new();
-        for _ in 0..form.runs {
-            measured.push(fleet_run(form, n, slots).await);
-        }
+        let measured = repeat(form.runs, || fleet_run(form, n, slots)).await;
         let of = |pick: &dyn Fn(&FleetRun) -> f64, digits| {
             spread(&measured.iter().map(pick).collect::<Vec<_>>(), digits)
         };
         let idle = |process| of(&move |r: &FleetRun| named(&r.idle_cpu, process), 1);
         let cpu = |process| of(&move |r: &FleetRun| named(&r.burst.cpu, process), 3);
         let rss = |process| of(&move |r: &FleetRun| named(&r.rss, process), 0);
-        let within = format!("{RUN_BOUND:?}");
-        let short = how_far(
-            measured.iter().map(|r| r.burst.finished),
-            form.jobs,
-            &within,
-        );
+        let short = cut_short(measured.iter().map(|r| r.burst.finished), form.jobs);
         println!(
             "| {n} × {slots} | {} | {} | {} / {} / {} | {} / {} | {} | {}{short} | {} / {} / {} / {} | {} | {} / {} / {} |",
             of(&|r| r.up_s, 1),

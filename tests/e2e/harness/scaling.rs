@@ -24,18 +24,14 @@ pub(super) async fn tenants(form: &Form, counts: &[usize]) {
     );
     println!("| --- | --- | --- | --- | --- |");
     for &tenants in counts {
-        let mut measured = Vec::new();
-        for _ in 0..form.runs {
-            measured.push(durable_path(form.jobs, tenants).await);
-        }
+        let measured = repeat(form.runs, || durable_path(form.jobs, tenants)).await;
         let of = |pick: &dyn Fn(&Durable) -> f64, digits| {
             spread(&measured.iter().map(pick).collect::<Vec<_>>(), digits)
         };
         let cpu = |process| of(&move |d: &Durable| named(&d.cpu, process), 3);
         let rss = |process| of(&move |d: &Durable| named(&d.rss, process), 0);
         // A run that did not finish within the bound says how far it got.
-        let within = format!("{RUN_BOUND:?}");
-        let short = how_far(measured.iter().map(|d| d.finished), form.jobs, &within);
+        let short = cut_short(measured.iter().map(|d| d.finished), form.jobs);
         println!(
             "| {tenants} | {}{short} | {} | {} / {} / {} | {} / {} / {} |",
             of(&|d| d.per_second, 0),
@@ -73,19 +69,7 @@ pub(super) async fn replicas(form: &Form, counts: &[usize]) {
     );
     println!("| --- | --- | --- | --- |");
     for &n in counts {
-        let mut measured = Vec::new();
-        for _ in 0..form.runs {
-            let stack = replicas_stack(n);
-            let names = replica_names(n);
-            let pids: Vec<(&'static str, u32)> =
-                names.iter().map(|p| (*p, stack.pid_of(p))).collect();
-            let burst = burst(&stack, &pids, form.jobs, 10).await;
-            let rss: Vec<(&'static str, f64)> = pids
-                .iter()
-                .map(|(name, pid)| (*name, rss_kib(*pid) as f64 / 1024.0))
-                .collect();
-            measured.push(Replicated { burst, rss });
-        }
+        let measured = repeat(form.runs, || replicated(n, form.jobs)).await;
         // Summed over every process whose name starts with `kind`, or its
         // mean for memory.
         let total = |list: &[(&'static str, f64)], kind: &str| -> f64 {
@@ -101,12 +85,7 @@ pub(super) async fn replicas(form: &Form, counts: &[usize]) {
         let rss = |kind: &'static str, each: usize| {
             of(&move |r: &Replicated| total(&r.rss, kind) / each as f64, 0)
         };
-        let within = format!("{RUN_BOUND:?}");
-        let short = how_far(
-            measured.iter().map(|r| r.burst.finished),
-            form.jobs,
-            &within,
-        );
+        let short = cut_short(measured.iter().map(|r| r.burst.finished), form.jobs);
         println!(
             "| {n} | {}{short} | {} / {} / {} / {} | {} / {} / {} |",
             of(&|r| r.burst.per_second, 0),
@@ -126,6 +105,21 @@ struct Replicated {
     burst: Burst,
     /// Process → resident memory at the end, MiB.
     rss: Vec<(&'static str, f64)>,
+}
+
+/// `jobs` of 10 tenants at once through `n` brokers and `n` dispatchers.
+async fn replicated(n: usize, jobs: usize) -> Replicated {
+    let stack = replicas_stack(n);
+    let pids: Vec<(&'static str, u32)> = replica_names(n)
+        .into_iter()
+        .map(|p| (p, stack.pid_of(p)))
+        .collect();
+    let burst = burst(&stack, &pids, jobs, 10).await;
+    let rss = pids
+        .iter()
+        .map(|(name, pid)| (*name, rss_kib(*pid) as f64 / 1024.0))
+        .collect();
+    Replicated { burst, rss }
 }
 
 /// Brokers side by side, and dispatchers: the first of each is the stack's own.
@@ -201,10 +195,7 @@ pub(super) async fn backlog(backlogs: &[(usize, usize)]) {
     );
     println!("| --- | --- | --- | --- | --- | --- |");
     for &(jobs, runs) in backlogs {
-        let mut measured = Vec::new();
-        for _ in 0..runs {
-            measured.push(backlog_run(jobs).await);
-        }
+        let measured = repeat(runs, || backlog_run(jobs)).await;
         let of = |pick: &dyn Fn(&Drained) -> f64, digits| {
             spread(&measured.iter().map(pick).collect::<Vec<_>>(), digits)
         };
