@@ -326,21 +326,42 @@ struct Durable {
     rss: Vec<(&'static str, f64)>,
 }
 
+/// Broker and dispatcher, with agents (started later) whose simulated
+/// engines answer at once.
+fn instant_stack() -> Stack {
+    let mut stack = Stack::new(StackOptions {
+        base_latency: "0ms",
+        // A vLLM node runs tens to hundreds of sequences at once. With
+        // few slots and an engine that answers at once, what is measured
+        // is how often a node reports its freed slots (its heartbeat's
+        // least gap), not the path.
+        slots: 64,
+        ..StackOptions::default()
+    });
+    stack.start_broker();
+    stack.start_dispatcher();
+    stack
+}
+
 /// The durable path's stack: broker, dispatcher and two agents with
 /// simulated engines that answer at once.
 fn durable_stack() -> Stack {
-    Stack::running(
-        StackOptions {
-            base_latency: "0ms",
-            // A vLLM node runs tens to hundreds of sequences at once. With
-            // few slots and an engine that answers at once, what is measured
-            // is how often a node reports its freed slots (its heartbeat's
-            // least gap), not the path.
-            slots: 64,
-            ..StackOptions::default()
-        },
-        &["node-a", "node-b"],
-    )
+    let mut stack = instant_stack();
+    stack.start_agent("node-a");
+    stack.start_agent("node-b");
+    stack
+}
+
+/// A job's body for each of `tenants` tenants (`t0`, `t1`, …).
+fn tenant_bodies(tenants: usize) -> Vec<Vec<u8>> {
+    (0..tenants)
+        .map(|t| {
+            json!({"model": TEXT_MODEL, "tenant": format!("t{t}"),
+                "input": {"prompt": "bench", "max_tokens": 1}})
+            .to_string()
+            .into_bytes()
+        })
+        .collect()
 }
 
 /// Jobs the stack's brokers have finished, of those of `pids` whose name
@@ -417,14 +438,7 @@ async fn burst(stack: &Stack, pids: &[(&'static str, u32)], jobs: usize, tenants
     let finished_before = finished_jobs(stack, pids).await;
     let js = jetstream::new(stack.nats.client().await);
     let start = Instant::now();
-    let bodies: Vec<Vec<u8>> = (0..tenants)
-        .map(|t| {
-            json!({"model": TEXT_MODEL, "tenant": format!("t{t}"),
-                "input": {"prompt": "bench", "max_tokens": 1}})
-            .to_string()
-            .into_bytes()
-        })
-        .collect();
+    let bodies = tenant_bodies(tenants);
     let run = uuid::Uuid::now_v7().simple();
     publish_acked(&js, jobs, |i| {
         (

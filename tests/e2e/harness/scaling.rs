@@ -136,13 +136,7 @@ fn replica_names(n: usize) -> Vec<&'static str> {
 
 /// `n` brokers and `n` dispatchers, with the durable path's two nodes.
 fn replicas_stack(n: usize) -> Stack {
-    let mut stack = Stack::new(StackOptions {
-        base_latency: "0ms",
-        slots: 64,
-        ..StackOptions::default()
-    });
-    stack.start_broker();
-    stack.start_dispatcher();
+    let mut stack = instant_stack();
     for i in 1..n {
         stack.launch_broker(BROKERS[i], &[any_port("SWITCHYARD_BROKER__LISTEN")]);
         let listen = any_port("SWITCHYARD_DISPATCHER__LISTEN");
@@ -219,23 +213,10 @@ pub(super) async fn backlog(backlogs: &[(usize, usize)]) {
 }
 
 async fn backlog_run(jobs: usize) -> Drained {
-    let mut stack = Stack::new(StackOptions {
-        base_latency: "0ms",
-        slots: 64,
-        ..StackOptions::default()
-    });
-    stack.start_broker();
-    stack.start_dispatcher();
+    let mut stack = instant_stack();
     let js = jetstream::new(stack.nats.client().await);
     let start = Instant::now();
-    let bodies: Vec<Vec<u8>> = (0..BACKLOG_TENANTS)
-        .map(|t| {
-            json!({"model": TEXT_MODEL, "tenant": format!("t{t}"),
-                "input": {"prompt": "bench", "max_tokens": 1}})
-            .to_string()
-            .into_bytes()
-        })
-        .collect();
+    let bodies = tenant_bodies(BACKLOG_TENANTS);
     let mut queue = js.get_stream("JOBS").await.expect("JOBS");
     // A million jobs take minutes to admit and to drain.
     let bound = RUN_BOUND.max(Duration::from_millis(jobs as u64));
