@@ -1,5 +1,6 @@
-//! Aging: a job of a lower level that has waited past the bound jumps
-//! ahead of higher levels, one job at a time.
+//! Aging: jobs of a lower level that have waited past the bound jump ahead
+//! of higher levels, the lane holding the longest wait first; a job that has
+//! not waited as long stays behind them.
 
 use std::collections::HashMap;
 use std::time::Duration;

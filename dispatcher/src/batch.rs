@@ -14,8 +14,8 @@ use switchyard_runtime::grants::Grants;
 use switchyard_runtime::nats;
 use switchyard_schemas::Timeline;
 use switchyard_schemas::{
-    Assignment, CodecError, EventKind, Job, JobEvent, SCHEMA_VERSION, decode, encode, now_ms,
-    subjects,
+    Assignment, CodecError, EventKind, Job, JobEvent, Priority, SCHEMA_VERSION, decode, encode,
+    now_ms, subjects,
 };
 use tracing::{Instrument, warn};
 
@@ -60,28 +60,43 @@ where
     }
 }
 
-/// Pulls up to `max` jobs from one queue and assigns each. A job is
+/// How many jobs one pull may place, and which.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Take {
+    pub(crate) max: u32,
+    /// For an aged lane's turn ahead of higher levels: only jobs that have
+    /// waited past this bound go; the first younger one, and the ones after
+    /// it, go back to the lane in their order.
+    pub(crate) aged_past: Option<Duration>,
+}
+
+/// Pulls jobs from one queue as `take` allows and assigns each. A job is
 /// acknowledged only once its assignment is stored in the node's work queue;
 /// the publishes are pipelined, each job acknowledged as its own PubAck comes.
 pub(crate) async fn dispatch_batch(
     js: &Context,
     grants: &Grants,
     lane: &PullConsumer,
-    max: u32,
+    take: Take,
     cfg: &DispatcherConfig,
     cluster: &mut Cluster,
     running: &Running,
 ) -> Result<Placed, BatchError> {
     let mut batch = lane
         .fetch()
-        .max_messages(max as usize)
+        .max_messages(take.max as usize)
         .messages()
         .await
         .map_err(|e| BatchError::Fetch(e.to_string()))?;
     let mut pending = Vec::new();
     let mut tokens = 0;
+    let mut young = false;
     while let Some(msg) = next_fetched(&mut batch).await {
         let msg = msg.map_err(BatchError::Fetch)?;
+        if young {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            continue;
+        }
         let job: Job = match decode(&msg.payload) {
             Ok(job) => job,
             Err(e) => {
@@ -98,6 +113,15 @@ pub(crate) async fn dispatch_batch(
             warn!(job_id = %job.id, subject = %msg.subject, "job without its broker's seal terminated");
             metrics::counter!(m::REJECTED, "reason" => "unsealed").increment(1);
             let _ = msg.ack_with(AckKind::Term).await;
+            continue;
+        }
+        // A lane's jobs wait in the order they came: once one has not
+        // waited past the bound, none after it has either.
+        young = take
+            .aged_past
+            .is_some_and(|bound| job.level_at(now_ms(), bound) != Priority::Critical);
+        if young {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
             continue;
         }
         if job.expired_at(now_ms()) {
@@ -147,7 +171,7 @@ pub(crate) async fn dispatch_batch(
         switchyard_runtime::trace::adopt(&span, msg.headers.as_ref());
         pending.push(assign(js, grants, msg, job, node).instrument(span).boxed());
     }
-    let jobs = u32::try_from(pending.len()).unwrap_or(max);
+    let jobs = u32::try_from(pending.len()).unwrap_or(take.max);
     let mut acks = futures::stream::iter(pending).buffer_unordered(1024);
     while let Some(r) = acks.next().await {
         if let Err(e) = r {

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::aging::{aged_lanes, sweep_order};
 use crate::autoscale::{self, Arrivals};
-use crate::batch::{Placed, dispatch_batch};
+use crate::batch::{Placed, Take, dispatch_batch};
 use crate::lanes::{self, Looks, Queue, backlog};
 use crate::loads::Loads;
 use crate::placement;
@@ -84,7 +84,7 @@ pub async fn run(
     let mut last_reclaim = Instant::now();
     let aging_check =
         (cfg.aging_bound / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut aged_at = Instant::now();
+    let mut aged_at = Some(Instant::now());
     let mut aged: Vec<(usize, String)> = Vec::new();
     let loads = Loads::new(
         client.clone(),
@@ -194,8 +194,8 @@ pub async fn run(
             Some(HashMap::new())
         };
         // Only worth knowing when a job could be placed now.
-        if has_room && now.duration_since(aged_at) >= aging_check {
-            aged_at = now;
+        if has_room && aged_at.is_none_or(|at| now.duration_since(at) >= aging_check) {
+            aged_at = Some(now);
             aged = aged_lanes(&jobs_stream, &queues, backlog.as_ref(), cfg.aging_bound).await;
         }
         let aged_queues: Vec<usize> = aged.iter().map(|(i, _)| *i).collect();
@@ -210,8 +210,8 @@ pub async fn run(
                 .filter(|t| running.tenant_room(t) != Some(0))
                 .map(|t| (t.as_str(), tenants.weight(t)))
                 .collect();
-            // An aged lane jumps ahead one job at a time, so that only jobs
-            // past the bound overtake higher levels.
+            // An aged lane jumps ahead with the jobs that have waited past
+            // the bound, and only those overtake higher levels.
             let aged_lane = aged.iter().find(|(j, _)| *j == i).map(|(_, t)| t.clone());
             // The queue's lanes are served in turn, by weight, until its
             // model's room is used: one look at the backlog serves them
@@ -226,7 +226,7 @@ pub async fn run(
                     break;
                 }
                 let chosen = match &aged_lane {
-                    Some(tenant) => Some((tenant.as_str(), 1)),
+                    Some(tenant) => Some((tenant.as_str(), room.min(cfg.max_batch))),
                     None => q.fair.next(&weighted, room.min(cfg.max_batch)),
                 };
                 let Some((tenant, share)) = chosen else {
@@ -254,7 +254,10 @@ pub async fn run(
                         &js,
                         &grants,
                         &lane,
-                        max.min(room),
+                        Take {
+                            max: max.min(room),
+                            aged_past: aged_lane.is_some().then_some(cfg.aging_bound),
+                        },
                         &cfg,
                         &mut cluster,
                         &running,
@@ -276,6 +279,9 @@ pub async fn run(
                     placed += n;
                 }
                 if aged_lane.is_some() {
+                    // Whose job has waited longest is asked again before the
+                    // next turn ahead, so that aged tenants go oldest first.
+                    aged_at = None;
                     break;
                 }
                 if n < max.max(1) {

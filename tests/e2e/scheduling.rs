@@ -476,6 +476,44 @@ async fn a_lower_level_job_is_served_once_it_waits_past_the_aging_bound() {
     );
 }
 
+/// Only jobs past the aging bound overtake: a batch job waits past the 2 s
+/// bound, then forty critical jobs (two seconds of work) and five more
+/// batch jobs are queued, and a node with one slot comes up. The aged job
+/// runs first; a younger batch job of its lane is placed ahead of critical
+/// work only once it too has waited past the bound. Serving the aged lane
+/// as a whole would send them to the node straight after it, to be held
+/// behind the critical work and handed back (a second attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_jobs_past_the_aging_bound_overtake_higher_levels() {
+    const BOUND_MS: i64 = 2_000;
+    let (mut stack, counter) = one_slot("50ms", "2s").await;
+    let old = stack.submit_http(&text("batch", "patient batch job")).await;
+    tokio::time::sleep(Duration::from_millis(BOUND_MS as u64 + 100)).await;
+    let critical = queue(&stack, "critical", 40).await;
+    let young = queue(&stack, "batch", 5).await;
+    stack.start_agent("node-a");
+    let all = [&[old.clone()][..], &critical, &young].concat();
+    stack.wait_finished(&all, Duration::from_secs(60)).await;
+    let order = counter.order();
+    let position = order.iter().position(|id| *id == old).unwrap();
+    assert!(position < 3, "the aged job finished {position}th");
+    let placed = stack.placements(&all).await;
+    let last_critical = critical
+        .iter()
+        .map(|id| placed[id].assigned_ms)
+        .max()
+        .unwrap();
+    for id in &young {
+        let p = &placed[id];
+        let waited = p.assigned_ms - p.submitted_ms;
+        assert_eq!(p.attempt, 1, "batch job {id} was placed before its turn");
+        assert!(
+            p.assigned_ms >= last_critical || waited > BOUND_MS,
+            "batch job {id} placed {waited} ms after it came, ahead of critical work"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tenants_share_a_level_by_weight_however_much_each_one_queues() {
     let mut stack = Stack::new(StackOptions {

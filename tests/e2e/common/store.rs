@@ -2,7 +2,16 @@
 //! a database refusing writes would make them.
 
 use super::Stack;
-use sqlx::Connection;
+use std::collections::HashMap;
+
+use sqlx::{Connection, Row};
+
+/// Where a job's placement stands in the store.
+pub struct Placement {
+    pub submitted_ms: i64,
+    pub assigned_ms: i64,
+    pub attempt: i64,
+}
 
 impl Stack {
     /// Makes every insert into `table` fail (a trigger that raises), so
@@ -35,6 +44,34 @@ impl Stack {
             false => "DROP TRIGGER sy_refuse".to_owned(),
         };
         self.execute(&[drop]).await;
+    }
+
+    /// Each job's submission, its latest assignment (milliseconds since
+    /// the epoch) and its attempt, as the store has them.
+    pub async fn placements(&self, ids: &[String]) -> HashMap<String, Placement> {
+        sqlx::any::install_default_drivers();
+        let mut db = sqlx::AnyConnection::connect(&self.database_url)
+            .await
+            .expect("the stack's database");
+        let listed: Vec<String> = ids.iter().map(|id| format!("'{id}'")).collect();
+        let rows = sqlx::query(&format!(
+            "SELECT id, created_at, assigned_at, attempt FROM jobs WHERE id IN ({})",
+            listed.join(", ")
+        ))
+        .fetch_all(&mut db)
+        .await
+        .expect("jobs");
+        db.close().await.expect("close");
+        rows.iter()
+            .map(|row| {
+                let placement = Placement {
+                    submitted_ms: row.get(1),
+                    assigned_ms: row.get(2),
+                    attempt: row.get(3),
+                };
+                (row.get(0), placement)
+            })
+            .collect()
     }
 
     async fn execute(&self, statements: &[String]) {
