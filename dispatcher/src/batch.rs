@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, Context};
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use switchyard_runtime::attempts;
 use switchyard_runtime::attempts::Voucher;
@@ -70,25 +71,57 @@ pub(crate) struct Take {
     pub(crate) aged_past: Option<Duration>,
 }
 
-/// Pulls jobs from one queue as `take` allows and assigns each. A job is
-/// acknowledged only once its assignment is stored in the node's work queue;
-/// the publishes are pipelined, each job acknowledged as its own PubAck comes.
-pub(crate) async fn dispatch_batch(
-    js: &Context,
-    grants: &Grants,
+/// Assignments placed and not yet confirmed: those of every lane a sweep
+/// pulls go out together, so that a sweep over many tenants' lanes waits
+/// for one round of PubAcks instead of one per lane.
+pub(crate) struct Assigner<'a> {
+    js: &'a Context,
+    grants: &'a Grants,
+    pending: Vec<BoxFuture<'a, Result<(), BatchError>>>,
+}
+
+impl<'a> Assigner<'a> {
+    pub(crate) fn new(js: &'a Context, grants: &'a Grants) -> Self {
+        Self {
+            js,
+            grants,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Publishes every assignment placed so far, each job acknowledged as
+    /// its own PubAcks come.
+    pub(crate) async fn confirm(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        let mut acks = futures::stream::iter(pending).buffer_unordered(1024);
+        while let Some(r) = acks.next().await {
+            if let Err(e) = r {
+                // The job stays unacknowledged and comes back after ack_wait.
+                warn!(error = %e, "assignment not confirmed");
+            }
+        }
+    }
+}
+
+/// Pulls jobs from one queue as `take` allows, places each, and leaves its
+/// assignment to `assigner`. A job is acknowledged only once its assignment
+/// is stored in the node's work queue.
+pub(crate) async fn dispatch_batch<'a>(
+    assigner: &mut Assigner<'a>,
     lane: &PullConsumer,
     take: Take,
     cfg: &DispatcherConfig,
     cluster: &mut Cluster,
     running: &Running,
 ) -> Result<Placed, BatchError> {
+    let (js, grants) = (assigner.js, assigner.grants);
     let mut batch = lane
         .fetch()
         .max_messages(take.max as usize)
         .messages()
         .await
         .map_err(|e| BatchError::Fetch(e.to_string()))?;
-    let mut pending = Vec::new();
+    let mut jobs = 0;
     let mut tokens = 0;
     let mut young = false;
     while let Some(msg) = next_fetched(&mut batch).await {
@@ -169,15 +202,10 @@ pub(crate) async fn dispatch_batch(
         tokens += u64::from(job.input.expected_tokens());
         let span = tracing::info_span!("job.dispatch", job_id = %job.id, node = %node);
         switchyard_runtime::trace::adopt(&span, msg.headers.as_ref());
-        pending.push(assign(js, grants, msg, job, node).instrument(span).boxed());
-    }
-    let jobs = u32::try_from(pending.len()).unwrap_or(take.max);
-    let mut acks = futures::stream::iter(pending).buffer_unordered(1024);
-    while let Some(r) = acks.next().await {
-        if let Err(e) = r {
-            // The job stays unacknowledged and comes back after ack_wait.
-            warn!(error = %e, "assignment not confirmed");
-        }
+        jobs += 1;
+        assigner
+            .pending
+            .push(assign(js, grants, msg, job, node).instrument(span).boxed());
     }
     Ok(Placed { jobs, tokens })
 }

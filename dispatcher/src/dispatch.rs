@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::aging::{aged_lanes, sweep_order};
 use crate::autoscale::{self, Arrivals};
-use crate::batch::{Placed, Take, dispatch_batch};
+use crate::batch::{Assigner, Placed, Take, dispatch_batch};
 use crate::lanes::{self, Looks, Queue, backlog};
 use crate::loads::Loads;
 use crate::placement;
@@ -217,6 +217,7 @@ pub async fn run(
             // model's room is used: one look at the backlog serves them
             // all, however many tenants share the room.
             let mut placed = 0;
+            let mut assigner = Assigner::new(&js, &grants);
             while !weighted.is_empty() {
                 let room = cluster.capacity_for(&q.model, q.priority, Instant::now());
                 if room == 0 {
@@ -251,8 +252,7 @@ pub async fn run(
                 };
                 let got = match lane {
                     Some(lane) => dispatch_batch(
-                        &js,
-                        &grants,
+                        &mut assigner,
                         &lane,
                         Take {
                             max: max.min(room),
@@ -289,6 +289,7 @@ pub async fn run(
                     weighted.retain(|(t, _)| *t != tenant);
                 }
             }
+            assigner.confirm().await;
             if placed > 0 {
                 progressed = true;
                 break;
