@@ -29,6 +29,7 @@ fn heartbeats() -> Vec<Heartbeat> {
             running: (i as u32 * 3) % 4,
             queued: 0,
             held: Default::default(),
+            read_through: None,
             draining: false,
             ready: true,
             service_ms: Some(20 + (i as u32 * 13) % 300),

@@ -77,7 +77,7 @@ pub(crate) struct Take {
 pub(crate) struct Assigner<'a> {
     js: &'a Context,
     grants: &'a Grants,
-    pending: Vec<BoxFuture<'a, Result<(), BatchError>>>,
+    pending: Vec<BoxFuture<'a, Sent>>,
 }
 
 impl<'a> Assigner<'a> {
@@ -90,15 +90,12 @@ impl<'a> Assigner<'a> {
     }
 
     /// Publishes every assignment placed so far, each job acknowledged as
-    /// its own PubAcks come.
-    pub(crate) async fn confirm(&mut self) {
+    /// its own PubAcks come, and tells `cluster` which were stored.
+    pub(crate) async fn confirm(&mut self, cluster: &mut Cluster) {
         let pending = std::mem::take(&mut self.pending);
-        let mut acks = futures::stream::iter(pending).buffer_unordered(1024);
-        while let Some(r) = acks.next().await {
-            if let Err(e) = r {
-                // The job stays unacknowledged and comes back after ack_wait.
-                warn!(error = %e, "assignment not confirmed");
-            }
+        let mut sent = futures::stream::iter(pending).buffer_unordered(1024);
+        while let Some(Sent { node, stored_as }) = sent.next().await {
+            cluster.sent(&node, stored_as);
         }
     }
 }
@@ -228,12 +225,36 @@ impl Placed {
     }
 }
 
+/// An assignment sent: its node, and its `WORK` stream sequence once stored.
+pub(crate) struct Sent {
+    node: String,
+    stored_as: Option<u64>,
+}
+
+/// Assigns `job` to `node`: what was stored is known even when a later
+/// step fails, so that the node's count of work on its way stays right.
 async fn assign(
     js: &Context,
     grants: &Grants,
     msg: jetstream::Message,
     job: Job,
     node: String,
+) -> Sent {
+    let mut stored_as = None;
+    if let Err(e) = store_assignment(js, grants, msg, job, &node, &mut stored_as).await {
+        // The job stays unacknowledged and comes back after ack_wait.
+        warn!(error = %e, "assignment not confirmed");
+    }
+    Sent { node, stored_as }
+}
+
+async fn store_assignment(
+    js: &Context,
+    grants: &Grants,
+    msg: jetstream::Message,
+    job: Job,
+    node: &str,
+    stored_as: &mut Option<u64>,
 ) -> Result<(), BatchError> {
     let started = Instant::now();
     let msg_id = subjects::attempt_msg_id(&job.id, job.attempt);
@@ -242,14 +263,16 @@ async fn assign(
         job_id: job.id.clone(),
         attempt: job.attempt,
         at_ms: now_ms(),
-        kind: EventKind::Assigned { node: node.clone() },
+        kind: EventKind::Assigned {
+            node: node.to_owned(),
+        },
         proof: None,
     };
     let event_subject = subjects::events(&job.id);
     let assignment = Assignment {
         v: SCHEMA_VERSION,
-        grant: grants.grant(&job.id, job.attempt, &node),
-        node: node.clone(),
+        grant: grants.grant(&job.id, job.attempt, node),
+        node: node.to_owned(),
         assigned_at_ms: now_ms(),
         job,
     };
@@ -266,8 +289,8 @@ async fn assign(
     .await?;
     // The message id is the job's attempt: if this job is pulled again after a
     // crash, the second assignment is dropped by the server, wherever it goes.
-    let work_ack = nats::publish(js, subjects::work(&node), &msg_id, encode(&assignment)?).await?;
-    work_ack.await?;
+    let work_ack = nats::publish(js, subjects::work(node), &msg_id, encode(&assignment)?).await?;
+    *stored_as = Some(work_ack.await?.sequence);
     event_ack.await?;
     metrics::histogram!(m::DISPATCH_SECONDS).record(started.elapsed().as_secs_f64());
     msg.ack()

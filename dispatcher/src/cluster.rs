@@ -38,6 +38,12 @@ pub struct NodeView {
     pub last_seen: Instant,
     /// Assignments made since the last heartbeat, which it could not yet count.
     pub assigned_since_heartbeat: u32,
+    /// The `WORK` sequence of the last assignment it says it has read, for
+    /// a node that says.
+    pub read_through: Option<u64>,
+    /// This dispatcher's assignments stored in its work queue after that:
+    /// on their way, so counted by neither it nor its heartbeats.
+    pub unread: BTreeSet<u64>,
     /// Of those, the ones placed over work it holds, which it hands back.
     pub displaced_since_heartbeat: u32,
     /// When each model was last placed here.
@@ -73,9 +79,11 @@ impl NodeView {
 
     /// Assignments given to it that it has not finished.
     fn inflight(&self) -> u32 {
+        let unread = u32::try_from(self.unread.len()).unwrap_or(u32::MAX);
         self.running
             .saturating_add(self.queued)
             .saturating_add(self.assigned_since_heartbeat)
+            .saturating_add(unread)
     }
 
     fn healthy(&self, now: Instant, timeout: Duration) -> bool {
@@ -100,6 +108,8 @@ impl NodeView {
             gpu_memory_free: None,
             last_seen: now,
             assigned_since_heartbeat: 0,
+            read_through: None,
+            unread: BTreeSet::new(),
             displaced_since_heartbeat: 0,
             last_placed: BTreeMap::new(),
         }
@@ -169,6 +179,11 @@ impl Cluster {
         node.last_seen = now;
         node.assigned_since_heartbeat = 0;
         node.displaced_since_heartbeat = 0;
+        node.read_through = hb.read_through;
+        match hb.read_through {
+            Some(read) => node.unread.retain(|seq| *seq > read),
+            None => node.unread.clear(),
+        }
         if models_changed {
             self.reindex();
         }
@@ -368,6 +383,24 @@ impl Cluster {
             }
         }
         Some(node.id.clone())
+    }
+
+    /// An assignment placed on `node` was stored in its work queue as
+    /// `stored_as`, or not stored at all: counted from now on as on its way
+    /// until the node says it has read that far. For a node that does not
+    /// say (an earlier release) it stays counted until the next heartbeat.
+    pub fn sent(&mut self, node: &str, stored_as: Option<u64>) {
+        let Some(&i) = self.index.get(node) else {
+            return;
+        };
+        let node = &mut self.nodes[i];
+        let Some(read) = node.read_through else {
+            return;
+        };
+        node.assigned_since_heartbeat = node.assigned_since_heartbeat.saturating_sub(1);
+        if let Some(seq) = stored_as.filter(|seq| *seq > read) {
+            node.unread.insert(seq);
+        }
     }
 
     /// Drops nodes silent for much longer than the timeout, so that the view

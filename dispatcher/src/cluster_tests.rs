@@ -16,6 +16,7 @@ fn hb(node: &str, models: &[&str], slots: u32, running: u32, queued: u32) -> Hea
         running,
         queued,
         held: Default::default(),
+        read_through: None,
         draining: false,
         ready: true,
         service_ms: None,
@@ -24,6 +25,81 @@ fn hb(node: &str, models: &[&str], slots: u32, running: u32, queued: u32) -> Hea
         engine: switchyard_schemas::EngineLoad::default(),
         loadable: Vec::new(),
     }
+}
+
+/// A heartbeat of a node of two slots, idle, that has read its work queue
+/// up to `read`.
+fn read_to(read: Option<u64>) -> Heartbeat {
+    Heartbeat {
+        read_through: read,
+        ..hb("a", &["m"], 2, 0, 0)
+    }
+}
+
+/// Places `n` jobs on the cluster, each stored in the work queue at the
+/// next of `seqs`.
+fn place_stored(c: &mut Cluster, now: Instant, seqs: &[u64]) {
+    for seq in seqs {
+        let node = c.place(("m", Priority::Normal), now, &[]).unwrap();
+        c.sent(&node, Some(*seq));
+    }
+}
+
+#[test]
+fn assignments_on_their_way_count_until_the_node_says_it_has_read_them() {
+    let now = Instant::now();
+    let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::LeastLoaded));
+    c.observe(&read_to(Some(4)), now);
+    place_stored(&mut c, now, &[5, 6]);
+    assert_eq!(c.capacity_for("m", Priority::Normal, now), 0);
+    // Sent before the node read them: its heartbeat says it is idle, and
+    // both are still on their way, not room.
+    c.observe(&read_to(Some(4)), now);
+    assert_eq!(c.capacity_for("m", Priority::Normal, now), 0);
+    assert_eq!(c.place(("m", Priority::Normal), now, &[]), None);
+    // Read and finished: the room is back.
+    c.observe(&read_to(Some(6)), now);
+    assert_eq!(c.capacity_for("m", Priority::Normal, now), 2);
+    // Running what it read, with one more on its way.
+    place_stored(&mut c, now, &[7, 8]);
+    c.observe(
+        &Heartbeat {
+            running: 1,
+            ..read_to(Some(7))
+        },
+        now,
+    );
+    assert_eq!(c.capacity_for("m", Priority::Normal, now), 0);
+}
+
+#[test]
+fn an_assignment_never_stored_frees_its_room_at_once() {
+    let now = Instant::now();
+    let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::LeastLoaded));
+    c.observe(&read_to(Some(0)), now);
+    let node = c.place(("m", Priority::Normal), now, &[]).unwrap();
+    assert_eq!(c.capacity_for("m", Priority::Normal, now), 1);
+    c.sent(&node, None);
+    assert_eq!(c.capacity_for("m", Priority::Normal, now), 2);
+}
+
+#[test]
+fn a_node_that_does_not_say_what_it_read_counts_assignments_at_its_next_heartbeat() {
+    let now = Instant::now();
+    let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::LeastLoaded));
+    c.observe(&read_to(None), now);
+    place_stored(&mut c, now, &[1, 2]);
+    assert_eq!(c.capacity_for("m", Priority::Normal, now), 0);
+    c.observe(
+        &Heartbeat {
+            queued: 2,
+            ..read_to(None)
+        },
+        now,
+    );
+    assert_eq!(c.capacity_for("m", Priority::Normal, now), 0);
+    c.observe(&read_to(None), now);
+    assert_eq!(c.capacity_for("m", Priority::Normal, now), 2);
 }
 
 #[test]

@@ -289,7 +289,7 @@ pub async fn run(
                     weighted.retain(|(t, _)| *t != tenant);
                 }
             }
-            assigner.confirm().await;
+            assigner.confirm(&mut cluster).await;
             if placed > 0 {
                 progressed = true;
                 break;

@@ -30,6 +30,12 @@ pub struct Heartbeat {
     /// of a lower one: the node hands one of those back.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub held: BTreeMap<Priority, u32>,
+    /// The `WORK` stream sequence of the last assignment it has read: those
+    /// after it are on their way, and not in `running` or `queued` unless
+    /// its work queue's count was asked for. Absent from nodes of earlier
+    /// releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_through: Option<u64>,
     /// A draining node takes no new work.
     pub draining: bool,
     /// Its engine answers. A node whose engine does not is given no work

@@ -148,6 +148,7 @@ fn every_message_round_trips() {
         running: 2,
         queued: 1,
         held: Default::default(),
+        read_through: Some(17),
         draining: false,
         ready: true,
         service_ms: Some(40),

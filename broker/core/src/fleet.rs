@@ -171,6 +171,7 @@ mod tests {
             running: 1,
             queued: 0,
             held: Default::default(),
+            read_through: None,
             draining,
             ready,
             service_ms: None,

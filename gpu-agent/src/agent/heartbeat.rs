@@ -92,6 +92,8 @@ pub(super) async fn heartbeats(
     ));
     loop {
         let probe = seen.borrow().clone();
+        // Before what is held and running, which count what was read up to it.
+        let read_through = node.read_through.load(Ordering::SeqCst);
         let held = lock(&node.held).clone();
         let in_queue = undelivered(&node, &consumer, &held).await;
         let queued = held
@@ -107,6 +109,7 @@ pub(super) async fn heartbeats(
             running: node.running.load(Ordering::SeqCst),
             queued,
             held,
+            read_through: Some(read_through),
             draining: draining.is_cancelled(),
             service_ms: Some(node.service_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0),
             service_ms_by_model: node

@@ -116,6 +116,7 @@ pub(super) async fn take_work(
     let free = Arc::new(Semaphore::new(slots as usize));
     let mut held = Held::new();
     let mut renew = tokio::time::interval(node.ack_wait / 6);
+    let mut read_through = 0;
     let ended = loop {
         tokio::select! {
             // What has arrived is read before a slot is given, so that the
@@ -129,6 +130,7 @@ pub(super) async fn take_work(
                     if let Ok(info) = msg.info() {
                         let undelivered = u32::try_from(info.pending).unwrap_or(u32::MAX);
                         node.undelivered.store(undelivered, Ordering::Relaxed);
+                        read_through = read_through.max(info.stream_sequence);
                     }
                     if let Some(assignment) = decoded(&msg).await {
                         let job = &assignment.job;
@@ -180,6 +182,9 @@ pub(super) async fn take_work(
             node.wake_heartbeat.notify_one();
         }
         drop(reported);
+        // Only now that what is held counts it: a heartbeat that reads this
+        // before what is held may count an assignment twice, never not at all.
+        node.read_through.store(read_through, Ordering::SeqCst);
         metrics::gauge!(m::HELD).set(held.len() as f64);
     };
     for w in held.into_items() {

@@ -1,5 +1,5 @@
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,10 @@ struct Node {
     /// Assignments in this node's work queue not yet delivered to it, as
     /// the last delivery (or the last look at the queue) said.
     undelivered: AtomicU32,
+    /// The `WORK` sequence of the last assignment read, once what is held
+    /// counts it: the dispatcher counts its assignments after it as on
+    /// their way.
+    read_through: AtomicU64,
     /// Assignments the server delivers to this node before it waits for
     /// acknowledgements: while the node holds fewer, the server sends it
     /// every assignment placed.
@@ -281,6 +285,7 @@ async fn serve(
         running: AtomicU32::new(0),
         held: Mutex::new(BTreeMap::new()),
         undelivered: AtomicU32::new(0),
+        read_through: AtomicU64::new(0),
         read_ahead,
         service_ms: AtomicU32::new(0),
         service_ms_by_model: Mutex::new(BTreeMap::new()),
