@@ -95,7 +95,7 @@ impl<'a> Assigner<'a> {
         let pending = std::mem::take(&mut self.pending);
         let mut sent = futures::stream::iter(pending).buffer_unordered(1024);
         while let Some(Sent { node, stored_as }) = sent.next().await {
-            cluster.sent(&node, stored_as);
+            cluster.sent(&node, stored_as, Instant::now());
         }
     }
 }

@@ -41,9 +41,9 @@ pub struct NodeView {
     /// The `WORK` sequence of the last assignment it says it has read, for
     /// a node that says.
     pub read_through: Option<u64>,
-    /// This dispatcher's assignments stored in its work queue after that:
-    /// on their way, so counted by neither it nor its heartbeats.
-    pub unread: BTreeSet<u64>,
+    /// This dispatcher's assignments stored in its work queue after that,
+    /// and when: on their way, so counted by neither it nor its heartbeats.
+    pub unread: BTreeMap<u64, Instant>,
     /// Of those, the ones placed over work it holds, which it hands back.
     pub displaced_since_heartbeat: u32,
     /// When each model was last placed here.
@@ -109,7 +109,7 @@ impl NodeView {
             last_seen: now,
             assigned_since_heartbeat: 0,
             read_through: None,
-            unread: BTreeSet::new(),
+            unread: BTreeMap::new(),
             displaced_since_heartbeat: 0,
             last_placed: BTreeMap::new(),
         }
@@ -158,6 +158,7 @@ impl Cluster {
                 self.nodes.len() - 1
             }
         };
+        let timeout = self.node_timeout;
         let node = &mut self.nodes[slot];
         let models_changed = node.models != models;
         node.models = models;
@@ -181,7 +182,11 @@ impl Cluster {
         node.displaced_since_heartbeat = 0;
         node.read_through = hb.read_through;
         match hb.read_through {
-            Some(read) => node.unread.retain(|seq| *seq > read),
+            // One not read within the node timeout never will be: its queue
+            // was reclaimed, or the agent restarted and counts it again.
+            Some(read) => node
+                .unread
+                .retain(|seq, at| *seq > read && now.saturating_duration_since(*at) < timeout),
             None => node.unread.clear(),
         }
         if models_changed {
@@ -389,7 +394,7 @@ impl Cluster {
     /// `stored_as`, or not stored at all: counted from now on as on its way
     /// until the node says it has read that far. For a node that does not
     /// say (an earlier release) it stays counted until the next heartbeat.
-    pub fn sent(&mut self, node: &str, stored_as: Option<u64>) {
+    pub fn sent(&mut self, node: &str, stored_as: Option<u64>, now: Instant) {
         let Some(&i) = self.index.get(node) else {
             return;
         };
@@ -399,7 +404,7 @@ impl Cluster {
         };
         node.assigned_since_heartbeat = node.assigned_since_heartbeat.saturating_sub(1);
         if let Some(seq) = stored_as.filter(|seq| *seq > read) {
-            node.unread.insert(seq);
+            node.unread.insert(seq, now);
         }
     }
 

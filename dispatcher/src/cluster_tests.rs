@@ -36,12 +36,11 @@ fn read_to(read: Option<u64>) -> Heartbeat {
     }
 }
 
-/// Places `n` jobs on the cluster, each stored in the work queue at the
-/// next of `seqs`.
+/// Places a job for each of `seqs`, stored in the work queue at it.
 fn place_stored(c: &mut Cluster, now: Instant, seqs: &[u64]) {
     for seq in seqs {
         let node = c.place(("m", Priority::Normal), now, &[]).unwrap();
-        c.sent(&node, Some(*seq));
+        c.sent(&node, Some(*seq), now);
     }
 }
 
@@ -73,13 +72,27 @@ fn assignments_on_their_way_count_until_the_node_says_it_has_read_them() {
 }
 
 #[test]
+fn an_assignment_not_read_within_the_node_timeout_stops_counting() {
+    let now = Instant::now();
+    let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::LeastLoaded));
+    c.observe(&read_to(Some(4)), now);
+    place_stored(&mut c, now, &[5, 6]);
+    // Its queue was reclaimed, or the agent restarted: never read.
+    c.observe(&read_to(Some(0)), now + Duration::from_secs(4));
+    assert_eq!(c.capacity_for("m", Priority::Normal, now), 0);
+    let later = now + Duration::from_secs(6);
+    c.observe(&read_to(Some(0)), later);
+    assert_eq!(c.capacity_for("m", Priority::Normal, later), 2);
+}
+
+#[test]
 fn an_assignment_never_stored_frees_its_room_at_once() {
     let now = Instant::now();
     let mut c = Cluster::new(Duration::from_secs(5), 0, build(PolicyKind::LeastLoaded));
     c.observe(&read_to(Some(0)), now);
     let node = c.place(("m", Priority::Normal), now, &[]).unwrap();
     assert_eq!(c.capacity_for("m", Priority::Normal, now), 1);
-    c.sent(&node, None);
+    c.sent(&node, None, now);
     assert_eq!(c.capacity_for("m", Priority::Normal, now), 2);
 }
 
