@@ -2,12 +2,12 @@
 //! of higher levels, the lane holding the longest wait first; a job that has
 //! not waited as long stays behind them.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use switchyard_schemas::{Job, Priority, decode, now_ms};
 
+use crate::backlog::Queued;
 use crate::lanes::Queue;
 
 /// Lanes (queue index and tenant) whose oldest job has waited longer than
@@ -18,7 +18,7 @@ use crate::lanes::Queue;
 pub(crate) async fn aged_lanes(
     jobs: &jetstream::stream::Stream,
     queues: &[Queue],
-    backlog: Option<&HashMap<String, Vec<String>>>,
+    backlog: Option<&Queued>,
     bound: Duration,
 ) -> Vec<(usize, String)> {
     let now = now_ms();

@@ -40,6 +40,12 @@ pub struct DispatcherConfig {
     pub prefetch_per_slot: u32,
     /// Most jobs taken from one queue in one pull.
     pub max_batch: u32,
+    /// Most tenants' lanes (JetStream consumers on `JOBS`) kept open at
+    /// once, across all queues. The server checks every consumer of the
+    /// stream on each acknowledgement, so with thousands of tenants
+    /// backlogged the lanes served longest ago close, and open again on
+    /// their tenant's next turn.
+    pub max_lanes: u32,
     /// How long an idle dispatcher waits before looking at the queues again.
     #[serde(with = "humantime_serde")]
     pub idle_poll: Duration,
@@ -78,6 +84,7 @@ impl Default for DispatcherConfig {
             node_timeout: Duration::from_secs(5),
             prefetch_per_slot: 1,
             max_batch: 256,
+            max_lanes: 128,
             idle_poll: Duration::from_millis(20),
             ack_wait: Duration::from_secs(30),
             retry_backoff: Duration::from_secs(1),
@@ -98,6 +105,12 @@ impl DispatcherConfig {
             "dispatcher.max_batch",
             self.max_batch,
             "must be between 1 and 10000",
+        );
+        issues.check(
+            (1..=100_000).contains(&self.max_lanes),
+            "dispatcher.max_lanes",
+            self.max_lanes,
+            "must be between 1 and 100000",
         );
         issues.check(
             !self.idle_poll.is_zero(),

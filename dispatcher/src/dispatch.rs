@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +14,10 @@ use tracing::{debug, info, warn};
 
 use crate::aging::{aged_lanes, sweep_order};
 use crate::autoscale::{self, Arrivals};
+use crate::backlog::{self, Known, Looks};
 use crate::batch::{Assigner, Placed, Take, dispatch_batch};
-use crate::lanes::{self, Looks, Queue, backlog};
+use crate::fair::Turn;
+use crate::lanes::{self, Queue};
 use crate::loads::Loads;
 use crate::placement;
 use crate::reclaim::Reclaimer;
@@ -36,6 +37,10 @@ pub enum DispatchError {
 /// How often the loop forgets long-silent nodes and sets the gauges that
 /// count across all nodes.
 const KEEPING: Duration = Duration::from_millis(100);
+
+/// The fewest jobs a tenant's turn offers when more tenants are backlogged
+/// in a queue than `dispatcher.max_lanes`.
+const MANY_TENANTS_TURN: u32 = 16;
 
 /// Runs the dispatcher until `shutdown` is cancelled.
 pub async fn run(
@@ -112,6 +117,7 @@ pub async fn run(
     // its next poll.
     let mut doorbell = client.subscribe(subjects::JOBS_ALL).await?;
     let mut looks = Looks::new(cfg.idle_poll);
+    let mut known: Option<Known> = None;
     let mut kept_at: Option<Instant> = None;
     ready.watch(&client);
     ready.set(true);
@@ -130,6 +136,9 @@ pub async fn run(
         while let Some(Some(msg)) = doorbell.next().now_or_never() {
             arrivals.arrived(&msg.subject);
             looks.rang();
+            if let Some(known) = &mut known {
+                known.arrived(&msg.subject);
+            }
         }
         if registry.revision() != queues_at {
             queues_at = registry.revision();
@@ -183,33 +192,42 @@ pub async fn run(
         // The top level also has the room of held work it may displace.
         // Queues known to be empty need neither a look nor room.
         let has_room = looks.due(now) && cluster.room_total(Priority::Critical, now) > 0;
-        let backlog = if has_room {
-            let seen = backlog(&jobs_stream).await;
+        if has_room && known.as_ref().is_none_or(|k| !k.fresh(now)) {
+            let seen = backlog::look(&jobs_stream).await;
             if let Some(seen) = &seen {
-                lanes::close_drained(&mut queues, &js, seen, now).await;
+                lanes::close_lanes(&mut queues, &js, seen, cfg.max_lanes as usize, now).await;
             }
             looks.looked(seen.as_ref(), now);
-            seen
-        } else {
-            Some(HashMap::new())
-        };
+            known = seen.map(|seen| Known::new(seen, now));
+        }
         // Only worth knowing when a job could be placed now.
         if has_room && aged_at.is_none_or(|at| now.duration_since(at) >= aging_check) {
             aged_at = Some(now);
-            aged = aged_lanes(&jobs_stream, &queues, backlog.as_ref(), cfg.aging_bound).await;
+            let queued = known.as_ref().map(Known::queued);
+            aged = aged_lanes(&jobs_stream, &queues, queued, cfg.aging_bound).await;
         }
         let aged_queues: Vec<usize> = aged.iter().map(|(i, _)| *i).collect();
         for i in sweep_order(queues.len(), &aged_queues) {
             let q = &mut queues[i];
-            let waiting: Vec<String> = match &backlog {
-                Some(b) => b.get(&q.prefix).cloned().unwrap_or_default(),
-                None => q.open_lanes().cloned().collect(),
+            // Without room nothing is tried; when the server could not say
+            // what is queued, every lane already open is.
+            let waiting: Vec<String> = match (has_room, &known) {
+                (false, _) => Vec::new(),
+                (true, Some(known)) => known.tenants(&q.prefix),
+                (true, None) => q.open_lanes().cloned().collect(),
             };
-            let mut weighted: Vec<(&str, u32)> = waiting
-                .iter()
-                .filter(|t| running.tenant_room(t) != Some(0))
-                .map(|t| (t.as_str(), tenants.weight(t)))
-                .collect();
+            let mut turns = q.fair.sweep(
+                waiting
+                    .iter()
+                    .filter(|t| running.tenant_room(t) != Some(0))
+                    .map(|t| (t.as_str(), tenants.weight(t))),
+            );
+            // With more tenants backlogged than lanes may stay open, most
+            // turns open a lane: each then offers enough jobs to be worth it.
+            let min_turn = match waiting.len() > cfg.max_lanes as usize {
+                true => MANY_TENANTS_TURN,
+                false => 1,
+            };
             // An aged lane jumps ahead with the jobs that have waited past
             // the bound, and only those overtake higher levels.
             let aged_lane = aged.iter().find(|(j, _)| *j == i).map(|(_, t)| t.clone());
@@ -218,7 +236,7 @@ pub async fn run(
             // all, however many tenants share the room.
             let mut placed = 0;
             let mut assigner = Assigner::new(&js, &grants);
-            while !weighted.is_empty() {
+            while !turns.is_empty() {
                 let room = cluster.capacity_for(&q.model, q.priority, Instant::now());
                 if room == 0 {
                     if placed == 0 {
@@ -226,14 +244,17 @@ pub async fn run(
                     }
                     break;
                 }
-                let chosen = match &aged_lane {
-                    Some(tenant) => Some((tenant.as_str(), room.min(cfg.max_batch))),
-                    None => q.fair.next(&weighted, room.min(cfg.max_batch)),
+                let (turn, share) = match &aged_lane {
+                    Some(tenant) => {
+                        let weight = tenants.weight(tenant);
+                        (Turn::of(tenant, weight), room.min(cfg.max_batch))
+                    }
+                    None => match q.fair.next(&mut turns, room.min(cfg.max_batch), min_turn) {
+                        Some(chosen) => chosen,
+                        None => break,
+                    },
                 };
-                let Some((tenant, share)) = chosen else {
-                    break;
-                };
-                let tenant = tenant.to_owned();
+                let tenant = turn.tenant.to_owned();
                 let max = match running.tenant_room(&tenant) {
                     Some(left) => share.min(left),
                     None => share,
@@ -250,12 +271,13 @@ pub async fn run(
                         }
                     },
                 };
+                let asked = max.min(room);
                 let got = match lane {
                     Some(lane) => dispatch_batch(
                         &mut assigner,
                         &lane,
                         Take {
-                            max: max.min(room),
+                            max: asked,
                             aged_past: aged_lane.is_some().then_some(cfg.aging_bound),
                         },
                         &cfg,
@@ -274,7 +296,7 @@ pub async fn run(
                 let n = got.jobs;
                 if n > 0 {
                     q.fair
-                        .charge(&tenant, got.served(cfg.fair_share), tenants.weight(&tenant));
+                        .charge(&tenant, got.served(cfg.fair_share), turn.weight);
                     debug!(priority = %q.priority, model = %q.model, %tenant, n, "dispatched");
                     placed += n;
                 }
@@ -284,9 +306,16 @@ pub async fn run(
                     aged_at = None;
                     break;
                 }
-                if n < max.max(1) {
-                    // Drained, held back, or failing: its turn in this sweep is over.
-                    weighted.retain(|(t, _)| *t != tenant);
+                if n < asked.max(1) {
+                    // Drained, held back, or failing: its turn in this sweep
+                    // is over, and until a job of its arrives or the next
+                    // look finds it still has some.
+                    turns.done(turn);
+                    if let Some(known) = &mut known {
+                        known.drained(&q.prefix, &tenant);
+                    }
+                } else {
+                    q.fair.again(&mut turns, turn);
                 }
             }
             assigner.confirm(&mut cluster).await;
@@ -305,6 +334,9 @@ pub async fn run(
                 Some(msg) = doorbell.next() => {
                     arrivals.arrived(&msg.subject);
                     looks.rang();
+                    if let Some(known) = &mut known {
+                        known.arrived(&msg.subject);
+                    }
                 }
                 () = tokio::time::sleep(cfg.idle_poll) => {}
             }

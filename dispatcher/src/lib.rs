@@ -5,6 +5,7 @@
 
 mod aging;
 mod autoscale;
+mod backlog;
 mod batch;
 mod cluster;
 mod config;

@@ -47,6 +47,7 @@ mod rollouts;
 mod scheduling;
 mod shutdown;
 mod streams;
+mod tenants;
 mod tracing;
 mod webhooks;
 mod workflow_runs;

@@ -730,12 +730,14 @@ impl Stack {
     }
 
     pub fn start_dispatcher(&mut self) {
-        self.launch(
-            "dispatcher",
-            "dispatcher",
-            0,
-            &[any_port("SWITCHYARD_DISPATCHER__LISTEN")],
-        );
+        self.start_dispatcher_with(&[]);
+    }
+
+    /// The dispatcher with more settings in `env`.
+    pub fn start_dispatcher_with(&mut self, env: &[(&str, String)]) {
+        let mut env = env.to_vec();
+        env.push(any_port("SWITCHYARD_DISPATCHER__LISTEN"));
+        self.launch("dispatcher", "dispatcher", 0, &env);
     }
 
     /// A workflow engine, as `name`, with more settings in `env`.

@@ -147,13 +147,44 @@ fn replicas_stack(n: usize) -> Stack {
     stack
 }
 
-/// Jobs queued before any node serves them, and runs of each: a run with a
-/// million takes about ten minutes.
-const BACKLOGS: [(usize, usize); 3] = [(10_000, 3), (100_000, 3), (1_000_000, 1)];
+/// Jobs queued before any node serves them, the tenants they are spread
+/// over, and runs of each: a run with a million takes ten to twenty minutes.
+/// Each tenant's subject, and the intake's, holds at most
+/// `nats.max_queued_per_queue` (100,000) jobs.
+const BACKLOGS: [Backlog; 5] = [
+    Backlog {
+        jobs: 10_000,
+        tenants: 20,
+        runs: 3,
+    },
+    Backlog {
+        jobs: 100_000,
+        tenants: 20,
+        runs: 3,
+    },
+    Backlog {
+        jobs: 1_000_000,
+        tenants: 20,
+        runs: 1,
+    },
+    Backlog {
+        jobs: 100_000,
+        tenants: 10_000,
+        runs: 3,
+    },
+    Backlog {
+        jobs: 1_000_000,
+        tenants: 10_000,
+        runs: 1,
+    },
+];
 
-/// Tenants a backlog is spread over: each of their subjects, and the intake's
-/// one, holds at most `nats.max_queued_per_queue` (100,000) jobs.
-const BACKLOG_TENANTS: usize = 20;
+/// One row of the backlog table.
+pub(super) struct Backlog {
+    pub(super) jobs: usize,
+    pub(super) tenants: usize,
+    pub(super) runs: usize,
+}
 
 /// Jobs published before the harness waits for the broker to admit them, so
 /// that the intake stays under its bound.
@@ -180,16 +211,21 @@ struct Drained {
     rss: Vec<(&'static str, f64)>,
 }
 
-/// For each of `backlogs` (jobs, runs): that many jobs queued while no node serves
-/// their model, then one node (64 slots, an engine that answers at once)
+/// For each of `backlogs`: that many jobs of that many tenants queued while
+/// no node serves their model, then one node (64 slots, an engine that answers at once)
 /// comes up and drains them, a table row each.
-pub(super) async fn backlog(backlogs: &[(usize, usize)]) {
+pub(super) async fn backlog(backlogs: &[Backlog]) {
     println!(
-        "\n| jobs queued | admitted/s | node ready → first placement, ms | drained jobs/s | CPU ms per job while draining: broker / dispatcher / node / nats-server | RSS MiB with the backlog queued: broker / dispatcher / nats-server |"
+        "\n| jobs queued | tenants | admitted/s | node ready → first placement, ms | drained jobs/s | CPU ms per job while draining: broker / dispatcher / node / nats-server | RSS MiB with the backlog queued: broker / dispatcher / nats-server |"
     );
-    println!("| --- | --- | --- | --- | --- | --- |");
-    for &(jobs, runs) in backlogs {
-        let measured = repeat(runs, || backlog_run(jobs)).await;
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for &Backlog {
+        jobs,
+        tenants,
+        runs,
+    } in backlogs
+    {
+        let measured = repeat(runs, || backlog_run(jobs, tenants)).await;
         let of = |pick: &dyn Fn(&Drained) -> f64, digits| {
             spread(&measured.iter().map(pick).collect::<Vec<_>>(), digits)
         };
@@ -197,7 +233,7 @@ pub(super) async fn backlog(backlogs: &[(usize, usize)]) {
         let rss = |process| of(&move |d: &Drained| named(&d.rss, process), 0);
         let short = how_far(measured.iter().map(|d| d.finished), jobs, "time");
         println!(
-            "| {jobs} | {} | {} | {}{short} | {} / {} / {} / {} | {} / {} / {} |",
+            "| {jobs} | {tenants} | {} | {} | {}{short} | {} / {} / {} / {} | {} / {} / {} |",
             of(&|d| d.admitted_per_second, 0),
             of(&|d| d.first_placement_ms, 1),
             of(&|d| d.drained_per_second, 0),
@@ -212,11 +248,11 @@ pub(super) async fn backlog(backlogs: &[(usize, usize)]) {
     }
 }
 
-async fn backlog_run(jobs: usize) -> Drained {
+async fn backlog_run(jobs: usize, tenants: usize) -> Drained {
     let mut stack = instant_stack();
     let js = jetstream::new(stack.nats.client().await);
     let start = Instant::now();
-    let bodies = tenant_bodies(BACKLOG_TENANTS);
+    let bodies = tenant_bodies(tenants);
     let mut queue = js.get_stream("JOBS").await.expect("JOBS");
     // A million jobs take minutes to admit and to drain.
     let bound = RUN_BOUND.max(Duration::from_millis(jobs as u64));
@@ -227,7 +263,7 @@ async fn backlog_run(jobs: usize) -> Drained {
             (
                 "sy.submit.normal".to_owned(),
                 Some(format!("bench-{}", from + i)),
-                bodies[(from + i) % BACKLOG_TENANTS].clone(),
+                bodies[(from + i) % tenants].clone(),
             )
         })
         .await;

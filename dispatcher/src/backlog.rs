@@ -1,0 +1,247 @@
+//! What the dispatcher knows of the job queues' backlog, which tenants have
+//! jobs queued in each queue, and when to ask the server again.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures::TryStreamExt;
+use switchyard_schemas::subjects;
+
+/// Tenants with jobs queued, by queue prefix (`sy.jobs.<priority>.<model>`).
+pub(crate) type Queued = HashMap<String, HashSet<String>>;
+
+/// When the queues need a look. Every heartbeat wakes the dispatcher, and a
+/// look is a request to the server: a thousand idle nodes would make a
+/// thousand a second. Queues found empty stay empty until a job is
+/// published to them, which rings the doorbell, so they are not looked at
+/// again until it rings, or `RECHECK` has passed in case a ring was lost.
+pub(crate) struct Looks {
+    /// When a look found every queue empty, with no ring before it.
+    empty_at: Option<Instant>,
+    /// The doorbell rang since the last look.
+    rang: bool,
+    /// How often queues found empty are looked at anyway.
+    recheck: Duration,
+}
+
+/// Queues found empty are looked at again at least this often, however
+/// quiet the doorbell: it is a plain subscription, which a slow reader can
+/// lose messages on.
+const RECHECK: Duration = Duration::from_secs(1);
+
+impl Looks {
+    pub(crate) fn new(idle_poll: Duration) -> Looks {
+        Looks {
+            empty_at: None,
+            rang: false,
+            recheck: RECHECK.max(idle_poll),
+        }
+    }
+
+    /// A job was published to a queue.
+    pub(crate) fn rang(&mut self) {
+        self.rang = true;
+        self.empty_at = None;
+    }
+
+    /// Whether the queues need a look now.
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        self.empty_at
+            .is_none_or(|at| now.duration_since(at) >= self.recheck)
+    }
+
+    /// What a look at `now` found. A ring heard before the look may be for
+    /// a job the server had not stored yet when it answered (the doorbell
+    /// is told as the job is received, the stream stores it after): then
+    /// the next look is not skipped.
+    pub(crate) fn looked(&mut self, seen: Option<&Queued>, now: Instant) {
+        let empty = seen.is_some_and(HashMap::is_empty);
+        self.empty_at = (empty && !self.rang).then_some(now);
+        self.rang = false;
+    }
+}
+
+/// Tenants with jobs queued now, by queue prefix. One request answers for
+/// every queue, so an idle dispatcher costs the same whatever the number of
+/// models and tenants. `None` when the server could not say: then every
+/// lane already known is tried.
+pub(crate) async fn look(jobs: &jetstream::stream::Stream) -> Option<Queued> {
+    let counts = jobs.info_with_subjects(subjects::JOBS_ALL).await.ok()?;
+    let counts: Vec<(String, usize)> = counts.try_collect().await.ok()?;
+    let mut backlog = Queued::new();
+    for (subject, n) in counts {
+        if n > 0 {
+            add(&mut backlog, &subject);
+        }
+    }
+    Some(backlog)
+}
+
+/// Counts `subject`'s tenant as having jobs queued in its queue.
+fn add(backlog: &mut Queued, subject: &str) {
+    if let Some((prefix, tenant)) = subject.rsplit_once('.') {
+        match backlog.get_mut(prefix) {
+            Some(tenants) => {
+                if !tenants.contains(tenant) {
+                    tenants.insert(tenant.to_owned());
+                }
+            }
+            None => {
+                backlog.insert(prefix.to_owned(), HashSet::from([tenant.to_owned()]));
+            }
+        }
+    }
+}
+
+/// A look's answer, kept up to date until the next one: the doorbell adds
+/// the tenants whose jobs arrive, and a turn that finds a tenant's lane
+/// empty takes it out. A look lists every subject holding jobs, so what it
+/// costs the server grows with the tenants backlogged: with thousands of
+/// them, one answer serves the sweeps of a few milliseconds, instead of
+/// each sweep asking again.
+pub(crate) struct Known {
+    queued: Queued,
+    /// How long this answer serves.
+    keep: Duration,
+    looked_at: Instant,
+}
+
+/// How long a look's answer serves, per tenant backlogged in it: 1,000
+/// tenants' answer is kept for 10 ms, ten tenants' for 100 µs (about each
+/// sweep asks again). The server sorts and encodes the answer: 10,000
+/// tenants' costs it milliseconds.
+const KEEP_PER_TENANT: Duration = Duration::from_micros(10);
+
+/// The longest an answer serves: a tenant's job that the doorbell missed
+/// waits at most this long to be seen.
+const KEEP_AT_MOST: Duration = Duration::from_millis(100);
+
+impl Known {
+    pub(crate) fn new(queued: Queued, now: Instant) -> Known {
+        let tenants: usize = queued.values().map(HashSet::len).sum();
+        let keep = KEEP_PER_TENANT.saturating_mul(u32::try_from(tenants).unwrap_or(u32::MAX));
+        Known {
+            queued,
+            keep: keep.min(KEEP_AT_MOST),
+            looked_at: now,
+        }
+    }
+
+    /// Whether the answer still serves at `now`.
+    pub(crate) fn fresh(&self, now: Instant) -> bool {
+        now.duration_since(self.looked_at) < self.keep
+    }
+
+    pub(crate) fn queued(&self) -> &Queued {
+        &self.queued
+    }
+
+    /// The tenants with jobs queued in the queue of `prefix`.
+    pub(crate) fn tenants(&self, prefix: &str) -> Vec<String> {
+        self.queued
+            .get(prefix)
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A job arrived on `subject` (`sy.jobs.<priority>.<model>.<tenant>`).
+    pub(crate) fn arrived(&mut self, subject: &str) {
+        add(&mut self.queued, subject);
+    }
+
+    /// A turn found `tenant`'s lane in the queue of `prefix` empty.
+    pub(crate) fn drained(&mut self, prefix: &str, tenant: &str) {
+        if let Some(tenants) = self.queued.get_mut(prefix) {
+            tenants.remove(tenant);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(tenants: &[&str]) -> Queued {
+        HashMap::from([(
+            "sy.jobs.normal.m".to_owned(),
+            tenants.iter().map(|t| (*t).to_owned()).collect(),
+        )])
+    }
+
+    #[test]
+    fn an_answer_is_kept_up_to_date_by_arrivals_and_drained_lanes() {
+        let start = Instant::now();
+        let mut known = Known::new(queued(&["t1"]), start);
+        known.arrived("sy.jobs.normal.m.t2");
+        known.arrived("sy.jobs.batch.m.t3");
+        known.drained("sy.jobs.normal.m", "t1");
+        assert_eq!(known.tenants("sy.jobs.normal.m"), ["t2"]);
+        assert_eq!(known.tenants("sy.jobs.batch.m"), ["t3"]);
+        assert!(known.tenants("sy.jobs.critical.m").is_empty());
+    }
+
+    #[test]
+    fn an_answer_serves_longer_the_more_tenants_it_lists() {
+        let start = Instant::now();
+        let few = Known::new(queued(&["t1", "t2"]), start);
+        assert!(!few.fresh(start + Duration::from_millis(1)), "asked again");
+        let names: Vec<String> = (0..10_000).map(|i| format!("t{i}")).collect();
+        let many: Vec<&str> = names.iter().map(String::as_str).collect();
+        let many = Known::new(queued(&many), start);
+        assert!(many.fresh(start + Duration::from_millis(50)));
+        assert!(
+            !many.fresh(start + KEEP_AT_MOST),
+            "never kept past the most"
+        );
+    }
+
+    #[test]
+    fn queues_found_empty_are_looked_at_again_only_once_the_doorbell_rings() {
+        let start = Instant::now();
+        let mut looks = Looks::new(Duration::from_millis(20));
+        assert!(looks.due(start), "the first look is never skipped");
+        looks.looked(Some(&HashMap::new()), start);
+        let soon = start + Duration::from_millis(100);
+        assert!(!looks.due(soon), "empty, and nothing published since");
+        looks.rang();
+        assert!(looks.due(soon), "a job was published");
+    }
+
+    #[test]
+    fn queues_with_jobs_or_unknown_are_looked_at_every_time() {
+        let start = Instant::now();
+        let soon = start + Duration::from_millis(1);
+        let mut looks = Looks::new(Duration::from_millis(20));
+        looks.looked(Some(&queued(&["t1"])), start);
+        assert!(looks.due(soon), "jobs wait");
+        looks.looked(None, start);
+        assert!(looks.due(soon), "the server could not say");
+    }
+
+    #[test]
+    fn a_ring_heard_before_an_empty_look_keeps_the_next_look() {
+        // The doorbell hears of a job as the server receives it; the look
+        // can be answered before the stream has stored it.
+        let start = Instant::now();
+        let mut looks = Looks::new(Duration::from_millis(20));
+        looks.looked(Some(&HashMap::new()), start);
+        looks.rang();
+        looks.looked(Some(&HashMap::new()), start);
+        assert!(looks.due(start + Duration::from_millis(1)));
+        looks.looked(Some(&HashMap::new()), start);
+        assert!(!looks.due(start + Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn queues_found_empty_are_looked_at_anyway_after_the_recheck() {
+        let start = Instant::now();
+        let mut looks = Looks::new(Duration::from_millis(20));
+        looks.looked(Some(&HashMap::new()), start);
+        assert!(!looks.due(start + RECHECK - Duration::from_millis(1)));
+        assert!(
+            looks.due(start + RECHECK),
+            "a lost ring costs at most the recheck"
+        );
+    }
+}
