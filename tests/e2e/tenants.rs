@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::json;
 
-const TENANTS: usize = 30;
+const TENANTS: usize = 60;
 const JOBS_EACH: usize = 3;
 const MAX_LANES: u64 = 4;
 
@@ -57,9 +57,10 @@ async fn lanes_past_the_bound_close_and_their_tenants_jobs_all_run() {
     let succeeded = records.values().filter(|r| r["status"] == "succeeded");
     assert_eq!(succeeded.count(), TENANTS * JOBS_EACH, "{records:?}");
     // A sweep may open a lane per placement it has room for (4 slots, and
-    // as many held) before the lanes past the bound close.
+    // as many held) before the lanes past the bound close: two sweeps'
+    // worth is allowed for.
     assert!(
-        most_open as u64 <= MAX_LANES + 8,
+        most_open as u64 <= MAX_LANES + 16,
         "{most_open} lanes open at once with {TENANTS} tenants backlogged"
     );
 }
