@@ -196,7 +196,10 @@ impl Queue {
 /// of drained tenants, then, while more than `max_lanes` are open, those
 /// served longest ago. A lane closed with jobs queued leaves them in the
 /// stream, delivered by the lane its tenant's next turn opens. Called
-/// between sweeps, when no lane has a job pulled and not yet acknowledged.
+/// between sweeps, when every job pulled has been acknowledged; one whose
+/// acknowledgement the server had not yet applied when its lane went is
+/// delivered again, and placed once (the assignment's message id is its
+/// attempt).
 pub(crate) async fn close_lanes(
     queues: &mut [Queue],
     js: &Context,
