@@ -2,14 +2,16 @@
 //! events and results, and the webhook deliveries those changes call for,
 //! written in the same transaction.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
+use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
-use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, Outcome, now_ms};
+use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, now_ms};
 
 use super::outbox::insert_delivery;
-use super::{Page, SqlStore, ledger, page, params, quotas, record};
+use super::rows::{Marks, statements};
+use super::{Page, SqlStore, page, params, projection, quotas, record};
 use crate::ledger::Charge;
 use crate::outbox::{body, delivery_id, event_for};
 use crate::runs::NewDelivery;
@@ -23,92 +25,6 @@ use crate::{
 /// too): the next request with the key takes it over. A request in flight
 /// records its job well within this.
 pub(super) const ABANDONED_CLAIM_MS: i64 = 15_000;
-
-/// Whether an event is ahead of the job's recorded (attempt, stage), with the
-/// event's attempt as `$1` and stage as `$2`.
-const AHEAD: &str = "(attempt < $1 OR (attempt = $1 AND (CASE status \
-    WHEN 'queued' THEN 0 WHEN 'assigned' THEN 1 WHEN 'running' THEN 2 ELSE 3 END) < $2))";
-
-impl SqlStore {
-    async fn apply_event(tx: &mut Transaction<'_, Any>, e: &JobEvent) -> Result<(), sqlx::Error> {
-        // Progress is ordered by (attempt, stage): a job only moves forward,
-        // a retry starts the next attempt at `queued`, and a late event of an
-        // earlier attempt changes nothing but a timestamp it was missing.
-        let (attempt, stage, status, node, assigned_at, started_at) = match &e.kind {
-            EventKind::Unknown => return Ok(()),
-            EventKind::Assigned { node } => {
-                (e.attempt, 1, "assigned", Some(node), Some(e.at_ms), None)
-            }
-            EventKind::Running { node } => {
-                (e.attempt, 2, "running", Some(node), None, Some(e.at_ms))
-            }
-            EventKind::Retrying { .. } | EventKind::Requeued { .. } => {
-                (e.attempt + 1, 0, "queued", None, None, None)
-            }
-        };
-        sqlx::query(&format!(
-            "UPDATE jobs SET
-                status = CASE WHEN {AHEAD} THEN $3 ELSE status END,
-                node = CASE WHEN {AHEAD} THEN $4 ELSE node END,
-                assigned_at = CASE WHEN attempt < $1 THEN $5
-                    WHEN attempt = $1 THEN COALESCE(assigned_at, $5) ELSE assigned_at END,
-                started_at = CASE WHEN attempt < $1 THEN $6
-                    WHEN attempt = $1 THEN COALESCE(started_at, $6) ELSE started_at END,
-                attempt = CASE WHEN attempt > $1 THEN attempt ELSE $1 END
-             WHERE id = $7 AND status NOT IN ('succeeded', 'failed', 'expired', 'timed_out', 'cancelled')"
-        ))
-        .bind(i64::from(attempt))
-        .bind(stage)
-        .bind(status)
-        .bind(node)
-        .bind(assigned_at)
-        .bind(started_at)
-        .bind(&e.job_id)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn apply_result(tx: &mut Transaction<'_, Any>, r: &JobResult) -> Result<(), sqlx::Error> {
-        let status = Status::of(&r.outcome);
-        let (output, error, usage) = match &r.outcome {
-            Outcome::Succeeded { output, usage } => (Some(output.to_string()), None, Some(*usage)),
-            Outcome::Failed { error } => (
-                None,
-                Some((error.class.code(), error.message.as_str())),
-                None,
-            ),
-        };
-        // The first final result wins, whatever its attempt: results come
-        // from the RESULTS stream, which keeps one per job, so the record
-        // and the stream agree by construction. (A result of attempt 1 may
-        // be projected after attempt 2 was queued; it is still the job's.)
-        sqlx::query(
-            "UPDATE jobs SET status = $1, output = $2, error_code = $3, error_message = $4,
-                prompt_tokens = $5, completion_tokens = $6, finished_at = $7,
-                node = COALESCE($8, node),
-                assigned_at = CASE WHEN attempt <> $9 THEN $11 ELSE COALESCE(assigned_at, $11) END,
-                started_at = CASE WHEN attempt <> $9 THEN $12 ELSE COALESCE(started_at, $12) END,
-                attempt = $9
-             WHERE id = $10 AND status NOT IN ('succeeded', 'failed', 'expired', 'timed_out', 'cancelled')",
-        )
-        .bind(status.as_str())
-        .bind(output)
-        .bind(error.map(|e| e.0))
-        .bind(error.map(|e| e.1))
-        .bind(usage.map(|u| i64::from(u.prompt_tokens)))
-        .bind(usage.map(|u| i64::from(u.completion_tokens)))
-        .bind(r.finished_at_ms)
-        .bind(&r.node)
-        .bind(i64::from(r.attempt))
-        .bind(&r.job_id)
-        .bind(r.assigned_at_ms)
-        .bind(r.started_at_ms)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-}
 
 /// What a webhook delivery reports.
 #[derive(Clone, Copy)]
@@ -132,21 +48,32 @@ async fn hooked<'a>(
     ids: impl Iterator<Item = &'a str>,
 ) -> Result<HashSet<String>, StoreError> {
     let ids: Vec<&str> = ids.collect();
+    let rows = of_jobs(tx, "id", "webhook_url IS NOT NULL AND", &ids).await?;
+    rows.iter()
+        .map(|row| row.try_get("id").map_err(StoreError::from))
+        .collect()
+}
+
+/// `columns` of the jobs `ids` that meet `condition` (an SQL condition
+/// ending in `AND`, or nothing), in one read.
+async fn of_jobs(
+    tx: &mut Transaction<'_, Any>,
+    columns: &str,
+    condition: &str,
+    ids: &[&str],
+) -> Result<Vec<AnyRow>, sqlx::Error> {
     if ids.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT id FROM jobs WHERE webhook_url IS NOT NULL AND id IN ({})",
+        "SELECT {columns} FROM jobs WHERE {condition} id IN ({})",
         params(1, ids.len())
     );
     let mut query = sqlx::query(&sql);
     for id in ids {
-        query = query.bind(id);
+        query = query.bind(*id);
     }
-    let rows = query.fetch_all(&mut **tx).await?;
-    rows.iter()
-        .map(|row| row.try_get("id").map_err(StoreError::from))
-        .collect()
+    query.fetch_all(&mut **tx).await
 }
 
 /// Writes the webhook delivery `report` calls for, if the job's webhook
@@ -195,70 +122,124 @@ async fn queue_webhook(
     insert_delivery(&mut **tx, &delivery).await
 }
 
-/// Records `job` in `tx` unless its id is taken: `New`, `Existing` (the
-/// same tenant's) or `OtherTenant`. Writes nothing but the new job (and its
-/// webhook's first report), so a transaction holding several is never
-/// undone for one of them.
-async fn record_job(
+/// The `jobs` columns admission writes, and their types.
+const RECORDED: [(&str, &str); 17] = [
+    ("status", "TEXT"),
+    ("id", "TEXT"),
+    ("model", "TEXT"),
+    ("priority", "TEXT"),
+    ("source", "TEXT"),
+    ("job", "TEXT"),
+    ("metadata", "TEXT"),
+    ("attempt", "BIGINT"),
+    ("created_at", "BIGINT"),
+    ("tenant", "TEXT"),
+    ("deadline_at", "BIGINT"),
+    ("webhook_url", "TEXT"),
+    ("webhook_events", "TEXT"),
+    ("tokens_estimate", "BIGINT"),
+    ("api_key", "TEXT"),
+    ("alias", "TEXT"),
+    ("trace_id", "TEXT"),
+];
+
+/// Records each job in `tx` unless its id is taken: `New`, `Existing` (the
+/// same tenant's) or `OtherTenant`, in the order of `jobs`. Writes nothing
+/// but the new jobs (and their webhooks' first reports), so a transaction
+/// holding several is never undone for one of them.
+async fn record_jobs(
     tx: &mut Transaction<'_, Any>,
-    job: &Job,
-    source: Source,
-    tokens_estimate: u32,
-) -> Result<Inserted, StoreError> {
-    let json = serde_json::to_string(job).map_err(|e| StoreError::Corrupt {
-        id: job.id.clone(),
-        reason: e.to_string(),
-    })?;
-    let metadata = serde_json::to_string(&job.metadata).unwrap_or_else(|_| "{}".into());
-    let webhook = job.webhook.as_ref();
-    let events = webhook.map(|w| {
-        w.events
-            .iter()
-            .map(|e| e.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    });
-    let inserted = sqlx::query(
-        "INSERT INTO jobs (id, model, priority, source, status, job, metadata, attempt, created_at,
-            tenant, deadline_at, webhook_url, webhook_events, tokens_estimate, api_key, alias,
-            trace_id)
-         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(&job.id)
-    .bind(&job.model)
-    .bind(job.priority.as_str())
-    .bind(source.as_str())
-    .bind(json)
-    .bind(metadata)
-    .bind(i64::from(job.attempt))
-    .bind(job.submitted_at_ms)
-    .bind(&job.tenant)
-    .bind(job.deadline_ms)
-    .bind(webhook.map(|w| &w.url))
-    .bind(events)
-    .bind(i64::from(tokens_estimate))
-    .bind(&job.api_key)
-    .bind(&job.alias)
-    .bind(&job.trace_id)
-    .execute(&mut **tx)
-    .await?;
-    if inserted.rows_affected() == 1 {
-        if webhook.is_some() {
-            queue_webhook(tx, &job.id, Report::Recorded).await?;
+    jobs: &[Recording<'_>],
+) -> Result<Vec<Inserted>, StoreError> {
+    let mut found = vec![Inserted::New; jobs.len()];
+    let indexed: Vec<(usize, &Recording)> = jobs.iter().enumerate().collect();
+    let columns: Vec<&str> = RECORDED.iter().map(|(c, _)| *c).collect();
+    let types: Vec<&str> = RECORDED.iter().map(|(_, t)| *t).collect();
+    for rows in statements(&indexed, |(_, r)| r.job.id.as_str()) {
+        let sql = format!(
+            "INSERT INTO jobs ({}) VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
+            columns.join(", "),
+            Marks::of(tx).values(rows.len(), &types)
+        );
+        let mut query = sqlx::query(&sql);
+        for (_, r) in &rows {
+            let job = r.job;
+            let json = serde_json::to_string(job).map_err(|e| StoreError::Corrupt {
+                id: job.id.clone(),
+                reason: e.to_string(),
+            })?;
+            let metadata = serde_json::to_string(&job.metadata).unwrap_or_else(|_| "{}".into());
+            let webhook = job.webhook.as_ref();
+            let events = webhook.map(|w| {
+                w.events
+                    .iter()
+                    .map(|e| e.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            query = query
+                .bind(Status::Queued.as_str())
+                .bind(&job.id)
+                .bind(&job.model)
+                .bind(job.priority.as_str())
+                .bind(r.source.as_str())
+                .bind(json)
+                .bind(metadata)
+                .bind(i64::from(job.attempt))
+                .bind(job.submitted_at_ms)
+                .bind(&job.tenant)
+                .bind(job.deadline_ms)
+                .bind(webhook.map(|w| &w.url))
+                .bind(events)
+                .bind(i64::from(r.tokens_estimate))
+                .bind(&job.api_key)
+                .bind(&job.alias)
+                .bind(&job.trace_id);
         }
-        return Ok(Inserted::New);
+        let new: HashSet<String> = query
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        let taken: Vec<&str> = rows
+            .iter()
+            .map(|(_, r)| r.job.id.as_str())
+            .filter(|id| !new.contains(*id))
+            .collect();
+        let held = held(tx, &taken).await?;
+        for (i, r) in rows {
+            let job = r.job;
+            found[*i] = match held.get(job.id.as_str()) {
+                None => {
+                    if job.webhook.is_some() {
+                        queue_webhook(tx, &job.id, Report::Recorded).await?;
+                    }
+                    Inserted::New
+                }
+                Some((tenant, _)) if *tenant != job.tenant => Inserted::OtherTenant,
+                Some((_, enqueued)) => Inserted::Existing {
+                    enqueued: *enqueued,
+                },
+            };
+        }
     }
-    let held = sqlx::query("SELECT tenant, enqueued_at FROM jobs WHERE id = $1")
-        .bind(&job.id)
-        .fetch_one(&mut **tx)
-        .await?;
-    if held.try_get::<String, _>("tenant")? != job.tenant {
-        return Ok(Inserted::OtherTenant);
+    Ok(found)
+}
+
+/// The tenant of each of the jobs `ids` already recorded, and whether its
+/// queue confirmed it.
+async fn held(
+    tx: &mut Transaction<'_, Any>,
+    ids: &[&str],
+) -> Result<HashMap<String, (String, bool)>, StoreError> {
+    let rows = of_jobs(tx, "id, tenant, enqueued_at", "", ids).await?;
+    let mut held = HashMap::new();
+    for row in rows {
+        let enqueued = row.try_get::<Option<i64>, _>("enqueued_at")?.is_some();
+        held.insert(row.try_get("id")?, (row.try_get("tenant")?, enqueued));
     }
-    Ok(Inserted::Existing {
-        enqueued: held.try_get::<Option<i64>, _>("enqueued_at")?.is_some(),
-    })
+    Ok(held)
 }
 
 #[async_trait]
@@ -271,7 +252,12 @@ impl JobRecords for SqlStore {
         holds: &Holds,
     ) -> Result<Inserted, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let found = record_job(&mut tx, job, source, tokens_estimate).await?;
+        let recording = Recording {
+            job,
+            source,
+            tokens_estimate,
+        };
+        let found = record_jobs(&mut tx, &[recording]).await?[0];
         match found {
             Inserted::OtherTenant => {
                 tx.rollback().await?;
@@ -299,10 +285,7 @@ impl JobRecords for SqlStore {
 
     async fn insert_many(&self, jobs: &[Recording<'_>]) -> Result<Vec<Inserted>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let mut found = Vec::with_capacity(jobs.len());
-        for r in jobs {
-            found.push(record_job(&mut tx, r.job, r.source, r.tokens_estimate).await?);
-        }
+        let found = record_jobs(&mut tx, jobs).await?;
         tx.commit().await?;
         Ok(found)
     }
@@ -414,9 +397,7 @@ impl JobRecords for SqlStore {
 
     async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        for e in events {
-            Self::apply_event(&mut tx, e).await?;
-        }
+        projection::events(&mut tx, events).await?;
         let started: Vec<&JobEvent> = events
             .iter()
             .filter(|e| matches!(e.kind, EventKind::Running { .. }))
@@ -435,10 +416,8 @@ impl JobRecords for SqlStore {
         charges: &[Charge],
     ) -> Result<Vec<usize>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        for r in results {
-            Self::apply_result(&mut tx, r).await?;
-        }
-        let new = ledger::insert_charges(&mut tx, charges).await?;
+        projection::results(&mut tx, results).await?;
+        let new = projection::charges(&mut tx, charges).await?;
         let hooked = hooked(&mut tx, results.iter().map(|r| r.job_id.as_str())).await?;
         for r in results.iter().filter(|r| hooked.contains(&r.job_id)) {
             // A job its engine answered at once has no `running` event: its

@@ -1,7 +1,7 @@
 //! The usage ledger: a line per attempt, written once.
 
 use async_trait::async_trait;
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 use switchyard_schemas::ErrorClass;
 
 use super::{SqlStore, flag, int};
@@ -27,40 +27,6 @@ const VERSION_FAULTS: [ErrorClass; 4] = [
 /// newest ones.
 const FIGURES_SAMPLE: i64 = 10_000;
 
-/// Writes each charge once per (job, attempt): the indices of those not
-/// written before.
-pub(super) async fn insert_charges(
-    tx: &mut Transaction<'_, Any>,
-    charges: &[Charge],
-) -> Result<Vec<usize>, StoreError> {
-    let mut new = Vec::new();
-    for (i, c) in charges.iter().enumerate() {
-        let u = &c.usage;
-        let inserted = sqlx::query(
-            "INSERT INTO usage (job_id, attempt, node, model, prompt_tokens, completion_tokens,
-                engine_ms, at, cost_micros, cache_hit)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (job_id, attempt) DO NOTHING",
-        )
-        .bind(&u.job_id)
-        .bind(i64::from(u.attempt))
-        .bind(&u.node)
-        .bind(&u.model)
-        .bind(i64::from(u.usage.prompt_tokens))
-        .bind(i64::from(u.usage.completion_tokens))
-        .bind(i64::try_from(u.engine_ms).unwrap_or(i64::MAX))
-        .bind(u.at_ms)
-        .bind(c.cost_micros)
-        .bind(i64::from(c.cache_hit))
-        .execute(&mut **tx)
-        .await?;
-        if inserted.rows_affected() == 1 {
-            new.push(i);
-        }
-    }
-    Ok(new)
-}
-
 /// The UTC date (`YYYY-MM-DD`) of a day counted from the Unix epoch.
 fn utc_day(day: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(day.saturating_mul(86_400)) {
@@ -73,7 +39,7 @@ fn utc_day(day: i64) -> String {
 impl Ledger for SqlStore {
     async fn record_usage(&self, charges: &[Charge]) -> Result<Vec<usize>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let new = insert_charges(&mut tx, charges).await?;
+        let new = super::projection::charges(&mut tx, charges).await?;
         tx.commit().await?;
         Ok(new)
     }

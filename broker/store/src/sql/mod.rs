@@ -23,7 +23,9 @@ mod batches;
 mod jobs;
 mod ledger;
 mod outbox;
+mod projection;
 mod quotas;
+mod rows;
 mod runs;
 mod summary;
 #[cfg(test)]

@@ -8,6 +8,7 @@ use switchyard_schemas::{
     UsageEvent,
 };
 
+mod cost;
 mod money;
 mod webhooks;
 

@@ -257,3 +257,82 @@ async fn a_run_s_jobs_draw_on_its_reservation_and_its_end_gives_the_rest_back() 
     );
     assert_eq!(budget().await, (1_600, 300));
 }
+
+#[tokio::test]
+async fn a_batch_of_many_jobs_gives_each_record_its_own_events_result_and_charge() {
+    let (s, _dir) = store().await;
+    let ids: Vec<String> = (0..7).map(|i| format!("j{i}")).collect();
+    for id in &ids {
+        add(&s, &job(id), Source::Nats).await;
+    }
+    let node = |i: usize| format!("n{i}");
+    let mut events: Vec<JobEvent> = (0..7)
+        .map(|i| {
+            event(
+                &ids[i],
+                100 + i as i64,
+                EventKind::Assigned { node: node(i) },
+            )
+        })
+        .collect();
+    // Two events of one job in the batch, in their order.
+    events.push(event(&ids[1], 150, EventKind::Running { node: node(1) }));
+    s.apply_events(&events).await.unwrap();
+
+    let results: Vec<JobResult> = [2usize, 4, 6]
+        .iter()
+        .map(|&i| JobResult {
+            node: Some(node(i)),
+            ..succeeded(&ids[i], i as u32, 10 * i as u32)
+        })
+        .collect();
+    let charges: Vec<Charge> = [2usize, 4, 6, 4]
+        .iter()
+        .map(|&i| Charge {
+            usage: UsageEvent::fixture(&ids[i], &node(i)),
+            cost_micros: i as i64,
+            cache_hit: false,
+        })
+        .collect();
+    // The repeated charge (the fourth) is written once: not new.
+    let new = s.apply_results(&results, &charges).await.unwrap();
+    assert_eq!(new, vec![0, 1, 2]);
+
+    for (i, id) in ids.iter().enumerate() {
+        let r = s.get(id).await.unwrap().unwrap();
+        assert_eq!(r.node, Some(node(i)), "{id}");
+        assert_eq!(r.assigned_at_ms, Some(100 + i as i64), "{id}");
+        let want = match i {
+            1 => Status::Running,
+            2 | 4 | 6 => Status::Succeeded,
+            _ => Status::Assigned,
+        };
+        assert_eq!(r.status, want, "{id}");
+        let tokens = matches!(i, 2 | 4 | 6).then_some((i as u32, 10 * i as u32));
+        assert_eq!(
+            r.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            tokens,
+            "{id}"
+        );
+    }
+    assert_eq!(
+        s.get(&ids[1]).await.unwrap().unwrap().started_at_ms,
+        Some(150)
+    );
+    let costs: Vec<(String, i64)> =
+        sqlx::query("SELECT job_id, cost_micros FROM usage ORDER BY job_id")
+            .fetch_all(&s.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get("job_id"), r.get("cost_micros")))
+            .collect();
+    assert_eq!(
+        costs,
+        vec![
+            ("j2".to_owned(), 2),
+            ("j4".to_owned(), 4),
+            ("j6".to_owned(), 6)
+        ]
+    );
+}
