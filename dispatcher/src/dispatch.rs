@@ -42,6 +42,17 @@ const KEEPING: Duration = Duration::from_millis(100);
 /// in a queue than `dispatcher.max_lanes`.
 const MANY_TENANTS_TURN: u32 = 16;
 
+/// The doorbell rang: a job was published on `subject`. It counts towards
+/// the model's arrival rate, and its tenant is known to have jobs queued
+/// without another look.
+fn rang(subject: &str, arrivals: &mut Arrivals, looks: &mut Looks, known: &mut Option<Known>) {
+    arrivals.arrived(subject);
+    looks.rang();
+    if let Some(known) = known {
+        known.arrived(subject);
+    }
+}
+
 /// Runs the dispatcher until `shutdown` is cancelled.
 pub async fn run(
     cfg: DispatcherConfig,
@@ -134,11 +145,7 @@ pub async fn run(
             observe(&mut cluster, msg);
         }
         while let Some(Some(msg)) = doorbell.next().now_or_never() {
-            arrivals.arrived(&msg.subject);
-            looks.rang();
-            if let Some(known) = &mut known {
-                known.arrived(&msg.subject);
-            }
+            rang(&msg.subject, &mut arrivals, &mut looks, &mut known);
         }
         if registry.revision() != queues_at {
             queues_at = registry.revision();
@@ -332,11 +339,7 @@ pub async fn run(
                     None => break 'run,
                 },
                 Some(msg) = doorbell.next() => {
-                    arrivals.arrived(&msg.subject);
-                    looks.rang();
-                    if let Some(known) = &mut known {
-                        known.arrived(&msg.subject);
-                    }
+                    rang(&msg.subject, &mut arrivals, &mut looks, &mut known);
                 }
                 () = tokio::time::sleep(cfg.idle_poll) => {}
             }
