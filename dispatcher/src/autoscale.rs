@@ -12,10 +12,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::stream::Stream;
-use futures::TryStreamExt;
+use async_nats::jetstream::{Context, stream::Stream};
 use serde::Deserialize;
-use switchyard_runtime::{Issues, Registry};
+use switchyard_runtime::{Issues, Registry, nats};
 use switchyard_schemas::{
     AutoscaleSignal, Job, Priority, QueueDepth, SCHEMA_VERSION, decode, encode, now_ms, subjects,
 };
@@ -174,7 +173,7 @@ impl Arrivals {
 /// priority, arrivals, the nodes it needs), exports it as metrics and
 /// publishes it on `sy.autoscale.<model>`.
 pub async fn signal(
-    client: &async_nats::Client,
+    js: &Context,
     jobs: &Stream,
     cluster: &Cluster,
     arrivals: &mut Arrivals,
@@ -183,15 +182,12 @@ pub async fn signal(
     now: Instant,
 ) {
     arrivals.update(now);
-    let counts = match jobs.info_with_subjects(subjects::JOBS_ALL).await {
-        Ok(counts) => counts.try_collect::<Vec<(String, usize)>>().await,
+    let counts = match nats::subject_counts(js, subjects::JOBS_STREAM, subjects::JOBS_ALL).await {
+        Ok(counts) => counts,
         Err(e) => {
             debug!(error = %e, "queue depths unknown this round");
             return;
         }
-    };
-    let Ok(counts) = counts else {
-        return;
     };
     let at_ms = now_ms();
     // (model token, priority) → (jobs waiting, oldest wait in ms)
@@ -204,7 +200,7 @@ pub async fn signal(
         else {
             continue;
         };
-        queues.entry((model.to_owned(), priority)).or_default().0 += n as u64;
+        queues.entry((model.to_owned(), priority)).or_default().0 += n;
         if n > 0 {
             waiting.insert(prefix.to_owned(), (model.to_owned(), priority));
         }
@@ -274,7 +270,8 @@ pub async fn signal(
             priorities,
         };
         if let Ok(bytes) = encode(&message)
-            && let Err(e) = client
+            && let Err(e) = js
+                .client()
                 .publish(subjects::autoscale(model), bytes.into())
                 .await
         {

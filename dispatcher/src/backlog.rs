@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use futures::TryStreamExt;
+use switchyard_runtime::nats;
 use switchyard_schemas::subjects;
 
 /// Tenants with jobs queued, by queue prefix (`sy.jobs.<priority>.<model>`).
@@ -66,9 +66,10 @@ impl Looks {
 /// every queue, so an idle dispatcher costs the same whatever the number of
 /// models and tenants. `None` when the server could not say: then every
 /// lane already known is tried.
-pub(crate) async fn look(jobs: &jetstream::stream::Stream) -> Option<Queued> {
-    let counts = jobs.info_with_subjects(subjects::JOBS_ALL).await.ok()?;
-    let counts: Vec<(String, usize)> = counts.try_collect().await.ok()?;
+pub(crate) async fn look(js: &jetstream::Context) -> Option<Queued> {
+    let counts = nats::subject_counts(js, subjects::JOBS_STREAM, subjects::JOBS_ALL)
+        .await
+        .ok()?;
     let mut backlog = Queued::new();
     for (subject, n) in counts {
         if n > 0 {
@@ -99,19 +100,29 @@ fn add(backlog: &mut Queued, subject: &str) {
 /// empty takes it out. A look lists every subject holding jobs, so what it
 /// costs the server grows with the tenants backlogged: with thousands of
 /// them, one answer serves the sweeps of a few milliseconds, instead of
-/// each sweep asking again.
+/// each sweep asking again. What the doorbell cannot tell is a job back in
+/// its queue without a publish (put back with a delay, or delivered again
+/// after its ack wait): the next look finds it.
 pub(crate) struct Known {
     queued: Queued,
+    /// The subjects the doorbell named since the look: the server may have
+    /// answered the next look before storing their jobs.
+    rung: HashSet<String>,
     /// How long this answer serves.
     keep: Duration,
     looked_at: Instant,
 }
 
-/// How long a look's answer serves, per tenant backlogged in it: 1,000
-/// tenants' answer is kept for 10 ms, ten tenants' for 100 µs (about each
-/// sweep asks again). The server sorts and encodes the answer: 10,000
-/// tenants' costs it milliseconds.
+/// How long a look's answer serves, per tenant backlogged in it: 10,000
+/// tenants' answer is kept for 100 ms. The server sorts and encodes the
+/// answer: 10,000 tenants' costs it milliseconds.
 const KEEP_PER_TENANT: Duration = Duration::from_micros(10);
+
+/// The least time a look's answer serves. The doorbell keeps it up to date,
+/// so a look only finds the jobs back in their queues without a publish;
+/// asking each sweep cost the server two requests and an advisory per job
+/// at low rates.
+const KEEP_AT_LEAST: Duration = Duration::from_millis(20);
 
 /// The longest an answer serves: a tenant's job that the doorbell missed
 /// waits at most this long to be seen.
@@ -123,9 +134,22 @@ impl Known {
         let keep = KEEP_PER_TENANT.saturating_mul(u32::try_from(tenants).unwrap_or(u32::MAX));
         Known {
             queued,
-            keep: keep.min(KEEP_AT_MOST),
+            rung: HashSet::new(),
+            keep: keep.clamp(KEEP_AT_LEAST, KEEP_AT_MOST),
             looked_at: now,
         }
+    }
+
+    /// The answer of a look sent after `before`'s, with the tenants the
+    /// doorbell named since `before`'s look and not found drained since:
+    /// one whose job the server had not stored when it answered is not
+    /// missed.
+    pub(crate) fn renewed(queued: Queued, before: Option<Known>, now: Instant) -> Known {
+        let mut known = Known::new(queued, now);
+        for subject in before.into_iter().flat_map(|b| b.rung) {
+            add(&mut known.queued, &subject);
+        }
+        known
     }
 
     /// Whether the answer still serves at `now`.
@@ -148,12 +172,20 @@ impl Known {
     /// A job arrived on `subject` (`sy.jobs.<priority>.<model>.<tenant>`).
     pub(crate) fn arrived(&mut self, subject: &str) {
         add(&mut self.queued, subject);
+        if !self.rung.contains(subject) {
+            self.rung.insert(subject.to_owned());
+        }
     }
 
     /// A turn found `tenant`'s lane in the queue of `prefix` empty.
     pub(crate) fn drained(&mut self, prefix: &str, tenant: &str) {
         if let Some(tenants) = self.queued.get_mut(prefix) {
             tenants.remove(tenant);
+        }
+        // Its rung jobs were taken: the next answer need not bring it back,
+        // or every tenant served between two looks would be asked again.
+        if !self.rung.is_empty() {
+            self.rung.remove(&format!("{prefix}.{tenant}"));
         }
     }
 }
@@ -182,10 +214,33 @@ mod tests {
     }
 
     #[test]
+    fn a_renewed_answer_keeps_the_tenants_rung_since_the_last_look() {
+        let start = Instant::now();
+        let mut before = Known::new(queued(&["t1"]), start);
+        before.arrived("sy.jobs.normal.m.t2");
+        // The look was answered before t2's job was stored.
+        let renewed = Known::renewed(queued(&["t1"]), Some(before), start);
+        let mut tenants = renewed.tenants("sy.jobs.normal.m");
+        tenants.sort();
+        assert_eq!(tenants, ["t1", "t2"]);
+        let next = Known::renewed(queued(&["t1"]), Some(renewed), start);
+        assert_eq!(next.tenants("sy.jobs.normal.m"), ["t1"], "named once only");
+        let mut served = Known::new(queued(&[]), start);
+        served.arrived("sy.jobs.normal.m.t3");
+        served.drained("sy.jobs.normal.m", "t3");
+        let after = Known::renewed(queued(&[]), Some(served), start);
+        assert!(
+            after.tenants("sy.jobs.normal.m").is_empty(),
+            "a tenant served since its ring is not brought back"
+        );
+    }
+
+    #[test]
     fn an_answer_serves_longer_the_more_tenants_it_lists() {
         let start = Instant::now();
         let few = Known::new(queued(&["t1", "t2"]), start);
-        assert!(!few.fresh(start + Duration::from_millis(1)), "asked again");
+        assert!(few.fresh(start + Duration::from_millis(1)));
+        assert!(!few.fresh(start + KEEP_AT_LEAST), "asked again");
         let names: Vec<String> = (0..10_000).map(|i| format!("t{i}")).collect();
         let many: Vec<&str> = names.iter().map(String::as_str).collect();
         let many = Known::new(queued(&many), start);

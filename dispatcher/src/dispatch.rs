@@ -1,6 +1,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream;
+use futures::future::OptionFuture;
 use futures::{FutureExt, StreamExt};
 use switchyard_runtime::grants::Grants;
 use switchyard_runtime::nats::{self, NatsError};
@@ -8,13 +10,14 @@ use switchyard_runtime::ops::{self, ServeError};
 use switchyard_runtime::telemetry::PrometheusHandle;
 use switchyard_runtime::{NatsConfig, Registry, Tenants};
 use switchyard_schemas::{Heartbeat, Priority, decode, subjects};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::aging::{aged_lanes, sweep_order};
 use crate::autoscale::{self, Arrivals};
-use crate::backlog::{self, Known, Looks};
+use crate::backlog::{self, Known, Looks, Queued};
 use crate::batch::{Assigner, Placed, Take, dispatch_batch};
 use crate::fair::Turn;
 use crate::lanes::{self, Queue};
@@ -51,6 +54,24 @@ fn rang(subject: &str, arrivals: &mut Arrivals, looks: &mut Looks, known: &mut O
     if let Some(known) = known {
         known.arrived(subject);
     }
+}
+
+/// What a look at the backlog found (`None`: the server could not say): the
+/// lanes of tenants drained for long close, and what is known is renewed.
+async fn looked(
+    seen: Option<Queued>,
+    known: &mut Option<Known>,
+    looks: &mut Looks,
+    queues: &mut [Queue],
+    js: &jetstream::Context,
+    cfg: &DispatcherConfig,
+) {
+    let now = Instant::now();
+    if let Some(seen) = &seen {
+        lanes::close_lanes(queues, js, seen, cfg.max_lanes as usize, now).await;
+    }
+    looks.looked(seen.as_ref(), now);
+    *known = seen.map(|seen| Known::renewed(seen, known.take(), now));
 }
 
 /// Runs the dispatcher until `shutdown` is cancelled.
@@ -129,6 +150,8 @@ pub async fn run(
     let mut doorbell = client.subscribe(subjects::JOBS_ALL).await?;
     let mut looks = Looks::new(cfg.idle_poll);
     let mut known: Option<Known> = None;
+    // A look at the backlog in flight, when the loop goes on meanwhile.
+    let mut refresh: Option<JoinHandle<Option<Queued>>> = None;
     let mut kept_at: Option<Instant> = None;
     ready.watch(&client);
     ready.set(true);
@@ -176,7 +199,7 @@ pub async fn run(
         if now.duration_since(signalled_at) >= cfg.autoscale.every {
             signalled_at = now;
             autoscale::signal(
-                &client,
+                &js,
                 &jobs_stream,
                 &cluster,
                 &mut arrivals,
@@ -199,13 +222,26 @@ pub async fn run(
         // The top level also has the room of held work it may displace.
         // Queues known to be empty need neither a look nor room.
         let has_room = looks.due(now) && cluster.room_total(Priority::Critical, now) > 0;
-        if has_room && known.as_ref().is_none_or(|k| !k.fresh(now)) {
-            let seen = backlog::look(&jobs_stream).await;
-            if let Some(seen) = &seen {
-                lanes::close_lanes(&mut queues, &js, seen, cfg.max_lanes as usize, now).await;
+        if let Some(seen) = refresh.as_mut().and_then(|r| r.now_or_never()) {
+            refresh = None;
+            let seen = seen.ok().flatten();
+            looked(seen, &mut known, &mut looks, &mut queues, &js, &cfg).await;
+        }
+        if has_room {
+            match &known {
+                // Nothing to go on: the sweep waits for the answer.
+                None => {
+                    let seen = backlog::look(&js).await;
+                    looked(seen, &mut known, &mut looks, &mut queues, &js, &cfg).await;
+                }
+                // The doorbell keeps what is known up to date: the look that
+                // renews it runs beside the sweeps, not ahead of them.
+                Some(k) if !k.fresh(now) && refresh.is_none() => {
+                    let js = js.clone();
+                    refresh = Some(tasks.spawn(async move { backlog::look(&js).await }));
+                }
+                Some(_) => {}
             }
-            looks.looked(seen.as_ref(), now);
-            known = seen.map(|seen| Known::new(seen, now));
         }
         // Only worth knowing when a job could be placed now.
         if has_room && aged_at.is_none_or(|at| now.duration_since(at) >= aging_check) {
@@ -318,7 +354,9 @@ pub async fn run(
                     // is over, and until a job of its arrives or the next
                     // look finds it still has some.
                     turns.done(turn);
-                    if let Some(known) = &mut known {
+                    // A tenant at its running bound was not asked: its jobs
+                    // still wait.
+                    if let Some(known) = known.as_mut().filter(|_| max > 0) {
                         known.drained(&q.prefix, &tenant);
                     }
                 } else {
@@ -340,6 +378,10 @@ pub async fn run(
                 },
                 Some(msg) = doorbell.next() => {
                     rang(&msg.subject, &mut arrivals, &mut looks, &mut known);
+                }
+                Some(seen) = OptionFuture::from(refresh.as_mut()), if refresh.is_some() => {
+                    refresh = None;
+                    looked(seen.ok().flatten(), &mut known, &mut looks, &mut queues, &js, &cfg).await;
                 }
                 () = tokio::time::sleep(cfg.idle_poll) => {}
             }

@@ -39,6 +39,7 @@ mod ledger_bench;
 mod limits;
 mod live_models;
 mod nats_accounts;
+mod nats_api;
 mod nodes;
 mod observability;
 mod pii;
