@@ -97,8 +97,11 @@ pub(super) async fn execute(
             }
         };
         tokio::pin!(infer);
-        let mut progress = tokio::time::interval(node.ack_wait / 3);
-        progress.tick().await;
+        // Its first tick a period from now: an interval's immediate first
+        // tick still waits for the timer's next millisecond, which was most
+        // of a quick job's time on the node.
+        let every = node.ack_wait / 3;
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 biased;
