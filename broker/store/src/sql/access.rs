@@ -37,6 +37,7 @@ fn key(row: &AnyRow) -> Result<KeyRecord, StoreError> {
 #[async_trait]
 impl AccessStore for SqlStore {
     async fn insert_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
+        let _turn = self.turn().await;
         sqlx::query(
             "INSERT INTO api_keys
                 (id, tenant, role, name, digest, limits, created_at, expires_at, revoked_at)
@@ -79,6 +80,7 @@ impl AccessStore for SqlStore {
     }
 
     async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<Option<KeyRecord>, StoreError> {
+        let _turn = self.turn().await;
         sqlx::query(
             "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 RETURNING *",
         )
@@ -92,6 +94,7 @@ impl AccessStore for SqlStore {
     }
 
     async fn insert_tenant(&self, t: &TenantRecord) -> Result<bool, StoreError> {
+        let _turn = self.turn().await;
         let made = sqlx::query(
             "INSERT INTO tenants (name, limits, created_at) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO NOTHING",
@@ -110,6 +113,7 @@ impl AccessStore for SqlStore {
         limits: Option<&RateLimits>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let _turn = self.turn().await;
         sqlx::query(
             "INSERT INTO tenants (name, limits, created_at) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET limits = excluded.limits",

@@ -38,7 +38,7 @@ fn utc_day(day: i64) -> String {
 #[async_trait]
 impl Ledger for SqlStore {
     async fn record_usage(&self, charges: &[Charge]) -> Result<Vec<usize>, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let (mut tx, _turn) = self.begin_write().await?;
         let new = super::projection::charges(&mut tx, charges).await?;
         tx.commit().await?;
         Ok(new)

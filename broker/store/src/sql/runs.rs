@@ -43,7 +43,7 @@ impl RunRecords for SqlStore {
         started: &[RunRow],
         ended: &[RunEnd],
     ) -> Result<Vec<RunRow>, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let (mut tx, _turn) = self.begin_write().await?;
         for r in started {
             let events = r.webhook.as_ref().map(|w| {
                 w.events
@@ -122,6 +122,7 @@ impl RunRecords for SqlStore {
     }
 
     async fn queue_delivery(&self, delivery: &NewDelivery) -> Result<(), StoreError> {
+        let _turn = self.turn().await;
         insert_delivery(self.pool(), delivery).await
     }
 }

@@ -377,3 +377,20 @@ async fn a_refusal_for_another_tenant_s_id_is_kept_for_its_tenant_alone() {
     );
     assert_eq!(s.id_refusal("t", "shared").await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn on_sqlite_a_writer_waits_for_the_turn_of_the_one_before_it() {
+    if std::env::var("SY_TEST_POSTGRES").is_ok() {
+        // PostgreSQL locks rows: its writers take no turns.
+        return;
+    }
+    let (s, _dir) = store().await;
+    let first = s.turn().await.expect("SQLite writers take turns");
+    let ids = ["j1".to_owned()];
+    let second = s.mark_enqueued(&ids, 1);
+    tokio::pin!(second);
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(50), &mut second).await;
+    assert!(waited.is_err(), "wrote while another writer held the turn");
+    drop(first);
+    second.await.unwrap();
+}
