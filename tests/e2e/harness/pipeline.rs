@@ -102,17 +102,17 @@ pub(super) async fn durable_on(stack: &Stack, rates: &[f64], seconds: f64) -> Ve
         subject.rsplit('.').next().unwrap_or(subject).to_owned()
     };
     let waiters = Waiters::follow(&client, "sy.results.*", key, &mut tasks).await;
-    let body = json!({"model": TEXT_MODEL, "input": {"prompt": "bench", "max_tokens": 1}})
-        .to_string()
-        .into_bytes();
     let measured = at_rates(rates, seconds, |n| {
         let id = format!("latency-{n}");
         let result = waiters.wait(id.clone());
+        // The id in the body too, where a reader of the wire finds it.
+        let body = json!({"id": id, "model": TEXT_MODEL,
+            "input": {"prompt": "bench", "max_tokens": 1}});
         publish_and_wait(
             js.clone(),
             "sy.submit.normal",
             Some(id),
-            body.clone(),
+            body.to_string().into_bytes(),
             result,
         )
     })
@@ -135,4 +135,85 @@ where
             .push(open_loop(rate, seconds, || send(next.fetch_add(1, Ordering::Relaxed))).await);
     }
     measured
+}
+
+/// A job's hops on the durable path: the process, and the subjects of the
+/// message that starts the hop and of the one it ends with.
+pub(super) const HOPS: [(&str, &str, &str); 4] = [
+    ("broker: submission → queued job", "sy.submit", "sy.jobs"),
+    (
+        "dispatcher: queued job → `assigned`",
+        "sy.jobs",
+        "sy.events",
+    ),
+    (
+        "dispatcher: `assigned` → assignment",
+        "sy.events",
+        "sy.work",
+    ),
+    ("node: assignment → result", "sy.work", "sy.results"),
+];
+
+/// The median of each of `HOPS` in ms, over the jobs sent at `rate` for
+/// `seconds`: the time between the messages a subscriber to every subject
+/// sees first for the job, so each hop holds the process's own work and
+/// the server's delivery to it.
+pub(super) async fn hops(rate: f64, seconds: f64) -> Vec<f64> {
+    let stack = durable_stack();
+    let client = stack.nats.client().await;
+    let mut wire = client.subscribe("sy.>").await.unwrap();
+    client.flush().await.unwrap();
+    // (job, the subject's first two tokens) → when first seen.
+    let seen: Arc<Mutex<HashMap<(String, String), Instant>>> = Default::default();
+    let noting = seen.clone();
+    let reading = tokio::spawn(async move {
+        while let Some(msg) = wire.next().await {
+            let at = Instant::now();
+            if let Some(job) = job_named(&msg) {
+                let kind = msg
+                    .subject
+                    .splitn(3, '.')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(".");
+                noting.lock().unwrap().entry((job, kind)).or_insert(at);
+            }
+        }
+    });
+    durable_on(&stack, &[rate], seconds).await;
+    reading.abort();
+    let seen = seen.lock().unwrap();
+    HOPS.iter()
+        .map(|(_, from, to)| {
+            let mut took: Vec<f64> = seen
+                .iter()
+                .filter(|((_, kind), _)| kind == from)
+                .filter_map(|((job, _), start)| {
+                    let end = seen.get(&(job.clone(), (*to).to_owned()))?;
+                    Some(end.duration_since(*start).as_secs_f64() * 1000.0)
+                })
+                .collect();
+            assert!(!took.is_empty(), "no job seen from {from} to {to}");
+            took.sort_by(f64::total_cmp);
+            took[took.len() / 2]
+        })
+        .collect()
+}
+
+/// The latency run's job a message on the wire is about: the last token of
+/// an event's or a result's subject, or the id in a submission, a queued
+/// job or an assignment (JSON or MessagePack, the id's text either way).
+fn job_named(msg: &async_nats::Message) -> Option<String> {
+    let subject = msg.subject.as_str();
+    if subject.starts_with("sy.events.") || subject.starts_with("sy.results.") {
+        return subject.rsplit('.').next().map(str::to_owned);
+    }
+    let text = String::from_utf8_lossy(&msg.payload);
+    let at = text.find("latency-")?;
+    Some(
+        text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect(),
+    )
 }
