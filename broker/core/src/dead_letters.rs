@@ -5,8 +5,8 @@
 //! then is the dead letter removed.
 
 use async_nats::jetstream::stream::Stream;
-use futures::TryStreamExt;
 use serde::Serialize;
+use switchyard_runtime::nats;
 use switchyard_schemas::{DeadLetter, Failure, Job, decode, now_ms, subjects};
 use switchyard_store::StoreError;
 
@@ -66,14 +66,13 @@ impl DeadLetters {
     /// At most `limit` dead letters, oldest first.
     pub async fn list(&self, limit: usize) -> Result<Vec<DeadView>, DeadLetterError> {
         let unavailable = |e: &dyn std::fmt::Display| DeadLetterError::Unavailable(e.to_string());
-        let subjects: Vec<(String, usize)> = self
-            .dead
-            .info_with_subjects(subjects::DEAD_ALL)
-            .await
-            .map_err(|e| unavailable(&e))?
-            .try_collect()
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let subjects = nats::subject_counts(
+            self.admitter.js(),
+            subjects::DEAD_STREAM,
+            subjects::DEAD_ALL,
+        )
+        .await
+        .map_err(|e| unavailable(&e))?;
         let mut letters = Vec::new();
         for (subject, _) in subjects.into_iter().take(limit) {
             if let Ok(msg) = self.dead.direct_get_last_for_subject(subject).await
