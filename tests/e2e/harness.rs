@@ -660,12 +660,14 @@ async fn durable(form: &Form) {
     // Latency at fixed rates, the bare pipeline's and the durable path's.
     let mut latency: Vec<(Percentiles, Percentiles)> =
         vec![Default::default(); LATENCY_RATES.len()];
-    // Each run's median of each hop at the first rate, in ms.
-    let mut hops: Vec<Vec<f64>> = Vec::new();
+    // Each rate's runs' median of each hop, in ms.
+    let mut hops: Vec<Vec<Vec<f64>>> = vec![Vec::new(); LATENCY_RATES.len()];
     for _ in 0..form.runs {
         let bare = pipeline::bare(&nats, &LATENCY_RATES, form.seconds).await;
         let ours = pipeline::durable(&LATENCY_RATES, form.seconds).await;
-        hops.push(pipeline::hops(LATENCY_RATES[0], form.seconds).await);
+        for (rate, runs) in LATENCY_RATES.iter().zip(&mut hops) {
+            runs.push(pipeline::hops(*rate, form.seconds).await);
+        }
         for (i, (b, o)) in bare.iter().zip(&ours).enumerate() {
             assert_eq!(b.failed + o.failed, 0, "failed at {}/s", LATENCY_RATES[i]);
             latency[i].0.0.push(b.ms(0.5));
@@ -730,13 +732,21 @@ async fn durable(form: &Form) {
             spread(&ratio(o99, b99), 2)
         );
     }
+    let rates: Vec<String> = LATENCY_RATES.iter().map(|r| format!(" {r}/s |")).collect();
     println!(
-        "\n| hop of a job at {}/s | p50 ms, median (min–max) |\n| --- | --- |",
-        LATENCY_RATES[0]
+        "\n| hop of a job, p50 ms, median (min–max) |{}\n| --- |{}",
+        rates.concat(),
+        " --- |".repeat(rates.len())
     );
     for (i, (hop, _, _)) in pipeline::HOPS.iter().enumerate() {
-        let xs: Vec<f64> = hops.iter().map(|run| run[i]).collect();
-        println!("| {hop} | {} |", spread(&xs, 2));
+        let cells: Vec<String> = hops
+            .iter()
+            .map(|runs| {
+                let xs: Vec<f64> = runs.iter().map(|run| run[i]).collect();
+                format!(" {} |", spread(&xs, 2))
+            })
+            .collect();
+        println!("| {hop} |{}", cells.concat());
     }
 }
 
