@@ -660,8 +660,8 @@ async fn durable(form: &Form) {
     // Latency at fixed rates, the bare pipeline's and the durable path's.
     let mut latency: Vec<(Percentiles, Percentiles)> =
         vec![Default::default(); LATENCY_RATES.len()];
-    // Each rate's runs' median of each hop, in ms.
-    let mut hops: Vec<Vec<Vec<f64>>> = vec![Vec::new(); LATENCY_RATES.len()];
+    // Each rate's runs' p50 and p99 of each hop, in ms.
+    let mut hops: Vec<Vec<Vec<(f64, f64)>>> = vec![Vec::new(); LATENCY_RATES.len()];
     for _ in 0..form.runs {
         let bare = pipeline::bare(&nats, &LATENCY_RATES, form.seconds).await;
         let ours = pipeline::durable(&LATENCY_RATES, form.seconds).await;
@@ -732,18 +732,22 @@ async fn durable(form: &Form) {
             spread(&ratio(o99, b99), 2)
         );
     }
-    let rates: Vec<String> = LATENCY_RATES.iter().map(|r| format!(" {r}/s |")).collect();
+    let rates: Vec<String> = LATENCY_RATES
+        .iter()
+        .map(|r| format!(" p50 at {r}/s | p99 at {r}/s |"))
+        .collect();
     println!(
-        "\n| hop of a job, p50 ms, median (min–max) |{}\n| --- |{}",
+        "\n| hop of a job, ms, median (min–max) |{}\n| --- |{}",
         rates.concat(),
-        " --- |".repeat(rates.len())
+        " --- | --- |".repeat(rates.len())
     );
     for (i, (hop, _, _)) in pipeline::HOPS.iter().enumerate() {
         let cells: Vec<String> = hops
             .iter()
             .map(|runs| {
-                let xs: Vec<f64> = runs.iter().map(|run| run[i]).collect();
-                format!(" {} |", spread(&xs, 2))
+                let p50: Vec<f64> = runs.iter().map(|run| run[i].0).collect();
+                let p99: Vec<f64> = runs.iter().map(|run| run[i].1).collect();
+                format!(" {} | {} |", spread(&p50, 2), spread(&p99, 2))
             })
             .collect();
         println!("| {hop} |{}", cells.concat());

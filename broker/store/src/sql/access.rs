@@ -5,7 +5,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use switchyard_runtime::RateLimits;
 
-use super::SqlStore;
+use super::{SqlStore, Writer};
 use crate::access::{AccessStore, KeyRecord, TenantRecord};
 use crate::{StoreError, corrupt};
 
@@ -37,7 +37,7 @@ fn key(row: &AnyRow) -> Result<KeyRecord, StoreError> {
 #[async_trait]
 impl AccessStore for SqlStore {
     async fn insert_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Request).await;
         sqlx::query(
             "INSERT INTO api_keys
                 (id, tenant, role, name, digest, limits, created_at, expires_at, revoked_at)
@@ -80,7 +80,7 @@ impl AccessStore for SqlStore {
     }
 
     async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<Option<KeyRecord>, StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Request).await;
         sqlx::query(
             "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 RETURNING *",
         )
@@ -94,7 +94,7 @@ impl AccessStore for SqlStore {
     }
 
     async fn insert_tenant(&self, t: &TenantRecord) -> Result<bool, StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Request).await;
         let made = sqlx::query(
             "INSERT INTO tenants (name, limits, created_at) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO NOTHING",
@@ -113,7 +113,7 @@ impl AccessStore for SqlStore {
         limits: Option<&RateLimits>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Request).await;
         sqlx::query(
             "INSERT INTO tenants (name, limits, created_at) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET limits = excluded.limits",

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{SqlStore, flag, record};
+use super::{SqlStore, Writer, flag, record};
 use crate::batches::{
     BatchCounts, BatchItem, BatchRecord, BatchStatus, BatchStore, BatchUpdate, FileRecord,
 };
@@ -97,7 +97,7 @@ impl SqlStore {
 #[async_trait]
 impl BatchStore for SqlStore {
     async fn insert_file(&self, f: &FileRecord) -> Result<(), StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Request).await;
         sqlx::query(
             "INSERT INTO files (id, filename, purpose, bytes, created_at, tenant)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -138,7 +138,7 @@ impl BatchStore for SqlStore {
     }
 
     async fn delete_file(&self, id: &str) -> Result<bool, StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Request).await;
         let gone = sqlx::query("DELETE FROM files WHERE id = $1")
             .bind(id)
             .execute(self.pool())
@@ -168,7 +168,7 @@ impl BatchStore for SqlStore {
     }
 
     async fn insert_batch(&self, b: &BatchRecord) -> Result<(), StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Request).await;
         sqlx::query(
             "INSERT INTO batches (id, endpoint, input_file_id, completion_window, status, metadata,
                 created_at, expires_at, tenant, api_key)
@@ -230,7 +230,7 @@ impl BatchStore for SqlStore {
         now_ms: i64,
         lease_until_ms: i64,
     ) -> Result<Option<BatchRecord>, StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Background).await;
         let row = sqlx::query(
             "UPDATE batches SET lease_until = $2
              WHERE id = (SELECT id FROM batches
@@ -251,7 +251,7 @@ impl BatchStore for SqlStore {
     }
 
     async fn renew_batch(&self, id: &str, lease_until_ms: i64) -> Result<(), StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Background).await;
         sqlx::query("UPDATE batches SET lease_until = $2 WHERE id = $1")
             .bind(id)
             .bind(lease_until_ms)
@@ -267,7 +267,7 @@ impl BatchStore for SqlStore {
         lines_read: u64,
         input_done: bool,
     ) -> Result<(), StoreError> {
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Background).await?;
         for item in items {
             sqlx::query(
                 "INSERT INTO batch_items (batch_id, line, custom_id, job_id, error_code, error_message)
@@ -338,7 +338,7 @@ impl BatchStore for SqlStore {
         at_ms: i64,
         update: BatchUpdate,
     ) -> Result<bool, StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Background).await;
         let stamp = stamp_column(to).map_or(String::new(), |c| format!(", {c} = $3"));
         let from: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
         let changed = sqlx::query(&format!(

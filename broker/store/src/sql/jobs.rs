@@ -11,7 +11,7 @@ use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, now_ms};
 
 use super::outbox::insert_delivery;
 use super::rows::{Marks, statements};
-use super::{Page, SqlStore, page, params, projection, quotas, record};
+use super::{Page, SqlStore, Writer, page, params, projection, quotas, record};
 use crate::ledger::Charge;
 use crate::outbox::{body, delivery_id, event_for};
 use crate::runs::NewDelivery;
@@ -251,7 +251,7 @@ impl JobRecords for SqlStore {
         tokens_estimate: u32,
         holds: &Holds,
     ) -> Result<Inserted, StoreError> {
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Request).await?;
         let recording = Recording {
             job,
             source,
@@ -284,14 +284,14 @@ impl JobRecords for SqlStore {
     }
 
     async fn insert_many(&self, jobs: &[Recording<'_>]) -> Result<Vec<Inserted>, StoreError> {
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Request).await?;
         let found = record_jobs(&mut tx, jobs).await?;
         tx.commit().await?;
         Ok(found)
     }
 
     async fn mark_enqueued(&self, ids: &[String], at_ms: i64) -> Result<(), StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Background).await;
         if ids.is_empty() {
             return Ok(());
         }
@@ -308,7 +308,7 @@ impl JobRecords for SqlStore {
     }
 
     async fn reopen(&self, job: &Job) -> Result<bool, StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Request).await;
         let json = serde_json::to_string(job).map_err(|e| StoreError::Corrupt {
             id: job.id.clone(),
             reason: e.to_string(),
@@ -329,7 +329,7 @@ impl JobRecords for SqlStore {
     }
 
     async fn discard_unqueued(&self, id: &str) -> Result<(), StoreError> {
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Request).await?;
         let gone = sqlx::query(
             "DELETE FROM jobs WHERE id = $1 AND status = 'queued' AND enqueued_at IS NULL",
         )
@@ -347,7 +347,7 @@ impl JobRecords for SqlStore {
     }
 
     async fn insert_rejected(&self, job: &RejectedJob) -> Result<String, StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Background).await;
         sqlx::query(
             "INSERT INTO jobs (id, model, priority, source, status, created_at, finished_at,
                 error_code, error_message, tenant)
@@ -399,7 +399,7 @@ impl JobRecords for SqlStore {
     }
 
     async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError> {
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Background).await?;
         projection::events(&mut tx, events).await?;
         let started: Vec<&JobEvent> = events
             .iter()
@@ -418,7 +418,7 @@ impl JobRecords for SqlStore {
         results: &[JobResult],
         charges: &[Charge],
     ) -> Result<Vec<usize>, StoreError> {
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Background).await?;
         projection::results(&mut tx, results).await?;
         let new = projection::charges(&mut tx, charges).await?;
         let hooked = hooked(&mut tx, results.iter().map(|r| r.job_id.as_str())).await?;
@@ -523,7 +523,7 @@ impl Idempotency for SqlStore {
         now_ms: i64,
         fresh_since_ms: i64,
     ) -> Result<String, StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Request).await;
         // One statement, so two brokers racing on one key agree on the winner.
         let claimed: Option<String> = sqlx::query_scalar(
             "INSERT INTO idempotency (key, job_id, created_at) VALUES ($1, $2, $3)
@@ -553,7 +553,7 @@ impl Idempotency for SqlStore {
     }
 
     async fn release_key(&self, key: &str, job_id: &str) -> Result<(), StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Request).await;
         sqlx::query("DELETE FROM idempotency WHERE key = $1 AND job_id = $2")
             .bind(key)
             .bind(job_id)

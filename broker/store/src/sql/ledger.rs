@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use switchyard_schemas::ErrorClass;
 
-use super::{SqlStore, flag, int};
+use super::{SqlStore, Writer, flag, int};
 use crate::StoreError;
 use crate::ledger::{AttemptUsage, Charge, Figures, Ledger, UsageFilter, UsageReport, UsageRow};
 
@@ -38,7 +38,7 @@ fn utc_day(day: i64) -> String {
 #[async_trait]
 impl Ledger for SqlStore {
     async fn record_usage(&self, charges: &[Charge]) -> Result<Vec<usize>, StoreError> {
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Background).await?;
         let new = super::projection::charges(&mut tx, charges).await?;
         tx.commit().await?;
         Ok(new)

@@ -35,13 +35,32 @@ mod tests;
 
 pub struct SqlStore {
     pool: AnyPool,
-    /// On SQLite, whose turn it is to write. SQLite lets one connection
-    /// write at a time and has the others sleep and try again (1, 2, 5 …
-    /// 100 ms); at a thousand jobs a second those sleeps held admission
-    /// and the projections for milliseconds. Waiting here instead, a writer
-    /// goes on as soon as the one before it commits. PostgreSQL locks rows,
-    /// and writers there need no turns.
-    turns: Option<Arc<Mutex<()>>>,
+    /// On SQLite, whose turn it is to write; PostgreSQL locks rows, and
+    /// writers there need no turns.
+    turns: Option<Turns>,
+}
+
+/// SQLite lets one connection write at a time and has the others sleep and
+/// try again (1, 2, 5 … 100 ms); at a thousand jobs a second those sleeps
+/// held admission and the projections for milliseconds. Waiting here
+/// instead, a writer goes on as soon as the one before it commits, and a
+/// write a request waits on goes ahead of those nobody waits on.
+struct Turns {
+    /// The turn itself: writers have it in the order they asked.
+    turn: Arc<Mutex<()>>,
+    /// Where background writers wait to ask, one at a time: a request's
+    /// write finds at most one of them ahead of it, however many there are.
+    behind: Mutex<()>,
+}
+
+/// Who waits on a write, which decides its place in the line for a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writer {
+    /// A request waits on it: admission's records, rate limits, keys.
+    Request,
+    /// Nothing waits on it but a stream it follows or a sweep: the
+    /// projections, the marks, the outbox, the ledger.
+    Background,
 }
 
 /// A writer's turn, held until its transaction ends.
@@ -175,6 +194,10 @@ impl SqlStore {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(4)
+            // An SQLite connection is a file in this process, which cannot
+            // go stale as a socket does; testing it on every acquire cost a
+            // round trip to its thread before every statement.
+            .test_before_acquire(false)
             // A transaction that failed as the disk filled can come back
             // still open, holding SQLite's write lock for ever; rolling
             // back on release frees it (an error just means none was open).
@@ -199,7 +222,10 @@ impl SqlStore {
         sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
         Ok(Self {
             pool,
-            turns: Some(Arc::new(Mutex::new(()))),
+            turns: Some(Turns {
+                turn: Arc::new(Mutex::new(())),
+                behind: Mutex::new(()),
+            }),
         })
     }
 
@@ -207,20 +233,23 @@ impl SqlStore {
         &self.pool
     }
 
-    /// This process's turn to write: hold it across every statement that
-    /// writes, and never ask for it again while holding it.
-    pub(crate) async fn turn(&self) -> Turn {
-        match &self.turns {
-            Some(turns) => Some(turns.clone().lock_owned().await),
-            None => None,
-        }
+    /// This process's turn to write, for `writer`: hold it across every
+    /// statement that writes, and never ask for it again while holding it.
+    pub(crate) async fn turn(&self, writer: Writer) -> Turn {
+        let turns = self.turns.as_ref()?;
+        let _line = match writer {
+            Writer::Request => None,
+            Writer::Background => Some(turns.behind.lock().await),
+        };
+        Some(turns.turn.clone().lock_owned().await)
     }
 
     /// A transaction that writes, with its turn.
     pub(crate) async fn begin_write(
         &self,
+        writer: Writer,
     ) -> Result<(sqlx::Transaction<'static, Any>, Turn), StoreError> {
-        let turn = self.turn().await;
+        let turn = self.turn(writer).await;
         Ok((self.pool.begin().await?, turn))
     }
 }

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Executor, Row};
 
-use super::{SqlStore, int, opt_int};
+use super::{SqlStore, Writer, int, opt_int};
 use crate::outbox::{Attempt, Delivery, DeliveryRecord, DisabledEndpoint, Next, WebhookOutbox};
 use crate::runs::NewDelivery;
 use crate::{Retention, StoreError};
@@ -99,7 +99,7 @@ impl WebhookOutbox for SqlStore {
             Next::Failed => ("failed", 0),
             Next::Disabled => ("disabled", 0),
         };
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Background).await?;
         sqlx::query(
             "INSERT INTO webhook_attempts (delivery_id, number, at, duration_ms, status, error)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -200,7 +200,7 @@ impl WebhookOutbox for SqlStore {
     }
 
     async fn enable_endpoint(&self, url: &str, now_ms: i64) -> Result<Option<u64>, StoreError> {
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Request).await?;
         let was = sqlx::query("DELETE FROM webhook_disabled WHERE url = $1")
             .bind(url)
             .execute(&mut *tx)
@@ -224,7 +224,7 @@ impl WebhookOutbox for SqlStore {
 #[async_trait]
 impl Retention for SqlStore {
     async fn forget(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Background).await?;
         let outputs = sqlx::query(
             "UPDATE jobs SET output = NULL, output_expired = 1
              WHERE id IN (SELECT id FROM jobs

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use sqlx::{Any, Row, Transaction};
 
-use super::SqlStore;
+use super::{SqlStore, Writer};
 use crate::StoreError;
 use crate::quotas::{
     Quotas, Reservation, Settlement, Take, TokenRates, key_holder, run_reservation,
@@ -17,7 +17,7 @@ impl Quotas for SqlStore {
         takes: &[Take],
         now_us: i64,
     ) -> Result<Option<(&'static str, i64)>, StoreError> {
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Request).await?;
         for t in takes {
             // GCRA: a request may come when the theoretical arrival time is
             // at most the tolerance ahead; it moves that time on by its cost.
@@ -50,7 +50,7 @@ impl Quotas for SqlStore {
         used: &[(String, u32)],
         rates: &TokenRates,
     ) -> Result<(), StoreError> {
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Background).await?;
         for (id, tokens) in used {
             let Some(row) = sqlx::query(
                 "SELECT tenant, api_key, tokens_estimate FROM jobs
@@ -85,7 +85,7 @@ impl Quotas for SqlStore {
     }
 
     async fn settle(&self, jobs: &[Settlement]) -> Result<(), StoreError> {
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Background).await?;
         for Settlement {
             job_id: id,
             cost_micros: spent,
@@ -112,7 +112,7 @@ impl Quotas for SqlStore {
         let Some(run) = &r.run else {
             return Ok(None);
         };
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Request).await?;
         let tenant_wide = Reservation {
             run: None,
             ..r.clone()

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use switchyard_schemas::{WebhookEvent, WebhookTarget};
 
 use super::outbox::insert_delivery;
-use super::{Page, SqlStore, int, page, quotas};
+use super::{Page, SqlStore, Writer, int, page, quotas};
 use crate::StoreError;
 use crate::quotas::run_reservation;
 use crate::runs::{NewDelivery, RunEnd, RunFilter, RunRecords, RunRow};
@@ -43,7 +43,7 @@ impl RunRecords for SqlStore {
         started: &[RunRow],
         ended: &[RunEnd],
     ) -> Result<Vec<RunRow>, StoreError> {
-        let (mut tx, _turn) = self.begin_write().await?;
+        let (mut tx, _turn) = self.begin_write(Writer::Background).await?;
         for r in started {
             let events = r.webhook.as_ref().map(|w| {
                 w.events
@@ -122,7 +122,7 @@ impl RunRecords for SqlStore {
     }
 
     async fn queue_delivery(&self, delivery: &NewDelivery) -> Result<(), StoreError> {
-        let _turn = self.turn().await;
+        let _turn = self.turn(Writer::Background).await;
         insert_delivery(self.pool(), delivery).await
     }
 }

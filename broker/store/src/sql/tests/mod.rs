@@ -385,7 +385,10 @@ async fn on_sqlite_a_writer_waits_for_the_turn_of_the_one_before_it() {
         return;
     }
     let (s, _dir) = store().await;
-    let first = s.turn().await.expect("SQLite writers take turns");
+    let first = s
+        .turn(Writer::Background)
+        .await
+        .expect("SQLite writers take turns");
     let ids = ["j1".to_owned()];
     let second = s.mark_enqueued(&ids, 1);
     tokio::pin!(second);
@@ -393,4 +396,47 @@ async fn on_sqlite_a_writer_waits_for_the_turn_of_the_one_before_it() {
     assert!(waited.is_err(), "wrote while another writer held the turn");
     drop(first);
     second.await.unwrap();
+}
+
+#[tokio::test]
+async fn on_sqlite_a_request_writes_ahead_of_background_writers_that_asked_first() {
+    if std::env::var("SY_TEST_POSTGRES").is_ok() {
+        return;
+    }
+    let (s, _dir) = store().await;
+    let holder = s.turn(Writer::Background).await;
+    let (one, two) = (["m1".to_owned()], ["m2".to_owned()]);
+    let first = job("admitted");
+    let recording = [Recording {
+        job: &first,
+        source: Source::Http,
+        tokens_estimate: ESTIMATE,
+    }];
+    let order = std::sync::Mutex::new(Vec::new());
+    let noted = |name| order.lock().unwrap().push(name);
+    let mark_one = async {
+        s.mark_enqueued(&one, 1).await.unwrap();
+        noted("mark 1");
+    };
+    let mark_two = async {
+        s.mark_enqueued(&two, 1).await.unwrap();
+        noted("mark 2");
+    };
+    let record = async {
+        s.insert_many(&recording).await.unwrap();
+        noted("record");
+    };
+    tokio::pin!(mark_one, mark_two, record);
+    // In line in this order: a background writer, another, then a
+    // request's write.
+    let wait = std::time::Duration::from_millis(20);
+    assert!(tokio::time::timeout(wait, &mut mark_one).await.is_err());
+    assert!(tokio::time::timeout(wait, &mut mark_two).await.is_err());
+    assert!(tokio::time::timeout(wait, &mut record).await.is_err());
+    drop(holder);
+    tokio::join!(mark_one, mark_two, record);
+    let done = order.lock().unwrap().clone();
+    // The one background writer already asking goes first; the request's
+    // write then goes ahead of the background writer behind it.
+    assert_eq!(done, ["mark 1", "record", "mark 2"]);
 }
