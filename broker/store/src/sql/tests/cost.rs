@@ -86,3 +86,95 @@ async fn projection_cost_per_job() {
         println!("| {stage} | {wall:.1} | {cpu:.1} |");
     }
 }
+
+/// Each write's time in ms, one job at a time as at a low rate: its
+/// record, its `assigned` event, its result with its ledger line.
+async fn one_at_a_time(s: &SqlStore, jobs: usize) -> [Vec<f64>; 3] {
+    let mut took = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..jobs {
+        let id = format!("job-{i:08}");
+        let job = job(&id);
+        let recording = [Recording {
+            job: &job,
+            source: Source::Nats,
+            tokens_estimate: ESTIMATE,
+        }];
+        let assigned = [event(&id, 5, EventKind::Assigned { node: "n1".into() })];
+        let charge = [Charge {
+            usage: UsageEvent::fixture(&id, "n1"),
+            cost_micros: 1,
+            cache_hit: false,
+        }];
+        let started = Instant::now();
+        s.insert_many(&recording).await.unwrap();
+        took[0].push(started.elapsed().as_secs_f64() * 1000.0);
+        let started = Instant::now();
+        s.apply_events(&assigned).await.unwrap();
+        took[1].push(started.elapsed().as_secs_f64() * 1000.0);
+        let started = Instant::now();
+        s.apply_results(&[succeeded(&id, 1, 2)], &charge)
+            .await
+            .unwrap();
+        took[2].push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    took
+}
+
+/// How long SQLite's writes take one at a time, with the checkpoints on
+/// their own connection and with SQLite's automatic ones in the commit
+/// that crosses 1,000 pages, as before. A measurement, not a test:
+/// `cargo test --release -p switchyard-store write_tail -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement for docs/benchmarks.md"]
+async fn write_tail() {
+    if std::env::var("SY_TEST_POSTGRES").is_ok() {
+        return;
+    }
+    println!("| checkpoints | write | p50 ms | p99 ms | max ms | over 2 ms |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for round in 0..3 {
+        for in_commits in [true, false] {
+            let (s, _dir) = store().await;
+            let stop = tokio_util::sync::CancellationToken::new();
+            let took = match in_commits {
+                true => {
+                    let mut conns = Vec::new();
+                    for _ in 0..4 {
+                        let mut conn = s.pool().acquire().await.unwrap();
+                        sqlx::query("PRAGMA wal_autocheckpoint = 1000")
+                            .execute(&mut *conn)
+                            .await
+                            .unwrap();
+                        conns.push(conn);
+                    }
+                    drop(conns);
+                    one_at_a_time(&s, 3000).await
+                }
+                false => {
+                    let measured = async {
+                        let took = one_at_a_time(&s, 3000).await;
+                        stop.cancel();
+                        took
+                    };
+                    tokio::join!(s.checkpoints(stop.clone()), measured).1
+                }
+            };
+            let how = match in_commits {
+                true => "in the commit",
+                false => "on their own",
+            };
+            for (write, mut took) in ["record", "assigned", "result"].into_iter().zip(took) {
+                took.sort_by(f64::total_cmp);
+                let at = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
+                let over = took.iter().filter(|t| **t > 2.0).count();
+                println!(
+                    "| {how} (round {}) | {write} | {:.3} | {:.3} | {:.3} | {over} |",
+                    round + 1,
+                    at(0.5),
+                    at(0.99),
+                    at(1.0)
+                );
+            }
+        }
+    }
+}

@@ -440,3 +440,46 @@ async fn on_sqlite_a_request_writes_ahead_of_background_writers_that_asked_first
     // write then goes ahead of the background writer behind it.
     assert_eq!(done, ["mark 1", "record", "mark 2"]);
 }
+
+#[tokio::test]
+async fn on_sqlite_commits_leave_the_wal_to_the_checkpoints() {
+    if std::env::var("SY_TEST_POSTGRES").is_ok() {
+        return;
+    }
+    let (s, dir) = store().await;
+    // Every connection a writer may get leaves the WAL alone until the
+    // backstop.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut conn = s.pool().acquire().await.unwrap();
+        let pages: i64 = sqlx::query("PRAGMA wal_autocheckpoint")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(pages, i64::from(WAL_BACKSTOP_PAGES));
+        held.push(conn);
+    }
+    drop(held);
+    let file = dir.path().join("sub/jobs.db");
+    let before = std::fs::metadata(&file).unwrap().len();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let written = async {
+        for i in 0..200 {
+            add(&s, &job(&format!("job-{i:04}")), Source::Http).await;
+        }
+        // The writes reach the database file without a commit copying
+        // them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&file).unwrap().len() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL was never copied into the database"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+    };
+    tokio::join!(s.checkpoints(stop.clone()), written);
+}
