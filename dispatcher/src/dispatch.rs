@@ -52,7 +52,7 @@ fn rang(subject: &str, arrivals: &mut Arrivals, looks: &mut Looks, known: &mut O
     arrivals.arrived(subject);
     looks.rang();
     if let Some(known) = known {
-        known.arrived(subject);
+        known.arrived(subject, Instant::now());
     }
 }
 
@@ -153,6 +153,8 @@ pub async fn run(
     // A look at the backlog in flight, when the loop goes on meanwhile.
     let mut refresh: Option<JoinHandle<Option<Queued>>> = None;
     let mut kept_at: Option<Instant> = None;
+    // When a lane a pull found empty as its ring came is asked again.
+    let mut recheck_at: Option<Instant> = None;
     ready.watch(&client);
     ready.set(true);
     info!(listen = %cfg.listen, queues = queues.len(), "dispatcher ready");
@@ -315,6 +317,7 @@ pub async fn run(
                     },
                 };
                 let asked = max.min(room);
+                let asked_at = Instant::now();
                 let got = match lane {
                     Some(lane) => dispatch_batch(
                         &mut assigner,
@@ -357,7 +360,10 @@ pub async fn run(
                     // A tenant at its running bound was not asked: its jobs
                     // still wait.
                     if let Some(known) = known.as_mut().filter(|_| max > 0) {
-                        known.drained(&q.prefix, &tenant);
+                        match n == 0 && known.maybe_unstored(&q.prefix, &tenant, asked_at) {
+                            true => recheck_at = Some(Instant::now() + backlog::STORING),
+                            false => known.drained(&q.prefix, &tenant),
+                        }
                     }
                 } else {
                     q.fair.again(&mut turns, turn);
@@ -370,6 +376,10 @@ pub async fn run(
             }
         }
         if !progressed {
+            let idle = recheck_at.take().map_or(cfg.idle_poll, |at| {
+                at.saturating_duration_since(Instant::now())
+                    .min(cfg.idle_poll)
+            });
             tokio::select! {
                 () = shutdown.cancelled() => break 'run,
                 msg = heartbeats.next() => match msg {
@@ -383,7 +393,7 @@ pub async fn run(
                     refresh = None;
                     looked(seen.ok().flatten(), &mut known, &mut looks, &mut queues, &js, &cfg).await;
                 }
-                () = tokio::time::sleep(cfg.idle_poll) => {}
+                () = tokio::time::sleep(idle) => {}
             }
         }
     }
