@@ -75,7 +75,7 @@ pub async fn run(
     let sql = Arc::new(SqlStore::open(&cfg.database_url).await?);
     let store: Arc<dyn JobStore> = sql.clone();
     let batch_store: Arc<dyn BatchStore> = sql.clone();
-    let access: Arc<dyn AccessStore> = sql.clone();
+    let access: Arc<dyn AccessStore> = sql;
     let auth = Arc::new(
         Auth::new(cfg.auth.pepper()?, access.clone(), &tenants)
             .limit_failures(cfg.auth.max_failures_per_minute),
@@ -196,8 +196,6 @@ pub async fn run(
     let writers_stop = CancellationToken::new();
     let writing = TaskTracker::new();
     writing.spawn(writers.run(writers_stop.clone()));
-    let stop = writers_stop.clone();
-    writing.spawn(async move { sql.checkpoints(stop).await });
     writing.close();
     // One token per HTTP request in flight.
     let inflight = TaskTracker::new();

@@ -17,7 +17,6 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, Executor, Row};
 use switchyard_schemas::Usage;
 use tokio::sync::{Mutex, OwnedMutexGuard};
-use tokio_util::sync::CancellationToken;
 
 use crate::{JobRecord, Status, StoreError};
 
@@ -40,14 +39,6 @@ pub struct SqlStore {
     /// writers there need no turns.
     turns: Option<Turns>,
 }
-
-/// How often the WAL is copied into the database file on SQLite.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// Pages the WAL may reach before a commit copies it into the database
-/// itself: a backstop for a process that runs no `SqlStore::checkpoints`,
-/// which keep it far shorter.
-const WAL_BACKSTOP_PAGES: u32 = 10_000;
 
 /// SQLite lets one connection write at a time and has the others sleep and
 /// try again (1, 2, 5 … 100 ms); at a thousand jobs a second those sleeps
@@ -203,10 +194,6 @@ impl SqlStore {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(4)
-            // An SQLite connection is a file in this process, which cannot
-            // go stale as a socket does; testing it on every acquire cost a
-            // round trip to its thread before every statement.
-            .test_before_acquire(false)
             // A transaction that failed as the disk filled can come back
             // still open, holding SQLite's write lock for ever; rolling
             // back on release frees it (an error just means none was open).
@@ -218,12 +205,11 @@ impl SqlStore {
             })
             .after_connect(|conn, _| {
                 Box::pin(async move {
-                    let pragmas = format!(
+                    conn.execute(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
-                         PRAGMA busy_timeout = 10000;
-                         PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_PAGES};"
-                    );
-                    conn.execute(pragmas.as_str()).await?;
+                         PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
                     Ok(())
                 })
             })
@@ -252,31 +238,6 @@ impl SqlStore {
             Writer::Background => Some(turns.behind.lock().await),
         };
         Some(turns.turn.clone().lock_owned().await)
-    }
-
-    /// Copies the WAL into the database file every `CHECKPOINT_EVERY` on a
-    /// connection that holds no turn, until `stop`; on PostgreSQL, nothing.
-    /// SQLite's automatic checkpoint ran inside the commit that took the
-    /// WAL past 1,000 pages, syncing both files while that writer held the
-    /// turn of every writer behind it. A passive checkpoint takes no write
-    /// lock, so writers go on meanwhile.
-    pub async fn checkpoints(&self, stop: CancellationToken) {
-        if self.turns.is_none() {
-            return;
-        }
-        let mut every = tokio::time::interval(CHECKPOINT_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = every.tick() => {}
-            }
-            // One that fails (the disk full, say) leaves the WAL to the
-            // next; the writers meet the cause themselves.
-            let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&self.pool)
-                .await;
-        }
     }
 
     /// A transaction that writes, with its turn.
