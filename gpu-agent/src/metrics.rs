@@ -36,7 +36,10 @@ pub fn describe() {
         JOBS,
         "Assignments finished by this agent, by outcome (succeeded, failed, duplicate, undecodable, handed_back: held, then displaced by a higher level)"
     );
-    metrics::describe_gauge!(RUNNING, "Assignments running on the engine now");
+    metrics::describe_gauge!(
+        RUNNING,
+        "Slots in use: assignments given a slot and not yet acknowledged"
+    );
     metrics::describe_gauge!(SLOTS, "Concurrent assignments this node accepts");
     metrics::describe_gauge!(
         HELD,

@@ -10,7 +10,7 @@
 //! the lowest it holds back to the job queues, uncharged, so that the job
 //! starts at the next free slot instead of after a turn of the held work.
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::*;
 
@@ -82,6 +82,38 @@ impl<T> Held<T> {
 
     fn into_items(self) -> impl Iterator<Item = T> {
         self.waiting.into_values()
+    }
+}
+
+/// A slot given to an assignment, counted as running in the heartbeats from
+/// the moment it is taken until it is free again. Counted only once the job
+/// started on the engine, the heartbeat sent as the slot was taken (what is
+/// held changed) or as the job ended (before its acknowledgement) reported
+/// the slot free while this node's own count still held it: the dispatcher
+/// placed one more, and the node handed back the lowest it held.
+struct Slot {
+    node: Arc<Node>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    fn taken(node: &Arc<Node>, permit: OwnedSemaphorePermit) -> Slot {
+        node.running.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!(m::RUNNING).increment(1.0);
+        Slot {
+            node: node.clone(),
+            permit: Some(permit),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Free here before it is free in the heartbeats, never after.
+        drop(self.permit.take());
+        self.node.running.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!(m::RUNNING).decrement(1.0);
+        self.node.wake_heartbeat.notify_one();
     }
 }
 
@@ -160,8 +192,9 @@ pub(super) async fn take_work(
                     }
                 }
             }
-            Ok(slot) = free.clone().acquire_owned(), if !held.is_empty() => {
+            Ok(permit) = free.clone().acquire_owned(), if !held.is_empty() => {
                 if let Some(Waiting { msg, assignment, lease }) = held.pop() {
+                    let slot = Slot::taken(node, permit);
                     let node = node.clone();
                     let abort = abort.clone();
                     jobs.spawn(async move {

@@ -386,13 +386,7 @@ async fn run_assignment(
             }
             lease.renewed();
         }
-        node.running.fetch_add(1, Ordering::SeqCst);
-        metrics::gauge!(m::RUNNING).increment(1.0);
-        let outcome = execute(node, &msg, &assignment, lease).await;
-        node.running.fetch_sub(1, Ordering::SeqCst);
-        metrics::gauge!(m::RUNNING).decrement(1.0);
-        node.wake_heartbeat.notify_one();
-        match outcome {
+        match execute(node, &msg, &assignment, lease).await {
             Ok(Done::Reported) => ack(&msg).await,
             Ok(Done::Fenced) => {}
             Err(e) => {
