@@ -3,15 +3,20 @@
 
 use super::*;
 
-/// Aborts running jobs as their cancellations arrive.
+/// Aborts running jobs as their cancellations arrive, and keeps what it
+/// heard, beginning with what the bucket holds, for the jobs still to start.
 pub(super) async fn watch_cancellations(node: Arc<Node>, stop: CancellationToken) {
-    let mut watch = match node.cancellations.watch_all().await {
+    let mut watch = match node.cancellations.watch_with_history(">").await {
         Ok(w) => w,
         Err(e) => {
             warn!(error = %e, "cannot watch cancellations; running jobs cannot be cancelled");
             return;
         }
     };
+    // An empty bucket gives the watch nothing to say it is current with.
+    if matches!(node.cancellations.status().await, Ok(s) if s.values() == 0) {
+        node.heard.current();
+    }
     loop {
         let entry = tokio::select! {
             () = stop.cancelled() => return,
@@ -19,13 +24,33 @@ pub(super) async fn watch_cancellations(node: Arc<Node>, stop: CancellationToken
         };
         match entry {
             Some(Ok(entry)) => {
+                // Heard before running jobs are looked at: a job starting
+                // now is listed in `aborts` before it looks at what was heard.
+                let put_at_ms =
+                    i64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+                let now = now_ms();
+                let age = Duration::from_millis(
+                    u64::try_from(now.saturating_sub(put_at_ms)).unwrap_or(0),
+                );
+                if entry.operation == kv::Operation::Put && age <= heard::KEPT {
+                    node.heard.heard(&entry.key, now);
+                }
+                if entry.delta == 0 {
+                    node.heard.current();
+                }
                 if let Some(abort) = lock(&node.aborts).get(&entry.key) {
                     info!(job_id = %entry.key, "cancelling running job");
                     abort.cancel();
                 }
             }
-            Some(Err(e)) => warn!(error = %e, "cancellation watch failed"),
-            None => return,
+            Some(Err(e)) => {
+                node.heard.lost();
+                warn!(error = %e, "cancellation watch failed");
+            }
+            None => {
+                node.heard.lost();
+                return;
+            }
         }
     }
 }

@@ -45,10 +45,10 @@ pub(super) async fn execute(
         metrics::counter!(m::JOBS, "outcome" => "expired").increment(1);
         return Ok(Done::Reported);
     }
-    // Listened for before the bucket is asked: a cancellation is then either
-    // in the bucket or reaches this token, whenever it comes.
+    // Listened for before the cancellations are looked at: one is then
+    // either found or reaches this token, whenever it comes.
     let abort = Abort::listen(node, &job.id);
-    if matches!(node.cancellations.get(job.id.as_str()).await, Ok(Some(_))) {
+    if node.cancelled(job).await {
         // Cancelled while it waited: its result is already stored.
         metrics::counter!(m::JOBS, "outcome" => "cancelled").increment(1);
         return Ok(Done::Reported);

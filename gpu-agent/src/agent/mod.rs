@@ -31,6 +31,7 @@ use crate::{AgentConfig, metrics as m, process};
 mod chunks;
 mod control;
 mod execute;
+mod heard;
 mod heartbeat;
 mod intake;
 mod platform;
@@ -38,6 +39,7 @@ mod platform;
 use chunks::Chunks;
 use control::{serve_loads, watch_cancellations};
 use execute::execute;
+use heard::{Heard, Known};
 use heartbeat::heartbeats;
 pub use intake::Placing;
 use intake::take_work;
@@ -99,6 +101,8 @@ struct Node {
     /// The dispatcher's: work waiting longer is served as the highest level.
     aging_bound: Duration,
     cancellations: kv::Store,
+    /// The cancellations the watch on the bucket has delivered.
+    heard: Heard,
     /// Running jobs, so that a cancellation can reach them.
     aborts: Mutex<HashMap<String, CancellationToken>>,
     /// The largest output a result message can carry: the server's
@@ -115,6 +119,16 @@ impl Node {
     fn offered(&self, mut models: Vec<String>) -> Vec<String> {
         models.retain(|m| self.registry.get(m).is_some());
         models
+    }
+
+    /// Whether `job` was cancelled: from what the watch has heard where
+    /// that is sure, from the bucket otherwise.
+    async fn cancelled(&self, job: &switchyard_schemas::Job) -> bool {
+        match self.heard.knows(&job.id, job.submitted_at_ms, now_ms()) {
+            Known::Cancelled => true,
+            Known::NotCancelled => false,
+            Known::Unsure => matches!(self.cancellations.get(job.id.as_str()).await, Ok(Some(_))),
+        }
     }
 
     /// Folds one job's engine time into the node's moving average and its
@@ -296,6 +310,7 @@ async fn serve(
         ack_wait: cfg.ack_wait,
         aging_bound: placing.aging_bound,
         cancellations: platform.cancellations,
+        heard: Heard::default(),
         aborts: Mutex::new(HashMap::new()),
         max_result_bytes,
         large_results: platform.large_results,
