@@ -14,6 +14,7 @@ pub const FREE_SLOTS: &str = "switchyard_dispatcher_free_slots";
 pub const RECLAIMED: &str = "switchyard_dispatcher_reclaimed_total";
 pub const MODEL_LOADS: &str = "switchyard_dispatcher_model_loads_total";
 pub const LANES: &str = "switchyard_dispatcher_lanes";
+pub const RUNNING_BOUNDS: &str = "switchyard_dispatcher_running_bounds";
 
 pub fn describe() {
     metrics::describe_counter!(ASSIGNMENTS, "Jobs assigned to a node, by priority");
@@ -61,6 +62,10 @@ pub fn describe() {
     metrics::describe_gauge!(
         LANES,
         "Tenant lanes (consumers of the job queues) open: tenants with jobs queued or queued a moment ago"
+    );
+    metrics::describe_gauge!(
+        RUNNING_BOUNDS,
+        "Tenants and API keys whose max_running_jobs this dispatcher applies; 0 while none has one and running jobs are not followed"
     );
     metrics::describe_gauge!(
         FREE_SLOTS,

@@ -1,11 +1,15 @@
 //! The jobs each tenant and each API key has assigned and not yet ended,
-//! for their `max_running_jobs`. Every dispatcher follows every assignment
-//! (the publishes to `sy.work.*` reach plain subscribers too) and every end
-//! of an attempt (`retrying` and `requeued` events, results), so it counts
-//! the other dispatchers' assignments as well as its own; at start it reads
-//! the assignments still waiting in `WORK`. The bounds come from the
-//! brokers, through the `limits` KV bucket, and until the bucket has them
-//! from the configuration.
+//! for their `max_running_jobs`. While any bound is offered, every
+//! dispatcher follows every assignment (the publishes to `sy.work.*` reach
+//! plain subscribers too) and every end of an attempt (`retrying` and
+//! `requeued` events, results), so it counts the other dispatchers'
+//! assignments as well as its own; before a bound comes into force it reads
+//! the assignments still waiting in `WORK`, so jobs placed while nothing
+//! was counted count too. With no bound, nothing is followed: each job's
+//! assignment, events and result would reach every dispatcher a second
+//! time, for nothing. The bounds come from the brokers, through the
+//! `limits` KV bucket, and until the bucket has them from the
+//! configuration.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,19 +19,26 @@ use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
 use switchyard_schemas::{Assignment, EventKind, Job, JobEvent, RunningLimits, decode, subjects};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-#[derive(Debug, Default)]
+use crate::metrics as m;
+
+#[derive(Debug)]
 pub struct Running {
     state: Mutex<State>,
-    /// The brokers' bounds, once read from the bucket.
-    handed: RwLock<Option<RunningLimits>>,
-    configured: BTreeMap<String, u32>,
+    /// The bounds in force: none unless the jobs are being counted.
+    bounds: RwLock<RunningLimits>,
+    /// The bounds to apply: the brokers' once handed, the configuration's
+    /// until then. `follow` puts them in force.
+    offered: watch::Sender<RunningLimits>,
 }
 
 #[derive(Debug, Default)]
 struct State {
+    /// Whether assignments are counted: only while a bound is offered.
+    counting: bool,
     /// Each counted job's holders: its tenant, and its key if it has one.
     holders_of: HashMap<String, Holders>,
     per_tenant: HashMap<String, u32>,
@@ -53,23 +64,32 @@ fn count_down(counts: &mut HashMap<String, u32>, holder: &str) {
     }
 }
 
+/// Whether `limits` bound anyone.
+fn bounded(limits: &RunningLimits) -> bool {
+    !limits.tenants.is_empty() || !limits.keys.is_empty()
+}
+
 impl Running {
-    /// With the configuration's bounds per tenant, which hold until the
-    /// brokers hand theirs.
+    /// With the configuration's bounds per tenant offered, which hold until
+    /// the brokers hand theirs.
     pub fn new(configured: BTreeMap<String, u32>) -> Running {
         Running {
-            configured,
-            ..Running::default()
+            state: Mutex::default(),
+            bounds: RwLock::default(),
+            offered: watch::Sender::new(RunningLimits {
+                tenants: configured,
+                ..RunningLimits::default()
+            }),
         }
     }
 
-    /// Counts a job as running for its tenant and key; counting it again
-    /// changes nothing.
+    /// Counts a job as running for its tenant and key, if jobs are being
+    /// counted; counting it again changes nothing.
     pub fn started(&self, job: &Job) {
         let Ok(mut s) = self.state.lock() else {
             return;
         };
-        if s.holders_of.contains_key(&job.id) {
+        if !s.counting || s.holders_of.contains_key(&job.id) {
             return;
         }
         count_up(&mut s.per_tenant, &job.tenant);
@@ -103,22 +123,41 @@ impl Running {
 
     /// Room a tenant has left under its bound; None: no bound.
     pub fn tenant_room(&self, tenant: &str) -> Option<u32> {
-        let max = match self.handed.read().ok()?.as_ref() {
-            Some(h) => h.tenants.get(tenant).copied(),
-            None => self.configured.get(tenant).copied(),
-        }?;
+        let max = self.bounds.read().ok()?.tenants.get(tenant).copied()?;
         Some(max.saturating_sub(self.count(|s| s.per_tenant.get(tenant).copied())))
     }
 
     /// Room a key has left under its bound; None: no bound.
     pub fn key_room(&self, key: &str) -> Option<u32> {
-        let max = self.handed.read().ok()?.as_ref()?.keys.get(key).copied()?;
+        let max = self.bounds.read().ok()?.keys.get(key).copied()?;
         Some(max.saturating_sub(self.count(|s| s.per_key.get(key).copied())))
     }
 
     fn hand(&self, limits: RunningLimits) {
-        if let Ok(mut handed) = self.handed.write() {
-            *handed = Some(limits);
+        self.offered.send_replace(limits);
+    }
+
+    /// Counts the assignments from now on.
+    fn count_from_now(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.counting = true;
+        }
+    }
+
+    /// Puts `limits` in force; the jobs must be counted already.
+    fn enforce(&self, limits: RunningLimits) {
+        metrics::gauge!(m::RUNNING_BOUNDS).set((limits.tenants.len() + limits.keys.len()) as f64);
+        if let Ok(mut bounds) = self.bounds.write() {
+            *bounds = limits;
+        }
+    }
+
+    /// No bound is in force any more: nothing is counted, and what was is
+    /// forgotten.
+    fn stop_counting(&self) {
+        self.enforce(RunningLimits::default());
+        if let Ok(mut s) = self.state.lock() {
+            *s = State::default();
         }
     }
 }
@@ -126,6 +165,14 @@ impl Running {
 /// How long a dispatcher waits before watching the bounds again after the
 /// watch failed.
 const WATCH_AGAIN: Duration = Duration::from_secs(1);
+
+/// Waits `WATCH_AGAIN` to try again: false when `shutdown` comes first.
+async fn again(shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(WATCH_AGAIN) => true,
+    }
+}
 
 /// Follows the bounds the brokers put in the `limits` bucket until
 /// `shutdown`.
@@ -138,9 +185,9 @@ pub async fn follow_bounds(running: Arc<Running>, bucket: kv::Store, shutdown: C
             Ok(entries) => entries,
             Err(e) => {
                 warn!(error = %e, "cannot watch the running-job limits; the last read stay");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(WATCH_AGAIN) => continue,
+                match again(&shutdown).await {
+                    true => continue,
+                    false => return,
                 }
             }
         };
@@ -166,32 +213,87 @@ pub async fn follow_bounds(running: Arc<Running>, bucket: kv::Store, shutdown: C
     }
 }
 
-/// Follows assignments and endings until `shutdown`.
+/// Follows assignments and endings while a bound is offered, until
+/// `shutdown`.
 pub async fn follow(
     running: Arc<Running>,
     client: async_nats::Client,
     work: Stream,
     shutdown: CancellationToken,
 ) {
-    // Subscribed before reading what is in WORK, so nothing falls between.
-    let subscribed = async {
-        Ok::<_, async_nats::SubscribeError>((
-            client.subscribe(subjects::WORK_ALL).await?,
-            client.subscribe(subjects::EVENTS_ALL).await?,
-            client.subscribe(subjects::RESULTS_ALL).await?,
-        ))
-    };
-    let (mut assignments, mut events, mut results) = match subscribed.await {
-        Ok(subs) => subs,
-        Err(e) => {
-            warn!(error = %e, "cannot follow running jobs; max_running_jobs is not applied");
-            return;
-        }
-    };
-    read_waiting(&running, &work).await;
+    let mut offered = running.offered.subscribe();
+    // Shown from the start, not only once a bound has come and gone.
+    metrics::gauge!(m::RUNNING_BOUNDS).set(0.0);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
+            waited = offered.wait_for(bounded) => if waited.is_err() {
+                return;
+            },
+        }
+        // Subscribed before reading what is in WORK, so nothing falls between.
+        let subscribed = async {
+            Ok::<_, async_nats::SubscribeError>((
+                client.subscribe(subjects::WORK_ALL).await?,
+                client.subscribe(subjects::EVENTS_ALL).await?,
+                client.subscribe(subjects::RESULTS_ALL).await?,
+            ))
+        };
+        let subscriptions = match subscribed.await {
+            Ok(subs) => subs,
+            Err(e) => {
+                warn!(error = %e, "cannot follow running jobs; max_running_jobs is not applied yet");
+                match again(&shutdown).await {
+                    true => continue,
+                    false => return,
+                }
+            }
+        };
+        running.count_from_now();
+        read_waiting(&running, &work).await;
+        let limits = offered.borrow_and_update().clone();
+        let stopped = if bounded(&limits) {
+            running.enforce(limits);
+            count(&running, subscriptions, &mut offered, &shutdown).await
+        } else {
+            // Taken back while `WORK` was read: nothing to apply.
+            false
+        };
+        running.stop_counting();
+        if stopped {
+            return;
+        }
+    }
+}
+
+type Subscriptions = (
+    async_nats::Subscriber,
+    async_nats::Subscriber,
+    async_nats::Subscriber,
+);
+
+/// Counts what the subscriptions tell until no bound is offered (false)
+/// or `shutdown` (true); the subscriptions end with it.
+async fn count(
+    running: &Running,
+    (mut assignments, mut events, mut results): Subscriptions,
+    offered: &mut watch::Receiver<RunningLimits>,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return true,
+            changed = offered.changed() => {
+                if changed.is_err() {
+                    return true;
+                }
+                let limits = offered.borrow_and_update().clone();
+                if !bounded(&limits) {
+                    info!("no running-job limits left; running jobs are not followed");
+                    return false;
+                }
+                running.enforce(limits);
+            }
             Some(msg) = assignments.next() => {
                 if let Ok(a) = decode::<Assignment>(&msg.payload) {
                     running.started(&a.job);
@@ -209,7 +311,6 @@ pub async fn follow(
                     running.ended(id);
                 }
             }
-            else => return,
         }
     }
 }
@@ -249,20 +350,29 @@ async fn read_waiting(running: &Running, work: &Stream) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_job_counts_once_until_its_attempt_ends() {
-        let r = Running::default();
-        r.hand(RunningLimits {
-            tenants: [("t".to_owned(), 3), ("u".to_owned(), 3)].into(),
-            keys: [("k".to_owned(), 2)].into(),
-            ..RunningLimits::default()
-        });
-        let job = |id: &str, tenant: &str, key: Option<&str>| Job {
+    fn job(id: &str, tenant: &str, key: Option<&str>) -> Job {
+        Job {
             id: id.to_owned(),
             tenant: tenant.to_owned(),
             api_key: key.map(str::to_owned),
             ..crate::config::tests::job_with_failures(&[])
-        };
+        }
+    }
+
+    fn counting(limits: RunningLimits) -> Running {
+        let r = Running::new(BTreeMap::new());
+        r.count_from_now();
+        r.enforce(limits);
+        r
+    }
+
+    #[test]
+    fn a_job_counts_once_until_its_attempt_ends() {
+        let r = counting(RunningLimits {
+            tenants: [("t".to_owned(), 3), ("u".to_owned(), 3)].into(),
+            keys: [("k".to_owned(), 2)].into(),
+            ..RunningLimits::default()
+        });
         r.started(&job("a", "t", Some("k")));
         r.started(&job("a", "t", Some("k")));
         r.started(&job("b", "t", None));
@@ -280,15 +390,44 @@ mod tests {
     }
 
     #[test]
-    fn the_configured_bounds_hold_until_the_brokers_hand_theirs() {
+    fn nothing_is_counted_or_kept_while_no_bound_is_in_force() {
+        let limits = RunningLimits {
+            tenants: [("t".to_owned(), 2)].into(),
+            ..RunningLimits::default()
+        };
+        let r = Running::new(BTreeMap::new());
+        // Never ended while nothing follows the results: kept, it would
+        // hold a place for ever.
+        r.started(&job("a", "t", None));
+        r.count_from_now();
+        r.enforce(limits.clone());
+        assert_eq!(r.tenant_room("t"), Some(2));
+        r.started(&job("b", "t", None));
+        assert_eq!(r.tenant_room("t"), Some(1));
+        r.stop_counting();
+        assert_eq!(r.tenant_room("t"), None, "no bound in force");
+        r.started(&job("c", "t", None));
+        r.count_from_now();
+        r.enforce(limits);
+        assert_eq!(r.tenant_room("t"), Some(2), "what was counted is forgotten");
+    }
+
+    #[test]
+    fn the_configured_bounds_are_offered_until_the_brokers_hand_theirs() {
         let r = Running::new([("t".to_owned(), 1), ("u".to_owned(), 5)].into());
-        assert_eq!((r.tenant_room("t"), r.tenant_room("u")), (Some(1), Some(5)));
+        assert!(bounded(&r.offered.borrow()));
+        assert_eq!(r.tenant_room("t"), None, "in force once counted");
         // The brokers' view replaces the configuration's whole: a tenant it
         // leaves out has no bound.
         r.hand(RunningLimits {
             tenants: [("t".to_owned(), 4)].into(),
             ..RunningLimits::default()
         });
-        assert_eq!((r.tenant_room("t"), r.tenant_room("u")), (Some(4), None));
+        assert_eq!(
+            r.offered.borrow().tenants,
+            BTreeMap::from([("t".to_owned(), 4)])
+        );
+        r.hand(RunningLimits::default());
+        assert!(!bounded(&r.offered.borrow()), "nothing to follow");
     }
 }

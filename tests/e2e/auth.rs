@@ -462,7 +462,7 @@ async fn key_and_admin_limits_apply() {
 }
 
 /// Polls until every job has ended, read with `key`; the jobs as read.
-async fn wait_ended(stack: &Stack, key: &str, ids: &[String]) -> Vec<Value> {
+pub(crate) async fn wait_ended(stack: &Stack, key: &str, ids: &[String]) -> Vec<Value> {
     let mut ended = Vec::new();
     for id in ids {
         let job = eventually(

@@ -186,3 +186,87 @@ async fn a_tenant_runs_at_most_its_max_running_jobs_at_once() {
         "the other tenant is not held back"
     );
 }
+
+/// A bound on running jobs set while a tenant's jobs run counts them. With
+/// no bound anywhere the dispatcher follows no running jobs; once one is
+/// offered it reads the assignments still on the nodes before applying it,
+/// so the jobs placed while nothing was counted hold their places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_bound_set_while_jobs_run_counts_them() {
+    use crate::auth::{admin_key, call, key, options, wait_ended};
+    use reqwest::Method;
+    const BOUNDS: &str = "switchyard_dispatcher_running_bounds";
+    let stack = Stack::running(
+        StackOptions {
+            base_latency: "6s",
+            ..options()
+        },
+        &["node-a"],
+    );
+    let admin = admin_key(&stack);
+    let (submitter, _) = key(
+        &stack,
+        &admin,
+        json!({"role": "submitter", "tenant": "acme"}),
+    )
+    .await;
+    let submit = |n: usize| {
+        let (stack, submitter) = (&stack, &submitter);
+        async move {
+            let body = json!({"model": TEXT_MODEL, "input": {"prompt": format!("long {n}")}});
+            let (status, made) =
+                call(stack, Method::POST, "/v1/jobs", submitter, Some(&body)).await;
+            assert_eq!(status, 202, "{made}");
+            made["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let mut first = Vec::new();
+    for n in 0..3 {
+        first.push(submit(n).await);
+    }
+    let ten_s = std::time::Duration::from_secs(10);
+    let running = "switchyard_agent_running_jobs";
+    stack
+        .wait_metric("node-a", running, ten_s, |n| n >= 3.0)
+        .await;
+    let shown = stack.metrics_text("dispatcher").await;
+    assert!(
+        shown.lines().any(|l| l == format!("{BOUNDS} 0")),
+        "no bound, nothing followed: {BOUNDS} reads 0"
+    );
+
+    let (status, _) = call(
+        &stack,
+        Method::PUT,
+        "/v1/admin/tenants/acme/limits",
+        &admin,
+        Some(&json!({"max_running_jobs": 2})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    stack
+        .wait_metric("dispatcher", BOUNDS, ten_s, |n| n == 1.0)
+        .await;
+    let later = vec![submit(3).await, submit(4).await];
+
+    let all: Vec<String> = first.iter().chain(&later).cloned().collect();
+    let ended = wait_ended(&stack, &admin, &all).await;
+    let at = |job: &Value, status: &str| {
+        let steps = job["transitions"].as_array().unwrap();
+        let step = steps.iter().find(|t| t["status"] == status).unwrap();
+        seconds_of(step["at"].as_str().unwrap())
+    };
+    let first_ended = ended[..3]
+        .iter()
+        .map(|j| at(j, "succeeded"))
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        ended[3..].iter().all(|j| at(j, "queued") < first_ended),
+        "the later jobs came while the first ran"
+    );
+    assert_eq!(
+        most_at_once(&ended.iter().collect::<Vec<_>>()),
+        3,
+        "the later jobs waited for the first to end"
+    );
+}
