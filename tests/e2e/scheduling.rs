@@ -1,6 +1,7 @@
 //! Queue policy against a real nats-server: bounded queues, and the backlog
 //! held in JetStream rather than in any process.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::common::*;
@@ -11,15 +12,21 @@ fn text(priority: &str, prompt: &str) -> Value {
     json!({"model": TEXT_MODEL, "priority": priority, "input": {"prompt": prompt}})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_full_queue_answers_429_and_never_a_202_it_cannot_hold() {
+/// A broker and a dispatcher with room for `max_queued` jobs a queue, and
+/// no agent: nothing leaves a queue until one is started.
+fn without_agents(max_queued: u32) -> Stack {
     let mut stack = Stack::new(StackOptions {
-        max_queued: 5,
+        max_queued,
         ..StackOptions::default()
     });
     stack.start_broker();
     stack.start_dispatcher();
-    // No agent: nothing leaves the queue.
+    stack
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_queue_answers_429_and_never_a_202_it_cannot_hold() {
+    let mut stack = without_agents(5);
     let mut accepted = Vec::new();
     for i in 0..5 {
         accepted.push(
@@ -67,12 +74,7 @@ async fn a_full_queue_answers_429_and_never_a_202_it_cannot_hold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn durable_submissions_wait_while_their_queue_is_full_and_are_bounded_too() {
-    let mut stack = Stack::new(StackOptions {
-        max_queued: 3,
-        ..StackOptions::default()
-    });
-    stack.start_broker();
-    stack.start_dispatcher();
+    let mut stack = without_agents(3);
     let js = async_nats::jetstream::new(stack.nats.client().await);
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -278,6 +280,42 @@ async fn an_idempotency_key_makes_one_job_however_often_it_is_sent() {
     assert!(fixed.headers().get("idempotent-replayed").is_none());
     let bad_key = post_with_key(&stack, "", &body).await;
     assert_eq!(bad_key.status(), 422);
+}
+
+/// One key sent several times at once while the queue is full: the first
+/// request records its job and is refused by the queue, which takes the
+/// record back. A repeat that reads the record in between must not be told
+/// `202` for a job that never reaches the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_sent_again_while_its_first_request_is_refused_is_never_accepted() {
+    let stack = without_agents(1);
+    let first = stack.submit_http(&text("batch", "fill")).await;
+    let body = text("batch", "one too many");
+    let mut answers: BTreeMap<(u16, String), usize> = BTreeMap::new();
+    for key in 0..40 {
+        let key = format!("full-{key}");
+        let sent = futures::future::join_all((0..8).map(|_| post_with_key(&stack, &key, &body)));
+        for r in sent.await {
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            let code = v["error"]["code"].as_str().unwrap_or_default().to_owned();
+            *answers.entry((status, code)).or_default() += 1;
+        }
+    }
+    assert!(
+        answers.keys().all(|(status, code)| matches!(
+            (status, code.as_str()),
+            (429, "queue_full") | (409, "idempotency_conflict")
+        )),
+        "{answers:?}"
+    );
+    assert!(
+        answers.contains_key(&(429, "queue_full".to_owned())),
+        "{answers:?}"
+    );
+    let (_, listed) = stack.get_json("/v1/jobs").await;
+    assert_eq!(listed["data"][0]["id"], first.as_str(), "{listed}");
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(1), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -773,6 +811,24 @@ async fn a_cancelled_job_never_runs_or_stops_running() {
     );
     assert_eq!(stack.get_job(&queued).await.1["status"], "cancelled");
     stack.start_agent("node-a");
+    // The node is given it, and drops it without the engine's running it.
+    let (dropped, ran) = (
+        "switchyard_agent_jobs_total{outcome=\"cancelled\"}",
+        "switchyard_agent_engine_seconds_count",
+    );
+    let dropped_are = |want: f64| {
+        let stack = &stack;
+        eventually(
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            move || async move {
+                let n = stack.metric("node-a", dropped).await;
+                so(n == want, || format!("{n} cancelled jobs dropped"))
+            },
+        )
+    };
+    dropped_are(1.0).await;
+    assert_eq!(stack.metric("node-a", ran).await, 0.0);
 
     // Running: a NATS client cancels it, and the engine call is dropped.
     let running = stack.submit_http(&text("normal", "long one")).await;
@@ -785,6 +841,10 @@ async fn a_cancelled_job_never_runs_or_stops_running() {
         },
     )
     .await;
+    // Queued behind it on a node that is up: the node knows of the
+    // cancellation from its watch by the time the slot frees.
+    let behind = stack.submit_http(&text("normal", "behind")).await;
+    assert_eq!(cancel(&behind).await.0, 200);
     let client = stack.nats.client().await;
     let reply = client
         .request("sy.cancel", running.clone().into())
@@ -805,7 +865,11 @@ async fn a_cancelled_job_never_runs_or_stops_running() {
         started.elapsed()
     );
 
-    for id in [&queued, &running] {
+    // Dropped: the one queued before the node came, the one behind; stopped:
+    // the running one. Only it and the last job ran on the engine.
+    dropped_are(3.0).await;
+    assert_eq!(stack.metric("node-a", ran).await, 2.0);
+    for id in [&queued, &running, &behind] {
         let (_, r) = stack.get_job(id).await;
         assert_eq!(r["status"], "cancelled", "{r}");
         assert_eq!(r["error"]["code"], "cancelled");

@@ -111,10 +111,14 @@ async fn submit(
             .claim_key(key, &id, now, now - s.idempotency_window_ms)
             .await?;
         if holder != id {
-            // The same request again: answer with the job it made.
+            // The same request again: answer with the job it made, once its
+            // queue has it. Until then the first request may still be
+            // refused (a full queue) and take the record back, and a 202
+            // here would name a job that never runs.
             let record = store
                 .get(&holder)
                 .await?
+                .filter(|r| r.status != Status::Queued || r.enqueued_at_ms.is_some())
                 .ok_or(ApiError::IdempotencyInFlight)?;
             let mut response = accepted(
                 &record.id,

@@ -1,6 +1,7 @@
 //! Test harness: a private `nats-server` per test (free port, temporary store,
 //! killed on drop) and the real `switchyard` binary for each component.
 
+mod failure;
 mod grants;
 pub mod proxy;
 mod servers;
@@ -624,6 +625,7 @@ pub const TEXT_MODEL: &str = "tiny-text";
 
 impl Stack {
     pub fn new(opts: StackOptions) -> Stack {
+        failure::remember_panics();
         let nats = match (opts.nats_accounts, opts.nats_cluster) {
             (true, _) => Nats::start_with_accounts(),
             (false, true) => Nats::start_cluster(3),
@@ -908,14 +910,23 @@ impl Stack {
     pub async fn wait_running(&self, node: &str) {
         // Real engines on a shared CPU can be slow to take a request: three
         // vLLM servers warming up on two cores took over a minute once.
-        eventually(
-            Duration::from_secs(180),
-            Duration::from_millis(20),
-            || async {
-                let running = self.metric(node, "switchyard_agent_running_jobs").await;
-                so(running >= 1.0, || format!("{node} runs no job"))
-            },
-        )
+        let running = "switchyard_agent_running_jobs";
+        self.wait_metric(node, running, Duration::from_secs(180), |n| n >= 1.0)
+            .await;
+    }
+
+    /// Waits until `metric` of component `name` reads a value `ok` takes.
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        metric: &str,
+        timeout: Duration,
+        ok: impl Fn(f64) -> bool,
+    ) {
+        eventually(timeout, Duration::from_millis(20), || async {
+            let value = self.metric(name, metric).await;
+            so(ok(value), || format!("{name}'s {metric} reads {value}"))
+        })
         .await;
     }
 
@@ -1038,6 +1049,9 @@ impl Drop for Stack {
                 for line in tail.into_iter().rev() {
                     eprintln!("{line}");
                 }
+            }
+            if let Some(message) = failure::last_panic() {
+                eprintln!("---- the test failed (said again after the logs) ----\n{message}");
             }
         }
     }

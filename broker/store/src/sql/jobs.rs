@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AnyConnection, Row, Transaction};
 use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, now_ms};
 
 use super::outbox::insert_delivery;
@@ -25,6 +25,10 @@ use crate::{
 /// too): the next request with the key takes it over. A request in flight
 /// records its job well within this.
 pub(super) const ABANDONED_CLAIM_MS: i64 = 15_000;
+
+/// How often a claim is tried when each try finds the key held and then
+/// let go: a key sent again and again as its requests are refused.
+const CLAIM_TRIES: u32 = 3;
 
 /// What a webhook delivery reports.
 #[derive(Clone, Copy)]
@@ -57,7 +61,7 @@ async fn hooked<'a>(
 /// `columns` of the jobs `ids` that meet `condition` (an SQL condition
 /// ending in `AND`, or nothing), in one read.
 async fn of_jobs(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut AnyConnection,
     columns: &str,
     condition: &str,
     ids: &[&str],
@@ -73,19 +77,19 @@ async fn of_jobs(
     for id in ids {
         query = query.bind(*id);
     }
-    query.fetch_all(&mut **tx).await
+    query.fetch_all(conn).await
 }
 
 /// Writes the webhook delivery `report` calls for, if the job's webhook
 /// asks for that event. Its id makes a repeat a no-op.
 async fn queue_webhook(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut AnyConnection,
     id: &str,
     report: Report,
 ) -> Result<(), StoreError> {
     let Some(row) = sqlx::query("SELECT * FROM jobs WHERE id = $1 AND webhook_url IS NOT NULL")
         .bind(id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *conn)
         .await?
     else {
         return Ok(());
@@ -119,7 +123,7 @@ async fn queue_webhook(
         payload: body(&record, event),
         at_ms: now_ms(),
     };
-    insert_delivery(&mut **tx, &delivery).await
+    insert_delivery(conn, &delivery).await
 }
 
 /// The `jobs` columns admission writes, and their types.
@@ -148,7 +152,7 @@ const RECORDED: [(&str, &str); 17] = [
 /// but the new jobs (and their webhooks' first reports), so a transaction
 /// holding several is never undone for one of them.
 async fn record_jobs(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut AnyConnection,
     jobs: &[Recording<'_>],
 ) -> Result<Vec<Inserted>, StoreError> {
     let mut found = vec![Inserted::New; jobs.len()];
@@ -159,7 +163,7 @@ async fn record_jobs(
         let sql = format!(
             "INSERT INTO jobs ({}) VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
             columns.join(", "),
-            Marks::of(tx).values(rows.len(), &types)
+            Marks::of(conn).values(rows.len(), &types)
         );
         let mut query = sqlx::query(&sql);
         for (_, r) in &rows {
@@ -197,7 +201,7 @@ async fn record_jobs(
                 .bind(&job.trace_id);
         }
         let new: HashSet<String> = query
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *conn)
             .await?
             .iter()
             .map(|row| row.try_get("id"))
@@ -207,13 +211,13 @@ async fn record_jobs(
             .map(|(_, r)| r.job.id.as_str())
             .filter(|id| !new.contains(*id))
             .collect();
-        let held = held(tx, &taken).await?;
+        let held = held(conn, &taken).await?;
         for (i, r) in rows {
             let job = r.job;
             found[*i] = match held.get(job.id.as_str()) {
                 None => {
                     if job.webhook.is_some() {
-                        queue_webhook(tx, &job.id, Report::Recorded).await?;
+                        queue_webhook(conn, &job.id, Report::Recorded).await?;
                     }
                     Inserted::New
                 }
@@ -230,10 +234,10 @@ async fn record_jobs(
 /// The tenant of each of the jobs `ids` already recorded, and whether its
 /// queue confirmed it.
 async fn held(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut AnyConnection,
     ids: &[&str],
 ) -> Result<HashMap<String, (String, bool)>, StoreError> {
-    let rows = of_jobs(tx, "id, tenant, enqueued_at", "", ids).await?;
+    let rows = of_jobs(conn, "id, tenant, enqueued_at", "", ids).await?;
     let mut held = HashMap::new();
     for row in rows {
         let enqueued = row.try_get::<Option<i64>, _>("enqueued_at")?.is_some();
@@ -284,6 +288,16 @@ impl JobRecords for SqlStore {
     }
 
     async fn insert_many(&self, jobs: &[Recording<'_>]) -> Result<Vec<Inserted>, StoreError> {
+        if let [alone] = jobs
+            && alone.job.webhook.is_none()
+        {
+            // One job writes one statement, whole or not at all on its own:
+            // a transaction around it would cost two more trips to the
+            // database, the whole of a quiet broker's admission but for them.
+            let _turn = self.turn(Writer::Request).await;
+            let mut conn = self.pool().acquire().await?;
+            return record_jobs(&mut conn, jobs).await;
+        }
         let (mut tx, _turn) = self.begin_write(Writer::Request).await?;
         let found = record_jobs(&mut tx, jobs).await?;
         tx.commit().await?;
@@ -524,32 +538,40 @@ impl Idempotency for SqlStore {
         fresh_since_ms: i64,
     ) -> Result<String, StoreError> {
         let _turn = self.turn(Writer::Request).await;
-        // One statement, so two brokers racing on one key agree on the winner.
-        let claimed: Option<String> = sqlx::query_scalar(
-            "INSERT INTO idempotency (key, job_id, created_at) VALUES ($1, $2, $3)
-             ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, created_at = excluded.created_at
-                WHERE idempotency.created_at < $4
-                   OR (idempotency.created_at < $5
-                       AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = idempotency.job_id))
-             RETURNING job_id",
-        )
-        .bind(key)
-        .bind(job_id)
-        .bind(now_ms)
-        .bind(fresh_since_ms)
-        .bind(now_ms - ABANDONED_CLAIM_MS)
-        .fetch_optional(self.pool())
-        .await?;
-        let holder = match claimed {
-            Some(id) => id,
-            None => {
-                sqlx::query_scalar("SELECT job_id FROM idempotency WHERE key = $1")
-                    .bind(key)
-                    .fetch_one(self.pool())
-                    .await?
+        let mut tries = 0;
+        loop {
+            // One statement, so two brokers racing on one key agree on the winner.
+            let claimed: Option<String> = sqlx::query_scalar(
+                "INSERT INTO idempotency (key, job_id, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, created_at = excluded.created_at
+                    WHERE idempotency.created_at < $4
+                       OR (idempotency.created_at < $5
+                           AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = idempotency.job_id))
+                 RETURNING job_id",
+            )
+            .bind(key)
+            .bind(job_id)
+            .bind(now_ms)
+            .bind(fresh_since_ms)
+            .bind(now_ms - ABANDONED_CLAIM_MS)
+            .fetch_optional(self.pool())
+            .await?;
+            if let Some(id) = claimed {
+                return Ok(id);
             }
-        };
-        Ok(holder)
+            let holder = sqlx::query_scalar("SELECT job_id FROM idempotency WHERE key = $1")
+                .bind(key)
+                .fetch_optional(self.pool())
+                .await?;
+            tries += 1;
+            match holder {
+                Some(id) => return Ok(id),
+                // The holder let the key go between the two statements (its
+                // request was refused): the key is free to claim again.
+                None if tries < CLAIM_TRIES => {}
+                None => return Err(StoreError::Db(sqlx::Error::RowNotFound)),
+            }
+        }
     }
 
     async fn release_key(&self, key: &str, job_id: &str) -> Result<(), StoreError> {

@@ -234,6 +234,29 @@ async fn jobs_recorded_together_each_get_what_insert_would_answer() {
     assert_eq!((r.tenant.as_str(), r.enqueued_at_ms), ("t", None));
     assert_eq!(s.get("queued").await.unwrap().unwrap().tenant, "t");
 
+    // One alone is written without a transaction around it: the same answers.
+    let alone = job("alone");
+    for (job, answer) in [
+        (&alone, Inserted::New),
+        (&fresh, Inserted::Existing { enqueued: false }),
+        (&queued, Inserted::Existing { enqueued: true }),
+        (&theirs, Inserted::OtherTenant),
+    ] {
+        let one = [Recording {
+            job,
+            source: Source::Nats,
+            tokens_estimate: ESTIMATE,
+        }];
+        assert_eq!(
+            s.insert_many(&one).await.unwrap(),
+            vec![answer],
+            "{}",
+            job.id
+        );
+    }
+    assert_eq!(s.get("alone").await.unwrap().unwrap().tenant, "t");
+    assert_eq!(s.get("queued").await.unwrap().unwrap().tenant, "t");
+
     // Marked many at once; a mark already there stays.
     add(&s, &job("other"), Source::Http).await;
     s.mark_enqueued(&["fresh".into(), "other".into(), "queued".into()], 9)
