@@ -166,11 +166,11 @@ impl Running {
 /// watch failed.
 const WATCH_AGAIN: Duration = Duration::from_secs(1);
 
-/// Waits `WATCH_AGAIN` to try again: false when `shutdown` comes first.
-async fn again(shutdown: &CancellationToken) -> bool {
+/// Waits `WATCH_AGAIN` before trying again, or until `shutdown`.
+async fn pause(shutdown: &CancellationToken) {
     tokio::select! {
-        () = shutdown.cancelled() => false,
-        () = tokio::time::sleep(WATCH_AGAIN) => true,
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(WATCH_AGAIN) => {}
     }
 }
 
@@ -185,10 +185,8 @@ pub async fn follow_bounds(running: Arc<Running>, bucket: kv::Store, shutdown: C
             Ok(entries) => entries,
             Err(e) => {
                 warn!(error = %e, "cannot watch the running-job limits; the last read stay");
-                match again(&shutdown).await {
-                    true => continue,
-                    false => return,
-                }
+                pause(&shutdown).await;
+                continue;
             }
         };
         loop {
@@ -224,7 +222,7 @@ pub async fn follow(
     let mut offered = running.offered.subscribe();
     // Shown from the start, not only once a bound has come and gone.
     metrics::gauge!(m::RUNNING_BOUNDS).set(0.0);
-    loop {
+    while !shutdown.is_cancelled() {
         tokio::select! {
             () = shutdown.cancelled() => return,
             waited = offered.wait_for(bounded) => if waited.is_err() {
@@ -243,26 +241,19 @@ pub async fn follow(
             Ok(subs) => subs,
             Err(e) => {
                 warn!(error = %e, "cannot follow running jobs; max_running_jobs is not applied yet");
-                match again(&shutdown).await {
-                    true => continue,
-                    false => return,
-                }
+                pause(&shutdown).await;
+                continue;
             }
         };
         running.count_from_now();
         read_waiting(&running, &work).await;
         let limits = offered.borrow_and_update().clone();
-        let stopped = if bounded(&limits) {
+        // Unless taken back while `WORK` was read: nothing to apply then.
+        if bounded(&limits) {
             running.enforce(limits);
-            count(&running, subscriptions, &mut offered, &shutdown).await
-        } else {
-            // Taken back while `WORK` was read: nothing to apply.
-            false
-        };
-        running.stop_counting();
-        if stopped {
-            return;
+            count(&running, subscriptions, &mut offered, &shutdown).await;
         }
+        running.stop_counting();
     }
 }
 
@@ -272,25 +263,25 @@ type Subscriptions = (
     async_nats::Subscriber,
 );
 
-/// Counts what the subscriptions tell until no bound is offered (false)
-/// or `shutdown` (true); the subscriptions end with it.
+/// Counts what the subscriptions tell until no bound is offered or
+/// `shutdown`; the subscriptions end with it.
 async fn count(
     running: &Running,
     (mut assignments, mut events, mut results): Subscriptions,
     offered: &mut watch::Receiver<RunningLimits>,
     shutdown: &CancellationToken,
-) -> bool {
+) {
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return true,
+            () = shutdown.cancelled() => return,
             changed = offered.changed() => {
                 if changed.is_err() {
-                    return true;
+                    return;
                 }
                 let limits = offered.borrow_and_update().clone();
                 if !bounded(&limits) {
                     info!("no running-job limits left; running jobs are not followed");
-                    return false;
+                    return;
                 }
                 running.enforce(limits);
             }

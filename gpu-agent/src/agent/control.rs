@@ -26,14 +26,10 @@ pub(super) async fn watch_cancellations(node: Arc<Node>, stop: CancellationToken
             Some(Ok(entry)) => {
                 // Heard before running jobs are looked at: a job starting
                 // now is listed in `aborts` before it looks at what was heard.
-                let put_at_ms =
-                    i64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-                let now = now_ms();
-                let age = Duration::from_millis(
-                    u64::try_from(now.saturating_sub(put_at_ms)).unwrap_or(0),
-                );
-                if entry.operation == kv::Operation::Put && age <= heard::KEPT {
-                    node.heard.heard(&entry.key, now);
+                if entry.operation == kv::Operation::Put {
+                    let put_at_ms = i64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000)
+                        .unwrap_or(0);
+                    node.heard.heard(&entry.key, put_at_ms, now_ms());
                 }
                 if entry.delta == 0 {
                     node.heard.current();

@@ -11,7 +11,7 @@ use super::lock;
 
 /// How long a cancellation heard is kept. A job submitted longer ago than
 /// this, less `SKEW`, is asked about at the bucket.
-pub(super) const KEPT: Duration = Duration::from_secs(600);
+const KEPT: Duration = Duration::from_secs(600);
 /// Room for the clocks of the broker, which stamps a job's submission, and
 /// of the server, which stamps a cancellation, against this node's.
 const SKEW: Duration = Duration::from_secs(60);
@@ -49,8 +49,13 @@ struct Inner {
 }
 
 impl Heard {
-    /// Notes job `id` cancelled, heard at `now_ms`.
-    pub(super) fn heard(&self, id: &str, now_ms: i64) {
+    /// Notes job `id` cancelled, put at `put_at_ms` and heard at `now_ms`.
+    /// One put longer ago than is kept (the bucket's history, replayed as
+    /// the watch begins) is not noted.
+    pub(super) fn heard(&self, id: &str, put_at_ms: i64, now_ms: i64) {
+        if now_ms.saturating_sub(put_at_ms) > ms(KEPT) {
+            return;
+        }
         let mut inner = lock(&self.0);
         while inner
             .order
@@ -113,7 +118,7 @@ mod tests {
     #[test]
     fn nothing_is_known_until_the_watch_is_current() {
         let heard = Heard::default();
-        heard.heard("a", NOW_MS);
+        heard.heard("a", NOW_MS, NOW_MS);
         assert_eq!(heard.knows("a", NOW_MS, NOW_MS), Known::Unsure);
         assert_eq!(heard.knows("b", NOW_MS, NOW_MS), Known::Unsure);
         heard.current();
@@ -124,12 +129,12 @@ mod tests {
     #[test]
     fn a_failed_watch_is_unsure_until_current_again() {
         let heard = Heard::default();
-        heard.heard("a", NOW_MS);
+        heard.heard("a", NOW_MS, NOW_MS);
         heard.current();
         heard.lost();
         assert_eq!(heard.knows("a", NOW_MS, NOW_MS), Known::Unsure);
         assert_eq!(heard.knows("b", NOW_MS, NOW_MS), Known::Unsure);
-        heard.heard("b", NOW_MS);
+        heard.heard("b", NOW_MS, NOW_MS);
         heard.current();
         assert_eq!(heard.knows("a", NOW_MS, NOW_MS), Known::Cancelled);
         assert_eq!(heard.knows("b", NOW_MS, NOW_MS), Known::Cancelled);
@@ -138,7 +143,7 @@ mod tests {
     #[test]
     fn jobs_older_than_what_is_kept_are_asked_about() {
         let heard = Heard::default();
-        heard.heard("a", NOW_MS);
+        heard.heard("a", NOW_MS, NOW_MS);
         heard.current();
         let old = NOW_MS - ms(KEPT - SKEW) - 1;
         assert_eq!(heard.knows("a", old, NOW_MS), Known::Unsure);
@@ -150,23 +155,33 @@ mod tests {
     fn cancellations_are_forgotten_after_they_are_kept() {
         let heard = Heard::default();
         heard.current();
-        heard.heard("a", NOW_MS);
-        heard.heard("b", NOW_MS + ms(KEPT));
+        heard.heard("a", NOW_MS, NOW_MS);
+        heard.heard("b", NOW_MS + ms(KEPT), NOW_MS + ms(KEPT));
         let later = NOW_MS + ms(KEPT) + 1;
         assert_eq!(heard.knows("a", later, later), Known::Cancelled);
-        heard.heard("c", later);
+        heard.heard("c", later, later);
         assert_eq!(heard.knows("a", later, later), Known::NotCancelled);
         assert_eq!(heard.knows("b", later, later), Known::Cancelled);
         assert_eq!(lock(&heard.0).order.len(), 2);
     }
 
     #[test]
+    fn a_put_older_than_what_is_kept_is_not_noted() {
+        let heard = Heard::default();
+        heard.current();
+        heard.heard("old", NOW_MS - ms(KEPT) - 1, NOW_MS);
+        heard.heard("recent", NOW_MS - ms(KEPT), NOW_MS);
+        assert_eq!(heard.knows("old", NOW_MS, NOW_MS), Known::NotCancelled);
+        assert_eq!(heard.knows("recent", NOW_MS, NOW_MS), Known::Cancelled);
+    }
+
+    #[test]
     fn past_the_most_kept_the_oldest_go_and_jobs_before_them_are_asked_about() {
         let heard = Heard::default();
         heard.current();
-        heard.heard("first", NOW_MS);
+        heard.heard("first", NOW_MS, NOW_MS);
         for i in 0..MOST {
-            heard.heard(&i.to_string(), NOW_MS + 1);
+            heard.heard(&i.to_string(), NOW_MS + 1, NOW_MS + 1);
         }
         assert_eq!(lock(&heard.0).ids.len(), MOST);
         let now = NOW_MS + 2;

@@ -538,8 +538,7 @@ impl Idempotency for SqlStore {
         fresh_since_ms: i64,
     ) -> Result<String, StoreError> {
         let _turn = self.turn(Writer::Request).await;
-        let mut tries = 0;
-        loop {
+        for _ in 0..CLAIM_TRIES {
             // One statement, so two brokers racing on one key agree on the winner.
             let claimed: Option<String> = sqlx::query_scalar(
                 "INSERT INTO idempotency (key, job_id, created_at) VALUES ($1, $2, $3)
@@ -563,15 +562,13 @@ impl Idempotency for SqlStore {
                 .bind(key)
                 .fetch_optional(self.pool())
                 .await?;
-            tries += 1;
-            match holder {
-                Some(id) => return Ok(id),
-                // The holder let the key go between the two statements (its
-                // request was refused): the key is free to claim again.
-                None if tries < CLAIM_TRIES => {}
-                None => return Err(StoreError::Db(sqlx::Error::RowNotFound)),
+            if let Some(id) = holder {
+                return Ok(id);
             }
+            // The holder let the key go between the two statements (its
+            // request was refused): the key is free to claim again.
         }
+        Err(StoreError::Db(sqlx::Error::RowNotFound))
     }
 
     async fn release_key(&self, key: &str, job_id: &str) -> Result<(), StoreError> {
