@@ -26,6 +26,7 @@ use switchyard_core::limits::{self, Limits};
 use switchyard_core::models::{self, LiveRegistry, ModelsError};
 use switchyard_core::pii::Pii;
 use switchyard_core::projection::{self, Results};
+use switchyard_core::recorded::Recorded;
 use switchyard_core::shares::Shares;
 use switchyard_core::watch::Watcher;
 use switchyard_core::webhooks::{self, Webhooks};
@@ -201,7 +202,7 @@ pub async fn run(
     let inflight = TaskTracker::new();
     let (gone_streams, sweep) = switchyard_http::sweeper(js.clone(), work.clone());
     tasks.spawn(sweep);
-    let recorded = Arc::new(tokio::sync::Notify::new());
+    let recorded = Arc::new(Recorded::default());
     let calls = Calls::new(CallParts {
         admitter: admitter.clone(),
         canceller: canceller.clone(),

@@ -12,7 +12,8 @@
 //!    rates (`harness/pipeline.rs`);
 //! 3. latency added over a direct engine call by the jobs API (sync wait)
 //!    and the OpenAI-compatible front, at 25 %, 50 % and 75 % of the most
-//!    the front sustains;
+//!    the front sustains, and where a call through the front spends its
+//!    time (`harness/front.rs`);
 //! 4. where it is installed, the LiteLLM proxy beside them at a rate it
 //!    sustains with one worker (15 requests/s);
 //! 5. what a workflow run adds to the jobs it runs (`harness/workflows.rs`);
@@ -39,6 +40,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
+mod front;
 mod nodes;
 mod pipeline;
 mod scaling;
@@ -93,12 +95,9 @@ where
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap(),
     ));
     let failed = Arc::new(Mutex::new(0usize));
-    let start = Instant::now();
-    let n = (per_second * seconds).round() as usize;
+    let mut due_times = due((per_second * seconds).round() as usize, per_second);
     let mut running = JoinSet::new();
-    for i in 0..n {
-        let due = start + Duration::from_secs_f64(i as f64 / per_second);
-        tokio::time::sleep_until(due.into()).await;
+    while let Some(due) = due_times.recv().await {
         let request = send();
         let (hist, failed) = (hist.clone(), failed.clone());
         running.spawn(async move {
@@ -116,6 +115,26 @@ where
     let hist = hist.lock().unwrap().clone();
     let failed = *failed.lock().unwrap();
     Measured { hist, failed }
+}
+
+/// The due times of `n` requests at `per_second` from now, each handed on
+/// as it falls due. A thread sleeps to each: tokio's timer rounds a
+/// deadline up to its next millisecond tick, which made every request
+/// start a millisecond late at the median and added that to every latency
+/// measured from the due time, the bare pipeline's as well as ours.
+fn due(n: usize, per_second: f64) -> tokio::sync::mpsc::UnboundedReceiver<Instant> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        for i in 0..n {
+            let due = start + Duration::from_secs_f64(i as f64 / per_second);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if tx.send(due).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// The most answers a second `clients` callers get, each sending its next
@@ -540,11 +559,16 @@ struct Path {
 }
 
 impl Path {
-    fn send(&self, http: &reqwest::Client) -> impl Future<Output = bool> + Send + use<> {
+    fn request(&self, http: &reqwest::Client) -> reqwest::RequestBuilder {
         let mut request = http.post(&self.url).json(&self.body);
         for (k, v) in &self.headers {
             request = request.header(*k, v);
         }
+        request
+    }
+
+    fn send(&self, http: &reqwest::Client) -> impl Future<Output = bool> + Send + use<> {
+        let request = self.request(http);
         async move {
             match request.send().await {
                 Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
@@ -732,26 +756,8 @@ async fn durable(form: &Form) {
             spread(&ratio(o99, b99), 2)
         );
     }
-    let rates: Vec<String> = LATENCY_RATES
-        .iter()
-        .map(|r| format!(" p50 at {r}/s | p99 at {r}/s |"))
-        .collect();
-    println!(
-        "\n| hop of a job, ms, median (min–max) |{}\n| --- |{}",
-        rates.concat(),
-        " --- | --- |".repeat(rates.len())
-    );
-    for (i, (hop, _, _)) in pipeline::HOPS.iter().enumerate() {
-        let cells: Vec<String> = hops
-            .iter()
-            .map(|runs| {
-                let p50: Vec<f64> = runs.iter().map(|run| run[i].0).collect();
-                let p99: Vec<f64> = runs.iter().map(|run| run[i].1).collect();
-                format!(" {} | {} |", spread(&p50, 2), spread(&p99, 2))
-            })
-            .collect();
-        println!("| {hop} |{}", cells.concat());
-    }
+    let names = pipeline::HOPS.map(|(name, _, _)| name);
+    pipeline::print_hops("hop of a job", &names, &LATENCY_RATES, &hops);
 }
 
 /// The fixed rates, jobs a second, at which the durable path's latency is
@@ -875,6 +881,21 @@ async fn latency(form: &Form) {
     });
     // LiteLLM cannot keep up with these: its row would be its queue.
     compare(&http, &paths[..3], &shares, form).await;
+    // Where the front's time goes, at the rate LiteLLM sustains and at the
+    // lowest share.
+    let rates = [LITELLM_RATE, shares[0].rate.round()];
+    let mut hops: Vec<Vec<Vec<(f64, f64)>>> = vec![Vec::new(); rates.len()];
+    for _ in 0..form.runs {
+        for (rate, runs) in rates.iter().zip(&mut hops) {
+            runs.push(front::front_hops(&stack, &http, &paths[2], *rate, form.seconds).await);
+        }
+    }
+    pipeline::print_hops(
+        "hop of a call through the OpenAI front",
+        &front::FRONT_HOPS,
+        &rates,
+        &hops,
+    );
     // 4. Every path at a rate LiteLLM sustains: its added latency beside ours.
     if litellm.is_some() {
         let fair = Load {

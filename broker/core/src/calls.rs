@@ -13,7 +13,6 @@ use futures::StreamExt;
 use serde_json::Value;
 use switchyard_schemas::{Job, JobResult, Priority, Submission, subjects};
 use switchyard_store::{JobRecord, Source, StoreError};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -22,11 +21,15 @@ use crate::cache::{Lookup, ResultCache};
 use crate::cancel::Canceller;
 use crate::error::{Coded, ErrorCode};
 use crate::limits::KeyLimits;
+use crate::recorded::Recorded;
 use crate::watch::{Event, Watch, Watcher};
 
 /// How long the record may lag behind the result it reflects (the
 /// projection writes it a moment later).
 const RECORD_SETTLE: Duration = Duration::from_secs(2);
+/// The first and the longest pause between reads of a record another
+/// broker's projection may write; this broker's own wakes the wait at once.
+const REREAD: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(160));
 
 /// The synchronous-call service.
 #[derive(Clone)]
@@ -42,7 +45,7 @@ pub struct Calls {
     sync_timeout: Duration,
     /// How long a streaming call's job outlives its client, for a resume.
     resume_grace: Duration,
-    recorded: Arc<Notify>,
+    recorded: Arc<Recorded>,
 }
 
 /// The parts of [`Calls`].
@@ -54,9 +57,8 @@ pub struct CallParts {
     pub tasks: TaskTracker,
     pub sync_timeout: Duration,
     pub resume_grace: Duration,
-    /// Woken as this broker records a batch of results
-    /// (`projection::Results::recorded`).
-    pub recorded: Arc<Notify>,
+    /// Woken as this broker records results (`projection::Results::recorded`).
+    pub recorded: Arc<Recorded>,
 }
 
 /// One request to answer.
@@ -254,20 +256,17 @@ impl Calls {
         }
         let settle = Instant::now() + RECORD_SETTLE;
         let store = self.admitter.store();
+        // Waiting before the first read, so that no recording is missed.
+        let waiting = self.recorded.wait(id);
+        let mut reread = REREAD.0;
         loop {
-            // Woken by this broker's next recording, asked for before the
-            // read so that none is missed; another broker's is read on the
-            // next poll.
-            let recorded = self.recorded.notified();
-            tokio::pin!(recorded);
-            recorded.as_mut().enable();
             let record = store.get(id).await?;
             if record.as_ref().is_some_and(|r| r.status.is_final()) || Instant::now() >= settle {
                 return Ok(record);
             }
             tokio::select! {
-                () = recorded => {}
-                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                () = waiting.woken() => {}
+                () = tokio::time::sleep(reread) => reread = (reread * 2).min(REREAD.1),
             }
         }
     }

@@ -30,6 +30,7 @@ pub mod openai_request;
 pub mod outbox;
 pub mod pii;
 pub mod projection;
+pub mod recorded;
 pub mod retention;
 pub mod shares;
 pub mod watch;

@@ -18,7 +18,6 @@ use switchyard_schemas::{JobResult, Outcome, UsageEvent, Versioned, decode};
 use switchyard_store::ledger::Charge;
 use switchyard_store::quotas::Settlement;
 use switchyard_store::{JobStore, Status, StoreError};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -26,6 +25,7 @@ use crate::billing;
 use crate::budget::{self, Budgets};
 use crate::limits::Limits;
 use crate::metrics as m;
+use crate::recorded::Recorded;
 
 /// Follows one stream until `shutdown`, applying each batch with `apply`.
 /// A message `vouched` refuses (a node's claim about work it was not
@@ -176,9 +176,8 @@ pub struct Results {
     pub registry: Arc<Registry>,
     pub limits: Arc<Limits>,
     pub budgets: Arc<Budgets>,
-    /// Woken after each batch is recorded, for the calls that wait on the
-    /// record.
-    pub recorded: Arc<Notify>,
+    /// The calls waiting on their job's record, woken as it is recorded.
+    pub recorded: Arc<Recorded>,
 }
 
 impl Results {
@@ -205,7 +204,8 @@ impl Results {
             .collect();
         let new = store.apply_results(&items, &charges).await?;
         count_costs(&charges, &new);
-        self.recorded.notify_waiters();
+        self.recorded
+            .recorded(items.iter().map(|r| r.job_id.as_str()));
         // Only budgets and queued-job limits hold anything for a result to
         // settle.
         if self.budgets.any() || self.limits.holds_places() {

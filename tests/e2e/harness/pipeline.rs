@@ -153,31 +153,16 @@ pub(super) const HOPS: [(&str, &str, &str); 3] = [
 pub(super) async fn hops(rate: f64, seconds: f64) -> Vec<(f64, f64)> {
     let stack = durable_stack();
     let client = stack.nats.client().await;
-    let mut wire = client.subscribe("sy.>").await.unwrap();
-    client.flush().await.unwrap();
-    // (job, the subject's first two tokens) → when first seen.
-    let seen: Arc<Mutex<HashMap<(String, String), Instant>>> = Default::default();
-    let noting = seen.clone();
-    let reading = tokio::spawn(async move {
-        while let Some(msg) = wire.next().await {
-            let at = Instant::now();
-            if let Some(job) = job_named(&msg) {
-                let kind = msg
-                    .subject
-                    .splitn(3, '.')
-                    .take(2)
-                    .collect::<Vec<_>>()
-                    .join(".");
-                noting.lock().unwrap().entry((job, kind)).or_insert(at);
-            }
-        }
-    });
+    let wire = Wire::watch(&client, |msg| {
+        let kind = msg.subject.splitn(3, '.').take(2).collect::<Vec<_>>();
+        Some((job_named(msg)?, kind.join(".")))
+    })
+    .await;
     durable_on(&stack, &[rate], seconds).await;
-    reading.abort();
-    let seen = seen.lock().unwrap();
+    let seen = wire.seen();
     HOPS.iter()
         .map(|(_, from, to)| {
-            let mut took: Vec<f64> = seen
+            let took: Vec<f64> = seen
                 .iter()
                 .filter(|((_, kind), _)| kind == from)
                 .filter_map(|((job, _), start)| {
@@ -186,11 +171,76 @@ pub(super) async fn hops(rate: f64, seconds: f64) -> Vec<(f64, f64)> {
                 })
                 .collect();
             assert!(!took.is_empty(), "no job seen from {from} to {to}");
-            took.sort_by(f64::total_cmp);
-            let at = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
-            (at(0.5), at(0.99))
+            p50_p99(took)
         })
         .collect()
+}
+
+/// When a subscriber to every subject first saw each job's messages of
+/// each kind.
+pub(super) struct Wire {
+    seen: Arc<Mutex<HashMap<(String, String), Instant>>>,
+    reading: tokio::task::JoinHandle<()>,
+}
+
+impl Wire {
+    /// Watches `sy.>`, noting each message `name` gives a job and a kind.
+    pub(super) async fn watch(
+        client: &async_nats::Client,
+        name: fn(&async_nats::Message) -> Option<(String, String)>,
+    ) -> Wire {
+        let mut wire = client.subscribe("sy.>").await.unwrap();
+        client.flush().await.unwrap();
+        let seen: Arc<Mutex<HashMap<(String, String), Instant>>> = Default::default();
+        let noting = seen.clone();
+        let reading = tokio::spawn(async move {
+            while let Some(msg) = wire.next().await {
+                let at = Instant::now();
+                if let Some(key) = name(&msg) {
+                    noting.lock().unwrap().entry(key).or_insert(at);
+                }
+            }
+        });
+        Wire { seen, reading }
+    }
+
+    /// Stops watching: what it saw.
+    pub(super) fn seen(self) -> HashMap<(String, String), Instant> {
+        self.reading.abort();
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// The p50 and p99 of `xs`.
+pub(super) fn p50_p99(mut xs: Vec<f64>) -> (f64, f64) {
+    xs.sort_by(f64::total_cmp);
+    let at = |q: f64| xs[((xs.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// Prints a table of hops' p50s and p99s at each of `rates`: `runs[r][i]`
+/// holds hop `i`'s of every run at `rates[r]`.
+pub(super) fn print_hops(title: &str, hops: &[&str], rates: &[f64], runs: &[Vec<Vec<(f64, f64)>>]) {
+    let heads: Vec<String> = rates
+        .iter()
+        .map(|r| format!(" p50 at {r}/s | p99 at {r}/s |"))
+        .collect();
+    println!(
+        "\n| {title}, ms, median (min–max) |{}\n| --- |{}",
+        heads.concat(),
+        " --- | --- |".repeat(heads.len())
+    );
+    for (i, hop) in hops.iter().enumerate() {
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|runs| {
+                let p50: Vec<f64> = runs.iter().map(|run| run[i].0).collect();
+                let p99: Vec<f64> = runs.iter().map(|run| run[i].1).collect();
+                format!(" {} | {} |", spread(&p50, 2), spread(&p99, 2))
+            })
+            .collect();
+        println!("| {hop} |{}", cells.concat());
+    }
 }
 
 /// The latency run's job a message on the wire is about: the last token of
