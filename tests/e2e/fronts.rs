@@ -312,6 +312,9 @@ async fn the_jobs_api_answers_when_the_job_is_done_if_asked_to_wait() {
     let job: Value = quick.json().await.unwrap();
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"]["choices"][0]["text"], "a b", "{job}");
+    // The answer is the job's record, as a read of it shows it after.
+    let (_, read) = stack.get_job(job["id"].as_str().unwrap()).await;
+    assert_eq!(read, job);
 
     // Not done within the wait: accepted as usual, and goes on.
     let started = std::time::Instant::now();

@@ -243,30 +243,34 @@ impl Calls {
     }
 
     /// The job's record once it has ended, if its result comes within
-    /// `wait` on `watch`. The record follows the result by a moment, so it
-    /// is read until it shows the end.
+    /// `wait` on `watch`. The record follows the result by a moment: this
+    /// broker's projection hands it over as it writes it; one that another
+    /// broker writes is read until it shows the end.
     pub async fn finished_record(
         &self,
         watch: &mut Watch,
         id: &str,
         wait: Duration,
     ) -> Result<Option<JobRecord>, StoreError> {
+        // Waiting from before the result, so that a recording that comes
+        // first is not missed.
+        let waiting = self.recorded.wait(id);
         if watch.result(Instant::now() + wait).await.is_none() {
             return Ok(None);
         }
         let settle = Instant::now() + RECORD_SETTLE;
         let store = self.admitter.store();
-        // Waiting before the first read, so that no recording is missed.
-        let waiting = self.recorded.wait(id);
         let mut reread = REREAD.0;
         loop {
+            tokio::select! {
+                written = waiting.woken() => if let Some(record) = written {
+                    return Ok(Some(record));
+                },
+                () = tokio::time::sleep(reread) => reread = (reread * 2).min(REREAD.1),
+            }
             let record = store.get(id).await?;
             if record.as_ref().is_some_and(|r| r.status.is_final()) || Instant::now() >= settle {
                 return Ok(record);
-            }
-            tokio::select! {
-                () = waiting.woken() => {}
-                () = tokio::time::sleep(reread) => reread = (reread * 2).min(REREAD.1),
             }
         }
     }

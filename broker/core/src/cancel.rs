@@ -123,7 +123,10 @@ impl Canceller {
         if let Err(e) = cancellations.put(id, now_ms().to_string().into()).await {
             warn!(job_id = %id, error = %e, "job cancelled, but a running attempt will not be aborted");
         }
-        admitter.store().apply_results(&[result], &[]).await?;
+        admitter
+            .store()
+            .apply_results(&[result], &[], &|_| false)
+            .await?;
         info!(job_id = %id, "job ended before its time");
         Ok(())
     }

@@ -202,22 +202,28 @@ impl Results {
             .filter_map(|r| r.usage_record.take())
             .map(|u| billing::charge(&self.registry, u, false))
             .collect();
-        let new = store.apply_results(&items, &charges).await?;
-        count_costs(&charges, &new);
+        // The records come back with the write for the calls waiting on
+        // them, and for budgets, which price each job as recorded.
+        let budgets = self.budgets.any();
+        let wanted = |id: &str| budgets || self.recorded.waits_for(id);
+        let applied = store.apply_results(&items, &charges, &wanted).await?;
+        count_costs(&charges, &applied.new_charges);
         self.recorded
-            .recorded(items.iter().map(|r| r.job_id.as_str()));
+            .recorded(items.iter().map(|r| r.job_id.as_str()), &applied.records);
         // Only budgets and queued-job limits hold anything for a result to
         // settle.
-        if self.budgets.any() || self.limits.holds_places() {
+        if budgets || self.limits.holds_places() {
             let mut jobs = Vec::with_capacity(items.len());
             for r in &items {
-                // After the record: the cost is read from the job as recorded.
-                let cost_micros = match self.budgets.any() {
-                    true => store
+                let written = applied.records.iter().find(|j| j.id == r.job_id);
+                let cost_micros = match (budgets, written) {
+                    (false, _) => 0,
+                    (true, Some(job)) => budget::job_cost(&self.registry, job),
+                    // Its record had ended before: priced as it stands.
+                    (true, None) => store
                         .get(&r.job_id)
                         .await?
                         .map_or(0, |job| budget::job_cost(&self.registry, &job)),
-                    false => 0,
                 };
                 jobs.push(Settlement {
                     job_id: r.job_id.clone(),

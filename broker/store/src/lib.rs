@@ -248,6 +248,16 @@ pub struct JobRecord {
     pub usage: Option<Usage>,
 }
 
+/// What recording a batch of results did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Which of the charges (by index) were new to the ledger.
+    pub new_charges: Vec<usize>,
+    /// The records of the jobs asked for, as the results left them: none
+    /// for a job whose record had already ended (it was not written).
+    pub records: Vec<JobRecord>,
+}
+
 /// Job records: written at admission, moved forward by the projection of
 /// the lifecycle streams, read by the API.
 #[async_trait]
@@ -287,12 +297,13 @@ pub trait JobRecords: Send + Sync {
     ) -> Result<Option<(String, String)>, StoreError>;
     async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError>;
     /// Records results, and the usage charged with them, in one
-    /// transaction; which of `charges` (by index) were new to the ledger.
+    /// transaction, with the records of the jobs `wanted` names as written.
     async fn apply_results(
         &self,
         results: &[JobResult],
         charges: &[ledger::Charge],
-    ) -> Result<Vec<usize>, StoreError>;
+        wanted: &(dyn for<'w> Fn(&'w str) -> bool + Sync),
+    ) -> Result<Applied, StoreError>;
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
     /// The job's input as admission recorded it (after PII masking); none
     /// for a job refused before it was admitted.

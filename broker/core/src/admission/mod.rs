@@ -469,7 +469,9 @@ impl Admitter {
             job_id: job.id.clone(),
             cost_micros: charge.cost_micros,
         };
-        self.store.apply_results(&[result], &[charge]).await?;
+        self.store
+            .apply_results(&[result], &[charge], &|_| false)
+            .await?;
         self.store.settle(&[spent]).await?;
         metrics::counter!(m::SUBMISSIONS, "source" => req.source.as_str()).increment(1);
         Ok(job)

@@ -11,13 +11,13 @@ use switchyard_schemas::{EventKind, Job, JobEvent, JobResult, now_ms};
 
 use super::outbox::insert_delivery;
 use super::rows::{Marks, statements};
-use super::{Page, SqlStore, Writer, page, params, projection, quotas, record};
+use super::{Page, RECORD, SqlStore, Writer, page, params, projection, quotas, record};
 use crate::ledger::Charge;
 use crate::outbox::{body, delivery_id, event_for};
 use crate::runs::NewDelivery;
 use crate::{
-    Holds, Idempotency, Inserted, JobRecord, JobRecords, ListFilter, Recording, RejectedJob,
-    Source, Status, StoreError,
+    Applied, Holds, Idempotency, Inserted, JobRecord, JobRecords, ListFilter, Recording,
+    RejectedJob, Source, Status, StoreError,
 };
 
 /// A key claimed this long ago whose job was never recorded belongs to a
@@ -431,9 +431,10 @@ impl JobRecords for SqlStore {
         &self,
         results: &[JobResult],
         charges: &[Charge],
-    ) -> Result<Vec<usize>, StoreError> {
+        wanted: &(dyn for<'w> Fn(&'w str) -> bool + Sync),
+    ) -> Result<Applied, StoreError> {
         let (mut tx, _turn) = self.begin_write(Writer::Background).await?;
-        projection::results(&mut tx, results).await?;
+        let records = projection::results(&mut tx, results, wanted).await?;
         let new = projection::charges(&mut tx, charges).await?;
         let hooked = hooked(&mut tx, results.iter().map(|r| r.job_id.as_str())).await?;
         for r in results.iter().filter(|r| hooked.contains(&r.job_id)) {
@@ -445,11 +446,14 @@ impl JobRecords for SqlStore {
             queue_webhook(&mut tx, &r.job_id, Report::Status).await?;
         }
         tx.commit().await?;
-        Ok(new)
+        Ok(Applied {
+            new_charges: new,
+            records,
+        })
     }
 
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
+        let row = sqlx::query(&format!("SELECT {RECORD} FROM jobs WHERE id = $1"))
             .bind(id)
             .fetch_optional(self.pool())
             .await?;

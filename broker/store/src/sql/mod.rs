@@ -197,10 +197,16 @@ impl SqlStore {
             // A transaction that failed as the disk filled can come back
             // still open, holding SQLite's write lock for ever; rolling
             // back on release frees it (an error just means none was open).
+            // It also finds a connection whose driver thread is gone, which
+            // is closed: the ping before each acquire would cost a third of
+            // a lone read for nothing more.
+            .test_before_acquire(false)
             .after_release(|conn, _| {
                 Box::pin(async move {
-                    let _ = conn.execute("ROLLBACK").await;
-                    Ok(true)
+                    match conn.execute("ROLLBACK").await {
+                        Err(sqlx::Error::WorkerCrashed) => Ok(false),
+                        _ => Ok(true),
+                    }
                 })
             })
             .after_connect(|conn, _| {
@@ -257,6 +263,12 @@ pub(crate) fn params(first: usize, n: usize) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// The columns [`record`] reads.
+pub(crate) const RECORD: &str = "id, status, metadata, output, error_code, error_message, \
+    prompt_tokens, completion_tokens, output_expired, tokens_estimate, model, alias, trace_id, \
+    tenant, priority, source, attempt, node, created_at, enqueued_at, assigned_at, started_at, \
+    finished_at";
 
 pub(crate) fn record(row: &AnyRow) -> Result<JobRecord, StoreError> {
     let id: String = row.try_get("id")?;

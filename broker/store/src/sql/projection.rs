@@ -2,12 +2,14 @@
 //! events, its results and their ledger lines are each written in a few
 //! multi-row statements, not one per job.
 
+use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use switchyard_schemas::{EventKind, JobEvent, JobResult, Outcome};
 
 use super::rows::{Marks, statements};
+use super::{RECORD, record};
 use crate::ledger::Charge;
-use crate::{Status, StoreError};
+use crate::{JobRecord, Status, StoreError};
 
 /// The statuses a record keeps once it has one.
 const FINAL: &str = "('succeeded', 'failed', 'expired', 'timed_out', 'cancelled')";
@@ -82,64 +84,87 @@ pub(super) async fn events(
 /// attempt: results come from the RESULTS stream, which keeps one per job,
 /// so the record and the stream agree by construction. (A result of
 /// attempt 1 may be projected after attempt 2 was queued; it is still the
-/// job's.)
+/// job's.) Returns the records of the jobs `wanted` names as written, read
+/// back by the write itself; a job whose record had already ended is not
+/// written, so not among them.
 pub(super) async fn results(
     tx: &mut Transaction<'_, Any>,
     results: &[JobResult],
-) -> Result<(), sqlx::Error> {
-    for rows in statements(results, |r| r.job_id.as_str()) {
-        // Columns: status, output, error_code, error_message, prompt_tokens,
-        // completion_tokens, finished_at, node, attempt, id, assigned_at,
-        // started_at.
-        let sql = format!(
-            "UPDATE jobs SET status = v.column1, output = v.column2, error_code = v.column3,
-                error_message = v.column4, prompt_tokens = v.column5,
-                completion_tokens = v.column6, finished_at = v.column7,
-                node = COALESCE(v.column8, node),
-                assigned_at = CASE WHEN attempt <> v.column9 THEN v.column11
-                    ELSE COALESCE(assigned_at, v.column11) END,
-                started_at = CASE WHEN attempt <> v.column9 THEN v.column12
-                    ELSE COALESCE(started_at, v.column12) END,
-                attempt = v.column9
-             FROM (VALUES {}) AS v
-             WHERE jobs.id = v.column10 AND jobs.status NOT IN {FINAL}",
-            Marks::of(tx).values(
-                rows.len(),
-                &[
-                    "TEXT", "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "TEXT", "BIGINT",
-                    "TEXT", "BIGINT", "BIGINT",
-                ]
-            )
-        );
-        let mut query = sqlx::query(&sql);
-        for r in rows {
-            let (output, error, usage) = match &r.outcome {
-                Outcome::Succeeded { output, usage } => {
-                    (Some(output.to_string()), None, Some(*usage))
-                }
-                Outcome::Failed { error } => (
-                    None,
-                    Some((error.class.code(), error.message.as_str())),
-                    None,
-                ),
-            };
-            query = query
-                .bind(Status::of(&r.outcome).as_str())
-                .bind(output)
-                .bind(error.map(|e| e.0))
-                .bind(error.map(|e| e.1))
-                .bind(usage.map(|u| i64::from(u.prompt_tokens)))
-                .bind(usage.map(|u| i64::from(u.completion_tokens)))
-                .bind(r.finished_at_ms)
-                .bind(&r.node)
-                .bind(i64::from(r.attempt))
-                .bind(&r.job_id)
-                .bind(r.assigned_at_ms)
-                .bind(r.started_at_ms);
+    wanted: &(dyn for<'w> Fn(&'w str) -> bool + Sync),
+) -> Result<Vec<JobRecord>, StoreError> {
+    let (answered, rest): (Vec<&JobResult>, Vec<&JobResult>) =
+        results.iter().partition(|r| wanted(&r.job_id));
+    let mut records = Vec::new();
+    for (results, returning) in [(answered, true), (rest, false)] {
+        for rows in statements(&results, |r| r.job_id.as_str()) {
+            let rows = write_results(tx, &rows, returning).await?;
+            records.extend(rows.iter().map(record).collect::<Result<Vec<_>, _>>()?);
         }
-        query.execute(&mut **tx).await?;
     }
-    Ok(())
+    Ok(records)
+}
+
+/// One statement of [`results`]: the records written when `returning`.
+async fn write_results(
+    tx: &mut Transaction<'_, Any>,
+    rows: &[&&JobResult],
+    returning: bool,
+) -> Result<Vec<AnyRow>, sqlx::Error> {
+    // Columns: status, output, error_code, error_message, prompt_tokens,
+    // completion_tokens, finished_at, node, attempt, id, assigned_at,
+    // started_at.
+    let sql = format!(
+        "UPDATE jobs SET status = v.column1, output = v.column2, error_code = v.column3,
+            error_message = v.column4, prompt_tokens = v.column5,
+            completion_tokens = v.column6, finished_at = v.column7,
+            node = COALESCE(v.column8, node),
+            assigned_at = CASE WHEN attempt <> v.column9 THEN v.column11
+                ELSE COALESCE(assigned_at, v.column11) END,
+            started_at = CASE WHEN attempt <> v.column9 THEN v.column12
+                ELSE COALESCE(started_at, v.column12) END,
+            attempt = v.column9
+         FROM (VALUES {}) AS v
+         WHERE jobs.id = v.column10 AND jobs.status NOT IN {FINAL}{}",
+        Marks::of(tx).values(
+            rows.len(),
+            &[
+                "TEXT", "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "TEXT", "BIGINT",
+                "TEXT", "BIGINT", "BIGINT",
+            ]
+        ),
+        match returning {
+            true => format!(" RETURNING {RECORD}"),
+            false => String::new(),
+        }
+    );
+    let mut query = sqlx::query(&sql);
+    for r in rows {
+        let (output, error, usage) = match &r.outcome {
+            Outcome::Succeeded { output, usage } => (Some(output.to_string()), None, Some(*usage)),
+            Outcome::Failed { error } => (
+                None,
+                Some((error.class.code(), error.message.as_str())),
+                None,
+            ),
+        };
+        query = query
+            .bind(Status::of(&r.outcome).as_str())
+            .bind(output)
+            .bind(error.map(|e| e.0))
+            .bind(error.map(|e| e.1))
+            .bind(usage.map(|u| i64::from(u.prompt_tokens)))
+            .bind(usage.map(|u| i64::from(u.completion_tokens)))
+            .bind(r.finished_at_ms)
+            .bind(&r.node)
+            .bind(i64::from(r.attempt))
+            .bind(&r.job_id)
+            .bind(r.assigned_at_ms)
+            .bind(r.started_at_ms);
+    }
+    match returning {
+        true => query.fetch_all(&mut **tx).await,
+        false => query.execute(&mut **tx).await.map(|_| Vec::new()),
+    }
 }
 
 /// Writes each charge once per (job, attempt): the indices of those not

@@ -77,7 +77,9 @@ async fn projection_cost_per_job() {
                 cache_hit: false,
             })
             .collect();
-        s.apply_results(&results, &charges).await.unwrap();
+        s.apply_results(&results, &charges, &|_| false)
+            .await
+            .unwrap();
     }
     timed("results with their ledger lines", since);
     println!("\n| {JOBS} jobs, {BATCH} a batch | µs per job, wall | µs per job, CPU |");

@@ -82,7 +82,7 @@ async fn lifecycle_moves_forward_only_and_ignores_repeats() {
     let ok = succeeded("a", 1, 2);
     // Out of order: the result lands before the events, and alone gives
     // the whole timeline.
-    s.apply_results(std::slice::from_ref(&ok), &[])
+    s.apply_results(std::slice::from_ref(&ok), &[], &|_| false)
         .await
         .unwrap();
     let early = s.get("a").await.unwrap().unwrap();
@@ -102,7 +102,7 @@ async fn lifecycle_moves_forward_only_and_ignores_repeats() {
             error: JobError::new(ErrorClass::Timeout, "late"),
         },
     );
-    s.apply_results(&[failed], &[]).await.unwrap();
+    s.apply_results(&[failed], &[], &|_| false).await.unwrap();
 
     let r = s.get("a").await.unwrap().unwrap();
     assert_eq!(r.status, Status::Succeeded, "first final result wins");
@@ -121,6 +121,40 @@ async fn lifecycle_moves_forward_only_and_ignores_repeats() {
         })
     );
     assert!(s.get("missing").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn results_give_back_the_records_asked_for_as_a_read_would_show_them() {
+    let (s, _dir) = store().await;
+    for id in ["a", "b", "c"] {
+        add(&s, &job(id), Source::Http).await;
+    }
+    s.mark_enqueued(&["a".into(), "b".into(), "c".into()], 5)
+        .await
+        .unwrap();
+    s.apply_events(&[event("a", 7, EventKind::Assigned { node: "n1".into() })])
+        .await
+        .unwrap();
+    // `c` ended before: its record is not written again, so not given back.
+    s.apply_results(&[succeeded("c", 1, 1)], &[], &|_| false)
+        .await
+        .unwrap();
+    let applied = s
+        .apply_results(
+            &[
+                succeeded("a", 3, 4),
+                succeeded("b", 3, 4),
+                succeeded("c", 9, 9),
+            ],
+            &[],
+            &|id| id != "b",
+        )
+        .await
+        .unwrap();
+    let a = s.get("a").await.unwrap().unwrap();
+    assert_eq!(applied.records, vec![a.clone()]);
+    assert_eq!((a.status, a.enqueued_at_ms), (Status::Succeeded, Some(5)));
+    assert_eq!(a.assigned_at_ms, Some(7), "the event's time is kept");
 }
 
 #[tokio::test]
@@ -179,13 +213,13 @@ async fn a_retry_starts_the_next_attempt_and_the_first_result_is_the_job_s() {
             },
         )
     };
-    s.apply_results(&[first], &[]).await.unwrap();
+    s.apply_results(&[first], &[], &|_| false).await.unwrap();
     let late = JobError::new(ErrorClass::Timeout, "late");
     let second = JobResult {
         attempt: 2,
         ..result("a", Outcome::Failed { error: late })
     };
-    s.apply_results(&[second], &[]).await.unwrap();
+    s.apply_results(&[second], &[], &|_| false).await.unwrap();
     let r = s.get("a").await.unwrap().unwrap();
     assert_eq!((r.status, r.attempt), (Status::Succeeded, 1));
     assert_eq!(r.node.as_deref(), Some("n1"));

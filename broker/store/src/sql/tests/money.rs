@@ -34,10 +34,19 @@ async fn a_result_and_the_usage_it_carries_are_recorded_together_once() {
     };
     // A batch redelivered after its commit records nothing twice.
     let first = s
-        .apply_results(std::slice::from_ref(&ok), std::slice::from_ref(&charge))
+        .apply_results(
+            std::slice::from_ref(&ok),
+            std::slice::from_ref(&charge),
+            &|_| false,
+        )
         .await
-        .unwrap();
-    let again = s.apply_results(&[ok], &[charge]).await.unwrap();
+        .unwrap()
+        .new_charges;
+    let again = s
+        .apply_results(&[ok], &[charge], &|_| false)
+        .await
+        .unwrap()
+        .new_charges;
     assert_eq!((first, again), (vec![0], vec![]));
     let lines: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage")
         .fetch_one(&s.pool)
@@ -295,7 +304,11 @@ async fn a_batch_of_many_jobs_gives_each_record_its_own_events_result_and_charge
         })
         .collect();
     // The repeated charge (the fourth) is written once: not new.
-    let new = s.apply_results(&results, &charges).await.unwrap();
+    let new = s
+        .apply_results(&results, &charges, &|_| false)
+        .await
+        .unwrap()
+        .new_charges;
     assert_eq!(new, vec![0, 1, 2]);
 
     for (i, id) in ids.iter().enumerate() {

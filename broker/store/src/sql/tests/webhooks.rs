@@ -25,7 +25,7 @@ async fn a_started_event_projected_after_the_result_still_sends_its_webhook() {
         },
     );
     // The streams are projected independently: the result first.
-    s.apply_results(&[done], &[]).await.unwrap();
+    s.apply_results(&[done], &[], &|_| false).await.unwrap();
     s.apply_events(&[event("a", 20, EventKind::Running { node: "n1".into() })])
         .await
         .unwrap();
@@ -76,6 +76,7 @@ async fn a_result_that_says_its_job_started_sends_the_started_webhook_alone() {
             failed("plain", Some(20)),
         ],
         &[],
+        &|_| false,
     )
     .await
     .unwrap();
