@@ -194,19 +194,18 @@ impl SqlStore {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(4)
+            // sqlx pings each connection as it comes back to the pool, and
+            // a SQLite connection cannot die while it waits there: a ping
+            // before each use too would cost a third of a lone read for
+            // nothing.
+            .test_before_acquire(false)
             // A transaction that failed as the disk filled can come back
             // still open, holding SQLite's write lock for ever; rolling
             // back on release frees it (an error just means none was open).
-            // It also finds a connection whose driver thread is gone, which
-            // is closed: the ping before each acquire would cost a third of
-            // a lone read for nothing more.
-            .test_before_acquire(false)
             .after_release(|conn, _| {
                 Box::pin(async move {
-                    match conn.execute("ROLLBACK").await {
-                        Err(sqlx::Error::WorkerCrashed) => Ok(false),
-                        _ => Ok(true),
-                    }
+                    let _ = conn.execute("ROLLBACK").await;
+                    Ok(true)
                 })
             })
             .after_connect(|conn, _| {
