@@ -97,8 +97,9 @@ pub(super) async fn results(
     let mut records = Vec::new();
     for (results, returning) in [(answered, true), (rest, false)] {
         for rows in statements(&results, |r| r.job_id.as_str()) {
-            let rows = write_results(tx, &rows, returning).await?;
-            records.extend(rows.iter().map(record).collect::<Result<Vec<_>, _>>()?);
+            for row in write_results(tx, &rows, returning).await? {
+                records.push(record(&row)?);
+            }
         }
     }
     Ok(records)
