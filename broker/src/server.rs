@@ -332,7 +332,18 @@ pub async fn run(
                 let grants = grants.clone();
                 move |e: &JobEvent| grants.vouches_event(e)
             },
-            |s, items: Vec<JobEvent>| async move { s.apply_events(&items).await },
+            {
+                let admitting = admitter.admitting().clone();
+                move |s: Arc<dyn JobStore>, items: Vec<JobEvent>| {
+                    let admitting = admitting.clone();
+                    async move {
+                        admitting
+                            .written(items.iter().map(|e| e.job_id.as_str()))
+                            .await;
+                        s.apply_events(&items).await
+                    }
+                }
+            },
         ),
         work.clone(),
     ));
@@ -353,9 +364,17 @@ pub async fn run(
                 let grants = grants.clone();
                 move |r: &JobResult| grants.vouches_result(r)
             },
-            move |s, items: Vec<JobResult>| {
-                let recorder = recorder.clone();
-                async move { recorder.apply(s, items).await }
+            {
+                let admitting = admitter.admitting().clone();
+                move |s, items: Vec<JobResult>| {
+                    let (recorder, admitting) = (recorder.clone(), admitting.clone());
+                    async move {
+                        admitting
+                            .written(items.iter().map(|r| r.job_id.as_str()))
+                            .await;
+                        recorder.apply(s, items).await
+                    }
+                }
             },
         ),
         work.clone(),
@@ -369,7 +388,12 @@ pub async fn run(
             move |u: &UsageEvent| grants.vouches_usage(u),
             move |s, items: Vec<UsageEvent>| {
                 let registry = registry.clone();
-                async move { projection::record_usage(s, &registry, items).await }
+                // The ledger keeps usage whether or not its job is recorded.
+                async move {
+                    projection::record_usage(s, &registry, items)
+                        .await
+                        .map(|()| Vec::new())
+                }
             },
         ),
         work.clone(),

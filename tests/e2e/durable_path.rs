@@ -391,3 +391,89 @@ async fn a_result_that_lands_after_its_attempt_was_reclaimed_is_the_job_s() {
         "{job}"
     );
 }
+
+/// A job is queued while its record is written, so its events and result
+/// can come before the record: from a broker whose write is slower than
+/// the job, or one that crashed between the two (its durable submission is
+/// admitted again later). They wait for the record and are then recorded
+/// as if they had come after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_result_that_comes_before_its_job_s_record_is_recorded_once_the_record_is() {
+    use switchyard_runtime::attempts::{Voucher, publish_result};
+    use switchyard_runtime::grants::Claim;
+    use switchyard_schemas::{
+        EventKind, JobEvent, JobResult, SCHEMA_VERSION, Timeline, Usage, encode, now_ms,
+    };
+    let mut stack = Stack::new(StackOptions::default());
+    stack.start_broker();
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let grants = stack.grants().await;
+    let id = "ahead-of-its-record".to_owned();
+    let started = now_ms();
+    let assigned = JobEvent {
+        v: SCHEMA_VERSION,
+        job_id: id.clone(),
+        attempt: 1,
+        at_ms: started,
+        kind: EventKind::Assigned {
+            node: "node-a".into(),
+        },
+        proof: Some(grants.prove(Claim::Running, &id, 1, "node-a")),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", format!("{id}:1:assigned").as_str());
+    js.publish_with_headers(
+        format!("sy.events.{id}"),
+        headers,
+        encode(&assigned).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let timeline = Timeline {
+        node: Some("node-a".into()),
+        assigned_at_ms: Some(started),
+        started_at_ms: Some(started),
+    };
+    let mut result = JobResult {
+        finished_at_ms: now_ms(),
+        node: Some("node-a".into()),
+        ..JobResult::succeeded(
+            &id,
+            1,
+            timeline,
+            json!({"choices": [{"text": "ahead"}]}),
+            Usage::default(),
+        )
+    };
+    Voucher::Platform(&grants).vouch(&mut result);
+    assert!(publish_result(&js, &result).await.unwrap());
+    // Both reach the broker, find no record, and are to come again.
+    stack
+        .wait_metric(
+            "broker",
+            "switchyard_broker_unrecorded_messages_total",
+            Duration::from_secs(10),
+            |n| n >= 2.0,
+        )
+        .await;
+    submit_nats(&js, &id, &chat_body("ahead", 2)).await;
+    let done = stack
+        .wait_finished(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await;
+    let job = &done[&id];
+    assert_eq!(
+        (job["status"].clone(), job["node"].clone()),
+        (json!("succeeded"), json!("node-a")),
+        "{job}"
+    );
+    assert_eq!(job["result"]["choices"][0]["text"], "ahead", "{job}");
+    let transitions: Vec<&str> = job["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(transitions, ["queued", "assigned", "running", "succeeded"]);
+}

@@ -16,7 +16,7 @@ use switchyard_store::{JobRecord, Source, StoreError};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{Admitter, Answered, SubmitError};
+use crate::admission::{Admitter, Answered, NewId, SubmitError};
 use crate::cache::{Lookup, ResultCache};
 use crate::cancel::Canceller;
 use crate::error::{Coded, ErrorCode};
@@ -65,7 +65,7 @@ pub struct CallParts {
 pub struct CallRequest {
     pub submission: Submission,
     pub priority: Priority,
-    pub id: String,
+    pub id: NewId,
     /// The caller's key, whose own limits apply.
     pub key: Option<KeyLimits>,
     /// The client asked not to be answered from the cache.
@@ -147,7 +147,7 @@ impl Calls {
                     Answered {
                         submission: req.submission,
                         priority: req.priority,
-                        id: req.id,
+                        id: req.id.into_string(),
                         source: Source::Http,
                         key: req.key.as_ref(),
                     },
@@ -161,7 +161,7 @@ impl Calls {
         let resumes = match req.wait && req.stream {
             true => Some(
                 self.client()
-                    .subscribe(subjects::resumed(&req.id))
+                    .subscribe(subjects::resumed(req.id.as_str()))
                     .await
                     .map_err(|e| CallError::Unavailable(e.to_string()))?,
             ),
@@ -172,7 +172,7 @@ impl Calls {
         let watch = match req.wait {
             true => Some(
                 self.watcher
-                    .watch(&req.id, req.stream)
+                    .watch(req.id.as_str(), req.stream)
                     .await
                     .map_err(|e| CallError::Unavailable(e.to_string()))?,
             ),
@@ -235,9 +235,11 @@ impl Calls {
         }
         // Under the call's own id: an alias gives the lookup the version
         // it gives the job.
-        let job = self
-            .admitter
-            .validate(req.submission.clone(), req.priority, req.id.clone())?;
+        let job = self.admitter.validate(
+            req.submission.clone(),
+            req.priority,
+            req.id.as_str().to_owned(),
+        )?;
         let spec = registry.get(&job.model).and_then(|s| s.cache.clone());
         Ok(cache.look_up(spec.as_ref(), &job, req.bypass_cache).await)
     }

@@ -17,7 +17,7 @@ use switchyard_schemas::{
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
-use crate::admission::{Admitter, Rejection, SubmitError};
+use crate::admission::{Admitter, NewId, Rejection, SubmitError};
 use crate::error::{Coded, ErrorCode, client_body};
 use crate::metrics as m;
 use switchyard_runtime::attempts::{self, StoredResult, Voucher};
@@ -45,7 +45,7 @@ impl Envelope<'_> {
 struct Decoded {
     submission: Submission,
     priority: Priority,
-    id: String,
+    id: NewId,
     encoding: Encoding,
 }
 
@@ -64,7 +64,7 @@ struct Refused {
 fn read(
     env: &Envelope<'_>,
     body: &[u8],
-    fallback_id: impl FnOnce() -> String,
+    fallback_id: impl FnOnce() -> NewId,
 ) -> Result<Decoded, Box<Refused>> {
     let header_id = env.header(MSG_ID).map(str::to_owned);
     let encoding = Encoding::detect(body, env.header(CONTENT_TYPE));
@@ -103,12 +103,12 @@ fn read(
                 )),
             ));
         }
-        (Some(id), _) | (None, Some(id)) => id,
+        (Some(id), _) | (None, Some(id)) => NewId::given(id),
         (None, None) => fallback_id(),
     };
     let Some(priority) = subject_priority else {
         return Err(refuse(
-            Some(id),
+            Some(id.into_string()),
             submission.model,
             Rejection::InvalidRequest(format!(
                 "subject {} names no priority; use critical, high, normal or batch",
@@ -118,7 +118,7 @@ fn read(
     };
     if let Some(p) = submission.priority.filter(|p| *p != priority) {
         return Err(refuse(
-            Some(id),
+            Some(id.into_string()),
             submission.model,
             Rejection::InvalidRequest(format!(
                 "priority {p} in the body differs from {priority} in the subject"
@@ -130,7 +130,7 @@ fn read(
     if let Some(tenant) = subject_tenant {
         if submission.tenant.as_deref().is_some_and(|t| t != tenant) {
             return Err(refuse(
-                Some(id),
+                Some(id.into_string()),
                 submission.model,
                 Rejection::InvalidRequest(format!(
                     "the body names another tenant than {tenant}, the subject's"
@@ -212,17 +212,17 @@ async fn admit_durable(admitter: &Admitter, msg: jetstream::Message) {
         .ok()
         .map(|i| (i.published, i.stream_sequence, i.delivered));
     let delivered = info.map_or(1, |(_, _, n)| n);
-    let fallback = || {
-        info.map(|(published, seq, _)| id_from_stream(published, seq))
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+    let fallback = || match info {
+        Some((published, seq, _)) => NewId::given(id_from_stream(published, seq)),
+        None => NewId::draw(),
     };
     let handled = match read(&env, &msg.payload, fallback) {
         Ok(d) => {
-            let span = info_span!("intake", job_id = %d.id, model = %d.submission.model);
+            let span = info_span!("intake", job_id = %d.id.as_str(), model = %d.submission.model);
             let model = d.submission.model.clone();
             let tenant = d.submission.tenant.clone();
             let refuse = |e: &SubmitError| Refusal {
-                id: d.id.clone(),
+                id: d.id.as_str().to_owned(),
                 tenant: tenant.clone(),
                 model: model.clone(),
                 priority: d.priority,
@@ -416,35 +416,34 @@ pub async fn serve_requests(
                 // its job traced as that trace's child.
                 let span = info_span!("job.request");
                 switchyard_runtime::trace::adopt(&span, req.headers.as_ref());
-                let (reply, encoding) =
-                    match read(&env, &req.payload, || uuid::Uuid::now_v7().to_string()) {
-                        Ok(d) => {
-                            let encoding = d.encoding;
-                            let submit = admitter.submit(
-                                d.submission,
-                                d.priority,
-                                d.id,
-                                Source::NatsRequest,
-                                key.as_ref(),
-                            );
-                            let reply = match submit.instrument(span).await {
-                                Ok(job) => AdmitReply::Accepted {
-                                    id: job.id,
-                                    status: "queued".into(),
-                                },
-                                Err(e) => AdmitReply::Rejected {
-                                    error: client_body(&e),
-                                },
-                            };
-                            (reply, encoding)
-                        }
-                        Err(refused) => (
-                            AdmitReply::Rejected {
-                                error: client_body(&SubmitError::Rejected(refused.rejection)),
+                let (reply, encoding) = match read(&env, &req.payload, NewId::draw) {
+                    Ok(d) => {
+                        let encoding = d.encoding;
+                        let submit = admitter.submit(
+                            d.submission,
+                            d.priority,
+                            d.id,
+                            Source::NatsRequest,
+                            key.as_ref(),
+                        );
+                        let reply = match submit.instrument(span).await {
+                            Ok(job) => AdmitReply::Accepted {
+                                id: job.id,
+                                status: "queued".into(),
                             },
-                            refused.encoding,
-                        ),
-                    };
+                            Err(e) => AdmitReply::Rejected {
+                                error: client_body(&e),
+                            },
+                        };
+                        (reply, encoding)
+                    }
+                    Err(refused) => (
+                        AdmitReply::Rejected {
+                            error: client_body(&SubmitError::Rejected(refused.rejection)),
+                        },
+                        refused.encoding,
+                    ),
+                };
                 match encode_as(&reply, encoding) {
                     Ok(bytes) => {
                         if let Err(e) = client.publish(reply_to, bytes.into()).await {
@@ -560,8 +559,9 @@ mod tests {
             headers: Some(&headers),
         };
         let body = br#"{"model":"m","input":{}}"#;
-        let d = read(&env, body, || "fallback".into()).unwrap_or_else(|_| panic!("valid"));
-        assert_eq!(d.id, "h1");
+        let d = read(&env, body, || NewId::given("fallback".into()))
+            .unwrap_or_else(|_| panic!("valid"));
+        assert_eq!(d.id.as_str(), "h1");
         assert_eq!(
             d.priority,
             Priority::Batch,
@@ -570,7 +570,9 @@ mod tests {
         assert_eq!(d.encoding, Encoding::Json);
 
         let clash = br#"{"id":"b1","model":"m","input":{}}"#;
-        let refused = read(&env, clash, || "fallback".into()).err().unwrap();
+        let refused = read(&env, clash, || NewId::given("fallback".into()))
+            .err()
+            .unwrap();
         assert_eq!(refused.rejection.code(), ErrorCode::InvalidRequest);
         assert_eq!(refused.id.as_deref(), Some("h1"));
 
@@ -578,9 +580,10 @@ mod tests {
             subject: "sy.submit.high",
             headers: None,
         };
-        let d = read(&bare, body, || "fallback".into()).unwrap_or_else(|_| panic!("valid"));
-        assert_eq!(d.id, "fallback");
-        let refused = read(&bare, b"\xc1\xc1", || "fallback".into())
+        let d = read(&bare, body, || NewId::given("fallback".into()))
+            .unwrap_or_else(|_| panic!("valid"));
+        assert_eq!(d.id.as_str(), "fallback");
+        let refused = read(&bare, b"\xc1\xc1", || NewId::given("fallback".into()))
             .err()
             .unwrap();
         assert_eq!(refused.rejection.code(), ErrorCode::MalformedBody);

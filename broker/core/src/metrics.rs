@@ -6,6 +6,7 @@ pub const SUBMIT_SECONDS: &str = "switchyard_broker_submit_seconds";
 pub const FINISHED: &str = "switchyard_broker_jobs_finished_total";
 pub const PROJECTED: &str = "switchyard_broker_projected_messages_total";
 pub const FORGED: &str = "switchyard_broker_forged_messages_total";
+pub const UNRECORDED: &str = "switchyard_broker_unrecorded_messages_total";
 pub const REPUBLISHED: &str = "switchyard_broker_outbox_republished_total";
 pub const EXPIRED: &str = "switchyard_broker_expired_waiting_total";
 pub const CACHE: &str = "switchyard_broker_cache_lookups_total";
@@ -67,6 +68,10 @@ pub fn describe() {
     metrics::describe_counter!(
         FORGED,
         "Results, usage records and running events no assignment vouches for, dropped, by stream"
+    );
+    metrics::describe_counter!(
+        UNRECORDED,
+        "Events and results that came before their job's record, by stream and outcome (later: delivered again; dropped: the record never came)"
     );
     metrics::describe_counter!(
         REPUBLISHED,

@@ -1,11 +1,14 @@
 //! Keeps the job store in step with the streams: lifecycle events, results
 //! (with the usage most carry) and usage reported on its own are written in
 //! batches, one transaction each, and acknowledged only after the commit.
-//! Every write is idempotent, so redelivery is harmless.
+//! Every write is idempotent, so redelivery is harmless. A message about a
+//! job with no record yet (queued as its record was written, by another
+//! broker or before a crash) is delivered again later, until the record
+//! comes or [`UNRECORDED_FOR`] has passed.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::object_store::ObjectStore;
@@ -27,6 +30,15 @@ use crate::limits::Limits;
 use crate::metrics as m;
 use crate::recorded::Recorded;
 
+/// How long a message waits for its job's record before it is dropped:
+/// the queues' duplicate window, past which the job's admission cannot be
+/// in progress (a durable submission is admitted again well within it).
+pub const UNRECORDED_FOR: Duration = Duration::from_secs(600);
+
+/// Of a batch, the items not applied for want of their job's record, by
+/// index: delivered again later.
+pub type Unrecorded = Vec<usize>;
+
 /// Follows one stream until `shutdown`, applying each batch with `apply`.
 /// A message `vouched` refuses (a node's claim about work it was not
 /// assigned) is counted, deleted from the stream and never applied.
@@ -41,7 +53,7 @@ pub async fn follow<T, V, F, Fut, E>(
     T: DeserializeOwned + Versioned,
     V: Fn(&T) -> bool,
     F: Fn(Arc<dyn JobStore>, Vec<T>) -> Fut,
-    Fut: Future<Output = Result<(), E>>,
+    Fut: Future<Output = Result<Unrecorded, E>>,
     E: std::fmt::Display,
 {
     let read = |msg: &Message| decode::<T>(&msg.payload).map_err(|e| e.to_string());
@@ -69,7 +81,7 @@ pub async fn follow_with<T, R, V, F, Fut, E>(
     R: Fn(&Message) -> Result<T, String>,
     V: Fn(&T) -> bool,
     F: Fn(Arc<dyn JobStore>, Vec<T>) -> Fut,
-    Fut: Future<Output = Result<(), E>>,
+    Fut: Future<Output = Result<Unrecorded, E>>,
     E: std::fmt::Display,
 {
     let messages = loop {
@@ -125,18 +137,50 @@ pub async fn follow_with<T, R, V, F, Fut, E>(
             continue;
         }
         let n = items.len();
-        let kind = match apply(store.clone(), items).await {
-            Ok(()) => {
-                metrics::counter!(m::PROJECTED, "stream" => stream_name).increment(n as u64);
-                AckKind::Ack
+        let (kind, unrecorded) = match apply(store.clone(), items).await {
+            Ok(unrecorded) => {
+                let written = n - unrecorded.len();
+                metrics::counter!(m::PROJECTED, "stream" => stream_name).increment(written as u64);
+                (AckKind::Ack, unrecorded)
             }
             Err(e) => {
                 warn!(stream = stream_name, error = %e, "store write failed; batch will be redelivered");
-                AckKind::Nak(Some(Duration::from_secs(1)))
+                (AckKind::Nak(Some(Duration::from_secs(1))), Vec::new())
             }
         };
-        futures::future::join_all(msgs.iter().map(|msg| msg.ack_with(kind))).await;
+        futures::future::join_all(msgs.iter().enumerate().map(|(i, msg)| {
+            let kind = match unrecorded.contains(&i) {
+                true => unrecorded_again(stream_name, msg),
+                false => kind,
+            };
+            msg.ack_with(kind)
+        }))
+        .await;
     }
+}
+
+/// When a message about a job with no record yet comes again: after 50 ms,
+/// doubling at each delivery up to 30 s, until [`UNRECORDED_FOR`] has
+/// passed since it was published; then never.
+fn unrecorded_again(stream_name: &'static str, msg: &Message) -> AckKind {
+    let (delivered, age) = msg.info().map_or((1, Duration::ZERO), |info| {
+        let published = SystemTime::from(info.published);
+        let age = SystemTime::now()
+            .duration_since(published)
+            .unwrap_or_default();
+        (info.delivered, age)
+    });
+    if age > UNRECORDED_FOR {
+        warn!(stream = stream_name, subject = %msg.subject, "message dropped: its job was never recorded");
+        metrics::counter!(m::UNRECORDED, "stream" => stream_name, "outcome" => "dropped")
+            .increment(1);
+        return AckKind::Term;
+    }
+    metrics::counter!(m::UNRECORDED, "stream" => stream_name, "outcome" => "later").increment(1);
+    let doublings = u32::try_from(delivered.clamp(1, 16) - 1).unwrap_or(0);
+    AckKind::Nak(Some(
+        (Duration::from_millis(50) * (1 << doublings)).min(Duration::from_secs(30)),
+    ))
 }
 
 /// Deletes a forged message, so that no reader of the stream meets it
@@ -186,7 +230,7 @@ impl Results {
         &self,
         store: Arc<dyn JobStore>,
         mut items: Vec<JobResult>,
-    ) -> Result<(), ProjectError> {
+    ) -> Result<Unrecorded, ProjectError> {
         for r in &mut items {
             match large::resolve(&self.large, r).await {
                 Ok(()) => {}
@@ -208,13 +252,18 @@ impl Results {
         let wanted = |id: &str| budgets || self.recorded.waits_for(id);
         let applied = store.apply_results(&items, &charges, &wanted).await?;
         count_costs(&charges, &applied.new_charges);
+        let unrecorded = applied.unrecorded;
+        let written: Vec<&JobResult> = (0..items.len())
+            .filter(|i| !unrecorded.contains(i))
+            .map(|i| &items[i])
+            .collect();
         self.recorded
-            .recorded(items.iter().map(|r| r.job_id.as_str()), &applied.records);
+            .recorded(written.iter().map(|r| r.job_id.as_str()), &applied.records);
         // Only budgets and queued-job limits hold anything for a result to
         // settle.
         if budgets || self.limits.holds_places() {
-            let mut jobs = Vec::with_capacity(items.len());
-            for r in &items {
+            let mut jobs = Vec::with_capacity(written.len());
+            for r in &written {
                 let written = applied.records.iter().find(|j| j.id == r.job_id);
                 let cost_micros = match (budgets, written) {
                     (false, _) => 0,
@@ -233,7 +282,7 @@ impl Results {
             store.settle(&jobs).await?;
         }
         if self.limits.counts_tokens() {
-            let used: Vec<(String, u32)> = items
+            let used: Vec<(String, u32)> = written
                 .iter()
                 .filter_map(|r| match &r.outcome {
                     Outcome::Succeeded { usage, .. } => Some((
@@ -247,11 +296,11 @@ impl Results {
                 .correct_limits(&used, &self.limits.token_rates())
                 .await?;
         }
-        for r in &items {
+        for r in &written {
             let status = Status::of(&r.outcome).as_str();
             metrics::counter!(m::FINISHED, "status" => status).increment(1);
         }
-        Ok(())
+        Ok(unrecorded)
     }
 }
 

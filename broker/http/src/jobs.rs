@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use switchyard_core::admission::Rejection;
+use switchyard_core::admission::{NewId, Rejection};
 use switchyard_core::auth::Caller;
 use switchyard_core::calls::{Begun, CallRequest};
 use switchyard_core::cancel::Canceller;
@@ -103,14 +103,14 @@ async fn submit(
         let tenant = submission.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
         format!("{tenant}:{key}")
     });
-    let id = uuid::Uuid::now_v7().to_string();
+    let id = NewId::draw();
     let store = &s.records.store;
     if let Some(key) = &key {
         let now = now_ms();
         let holder = store
-            .claim_key(key, &id, now, now - s.idempotency_window_ms)
+            .claim_key(key, id.as_str(), now, now - s.idempotency_window_ms)
             .await?;
-        if holder != id {
+        if holder != id.as_str() {
             // The same request again: answer with the job it made, once its
             // queue has it. Until then the first request may still be
             // refused (a full queue) and take the record back, and a 202
@@ -149,7 +149,7 @@ async fn submit(
         Err(e) => {
             // Refused: a retry with the same key may try again.
             if let Some(key) = &key
-                && let Err(e) = store.release_key(key, &id).await
+                && let Err(e) = store.release_key(key, id.as_str()).await
             {
                 error!(error = %e, "could not release an idempotency key");
             }

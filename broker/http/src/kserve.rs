@@ -157,7 +157,7 @@ async fn infer(
         webhook: None,
     };
     let request = CallState::waiting(&caller, &headers, submission, priority, false);
-    let id = request.id.clone();
+    let id = request.id.as_str().to_owned();
     let (begun, cache) = s.calls.begin(request).await.map_err(|e| s.refused(e))?;
     let mut response = match begun {
         Begun::Cached { output, .. } => answer(output, requested, request_id),

@@ -147,7 +147,7 @@ async fn serve(
         priority,
     )?;
     let request = CallState::waiting(&caller, &headers, submission, priority, stream);
-    let id = request.id.clone();
+    let id = request.id.as_str().to_owned();
     let relay = Relay {
         chat: endpoint == Endpoint::Chat,
         id: id.clone(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 use axum::http::{HeaderMap, HeaderName};
-use switchyard_core::admission::SubmitError;
+use switchyard_core::admission::{NewId, SubmitError};
 use switchyard_core::auth::{Auth, Caller};
 use switchyard_core::batches::Files;
 use switchyard_core::calls::{CallError, CallRequest, Calls};
@@ -98,7 +98,7 @@ impl CallState {
         CallRequest {
             submission,
             priority,
-            id: uuid::Uuid::now_v7().to_string(),
+            id: NewId::draw(),
             key: caller.key.clone(),
             bypass_cache: bypasses_cache(headers),
             wait: true,

@@ -256,6 +256,10 @@ pub struct Applied {
     /// The records of the jobs asked for, as the results left them: none
     /// for a job whose record had already ended (it was not written).
     pub records: Vec<JobRecord>,
+    /// Which of the results (by index) were not written, nor their
+    /// charges, for want of their job's record: one admitted elsewhere and
+    /// queued while its record was written, not written yet.
+    pub unrecorded: Vec<usize>,
 }
 
 /// Job records: written at admission, moved forward by the projection of
@@ -295,7 +299,9 @@ pub trait JobRecords: Send + Sync {
         tenant: &str,
         id: &str,
     ) -> Result<Option<(String, String)>, StoreError>;
-    async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError>;
+    /// Moves records forward by `events`: the indices of those not applied
+    /// for want of their job's record (see `Applied::unrecorded`).
+    async fn apply_events(&self, events: &[JobEvent]) -> Result<Vec<usize>, StoreError>;
     /// Records results, and the usage charged with them, in one
     /// transaction, with the records of the jobs `wanted` names as written.
     async fn apply_results(
@@ -305,6 +311,8 @@ pub trait JobRecords: Send + Sync {
         wanted: &(dyn for<'w> Fn(&'w str) -> bool + Sync),
     ) -> Result<Applied, StoreError>;
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// Whether any job, of any tenant, is recorded as `id`.
+    async fn exists(&self, id: &str) -> Result<bool, StoreError>;
     /// The job's input as admission recorded it (after PII masking); none
     /// for a job refused before it was admitted.
     async fn input(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError>;

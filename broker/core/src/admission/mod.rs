@@ -1,9 +1,11 @@
 //! Admission: turning a client's submission into a queued job. Shared by the
 //! HTTP API and both NATS intakes, so every door applies the same rules.
 
+mod admitting;
 mod batched;
 mod validate;
 
+pub use admitting::Admitting;
 pub use batched::Writers;
 
 use std::sync::Arc;
@@ -14,8 +16,8 @@ use switchyard_runtime::Registry;
 use switchyard_runtime::grants::Grants;
 use switchyard_runtime::nats;
 use switchyard_schemas::{
-    Job, JobResult, Priority, SCHEMA_VERSION, Submission, Timeline, UsageEvent, WORKFLOW_RUN,
-    encode, now_ms, subjects,
+    CodecError, Job, JobResult, Priority, SCHEMA_VERSION, Submission, Timeline, UsageEvent,
+    WORKFLOW_RUN, encode, now_ms, subjects,
 };
 use tracing::{debug, warn};
 
@@ -26,6 +28,7 @@ use crate::limits::{KeyLimits, Limits};
 use crate::metrics as m;
 use crate::pii::Pii;
 use crate::webhooks::Webhooks;
+use admitting::Held;
 use batched::Batched;
 use switchyard_store::quotas::{Holds, Settlement, run_reservation};
 use switchyard_store::{Inserted, JobStore, Source, StoreError};
@@ -136,6 +139,38 @@ impl Coded for SubmitError {
 
 pub use validate::validate;
 
+/// A new job's id, and whether some job may have it already.
+#[derive(Debug, Clone)]
+pub struct NewId {
+    id: String,
+    /// Drawn here at random: no job, recorded or queued, can have it.
+    drawn: bool,
+}
+
+impl NewId {
+    /// A random id (UUIDv7).
+    pub fn draw() -> NewId {
+        NewId {
+            id: uuid::Uuid::now_v7().to_string(),
+            drawn: true,
+        }
+    }
+
+    /// An id the client chose, or made from its message: another job,
+    /// even another tenant's, may have it.
+    pub fn given(id: String) -> NewId {
+        NewId { id, drawn: false }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.id
+    }
+
+    pub fn into_string(self) -> String {
+        self.id
+    }
+}
+
 /// Admits jobs: validates, records, and enqueues durably. A job counts as
 /// queued only once JetStream has confirmed it.
 #[derive(Clone)]
@@ -149,6 +184,7 @@ pub struct Admitter {
     limits: Arc<Limits>,
     grants: Grants,
     batched: Batched,
+    admitting: Arc<Admitting>,
 }
 
 /// A request answered from the result cache.
@@ -189,6 +225,7 @@ impl Admitter {
             limits: p.limits,
             grants: p.grants,
             batched,
+            admitting: Arc::default(),
         };
         (admitter, writers)
     }
@@ -229,6 +266,11 @@ impl Admitter {
         self.store.settle(&[rest]).await
     }
 
+    /// The jobs this broker is queuing while their records are written.
+    pub fn admitting(&self) -> &Arc<Admitting> {
+        &self.admitting
+    }
+
     pub fn store(&self) -> &Arc<dyn JobStore> {
         &self.store
     }
@@ -260,12 +302,12 @@ impl Admitter {
         Ok(job)
     }
 
-    #[tracing::instrument(name = "job.admit", skip_all, fields(job_id = %id, source = source.as_str()))]
+    #[tracing::instrument(name = "job.admit", skip_all, fields(job_id = %id.as_str(), source = source.as_str()))]
     pub async fn submit(
         &self,
         submission: Submission,
         priority: Priority,
-        id: String,
+        id: NewId,
         source: Source,
         key: Option<&KeyLimits>,
     ) -> Result<Job, SubmitError> {
@@ -274,8 +316,9 @@ impl Admitter {
             metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => r.code().as_str())
                 .increment(1);
         };
+        let drawn = id.drawn;
         let mut job = self
-            .validate(submission, priority, id)
+            .validate(submission, priority, id.into_string())
             .inspect_err(reject)?;
         job.api_key = key.map(|k| k.id.clone());
         self.webhooks.admit(&mut job).await.inspect_err(reject)?;
@@ -292,26 +335,38 @@ impl Admitter {
                 job.metadata.get(WORKFLOW_RUN).map(String::as_str),
             ),
         };
-        // Recorded first, with what the job holds, in one transaction: a
-        // crash between here and the queue's confirmation leaves a record
-        // the outbox publishes again, and a refusal leaves nothing. A job
-        // that holds nothing shares its transaction with others.
+        // Recorded with what the job holds, in one transaction, before the
+        // queue's confirmation is answered: a crash before that leaves a
+        // record the outbox publishes again, and a refusal leaves nothing.
+        // A job that holds nothing shares its transaction with others.
         let tokens = job.input.expected_tokens();
-        let inserted = match holds.is_empty() {
-            true => {
-                let (back, inserted) = self.batched.record(job, source, tokens).await;
-                job = back;
-                inserted
+        let (back, inserted, queued) = match holds.is_empty() {
+            true => self.record_unheld(job, drawn, source, tokens).await?,
+            false => {
+                let inserted = self.store.insert(&job, source, tokens, &holds).await;
+                (job, inserted, None)
             }
-            false => self.store.insert(&job, source, tokens, &holds).await,
         };
+        job = back;
+        if let (Err(e), Some(Ok(()))) = (&inserted, &queued) {
+            // Its client is told it was not queued; a durable submission is
+            // delivered again and finds it queued already.
+            warn!(job_id = %job.id, error = %e, "job queued, but its record failed");
+        }
         match inserted? {
             Inserted::New | Inserted::Existing { enqueued: false } => {}
             // A repeat of a job already queued (a client retrying with its
             // own id, even past the server's de-duplication window): the
             // same job.
             Inserted::Existing { enqueued: true } => return Ok(job),
-            Inserted::OtherTenant => return Err(SubmitError::IdTaken(job.id)),
+            Inserted::OtherTenant => {
+                if queued.is_some() {
+                    // Only two brokers admitting one new id for two tenants
+                    // at once come here.
+                    warn!(job_id = %job.id, "job queued under an id another tenant's record took as it was queued");
+                }
+                return Err(SubmitError::IdTaken(job.id));
+            }
             Inserted::PlacesFull(full) => {
                 metrics::counter!(m::REJECTIONS, "source" => source.as_str(), "code" => "rate_limited")
                     .increment(1);
@@ -328,7 +383,11 @@ impl Admitter {
                 return Err(over.into());
             }
         }
-        match self.enqueue(&job).await {
+        let queued = match queued {
+            Some(queued) => queued,
+            None => self.enqueue(&job).await,
+        };
+        match queued {
             Ok(()) => self.confirmed(&job.id).await,
             Err(EnqueueError::Unconfirmed(reason)) => {
                 // The job may be in the queue already (only its confirmation
@@ -357,6 +416,44 @@ impl Admitter {
         metrics::counter!(m::SUBMISSIONS, "source" => source.as_str()).increment(1);
         metrics::histogram!(m::SUBMIT_SECONDS).record(started.elapsed().as_secs_f64());
         Ok(job)
+    }
+
+    /// Records a job that holds nothing, and when no other job can have its
+    /// id, queues it while the record is written: the job's way to its
+    /// queue does not wait for the store. The queue's answer, when asked.
+    async fn record_unheld(
+        &self,
+        job: Job,
+        drawn: bool,
+        source: Source,
+        tokens: u32,
+    ) -> Result<Unheld, SubmitError> {
+        let Some(held) = self.free(&job.id, drawn).await? else {
+            let (job, inserted) = self.batched.record(job, source, tokens).await;
+            return Ok((job, inserted, None));
+        };
+        let queue = job.queue_subject();
+        let msg_id = subjects::queued_msg_id(&job.id, job.attempt);
+        let payload = encode(&job);
+        let ((job, inserted), queued) = tokio::join!(
+            self.batched.record(job, source, tokens),
+            self.publish(queue, &msg_id, payload)
+        );
+        drop(held);
+        Ok((job, inserted, Some(queued)))
+    }
+
+    /// A hold on job `id` while it is queued beside its record's write,
+    /// when no other job has the id: none is recorded, and no other
+    /// submission here is admitting it. A lookup unless the id was drawn.
+    async fn free(&self, id: &str, drawn: bool) -> Result<Option<Held>, StoreError> {
+        let Some(held) = self.admitting.hold(id) else {
+            return Ok(None);
+        };
+        match drawn || !self.store.exists(id).await? {
+            true => Ok(Some(held)),
+            false => Ok(None),
+        }
     }
 
     /// Forgets a job that was recorded but will not be queued, and gives
@@ -485,7 +582,18 @@ impl Admitter {
     /// Publishes the job to its queue and waits for the server's confirmation.
     /// The message id names the job and attempt, so a repeat is dropped.
     pub async fn enqueue(&self, job: &Job) -> Result<(), EnqueueError> {
-        let payload = encode(job).map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
+        let msg_id = subjects::queued_msg_id(&job.id, job.attempt);
+        self.publish(job.queue_subject(), &msg_id, encode(job))
+            .await
+    }
+
+    async fn publish(
+        &self,
+        queue: String,
+        msg_id: &str,
+        payload: Result<Vec<u8>, CodecError>,
+    ) -> Result<(), EnqueueError> {
+        let payload = payload.map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
         let classify = |e: async_nats::jetstream::context::PublishError| {
             if nats::is_limit_refusal(&e) {
                 EnqueueError::Full
@@ -495,19 +603,22 @@ impl Admitter {
                 EnqueueError::Unavailable(e.to_string())
             }
         };
-        nats::publish(
-            &self.js,
-            job.queue_subject(),
-            &subjects::queued_msg_id(&job.id, job.attempt),
-            payload,
-        )
-        .await
-        .map_err(classify)?
-        .await
-        .map_err(classify)?;
+        nats::publish(&self.js, queue, msg_id, payload)
+            .await
+            .map_err(classify)?
+            .await
+            .map_err(classify)?;
         Ok(())
     }
 }
+
+/// A job back from its record's write, what the write answered, and the
+/// queue's answer when it was queued beside it.
+type Unheld = (
+    Job,
+    Result<Inserted, StoreError>,
+    Option<Result<(), EnqueueError>>,
+);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {

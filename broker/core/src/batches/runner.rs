@@ -23,7 +23,7 @@ use switchyard_store::{
 };
 
 use super::Files;
-use crate::admission::Admitter;
+use crate::admission::{Admitter, NewId};
 use crate::auth::Caller;
 use crate::cancel::Canceller;
 use crate::error::{Coded, ErrorCode};
@@ -379,7 +379,7 @@ async fn submit_line(
         .submit(
             submission,
             Priority::Batch,
-            job_id.clone(),
+            NewId::given(job_id.clone()),
             Source::Http,
             key.as_ref(),
         )

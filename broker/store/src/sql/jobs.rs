@@ -1,6 +1,6 @@
-//! Job records and idempotency keys: admission writes, the projection of
-//! events and results, and the webhook deliveries those changes call for,
-//! written in the same transaction.
+//! Job records: admission writes, the projection of events and results,
+//! and the webhook deliveries those changes call for, written in the same
+//! transaction.
 
 use std::collections::{HashMap, HashSet};
 
@@ -16,19 +16,9 @@ use crate::ledger::Charge;
 use crate::outbox::{body, delivery_id, event_for};
 use crate::runs::NewDelivery;
 use crate::{
-    Applied, Holds, Idempotency, Inserted, JobRecord, JobRecords, ListFilter, Recording,
-    RejectedJob, Source, Status, StoreError,
+    Applied, Holds, Inserted, JobRecord, JobRecords, ListFilter, Recording, RejectedJob, Source,
+    Status, StoreError,
 };
-
-/// A key claimed this long ago whose job was never recorded belongs to a
-/// request that failed and could not release it (the store was failing
-/// too): the next request with the key takes it over. A request in flight
-/// records its job well within this.
-pub(super) const ABANDONED_CLAIM_MS: i64 = 15_000;
-
-/// How often a claim is tried when each try finds the key held and then
-/// let go: a key sent again and again as its requests are refused.
-const CLAIM_TRIES: u32 = 3;
 
 /// What a webhook delivery reports.
 #[derive(Clone, Copy)]
@@ -56,6 +46,11 @@ async fn hooked<'a>(
     rows.iter()
         .map(|row| row.try_get("id").map_err(StoreError::from))
         .collect()
+}
+
+/// The indices of the `items` that are `so`.
+fn indices<T>(items: &[T], so: impl Fn(&T) -> bool) -> Vec<usize> {
+    (0..items.len()).filter(|&i| so(&items[i])).collect()
 }
 
 /// `columns` of the jobs `ids` that meet `condition` (an SQL condition
@@ -412,9 +407,14 @@ impl JobRecords for SqlStore {
         Ok(row.map(|r| (r.get("code"), r.get("message"))))
     }
 
-    async fn apply_events(&self, events: &[JobEvent]) -> Result<(), StoreError> {
+    async fn apply_events(&self, events: &[JobEvent]) -> Result<Vec<usize>, StoreError> {
         let (mut tx, _turn) = self.begin_write(Writer::Background).await?;
-        projection::events(&mut tx, events).await?;
+        let written = projection::events(&mut tx, events).await?;
+        let known = events
+            .iter()
+            .filter(|e| !matches!(e.kind, EventKind::Unknown));
+        let missing =
+            projection::unrecorded(&mut tx, known.map(|e| e.job_id.as_str()), &written).await?;
         let started: Vec<&JobEvent> = events
             .iter()
             .filter(|e| matches!(e.kind, EventKind::Running { .. }))
@@ -424,7 +424,7 @@ impl JobRecords for SqlStore {
             queue_webhook(&mut tx, &e.job_id, Report::Started(e.attempt)).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(indices(events, |e| missing.contains(&e.job_id)))
     }
 
     async fn apply_results(
@@ -434,8 +434,10 @@ impl JobRecords for SqlStore {
         wanted: &(dyn for<'w> Fn(&'w str) -> bool + Sync),
     ) -> Result<Applied, StoreError> {
         let (mut tx, _turn) = self.begin_write(Writer::Background).await?;
-        let records = projection::results(&mut tx, results, wanted).await?;
-        let new = projection::charges(&mut tx, charges).await?;
+        let (records, written) = projection::results(&mut tx, results, wanted).await?;
+        let ids = results.iter().map(|r| r.job_id.as_str());
+        let missing = projection::unrecorded(&mut tx, ids, &written).await?;
+        let new = projection::charges(&mut tx, charges, &missing).await?;
         let hooked = hooked(&mut tx, results.iter().map(|r| r.job_id.as_str())).await?;
         for r in results.iter().filter(|r| hooked.contains(&r.job_id)) {
             // A job its engine answered at once has no `running` event: its
@@ -449,6 +451,7 @@ impl JobRecords for SqlStore {
         Ok(Applied {
             new_charges: new,
             records,
+            unrecorded: indices(results, |r| missing.contains(&r.job_id)),
         })
     }
 
@@ -458,6 +461,14 @@ impl JobRecords for SqlStore {
             .fetch_optional(self.pool())
             .await?;
         row.as_ref().map(record).transpose()
+    }
+
+    async fn exists(&self, id: &str) -> Result<bool, StoreError> {
+        let found: Option<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(found.is_some())
     }
 
     async fn input(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
@@ -529,59 +540,5 @@ impl JobRecords for SqlStore {
                     })
             })
             .collect()
-    }
-}
-
-#[async_trait]
-impl Idempotency for SqlStore {
-    async fn claim_key(
-        &self,
-        key: &str,
-        job_id: &str,
-        now_ms: i64,
-        fresh_since_ms: i64,
-    ) -> Result<String, StoreError> {
-        let _turn = self.turn(Writer::Request).await;
-        for _ in 0..CLAIM_TRIES {
-            // One statement, so two brokers racing on one key agree on the winner.
-            let claimed: Option<String> = sqlx::query_scalar(
-                "INSERT INTO idempotency (key, job_id, created_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, created_at = excluded.created_at
-                    WHERE idempotency.created_at < $4
-                       OR (idempotency.created_at < $5
-                           AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = idempotency.job_id))
-                 RETURNING job_id",
-            )
-            .bind(key)
-            .bind(job_id)
-            .bind(now_ms)
-            .bind(fresh_since_ms)
-            .bind(now_ms - ABANDONED_CLAIM_MS)
-            .fetch_optional(self.pool())
-            .await?;
-            if let Some(id) = claimed {
-                return Ok(id);
-            }
-            let holder = sqlx::query_scalar("SELECT job_id FROM idempotency WHERE key = $1")
-                .bind(key)
-                .fetch_optional(self.pool())
-                .await?;
-            if let Some(id) = holder {
-                return Ok(id);
-            }
-            // The holder let the key go between the two statements (its
-            // request was refused): the key is free to claim again.
-        }
-        Err(StoreError::Db(sqlx::Error::RowNotFound))
-    }
-
-    async fn release_key(&self, key: &str, job_id: &str) -> Result<(), StoreError> {
-        let _turn = self.turn(Writer::Request).await;
-        sqlx::query("DELETE FROM idempotency WHERE key = $1 AND job_id = $2")
-            .bind(key)
-            .bind(job_id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
     }
 }

@@ -39,7 +39,7 @@ fn utc_day(day: i64) -> String {
 impl Ledger for SqlStore {
     async fn record_usage(&self, charges: &[Charge]) -> Result<Vec<usize>, StoreError> {
         let (mut tx, _turn) = self.begin_write(Writer::Background).await?;
-        let new = super::projection::charges(&mut tx, charges).await?;
+        let new = super::projection::charges(&mut tx, charges, &Default::default()).await?;
         tx.commit().await?;
         Ok(new)
     }

@@ -22,6 +22,7 @@ use crate::{JobRecord, Status, StoreError};
 
 mod access;
 mod batches;
+mod idempotency;
 mod jobs;
 mod ledger;
 mod outbox;

@@ -2,6 +2,8 @@
 //! events, its results and their ledger lines are each written in a few
 //! multi-row statements, not one per job.
 
+use std::collections::HashSet;
+
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use switchyard_schemas::{EventKind, JobEvent, JobResult, Outcome};
@@ -25,11 +27,13 @@ fn ahead(attempt: &str, stage: &str) -> String {
 /// Moves each job's record forward by its events. Progress is ordered by
 /// (attempt, stage): a job only moves forward, a retry starts the next
 /// attempt at `queued`, and a late event of an earlier attempt changes
-/// nothing but a timestamp it was missing.
+/// nothing but a timestamp it was missing. Returns the jobs whose records
+/// were written.
 pub(super) async fn events(
     tx: &mut Transaction<'_, Any>,
     events: &[JobEvent],
-) -> Result<(), sqlx::Error> {
+) -> Result<HashSet<String>, sqlx::Error> {
+    let mut written = HashSet::new();
     let known: Vec<&JobEvent> = events
         .iter()
         .filter(|e| !matches!(e.kind, EventKind::Unknown))
@@ -47,7 +51,8 @@ pub(super) async fn events(
                     WHEN attempt = v.column1 THEN COALESCE(started_at, v.column6) ELSE started_at END,
                 attempt = CASE WHEN attempt > v.column1 THEN attempt ELSE v.column1 END
              FROM (VALUES {}) AS v
-             WHERE jobs.id = v.column7 AND jobs.status NOT IN {FINAL}",
+             WHERE jobs.id = v.column7 AND jobs.status NOT IN {FINAL}
+             RETURNING id",
             Marks::of(tx).values(
                 rows.len(),
                 &["BIGINT", "BIGINT", "TEXT", "TEXT", "BIGINT", "BIGINT", "TEXT"]
@@ -75,10 +80,46 @@ pub(super) async fn events(
                 .bind(started_at)
                 .bind(&e.job_id);
         }
-        query.execute(&mut **tx).await?;
+        for row in query.fetch_all(&mut **tx).await? {
+            written.insert(row.try_get("id")?);
+        }
     }
-    Ok(())
+    Ok(written)
 }
+
+/// Of the jobs `ids`, those with no record at all, given the ones just
+/// `written`: a job is queued while its record is written, so what its
+/// streams say of it can come first. One read, and only when some job was
+/// not written (a record that had ended is not).
+pub(super) async fn unrecorded<'a>(
+    tx: &mut Transaction<'_, Any>,
+    ids: impl Iterator<Item = &'a str>,
+    written: &HashSet<String>,
+) -> Result<HashSet<String>, sqlx::Error> {
+    let rest: HashSet<&str> = ids.filter(|id| !written.contains(*id)).collect();
+    if rest.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rest: Vec<&str> = rest.into_iter().collect();
+    let mut missing: HashSet<String> = rest.iter().map(|id| (*id).to_owned()).collect();
+    for ids in rest.chunks(MAX_IDS) {
+        let sql = format!(
+            "SELECT id FROM jobs WHERE id IN ({})",
+            super::params(1, ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            missing.remove(row.try_get::<&str, _>("id")?);
+        }
+    }
+    Ok(missing)
+}
+
+/// Ids looked up in one read at most.
+const MAX_IDS: usize = 500;
 
 /// Records each job's result. The first final result wins, whatever its
 /// attempt: results come from the RESULTS stream, which keeps one per job,
@@ -86,30 +127,39 @@ pub(super) async fn events(
 /// attempt 1 may be projected after attempt 2 was queued; it is still the
 /// job's.) Returns the records of the jobs `wanted` names as written, read
 /// back by the write itself; a job whose record had already ended is not
-/// written, so not among them.
+/// written, so not among them. Also returns every job whose record was
+/// written.
 pub(super) async fn results(
     tx: &mut Transaction<'_, Any>,
     results: &[JobResult],
     wanted: &(dyn for<'w> Fn(&'w str) -> bool + Sync),
-) -> Result<Vec<JobRecord>, StoreError> {
+) -> Result<(Vec<JobRecord>, HashSet<String>), StoreError> {
     let (answered, rest): (Vec<&JobResult>, Vec<&JobResult>) =
         results.iter().partition(|r| wanted(&r.job_id));
     let mut records = Vec::new();
-    for (results, returning) in [(answered, true), (rest, false)] {
+    let mut written = HashSet::new();
+    for (results, whole) in [(answered, true), (rest, false)] {
         for rows in statements(&results, |r| r.job_id.as_str()) {
-            for row in write_results(tx, &rows, returning).await? {
-                records.push(record(&row)?);
+            for row in write_results(tx, &rows, whole).await? {
+                match whole {
+                    true => records.push(record(&row)?),
+                    false => {
+                        written.insert(row.try_get("id")?);
+                    }
+                }
             }
         }
     }
-    Ok(records)
+    written.extend(records.iter().map(|r| r.id.clone()));
+    Ok((records, written))
 }
 
-/// One statement of [`results`]: the records written when `returning`.
+/// One statement of [`results`]: the records written, whole when `whole`,
+/// else their ids.
 async fn write_results(
     tx: &mut Transaction<'_, Any>,
     rows: &[&&JobResult],
-    returning: bool,
+    whole: bool,
 ) -> Result<Vec<AnyRow>, sqlx::Error> {
     // Columns: status, output, error_code, error_message, prompt_tokens,
     // completion_tokens, finished_at, node, attempt, id, assigned_at,
@@ -125,7 +175,7 @@ async fn write_results(
                 ELSE COALESCE(started_at, v.column12) END,
             attempt = v.column9
          FROM (VALUES {}) AS v
-         WHERE jobs.id = v.column10 AND jobs.status NOT IN {FINAL}{}",
+         WHERE jobs.id = v.column10 AND jobs.status NOT IN {FINAL} RETURNING {}",
         Marks::of(tx).values(
             rows.len(),
             &[
@@ -133,9 +183,9 @@ async fn write_results(
                 "TEXT", "BIGINT", "BIGINT",
             ]
         ),
-        match returning {
-            true => format!(" RETURNING {RECORD}"),
-            false => String::new(),
+        match whole {
+            true => RECORD,
+            false => "id",
         }
     );
     let mut query = sqlx::query(&sql);
@@ -162,20 +212,22 @@ async fn write_results(
             .bind(r.assigned_at_ms)
             .bind(r.started_at_ms);
     }
-    match returning {
-        true => query.fetch_all(&mut **tx).await,
-        false => query.execute(&mut **tx).await.map(|_| Vec::new()),
-    }
+    query.fetch_all(&mut **tx).await
 }
 
-/// Writes each charge once per (job, attempt): the indices of those not
-/// written before.
+/// Writes each charge once per (job, attempt), but those of the jobs
+/// `unrecorded`: the indices of those not written before.
 pub(super) async fn charges(
     tx: &mut Transaction<'_, Any>,
     charges: &[Charge],
+    unrecorded: &HashSet<String>,
 ) -> Result<Vec<usize>, StoreError> {
     let mut new = Vec::new();
-    let indexed: Vec<(usize, &Charge)> = charges.iter().enumerate().collect();
+    let indexed: Vec<(usize, &Charge)> = charges
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !unrecorded.contains(&c.usage.job_id))
+        .collect();
     for rows in statements(&indexed, |(_, c)| c.usage.job_id.as_str()) {
         let sql = format!(
             "INSERT INTO usage (job_id, attempt, node, model, prompt_tokens, completion_tokens,

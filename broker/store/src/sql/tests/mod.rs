@@ -9,6 +9,7 @@ use switchyard_schemas::{
 };
 
 mod cost;
+mod early;
 mod money;
 mod webhooks;
 
@@ -329,7 +330,7 @@ async fn an_idempotency_key_holds_one_job_within_its_window() {
 #[tokio::test]
 async fn a_key_whose_job_was_never_recorded_is_taken_over_after_a_while() {
     let (s, _dir) = store().await;
-    let later = 1_000 + jobs::ABANDONED_CLAIM_MS;
+    let later = 1_000 + idempotency::ABANDONED_CLAIM_MS;
     assert_eq!(s.claim_key("lost", "j1", 1_000, 0).await.unwrap(), "j1");
     assert_eq!(
         s.claim_key("lost", "j2", later - 1, 0).await.unwrap(),
