@@ -15,7 +15,7 @@ mod sql;
 pub mod summary;
 pub mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
 
@@ -311,8 +311,8 @@ pub trait JobRecords: Send + Sync {
         wanted: &(dyn for<'w> Fn(&'w str) -> bool + Sync),
     ) -> Result<Applied, StoreError>;
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
-    /// Whether any job, of any tenant, is recorded as `id`.
-    async fn exists(&self, id: &str) -> Result<bool, StoreError>;
+    /// Of `ids`, those any job of any tenant is recorded as.
+    async fn recorded(&self, ids: &[&str]) -> Result<HashSet<String>, StoreError>;
     /// The job's input as admission recorded it (after PII masking); none
     /// for a job refused before it was admitted.
     async fn input(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError>;

@@ -25,7 +25,8 @@ pub(crate) struct Held {
 
 impl Admitting {
     /// Holds `id` for one submission; none when another holds it (the same
-    /// id submitted twice at once), whose record this one must then find.
+    /// id submitted twice at once), whose record this one must then find:
+    /// it waits (`written`) and tries again.
     pub(crate) fn hold(self: &Arc<Self>, id: &str) -> Option<Held> {
         self.lock().insert(id.to_owned()).then(|| Held {
             admitting: self.clone(),

@@ -1,10 +1,11 @@
-//! Store writes admission hands on, to be done many in one write: the
-//! records of new jobs that hold nothing (no queue places, no budget), and
-//! the marks of jobs their queue confirmed. Each submission still waits
-//! for its record to be committed; it shares the commit with the others
-//! that arrived meanwhile. It does not wait for its mark, which only tells
-//! the outbox not to publish the job again: one not yet written when the
-//! broker dies costs a publish the server drops as a duplicate.
+//! Store work admission hands on, to be done many at once: the records of
+//! new jobs that hold nothing (no queue places, no budget), the marks of
+//! jobs their queue confirmed, and the look-ups of ids clients chose. Each
+//! submission still waits for its record to be committed; it shares the
+//! commit with the others that arrived meanwhile. It does not wait for its
+//! mark, which only tells the outbox not to publish the job again: one not
+//! yet written when the broker dies costs a publish the server drops as a
+//! duplicate.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,18 +30,27 @@ struct Pending {
     answer: oneshot::Sender<Result<Inserted, StoreError>>,
 }
 
+/// An id to look up, and whom to tell whether a job has it.
+struct Look {
+    id: String,
+    answer: oneshot::Sender<bool>,
+}
+
 /// Where admission hands its writes.
 #[derive(Clone)]
 pub(crate) struct Batched {
     records: mpsc::Sender<Pending>,
     marks: mpsc::Sender<String>,
+    looks: mpsc::Sender<Look>,
     store: Arc<dyn JobStore>,
 }
 
-/// The writers: run them until every path that admits has stopped.
+/// The writers, and the look-ups: run them until every path that admits
+/// has stopped.
 pub struct Writers {
     records: mpsc::Receiver<Pending>,
     marks: mpsc::Receiver<String>,
+    looks: mpsc::Receiver<Look>,
     store: Arc<dyn JobStore>,
 }
 
@@ -48,14 +58,17 @@ impl Batched {
     pub(crate) fn new(store: Arc<dyn JobStore>) -> (Batched, Writers) {
         let (records, records_rx) = mpsc::channel(WAITING);
         let (marks, marks_rx) = mpsc::channel(WAITING);
+        let (looks, looks_rx) = mpsc::channel(WAITING);
         let writers = Writers {
             records: records_rx,
             marks: marks_rx,
+            looks: looks_rx,
             store: store.clone(),
         };
         let batched = Batched {
             records,
             marks,
+            looks,
             store,
         };
         (batched, writers)
@@ -90,6 +103,25 @@ impl Batched {
         (job, inserted)
     }
 
+    /// Whether any job, of any tenant, is recorded as `id`: one read for
+    /// the ids asked meanwhile.
+    pub(crate) async fn recorded(&self, id: &str) -> Result<bool, StoreError> {
+        let (answer, answered) = oneshot::channel();
+        let look = Look {
+            id: id.to_owned(),
+            answer,
+        };
+        if self.looks.send(look).await.is_ok()
+            && let Ok(found) = answered.await
+        {
+            return Ok(found);
+        }
+        // The reader has stopped, or its read failed: this one's own read
+        // says why.
+        let found = self.store.recorded(&[id]).await?;
+        Ok(!found.is_empty())
+    }
+
     /// Marks job `id` confirmed by its queue, soon.
     pub(crate) async fn mark(&self, id: &str) {
         if self.marks.send(id.to_owned()).await.is_err() {
@@ -106,7 +138,8 @@ impl Writers {
             drain(self.records, stop.clone(), |batch| write_records(
                 store, batch
             )),
-            drain(self.marks, stop, |ids| write_marks(store, ids)),
+            drain(self.marks, stop.clone(), |ids| write_marks(store, ids)),
+            drain(self.looks, stop, |looks| look_up(store, looks)),
         );
     }
 }
@@ -183,6 +216,19 @@ async fn alone(
     store
         .insert(job, source, tokens_estimate, &Holds::default())
         .await
+}
+
+async fn look_up(store: &dyn JobStore, looks: Vec<Look>) {
+    let ids: Vec<&str> = looks.iter().map(|l| l.id.as_str()).collect();
+    match store.recorded(&ids).await {
+        Ok(found) => {
+            for look in looks {
+                let _ = look.answer.send(found.contains(&look.id));
+            }
+        }
+        // Unanswered, each submission reads alone and meets the error.
+        Err(e) => warn!(ids = looks.len(), error = %e, "ids not looked up together"),
+    }
 }
 
 async fn write_marks(store: &dyn JobStore, ids: Vec<String>) {

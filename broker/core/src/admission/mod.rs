@@ -444,13 +444,17 @@ impl Admitter {
     }
 
     /// A hold on job `id` while it is queued beside its record's write,
-    /// when no other job has the id: none is recorded, and no other
-    /// submission here is admitting it. A lookup unless the id was drawn.
+    /// when no other job has the id: none is recorded (a look-up, unless
+    /// the id was drawn here). A submission of the same id in progress
+    /// here is waited for, so that its record is found.
     async fn free(&self, id: &str, drawn: bool) -> Result<Option<Held>, StoreError> {
-        let Some(held) = self.admitting.hold(id) else {
-            return Ok(None);
+        let held = loop {
+            match self.admitting.hold(id) {
+                Some(held) => break held,
+                None => self.admitting.written(std::iter::once(id)).await,
+            }
         };
-        match drawn || !self.store.exists(id).await? {
+        match drawn || !self.batched.recorded(id).await? {
             true => Ok(Some(held)),
             false => Ok(None),
         }

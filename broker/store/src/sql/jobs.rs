@@ -463,12 +463,9 @@ impl JobRecords for SqlStore {
         row.as_ref().map(record).transpose()
     }
 
-    async fn exists(&self, id: &str) -> Result<bool, StoreError> {
-        let found: Option<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(found.is_some())
+    async fn recorded(&self, ids: &[&str]) -> Result<HashSet<String>, StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        Ok(projection::recorded(&mut conn, ids).await?)
     }
 
     async fn input(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {

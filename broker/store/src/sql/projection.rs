@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AnyConnection, Row, Transaction};
 use switchyard_schemas::{EventKind, JobEvent, JobResult, Outcome};
 
 use super::rows::{Marks, statements};
@@ -101,8 +101,21 @@ pub(super) async fn unrecorded<'a>(
         return Ok(HashSet::new());
     }
     let rest: Vec<&str> = rest.into_iter().collect();
-    let mut missing: HashSet<String> = rest.iter().map(|id| (*id).to_owned()).collect();
-    for ids in rest.chunks(MAX_IDS) {
+    let found = recorded(tx, &rest).await?;
+    Ok(rest
+        .into_iter()
+        .filter(|id| !found.contains(*id))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Of the jobs `ids`, those recorded, whoever their tenant.
+pub(super) async fn recorded(
+    conn: &mut AnyConnection,
+    ids: &[&str],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let mut found = HashSet::new();
+    for ids in ids.chunks(MAX_IDS) {
         let sql = format!(
             "SELECT id FROM jobs WHERE id IN ({})",
             super::params(1, ids.len())
@@ -111,11 +124,11 @@ pub(super) async fn unrecorded<'a>(
         for id in ids {
             query = query.bind(*id);
         }
-        for row in query.fetch_all(&mut **tx).await? {
-            missing.remove(row.try_get::<&str, _>("id")?);
+        for row in query.fetch_all(&mut *conn).await? {
+            found.insert(row.try_get("id")?);
         }
     }
-    Ok(missing)
+    Ok(found)
 }
 
 /// Ids looked up in one read at most.
