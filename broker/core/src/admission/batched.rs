@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use switchyard_schemas::{Job, now_ms};
 use switchyard_store::quotas::Holds;
@@ -43,6 +44,9 @@ pub(crate) struct Batched {
     marks: mpsc::Sender<String>,
     looks: mpsc::Sender<Look>,
     store: Arc<dyn JobStore>,
+    /// The last record failed: jobs are recorded before they are queued
+    /// until one is written again.
+    failing: Arc<AtomicBool>,
 }
 
 /// The writers, and the look-ups: run them until every path that admits
@@ -70,6 +74,7 @@ impl Batched {
             marks,
             looks,
             store,
+            failing: Arc::default(),
         };
         (batched, writers)
     }
@@ -100,7 +105,15 @@ impl Batched {
             Some(inserted) => inserted,
             None => alone(&*self.store, &job, source, tokens_estimate).await,
         };
+        self.failing.store(inserted.is_err(), Ordering::Relaxed);
         (job, inserted)
+    }
+
+    /// Whether the last record failed: a job queued beside a record that
+    /// fails runs with none, and its results wait for one that never
+    /// comes, so while the store fails no job is queued before its record.
+    pub(crate) fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
     }
 
     /// Whether any job, of any tenant, is recorded as `id`: one read for

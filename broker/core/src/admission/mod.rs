@@ -341,7 +341,10 @@ impl Admitter {
         // A job that holds nothing shares its transaction with others.
         let tokens = job.input.expected_tokens();
         let (back, inserted, queued) = match holds.is_empty() {
-            true => self.record_unheld(job, drawn, source, tokens).await?,
+            true => {
+                self.record_holding_nothing(job, drawn, source, tokens)
+                    .await?
+            }
             false => {
                 let inserted = self.store.insert(&job, source, tokens, &holds).await;
                 (job, inserted, None)
@@ -421,13 +424,13 @@ impl Admitter {
     /// Records a job that holds nothing, and when no other job can have its
     /// id, queues it while the record is written: the job's way to its
     /// queue does not wait for the store. The queue's answer, when asked.
-    async fn record_unheld(
+    async fn record_holding_nothing(
         &self,
         job: Job,
         drawn: bool,
         source: Source,
         tokens: u32,
-    ) -> Result<Unheld, SubmitError> {
+    ) -> Result<RecordedAndQueued, SubmitError> {
         let Some(held) = self.free(&job.id, drawn).await? else {
             let (job, inserted) = self.batched.record(job, source, tokens).await;
             return Ok((job, inserted, None));
@@ -446,8 +449,12 @@ impl Admitter {
     /// A hold on job `id` while it is queued beside its record's write,
     /// when no other job has the id: none is recorded (a look-up, unless
     /// the id was drawn here). A submission of the same id in progress
-    /// here is waited for, so that its record is found.
+    /// here is waited for, so that its record is found. None while the
+    /// store fails its records.
     async fn free(&self, id: &str, drawn: bool) -> Result<Option<Held>, StoreError> {
+        if self.batched.failing() {
+            return Ok(None);
+        }
         let held = loop {
             match self.admitting.hold(id) {
                 Some(held) => break held,
@@ -618,7 +625,7 @@ impl Admitter {
 
 /// A job back from its record's write, what the write answered, and the
 /// queue's answer when it was queued beside it.
-type Unheld = (
+type RecordedAndQueued = (
     Job,
     Result<Inserted, StoreError>,
     Option<Result<(), EnqueueError>>,
