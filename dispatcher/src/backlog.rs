@@ -51,10 +51,9 @@ impl Looks {
             .is_none_or(|at| now.duration_since(at) >= self.recheck)
     }
 
-    /// What a look at `now` found. A ring heard before the look may be for
-    /// a job the server had not stored yet when it answered (the doorbell
-    /// is told as the job is received, the stream stores it after): then
-    /// the next look is not skipped.
+    /// What a look at `now` found. A ring heard before the look's answer
+    /// may be for a job stored after the server answered: then the next
+    /// look is not skipped.
     pub(crate) fn looked(&mut self, seen: Option<&Queued>, now: Instant) {
         let empty = seen.is_some_and(HashMap::is_empty);
         self.empty_at = (empty && !self.rang).then_some(now);
@@ -105,10 +104,13 @@ fn add(backlog: &mut Queued, subject: &str) {
 /// after its ack wait): the next look finds it.
 pub(crate) struct Known {
     queued: Queued,
-    /// The subjects the doorbell named since the look, each with its last
-    /// ring: the server may have answered the next look, or a pull, before
-    /// storing their jobs.
-    rung: HashMap<String, Instant>,
+    /// The subjects the doorbell named since the look, each with the
+    /// stream sequence of its last job: the server may have answered the
+    /// next look before storing their jobs.
+    rung: HashMap<String, u64>,
+    /// The last job a standing pull took from each subject: its ring, when
+    /// it comes after, names a job already taken.
+    taken: HashMap<String, u64>,
     /// How long this answer serves.
     keep: Duration,
     looked_at: Instant,
@@ -125,13 +127,6 @@ const KEEP_PER_TENANT: Duration = Duration::from_micros(10);
 /// at low rates.
 const KEEP_AT_LEAST: Duration = Duration::from_millis(20);
 
-/// How soon after its ring a pull can find a lane empty because the
-/// stream has not stored the job yet, and how soon such a lane is asked
-/// again. The doorbell is served as the server receives a job, the stream
-/// stores it after: at 200 jobs/s, 2–5 % of pulls came back empty within
-/// 1 ms of their ring, and their jobs waited for the next ring or look.
-pub(crate) const STORING: Duration = Duration::from_millis(1);
-
 /// The longest an answer serves: a tenant's job that the doorbell missed
 /// waits at most this long to be seen.
 const KEEP_AT_MOST: Duration = Duration::from_millis(100);
@@ -143,6 +138,7 @@ impl Known {
         Known {
             queued,
             rung: HashMap::new(),
+            taken: HashMap::new(),
             keep: keep.clamp(KEEP_AT_LEAST, KEEP_AT_MOST),
             looked_at: now,
         }
@@ -177,25 +173,44 @@ impl Known {
             .unwrap_or_default()
     }
 
-    /// A job arrived on `subject` (`sy.jobs.<priority>.<model>.<tenant>`)
-    /// at `now`.
-    pub(crate) fn arrived(&mut self, subject: &str, now: Instant) {
+    /// Whether no queue is known to hold a job.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queued.values().all(HashSet::is_empty)
+    }
+
+    /// A job was stored on `subject` (`sy.jobs.<priority>.<model>.<tenant>`)
+    /// as the stream's `sequence`.
+    pub(crate) fn arrived(&mut self, subject: &str, sequence: u64) {
+        if self.taken.get(subject).is_some_and(|t| *t >= sequence) {
+            return;
+        }
         add(&mut self.queued, subject);
         match self.rung.get_mut(subject) {
-            Some(at) => *at = now,
+            Some(last) => *last = (*last).max(sequence),
             None => {
-                self.rung.insert(subject.to_owned(), now);
+                self.rung.insert(subject.to_owned(), sequence);
             }
         }
     }
 
-    /// Whether a pull of `tenant`'s lane sent at `asked_at` that found it
-    /// empty may have come before the stream stored the job of its last
-    /// ring: then the lane is asked again shortly, not counted drained.
-    pub(crate) fn maybe_unstored(&self, prefix: &str, tenant: &str, asked_at: Instant) -> bool {
-        self.rung
-            .get(&format!("{prefix}.{tenant}"))
-            .is_some_and(|rung| asked_at.saturating_duration_since(*rung) < STORING)
+    /// A standing pull took the job stored on `subject` as `sequence`:
+    /// when no later one was rung, the lane holds nothing the doorbell
+    /// told of.
+    pub(crate) fn took(&mut self, subject: &str, sequence: u64) {
+        match self.taken.get_mut(subject) {
+            Some(last) => *last = (*last).max(sequence),
+            None => {
+                self.taken.insert(subject.to_owned(), sequence);
+            }
+        }
+        if self.rung.get(subject).is_some_and(|r| *r <= sequence) {
+            self.rung.remove(subject);
+            if let Some((prefix, tenant)) = subject.rsplit_once('.')
+                && let Some(tenants) = self.queued.get_mut(prefix)
+            {
+                tenants.remove(tenant);
+            }
+        }
     }
 
     /// A turn found `tenant`'s lane in the queue of `prefix` empty.
@@ -226,8 +241,8 @@ mod tests {
     fn an_answer_is_kept_up_to_date_by_arrivals_and_drained_lanes() {
         let start = Instant::now();
         let mut known = Known::new(queued(&["t1"]), start);
-        known.arrived("sy.jobs.normal.m.t2", start);
-        known.arrived("sy.jobs.batch.m.t3", start);
+        known.arrived("sy.jobs.normal.m.t2", 1);
+        known.arrived("sy.jobs.batch.m.t3", 1);
         known.drained("sy.jobs.normal.m", "t1");
         assert_eq!(known.tenants("sy.jobs.normal.m"), ["t2"]);
         assert_eq!(known.tenants("sy.jobs.batch.m"), ["t3"]);
@@ -238,7 +253,7 @@ mod tests {
     fn a_renewed_answer_keeps_the_tenants_rung_since_the_last_look() {
         let start = Instant::now();
         let mut before = Known::new(queued(&["t1"]), start);
-        before.arrived("sy.jobs.normal.m.t2", start);
+        before.arrived("sy.jobs.normal.m.t2", 1);
         // The look was answered before t2's job was stored.
         let renewed = Known::renewed(queued(&["t1"]), Some(before), start);
         let mut tenants = renewed.tenants("sy.jobs.normal.m");
@@ -247,7 +262,7 @@ mod tests {
         let next = Known::renewed(queued(&["t1"]), Some(renewed), start);
         assert_eq!(next.tenants("sy.jobs.normal.m"), ["t1"], "named once only");
         let mut served = Known::new(queued(&[]), start);
-        served.arrived("sy.jobs.normal.m.t3", start);
+        served.arrived("sy.jobs.normal.m.t3", 1);
         served.drained("sy.jobs.normal.m", "t3");
         let after = Known::renewed(queued(&[]), Some(served), start);
         assert!(
@@ -257,24 +272,22 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_pull_sent_as_the_ring_came_may_have_come_before_the_store() {
+    fn a_job_a_standing_pull_took_is_not_pulled_again_whichever_comes_first() {
         let start = Instant::now();
         let mut known = Known::new(queued(&[]), start);
-        known.arrived("sy.jobs.normal.m.t1", start);
-        assert!(known.maybe_unstored("sy.jobs.normal.m", "t1", start));
-        assert!(
-            !known.maybe_unstored("sy.jobs.normal.m", "t1", start + STORING),
-            "the stream has had its time: the lane is drained"
-        );
-        assert!(
-            !known.maybe_unstored("sy.jobs.normal.m", "t2", start),
-            "never rung"
-        );
-        // A later ring starts the time again.
-        known.arrived("sy.jobs.normal.m.t1", start + STORING);
-        assert!(known.maybe_unstored("sy.jobs.normal.m", "t1", start + STORING));
-        known.drained("sy.jobs.normal.m", "t1");
-        assert!(!known.maybe_unstored("sy.jobs.normal.m", "t1", start + STORING));
+        // Its ring, then the job.
+        known.arrived("sy.jobs.normal.m.t1", 7);
+        assert_eq!(known.tenants("sy.jobs.normal.m"), ["t1"]);
+        known.took("sy.jobs.normal.m.t1", 7);
+        assert!(known.is_empty());
+        // The job, then its ring.
+        known.took("sy.jobs.normal.m.t1", 8);
+        known.arrived("sy.jobs.normal.m.t1", 8);
+        assert!(known.is_empty());
+        // A job rung after the one taken still waits.
+        known.arrived("sy.jobs.normal.m.t1", 10);
+        known.took("sy.jobs.normal.m.t1", 9);
+        assert_eq!(known.tenants("sy.jobs.normal.m"), ["t1"]);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use switchyard_schemas::{
 use tracing::{Instrument, warn};
 
 use crate::config::FairBy;
+use crate::pulls::{PullError, Pulls};
 use crate::running::Running;
 use crate::{Cluster, DispatcherConfig, metrics as m};
 
@@ -30,35 +31,14 @@ const KEY_AT_BOUND_DELAY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BatchError {
-    #[error("fetch: {0}")]
-    Fetch(String),
+    #[error(transparent)]
+    Pull(#[from] PullError),
     #[error("publish: {0}")]
     Publish(#[from] jetstream::context::PublishError),
     #[error(transparent)]
     Codec(#[from] CodecError),
     #[error("ack: {0}")]
     Ack(String),
-}
-
-/// The longest the server may take to answer a one-shot fetch. It answers
-/// within milliseconds, even "nothing"; a fetch that reached no consumer
-/// leader (during an election) is never answered, and would hold the loop
-/// for ever.
-const FETCH_ANSWER: Duration = Duration::from_secs(5);
-
-/// The next message of a one-shot fetch, or an error when the server has
-/// not answered within `FETCH_ANSWER`.
-pub(crate) async fn next_fetched<S, E>(batch: &mut S) -> Option<Result<jetstream::Message, String>>
-where
-    S: futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
-    E: std::fmt::Display,
-{
-    match tokio::time::timeout(FETCH_ANSWER, batch.next()).await {
-        Ok(next) => next.map(|m| m.map_err(|e| e.to_string())),
-        Err(_) => Some(Err(format!(
-            "the server did not answer a fetch within {FETCH_ANSWER:?}"
-        ))),
-    }
 }
 
 /// How many jobs one pull may place, and which.
@@ -105,27 +85,51 @@ impl<'a> Assigner<'a> {
 /// is stored in the node's work queue.
 pub(crate) async fn dispatch_batch<'a>(
     assigner: &mut Assigner<'a>,
+    pulls: &mut Pulls,
     lane: &PullConsumer,
     take: Take,
-    cfg: &DispatcherConfig,
-    cluster: &mut Cluster,
-    running: &Running,
+    (cfg, cluster, running): (&DispatcherConfig, &mut Cluster, &Running),
 ) -> Result<Placed, BatchError> {
-    let (js, grants) = (assigner.js, assigner.grants);
-    let mut batch = lane
-        .fetch()
-        .max_messages(take.max as usize)
-        .messages()
-        .await
-        .map_err(|e| BatchError::Fetch(e.to_string()))?;
-    let mut jobs = 0;
-    let mut tokens = 0;
-    let mut young = false;
-    while let Some(msg) = next_fetched(&mut batch).await {
-        let msg = msg.map_err(BatchError::Fetch)?;
-        if young {
+    let mut batch = pulls.pull(lane, take.max as usize).await?;
+    let mut placing = Placing::new(take);
+    while let Some(msg) = batch.next().await {
+        placing.offer(assigner, msg?, cfg, cluster, running).await;
+    }
+    Ok(placing.placed)
+}
+
+/// The jobs of one lane offered one by one, each checked (sealed, not
+/// expired, not backing off, its key under its running bound) and placed.
+pub(crate) struct Placing {
+    take: Take,
+    /// A job not aged past `take.aged_past` came: it and those after it go
+    /// back to the lane in their order.
+    young: bool,
+    pub(crate) placed: Placed,
+}
+
+impl Placing {
+    pub(crate) fn new(take: Take) -> Placing {
+        Placing {
+            take,
+            young: false,
+            placed: Placed::default(),
+        }
+    }
+
+    /// Places the job of `msg`, or puts it back, or drops it.
+    pub(crate) async fn offer<'a>(
+        &mut self,
+        assigner: &mut Assigner<'a>,
+        msg: jetstream::Message,
+        cfg: &DispatcherConfig,
+        cluster: &mut Cluster,
+        running: &Running,
+    ) {
+        let (js, grants) = (assigner.js, assigner.grants);
+        if self.young {
             let _ = msg.ack_with(AckKind::Nak(None)).await;
-            continue;
+            return;
         }
         let job: Job = match decode(&msg.payload) {
             Ok(job) => job,
@@ -133,7 +137,7 @@ pub(crate) async fn dispatch_batch<'a>(
                 warn!(error = %e, "undecodable job terminated");
                 metrics::counter!(m::REJECTED, "reason" => "undecodable").increment(1);
                 let _ = msg.ack_with(AckKind::Term).await;
-                continue;
+                return;
             }
         };
         if !grants.sealed(&job) || msg.subject.as_str() != job.queue_subject() {
@@ -143,16 +147,17 @@ pub(crate) async fn dispatch_batch<'a>(
             warn!(job_id = %job.id, subject = %msg.subject, "job without its broker's seal terminated");
             metrics::counter!(m::REJECTED, "reason" => "unsealed").increment(1);
             let _ = msg.ack_with(AckKind::Term).await;
-            continue;
+            return;
         }
         // A lane's jobs wait in the order they came: once one has not
         // waited past the bound, none after it has either.
-        young = take
+        self.young = self
+            .take
             .aged_past
             .is_some_and(|bound| job.level_at(now_ms(), bound) != Priority::Critical);
-        if young {
+        if self.young {
             let _ = msg.ack_with(AckKind::Nak(None)).await;
-            continue;
+            return;
         }
         if job.expired_at(now_ms()) {
             // Not started by its deadline: it never runs.
@@ -164,12 +169,12 @@ pub(crate) async fn dispatch_batch<'a>(
                 }
                 Err(e) => warn!(job_id = %job.id, error = %e, "could not expire job; will retry"),
             }
-            continue;
+            return;
         }
         if let Some(delay) = cfg.retry_delay(&job, now_ms()) {
             // Backing off after a failure: the job waits in the queue, not here.
             let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-            continue;
+            return;
         }
         if job
             .api_key
@@ -180,7 +185,7 @@ pub(crate) async fn dispatch_batch<'a>(
             // queue, and the jobs behind it are not held up.
             metrics::counter!(m::HELD, "limit" => "key_max_running_jobs").increment(1);
             let _ = msg.ack_with(AckKind::Nak(Some(KEY_AT_BOUND_DELAY))).await;
-            continue;
+            return;
         }
         let avoid: Vec<&str> = job.failed_nodes().collect();
         let Some(node) = cluster.place((&job.model, job.priority), Instant::now(), &avoid) else {
@@ -188,7 +193,7 @@ pub(crate) async fn dispatch_batch<'a>(
             let _ = msg
                 .ack_with(AckKind::Nak(Some(Duration::from_millis(100))))
                 .await;
-            continue;
+            return;
         };
         metrics::histogram!(m::QUEUE_WAIT)
             .record((now_ms() - job.submitted_at_ms).max(0) as f64 / 1000.0);
@@ -196,15 +201,14 @@ pub(crate) async fn dispatch_batch<'a>(
         // Counted before the assignment's own echo comes back, so the next
         // round already sees it.
         running.started(&job);
-        tokens += u64::from(job.input.expected_tokens());
+        self.placed.tokens += u64::from(job.input.expected_tokens());
         let span = tracing::info_span!("job.dispatch", job_id = %job.id, node = %node);
         switchyard_runtime::trace::adopt(&span, msg.headers.as_ref());
-        jobs += 1;
+        self.placed.jobs += 1;
         assigner
             .pending
             .push(assign(js, grants, msg, job, node).instrument(span).boxed());
     }
-    Ok(Placed { jobs, tokens })
 }
 
 /// What one pull placed.

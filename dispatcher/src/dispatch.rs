@@ -18,11 +18,12 @@ use tracing::{debug, info, warn};
 use crate::aging::{aged_lanes, sweep_order};
 use crate::autoscale::{self, Arrivals};
 use crate::backlog::{self, Known, Looks, Queued};
-use crate::batch::{Assigner, Placed, Take, dispatch_batch};
+use crate::batch::{Assigner, Placed, Placing, Take, dispatch_batch};
 use crate::fair::Turn;
 use crate::lanes::{self, Queue};
 use crate::loads::Loads;
 use crate::placement;
+use crate::pulls::{Lane, Pulls};
 use crate::reclaim::Reclaimer;
 use crate::running::{self, Running};
 use crate::{Cluster, DispatcherConfig, metrics as m};
@@ -45,14 +46,28 @@ const KEEPING: Duration = Duration::from_millis(100);
 /// in a queue than `dispatcher.max_lanes`.
 const MANY_TENANTS_TURN: u32 = 16;
 
-/// The doorbell rang: a job was published on `subject`. It counts towards
-/// the model's arrival rate, and its tenant is known to have jobs queued
-/// without another look.
-fn rang(subject: &str, arrivals: &mut Arrivals, looks: &mut Looks, known: &mut Option<Known>) {
-    arrivals.arrived(subject);
+/// The doorbell rang: the `JOBS` stream stored a job, and told so on
+/// `sy.queued.…` with the job's sequence. It counts towards the model's
+/// arrival rate, and its tenant is known to have jobs queued without
+/// another look.
+fn rang(
+    told: &async_nats::Message,
+    arrivals: &mut Arrivals,
+    looks: &mut Looks,
+    known: &mut Option<Known>,
+) {
+    let Some(subject) = subjects::queue_of_queued(&told.subject) else {
+        return;
+    };
+    arrivals.arrived(&subject);
     looks.rang();
+    let sequence = told
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
+        .and_then(|s| s.as_str().parse().ok());
     if let Some(known) = known {
-        known.arrived(subject, Instant::now());
+        known.arrived(&subject, sequence.unwrap_or(u64::MAX));
     }
 }
 
@@ -72,6 +87,67 @@ async fn looked(
     }
     looks.looked(seen.as_ref(), now);
     *known = seen.map(|seen| Known::renewed(seen, known.take(), now));
+}
+
+/// Places the job a pull standing on `lane` brought; returns its stream
+/// sequence when it was placed.
+async fn place_brought(
+    lane: &Lane,
+    msg: async_nats::jetstream::Message,
+    queues: &mut [Queue],
+    assigner: &mut Assigner<'_>,
+    (cfg, cluster, running): (&DispatcherConfig, &mut Cluster, &Running),
+    tenants: &Tenants,
+) -> Option<u64> {
+    let sequence = msg.info().map(|i| i.stream_sequence).ok();
+    let queue = queues.iter_mut().find(|q| q.prefix == lane.prefix);
+    // Its model left the registry, or its tenant reached its running bound,
+    // since the pull was left: the job waits in its lane for a sweep.
+    let Some(q) = queue.filter(|_| running.tenant_room(&lane.tenant) != Some(0)) else {
+        let _ = msg
+            .ack_with(async_nats::jetstream::AckKind::Nak(None))
+            .await;
+        return None;
+    };
+    let mut placing = Placing::new(Take {
+        max: 1,
+        aged_past: None,
+    });
+    placing.offer(assigner, msg, cfg, cluster, running).await;
+    assigner.confirm(cluster).await;
+    let placed = placing.placed;
+    if placed.jobs == 0 {
+        return None;
+    }
+    let weight = tenants.weight(&lane.tenant);
+    q.fair
+        .charge(&lane.tenant, placed.served(cfg.fair_share), weight);
+    sequence
+}
+
+/// Leaves a pull standing on `lane`, the last served, when its tenant and
+/// its model have room for the job it would bring.
+async fn stand(
+    pulls: &mut Pulls,
+    lane: &Lane,
+    queues: &[Queue],
+    cluster: &Cluster,
+    running: &Running,
+) {
+    let Some(q) = queues.iter().find(|q| q.prefix == lane.prefix) else {
+        return;
+    };
+    let Some(consumer) = q.open_lane(&lane.tenant) else {
+        return;
+    };
+    if cluster.capacity_for(&q.model, q.priority, Instant::now()) == 0
+        || running.tenant_room(&lane.tenant) == Some(0)
+    {
+        return;
+    }
+    if let Err(e) = pulls.stand(lane.clone(), consumer).await {
+        warn!(error = %e, tenant = %lane.tenant, "cannot leave a pull standing on a lane");
+    }
 }
 
 /// Runs the dispatcher until `shutdown` is cancelled.
@@ -142,19 +218,20 @@ pub async fn run(
         shutdown.clone(),
     ));
     let mut heartbeats = client.subscribe(subjects::HEARTBEAT_ALL).await?;
+    let mut pulls = Pulls::new(&client, &js).await?;
+    // The lane that last had jobs placed: a pull stands on it while every
+    // queue is empty.
+    let mut last_served: Option<Lane> = None;
     let mut arrivals = Arrivals::new(cfg.autoscale.rate_window, Instant::now());
     let mut signalled_at = Instant::now();
-    // Publishes to the job queues reach plain subscribers too: a doorbell
-    // that wakes an idle dispatcher as soon as a job arrives, instead of at
-    // its next poll.
-    let mut doorbell = client.subscribe(subjects::JOBS_ALL).await?;
+    // A doorbell that wakes an idle dispatcher as soon as a job is stored,
+    // instead of at its next poll.
+    let mut doorbell = client.subscribe(subjects::QUEUED_ALL).await?;
     let mut looks = Looks::new(cfg.idle_poll);
     let mut known: Option<Known> = None;
     // A look at the backlog in flight, when the loop goes on meanwhile.
     let mut refresh: Option<JoinHandle<Option<Queued>>> = None;
     let mut kept_at: Option<Instant> = None;
-    // When a lane a pull found empty as its ring came is asked again.
-    let mut recheck_at: Option<Instant> = None;
     ready.watch(&client);
     ready.set(true);
     info!(listen = %cfg.listen, queues = queues.len(), "dispatcher ready");
@@ -170,7 +247,24 @@ pub async fn run(
             observe(&mut cluster, msg);
         }
         while let Some(Some(msg)) = doorbell.next().now_or_never() {
-            rang(&msg.subject, &mut arrivals, &mut looks, &mut known);
+            rang(&msg, &mut arrivals, &mut looks, &mut known);
+        }
+        while let Some(msg) = pulls.ready() {
+            pulls.sort(msg).await;
+        }
+        if let Some((lane, msg)) = pulls.brought() {
+            let placed = place_brought(
+                &lane,
+                msg,
+                &mut queues,
+                &mut Assigner::new(&js, &grants),
+                (&cfg, &mut cluster, &running),
+                &tenants,
+            )
+            .await;
+            if let (Some(known), Some(sequence)) = (known.as_mut(), placed) {
+                known.took(&format!("{}.{}", lane.prefix, lane.tenant), sequence);
+            }
         }
         if registry.revision() != queues_at {
             queues_at = registry.revision();
@@ -214,7 +308,7 @@ pub async fn run(
         if now.duration_since(last_reclaim) >= reclaim_every {
             last_reclaim = now;
             for node in cluster.reclaimable(now) {
-                reclaimer.reclaim(&js, &node).await;
+                reclaimer.reclaim(&js, &mut pulls, &node).await;
             }
         }
 
@@ -305,8 +399,10 @@ pub async fn run(
                     None => share,
                 };
                 // A tenant at its running bound takes no turn, and no lane is
-                // opened for it.
+                // opened for it. A lane a pull stands on has its jobs brought.
+                let stands = pulls.stands_on(&q.prefix, &tenant);
                 let lane = match max {
+                    _ if stands => None,
                     0 => None,
                     _ => match q.lane(&js, &tenant, &cfg).await {
                         Ok(lane) => Some(lane),
@@ -317,18 +413,16 @@ pub async fn run(
                     },
                 };
                 let asked = max.min(room);
-                let asked_at = Instant::now();
                 let got = match lane {
                     Some(lane) => dispatch_batch(
                         &mut assigner,
+                        &mut pulls,
                         &lane,
                         Take {
                             max: asked,
                             aged_past: aged_lane.is_some().then_some(cfg.aging_bound),
                         },
-                        &cfg,
-                        &mut cluster,
-                        &running,
+                        (&cfg, &mut cluster, &running),
                     )
                     .await
                     .unwrap_or_else(|e| {
@@ -345,6 +439,15 @@ pub async fn run(
                         .charge(&tenant, got.served(cfg.fair_share), turn.weight);
                     debug!(priority = %q.priority, model = %q.model, %tenant, n, "dispatched");
                     placed += n;
+                    if !last_served
+                        .as_ref()
+                        .is_some_and(|l| l.is(&q.prefix, &tenant))
+                    {
+                        last_served = Some(Lane {
+                            prefix: q.prefix.clone(),
+                            tenant: tenant.clone(),
+                        });
+                    }
                 }
                 if aged_lane.is_some() {
                     // Whose job has waited longest is asked again before the
@@ -359,11 +462,8 @@ pub async fn run(
                     turns.done(turn);
                     // A tenant at its running bound was not asked: its jobs
                     // still wait.
-                    if let Some(known) = known.as_mut().filter(|_| max > 0) {
-                        match n == 0 && known.maybe_unstored(&q.prefix, &tenant, asked_at) {
-                            true => recheck_at = Some(Instant::now() + backlog::STORING),
-                            false => known.drained(&q.prefix, &tenant),
-                        }
+                    if let Some(known) = known.as_mut().filter(|_| max > 0 && !stands) {
+                        known.drained(&q.prefix, &tenant);
                     }
                 } else {
                     q.fair.again(&mut turns, turn);
@@ -376,10 +476,12 @@ pub async fn run(
             }
         }
         if !progressed {
-            let idle = recheck_at.take().map_or(cfg.idle_poll, |at| {
-                at.saturating_duration_since(Instant::now())
-                    .min(cfg.idle_poll)
-            });
+            if let Some(lane) = last_served
+                .as_ref()
+                .filter(|_| known.as_ref().is_some_and(Known::is_empty))
+            {
+                stand(&mut pulls, lane, &queues, &cluster, &running).await;
+            }
             tokio::select! {
                 () = shutdown.cancelled() => break 'run,
                 msg = heartbeats.next() => match msg {
@@ -387,18 +489,20 @@ pub async fn run(
                     None => break 'run,
                 },
                 Some(msg) = doorbell.next() => {
-                    rang(&msg.subject, &mut arrivals, &mut looks, &mut known);
+                    rang(&msg, &mut arrivals, &mut looks, &mut known);
                 }
+                Some(msg) = pulls.answer() => pulls.sort(msg).await,
                 Some(seen) = OptionFuture::from(refresh.as_mut()), if refresh.is_some() => {
                     refresh = None;
                     looked(seen.ok().flatten(), &mut known, &mut looks, &mut queues, &js, &cfg).await;
                 }
-                () = tokio::time::sleep(idle) => {}
+                () = tokio::time::sleep(cfg.idle_poll) => {}
             }
         }
     }
     ready.set(false);
     info!("dispatcher stopping");
+    pulls.give_back().await;
     tasks.close();
     if tokio::time::timeout(cfg.drain_timeout, tasks.wait())
         .await

@@ -97,6 +97,11 @@ impl Queue {
         self.lanes.len()
     }
 
+    /// The tenant's lane, if it is open.
+    pub(crate) fn open_lane(&self, tenant: &str) -> Option<&PullConsumer> {
+        self.lanes.get(tenant).map(|lane| &lane.consumer)
+    }
+
     /// Forgets a lane whose consumer failed: it is opened again next time.
     pub(crate) fn forget(&mut self, tenant: &str) {
         self.lanes.remove(tenant);

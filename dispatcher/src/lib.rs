@@ -15,6 +15,7 @@ mod lanes;
 mod loads;
 mod metrics;
 pub mod placement;
+mod pulls;
 mod reclaim;
 mod running;
 

@@ -18,8 +18,8 @@ use switchyard_schemas::Timeline;
 use switchyard_schemas::{Assignment, ErrorClass, Failure, JobError, decode, now_ms};
 use tracing::{info, warn};
 
-use crate::batch::next_fetched;
 use crate::metrics as m;
+use crate::pulls::Pulls;
 
 const BATCH: usize = 256;
 
@@ -62,12 +62,17 @@ impl Reclaimer {
 
     /// Moves what `node`'s queue holds back to the job queues; returns how
     /// many assignments were taken.
-    pub async fn reclaim(&mut self, js: &async_nats::jetstream::Context, node: &str) -> usize {
+    pub(crate) async fn reclaim(
+        &mut self,
+        js: &async_nats::jetstream::Context,
+        pulls: &mut Pulls,
+        node: &str,
+    ) -> usize {
         let consumer = match self.consumer(node).await {
             Some(c) => c,
             None => return 0,
         };
-        let mut batch = match consumer.fetch().max_messages(BATCH).messages().await {
+        let mut batch = match pulls.pull(&consumer, BATCH).await {
             Ok(b) => b,
             Err(e) => {
                 warn!(%node, error = %e, "cannot read a lost node's work queue");
@@ -75,7 +80,7 @@ impl Reclaimer {
             }
         };
         let mut taken = 0;
-        while let Some(Ok(msg)) = next_fetched(&mut batch).await {
+        while let Some(Ok(msg)) = batch.next().await {
             let a: Assignment = match decode(&msg.payload) {
                 Ok(a) => a,
                 Err(e) => {

@@ -132,6 +132,15 @@ pub fn stream_configs(cfg: &NatsConfig) -> Vec<stream::Config> {
             // of 1,000 consumers a stream, past which the other tenants'
             // jobs would never be placed.
             max_consumers: JOBS_MAX_LANES,
+            // The dispatchers' doorbell, told by the stream once it has
+            // stored a job: a plain subscriber to the queues hears of it as
+            // the server receives it, and a pull sent then can find the lane
+            // empty.
+            republish: Some(stream::Republish {
+                source: subjects::JOBS_ALL.to_owned(),
+                destination: subjects::QUEUED_FROM_JOBS.to_owned(),
+                headers_only: true,
+            }),
             ..bounded(subjects::JOBS_STREAM, subjects::JOBS_ALL)
         },
         base(
@@ -435,9 +444,13 @@ mod tests {
     fn work_queues_and_result_history_are_laid_out_as_documented() {
         let configs = stream_configs(&NatsConfig::default());
         let by_name = |n: &str| configs.iter().find(|c| c.name == n).unwrap();
+        let jobs = by_name(subjects::JOBS_STREAM);
+        assert_eq!(jobs.retention, RetentionPolicy::WorkQueue);
+        let told = jobs.republish.as_ref().expect("the doorbell");
+        assert!(told.headers_only, "a ring carries no job");
         assert_eq!(
-            by_name(subjects::JOBS_STREAM).retention,
-            RetentionPolicy::WorkQueue
+            (told.source.as_str(), told.destination.as_str()),
+            (subjects::JOBS_ALL, subjects::QUEUED_FROM_JOBS)
         );
         let results = by_name(subjects::RESULTS_STREAM);
         assert_eq!(results.max_messages_per_subject, 1);

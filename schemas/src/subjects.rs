@@ -28,6 +28,21 @@ pub const EVENTS_ALL: &str = "sy.events.*";
 pub const RESULTS_ALL: &str = "sy.results.*";
 pub const USAGE_ALL: &str = "sy.usage.*";
 pub const DEAD_ALL: &str = "sy.dead.*";
+/// A job stored in its queue, told by the `JOBS` stream itself once it has
+/// stored it (a republish, headers only):
+/// `sy.queued.<priority>.<model token>.<tenant>`. The dispatchers' doorbell:
+/// a pull sent when it rings finds the job.
+pub const QUEUED_ALL: &str = "sy.queued.*.*.*";
+/// The republish's destination for each subject of `JOBS_ALL`.
+pub const QUEUED_FROM_JOBS: &str = "sy.queued.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}";
+
+/// The queue subject (`sy.jobs.…`) of a job told stored on `subject`
+/// (`sy.queued.…`).
+pub fn queue_of_queued(subject: &str) -> Option<String> {
+    subject
+        .strip_prefix("sy.queued.")
+        .map(|rest| format!("sy.jobs.{rest}"))
+}
 /// JetStream KV bucket of cancelled job ids, watched by agents.
 pub const CANCEL_BUCKET: &str = "cancelled";
 /// Every model's desired-nodes signal.

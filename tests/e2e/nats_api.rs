@@ -54,3 +54,48 @@ async fn subject_counts_list_every_subject_with_messages_in_one_request() {
     }
     assert_eq!(asked, 2, "one request for each of the two looks");
 }
+
+/// The dispatchers' doorbell: the job queues tell each job once it is
+/// stored, on its queue's `sy.queued` subject and without the job, so a
+/// pull sent when it rings finds the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_job_is_told_once_its_queue_has_stored_it() {
+    use switchyard_schemas::subjects;
+
+    let server = Nats::start();
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    nats::ensure_streams(&js, &switchyard_runtime::NatsConfig::default())
+        .await
+        .unwrap();
+    let mut doorbell = client.subscribe(subjects::QUEUED_ALL).await.unwrap();
+    client.flush().await.unwrap();
+
+    let queue = subjects::jobs(switchyard_schemas::Priority::High, "tiny.chat", "acme");
+    js.publish(queue.clone(), vec![7u8; 300].into())
+        .await
+        .unwrap();
+    let ring = tokio::time::timeout(Duration::from_secs(5), doorbell.next())
+        .await
+        .expect("the doorbell rings")
+        .unwrap();
+    assert_eq!(
+        subjects::queue_of_queued(&ring.subject).as_deref(),
+        Some(queue.as_str())
+    );
+    assert!(ring.payload.is_empty(), "a ring carries no job");
+    let sequence: u64 = ring
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
+        .expect("the stored job's sequence")
+        .as_str()
+        .parse()
+        .unwrap();
+    let jobs = js.get_stream(subjects::JOBS_STREAM).await.unwrap();
+    let stored = jobs
+        .get_raw_message(sequence)
+        .await
+        .expect("stored when told");
+    assert_eq!(stored.subject.as_str(), queue);
+}
