@@ -55,7 +55,12 @@ impl Server {
     }
 
     pub fn kill(&self) {
-        let _ = kill(Pid::from_raw(-self.pid), Signal::SIGKILL);
+        self.signal(Signal::SIGKILL);
+    }
+
+    /// Sends `sig` to the server's process group.
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(-self.pid), sig);
     }
 }
 
