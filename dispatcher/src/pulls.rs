@@ -33,6 +33,11 @@ const PULL_ANSWER: Duration = Duration::from_secs(5);
 /// How long a standing pull waits for a job before the server ends it.
 const STANDING: Duration = Duration::from_secs(5);
 
+/// How often the server tells a standing pull it still waits. A pull the
+/// server lost (it restarted) is given up on after two beats missed, so
+/// that the sweeps, which leave its lane to it, take the lane back.
+const BEAT: Duration = Duration::from_millis(500);
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PullError {
     #[error("cannot send a pull: {0}")]
@@ -76,7 +81,7 @@ impl Asked {
 struct Standing {
     lane: Lane,
     asked: Asked,
-    /// When it is given up on if the server never ended it.
+    /// When it is given up on, unless the server beats before.
     until: Instant,
 }
 
@@ -144,25 +149,28 @@ impl Pulls {
     }
 
     /// Leaves a pull of one job standing on `lane`, unless one stands
-    /// already or has brought a job not yet placed.
+    /// already (and the server still beats for it) or has brought a job not
+    /// yet placed.
     pub(crate) async fn stand(
         &mut self,
         lane: Lane,
         consumer: &PullConsumer,
     ) -> Result<(), PullError> {
-        if self.standing.is_some() || self.brought.is_some() {
+        let now = Instant::now();
+        if self.standing.as_ref().is_some_and(|s| now < s.until) || self.brought.is_some() {
             return Ok(());
         }
         let ask = BatchConfig {
             batch: 1,
             expires: Some(STANDING),
+            idle_heartbeat: BEAT,
             ..Default::default()
         };
         let asked = self.ask(consumer, ask).await?;
         self.standing = Some(Standing {
             lane,
             asked,
-            until: Instant::now() + STANDING + PULL_ANSWER,
+            until: now + 2 * BEAT,
         });
         Ok(())
     }
@@ -234,7 +242,10 @@ impl Pulls {
                 Some(msg.message)
             }
             Some(StatusCode::IDLE_HEARTBEAT) if msg.subject.as_str() == standing.asked.reply => {
-                self.standing = Some(standing);
+                self.standing = Some(Standing {
+                    until: Instant::now() + 2 * BEAT,
+                    ..standing
+                });
                 None
             }
             // Ended by the server: expired, or its lane closed.
